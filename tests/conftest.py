@@ -1,5 +1,94 @@
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 # Tests never touch the network: model hubs are unreachable here and on CI.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def media_root(settings, tmp_path):
+    """Each test stores files in its own folder (nothing leaks into var/media)."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user("staff", password="s3cret-Pass!", is_staff=True,
+                                                 is_superuser=True)
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", password="s3cret-Pass!")
+
+
+class Worker:
+    """A real `manage.py qcluster` process on the test database."""
+
+    def __init__(self, env_overrides: dict[str, str]):
+        from django.db import connection
+
+        env = {**os.environ, "IMAGINAITION_DATABASE_NAME": connection.settings_dict["NAME"],
+               "PYTHONUNBUFFERED": "1", **env_overrides}
+        self.log_path = Path(env_overrides.get("_LOG", "/tmp")) / f"qcluster-{os.getpid()}-{time.time_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO, env=env,
+                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        """Kill the whole process group (the cluster's sentinel, pusher, workers, monitor)."""
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        """SIGTERM to the cluster's main process (it shuts its workers down), SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill(signal.SIGKILL)  # whatever is left of the process group
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db, tmp_path):
+    """Start real qcluster workers on the test database; they are stopped after the test."""
+    workers: list[Worker] = []
+
+    def start(**env: str) -> Worker:
+        worker = Worker({"_LOG": str(tmp_path), **env})
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str = "condition"):
+    """Poll until predicate() is truthy; return its value or fail the test with `message`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")

@@ -1,0 +1,20 @@
+"""Who may see the gallery. Reads are private by default (IMAGINAITION_PUBLIC_GALLERY=1 opens them)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+
+from gallery.models import Image
+
+
+def can_view_gallery(user) -> bool:
+    return bool(settings.IMAGINAITION_PUBLIC_GALLERY or (user and user.is_authenticated))
+
+
+def access_image(*, user, image_id: int) -> Image:
+    """The image if `user` may see it; 404 otherwise (never reveal what exists to outsiders)."""
+    if not can_view_gallery(user):
+        raise Http404("No such image")
+    return get_object_or_404(Image, pk=image_id)

@@ -1,0 +1,31 @@
+"""Image files and thumbnails, served through Django so gallery privacy applies to them too."""
+
+from __future__ import annotations
+
+from django.http import FileResponse, Http404
+from django.views.decorators.http import require_GET
+
+from gallery.access import access_image
+from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_file
+
+
+@require_GET
+def image_file(request, image_id: int):
+    image = access_image(user=request.user, image_id=image_id)
+    try:
+        return FileResponse(image.file.open("rb"), filename=image.original_name)
+    except FileNotFoundError as exc:
+        raise Http404("The stored file is missing") from exc
+
+
+@require_GET
+def image_thumbnail(request, image_id: int, size: int = 256):
+    image = access_image(user=request.user, image_id=image_id)
+    if size not in THUMBNAIL_SIZES:
+        raise Http404("Unknown thumbnail size")
+    try:
+        response = FileResponse(thumbnail_file(image=image, size=size).open("rb"), content_type="image/webp")
+    except FileNotFoundError as exc:
+        raise Http404("The stored file is missing") from exc
+    response["Cache-Control"] = "private, max-age=86400"
+    return response

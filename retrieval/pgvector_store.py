@@ -1,0 +1,89 @@
+"""PostgreSQL's own kNN over stored embeddings (pgvector): the fallback engine and FAISS's cross-check.
+
+Embeddings of every model share one table with an undimensioned ``vector`` column, so each
+(model, space) gets a partial HNSW index on the expression ``vector::vector(dim)``; queries use
+the same expression and WHERE clause so the planner can pick that index.
+Metrics match the FAISS indexes: semantic vectors are L2-normalized and compared by L2 distance
+(``<->``, ranking as cosine does); content vectors are L1-normalized and compared by L1 (``<+>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connection, transaction
+from pgvector import Vector
+
+OPERATORS = {"semantic": ("<->", "vector_l2_ops"), "content": ("<+>", "vector_l1_ops")}
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    image_id: int
+    distance: float
+
+
+def _index_name(model_key: str, space: str) -> str:
+    digest = hashlib.sha1(f"{model_key}|{space}".encode()).hexdigest()[:10]
+    return f"embedding_hnsw_{space}_{digest}"
+
+
+def hnsw_index_ensure(*, model_key: str, space: str, dim: int) -> str:
+    """Create (if missing) the HNSW index serving kNN for one model and space; return its name."""
+    _, opclass = OPERATORS[space]
+    name = _index_name(model_key, space)
+    # DDL takes no bind parameters; keys come from our registry but are quoted properly anyway.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {name} ON gallery_embedding "
+            f"USING hnsw ((vector::vector({int(dim)})) {opclass}) "
+            f"WHERE model_key = {_literal(model_key)} AND space = {_literal(space)}"
+        )
+    return name
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def hnsw_indexes_for_registry(model_specs: Iterable) -> list[str]:
+    """Ensure an HNSW index for every registered embedding model (run after migrations)."""
+    return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim)
+            for spec in model_specs if spec.role in OPERATORS and spec.dim]
+
+
+def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,
+        ef_search: int = 100, exclude_image_id: int | None = None) -> list[Neighbour]:
+    """The k stored images nearest to `query` for one model and space, nearest first.
+
+    exact=True forbids index scans, so Postgres computes every distance (ground truth).
+    """
+    operator, _ = OPERATORS[space]
+    vector = Vector(np.asarray(query, dtype=np.float32).ravel()).to_text()
+    expr = f"vector::vector({int(dim)})"
+    # relaxed_order (below) may return rows slightly out of order: the outer query re-sorts them.
+    sql = (
+        "WITH nearest AS MATERIALIZED ("
+        f"SELECT image_id, {expr} {operator} %s::vector({int(dim)}) AS distance FROM gallery_embedding "
+        "WHERE model_key = %s AND space = %s"
+        + (" AND image_id <> %s" if exclude_image_id is not None else "")
+        + f" ORDER BY {expr} {operator} %s::vector({int(dim)}) LIMIT %s"
+        ") SELECT image_id, distance FROM nearest ORDER BY distance, image_id"
+    )
+    params: list = [vector, model_key, space]
+    if exclude_image_id is not None:
+        params.append(exclude_image_id)
+    params += [vector, int(k)]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if exact:
+            cursor.execute("SET LOCAL enable_indexscan = off")
+        else:
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            # Filtered HNSW scans may return fewer than k rows; iterative scans keep looking (pgvector ≥ 0.8).
+            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [Neighbour(image_id=row[0], distance=float(row[1])) for row in rows]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the service: install, migrate, prepare weights, ensure an admin, start workers and the web
+# server on 127.0.0.1:8000. Ctrl-C stops everything this script started, the embedded database too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+PY=.venv/bin/python
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # models load from local files only (see weights/README.md)
+HOST="${IMAGINAITION_HOST:-127.0.0.1}"
+PORT="${IMAGINAITION_PORT:-8000}"
+
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    echo ">> stopping"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop; fi
+}
+trap cleanup INT TERM EXIT
+
+if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
+$PY manage.py migrate --noinput
+$PY manage.py fetch_weights || echo ">> fetch_weights failed; continuing with the weights that are present"
+$PY manage.py ensure_admin
+$PY manage.py qcluster &
+pids+=($!)
+$PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
+    --timeout 300 --access-logfile - &
+pids+=($!)
+echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."
+wait -n "${pids[@]}" || true

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run the whole test suite against the real database: installs what tests need, starts the
+# embedded PostgreSQL (unless DATABASE_URL is set), runs pytest, stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh test
+PY=.venv/bin/python
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+cleanup() {
+    trap - INT TERM EXIT
+    if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop >/dev/null; fi
+}
+trap cleanup INT TERM EXIT
+if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
+
+status=0
+$PY -m pytest "$@" || status=$?
+cleanup
+# Nothing the suite started may outlive it: no PostgreSQL on our data folder, no qcluster.
+leftover=$(pgrep -af "postgres.*$(pwd)/var/pgdata|manage.py qcluster" | grep -v pgrep || true)
+if [ -n "$leftover" ]; then
+    echo "!! processes left running after the tests:"; echo "$leftover"; status=1
+fi
+exit $status

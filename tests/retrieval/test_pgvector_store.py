@@ -1,0 +1,115 @@
+"""pgvector answers kNN over stored vectors with the product's metrics (exact and HNSW)."""
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from retrieval import pgvector_store
+from tests.gallery.factories import add_embedding, make_image
+
+pytestmark = pytest.mark.django_db
+
+SEMANTIC_KEY = "offline/effnet-lite0+minilm"  # registered, 384-d: has an HNSW index after migrate
+CONTENT_KEY = "autoencoder/v1"  # registered, 1024-d, L1
+
+
+def _store(vectors: np.ndarray, *, space: str, model_key: str) -> list[int]:
+    ids = []
+    for i, vector in enumerate(vectors):
+        image = make_image(color=(i % 256, (i * 7) % 256, (i * 13) % 256), name=f"{i}.png", size=(8 + i, 8))
+        add_embedding(image, space=space, model_key=model_key, vector=vector)
+        ids.append(image.pk)
+    return ids
+
+
+def _brute_force(vectors, query, ids, *, metric: str, k: int) -> list[int]:
+    diff = vectors - query
+    distances = np.sqrt((diff ** 2).sum(1)) if metric == "l2" else np.abs(diff).sum(1)
+    order = np.lexsort((np.asarray(ids), distances))
+    return [ids[i] for i in order[:k]]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_semantic_knn_matches_l2_brute_force(media_root, exact):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = _store(vectors, space="semantic", model_key=SEMANTIC_KEY)
+    query = vectors[5] + 0.05 * rng.normal(size=384).astype(np.float32)
+    query /= np.linalg.norm(query)
+
+    found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=query, k=10,
+                               exact=exact)
+
+    assert [n.image_id for n in found] == _brute_force(vectors, query, ids, metric="l2", k=10)
+    assert found[0].image_id == ids[5]
+    expected = np.linalg.norm(vectors[5] - query)
+    assert found[0].distance == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_content_knn_uses_l1_distance(media_root, exact):
+    rng = np.random.default_rng(1)
+    vectors = np.abs(rng.normal(size=(50, 1024))).astype(np.float32)
+    vectors /= vectors.sum(1, keepdims=True)
+    ids = _store(vectors, space="content", model_key=CONTENT_KEY)
+    query = vectors[7].copy()
+
+    found = pgvector_store.knn(model_key=CONTENT_KEY, space="content", dim=1024, query=query, k=5,
+                               exact=exact)
+
+    assert [n.image_id for n in found] == _brute_force(vectors, query, ids, metric="l1", k=5)
+    assert found[0].image_id == ids[7] and found[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert found[1].distance == pytest.approx(np.abs(vectors[ids.index(found[1].image_id)] - query).sum(), rel=1e-4)
+
+
+def test_l1_and_l2_rankings_differ_and_each_metric_is_respected(media_root):
+    # Hand-made 1024-d vectors where L1 and L2 disagree: `spread` is L2-nearer, `spike` L1-nearer.
+    query = np.zeros(1024, dtype=np.float32)
+    spike = np.zeros(1024, dtype=np.float32)
+    spike[0] = 0.9  # L1 = 0.9, L2 = 0.9
+    spread = np.full(1024, 0.03, dtype=np.float32)  # L1 = 30.7, L2 = 0.96
+    spread2 = np.full(1024, 0.02, dtype=np.float32)  # L1 = 20.5, L2 = 0.64
+    ids = _store(np.stack([spike, spread, spread2]), space="content", model_key=CONTENT_KEY)
+
+    found = pgvector_store.knn(model_key=CONTENT_KEY, space="content", dim=1024, query=query, k=3, exact=True)
+
+    assert [n.image_id for n in found] == [ids[0], ids[2], ids[1]]  # L1 order, not L2's [2, 0, 1]
+
+
+def test_knn_only_sees_its_own_model_and_can_exclude_the_query_image(media_root):
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(5, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = _store(vectors, space="semantic", model_key=SEMANTIC_KEY)
+    _store(vectors[:2], space="semantic", model_key="some/other-model")
+
+    found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=vectors[0], k=10,
+                               exclude_image_id=ids[0])
+
+    assert sorted(n.image_id for n in found) == sorted(ids[1:])
+
+
+def test_migrate_created_an_hnsw_index_per_registered_model_and_space():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'gallery_embedding' "
+                       "AND indexdef LIKE '%USING hnsw%'")
+        definitions = [row[0] for row in cursor.fetchall()]
+    assert any("vector_l1_ops" in d and "autoencoder/v1" in d and "vector(1024)" in d for d in definitions)
+    assert any("vector_l2_ops" in d and "offline/effnet-lite0+minilm" in d and "vector(384)" in d
+               for d in definitions)
+    assert any("openclip/ViT-B-32/openai" in d and "vector(512)" in d for d in definitions)
+
+
+def test_hnsw_index_is_used_for_a_model_query(media_root):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(20, 384)).astype(np.float32)
+    _store(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), space="semantic", model_key=SEMANTIC_KEY)
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        literal = "[" + ",".join("0.05" for _ in range(384)) + "]"
+        cursor.execute(
+            "EXPLAIN SELECT image_id FROM gallery_embedding WHERE model_key = %s AND space = 'semantic' "
+            f"ORDER BY vector::vector(384) <-> '{literal}'::vector(384) LIMIT 5", [SEMANTIC_KEY])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "embedding_hnsw_semantic" in plan

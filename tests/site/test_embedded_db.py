@@ -1,0 +1,43 @@
+"""The embedded PostgreSQL's holder list survives killed processes (stale pids are dropped)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from imaginaition_site import embedded_db
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL")), reason="DATABASE_URL points at an external PostgreSQL"
+)
+
+
+def test_a_sigkilled_holder_is_pruned_and_live_holders_are_kept(db):
+    holders = embedded_db.PGDATA / ".handle_pids.json"
+    before = json.loads(holders.read_text())
+    assert os.getpid() in before  # this test process holds the server
+
+    # A real process opens the database (registering as holder) and is SIGKILLed mid-flight.
+    code = ("import os, time, django; os.environ['DJANGO_SETTINGS_MODULE']='imaginaition_site.settings';"
+            "django.setup(); from django.db import connection; connection.ensure_connection();"
+            "print('connected', flush=True); time.sleep(60)")
+    env = {**os.environ, "IMAGINAITION_DATABASE_NAME": settings.DATABASES["default"]["NAME"]}
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
+                             cwd=settings.BASE_DIR)
+    assert child.stdout.readline().strip() == b"connected"
+    assert child.pid in json.loads(holders.read_text())
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    time.sleep(0.1)
+    assert child.pid in json.loads(holders.read_text())  # it could not unregister itself
+
+    live = embedded_db.prune_dead_holders()
+
+    assert child.pid not in live and child.pid not in json.loads(holders.read_text())
+    assert os.getpid() in live
+    assert embedded_db.server_pid() is not None  # the server is still up for everyone else

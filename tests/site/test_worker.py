@@ -1,0 +1,36 @@
+"""A task enqueued from a request is executed by a real `manage.py qcluster` process."""
+
+import os
+
+import pytest
+from django.urls import reverse
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_request_enqueues_a_task_that_a_real_worker_runs_and_stores(client, user, start_worker):
+    worker = start_worker()
+    client.force_login(user)
+
+    response = client.post(reverse("api-worker-check"))
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+
+    def finished():
+        body = client.get(reverse("api-worker-check-result", args=[task_id])).json()
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited early:\n{worker.log()}")
+        return body if body["done"] else None
+
+    body = wait_for(finished, timeout=90, message=f"the worker to run the task; log:\n{worker.log()}")
+    assert body["success"] is True
+    assert body["result"]["pid"] != os.getpid()  # ran in another process: the worker
+    from django_q.models import Success
+
+    assert Success.objects.filter(id=task_id, func="retrieval.tasks.worker_ping").exists()
+
+
+def test_worker_check_needs_an_authenticated_user(client, db):
+    assert client.post(reverse("api-worker-check")).status_code in (401, 403)
