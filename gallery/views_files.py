@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.views.decorators.http import require_GET
 
 from gallery.access import access_image
@@ -29,3 +29,13 @@ def image_thumbnail(request, image_id: int, size: int = 256):
         raise Http404("The stored file is missing") from exc
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+@require_GET
+def mask_png(request, image_id: int, mask_id: int):
+    """The soft mask as stored: an 8-bit grayscale PNG of per-pixel probability."""
+    image = access_image(user=request.user, image_id=image_id)
+    mask = image.masks.filter(pk=mask_id).only("probability_png").first()
+    if mask is None:
+        raise Http404("No such mask")
+    return HttpResponse(bytes(mask.probability_png), content_type="image/png")

@@ -15,11 +15,12 @@ from retrieval import status as status_service
 class ApiRootApi(APIView):
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=inline_serializer("ApiRoot", {"status": serializers.URLField(),
+    @extend_schema(responses=inline_serializer("ApiRoot", {"images": serializers.URLField(), "status": serializers.URLField(),
                                                             "schema": serializers.URLField(),
                                                             "docs": serializers.URLField()}))
     def get(self, request):
         return Response({
+            "images": reverse("api-images", request=request),
             "status": reverse("api-status", request=request),
             "schema": reverse("api-schema", request=request),
             "docs": reverse("api-docs", request=request),

@@ -18,7 +18,7 @@ status=0
 $PY -m pytest "$@" || status=$?
 cleanup
 # Nothing the suite started may outlive it: no PostgreSQL on our data folder, no qcluster.
-leftover=$(pgrep -af "postgres.*$(pwd)/var/pgdata|manage.py qcluster" | grep -v pgrep || true)
+leftover=$(pgrep -af "postgres.*$(pwd)/var/pgdata|$(pwd)/.venv/bin/python manage.py qcluster" || true)
 if [ -n "$leftover" ]; then
     echo "!! processes left running after the tests:"; echo "$leftover"; status=1
 fi

@@ -1,0 +1,116 @@
+"""Turning untrusted bytes into a validated picture, and pictures into what the models expect.
+
+Everything that reads an image goes through here, so every entry point (upload, API, folder
+import, reset) validates the same way and the models always get the same RGB conversion.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
+
+
+class ImageRejected(Exception):
+    """Input that is not an image we accept. `too_large` maps to HTTP 413, anything else to 400."""
+
+    def __init__(self, message: str, *, too_large: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    picture: PILImage.Image  # RGB, EXIF orientation applied, alpha composited on white
+    format: str
+    width: int
+    height: int
+
+
+def configure_pillow() -> None:
+    """Pillow's decompression-bomb guard, at our pixel limit (it raises above 2x, we reject above 1x)."""
+    PILImage.MAX_IMAGE_PIXELS = settings.IMAGINAITION_MAX_PIXELS
+
+
+def decode_image(data: bytes) -> DecodedImage:
+    """Fully decode `data` (a truncated file fails here, before anything is stored)."""
+    if not data:
+        raise ImageRejected("The file is empty (0 bytes).")
+    limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise ImageRejected(f"The file is {len(data):,} bytes; the limit is {limit:,} bytes.", too_large=True)
+    configure_pillow()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            source = PILImage.open(io.BytesIO(data))
+            if source.format not in ACCEPTED_FORMATS:
+                raise ImageRejected(
+                    f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
+            source.seek(0)  # animated GIF/WebP: the first frame
+            source.load()
+            picture = to_rgb(ImageOps.exif_transpose(source))
+    except ImageRejected:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            f"The image has too many pixels (limit {settings.IMAGINAITION_MAX_PIXELS:,}): {exc}",
+            too_large=True) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("The file is not an image (or not one we can read).") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageRejected(f"The image is damaged or truncated: {exc}") from exc
+    return DecodedImage(picture=picture, format=source.format, width=picture.width, height=picture.height)
+
+
+def to_rgb(picture: PILImage.Image) -> PILImage.Image:
+    """RGB for the models: alpha composited on white (not dropped to black), 16-bit scaled, CMYK converted."""
+    mode = picture.mode
+    if mode == "RGB":
+        return picture
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(picture, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return PILImage.fromarray(array, "L").convert("RGB")
+    if mode == "P":
+        picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        picture = picture.convert("RGBA")
+    elif mode == "L" and "transparency" in picture.info:
+        picture = picture.convert("RGBA")
+    if picture.mode == "RGBA":
+        white = PILImage.new("RGBA", picture.size, (255, 255, 255, 255))
+        return PILImage.alpha_composite(white, picture).convert("RGB")
+    return picture.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def for_models(picture: PILImage.Image, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:
+    """Downscale so the longest side is at most `max_side` (models resize further themselves)."""
+    if max(picture.size) <= max_side:
+        return picture
+    copy = picture.copy()
+    copy.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+    return copy
+
+
+def probability_to_png(probability: np.ndarray) -> bytes:
+    """A soft mask in [0, 1] as an 8-bit grayscale PNG (probability × 255)."""
+    array = np.clip(np.rint(np.asarray(probability, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(array, "L").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def png_to_probability(data: bytes) -> np.ndarray:
+    with PILImage.open(io.BytesIO(bytes(data))) as picture:
+        return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery.pipeline import process_all_pending
+from gallery.services import folder_files, folder_import
+
+
+class Command(BaseCommand):
+    help = ("Add every image in a folder. Duplicates (same bytes) are skipped, bad files are reported "
+            "and skipped; embeddings and masks are computed by the workers, or here with --sync.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("path", type=Path)
+        parser.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+        parser.add_argument("--sync", action="store_true",
+                            help="compute embeddings and masks in this process, batched (fast first load)")
+        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass")
+
+    def handle(self, *args, path: Path, recursive: bool, sync: bool, batch_size: int | None, **options):
+        if not path.is_dir():
+            raise CommandError(f"{path}: not a folder (or not readable)")
+        try:
+            total = len(folder_files(root=path, recursive=recursive)[0])
+            with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:
+                report = folder_import(root=path, recursive=recursive, enqueue=not sync, progress=bar.update)
+        except (OSError, NotADirectoryError) as exc:
+            raise CommandError(f"{path}: {exc}") from exc
+
+        if sync and report.added_ids:
+            with tqdm(total=len(report.added_ids), desc="embedding", unit="image", disable=None) as bar:
+                process_all_pending(batch_size=batch_size, progress=bar.update)
+
+        self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
+                          f"rejected: {len(report.rejected)}")
+        for relative, reason in report.rejected:
+            self.stdout.write(f"  rejected {relative}: {reason}")

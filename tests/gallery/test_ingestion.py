@@ -1,0 +1,266 @@
+"""Adding images: validation table, dedup, nothing half-written, the REST API and import_folder."""
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+from django_q.models import OrmQ
+from PIL import Image as PILImage
+from PIL import ImageDraw
+
+from gallery import services
+from gallery.imaging import ImageRejected, decode_image
+from gallery.models import Image
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def encode(picture: PILImage.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def photo(size=(64, 48)) -> PILImage.Image:
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    return PILImage.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a 60x40 file shows as 40x60
+    return encode(photo((60, 40)), "JPEG", exif=exif)
+
+
+def palette_with_transparency() -> bytes:
+    picture = PILImage.new("P", (20, 20), 0)
+    picture.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    ImageDraw.Draw(picture).rectangle((5, 5, 14, 14), fill=1)
+    return encode(picture, "PNG", transparency=0)  # index 0 (black) is transparent
+
+
+def animated_gif() -> bytes:
+    frames = [PILImage.new("RGB", (16, 16), color) for color in ((255, 0, 0), (0, 0, 255))]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares huge dimensions (a decompression bomb never needs its pixels)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+ACCEPTED = {
+    "cmyk.jpg": (encode(photo().convert("CMYK"), "JPEG"), (64, 48)),
+    "sixteen-bit.png": (encode(PILImage.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16)), "PNG"), (64, 48)),
+    "palette-transparent.png": (palette_with_transparency(), (20, 20)),
+    "animated.gif": (animated_gif(), (16, 16)),
+    "exif-rotated.jpg": (exif_rotated_jpeg(), (40, 60)),
+    "plain.webp": (encode(photo(), "WEBP"), (64, 48)),
+    "plain.bmp": (encode(photo(), "BMP"), (64, 48)),
+    "plain.tiff": (encode(photo(), "TIFF"), (64, 48)),
+}
+
+REJECTED = {
+    "truncated.jpg": (encode(photo((200, 200)), "JPEG")[:600], 400, "truncated"),
+    "zero-byte.png": (b"", 400, "empty"),
+    "text.jpg": (b"this is not an image at all\n" * 10, 400, "not an image"),
+    "bomb.png": (png_header_only(30000, 30000), 413, "too many pixels"),
+    "huge-dimensions.png": (png_header_only(100000, 100000), 413, "too many pixels"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_accepted_inputs_are_decoded_to_rgb_with_the_right_size(name):
+    data, size = ACCEPTED[name]
+    decoded = decode_image(data)
+    assert decoded.picture.mode == "RGB" and decoded.picture.size == size
+
+
+def test_alpha_is_composited_on_white_not_black():
+    picture = decode_image(palette_with_transparency()).picture
+    assert picture.getpixel((0, 0)) == (255, 255, 255)  # transparent corner
+    assert picture.getpixel((10, 10)) == (255, 0, 0)  # opaque red square
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    array = np.asarray(decode_image(ACCEPTED["sixteen-bit.png"][0]).picture)[..., 0]
+    assert array.min() == 0 and 100 < array.max() <= 255 and len(np.unique(array)) > 50
+
+
+def test_first_frame_of_an_animated_gif():
+    assert decode_image(animated_gif()).picture.getpixel((8, 8)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_rejected_inputs_raise_a_clear_message(name):
+    data, _, words = REJECTED[name]
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data)
+    assert words in caught.value.message.lower()
+
+
+@pytest.fixture
+def signed_in(client, user):
+    client.force_login(user)
+    return client
+
+
+def upload(client, name: str, data: bytes):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(reverse("api-images"), {"file": SimpleUploadedFile(name, data)})
+
+
+def stored_files(media_root: Path) -> list[Path]:
+    return [p for p in media_root.rglob("*") if p.is_file()] if media_root.exists() else []
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_api_ingests_each_accepted_input(signed_in, media_root, name):
+    response = upload(signed_in, name, ACCEPTED[name][0])
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["width"], body["height"]) == ACCEPTED[name][1]
+    assert body["status"] == "pending" and body["duplicate"] is False
+    assert len(stored_files(media_root)) == 1
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_api_rejects_bad_input_with_4xx_and_leaves_nothing(signed_in, media_root, name):
+    data, code, words = REJECTED[name]
+    response = upload(signed_in, name, data)
+    assert response.status_code == code
+    assert words in response.json()["detail"].lower()
+    assert Image.objects.count() == 0 and stored_files(media_root) == [] and OrmQ.objects.count() == 0
+
+
+def test_api_rejects_files_over_the_byte_limit_with_413(signed_in, media_root, settings):
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
+    response = upload(signed_in, "big.bmp", encode(photo(), "BMP"))
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert Image.objects.count() == 0
+
+
+def test_duplicate_upload_returns_the_existing_image_with_200(signed_in, media_root):
+    data = encode(photo(), "PNG")
+    first = upload(signed_in, "a.png", data)
+    second = upload(signed_in, "renamed.png", data)
+    assert first.status_code == 201 and second.status_code == 200
+    assert second.json()["id"] == first.json()["id"] and second.json()["duplicate"] is True
+    assert Image.objects.count() == 1 and len(stored_files(media_root)) == 1
+
+
+def test_upload_enqueues_embedding_and_segmentation_after_commit(signed_in, media_root):
+    upload(signed_in, "a.png", encode(photo(), "PNG"))
+    assert OrmQ.objects.count() == 2  # one embedding task, one segmentation task
+
+
+def test_anonymous_cannot_write_or_read_private_gallery(client, media_root):
+    assert upload(client, "a.png", encode(photo(), "PNG")).status_code in (401, 403)
+    assert client.get(reverse("api-images")).status_code in (401, 403)
+    assert Image.objects.count() == 0
+
+
+def test_public_gallery_reads_but_never_anonymous_writes(client, media_root, settings):
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    assert client.get(reverse("api-images")).status_code == 200
+    assert upload(client, "a.png", encode(photo(), "PNG")).status_code in (401, 403)
+
+
+def test_a_failure_while_saving_the_row_leaves_no_file(media_root, monkeypatch):
+    def broken_save(self, *args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(Image, "save", broken_save)
+    with pytest.raises(RuntimeError):
+        services.image_add(data=encode(photo(), "PNG"), original_name="a.png")
+    assert stored_files(media_root) == []
+
+
+def test_delete_removes_row_masks_embeddings_and_files(signed_in, media_root):
+    from tests.gallery.factories import add_embedding, add_mask
+
+    image_id = upload(signed_in, "a.png", encode(photo(), "PNG")).json()["id"]
+    image = Image.objects.get(pk=image_id)
+    add_mask(image)
+    add_embedding(image, space="content", model_key="autoencoder/v1", vector=[1 / 1024] * 1024)
+    assert signed_in.get(reverse("gallery:image-thumbnail", args=[image_id])).status_code == 200
+    assert len(stored_files(media_root)) == 2  # original + thumbnail
+
+    assert signed_in.delete(reverse("api-image", args=[image_id])).status_code == 204
+    assert not Image.objects.exists() and stored_files(media_root) == []
+    assert signed_in.get(reverse("api-image", args=[image_id])).status_code == 404
+
+
+def test_detail_lists_masks_and_models(signed_in, media_root):
+    from tests.gallery.factories import add_embedding, add_mask
+
+    image_id = upload(signed_in, "a.png", encode(photo(), "PNG")).json()["id"]
+    image = Image.objects.get(pk=image_id)
+    mask = add_mask(image, label="dog", class_index=12)
+    add_embedding(image, space="content", model_key="autoencoder/v1", vector=[1 / 1024] * 1024)
+    body = signed_in.get(reverse("api-image", args=[image_id])).json()
+    assert body["masks"][0]["label"] == "dog" and body["masks"][0]["mask_url"].endswith(f"/masks/{mask.pk}.png")
+    assert body["embedded_by"] == [{"space": "content", "model_key": "autoencoder/v1"}]
+    assert signed_in.get(body["masks"][0]["mask_url"]).status_code == 200
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """20 real photos from scikit-image (and crops of them) plus junk of every kind."""
+    from skimage import data as skdata
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    sources = [getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")]
+    count = 0
+    for index, array in enumerate(sources):
+        for crop in range(4):
+            h, w = array.shape[:2]
+            piece = array[crop * h // 10: h - crop * h // 12, crop * w // 9: w - crop * w // 11]
+            target = folder / ("sub" if crop == 3 else "") / f"photo-{index}-{crop}.jpg"
+            PILImage.fromarray(piece).save(target, quality=90)
+            count += 1
+    assert count == 20
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "truncated.jpg").write_bytes((folder / "photo-0-0.jpg").read_bytes()[:2000])
+    (folder / "empty.png").write_bytes(b"")
+    outside = tmp_path / "secret.jpg"
+    PILImage.fromarray(sources[0]).save(outside)
+    os.symlink(outside, folder / "link-outside.jpg")
+    return folder
+
+
+def test_import_folder_imports_exactly_the_photos_and_reports_the_junk(photo_folder, media_root, capsys):
+    call_command("import_folder", str(photo_folder), "--recursive")
+    out = capsys.readouterr().out
+    assert "added: 20, duplicates: 0, rejected: 4" in out
+    assert "rejected notes.txt: The file is not an image" in out
+    assert "rejected truncated.jpg: The image is damaged or truncated" in out
+    assert "rejected empty.png: The file is empty" in out
+    assert "rejected link-outside.jpg: symbolic link: not followed" in out
+    assert Image.objects.count() == 20
+    assert not Image.objects.filter(original_name="link-outside.jpg").exists()
+
+    call_command("import_folder", str(photo_folder), "--recursive")
+    assert "added: 0, duplicates: 20, rejected: 4" in capsys.readouterr().out
+    assert Image.objects.count() == 20
+
+
+def test_import_folder_without_recursive_skips_sub_folders(photo_folder, media_root, capsys):
+    call_command("import_folder", str(photo_folder))
+    assert "added: 15," in capsys.readouterr().out
+
+
+def test_import_folder_fails_for_an_unusable_path(tmp_path):
+    with pytest.raises(CommandError, match="not a folder"):
+        call_command("import_folder", str(tmp_path / "missing"))
