@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
+from gallery.access import can_view_gallery
+from gallery.imaging import ImageRejected
+from retrieval import search as search_service
 from retrieval import status as status_service
+from retrieval.encoders.registry import active_models
+from retrieval.preferences import policy_preferences, preferences_get, preferences_update
 
 
 class ApiRootApi(APIView):
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=inline_serializer("ApiRoot", {"images": serializers.URLField(), "status": serializers.URLField(),
+    @extend_schema(responses=inline_serializer("ApiRoot", {"images": serializers.URLField(), "search": serializers.URLField(),
+                                                            "preferences": serializers.URLField(),
+                                                            "status": serializers.URLField(),
                                                             "schema": serializers.URLField(),
                                                             "docs": serializers.URLField()}))
     def get(self, request):
         return Response({
             "images": reverse("api-images", request=request),
+            "search": reverse("api-search", request=request),
+            "preferences": reverse("api-preferences", request=request),
             "status": reverse("api-status", request=request),
             "schema": reverse("api-schema", request=request),
             "docs": reverse("api-docs", request=request),
@@ -28,7 +40,7 @@ class ApiRootApi(APIView):
 
 
 class StatusApi(APIView):
-    """Active model profile, database, counts of images by status, queued background tasks."""
+    """Active model profile, database, image counts by status, queued tasks, index integrity."""
 
     permission_classes = [AllowAny]
 
@@ -40,10 +52,17 @@ class StatusApi(APIView):
         images = serializers.DictField(child=serializers.IntegerField())
         masks_pending = serializers.IntegerField()
         queued_tasks = serializers.IntegerField()
+        integrity = serializers.DictField()
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request):
-        return Response(self.OutputSerializer(status_service.service_status().as_dict()).data)
+        """?check_files=1 (staff) also checks that every stored file exists; ?heal=1 (staff) rebuilds
+        missing or stale indexes in the background."""
+        staff = request.user.is_staff
+        report = status_service.service_status(check_files=staff and request.query_params.get("check_files") == "1")
+        if staff and request.query_params.get("heal") == "1" and report.integrity["state"] != "ok":
+            status_service.heal_start()
+        return Response(self.OutputSerializer(report.as_dict()).data)
 
 
 class WorkerCheckStartApi(APIView):
@@ -64,3 +83,110 @@ class WorkerCheckResultApi(APIView):
         if result is None:
             return Response({"done": False})
         return Response({"done": True, **result})
+
+
+class SearchApi(APIView):
+    """Find similar images by a stored image, an uploaded image or text, with the merge policy."""
+
+    permission_classes = [AllowAny]  # gallery visibility is checked below (private by default)
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        image_id = serializers.IntegerField(required=False)
+        image = serializers.FileField(required=False, allow_empty_file=True)
+        text = serializers.CharField(required=False, allow_blank=True, max_length=500)
+        k = serializers.IntegerField(required=False, min_value=1, max_value=500)
+        intersection = serializers.BooleanField(required=False)
+        policy = serializers.ChoiceField(choices=["semantic", "content"], required=False)
+        split = serializers.IntegerField(required=False, min_value=0, max_value=100)
+        include_self = serializers.BooleanField(required=False, default=False)
+
+        def validate(self, data):
+            given = [name for name in ("image_id", "image", "text") if data.get(name) not in (None, "")]
+            if len(given) != 1:
+                raise serializers.ValidationError("Give exactly one of image_id, image or text.")
+            return data
+
+    class HitSerializer(serializers.Serializer):
+        image_id = serializers.IntegerField(source="image.pk")
+        original_name = serializers.CharField(source="image.original_name")
+        retrieved_by = serializers.CharField()
+        semantic_similarity = serializers.FloatField(allow_null=True)
+        content_similarity = serializers.FloatField(allow_null=True)
+        image_url = serializers.SerializerMethodField()
+        thumbnail_url = serializers.SerializerMethodField()
+
+        def get_image_url(self, hit) -> str:
+            return reverse("gallery:image-file", args=[hit.image.pk], request=self.context.get("request"))
+
+        def get_thumbnail_url(self, hit) -> str:
+            return reverse("gallery:image-thumbnail", args=[hit.image.pk], request=self.context.get("request"))
+
+    class OutputSerializer(serializers.Serializer):
+        results = serializers.ListField()
+        counts = serializers.DictField(child=serializers.IntegerField())
+        engine = serializers.CharField()
+        models = serializers.DictField(child=serializers.CharField())
+        elapsed_ms = serializers.FloatField()
+        preferences = serializers.DictField()
+
+    @extend_schema(request={"multipart/form-data": InputSerializer, "application/json": InputSerializer},
+                   responses=OutputSerializer)
+    def post(self, request):
+        if not can_view_gallery(request.user):
+            return Response({"detail": "Sign in to search the gallery."}, status=status.HTTP_403_FORBIDDEN)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        prefs = preferences_get(user=request.user, session=request.session)
+        overrides = {"k": data.get("k"), "intersection_first": data.get("intersection"),
+                     "preferred_index": data.get("policy"), "split": data.get("split")}
+        prefs.update({name: value for name, value in overrides.items() if value is not None})
+        models = active_models()
+        try:
+            if data.get("image_id") is not None:
+                query = search_service.vectors_for_image_id(image_id=data["image_id"], models=models)
+                if data["include_self"]:
+                    query = search_service.QueryVectors(query.semantic, query.content, None)
+            elif data.get("image") is not None:
+                query = search_service.vectors_for_upload(data=data["image"].read(), models=models)
+            else:
+                query = search_service.vectors_for_text(text=data["text"], models=models)
+            response = search_service.search(query=query, preferences=policy_preferences(prefs), models=models)
+        except ImageRejected as exc:
+            code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.too_large else status.HTTP_400_BAD_REQUEST
+            return Response({"detail": exc.message}, status=code)
+        except search_service.QueryError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response({
+            "results": self.HitSerializer(response.hits, many=True, context={"request": request}).data,
+            "counts": response.counts, "engine": response.engine, "engines": response.engines,
+            "models": response.models, "elapsed_ms": round(response.elapsed_ms, 2),
+            "preferences": asdict(response.preferences),
+        })
+
+
+class PreferencesApi(APIView):
+    """The caller's search preferences (per user; per session for anonymous visitors)."""
+
+    permission_classes = [AllowAny]
+
+    class PreferencesSerializer(serializers.Serializer):
+        mask_threshold = serializers.IntegerField(min_value=0, max_value=100, required=False)
+        k = serializers.IntegerField(min_value=1, max_value=500, required=False)
+        intersection_first = serializers.BooleanField(required=False)
+        preferred_index = serializers.ChoiceField(choices=["semantic", "content"], required=False)
+        split = serializers.IntegerField(min_value=0, max_value=100, required=False)
+
+    @extend_schema(responses=PreferencesSerializer)
+    def get(self, request):
+        return Response(preferences_get(user=request.user, session=request.session))
+
+    @extend_schema(request=PreferencesSerializer, responses=PreferencesSerializer)
+    def put(self, request):
+        serializer = self.PreferencesSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(preferences_update(user=request.user, session=request.session,
+                                           values=serializer.validated_data))
+
+    patch = put

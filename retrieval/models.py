@@ -34,3 +34,29 @@ class SearchPreferences(models.Model):
 
     def __str__(self) -> str:
         return f"Search preferences of {self.user}"
+
+
+class IndexState(models.Model):
+    """The version stamp of the FAISS index of one (space, model): every web process compares its
+    loaded version with this row and reloads the file when a newer one was built elsewhere."""
+
+    space = models.CharField(max_length=16)
+    model_key = models.CharField(max_length=100)
+    version = models.PositiveIntegerField(default=0)
+    vector_count = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=16, blank=True, help_text="flat or hnsw")
+    file_name = models.CharField(max_length=255, blank=True)
+    built_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["space", "model_key"], name="index_state_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.space} index of {self.model_key} v{self.version}"
+
+
+class DeletedImage(models.Model):
+    """Tombstones: web processes drop these ids from their in-memory indexes without a rebuild."""
+
+    image_id = models.BigIntegerField(db_index=True)
+    deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -22,12 +22,16 @@ class ServiceStatus:
     images: dict[str, int]
     masks_pending: int
     queued_tasks: int
+    integrity: dict
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def service_status() -> ServiceStatus:
+def service_status(*, check_files: bool = False) -> ServiceStatus:
+    """check_files also stats every stored file (slow on big galleries: on request only)."""
+    from retrieval.integrity import integrity_check
+
     active = active_models()
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -43,6 +47,7 @@ def service_status() -> ServiceStatus:
         images=counts,
         masks_pending=Image.objects.filter(masks_status=ProcessingStatus.PENDING).count(),
         queued_tasks=OrmQ.objects.count(),
+        integrity=integrity_check(check_files=check_files).as_dict(),
     )
 
 
@@ -63,3 +68,8 @@ def worker_check_result(task_id: str) -> dict | None:
     if task is None:
         return None
     return {"success": task.success, "result": task.result, "stopped": task.stopped.isoformat()}
+
+
+def heal_start() -> str:
+    """Rebuild missing or stale indexes in a worker."""
+    return async_task("retrieval.tasks.rebuild_indexes", task_name="heal-indexes", group="indexes")

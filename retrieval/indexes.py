@@ -1,0 +1,296 @@
+"""FAISS indexes rebuilt from Postgres, one per (space, model key), kept current incrementally.
+
+- Semantic: L2-normalized vectors, L2 distance (FAISS reports it squared); similarity 1 − d/2
+  (the cosine). Content: L1-normalized vectors, L1 distance; similarity 1 − d₁/2.
+- Exact (flat) up to IMAGINAITION_FLAT_INDEX_MAX vectors, HNSW above (settings give M/ef).
+- A rebuild streams vectors with binary COPY, builds aside, writes the file, then bumps the
+  version stamp in the database (IndexState) and swaps the new index in atomically. Other
+  processes see the newer version on their next query and load the file.
+- Between rebuilds each process catches up on its own: embeddings created since its last sync are
+  added, tombstoned images dropped (checked at most every IMAGINAITION_INDEX_SYNC_SECONDS).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import faiss
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from retrieval.encoders.base import l1_normalize, l2_normalize
+from retrieval.models import DeletedImage, IndexState
+from retrieval.vector_io import load_all, stream_vectors
+
+logger = logging.getLogger(__name__)
+
+# Rows committed slightly out of created_at order are still caught: re-scan this far back.
+SYNC_SLACK = timedelta(seconds=120)
+
+
+def normalize(space: str, vectors: np.ndarray) -> np.ndarray:
+    return l2_normalize(vectors) if space == "semantic" else l1_normalize(vectors)
+
+
+def similarity_from_distance(space: str, distance: float | np.ndarray, *, squared: bool = True):
+    """1 − d/2, where d is FAISS's distance: squared L2 for semantic, L1 for content."""
+    if space == "semantic" and not squared:
+        distance = np.square(distance)
+    return 1.0 - np.asarray(distance, dtype=np.float64) / 2.0
+
+
+def similarity_between(space: str, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The similarity the index would report, computed from stored vectors."""
+    query = normalize(space, query.reshape(1, -1))[0]
+    vectors = normalize(space, vectors)
+    if space == "semantic":
+        distance = np.square(vectors - query).sum(axis=1)
+    else:
+        distance = np.abs(vectors - query).sum(axis=1)
+    return similarity_from_distance(space, distance)
+
+
+def _metric(space: str) -> int:
+    return faiss.METRIC_L2 if space == "semantic" else faiss.METRIC_L1
+
+
+def build_faiss_index(*, space: str, dim: int, ids: np.ndarray, vectors: np.ndarray) -> tuple[faiss.Index, str]:
+    """An IndexIDMap2 over a flat or HNSW index (by size), filled with `vectors` under `ids`."""
+    if len(ids) > settings.IMAGINAITION_FLAT_INDEX_MAX:
+        inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, _metric(space))
+        inner.hnsw.efConstruction = settings.IMAGINAITION_HNSW_EF_CONSTRUCTION
+        inner.hnsw.efSearch = settings.IMAGINAITION_HNSW_EF_SEARCH
+        kind = "hnsw"
+    else:
+        inner = faiss.IndexFlat(dim, _metric(space))
+        kind = "flat"
+    index = faiss.IndexIDMap2(inner)
+    if len(ids):
+        index.add_with_ids(normalize(space, vectors), ids.astype(np.int64))
+    return index, kind
+
+
+@dataclass
+class IndexSnapshot:
+    space: str
+    model_key: str
+    dim: int
+    index: faiss.Index
+    kind: str
+    version: int
+    synced_at: datetime  # database time up to which embeddings and tombstones are applied
+    ids: set[int] = field(default_factory=set)
+    deleted: set[int] = field(default_factory=set)  # HNSW cannot remove: filtered at query time
+    checked_at: float = 0.0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids) - len(self.deleted)
+
+    def search(self, query: np.ndarray, k: int, *, exclude_image_id: int | None = None) -> list[tuple[int, float]]:
+        """[(image_id, similarity)] nearest first."""
+        with self.lock:
+            if self.count == 0 or k <= 0:
+                return []
+            wanted = min(len(self.ids), k + len(self.deleted) + (1 if exclude_image_id is not None else 0))
+            if self.kind == "hnsw":
+                faiss.downcast_index(self.index.index).hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
+            distances, labels = self.index.search(normalize(self.space, query.reshape(1, -1)), wanted)
+        found = []
+        for image_id, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
+            if image_id < 0 or image_id in self.deleted or image_id == exclude_image_id:
+                continue
+            found.append((image_id, float(similarity_from_distance(self.space, distance))))
+            if len(found) == k:
+                break
+        return found
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> int:
+        with self.lock:
+            fresh = [i for i, image_id in enumerate(ids.tolist()) if image_id not in self.ids]
+            if not fresh:
+                return 0
+            self.index.add_with_ids(normalize(self.space, vectors[fresh]), ids[fresh].astype(np.int64))
+            self.ids.update(ids[fresh].tolist())
+            return len(fresh)
+
+    def remove(self, image_ids: set[int]) -> int:
+        with self.lock:
+            present = (image_ids & self.ids) - self.deleted
+            if not present:
+                return 0
+            if self.kind == "flat":
+                self.index.remove_ids(np.fromiter(present, dtype=np.int64))
+                self.ids -= present
+            else:
+                self.deleted |= present
+            return len(present)
+
+
+def _slug(model_key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", model_key).strip("-").lower()
+
+
+def _index_dir() -> Path:
+    path = Path(settings.IMAGINAITION_INDEX_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _db_now() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class IndexManager:
+    """The indexes of this process: loaded lazily, caught up on use, swapped atomically."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[tuple[str, str], IndexSnapshot] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._snapshots.clear()
+
+    def loaded(self, *, space: str, model_key: str) -> IndexSnapshot | None:
+        return self._snapshots.get((space, model_key))
+
+    def forget_images(self, image_ids: set[int]) -> None:
+        for snapshot in list(self._snapshots.values()):
+            snapshot.remove(image_ids)
+
+    def get(self, *, space: str, model_key: str, dim: int) -> IndexSnapshot | None:
+        """The current index, or None when there is none yet (callers fall back to pgvector)."""
+        key = (space, model_key)
+        snapshot = self._snapshots.get(key)
+        interval = settings.IMAGINAITION_INDEX_SYNC_SECONDS
+        if snapshot is not None and time.monotonic() - snapshot.checked_at < interval:
+            return snapshot
+        with self._lock:
+            snapshot = self._snapshots.get(key)
+            if snapshot is not None and time.monotonic() - snapshot.checked_at < interval:
+                return snapshot
+            state = IndexState.objects.filter(space=space, model_key=model_key).first()
+            if state is None or not state.file_name:
+                return None
+            if snapshot is None or snapshot.version != state.version:
+                loaded = self._load_file(state, dim)
+                if loaded is None:
+                    return snapshot  # keep answering with what we have (or fall back)
+                snapshot = loaded
+                self._snapshots[key] = snapshot
+            self._catch_up(snapshot)
+            snapshot.checked_at = time.monotonic()
+            return snapshot
+
+    def _load_file(self, state: IndexState, dim: int) -> IndexSnapshot | None:
+        path = _index_dir() / state.file_name
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            logger.warning("index file %s is missing", path)
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
+            logger.warning("index file %s does not match its database record", path)
+            return None
+        index = faiss.read_index(str(path))
+        ids = set(faiss.vector_to_array(index.id_map).tolist())
+        return IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
+                             kind=meta["kind"], version=state.version,
+                             synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids)
+
+    def _catch_up(self, snapshot: IndexSnapshot) -> None:
+        now = _db_now()
+        since = snapshot.synced_at - SYNC_SLACK
+        for ids, vectors in stream_vectors(model_key=snapshot.model_key, space=snapshot.space, dim=snapshot.dim,
+                                           where_sql="AND created_at >= %s", where_params=(since,)):
+            added = snapshot.add(ids, vectors)
+            if added:
+                logger.info("index %s/%s: added %d new vectors", snapshot.space, snapshot.model_key, added)
+        gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
+        snapshot.remove(gone)
+        snapshot.synced_at = now
+
+    def install(self, snapshot: IndexSnapshot) -> None:
+        with self._lock:
+            snapshot.checked_at = time.monotonic()
+            self._snapshots[(snapshot.space, snapshot.model_key)] = snapshot
+
+
+manager = IndexManager()
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    space: str
+    model_key: str
+    version: int
+    count: int
+    kind: str
+    seconds: float
+
+
+def index_rebuild(*, space: str, model_key: str, dim: int,
+                  progress: Callable[[int], None] | None = None) -> RebuildReport:
+    """Build the index of one (space, model) from Postgres aside, persist it, publish, swap in."""
+    started = time.perf_counter()
+    synced_at = _db_now()  # anything embedded during the build is picked up by the next catch-up
+    ids, vectors = load_all(model_key=model_key, space=space, dim=dim, progress=progress)
+    index, kind = build_faiss_index(space=space, dim=dim, ids=ids, vectors=vectors)
+    with transaction.atomic():
+        state, _ = IndexState.objects.select_for_update().get_or_create(space=space, model_key=model_key)
+        version = state.version + 1
+        file_name = f"{space}-{_slug(model_key)}-v{version}.faiss"
+        path = _index_dir() / file_name
+        _write_atomically(path, lambda tmp: faiss.write_index(index, tmp))
+        meta = {"space": space, "model_key": model_key, "version": version, "count": int(len(ids)),
+                "kind": kind, "dim": dim, "synced_at": synced_at.isoformat()}
+        _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        old_file = state.file_name
+        state.version, state.vector_count, state.kind = version, int(len(ids)), kind
+        state.file_name, state.built_at = file_name, timezone.now()
+        state.save()
+    if old_file and old_file != file_name:
+        for stale in (_index_dir() / old_file, (_index_dir() / old_file).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+    manager.install(IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind,
+                                  version=version, synced_at=synced_at, ids=set(ids.tolist())))
+    return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
+                         seconds=time.perf_counter() - started)
+
+
+def index_drop_all() -> None:
+    """Forget every index (database reset): files, version stamps, this process's copies."""
+    with transaction.atomic():
+        for state in IndexState.objects.select_for_update():
+            for path in (_index_dir() / state.file_name, (_index_dir() / state.file_name).with_suffix(".json")):
+                if state.file_name:
+                    path.unlink(missing_ok=True)
+        IndexState.objects.all().delete()
+    manager.clear()

@@ -1,0 +1,65 @@
+"""The original app's integrity check: ok, index missing, count mismatch, stored file missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.files.storage import default_storage
+
+from gallery.models import Image
+from retrieval.encoders.registry import MODELS, active_models
+from retrieval.indexes import index_rebuild, manager
+from retrieval.models import IndexState
+from retrieval.vector_io import count_vectors
+
+
+@dataclass(frozen=True)
+class IndexHealth:
+    space: str
+    model_key: str
+    state: str  # ok | index missing | count mismatch
+    database_count: int
+    index_count: int | None
+    version: int | None
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    state: str  # ok, or the first problem found
+    indexes: list[IndexHealth]
+    missing_files: list[int]  # image ids whose stored file is gone
+
+    def as_dict(self) -> dict:
+        return {"state": self.state, "missing_files": self.missing_files,
+                "indexes": [health.__dict__ for health in self.indexes]}
+
+
+def integrity_check(*, check_files: bool = True) -> IntegrityReport:
+    models = active_models()
+    healths = []
+    for space, key in (("semantic", models.semantic), ("content", models.content)):
+        in_db = count_vectors(model_key=key, space=space)
+        snapshot = manager.get(space=space, model_key=key, dim=MODELS[key].dim)
+        state = IndexState.objects.filter(space=space, model_key=key).first()
+        if snapshot is None:
+            healths.append(IndexHealth(space, key, "index missing", in_db, None, state.version if state else None))
+        else:
+            ok = snapshot.count == in_db
+            healths.append(IndexHealth(space, key, "ok" if ok else "count mismatch", in_db, snapshot.count,
+                                       snapshot.version))
+    missing = []
+    if check_files:
+        missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
+                   if not default_storage.exists(name)]
+    problems = [h.state for h in healths if h.state != "ok"] + (["stored file missing"] if missing else [])
+    return IntegrityReport(state=problems[0] if problems else "ok", indexes=healths, missing_files=missing)
+
+
+def integrity_heal(report: IntegrityReport) -> list[str]:
+    """Rebuild every index that is missing or whose count disagrees with the database."""
+    healed = []
+    for health in report.indexes:
+        if health.state != "ok":
+            index_rebuild(space=health.space, model_key=health.model_key, dim=MODELS[health.model_key].dim)
+            healed.append(f"{health.space}/{health.model_key}")
+    return healed

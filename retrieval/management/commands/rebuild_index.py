@@ -1,0 +1,26 @@
+from django.core.management.base import BaseCommand
+from tqdm import tqdm
+
+from retrieval.encoders.registry import MODELS, active_models
+from retrieval.indexes import index_rebuild
+from retrieval.vector_io import count_vectors
+
+
+class Command(BaseCommand):
+    help = "Rebuild the FAISS indexes of the active models from the vectors stored in PostgreSQL."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--all-models", action="store_true",
+                            help="also rebuild indexes of registered models that are not active")
+
+    def handle(self, *args, all_models: bool, **options):
+        active = active_models()
+        targets = [("semantic", active.semantic), ("content", active.content)]
+        if all_models:
+            targets = [(spec.role, spec.key) for spec in MODELS.values() if spec.role in ("semantic", "content")]
+        for space, key in targets:
+            total = count_vectors(model_key=key, space=space)
+            with tqdm(total=total, desc=f"{space} {key}", unit="vec", disable=None) as bar:
+                report = index_rebuild(space=space, model_key=key, dim=MODELS[key].dim, progress=bar.update)
+            self.stdout.write(f"{space} {key}: {report.count} vectors, {report.kind}, version {report.version}, "
+                              f"{report.seconds:.2f} s")

@@ -1,0 +1,96 @@
+"""The original merge policy, table-driven on hand-made candidate lists."""
+
+import pytest
+
+from retrieval.policy import Candidate, Preferences, merge, round_half_up
+
+# Semantic finds 1..6, content finds 4..9: images 4, 5, 6 are found by both.
+SEMANTIC = [Candidate(i, s) for i, s in [(1, .99), (2, .98), (3, .97), (4, .96), (5, .95), (6, .94)]]
+CONTENT = [Candidate(i, s) for i, s in [(9, .90), (6, .89), (8, .88), (5, .87), (4, .86), (7, .85)]]
+
+
+def ids(results):
+    return [(r.image_id, r.retrieved_by) for r in results]
+
+
+CASES = [
+    # (k, intersection, preferred, split, expected)
+    (6, True, "semantic", 50, [(4, "both"), (5, "both"), (6, "both"),
+                               (1, "semantic"), (2, "semantic"), (9, "content")]),  # 3 left: round(1.5)=2 + 1
+    (6, True, "content", 50, [(6, "both"), (5, "both"), (4, "both"),
+                              (9, "content"), (8, "content"), (1, "semantic")]),
+    (6, True, "semantic", 0, [(4, "both"), (5, "both"), (6, "both"), (9, "content"), (8, "content"), (7, "content")]),
+    (6, True, "semantic", 100, [(4, "both"), (5, "both"), (6, "both"),
+                                (1, "semantic"), (2, "semantic"), (3, "semantic")]),
+    (6, False, "semantic", 50, [(1, "semantic"), (2, "semantic"), (3, "semantic"),
+                                (9, "content"), (6, "content"), (8, "content")]),
+    (6, False, "content", 50, [(9, "content"), (6, "content"), (8, "content"),
+                               (1, "semantic"), (2, "semantic"), (3, "semantic")]),
+    (6, False, "semantic", 0, [(9, "content"), (6, "content"), (8, "content"), (5, "content"), (4, "content"),
+                               (7, "content")]),
+    (6, False, "semantic", 100, [(1, "semantic"), (2, "semantic"), (3, "semantic"), (4, "semantic"),
+                                 (5, "semantic"), (6, "semantic")]),
+    # k larger than what the indexes returned: everything, nothing twice.
+    (50, True, "semantic", 50, [(4, "both"), (5, "both"), (6, "both"), (1, "semantic"), (2, "semantic"),
+                                (3, "semantic"), (9, "content"), (8, "content"), (7, "content")]),
+    (50, False, "content", 50, [(9, "content"), (6, "content"), (8, "content"), (5, "content"), (4, "content"),
+                                (7, "content"), (1, "semantic"), (2, "semantic"), (3, "semantic")]),
+    (4, False, "semantic", 50, [(1, "semantic"), (2, "semantic"), (9, "content"), (6, "content")]),
+    (2, True, "semantic", 50, [(1, "semantic"), (9, "content")]),  # no overlap within the top 2
+]
+
+
+@pytest.mark.parametrize("k, intersection, preferred, split, expected", CASES)
+def test_merge_policy(k, intersection, preferred, split, expected):
+    prefs = Preferences(k=k, intersection_first=intersection, preferred_index=preferred, split=split)
+    results = merge(semantic=SEMANTIC[:k], content=CONTENT[:k], preferences=prefs)
+    assert ids(results) == expected
+    assert len({r.image_id for r in results}) == len(results) <= k
+
+
+def test_k_limits_what_each_index_contributes():
+    # Only the first k of each list count as "returned by the index" (step 1).
+    prefs = Preferences(k=3, intersection_first=True, preferred_index="semantic", split=50)
+    results = merge(semantic=SEMANTIC, content=CONTENT, preferences=prefs)
+    assert ids(results) == [(1, "semantic"), (2, "semantic"), (9, "content")]  # no overlap within the top 3
+
+
+def test_results_carry_both_similarities_when_known():
+    results = merge(semantic=SEMANTIC, content=CONTENT, preferences=Preferences(k=6))
+    both = [r for r in results if r.retrieved_by == "both"]
+    assert (both[0].semantic_similarity, both[0].content_similarity) == (.96, .86)
+    semantic_only = next(r for r in results if r.retrieved_by == "semantic")
+    assert semantic_only.content_similarity is None  # filled in from stored vectors by the search service
+
+
+@pytest.mark.parametrize("intersection", [True, False])
+@pytest.mark.parametrize("preferred", ["semantic", "content"])
+def test_empty_collection(intersection, preferred):
+    prefs = Preferences(k=10, intersection_first=intersection, preferred_index=preferred)
+    assert merge(semantic=[], content=[], preferences=prefs) == []
+
+
+def test_text_query_has_only_the_semantic_part():
+    prefs = Preferences(k=4, split=50)
+    assert ids(merge(semantic=SEMANTIC, content=[], preferences=prefs)) == [(1, "semantic"), (2, "semantic")]
+
+
+def test_ties_keep_each_index_order():
+    semantic = [Candidate(i, 0.5) for i in (3, 1, 2)]
+    content = [Candidate(i, 0.5) for i in (2, 3, 1)]
+    results = merge(semantic=semantic, content=content, preferences=Preferences(k=3))
+    assert ids(results) == [(3, "both"), (1, "both"), (2, "both")]  # preferred (semantic) order
+
+
+def test_split_rounds_half_up():
+    assert [round_half_up(x) for x in (0.5, 1.5, 2.5, 2.4999)] == [1, 2, 3, 2]
+    prefs = Preferences(k=5, intersection_first=False, split=50)  # 5 places: 3 preferred, 2 other
+    assert [r.retrieved_by for r in merge(semantic=SEMANTIC, content=CONTENT, preferences=prefs)] == \
+        ["semantic"] * 3 + ["content"] * 2
+
+
+def test_images_found_by_both_come_first_in_the_preferred_order_then_the_quota():
+    semantic = [Candidate(i, 1 - i / 10) for i in (4, 5, 6)]
+    content = [Candidate(i, 1 - i / 10) for i in (6, 5, 4)]
+    prefs = Preferences(k=2, intersection_first=True, preferred_index="semantic", split=50)
+    assert ids(merge(semantic=semantic, content=content, preferences=prefs)) == [(5, "both"), (4, "semantic")]
