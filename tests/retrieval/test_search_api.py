@@ -1,0 +1,114 @@
+"""POST /api/search/ and /api/preferences/ over stored vectors (the model-free query: by image id)."""
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from retrieval.indexes import index_rebuild, manager
+from tests.gallery.factories import add_embedding, make_image
+
+pytestmark = pytest.mark.django_db
+
+SEMANTIC_KEY, CONTENT_KEY = "offline/effnet-lite0+minilm", "autoencoder/v1"
+
+
+@pytest.fixture(autouse=True)
+def offline_profile(settings, tmp_path, media_root):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    settings.IMAGINAITION_INDEX_SYNC_SECONDS = 0
+    manager.clear()
+    yield
+    manager.clear()
+
+
+@pytest.fixture
+def gallery():
+    """8 images: semantic neighbours of image 0 are 1..3, content neighbours are 3..5 (3 is in both)."""
+    rng = np.random.default_rng(0)
+    base_s = rng.normal(size=384)
+    base_c = np.abs(rng.normal(size=1024))
+    images = []
+    for i in range(8):
+        s = base_s + (0.2 if i in (0, 1, 2, 3) else 3.0) * rng.normal(size=384)
+        c = base_c + (0.05 if i in (0, 3, 4, 5) else 2.0) * np.abs(rng.normal(size=1024))
+        image = make_image(name=f"img{i}.png")
+        add_embedding(image, space="semantic", model_key=SEMANTIC_KEY, vector=s / np.linalg.norm(s))
+        add_embedding(image, space="content", model_key=CONTENT_KEY, vector=c / c.sum())
+        images.append(image)
+    return images
+
+
+def search(client, **body):
+    return client.post(reverse("api-search"), body, content_type="application/json")
+
+
+def test_search_by_stored_image_applies_the_policy_and_fills_both_similarities(client, user, gallery):
+    client.force_login(user)
+    index_rebuild(space="semantic", model_key=SEMANTIC_KEY, dim=384)
+    index_rebuild(space="content", model_key=CONTENT_KEY, dim=1024)
+
+    body = search(client, image_id=gallery[0].pk, k=4).json()
+
+    ids = [r["image_id"] for r in body["results"]]
+    assert gallery[0].pk not in ids  # the query image itself is excluded by default
+    assert body["results"][0]["image_id"] == gallery[3].pk and body["results"][0]["retrieved_by"] == "both"
+    assert body["engine"] == "faiss" and body["models"] == {"semantic": SEMANTIC_KEY, "content": CONTENT_KEY}
+    assert sum(body["counts"].values()) == len(body["results"]) == 4
+    assert all(r["semantic_similarity"] is not None and r["content_similarity"] is not None for r in body["results"])
+    assert body["results"][0]["thumbnail_url"].endswith(f"/images/{gallery[3].pk}/thumbnail/")
+
+
+def test_request_parameters_override_preferences(client, user, gallery):
+    client.force_login(user)
+    body = search(client, image_id=gallery[0].pk, k=3, intersection=False, policy="content", split=100).json()
+    assert [r["retrieved_by"] for r in body["results"]] == ["content"] * 3
+    assert body["preferences"] == {"k": 3, "intersection_first": False, "preferred_index": "content", "split": 100}
+
+
+def test_pgvector_answers_when_no_faiss_index_exists(client, user, gallery):
+    client.force_login(user)
+    body = search(client, image_id=gallery[0].pk, k=4).json()
+    assert body["engine"] == "pgvector"
+    assert body["results"][0]["image_id"] == gallery[3].pk
+
+
+def test_search_errors_are_4xx_with_a_message(client, user, gallery):
+    client.force_login(user)
+    assert "exactly one" in str(search(client).json())
+    assert "exactly one" in str(search(client, image_id=gallery[0].pk, text="cat").json())
+    response = search(client, image_id=999999)
+    assert response.status_code == 400 and "No such image" in response.json()["detail"]
+    pending = make_image(status="pending")
+    assert "not been embedded yet" in search(client, image_id=pending.pk).json()["detail"]
+    assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
+
+
+def test_private_gallery_refuses_anonymous_search(client, gallery):
+    assert search(client, image_id=gallery[0].pk).status_code == 403
+
+
+def test_preferences_defaults_update_and_validation(client, user):
+    client.force_login(user)
+    url = reverse("api-preferences")
+    assert client.get(url).json() == {"mask_threshold": 30, "k": 50, "intersection_first": True,
+                                      "preferred_index": "semantic", "split": 50}
+    updated = client.put(url, {"k": 12, "intersection_first": False}, content_type="application/json").json()
+    assert updated["k"] == 12 and updated["intersection_first"] is False and updated["split"] == 50
+    assert client.get(url).json()["k"] == 12
+    bad = client.put(url, {"split": 101, "preferred_index": "colour"}, content_type="application/json")
+    assert bad.status_code == 400 and {"split", "preferred_index"} <= set(bad.json())
+
+
+def test_anonymous_preferences_live_in_the_session(client):
+    url = reverse("api-preferences")
+    client.put(url, {"mask_threshold": 70}, content_type="application/json")
+    assert client.get(url).json()["mask_threshold"] == 70
+
+
+def test_stored_preferences_drive_the_search(client, user, gallery):
+    client.force_login(user)
+    client.put(reverse("api-preferences"), {"k": 2, "preferred_index": "content", "intersection_first": False},
+               content_type="application/json")
+    body = search(client, image_id=gallery[0].pk).json()
+    assert len(body["results"]) == 2 and body["results"][0]["retrieved_by"] == "content"
