@@ -182,8 +182,10 @@ Q_CLUSTER = {
     "name": "imaginaition",
     "orm": "default",
     "workers": int(os.environ.get("IMAGINAITION_WORKERS", 2)),
-    "timeout": 600,
-    "retry": 720,  # must exceed timeout, or a long task is handed out twice
+    "timeout": int(os.environ.get("IMAGINAITION_TASK_TIMEOUT", 600)),
+    # A task whose worker died is handed out again after `retry` seconds; it must exceed timeout,
+    # or a long task would run twice.
+    "retry": int(os.environ.get("IMAGINAITION_TASK_RETRY", 720)),
     "max_attempts": 3,
     "queue_limit": 50,
     "bulk": 10,

@@ -51,6 +51,21 @@ class SearchResponse:
     engines: dict[str, str] = field(default_factory=dict)
 
 
+_last_build_request = 0.0
+BUILD_REQUEST_INTERVAL = 300.0  # seconds: ask the workers at most this often per process
+
+
+def request_index_build() -> None:
+    global _last_build_request
+    now = time.monotonic()
+    if now - _last_build_request < BUILD_REQUEST_INTERVAL:
+        return
+    _last_build_request = now
+    from retrieval.status import heal_start
+
+    heal_start()
+
+
 def _dim(model_key: str) -> int:
     return MODELS[model_key].dim
 
@@ -65,6 +80,7 @@ def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
             return [Candidate(i, s) for i, s in found], "faiss"
         if engine == "faiss":
             raise QueryError(f"no FAISS index for {space}/{model_key}")
+        request_index_build()  # heal: a worker builds it; pgvector answers meanwhile
     neighbours = pgvector_store.knn(model_key=model_key, space=space, dim=_dim(model_key),
                                     query=normalize(space, query.reshape(1, -1))[0], k=k,
                                     exclude_image_id=exclude_image_id, exact=(engine == "pgvector-exact"))

@@ -1,0 +1,123 @@
+"""Images go through real workers and real (offline-profile) models to `ready`, with embeddings and masks."""
+
+import io
+import os
+import signal
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django_q.models import OrmQ
+from PIL import Image as PILImage
+
+from gallery.models import Embedding, Image, Mask
+from gallery.pipeline import embed_batch, process_all_pending, segment_batch
+from retrieval.encoders import registry
+from tests.conftest import wait_for
+
+
+def jpeg(name: str) -> bytes:
+    from skimage import data as skdata
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(getattr(skdata, name)()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def offline(settings):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    return registry.active_models()
+
+
+def upload(client, name: str):
+    response = client.post(reverse("api-images"), {"file": SimpleUploadedFile(f"{name}.jpg", jpeg(name))})
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, media_root, offline):
+    client.force_login(user)
+    ids = [upload(client, name) for name in ("chelsea", "coffee", "rocket")]
+
+    report = embed_batch(batch_size=8)
+    assert sorted(report.processed) == sorted(ids)  # one batch took all three
+    segment_batch(batch_size=8)
+    assert Embedding.objects.filter(space="semantic", model_key=offline.semantic).count() == 3
+    assert Embedding.objects.filter(space="content", model_key=offline.content).count() == 3
+    chelsea = Image.objects.get(pk=ids[0])
+    assert chelsea.status == "ready" and chelsea.masks_status == "ready"
+    assert "cat" in set(chelsea.masks.values_list("label", flat=True))
+
+    # Running the work again (a retried task) leaves the same rows.
+    Image.objects.update(status="pending", masks_status="pending")
+    masks_before = Mask.objects.count()
+    process_all_pending()
+    assert Embedding.objects.count() == 6 and Mask.objects.count() == masks_before
+    assert set(Image.objects.values_list("status", "masks_status")) == {("ready", "ready")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_image_whose_file_vanished_fails_with_a_readable_message_and_can_be_retried(client, user, media_root, offline):
+    client.force_login(user)
+    image_id = upload(client, "coffee")
+    image = Image.objects.get(pk=image_id)
+    data = image.file.read()
+    image.file.storage.delete(image.file.name)
+    embed_batch()
+    image.refresh_from_db()
+    assert image.status == "failed" and "missing" in image.error
+
+    with image.file.storage.open(image.file.name, "wb") as fh:
+        fh.write(data)
+    assert client.post(reverse("api-image-retry", args=[image_id])).json()["status"] == "pending"
+    embed_batch()
+    image.refresh_from_db()
+    assert image.status == "ready" and image.error == ""
+
+
+@pytest.mark.integration
+def test_upload_through_the_api_is_processed_by_a_real_worker(client, user, media_root, offline, start_worker):
+    worker = start_worker(IMAGINAITION_MODEL_PROFILE="offline", IMAGINAITION_MEDIA_ROOT=str(media_root))
+    client.force_login(user)
+    image_id = upload(client, "chelsea")
+
+    def processed():
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{worker.log()}")
+        body = client.get(reverse("api-image", args=[image_id])).json()
+        return body if body["status"] == "ready" and body["masks_status"] == "ready" else None
+
+    body = wait_for(processed, timeout=240, interval=1, message="the worker to process the upload")
+    assert {e["space"] for e in body["embedded_by"]} == {"semantic", "content"}
+    assert body["masks"] and all(0 < m["area_fraction"] <= 1 for m in body["masks"])
+
+
+@pytest.mark.integration
+def test_a_worker_killed_mid_task_leaves_no_half_written_rows_and_the_image_ends_ready(
+        client, user, media_root, offline, start_worker):
+    env = {"IMAGINAITION_MODEL_PROFILE": "offline", "IMAGINAITION_MEDIA_ROOT": str(media_root),
+           "IMAGINAITION_TASK_TIMEOUT": "60", "IMAGINAITION_TASK_RETRY": "15", "IMAGINAITION_WORKERS": "1"}
+    first = start_worker(**env)
+    client.force_login(user)
+    image_id = upload(client, "astronaut")
+
+    # Wait until a worker has taken the embedding task (the broker stamps it), then SIGKILL everything.
+    wait_for(lambda: OrmQ.objects.filter(lock__isnull=False).exists(), timeout=60, interval=0.05,
+             message="a worker to take the task")
+    first.kill(signal.SIGKILL)
+
+    second = start_worker(**env)
+
+    def ready():
+        if second.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{second.log()}")
+        image = Image.objects.get(pk=image_id)
+        return image.status == "ready" and image.masks_status == "ready"
+
+    wait_for(ready, timeout=240, interval=1, message="the retried tasks to finish")
+    assert Embedding.objects.filter(image_id=image_id).count() == 2  # one per space, no duplicates
+    labels = list(Mask.objects.filter(image_id=image_id).values_list("class_index", flat=True))
+    assert len(labels) == len(set(labels))
+    assert os.getpid() != first.process.pid
