@@ -1,21 +1,24 @@
 """Background processing: embeddings and masks for pending images, batched through the models.
 
-A task for one image claims up to a batch of pending images (row locks, SKIP LOCKED), so images
-waiting in the queue go through the models together, in one forward pass per model per batch.
-Everything a batch writes is in one transaction: a worker killed mid-batch leaves nothing behind,
-and the images stay pending for the next task (or the retry of this one). Writes are upserts, so
-running a task twice leaves the same rows.
+A task for one image claims up to a batch of pending images, so images waiting in the queue go
+through the models together, in one forward pass per model per batch. Claims are PostgreSQL
+session advisory locks, one per (kind of work, image): embedding and segmentation of the same
+image never block each other, two workers never take the same image, and a worker that dies
+drops its connection and with it its claims. Models run outside any transaction; the results are
+written in one short transaction (rows locked in id order, so two writers cannot deadlock). A
+worker killed at any point leaves nothing half-written, and the images stay pending for the next
+task or the retry of this one. Writes are upserts: running a task twice leaves the same rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, IntegerField, Value, When
+from django.db import connection, transaction
 
 from gallery import events
 from gallery.imaging import ImageRejected, decode_image, for_models, probability_to_png
@@ -24,6 +27,8 @@ from retrieval.encoders.registry import ActiveModels, active_models, get_model
 
 logger = logging.getLogger(__name__)
 
+_LOCK_NAMESPACE = {"status": 1, "masks_status": 2}
+
 
 @dataclass(frozen=True)
 class BatchReport:
@@ -31,34 +36,54 @@ class BatchReport:
     failed: list[int]
 
 
-def _claim(*, status_field: str, first_id: int | None, batch_size: int) -> list[Image]:
-    """Lock up to batch_size pending images, `first_id` first (call inside a transaction)."""
-    queryset = Image.objects.select_for_update(skip_locked=True).filter(**{status_field: ProcessingStatus.PENDING})
-    if first_id is not None:
-        queryset = queryset.annotate(_first=Case(When(pk=first_id, then=Value(0)), default=Value(1),
-                                                 output_field=IntegerField())).order_by("_first", "pk")
-    else:
-        queryset = queryset.order_by("pk")
-    return list(queryset[:batch_size])
+def _lock_key(status_field: str, image_id: int) -> int:
+    return (_LOCK_NAMESPACE[status_field] << 48) | image_id
 
 
-def _load_pictures(images: Sequence[Image], *, fail: Callable[[Image, str], None]) -> list[tuple[Image, object]]:
-    loaded = []
+@contextlib.contextmanager
+def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Iterator[list[Image]]:
+    """Up to batch_size pending images (`first_id` first), claimed for the duration of the block."""
+    candidates = list(Image.objects.filter(**{status_field: ProcessingStatus.PENDING})
+                      .order_by("pk").values_list("pk", flat=True)[: batch_size * 4])
+    if first_id in candidates:
+        candidates.remove(first_id)
+        candidates.insert(0, first_id)
+    claimed: list[int] = []
+    with connection.cursor() as cursor:
+        try:
+            for image_id in candidates:
+                if len(claimed) == batch_size:
+                    break
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(status_field, image_id)])
+                if cursor.fetchone()[0]:
+                    claimed.append(image_id)
+            # Re-read after claiming: another worker may have finished one just before.
+            images = list(Image.objects.filter(pk__in=claimed, **{status_field: ProcessingStatus.PENDING}))
+            images.sort(key=lambda image: claimed.index(image.pk))
+            yield images
+        finally:
+            for image_id in claimed:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(status_field, image_id)])
+
+
+def _load_pictures(images: Sequence[Image]) -> tuple[list[tuple[Image, object]], dict[int, str]]:
+    loaded, errors = [], {}
     for image in images:
         try:
             with image.file.open("rb") as fh:
                 loaded.append((image, for_models(decode_image(fh.read()).picture)))
         except FileNotFoundError:
-            fail(image, "The stored file is missing.")
+            errors[image.pk] = "The stored file is missing."
         except ImageRejected as exc:
-            fail(image, exc.message)
-    return loaded
+            errors[image.pk] = exc.message
+    return loaded, errors
 
 
-def _run_isolating_failures(items, run_batch, fail) -> list:
-    """Run the batch; if it raises, run each item alone so one bad image fails alone."""
+def _infer_isolating_failures(items: list, infer: Callable[[list], list], errors: dict[int, str]) -> list:
+    """infer(items) -> one output per item. If the batch raises, run each item alone, so one bad
+    image fails alone (its error recorded) and the others still get their results."""
     try:
-        return run_batch(items)
+        return list(zip(items, infer(items), strict=True))
     except Exception:  # noqa: BLE001 - any model error: retry one by one to find the culprit
         if len(items) == 1:
             raise
@@ -66,84 +91,85 @@ def _run_isolating_failures(items, run_batch, fail) -> list:
     done = []
     for item in items:
         try:
-            done += run_batch([item])
+            done += list(zip([item], infer([item]), strict=True))
         except Exception as exc:  # noqa: BLE001
-            fail(item[0], f"Processing failed: {exc}")
+            errors[item[0].pk] = f"Processing failed: {exc}"
     return done
+
+
+def _write(*, status_field: str, error_field: str, results: dict[int, object], errors: dict[int, str],
+           write_one: Callable[[Image, object], None]) -> list[int]:
+    """In one short transaction: lock the images still present (id order), store, set statuses."""
+    with transaction.atomic():
+        images = list(Image.objects.select_for_update().filter(pk__in=[*results, *errors]).order_by("pk"))
+        for image in images:
+            if image.pk in results:
+                write_one(image, results[image.pk])
+                setattr(image, status_field, ProcessingStatus.READY)
+                setattr(image, error_field, "")
+            else:
+                setattr(image, status_field, ProcessingStatus.FAILED)
+                setattr(image, error_field, errors[image.pk])
+            image.save(update_fields=[status_field, error_field])
+    return [image.pk for image in images if image.pk in results]
 
 
 def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                 models: ActiveModels | None = None) -> BatchReport:
     """Compute the active semantic and content embeddings for one batch of pending images."""
     models = models or active_models()
-    batch_size = batch_size or settings.IMAGINAITION_BATCH_SIZE
-    failed: list[int] = []
-    stored: list[int] = []
+    keys = ((models.semantic, "semantic"), (models.content, "content"))
 
-    def fail(image: Image, message: str) -> None:
-        image.status, image.error = ProcessingStatus.FAILED, message
-        image.save(update_fields=["status", "error"])
-        failed.append(image.pk)
-
-    def run(items):
+    def infer(items):
         pictures = [picture for _, picture in items]
-        vectors = {key: get_model(key).encode_images(pictures) for key in (models.semantic, models.content)}
-        for row, (image, _) in enumerate(items):
-            for key, space in ((models.semantic, "semantic"), (models.content, "content")):
-                Embedding.objects.update_or_create(image=image, space=space, model_key=key,
-                                                   defaults={"vector": vectors[key][row]})
-            image.status, image.error = ProcessingStatus.READY, ""
-            image.save(update_fields=["status", "error"])
-        return [image.pk for image, _ in items]
+        vectors = {key: get_model(key).encode_images(pictures) for key, _ in keys}
+        return [{key: vectors[key][row] for key, _ in keys} for row in range(len(items))]
 
-    with transaction.atomic():
-        images = _claim(status_field="status", first_id=first_id, batch_size=batch_size)
+    def write_one(image: Image, vectors: dict) -> None:
+        for key, space in keys:
+            Embedding.objects.update_or_create(image=image, space=space, model_key=key,
+                                               defaults={"vector": vectors[key]})
+
+    with _claimed(status_field="status", first_id=first_id,
+                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
         if not images:
             return BatchReport(processed=[], failed=[])
-        stored = _run_isolating_failures(_load_pictures(images, fail=fail), run, fail)
-
-        def announce() -> None:
-            for key, space in ((models.semantic, "semantic"), (models.content, "content")):
-                events.embeddings_stored.send(sender=Embedding, image_ids=stored, space=space, model_key=key)
-
-        if stored:
-            transaction.on_commit(announce)
-    return BatchReport(processed=stored, failed=failed)
+        loaded, errors = _load_pictures(images)
+        results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
+        stored = _write(status_field="status", error_field="error", results=results, errors=errors,
+                        write_one=write_one)
+    if stored:
+        for key, space in keys:
+            events.embeddings_stored.send(sender=Embedding, image_ids=stored, space=space, model_key=key)
+    return BatchReport(processed=stored, failed=sorted(errors))
 
 
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                   models: ActiveModels | None = None) -> BatchReport:
     """Compute the active segmenter's masks for one batch of images whose masks are pending."""
     models = models or active_models()
-    batch_size = batch_size or settings.IMAGINAITION_BATCH_SIZE
-    failed: list[int] = []
 
-    def fail(image: Image, message: str) -> None:
-        image.masks_status, image.masks_error = ProcessingStatus.FAILED, message
-        image.save(update_fields=["masks_status", "masks_error"])
-        failed.append(image.pk)
+    def infer(items):
+        return get_model(models.segmenter).segment([picture for _, picture in items])
 
-    def run(items):
-        segmenter = get_model(models.segmenter)
-        per_image = segmenter.segment([picture for _, picture in items])
-        for (image, _), masks in zip(items, per_image, strict=True):
-            # Replace this segmenter's masks wholesale: a rerun leaves exactly one set.
-            Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
-            Mask.objects.bulk_create([
-                Mask(image=image, segmenter=models.segmenter, label=mask.label, class_index=mask.class_index,
-                     probability_png=probability_to_png(mask.probability), area_fraction=mask.area_fraction)
-                for mask in masks
-            ])
-            image.masks_status, image.masks_error = ProcessingStatus.READY, ""
-            image.save(update_fields=["masks_status", "masks_error"])
-        return [image.pk for image, _ in items]
+    def write_one(image: Image, masks: list) -> None:
+        # Replace this segmenter's masks wholesale: a rerun leaves exactly one set.
+        Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
+        Mask.objects.bulk_create([
+            Mask(image=image, segmenter=models.segmenter, label=mask.label, class_index=mask.class_index,
+                 probability_png=probability_to_png(mask.probability), area_fraction=mask.area_fraction)
+            for mask in masks
+        ])
 
-    with transaction.atomic():
-        images = _claim(status_field="masks_status", first_id=first_id, batch_size=batch_size)
+    with _claimed(status_field="masks_status", first_id=first_id,
+                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
         if not images:
             return BatchReport(processed=[], failed=[])
-        processed = _run_isolating_failures(_load_pictures(images, fail=fail), run, fail)
-    return BatchReport(processed=processed, failed=failed)
+        loaded, errors = _load_pictures(images)
+        results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
+        processed = _write(status_field="masks_status", error_field="masks_error", results=results,
+                           errors=errors, write_one=write_one)
+    return BatchReport(processed=processed, failed=sorted(errors))
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> None:
