@@ -11,12 +11,14 @@ OPENCLIP_VIT_B_32 = register(ModelSpec(
     profiles=("standard",),
     description="OpenAI CLIP ViT-B/32 through open_clip: image and text towers, L2-normalized.",
     weights=(WeightFile(
-        filename="open_clip_vit_b_32_openai.bin",
+        filename="open_clip_vit_b_32_openai.pt",
         licence="MIT (OpenAI CLIP)",
-        url=None,  # set by the standard-profile module work (fetch_weights)
-        sha256=None,
+        url="https://openaipublic.azureedge.net/clip/models/"
+            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+        sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+        convert="retrieval.encoders.openclip:state_dict_from_openai_archive",
     ),),
-    options={"architecture": "ViT-B-32"},
+    options={"architecture": "ViT-B-32", "quick_gelu": True},  # OpenAI's weights were trained with QuickGELU
 ))
 
 DEEPLABV3_RESNET101 = register(ModelSpec(
@@ -30,7 +32,7 @@ DEEPLABV3_RESNET101 = register(ModelSpec(
         filename="deeplabv3_resnet101_coco-586e9e4e.pth",
         licence="BSD-3-Clause (torchvision)",
         url="https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth",
-        sha256=None,
+        sha256="586e9e4e",
     ),),
 ))
 

@@ -29,8 +29,9 @@ class WeightFile:
     filename: str
     licence: str
     url: str | None = None  # where fetch_weights downloads it from (None: shipped, never downloaded)
-    sha256: str | None = None
+    sha256: str | None = None  # of the downloaded file; may be a prefix (torchvision names carry 8 hex digits)
     package: str | None = None  # set when the file ships inside an installed Python package
+    convert: str | None = None  # "module:function(source, target)" applied once after download
 
     def path(self) -> Path:
         if self.package:

@@ -1,0 +1,94 @@
+"""Our content encoder: the original product's convolutional autoencoder.
+
+Encoder: blocks of 3×3 convolution + ReLU + BatchNorm with MaxPool downsampling (64 → 32 → 16);
+decoder: transposed convolutions upsampling back to 64×64. The input is a 3×64×64 image normalized
+with the training set's per-channel mean/std (stored in the checkpoint); the code, 4×16×16 = 1024
+values flattened and L1-normalized, is the content embedding. The whole image is resized to 64×64
+(aspect ratio not kept): the embedding describes the whole picture's colours and layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch import nn
+
+from .base import ImageEncoder, l1_normalize
+
+INPUT_SIZE = 64
+CODE_SHAPE = (4, 16, 16)
+
+
+def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
+    return [conv, nn.ReLU(inplace=True), nn.BatchNorm2d(channels)]
+
+
+class ConvAutoencoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        # Narrow on purpose: it trains on a 2-core CPU in minutes and encodes fast at ingest time.
+        self.encoder = nn.Sequential(
+            *_block(nn.Conv2d(3, 16, 3, padding=1), 16),
+            *_block(nn.Conv2d(16, 16, 3, padding=1), 16),
+            nn.MaxPool2d(2),  # 64 → 32
+            *_block(nn.Conv2d(16, 32, 3, padding=1), 32),
+            *_block(nn.Conv2d(32, 32, 3, padding=1), 32),
+            nn.MaxPool2d(2),  # 32 → 16
+            nn.Conv2d(32, CODE_SHAPE[0], 3, padding=1),  # the code: 4×16×16
+        )
+        self.decoder = nn.Sequential(
+            *_block(nn.ConvTranspose2d(CODE_SHAPE[0], 32, 3, padding=1), 32),
+            *_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
+            *_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
+            nn.Conv2d(16, 3, 3, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def to_unit_tensor(pictures: Sequence[PILImage.Image]) -> torch.Tensor:
+    """(n, 3, 64, 64) float in [0, 1]; bilinear with antialiasing (what training used too)."""
+    arrays = [np.asarray(p.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), PILImage.Resampling.BILINEAR,
+                                                  reducing_gap=None), dtype=np.float32) for p in pictures]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+
+
+def normalize_batch(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    return (batch - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+class AutoencoderEncoder(ImageEncoder):
+    space = "content"
+    dim = int(np.prod(CODE_SHAPE))
+
+    def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float]):
+        self.key = key
+        self.model = model.eval()
+        self.mean, self.std = list(mean), list(std)
+
+    def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = normalize_batch(to_unit_tensor(images), self.mean, self.std)
+        with torch.inference_mode():
+            codes = self.model.encode(batch)  # one forward pass for the whole batch
+        return l1_normalize(codes.flatten(1).numpy())
+
+
+def load_checkpoint(path) -> tuple[ConvAutoencoder, dict]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = ConvAutoencoder()
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def load(spec) -> AutoencoderEncoder:
+    model, checkpoint = load_checkpoint(spec.weight_path("autoencoder-v1.pt"))
+    return AutoencoderEncoder(key=spec.key, model=model, mean=checkpoint["mean"], std=checkpoint["std"])

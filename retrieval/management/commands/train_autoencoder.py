@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from retrieval.autoencoder_training import autoencoder_train
+from retrieval.encoders.registry import MODELS
+
+
+class Command(BaseCommand):
+    help = "Train the content autoencoder on random 64×64 crops of the photos in a folder."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", type=Path, required=True, help="folder of training photos (searched recursively)")
+        parser.add_argument("--epochs", type=int, default=30)
+        parser.add_argument("--batch-size", type=int, default=64)
+        parser.add_argument("--crops-per-image", type=int, default=64)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--out", type=Path, default=None,
+                            help="checkpoint to write (default: the registry's autoencoder-v1.pt)")
+        parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
+
+    def handle(self, *args, data: Path, epochs: int, batch_size: int, crops_per_image: int, seed: int,
+               out: Path | None, describe: str, **options):
+        if not data.is_dir():
+            raise CommandError(f"{data}: not a folder")
+        out = out or MODELS["autoencoder/v1"].weight_path("autoencoder-v1.pt")
+        try:
+            report = autoencoder_train(data_dir=data, out=out, epochs=epochs, batch_size=batch_size, seed=seed,
+                                       crops_per_image=crops_per_image, data_description=describe)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            f"trained on {report.images} images ({report.heldout_images} held out, {len(report.skipped)} skipped) "
+            f"for {report.epochs} epochs in {report.seconds:.0f} s\n"
+            f"reconstruction MSE: train {report.train_loss:.4f}, held-out {report.heldout_loss:.4f} "
+            f"(untrained: {report.untrained_heldout_loss:.4f})\nwrote {report.out}")
