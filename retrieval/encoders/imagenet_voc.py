@@ -18,7 +18,8 @@ VOC_INDEX: dict[str, int] = {
 VOC_IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
     "aeroplane": (404, 895, 908),  # airliner, warplane, wing
     "bicycle": (444, 671),  # tandem, mountain bike
-    "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),  # cock .. great grey owl, grouse .. swan, stork .. albatross
+    # cock .. great grey owl, black grouse .. black swan, white stork .. albatross
+    "bird": (*range(7, 25), *range(80, 101), *range(127, 147)),
     "boat": (403, 472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914),
     "bottle": (440, 720, 737, 898, 907),  # beer, pill, pop, water, wine bottle
     "bus": (654, 779, 874),  # minibus, school bus, trolleybus
@@ -34,7 +35,8 @@ VOC_IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
     "pottedplant": (738,),  # pot, flowerpot
     "sheep": (348, 349),  # ram, bighorn
     "sofa": (831,),  # studio couch
-    "train": (466, 547, 565, 705, 820, 829),  # bullet train, electric locomotive, freight car, passenger car, steam locomotive, streetcar
+    # bullet train, electric locomotive, freight car, passenger car, steam locomotive, streetcar
+    "train": (466, 547, 565, 705, 820, 829),
     "tvmonitor": (527, 664, 782, 851),  # desktop computer, monitor, screen, television
 }
 

