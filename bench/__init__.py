@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure retrieval quality and speed (`python -m bench.<name>`)."""
