@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image as PILImage
@@ -125,6 +125,9 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
     """Run both kNN searches, merge them with the policy, fill in the missing similarities."""
     started = time.perf_counter()
     models = models or active_models()
+    if query.content is None:
+        # A text query has no content part: its semantic list is all there is, so it fills the k places.
+        preferences = replace(preferences, intersection_first=False, preferred_index="semantic", split=100)
     found: dict[str, list[Candidate]] = {"semantic": [], "content": []}
     engines: dict[str, str] = {}
     for space, vector, key in (("semantic", query.semantic, models.semantic), ("content", query.content, models.content)):

@@ -26,7 +26,7 @@ $PY manage.py ensure_admin
 $PY manage.py qcluster &
 pids+=($!)
 $PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
-    --timeout 300 --access-logfile - &
+    --timeout 300 --graceful-timeout 10 --access-logfile - &
 pids+=($!)
 echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."
 wait -n "${pids[@]}" || true

@@ -112,3 +112,18 @@ def test_stored_preferences_drive_the_search(client, user, gallery):
                content_type="application/json")
     body = search(client, image_id=gallery[0].pk).json()
     assert len(body["results"]) == 2 and body["results"][0]["retrieved_by"] == "content"
+
+
+def test_text_search_fills_all_k_places_from_the_semantic_index(client, user, gallery, monkeypatch):
+    from retrieval import search as search_service
+
+    class FakeTextTower:  # only the text tower is replaced: the rest (index, policy, API) is real
+        def encode_texts(self, texts):
+            return np.stack([np.asarray(gallery[0].embeddings.get(space="semantic").vector, dtype=np.float32)])
+
+    monkeypatch.setattr(search_service, "get_model", lambda key: FakeTextTower())
+    client.force_login(user)
+    body = search(client, text="a cat", k=4).json()
+    assert len(body["results"]) == 4 and body["counts"] == {"both": 0, "semantic": 4, "content": 0}
+    assert body["results"][0]["image_id"] == gallery[0].pk  # text queries exclude nothing
+    assert all(r["content_similarity"] is None for r in body["results"])
