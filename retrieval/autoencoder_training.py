@@ -1,4 +1,5 @@
-"""Training our content autoencoder (`manage.py train_autoencoder`)."""
+"""Training our content autoencoder (`manage.py train_autoencoder`): random 64×64 crops of the photos
+in a folder, a held-out split by source photo, the training set's mean/std stored with the weights."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image as PILImage
 from tqdm import tqdm
 
 from gallery.imaging import ImageRejected, decode_image
-from retrieval.encoders.autoencoder import INPUT_SIZE, ConvAutoencoder, normalize_batch, to_unit_tensor
+from retrieval.encoders.autoencoder import (
+    INPUT_SIZE,
+    ConvAutoencoder,
+    normalize_batch,
+    preprocess,
+    to_unit_tensor,
+)
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -25,9 +32,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 @dataclass(frozen=True)
 class TrainingReport:
-    images: int
+    images: int  # training photos (crops are cut from these)
     heldout_images: int
-    skipped: list[str]
+    crops: int  # training crops per epoch
+    skipped: tuple[str, ...]  # "path: reason" for each unreadable file
     train_loss: float
     heldout_loss: float
     untrained_heldout_loss: float
@@ -36,22 +44,24 @@ class TrainingReport:
     out: Path
 
 
-def _read_pictures(data_dir: Path) -> tuple[list[PILImage.Image], list[str], list[str]]:
-    pictures, names, skipped = [], [], []
+def _read_pictures(data_dir: Path) -> tuple[list[PILImage.Image], list[str]]:
+    """The readable photos under data_dir (sorted by path, so runs are reproducible) and the skipped files."""
+    pictures: list[PILImage.Image] = []
+    skipped: list[str] = []
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         try:
             picture = decode_image(path.read_bytes()).picture
         except (ImageRejected, OSError) as exc:
-            logger.warning("skipping %s: %s", path, exc)
-            skipped.append(str(path))
+            message = exc.message if isinstance(exc, ImageRejected) else str(exc)
+            logger.warning("skipping %s: %s", path, message)
+            skipped.append(f"{path}: {message}")
             continue
         picture.thumbnail((512, 512))  # crops are 64×64: no need to keep huge originals in memory
         pictures.append(picture)
-        names.append(str(path.relative_to(data_dir)))
-    return pictures, names, skipped
+    return pictures, skipped
 
 
-def random_crops(pictures: list[PILImage.Image], per_image: int, rng: random.Random) -> torch.Tensor:
+def random_crops(pictures: Sequence[PILImage.Image], per_image: int, rng: random.Random) -> list[PILImage.Image]:
     """Square crops of 30–100 % of the shorter side, random flips, resized to 64×64, in [0, 1]."""
     crops = []
     for picture in pictures:
@@ -63,7 +73,7 @@ def random_crops(pictures: list[PILImage.Image], per_image: int, rng: random.Ran
             if rng.random() < 0.5:
                 crop = crop.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
             crops.append(crop)
-    return to_unit_tensor(crops)
+    return crops
 
 
 def reconstruction_loss(model: ConvAutoencoder, batch: torch.Tensor) -> float:
@@ -72,27 +82,31 @@ def reconstruction_loss(model: ConvAutoencoder, batch: torch.Tensor) -> float:
         return float(torch.nn.functional.mse_loss(model(batch), batch))
 
 
-def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int = 64, seed: int = 0,
-                      heldout_fraction: float = 0.1, crops_per_image: int = 64, progress: bool = True,
+def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int, seed: int = 0,
+                      heldout_fraction: float = 0.1, crops_per_image: int, progress: bool,
                       data_description: str = "") -> TrainingReport:
-    """Train on random crops of the images under data_dir; the held-out split is by source image."""
+    """Train on random crops of the photos under data_dir and write the checkpoint to `out` atomically.
+    Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer than 2 photos load."""
     started = time.perf_counter()
     rng = random.Random(seed)
-    torch.manual_seed(seed)
-    pictures, names, skipped = _read_pictures(data_dir)
+    torch.manual_seed(seed)  # weight initialization
+    pictures, skipped = _read_pictures(data_dir)
+    if not pictures:
+        raise ValueError(f"{data_dir}: no readable images")
     if len(pictures) < 2:
-        raise ValueError(f"{data_dir}: need at least 2 readable images, found {len(pictures)}")
+        raise ValueError(f"{data_dir}: need at least 2 readable images (one is held out), found 1")
     order = list(range(len(pictures)))
     rng.shuffle(order)
     heldout_count = max(1, round(len(pictures) * heldout_fraction))
     heldout = [pictures[i] for i in order[:heldout_count]]
     train = [pictures[i] for i in order[heldout_count:]]
 
-    train_unit = random_crops(train, crops_per_image, rng)
+    # The crops are cut once: a fixed, in-memory training set keeps epochs fast on a CPU.
+    train_unit = to_unit_tensor(random_crops(train, crops_per_image, rng))
     mean = train_unit.mean(dim=(0, 2, 3)).tolist()
     std = train_unit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     train_data = normalize_batch(train_unit, mean, std)
-    heldout_data = normalize_batch(random_crops(heldout, max(8, crops_per_image // 4), rng), mean, std)
+    heldout_data = preprocess(random_crops(heldout, max(8, crops_per_image // 4), rng), mean, std)
 
     model = ConvAutoencoder()
     untrained = reconstruction_loss(model, heldout_data)
@@ -109,7 +123,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(indices)
+            total += loss.item() * len(indices)
             count += len(indices)
         scheduler.step()
         train_loss = total / count
@@ -131,15 +145,13 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return TrainingReport(images=len(train), heldout_images=len(heldout), skipped=skipped, train_loss=train_loss,
+    return TrainingReport(images=len(train), heldout_images=len(heldout), crops=len(train_data),
+                          skipped=tuple(skipped), train_loss=train_loss,
                           heldout_loss=heldout_loss, untrained_heldout_loss=untrained, epochs=epochs,
                           seconds=time.perf_counter() - started, out=out)
 
 
-def heldout_loss_of(model: ConvAutoencoder, mean, std, pictures: list[PILImage.Image], seed: int = 0) -> float:
-    """Reconstruction MSE of random crops of `pictures` (for tests and the weights README)."""
-    data = normalize_batch(random_crops(pictures, 16, random.Random(seed)), mean, std)
-    return reconstruction_loss(model, data)
-
-
-__all__ = ["autoencoder_train", "heldout_loss_of", "TrainingReport", "np"]
+def heldout_loss_of(model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float],
+                    pictures: Sequence[PILImage.Image], seed: int = 0) -> float:
+    """Reconstruction MSE (normalized units) of 16 random crops per picture (tests, the weights README)."""
+    return reconstruction_loss(model, preprocess(random_crops(pictures, 16, random.Random(seed)), mean, std))

@@ -10,6 +10,8 @@ values flattened and L1-normalized, is the content embedding. The whole image is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +19,9 @@ from PIL import Image as PILImage
 from torch import nn
 
 from .base import ImageEncoder, l1_normalize
+
+if TYPE_CHECKING:
+    from .registry import ModelSpec
 
 INPUT_SIZE = 64
 CODE_SHAPE = (4, 16, 16)
@@ -54,7 +59,8 @@ class ConvAutoencoder(nn.Module):
 
 
 def to_unit_tensor(pictures: Sequence[PILImage.Image]) -> torch.Tensor:
-    """(n, 3, 64, 64) float in [0, 1]; bilinear with antialiasing (what training used too)."""
+    """(n, 3, 64, 64) float in [0, 1]. Pillow's bilinear filter widens its kernel when shrinking, so this
+    is antialiased: a 4000-px photo and its 400-px copy give nearly the same 64×64 input."""
     arrays = [np.asarray(p.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), PILImage.Resampling.BILINEAR,
                                                   reducing_gap=None), dtype=np.float32) for p in pictures]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
@@ -62,6 +68,12 @@ def to_unit_tensor(pictures: Sequence[PILImage.Image]) -> torch.Tensor:
 
 def normalize_batch(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     return (batch - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def preprocess(pictures: Sequence[PILImage.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The model's input for RGB pictures: (n, 3, 64, 64), normalized with the training set's mean/std.
+    Training goes through the same two steps (it needs the unit tensor first to compute mean/std)."""
+    return normalize_batch(to_unit_tensor(pictures), mean, std)
 
 
 class AutoencoderEncoder(ImageEncoder):
@@ -76,19 +88,22 @@ class AutoencoderEncoder(ImageEncoder):
     def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = normalize_batch(to_unit_tensor(images), self.mean, self.std)
+        batch = preprocess(images, self.mean, self.std)
+        self.model.eval()  # BatchNorm must use its running statistics, whatever a caller did to the module
         with torch.inference_mode():
             codes = self.model.encode(batch)  # one forward pass for the whole batch
         return l1_normalize(codes.flatten(1).numpy())
 
 
-def load_checkpoint(path) -> tuple[ConvAutoencoder, dict]:
+def load_checkpoint(path: Path) -> tuple[ConvAutoencoder, dict[str, Any]]:
+    """The model (eval mode) and the checkpoint dict: state_dict, mean, std, meta."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = ConvAutoencoder()
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
 
 
-def load(spec) -> AutoencoderEncoder:
+def load(spec: ModelSpec) -> AutoencoderEncoder:
+    """The registry's loader: only the spec knows where the weights live."""
     model, checkpoint = load_checkpoint(spec.weight_path("autoencoder-v1.pt"))
     return AutoencoderEncoder(key=spec.key, model=model, mean=checkpoint["mean"], std=checkpoint["std"])
