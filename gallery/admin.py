@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Prefetch
-from django.urls import reverse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from gallery.models import Embedding, Image, Mask
+from gallery.models_reset import ResetJob
 
 
 def _thumbnail(image: Image, size: int, shown_px: int) -> str:
@@ -46,6 +49,29 @@ class ImageAdmin(admin.ModelAdmin):
     inlines = (MaskInline, EmbeddingInline)
     date_hierarchy = "created_at"
     list_per_page = 50
+    change_form_template = "admin/gallery/image/change_form.html"
+
+    def get_urls(self):
+        similar = path("<int:image_id>/similar/", self.admin_site.admin_view(self.similar_view),
+                       name="gallery_image_similar")
+        return [similar, *super().get_urls()]
+
+    def similar_view(self, request, image_id: int):
+        """"Search similar" from an image's admin page: the same search service as the API and pages."""
+        from retrieval import search as search_service
+        from retrieval.preferences import policy_preferences, preferences_get
+
+        image = get_object_or_404(Image, pk=image_id)
+        try:
+            query = search_service.vectors_for_image_id(image_id=image.pk, models=None)
+            response = search_service.search(
+                query=query, preferences=policy_preferences(preferences_get(user=request.user, session=request.session)))
+        except search_service.QueryError as exc:
+            messages.error(request, str(exc))
+            return redirect("admin:gallery_image_change", image.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "original": image,
+                   "title": f"Images similar to {image.original_name}", "response": response}
+        return TemplateResponse(request, "admin/gallery/image/similar.html", context)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related(
@@ -92,3 +118,13 @@ class EmbeddingAdmin(admin.ModelAdmin):
     @admin.display(description="Dimension")
     def dimension(self, obj: Embedding) -> int:
         return len(obj.vector)
+
+
+@admin.register(ResetJob)
+class ResetJobAdmin(admin.ModelAdmin):
+    list_display = ("id", "folder", "state", "phase", "imported", "duplicates", "embedded", "created_by", "created_at")
+    list_filter = ("state",)
+    readonly_fields = [field.name for field in ResetJob._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # started from the reset page, which asks for confirmation

@@ -95,3 +95,4 @@ class Embedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.space} {self.model_key} of image #{self.image_id}"
+from gallery.models_reset import ResetJob  # noqa: E402,F401

@@ -88,7 +88,8 @@ def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
             for n in neighbours], "pgvector"
 
 
-def vectors_for_image_id(*, image_id: int, models: ActiveModels) -> QueryVectors:
+def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
+    models = models or active_models()
     stored = dict(Embedding.objects.filter(image_id=image_id, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:

@@ -85,3 +85,30 @@ def test_ensure_admin_takes_the_password_from_the_environment(capsys, django_use
     call_command("ensure_admin")
     assert "correct-horse-battery" not in capsys.readouterr().out
     assert django_user_model.objects.get(username="admin").check_password("correct-horse-battery")
+
+
+def test_admin_search_similar_from_an_image_page(client, staff_user, media_root, settings, tmp_path):
+    import numpy as np
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(4):
+        image = make_image(name=f"p{i}.png")
+        semantic = rng.normal(size=384)
+        add_embedding(image, space="semantic", model_key="offline/effnet-lite0+minilm",
+                      vector=semantic / np.linalg.norm(semantic))
+        content = np.abs(rng.normal(size=1024))
+        add_embedding(image, space="content", model_key="autoencoder/v1", vector=content / content.sum())
+        images.append(image)
+    client.force_login(staff_user)
+    change_page = client.get(reverse("admin:gallery_image_change", args=[images[0].pk])).content.decode()
+    similar_url = reverse("admin:gallery_image_similar", args=[images[0].pk])
+    assert similar_url in change_page
+    page = client.get(similar_url).content.decode()
+    assert "p1.png" in page and "p3.png" in page and 'class="both"' in page
+    assert page.count('<li class="both">') == 3  # 3 other images, k=50: each index returns all of them
+    pending = make_image(status="pending")
+    response = client.get(reverse("admin:gallery_image_similar", args=[pending.pk]))
+    assert response.status_code == 302  # back to the image page with the reason

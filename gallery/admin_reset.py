@@ -1,0 +1,83 @@
+"""Django admin pages for "Reset / initialize from a folder" (staff only, CSRF-protected)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from gallery.models_reset import ResetJob
+from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_start
+
+
+class ResetForm(forms.Form):
+    folder = forms.CharField(label="Folder on the server", max_length=1024,
+                             widget=forms.TextInput(attrs={"size": 80, "placeholder": "/srv/photos"}))
+    recursive = forms.BooleanField(label="Include sub-folders", required=False, initial=True)
+
+    def clean_folder(self) -> str:
+        try:
+            return str(reset_folder_check(folder=self.cleaned_data["folder"]))
+        except ResetRefused as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+def _context(request, **extra) -> dict:
+    return {**admin.site.each_context(request), "title": "Reset / initialize from a folder", **extra}
+
+
+@require_http_methods(["GET", "POST"])
+def reset_form_view(request):
+    """Step 1 asks for the folder; a valid POST shows step 2, the confirmation with counts."""
+    form = ResetForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
+        return render(request, "admin/gallery/reset/confirm.html", _context(request, preview=preview))
+    active = ResetJob.objects.filter(state__in=["queued", "running"]).first()
+    return render(request, "admin/gallery/reset/form.html", _context(request, form=form, active=active))
+
+
+@require_POST
+def reset_start_view(request):
+    form = ResetForm(request.POST)
+    if not form.is_valid() or request.POST.get("confirm") != "yes":
+        messages.error(request, "The reset was not confirmed.")
+        return redirect("gallery-reset")
+    try:
+        job = reset_start(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"],
+                          user=request.user)
+    except ResetRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("gallery-reset")
+    return redirect("gallery-reset-progress", job_id=job.pk)
+
+
+def _job_data(job: ResetJob) -> dict:
+    return {"id": job.pk, "state": job.state, "phase": job.phase, "folder": job.folder,
+            "deleted_images": job.deleted_images, "total_files": job.total_files, "scanned": job.scanned,
+            "imported": job.imported, "duplicates": job.duplicates, "rejected": job.rejected,
+            "embedded": job.embedded, "error": job.error}
+
+
+@require_GET
+def reset_progress_view(request, job_id: int):
+    job = get_object_or_404(ResetJob, pk=job_id)
+    return render(request, "admin/gallery/reset/progress.html", _context(
+        request, job=job, status_url=reverse("gallery-reset-status", args=[job.pk]),
+        images_url=reverse("admin:gallery_image_changelist")))
+
+
+@require_GET
+def reset_status_view(request, job_id: int):
+    return JsonResponse(_job_data(get_object_or_404(ResetJob, pk=job_id)))
+
+
+urlpatterns = [
+    path("", admin.site.admin_view(reset_form_view), name="gallery-reset"),
+    path("start/", admin.site.admin_view(reset_start_view), name="gallery-reset-start"),
+    path("<int:job_id>/", admin.site.admin_view(reset_progress_view), name="gallery-reset-progress"),
+    path("<int:job_id>/status/", admin.site.admin_view(reset_status_view), name="gallery-reset-status"),
+]

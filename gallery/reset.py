@@ -1,0 +1,150 @@
+"""Reset / initialize the gallery from a server-side folder (the original app's feature).
+
+Everything stored goes (images, masks, embeddings, files, indexes), then the folder is imported and
+processed in the worker that runs the job, while a progress page follows it. The deletion is one
+transaction: a query during a reset sees the old gallery or an empty one, never half of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from gallery import events
+from gallery.models import Embedding, Image, Mask
+from gallery.models_reset import ResetJob
+from gallery.pipeline import process_all_pending
+from gallery.services import folder_files, folder_import
+
+logger = logging.getLogger(__name__)
+PROGRESS_EVERY = 5  # files between progress writes
+
+
+class ResetRefused(Exception):
+    """A reset cannot start (bad folder, or another reset is running)."""
+
+
+@dataclass(frozen=True)
+class ResetPreview:
+    folder: Path
+    recursive: bool
+    images: int
+    masks: int
+    embeddings: int
+    stored_files: int
+    files_to_import: int
+
+
+def reset_folder_check(*, folder: str) -> Path:
+    """The folder as a resolved path; ResetRefused with a readable reason otherwise."""
+    path = Path(folder).expanduser()
+    if not folder.strip() or not path.is_absolute():
+        raise ResetRefused("Give an absolute path of a folder on the server.")
+    if not path.exists():
+        raise ResetRefused(f"{path} does not exist.")
+    if not path.is_dir():
+        raise ResetRefused(f"{path} is not a folder.")
+    try:
+        next(path.iterdir(), None)
+    except PermissionError:
+        raise ResetRefused(f"{path} cannot be read by the server.") from None
+    return path.resolve()
+
+
+def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
+    path = reset_folder_check(folder=folder)
+    files, _ = folder_files(root=path, recursive=recursive)
+    return ResetPreview(folder=path, recursive=recursive, images=Image.objects.count(), masks=Mask.objects.count(),
+                        embeddings=Embedding.objects.count(), stored_files=Image.objects.exclude(file="").count(),
+                        files_to_import=len(files))
+
+
+def reset_start(*, folder: str, recursive: bool, user) -> ResetJob:
+    """Create the job and hand it to a worker after commit. Only one reset at a time."""
+    path = reset_folder_check(folder=folder)
+    with transaction.atomic():
+        # Serialize starts: the lock on any active job (or none) makes the check-then-create safe.
+        if ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]).exists():
+            raise ResetRefused("A reset is already in progress; wait for it to finish.")
+        job = ResetJob.objects.create(folder=str(path), recursive=recursive, created_by=user)
+        transaction.on_commit(lambda: _enqueue(job.pk))
+    return job
+
+
+def _enqueue(job_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("gallery.reset.reset_run_task", job_id, task_name=f"reset-{job_id}", group="reset")
+
+
+def reset_run_task(job_id: int) -> str:
+    return reset_run(job_id=job_id).state
+
+
+def _delete_everything() -> int:
+    with transaction.atomic():
+        ids = list(Image.objects.select_for_update().values_list("id", flat=True))
+        Image.objects.all().delete()  # masks and embeddings go with them (cascade)
+        events.images_deleted.send(sender=Image, image_ids=ids)
+    media = Path(settings.MEDIA_ROOT)
+    for folder in ("images", "thumbs", "staging"):
+        shutil.rmtree(media / folder, ignore_errors=True)
+    from retrieval.indexes import index_drop_all
+
+    index_drop_all()
+    return len(ids)
+
+
+def reset_run(*, job_id: int, process: Callable[..., None] = process_all_pending) -> ResetJob:
+    """Run a queued job to the end; any error ends it `failed` with the message (never stuck running)."""
+    job = ResetJob.objects.get(pk=job_id)
+    if job.state != ResetJob.State.QUEUED:
+        return job
+    job.state, job.started_at, job.phase = ResetJob.State.RUNNING, timezone.now(), "deleting the gallery"
+    job.save()
+
+    def save(*fields: str) -> None:
+        job.save(update_fields=[*fields, "phase"])
+
+    try:
+        job.deleted_images = _delete_everything()
+        job.total_files = len(folder_files(root=Path(job.folder), recursive=job.recursive)[0])
+        job.phase = "importing files"
+        save("deleted_images", "total_files")
+
+        def scanned(count: int) -> None:
+            job.scanned += count
+            if job.scanned % PROGRESS_EVERY == 0 or job.scanned == job.total_files:
+                save("scanned")
+
+        report = folder_import(root=Path(job.folder), recursive=job.recursive, user=job.created_by,
+                               enqueue=False, progress=scanned)
+        job.imported, job.duplicates = len(report.added), len(report.duplicates)
+        job.rejected = [list(pair) for pair in report.rejected]
+        job.phase = "computing embeddings and masks"
+        save("scanned", "imported", "duplicates", "rejected")
+
+        def embedded(count: int) -> None:
+            job.embedded += count
+            save("embedded")
+
+        process(progress=embedded)
+        job.phase = "building the indexes"
+        save("embedded")
+        from retrieval.tasks import rebuild_indexes
+
+        rebuild_indexes()
+        job.state, job.phase = ResetJob.State.DONE, "done"
+    except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
+        logger.exception("reset job %s failed", job.pk)
+        job.state, job.error = ResetJob.State.FAILED, f"{type(exc).__name__}: {exc}"
+    job.finished_at = timezone.now()
+    job.save()
+    return job

@@ -1,0 +1,109 @@
+"""Admin "reset / initialize from a folder": staff only, confirmation with counts, a real job."""
+
+import pytest
+from django.urls import reverse
+from django_q.models import OrmQ
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from gallery.models_reset import ResetJob
+from gallery.pipeline import process_all_pending
+from gallery.reset import ResetRefused, reset_run, reset_start
+from tests.gallery.factories import add_embedding, add_mask, make_image
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "new-photos"
+    (path / "sub").mkdir(parents=True)
+    for i, color in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        PILImage.new("RGB", (40 + i, 30), color).save(path / f"photo{i}.png")
+    PILImage.new("RGB", (20, 20), (90, 90, 90)).save(path / "sub" / "deep.jpg")
+    (path / "readme.txt").write_text("not an image")
+    return path
+
+
+@pytest.fixture
+def old_gallery(media_root):
+    images = [make_image(name=f"old{i}.png") for i in range(2)]
+    add_mask(images[0])
+    add_embedding(images[0], space="content", model_key="autoencoder/v1", vector=[1 / 1024] * 1024)
+    return images
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["anonymous", "user"])
+def test_only_staff_reach_the_reset_pages(client, user, who):
+    if who == "user":
+        client.force_login(user)
+    for url in (reverse("gallery-reset"), reverse("gallery-reset-status", args=[1])):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert client.post(reverse("gallery-reset-start"), {"folder": "/tmp", "confirm": "yes"}).status_code == 302
+    assert not ResetJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_form_rejects_a_missing_folder(client, staff_user, tmp_path):
+    client.force_login(staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": str(tmp_path / "nope")}).content.decode()
+    assert "does not exist" in page
+
+
+@pytest.mark.django_db
+def test_confirmation_shows_what_will_be_deleted_and_imported(client, staff_user, folder, old_gallery):
+    client.force_login(staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": str(folder), "recursive": "on"}).content.decode()
+    assert "<strong>2</strong> images and their <strong>2</strong> stored files" in page
+    assert "<strong>1</strong> masks" in page and "<strong>1</strong> embeddings" in page
+    assert "imports <strong>5</strong> files" in page  # 4 images + the text file, which will be rejected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_confirming_creates_a_job_and_hands_it_to_the_workers(client, staff_user, folder):
+    client.force_login(staff_user)
+    response = client.post(reverse("gallery-reset-start"), {"folder": str(folder), "recursive": "on", "confirm": "yes"})
+    job = ResetJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("gallery-reset-progress", args=[job.pk])
+    queued = [entry.task for entry in OrmQ.objects.all()]
+    assert [(t["func"], t["args"]) for t in queued] == [("gallery.reset.reset_run_task", (job.pk,))]
+    assert client.get(response["Location"]).status_code == 200
+    with pytest.raises(ResetRefused, match="already in progress"):
+        reset_start(folder=str(folder), recursive=True, user=staff_user)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder, old_gallery, media_root, settings,
+                                                      tmp_path):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    old_files = [media_root / image.file.name for image in old_gallery]
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+
+    job = reset_run(job_id=job.pk, process=process_all_pending)  # the real pipeline, in this process
+
+    assert job.state == "done", job.error
+    assert (job.deleted_images, job.total_files, job.imported, job.duplicates) == (2, 5, 4, 0)
+    assert job.rejected == [["readme.txt", "The file is not an image (or not one we can read)."]]
+    assert job.embedded == 4
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["deep.jpg", "photo0.png", "photo1.png",
+                                                                              "photo2.png"]
+    assert set(Image.objects.values_list("status", flat=True)) == {"ready"}
+    assert not any(path.exists() for path in old_files)
+    client.force_login(staff_user)
+    status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
+    assert status["state"] == "done" and status["imported"] == 4
+    search = client.post(reverse("api-search"), {"image_id": Image.objects.first().pk, "k": 3},
+                         content_type="application/json").json()
+    assert search["engine"] == "faiss" and len(search["results"]) == 3  # indexes were rebuilt
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_root):
+    job = reset_start(folder=str(folder), recursive=False, user=staff_user)
+
+    def broken(progress):
+        raise RuntimeError("the models are not available")
+
+    job = reset_run(job_id=job.pk, process=broken)
+    assert job.state == "failed" and "the models are not available" in job.error and job.finished_at
