@@ -165,3 +165,27 @@ def folder_import(*, root: Path, recursive: bool = False, user=None, enqueue: bo
         if progress is not None:
             progress(1)
     return report
+
+
+def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
+    """After a model change: put every image lacking the active models' embeddings back in the queue.
+
+    Vectors of other models stay (each row records its model key), so switching back needs no work.
+    """
+    from django.db.models import Exists, OuterRef
+
+    from gallery.models import Embedding
+    from retrieval.encoders.registry import active_models
+
+    models = active_models()
+    has_all = [Exists(Embedding.objects.filter(image=OuterRef("pk"), space=space, model_key=key))
+               for space, key in (("semantic", models.semantic), ("content", models.content))]
+    missing = (Image.objects.filter(status=ProcessingStatus.READY)
+               .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
+    ids = list(missing)
+    if ids:
+        with transaction.atomic():
+            Image.objects.filter(pk__in=ids).update(status=ProcessingStatus.PENDING, error="")
+            if enqueue:
+                transaction.on_commit(lambda: events.schedule_processing(ids))
+    return ids

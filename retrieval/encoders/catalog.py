@@ -11,12 +11,12 @@ OPENCLIP_VIT_B_32 = register(ModelSpec(
     profiles=("standard",),
     description="OpenAI CLIP ViT-B/32 through open_clip: image and text towers, L2-normalized.",
     weights=(WeightFile(
-        filename="open_clip_vit_b_32_openai.pt",
+        filename="open_clip_vit_b_32_openai.safetensors",
         licence="MIT (OpenAI CLIP)",
-        url="https://openaipublic.azureedge.net/clip/models/"
-            "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-        sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-        convert="retrieval.encoders.openclip:state_dict_from_openai_archive",
+        # The OpenAI weights as open_clip itself fetches them (safetensors: no pickle, no conversion).
+        url="https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/"
+            "a6f597a30f7b82c51704746581f9a4e41421e878/open_clip_model.safetensors",
+        sha256="e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31",  # 605,143,284 bytes
     ),),
     options={"architecture": "ViT-B-32", "quick_gelu": True},  # OpenAI's weights were trained with QuickGELU
 ))
@@ -32,7 +32,7 @@ DEEPLABV3_RESNET101 = register(ModelSpec(
         filename="deeplabv3_resnet101_coco-586e9e4e.pth",
         licence="BSD-3-Clause (torchvision)",
         url="https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth",
-        sha256="586e9e4e",
+        sha256="586e9e4e203fcbf17e1ad45533d8d33ab133fc762bf03101c5dd743995c08c0d",  # 244,545,539 bytes
     ),),
 ))
 

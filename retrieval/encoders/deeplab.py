@@ -1,22 +1,33 @@
-"""DeepLabV3 with a ResNet-101 backbone (torchvision, PASCAL-VOC labels): the standard segmenter."""
+"""DeepLabV3 with a ResNet-101 backbone (torchvision, PASCAL-VOC labels): the standard segmenter.
+
+The checkpoint is torchvision's COCO_WITH_VOC_LABELS_V1 (`deeplabv3_resnet101_coco-586e9e4e.pth`): a plain
+state dict with `backbone.*`, `classifier.*` and `aux_classifier.*` keys, so the model is built with
+`aux_loss=True` exactly as torchvision builds it for those weights.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
+from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, deeplabv3_resnet101
 
 from .base import Segmenter, SoftMask
 
-VOC_LABELS = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-              "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-              "train", "tvmonitor")
-INPUT_SIZE = 520  # torchvision's evaluation size for these weights
-MIN_AREA = 0.005  # a label is reported when it wins at least 0.5 % of the pixels
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+if TYPE_CHECKING:
+    from .registry import ModelSpec
+
+# torchvision's spelling ("__background__", "aeroplane", ..., "tvmonitor"); reading meta downloads nothing.
+VOC_LABELS: tuple[str, ...] = tuple(DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
+INPUT_SIZE = 520  # torchvision's evaluation size for these weights; one square size lets a batch be one pass
+# A label gets a mask when it is the most likely class on at least this fraction of the image's pixels:
+# below it, masks are speckles of noise rather than objects.
+MIN_AREA = 0.005
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics the backbone was trained on
 
 
 class DeepLabSegmenter(Segmenter):
@@ -27,36 +38,48 @@ class DeepLabSegmenter(Segmenter):
     def segment(self, images: Sequence[PILImage.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
-        # One fixed size for the whole batch, so it is one forward pass; masks go back to each size.
-        arrays = [np.asarray(image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), PILImage.Resampling.BILINEAR),
-                             dtype=np.float32) / 255.0 for image in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        batch = (batch - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
         with torch.inference_mode():
-            probabilities = self.model(batch)["out"].softmax(dim=1)
-        results = []
-        for image, probability in zip(images, probabilities, strict=True):
-            resized = F.interpolate(probability[None], size=(image.height, image.width), mode="bilinear",
-                                    align_corners=False)[0]
-            winners = resized.argmax(dim=0)
-            masks = []
-            for class_index in range(1, len(VOC_LABELS)):
-                if (winners == class_index).float().mean().item() >= MIN_AREA:
-                    masks.append(SoftMask(label=VOC_LABELS[class_index], class_index=class_index,
-                                          probability=resized[class_index].numpy().astype(np.float32)))
-            results.append(masks)
-        return results
+            probabilities = self.model(preprocess(images))["out"].softmax(dim=1)  # (n, 21, 520, 520)
+            return [masks_at_size(probability, (image.height, image.width))
+                    for image, probability in zip(images, probabilities, strict=True)]
+
+
+def preprocess(images: Sequence[PILImage.Image]) -> torch.Tensor:
+    """(n, 3, 520, 520) ImageNet-normalized. Squashing (not cropping) keeps every pixel covered by a mask."""
+    arrays = [np.asarray(image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), PILImage.Resampling.BILINEAR),
+                         dtype=np.float32) / 255.0 for image in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return (batch - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def masks_at_size(probability: torch.Tensor, size: tuple[int, int]) -> list[SoftMask]:
+    """Masks for the labels that win at least MIN_AREA of the pixels, upsampled to `size` (H, W).
+
+    Winners are counted at the network's resolution (a squash keeps area fractions) and only their channels
+    are upsampled, so a 12-megapixel photo never holds 21 full-size channels at once.
+    """
+    winners = probability.argmax(dim=0)
+    shares = torch.bincount(winners.flatten(), minlength=len(VOC_LABELS)).float() / winners.numel()
+    masks = []
+    for class_index in range(1, len(VOC_LABELS)):  # 0 is background
+        if shares[class_index].item() >= MIN_AREA:
+            channel = F.interpolate(probability[None, class_index:class_index + 1], size=size, mode="bilinear",
+                                    align_corners=False)[0, 0]
+            masks.append(SoftMask(label=VOC_LABELS[class_index], class_index=class_index,
+                                  probability=channel.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)))
+    return masks
 
 
 def build_model() -> torch.nn.Module:
-    from torchvision.models.segmentation import deeplabv3_resnet101
-
-    # weights=None AND weights_backbone=None: otherwise torchvision downloads the backbone.
+    # weights=None AND weights_backbone=None: otherwise torchvision downloads the ImageNet backbone.
     return deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=len(VOC_LABELS), aux_loss=True)
 
 
-def load(spec) -> DeepLabSegmenter:
+def load(spec: ModelSpec) -> DeepLabSegmenter:
+    """Build the model from the registry's weight file. FileNotFoundError when it has not been fetched."""
+    path = spec.weight_path(spec.weights[0].filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     model = build_model()
-    model.load_state_dict(torch.load(spec.weight_path(spec.weights[0].filename), map_location="cpu",
-                                     weights_only=True))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return DeepLabSegmenter(key=spec.key, model=model)

@@ -1,8 +1,15 @@
-"""CLIP ViT-B-32 (OpenAI weights) through open_clip: the standard profile's semantic model."""
+"""CLIP ViT-B-32 (OpenAI weights) through open_clip: the standard profile's semantic model.
+
+open_clip loads a local `pretrained=` file by its extension: `.safetensors` through safetensors, anything
+else through `torch.load(weights_only=True)` (a plain state dict; OpenAI's TorchScript `.pt` archives are
+refused there). Keys are open_clip's own (`visual.*`, `transformer.*`, `token_embedding.weight`, ...), as in
+timm/vit_base_patch32_clip_224.openai, the file `fetch_weights` downloads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,9 +17,14 @@ from PIL import Image as PILImage
 
 from .base import SemanticEncoder, l2_normalize
 
+if TYPE_CHECKING:
+    from .registry import ModelSpec
+
 
 class OpenClipEncoder(SemanticEncoder):
-    def __init__(self, *, key: str, dim: int, model, preprocess, tokenizer):
+    def __init__(self, *, key: str, dim: int, model: torch.nn.Module,
+                 preprocess: Callable[[PILImage.Image], torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor]):
         self.key, self.dim = key, dim
         self.model = model.eval()
         self.preprocess = preprocess
@@ -29,26 +41,24 @@ class OpenClipEncoder(SemanticEncoder):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(list(texts))  # truncates to the 77-token context
         with torch.inference_mode():
-            features = self.model.encode_text(self.tokenizer(list(texts)))
+            features = self.model.encode_text(tokens)
         return l2_normalize(features.float().numpy())
 
 
-def load(spec) -> OpenClipEncoder:
+def load(spec: ModelSpec) -> OpenClipEncoder:
+    """Build the model from the registry's weight file. FileNotFoundError when it has not been fetched."""
     import open_clip
 
     architecture = spec.options["architecture"]
     path = spec.weight_path(spec.weights[0].filename)
-    # A plain state dict on disk (fetch_weights converts OpenAI's TorchScript archive once).
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
+    # OpenAI's CLIP was trained with QuickGELU; the plain ViT-B-32 config uses nn.GELU.
     model, _, preprocess = open_clip.create_model_and_transforms(
         architecture, pretrained=str(path), force_quick_gelu=spec.options.get("quick_gelu", False))
-    tokenizer = open_clip.get_tokenizer(architecture)  # bundled BPE vocabulary: no network
+    tokenizer = open_clip.get_tokenizer(architecture)  # BPE vocabulary bundled with open_clip: no network
+    assert spec.dim is not None
     return OpenClipEncoder(key=spec.key, dim=spec.dim, model=model, preprocess=preprocess, tokenizer=tokenizer)
 
-
-def state_dict_from_openai_archive(source, target) -> None:
-    """OpenAI ships TorchScript archives, which torch.load(weights_only=True) refuses: keep the weights."""
-    archive = torch.jit.load(str(source), map_location="cpu")
-    state = {k: v for k, v in archive.state_dict().items()
-             if k not in ("input_resolution", "context_length", "vocab_size")}
-    torch.save(state, str(target))

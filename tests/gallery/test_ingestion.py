@@ -168,6 +168,12 @@ def test_anonymous_cannot_write_or_read_private_gallery(client, media_root):
     assert upload(client, "a.png", encode(photo(), "PNG")).status_code in (401, 403)
     assert client.get(reverse("api-images")).status_code in (401, 403)
     assert Image.objects.count() == 0
+    from tests.gallery.factories import make_image
+
+    existing = make_image()
+    assert client.delete(reverse("api-image", args=[existing.pk])).status_code in (401, 403)
+    assert client.post(reverse("api-image-retry", args=[existing.pk])).status_code in (401, 403)
+    assert Image.objects.filter(pk=existing.pk).exists()
 
 
 def test_public_gallery_reads_but_never_anonymous_writes(client, media_root, settings):

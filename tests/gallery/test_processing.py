@@ -121,3 +121,24 @@ def test_a_worker_killed_mid_task_leaves_no_half_written_rows_and_the_image_ends
     labels = list(Mask.objects.filter(image_id=image_id).values_list("class_index", flat=True))
     assert len(labels) == len(set(labels))
     assert os.getpid() != first.process.pid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_model_change_reembeds_images_that_lack_the_active_models_vectors(media_root, offline, capsys):
+    from django.core.management import call_command
+
+    from tests.gallery.factories import add_embedding, make_image
+
+    old = make_image()  # embedded by another (older) semantic model only
+    add_embedding(old, space="semantic", model_key="some/older-model", vector=[1.0, 0.0])
+    add_embedding(old, space="content", model_key=offline.content, vector=[1 / 1024] * 1024)
+
+    call_command("reembed", "--sync")
+
+    assert "1 images to embed" in capsys.readouterr().out
+    old.refresh_from_db()
+    assert old.status == "ready"
+    keys = set(old.embeddings.values_list("model_key", flat=True))
+    assert keys == {"some/older-model", offline.semantic, offline.content}  # the old vectors stay
+    call_command("reembed")
+    assert "0 images to embed" in capsys.readouterr().out

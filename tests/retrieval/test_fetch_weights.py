@@ -1,45 +1,78 @@
-"""fetch_weights against a local HTTP server: verified downloads, refused bad files, fast offline."""
+"""fetch_weights against a local HTTP server: verified downloads, refused bad files, fast offline answers.
 
+Every standard-profile weight file the registry would download is pointed at a payload served from
+127.0.0.1 (or at a closed port), so nothing here touches the network."""
+
+import functools
 import hashlib
 import http.server
 import socket
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from retrieval import weights as weights_module
 from retrieval.encoders import registry
-from retrieval.weights import weights_fetch
+from retrieval.weights import OFFLINE_MESSAGE, weights_fetch, weights_status
 
-PAYLOAD = b"pretend these are model weights\n" * 1000
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # the base class logs every request to stderr
+        pass
 
 
 @pytest.fixture
-def server(tmp_path):
-    (tmp_path / "served").mkdir()
-    (tmp_path / "served" / "model.bin").write_bytes(PAYLOAD)
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "served"), **kw)  # noqa: E731
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+def served(tmp_path):
+    """(folder, base URL) of a local HTTP server."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture
-def one_weight(settings, tmp_path, monkeypatch):
-    """Point the CLIP entry at a test URL and a fresh weights folder; returns a setter for url/hash."""
+def weights_dir(settings, tmp_path, monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # the local server must be reached directly
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path / "weights"
-    spec = registry.MODELS["openclip/ViT-B-32/openai"]
+    settings.IMAGINAITION_MODEL_PROFILE = "auto"
+    return settings.IMAGINAITION_WEIGHTS_DIR
 
-    def set_source(url: str, sha256: str):
-        weight = replace(spec.weights[0], url=url, sha256=sha256, convert=None)
-        monkeypatch.setitem(registry.MODELS, spec.key, replace(spec, weights=(weight,)))
-        return weight.path()
 
-    return set_source
+def payload(filename: str) -> bytes:
+    return f"pretend these are the weights of {filename}\n".encode() * 2000
+
+
+def point_standard_weights(monkeypatch, base_url: str, served_dir: Path | None = None, *,
+                           corrupt: tuple[str, ...] = (), **overrides) -> dict[str, Path]:
+    """Serve every downloadable standard-profile file from `base_url` (hash prefixes stay prefixes, as in the
+    catalog); `corrupt` files get a hash that cannot match. Returns filename -> target path."""
+    targets = {}
+    for key, spec in list(registry.MODELS.items()):
+        if "standard" not in spec.profiles or not any(weight.url for weight in spec.weights):
+            continue
+        files = []
+        for weight in spec.weights:
+            if weight.url:
+                digest = hashlib.sha256(payload(weight.filename)).hexdigest()
+                if weight.filename in corrupt:
+                    digest = "0" * 64
+                if served_dir is not None:
+                    (served_dir / weight.filename).write_bytes(payload(weight.filename))
+                weight = replace(weight, **{"url": f"{base_url}/{weight.filename}", "convert": None,
+                                            "sha256": digest[:len(weight.sha256 or digest)], **overrides})
+                targets[weight.filename] = weight.path()
+            files.append(weight)
+        monkeypatch.setitem(registry.MODELS, key, replace(spec, weights=tuple(files)))
+    assert len(targets) >= 2, "the standard profile downloads CLIP and DeepLab"
+    return targets
 
 
 def closed_port() -> int:
@@ -50,33 +83,146 @@ def closed_port() -> int:
     return port
 
 
-def test_downloads_verifies_and_skips_when_present(server, one_weight):
-    target = one_weight(f"{server}/model.bin", hashlib.sha256(PAYLOAD).hexdigest())
-    report = weights_fetch(keys=["openclip/ViT-B-32/openai"], progress=False)
-    assert report.ok and [r.status for r in report.results] == ["downloaded"]
-    assert target.read_bytes() == PAYLOAD
-    again = weights_fetch(keys=["openclip/ViT-B-32/openai"], progress=False)
-    assert [r.status for r in again.results] == ["present"]
+def leftovers(folder: Path, targets: dict[str, Path]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p not in targets.values()) if folder.exists() else []
 
 
-def test_hash_prefix_is_accepted(server, one_weight):
-    target = one_weight(f"{server}/model.bin", hashlib.sha256(PAYLOAD).hexdigest()[:8])
-    assert weights_fetch(keys=["openclip/ViT-B-32/openai"], progress=False).ok and target.exists()
+def test_downloads_are_verified_and_put_in_place_then_skipped(served, weights_dir, monkeypatch):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    report = weights_fetch(progress=False)
+    assert report.ok and not report.offline
+    assert {r.filename: r.status for r in report.results} == dict.fromkeys(targets, "downloaded")
+    for filename, target in targets.items():
+        assert target.read_bytes() == payload(filename)
+    assert leftovers(weights_dir, targets) == []
+
+    again = weights_fetch(progress=False)
+    assert [r.status for r in again.results] == ["present"] * len(targets)
 
 
-def test_wrong_hash_keeps_nothing(server, one_weight):
-    target = one_weight(f"{server}/model.bin", "0" * 64)
-    report = weights_fetch(keys=["openclip/ViT-B-32/openai"], progress=False)
-    assert not report.ok and "mismatch" in report.results[0].message
-    assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file either
+def test_command_prints_the_downloads_and_exits_zero(served, weights_dir, monkeypatch, capsys):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    call_command("fetch_weights", "--no-progress")
+    out = capsys.readouterr().out
+    assert all(f"{filename} (" in out for filename in targets) and out.count(": downloaded") == len(targets)
+    assert OFFLINE_MESSAGE not in out
+
+
+def test_wrong_hash_keeps_nothing_and_the_command_fails(served, weights_dir, monkeypatch):
+    folder, url = served
+    clip_file = registry.MODELS["openclip/ViT-B-32/openai"].weights[0].filename
+    targets = point_standard_weights(monkeypatch, url, folder, corrupt=(clip_file,))
+    report = weights_fetch(progress=False)
+    statuses = {r.filename: r for r in report.results}
+    assert not report.ok and statuses[clip_file].status == "error" and "mismatch" in statuses[clip_file].message
+    assert not targets[clip_file].exists()
+    assert leftovers(weights_dir, targets) == []  # no temporary file either
+    assert all(statuses[name].status == "downloaded" for name in targets if name != clip_file)
     with pytest.raises(CommandError, match="verification"):
-        call_command("fetch_weights")
+        call_command("fetch_weights", "--no-progress")
+    assert not targets[clip_file].exists() and leftovers(weights_dir, targets) == []
 
 
-def test_unreachable_network_returns_quickly_with_the_offline_message(one_weight, capsys):
-    one_weight(f"http://127.0.0.1:{closed_port()}/model.bin", "0" * 64)
+def test_a_present_file_with_the_wrong_hash_is_replaced(served, weights_dir, monkeypatch):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    name, target = next(iter(targets.items()))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"truncated")
+    report = weights_fetch(progress=False)
+    result = next(r for r in report.results if r.filename == name)
+    assert result.status == "downloaded" and "replaced" in result.message
+    assert target.read_bytes() == payload(name)
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(served, weights_dir, monkeypatch):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    weights_dir.mkdir()
+    stale = [weights_dir / f".{name}.k1ll3d.part" for name in targets]
+    for path in stale:
+        path.write_bytes(b"half a download")
+    weights_fetch(progress=False)
+    assert not any(path.exists() for path in stale)
+
+
+def reverse_bytes(source: Path, target: Path) -> None:
+    Path(target).write_bytes(Path(source).read_bytes()[::-1])
+
+
+def test_a_converted_file_is_verified_before_conversion(served, weights_dir, monkeypatch):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder, convert=f"{__name__}:reverse_bytes")
+    assert weights_fetch(progress=False).ok
+    for name, target in targets.items():
+        assert target.read_bytes() == payload(name)[::-1]
+    assert leftovers(weights_dir, targets) == []
+    assert [r.status for r in weights_fetch(progress=False).results] == ["present"] * len(targets)
+
+
+def test_an_http_error_is_an_error_not_offline(served, weights_dir, monkeypatch):
+    _, url = served  # nothing written to the served folder: 404
+    targets = point_standard_weights(monkeypatch, url)
+    report = weights_fetch(progress=False)
+    assert not report.ok and not report.offline
+    assert all(r.status == "error" and "HTTP 404" in r.message for r in report.results)
+    assert leftovers(weights_dir, targets) == []
+
+
+def test_unreachable_sites_answer_quickly_with_the_offline_message(weights_dir, monkeypatch, capsys):
+    targets = point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
     started = time.monotonic()
-    call_command("fetch_weights", "--timeout", "5")
+    report = weights_fetch(progress=False)
+    assert time.monotonic() - started < 10
+    assert report.ok and report.offline and OFFLINE_MESSAGE in report.summary()
+    assert [r.status for r in report.results] == ["unreachable"] * len(targets)
+
+    started = time.monotonic()
+    call_command("fetch_weights", "--timeout", "5")  # exit status 0: being offline is expected
     assert time.monotonic() - started < 30
     out = capsys.readouterr().out
     assert "offline profile will be used" in out and "active model profile: offline" in out
+    assert leftovers(weights_dir, targets) == []
+
+
+def test_a_hanging_connection_or_name_lookup_is_cut_at_the_timeout(weights_dir, monkeypatch):
+    release = threading.Event()
+
+    def hang(*args, **kwargs):  # what a resolver without an answer does: socket timeouts do not apply
+        release.wait(60)
+        raise OSError("gave up")
+
+    monkeypatch.setattr(weights_module.socket, "create_connection", hang)
+    point_standard_weights(monkeypatch, "https://weights.invalid")
+    started = time.monotonic()
+    try:
+        report = weights_fetch(connect_timeout=0.5, progress=False)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+    assert report.offline and all(r.status == "unreachable" for r in report.results)
+
+
+def test_unknown_model_keys_are_refused(weights_dir):
+    with pytest.raises(ValueError, match="unknown"):
+        weights_fetch(keys=["no/such-model"], progress=False)
+    with pytest.raises(CommandError, match="unknown"):
+        call_command("fetch_weights", "--model", "no/such-model")
+
+
+def test_weights_status_reports_presence_and_hashes(served, weights_dir, monkeypatch):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    before = {s.filename: s for s in weights_status()}
+    assert all(not before[name].present and before[name].hash_ok is None for name in targets)
+
+    weights_fetch(progress=False)
+    after = {s.filename: s for s in weights_status()}
+    assert all(after[name].present and after[name].hash_ok for name in targets)
+    assert after["autoencoder-v1.pt"].hash_ok is None  # shipped with no hash to check: not applicable
+
+    name, target = next(iter(targets.items()))
+    target.write_bytes(b"damaged on disk")
+    assert {s.filename: s for s in weights_status()}[name].hash_ok is False

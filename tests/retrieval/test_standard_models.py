@@ -1,41 +1,74 @@
-"""The standard profile's loaders, end to end through their real file-loading path, on randomly
-initialised weights saved into a temporary weights folder (no network, no real weights needed)."""
+"""The standard profile's loaders, end to end through the registry and their real file-loading path, on
+randomly initialised weights saved into a temporary weights folder under the registry's file names and in
+the format those names say (no network, no real weights needed). Each model is loaded once per module."""
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from django.test import override_settings
 from PIL import Image as PILImage
 
 from retrieval.encoders import registry
 from retrieval.encoders.catalog import DEEPLABV3_RESNET101, OPENCLIP_VIT_B_32
 
+CLIP_KEY, DEEPLAB_KEY = OPENCLIP_VIT_B_32.key, DEEPLABV3_RESNET101.key
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save as the file name says: open_clip reads `.safetensors` with safetensors, anything else with torch.load."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
+    """A weights folder holding every standard-profile file; returns it and a few saved tensors to compare."""
     import open_clip
 
     from retrieval.encoders.deeplab import build_model
 
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    clip, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, force_quick_gelu=True)
-    torch.save(clip.state_dict(), folder / OPENCLIP_VIT_B_32.weights[0].filename)
-    del clip
-    torch.save(build_model().state_dict(), folder / DEEPLABV3_RESNET101.weights[0].filename)
+    clip, _, _ = open_clip.create_model_and_transforms(OPENCLIP_VIT_B_32.options["architecture"], pretrained=None,
+                                                      force_quick_gelu=True)
+    state = clip.state_dict()
+    saved = {"visual.proj": state["visual.proj"].clone(), "text_projection": state["text_projection"].clone()}
+    save_state(state, folder / OPENCLIP_VIT_B_32.weights[0].filename)
+    del clip, state
+    deeplab_state = build_model().state_dict()
+    saved["classifier.4.weight"] = deeplab_state["classifier.4.weight"].clone()
+    torch.save(deeplab_state, folder / DEEPLABV3_RESNET101.weights[0].filename)
+    del deeplab_state
     shipped = registry.MODELS["autoencoder/v1"].weights[0]
     shutil.copy(shipped.path(), folder / shipped.filename)  # our autoencoder serves both profiles
-    return folder
+    return folder, saved
 
 
-@pytest.fixture
-def standard(settings, weights_dir):
-    settings.IMAGINAITION_WEIGHTS_DIR = weights_dir
-    settings.IMAGINAITION_MODEL_PROFILE = "auto"
+@pytest.fixture(scope="module")
+def standard(weights_dir):
+    folder, _ = weights_dir
+    with override_settings(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="auto"):
+        registry.unload_all()
+        yield registry
     registry.unload_all()
-    yield registry
-    registry.unload_all()
+
+
+@pytest.fixture(scope="module")
+def clip(standard):
+    return standard.get_model(CLIP_KEY)
+
+
+@pytest.fixture(scope="module")
+def segmenter(standard):
+    return standard.get_model(DEEPLAB_KEY)
 
 
 def pictures():
@@ -43,47 +76,110 @@ def pictures():
     return [PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((60, 80), (90, 50))]
 
 
-def test_auto_profile_is_standard_when_both_files_are_present(standard):
+def count_forward_passes(module: torch.nn.Module, calls: list[int]):
+    return module.register_forward_hook(lambda _module, args, _out: calls.append(args[0].shape[0]))
+
+
+def test_auto_profile_is_standard_when_every_standard_file_is_present(standard):
     assert standard.active_profile() == "standard"
-    assert standard.active_models().semantic == "openclip/ViT-B-32/openai"
+    assert standard.active_models().semantic == CLIP_KEY and standard.active_models().segmenter == DEEPLAB_KEY
 
 
-def test_auto_profile_falls_back_to_offline_when_a_file_is_missing(settings, tmp_path):
+@pytest.mark.parametrize("missing", [CLIP_KEY, DEEPLAB_KEY])
+def test_auto_profile_is_offline_when_one_file_is_missing(weights_dir, settings, tmp_path, missing):
+    folder, _ = weights_dir
+    skipped = registry.MODELS[missing].weights[0].filename
+    for path in folder.iterdir():
+        if path.name != skipped:
+            os.symlink(path, tmp_path / path.name)
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
     settings.IMAGINAITION_MODEL_PROFILE = "auto"
     assert registry.active_profile() == "offline"
 
 
-def test_openclip_image_and_text_towers(standard):
-    model = standard.get_model("openclip/ViT-B-32/openai")
-    calls = []
-    handle = model.model.visual.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+def test_openclip_loads_the_registry_file_with_quickgelu(clip, weights_dir):
+    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.transformer import QuickGELU
+
+    _, saved = weights_dir
+    assert torch.equal(clip.model.visual.proj, saved["visual.proj"])  # the file's weights, not a fresh init
+    assert torch.equal(clip.model.text_projection, saved["text_projection"])
+    assert any(isinstance(module, QuickGELU) for module in clip.model.modules())  # what OpenAI trained with
+    assert isinstance(clip.tokenizer, SimpleTokenizer)  # bundled vocabulary: works with HF_HUB_OFFLINE=1
+    assert clip.key == CLIP_KEY and clip.dim == 512 and not clip.model.training
+
+
+def test_openclip_image_and_text_towers(clip):
+    calls: list[int] = []
+    handle = count_forward_passes(clip.model.visual, calls)
     try:
-        images = model.encode_images(pictures() * 2)
+        images = clip.encode_images(pictures() * 2)
+        single = clip.encode_images(pictures()[:1])
     finally:
         handle.remove()
-    texts = model.encode_texts(["a photo of a cat", "a rocket"])
-    assert calls == [4]  # one visual forward pass for the batch
+    texts = clip.encode_texts(["a photo of a cat", "a rocket " * 100])  # the long one is truncated, not refused
+    assert calls == [4, 1]  # one visual forward pass per batch
     for vectors, rows in ((images, 4), (texts, 2)):
         assert vectors.shape == (rows, 512) and vectors.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(images[0], single[0], atol=1e-5)  # batching does not change a row
+    np.testing.assert_allclose(images[0], images[2], atol=1e-6)
+    assert clip.encode_images([]).shape == (0, 512) and clip.encode_texts([]).shape == (0, 512)
 
 
-def test_deeplab_masks_are_probabilities_at_each_image_size(standard, monkeypatch):
+def test_deeplab_loads_the_registry_file(segmenter, weights_dir):
+    _, saved = weights_dir
+    assert torch.equal(segmenter.model.classifier[4].weight, saved["classifier.4.weight"])
+    assert segmenter.model.aux_classifier is not None  # the official checkpoint carries its keys
+    assert segmenter.key == DEEPLAB_KEY and not segmenter.model.training
+
+
+def test_deeplab_masks_are_probabilities_at_each_image_size(segmenter, monkeypatch):
     from retrieval.encoders import deeplab
 
     monkeypatch.setattr(deeplab, "MIN_AREA", 0.0)  # random weights: report every class that wins a pixel
-    segmenter = standard.get_model("torchvision/deeplabv3_resnet101")
-    calls = []
-    handle = segmenter.model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    calls: list[int] = []
+    handle = count_forward_passes(segmenter.model, calls)
     try:
         results = segmenter.segment(pictures())
     finally:
         handle.remove()
-    assert calls == [2]
+    assert calls == [2]  # one forward pass for the batch
     assert len(results) == 2 and all(results)
     for picture, masks in zip(pictures(), results, strict=True):
         for mask in masks:
             assert mask.probability.shape == (picture.height, picture.width)
+            assert mask.probability.dtype == np.float32
             assert 0.0 <= mask.probability.min() and mask.probability.max() <= 1.0
             assert 1 <= mask.class_index <= 20 and mask.label == deeplab.VOC_LABELS[mask.class_index]
+    assert segmenter.segment([]) == []
+
+
+def test_only_labels_winning_the_minimum_area_get_a_mask():
+    from retrieval.encoders.deeplab import MIN_AREA, VOC_LABELS, masks_at_size
+
+    logits = torch.zeros(21, 100, 100)
+    logits[0] = 5.0  # background everywhere ...
+    logits[8, :10, :] = 10.0  # ... but a cat on 10 % of the pixels
+    logits[12, 50, :int(MIN_AREA * 10_000) - 1] = 10.0  # and a dog just under the minimum area
+    masks = masks_at_size(logits.softmax(dim=0), (37, 64))
+    assert [(m.label, m.class_index) for m in masks] == [("cat", 8)] and VOC_LABELS[8] == "cat"
+    assert masks[0].probability.shape == (37, 64)
+    assert masks[0].probability[0, 0] > 0.99 and masks[0].probability[-1, -1] < 0.01
+
+
+def test_voc_labels_match_the_offline_segmenter():
+    from retrieval.encoders.deeplab import VOC_LABELS
+    from retrieval.encoders.imagenet_voc import VOC_INDEX
+
+    assert len(VOC_LABELS) == 21 and VOC_LABELS[1] == "aeroplane" and VOC_LABELS[20] == "tvmonitor"
+    assert {label: index for index, label in enumerate(VOC_LABELS) if index} == VOC_INDEX
+
+
+def test_a_missing_weight_file_is_a_clear_error(settings, tmp_path):
+    from retrieval.encoders import deeplab, openclip
+
+    settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    for load, spec in ((openclip.load, OPENCLIP_VIT_B_32), (deeplab.load, DEEPLABV3_RESNET101)):
+        with pytest.raises(FileNotFoundError, match="fetch_weights"):
+            load(spec)

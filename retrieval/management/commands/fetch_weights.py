@@ -5,15 +5,24 @@ from retrieval.weights import weights_fetch
 
 
 class Command(BaseCommand):
-    help = ("Download the standard profile's weight files (CLIP ViT-B-32, DeepLabV3-ResNet101) into weights/, "
-            "verifying their SHA-256. Without a network it says so within seconds; the offline profile is used.")
+    help = ("Download the standard profile's weight files (CLIP ViT-B-32, DeepLabV3-ResNet101) into the weights "
+            "folder, verifying their SHA-256. Without a network it says so within seconds and exits 0: the "
+            "offline profile is used. Exits non-zero when a file fails verification or a site answers wrongly.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a connection")
+        parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the download sites")
+        parser.add_argument("--model", action="append", dest="keys", metavar="KEY",
+                            help="a registry key to fetch (repeatable; default: the standard profile's models)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    def handle(self, *args, timeout: float, **options):
-        report = weights_fetch(connect_timeout=timeout)
-        self.stdout.write(report.summary())
+    def handle(self, *args, timeout: float, keys: list[str] | None, no_progress: bool, **options):
+        try:
+            report = weights_fetch(keys=keys, connect_timeout=timeout, progress=not no_progress)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if report.results:
+            self.stdout.write(report.summary())
         self.stdout.write(f"active model profile: {active_profile()}")
         if not report.ok:
-            raise CommandError("some weight files failed verification (see above); nothing partial was kept")
+            raise CommandError("some weight files could not be fetched or failed verification (see above); "
+                               "no partial or unverified file was kept")
