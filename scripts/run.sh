@@ -22,6 +22,7 @@ trap cleanup INT TERM EXIT
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
 $PY manage.py migrate --noinput
 $PY manage.py fetch_weights || echo ">> fetch_weights failed; continuing with the weights that are present"
+$PY manage.py reembed  # after a model change: queue the images the active models have not embedded
 $PY manage.py ensure_admin
 $PY manage.py qcluster &
 pids+=($!)
