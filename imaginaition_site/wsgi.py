@@ -4,3 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
 application = get_wsgi_application()
+
+from retrieval.encoders.registry import log_active_models  # noqa: E402  (needs the settings above)
+
+log_active_models()

@@ -1,3 +1,5 @@
+import sys
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -29,3 +31,7 @@ class RetrievalConfig(AppConfig):
         # After `migrate` (and test-database creation): one pgvector HNSW index per registered model.
         post_migrate.connect(_ensure_hnsw_indexes, sender=self)
         events.images_deleted.connect(_forget_deleted_images, dispatch_uid="retrieval-forget-deleted")
+        if "qcluster" in sys.argv:
+            from retrieval.encoders.registry import log_active_models
+
+            log_active_models()

@@ -105,6 +105,13 @@ def active_models() -> ActiveModels:
                         segmenter=roles["segmenter"])
 
 
+def log_active_models() -> None:
+    """Say at start which profile and models this process will use (web server, workers)."""
+    models = active_models()
+    logger.info("model profile %s: semantic %s, content %s, segmenter %s", models.profile, models.semantic,
+                models.content, models.segmenter)
+
+
 _loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
 
