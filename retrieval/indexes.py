@@ -118,6 +118,15 @@ class IndexSnapshot:
                 break
         return found
 
+    def vectors_for(self, image_ids: list[int]) -> dict[int, np.ndarray]:
+        """The stored (normalized) vectors of these images, from memory: no database round trip."""
+        found = {}
+        with self.lock:
+            for image_id in image_ids:
+                if image_id in self.ids and image_id not in self.deleted:
+                    found[image_id] = self.index.reconstruct(int(image_id))
+        return found
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> int:
         with self.lock:
             fresh = [i for i, image_id in enumerate(ids.tolist()) if image_id not in self.ids]

@@ -160,12 +160,19 @@ def _hydrate(merged: Sequence[MergedResult], *, query: QueryVectors, models: Act
             missing["content"].append(m.image_id)
     filled: dict[str, dict[int, float]] = {"semantic": {}, "content": {}}
     for space, key, vector in (("semantic", models.semantic, query.semantic), ("content", models.content, query.content)):
-        if missing[space]:
-            rows = list(Embedding.objects.filter(image_id__in=missing[space], model_key=key, space=space)
-                        .values_list("image_id", "vector"))
-            if rows:
-                sims = similarity_between(space, vector, np.stack([np.asarray(v, dtype=np.float32) for _, v in rows]))
-                filled[space] = {image_id: float(s) for (image_id, _), s in zip(rows, sims, strict=True)}
+        if not missing[space]:
+            continue
+        # From the in-memory index when there is one (as fast as the search), else from Postgres.
+        snapshot = manager.loaded(space=space, model_key=key)
+        stored = snapshot.vectors_for(missing[space]) if snapshot is not None else {}
+        rest = [image_id for image_id in missing[space] if image_id not in stored]
+        if rest:
+            stored.update({image_id: np.asarray(v, dtype=np.float32) for image_id, v in
+                           Embedding.objects.filter(image_id__in=rest, model_key=key, space=space)
+                           .values_list("image_id", "vector")})
+        if stored:
+            sims = similarity_between(space, vector, np.stack(list(stored.values())))
+            filled[space] = {image_id: float(s) for image_id, s in zip(stored, sims, strict=True)}
     hits = []
     for m in merged:
         image = images.get(m.image_id)
