@@ -10,4 +10,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("retrieval.api_urls")),
     path("", include("gallery.urls")),
+    path("", include("gallery.page_urls")),
 ]

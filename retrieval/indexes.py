@@ -36,8 +36,10 @@ from retrieval.vector_io import load_all, stream_vectors
 
 logger = logging.getLogger(__name__)
 
-# Rows committed slightly out of created_at order are still caught: re-scan this far back.
-SYNC_SLACK = timedelta(seconds=120)
+# Rows committed slightly out of created_at order are still caught: re-scan this far back. The
+# pipeline's write transactions last milliseconds; a longer slack would re-read every row of a fresh
+# bulk load on each catch-up.
+SYNC_SLACK = timedelta(seconds=10)
 
 
 def normalize(space: str, vectors: np.ndarray) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""The web pages. Thin: each calls the same services and selectors as the REST API."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from gallery import services, staging
+from gallery.access import access_image, can_view_gallery
+from gallery.forms import PreferencesForm, TextSearchForm, UploadForm
+from gallery.imaging import ImageRejected
+from gallery.models import Image, Mask
+from gallery.overlays import overlay_png
+from retrieval import search as search_service
+from retrieval.encoders.registry import active_models
+from retrieval.preferences import policy_preferences, preferences_get, preferences_update
+
+
+def gallery_reader(view):
+    """Pages that show the gallery follow IMAGINAITION_PUBLIC_GALLERY (private by default)."""
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not can_view_gallery(request.user):
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
+def _threshold(request) -> int:
+    try:
+        value = int(request.GET.get("threshold", ""))
+    except ValueError:
+        value = preferences_get(user=request.user, session=request.session)["mask_threshold"]
+    return max(0, min(100, value))
+
+
+@gallery_reader
+@require_http_methods(["GET", "POST"])
+def home(request):
+    """Choose a file (or drop it), see its labels and masks, add it or search with it; or search by text."""
+    form = UploadForm()
+    if request.method == "POST":
+        form = UploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            if upload.size > settings.IMAGINAITION_MAX_UPLOAD_BYTES:
+                form.add_error("file", f"The file is larger than {settings.IMAGINAITION_MAX_UPLOAD_BYTES:,} bytes.")
+            else:
+                try:
+                    staging.staged_add(data=upload.read(), name=upload.name, session=request.session)
+                    return redirect("pages:home")
+                except ImageRejected as exc:
+                    form.add_error("file", exc.message)
+    return render(request, "gallery/home.html", {
+        "form": form, "text_form": TextSearchForm(), "staged": staging.staged_get(session=request.session),
+        "threshold": preferences_get(user=request.user, session=request.session)["mask_threshold"],
+        "recent": Image.objects.filter(status="ready")[:12]})
+
+
+@gallery_reader
+@require_GET
+def staged_file(request):
+    staged = staging.staged_get(session=request.session)
+    if staged is None:
+        raise Http404("Nothing uploaded")
+    return FileResponse(staged.path.open("rb"))
+
+
+@gallery_reader
+@require_GET
+def staged_overlay(request, class_index: int):
+    from PIL import Image as PILImage
+
+    staged = staging.staged_get(session=request.session)
+    if staged is None or not staged.mask_path(class_index).exists():
+        raise Http404("No such mask")
+    with PILImage.open(staged.path) as picture:
+        from PIL import ImageOps
+
+        size = ImageOps.exif_transpose(picture).size
+    return HttpResponse(overlay_png(mask_png=staged.mask_path(class_index).read_bytes(), size=size,
+                                    threshold_percent=_threshold(request)), content_type="image/png")
+
+
+@login_required
+@require_POST
+def staged_add_to_gallery(request):
+    staged = staging.staged_get(session=request.session)
+    if staged is None:
+        messages.error(request, "Choose a file first.")
+        return redirect("pages:home")
+    result = services.image_add(data=staged.data(), original_name=staged.name, user=request.user)
+    staging.staged_clear(session=request.session)
+    if result.created:
+        messages.success(request, f"Added {result.image.original_name}; it is being processed.")
+    else:
+        messages.info(request, "This image is already in the database.")
+    return redirect("pages:image", image_id=result.image.pk)
+
+
+@gallery_reader
+@require_POST
+def search(request):
+    """Search by the staged upload, a stored image (image_id) or text; shows the colour-coded results."""
+    models = active_models()
+    prefs = preferences_get(user=request.user, session=request.session)
+    try:
+        if request.POST.get("image_id"):
+            image = access_image(user=request.user, image_id=int(request.POST["image_id"]))
+            query, about = search_service.vectors_for_image_id(image_id=image.pk, models=models), image.original_name
+        elif request.POST.get("text", "").strip():
+            text = request.POST["text"].strip()[:500]
+            query, about = search_service.vectors_for_text(text=text, models=models), f"“{text}”"
+        else:
+            staged = staging.staged_get(session=request.session)
+            if staged is None:
+                raise search_service.QueryError("Choose a file, an image or type some words first.")
+            query, about = search_service.vectors_for_upload(data=staged.data(), models=models), staged.name
+        response = search_service.search(query=query, preferences=policy_preferences(prefs), models=models)
+    except (search_service.QueryError, ImageRejected, ValueError) as exc:
+        messages.error(request, str(getattr(exc, "message", exc)))
+        return redirect(request.POST.get("back") or "pages:home")
+    return render(request, "gallery/results.html", {"response": response, "about": about, "prefs": prefs})
+
+
+@gallery_reader
+@require_GET
+def gallery_page(request):
+    images = Image.objects.order_by("-created_at", "-id")
+    label = request.GET.get("label", "").strip()
+    if label:
+        images = images.filter(masks__label=label).distinct()
+    page = Paginator(images, 48).get_page(request.GET.get("page"))
+    labels = Mask.objects.order_by("label").values_list("label", flat=True).distinct()
+    return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": labels})
+
+
+@gallery_reader
+@require_GET
+def image_page(request, image_id: int):
+    image = access_image(user=request.user, image_id=image_id)
+    return render(request, "gallery/image.html", {
+        "image": image, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
+        "threshold": preferences_get(user=request.user, session=request.session)["mask_threshold"]})
+
+
+@gallery_reader
+@require_GET
+def mask_overlay(request, image_id: int, mask_id: int):
+    image = access_image(user=request.user, image_id=image_id)
+    mask = get_object_or_404(Mask, pk=mask_id, image=image)
+    return HttpResponse(overlay_png(mask_png=mask.probability_png, size=(image.width, image.height),
+                                    threshold_percent=_threshold(request)), content_type="image/png")
+
+
+@login_required
+@require_POST
+def retry(request, image_id: int):
+    services.image_retry(image=get_object_or_404(Image, pk=image_id))
+    messages.info(request, "The image is back in the queue.")
+    return redirect("pages:image", image_id=image_id)
+
+
+@require_http_methods(["GET", "POST"])
+def preferences(request):
+    current = preferences_get(user=request.user, session=request.session)
+    form = PreferencesForm(request.POST or None, initial=current)
+    if request.method == "POST" and form.is_valid():
+        preferences_update(user=request.user, session=request.session, values=form.cleaned_data)
+        messages.success(request, "Preferences saved.")
+        return redirect("pages:preferences")
+    return render(request, "gallery/preferences.html", {"form": form, "current": current})

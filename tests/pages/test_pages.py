@@ -1,0 +1,155 @@
+"""The web pages: render in every state, CSRF on every form, upload → labels → overlay → add → search."""
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+from PIL import Image as PILImage
+
+from gallery.imaging import probability_to_png
+from gallery.models import Image, Mask
+from tests.gallery.factories import add_embedding, add_mask, make_image
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def offline(settings, media_root, tmp_path):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+
+
+def embedded_image(name: str, seed: int) -> Image:
+    rng = np.random.default_rng(seed)
+    image = make_image(name=name)
+    semantic = rng.normal(size=384)
+    add_embedding(image, space="semantic", model_key="offline/effnet-lite0+minilm", vector=semantic / np.linalg.norm(semantic))
+    content = np.abs(rng.normal(size=1024))
+    add_embedding(image, space="content", model_key="autoencoder/v1", vector=content / content.sum())
+    return image
+
+
+def page_urls(image: Image | None) -> list[str]:
+    urls = [reverse("pages:home"), reverse("pages:gallery"), reverse("pages:preferences"),
+            reverse("pages:gallery") + "?label=cat"]
+    if image is not None:
+        urls.append(reverse("pages:image", args=[image.pk]))
+    return urls
+
+
+@pytest.mark.parametrize("state", ["empty", "pending", "failed", "ready"])
+def test_every_page_renders_in_every_state(client, user, state):
+    image = None
+    if state == "pending":
+        image = make_image(status="pending")
+    elif state == "failed":
+        image = make_image(status="failed")
+        image.error, image.masks_status, image.masks_error = "The stored file is missing.", "failed", "boom"
+        image.save()
+    elif state == "ready":
+        image = embedded_image("ready.png", 1)
+        add_mask(image, label="cat")
+    client.force_login(user)
+    for url in page_urls(image):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert b"Model profile: <strong>offline</strong>" in response.content
+    if state == "failed":
+        page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+        assert "The stored file is missing." in page and 'value="Retry"' in page
+
+
+def test_private_gallery_sends_anonymous_visitors_to_sign_in(client):
+    for url in (reverse("pages:home"), reverse("pages:gallery")):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert client.get(reverse("pages:preferences")).status_code == 200  # session preferences for anyone
+
+
+def test_every_form_needs_a_csrf_token(user):
+    image = make_image(status="failed")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    posts = [(reverse("pages:home"), {}), (reverse("pages:search"), {"text": "cat"}),
+             (reverse("pages:preferences"), {"k": 5}), (reverse("pages:staged-add"), {}),
+             (reverse("pages:retry", args=[image.pk]), {}), (reverse("logout"), {})]
+    for url, data in posts:
+        assert client.post(url, data).status_code == 403, url
+
+
+def test_anonymous_visitors_cannot_add(client, settings):
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    response = client.post(reverse("pages:staged-add"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert not Image.objects.exists()
+
+
+def test_preferences_are_validated_and_saved(client, user):
+    client.force_login(user)
+    bad = client.post(reverse("pages:preferences"), {"mask_threshold": 150, "k": 0, "preferred_index": "x", "split": 50})
+    assert bad.status_code == 200 and bad.content.decode().count("errorlist") >= 3
+    client.post(reverse("pages:preferences"), {"mask_threshold": 60, "k": 7, "preferred_index": "content", "split": 20})
+    page = client.get(reverse("pages:preferences")).content.decode()
+    assert 'value="7"' in page and 'value="60"' in page
+
+
+def test_overlay_is_rendered_at_the_requested_threshold(client, user):
+    image = make_image(size=(40, 20))
+    gradient = np.tile(np.linspace(0, 1, 40, dtype=np.float32), (20, 1))  # probability rises left → right
+    mask = Mask.objects.create(image=image, segmenter="test", label="cat", class_index=8,
+                               probability_png=probability_to_png(gradient), area_fraction=0.5)
+    client.force_login(user)
+
+    def alpha(threshold: int) -> np.ndarray:
+        url = reverse("pages:mask-overlay", args=[image.pk, mask.pk]) + f"?threshold={threshold}"
+        response = client.get(url)
+        assert response["Content-Type"] == "image/png"
+        return np.asarray(PILImage.open(io.BytesIO(response.content)))[..., 3]
+
+    low, high = alpha(10), alpha(90)
+    assert low.shape == (20, 40)
+    assert (low == 0).sum() > (high == 0).sum()  # a higher threshold keeps fewer pixels clear
+    assert set(np.unique(high)) == {0, 100}  # outside the mask: dimmed to alpha 100
+
+
+def test_results_page_frames_each_result_by_how_it_was_found(client, user):
+    images = [embedded_image(f"img{i}.png", i) for i in range(6)]
+    client.force_login(user)
+    page = client.post(reverse("pages:search"), {"image_id": images[0].pk}).content.decode()
+    frames = {kind: page.count(f'data-retrieved-by="{kind}"') for kind in ("both", "semantic", "content")}
+    assert sum(frames.values()) == 5
+    for kind, count in frames.items():
+        assert f'data-count="{kind}">{count}<' in page
+    client.post(reverse("pages:preferences"), {"mask_threshold": 30, "k": 2, "preferred_index": "semantic", "split": 50})
+    page = client.post(reverse("pages:search"), {"image_id": images[0].pk}).content.decode()
+    assert page.count("data-retrieved-by=") == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_shows_labels_and_overlay_then_adds_once(client, user):
+    from skimage import data as skdata
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(skdata.chelsea()).save(buffer, format="JPEG")
+    client.force_login(user)
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", buffer.getvalue())})
+    page = client.get(reverse("pages:home")).content.decode()
+    assert ">cat</button>" in page and 'value="Add to database"' in page
+    assert client.get(reverse("pages:staged-file")).status_code == 200
+    overlay = client.get(reverse("pages:staged-overlay", args=[8]) + "?threshold=30")
+    assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
+
+    added = client.post(reverse("pages:staged-add"), follow=True)
+    assert Image.objects.count() == 1 and "being processed" in added.content.decode()
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("again.jpg", buffer.getvalue())})
+    again = client.post(reverse("pages:staged-add"), follow=True)
+    assert "already in the database" in again.content.decode() and Image.objects.count() == 1
+
+
+def test_a_bad_upload_is_explained_on_the_page(client, user):
+    client.force_login(user)
+    page = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("notes.jpg", b"hello")}).content.decode()
+    assert "not an image" in page and not Image.objects.exists()
