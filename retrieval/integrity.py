@@ -41,7 +41,9 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
         in_db = count_vectors(model_key=key, space=space)
         snapshot = manager.get(space=space, model_key=key, dim=MODELS[key].dim)
         state = IndexState.objects.filter(space=space, model_key=key).first()
-        if snapshot is None:
+        if snapshot is None and in_db == 0:
+            healths.append(IndexHealth(space, key, "ok", 0, 0, None))  # nothing to index yet
+        elif snapshot is None:
             healths.append(IndexHealth(space, key, "index missing", in_db, None, state.version if state else None))
         else:
             ok = snapshot.count == in_db
