@@ -23,6 +23,7 @@ class StagedUpload:
     name: str
     path: Path
     labels: list[dict]  # [{"class_index", "label", "area_fraction"}]
+    size: tuple[int, int] = (0, 0)  # as displayed: EXIF orientation applied
 
     def data(self) -> bytes:
         return self.path.read_bytes()
@@ -58,9 +59,10 @@ def staged_add(*, data: bytes, name: str, session) -> StagedUpload:
     for mask in masks:
         staged.mask_path(mask.class_index).write_bytes(probability_to_png(mask.probability))
     labels = [{"class_index": m.class_index, "label": m.label, "area_fraction": m.area_fraction} for m in masks]
-    path.with_suffix(".json").write_text(json.dumps({"name": staged.name, "labels": labels}))
+    path.with_suffix(".json").write_text(json.dumps({"name": staged.name, "labels": labels,
+                                                     "size": list(picture.size)}))
     session[SESSION_KEY] = token
-    return StagedUpload(token=token, name=staged.name, path=path, labels=labels)
+    return StagedUpload(token=token, name=staged.name, path=path, labels=labels, size=picture.size)
 
 
 def staged_get(*, session) -> StagedUpload | None:
@@ -72,7 +74,7 @@ def staged_get(*, session) -> StagedUpload | None:
     if not path.exists() or not meta.exists():
         return None
     info = json.loads(meta.read_text())
-    return StagedUpload(token=token, name=info["name"], path=path, labels=info["labels"])
+    return StagedUpload(token=token, name=info["name"], path=path, labels=info["labels"], size=tuple(info["size"]))
 
 
 def staged_clear(*, session) -> None:

@@ -77,16 +77,10 @@ def staged_file(request):
 @gallery_reader
 @require_GET
 def staged_overlay(request, class_index: int):
-    from PIL import Image as PILImage
-
     staged = staging.staged_get(session=request.session)
     if staged is None or not staged.mask_path(class_index).exists():
         raise Http404("No such mask")
-    with PILImage.open(staged.path) as picture:
-        from PIL import ImageOps
-
-        size = ImageOps.exif_transpose(picture).size
-    return HttpResponse(overlay_png(mask_png=staged.mask_path(class_index).read_bytes(), size=size,
+    return HttpResponse(overlay_png(mask_png=staged.mask_path(class_index).read_bytes(), size=staged.size,
                                     threshold_percent=_threshold(request)), content_type="image/png")
 
 
