@@ -91,7 +91,11 @@ class Embedding(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["image", "space", "model_key"], name="embedding_unique_per_model"),
         ]
-        indexes = [models.Index(fields=["model_key", "space"], name="embedding_model_space")]
+        indexes = [
+            models.Index(fields=["model_key", "space"], name="embedding_model_space"),
+            # Each web process asks every second for the vectors created since its last sync.
+            models.Index(fields=["model_key", "space", "created_at"], name="embedding_model_space_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.space} {self.model_key} of image #{self.image_id}"
