@@ -1,4 +1,9 @@
+"""Page forms. Limits and choices come from retrieval.preferences, the one place that defines them."""
+
 from django import forms
+
+from retrieval.models import PreferredIndex
+from retrieval.preferences import LIMITS
 
 
 class RangeInput(forms.NumberInput):
@@ -6,19 +11,29 @@ class RangeInput(forms.NumberInput):
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(label="Image file", allow_empty_file=True)
+    file = forms.FileField(label="Image file", allow_empty_file=True)  # decode_image explains an empty file
 
 
 class TextSearchForm(forms.Form):
     text = forms.CharField(label="Describe what you are looking for", max_length=500)
 
 
+def _bounded(label: str, name: str, *, slider: bool, help_text: str) -> forms.IntegerField:
+    low, high = LIMITS[name]
+    widget = RangeInput(attrs={"step": 1}) if slider else forms.NumberInput()
+    return forms.IntegerField(label=label, min_value=low, max_value=high, widget=widget, help_text=help_text)
+
+
 class PreferencesForm(forms.Form):
-    mask_threshold = forms.IntegerField(label="Mask threshold (%)", min_value=0, max_value=100,
-                                        widget=RangeInput(attrs={"step": 1}))
-    k = forms.IntegerField(label="Number of results (k)", min_value=1, max_value=500)
-    intersection_first = forms.BooleanField(label="Show images found by both indexes first", required=False)
-    preferred_index = forms.ChoiceField(label="Preferred index",
-                                        choices=[("semantic", "Semantic (meaning)"), ("content", "Content (look)")])
-    split = forms.IntegerField(label="Share of the remaining places for the preferred index (%)", min_value=0,
-                               max_value=100, widget=RangeInput(attrs={"step": 1}))
+    mask_threshold = _bounded("Mask threshold (%)", "mask_threshold", slider=True,
+                              help_text="A pixel belongs to a label's mask when its probability is at least this.")
+    k = _bounded("Number of results (k)", "k", slider=False,
+                 help_text="How many images a search returns at most.")
+    intersection_first = forms.BooleanField(
+        label="Show images found by both indexes first", required=False,
+        help_text="Off: the places are only shared between the two indexes by the split below.")
+    preferred_index = forms.ChoiceField(label="Preferred index", choices=PreferredIndex.choices,
+                                        widget=forms.RadioSelect,
+                                        help_text="Semantic finds the same kind of thing; content finds the same look.")
+    split = _bounded("Share of the remaining places for the preferred index (%)", "split", slider=True,
+                     help_text="The other index gets the rest.")

@@ -1,6 +1,7 @@
 """The web pages: render in every state, CSRF on every form, upload → labels → overlay → add → search."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -34,9 +35,11 @@ def embedded_image(name: str, seed: int) -> Image:
 
 def page_urls(image: Image | None) -> list[str]:
     urls = [reverse("pages:home"), reverse("pages:gallery"), reverse("pages:preferences"),
-            reverse("pages:gallery") + "?label=cat"]
+            reverse("pages:gallery") + "?label=cat", reverse("pages:search") + "?text=a+cat"]
     if image is not None:
         urls.append(reverse("pages:image", args=[image.pk]))
+        if image.status == "ready":
+            urls.append(reverse("pages:search") + f"?image={image.pk}")
     return urls
 
 
@@ -59,7 +62,9 @@ def test_every_page_renders_in_every_state(client, user, state):
         assert b"Model profile: <strong>offline</strong>" in response.content
     if state == "failed":
         page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
-        assert "The stored file is missing." in page and 'value="Retry"' in page
+        assert "The stored file is missing." in page and '>Retry</button>' in page
+    client.logout()
+    assert client.get(reverse("login")).status_code == 200
 
 
 def test_private_gallery_sends_anonymous_visitors_to_sign_in(client):
@@ -73,11 +78,23 @@ def test_every_form_needs_a_csrf_token(user):
     image = make_image(status="failed")
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
-    posts = [(reverse("pages:home"), {}), (reverse("pages:search"), {"text": "cat"}),
-             (reverse("pages:preferences"), {"k": 5}), (reverse("pages:staged-add"), {}),
-             (reverse("pages:retry", args=[image.pk]), {}), (reverse("logout"), {})]
+    posts = [(reverse("pages:home"), {}), (reverse("pages:preferences"), {"k": 5}), (reverse("pages:staged-add"), {}),
+             (reverse("pages:retry", args=[image.pk]), {}), (reverse("logout"), {}),
+             (reverse("login"), {"username": "alice", "password": "s3cret-Pass!"})]
     for url, data in posts:
         assert client.post(url, data).status_code == 403, url
+
+
+def test_every_post_form_on_the_pages_carries_a_csrf_token(client, user):
+    image = make_image(status="failed")
+    client.force_login(user)
+    for url in page_urls(image) + [reverse("login")]:
+        page = client.get(url).content.decode()
+        for form in re.findall(r"<form\b.*?</form>", page, flags=re.DOTALL):
+            if 'method="post"' in form:
+                assert "csrfmiddlewaretoken" in form, (url, form)
+    client.logout()
+    assert "csrfmiddlewaretoken" in client.get(reverse("login")).content.decode()
 
 
 def test_anonymous_visitors_cannot_add(client, settings):
@@ -94,6 +111,9 @@ def test_preferences_are_validated_and_saved(client, user):
     client.post(reverse("pages:preferences"), {"mask_threshold": 60, "k": 7, "preferred_index": "content", "split": 20})
     page = client.get(reverse("pages:preferences")).content.decode()
     assert 'value="7"' in page and 'value="60"' in page
+    image = make_image()
+    add_mask(image, label="cat")
+    assert "?threshold=60" in client.get(reverse("pages:image", args=[image.pk])).content.decode()  # overlays follow it
 
 
 def test_overlay_is_rendered_at_the_requested_threshold(client, user):
@@ -118,14 +138,37 @@ def test_overlay_is_rendered_at_the_requested_threshold(client, user):
 def test_results_page_frames_each_result_by_how_it_was_found(client, user):
     images = [embedded_image(f"img{i}.png", i) for i in range(6)]
     client.force_login(user)
-    page = client.post(reverse("pages:search"), {"image_id": images[0].pk}).content.decode()
+    page = client.get(reverse("pages:search"), {"image": images[0].pk}).content.decode()
     frames = {kind: page.count(f'data-retrieved-by="{kind}"') for kind in ("both", "semantic", "content")}
     assert sum(frames.values()) == 5
     for kind, count in frames.items():
         assert f'data-count="{kind}">{count}<' in page
     client.post(reverse("pages:preferences"), {"mask_threshold": 30, "k": 2, "preferred_index": "semantic", "split": 50})
-    page = client.post(reverse("pages:search"), {"image_id": images[0].pk}).content.decode()
+    page = client.get(reverse("pages:search"), {"image": images[0].pk}).content.decode()
     assert page.count("data-retrieved-by=") == 2
+
+
+def test_a_search_that_cannot_be_answered_explains_why(client, user):
+    pending = make_image(status="pending")
+    client.force_login(user)
+    response = client.get(reverse("pages:search"), {"image": pending.pk}, follow=True)
+    assert response.redirect_chain[0][0] == reverse("pages:image", args=[pending.pk])
+    assert "not been embedded yet" in response.content.decode()
+    response = client.get(reverse("pages:search"), follow=True)
+    assert response.redirect_chain[0][0] == reverse("pages:home") and "Choose a file" in response.content.decode()
+    assert client.get(reverse("pages:search"), {"image": "x"}).status_code == 404
+    assert client.get(reverse("pages:search"), {"image": 999999}).status_code == 404
+
+
+def test_anonymous_visitors_cannot_retry_or_search_a_private_gallery(client):
+    image = make_image(status="failed")
+    response = client.post(reverse("pages:retry", args=[image.pk]))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    image.refresh_from_db()
+    assert image.status == "failed"
+    response = client.get(reverse("pages:search"), {"text": "cat"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert client.get(reverse("pages:image", args=[image.pk])).status_code == 302
 
 
 @pytest.mark.django_db(transaction=True)
@@ -137,10 +180,13 @@ def test_upload_shows_labels_and_overlay_then_adds_once(client, user):
     client.force_login(user)
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", buffer.getvalue())})
     page = client.get(reverse("pages:home")).content.decode()
-    assert ">cat</button>" in page and 'value="Add to database"' in page
+    assert re.search(r">cat <span", page) and ">Add to database</button>" in page
     assert client.get(reverse("pages:staged-file")).status_code == 200
     overlay = client.get(reverse("pages:staged-overlay", args=[8]) + "?threshold=30")
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
+
+    results = client.get(reverse("pages:search"), {"upload": 1})
+    assert results.status_code == 200 and "Images similar to chelsea.jpg" in results.content.decode()
 
     added = client.post(reverse("pages:staged-add"), follow=True)
     assert Image.objects.count() == 1 and "being processed" in added.content.decode()

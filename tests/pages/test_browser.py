@@ -1,0 +1,228 @@
+"""End to end in a real browser: sign in, upload, wait for real workers, masks, search, preferences.
+
+Headless Debian Chromium driven by Playwright against pytest-django's live server, with a real
+qcluster on the test database and the offline model profile. Screenshots go to test-artifacts/.
+"""
+
+import base64
+import io
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.db import connections
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from tests.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+FRAME_COLOURS = {"both": "rgb(173, 216, 230)", "semantic": "rgb(60, 179, 113)", "content": "rgb(240, 128, 128)"}
+PHOTOS = ("chelsea", "coffee", "astronaut")
+
+
+@pytest.fixture
+def offline_site(settings, media_root, tmp_path, monkeypatch):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls made here are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    return {"IMAGINAITION_WORKERS": "1",  # one process loads the models once (two cores here)
+            "IMAGINAITION_MODEL_PROFILE": "offline", "IMAGINAITION_MEDIA_ROOT": str(media_root),
+            "IMAGINAITION_INDEX_DIR": str(settings.IMAGINAITION_INDEX_DIR)}
+
+
+@pytest.fixture
+def photos(tmp_path) -> dict[str, str]:
+    from skimage import data as skdata
+
+    paths = {}
+    for name in PHOTOS:
+        path = tmp_path / f"{name}.jpg"
+        PILImage.fromarray(getattr(skdata, name)()).save(path, format="JPEG", quality=90)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def warm_up_web_models() -> None:
+    """The live server runs in this process: load its models while the workers load theirs."""
+    from retrieval.encoders.registry import active_models, get_model
+
+    models = active_models()
+    for key in (models.segmenter, models.semantic):
+        get_model(key)
+
+
+def drop_file(page, selector: str, path: str) -> None:
+    """Drop a file on an element, as dragging it from the desktop does."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    page.eval_on_selector(selector, """(zone, [name, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: "image/jpeg"}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }""", [Path(path).name, data])
+
+
+def frames(page) -> dict[str, int]:
+    kinds = page.eval_on_selector_all("#results li.hit", "items => items.map(i => i.dataset.retrievedBy)")
+    return {kind: kinds.count(kind) for kind in FRAME_COLOURS}
+
+
+def legend(page) -> dict[str, int]:
+    return {kind: int(page.inner_text(f'#legend [data-count="{kind}"]')) for kind in FRAME_COLOURS}
+
+
+def check_results(page) -> dict[str, int]:
+    """Each result is framed in its colour and the legend counts match the frames."""
+    found = frames(page)
+    assert legend(page) == found
+    for kind, colour in FRAME_COLOURS.items():
+        colours = page.eval_on_selector_all(f"#results li.hit.{kind}",
+                                            "items => items.map(i => getComputedStyle(i).borderTopColor)")
+        assert set(colours) <= {colour}, (kind, colours)
+    return found
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+
+def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_worker, user, offline_site, photos,
+                                                            browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    worker = start_worker(**offline_site)
+    threading.Thread(target=warm_up_web_models, daemon=True).start()
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(60_000)
+    url = live_server.url
+
+    # Private gallery: the main page asks to sign in first.
+    page.goto(url + "/")
+    assert "/accounts/login/" in page.url
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("s3cret-Pass!")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(url + "/")
+
+    # Upload: the labels of a file not yet added, and its mask overlay.
+    ids = {}
+    for name in PHOTOS:
+        page.goto(url + "/")
+        if name == "astronaut":
+            drop_file(page, "form.drop", photos[name])
+        else:
+            page.get_by_label("Choose an image file, or drop one here").set_input_files(photos[name])
+            page.get_by_role("button", name="Load").click()
+        page.get_by_role("heading", name=f"Your image: {name}.jpg").wait_for()
+        if name == "chelsea":
+            assert page.get_by_role("button", name=re.compile(r"^cat\b")).count() == 1
+            viewer = page.locator("#staged-viewer")
+            before = viewer.screenshot()
+            page.get_by_role("button", name=re.compile(r"^cat\b")).click()
+            page.wait_for_function("document.querySelector('#staged-viewer').dataset.overlay?.startsWith('cat')")
+            assert pixels(viewer.screenshot()).mean() < pixels(before).mean() - 5  # outside the cat: dimmed
+            page.screenshot(path=ARTIFACTS / "main.png", full_page=True)
+        page.get_by_role("button", name="Add to database").click()
+        page.wait_for_url(re.compile(r"/images/\d+/$"))
+        assert "it is being processed" in page.inner_text(".messages")
+        ids[name] = int(page.url.rstrip("/").rsplit("/", 1)[1])
+
+    # The same bytes again: recognised, not added twice.
+    page.goto(url + "/")
+    page.get_by_label("Choose an image file, or drop one here").set_input_files(photos["coffee"])
+    page.get_by_role("button", name="Load").click()
+    page.get_by_role("button", name="Add to database").click()
+    page.wait_for_url(url + f"/images/{ids['coffee']}/")
+    assert "already in the database" in page.inner_text(".messages")
+
+    # A pending image's page polls the API and shows the result by itself.
+    page.goto(url + f"/images/{ids['astronaut']}/")
+
+    def processed():
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{worker.log()}")
+        return Image.objects.filter(pk__in=ids.values(), status="ready", masks_status="ready").count() == len(ids)
+
+    wait_for(processed, timeout=300, interval=1, message="the workers to process the three photos")
+    # Under Playwright this code runs in a greenlet with its own Django connection: close it, or
+    # the test database cannot be dropped at the end.
+    connections.close_all()
+    page.locator('[data-status="ready"]').wait_for(timeout=30_000)
+    page.locator('[data-masks-status="ready"]').wait_for(timeout=30_000)
+    assert page.locator("[data-poll-url]").count() == 0
+
+    # Open one from the gallery; a label's overlay changes the picture, "Remove overlay" restores it.
+    page.goto(url + "/gallery/")
+    page.get_by_role("link", name="chelsea.jpg").first.click()
+    page.wait_for_url(url + f"/images/{ids['chelsea']}/")
+    page.screenshot(path=ARTIFACTS / "image.png", full_page=True)
+    viewer = page.locator("#image-viewer")
+    page.wait_for_function("[...document.querySelectorAll('#image-viewer img')].every(i => i.hidden || i.complete)")
+    plain = viewer.screenshot()
+    page.get_by_role("button", name=re.compile(r"^cat\b")).click()
+    page.wait_for_function("document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
+    with_cat = viewer.screenshot()
+    assert with_cat != plain
+    assert pixels(with_cat).mean() < pixels(plain).mean() - 5
+    page.get_by_role("button", name="Remove overlay").click()
+    assert page.locator("#image-viewer img.overlay").is_hidden()
+    assert np.abs(pixels(viewer.screenshot()) - pixels(plain)).mean() < 1
+
+    # Search similar with the defaults (k 50, both first): the two others, found by both indexes.
+    page.get_by_role("button", name="Search similar from here").click()
+    page.wait_for_url(re.compile(r"/search/\?image="))
+    found = check_results(page)
+    assert found == {"both": 2, "semantic": 0, "content": 0}
+    page.screenshot(path=ARTIFACTS / "results.png", full_page=True)
+    results_url = page.url
+
+    # Preferences: k 2 and intersection off; the places are now split between the two indexes.
+    page.get_by_role("link", name="Preferences", exact=True).click()
+    page.get_by_label("Number of results (k)").fill("0")
+    page.get_by_role("button", name="Save").click()
+    assert "Ensure this value is greater than or equal to 1" in page.inner_text("form.prefs")
+    page.get_by_label("Number of results (k)").fill("2")
+    page.get_by_label("Show images found by both indexes first").uncheck()
+    page.get_by_role("button", name="Save").click()
+    assert "Preferences saved." in page.inner_text(".messages")
+    assert page.get_by_label("Number of results (k)").input_value() == "2"
+    page.screenshot(path=ARTIFACTS / "preferences.png", full_page=True)
+    page.goto(results_url)
+    assert check_results(page) == {"both": 0, "semantic": 1, "content": 1}
+
+    # Search by words: semantic results only, the cat first.
+    page.goto(url + "/")
+    page.get_by_label("Describe what you are looking for").fill("a cat")
+    page.get_by_role("button", name="Search by text").click()
+    page.wait_for_url(re.compile(r"/search/\?text="))
+    assert check_results(page) == {"both": 0, "semantic": 2, "content": 0}
+    assert "chelsea.jpg" in page.locator("#results li.hit").first.inner_text()
+
+    # Readable on a phone too.
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state())
+    phone_page = phone.new_page()
+    phone_page.goto(results_url)
+    assert phone_page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    phone_page.screenshot(path=ARTIFACTS / "results-phone.png", full_page=True)
+    phone_page.goto(url + "/")
+    assert phone_page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
