@@ -15,7 +15,6 @@ Recall@50 of each approximate engine is measured against pgvector exact.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 
 import numpy as np
@@ -25,19 +24,9 @@ from bench.common import percentiles, setup_django, table, write_section
 K = 50
 
 
-def load(n: int, semantic_dim: int, semantic_key: str, content_key: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from django.db import connection
-
-    from gallery.models import Embedding, Image
-
-    Image.objects.all().delete()
-    with connection.cursor() as cursor:  # HNSW indexes are rebuilt after the bulk load (much faster)
-        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'gallery_embedding' "
-                       "AND indexdef LIKE '%USING hnsw%'")
-        for (name,) in cursor.fetchall():
-            cursor.execute(f"DROP INDEX {name}")
+def synthetic_vectors(n: int, semantic_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered data (like real embeddings): 200 centres, points around them; normalized per space."""
     rng = np.random.default_rng(seed)
-    # Clustered data (like real embeddings): 200 centres, points around them.
     centres_s = rng.normal(size=(200, semantic_dim)).astype(np.float32)
     centres_c = np.abs(rng.normal(size=(200, 1024))).astype(np.float32)
     which = rng.integers(0, 200, size=n)
@@ -45,19 +34,38 @@ def load(n: int, semantic_dim: int, semantic_key: str, content_key: str, seed: i
     semantic /= np.linalg.norm(semantic, axis=1, keepdims=True)
     content = centres_c[which] + 0.6 * np.abs(rng.normal(size=(n, 1024))).astype(np.float32)
     content /= content.sum(axis=1, keepdims=True)
-    batch = 2000
-    for start in range(0, n, batch):
-        images = Image.objects.bulk_create([
-            Image(file="bench/placeholder.png", sha256=hashlib.sha256(f"bench-{i}".encode()).hexdigest(),
-                  original_name=f"bench-{i}.png", width=1, height=1, format="PNG", byte_size=0,
-                  status="ready", masks_status="ready")
-            for i in range(start, min(n, start + batch))])
-        rows = []
-        for offset, image in enumerate(images):
-            rows.append(Embedding(image=image, space="semantic", model_key=semantic_key, vector=semantic[start + offset]))
-            rows.append(Embedding(image=image, space="content", model_key=content_key, vector=content[start + offset]))
-        Embedding.objects.bulk_create(rows)
     return semantic, content
+
+
+def load(n: int, semantic_dim: int, semantic_key: str, content_key: str,
+         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty the bench database and store n images with both embeddings; returns (image ids, semantic,
+    content). Image rows are generated in SQL (placeholder files); vectors go in through the project's
+    bulk path (retrieval.vector_io.embeddings_copy_in, one binary COPY per space)."""
+    from django.db import connection
+
+    from retrieval.vector_io import embeddings_copy_in
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE gallery_image, gallery_embedding, gallery_mask, retrieval_deletedimage CASCADE")
+        # pgvector's HNSW indexes are rebuilt after the bulk load (much faster than row by row).
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'gallery_embedding' "
+                       "AND indexdef LIKE '%USING hnsw%'")
+        for (name,) in cursor.fetchall():
+            cursor.execute(f"DROP INDEX {name}")
+        cursor.execute(
+            "INSERT INTO gallery_image (file, sha256, original_name, width, height, format, byte_size, created_at,"
+            " status, error, masks_status, masks_error)"
+            " SELECT 'bench/placeholder.png', md5('bench-' || i) || md5('hcneb-' || i), 'bench-' || i || '.png',"
+            " 1, 1, 'PNG', 0, now(), 'ready', '', 'ready', '' FROM generate_series(1, %s) AS i RETURNING id", [n])
+        ids = np.sort(np.array([row[0] for row in cursor.fetchall()], dtype=np.int64))
+    semantic, content = synthetic_vectors(n, semantic_dim, seed)
+    embeddings_copy_in(image_ids=ids, space="semantic", model_key=semantic_key, vectors=semantic)
+    embeddings_copy_in(image_ids=ids, space="content", model_key=content_key, vectors=content)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE gallery_image")
+        cursor.execute("ANALYZE gallery_embedding")
+    return ids, semantic, content
 
 
 def run(n: int, queries: int) -> dict:
@@ -74,7 +82,7 @@ def run(n: int, queries: int) -> dict:
     models = active_models()
     semantic_dim = MODELS[models.semantic].dim
     started = time.perf_counter()
-    semantic, content = load(n, semantic_dim, models.semantic, models.content)
+    ids, semantic, content = load(n, semantic_dim, models.semantic, models.content)
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     with connection.cursor() as cursor:
@@ -88,9 +96,6 @@ def run(n: int, queries: int) -> dict:
     rng = np.random.default_rng(1)
     picks = rng.integers(0, n, size=queries)
     prefs = Preferences()
-    from gallery.models import Image
-
-    first_id = Image.objects.order_by("pk").values_list("pk", flat=True).first()
     timings: dict[str, list[float]] = {"hybrid (FAISS + policy)": [], "REST /api/search/": []}
     for space in ("semantic", "content"):
         timings[f"pgvector HNSW {space}"] = []
@@ -108,7 +113,7 @@ def run(n: int, queries: int) -> dict:
         search(query=query, preferences=prefs, models=models)
         timings["hybrid (FAISS + policy)"].append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
-        response = client.post("/api/search/", {"image_id": first_id + q}, content_type="application/json")
+        response = client.post("/api/search/", {"image_id": int(ids[q])}, content_type="application/json")
         timings["REST /api/search/"].append((time.perf_counter() - t) * 1000)
         assert response.status_code == 200, response.content
         for space, vector, key in (("semantic", semantic[q], models.semantic), ("content", content[q], models.content)):

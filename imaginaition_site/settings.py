@@ -152,7 +152,13 @@ IMAGINAITION_BATCH_SIZE = int(os.environ.get("IMAGINAITION_BATCH_SIZE", 16))
 
 # Indexes.
 IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))
-IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 50_000))
+# Exact (flat) indexes up to this many vectors; above it the approximate kind below.
+IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 20_000))
+# ivf (default: builds in about the time it takes to read the vectors) or hnsw (slower to build).
+IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
+# IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
+IMAGINAITION_IVF_LISTS_FACTOR = float(os.environ.get("IMAGINAITION_IVF_LISTS_FACTOR", 1.0))
+IMAGINAITION_ANN_TARGET_RECALL = float(os.environ.get("IMAGINAITION_ANN_TARGET_RECALL", 0.97))
 IMAGINAITION_HNSW_M = int(os.environ.get("IMAGINAITION_HNSW_M", 32))
 IMAGINAITION_HNSW_EF_CONSTRUCTION = int(os.environ.get("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80))
 IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 128))

@@ -2,7 +2,10 @@
 
 - Semantic: L2-normalized vectors, L2 distance (FAISS reports it squared); similarity 1 − d/2
   (the cosine). Content: L1-normalized vectors, L1 distance; similarity 1 − d₁/2.
-- Exact (flat) up to IMAGINAITION_FLAT_INDEX_MAX vectors, HNSW above (settings give M/ef).
+- Exact (flat) up to IMAGINAITION_FLAT_INDEX_MAX vectors; above it approximate: IVF by default
+  (k-means lists; it builds in about the time it takes to read the vectors, where an HNSW graph
+  takes 10–20×), HNSW on request. An IVF index calibrates its nprobe at build time: the smallest
+  that reaches IMAGINAITION_ANN_TARGET_RECALL on a sample of stored vectors against exact search.
 - A rebuild streams vectors with binary COPY, builds aside, writes the file, then bumps the
   version stamp in the database (IndexState) and swaps the new index in atomically. Other
   processes see the newer version on their next query and load the file.
@@ -19,7 +22,9 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +37,7 @@ from django.utils import timezone
 
 from retrieval.encoders.base import l1_normalize, l2_normalize
 from retrieval.models import DeletedImage, IndexState
-from retrieval.vector_io import load_all, stream_vectors
+from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,18 @@ SYNC_SLACK = timedelta(seconds=10)
 
 def normalize(space: str, vectors: np.ndarray) -> np.ndarray:
     return l2_normalize(vectors) if space == "semantic" else l1_normalize(vectors)
+
+
+def normalize_in_place(space: str, vectors: np.ndarray) -> np.ndarray:
+    """normalize() without a second copy of a large chunk (rebuilds stream 100k+ vectors)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if space == "semantic":
+        faiss.normalize_L2(vectors)
+    else:
+        norms = np.abs(vectors).sum(axis=1, keepdims=True)
+        np.maximum(norms, 1e-12, out=norms)
+        vectors /= norms
+    return vectors
 
 
 def similarity_from_distance(space: str, distance: float | np.ndarray, *, squared: bool = True):
@@ -68,20 +85,135 @@ def _metric(space: str) -> int:
     return faiss.METRIC_L2 if space == "semantic" else faiss.METRIC_L1
 
 
-def build_faiss_index(*, space: str, dim: int, ids: np.ndarray, vectors: np.ndarray) -> tuple[faiss.Index, str]:
-    """An IndexIDMap2 over a flat or HNSW index (by size), filled with `vectors` under `ids`."""
-    if len(ids) > settings.IMAGINAITION_FLAT_INDEX_MAX:
-        inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, _metric(space))
+CALIBRATION_QUERIES = 16
+CALIBRATION_K = 50
+TRAINING_ROWS_PER_LIST = 32  # k-means points per IVF list (FAISS's own floor is 39; 32 measured as good)
+IN_FLIGHT_CHUNKS = 2  # chunks read ahead of the index builder: bounds memory during a rebuild
+REBUILD_CHUNK_ROWS = 20_000
+
+# One unit of work for the builder thread: returns (image ids, vectors) when called.
+ChunkSource = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    index: faiss.Index  # an IndexIDMap2: FAISS labels are image ids
+    kind: str  # flat | ivf | hnsw
+    params: dict  # what was chosen (lists, nprobe, measured recall, ...), persisted with the file
+    ids: np.ndarray
+
+
+def index_kind(count: int) -> str:
+    return "flat" if count <= settings.IMAGINAITION_FLAT_INDEX_MAX else settings.IMAGINAITION_ANN_INDEX
+
+
+def ivf_lists(count: int) -> int:
+    return max(1, round(settings.IMAGINAITION_IVF_LISTS_FACTOR * count ** 0.5))
+
+
+def build_faiss_index(*, space: str, dim: int, ids: np.ndarray, vectors: np.ndarray) -> BuiltIndex:
+    """An index of vectors held in memory (see build_faiss_index_streamed)."""
+    kind = index_kind(len(ids))
+    sample = vectors
+    if kind == "ivf" and len(ids) > ivf_lists(len(ids)) * TRAINING_ROWS_PER_LIST:
+        rng = np.random.default_rng(0)
+        sample = vectors[np.sort(rng.choice(len(ids), ivf_lists(len(ids)) * TRAINING_ROWS_PER_LIST, replace=False))]
+    return build_faiss_index_streamed(space=space, dim=dim, count=len(ids), sample=sample,
+                                      chunks=[lambda: (ids, vectors)])
+
+
+def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.ndarray | None,
+                               chunks: Iterable[ChunkSource]) -> BuiltIndex:
+    """Fill a new index chunk by chunk on a builder thread while the caller keeps reading the next
+    chunks (FAISS and numpy release the GIL), so the build overlaps the read from Postgres.
+
+    count: the expected number of vectors (chooses the kind). sample: random stored vectors, needed
+    above the flat limit: IVF trains its lists on them, and some of them are the queries that
+    measure recall (their exact neighbours are gathered chunk by chunk, with no second full copy).
+    """
+    kind = index_kind(count)
+    if sample is None or len(sample) < 2:
+        kind = "flat"  # nothing to train on or measure with (rows vanished since they were counted)
+    metric = _metric(space)
+    params: dict = {}
+    if kind == "flat":
+        inner = faiss.IndexFlat(dim, metric)
+    elif kind == "ivf":
+        sample = normalize(space, sample)
+        lists = max(1, min(ivf_lists(count), len(sample)))
+        # Lists come from L2 k-means (BLAS-fast) in both spaces; scanning a list uses the space's metric.
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, metric)
+        inner.cp.niter = 10
+        inner.cp.min_points_per_centroid = 1  # a small sample is the caller's choice, not a warning
+        inner.train(sample)
+        params["lists"] = lists
+    elif kind == "hnsw":
+        sample = normalize(space, sample)
+        inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, metric)
         inner.hnsw.efConstruction = settings.IMAGINAITION_HNSW_EF_CONSTRUCTION
         inner.hnsw.efSearch = settings.IMAGINAITION_HNSW_EF_SEARCH
-        kind = "hnsw"
+        params.update(M=settings.IMAGINAITION_HNSW_M, ef_construction=settings.IMAGINAITION_HNSW_EF_CONSTRUCTION)
     else:
-        inner = faiss.IndexFlat(dim, _metric(space))
-        kind = "flat"
+        raise ValueError(f"IMAGINAITION_ANN_INDEX must be ivf or hnsw, not {kind!r}")
     index = faiss.IndexIDMap2(inner)
-    if len(ids):
-        index.add_with_ids(normalize(space, vectors), ids.astype(np.int64))
-    return index, kind
+
+    queries = None
+    if kind != "flat" and len(sample):
+        picks = np.random.default_rng(1).choice(len(sample), size=min(CALIBRATION_QUERIES, len(sample)), replace=False)
+        queries = np.ascontiguousarray(sample[np.sort(picks)])
+    k = max(1, min(CALIBRATION_K, count))
+    exact = faiss.ResultHeap(len(queries), k) if queries is not None else None
+    all_ids: list[np.ndarray] = []
+
+    def add(source: ChunkSource) -> None:
+        ids, vectors = source()
+        vectors = normalize_in_place(space, vectors)
+        index.add_with_ids(vectors, ids)
+        all_ids.append(ids)
+        if exact is not None:
+            chunk = faiss.IndexFlat(dim, metric)
+            chunk.add(vectors)
+            distances, rows = chunk.search(queries, k)
+            exact.add_result(distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-build") as builder:
+        in_flight: deque = deque()
+        for source in chunks:
+            in_flight.append(builder.submit(add, source))
+            while len(in_flight) > IN_FLIGHT_CHUNKS:
+                in_flight.popleft().result()  # also re-raises the builder's errors
+        for future in in_flight:
+            future.result()
+
+    if exact is not None and index.ntotal:
+        exact.finalize()
+        if kind == "ivf":
+            inner.make_direct_map()  # lets vectors_for() reconstruct stored vectors by id
+            params.update(_calibrate_nprobe(index, inner, queries=queries, exact=exact.I, k=k))
+        else:
+            _, found = index.search(queries, k)
+            params["recall"] = round(_recall(found, exact.I, k), 4)
+    ids = np.concatenate(all_ids) if all_ids else np.zeros(0, dtype=np.int64)
+    return BuiltIndex(index=index, kind=kind, params=params, ids=ids)
+
+
+def _recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(e.tolist()) - {-1}) / k for f, e in zip(found, exact, strict=True)]))
+
+
+def _calibrate_nprobe(index: faiss.Index, ivf: faiss.IndexIVFFlat, *, queries: np.ndarray,
+                      exact: np.ndarray, k: int) -> dict:
+    """The smallest nprobe (doubling) whose recall@k on stored vectors reaches the target."""
+    target = settings.IMAGINAITION_ANN_TARGET_RECALL
+    nprobe, recall = 1, 0.0
+    while True:
+        ivf.nprobe = nprobe
+        _, found = index.search(queries, k)
+        recall = _recall(found, exact, k)
+        if recall >= target or nprobe >= ivf.nlist:
+            break
+        nprobe = min(ivf.nlist, nprobe * 2)
+    return {"nprobe": nprobe, "recall": round(recall, 4)}
 
 
 @dataclass
@@ -231,6 +363,8 @@ class IndexManager:
             logger.warning("index file %s does not match its database record", path)
             return None
         index = faiss.read_index(str(path))
+        if meta["kind"] == "ivf":
+            faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
         ids = set(faiss.vector_to_array(index.id_map).tolist())
         return IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
                              kind=meta["kind"], version=state.version,
@@ -264,6 +398,7 @@ class RebuildReport:
     version: int
     count: int
     kind: str
+    params: dict
     seconds: float
 
 
@@ -272,8 +407,22 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     """Build the index of one (space, model) from Postgres aside, persist it, publish, swap in."""
     started = time.perf_counter()
     synced_at = _db_now()  # anything embedded during the build is picked up by the next catch-up
-    ids, vectors = load_all(model_key=model_key, space=space, dim=dim, progress=progress)
-    index, kind = build_faiss_index(space=space, dim=dim, ids=ids, vectors=vectors)
+    expected = count_vectors(model_key=model_key, space=space)
+    sample = None
+    if index_kind(expected) != "flat":
+        wanted = ivf_lists(expected) * TRAINING_ROWS_PER_LIST
+        percent = min(100.0, 100.0 * 1.1 * wanted / max(expected, 1))
+        parts = list(stream_vectors(model_key=model_key, space=space, dim=dim, sample_percent=percent))
+        sample = np.concatenate([vectors for _, vectors in parts]) if parts else np.zeros((0, dim), np.float32)
+
+    def chunks():
+        for raw in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=REBUILD_CHUNK_ROWS):
+            if progress is not None:
+                progress(len(raw.data) // raw.dtype.itemsize)
+            yield raw.parse  # parsed on the builder thread
+
+    built = build_faiss_index_streamed(space=space, dim=dim, count=expected, sample=sample, chunks=chunks())
+    index, kind, ids = built.index, built.kind, built.ids
     with transaction.atomic():
         state, _ = IndexState.objects.select_for_update().get_or_create(space=space, model_key=model_key)
         version = state.version + 1
@@ -281,7 +430,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
         path = _index_dir() / file_name
         _write_atomically(path, lambda tmp: faiss.write_index(index, tmp))
         meta = {"space": space, "model_key": model_key, "version": version, "count": int(len(ids)),
-                "kind": kind, "dim": dim, "synced_at": synced_at.isoformat()}
+                "kind": kind, "params": built.params, "dim": dim, "synced_at": synced_at.isoformat()}
         _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         old_file = state.file_name
         state.version, state.vector_count, state.kind = version, int(len(ids)), kind
@@ -293,6 +442,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     manager.install(IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind,
                                   version=version, synced_at=synced_at, ids=set(ids.tolist())))
     return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
+                         params=built.params,
                          seconds=time.perf_counter() - started)
 
 

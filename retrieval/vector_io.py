@@ -7,9 +7,12 @@ size, so a chunk of rows is one numpy structured array: no Python object per row
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from django.db import connection
+from django.utils import timezone
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 _HEADER_SIZE = len(_HEADER) + 8  # signature, flags (int32), header extension length (int32)
@@ -23,37 +26,70 @@ def _row_dtype(dim: int) -> np.dtype:
 
 
 def stream_vectors(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
-                   where_sql: str = "", where_params: tuple = ()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (image_ids int64, vectors float32 (n, dim)) chunks for one model and space."""
+                   where_sql: str = "", where_params: tuple = (),
+                   sample_percent: float | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (image_ids int64, vectors float32 (n, dim)) chunks for one model and space.
+
+    sample_percent: a repeatable random sample of about that share of the rows (TABLESAMPLE
+    BERNOULLI: every row is considered, only the chosen ones are read out)."""
+    for chunk in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=chunk_rows,
+                                   where_sql=where_sql, where_params=where_params, sample_percent=sample_percent):
+        yield chunk.parse()
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """Whole COPY rows, not yet parsed: a consumer on another thread can parse them (numpy releases
+    the GIL), so the read and the parse overlap."""
+
+    data: bytearray | memoryview
+    dtype: np.dtype
+
+    def parse(self) -> tuple[np.ndarray, np.ndarray]:
+        return _parse(self.data, self.dtype)
+
+
+def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
+                      where_sql: str = "", where_params: tuple = (),
+                      sample_percent: float | None = None) -> Iterator[RawChunk]:
     dtype = _row_dtype(dim)
-    query = (f"COPY (SELECT image_id, vector::vector({int(dim)}) FROM gallery_embedding "
+    sample_sql = "TABLESAMPLE BERNOULLI (%s) REPEATABLE (0)" if sample_percent is not None else ""
+    sample_params = (float(sample_percent),) if sample_percent is not None else ()
+    query = (f"COPY (SELECT image_id, vector::vector({int(dim)}) FROM gallery_embedding {sample_sql} "
              f"WHERE model_key = %s AND space = %s {where_sql} ORDER BY image_id) TO STDOUT (FORMAT BINARY)")
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
-        with cursor.copy(query, (model_key, space, *where_params)) as copy:
-            buffer = bytearray()
-            header_seen = False
-            target = chunk_rows * dtype.itemsize
+        with cursor.copy(query, (*sample_params, model_key, space, *where_params)) as copy:
+            # libpq hands over one row per message: copy each into a preallocated chunk buffer
+            # (one copy, no per-row objects kept) and parse the chunk in bulk when it is full.
+            buffer = bytearray(chunk_rows * dtype.itemsize)
+            filled = 0
+            skip = None  # bytes of the header still to drop; known once its first bytes arrived
             for block in copy:
-                buffer += block
-                if not header_seen and len(buffer) >= _HEADER_SIZE:
-                    if bytes(buffer[: len(_HEADER)]) != _HEADER:
+                view = memoryview(block)
+                if skip is None:
+                    if bytes(view[: len(_HEADER)]) != _HEADER:
                         raise ValueError("unexpected COPY header")
-                    extension = int.from_bytes(buffer[len(_HEADER) + 4: _HEADER_SIZE], "big")
-                    del buffer[: _HEADER_SIZE + extension]
-                    header_seen = True
-                if header_seen and len(buffer) >= target:
-                    usable = (len(buffer) // dtype.itemsize) * dtype.itemsize
-                    yield _parse(bytes(buffer[:usable]), dtype)
-                    del buffer[:usable]
+                    skip = _HEADER_SIZE + int.from_bytes(view[len(_HEADER) + 4: _HEADER_SIZE], "big")
+                if skip:
+                    dropped = min(skip, len(view))
+                    view, skip = view[dropped:], skip - dropped
+                while len(view):
+                    room = len(buffer) - filled
+                    take = min(room, len(view))
+                    buffer[filled: filled + take] = view[:take]
+                    filled += take
+                    view = view[take:]
+                    if filled == len(buffer):
+                        yield RawChunk(buffer, dtype)
+                        buffer, filled = bytearray(chunk_rows * dtype.itemsize), 0
             # What is left: whole rows and the 2-byte trailer (-1).
-            if header_seen:
-                usable = (len(buffer) // dtype.itemsize) * dtype.itemsize
-                if usable:
-                    yield _parse(bytes(buffer[:usable]), dtype)
+            usable = (filled // dtype.itemsize) * dtype.itemsize
+            if usable:
+                yield RawChunk(memoryview(buffer)[:usable], dtype)
 
 
-def _parse(data: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _parse(data, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     rows = np.frombuffer(data, dtype=dtype)
     if len(rows) and (rows["nfields"] != 2).any():
         raise ValueError("malformed COPY row")
@@ -78,3 +114,44 @@ def load_all(*, model_key: str, space: str, dim: int,
     if not ids:
         return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
     return np.concatenate(ids), np.concatenate(vectors)
+
+
+_PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000  # 2000-01-01 (PostgreSQL's epoch) in Unix microseconds
+
+
+def embeddings_copy_in(*, image_ids: np.ndarray, space: str, model_key: str, vectors: np.ndarray,
+                       created_at: datetime | None = None, chunk_rows: int = 20_000) -> int:
+    """Bulk-insert embeddings with one binary COPY: the mirror of stream_vectors, for bulk loads
+    (benchmarks, restores). Rows must be new: COPY does not upsert. Returns the number written."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    count, dim = vectors.shape
+    if len(image_ids) != count:
+        raise ValueError("one image id per vector")
+    space_bytes, key_bytes = space.encode(), model_key.encode()
+    dtype = np.dtype([
+        ("nfields", ">i2"),
+        ("id_len", ">i4"), ("image_id", ">i8"),
+        ("space_len", ">i4"), ("space", f"S{len(space_bytes)}"),
+        ("key_len", ">i4"), ("model_key", f"S{len(key_bytes)}"),
+        ("vec_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vector", ">f4", (dim,)),
+        ("ts_len", ">i4"), ("created_at", ">i8"),
+    ])
+    when = created_at or timezone.now()
+    micros = int(when.timestamp() * 1_000_000) - _PG_EPOCH_OFFSET_US
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor:
+        with cursor.copy("COPY gallery_embedding (image_id, space, model_key, vector, created_at) "
+                         "FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(_HEADER + (0).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+            for start in range(0, count, chunk_rows):
+                stop = min(count, start + chunk_rows)
+                rows = np.zeros(stop - start, dtype=dtype)
+                rows["nfields"] = 5
+                rows["id_len"], rows["image_id"] = 8, image_ids[start:stop]
+                rows["space_len"], rows["space"] = len(space_bytes), space_bytes
+                rows["key_len"], rows["model_key"] = len(key_bytes), key_bytes
+                rows["vec_len"], rows["dim"], rows["vector"] = 4 + 4 * dim, dim, vectors[start:stop]
+                rows["ts_len"], rows["created_at"] = 8, micros
+                copy.write(rows.tobytes())
+            copy.write((-1).to_bytes(2, "big", signed=True))
+    return count

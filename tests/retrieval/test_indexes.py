@@ -1,7 +1,9 @@
 """FAISS indexes from Postgres: same answers as pgvector, persisted, incremental, safe during rebuilds."""
 
+import hashlib
 import threading
 
+import faiss
 import numpy as np
 import pytest
 from django.core.management import call_command
@@ -9,10 +11,11 @@ from django.core.management import call_command
 from gallery import services
 from gallery.models import Image
 from retrieval import pgvector_store
+from retrieval import indexes, vector_io
 from retrieval.indexes import index_rebuild, manager
 from retrieval.models import IndexState
 from retrieval.search import nearest
-from retrieval.vector_io import load_all
+from retrieval.vector_io import embeddings_copy_in, load_all
 from tests.gallery.factories import add_embedding, make_image
 
 SEMANTIC = ("semantic", "offline/effnet-lite0+minilm", 384)
@@ -171,20 +174,109 @@ def test_queries_during_rebuilds_never_fail():
     assert errors == [] and answers and all(n == 10 for n in answers)
 
 
+def store_bulk(space: str, model_key: str, vectors: np.ndarray) -> np.ndarray:
+    """Many embeddings at once: image rows, then one binary COPY (the bulk path benchmarks use)."""
+    images = Image.objects.bulk_create([
+        Image(file=f"test/{i}.png", sha256=hashlib.sha256(f"{space}-{i}".encode()).hexdigest(), original_name=f"{i}.png", width=1, height=1,
+              format="PNG", byte_size=0, status="ready") for i in range(len(vectors))])
+    ids = np.array([image.pk for image in images], dtype=np.int64)
+    embeddings_copy_in(image_ids=ids, space=space, model_key=model_key, vectors=vectors)
+    return ids
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
-def test_hnsw_above_the_flat_limit_keeps_recall_at_50(settings, space, key, dim):
+def test_bulk_copy_in_reads_back_exactly(space, key, dim):
+    vectors = random_vectors(space, 25, dim, seed=20)
+    ids = store_bulk(space, key, vectors)
+    read_ids, read_vectors = load_all(model_key=key, space=space, dim=dim)
+    assert read_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(read_vectors, vectors)
+    found, _ = nearest(space=space, model_key=key, query=vectors[7], k=1, engine="pgvector-exact")
+    assert found[0].image_id == ids[7]  # Postgres reads the vectors as written
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
+def test_approximate_index_above_the_flat_limit_keeps_recall_at_50(settings, kind, space, key, dim):
     settings.IMAGINAITION_FLAT_INDEX_MAX = 100
-    vectors = random_vectors(space, 1500, dim, seed=11)
-    store(space, key, vectors)
+    settings.IMAGINAITION_ANN_INDEX = kind
+    vectors = random_vectors(space, 1500, dim, seed=11)  # uniform noise: the hardest case for an ANN index
+    store_bulk(space, key, vectors)
     report = index_rebuild(space=space, model_key=key, dim=dim)
-    assert report.kind == "hnsw"
+    assert report.kind == kind and report.count == 1500
+    if kind == "ivf":
+        # nprobe was raised until the measured recall met the target.
+        assert report.params["recall"] >= settings.IMAGINAITION_ANN_TARGET_RECALL
+        assert 1 <= report.params["nprobe"] <= report.params["lists"]
     recalls = []
     for query in random_vectors(space, 10, dim, seed=12):
         approx = {c.image_id for c in nearest(space=space, model_key=key, query=query, k=50)[0]}
         exact = {c.image_id for c in nearest(space=space, model_key=key, query=query, k=50, engine="pgvector-exact")[0]}
         recalls.append(len(approx & exact) / 50)
     assert np.mean(recalls) >= 0.95
+
+
+@pytest.mark.django_db
+def test_ivf_index_adds_deletes_reconstructs_and_reloads_with_its_nprobe(settings):
+    settings.IMAGINAITION_FLAT_INDEX_MAX = 100
+    space, key, dim = CONTENT
+    vectors = random_vectors(space, 400, dim, seed=21)
+    ids = store_bulk(space, key, vectors[:399])
+    report = index_rebuild(space=space, model_key=key, dim=dim)
+    assert report.kind == "ivf"
+
+    late = store(space, key, vectors[399:])[0]  # embedded after the build: caught up, no rebuild
+    found, engine = nearest(space=space, model_key=key, query=vectors[399], k=1)
+    assert engine == "faiss" and found[0].image_id == late
+    snapshot = manager.get(space=space, model_key=key, dim=dim)
+    np.testing.assert_allclose(snapshot.vectors_for([int(ids[5])])[int(ids[5])], vectors[5] / vectors[5].sum(),
+                               rtol=1e-5)
+    services.image_delete(image=Image.objects.get(pk=int(ids[0])))
+    found, _ = nearest(space=space, model_key=key, query=vectors[0], k=5)
+    assert int(ids[0]) not in [c.image_id for c in found]
+
+    manager.clear()  # a new process loads the file, with the calibrated nprobe
+    reloaded = manager.get(space=space, model_key=key, dim=dim)
+    assert reloaded.kind == "ivf" and reloaded.version == report.version
+    assert faiss.extract_index_ivf(reloaded.index.index).nprobe == report.params["nprobe"]
+    assert reloaded.count == 399  # 399 built + 1 caught up − 1 deleted
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
+def test_a_rebuild_streamed_in_many_small_chunks_is_exact(monkeypatch, space, key, dim):
+    monkeypatch.setattr(indexes, "REBUILD_CHUNK_ROWS", 7)  # 60 rows arrive in 9 chunks, the last partial
+    vectors = random_vectors(space, 60, dim, seed=22)
+    ids = store_bulk(space, key, vectors)
+    report = index_rebuild(space=space, model_key=key, dim=dim)
+    assert report.count == 60 and report.kind == "flat"
+    assert manager.get(space=space, model_key=key, dim=dim).ids == set(ids.tolist())
+    for query in random_vectors(space, 3, dim, seed=23):
+        faiss_found, _ = nearest(space=space, model_key=key, query=query, k=10)
+        pg_found, _ = nearest(space=space, model_key=key, query=query, k=10, engine="pgvector-exact")
+        assert [c.image_id for c in faiss_found] == [c.image_id for c in pg_found]
+
+
+@pytest.mark.django_db
+def test_a_failed_rebuild_leaves_the_previous_index_in_place(monkeypatch):
+    space, key, dim = SEMANTIC
+    vectors = random_vectors(space, 30, dim, seed=24)
+    store_bulk(space, key, vectors)
+    first = index_rebuild(space=space, model_key=key, dim=dim)
+
+    def broken_parse(self):
+        raise ValueError("malformed COPY row")
+
+    monkeypatch.setattr(vector_io.RawChunk, "parse", broken_parse)
+    with pytest.raises(ValueError, match="malformed"):
+        index_rebuild(space=space, model_key=key, dim=dim)
+    monkeypatch.undo()
+    assert IndexState.objects.get(space=space, model_key=key).version == first.version
+    found, engine = nearest(space=space, model_key=key, query=vectors[4], k=1)
+    assert engine == "faiss" and manager.get(space=space, model_key=key, dim=dim).version == first.version
+    assert len(found) == 1
 
 
 @pytest.mark.django_db
