@@ -19,6 +19,39 @@ from gallery.imaging import ImageRejected
 from gallery.models import Image
 
 
+_URL_MARKER = "2147483647"  # an id no image has; reverse() is run once per URL name and request
+
+
+def image_url(request, name: str, image_id: int) -> str:
+    """Absolute URL of `name` (e.g. "gallery:image-file") for one image. Search responses list 50+
+    images: resolving each URL from scratch cost more than the search itself, so the reversed URL
+    is cached on the request as a template."""
+    cache = request.__dict__.setdefault("_image_url_templates", {}) if request is not None else {}
+    template = cache.get(name)
+    if template is None:
+        template = cache[name] = tuple(reverse(name, args=[_URL_MARKER], request=request).rsplit(_URL_MARKER, 1))
+    return f"{template[0]}{image_id}{template[1]}"
+
+
+class ImageUrlFields(serializers.Serializer):
+    """file_url and thumbnail_url of the image at `image_source` (a dotted attribute, "" = the object)."""
+
+    image_source = ""
+    file_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    def _image_id(self, obj) -> int:
+        for attribute in filter(None, self.image_source.split(".")):
+            obj = getattr(obj, attribute)
+        return obj.pk
+
+    def get_file_url(self, obj) -> str:
+        return image_url(self.context.get("request"), "gallery:image-file", self._image_id(obj))
+
+    def get_thumbnail_url(self, obj) -> str:
+        return image_url(self.context.get("request"), "gallery:image-thumbnail", self._image_id(obj))
+
+
 class GalleryPermission(BasePermission):
     """Reads follow IMAGINAITION_PUBLIC_GALLERY (private by default); writes need a signed-in user."""
 
@@ -42,7 +75,7 @@ class MaskSerializer(serializers.Serializer):
         return reverse("gallery:mask-png", args=[mask.image_id, mask.pk], request=self.context.get("request"))
 
 
-class ImageOutputSerializer(serializers.Serializer):
+class ImageOutputSerializer(ImageUrlFields):
     id = serializers.IntegerField()
     original_name = serializers.CharField()
     sha256 = serializers.CharField()
@@ -55,14 +88,6 @@ class ImageOutputSerializer(serializers.Serializer):
     error = serializers.CharField()
     masks_status = serializers.CharField()
     masks_error = serializers.CharField()
-    file_url = serializers.SerializerMethodField()
-    thumbnail_url = serializers.SerializerMethodField()
-
-    def get_file_url(self, image) -> str:
-        return reverse("gallery:image-file", args=[image.pk], request=self.context.get("request"))
-
-    def get_thumbnail_url(self, image) -> str:
-        return reverse("gallery:image-thumbnail", args=[image.pk], request=self.context.get("request"))
 
 
 class ImageDetailOutputSerializer(ImageOutputSerializer):

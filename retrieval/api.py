@@ -13,6 +13,7 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from gallery.access import can_view_gallery
+from gallery.api import ImageUrlFields
 from gallery.imaging import ImageRejected
 from retrieval import search as search_service
 from retrieval import status as status_service
@@ -107,20 +108,15 @@ class SearchApi(APIView):
                 raise serializers.ValidationError("Give exactly one of image_id, image or text.")
             return data
 
-    class HitSerializer(serializers.Serializer):
+    class HitSerializer(ImageUrlFields):
+        image_source = "image"
         image_id = serializers.IntegerField(source="image.pk")
         original_name = serializers.CharField(source="image.original_name")
         retrieved_by = serializers.CharField()
         semantic_similarity = serializers.FloatField(allow_null=True)
         content_similarity = serializers.FloatField(allow_null=True)
-        image_url = serializers.SerializerMethodField()
-        thumbnail_url = serializers.SerializerMethodField()
-
-        def get_image_url(self, hit) -> str:
-            return reverse("gallery:image-file", args=[hit.image.pk], request=self.context.get("request"))
-
-        def get_thumbnail_url(self, hit) -> str:
-            return reverse("gallery:image-thumbnail", args=[hit.image.pk], request=self.context.get("request"))
+        image_url = serializers.SerializerMethodField(method_name="get_file_url")
+        file_url = None  # called image_url here
 
     class OutputSerializer(serializers.Serializer):
         results = serializers.ListField()

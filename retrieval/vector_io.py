@@ -62,7 +62,8 @@ def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int =
         with cursor.copy(query, (*sample_params, model_key, space, *where_params)) as copy:
             # libpq hands over one row per message: copy each into a preallocated chunk buffer
             # (one copy, no per-row objects kept) and parse the chunk in bulk when it is full.
-            buffer = bytearray(chunk_rows * dtype.itemsize)
+            # Start small and grow: a catch-up query usually returns a handful of rows.
+            buffer = bytearray(min(chunk_rows, 64) * dtype.itemsize)
             filled = 0
             skip = None  # bytes of the header still to drop; known once its first bytes arrived
             for block in copy:
@@ -81,6 +82,9 @@ def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int =
                     filled += take
                     view = view[take:]
                     if filled == len(buffer):
+                        if len(buffer) < chunk_rows * dtype.itemsize:
+                            buffer.extend(bytes(min(len(buffer) * 3, chunk_rows * dtype.itemsize - len(buffer))))
+                            continue
                         yield RawChunk(buffer, dtype)
                         buffer, filled = bytearray(chunk_rows * dtype.itemsize), 0
             # What is left: whole rows and the 2-byte trailer (-1).

@@ -56,7 +56,10 @@ def test_search_by_stored_image_applies_the_policy_and_fills_both_similarities(c
     assert body["engine"] == "faiss" and body["models"] == {"semantic": SEMANTIC_KEY, "content": CONTENT_KEY}
     assert sum(body["counts"].values()) == len(body["results"]) == 4
     assert all(r["semantic_similarity"] is not None and r["content_similarity"] is not None for r in body["results"])
-    assert body["results"][0]["thumbnail_url"].endswith(f"/images/{gallery[3].pk}/thumbnail/")
+    for result in body["results"]:  # each URL names its own image (URLs are built from a cached template)
+        assert result["thumbnail_url"] == f"http://testserver/images/{result['image_id']}/thumbnail/"
+        assert result["image_url"] == f"http://testserver/images/{result['image_id']}/file/"
+        assert "file_url" not in result
 
 
 def test_request_parameters_override_preferences(client, user, gallery):
