@@ -52,8 +52,9 @@ def normalize(space: str, vectors: np.ndarray) -> np.ndarray:
     return l2_normalize(vectors) if space == "semantic" else l1_normalize(vectors)
 
 
-def normalize_in_place(space: str, vectors: np.ndarray) -> np.ndarray:
-    """normalize() without a second copy of a large chunk (rebuilds stream 100k+ vectors)."""
+def normalize_for_index(space: str, vectors: np.ndarray) -> np.ndarray:
+    """normalize() for large chunks: in place, no temporary copies of the whole chunk (a rebuild
+    streams 100k+ vectors). Measured: as fast as a fused numpy expression, and simpler."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if space == "semantic":
         faiss.normalize_L2(vectors)
@@ -120,7 +121,7 @@ def build_faiss_index(*, space: str, dim: int, ids: np.ndarray, vectors: np.ndar
         rng = np.random.default_rng(0)
         sample = vectors[np.sort(rng.choice(len(ids), ivf_lists(len(ids)) * TRAINING_ROWS_PER_LIST, replace=False))]
     return build_faiss_index_streamed(space=space, dim=dim, count=len(ids), sample=sample,
-                                      chunks=[lambda: (ids, vectors)])
+                                      chunks=[lambda: (ids, np.array(vectors, dtype=np.float32))])  # caller's stays
 
 
 def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.ndarray | None,
@@ -168,7 +169,7 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
 
     def add(source: ChunkSource) -> None:
         ids, vectors = source()
-        vectors = normalize_in_place(space, vectors)
+        vectors = normalize_for_index(space, vectors)
         index.add_with_ids(vectors, ids)
         all_ids.append(ids)
         if exact is not None:
@@ -434,7 +435,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
         for raw in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=REBUILD_CHUNK_ROWS):
             if progress is not None:
                 progress(len(raw.data) // raw.dtype.itemsize)
-            yield raw.parse  # parsed on the builder thread
+            yield raw.parse  # parsed and normalized on the builder thread
 
     built = build_faiss_index_streamed(space=space, dim=dim, count=expected, sample=sample, chunks=chunks())
     index, kind, ids = built.index, built.kind, built.ids
