@@ -153,7 +153,7 @@ IMAGINAITION_BATCH_SIZE = int(os.environ.get("IMAGINAITION_BATCH_SIZE", 16))
 # Indexes.
 IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))
 # Exact (flat) indexes up to this many vectors; above it the approximate kind below.
-IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 20_000))
+IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 10_000))
 # ivf (default: builds in about the time it takes to read the vectors) or hnsw (slower to build).
 IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.

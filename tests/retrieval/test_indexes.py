@@ -286,4 +286,15 @@ def test_rebuild_index_command(capsys):
     call_command("rebuild_index", "--all-models")
     out = capsys.readouterr().out
     assert "content autoencoder/v1: 7 vectors, flat, version 1" in out
+
+
+@pytest.mark.django_db
+def test_rebuild_index_command_reports_the_calibrated_ivf(settings, capsys):
+    settings.IMAGINAITION_FLAT_INDEX_MAX = 50
+    space, key, dim = CONTENT
+    store_bulk(space, key, random_vectors(space, 300, dim, seed=25))
+    call_command("rebuild_index")
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("content autoencoder/v1"))
+    assert "300 vectors, ivf, lists 17, nprobe " in line and ", recall " in line
     assert pgvector_store.knn  # the fallback stays importable

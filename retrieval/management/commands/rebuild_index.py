@@ -22,5 +22,6 @@ class Command(BaseCommand):
             total = count_vectors(model_key=key, space=space)
             with tqdm(total=total, desc=f"{space} {key}", unit="vec", disable=None) as bar:
                 report = index_rebuild(space=space, model_key=key, dim=MODELS[key].dim, progress=bar.update)
-            self.stdout.write(f"{space} {key}: {report.count} vectors, {report.kind}, version {report.version}, "
-                              f"{report.seconds:.2f} s")
+            chosen = "".join(f", {name} {value}" for name, value in report.params.items())
+            self.stdout.write(f"{space} {key}: {report.count} vectors, {report.kind}{chosen}, "
+                              f"version {report.version}, {report.seconds:.2f} s")
