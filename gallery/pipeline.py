@@ -172,10 +172,14 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
     return BatchReport(processed=processed, failed=sorted(errors))
 
 
-def process_all_pending(*, batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> None:
-    """Embed, then segment, every pending image in this process (import_folder --sync, reset)."""
+def process_all_pending(*, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+                        masks: bool = True) -> None:
+    """Embed, then segment, every pending image in this process (import_folder --sync, reset).
+
+    masks=False embeds only (the masks stay pending): `evaluate` needs no masks.
+    """
     models = active_models()
-    for step in (embed_batch, segment_batch):
+    for step in (embed_batch, segment_batch) if masks else (embed_batch,):
         while True:
             report = step(batch_size=batch_size, models=models)
             done = len(report.processed) + len(report.failed)

@@ -1,0 +1,96 @@
+import argparse
+from pathlib import Path
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from retrieval.evaluation import (
+    EVALUATION_DATABASE,
+    EvaluationError,
+    captions_read,
+    evaluation_database_in_use_check,
+    evaluation_in_separate_database,
+    evaluation_markdown,
+    evaluation_run,
+    evaluation_work_dir,
+)
+
+
+class Command(BaseCommand):
+    help = ("Measure retrieval quality on a labelled folder (one sub-folder per category), in a database "
+            "of its own (never the gallery in use): category precision@10 and mAP@50 for semantic only, "
+            "content only and the hybrid policy; near-duplicate recall@1/@10 of generated copies; with "
+            "--captions, text→image recall@1/@10.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per category")
+        parser.add_argument("--captions", type=Path,
+                            help="UTF-8 text file, one 'category/relative/path<TAB>caption' per line "
+                                 "(paths as under --data; blank lines and # comments are skipped)")
+        parser.add_argument("--near-duplicates", type=int, default=50,
+                            help="how many images get a generated near-duplicate copy (default 50)")
+        parser.add_argument("--seed", type=int, default=0, help="picks the near-duplicates and their alterations")
+        parser.add_argument("--database", default=EVALUATION_DATABASE,
+                            help=f"the evaluation database, recreated by every run (default {EVALUATION_DATABASE})")
+        parser.add_argument("--keep", action="store_true",
+                            help="keep the evaluation database and its files afterwards (default: dropped)")
+        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass")
+        parser.add_argument("--json", dest="json_path", type=Path,
+                            help="also write the report (every number, the skipped files) as JSON to this file")
+        parser.add_argument("--write-docs", action="store_true",
+                            help="write the results as the 'Retrieval quality' section of docs/BENCHMARKS.md")
+        # Set by the process that starts this command again on the evaluation database.
+        parser.add_argument("--child-work-dir", type=Path, help=argparse.SUPPRESS)
+
+    def handle(self, *args, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
+               keep: bool, batch_size: int | None, json_path: Path | None, write_docs: bool,
+               child_work_dir: Path | None, **options):
+        if near_duplicates < 0:
+            raise CommandError("--near-duplicates must be 0 or more")
+        try:
+            if child_work_dir is not None:
+                self._run_here(data=data, captions=captions, near_duplicates=near_duplicates, seed=seed,
+                               database=database, batch_size=batch_size, work_dir=child_work_dir)
+                return
+            report = evaluation_in_separate_database(
+                database=database, data=data, captions=captions, near_duplicates=near_duplicates, seed=seed,
+                batch_size=batch_size, keep=keep)
+        except EvaluationError as exc:
+            raise CommandError(str(exc)) from exc
+
+        if json_path is not None:
+            json_path.write_text(report.to_json())
+        markdown = evaluation_markdown(report)
+        self.stdout.write(markdown)
+        for line in report.skipped[:20]:
+            self.stdout.write(f"  skipped {line}")
+        if len(report.skipped) > 20:
+            self.stdout.write(f"  ... and {len(report.skipped) - 20} more skipped")
+        if keep:
+            work_dir = evaluation_work_dir(database=database)
+            self.stdout.write(f"kept database {database!r}; to browse it: IMAGINAITION_DATABASE_NAME={database} "
+                              f"IMAGINAITION_MEDIA_ROOT={work_dir / 'media'} "
+                              f"IMAGINAITION_INDEX_DIR={work_dir / 'indexes'} python manage.py runserver")
+        if write_docs:
+            from bench.common import write_section
+
+            command = f"python manage.py evaluate --data {data}"
+            command += f" --captions {captions}" if captions else ""
+            command += f" --near-duplicates {near_duplicates} --seed {seed}"
+            write_section("Retrieval quality", command, markdown)
+            self.stdout.write("written to docs/BENCHMARKS.md")
+
+    def _run_here(self, *, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
+                  batch_size: int | None, work_dir: Path) -> None:
+        """In the child process, on the evaluation database: migrate, evaluate, leave report.json."""
+        evaluation_database_in_use_check(database=database)
+        call_command("migrate", verbosity=0)
+
+        def bar(description: str, total: int) -> tqdm:
+            return tqdm(total=total, desc=description, unit="image", disable=None)
+
+        report = evaluation_run(data=data, captions=captions_read(captions) if captions else (),
+                                near_duplicates=near_duplicates, seed=seed, work_dir=work_dir,
+                                batch_size=batch_size, progress=bar)
+        (work_dir / "report.json").write_text(report.to_json())
