@@ -114,6 +114,20 @@ def _write(*, status_field: str, error_field: str, results: dict[int, object], e
     return [image.pk for image in images if image.pk in results]
 
 
+def _process_batch(*, status_field: str, error_field: str, first_id: int | None, batch_size: int | None,
+                   infer: Callable[[list], list], write_one: Callable[[Image, object], None]) -> BatchReport:
+    """Claim a batch of pending images, run the model outside any transaction, write the results."""
+    with _claimed(status_field=status_field, first_id=first_id,
+                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
+        if not images:
+            return BatchReport(processed=[], failed=[])
+        loaded, errors = _load_pictures(images)
+        results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
+        processed = _write(status_field=status_field, error_field=error_field, results=results, errors=errors,
+                           write_one=write_one)
+    return BatchReport(processed=processed, failed=sorted(errors))
+
+
 def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                 models: ActiveModels | None = None) -> BatchReport:
     """Compute the active semantic and content embeddings for one batch of pending images."""
@@ -130,18 +144,12 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
             Embedding.objects.update_or_create(image=image, space=space, model_key=key,
                                                defaults={"vector": vectors[key]})
 
-    with _claimed(status_field="status", first_id=first_id,
-                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
-        if not images:
-            return BatchReport(processed=[], failed=[])
-        loaded, errors = _load_pictures(images)
-        results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
-        stored = _write(status_field="status", error_field="error", results=results, errors=errors,
-                        write_one=write_one)
-    if stored:
+    report = _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
+                            infer=infer, write_one=write_one)
+    if report.processed:
         for key, space in keys:
-            events.embeddings_stored.send(sender=Embedding, image_ids=stored, space=space, model_key=key)
-    return BatchReport(processed=stored, failed=sorted(errors))
+            events.embeddings_stored.send(sender=Embedding, image_ids=report.processed, space=space, model_key=key)
+    return report
 
 
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
@@ -161,15 +169,8 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
             for mask in masks
         ])
 
-    with _claimed(status_field="masks_status", first_id=first_id,
-                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
-        if not images:
-            return BatchReport(processed=[], failed=[])
-        loaded, errors = _load_pictures(images)
-        results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
-        processed = _write(status_field="masks_status", error_field="masks_error", results=results,
-                           errors=errors, write_one=write_one)
-    return BatchReport(processed=processed, failed=sorted(errors))
+    return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,
+                          batch_size=batch_size, infer=infer, write_one=write_one)
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
