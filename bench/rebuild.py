@@ -34,6 +34,10 @@ def bare_copy_seconds(model_key: str, space: str, dim: int) -> float:
     return time.perf_counter() - started
 
 
+STAGES = ["sample", "train", "stream and build", "builder busy", "waiting for builder", "calibrate",
+          "write and publish"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000])
@@ -46,7 +50,7 @@ def main() -> None:
 
     models = active_models()
     headers = ["N", "space", "dim", "index", "bare COPY s", "rebuild s", "ratio (goal ≤ 2)", "index parameters"]
-    rows = []
+    rows, stage_rows = [], []
     for n in args.n:
         load(n, MODELS[models.semantic].dim, models.semantic, models.content)
         total_copy = total_rebuild = 0.0
@@ -63,9 +67,13 @@ def main() -> None:
             total_rebuild += best.seconds
             rows.append([f"{n:,}", space, dim, best.kind, copy_s, best.seconds, best.seconds / copy_s,
                          ", ".join(f"{name} {value}" for name, value in best.params.items())])
+            stage_rows.append([f"{n:,}", space, *(best.stages.get(name, 0.0) for name in STAGES)])
         rows.append([f"{n:,}", "**both**", "", "", total_copy, total_rebuild, total_rebuild / total_copy, ""])
         print(table(headers, rows), flush=True)
     body = (table(headers, rows)
+            + "\n\nWhere the best rebuild's time went (seconds; the builder thread works while the COPY streams, "
+              "so *stream and build* is about max(COPY, builder busy)):\n\n"
+            + table(["N", "space", *STAGES], stage_rows)
             + f"\n\nBest of {args.repeat} for each (bare COPY and rebuild alternate). The rebuild includes the "
               "training sample, parsing, normalizing, building the index, the nprobe calibration (IVF), writing "
               "its file and publishing the version. `recall` is the calibration's measured recall@50 on stored "

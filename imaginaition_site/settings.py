@@ -157,7 +157,7 @@ IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 
 # ivf (default: builds in about the time it takes to read the vectors) or hnsw (slower to build).
 IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
-IMAGINAITION_IVF_LISTS_FACTOR = float(os.environ.get("IMAGINAITION_IVF_LISTS_FACTOR", 1.0))
+IMAGINAITION_IVF_LISTS_FACTOR = float(os.environ.get("IMAGINAITION_IVF_LISTS_FACTOR", 0.5))
 IMAGINAITION_ANN_TARGET_RECALL = float(os.environ.get("IMAGINAITION_ANN_TARGET_RECALL", 0.97))
 IMAGINAITION_HNSW_M = int(os.environ.get("IMAGINAITION_HNSW_M", 32))
 IMAGINAITION_HNSW_EF_CONSTRUCTION = int(os.environ.get("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80))

@@ -103,6 +103,7 @@ class BuiltIndex:
     kind: str  # flat | ivf | hnsw
     params: dict  # what was chosen (lists, nprobe, measured recall, ...), persisted with the file
     ids: np.ndarray
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, for benchmarks and logs
 
 
 def index_kind(count: int) -> str:
@@ -138,6 +139,8 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         kind = "flat"  # nothing to train on or measure with (rows vanished since they were counted)
     metric = _metric(space)
     params: dict = {}
+    stages = {"train": 0.0, "builder busy": 0.0, "waiting for builder": 0.0}
+    clock = time.perf_counter()
     if kind == "flat":
         inner = faiss.IndexFlat(dim, metric)
     elif kind == "ivf":
@@ -149,6 +152,7 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         inner.cp.min_points_per_centroid = 1  # a small sample is the caller's choice, not a warning
         inner.train(sample)
         params["lists"] = lists
+        stages["train"] = time.perf_counter() - clock
     elif kind == "hnsw":
         sample = normalize(space, sample)
         inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, metric)
@@ -168,6 +172,7 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
     all_ids: list[np.ndarray] = []
 
     def add(source: ChunkSource) -> None:
+        started = time.perf_counter()
         ids, vectors = source()
         vectors = normalize_for_index(space, vectors)
         index.add_with_ids(vectors, ids)
@@ -177,15 +182,24 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
             chunk.add(vectors)
             distances, rows = chunk.search(queries, k)
             exact.add_result(distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1))
+        stages["builder busy"] += time.perf_counter() - started
 
+    def wait(future) -> None:
+        started = time.perf_counter()
+        future.result()  # also re-raises the builder's errors
+        stages["waiting for builder"] += time.perf_counter() - started
+
+    clock = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-build") as builder:
         in_flight: deque = deque()
         for source in chunks:
             in_flight.append(builder.submit(add, source))
             while len(in_flight) > IN_FLIGHT_CHUNKS:
-                in_flight.popleft().result()  # also re-raises the builder's errors
+                wait(in_flight.popleft())
         for future in in_flight:
-            future.result()
+            wait(future)
+    stages["stream and build"] = time.perf_counter() - clock
+    clock = time.perf_counter()
 
     if exact is not None and index.ntotal:
         exact.finalize()
@@ -195,8 +209,9 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         else:
             _, found = index.search(queries, k)
             params["recall"] = round(_recall(found, exact.I, k), 4)
+    stages["calibrate"] = time.perf_counter() - clock
     ids = np.concatenate(all_ids) if all_ids else np.zeros(0, dtype=np.int64)
-    return BuiltIndex(index=index, kind=kind, params=params, ids=ids)
+    return BuiltIndex(index=index, kind=kind, params=params, ids=ids, stages=stages)
 
 
 def _recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -416,6 +431,7 @@ class RebuildReport:
     kind: str
     params: dict
     seconds: float
+    stages: dict[str, float]
 
 
 def index_rebuild(*, space: str, model_key: str, dim: int,
@@ -425,6 +441,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     synced_at = _db_now()  # anything embedded during the build is picked up by the next catch-up
     expected = count_vectors(model_key=model_key, space=space)
     sample = None
+    clock = time.perf_counter()
     if index_kind(expected) != "flat":
         wanted = ivf_lists(expected) * TRAINING_ROWS_PER_LIST
         percent = min(100.0, 100.0 * 1.1 * wanted / max(expected, 1))
@@ -437,8 +454,10 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
                 progress(len(raw.data) // raw.dtype.itemsize)
             yield raw.parse  # parsed and normalized on the builder thread
 
+    sample_s = time.perf_counter() - clock
     built = build_faiss_index_streamed(space=space, dim=dim, count=expected, sample=sample, chunks=chunks())
     index, kind, ids = built.index, built.kind, built.ids
+    clock = time.perf_counter()
     with transaction.atomic():
         state, _ = IndexState.objects.select_for_update().get_or_create(space=space, model_key=model_key)
         version = state.version + 1
@@ -458,8 +477,8 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     manager.install(IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind,
                                   version=version, synced_at=synced_at, ids=set(ids.tolist())))
     return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
-                         params=built.params,
-                         seconds=time.perf_counter() - started)
+                         params=built.params, seconds=time.perf_counter() - started,
+                         stages={"sample": sample_s, **built.stages, "write and publish": time.perf_counter() - clock})
 
 
 def index_drop_all() -> None:

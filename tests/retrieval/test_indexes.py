@@ -291,6 +291,7 @@ def test_rebuild_index_command(capsys):
 @pytest.mark.django_db
 def test_rebuild_index_command_reports_the_calibrated_ivf(settings, capsys):
     settings.IMAGINAITION_FLAT_INDEX_MAX = 50
+    settings.IMAGINAITION_IVF_LISTS_FACTOR = 1.0  # lists = round(√300) = 17
     space, key, dim = CONTENT
     store_bulk(space, key, random_vectors(space, 300, dim, seed=25))
     call_command("rebuild_index")
