@@ -48,6 +48,22 @@ def decode_image(data: bytes) -> DecodedImage:
     limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
     if len(data) > limit:
         raise ImageRejected(f"The file is {len(data):,} bytes; the limit is {limit:,} bytes.", too_large=True)
+    picture, image_format = _decode(data)
+    return DecodedImage(picture=picture, format=image_format, width=picture.width, height=picture.height)
+
+
+def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:
+    """The picture the models see (RGB, longest side at most `max_side`) from an image's bytes.
+
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `max_side`:
+    the same picture after the final resize, at a fraction of the work on large photos (the
+    ingest benchmark measured full decodes as a fifth of the pipeline's time). Every path that
+    embeds (workers, search by upload) uses this, so the same bytes always give the same vectors.
+    """
+    return for_models(_decode(data, draft_side=max_side)[0], max_side)
+
+
+def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str]:
     configure_pillow()
     try:
         with warnings.catch_warnings():
@@ -57,8 +73,10 @@ def decode_image(data: bytes) -> DecodedImage:
                 raise ImageRejected(
                     f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
             source.seek(0)  # animated GIF/WebP: the first frame
+            if draft_side is not None and source.format in ("JPEG", "MPO"):
+                source.draft("RGB", (draft_side, draft_side))  # never below draft_side on either side
             source.load()
-            picture = to_rgb(ImageOps.exif_transpose(source))
+            return to_rgb(ImageOps.exif_transpose(source)), source.format
     except ImageRejected:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
@@ -69,7 +87,6 @@ def decode_image(data: bytes) -> DecodedImage:
         raise ImageRejected("The file is not an image (or not one we can read).") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageRejected(f"The image is damaged or truncated: {exc}") from exc
-    return DecodedImage(picture=picture, format=source.format, width=picture.width, height=picture.height)
 
 
 def to_rgb(picture: PILImage.Image) -> PILImage.Image:
@@ -107,7 +124,8 @@ def probability_to_png(probability: np.ndarray) -> bytes:
     """A soft mask in [0, 1] as an 8-bit grayscale PNG (probability × 255)."""
     array = np.clip(np.rint(np.asarray(probability, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    PILImage.fromarray(array, "L").save(buffer, format="PNG", optimize=True)
+    # No optimize=True: it tries every filter and cost 124 ms a mask for 10 % smaller files (measured).
+    PILImage.fromarray(array, "L").save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from gallery import events
-from gallery.imaging import ImageRejected, decode_image, for_models, probability_to_png
+from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
 from gallery.models import Embedding, Image, Mask, ProcessingStatus
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
 
@@ -71,7 +71,7 @@ def _load_pictures(images: Sequence[Image]) -> tuple[list[tuple[Image, object]],
     for image in images:
         try:
             with image.file.open("rb") as fh:
-                loaded.append((image, for_models(decode_image(fh.read()).picture)))
+                loaded.append((image, picture_for_models(fh.read())))
         except FileNotFoundError:
             errors[image.pk] = "The stored file is missing."
         except ImageRejected as exc:
@@ -158,15 +158,17 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
     models = models or active_models()
 
     def infer(items):
-        return get_model(models.segmenter).segment([picture for _, picture in items])
+        # PNG-encode here, outside the write transaction, which should hold its row locks briefly.
+        return [[(mask, probability_to_png(mask.probability)) for mask in masks]
+                for masks in get_model(models.segmenter).segment([picture for _, picture in items])]
 
     def write_one(image: Image, masks: list) -> None:
         # Replace this segmenter's masks wholesale: a rerun leaves exactly one set.
         Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
         Mask.objects.bulk_create([
             Mask(image=image, segmenter=models.segmenter, label=mask.label, class_index=mask.class_index,
-                 probability_png=probability_to_png(mask.probability), area_fraction=mask.area_fraction)
-            for mask in masks
+                 probability_png=png, area_fraction=mask.area_fraction)
+            for mask, png in masks
         ])
 
     return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from gallery.imaging import decode_image, for_models, probability_to_png
+from gallery.imaging import decode_image, picture_for_models, probability_to_png
 
 SESSION_KEY = "staged_upload"
 MAX_AGE_SECONDS = 3600
@@ -49,13 +49,13 @@ def staged_add(*, data: bytes, name: str, session) -> StagedUpload:
     """Validate (ImageRejected for bad input), keep the bytes, segment them. Replaces the previous one."""
     from retrieval.encoders.registry import active_models, get_model
 
-    picture = decode_image(data).picture
+    picture = decode_image(data).picture  # the full check every stored image passes
     _cleanup()
     token = secrets.token_hex(12)
     path = _folder() / f"{token}.upload"
     path.write_bytes(data)
     staged = StagedUpload(token=token, name=Path(name).name[:255] or "upload", path=path, labels=[])
-    masks = get_model(active_models().segmenter).segment([for_models(picture)])[0]
+    masks = get_model(active_models().segmenter).segment([picture_for_models(data)])[0]  # as the workers see it
     for mask in masks:
         staged.mask_path(mask.class_index).write_bytes(probability_to_png(mask.probability))
     labels = [{"class_index": m.class_index, "label": m.label, "area_fraction": m.area_fraction} for m in masks]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image as PILImage
 
-from gallery.imaging import decode_image, for_models
+from gallery.imaging import decode_image, for_models, picture_for_models
 from gallery.models import Embedding, Image
 from retrieval import pgvector_store
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models, get_model
@@ -111,7 +111,8 @@ def vectors_for_picture(*, picture: PILImage.Image, models: ActiveModels) -> Que
 
 def vectors_for_upload(*, data: bytes, models: ActiveModels) -> QueryVectors:
     """Embed an uploaded image on the fly; nothing is stored. Raises ImageRejected for bad input."""
-    return vectors_for_picture(picture=decode_image(data).picture, models=models)
+    decode_image(data)  # the full check every stored image passed
+    return vectors_for_picture(picture=picture_for_models(data), models=models)  # as the workers see it
 
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
