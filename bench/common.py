@@ -72,6 +72,13 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def section_title(name: str, sizes: list[int], default_sizes: list[int]) -> str:
+    """Runs at other sizes (e.g. 1M) get a section of their own instead of replacing the default run's."""
+    if sorted(sizes) == sorted(default_sizes):
+        return name
+    return f"{name} (N = {', '.join(f'{n:,}' for n in sizes)})"
+
+
 def write_section(name: str, command: str, body: str) -> None:
     """Replace (or add) the section `name` of docs/BENCHMARKS.md with today's results."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\nEach section is rewritten by its benchmark.\n"
@@ -339,7 +346,7 @@ def bench_env(database: str, **extra: str) -> dict[str, str]:
 
     return {**os.environ, "IMAGINAITION_DATABASE_NAME": database, "IMAGINAITION_MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "IMAGINAITION_INDEX_DIR": str(settings.IMAGINAITION_INDEX_DIR), "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+            "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "IMAGINAITION_LOG_LEVEL": "INFO", **extra}
 
 
 def start_qcluster(env: dict[str, str], log: Path, timeout: float = 180):

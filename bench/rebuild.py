@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.common import setup_django, table, write_section
+from bench.common import section_title, setup_django, table, write_section
 from bench.search import load
 
 
@@ -80,7 +80,8 @@ def main() -> None:
               "vectors against exact search.")
     print(body)
     if not args.no_write:
-        write_section("Index rebuild", "python -m bench.rebuild --n " + " ".join(str(n) for n in args.n), body)
+        command = "python -m bench.rebuild --n " + " ".join(str(n) for n in args.n)
+        write_section(section_title("Index rebuild", args.n, [100_000]), command, body)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from bench.common import percentiles, setup_django, table, write_section
+from bench.common import percentiles, section_title, setup_django, table, write_section
 
 K = 50
 
@@ -36,9 +36,15 @@ def synthetic_vectors(n: int, semantic_dim: int, seed: int = 0) -> tuple[np.ndar
     centres_s = rng.normal(size=(200, semantic_dim)).astype(np.float32)
     centres_c = np.abs(rng.normal(size=(200, 1024))).astype(np.float32)
     which = rng.integers(0, 200, size=n)
-    semantic = centres_s[which] + 0.6 * rng.normal(size=(n, semantic_dim)).astype(np.float32)
+    # float32 throughout: at 1M the float64 temporaries alone would take 11 GB.
+    semantic = rng.standard_normal(size=(n, semantic_dim), dtype=np.float32)
+    semantic *= 0.6
+    semantic += centres_s[which]
     semantic /= np.linalg.norm(semantic, axis=1, keepdims=True)
-    content = centres_c[which] + 0.6 * np.abs(rng.normal(size=(n, 1024))).astype(np.float32)
+    content = rng.standard_normal(size=(n, 1024), dtype=np.float32)
+    np.abs(content, out=content)
+    content *= 0.6
+    content += centres_c[which]
     content /= content.sum(axis=1, keepdims=True)
     return semantic, content
 
@@ -62,7 +68,9 @@ def load(n: int, semantic_dim: int, semantic_key: str, content_key: str,
         cursor.execute(
             "INSERT INTO gallery_image (file, sha256, original_name, width, height, format, byte_size, created_at,"
             " status, error, masks_status, masks_error)"
-            " SELECT 'bench/placeholder.png', md5('bench-' || i) || md5('hcneb-' || i), 'bench-' || i || '.png',"
+            # Increasing keys: the unique sha256 index grows at its right edge (random keys made 1M
+            # inserts I/O-bound on the small default shared_buffers).
+            " SELECT 'bench/placeholder.png', lpad(to_hex(i), 64, '0'), 'bench-' || i || '.png',"
             " 1, 1, 'PNG', 0, now(), 'ready', '', 'ready', '' FROM generate_series(1, %s) AS i RETURNING id", [n])
         ids = np.sort(np.array([row[0] for row in cursor.fetchall()], dtype=np.int64))
     semantic, content = synthetic_vectors(n, semantic_dim, seed)
@@ -177,7 +185,8 @@ def main() -> None:
               "semantic dimension of the active model; REST through Django's test client in-process.")
     print(body)
     if not args.no_write:
-        write_section("Search latency", "python -m bench.search --n " + " ".join(str(n) for n in args.n), body)
+        command = "python -m bench.search --n " + " ".join(str(n) for n in args.n)
+        write_section(section_title("Search latency", args.n, [10_000, 100_000]), command, body)
 
 
 if __name__ == "__main__":
