@@ -256,7 +256,7 @@ class IndexSnapshot:
     version: int
     synced_at: datetime  # database time up to which embeddings and tombstones are applied
     ids: set[int] = field(default_factory=set)
-    deleted: set[int] = field(default_factory=set)  # HNSW cannot remove: filtered at query time
+    deleted: set[int] = field(default_factory=set)  # approximate kinds: removed ids are filtered at query time
     checked_at: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock)
 

@@ -44,7 +44,7 @@ class IndexState(models.Model):
     model_key = models.CharField(max_length=100)
     version = models.PositiveIntegerField(default=0)
     vector_count = models.PositiveIntegerField(default=0)
-    kind = models.CharField(max_length=16, blank=True, help_text="flat or hnsw")
+    kind = models.CharField(max_length=16, blank=True, help_text="flat, ivf or hnsw")
     file_name = models.CharField(max_length=255, blank=True)
     built_at = models.DateTimeField(null=True, blank=True)
 
