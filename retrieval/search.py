@@ -122,10 +122,18 @@ def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
     return QueryVectors(semantic=get_model(models.semantic).encode_texts([text])[0], content=None)
 
 
-def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
-           engine: str = "auto") -> SearchResponse:
+@dataclass(frozen=True)
+class Ranking:
+    """The hybrid query's answer before any Image row is read: what the engine decided."""
+
+    results: list[MergedResult]  # both similarities filled in where the query has that part
+    engines: dict[str, str]
+    preferences: Preferences
+
+
+def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
+         engine: str = "auto") -> Ranking:
     """Run both kNN searches, merge them with the policy, fill in the missing similarities."""
-    started = time.perf_counter()
     models = models or active_models()
     if query.content is None:
         # A text query has no content part: its semantic list is all there is, so it fills the k places.
@@ -137,22 +145,34 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
             found[space], engines[space] = nearest(space=space, model_key=key, query=vector, k=preferences.k,
                                                    exclude_image_id=query.exclude_image_id, engine=engine)
     merged = merge(semantic=found["semantic"], content=found["content"], preferences=preferences)
-    hits = _hydrate(merged, query=query, models=models)
+    return Ranking(results=_fill_similarities(merged, query=query, models=models), engines=engines,
+                   preferences=preferences)
+
+
+def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
+           engine: str = "auto") -> SearchResponse:
+    """rank(), then the Image rows of the results (dropping any deleted meanwhile)."""
+    started = time.perf_counter()
+    models = models or active_models()
+    ranking = rank(query=query, preferences=preferences, models=models, engine=engine)
+    images = Image.objects.in_bulk([result.image_id for result in ranking.results])
+    hits = [SearchHit(image=images[r.image_id], retrieved_by=r.retrieved_by,
+                      semantic_similarity=r.semantic_similarity, content_similarity=r.content_similarity)
+            for r in ranking.results if r.image_id in images]
     counts = {"both": 0, "semantic": 0, "content": 0}
     for hit in hits:
         counts[hit.retrieved_by] += 1
-    used = sorted(set(engines.values()))
+    used = sorted(set(ranking.engines.values()))
     return SearchResponse(
-        hits=hits, counts=counts, engine="+".join(used) if used else "none", engines=engines,
+        hits=hits, counts=counts, engine="+".join(used) if used else "none", engines=ranking.engines,
         models={"semantic": models.semantic, "content": models.content},
-        elapsed_ms=(time.perf_counter() - started) * 1000, preferences=preferences)
+        elapsed_ms=(time.perf_counter() - started) * 1000, preferences=ranking.preferences)
 
 
-def _hydrate(merged: Sequence[MergedResult], *, query: QueryVectors, models: ActiveModels) -> list[SearchHit]:
-    """Attach Image rows (dropping any deleted meanwhile) and compute each result's missing similarity
-    from its stored vector, as the original does."""
-    ids = [m.image_id for m in merged]
-    images = Image.objects.in_bulk(ids)
+def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
+                       models: ActiveModels) -> list[MergedResult]:
+    """Each result's similarity in the index that did not return it, computed from its stored
+    vector, as the original does."""
     missing: dict[str, list[int]] = {"semantic": [], "content": []}
     for m in merged:
         if m.semantic_similarity is None and query.semantic is not None:
@@ -174,13 +194,9 @@ def _hydrate(merged: Sequence[MergedResult], *, query: QueryVectors, models: Act
         if stored:
             sims = similarity_between(space, vector, np.stack(list(stored.values())))
             filled[space] = {image_id: float(s) for image_id, s in zip(stored, sims, strict=True)}
-    hits = []
-    for m in merged:
-        image = images.get(m.image_id)
-        if image is None:
-            continue
-        hits.append(SearchHit(
-            image=image, retrieved_by=m.retrieved_by,
-            semantic_similarity=m.semantic_similarity if m.semantic_similarity is not None else filled["semantic"].get(m.image_id),
-            content_similarity=m.content_similarity if m.content_similarity is not None else filled["content"].get(m.image_id)))
-    return hits
+    return [replace(m,
+                    semantic_similarity=m.semantic_similarity if m.semantic_similarity is not None
+                    else filled["semantic"].get(m.image_id),
+                    content_similarity=m.content_similarity if m.content_similarity is not None
+                    else filled["content"].get(m.image_id))
+            for m in merged]

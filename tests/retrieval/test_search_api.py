@@ -130,3 +130,25 @@ def test_text_search_fills_all_k_places_from_the_semantic_index(client, user, ga
     assert len(body["results"]) == 4 and body["counts"] == {"both": 0, "semantic": 4, "content": 0}
     assert body["results"][0]["image_id"] == gallery[0].pk  # text queries exclude nothing
     assert all(r["content_similarity"] is None for r in body["results"])
+
+
+def test_rank_answers_without_reading_images_and_search_attaches_them(settings, gallery, django_assert_num_queries):
+    settings.IMAGINAITION_INDEX_SYNC_SECONDS = 60  # between the once-a-second checks for new vectors
+    from retrieval.encoders.registry import active_models
+    from retrieval.policy import Preferences
+    from retrieval.search import rank, search, vectors_for_image_id
+
+    index_rebuild(space="semantic", model_key=SEMANTIC_KEY, dim=384)
+    index_rebuild(space="content", model_key=CONTENT_KEY, dim=1024)
+    models = active_models()
+    query = vectors_for_image_id(image_id=gallery[0].pk, models=models)
+    preferences = Preferences(k=4)
+    rank(query=query, preferences=preferences, models=models)  # the first call loads and syncs the indexes
+    with django_assert_num_queries(0):  # both indexes, the policy and the similarities: all in memory
+        ranking = rank(query=query, preferences=preferences, models=models)
+    assert [r.image_id for r in ranking.results][0] == gallery[3].pk and ranking.results[0].retrieved_by == "both"
+    assert all(r.semantic_similarity is not None and r.content_similarity is not None for r in ranking.results)
+    with django_assert_num_queries(1):  # one query for the Image rows
+        response = search(query=query, preferences=preferences, models=models)
+    assert [(h.image.pk, h.retrieved_by, h.semantic_similarity) for h in response.hits] == \
+        [(r.image_id, r.retrieved_by, r.semantic_similarity) for r in ranking.results]
