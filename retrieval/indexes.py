@@ -37,6 +37,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from retrieval.encoders.base import l1_normalize, l2_normalize
+from gallery.models import Embedding
 from retrieval.models import DeletedImage, IndexState
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
 
@@ -404,11 +405,16 @@ class IndexManager:
     def _catch_up(self, snapshot: IndexSnapshot) -> None:
         now = _db_now()
         since = snapshot.synced_at - SYNC_SLACK
-        for ids, vectors in stream_vectors(model_key=snapshot.model_key, space=snapshot.space, dim=snapshot.dim,
-                                           where_sql="AND created_at >= %s", where_params=(since,)):
-            added = snapshot.add(ids, vectors)
-            if added:
-                logger.info("index %s/%s: added %d new vectors", snapshot.space, snapshot.model_key, added)
+        # Ids first: the slack window is re-read every second, and right after a bulk load it holds
+        # thousands of rows the index already has; only the vectors it lacks are read.
+        recent = Embedding.objects.filter(model_key=snapshot.model_key, space=snapshot.space, created_at__gte=since)
+        lacking = [image_id for image_id in recent.values_list("image_id", flat=True) if image_id not in snapshot.ids]
+        if lacking:
+            for ids, vectors in stream_vectors(model_key=snapshot.model_key, space=snapshot.space, dim=snapshot.dim,
+                                               where_sql="AND image_id = ANY(%s)", where_params=(lacking,)):
+                added = snapshot.add(ids, vectors)
+                if added:
+                    logger.info("index %s/%s: added %d new vectors", snapshot.space, snapshot.model_key, added)
         gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
         snapshot.remove(gone)
         snapshot.synced_at = now
