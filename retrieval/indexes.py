@@ -91,7 +91,7 @@ def _metric(space: str) -> int:
 CALIBRATION_QUERIES = 16
 CALIBRATION_K = 50
 TRAINING_ROWS_PER_LIST = 32  # k-means points per IVF list (FAISS's own floor is 39; 32 measured as good)
-IN_FLIGHT_CHUNKS = 2  # chunks read ahead of the index builder: bounds memory during a rebuild
+IN_FLIGHT_CHUNKS = 4  # chunks read ahead of the index builder: bounds memory during a rebuild
 REBUILD_CHUNK_ROWS = 20_000
 
 # One unit of work for the builder thread: returns (image ids, vectors) when called.
@@ -178,10 +178,12 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         vectors = normalize_for_index(space, vectors)
         index.add_with_ids(vectors, ids)
         all_ids.append(ids)
-        if exact is not None:
-            chunk = faiss.IndexFlat(dim, metric)
-            chunk.add(vectors)
-            distances, rows = chunk.search(queries, k)
+        if exact is not None:  # brute force over the chunk in place (no copy into an index)
+            distances, rows = faiss.knn(queries, vectors, min(k, len(vectors)), metric=metric)
+            if rows.shape[1] < k:  # a chunk smaller than k: pad to the heap's width
+                pad = ((0, 0), (0, k - rows.shape[1]))
+                rows = np.pad(rows, pad, constant_values=-1)
+                distances = np.pad(distances, pad, constant_values=np.finfo(np.float32).max)
             exact.add_result(distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1))
         stages["builder busy"] += time.perf_counter() - started
 

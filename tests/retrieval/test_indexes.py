@@ -299,3 +299,18 @@ def test_rebuild_index_command_reports_the_calibrated_ivf(settings, capsys):
     line = next(line for line in out.splitlines() if line.startswith("content autoencoder/v1"))
     assert "300 vectors, ivf, lists 17, nprobe " in line and ", recall " in line
     assert pgvector_store.knn  # the fallback stays importable
+
+
+@pytest.mark.django_db
+def test_ivf_calibration_gathers_exact_neighbours_across_chunks_smaller_than_k(settings, monkeypatch):
+    settings.IMAGINAITION_FLAT_INDEX_MAX = 30
+    monkeypatch.setattr(indexes, "REBUILD_CHUNK_ROWS", 7)  # every chunk holds fewer rows than k = 50
+    space, key, dim = SEMANTIC
+    vectors = random_vectors(space, 60, dim, seed=26)
+    store_bulk(space, key, vectors)
+    report = index_rebuild(space=space, model_key=key, dim=dim)
+    assert report.kind == "ivf" and report.count == 60
+    assert report.params["recall"] >= settings.IMAGINAITION_ANN_TARGET_RECALL
+    found, _ = nearest(space=space, model_key=key, query=vectors[9], k=50)
+    exact, _ = nearest(space=space, model_key=key, query=vectors[9], k=50, engine="pgvector-exact")
+    assert len({c.image_id for c in found} & {c.image_id for c in exact}) >= 0.95 * 50
