@@ -1,7 +1,7 @@
 """Search latency and recall vs collection size: FAISS (the project's hybrid query) vs pgvector.
 
-    python -m bench.search                       # N = 10k and 100k (about 10 minutes)
-    python -m bench.search --n 1000000           # 1M: FAISS only by default (see --pgvector-max)
+    python -m bench.search                       # N = 10k and 100k (about 3 minutes)
+    python -m bench.search --n 1000000           # 1M, FAISS only by default (about 4 minutes)
 
 For each N: synthetic clustered vectors (semantic: unit-norm at the active semantic model's
 dimension; content: L1-normalized 1024-d) are stored as Image + Embedding rows (vectors through
@@ -16,7 +16,7 @@ IMAGINAITION_FLAT_INDEX_MAX, IVF above), pgvector's HNSW indexes are built, then
 - FAISS alone, pgvector HNSW and pgvector exact (sequential scan), per space.
 Recall@50 of each approximate engine is measured against exact brute force (`faiss.knn` over the
 same normalized vectors, which the tests show agrees with pgvector exact). Above --pgvector-max
-images the pgvector rows are skipped (its HNSW build alone takes over 30 minutes at 1M here).
+images the pgvector rows are skipped (its HNSW build alone was still running after 6 minutes at 1M).
 """
 
 from __future__ import annotations
