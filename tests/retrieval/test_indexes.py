@@ -233,6 +233,7 @@ def test_ivf_index_adds_deletes_reconstructs_and_reloads_with_its_nprobe(setting
     snapshot = manager.get(space=space, model_key=key, dim=dim)
     np.testing.assert_allclose(snapshot.vectors_for([int(ids[5])])[int(ids[5])], vectors[5] / vectors[5].sum(),
                                rtol=1e-5)
+    np.testing.assert_allclose(snapshot.vectors_for([late])[late], vectors[399] / vectors[399].sum(), rtol=1e-5)
     services.image_delete(image=Image.objects.get(pk=int(ids[0])))
     found, _ = nearest(space=space, model_key=key, query=vectors[0], k=5)
     assert int(ids[0]) not in [c.image_id for c in found]
@@ -242,6 +243,9 @@ def test_ivf_index_adds_deletes_reconstructs_and_reloads_with_its_nprobe(setting
     assert reloaded.kind == "ivf" and reloaded.version == report.version
     assert faiss.extract_index_ivf(reloaded.index.index).nprobe == report.params["nprobe"]
     assert reloaded.count == 399  # 399 built + 1 caught up − 1 deleted
+    # The file keeps the id → vector map that the missing similarities are computed from.
+    np.testing.assert_allclose(reloaded.vectors_for([int(ids[5])])[int(ids[5])], vectors[5] / vectors[5].sum(),
+                               rtol=1e-5)
 
 
 @pytest.mark.django_db
