@@ -20,10 +20,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 def setup_django(database: str = BENCH_DATABASE) -> None:
     """Point Django at the benchmark database (creating and migrating it), then set it up."""
     os.environ["IMAGINAITION_DATABASE_NAME"] = database
-    # Index files and media of the benchmark database live apart from the user's.
-    bench_var = Path(__file__).resolve().parent.parent / "var" / database
-    os.environ.setdefault("IMAGINAITION_INDEX_DIR", str(bench_var / "indexes"))
-    os.environ.setdefault("IMAGINAITION_MEDIA_ROOT", str(bench_var / "media"))
+    bench_folders(database)  # index files and media of the benchmark database live apart from the user's
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import django

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, bench_env, bench_folders, bench_photos, describe_photos, empty_bench_database,
+from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, empty_bench_database,
                           load_average, photo_folder_subset, setup_django, standard_random_weights, start_qcluster,
                           stop_process_group, table, write_section)
 
@@ -248,7 +248,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("IMAGINAITION_LOG_LEVEL", "WARNING")
-    bench_folders(DATABASE)
     setup_django(DATABASE)
     from django.conf import settings
 

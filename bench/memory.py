@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, bench_env, bench_folders, bench_photos, describe_photos, empty_bench_database,
+from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, empty_bench_database,
                           load_average, photo_folder_subset, setup_django, standard_random_weights, start_qcluster,
                           stop_process_group, table, write_section)
 
@@ -282,7 +282,6 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
     args = parser.parse_args()
     os.environ.setdefault("IMAGINAITION_LOG_LEVEL", "WARNING")
-    bench_folders(DATABASE)
     setup_django(DATABASE)
     from django.conf import settings
 

@@ -528,6 +528,12 @@ def evaluation_work_dir(*, database: str) -> Path:
     return Path(settings.VAR_DIR) / "evaluation" / database
 
 
+def _database_comment(cursor, database: str) -> tuple[str | None] | None:
+    """(comment,) of `database`, where evaluate leaves its DATABASE_MARKER; None if no such database."""
+    cursor.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [database])
+    return cursor.fetchone()
+
+
 def evaluation_database_check(*, database: str) -> None:
     """Raise EvaluationError unless `database` may be (re)created and emptied by an evaluation."""
     if not _DATABASE_NAME.fullmatch(database):
@@ -541,9 +547,7 @@ def evaluation_database_check(*, database: str) -> None:
         if path.is_relative_to(work_dir) or work_dir.is_relative_to(path):
             raise EvaluationError(f"{work_dir} overlaps {path}, which the gallery in use keeps its files in")
     with connection._nodb_cursor() as cursor:
-        cursor.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                       [database])
-        row = cursor.fetchone()
+        row = _database_comment(cursor, database)
     if row is not None and row[0] != DATABASE_MARKER:
         raise EvaluationError(f"database {database!r} exists and was not created by `evaluate`: "
                               "refusing to empty it; pick another --database")
@@ -572,9 +576,7 @@ def evaluation_database_in_use_check(*, database: str) -> None:
     if connection.settings_dict["NAME"] != database:
         raise EvaluationError(f"this process uses {connection.settings_dict['NAME']!r}, not {database!r}")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                       [database])
-        row = cursor.fetchone()
+        row = _database_comment(cursor, database)
     if row is None or row[0] != DATABASE_MARKER:
         raise EvaluationError(f"{database!r} is not an evaluation database: refusing to write to it")
 

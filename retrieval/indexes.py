@@ -36,8 +36,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from retrieval.encoders.base import l1_normalize, l2_normalize
 from gallery.models import Embedding
+from retrieval.encoders.base import l1_normalize, l2_normalize
 from retrieval.models import DeletedImage, IndexState
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
 
@@ -115,21 +115,10 @@ def ivf_lists(count: int) -> int:
     return max(1, round(settings.IMAGINAITION_IVF_LISTS_FACTOR * count ** 0.5))
 
 
-def build_faiss_index(*, space: str, dim: int, ids: np.ndarray, vectors: np.ndarray) -> BuiltIndex:
-    """An index of vectors held in memory (see build_faiss_index_streamed)."""
-    kind = index_kind(len(ids))
-    sample = vectors
-    if kind == "ivf" and len(ids) > ivf_lists(len(ids)) * TRAINING_ROWS_PER_LIST:
-        rng = np.random.default_rng(0)
-        sample = vectors[np.sort(rng.choice(len(ids), ivf_lists(len(ids)) * TRAINING_ROWS_PER_LIST, replace=False))]
-    return build_faiss_index_streamed(space=space, dim=dim, count=len(ids), sample=sample,
-                                      chunks=[lambda: (ids, np.array(vectors, dtype=np.float32))])  # caller's stays
-
-
 def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.ndarray | None,
                                chunks: Iterable[ChunkSource]) -> BuiltIndex:
-    """Fill a new index chunk by chunk on a builder thread while the caller keeps reading the next
-    chunks (FAISS and numpy release the GIL), so the build overlaps the read from Postgres.
+    """A new index (flat, or the configured approximate kind above the flat limit), filled chunk by
+    chunk on a builder thread while the caller keeps reading the next chunks (FAISS and numpy release the GIL), so the build overlaps the read from Postgres.
 
     count: the expected number of vectors (chooses the kind). sample: random stored vectors, needed
     above the flat limit: IVF trains its lists on them, and some of them are the queries that
@@ -142,10 +131,11 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
     params: dict = {}
     stages = {"train": 0.0, "builder busy": 0.0, "waiting for builder": 0.0}
     clock = time.perf_counter()
+    if kind != "flat":
+        sample = normalize(space, sample)
     if kind == "flat":
         inner = faiss.IndexFlat(dim, metric)
     elif kind == "ivf":
-        sample = normalize(space, sample)
         lists = max(1, min(ivf_lists(count), len(sample)))
         # Lists come from L2 k-means (BLAS-fast) in both spaces; scanning a list uses the space's metric.
         inner = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, metric)
@@ -155,7 +145,6 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         params["lists"] = lists
         stages["train"] = time.perf_counter() - clock
     elif kind == "hnsw":
-        sample = normalize(space, sample)
         inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, metric)
         inner.hnsw.efConstruction = settings.IMAGINAITION_HNSW_EF_CONSTRUCTION
         inner.hnsw.efSearch = settings.IMAGINAITION_HNSW_EF_SEARCH

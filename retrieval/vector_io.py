@@ -93,15 +93,10 @@ def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int =
                 yield RawChunk(memoryview(buffer)[:usable], dtype)
 
 
-def _rows(data, dtype: np.dtype) -> np.ndarray:
+def _parse(data, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     rows = np.frombuffer(data, dtype=dtype)
     if len(rows) and ((rows["nfields"] != 2) | (rows["dim"] != dtype["vector"].shape[0])).any():
         raise ValueError("malformed COPY row (or a vector of another dimension)")
-    return rows
-
-
-def _parse(data, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    rows = _rows(data, dtype)
     return rows["image_id"].astype(np.int64), rows["vector"].astype(np.float32)
 
 

@@ -17,7 +17,6 @@ from retrieval.evaluation import (
     COPY_CROP_SIDE,
     COPY_JPEG_QUALITY,
     COPY_SCALE,
-    DATABASE_MARKER,
     EvaluationError,
     average_precision_at_k,
     captions_read,

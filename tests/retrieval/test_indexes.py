@@ -177,8 +177,9 @@ def test_queries_during_rebuilds_never_fail():
 def store_bulk(space: str, model_key: str, vectors: np.ndarray) -> np.ndarray:
     """Many embeddings at once: image rows, then one binary COPY (the bulk path benchmarks use)."""
     images = Image.objects.bulk_create([
-        Image(file=f"test/{i}.png", sha256=hashlib.sha256(f"{space}-{i}".encode()).hexdigest(), original_name=f"{i}.png", width=1, height=1,
-              format="PNG", byte_size=0, status="ready") for i in range(len(vectors))])
+        Image(file=f"test/{i}.png", sha256=hashlib.sha256(f"{space}-{i}".encode()).hexdigest(),
+              original_name=f"{i}.png", width=1, height=1, format="PNG", byte_size=0, status="ready")
+        for i in range(len(vectors))])
     ids = np.array([image.pk for image in images], dtype=np.int64)
     embeddings_copy_in(image_ids=ids, space=space, model_key=model_key, vectors=vectors)
     return ids
