@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from gallery.models_reset import ResetJob
+from gallery.models import ResetJob
 from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_start
 
 

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-from drf_spectacular.utils import extend_schema, inline_serializer
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
-from rest_framework.views import APIView
+from rest_framework.views import APIView, exception_handler
 
-from gallery import services
+from gallery import selectors, services
 from gallery.access import can_view_gallery
-from gallery.imaging import ImageRejected
+from gallery.errors import Refused
+from gallery.imaging import read_upload
 from gallery.models import Image
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status."""
+    if isinstance(exc, Refused):
+        return Response({"detail": exc.message}, status=exc.status_code)
+    return exception_handler(exc, context)
 
 
 _URL_MARKER = "2147483647"  # an id no image has; reverse() is run once per URL name and request
 
 
-def image_url(request, name: str, image_id: int) -> str:
+def image_url(request: Request | None, name: str, image_id: int) -> str:
     """Absolute URL of `name` (e.g. "gallery:image-file") for one image. Search responses list 50+
     images: resolving each URL from scratch cost more than the search itself, so the reversed URL
     is cached on the request as a template."""
@@ -40,15 +50,15 @@ class ImageUrlFields(serializers.Serializer):
     file_url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()
 
-    def _image_id(self, obj) -> int:
+    def _image_id(self, obj: Any) -> int:
         for attribute in filter(None, self.image_source.split(".")):
             obj = getattr(obj, attribute)
         return obj.pk
 
-    def get_file_url(self, obj) -> str:
+    def get_file_url(self, obj: Any) -> str:
         return image_url(self.context.get("request"), "gallery:image-file", self._image_id(obj))
 
-    def get_thumbnail_url(self, obj) -> str:
+    def get_thumbnail_url(self, obj: Any) -> str:
         return image_url(self.context.get("request"), "gallery:image-thumbnail", self._image_id(obj))
 
 
@@ -57,7 +67,7 @@ class GalleryPermission(BasePermission):
 
     message = "Sign in to use the gallery."
 
-    def has_permission(self, request, view) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         if request.method in SAFE_METHODS:
             return can_view_gallery(request.user)
         return bool(request.user and request.user.is_authenticated)
@@ -71,7 +81,7 @@ class MaskSerializer(serializers.Serializer):
     segmenter = serializers.CharField()
     mask_url = serializers.SerializerMethodField()
 
-    def get_mask_url(self, mask) -> str:
+    def get_mask_url(self, mask: Any) -> str:
         return reverse("gallery:mask-png", args=[mask.image_id, mask.pk], request=self.context.get("request"))
 
 
@@ -94,7 +104,7 @@ class ImageDetailOutputSerializer(ImageOutputSerializer):
     masks = MaskSerializer(many=True)
     embedded_by = serializers.SerializerMethodField()
 
-    def get_embedded_by(self, image) -> list[dict]:
+    def get_embedded_by(self, image: Image) -> list[dict[str, str]]:
         return [{"space": e.space, "model_key": e.model_key} for e in image.embeddings.all()]
 
 
@@ -105,10 +115,13 @@ class ImageListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField(allow_empty_file=True)  # image_add explains why empty is refused
 
-    @extend_schema(responses=ImageOutputSerializer(many=True))
-    def get(self, request):
+    @extend_schema(parameters=[OpenApiParameter("label", str, description="only images with a mask of this label"),
+                               OpenApiParameter("page", int, description="page number")],
+                   responses=ImageOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
         paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(Image.objects.order_by("-created_at", "-id"), request, view=self)
+        images = selectors.image_list(label=request.query_params.get("label", "").strip())
+        page = paginator.paginate_queryset(images, request, view=self)
         return paginator.get_paginated_response(
             ImageOutputSerializer(page, many=True, context={"request": request}).data)
 
@@ -116,19 +129,11 @@ class ImageListCreateApi(APIView):
                    responses={201: ImageOutputSerializer, 200: ImageOutputSerializer,
                               400: inline_serializer("ImageError", {"detail": serializers.CharField()}),
                               413: inline_serializer("ImageTooLarge", {"detail": serializers.CharField()})})
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
-        limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
-        if upload.size > limit:
-            return Response({"detail": f"The file is {upload.size:,} bytes; the limit is {limit:,} bytes."},
-                            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-        try:
-            result = services.image_add(data=upload.read(), original_name=upload.name, user=request.user)
-        except ImageRejected as exc:
-            code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.too_large else status.HTTP_400_BAD_REQUEST
-            return Response({"detail": exc.message}, status=code)
+        result = services.image_add(data=read_upload(upload), original_name=upload.name, user=request.user)
         body = ImageOutputSerializer(result.image, context={"request": request}).data
         body["duplicate"] = not result.created
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
@@ -138,17 +143,17 @@ class ImageDetailApi(APIView):
     permission_classes = [GalleryPermission]
 
     def _get(self, image_id: int) -> Image:
-        image = Image.objects.prefetch_related("masks", "embeddings").filter(pk=image_id).first()
+        image = selectors.image_detail(image_id=image_id)
         if image is None:
             raise NotFound("No such image.")
         return image
 
     @extend_schema(responses=ImageDetailOutputSerializer)
-    def get(self, request, image_id: int):
+    def get(self, request: Request, image_id: int) -> Response:
         return Response(ImageDetailOutputSerializer(self._get(image_id), context={"request": request}).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, image_id: int):
+    def delete(self, request: Request, image_id: int) -> Response:
         services.image_delete(image=self._get(image_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -157,7 +162,7 @@ class ImageRetryApi(APIView):
     permission_classes = [GalleryPermission]
 
     @extend_schema(request=None, responses=ImageOutputSerializer)
-    def post(self, request, image_id: int):
+    def post(self, request: Request, image_id: int) -> Response:
         image = Image.objects.filter(pk=image_id).first()
         if image is None:
             raise NotFound("No such image.")

@@ -12,19 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
+
+from gallery.errors import Refused
 
 ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 
 
-class ImageRejected(Exception):
-    """Input that is not an image we accept. `too_large` maps to HTTP 413, anything else to 400."""
+class ImageRejected(Refused):
+    """Input that is not an image we accept: HTTP 413 when it is too large, 400 otherwise."""
 
-    def __init__(self, message: str, *, too_large: bool = False):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message, status_code=413 if too_large else 400)
         self.too_large = too_large
 
 
@@ -41,13 +43,23 @@ def configure_pillow() -> None:
     PILImage.MAX_IMAGE_PIXELS = settings.IMAGINAITION_MAX_PIXELS
 
 
+def _check_size(size: int) -> None:
+    limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
+    if size > limit:
+        raise ImageRejected(f"The file is {size:,} bytes; the limit is {limit:,} bytes.", too_large=True)
+
+
+def read_upload(upload: UploadedFile) -> bytes:
+    """An uploaded file's bytes, refused (ImageRejected, 413) before reading when it is over the limit."""
+    _check_size(upload.size or 0)
+    return upload.read()
+
+
 def decode_image(data: bytes) -> DecodedImage:
     """Fully decode `data` (a truncated file fails here, before anything is stored)."""
     if not data:
         raise ImageRejected("The file is empty (0 bytes).")
-    limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
-    if len(data) > limit:
-        raise ImageRejected(f"The file is {len(data):,} bytes; the limit is {limit:,} bytes.", too_large=True)
+    _check_size(len(data))
     picture, image_format = _decode(data)
     return DecodedImage(picture=picture, format=image_format, width=picture.width, height=picture.height)
 

@@ -1,27 +1,21 @@
-"""Images, their segmentation masks and their embeddings.
+"""Images, their segmentation masks, and the reset jobs that replace the whole gallery.
 
 An image's file is content-addressed (its SHA-256 names it), so the same bytes are never stored
 twice. Masks keep the segmenter's per-pixel probability as an 8-bit PNG in the row itself: a
 user's threshold is applied later without recomputing, and a mask can never be an orphan file.
-Embeddings record the model that made them, so vectors of two models never share an index.
+The vectors computed from them live in the retrieval app (retrieval.models.Embedding).
 """
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from pgvector.django import VectorField
 
 
 class ProcessingStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
-
-
-class Space(models.TextChoices):
-    SEMANTIC = "semantic", "Semantic"
-    CONTENT = "content", "Content"
 
 
 def image_upload_path(instance: "Image", filename: str) -> str:
@@ -78,25 +72,37 @@ class Mask(models.Model):
         return f"{self.label} on image #{self.image_id}"
 
 
-class Embedding(models.Model):
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
-    space = models.CharField(max_length=16, choices=Space.choices)
-    model_key = models.CharField(max_length=100)
-    # No fixed dimension: models of different sizes coexist. pgvector's HNSW indexes are partial
-    # expression indexes per (model, space) with the dimension cast in (retrieval/pgvector_indexes.py).
-    vector = VectorField()
+class ResetJob(models.Model):
+    """A "reset / initialize from a folder" run, started from Django admin and followed on a progress page."""
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    folder = models.CharField(max_length=1024)
+    recursive = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    phase = models.CharField(max_length=64, blank=True, help_text="what the job is doing now")
+    deleted_images = models.PositiveIntegerField(default=0)
+    total_files = models.PositiveIntegerField(default=0)
+    scanned = models.PositiveIntegerField(default=0)
+    imported = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    rejected = models.JSONField(default=list, help_text="[file, reason] pairs")
+    embedded = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["image", "space", "model_key"], name="embedding_unique_per_model"),
-        ]
-        indexes = [
-            models.Index(fields=["model_key", "space"], name="embedding_model_space"),
-            # Each web process asks every second for the vectors created since its last sync.
-            models.Index(fields=["model_key", "space", "created_at"], name="embedding_model_space_created"),
-        ]
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.space} {self.model_key} of image #{self.image_id}"
-from gallery.models_reset import ResetJob  # noqa: E402,F401
+        return f"Reset from {self.folder} ({self.state})"
+
+    @property
+    def active(self) -> bool:
+        return self.state in (self.State.QUEUED, self.State.RUNNING)

@@ -1,27 +1,26 @@
 """Reset / initialize the gallery from a server-side folder (the original app's feature).
 
-Everything stored goes (images, masks, embeddings, files, indexes), then the folder is imported and
-processed in the worker that runs the job, while a progress page follows it. The deletion is one
-transaction: a query during a reset sees the old gallery or an empty one, never half of it.
+Everything stored goes (images, masks, files, and through the signals everything derived from them:
+vectors, indexes), then the folder is imported and processed in the worker that runs the job, while
+a progress page follows it. The deletion is one transaction: a query during a reset sees the old
+gallery or an empty one, never half of it.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from gallery import events
-from gallery.models import Embedding, Image, Mask
-from gallery.models_reset import ResetJob
-from gallery.pipeline import process_all_pending
-from gallery.services import folder_files, folder_import
+from gallery.models import Image, Mask, ResetJob
+from gallery.services import User, folder_files, folder_import, images_process_here
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 5  # files between progress writes
@@ -37,7 +36,7 @@ class ResetPreview:
     recursive: bool
     images: int
     masks: int
-    embeddings: int
+    derived: list[tuple[int, str]]  # what the layer above computed from the images, and will drop too
     stored_files: int
     files_to_import: int
 
@@ -61,12 +60,13 @@ def reset_folder_check(*, folder: str) -> Path:
 def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     path = reset_folder_check(folder=folder)
     files, _ = folder_files(root=path, recursive=recursive)
+    derived = [pair for _, pairs in events.derived_data_counted.send(sender=Image) for pair in pairs]
     return ResetPreview(folder=path, recursive=recursive, images=Image.objects.count(), masks=Mask.objects.count(),
-                        embeddings=Embedding.objects.count(), stored_files=Image.objects.exclude(file="").count(),
+                        derived=derived, stored_files=Image.objects.exclude(file="").count(),
                         files_to_import=len(files))
 
 
-def reset_start(*, folder: str, recursive: bool, user) -> ResetJob:
+def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
     """Create the job and hand it to a worker after commit. Only one reset at a time."""
     path = reset_folder_check(folder=folder)
     with transaction.atomic():
@@ -79,8 +79,6 @@ def reset_start(*, folder: str, recursive: bool, user) -> ResetJob:
 
 
 def _enqueue(job_id: int) -> None:
-    from django_q.tasks import async_task
-
     async_task("gallery.reset.reset_run_task", job_id, task_name=f"reset-{job_id}", group="reset")
 
 
@@ -91,18 +89,16 @@ def reset_run_task(job_id: int) -> str:
 def _delete_everything() -> int:
     with transaction.atomic():
         ids = list(Image.objects.select_for_update().values_list("id", flat=True))
-        Image.objects.all().delete()  # masks and embeddings go with them (cascade)
+        Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=ids)
     media = Path(settings.MEDIA_ROOT)
     for folder in ("images", "thumbs", "staging"):
         shutil.rmtree(media / folder, ignore_errors=True)
-    from retrieval.indexes import index_drop_all
-
-    index_drop_all()
+    events.gallery_emptied.send(sender=Image)
     return len(ids)
 
 
-def reset_run(*, job_id: int, process: Callable[..., None] = process_all_pending) -> ResetJob:
+def reset_run(*, job_id: int) -> ResetJob:
     """Run a queued job to the end; any error ends it `failed` with the message (never stuck running)."""
     job = ResetJob.objects.get(pk=job_id)
     if job.state != ResetJob.State.QUEUED:
@@ -135,12 +131,10 @@ def reset_run(*, job_id: int, process: Callable[..., None] = process_all_pending
             job.embedded += count
             save("embedded")
 
-        process(progress=embedded)
-        job.phase = "building the indexes"
+        images_process_here(progress=embedded)
+        job.phase = "building the search indexes"
         save("embedded")
-        from retrieval.tasks import rebuild_indexes
-
-        rebuild_indexes()
+        events.gallery_reloaded.send(sender=Image)
         job.state, job.phase = ResetJob.State.DONE, "done"
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
         logger.exception("reset job %s failed", job.pk)

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 
 from gallery import events
 from gallery.imaging import ImageRejected, decode_image
 from gallery.models import Image, ProcessingStatus
+from gallery.thumbnails import thumbnail_files
 
 logger = logging.getLogger(__name__)
+
+
+User = AbstractBaseUser | AnonymousUser
+Progress = Callable[[int], object]  # called with a count of items just finished (a tqdm bar's update)
+
+
+def images_schedule(image_ids: Sequence[int]) -> None:
+    """After commit: tell the layer above that these images wait for processing."""
+    ids = list(image_ids)
+    transaction.on_commit(lambda: events.images_added.send(sender=Image, image_ids=ids))
 
 
 @dataclass(frozen=True)
@@ -24,7 +36,7 @@ class ImageAddResult:
     created: bool  # False: the same bytes were already stored; `image` is the existing one
 
 
-def image_add(*, data: bytes, original_name: str, user=None, enqueue: bool = True) -> ImageAddResult:
+def image_add(*, data: bytes, original_name: str, user: User | None = None, enqueue: bool = True) -> ImageAddResult:
     """Validate, store once (by SHA-256) and schedule embedding + segmentation after commit.
 
     Raises ImageRejected (nothing written) for input that is not an acceptable image.
@@ -47,7 +59,7 @@ def image_add(*, data: bytes, original_name: str, user=None, enqueue: bool = Tru
             image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             image.save()
             if enqueue:
-                transaction.on_commit(lambda: events.schedule_processing([image.pk]))
+                images_schedule([image.pk])
     except IntegrityError:
         _delete_file(image)
         existing = Image.objects.filter(sha256=digest).first()
@@ -66,9 +78,7 @@ def _delete_file(image: Image) -> None:
 
 
 def image_delete(*, image: Image) -> None:
-    """Remove the image, its masks, embeddings, file and thumbnails; indexes forget it at once."""
-    from gallery.thumbnails import thumbnail_files
-
+    """Remove the image, its masks, vectors, file and thumbnails; searches forget it at once."""
     image_id, file_name, storage = image.pk, image.file.name, image.file.storage
     thumbs = thumbnail_files(image=image)
     with transaction.atomic():
@@ -94,13 +104,8 @@ def image_retry(*, image: Image) -> Image:
         changed += ["masks_status", "masks_error"]
     if changed:
         image.save(update_fields=changed)
-        transaction.on_commit(lambda: events.schedule_processing([image.pk]))
+        images_schedule([image.pk])
     return image
-
-
-def images_pending_ids() -> list[int]:
-    return list(Image.objects.filter(Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING))
-                .order_by("id").values_list("id", flat=True))
 
 
 @dataclass
@@ -136,8 +141,8 @@ def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple
     return sorted(files), refused
 
 
-def folder_import(*, root: Path, recursive: bool = False, user=None, enqueue: bool = True,
-                  progress=None) -> ImportReport:
+def folder_import(*, root: Path, recursive: bool = False, user: User | None = None, enqueue: bool = True,
+                  progress: Progress | None = None) -> ImportReport:
     """Add every image file under `root`; one bad file never stops the rest.
 
     `progress` is called once per file (a tqdm bar's update, a reset job's counter).
@@ -167,25 +172,7 @@ def folder_import(*, root: Path, recursive: bool = False, user=None, enqueue: bo
     return report
 
 
-def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
-    """After a model change: put every image lacking the active models' embeddings back in the queue.
-
-    Vectors of other models stay (each row records its model key), so switching back needs no work.
-    """
-    from django.db.models import Exists, OuterRef
-
-    from gallery.models import Embedding
-    from retrieval.encoders.registry import active_models
-
-    models = active_models()
-    has_all = [Exists(Embedding.objects.filter(image=OuterRef("pk"), space=space, model_key=key))
-               for space, key in (("semantic", models.semantic), ("content", models.content))]
-    missing = (Image.objects.filter(status=ProcessingStatus.READY)
-               .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
-    ids = list(missing)
-    if ids:
-        with transaction.atomic():
-            Image.objects.filter(pk__in=ids).update(status=ProcessingStatus.PENDING, error="")
-            if enqueue:
-                transaction.on_commit(lambda: events.schedule_processing(ids))
-    return ids
+def images_process_here(*, progress: Progress | None = None, batch_size: int | None = None) -> None:
+    """Process every waiting image in this process (the layer above does the work), then return.
+    batch_size: images per model forward pass (None: the configured size)."""
+    events.processing_wanted.send(sender=Image, progress=progress, batch_size=batch_size)

@@ -72,7 +72,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "gallery.context_processors.status_banner",
+                "retrieval.context_processors.retrieval_context",
             ],
         },
     },
@@ -164,6 +164,8 @@ IMAGINAITION_HNSW_EF_CONSTRUCTION = int(os.environ.get("IMAGINAITION_HNSW_EF_CON
 IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 128))
 # How often a web process checks the database for a newer index or new/deleted embeddings.
 IMAGINAITION_INDEX_SYNC_SECONDS = float(os.environ.get("IMAGINAITION_INDEX_SYNC_SECONDS", 1.0))
+# The page banner's state (integrity, queue) is re-checked in the background at most this often.
+IMAGINAITION_BANNER_REFRESH_SECONDS = float(os.environ.get("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -174,6 +176,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "gallery.api.api_exception_handler",  # refused input → 4xx {"detail": message}
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ImaginAItion API",

@@ -1,6 +1,81 @@
-from django.contrib import admin
+"""Django admin of the retrieval app: vectors, search preferences, and what it adds to the gallery's
+image admin (the vectors each image has, and "search similar" with the same service as the pages)."""
 
-from retrieval.models import SearchPreferences
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils.html import format_html_join
+
+from gallery.admin import ImageAdmin
+from gallery.errors import Refused
+from gallery.models import Image
+from retrieval.models import Embedding, SearchPreferences
+from retrieval.search import Query, search_for
+
+
+class EmbeddingInline(admin.TabularInline):
+    model = Embedding
+    extra = 0
+    fields = ("space", "model_key", "created_at")
+    readonly_fields = fields
+    can_delete = False
+
+
+class ImageWithVectorsAdmin(ImageAdmin):
+    """The gallery's image admin, plus each image's vectors and "search similar"."""
+
+    list_display = (*ImageAdmin.list_display[:-4], "models", *ImageAdmin.list_display[-4:])
+    list_filter = (*ImageAdmin.list_filter, "embeddings__model_key")
+    inlines = (*ImageAdmin.inlines, EmbeddingInline)
+    change_form_template = "admin/retrieval/image_change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        similar = path("<int:image_id>/similar/", self.admin_site.admin_view(self.similar_view),
+                       name="gallery_image_similar")
+        return [similar, *super().get_urls()]
+
+    def similar_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
+        """"Search similar" from an image's admin page: the same search service as the API and pages."""
+        image = get_object_or_404(Image, pk=image_id)
+        try:
+            response = search_for(user=request.user, session=request.session, query=Query(image_id=image.pk))
+        except Refused as exc:
+            messages.error(request, exc.message)
+            return redirect("admin:gallery_image_change", image.pk)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "original": image,
+                   "title": f"Images similar to {image.original_name}", "response": response}
+        return TemplateResponse(request, "admin/retrieval/similar.html", context)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        return super().get_queryset(request).prefetch_related(
+            Prefetch("embeddings", queryset=Embedding.objects.only("image_id", "space", "model_key")))
+
+    @admin.display(description="Embedded by")
+    def models(self, obj: Image) -> str:
+        return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in obj.embeddings.all())) or "-"
+
+
+admin.site.unregister(Image)
+admin.site.register(Image, ImageWithVectorsAdmin)
+
+
+@admin.register(Embedding)
+class EmbeddingAdmin(admin.ModelAdmin):
+    list_display = ("id", "image", "space", "model_key", "dimension", "created_at")
+    list_filter = ("space", "model_key")
+    search_fields = ("image__original_name", "model_key")
+    readonly_fields = ("image", "space", "model_key", "dimension", "created_at")
+    exclude = ("vector",)
+    list_select_related = ("image",)
+
+    @admin.display(description="Dimension")
+    def dimension(self, obj: Embedding) -> int:
+        return len(obj.vector)
 
 
 @admin.register(SearchPreferences)

@@ -8,17 +8,23 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from gallery.access import can_view_gallery
 from gallery.api import ImageUrlFields
-from gallery.imaging import ImageRejected
-from retrieval import search as search_service
+from gallery.imaging import read_upload
 from retrieval import status as status_service
-from retrieval.encoders.registry import active_models
-from retrieval.preferences import policy_preferences, preferences_get, preferences_update
+from retrieval.preferences import PreferenceOverrides, preference_limits, preferences_get, preferences_update
+from retrieval.search import Query, search_for
+from retrieval.spaces import Space
+
+
+def _preference_field(name: str) -> serializers.IntegerField:
+    """An optional whole number within the preference's limits (the SearchPreferences model's)."""
+    low, high = preference_limits(name)
+    return serializers.IntegerField(required=False, min_value=low, max_value=high)
 
 
 class ApiRootApi(APIView):
@@ -89,17 +95,17 @@ class WorkerCheckResultApi(APIView):
 class SearchApi(APIView):
     """Find similar images by a stored image, an uploaded image or text, with the merge policy."""
 
-    permission_classes = [AllowAny]  # gallery visibility is checked below (private by default)
+    permission_classes = [AllowAny]  # search_for checks gallery visibility (private by default)
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
     class InputSerializer(serializers.Serializer):
         image_id = serializers.IntegerField(required=False)
         image = serializers.FileField(required=False, allow_empty_file=True)
         text = serializers.CharField(required=False, allow_blank=True, max_length=500)
-        k = serializers.IntegerField(required=False, min_value=1, max_value=500)
+        k = _preference_field("k")
         intersection = serializers.BooleanField(required=False)
-        policy = serializers.ChoiceField(choices=["semantic", "content"], required=False)
-        split = serializers.IntegerField(required=False, min_value=0, max_value=100)
+        policy = serializers.ChoiceField(choices=Space.values, required=False)
+        split = _preference_field("split")
         include_self = serializers.BooleanField(required=False, default=False)
 
         def validate(self, data):
@@ -128,32 +134,18 @@ class SearchApi(APIView):
 
     @extend_schema(request={"multipart/form-data": InputSerializer, "application/json": InputSerializer},
                    responses=OutputSerializer)
-    def post(self, request):
-        if not can_view_gallery(request.user):
-            return Response({"detail": "Sign in to search the gallery."}, status=status.HTTP_403_FORBIDDEN)
+    def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        prefs = preferences_get(user=request.user, session=request.session)
-        overrides = {"k": data.get("k"), "intersection_first": data.get("intersection"),
-                     "preferred_index": data.get("policy"), "split": data.get("split")}
-        prefs.update({name: value for name, value in overrides.items() if value is not None})
-        models = active_models()
-        try:
-            if data.get("image_id") is not None:
-                query = search_service.vectors_for_image_id(image_id=data["image_id"], models=models)
-                if data["include_self"]:
-                    query = search_service.QueryVectors(query.semantic, query.content, None)
-            elif data.get("image") is not None:
-                query = search_service.vectors_for_upload(data=data["image"].read(), models=models)
-            else:
-                query = search_service.vectors_for_text(text=data["text"], models=models)
-            response = search_service.search(query=query, preferences=policy_preferences(prefs), models=models)
-        except ImageRejected as exc:
-            code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if exc.too_large else status.HTTP_400_BAD_REQUEST
-            return Response({"detail": exc.message}, status=code)
-        except search_service.QueryError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        upload = data.get("image")
+        query = Query(image_id=data.get("image_id"), text=data.get("text") or None,
+                      upload=read_upload(upload) if upload is not None else None,
+                      upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"])
+        wanted = {"k": data.get("k"), "intersection_first": data.get("intersection"),
+                  "preferred_index": data.get("policy"), "split": data.get("split")}
+        overrides = PreferenceOverrides(**{name: value for name, value in wanted.items() if value is not None})  # type: ignore[typeddict-item]
+        response = search_for(user=request.user, session=request.session, query=query, overrides=overrides)
         return Response({
             "results": self.HitSerializer(response.hits, many=True, context={"request": request}).data,
             "counts": response.counts, "engine": response.engine, "engines": response.engines,
@@ -168,11 +160,11 @@ class PreferencesApi(APIView):
     permission_classes = [AllowAny]
 
     class PreferencesSerializer(serializers.Serializer):
-        mask_threshold = serializers.IntegerField(min_value=0, max_value=100, required=False)
-        k = serializers.IntegerField(min_value=1, max_value=500, required=False)
+        mask_threshold = _preference_field("mask_threshold")
+        k = _preference_field("k")
         intersection_first = serializers.BooleanField(required=False)
-        preferred_index = serializers.ChoiceField(choices=["semantic", "content"], required=False)
-        split = serializers.IntegerField(min_value=0, max_value=100, required=False)
+        preferred_index = serializers.ChoiceField(choices=Space.values, required=False)
+        split = _preference_field("split")
 
     @extend_schema(responses=PreferencesSerializer)
     def get(self, request):

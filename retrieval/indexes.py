@@ -36,9 +36,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from gallery.models import Embedding
 from retrieval.encoders.base import l1_normalize, l2_normalize
-from retrieval.models import DeletedImage, IndexState
+from retrieval.models import DeletedImage, Embedding, IndexState
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
 
 logger = logging.getLogger(__name__)

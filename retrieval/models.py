@@ -1,15 +1,42 @@
-"""Per-user search preferences (the original app's settings) and retrieval bookkeeping."""
+"""Vectors of the gallery's images, per-user search preferences (the original app's settings), and
+the bookkeeping of the FAISS indexes."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from pgvector.django import VectorField
+
+from gallery.models import Image
+from retrieval.spaces import Space
 
 
-class PreferredIndex(models.TextChoices):
-    SEMANTIC = "semantic", "Semantic (meaning)"
-    CONTENT = "content", "Content (look)"
+class Embedding(models.Model):
+    """One image's vector in one space by one model: vectors of two models never share an index,
+    and a model change re-embeds in the background while the old vectors keep answering."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
+    space = models.CharField(max_length=16, choices=Space.choices)
+    model_key = models.CharField(max_length=100)
+    # No fixed dimension: models of different sizes coexist. pgvector's HNSW indexes are partial
+    # expression indexes per (model, space) with the dimension cast in (retrieval/pgvector_store.py).
+    vector = VectorField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "gallery_embedding"  # created by the gallery app before the layers were split
+        constraints = [
+            models.UniqueConstraint(fields=["image", "space", "model_key"], name="embedding_unique_per_model"),
+        ]
+        indexes = [
+            models.Index(fields=["model_key", "space"], name="embedding_model_space"),
+            # Each web process asks every second for the vectors created since its last sync.
+            models.Index(fields=["model_key", "space", "created_at"], name="embedding_model_space_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.space} {self.model_key} of image #{self.image_id}"
 
 
 class SearchPreferences(models.Model):
@@ -23,8 +50,7 @@ class SearchPreferences(models.Model):
         help_text="Number of results")
     intersection_first = models.BooleanField(
         default=True, help_text="Show images found by both indexes first")
-    preferred_index = models.CharField(max_length=16, choices=PreferredIndex.choices,
-                                       default=PreferredIndex.SEMANTIC)
+    preferred_index = models.CharField(max_length=16, choices=Space.choices, default=Space.SEMANTIC)
     split = models.PositiveSmallIntegerField(
         default=50, validators=[MaxValueValidator(100)],
         help_text="Percent of the remaining places given to the preferred index")

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal
+from retrieval.spaces import Space
 
-Index = Literal["semantic", "content"]
-RetrievedBy = Literal["both", "semantic", "content"]
+BOTH = "both"  # retrieved_by of an image both indexes found; otherwise the Space that found it alone
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class Candidate:
 @dataclass(frozen=True)
 class MergedResult:
     image_id: int
-    retrieved_by: RetrievedBy
+    retrieved_by: str  # BOTH, or a Space value
     semantic_similarity: float | None  # None when that index did not return it (filled in later)
     content_similarity: float | None
 
@@ -37,7 +36,7 @@ class MergedResult:
 class Preferences:
     k: int = 50
     intersection_first: bool = True
-    preferred_index: Index = "semantic"
+    preferred_index: Space | str = Space.SEMANTIC  # a Space or its value
     split: int = 50  # percent of the remaining places for the preferred index
 
 
@@ -49,15 +48,15 @@ def round_half_up(value: float) -> int:
 def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], preferences: Preferences) -> list[MergedResult]:
     """Merge the two ranked lists into at most k results, by the policy above."""
     k = preferences.k
-    preferred_name: Index = preferences.preferred_index
-    other_name: Index = "content" if preferred_name == "semantic" else "semantic"
-    lists = {"semantic": list(semantic[:k]), "content": list(content[:k])}
+    preferred_name = Space(preferences.preferred_index)
+    other_name = preferred_name.other
+    lists = {Space.SEMANTIC: list(semantic[:k]), Space.CONTENT: list(content[:k])}
     similarity = {name: {c.image_id: c.similarity for c in found} for name, found in lists.items()}
 
-    def result(image_id: int, retrieved_by: RetrievedBy) -> MergedResult:
+    def result(image_id: int, retrieved_by: str) -> MergedResult:
         return MergedResult(image_id=image_id, retrieved_by=retrieved_by,
-                            semantic_similarity=similarity["semantic"].get(image_id),
-                            content_similarity=similarity["content"].get(image_id))
+                            semantic_similarity=similarity[Space.SEMANTIC].get(image_id),
+                            content_similarity=similarity[Space.CONTENT].get(image_id))
 
     results: list[MergedResult] = []
     taken: set[int] = set()
@@ -65,21 +64,21 @@ def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], prefer
         in_both = [c for c in lists[preferred_name] if c.image_id in similarity[other_name]]
         # The preferred list is already in its similarity order (nearest first; stable for ties).
         for candidate in in_both[:k]:
-            results.append(result(candidate.image_id, "both"))
+            results.append(result(candidate.image_id, BOTH))
             taken.add(candidate.image_id)
 
     remaining = k - len(results)
     preferred_quota = round_half_up(remaining * preferences.split / 100)
     other_quota = remaining - preferred_quota
 
-    def take(name: Index, quota: int) -> list[MergedResult]:
+    def take(name: Space, quota: int) -> list[MergedResult]:
         picked = []
         for candidate in lists[name]:
             if len(picked) >= quota:
                 break
             if candidate.image_id not in taken:
                 taken.add(candidate.image_id)
-                picked.append(result(candidate.image_id, name))
+                picked.append(result(candidate.image_id, name.value))
         return picked
 
     preferred_part = take(preferred_name, preferred_quota)

@@ -1,65 +1,112 @@
-"""The user's search preferences: stored per user, or in the session for anonymous visitors."""
+"""The user's search preferences: stored per user, or in the session for anonymous visitors.
+
+Their limits and defaults are the SearchPreferences model's fields (validators, default): the page
+form, the API and this module all read them from there.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
+from typing import TypedDict
 
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 
-from retrieval.models import PreferredIndex, SearchPreferences
+from gallery.services import User
+from retrieval.models import SearchPreferences
 from retrieval.policy import Preferences
+from retrieval.spaces import Space
 
 SESSION_KEY = "search_preferences"
-DEFAULTS = {"mask_threshold": 30, **asdict(Preferences())}
-LIMITS = {"mask_threshold": (0, 100), "k": (1, 500), "split": (0, 100)}
+NAMES = ("mask_threshold", "k", "intersection_first", "preferred_index", "split")
 
 
-def preferences_get(*, user, session) -> dict:
+class PreferenceValues(TypedDict):
+    mask_threshold: int
+    k: int
+    intersection_first: bool
+    preferred_index: str
+    split: int
+
+
+class PreferenceOverrides(TypedDict, total=False):
+    """Per-query values that replace the saved ones (the search API's k, intersection, policy, split)."""
+
+    k: int
+    intersection_first: bool
+    preferred_index: str
+    split: int
+
+
+def preference_limits(name: str) -> tuple[int, int]:
+    """(lowest, highest) allowed value of a numeric preference, from the model field's validators."""
+    field = SearchPreferences._meta.get_field(name)
+    low, high = 0, None
+    for validator in field.validators:
+        if isinstance(validator, MinValueValidator):
+            low = max(low, int(validator.limit_value))  # type: ignore[arg-type]
+        elif isinstance(validator, MaxValueValidator):
+            high = int(validator.limit_value)  # type: ignore[arg-type]
+    if high is None:
+        raise ValueError(f"SearchPreferences.{name} has no upper limit")
+    return low, high
+
+
+def preference_defaults() -> PreferenceValues:
+    meta = SearchPreferences._meta
+    return PreferenceValues(**{name: meta.get_field(name).get_default() for name in NAMES})  # type: ignore[typeddict-item]
+
+
+def preferences_get(*, user: User | None, session: SessionBase | None) -> PreferenceValues:
     """All preference values (mask_threshold, k, intersection_first, preferred_index, split)."""
+    values = preference_defaults()
     if user is not None and user.is_authenticated:
-        stored = SearchPreferences.objects.filter(user=user).first()
-        if stored is None:
-            return dict(DEFAULTS)
-        return {name: getattr(stored, name) for name in DEFAULTS}
-    return {**DEFAULTS, **(session.get(SESSION_KEY) or {})} if session is not None else dict(DEFAULTS)
+        stored = SearchPreferences.objects.filter(user_id=user.pk).first()
+        if stored is not None:
+            values.update({name: getattr(stored, name) for name in NAMES})  # type: ignore[typeddict-item]
+    elif session is not None:
+        values.update(session.get(SESSION_KEY) or {})
+    return values
 
 
-def preferences_validate(values: dict) -> dict:
+def preferences_validate(values: dict[str, object]) -> dict[str, object]:
     """Checked, typed values; raises ValidationError naming the bad field."""
-    clean = {}
+    clean: dict[str, object] = {}
     for name, value in values.items():
-        if name not in DEFAULTS:
+        if name not in NAMES:
             raise ValidationError({name: "unknown preference"})
-        if name in LIMITS:
-            low, high = LIMITS[name]
+        if name == "intersection_first":
+            if isinstance(value, str):
+                value = value.strip().lower() in ("1", "true", "on", "yes")
+            clean[name] = bool(value)
+        elif name == "preferred_index":
+            if value not in Space.values:
+                raise ValidationError({name: "must be semantic or content"})
+            clean[name] = value
+        else:
+            low, high = preference_limits(name)
             try:
-                number = int(value)
+                number = int(value)  # type: ignore[call-overload]
             except (TypeError, ValueError):
                 raise ValidationError({name: f"must be a whole number from {low} to {high}"}) from None
             if not low <= number <= high:
                 raise ValidationError({name: f"must be from {low} to {high}"})
             clean[name] = number
-        elif name == "intersection_first":
-            if isinstance(value, str):
-                value = value.strip().lower() in ("1", "true", "on", "yes")
-            clean[name] = bool(value)
-        elif name == "preferred_index":
-            if value not in PreferredIndex.values:
-                raise ValidationError({name: "must be semantic or content"})
-            clean[name] = value
     return clean
 
 
-def preferences_update(*, user, session, values: dict) -> dict:
+def preferences_update(*, user: User | None, session: SessionBase | None,
+                       values: dict[str, object]) -> PreferenceValues:
     clean = preferences_validate(values)
     if user is not None and user.is_authenticated:
-        SearchPreferences.objects.update_or_create(user=user, defaults=clean)
-    else:
+        SearchPreferences.objects.update_or_create(user_id=user.pk, defaults=clean)
+    elif session is not None:
         session[SESSION_KEY] = {**(session.get(SESSION_KEY) or {}), **clean}
     return preferences_get(user=user, session=session)
 
 
-def policy_preferences(values: dict) -> Preferences:
-    """The subset the merge policy uses."""
-    names = {f.name for f in fields(Preferences)}
-    return Preferences(**{name: values[name] for name in names})
+def policy_preferences(values: PreferenceValues, overrides: PreferenceOverrides | None = None) -> Preferences:
+    """The subset the merge policy uses, with any per-query overrides applied."""
+    chosen = {**values, **(overrides or {})}
+    return Preferences(**{f.name: chosen[f.name] for f in fields(Preferences)})  # type: ignore[arg-type]

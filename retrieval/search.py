@@ -1,7 +1,10 @@
-"""Where a query becomes a ranked list: query vectors → k nearest per index → the merge policy.
+"""Where a query becomes a ranked list: query → vectors → k nearest per index → the merge policy.
 
-FAISS answers when its index for the active model is available; otherwise PostgreSQL answers the
-same query with pgvector, and the response says which engine answered.
+`search_for` is the one entry point of the search page, the REST API and admin's "search similar":
+it checks access, resolves the caller's preferences, turns the query (a stored image, an uploaded
+picture, the staged upload, or words) into vectors and ranks. FAISS answers when its index for the
+active model is available; otherwise PostgreSQL answers the same query with pgvector, and the
+response says which engine answered.
 """
 
 from __future__ import annotations
@@ -11,18 +14,38 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from django.contrib.sessions.backends.base import SessionBase
 from PIL import Image as PILImage
 
+from gallery.access import can_view_gallery
+from gallery.errors import Refused
 from gallery.imaging import decode_image, for_models, picture_for_models
-from gallery.models import Embedding, Image
-from retrieval import pgvector_store
+from gallery.models import Image
+from gallery.services import User
+from retrieval import pgvector_store, uploads
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models, get_model
 from retrieval.indexes import manager, normalize, similarity_between, similarity_from_distance
+from retrieval.models import Embedding
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
+from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
+from retrieval.spaces import Space
+from retrieval.status import heal_start
 
 
-class QueryError(Exception):
-    """The query cannot be answered (e.g. the image has no embedding yet): a 4xx for the caller."""
+class QueryError(Refused):
+    """The query cannot be answered (e.g. the image has no embedding yet): 400, or 403/404."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search with: exactly one of a stored image, an uploaded picture, the staged upload, words."""
+
+    image_id: int | None = None
+    upload: bytes | None = None  # an uploaded file's bytes (not stored)
+    upload_name: str = "upload"
+    staged: bool = False  # the picture staged in the caller's session (retrieval.uploads)
+    text: str | None = None
+    include_self: bool = False  # a stored image's own row may be a result
 
 
 @dataclass(frozen=True)
@@ -49,6 +72,50 @@ class SearchResponse:
     elapsed_ms: float
     preferences: Preferences
     engines: dict[str, str] = field(default_factory=dict)
+    about: str = ""  # what was searched with, for a person: an image's name, “the words”
+    query_image: Image | None = None  # the stored image searched with, if any
+
+
+def search_for(*, user: User, session: SessionBase | None, query: Query,
+               overrides: PreferenceOverrides | None = None, models: ActiveModels | None = None) -> SearchResponse:
+    """Answer one query for one caller with their preferences (and any overrides of them).
+
+    Raises QueryError (403 without the right to see the gallery; 400 for an unknown image, an image
+    without vectors yet, empty words, or not exactly one query) and ImageRejected for a bad upload.
+    """
+    if not can_view_gallery(user):
+        raise QueryError("Sign in to search the gallery.", status_code=403)
+    models = models or active_models()
+    preferences = policy_preferences(preferences_get(user=user, session=session), overrides)
+    vectors, about, query_image = _query_vectors(query, session=session, models=models)
+    response = search(query=vectors, preferences=preferences, models=models)
+    response.about, response.query_image = about, query_image
+    return response
+
+
+def _query_vectors(query: Query, *, session: SessionBase | None,
+                   models: ActiveModels) -> tuple[QueryVectors, str, Image | None]:
+    given = [query.image_id is not None, query.upload is not None, query.staged, bool(query.text)]
+    if sum(given) != 1:
+        raise QueryError("Choose a file, pick an image or type some words first." if not any(given)
+                         else "Give exactly one of image_id, image or text.")
+    if query.image_id is not None:
+        image = Image.objects.filter(pk=query.image_id).first()
+        if image is None:
+            raise QueryError("No such image.")  # a bad field of the query (the page itself answers 404)
+        vectors = vectors_for_image_id(image_id=image.pk, models=models)
+        if query.include_self:
+            vectors = replace(vectors, exclude_image_id=None)
+        return vectors, image.original_name, image
+    if query.upload is not None:
+        return vectors_for_upload(data=query.upload, models=models), query.upload_name, None
+    if query.staged:
+        staged = uploads.staged_get(session=session) if session is not None else None
+        if staged is None:
+            raise QueryError("Your upload has expired; choose the file again.")
+        return vectors_for_upload(data=staged.data(), models=models), staged.name, None
+    text = (query.text or "").strip()
+    return vectors_for_text(text=text, models=models), f"“{text}”", None
 
 
 _last_build_request = 0.0
@@ -61,8 +128,6 @@ def request_index_build() -> None:
     if now - _last_build_request < BUILD_REQUEST_INTERVAL:
         return
     _last_build_request = now
-    from retrieval.status import heal_start
-
     heal_start()
 
 
@@ -89,6 +154,7 @@ def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
 
 
 def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
+    """The stored vectors of an image (QueryError when there is no such image or it has no vectors yet)."""
     models = models or active_models()
     stored = dict(Embedding.objects.filter(image_id=image_id, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection, connections
+from django.db.models import Count
 from django_q.models import OrmQ
 from django_q.tasks import async_task, fetch
 
 from gallery.models import Image, ProcessingStatus
+from gallery.selectors import images_pending_count
 from retrieval.encoders.registry import active_models
+from retrieval.integrity import integrity_check
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,22 +31,20 @@ class ServiceStatus:
     images: dict[str, int]
     masks_pending: int
     queued_tasks: int
-    integrity: dict
+    integrity: dict[str, Any]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def service_status(*, check_files: bool = False) -> ServiceStatus:
     """check_files also stats every stored file (slow on big galleries: on request only)."""
-    from retrieval.integrity import integrity_check
-
     active = active_models()
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         row = cursor.fetchone()
     counts = {status: 0 for status in ProcessingStatus.values}
-    for status, count in _status_counts():
+    for status, count in Image.objects.values_list("status").annotate(n=Count("id")).order_by():
         counts[status] = count
     return ServiceStatus(
         profile=active.profile,
@@ -51,18 +58,12 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
     )
 
 
-def _status_counts():
-    from django.db.models import Count
-
-    return Image.objects.values_list("status").annotate(n=Count("id")).order_by()
-
-
 def worker_check_start() -> str:
     """Enqueue a ping for the workers; returns the task id to poll with worker_check_result."""
     return async_task("retrieval.tasks.worker_ping", task_name="worker-check", group="worker-check")
 
 
-def worker_check_result(task_id: str) -> dict | None:
+def worker_check_result(task_id: str) -> dict[str, Any] | None:
     """The ping's answer once a worker ran it, else None."""
     task = fetch(task_id)
     if task is None:
@@ -73,3 +74,58 @@ def worker_check_result(task_id: str) -> dict | None:
 def heal_start() -> str:
     """Rebuild missing or stale indexes in a worker."""
     return async_task("retrieval.tasks.rebuild_indexes", task_name="heal-indexes", group="indexes")
+
+
+@dataclass(frozen=True)
+class Banner:
+    """What the banner on every page says: model profile, images waiting, index health."""
+
+    profile: str
+    pending: int | str
+    index: str
+
+
+_banner: Banner | None = None
+_banner_at = 0.0
+_banner_refreshing = False
+_banner_lock = threading.Lock()
+
+
+def banner_state() -> Banner:
+    """The banner as last refreshed; a page never waits for the check behind it (counts, index
+    load). When it is older than IMAGINAITION_BANNER_REFRESH_SECONDS, a background thread of this
+    process refreshes it for the next page."""
+    global _banner_refreshing
+    with _banner_lock:
+        stale = _banner is None or time.monotonic() - _banner_at > settings.IMAGINAITION_BANNER_REFRESH_SECONDS
+        start = stale and not _banner_refreshing
+        _banner_refreshing = _banner_refreshing or start
+    if start:
+        threading.Thread(target=_banner_refresh_in_background, name="banner-refresh", daemon=True).start()
+    return _banner or Banner(profile=active_models().profile, pending="…", index="checking")
+
+
+def banner_refresh() -> Banner:
+    """Check now (integrity without files, pending counts) and keep the answer for banner_state."""
+    global _banner, _banner_at
+    profile = active_models().profile
+    try:
+        banner = Banner(profile=profile, pending=images_pending_count(),
+                        index=integrity_check(check_files=False).state)
+    except DatabaseError:
+        banner = Banner(profile=profile, pending="?", index="database unavailable")
+    with _banner_lock:
+        _banner, _banner_at = banner, time.monotonic()
+    return banner
+
+
+def _banner_refresh_in_background() -> None:
+    global _banner_refreshing
+    try:
+        banner_refresh()
+    except Exception:  # noqa: BLE001 - a banner must never take a page (or a thread) down
+        logger.exception("status banner refresh failed")
+    finally:
+        with _banner_lock:
+            _banner_refreshing = False
+        connections.close_all()  # this thread's own connections

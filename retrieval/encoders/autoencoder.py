@@ -18,10 +18,12 @@ import torch
 from PIL import Image as PILImage
 from torch import nn
 
+from retrieval.spaces import Space
+
 from .base import ImageEncoder, l1_normalize
 
 if TYPE_CHECKING:
-    from .registry import ModelSpec
+    from .specs import ModelSpec
 
 INPUT_SIZE = 64
 CODE_SHAPE = (4, 16, 16)
@@ -77,7 +79,7 @@ def preprocess(pictures: Sequence[PILImage.Image], mean: Sequence[float], std: S
 
 
 class AutoencoderEncoder(ImageEncoder):
-    space = "content"
+    space = Space.CONTENT
     dim = int(np.prod(CODE_SHAPE))
 
     def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float]):
@@ -105,5 +107,5 @@ def load_checkpoint(path: Path) -> tuple[ConvAutoencoder, dict[str, Any]]:
 
 def load(spec: ModelSpec) -> AutoencoderEncoder:
     """The registry's loader: only the spec knows where the weights live."""
-    model, checkpoint = load_checkpoint(spec.weight_path("autoencoder-v1.pt"))
+    model, checkpoint = load_checkpoint(spec.weight_path())
     return AutoencoderEncoder(key=spec.key, model=model, mean=checkpoint["mean"], std=checkpoint["std"])

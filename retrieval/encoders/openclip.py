@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from .base import SemanticEncoder, l2_normalize
 
 if TYPE_CHECKING:
-    from .registry import ModelSpec
+    from .specs import ModelSpec
 
 
 class OpenClipEncoder(SemanticEncoder):
@@ -52,7 +52,7 @@ def load(spec: ModelSpec) -> OpenClipEncoder:
     import open_clip
 
     architecture = spec.options["architecture"]
-    path = spec.weight_path(spec.weights[0].filename)
+    path = spec.weight_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     # OpenAI's CLIP was trained with QuickGELU; the plain ViT-B-32 config uses nn.GELU.

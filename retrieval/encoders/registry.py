@@ -8,70 +8,19 @@ never loads it.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
-from .base import Role
+from .catalog import MODELS, PROFILE_MODELS
+from .specs import ModelSpec, Profile, WeightFile
 
+__all__ = ["MODELS", "PROFILE_MODELS", "ActiveModels", "ModelSpec", "Profile", "WeightFile", "active_models",
+           "active_profile", "get_model", "log_active_models", "unload_all"]
 logger = logging.getLogger(__name__)
-
-Profile = Literal["standard", "offline"]
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    filename: str
-    licence: str
-    url: str | None = None  # where fetch_weights downloads it from (None: shipped, never downloaded)
-    sha256: str | None = None  # of the downloaded file; may be a prefix (torchvision names carry 8 hex digits)
-    package: str | None = None  # set when the file ships inside an installed Python package
-    convert: str | None = None  # "module:function(source, target)" applied once after download
-
-    def path(self) -> Path:
-        if self.package:
-            spec = importlib.util.find_spec(self.package)
-            if spec is None or not spec.submodule_search_locations:
-                raise FileNotFoundError(f"package {self.package!r} is not installed")
-            return Path(next(iter(spec.submodule_search_locations))) / self.filename
-        return Path(settings.IMAGINAITION_WEIGHTS_DIR) / self.filename
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    key: str
-    role: Role
-    dim: int | None  # None for segmenters
-    loader: str  # "module:function"; called as function(spec) -> model instance
-    profiles: tuple[Profile, ...]
-    description: str
-    weights: tuple[WeightFile, ...] = field(default_factory=tuple)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def weights_present(self) -> bool:
-        try:
-            return all(w.path().is_file() for w in self.weights)
-        except FileNotFoundError:
-            return False
-
-    def weight_path(self, filename: str) -> Path:
-        for weight in self.weights:
-            if weight.filename == filename:
-                return weight.path()
-        raise KeyError(f"{self.key} has no weight file {filename!r}")
-
-
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    MODELS[spec.key] = spec
-    return spec
 
 
 @dataclass(frozen=True)
@@ -80,9 +29,6 @@ class ActiveModels:
     semantic: str
     content: str
     segmenter: str
-
-
-PROFILE_MODELS: dict[Profile, dict[Role, str]] = {}
 
 
 def active_profile() -> Profile:
@@ -134,6 +80,3 @@ def unload_all() -> None:
     """Forget loaded models (tests that swap weight folders)."""
     with _load_lock:
         _loaded.clear()
-
-
-from . import catalog  # noqa: E402,F401  (fills MODELS and PROFILE_MODELS)

@@ -10,7 +10,8 @@ import numpy as np
 from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
-from gallery.models import Embedding, Image, Mask, ProcessingStatus
+from gallery.models import Image, Mask, ProcessingStatus
+from retrieval.models import Embedding
 
 
 _sequence = itertools.count()

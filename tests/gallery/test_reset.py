@@ -5,10 +5,9 @@ from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
-from gallery.models import Image
-from gallery.models_reset import ResetJob
-from gallery.pipeline import process_all_pending
+from gallery.models import Image, ResetJob
 from gallery.reset import ResetRefused, reset_run, reset_start
+from retrieval import pipeline
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 
@@ -80,7 +79,7 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     old_files = [media_root / image.file.name for image in old_gallery]
     job = reset_start(folder=str(folder), recursive=True, user=staff_user)
 
-    job = reset_run(job_id=job.pk, process=process_all_pending)  # the real pipeline, in this process
+    job = reset_run(job_id=job.pk)  # the real pipeline (retrieval's receivers), in this process
 
     assert job.state == "done", job.error
     assert (job.deleted_images, job.total_files, job.imported, job.duplicates) == (2, 5, 4, 0)
@@ -99,11 +98,12 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_root):
+def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_root, monkeypatch):
     job = reset_start(folder=str(folder), recursive=False, user=staff_user)
 
-    def broken(progress):
+    def broken(**kwargs):
         raise RuntimeError("the models are not available")
 
-    job = reset_run(job_id=job.pk, process=broken)
+    monkeypatch.setattr(pipeline, "process_all_pending", broken)  # what retrieval's receiver runs
+    job = reset_run(job_id=job.pk)
     assert job.state == "failed" and "the models are not available" in job.error and job.finished_at

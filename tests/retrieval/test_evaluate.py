@@ -12,8 +12,9 @@ from django.db import connection
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from gallery.models import Embedding, Image
-from retrieval.evaluation import (
+from gallery.models import Image
+from retrieval.models import Embedding
+from bench.evaluation import (
     COPY_CROP_SIDE,
     COPY_JPEG_QUALITY,
     COPY_SCALE,

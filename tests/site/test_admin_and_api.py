@@ -28,7 +28,7 @@ def test_admin_lists_show_thumbnails_status_labels_and_models(client, staff_user
     assert "kitten.png" in page and "cat" in page and "content:autoencoder/v1" in page
     assert reverse("gallery:image-thumbnail-size", args=[image.pk, 128]) in page
 
-    for name in ("gallery_mask_changelist", "gallery_embedding_changelist"):
+    for name in ("gallery_mask_changelist", "retrieval_embedding_changelist"):
         assert client.get(reverse(f"admin:{name}")).status_code == 200
     assert client.get(reverse("admin:gallery_image_change", args=[image.pk])).status_code == 200
     filtered = client.get(reverse("admin:gallery_image_changelist") + "?masks__label=dog").content.decode()

@@ -1,24 +1,24 @@
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from gallery.pipeline import process_all_pending
-from gallery.services import folder_files, folder_import
+from gallery.services import folder_files, folder_import, images_process_here
 
 
 class Command(BaseCommand):
     help = ("Add every image in a folder. Duplicates (same bytes) are skipped, bad files are reported "
             "and skipped; embeddings and masks are computed by the workers, or here with --sync.")
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path", type=Path)
         parser.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
         parser.add_argument("--sync", action="store_true",
                             help="compute embeddings and masks in this process, batched (fast first load)")
-        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass")
+        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass (--sync)")
 
-    def handle(self, *args, path: Path, recursive: bool, sync: bool, batch_size: int | None, **options):
+    def handle(self, *args: str, path: Path, recursive: bool, sync: bool, batch_size: int | None,
+               **options: object) -> None:
         if not path.is_dir():
             raise CommandError(f"{path}: not a folder (or not readable)")
         try:
@@ -30,7 +30,7 @@ class Command(BaseCommand):
 
         if sync and report.added_ids:
             with tqdm(total=len(report.added_ids), desc="embedding", unit="image", disable=None) as bar:
-                process_all_pending(batch_size=batch_size, progress=bar.update)
+                images_process_here(progress=bar.update, batch_size=batch_size)
 
         self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
                           f"rejected: {len(report.rejected)}")

@@ -5,7 +5,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from retrieval.evaluation import (
+from bench.common import write_section
+from bench.evaluation import (
     EVALUATION_DATABASE,
     EvaluationError,
     captions_read,
@@ -73,7 +74,6 @@ class Command(BaseCommand):
                               f"IMAGINAITION_MEDIA_ROOT={work_dir / 'media'} "
                               f"IMAGINAITION_INDEX_DIR={work_dir / 'indexes'} python manage.py runserver")
         if write_docs:
-            from bench.common import write_section
 
             command = f"python manage.py evaluate --data {data}"
             command += f" --captions {captions}" if captions else ""

@@ -17,14 +17,14 @@ class Command(BaseCommand):
         parser.add_argument("--crops-per-image", type=int, default=64)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=None,
-                            help="checkpoint to write (default: the registry's autoencoder-v1.pt)")
+                            help="checkpoint to write (default: the catalog's file of autoencoder/v1)")
         parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
 
     def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, crops_per_image: int, seed: int,
                out: Path | None, describe: str, verbosity: int, **options: Any) -> None:
         if not data.is_dir():
             raise CommandError(f"{data}: no such folder")
-        out = out or MODELS["autoencoder/v1"].weight_path("autoencoder-v1.pt")
+        out = out or MODELS["autoencoder/v1"].weight_path()
         try:
             report = autoencoder_train(data_dir=data, out=out, epochs=epochs, batch_size=batch_size, seed=seed,
                                        crops_per_image=crops_per_image, progress=verbosity > 0,

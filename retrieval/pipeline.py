@@ -1,4 +1,4 @@
-"""Background processing: embeddings and masks for pending images, batched through the models.
+"""Processing: embeddings and masks for the gallery's pending images, batched through the models.
 
 A task for one image claims up to a batch of pending images, so images waiting in the queue go
 through the models together, in one forward pass per model per batch. Claims are PostgreSQL
@@ -16,18 +16,33 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django_q.tasks import async_task
+from PIL import Image as PILImage
 
-from gallery import events
 from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
-from gallery.models import Embedding, Image, Mask, ProcessingStatus
+from gallery.models import Image, Mask, ProcessingStatus
+from gallery.services import Progress
+from retrieval.encoders.base import SoftMask
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
+from retrieval.models import Embedding
+from retrieval.spaces import Space
 
 logger = logging.getLogger(__name__)
 
 _LOCK_NAMESPACE = {"status": 1, "masks_status": 2}
+Loaded = tuple[Image, PILImage.Image]  # an image and the picture the models see
+
+
+def processing_enqueue(image_ids: Sequence[int]) -> None:
+    """Queue embedding and segmentation for the workers (separate tasks: search needs only the first)."""
+    for image_id in image_ids:
+        async_task("retrieval.tasks.embed_images", image_id, task_name=f"embed-{image_id}", group="embed")
+        async_task("retrieval.tasks.segment_images", image_id, task_name=f"segment-{image_id}", group="segment")
 
 
 @dataclass(frozen=True)
@@ -66,8 +81,9 @@ def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Ite
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(status_field, image_id)])
 
 
-def _load_pictures(images: Sequence[Image]) -> tuple[list[tuple[Image, object]], dict[int, str]]:
-    loaded, errors = [], {}
+def _load_pictures(images: Sequence[Image]) -> tuple[list[Loaded], dict[int, str]]:
+    loaded: list[Loaded] = []
+    errors: dict[int, str] = {}
     for image in images:
         try:
             with image.file.open("rb") as fh:
@@ -79,7 +95,8 @@ def _load_pictures(images: Sequence[Image]) -> tuple[list[tuple[Image, object]],
     return loaded, errors
 
 
-def _infer_isolating_failures(items: list, infer: Callable[[list], list], errors: dict[int, str]) -> list:
+def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]], list[Any]],
+                              errors: dict[int, str]) -> list[tuple[Loaded, Any]]:
     """infer(items) -> one output per item. If the batch raises, run each item alone, so one bad
     image fails alone (its error recorded) and the others still get their results."""
     try:
@@ -88,7 +105,7 @@ def _infer_isolating_failures(items: list, infer: Callable[[list], list], errors
         if len(items) == 1:
             raise
         logger.exception("batch of %d failed; retrying images one by one", len(items))
-    done = []
+    done: list[tuple[Loaded, Any]] = []
     for item in items:
         try:
             done += list(zip([item], infer([item]), strict=True))
@@ -97,8 +114,8 @@ def _infer_isolating_failures(items: list, infer: Callable[[list], list], errors
     return done
 
 
-def _write(*, status_field: str, error_field: str, results: dict[int, object], errors: dict[int, str],
-           write_one: Callable[[Image, object], None]) -> list[int]:
+def _write(*, status_field: str, error_field: str, results: dict[int, Any], errors: dict[int, str],
+           write_one: Callable[[Image, Any], None]) -> list[int]:
     """In one short transaction: lock the images still present (id order), store, set statuses."""
     with transaction.atomic():
         images = list(Image.objects.select_for_update().filter(pk__in=[*results, *errors]).order_by("pk"))
@@ -115,7 +132,7 @@ def _write(*, status_field: str, error_field: str, results: dict[int, object], e
 
 
 def _process_batch(*, status_field: str, error_field: str, first_id: int | None, batch_size: int | None,
-                   infer: Callable[[list], list], write_one: Callable[[Image, object], None]) -> BatchReport:
+                   infer: Callable[[list[Loaded]], list[Any]], write_one: Callable[[Image, Any], None]) -> BatchReport:
     """Claim a batch of pending images, run the model outside any transaction, write the results."""
     with _claimed(status_field=status_field, first_id=first_id,
                   batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
@@ -132,24 +149,20 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                 models: ActiveModels | None = None) -> BatchReport:
     """Compute the active semantic and content embeddings for one batch of pending images."""
     models = models or active_models()
-    keys = ((models.semantic, "semantic"), (models.content, "content"))
+    keys = ((models.semantic, Space.SEMANTIC), (models.content, Space.CONTENT))
 
-    def infer(items):
+    def infer(items: list[Loaded]) -> list[dict[str, Any]]:
         pictures = [picture for _, picture in items]
         vectors = {key: get_model(key).encode_images(pictures) for key, _ in keys}
         return [{key: vectors[key][row] for key, _ in keys} for row in range(len(items))]
 
-    def write_one(image: Image, vectors: dict) -> None:
+    def write_one(image: Image, vectors: dict[str, Any]) -> None:
         for key, space in keys:
             Embedding.objects.update_or_create(image=image, space=space, model_key=key,
                                                defaults={"vector": vectors[key]})
 
-    report = _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
-                            infer=infer, write_one=write_one)
-    if report.processed:
-        for key, space in keys:
-            events.embeddings_stored.send(sender=Embedding, image_ids=report.processed, space=space, model_key=key)
-    return report
+    return _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
+                          infer=infer, write_one=write_one)
 
 
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
@@ -157,12 +170,12 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
     """Compute the active segmenter's masks for one batch of images whose masks are pending."""
     models = models or active_models()
 
-    def infer(items):
+    def infer(items: list[Loaded]) -> list[list[tuple[SoftMask, bytes]]]:
         # PNG-encode here, outside the write transaction, which should hold its row locks briefly.
         return [[(mask, probability_to_png(mask.probability)) for mask in masks]
                 for masks in get_model(models.segmenter).segment([picture for _, picture in items])]
 
-    def write_one(image: Image, masks: list) -> None:
+    def write_one(image: Image, masks: list[tuple[SoftMask, bytes]]) -> None:
         # Replace this segmenter's masks wholesale: a rerun leaves exactly one set.
         Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
         Mask.objects.bulk_create([
@@ -175,7 +188,7 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                           batch_size=batch_size, infer=infer, write_one=write_one)
 
 
-def process_all_pending(*, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+def process_all_pending(*, batch_size: int | None = None, progress: Progress | None = None,
                         masks: bool = True) -> None:
     """Embed, then segment, every pending image in this process (import_folder --sync, reset).
 
@@ -190,3 +203,22 @@ def process_all_pending(*, batch_size: int | None = None, progress: Callable[[in
                 break
             if progress is not None and step is embed_batch:
                 progress(done)
+
+
+def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
+    """After a model change: put every image lacking the active models' embeddings back in the queue.
+
+    Vectors of other models stay (each row records its model key), so switching back needs no work.
+    """
+    models = active_models()
+    has_all = [Exists(Embedding.objects.filter(image=OuterRef("pk"), space=space, model_key=key))
+               for space, key in ((Space.SEMANTIC, models.semantic), (Space.CONTENT, models.content))]
+    missing = (Image.objects.filter(status=ProcessingStatus.READY)
+               .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
+    ids = list(missing)
+    if ids:
+        with transaction.atomic():
+            Image.objects.filter(pk__in=ids).update(status=ProcessingStatus.PENDING, error="")
+            if enqueue:
+                transaction.on_commit(lambda: processing_enqueue(ids))
+    return ids

@@ -1,9 +1,11 @@
-"""Page forms. Limits and choices come from retrieval.preferences, the one place that defines them."""
+"""Page forms of the search pages. Preference limits come from the SearchPreferences model's fields."""
+
+from __future__ import annotations
 
 from django import forms
 
-from retrieval.models import PreferredIndex
-from retrieval.preferences import LIMITS
+from retrieval.preferences import preference_limits
+from retrieval.spaces import Space
 
 
 class RangeInput(forms.NumberInput):
@@ -19,7 +21,7 @@ class TextSearchForm(forms.Form):
 
 
 def _bounded(label: str, name: str, *, slider: bool, help_text: str) -> forms.IntegerField:
-    low, high = LIMITS[name]
+    low, high = preference_limits(name)
     widget = RangeInput(attrs={"step": 1}) if slider else forms.NumberInput()
     return forms.IntegerField(label=label, min_value=low, max_value=high, widget=widget, help_text=help_text)
 
@@ -32,7 +34,7 @@ class PreferencesForm(forms.Form):
     intersection_first = forms.BooleanField(
         label="Show images found by both indexes first", required=False,
         help_text="Off: the places are only shared between the two indexes by the split below.")
-    preferred_index = forms.ChoiceField(label="Preferred index", choices=PreferredIndex.choices,
+    preferred_index = forms.ChoiceField(label="Preferred index", choices=Space.choices,
                                         widget=forms.RadioSelect,
                                         help_text="Semantic finds the same kind of thing; content finds the same look.")
     split = _bounded("Share of the remaining places for the preferred index (%)", "split", slider=True,

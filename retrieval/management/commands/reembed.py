@@ -1,8 +1,7 @@
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
-from gallery.pipeline import process_all_pending
-from gallery.services import images_reembed_for_active_models
+from retrieval.pipeline import images_reembed_for_active_models, process_all_pending
 from retrieval.encoders.registry import active_models
 
 

@@ -10,8 +10,9 @@ from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
-from gallery.models import Embedding, Image, Mask
-from gallery.pipeline import embed_batch, process_all_pending, segment_batch
+from gallery.models import Image, Mask
+from retrieval.models import Embedding
+from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
 from retrieval.encoders import registry
 from tests.conftest import wait_for
 

@@ -43,10 +43,10 @@ from PIL import ImageEnhance
 
 from gallery.imaging import decode_image
 from gallery.models import Image, ProcessingStatus
-from gallery.pipeline import process_all_pending
 from gallery.services import folder_files, folder_import
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models, active_profile, get_model
 from retrieval.indexes import index_rebuild
+from retrieval.pipeline import process_all_pending
 from retrieval.policy import Preferences
 from retrieval.search import QueryVectors, search, vectors_for_image_id, vectors_for_text
 

@@ -1,0 +1,20 @@
+"""Template context of every page: the status banner and the user's mask threshold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
+
+from retrieval.preferences import preferences_get
+from retrieval.status import banner_state
+
+
+def retrieval_context(request: HttpRequest) -> dict[str, Any]:
+    """`banner` (cached; see status.banner_state) and `mask_threshold` (read only if a page shows masks)."""
+    if request.path.startswith(("/admin/", "/api/")):
+        return {}
+    threshold = SimpleLazyObject(
+        lambda: preferences_get(user=request.user, session=request.session)["mask_threshold"])
+    return {"banner": banner_state(), "mask_threshold": threshold}

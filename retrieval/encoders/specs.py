@@ -1,0 +1,58 @@
+"""What the catalog declares for each model: its weight files and how to build it."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from django.conf import settings
+
+from .base import Role
+
+Profile = Literal["standard", "offline"]
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    filename: str
+    licence: str
+    part: str = "model"  # which file of the model this is, for models with several (classifier, text)
+    url: str | None = None  # where fetch_weights downloads it from (None: shipped, never downloaded)
+    sha256: str | None = None  # of the downloaded file; may be a prefix (torchvision names carry 8 hex digits)
+    package: str | None = None  # set when the file ships inside an installed Python package
+    convert: str | None = None  # "module:function(source, target)" applied once after download
+
+    def path(self) -> Path:
+        if self.package:
+            spec = importlib.util.find_spec(self.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise FileNotFoundError(f"package {self.package!r} is not installed")
+            return Path(next(iter(spec.submodule_search_locations))) / self.filename
+        return Path(settings.IMAGINAITION_WEIGHTS_DIR) / self.filename
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    role: Role
+    dim: int | None  # None for segmenters
+    loader: str  # "module:function"; called as function(spec) -> model instance
+    profiles: tuple[Profile, ...]
+    description: str
+    weights: tuple[WeightFile, ...] = field(default_factory=tuple)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def weights_present(self) -> bool:
+        try:
+            return all(w.path().is_file() for w in self.weights)
+        except FileNotFoundError:
+            return False
+
+    def weight_path(self, part: str = "model") -> Path:
+        """Where the weight file of that part of the model is (the catalog alone names the files)."""
+        for weight in self.weights:
+            if weight.part == part:
+                return weight.path()
+        raise KeyError(f"{self.key} has no {part!r} weight file")

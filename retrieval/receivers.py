@@ -1,0 +1,56 @@
+"""How retrieval reacts to what the gallery tells it (gallery.events); connected in RetrievalConfig.ready."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+from gallery import events
+from gallery.services import Progress
+from retrieval import pipeline
+from retrieval.encoders.registry import MODELS
+from retrieval.indexes import index_drop_all, manager
+from retrieval.models import DeletedImage, Embedding
+from retrieval.pgvector_store import hnsw_indexes_for_registry
+from retrieval.tasks import rebuild_indexes
+
+
+def enqueue_processing(sender: object, image_ids: Sequence[int], **kwargs: object) -> None:
+    pipeline.processing_enqueue(image_ids)
+
+
+def forget_deleted_images(sender: object, image_ids: Sequence[int], **kwargs: object) -> None:
+    """Tombstones (same transaction as the delete) tell every process; this one forgets at once."""
+    DeletedImage.objects.bulk_create([DeletedImage(image_id=image_id) for image_id in image_ids])
+    manager.forget_images(set(image_ids))
+
+
+def drop_indexes(sender: object, **kwargs: object) -> None:
+    index_drop_all()
+
+
+def process_here(sender: object, progress: Progress | None = None, batch_size: int | None = None,
+                 **kwargs: object) -> None:
+    pipeline.process_all_pending(progress=progress, batch_size=batch_size)
+
+
+def rebuild_after_reload(sender: object, **kwargs: object) -> None:
+    rebuild_indexes()
+
+
+def count_vectors(sender: object, **kwargs: object) -> list[tuple[int, str]]:
+    return [(Embedding.objects.count(), "embeddings, and the search indexes")]
+
+
+def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:
+    """After `migrate` (and test-database creation): one pgvector HNSW index per registered model."""
+    hnsw_indexes_for_registry(MODELS.values())
+
+
+def connect() -> None:
+    events.images_added.connect(enqueue_processing, dispatch_uid="retrieval-enqueue")
+    events.images_deleted.connect(forget_deleted_images, dispatch_uid="retrieval-forget-deleted")
+    events.gallery_emptied.connect(drop_indexes, dispatch_uid="retrieval-drop-indexes")
+    events.processing_wanted.connect(process_here, dispatch_uid="retrieval-process-here")
+    events.gallery_reloaded.connect(rebuild_after_reload, dispatch_uid="retrieval-rebuild")
+    events.derived_data_counted.connect(count_vectors, dispatch_uid="retrieval-count-vectors")

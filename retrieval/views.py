@@ -1,0 +1,117 @@
+"""The search pages: choose or drop a picture (its labels and masks show at once), search by it, by
+words or by a gallery image, see the colour-coded results; and the preferences page. Thin: each
+calls the same services as the REST API (retrieval.search.search_for for every search)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from gallery import selectors, services
+from gallery.access import access_image
+from gallery.errors import Refused
+from gallery.imaging import read_upload
+from gallery.overlays import overlay_png
+from gallery.views import gallery_reader, mask_threshold, png_response
+from retrieval import uploads
+from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
+from retrieval.preferences import preferences_get, preferences_update
+from retrieval.search import Query, search_for
+
+
+@gallery_reader
+@require_http_methods(["GET", "POST"])
+def home(request: HttpRequest) -> HttpResponse:
+    """Choose a file (or drop it), see its labels and masks, add it or search with it; or search by text."""
+    form = UploadForm()
+    if request.method == "POST":
+        form = UploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                uploads.staged_add(data=read_upload(upload), name=upload.name, session=request.session)
+                return redirect("pages:home")
+            except Refused as exc:
+                form.add_error("file", exc.message)
+    return render(request, "retrieval/home.html", {
+        "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
+        "recent": selectors.image_recent_ready()})
+
+
+@gallery_reader
+@require_GET
+@never_cache
+def staged_file(request: HttpRequest) -> FileResponse:
+    staged = uploads.staged_get(session=request.session)
+    if staged is None:
+        raise Http404("Nothing uploaded")
+    return FileResponse(staged.path.open("rb"))
+
+
+@gallery_reader
+@require_GET
+def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
+    staged = uploads.staged_get(session=request.session)
+    if staged is None or not staged.mask_path(class_index).exists():
+        raise Http404("No such mask")
+    # Same URL for every upload of this session: never cached.
+    return png_response(overlay_png(mask_png=staged.mask_path(class_index).read_bytes(), size=staged.size,
+                                    threshold_percent=mask_threshold(request)), cache=False)
+
+
+@login_required
+@require_POST
+def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
+    staged = uploads.staged_get(session=request.session)
+    if staged is None:
+        messages.error(request, "Choose a file first.")
+        return redirect("pages:home")
+    try:
+        result = services.image_add(data=staged.data(), original_name=staged.name, user=request.user)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return redirect("pages:home")
+    uploads.staged_clear(session=request.session)
+    if result.created:
+        messages.success(request, f"Added {result.image.original_name}; it is being processed.")
+    else:
+        messages.info(request, f"This image is already in the database (as {result.image.original_name}).")
+    return redirect("pages:image", image_id=result.image.pk)
+
+
+@gallery_reader
+@require_GET
+def search(request: HttpRequest) -> HttpResponseBase:
+    """Search by a stored image (?image=), words (?text=) or the staged upload (?upload=1); a read, so GET."""
+    image_id, text = request.GET.get("image", ""), request.GET.get("text", "").strip()[:500]
+    staged = bool(request.GET.get("upload")) and not image_id and not text
+    back = redirect("pages:home")
+    if image_id:
+        if not image_id.isdigit():
+            raise Http404("No such image")
+        back = redirect("pages:image", image_id=access_image(user=request.user, image_id=int(image_id)).pk)
+        query = Query(image_id=int(image_id))
+    else:
+        query = Query(text=text or None, staged=staged)
+    try:
+        response = search_for(user=request.user, session=request.session, query=query)
+    except Refused as exc:
+        messages.error(request, exc.message)
+        return back
+    return render(request, "retrieval/results.html", {"response": response, "text": text, "staged_query": staged})
+
+
+@require_http_methods(["GET", "POST"])
+def preferences(request: HttpRequest) -> HttpResponse:
+    """Everyone's search preferences: saved to the account, or to the session for anonymous visitors."""
+    current = preferences_get(user=request.user, session=request.session)
+    form = PreferencesForm(request.POST or None, initial=current)
+    if request.method == "POST" and form.is_valid():
+        preferences_update(user=request.user, session=request.session, values=form.cleaned_data)
+        messages.success(request, "Preferences saved.")
+        return redirect("pages:preferences")
+    return render(request, "retrieval/preferences.html", {"form": form})
