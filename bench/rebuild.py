@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     setup_django()
     from retrieval.encoders.registry import MODELS, active_models
-    from retrieval.indexes import index_rebuild, manager
+    from retrieval.index_snapshots import manager
+    from retrieval.indexes import index_rebuild
 
     models = active_models()
     headers = ["N", "space", "dim", "index", "bare COPY s", "rebuild s", "ratio (goal ≤ 2)", "index parameters"]

@@ -93,7 +93,8 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     from django.test import Client
 
     from retrieval.encoders.registry import MODELS, active_models
-    from retrieval.indexes import index_rebuild, manager
+    from retrieval.index_snapshots import manager
+    from retrieval.indexes import index_rebuild
     from retrieval.pgvector_store import hnsw_indexes_for_registry
     from retrieval.policy import Preferences
     from retrieval.search import QueryVectors, nearest, rank, search

@@ -8,7 +8,8 @@ from django.core.files.storage import default_storage
 
 from gallery.models import Image
 from retrieval.encoders.registry import MODELS, active_models
-from retrieval.indexes import index_rebuild, manager
+from retrieval.index_snapshots import manager
+from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.vector_io import count_vectors
 

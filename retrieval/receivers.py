@@ -9,7 +9,8 @@ from gallery import events
 from gallery.services import Progress
 from retrieval import pipeline
 from retrieval.encoders.registry import MODELS
-from retrieval.indexes import index_drop_all, manager
+from retrieval.index_snapshots import manager
+from retrieval.indexes import index_drop_all
 from retrieval.models import DeletedImage, Embedding
 from retrieval.pgvector_store import hnsw_indexes_for_registry
 from retrieval.tasks import rebuild_indexes

@@ -24,7 +24,8 @@ from gallery.models import Image
 from gallery.services import User
 from retrieval import pgvector_store, uploads
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models, get_model
-from retrieval.indexes import manager, normalize, similarity_between, similarity_from_distance
+from retrieval.index_snapshots import manager
+from retrieval.metrics import normalize, similarity_between, similarity_from_distance
 from retrieval.models import Embedding
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
 from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
@@ -203,14 +204,15 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
     models = models or active_models()
     if query.content is None:
         # A text query has no content part: its semantic list is all there is, so it fills the k places.
-        preferences = replace(preferences, intersection_first=False, preferred_index="semantic", split=100)
-    found: dict[str, list[Candidate]] = {"semantic": [], "content": []}
+        preferences = replace(preferences, intersection_first=False, preferred_index=Space.SEMANTIC, split=100)
+    found: dict[Space, list[Candidate]] = {Space.SEMANTIC: [], Space.CONTENT: []}
     engines: dict[str, str] = {}
-    for space, vector, key in (("semantic", query.semantic, models.semantic), ("content", query.content, models.content)):
+    for space, vector, key in ((Space.SEMANTIC, query.semantic, models.semantic),
+                               (Space.CONTENT, query.content, models.content)):
         if vector is not None:
             found[space], engines[space] = nearest(space=space, model_key=key, query=vector, k=preferences.k,
                                                    exclude_image_id=query.exclude_image_id, engine=engine)
-    merged = merge(semantic=found["semantic"], content=found["content"], preferences=preferences)
+    merged = merge(semantic=found[Space.SEMANTIC], content=found[Space.CONTENT], preferences=preferences)
     return Ranking(results=_fill_similarities(merged, query=query, models=models), engines=engines,
                    preferences=preferences)
 
@@ -239,14 +241,15 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
                        models: ActiveModels) -> list[MergedResult]:
     """Each result's similarity in the index that did not return it, computed from its stored
     vector, as the original does."""
-    missing: dict[str, list[int]] = {"semantic": [], "content": []}
+    missing: dict[Space, list[int]] = {Space.SEMANTIC: [], Space.CONTENT: []}
     for m in merged:
         if m.semantic_similarity is None and query.semantic is not None:
-            missing["semantic"].append(m.image_id)
+            missing[Space.SEMANTIC].append(m.image_id)
         if m.content_similarity is None and query.content is not None:
-            missing["content"].append(m.image_id)
-    filled: dict[str, dict[int, float]] = {"semantic": {}, "content": {}}
-    for space, key, vector in (("semantic", models.semantic, query.semantic), ("content", models.content, query.content)):
+            missing[Space.CONTENT].append(m.image_id)
+    filled: dict[Space, dict[int, float]] = {Space.SEMANTIC: {}, Space.CONTENT: {}}
+    for space, key, vector in ((Space.SEMANTIC, models.semantic, query.semantic),
+                               (Space.CONTENT, models.content, query.content)):
         if not missing[space]:
             continue
         # From the in-memory index when there is one (as fast as the search), else from Postgres.
@@ -262,7 +265,7 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
             filled[space] = {image_id: float(s) for image_id, s in zip(stored, sims, strict=True)}
     return [replace(m,
                     semantic_similarity=m.semantic_similarity if m.semantic_similarity is not None
-                    else filled["semantic"].get(m.image_id),
+                    else filled[Space.SEMANTIC].get(m.image_id),
                     content_similarity=m.content_similarity if m.content_similarity is not None
-                    else filled["content"].get(m.image_id))
+                    else filled[Space.CONTENT].get(m.image_id))
             for m in merged]

@@ -12,7 +12,8 @@ from gallery import services
 from gallery.models import Image
 from retrieval import pgvector_store
 from retrieval import indexes, vector_io
-from retrieval.indexes import index_rebuild, manager
+from retrieval.index_snapshots import manager
+from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.search import nearest
 from retrieval.vector_io import embeddings_copy_in, load_all

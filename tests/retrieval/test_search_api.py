@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from retrieval.indexes import index_rebuild, manager
+from retrieval.index_snapshots import manager
+from retrieval.indexes import index_rebuild
 from tests.gallery.factories import add_embedding, make_image
 
 pytestmark = pytest.mark.django_db
