@@ -1,0 +1,40 @@
+"""Reads of the gallery: the page and the REST API list images through the same selector."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from gallery import selectors
+from tests.gallery.factories import add_mask, make_image
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def labelled(media_root):
+    cat_and_dog, cat, plain = make_image(name="both.png"), make_image(name="cat.png"), make_image(name="plain.png")
+    add_mask(cat_and_dog, label="cat")
+    add_mask(cat_and_dog, label="dog", class_index=12)
+    add_mask(cat, label="cat")
+    return {"both": cat_and_dog, "cat": cat, "plain": plain}
+
+
+def test_image_list_filters_by_label_newest_first_without_duplicates(labelled):
+    assert list(selectors.image_list(label="cat")) == [labelled["cat"], labelled["both"]]
+    assert list(selectors.image_list(label="dog")) == [labelled["both"]]
+    assert list(selectors.image_list()) == [labelled["plain"], labelled["cat"], labelled["both"]]
+    assert list(selectors.image_list(label="horse")) == []
+
+
+def test_label_counts_count_images_per_label(labelled):
+    assert selectors.label_counts() == [("cat", 2), ("dog", 1)]
+
+
+def test_page_and_api_list_the_same_images_for_a_label(client, user, labelled):
+    client.force_login(user)
+    api = client.get(reverse("api-images"), {"label": "cat"}).json()
+    assert api["count"] == 2 and [row["original_name"] for row in api["results"]] == ["cat.png", "both.png"]
+    page = client.get(reverse("pages:gallery"), {"label": "cat"}).content.decode()
+    assert "cat.png" in page and "both.png" in page and "plain.png" not in page
+    assert ">cat (2)</option>" in page and ">dog (1)</option>" in page

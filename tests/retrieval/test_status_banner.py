@@ -1,0 +1,68 @@
+"""The status banner on every page reads a cached state; the check behind it (counts, index load)
+runs in the background, never on the page's own time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.urls import reverse
+
+from retrieval import status
+from retrieval.integrity import IntegrityReport
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+class Checks:
+    """Counts the integrity checks (by thread name); a check waits for `release`, like a slow one."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+
+    def integrity_check(self, *, check_files: bool = True) -> IntegrityReport:
+        self.calls.append(threading.current_thread().name)
+        assert self.release.wait(10)
+        return IntegrityReport(state="count mismatch", indexes=[], missing_files=[])
+
+
+@pytest.fixture
+def checks(monkeypatch, settings, media_root) -> Checks:
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    checks = Checks()
+    monkeypatch.setattr(status, "integrity_check", checks.integrity_check)
+    monkeypatch.setattr(status, "images_pending_count", lambda: 7)
+    monkeypatch.setattr(status, "_banner", None)
+    return checks
+
+
+def banner_of(page: str) -> tuple[str, str]:
+    pending = page.split('id="banner-pending">', 1)[1].split("<", 1)[0]
+    index = page.split("Index: <strong", 1)[1].split(">", 1)[1].split("<", 1)[0]
+    return pending, index
+
+
+def test_pages_show_the_cached_state_without_checking(client, user, settings, checks):
+    settings.IMAGINAITION_BANNER_REFRESH_SECONDS = 3600
+    checks.release.set()
+    status.banner_refresh()
+    assert checks.calls == ["MainThread"]
+    client.force_login(user)
+    for _ in range(3):
+        page = client.get(reverse("pages:gallery")).content.decode()
+        assert banner_of(page) == ("7", "count mismatch")
+    assert len(checks.calls) == 1  # three pages, no further check
+
+
+def test_a_stale_state_is_refreshed_in_the_background_for_the_next_page(client, user, settings, checks):
+    settings.IMAGINAITION_BANNER_REFRESH_SECONDS = 0
+    client.force_login(user)
+    first = client.get(reverse("pages:gallery")).content.decode()
+    assert banner_of(first) == ("…", "checking")  # nothing cached yet: the page did not wait for the check
+    wait_for(lambda: checks.calls, timeout=10, message="the background check")
+    assert checks.calls == ["banner-refresh"]  # on a thread of its own
+    checks.release.set()
+    wait_for(lambda: not status._banner_refreshing, timeout=10, message="the refresh to finish")
+    assert banner_of(client.get(reverse("pages:gallery")).content.decode()) == ("7", "count mismatch")
