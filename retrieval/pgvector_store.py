@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.db import connection, transaction
 from pgvector import Vector
+
+if TYPE_CHECKING:
+    from retrieval.encoders.specs import ModelSpec
 
 OPERATORS = {"semantic": ("<->", "vector_l2_ops"), "content": ("<+>", "vector_l1_ops")}
 
@@ -49,7 +53,7 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def hnsw_indexes_for_registry(model_specs: Iterable) -> list[str]:
+def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
     """Ensure an HNSW index for every registered embedding model (run after migrations)."""
     return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim)
             for spec in model_specs if spec.role in OPERATORS and spec.dim]
@@ -86,4 +90,11 @@ def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exac
             cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+        if len(rows) < k and not exact:
+            # Dead tuples (deleted or rolled-back vectors not yet vacuumed) stay in the HNSW graph and
+            # can fill its candidate list, so a scan may come back short or even empty (pgvector #244).
+            # Short means "fewer than k live rows" or "the graph failed": an exact scan tells which.
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
     return [Neighbour(image_id=row[0], distance=float(row[1])) for row in rows]

@@ -113,3 +113,24 @@ def test_hnsw_index_is_used_for_a_model_query(media_root):
             f"ORDER BY vector::vector(384) <-> '{literal}'::vector(384) LIMIT 5", [SEMANTIC_KEY])
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "embedding_hnsw_semantic" in plan
+
+
+
+def test_a_short_hnsw_scan_is_completed_by_an_exact_scan(media_root):
+    # Dead tuples (deleted or rolled-back vectors not yet vacuumed) can crowd an HNSW scan until it
+    # returns fewer than k live rows, even none (pgvector issue #244). Starve the scan the same way
+    # (ef_search 1, one tuple per scan): the answer must still be every live vector, in exact order.
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(12, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = _store(vectors, space="semantic", model_key=SEMANTIC_KEY)
+    with connection.cursor() as cursor:
+        cursor.execute("SET hnsw.max_scan_tuples = 1")
+    try:
+        found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=vectors[0], k=10,
+                                   ef_search=1, exclude_image_id=ids[0])
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET hnsw.max_scan_tuples")
+
+    assert [n.image_id for n in found] == _brute_force(vectors[1:], vectors[0], ids[1:], metric="l2", k=10)
