@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from django.http import HttpRequest
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    Direction,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
@@ -20,6 +30,9 @@ from gallery.access import can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import read_upload
 from gallery.models import Image
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -43,6 +56,55 @@ def image_url(request: Request | None, name: str, image_id: int) -> str:
     return f"{template[0]}{image_id}{template[1]}"
 
 
+class ErrorSerializer(serializers.Serializer):
+    """A refused request: what was wrong, for a person (refused input, unknown image, no permission)."""
+
+    detail = serializers.CharField()
+
+
+class ValidationErrorSerializer(serializers.Serializer):
+    """Input that failed validation: each refused field's name (`non_field_errors` for the input as a
+    whole) with its messages."""
+
+
+class ValidationErrorSchema(OpenApiSerializerExtension):
+    """The shape DRF gives a ValidationError: field names are the input's, so they are not fixed."""
+
+    target_class = ValidationErrorSerializer
+
+    def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
+        return {"type": "object", "description": inspect.cleandoc(ValidationErrorSerializer.__doc__ or ""),
+                "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+
+
+def error_response(description: str) -> OpenApiResponse:
+    """A documented refusal with the shared {"detail": message} body."""
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+# 400 where a serializer validates and a service may refuse: either of the two shapes.
+BAD_REQUEST = PolymorphicProxySerializer(component_name="BadRequest",
+                                         serializers=[ErrorSerializer, ValidationErrorSerializer],
+                                         resource_type_field_name=None, many=False)
+FORBIDDEN = error_response("Not signed in (where the gallery is private or the operation writes), or credentials "
+                           "that are not valid.")
+NOT_FOUND = error_response("No such image.")
+
+
+NO_NUL = r"^[^\x00]*$"  # DRF refuses text with a NUL character (PostgreSQL cannot store one)
+
+
+# Not blank: with allow_blank, drf-spectacular adds the blank string as a schema of its own (oneOf).
+@extend_schema_field({"type": "string", "pattern": r"^[^\x00]+$"})
+class TextField(serializers.CharField):
+    """Text, as DRF takes it: without NUL characters (the schema says so)."""
+
+
+@extend_schema_field({"type": "string", "format": "binary"})
+class UploadField(serializers.FileField):
+    """A file part of a multipart/form-data body."""
+
+
 class ImageUrlFields(serializers.Serializer):
     """file_url and thumbnail_url of the image at `image_source` (a dotted attribute, "" = the object)."""
 
@@ -55,9 +117,11 @@ class ImageUrlFields(serializers.Serializer):
             obj = getattr(obj, attribute)
         return obj.pk
 
+    @extend_schema_field(OpenApiTypes.URI)
     def get_file_url(self, obj: Any) -> str:
         return image_url(self.context.get("request"), "gallery:image-file", self._image_id(obj))
 
+    @extend_schema_field(OpenApiTypes.URI)
     def get_thumbnail_url(self, obj: Any) -> str:
         return image_url(self.context.get("request"), "gallery:image-thumbnail", self._image_id(obj))
 
@@ -74,18 +138,23 @@ class GalleryPermission(BasePermission):
 
 
 class MaskSerializer(serializers.Serializer):
+    """One label's soft mask of an image; mask_url serves it as a PNG."""
+
     id = serializers.IntegerField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # the field's name, not Field.label
     class_index = serializers.IntegerField()
     area_fraction = serializers.FloatField()
     segmenter = serializers.CharField()
     mask_url = serializers.SerializerMethodField()
 
+    @extend_schema_field(OpenApiTypes.URI)
     def get_mask_url(self, mask: Any) -> str:
         return reverse("gallery:mask-png", args=[mask.image_id, mask.pk], request=self.context.get("request"))
 
 
 class ImageOutputSerializer(ImageUrlFields):
+    """A stored image, its processing state (status: vectors; masks_status: masks) and its URLs."""
+
     id = serializers.IntegerField()
     original_name = serializers.CharField()
     sha256 = serializers.CharField()
@@ -100,42 +169,87 @@ class ImageOutputSerializer(ImageUrlFields):
     masks_error = serializers.CharField()
 
 
+class EmbeddedBySerializer(serializers.Serializer):
+    space = serializers.CharField()
+    model_key = serializers.CharField()
+
+
 class ImageDetailOutputSerializer(ImageOutputSerializer):
+    """A stored image with its masks and the models that computed its vectors."""
+
     masks = MaskSerializer(many=True)
     embedded_by = serializers.SerializerMethodField()
 
+    @extend_schema_field(EmbeddedBySerializer(many=True))
     def get_embedded_by(self, image: Image) -> list[dict[str, str]]:
         return [{"space": e.space, "model_key": e.model_key} for e in image.embeddings.all()]
+
+
+class ImageAddedOutputSerializer(ImageOutputSerializer):
+    """The image an upload added, or the stored one with the same bytes (duplicate: true)."""
+
+    duplicate = serializers.SerializerMethodField()
+
+    def get_duplicate(self, image: Image) -> bool:
+        return bool(self.context.get("duplicate", False))
+
+
+class ImageListQuerySerializer(serializers.Serializer):
+    label = TextField(  # type: ignore[assignment]  # the field's name, not Field.label
+        required=False, allow_blank=True, help_text="only images with a mask of this label")
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    file = UploadField(allow_empty_file=True)  # image_add explains why empty is refused
+
+
+@extend_schema(exclude=True)  # not an operation of the API
+class NoSuchImageApi(APIView):
+    """Any other path under images/ (an id that is not a whole number): the same JSON 404 as an
+    unknown id, rather than the site's HTML page."""
+
+    permission_classes = [GalleryPermission]
+    metadata_class = None  # OPTIONS too
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotFound("No such image.")
 
 
 class ImageListCreateApi(APIView):
     permission_classes = [GalleryPermission]
     parser_classes = [MultiPartParser, FormParser]
+    pagination_class = PageNumberPagination  # the envelope: count, next, previous, results
 
-    class InputSerializer(serializers.Serializer):
-        file = serializers.FileField(allow_empty_file=True)  # image_add explains why empty is refused
-
-    @extend_schema(parameters=[OpenApiParameter("label", str, description="only images with a mask of this label"),
-                               OpenApiParameter("page", int, description="page number")],
-                   responses=ImageOutputSerializer(many=True))
+    @extend_schema(parameters=[ImageListQuerySerializer],
+                   responses={200: ImageOutputSerializer(many=True),
+                              400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask can "
+                                                   "have (with a NUL character)."),
+                              403: FORBIDDEN,
+                              404: error_response("A page number that is not a page of the list.")})
     def get(self, request: Request) -> Response:
-        paginator = PageNumberPagination()
-        images = selectors.image_list(label=request.query_params.get("label", "").strip())
+        query = ImageListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        paginator = self.pagination_class()
+        images = selectors.image_list(label=query.validated_data.get("label", ""))
         page = paginator.paginate_queryset(images, request, view=self)
         return paginator.get_paginated_response(
             ImageOutputSerializer(page, many=True, context={"request": request}).data)
 
-    @extend_schema(request={"multipart/form-data": InputSerializer},
-                   responses={201: ImageOutputSerializer, 200: ImageOutputSerializer,
-                              400: inline_serializer("ImageError", {"detail": serializers.CharField()}),
-                              413: inline_serializer("ImageTooLarge", {"detail": serializers.CharField()})})
+    @extend_schema(request={"multipart/form-data": ImageUploadSerializer},
+                   responses={201: OpenApiResponse(ImageAddedOutputSerializer, description="Added."),
+                              200: OpenApiResponse(ImageAddedOutputSerializer,
+                                                   description="Already stored (the same bytes): that image."),
+                              400: OpenApiResponse(BAD_REQUEST, description="No file, or a file that is not an "
+                                                   "image we accept (damaged, truncated, another format)."),
+                              403: FORBIDDEN,
+                              413: error_response("A file over the upload limit, or an image with too many pixels.")})
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = ImageUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
         result = services.image_add(data=read_upload(upload), original_name=upload.name, user=request.user)
-        body = ImageOutputSerializer(result.image, context={"request": request}).data
-        body["duplicate"] = not result.created
+        body = ImageAddedOutputSerializer(result.image,
+                                          context={"request": request, "duplicate": not result.created}).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
@@ -148,11 +262,12 @@ class ImageDetailApi(APIView):
             raise NotFound("No such image.")
         return image
 
-    @extend_schema(responses=ImageDetailOutputSerializer)
+    @extend_schema(responses={200: ImageDetailOutputSerializer, 403: FORBIDDEN, 404: NOT_FOUND})
     def get(self, request: Request, image_id: int) -> Response:
         return Response(ImageDetailOutputSerializer(self._get(image_id), context={"request": request}).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: OpenApiResponse(description="Deleted, with its masks, vectors and files."),
+                              403: FORBIDDEN, 404: NOT_FOUND})
     def delete(self, request: Request, image_id: int) -> Response:
         services.image_delete(image=self._get(image_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -161,7 +276,10 @@ class ImageDetailApi(APIView):
 class ImageRetryApi(APIView):
     permission_classes = [GalleryPermission]
 
-    @extend_schema(request=None, responses=ImageOutputSerializer)
+    @extend_schema(request=None,
+                   responses={200: OpenApiResponse(ImageOutputSerializer, description="Failed work (vectors, "
+                                                   "masks or both) queued again; otherwise the image unchanged."),
+                              403: FORBIDDEN, 404: NOT_FOUND})
     def post(self, request: Request, image_id: int) -> Response:
         image = Image.objects.filter(pk=image_id).first()
         if image is None:

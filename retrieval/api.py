@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.plumbing import ResolvedComponent
+from drf_spectacular.utils import Direction, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -13,12 +16,44 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from gallery.api import ImageUrlFields
+from gallery.api import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    NO_NUL,
+    ImageUrlFields,
+    TextField,
+    UploadField,
+    ValidationErrorSerializer,
+    error_response,
+)
 from gallery.imaging import read_upload
 from retrieval import status as status_service
 from retrieval.preferences import PreferenceOverrides, preference_limits, preferences_get, preferences_update
 from retrieval.search import Query, search_for
 from retrieval.spaces import Space
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
+
+
+class SpaceField(serializers.ChoiceField):
+    """semantic or content: an index (a search's policy, the preferred index of the preferences)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=Space.values, **kwargs)
+
+
+class SpaceFieldSchema(OpenApiSerializerFieldExtension):
+    """Every SpaceField refers to one "Space" component (drf-spectacular would name the same choice
+    set after each field: PolicyEnum, PreferredIndexEnum)."""
+
+    target_class = SpaceField
+
+    def map_serializer_field(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
+        component = ResolvedComponent(name="Space", type=ResolvedComponent.SCHEMA, object="Space", schema={
+            "type": "string", "enum": list(Space.values), "description": "semantic: by meaning; content: by look"})
+        auto_schema.registry.register_on_missing(component)
+        return component.ref
 
 
 def _preference_field(name: str) -> serializers.IntegerField:
@@ -27,15 +62,18 @@ def _preference_field(name: str) -> serializers.IntegerField:
     return serializers.IntegerField(required=False, min_value=low, max_value=high)
 
 
+# Only with a token or session that is not valid: these operations are open to everyone otherwise.
+INVALID_CREDENTIALS = error_response("Credentials that are not valid (an unknown token).")
+
+
 class ApiRootApi(APIView):
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=inline_serializer("ApiRoot", {"images": serializers.URLField(), "search": serializers.URLField(),
-                                                            "preferences": serializers.URLField(),
-                                                            "status": serializers.URLField(),
-                                                            "schema": serializers.URLField(),
-                                                            "docs": serializers.URLField()}))
-    def get(self, request):
+    @extend_schema(responses={200: inline_serializer("ApiRoot", {
+        "images": serializers.URLField(), "search": serializers.URLField(), "preferences": serializers.URLField(),
+        "status": serializers.URLField(), "schema": serializers.URLField(), "docs": serializers.URLField()}),
+        403: INVALID_CREDENTIALS})
+    def get(self, request: Request) -> Response:
         return Response({
             "images": reverse("api-images", request=request),
             "search": reverse("api-search", request=request),
@@ -46,50 +84,155 @@ class ApiRootApi(APIView):
         })
 
 
+class IndexHealthSerializer(serializers.Serializer):
+    """One FAISS index against the vectors PostgreSQL holds for its model."""
+
+    space = serializers.CharField()
+    model_key = serializers.CharField()
+    state = serializers.CharField(help_text="ok, index missing or count mismatch")
+    database_count = serializers.IntegerField()
+    index_count = serializers.IntegerField(allow_null=True)
+    version = serializers.IntegerField(allow_null=True)
+
+
+class IntegritySerializer(serializers.Serializer):
+    state = serializers.CharField(help_text="ok, or the first problem found")
+    missing_files = serializers.ListField(child=serializers.IntegerField(),
+                                          help_text="ids of images whose stored file is gone (checked on request)")
+    indexes = IndexHealthSerializer(many=True)
+
+
+class StatusSerializer(serializers.Serializer):
+    """Active model profile, database, image counts by status, queued tasks, index integrity."""
+
+    profile = serializers.CharField()
+    models = serializers.DictField(child=serializers.CharField())
+    database = serializers.CharField()
+    pgvector_version = serializers.CharField(allow_null=True)
+    images = serializers.DictField(child=serializers.IntegerField())
+    masks_pending = serializers.IntegerField()
+    queued_tasks = serializers.IntegerField()
+    integrity = IntegritySerializer()
+
+
 class StatusApi(APIView):
     """Active model profile, database, image counts by status, queued tasks, index integrity."""
 
     permission_classes = [AllowAny]
 
-    class OutputSerializer(serializers.Serializer):
-        profile = serializers.CharField()
-        models = serializers.DictField(child=serializers.CharField())
-        database = serializers.CharField()
-        pgvector_version = serializers.CharField(allow_null=True)
-        images = serializers.DictField(child=serializers.IntegerField())
-        masks_pending = serializers.IntegerField()
-        queued_tasks = serializers.IntegerField()
-        integrity = serializers.DictField()
-
-    @extend_schema(responses=OutputSerializer)
-    def get(self, request):
+    @extend_schema(parameters=[
+        OpenApiParameter("check_files", str, description="1 (staff only): also check that every stored file "
+                         "exists; otherwise ignored"),
+        OpenApiParameter("heal", str, description="1 (staff only): rebuild missing or stale indexes in the "
+                         "background; otherwise ignored")],
+        responses={200: StatusSerializer, 403: INVALID_CREDENTIALS})
+    def get(self, request: Request) -> Response:
         """?check_files=1 (staff) also checks that every stored file exists; ?heal=1 (staff) rebuilds
         missing or stale indexes in the background."""
         staff = request.user.is_staff
         report = status_service.service_status(check_files=staff and request.query_params.get("check_files") == "1")
         if staff and request.query_params.get("heal") == "1" and report.integrity["state"] != "ok":
             status_service.heal_start()
-        return Response(self.OutputSerializer(report.as_dict()).data)
+        return Response(StatusSerializer(report.as_dict()).data)
 
 
 class WorkerCheckStartApi(APIView):
     """Enqueue a ping task; a running worker answers it (see WorkerCheckResultApi)."""
 
-    @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()})})
-    def post(self, request):
+    @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()}),
+                                            403: FORBIDDEN})
+    def post(self, request: Request) -> Response:
         task_id = status_service.worker_check_start()
         return Response({"task_id": task_id}, status=status.HTTP_202_ACCEPTED)
 
 
 class WorkerCheckResultApi(APIView):
-    @extend_schema(responses=inline_serializer("WorkerCheckResult", {
-        "done": serializers.BooleanField(), "success": serializers.BooleanField(required=False),
-        "result": serializers.JSONField(required=False)}))
-    def get(self, request, task_id: str):
+    class TaskIdSerializer(serializers.Serializer):
+        task_id = serializers.CharField(allow_blank=True, trim_whitespace=False)  # refuses NUL characters
+
+    @extend_schema(parameters=[OpenApiParameter("task_id", str, OpenApiParameter.PATH, pattern=NO_NUL)],
+                   responses={200: inline_serializer("WorkerCheckResult", {
+        "done": serializers.BooleanField(help_text="false until a worker ran the task (or for an unknown id)"),
+        "success": serializers.BooleanField(required=False), "result": serializers.JSONField(required=False),
+        "stopped": serializers.DateTimeField(required=False)}),
+        400: OpenApiResponse(ValidationErrorSerializer, description="A task id no task can have (with a NUL "
+                             "character)."),
+        403: FORBIDDEN})
+    def get(self, request: Request, task_id: str) -> Response:
+        checked = self.TaskIdSerializer(data={"task_id": task_id})
+        checked.is_valid(raise_exception=True)
         result = status_service.worker_check_result(task_id)
         if result is None:
             return Response({"done": False})
         return Response({"done": True, **result})
+
+
+class SearchQuerySerializer(serializers.Serializer):
+    """Search by a stored image (image_id) or by words (text): exactly one of them. k, intersection,
+    policy and split override the caller's preferences for this query."""
+
+    image_id = serializers.IntegerField(required=False, help_text="a stored image that has its vectors")
+    text = TextField(required=False, allow_blank=True, max_length=500)
+    k = _preference_field("k")
+    intersection = serializers.BooleanField(required=False, help_text="images found by both indexes first")
+    policy = SpaceField(required=False, help_text="the preferred index")
+    split = _preference_field("split")
+    include_self = serializers.BooleanField(required=False, default=False,
+                                            help_text="a stored image may find itself")
+
+    def validate(self, data: dict[str, object]) -> dict[str, object]:
+        given = [name for name in ("image_id", "image", "text") if data.get(name) not in (None, "")]
+        if len(given) != 1:
+            raise serializers.ValidationError("Give exactly one of image_id, image or text.")
+        return data
+
+
+class SearchUploadQuerySerializer(SearchQuerySerializer):
+    """Search by a stored image (image_id), an uploaded picture (image, not stored) or words (text):
+    exactly one of them. k, intersection, policy and split override the caller's preferences for
+    this query."""
+
+    image = UploadField(required=False, allow_empty_file=True)
+
+
+class SearchHitSerializer(ImageUrlFields):
+    """One similar image: which index found it (both, semantic, content) and its similarity in each."""
+
+    image_source = "image"
+    image_id = serializers.IntegerField(source="image.pk")
+    original_name = serializers.CharField(source="image.original_name")
+    retrieved_by = serializers.ChoiceField(choices=["both", "semantic", "content"])
+    semantic_similarity = serializers.FloatField(allow_null=True)
+    content_similarity = serializers.FloatField(allow_null=True)
+    image_url = serializers.SerializerMethodField(method_name="get_file_url")
+    file_url = None  # type: ignore[assignment]  # called image_url here
+
+
+class SearchCountsSerializer(serializers.Serializer):
+    both = serializers.IntegerField()
+    semantic = serializers.IntegerField()
+    content = serializers.IntegerField()
+
+
+class SearchPreferencesSerializer(serializers.Serializer):
+    """The preferences this query ran with (saved ones, with this request's overrides)."""
+
+    k = serializers.IntegerField()
+    intersection_first = serializers.BooleanField()
+    preferred_index = SpaceField()
+    split = serializers.IntegerField()
+
+
+class SearchResultSerializer(serializers.Serializer):
+    """The similar images in the policy's order, and how the query was answered."""
+
+    results = SearchHitSerializer(many=True)
+    counts = SearchCountsSerializer()
+    engine = serializers.CharField(help_text="faiss, pgvector, or both joined by + when they shared the query")
+    engines = serializers.DictField(child=serializers.CharField(), help_text="the engine that answered each space")
+    models = serializers.DictField(child=serializers.CharField())
+    elapsed_ms = serializers.FloatField()
+    preferences = SearchPreferencesSerializer()
 
 
 class SearchApi(APIView):
@@ -98,44 +241,18 @@ class SearchApi(APIView):
     permission_classes = [AllowAny]  # search_for checks gallery visibility (private by default)
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    class InputSerializer(serializers.Serializer):
-        image_id = serializers.IntegerField(required=False)
-        image = serializers.FileField(required=False, allow_empty_file=True)
-        text = serializers.CharField(required=False, allow_blank=True, max_length=500)
-        k = _preference_field("k")
-        intersection = serializers.BooleanField(required=False)
-        policy = serializers.ChoiceField(choices=Space.values, required=False)
-        split = _preference_field("split")
-        include_self = serializers.BooleanField(required=False, default=False)
-
-        def validate(self, data):
-            given = [name for name in ("image_id", "image", "text") if data.get(name) not in (None, "")]
-            if len(given) != 1:
-                raise serializers.ValidationError("Give exactly one of image_id, image or text.")
-            return data
-
-    class HitSerializer(ImageUrlFields):
-        image_source = "image"
-        image_id = serializers.IntegerField(source="image.pk")
-        original_name = serializers.CharField(source="image.original_name")
-        retrieved_by = serializers.CharField()
-        semantic_similarity = serializers.FloatField(allow_null=True)
-        content_similarity = serializers.FloatField(allow_null=True)
-        image_url = serializers.SerializerMethodField(method_name="get_file_url")
-        file_url = None  # called image_url here
-
-    class OutputSerializer(serializers.Serializer):
-        results = serializers.ListField()
-        counts = serializers.DictField(child=serializers.IntegerField())
-        engine = serializers.CharField()
-        models = serializers.DictField(child=serializers.CharField())
-        elapsed_ms = serializers.FloatField()
-        preferences = serializers.DictField()
-
-    @extend_schema(request={"multipart/form-data": InputSerializer, "application/json": InputSerializer},
-                   responses=OutputSerializer)
+    @extend_schema(request={"multipart/form-data": SearchUploadQuerySerializer,
+                            "application/json": SearchQuerySerializer,
+                            "application/x-www-form-urlencoded": SearchQuerySerializer},
+                   responses={200: SearchResultSerializer,
+                              400: OpenApiResponse(BAD_REQUEST, description="Not exactly one of image_id, image "
+                                                   "or text; an unknown image or one without vectors yet; blank "
+                                                   "words; an upload that is not an image we accept."),
+                              403: error_response("The gallery is private and the caller is not signed in, or "
+                                                  "credentials that are not valid."),
+                              413: error_response("An upload over the upload limit, or with too many pixels.")})
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = SearchUploadQuerySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data.get("image")
@@ -147,11 +264,31 @@ class SearchApi(APIView):
         overrides = PreferenceOverrides(**{name: value for name, value in wanted.items() if value is not None})  # type: ignore[typeddict-item]
         response = search_for(user=request.user, session=request.session, query=query, overrides=overrides)
         return Response({
-            "results": self.HitSerializer(response.hits, many=True, context={"request": request}).data,
+            "results": SearchHitSerializer(response.hits, many=True, context={"request": request}).data,
             "counts": response.counts, "engine": response.engine, "engines": response.engines,
             "models": response.models, "elapsed_ms": round(response.elapsed_ms, 2),
             "preferences": asdict(response.preferences),
         })
+
+
+class PreferencesUpdateSerializer(serializers.Serializer):
+    """The preferences to change; the others keep their values (PUT and PATCH both update in part)."""
+
+    mask_threshold = _preference_field("mask_threshold")
+    k = _preference_field("k")
+    intersection_first = serializers.BooleanField(required=False)
+    preferred_index = SpaceField(required=False)
+    split = _preference_field("split")
+
+
+class PreferencesSerializer(serializers.Serializer):
+    """The caller's search preferences (per user; per session for anonymous visitors)."""
+
+    mask_threshold = serializers.IntegerField(help_text="percent: a mask covers the pixels above it")
+    k = serializers.IntegerField(help_text="how many similar images a search returns")
+    intersection_first = serializers.BooleanField(help_text="images found by both indexes first")
+    preferred_index = SpaceField()
+    split = serializers.IntegerField(help_text="percent of the remaining places for the preferred index")
 
 
 class PreferencesApi(APIView):
@@ -159,20 +296,18 @@ class PreferencesApi(APIView):
 
     permission_classes = [AllowAny]
 
-    class PreferencesSerializer(serializers.Serializer):
-        mask_threshold = _preference_field("mask_threshold")
-        k = _preference_field("k")
-        intersection_first = serializers.BooleanField(required=False)
-        preferred_index = serializers.ChoiceField(choices=Space.values, required=False)
-        split = _preference_field("split")
-
-    @extend_schema(responses=PreferencesSerializer)
-    def get(self, request):
+    @extend_schema(responses={200: PreferencesSerializer, 403: INVALID_CREDENTIALS})
+    def get(self, request: Request) -> Response:
         return Response(preferences_get(user=request.user, session=request.session))
 
-    @extend_schema(request=PreferencesSerializer, responses=PreferencesSerializer)
-    def put(self, request):
-        serializer = self.PreferencesSerializer(data=request.data)
+    @extend_schema(request=PreferencesUpdateSerializer,
+                   responses={200: PreferencesSerializer,
+                              400: OpenApiResponse(BAD_REQUEST, description="A value out of its limits or of "
+                                                   "the wrong type, named by its field; or a body that cannot be "
+                                                   "parsed."),
+                              403: INVALID_CREDENTIALS})
+    def put(self, request: Request) -> Response:
+        serializer = PreferencesUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return Response(preferences_update(user=request.user, session=request.session,
                                            values=serializer.validated_data))
