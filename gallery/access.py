@@ -7,13 +7,14 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from gallery.models import Image
+from gallery.services import User
 
 
-def can_view_gallery(user) -> bool:
+def can_view_gallery(user: User | None) -> bool:
     return bool(settings.IMAGINAITION_PUBLIC_GALLERY or (user and user.is_authenticated))
 
 
-def access_image(*, user, image_id: int) -> Image:
+def access_image(*, user: User | None, image_id: int) -> Image:
     """The image if `user` may see it; 404 otherwise (never reveal what exists to outsiders)."""
     if not can_view_gallery(user):
         raise Http404("No such image")

@@ -5,6 +5,8 @@ The retrieval app extends the image admin with what it adds (vectors, "search si
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from django.contrib import admin
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
@@ -34,12 +36,12 @@ class ImageAdmin(admin.ModelAdmin):
     list_display: tuple[str, ...] = ("thumbnail", "id", "original_name", "status", "masks_status", "labels",
                                      "width", "height", "format", "created_at")
     list_display_links = ("thumbnail", "id", "original_name")
-    list_filter: tuple[str, ...] = ("status", "masks_status", "format", "masks__label")
+    list_filter: ClassVar[tuple[str, ...]] = ("status", "masks_status", "format", "masks__label")
     search_fields = ("original_name", "sha256", "masks__label")
     readonly_fields = ("preview", "sha256", "width", "height", "format", "byte_size", "created_at",
                        "added_by", "status", "error", "masks_status", "masks_error", "file")
     fields = readonly_fields + ("original_name",)
-    inlines: tuple[type[admin.options.InlineModelAdmin], ...] = (MaskInline,)
+    inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin[Any, Any]], ...]] = (MaskInline,)
     date_hierarchy = "created_at"
     list_per_page = 50
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -25,12 +27,12 @@ class ResetForm(forms.Form):
             raise forms.ValidationError(str(exc)) from None
 
 
-def _context(request, **extra) -> dict:
+def _context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
     return {**admin.site.each_context(request), "title": "Reset / initialize from a folder", **extra}
 
 
 @require_http_methods(["GET", "POST"])
-def reset_form_view(request):
+def reset_form_view(request: HttpRequest) -> HttpResponse:
     """Step 1 asks for the folder; a valid POST shows step 2, the confirmation with counts."""
     form = ResetForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -41,7 +43,7 @@ def reset_form_view(request):
 
 
 @require_POST
-def reset_start_view(request):
+def reset_start_view(request: HttpRequest) -> HttpResponse:
     form = ResetForm(request.POST)
     if not form.is_valid() or request.POST.get("confirm") != "yes":
         messages.error(request, "The reset was not confirmed.")
@@ -55,7 +57,7 @@ def reset_start_view(request):
     return redirect("gallery-reset-progress", job_id=job.pk)
 
 
-def _job_data(job: ResetJob) -> dict:
+def _job_data(job: ResetJob) -> dict[str, Any]:
     return {"id": job.pk, "state": job.state, "phase": job.phase, "folder": job.folder,
             "deleted_images": job.deleted_images, "total_files": job.total_files, "scanned": job.scanned,
             "imported": job.imported, "duplicates": job.duplicates, "rejected": job.rejected,
@@ -63,7 +65,7 @@ def _job_data(job: ResetJob) -> dict:
 
 
 @require_GET
-def reset_progress_view(request, job_id: int):
+def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(ResetJob, pk=job_id)
     return render(request, "admin/gallery/reset/progress.html", _context(
         request, job=job, status_url=reverse("gallery-reset-status", args=[job.pk]),
@@ -71,7 +73,7 @@ def reset_progress_view(request, job_id: int):
 
 
 @require_GET
-def reset_status_view(request, job_id: int):
+def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
     return JsonResponse(_job_data(get_object_or_404(ResetJob, pk=job_id)))
 
 

@@ -20,7 +20,7 @@ def overlay_size(size: tuple[int, int], max_side: int = MODEL_MAX_SIDE) -> tuple
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def overlay_png(*, mask_png: bytes, size: tuple[int, int], threshold_percent: int) -> bytes:
+def overlay_png(*, mask_png: bytes | memoryview, size: tuple[int, int], threshold_percent: int) -> bytes:
     """A PNG with the image's aspect (`size`, capped at MODEL_MAX_SIDE): transparent where the
     probability ≥ threshold, black at alpha OUTSIDE_ALPHA elsewhere. Laid over the image, it dims
     everything outside the mask."""

@@ -12,6 +12,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
 from django.db import transaction
@@ -21,6 +22,9 @@ from django_q.tasks import async_task
 from gallery import events
 from gallery.models import Image, Mask, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as UserModel  # what AUTH_USER_MODEL names
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 5  # files between progress writes
@@ -60,7 +64,9 @@ def reset_folder_check(*, folder: str) -> Path:
 def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     path = reset_folder_check(folder=folder)
     files, _ = folder_files(root=path, recursive=recursive)
-    derived = [pair for _, pairs in events.derived_data_counted.send(sender=Image) for pair in pairs]
+    responses = events.derived_data_counted.send(sender=Image)
+    # The stubs type a receiver's response as str | None; these receivers return [(count, "what")].
+    derived = [pair for _, pairs in responses for pair in cast("list[tuple[int, str]]", pairs)]
     return ResetPreview(folder=path, recursive=recursive, images=Image.objects.count(), masks=Mask.objects.count(),
                         derived=derived, stored_files=Image.objects.exclude(file="").count(),
                         files_to_import=len(files))
@@ -73,7 +79,8 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
         # Serialize starts: the lock on any active job (or none) makes the check-then-create safe.
         if ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]).exists():
             raise ResetRefused("A reset is already in progress; wait for it to finish.")
-        job = ResetJob.objects.create(folder=str(path), recursive=recursive, created_by=user)
+        # Started from admin pages: `user` is a signed-in staff member, an instance of the user model.
+        job = ResetJob.objects.create(folder=str(path), recursive=recursive, created_by=cast("UserModel", user))
         transaction.on_commit(lambda: _enqueue(job.pk))
     return job
 

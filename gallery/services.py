@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
@@ -16,6 +17,9 @@ from gallery import events
 from gallery.imaging import ImageRejected, decode_image
 from gallery.models import Image, ProcessingStatus
 from gallery.thumbnails import thumbnail_files
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User as UserModel  # what AUTH_USER_MODEL names
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
     name = Path(original_name or "upload").name[:255] or "upload"
     image = Image(sha256=digest, original_name=name, width=decoded.width, height=decoded.height,
                   format=decoded.format, byte_size=len(data),
-                  added_by=user if getattr(user, "is_authenticated", False) else None)
+                  # An authenticated user is an instance of the user model the foreign key points to.
+                  added_by=cast("UserModel", user) if getattr(user, "is_authenticated", False) else None)
     extension = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}.get(decoded.format, decoded.format.lower())
     try:
         with transaction.atomic():
@@ -86,7 +91,8 @@ def image_delete(*, image: Image) -> None:
         events.images_deleted.send(sender=Image, image_ids=[image_id])
 
         def remove_files() -> None:
-            storage.delete(file_name)
+            if file_name:  # every stored image has one; FieldFile types it as optional
+                storage.delete(file_name)
             for thumb in thumbs:
                 thumb.unlink(missing_ok=True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from gallery.access import access_image
@@ -10,7 +10,7 @@ from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_file
 
 
 @require_GET
-def image_file(request, image_id: int):
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
     try:
         return FileResponse(image.file.open("rb"), filename=image.original_name)
@@ -19,7 +19,7 @@ def image_file(request, image_id: int):
 
 
 @require_GET
-def image_thumbnail(request, image_id: int, size: int = 256):
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
     if size not in THUMBNAIL_SIZES:
         raise Http404("Unknown thumbnail size")
@@ -32,7 +32,7 @@ def image_thumbnail(request, image_id: int, size: int = 256):
 
 
 @require_GET
-def mask_png(request, image_id: int, mask_id: int):
+def mask_png(request: HttpRequest, image_id: int, mask_id: int) -> HttpResponse:
     """The soft mask as stored: an 8-bit grayscale PNG of per-pixel probability."""
     image = access_image(user=request.user, image_id=image_id)
     mask = image.masks.filter(pk=mask_id).only("probability_png").first()

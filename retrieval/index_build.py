@@ -26,7 +26,7 @@ ChunkSource = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class BuiltIndex:
-    index: faiss.Index  # an IndexIDMap2: FAISS labels are image ids
+    index: faiss.IndexIDMap2  # FAISS labels are image ids
     kind: str  # flat | ivf | hnsw
     params: dict  # what was chosen (lists, nprobe, measured recall, ...), persisted with the file
     ids: np.ndarray
@@ -52,34 +52,37 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
     """
     kind = index_kind(count)
     if sample is None or len(sample) < 2:
-        kind = "flat"  # nothing to train on or measure with (rows vanished since they were counted)
+        # nothing to train on or measure with (rows vanished since they were counted)
+        kind, sample = "flat", np.zeros((0, dim), np.float32)
     metric = faiss_metric(space)
     params: dict = {}
     stages = {"train": 0.0, "builder busy": 0.0, "waiting for builder": 0.0}
     clock = time.perf_counter()
     if kind != "flat":
         sample = normalize(space, sample)
+    inner: faiss.Index
+    ivf: faiss.IndexIVFFlat | None = None  # set when kind is ivf
     if kind == "flat":
         inner = faiss.IndexFlat(dim, metric)
     elif kind == "ivf":
         lists = max(1, min(ivf_lists(count), len(sample)))
         # Lists come from L2 k-means (BLAS-fast) in both spaces; scanning a list uses the space's metric.
-        inner = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, metric)
-        inner.cp.niter = 10
-        inner.cp.min_points_per_centroid = 1  # a small sample is the caller's choice, not a warning
-        inner.train(sample)
+        inner = ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, metric)
+        ivf.cp.niter = 10
+        ivf.cp.min_points_per_centroid = 1  # a small sample is the caller's choice, not a warning
+        ivf.train(sample)
         params["lists"] = lists
         stages["train"] = time.perf_counter() - clock
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, metric)
-        inner.hnsw.efConstruction = settings.IMAGINAITION_HNSW_EF_CONSTRUCTION
-        inner.hnsw.efSearch = settings.IMAGINAITION_HNSW_EF_SEARCH
+        inner = hnsw = faiss.IndexHNSWFlat(dim, settings.IMAGINAITION_HNSW_M, metric)
+        hnsw.hnsw.efConstruction = settings.IMAGINAITION_HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efSearch = settings.IMAGINAITION_HNSW_EF_SEARCH
         params.update(M=settings.IMAGINAITION_HNSW_M, ef_construction=settings.IMAGINAITION_HNSW_EF_CONSTRUCTION)
     else:
         raise ValueError(f"IMAGINAITION_ANN_INDEX must be ivf or hnsw, not {kind!r}")
     index = faiss.IndexIDMap2(inner)
 
-    queries = None
+    queries: np.ndarray | None = None
     if kind != "flat" and len(sample):
         picks = np.random.default_rng(1).choice(len(sample), size=min(CALIBRATION_QUERIES, len(sample)), replace=False)
         queries = np.ascontiguousarray(sample[np.sort(picks)])
@@ -93,7 +96,7 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         vectors = normalize_for_index(space, vectors)
         index.add_with_ids(vectors, ids)
         all_ids.append(ids)
-        if exact is not None:  # brute force over the chunk in place (no copy into an index)
+        if queries is not None and exact is not None:  # brute force over the chunk in place (no copy into an index)
             distances, rows = faiss.knn(queries, vectors, min(k, len(vectors)), metric=metric)
             if rows.shape[1] < k:  # a chunk smaller than k: pad to the heap's width
                 pad = ((0, 0), (0, k - rows.shape[1]))
@@ -119,11 +122,11 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
     stages["stream and build"] = time.perf_counter() - clock
     clock = time.perf_counter()
 
-    if exact is not None and index.ntotal:
+    if queries is not None and exact is not None and index.ntotal:
         exact.finalize()
-        if kind == "ivf":
-            inner.make_direct_map()  # lets vectors_for() reconstruct stored vectors by id
-            params.update(_calibrate_nprobe(index, inner, queries=queries, exact=exact.I, k=k))
+        if ivf is not None:
+            ivf.make_direct_map()  # lets vectors_for() reconstruct stored vectors by id
+            params.update(_calibrate_nprobe(index, ivf, queries=queries, exact=exact.I, k=k))
         else:
             _, found = index.search(queries, k)
             params["recall"] = round(_recall(found, exact.I, k), 4)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -64,7 +65,7 @@ class IndexSnapshot:
     space: str
     model_key: str
     dim: int
-    index: faiss.Index
+    index: faiss.IndexIDMap2  # FAISS labels are image ids
     kind: str
     version: int
     synced_at: datetime  # database time up to which embeddings and tombstones are applied
@@ -84,7 +85,8 @@ class IndexSnapshot:
                 return []
             wanted = min(len(self.ids), k + len(self.deleted) + (1 if exclude_image_id is not None else 0))
             if self.kind == "hnsw":
-                faiss.downcast_index(self.index.index).hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
+                hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
+                hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
             with _single_threaded():
                 distances, labels = self.index.search(normalize(self.space, query.reshape(1, -1)), wanted)
         found = []
@@ -120,7 +122,8 @@ class IndexSnapshot:
             if not present:
                 return 0
             if self.kind == "flat":
-                self.index.remove_ids(np.fromiter(present, dtype=np.int64))
+                # faiss's Python wrapper takes an id array too; its stub lists only IDSelector.
+                self.index.remove_ids(np.fromiter(present, dtype=np.int64))  # type: ignore[arg-type]
                 self.ids -= present
             else:
                 self.deleted |= present
@@ -179,7 +182,7 @@ class IndexManager:
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
             return None
-        index = faiss.read_index(str(path))
+        index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
         if meta["kind"] == "ivf":
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
         ids = set(faiss.vector_to_array(index.id_map).tolist())

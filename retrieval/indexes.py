@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,14 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
-from retrieval.index_build import TRAINING_ROWS_PER_LIST, build_faiss_index_streamed, index_kind, ivf_lists
+from gallery.services import Progress
+from retrieval.index_build import (
+    TRAINING_ROWS_PER_LIST,
+    ChunkSource,
+    build_faiss_index_streamed,
+    index_kind,
+    ivf_lists,
+)
 from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager
 from retrieval.models import IndexState
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
@@ -37,7 +44,7 @@ def _slug(model_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", model_key).strip("-").lower()
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
@@ -61,7 +68,7 @@ class RebuildReport:
 
 
 def index_rebuild(*, space: str, model_key: str, dim: int,
-                  progress: Callable[[int], None] | None = None) -> RebuildReport:
+                  progress: Progress | None = None) -> RebuildReport:
     """Build the index of one (space, model) from Postgres aside, persist it, publish, swap in."""
     started = time.perf_counter()
     synced_at = db_now()  # anything embedded during the build is picked up by the next catch-up
@@ -74,7 +81,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
         parts = list(stream_vectors(model_key=model_key, space=space, dim=dim, sample_percent=percent))
         sample = np.concatenate([vectors for _, vectors in parts]) if parts else np.zeros((0, dim), np.float32)
 
-    def chunks():
+    def chunks() -> Iterator[ChunkSource]:
         for raw in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=REBUILD_CHUNK_ROWS):
             if progress is not None:
                 progress(len(raw.data) // raw.dtype.itemsize)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.core.files.storage import default_storage
 
@@ -30,17 +31,19 @@ class IntegrityReport:
     indexes: list[IndexHealth]
     missing_files: list[int]  # image ids whose stored file is gone
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "missing_files": self.missing_files,
                 "indexes": [health.__dict__ for health in self.indexes]}
 
 
 def integrity_check(*, check_files: bool = True) -> IntegrityReport:
     models = active_models()
-    healths = []
+    healths: list[IndexHealth] = []
     for space, key in (("semantic", models.semantic), ("content", models.content)):
         in_db = count_vectors(model_key=key, space=space)
-        snapshot = manager.get(space=space, model_key=key, dim=MODELS[key].dim)
+        dim = MODELS[key].dim
+        assert dim is not None  # an embedding model (only segmenters have none)
+        snapshot = manager.get(space=space, model_key=key, dim=dim)
         state = IndexState.objects.filter(space=space, model_key=key).first()
         if snapshot is None and in_db == 0:
             healths.append(IndexHealth(space, key, "ok", 0, 0, None))  # nothing to index yet
@@ -50,7 +53,7 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
             ok = snapshot.count == in_db
             healths.append(IndexHealth(space, key, "ok" if ok else "count mismatch", in_db, snapshot.count,
                                        snapshot.version))
-    missing = []
+    missing: list[int] = []
     if check_files:
         missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
                    if not default_storage.exists(name)]
@@ -63,6 +66,8 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
     healed = []
     for health in report.indexes:
         if health.state != "ok":
-            index_rebuild(space=health.space, model_key=health.model_key, dim=MODELS[health.model_key].dim)
+            dim = MODELS[health.model_key].dim
+            assert dim is not None  # an embedding model (only segmenters have none)
+            index_rebuild(space=health.space, model_key=health.model_key, dim=dim)
             healed.append(f"{health.space}/{health.model_key}")
     return healed

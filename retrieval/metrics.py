@@ -29,7 +29,7 @@ def normalize_for_index(space: str, vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def similarity_from_distance(space: str, distance: float | np.ndarray, *, squared: bool = True):
+def similarity_from_distance(space: str, distance: float | np.ndarray, *, squared: bool = True) -> np.ndarray:
     """1 − d/2, where d is FAISS's distance: squared L2 for semantic, L1 for content."""
     if space == "semantic" and not squared:
         distance = np.square(distance)

@@ -72,7 +72,7 @@ def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], prefer
     other_quota = remaining - preferred_quota
 
     def take(name: Space, quota: int) -> list[MergedResult]:
-        picked = []
+        picked: list[MergedResult] = []
         for candidate in lists[name]:
             if len(picked) >= quota:
                 break

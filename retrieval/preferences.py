@@ -7,11 +7,12 @@ form, the API and this module all read them from there.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TypedDict
+from typing import Any, TypedDict, cast
 
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db.models import Field
 
 from gallery.services import User
 from retrieval.models import SearchPreferences
@@ -39,23 +40,27 @@ class PreferenceOverrides(TypedDict, total=False):
     split: int
 
 
+def _field(name: str) -> Field[Any, Any]:
+    # Every preference is a concrete field of the model, never the reverse side of a relation.
+    return cast("Field[Any, Any]", SearchPreferences._meta.get_field(name))
+
+
 def preference_limits(name: str) -> tuple[int, int]:
     """(lowest, highest) allowed value of a numeric preference, from the model field's validators."""
-    field = SearchPreferences._meta.get_field(name)
+    field = _field(name)
     low, high = 0, None
     for validator in field.validators:
         if isinstance(validator, MinValueValidator):
-            low = max(low, int(validator.limit_value))  # type: ignore[arg-type]
+            low = max(low, int(validator.limit_value))
         elif isinstance(validator, MaxValueValidator):
-            high = int(validator.limit_value)  # type: ignore[arg-type]
+            high = int(validator.limit_value)
     if high is None:
         raise ValueError(f"SearchPreferences.{name} has no upper limit")
     return low, high
 
 
 def preference_defaults() -> PreferenceValues:
-    meta = SearchPreferences._meta
-    return PreferenceValues(**{name: meta.get_field(name).get_default() for name in NAMES})  # type: ignore[typeddict-item]
+    return PreferenceValues(**{name: _field(name).get_default() for name in NAMES})  # type: ignore[typeddict-item]
 
 
 def preferences_get(*, user: User | None, session: SessionBase | None) -> PreferenceValues:
@@ -66,7 +71,8 @@ def preferences_get(*, user: User | None, session: SessionBase | None) -> Prefer
         if stored is not None:
             values.update({name: getattr(stored, name) for name in NAMES})  # type: ignore[typeddict-item]
     elif session is not None:
-        values.update(session.get(SESSION_KEY) or {})
+        # What preferences_update stored there: a validated subset of the values.
+        values.update(cast(PreferenceValues, session.get(SESSION_KEY) or {}))
     return values
 
 

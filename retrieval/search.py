@@ -133,7 +133,9 @@ def request_index_build() -> None:
 
 
 def _dim(model_key: str) -> int:
-    return MODELS[model_key].dim
+    dim = MODELS[model_key].dim
+    assert dim is not None, f"{model_key} is a segmenter: it has no vectors"
+    return dim
 
 
 def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
@@ -250,7 +252,7 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
     filled: dict[Space, dict[int, float]] = {Space.SEMANTIC: {}, Space.CONTENT: {}}
     for space, key, vector in ((Space.SEMANTIC, models.semantic, query.semantic),
                                (Space.CONTENT, models.content, query.content)):
-        if not missing[space]:
+        if not missing[space] or vector is None:  # missing only where the query has that part
             continue
         # From the in-memory index when there is one (as fast as the search), else from Postgres.
         snapshot = manager.loaded(space=space, model_key=key)

@@ -6,13 +6,15 @@ size, so a chunk of rows is one numpy structured array: no Python object per row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 from django.db import connection
 from django.utils import timezone
+
+from gallery.services import Progress
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 _HEADER_SIZE = len(_HEADER) + 8  # signature, flags (int32), header extension length (int32)
@@ -26,7 +28,7 @@ def _row_dtype(dim: int) -> np.dtype:
 
 
 def stream_vectors(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
-                   where_sql: str = "", where_params: tuple = (),
+                   where_sql: str = "", where_params: tuple[object, ...] = (),
                    sample_percent: float | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (image_ids int64, vectors float32 (n, dim)) chunks for one model and space.
 
@@ -50,7 +52,7 @@ class RawChunk:
 
 
 def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
-                      where_sql: str = "", where_params: tuple = (),
+                      where_sql: str = "", where_params: tuple[object, ...] = (),
                       sample_percent: float | None = None) -> Iterator[RawChunk]:
     dtype = _row_dtype(dim)
     sample_sql = "TABLESAMPLE BERNOULLI (%s) REPEATABLE (0)" if sample_percent is not None else ""
@@ -93,7 +95,7 @@ def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int =
                 yield RawChunk(memoryview(buffer)[:usable], dtype)
 
 
-def _parse(data, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _parse(data: bytearray | memoryview, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     rows = np.frombuffer(data, dtype=dtype)
     if len(rows) and ((rows["nfields"] != 2) | (rows["dim"] != dtype["vector"].shape[0])).any():
         raise ValueError("malformed COPY row (or a vector of another dimension)")
@@ -108,7 +110,7 @@ def count_vectors(*, model_key: str, space: str) -> int:
 
 
 def load_all(*, model_key: str, space: str, dim: int,
-             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     ids, vectors = [], []
     for chunk_ids, chunk_vectors in stream_vectors(model_key=model_key, space=space, dim=dim):
         ids.append(chunk_ids)

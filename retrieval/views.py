@@ -109,7 +109,7 @@ def search(request: HttpRequest) -> HttpResponseBase:
 def preferences(request: HttpRequest) -> HttpResponse:
     """Everyone's search preferences: saved to the account, or to the session for anonymous visitors."""
     current = preferences_get(user=request.user, session=request.session)
-    form = PreferencesForm(request.POST or None, initial=current)
+    form = PreferencesForm(request.POST or None, initial=dict(current))
     if request.method == "POST" and form.is_valid():
         preferences_update(user=request.user, session=request.session, values=form.cleaned_data)
         messages.success(request, "Preferences saved.")

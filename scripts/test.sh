@@ -8,6 +8,10 @@ scripts/install_browser.sh
 PY=.venv/bin/python
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+# Type check first: fails fast, and needs only importable settings (no database).
+echo ">> mypy"
+$PY -m mypy gallery retrieval imaginaition_site
+
 cleanup() {
     trap - INT TERM EXIT
     if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop >/dev/null; fi

@@ -82,7 +82,7 @@ class AutoencoderEncoder(ImageEncoder):
     space = Space.CONTENT
     dim = int(np.prod(CODE_SHAPE))
 
-    def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float]) -> None:
         self.key = key
         self.model = model.eval()
         self.mean, self.std = list(mean), list(std)

@@ -31,7 +31,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics 
 
 
 class DeepLabSegmenter(Segmenter):
-    def __init__(self, *, key: str, model: torch.nn.Module):
+    def __init__(self, *, key: str, model: torch.nn.Module) -> None:
         self.key = key
         self.model = model.eval()
 

@@ -19,7 +19,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -70,17 +70,18 @@ class ClassifierWithFeatures(nn.Module):
     """EfficientNet-Lite0 whose forward returns (logits, last feature map): one pass serves both the
     semantic encoder (logits) and the CAM segmenter (feature map x classifier weights)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(batch)
-        return self.net.forward_head(features), features
+        # timm's EfficientNet methods; nn.Module types its attributes as Tensor | Module.
+        features = self.net.forward_features(batch)  # type: ignore[operator]
+        return self.net.forward_head(features), features  # type: ignore[operator]
 
     @property
     def classifier_weight(self) -> torch.Tensor:
-        return self.net.classifier.weight  # (1000, channels)
+        return cast(nn.Linear, self.net.classifier).weight  # (1000, channels)
 
 
 @functools.cache
@@ -209,7 +210,7 @@ def bridge_images(logits: np.ndarray, centred_classes: np.ndarray, bridge: Bridg
 
 class OfflineSemanticEncoder(SemanticEncoder):
     def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: SentenceTransformer,
-                 bridge: Bridge):
+                 bridge: Bridge) -> None:
         self.key = key
         self.dim = TEXT_DIM
         self.network = network
@@ -234,7 +235,7 @@ class CamSegmenter(Segmenter):
     standard DeepLab segmenter) where the ImageNet class belongs to one, else the ImageNet short
     name with class_index 1000 + ImageNet index."""
 
-    def __init__(self, *, key: str, network: ClassifierWithFeatures, min_probability: float):
+    def __init__(self, *, key: str, network: ClassifierWithFeatures, min_probability: float) -> None:
         self.key = key
         self.network = network
         self.min_probability = min_probability

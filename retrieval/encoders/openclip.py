@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class OpenClipEncoder(SemanticEncoder):
     def __init__(self, *, key: str, dim: int, model: torch.nn.Module,
                  preprocess: Callable[[PILImage.Image], torch.Tensor],
-                 tokenizer: Callable[[list[str]], torch.Tensor]):
+                 tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
         self.key, self.dim = key, dim
         self.model = model.eval()
         self.preprocess = preprocess
@@ -35,7 +35,9 @@ class OpenClipEncoder(SemanticEncoder):
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
         with torch.inference_mode():
-            features = self.model.encode_image(batch)  # one forward pass for the whole batch
+            # One forward pass for the whole batch. The ignore: open_clip's CLIP is untyped, and
+            # nn.Module types its attributes as Tensor | Module.
+            features = self.model.encode_image(batch)  # type: ignore[operator]
         return l2_normalize(features.float().numpy())
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -43,7 +45,7 @@ class OpenClipEncoder(SemanticEncoder):
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts))  # truncates to the 77-token context
         with torch.inference_mode():
-            features = self.model.encode_text(tokens)
+            features = self.model.encode_text(tokens)  # type: ignore[operator]  # as encode_image
         return l2_normalize(features.float().numpy())
 
 

@@ -11,7 +11,7 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -35,7 +35,7 @@ def active_profile() -> Profile:
     """`auto` picks standard when all its weight files are present, else offline."""
     wanted = settings.IMAGINAITION_MODEL_PROFILE
     if wanted in ("standard", "offline"):
-        return wanted
+        return cast(Profile, wanted)
     if wanted != "auto":
         raise ValueError(f"IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not {wanted!r}")
     standard = PROFILE_MODELS.get("standard", {})

@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 import os
+from typing import Any
 
 from django.core.management.base import BaseCommand
 
@@ -9,7 +12,7 @@ class Command(BaseCommand):
     help = ("Create the first superuser if none exists. Password from IMAGINAITION_ADMIN_PASSWORD, "
             "else a random one printed once.")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         account = admin_ensure(
             username=os.environ.get("IMAGINAITION_ADMIN_USERNAME", "admin"),
             password=os.environ.get("IMAGINAITION_ADMIN_PASSWORD") or None,

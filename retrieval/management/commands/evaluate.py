@@ -1,8 +1,11 @@
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import Any
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from bench.common import write_section
@@ -24,7 +27,7 @@ class Command(BaseCommand):
             "content only and the hybrid policy; near-duplicate recall@1/@10 of generated copies; with "
             "--captions, text→image recall@1/@10.")
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per category")
         parser.add_argument("--captions", type=Path,
                             help="UTF-8 text file, one 'category/relative/path<TAB>caption' per line "
@@ -44,9 +47,9 @@ class Command(BaseCommand):
         # Set by the process that starts this command again on the evaluation database.
         parser.add_argument("--child-work-dir", type=Path, help=argparse.SUPPRESS)
 
-    def handle(self, *args, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
+    def handle(self, *args: Any, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
                keep: bool, batch_size: int | None, json_path: Path | None, write_docs: bool,
-               child_work_dir: Path | None, **options):
+               child_work_dir: Path | None, **options: Any) -> None:
         if near_duplicates < 0:
             raise CommandError("--near-duplicates must be 0 or more")
         try:

@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from retrieval.encoders.registry import active_profile
 from retrieval.weights import weights_fetch
@@ -9,13 +13,14 @@ class Command(BaseCommand):
             "folder, verifying their SHA-256. Without a network it says so within seconds and exits 0: the "
             "offline profile is used. Exits non-zero when a file fails verification or a site answers wrongly.")
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the download sites")
         parser.add_argument("--model", action="append", dest="keys", metavar="KEY",
                             help="a registry key to fetch (repeatable; default: the standard profile's models)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    def handle(self, *args, timeout: float, keys: list[str] | None, no_progress: bool, **options):
+    def handle(self, *args: Any, timeout: float, keys: list[str] | None, no_progress: bool,
+               **options: Any) -> None:
         try:
             report = weights_fetch(keys=keys, connect_timeout=timeout, progress=not no_progress)
         except ValueError as exc:
