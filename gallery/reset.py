@@ -99,7 +99,7 @@ def _delete_everything() -> int:
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=ids)
     media = Path(settings.MEDIA_ROOT)
-    for folder in ("images", "thumbs", "staging"):
+    for folder in ("images", "thumbs"):
         shutil.rmtree(media / folder, ignore_errors=True)
     events.gallery_emptied.send(sender=Image)
     return len(ids)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from gallery import events
 from gallery.services import Progress
-from retrieval import pipeline
+from retrieval import pipeline, uploads
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_drop_all
@@ -26,8 +25,9 @@ def forget_deleted_images(sender: object, image_ids: Sequence[int], **kwargs: ob
     manager.forget_images(set(image_ids))
 
 
-def drop_indexes(sender: object, **kwargs: object) -> None:
+def drop_indexes_and_staged_uploads(sender: object, **kwargs: object) -> None:
     index_drop_all()
+    uploads.staged_clear_all()
 
 
 def process_here(sender: object, progress: Progress | None = None, batch_size: int | None = None,
@@ -51,7 +51,7 @@ def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:
 def connect() -> None:
     events.images_added.connect(enqueue_processing, dispatch_uid="retrieval-enqueue")
     events.images_deleted.connect(forget_deleted_images, dispatch_uid="retrieval-forget-deleted")
-    events.gallery_emptied.connect(drop_indexes, dispatch_uid="retrieval-drop-indexes")
+    events.gallery_emptied.connect(drop_indexes_and_staged_uploads, dispatch_uid="retrieval-drop-indexes")
     events.processing_wanted.connect(process_here, dispatch_uid="retrieval-process-here")
     events.gallery_reloaded.connect(rebuild_after_reload, dispatch_uid="retrieval-rebuild")
     events.derived_data_counted.connect(count_vectors, dispatch_uid="retrieval-count-vectors")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ def _folder() -> Path:
     folder = Path(settings.MEDIA_ROOT) / "staging"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def staged_clear_all() -> None:
+    """Forget every staged upload (a gallery reset starts from nothing)."""
+    shutil.rmtree(Path(settings.MEDIA_ROOT) / "staging", ignore_errors=True)
 
 
 def _cleanup() -> None:

@@ -77,6 +77,9 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
     settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
     old_files = [media_root / image.file.name for image in old_gallery]
+    staged = media_root / "staging" / "someone-s-upload.png"  # retrieval's staged uploads go too
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(b"staged")
     job = reset_start(folder=str(folder), recursive=True, user=staff_user)
 
     job = reset_run(job_id=job.pk)  # the real pipeline (retrieval's receivers), in this process
@@ -89,6 +92,7 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
                                                                               "photo2.png"]
     assert set(Image.objects.values_list("status", flat=True)) == {"ready"}
     assert not any(path.exists() for path in old_files)
+    assert not staged.exists()
     client.force_login(staff_user)
     status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
     assert status["state"] == "done" and status["imported"] == 4
