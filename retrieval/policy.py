@@ -3,8 +3,9 @@
 1. Each index returned its k nearest images (nearest first) with a similarity.
 2. With intersection on, images returned by both come first, ordered by the preferred index's
    similarity, labelled `both`.
-3. Of the remaining k − |both| places, the preferred index gets round((k − |both|) · split / 100),
-   the other index the rest, each in its own order, preferred index first.
+3. Of the remaining k − |both| places, the preferred index gets round((k − |both|) · split / 100)
+   with Python's round(), as the original: a half goes to the even number (24.5 → 24, 1.5 → 2);
+   the other index gets the rest, each in its own order, preferred index first.
 With intersection off, step 2 is skipped. No image appears twice.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+
 from retrieval.spaces import Space
 
 BOTH = "both"  # retrieved_by of an image both indexes found; otherwise the Space that found it alone
@@ -40,11 +41,6 @@ class Preferences:
     split: int = 50  # percent of the remaining places for the preferred index
 
 
-def round_half_up(value: float) -> int:
-    """round() as people mean it (Python's round() sends 2.5 to 2)."""
-    return int(Decimal(str(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
 def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], preferences: Preferences) -> list[MergedResult]:
     """Merge the two ranked lists into at most k results, by the policy above."""
     k = preferences.k
@@ -68,7 +64,8 @@ def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], prefer
             taken.add(candidate.image_id)
 
     remaining = k - len(results)
-    preferred_quota = round_half_up(remaining * preferences.split / 100)
+    # The original's round(k * k_split), k_split being the fraction: same float maths, same rounding.
+    preferred_quota = round(remaining * (preferences.split / 100))
     other_quota = remaining - preferred_quota
 
     def take(name: Space, quota: int) -> list[MergedResult]:

@@ -242,7 +242,8 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
 def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
                        models: ActiveModels) -> list[MergedResult]:
     """Each result's similarity in the index that did not return it, computed from its stored
-    vector, as the original does."""
+    vector with the index's own measure (semantic: the cosine, 1 − d²/2; content: 1 − L1/2), so
+    both similarities of a result compare with those of the results the index did return."""
     missing: dict[Space, list[int]] = {Space.SEMANTIC: [], Space.CONTENT: []}
     for m in merged:
         if m.semantic_similarity is None and query.semantic is not None:

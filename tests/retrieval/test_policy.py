@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrieval.policy import Candidate, Preferences, merge, round_half_up
+from retrieval.policy import Candidate, Preferences, merge
 
 # Semantic finds 1..6, content finds 4..9: images 4, 5, 6 are found by both.
 SEMANTIC = [Candidate(i, s) for i, s in [(1, .99), (2, .98), (3, .97), (4, .96), (5, .95), (6, .94)]]
@@ -82,15 +82,32 @@ def test_ties_keep_each_index_order():
     assert ids(results) == [(3, "both"), (1, "both"), (2, "both")]  # preferred (semantic) order
 
 
-def test_split_rounds_half_up():
-    assert [round_half_up(x) for x in (0.5, 1.5, 2.5, 2.4999)] == [1, 2, 3, 2]
-    prefs = Preferences(k=5, intersection_first=False, split=50)  # 5 places: 3 preferred, 2 other
+def test_split_rounds_like_the_original_python_round():
+    # 5 places at 50 %: round(2.5) is 2 (halves go to the even number), so 2 preferred, 3 other.
+    prefs = Preferences(k=5, intersection_first=False, split=50)
     assert [r.retrieved_by for r in merge(semantic=SEMANTIC, content=CONTENT, preferences=prefs)] == \
-        ["semantic"] * 3 + ["content"] * 2
+        ["semantic"] * 2 + ["content"] * 3
+    # 3 places: round(1.5) is 2.
+    prefs = Preferences(k=3, intersection_first=False, split=50)
+    assert [r.retrieved_by for r in merge(semantic=SEMANTIC, content=CONTENT, preferences=prefs)] == \
+        ["semantic"] * 2 + ["content"]
+
+
+@pytest.mark.parametrize("overlap, preferred_places", [(1, 24), (2, 24), (3, 24), (5, 22), (49, 0), (0, 25)])
+def test_default_preferences_give_the_preferred_index_round_half_even_of_the_rest(overlap, preferred_places):
+    # k 50, split 50: with 1 image in both, 49 places are left and round(24.5) = 24 (not 25).
+    semantic = [Candidate(i, 1 - i / 1000) for i in range(overlap)] + \
+        [Candidate(1000 + i, 0.5) for i in range(60)]
+    content = [Candidate(i, 1 - i / 1000) for i in range(overlap)] + \
+        [Candidate(2000 + i, 0.5) for i in range(60)]
+    results = merge(semantic=semantic[:50], content=content[:50], preferences=Preferences())
+    counts = {name: sum(r.retrieved_by == name for r in results) for name in ("both", "semantic", "content")}
+    assert counts == {"both": overlap, "semantic": preferred_places, "content": 50 - overlap - preferred_places}
 
 
 def test_images_found_by_both_come_first_in_the_preferred_order_then_the_quota():
     semantic = [Candidate(i, 1 - i / 10) for i in (4, 5, 6)]
     content = [Candidate(i, 1 - i / 10) for i in (6, 5, 4)]
     prefs = Preferences(k=2, intersection_first=True, preferred_index="semantic", split=50)
-    assert ids(merge(semantic=semantic, content=content, preferences=prefs)) == [(5, "both"), (4, "semantic")]
+    # One place left after the image in both: round(0.5) = 0 for the preferred index, so content's first.
+    assert ids(merge(semantic=semantic, content=content, preferences=prefs)) == [(5, "both"), (6, "content")]
