@@ -166,6 +166,11 @@ IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 
 IMAGINAITION_INDEX_SYNC_SECONDS = float(os.environ.get("IMAGINAITION_INDEX_SYNC_SECONDS", 1.0))
 # The page banner's state (integrity, queue) is re-checked in the background at most this often.
 IMAGINAITION_BANNER_REFRESH_SECONDS = float(os.environ.get("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0))
+# Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
+IMAGINAITION_REGION_MIN_AREA = float(os.environ.get("IMAGINAITION_REGION_MIN_AREA", 0.01))
+IMAGINAITION_REGION_STYLE = os.environ.get("IMAGINAITION_REGION_STYLE", "masked")  # masked | box
+# How often a process re-checks which model answers queries while a model change re-embeds (retrieval/serving.py).
+IMAGINAITION_SERVING_CHECK_SECONDS = float(os.environ.get("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

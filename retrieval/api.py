@@ -107,10 +107,14 @@ class StatusSerializer(serializers.Serializer):
 
     profile = serializers.CharField()
     models = serializers.DictField(child=serializers.CharField())
+    serving = serializers.DictField(child=serializers.CharField(),
+                                    help_text="models answering queries (differ from models while a model change re-embeds)")
     database = serializers.CharField()
     pgvector_version = serializers.CharField(allow_null=True)
     images = serializers.DictField(child=serializers.IntegerField())
     masks_pending = serializers.IntegerField()
+    region_vectors = serializers.DictField(child=serializers.IntegerField(),
+                                           help_text="region vectors (search by region) per space, active models")
     queued_tasks = serializers.IntegerField()
     integrity = IntegritySerializer()
 

@@ -8,10 +8,11 @@ from typing import Any
 from django.core.files.storage import default_storage
 
 from gallery.models import Image
-from retrieval.encoders.registry import MODELS, active_models
+from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
+from retrieval.serving import keys_in_use
 from retrieval.vector_io import count_vectors
 
 
@@ -37,9 +38,8 @@ class IntegrityReport:
 
 
 def integrity_check(*, check_files: bool = True) -> IntegrityReport:
-    models = active_models()
     healths: list[IndexHealth] = []
-    for space, key in (("semantic", models.semantic), ("content", models.content)):
+    for space, key in keys_in_use():
         in_db = count_vectors(model_key=key, space=space)
         dim = MODELS[key].dim
         assert dim is not None  # an embedding model (only segmenters have none)

@@ -8,7 +8,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import VectorField
 
-from gallery.models import Image
+from gallery.models import Image, Mask
 from retrieval.spaces import Space
 
 
@@ -37,6 +37,30 @@ class Embedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.space} {self.model_key} of image #{self.image_id}"
+
+
+class RegionEmbedding(models.Model):
+    """One mask's region (retrieval/regions.py) as a vector in one space by one model: search by
+    region. `image` repeats the mask's image so region hits map to images without a join."""
+
+    mask = models.ForeignKey(Mask, on_delete=models.CASCADE, related_name="embeddings")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="region_embeddings")
+    space = models.CharField(max_length=16, choices=Space.choices)
+    model_key = models.CharField(max_length=100)
+    vector = VectorField()  # undimensioned, with per-model partial HNSW indexes as for images
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mask", "space", "model_key"], name="region_embedding_unique_per_model"),
+        ]
+        indexes = [
+            models.Index(fields=["model_key", "space"], name="region_model_space"),
+            models.Index(fields=["model_key", "space", "created_at"], name="region_model_space_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.space} {self.model_key} of mask #{self.mask_id}"
 
 
 class SearchPreferences(models.Model):

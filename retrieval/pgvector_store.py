@@ -30,19 +30,25 @@ class Neighbour:
     distance: float
 
 
-def _index_name(model_key: str, space: str) -> str:
+# Image vectors and region vectors: the same columns, each table with its own HNSW indexes.
+TABLES = {"image": "gallery_embedding", "region": "retrieval_regionembedding"}
+INDEX_PREFIX = {"image": "embedding_hnsw", "region": "region_hnsw"}
+
+
+def _index_name(model_key: str, space: str, kind: str = "image") -> str:
     digest = hashlib.sha1(f"{model_key}|{space}".encode()).hexdigest()[:10]
-    return f"embedding_hnsw_{space}_{digest}"
+    return f"{INDEX_PREFIX[kind]}_{space}_{digest}"
 
 
-def hnsw_index_ensure(*, model_key: str, space: str, dim: int) -> str:
-    """Create (if missing) the HNSW index serving kNN for one model and space; return its name."""
+def hnsw_index_ensure(*, model_key: str, space: str, dim: int, kind: str = "image") -> str:
+    """Create (if missing) the HNSW index serving kNN for one model and space (of image or region
+    vectors); return its name."""
     _, opclass = OPERATORS[space]
-    name = _index_name(model_key, space)
+    name = _index_name(model_key, space, kind)
     # DDL takes no bind parameters; keys come from our registry but are quoted properly anyway.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON gallery_embedding "
+            f"CREATE INDEX IF NOT EXISTS {name} ON {TABLES[kind]} "
             f"USING hnsw ((vector::vector({int(dim)})) {opclass}) "
             f"WHERE model_key = {_literal(model_key)} AND space = {_literal(space)}"
         )
@@ -54,9 +60,10 @@ def _literal(value: str) -> str:
 
 
 def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
-    """Ensure an HNSW index for every registered embedding model (run after migrations)."""
-    return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim)
-            for spec in model_specs if spec.role in OPERATORS and spec.dim]
+    """Ensure HNSW indexes (image and region vectors) for every registered embedding model (run
+    after migrations)."""
+    return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim, kind=kind)
+            for spec in model_specs if spec.role in OPERATORS and spec.dim for kind in TABLES]
 
 
 def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,

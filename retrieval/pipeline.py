@@ -29,7 +29,9 @@ from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from retrieval.encoders.base import SoftMask
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
-from retrieval.models import Embedding
+from retrieval.models import Embedding, RegionEmbedding
+from retrieval.regions import region_picture
+from retrieval.serving import keys_in_use
 from retrieval.spaces import Space
 
 logger = logging.getLogger(__name__)
@@ -147,9 +149,11 @@ def _process_batch(*, status_field: str, error_field: str, first_id: int | None,
 
 def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                 models: ActiveModels | None = None) -> BatchReport:
-    """Compute the active semantic and content embeddings for one batch of pending images."""
+    """Compute the active semantic and content embeddings for one batch of pending images, and,
+    while a model change re-embeds the gallery, the serving (previous) models' too: images added
+    meanwhile stay findable by the models that answer queries."""
     models = models or active_models()
-    keys = ((models.semantic, Space.SEMANTIC), (models.content, Space.CONTENT))
+    keys = [(key, space) for space, key in keys_in_use(active=models)]
 
     def infer(items: list[Loaded]) -> list[dict[str, Any]]:
         pictures = [picture for _, picture in items]
@@ -165,23 +169,46 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                           infer=infer, write_one=write_one)
 
 
+@dataclass(frozen=True)
+class SegmentedMask:
+    mask: SoftMask
+    png: bytes
+    region_vectors: dict[tuple[Space, str], Any]  # (space, model key) -> vector; empty below the minimum area
+
+
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                   models: ActiveModels | None = None) -> BatchReport:
-    """Compute the active segmenter's masks for one batch of images whose masks are pending."""
+    """Compute the active segmenter's masks for one batch of images whose masks are pending, and each
+    mask's region vectors (the models in use, as for whole images) from the same decoded picture."""
     models = models or active_models()
+    keys = keys_in_use(active=models)
 
-    def infer(items: list[Loaded]) -> list[list[tuple[SoftMask, bytes]]]:
+    def infer(items: list[Loaded]) -> list[list[SegmentedMask]]:
+        pictures = [picture for _, picture in items]
+        found = get_model(models.segmenter).segment(pictures)
+        regions = [(row, column, region) for row, (picture, masks) in enumerate(zip(pictures, found, strict=True))
+                   for column, mask in enumerate(masks)
+                   if (region := region_picture(picture, mask.probability)) is not None]
+        vectors = {(space, key): get_model(key).encode_images([region for _, _, region in regions])
+                   for space, key in keys} if regions else {}
+        by_mask: dict[tuple[int, int], dict[tuple[Space, str], Any]] = {
+            (row, column): {pair: vectors[pair][n] for pair in vectors} for n, (row, column, _) in enumerate(regions)}
         # PNG-encode here, outside the write transaction, which should hold its row locks briefly.
-        return [[(mask, probability_to_png(mask.probability)) for mask in masks]
-                for masks in get_model(models.segmenter).segment([picture for _, picture in items])]
+        return [[SegmentedMask(mask, probability_to_png(mask.probability), by_mask.get((row, column), {}))
+                 for column, mask in enumerate(masks)] for row, masks in enumerate(found)]
 
-    def write_one(image: Image, masks: list[tuple[SoftMask, bytes]]) -> None:
-        # Replace this segmenter's masks wholesale: a rerun leaves exactly one set.
+    def write_one(image: Image, segmented: list[SegmentedMask]) -> None:
+        # Replace this segmenter's masks wholesale (their region vectors go with them): a rerun
+        # leaves exactly one set.
         Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
-        Mask.objects.bulk_create([
-            Mask(image=image, segmenter=models.segmenter, label=mask.label, class_index=mask.class_index,
-                 probability_png=png, area_fraction=mask.area_fraction)
-            for mask, png in masks
+        rows = Mask.objects.bulk_create([
+            Mask(image=image, segmenter=models.segmenter, label=s.mask.label, class_index=s.mask.class_index,
+                 probability_png=s.png, area_fraction=s.mask.area_fraction)
+            for s in segmented
+        ])
+        RegionEmbedding.objects.bulk_create([
+            RegionEmbedding(mask=row, image=image, space=space, model_key=key, vector=vector)
+            for row, s in zip(rows, segmented, strict=True) for (space, key), vector in s.region_vectors.items()
         ])
 
     return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,
@@ -206,19 +233,30 @@ def process_all_pending(*, batch_size: int | None = None, progress: Progress | N
 
 
 def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
-    """After a model change: put every image lacking the active models' embeddings back in the queue.
+    """After a model change: put every image lacking the active models' vectors back in the queue:
+    its embedding step when the whole image lacks them, its segmentation step (which writes region
+    vectors) when one of its masks large enough to be a region lacks them.
 
     Vectors of other models stay (each row records its model key), so switching back needs no work.
     """
     models = active_models()
+    pairs = ((Space.SEMANTIC, models.semantic), (Space.CONTENT, models.content))
     has_all = [Exists(Embedding.objects.filter(image=OuterRef("pk"), space=space, model_key=key))
-               for space, key in ((Space.SEMANTIC, models.semantic), (Space.CONTENT, models.content))]
-    missing = (Image.objects.filter(status=ProcessingStatus.READY)
-               .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
-    ids = list(missing)
+               for space, key in pairs]
+    embed_ids = set(Image.objects.filter(status=ProcessingStatus.READY)
+                    .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
+    # A mask's stored area is at probability 0.5, a region's at the (lower) default threshold: a
+    # mask large enough by the first is large enough by the second.
+    region_lacking = Mask.objects.filter(image=OuterRef("pk"), area_fraction__gte=settings.IMAGINAITION_REGION_MIN_AREA)\
+        .exclude(Exists(RegionEmbedding.objects.filter(mask=OuterRef("pk"), space=Space.CONTENT,
+                                                       model_key=models.content)))
+    segment_ids = set(Image.objects.filter(masks_status=ProcessingStatus.READY)
+                      .filter(Exists(region_lacking)).values_list("pk", flat=True))
+    ids = sorted(embed_ids | segment_ids)
     if ids:
         with transaction.atomic():
-            Image.objects.filter(pk__in=ids).update(status=ProcessingStatus.PENDING, error="")
+            Image.objects.filter(pk__in=embed_ids).update(status=ProcessingStatus.PENDING, error="")
+            Image.objects.filter(pk__in=segment_ids).update(masks_status=ProcessingStatus.PENDING, masks_error="")
             if enqueue:
                 transaction.on_commit(lambda: processing_enqueue(ids))
     return ids

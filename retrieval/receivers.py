@@ -10,7 +10,7 @@ from retrieval import pipeline, uploads
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_drop_all
-from retrieval.models import DeletedImage, Embedding
+from retrieval.models import DeletedImage, Embedding, RegionEmbedding
 from retrieval.pgvector_store import hnsw_indexes_for_registry
 from retrieval.tasks import rebuild_indexes
 
@@ -40,7 +40,8 @@ def rebuild_after_reload(sender: object, **kwargs: object) -> None:
 
 
 def count_vectors(sender: object, **kwargs: object) -> list[tuple[int, str]]:
-    return [(Embedding.objects.count(), "embeddings, and the search indexes")]
+    return [(Embedding.objects.count(), "embeddings, and the search indexes"),
+            (RegionEmbedding.objects.count(), "region vectors")]
 
 
 def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:

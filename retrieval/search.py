@@ -23,12 +23,13 @@ from gallery.imaging import decode_image, for_models, picture_for_models
 from gallery.models import Image
 from gallery.services import User
 from retrieval import pgvector_store, uploads
-from retrieval.encoders.registry import MODELS, ActiveModels, active_models, get_model
+from retrieval.encoders.registry import MODELS, ActiveModels, get_model
 from retrieval.index_snapshots import manager
 from retrieval.metrics import normalize, similarity_between, similarity_from_distance
 from retrieval.models import Embedding
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
 from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
+from retrieval.serving import serving_models
 from retrieval.spaces import Space
 from retrieval.status import heal_start
 
@@ -86,7 +87,7 @@ def search_for(*, user: User, session: SessionBase | None, query: Query,
     """
     if not can_view_gallery(user):
         raise QueryError("Sign in to search the gallery.", status_code=403)
-    models = models or active_models()
+    models = models or serving_models()
     preferences = policy_preferences(preferences_get(user=user, session=session), overrides)
     vectors, about, query_image = _query_vectors(query, session=session, models=models)
     response = search(query=vectors, preferences=preferences, models=models)
@@ -158,7 +159,7 @@ def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
 
 def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
     """The stored vectors of an image (QueryError when there is no such image or it has no vectors yet)."""
-    models = models or active_models()
+    models = models or serving_models()
     stored = dict(Embedding.objects.filter(image_id=image_id, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:
@@ -203,7 +204,7 @@ class Ranking:
 def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
          engine: str = "auto") -> Ranking:
     """Run both kNN searches, merge them with the policy, fill in the missing similarities."""
-    models = models or active_models()
+    models = models or serving_models()
     if query.content is None:
         # A text query has no content part: its semantic list is all there is, so it fills the k places.
         preferences = replace(preferences, intersection_first=False, preferred_index=Space.SEMANTIC, split=100)
@@ -223,7 +224,7 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
            engine: str = "auto") -> SearchResponse:
     """rank(), then the Image rows of the results (dropping any deleted meanwhile)."""
     started = time.perf_counter()
-    models = models or active_models()
+    models = models or serving_models()
     ranking = rank(query=query, preferences=preferences, models=models, engine=engine)
     images = Image.objects.in_bulk([result.image_id for result in ranking.results])
     hits = [SearchHit(image=images[r.image_id], retrieved_by=r.retrieved_by,

@@ -18,6 +18,8 @@ from gallery.models import Image, ProcessingStatus
 from gallery.selectors import images_pending_count
 from retrieval.encoders.registry import active_models
 from retrieval.integrity import integrity_check
+from retrieval.models import RegionEmbedding
+from retrieval.serving import serving_models
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +28,12 @@ logger = logging.getLogger(__name__)
 class ServiceStatus:
     profile: str
     models: dict[str, str]
+    serving: dict[str, str]  # the models answering queries: the active ones unless a model change is re-embedding
     database: str
     pgvector_version: str | None
     images: dict[str, int]
     masks_pending: int
+    region_vectors: dict[str, int]  # per space, by the active models (search by region)
     queued_tasks: int
     integrity: dict[str, Any]
 
@@ -40,6 +44,7 @@ class ServiceStatus:
 def service_status(*, check_files: bool = False) -> ServiceStatus:
     """check_files also stats every stored file (slow on big galleries: on request only)."""
     active = active_models()
+    serving = serving_models(active=active)
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         row = cursor.fetchone()
@@ -49,10 +54,13 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
     return ServiceStatus(
         profile=active.profile,
         models={"semantic": active.semantic, "content": active.content, "segmenter": active.segmenter},
+        serving={"semantic": serving.semantic, "content": serving.content},
         database="embedded" if settings.DATABASES["default"]["ENGINE"].endswith("db_embedded") else "external",
         pgvector_version=row[0] if row else None,
         images=counts,
         masks_pending=Image.objects.filter(masks_status=ProcessingStatus.PENDING).count(),
+        region_vectors={space: RegionEmbedding.objects.filter(space=space, model_key=key).count()
+                        for space, key in (("semantic", active.semantic), ("content", active.content))},
         queued_tasks=OrmQ.objects.count(),
         integrity=integrity_check(check_files=check_files).as_dict(),
     )

@@ -92,3 +92,13 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(autouse=True)
+def _serving_models_decided_per_test():
+    """Which model answers queries is cached per process for a few seconds: each test decides afresh."""
+    from retrieval import serving
+
+    serving.forget()
+    yield
+    serving.forget()

@@ -1,0 +1,68 @@
+"""Which models answer queries while a model change is re-embedding the gallery.
+
+The active models (the profile's) embed every new image. After a model change (a new content
+autoencoder, a new offline semantic vector, a switch of profile) the gallery's vectors are still the
+old model's until `reembed` has run through it: until then the old model keeps answering, so search
+never loses the images not yet re-embedded. Per role, the serving model is the active one unless
+another registered model of that role has vectors for more images.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+from django.conf import settings
+from django.db.models import Count
+
+from retrieval.encoders.registry import MODELS, ActiveModels, active_models
+from retrieval.models import Embedding
+from retrieval.spaces import Space
+
+_cache: dict[ActiveModels, tuple[float, ActiveModels]] = {}
+_lock = threading.Lock()
+
+
+def serving_models(*, active: ActiveModels | None = None) -> ActiveModels:
+    """The models whose vectors answer queries now (checked at most every
+    IMAGINAITION_SERVING_CHECK_SECONDS per process: it counts vectors per model)."""
+    active = active or active_models()
+    now = time.monotonic()
+    with _lock:
+        cached = _cache.get(active)
+    if cached is not None and now - cached[0] < settings.IMAGINAITION_SERVING_CHECK_SECONDS:
+        return cached[1]
+    serving = _decide(active)
+    with _lock:
+        _cache[active] = (now, serving)
+    return serving
+
+
+def forget() -> None:
+    """Decide afresh on the next query (tests; after a reembed finishes in this process)."""
+    with _lock:
+        _cache.clear()
+
+
+def keys_in_use(*, active: ActiveModels | None = None) -> list[tuple[Space, str]]:
+    """(space, model key) of every model whose index must be kept: the active ones, and the serving
+    ones while they differ."""
+    active = active or active_models()
+    serving = serving_models(active=active)
+    keys = [(Space.SEMANTIC, active.semantic), (Space.CONTENT, active.content)]
+    for pair in ((Space.SEMANTIC, serving.semantic), (Space.CONTENT, serving.content)):
+        if pair not in keys:
+            keys.append(pair)
+    return keys
+
+
+def _decide(active: ActiveModels) -> ActiveModels:
+    chosen: dict[str, str] = {}
+    for space, key in ((Space.SEMANTIC, active.semantic), (Space.CONTENT, active.content)):
+        same_role = [spec.key for spec in MODELS.values() if spec.role == space.value]
+        counts = dict(Embedding.objects.filter(space=space, model_key__in=same_role)
+                      .values_list("model_key").annotate(n=Count("id")).order_by())
+        best = max(counts, key=lambda k: counts[k], default=key)
+        chosen[space.value] = key if counts.get(key, 0) >= counts.get(best, 0) else best
+    return replace(active, semantic=chosen["semantic"], content=chosen["content"])

@@ -1,0 +1,106 @@
+"""Search by region, its data: how a mask becomes a picture, and the region vectors the pipeline stores."""
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from gallery.models import Image, Mask
+from retrieval.models import RegionEmbedding
+from retrieval.pipeline import images_reembed_for_active_models, segment_batch
+from retrieval.regions import NEUTRAL_FILL, region_picture
+from tests.gallery.factories import add_mask, make_image
+from tests.retrieval.test_pipeline import offline, upload  # noqa: F401 - fixture
+
+
+def picture_and_square_mask(size=(100, 80), box=(20, 10, 60, 50)):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    probability = np.zeros((size[1], size[0]), dtype=np.float32)
+    left, top, right, bottom = box
+    probability[top:bottom, left:right] = 1.0
+    return PILImage.fromarray(pixels, "RGB"), probability, pixels
+
+
+def test_a_box_region_is_the_masks_bounding_box(settings):
+    picture, probability, pixels = picture_and_square_mask()
+    probability[30, 40] = 0.0  # a hole inside the box stays in a plain box crop
+    region = region_picture(picture, probability, style="box")
+    assert region.size == (40, 40)
+    assert np.array_equal(np.asarray(region), pixels[10:50, 20:60])
+
+
+def test_a_masked_region_blends_what_is_outside_the_soft_mask_toward_neutral_grey():
+    picture, probability, pixels = picture_and_square_mask()
+    probability[10:50, 20:40] = 0.5  # left half: half-way; right half: fully inside
+    probability[30, 59] = 0.0  # a hole: all grey
+    region = np.asarray(region_picture(picture, probability, style="masked"), dtype=np.float32)
+    assert region.shape == (40, 40, 3)
+    assert np.abs(region[0, 30] - pixels[10, 50]).max() <= 1  # inside: the pixel itself
+    assert np.abs(region[20, 39] - NEUTRAL_FILL).max() <= 1  # the hole: neutral grey
+    expected_half = 0.5 * pixels[10, 20].astype(np.float32) + 0.5 * NEUTRAL_FILL
+    assert np.abs(region[0, 0] - expected_half).max() <= 1
+
+
+def test_regions_below_the_minimum_area_get_nothing(settings):
+    settings.IMAGINAITION_REGION_MIN_AREA = 0.01
+    picture, probability, _ = picture_and_square_mask(size=(100, 100), box=(0, 0, 9, 9))  # 0.81 %
+    assert region_picture(picture, probability) is None
+    picture, probability, _ = picture_and_square_mask(size=(100, 100), box=(0, 0, 11, 10))  # 1.1 %
+    assert region_picture(picture, probability) is not None
+
+
+def test_a_soft_mask_at_model_resolution_is_resized_to_the_picture():
+    picture, probability, pixels = picture_and_square_mask(size=(100, 80), box=(20, 10, 60, 50))
+    small = probability[::2, ::2]  # (40, 50): half resolution
+    region = region_picture(picture, small, style="box")
+    assert abs(region.size[0] - 40) <= 2 and abs(region.size[1] - 40) <= 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pipeline_stores_region_vectors_for_a_real_photo_once(client, user, media_root, offline):  # noqa: F811
+    client.force_login(user)
+    image_id = upload(client, "chelsea")
+    segment_batch(batch_size=4)
+
+    image = Image.objects.get(pk=image_id)
+    assert image.masks_status == "ready"
+    rows = RegionEmbedding.objects.filter(image=image)
+    per_mask = {}
+    for row in rows:
+        per_mask.setdefault(row.mask_id, set()).add((row.space, row.model_key, len(row.vector)))
+    assert per_mask, "a cat photo has at least one region large enough"
+    expected = {("semantic", offline.semantic, len(rows.filter(space="semantic").first().vector)),
+                ("content", offline.content, 1024)}
+    assert all(keys == expected for keys in per_mask.values())
+    cat = image.masks.get(label="cat")
+    assert cat.pk in per_mask
+    content = np.asarray(rows.get(mask=cat, space="content").vector)
+    assert abs(np.abs(content).sum() - 1) < 1e-3  # L1-normalized, like whole-image content vectors
+
+    status = client.get("/api/status/").json()
+    assert status["region_vectors"] == {"semantic": len(per_mask), "content": len(per_mask)}
+
+    # A retried segmentation task replaces the masks and their regions: one set, no orphans.
+    count = rows.count()
+    Image.objects.filter(pk=image_id).update(masks_status="pending")
+    segment_batch(batch_size=4)
+    assert RegionEmbedding.objects.filter(image_id=image_id).count() == count
+    assert not RegionEmbedding.objects.exclude(mask__in=Mask.objects.all()).exists()
+
+
+@pytest.mark.django_db
+def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_vectors(media_root, offline):  # noqa: F811
+    image = make_image(status="ready")
+    Image.objects.filter(pk=image.pk).update(masks_status="ready")
+    add_mask(image)  # 40 % of the picture, no region vectors yet (stored before search by region existed)
+    tiny = make_image(status="ready")
+    Image.objects.filter(pk=tiny.pk).update(masks_status="ready")
+    small = add_mask(tiny)
+    Mask.objects.filter(pk=small.pk).update(area_fraction=0.001)  # too small to be a region
+
+    ids = images_reembed_for_active_models(enqueue=False)
+
+    assert image.pk in ids  # (both are also re-embedded whole: they have no image vectors either)
+    image.refresh_from_db()
+    tiny.refresh_from_db()
+    assert image.masks_status == "pending" and tiny.masks_status == "ready"
