@@ -87,6 +87,7 @@ class ApiRootApi(APIView):
 class IndexHealthSerializer(serializers.Serializer):
     """One FAISS index against the vectors PostgreSQL holds for its model."""
 
+    owner = serializers.CharField(help_text="image or region vectors")
     space = serializers.CharField()
     model_key = serializers.CharField()
     state = serializers.CharField(help_text="ok, index missing or count mismatch")

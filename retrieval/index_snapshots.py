@@ -1,6 +1,9 @@
 """The indexes of one process: loaded lazily from their files, caught up with Postgres on use
 (new embeddings added, tombstoned images dropped, at most every IMAGINAITION_INDEX_SYNC_SECONDS),
-and swapped atomically when a newer version is published (by this process or another)."""
+and swapped atomically when a newer version is published (by this process or another).
+
+Image indexes are labelled by image id; region indexes by mask id, with each mask's image kept
+beside it (a deleted image drops its regions; a search can leave out the query image's regions)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from django.conf import settings
 from django.db import connection
 
 from retrieval.metrics import normalize, similarity_from_distance
-from retrieval.models import DeletedImage, Embedding, IndexState
+from retrieval.models import DeletedImage, Embedding, IndexState, RegionEmbedding
+from retrieval.spaces import VectorOwner
 from retrieval.vector_io import stream_vectors
 
 logger = logging.getLogger(__name__)
@@ -31,6 +35,13 @@ logger = logging.getLogger(__name__)
 # bulk load on each catch-up.
 SYNC_SLACK = timedelta(seconds=10)
 
+
+def region_owners(*, model_key: str, space: str, mask_ids: list[int] | None = None) -> dict[int, int]:
+    """mask id -> image id of the region vectors of one model and space (or of these masks)."""
+    rows = RegionEmbedding.objects.filter(model_key=model_key, space=space)
+    if mask_ids is not None:
+        rows = rows.filter(mask_id__in=mask_ids)
+    return dict(rows.values_list("mask_id", "image_id"))
 
 
 def index_dir() -> Path:
@@ -65,7 +76,7 @@ class IndexSnapshot:
     space: str
     model_key: str
     dim: int
-    index: faiss.IndexIDMap2  # FAISS labels are image ids
+    index: faiss.IndexIDMap2  # FAISS labels are image ids (mask ids for region vectors)
     kind: str
     version: int
     synced_at: datetime  # database time up to which embeddings and tombstones are applied
@@ -73,27 +84,41 @@ class IndexSnapshot:
     deleted: set[int] = field(default_factory=set)  # approximate kinds: removed ids are filtered at query time
     checked_at: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock)
+    owner: VectorOwner = "image"
+    image_of: dict[int, int] = field(default_factory=dict)  # regions: mask id -> image id
+    regions_of: dict[int, set[int]] = field(default_factory=dict)  # regions: image id -> mask ids
+
+    def set_owners(self, image_of: dict[int, int]) -> None:
+        with self.lock:
+            for mask_id, image_id in image_of.items():
+                self.image_of[mask_id] = image_id
+                self.regions_of.setdefault(image_id, set()).add(mask_id)
+
+    def _image(self, label: int) -> int:
+        return label if self.owner == "image" else self.image_of.get(label, -1)
 
     @property
     def count(self) -> int:
         return len(self.ids) - len(self.deleted)
 
     def search(self, query: np.ndarray, k: int, *, exclude_image_id: int | None = None) -> list[tuple[int, float]]:
-        """[(image_id, similarity)] nearest first."""
+        """[(label, similarity)] nearest first: image ids, or mask ids for region vectors."""
         with self.lock:
             if self.count == 0 or k <= 0:
                 return []
-            wanted = min(len(self.ids), k + len(self.deleted) + (1 if exclude_image_id is not None else 0))
+            excluded = 0 if exclude_image_id is None else len(self.regions_of.get(exclude_image_id, ())) or 1
+            wanted = min(len(self.ids), k + len(self.deleted) + excluded)
             if self.kind == "hnsw":
                 hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
                 hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
             with _single_threaded():
                 distances, labels = self.index.search(normalize(self.space, query.reshape(1, -1)), wanted)
         found = []
-        for image_id, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
-            if image_id < 0 or image_id in self.deleted or image_id == exclude_image_id:
+        for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
+            if label < 0 or label in self.deleted or (exclude_image_id is not None
+                                                      and self._image(label) == exclude_image_id):
                 continue
-            found.append((image_id, float(similarity_from_distance(self.space, distance))))
+            found.append((label, float(similarity_from_distance(self.space, distance))))
             if len(found) == k:
                 break
         return found
@@ -116,9 +141,19 @@ class IndexSnapshot:
             self.ids.update(ids[fresh].tolist())
             return len(fresh)
 
-    def remove(self, image_ids: set[int]) -> int:
+    def remove_images(self, image_ids: set[int]) -> int:
+        """Drop deleted images (their regions, in a region index)."""
+        if self.owner == "image":
+            return self.remove(image_ids)
         with self.lock:
-            present = (image_ids & self.ids) - self.deleted
+            labels = set().union(*(self.regions_of.pop(image_id, set()) for image_id in image_ids))
+            for label in labels:
+                self.image_of.pop(label, None)
+            return self.remove(labels)
+
+    def remove(self, labels: set[int]) -> int:
+        with self.lock:
+            present = (labels & self.ids) - self.deleted
             if not present:
                 return 0
             if self.kind == "flat":
@@ -134,23 +169,23 @@ class IndexManager:
     """The indexes of this process: loaded lazily, caught up on use, swapped atomically."""
 
     def __init__(self) -> None:
-        self._snapshots: dict[tuple[str, str], IndexSnapshot] = {}
+        self._snapshots: dict[tuple[str, str, str], IndexSnapshot] = {}
         self._lock = threading.Lock()
 
     def clear(self) -> None:
         with self._lock:
             self._snapshots.clear()
 
-    def loaded(self, *, space: str, model_key: str) -> IndexSnapshot | None:
-        return self._snapshots.get((space, model_key))
+    def loaded(self, *, space: str, model_key: str, owner: VectorOwner = "image") -> IndexSnapshot | None:
+        return self._snapshots.get((owner, space, model_key))
 
     def forget_images(self, image_ids: set[int]) -> None:
         for snapshot in list(self._snapshots.values()):
-            snapshot.remove(image_ids)
+            snapshot.remove_images(image_ids)
 
-    def get(self, *, space: str, model_key: str, dim: int) -> IndexSnapshot | None:
+    def get(self, *, space: str, model_key: str, dim: int, owner: VectorOwner = "image") -> IndexSnapshot | None:
         """The current index, or None when there is none yet (callers fall back to pgvector)."""
-        key = (space, model_key)
+        key = (owner, space, model_key)
         snapshot = self._snapshots.get(key)
         interval = settings.IMAGINAITION_INDEX_SYNC_SECONDS
         if snapshot is not None and time.monotonic() - snapshot.checked_at < interval:
@@ -159,7 +194,7 @@ class IndexManager:
             snapshot = self._snapshots.get(key)
             if snapshot is not None and time.monotonic() - snapshot.checked_at < interval:
                 return snapshot
-            state = IndexState.objects.filter(space=space, model_key=model_key).first()
+            state = IndexState.objects.filter(owner=owner, space=space, model_key=model_key).first()
             if state is None or not state.file_name:
                 return None
             if snapshot is None or snapshot.version != state.version:
@@ -186,31 +221,44 @@ class IndexManager:
         if meta["kind"] == "ivf":
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
         ids = set(faiss.vector_to_array(index.id_map).tolist())
-        return IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
-                             kind=meta["kind"], version=state.version,
-                             synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids)
+        owner = cast(VectorOwner, state.owner)
+        snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
+                                 kind=meta["kind"], version=state.version,
+                                 synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner)
+        if owner == "region":
+            owners = region_owners(model_key=state.model_key, space=state.space)
+            snapshot.set_owners(owners)
+            # Regions gone since the build (their image deleted, or re-segmented) have no row left to
+            # say whose they were, so no tombstone can reach them: drop them now.
+            snapshot.remove(ids - owners.keys())
+        return snapshot
 
     def _catch_up(self, snapshot: IndexSnapshot) -> None:
         now = db_now()
         since = snapshot.synced_at - SYNC_SLACK
         # Ids first: the slack window is re-read every second, and right after a bulk load it holds
         # thousands of rows the index already has; only the vectors it lacks are read.
-        recent = Embedding.objects.filter(model_key=snapshot.model_key, space=snapshot.space, created_at__gte=since)
-        lacking = [image_id for image_id in recent.values_list("image_id", flat=True) if image_id not in snapshot.ids]
+        rows = Embedding if snapshot.owner == "image" else RegionEmbedding
+        recent = rows.objects.filter(model_key=snapshot.model_key, space=snapshot.space, created_at__gte=since)
+        label = "image_id" if snapshot.owner == "image" else "mask_id"
+        lacking = [owner_id for owner_id in recent.values_list(label, flat=True) if owner_id not in snapshot.ids]
         if lacking:
+            if snapshot.owner == "region":
+                snapshot.set_owners(region_owners(model_key=snapshot.model_key, space=snapshot.space, mask_ids=lacking))
             for ids, vectors in stream_vectors(model_key=snapshot.model_key, space=snapshot.space, dim=snapshot.dim,
-                                               where_sql="AND image_id = ANY(%s)", where_params=(lacking,)):
+                                               where_sql="AND owner_id = ANY(%s)", where_params=(lacking,),
+                                               owner=snapshot.owner):
                 added = snapshot.add(ids, vectors)
                 if added:
                     logger.info("index %s/%s: added %d new vectors", snapshot.space, snapshot.model_key, added)
         gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
-        snapshot.remove(gone)
+        snapshot.remove_images(gone)
         snapshot.synced_at = now
 
     def install(self, snapshot: IndexSnapshot) -> None:
         with self._lock:
             snapshot.checked_at = time.monotonic()
-            self._snapshots[(snapshot.space, snapshot.model_key)] = snapshot
+            self._snapshots[(snapshot.owner, snapshot.space, snapshot.model_key)] = snapshot
 
 
 manager = IndexManager()

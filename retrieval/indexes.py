@@ -33,8 +33,9 @@ from retrieval.index_build import (
     index_kind,
     ivf_lists,
 )
-from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager
+from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager, region_owners
 from retrieval.models import IndexState
+from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
 
 REBUILD_CHUNK_ROWS = 20_000
@@ -67,22 +68,24 @@ class RebuildReport:
     stages: dict[str, float]
 
 
-def index_rebuild(*, space: str, model_key: str, dim: int,
-                  progress: Progress | None = None) -> RebuildReport:
-    """Build the index of one (space, model) from Postgres aside, persist it, publish, swap in."""
+def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | None = None,
+                  owner: VectorOwner = "image") -> RebuildReport:
+    """Build the index of one (space, model) of image or region vectors from Postgres aside,
+    persist it, publish, swap in."""
     started = time.perf_counter()
     synced_at = db_now()  # anything embedded during the build is picked up by the next catch-up
-    expected = count_vectors(model_key=model_key, space=space)
+    expected = count_vectors(model_key=model_key, space=space, owner=owner)
     sample = None
     clock = time.perf_counter()
     if index_kind(expected) != "flat":
         wanted = ivf_lists(expected) * TRAINING_ROWS_PER_LIST
         percent = min(100.0, 100.0 * 1.1 * wanted / max(expected, 1))
-        parts = list(stream_vectors(model_key=model_key, space=space, dim=dim, sample_percent=percent))
+        parts = list(stream_vectors(model_key=model_key, space=space, dim=dim, sample_percent=percent, owner=owner))
         sample = np.concatenate([vectors for _, vectors in parts]) if parts else np.zeros((0, dim), np.float32)
 
     def chunks() -> Iterator[ChunkSource]:
-        for raw in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=REBUILD_CHUNK_ROWS):
+        for raw in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=REBUILD_CHUNK_ROWS,
+                                     owner=owner):
             if progress is not None:
                 progress(len(raw.data) // raw.dtype.itemsize)
             yield raw.parse  # parsed and normalized on the builder thread
@@ -92,12 +95,12 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     index, kind, ids = built.index, built.kind, built.ids
     clock = time.perf_counter()
     with transaction.atomic():
-        state, _ = IndexState.objects.select_for_update().get_or_create(space=space, model_key=model_key)
+        state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space, model_key=model_key)
         version = state.version + 1
-        file_name = f"{space}-{_slug(model_key)}-v{version}.faiss"
+        file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
         path = index_dir() / file_name
         _write_atomically(path, lambda tmp: faiss.write_index(index, tmp))
-        meta = {"space": space, "model_key": model_key, "version": version, "count": int(len(ids)),
+        meta = {"owner": owner, "space": space, "model_key": model_key, "version": version, "count": int(len(ids)),
                 "kind": kind, "params": built.params, "dim": dim, "synced_at": synced_at.isoformat()}
         _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         old_file = state.file_name
@@ -107,8 +110,11 @@ def index_rebuild(*, space: str, model_key: str, dim: int,
     if old_file and old_file != file_name:
         for stale in (index_dir() / old_file, (index_dir() / old_file).with_suffix(".json")):
             stale.unlink(missing_ok=True)
-    manager.install(IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind,
-                                  version=version, synced_at=synced_at, ids=set(ids.tolist())))
+    snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind, version=version,
+                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner)
+    if owner == "region":
+        snapshot.set_owners(region_owners(model_key=model_key, space=space))
+    manager.install(snapshot)
     return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
                          params=built.params, seconds=time.perf_counter() - started,
                          stages={"sample": sample_s, **built.stages, "write and publish": time.perf_counter() - clock})

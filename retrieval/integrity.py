@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.core.files.storage import default_storage
 
@@ -13,6 +14,7 @@ from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.serving import keys_in_use
+from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
 
 
@@ -24,6 +26,7 @@ class IndexHealth:
     database_count: int
     index_count: int | None
     version: int | None
+    owner: str = "image"  # image or region vectors
 
 
 @dataclass(frozen=True)
@@ -39,20 +42,22 @@ class IntegrityReport:
 
 def integrity_check(*, check_files: bool = True) -> IntegrityReport:
     healths: list[IndexHealth] = []
-    for space, key in keys_in_use():
-        in_db = count_vectors(model_key=key, space=space)
+    for owner, (space, key) in itertools.product(("image", "region"), keys_in_use()):
+        owner = cast(VectorOwner, owner)
+        in_db = count_vectors(model_key=key, space=space, owner=owner)
         dim = MODELS[key].dim
         assert dim is not None  # an embedding model (only segmenters have none)
-        snapshot = manager.get(space=space, model_key=key, dim=dim)
-        state = IndexState.objects.filter(space=space, model_key=key).first()
+        snapshot = manager.get(space=space, model_key=key, dim=dim, owner=owner)
+        state = IndexState.objects.filter(owner=owner, space=space, model_key=key).first()
         if snapshot is None and in_db == 0:
-            healths.append(IndexHealth(space, key, "ok", 0, 0, None))  # nothing to index yet
+            healths.append(IndexHealth(space, key, "ok", 0, 0, None, owner))  # nothing to index yet
         elif snapshot is None:
-            healths.append(IndexHealth(space, key, "index missing", in_db, None, state.version if state else None))
+            healths.append(IndexHealth(space, key, "index missing", in_db, None, state.version if state else None,
+                                       owner))
         else:
             ok = snapshot.count == in_db
             healths.append(IndexHealth(space, key, "ok" if ok else "count mismatch", in_db, snapshot.count,
-                                       snapshot.version))
+                                       snapshot.version, owner))
     missing: list[int] = []
     if check_files:
         missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
@@ -68,6 +73,7 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
         if health.state != "ok":
             dim = MODELS[health.model_key].dim
             assert dim is not None  # an embedding model (only segmenters have none)
-            index_rebuild(space=health.space, model_key=health.model_key, dim=dim)
-            healed.append(f"{health.space}/{health.model_key}")
+            index_rebuild(space=health.space, model_key=health.model_key, dim=dim,
+                          owner=cast(VectorOwner, health.owner))
+            healed.append(f"{'region ' if health.owner == 'region' else ''}{health.space}/{health.model_key}")
     return healed

@@ -90,6 +90,7 @@ class IndexState(models.Model):
     """The version stamp of the FAISS index of one (space, model): every web process compares its
     loaded version with this row and reloads the file when a newer one was built elsewhere."""
 
+    owner = models.CharField(max_length=8, default="image", help_text="image or region vectors")
     space = models.CharField(max_length=16)
     model_key = models.CharField(max_length=100)
     version = models.PositiveIntegerField(default=0)
@@ -99,7 +100,7 @@ class IndexState(models.Model):
     built_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["space", "model_key"], name="index_state_unique")]
+        constraints = [models.UniqueConstraint(fields=["owner", "space", "model_key"], name="index_state_unique_per_owner")]
 
     def __str__(self) -> str:
         return f"{self.space} index of {self.model_key} v{self.version}"

@@ -18,6 +18,8 @@ import numpy as np
 from django.db import connection, transaction
 from pgvector import Vector
 
+from retrieval.spaces import VECTOR_TABLES, VectorOwner
+
 if TYPE_CHECKING:
     from retrieval.encoders.specs import ModelSpec
 
@@ -31,24 +33,23 @@ class Neighbour:
 
 
 # Image vectors and region vectors: the same columns, each table with its own HNSW indexes.
-TABLES = {"image": "gallery_embedding", "region": "retrieval_regionembedding"}
 INDEX_PREFIX = {"image": "embedding_hnsw", "region": "region_hnsw"}
 
 
-def _index_name(model_key: str, space: str, kind: str = "image") -> str:
+def _index_name(model_key: str, space: str, owner: VectorOwner = "image") -> str:
     digest = hashlib.sha1(f"{model_key}|{space}".encode()).hexdigest()[:10]
-    return f"{INDEX_PREFIX[kind]}_{space}_{digest}"
+    return f"{INDEX_PREFIX[owner]}_{space}_{digest}"
 
 
-def hnsw_index_ensure(*, model_key: str, space: str, dim: int, kind: str = "image") -> str:
+def hnsw_index_ensure(*, model_key: str, space: str, dim: int, owner: VectorOwner = "image") -> str:
     """Create (if missing) the HNSW index serving kNN for one model and space (of image or region
     vectors); return its name."""
     _, opclass = OPERATORS[space]
-    name = _index_name(model_key, space, kind)
+    name = _index_name(model_key, space, owner)
     # DDL takes no bind parameters; keys come from our registry but are quoted properly anyway.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON {TABLES[kind]} "
+            f"CREATE INDEX IF NOT EXISTS {name} ON {VECTOR_TABLES[owner][0]} "
             f"USING hnsw ((vector::vector({int(dim)})) {opclass}) "
             f"WHERE model_key = {_literal(model_key)} AND space = {_literal(space)}"
         )
@@ -62,8 +63,8 @@ def _literal(value: str) -> str:
 def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
     """Ensure HNSW indexes (image and region vectors) for every registered embedding model (run
     after migrations)."""
-    return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim, kind=kind)
-            for spec in model_specs if spec.role in OPERATORS and spec.dim for kind in TABLES]
+    return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim, owner=owner)
+            for spec in model_specs if spec.role in OPERATORS and spec.dim for owner in ("image", "region")]
 
 
 def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,

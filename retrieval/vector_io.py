@@ -15,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from gallery.services import Progress
+from retrieval.spaces import VECTOR_TABLES, VectorOwner
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 _HEADER_SIZE = len(_HEADER) + 8  # signature, flags (int32), header extension length (int32)
@@ -22,20 +23,23 @@ _HEADER_SIZE = len(_HEADER) + 8  # signature, flags (int32), header extension le
 
 def _row_dtype(dim: int) -> np.dtype:
     return np.dtype([
-        ("nfields", ">i2"), ("id_len", ">i4"), ("image_id", ">i8"),
+        ("nfields", ">i2"), ("id_len", ">i4"), ("owner_id", ">i8"),
         ("vec_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vector", ">f4", (dim,)),
     ])
 
 
 def stream_vectors(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
                    where_sql: str = "", where_params: tuple[object, ...] = (),
-                   sample_percent: float | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (image_ids int64, vectors float32 (n, dim)) chunks for one model and space.
+                   sample_percent: float | None = None,
+                   owner: VectorOwner = "image") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (owner ids int64, vectors float32 (n, dim)) chunks for one model and space: image ids
+    of image vectors, mask ids of region vectors. `where_sql` may name the owner column as `owner_id`.
 
     sample_percent: a repeatable random sample of about that share of the rows (TABLESAMPLE
     BERNOULLI: every row is considered, only the chosen ones are read out)."""
     for chunk in stream_raw_chunks(model_key=model_key, space=space, dim=dim, chunk_rows=chunk_rows,
-                                   where_sql=where_sql, where_params=where_params, sample_percent=sample_percent):
+                                   where_sql=where_sql, where_params=where_params, sample_percent=sample_percent,
+                                   owner=owner):
         yield chunk.parse()
 
 
@@ -53,12 +57,14 @@ class RawChunk:
 
 def stream_raw_chunks(*, model_key: str, space: str, dim: int, chunk_rows: int = 20_000,
                       where_sql: str = "", where_params: tuple[object, ...] = (),
-                      sample_percent: float | None = None) -> Iterator[RawChunk]:
+                      sample_percent: float | None = None, owner: VectorOwner = "image") -> Iterator[RawChunk]:
     dtype = _row_dtype(dim)
+    table, id_column = VECTOR_TABLES[owner]
     sample_sql = "TABLESAMPLE BERNOULLI (%s) REPEATABLE (0)" if sample_percent is not None else ""
     sample_params = (float(sample_percent),) if sample_percent is not None else ()
-    query = (f"COPY (SELECT image_id, vector::vector({int(dim)}) FROM gallery_embedding {sample_sql} "
-             f"WHERE model_key = %s AND space = %s {where_sql} ORDER BY image_id) TO STDOUT (FORMAT BINARY)")
+    query = (f"COPY (SELECT owner_id, vector FROM (SELECT {id_column} AS owner_id, vector::vector({int(dim)}) "
+             f"FROM {table} {sample_sql} WHERE model_key = %s AND space = %s) AS rows WHERE true {where_sql} "
+             "ORDER BY owner_id) TO STDOUT (FORMAT BINARY)")
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
         with cursor.copy(query, (*sample_params, model_key, space, *where_params)) as copy:
@@ -99,20 +105,20 @@ def _parse(data: bytearray | memoryview, dtype: np.dtype) -> tuple[np.ndarray, n
     rows = np.frombuffer(data, dtype=dtype)
     if len(rows) and ((rows["nfields"] != 2) | (rows["dim"] != dtype["vector"].shape[0])).any():
         raise ValueError("malformed COPY row (or a vector of another dimension)")
-    return rows["image_id"].astype(np.int64), rows["vector"].astype(np.float32)
+    return rows["owner_id"].astype(np.int64), rows["vector"].astype(np.float32)
 
 
-def count_vectors(*, model_key: str, space: str) -> int:
+def count_vectors(*, model_key: str, space: str, owner: VectorOwner = "image") -> int:
+    table, _ = VECTOR_TABLES[owner]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM gallery_embedding WHERE model_key = %s AND space = %s",
-                       [model_key, space])
+        cursor.execute(f"SELECT count(*) FROM {table} WHERE model_key = %s AND space = %s", [model_key, space])
         return int(cursor.fetchone()[0])
 
 
-def load_all(*, model_key: str, space: str, dim: int,
-             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_all(*, model_key: str, space: str, dim: int, progress: Progress | None = None,
+             owner: VectorOwner = "image") -> tuple[np.ndarray, np.ndarray]:
     ids, vectors = [], []
-    for chunk_ids, chunk_vectors in stream_vectors(model_key=model_key, space=space, dim=dim):
+    for chunk_ids, chunk_vectors in stream_vectors(model_key=model_key, space=space, dim=dim, owner=owner):
         ids.append(chunk_ids)
         vectors.append(chunk_vectors)
         if progress is not None:

@@ -104,3 +104,54 @@ def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_ve
     image.refresh_from_db()
     tiny.refresh_from_db()
     assert image.masks_status == "pending" and tiny.masks_status == "ready"
+
+
+@pytest.mark.django_db
+def test_region_indexes_are_built_from_postgres_caught_up_and_drop_deleted_images(settings, tmp_path, media_root):
+    from gallery import services
+    from retrieval.index_snapshots import manager
+    from retrieval.indexes import index_rebuild
+
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    settings.IMAGINAITION_INDEX_SYNC_SECONDS = 0
+    manager.clear()
+    key, dim = "autoencoder/v1", 1024
+    rng = np.random.default_rng(0)
+
+    def add_region(image, label, class_index):
+        mask = add_mask(image, label=label, class_index=class_index)
+        vector = np.abs(rng.normal(size=dim)).astype(np.float32)
+        RegionEmbedding.objects.create(mask=mask, image=image, space="content", model_key=key,
+                                       vector=vector / vector.sum())
+        return mask, vector / vector.sum()
+
+    images = [make_image(name=f"{i}.png", color=(i, i, i)) for i in range(3)]
+    regions = [add_region(image, label, n) for image in images for n, label in ((8, "cat"), (12, "dog"))]
+
+    report = index_rebuild(space="content", model_key=key, dim=dim, owner="region")
+    assert report.count == 6
+    snapshot = manager.get(space="content", model_key=key, dim=dim, owner="region")
+    query = regions[2][1]  # image 1's cat
+    found = snapshot.search(query, 3)
+    assert found[0][0] == regions[2][0].pk and found[0][1] == pytest.approx(1.0, abs=1e-5)
+    # A search by a stored image leaves out all of that image's regions.
+    assert not {label for label, _ in snapshot.search(query, 6, exclude_image_id=images[1].pk)} & \
+        {regions[2][0].pk, regions[3][0].pk}
+
+    late = make_image(name="late.png", color=(9, 9, 9))
+    late_mask, late_vector = add_region(late, "cat", 8)
+    snapshot = manager.get(space="content", model_key=key, dim=dim, owner="region")
+    assert snapshot.search(late_vector, 1)[0][0] == late_mask.pk  # caught up, no rebuild
+
+    deleted = images[1].pk
+    services.image_delete(image=images[1])
+    snapshot = manager.get(space="content", model_key=key, dim=dim, owner="region")
+    labels = {label for label, _ in snapshot.search(query, 10)}
+    assert labels == {r[0].pk for r in regions if r[0].image_id != deleted} | {late_mask.pk}
+    manager.clear()  # another process: loads the persisted file and the regions' images
+    reloaded = manager.get(space="content", model_key=key, dim=dim, owner="region")
+    assert reloaded.version == report.version and reloaded.count == 5  # 6 built + 1 caught up − 2 deleted
+    assert reloaded.image_of[late_mask.pk] == late.pk
+    assert reloaded.search(query, 10, exclude_image_id=late.pk)[-1][0] != late_mask.pk
+    # The image index of the same model is a different index.
+    assert manager.get(space="content", model_key=key, dim=dim) is None

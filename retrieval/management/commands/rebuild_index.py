@@ -1,33 +1,40 @@
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
-from retrieval.encoders.registry import MODELS, active_models
+from retrieval.encoders.registry import MODELS
 from retrieval.indexes import index_rebuild
+from retrieval.serving import keys_in_use
+from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
 
 
 class Command(BaseCommand):
-    help = "Rebuild the FAISS indexes of the active models from the vectors stored in PostgreSQL."
+    help = ("Rebuild the FAISS indexes (image and region vectors) of the models in use from the vectors "
+            "stored in PostgreSQL.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--all-models", action="store_true",
                             help="also rebuild indexes of registered models that are not active")
 
     def handle(self, *args: Any, all_models: bool, **options: Any) -> None:
-        active = active_models()
-        targets = [("semantic", active.semantic), ("content", active.content)]
+        targets: list[tuple[str, str]] = [(str(space), key) for space, key in keys_in_use()]
         if all_models:
             targets = [(spec.role, spec.key) for spec in MODELS.values() if spec.role in ("semantic", "content")]
-        for space, key in targets:
-            total = count_vectors(model_key=key, space=space)
+        for owner, (space, key) in itertools.product(("image", "region"), targets):
+            owner = cast(VectorOwner, owner)
+            total = count_vectors(model_key=key, space=space, owner=owner)
+            if owner == "region" and not total:
+                continue  # no region vectors by this model: nothing to build
             dim = MODELS[key].dim
             assert dim is not None  # an embedding model (only segmenters have none)
-            with tqdm(total=total, desc=f"{space} {key}", unit="vec", disable=None) as bar:
-                report = index_rebuild(space=space, model_key=key, dim=dim, progress=bar.update)
+            label = f"{'region ' if owner == 'region' else ''}{space} {key}"
+            with tqdm(total=total, desc=label, unit="vec", disable=None) as bar:
+                report = index_rebuild(space=space, model_key=key, dim=dim, progress=bar.update, owner=owner)
             chosen = "".join(f", {name} {value}" for name, value in report.params.items())
-            self.stdout.write(f"{space} {key}: {report.count} vectors, {report.kind}{chosen}, "
+            self.stdout.write(f"{label}: {report.count} vectors, {report.kind}{chosen}, "
                               f"version {report.version}, {report.seconds:.2f} s")
