@@ -97,7 +97,8 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     from retrieval.indexes import index_rebuild
     from retrieval.pgvector_store import hnsw_indexes_for_registry
     from retrieval.policy import Preferences
-    from retrieval.search import QueryVectors, nearest, rank, search
+    from retrieval.neighbours import nearest
+    from retrieval.search import QueryVectors, rank, search
 
     models = active_models()
     keys = {"semantic": models.semantic, "content": models.content}

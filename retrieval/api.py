@@ -177,7 +177,12 @@ class SearchQuerySerializer(serializers.Serializer):
     policy and split override the caller's preferences for this query."""
 
     image_id = serializers.IntegerField(required=False, help_text="a stored image that has its vectors")
+    mask_id = serializers.IntegerField(required=False, help_text="a stored mask: search with its region")
     text = TextField(required=False, allow_blank=True, max_length=500)
+    label = TextField(required=False, max_length=64,  # type: ignore[assignment]  # a field named label
+                      help_text="with image: search with the upload's region of this label")
+    labels = TextField(required=False, allow_blank=True, max_length=1000,
+                       help_text="comma-separated labels: keep only images with a mask of one of them")
     k = _preference_field("k")
     intersection = serializers.BooleanField(required=False, help_text="images found by both indexes first")
     policy = SpaceField(required=False, help_text="the preferred index")
@@ -186,9 +191,9 @@ class SearchQuerySerializer(serializers.Serializer):
                                             help_text="a stored image may find itself")
 
     def validate(self, data: dict[str, object]) -> dict[str, object]:
-        given = [name for name in ("image_id", "image", "text") if data.get(name) not in (None, "")]
+        given = [name for name in ("image_id", "mask_id", "image", "text") if data.get(name) not in (None, "")]
         if len(given) != 1:
-            raise serializers.ValidationError("Give exactly one of image_id, image or text.")
+            raise serializers.ValidationError("Give exactly one of image_id, mask_id, image or text.")
         return data
 
 
@@ -200,6 +205,13 @@ class SearchUploadQuerySerializer(SearchQuerySerializer):
     image = UploadField(required=False, allow_empty_file=True)
 
 
+class MatchedRegionSerializer(serializers.Serializer):
+    """The image's region that matched a region query (outline it with the mask's overlay)."""
+
+    mask_id = serializers.IntegerField(source="pk")
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named label
+
+
 class SearchHitSerializer(ImageUrlFields):
     """One similar image: which index found it (both, semantic, content) and its similarity in each."""
 
@@ -209,6 +221,7 @@ class SearchHitSerializer(ImageUrlFields):
     retrieved_by = serializers.ChoiceField(choices=["both", "semantic", "content"])
     semantic_similarity = serializers.FloatField(allow_null=True)
     content_similarity = serializers.FloatField(allow_null=True)
+    region = MatchedRegionSerializer(allow_null=True, help_text="region searches: the region that matched")
     image_url = serializers.SerializerMethodField(method_name="get_file_url")
     file_url = None  # type: ignore[assignment]  # called image_url here
 
@@ -250,9 +263,11 @@ class SearchApi(APIView):
                             "application/json": SearchQuerySerializer,
                             "application/x-www-form-urlencoded": SearchQuerySerializer},
                    responses={200: SearchResultSerializer,
-                              400: OpenApiResponse(BAD_REQUEST, description="Not exactly one of image_id, image "
-                                                   "or text; an unknown image or one without vectors yet; blank "
-                                                   "words; an upload that is not an image we accept."),
+                              400: OpenApiResponse(BAD_REQUEST, description="Not exactly one of image_id, mask_id, "
+                                                   "image or text; an unknown image or one without vectors yet; blank "
+                                                   "words; an upload that is not an image we accept; a label the "
+                                                   "upload does not have; a region too small; an unknown filter label."),
+                              404: error_response("No such mask."),
                               403: error_response("The gallery is private and the caller is not signed in, or "
                                                   "credentials that are not valid."),
                               413: error_response("An upload over the upload limit, or with too many pixels.")})
@@ -261,9 +276,11 @@ class SearchApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data.get("image")
-        query = Query(image_id=data.get("image_id"), text=data.get("text") or None,
+        labels = tuple(label.strip() for label in (data.get("labels") or "").split(",") if label.strip())
+        query = Query(image_id=data.get("image_id"), mask_id=data.get("mask_id"), text=data.get("text") or None,
                       upload=read_upload(upload) if upload is not None else None,
-                      upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"])
+                      upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"],
+                      label=data.get("label") or None, labels=labels)
         wanted = {"k": data.get("k"), "intersection_first": data.get("intersection"),
                   "preferred_index": data.get("policy"), "split": data.get("split")}
         overrides = PreferenceOverrides(**{name: value for name, value in wanted.items() if value is not None})  # type: ignore[typeddict-item]

@@ -10,7 +10,7 @@ Metrics match the FAISS indexes: semantic vectors are L2-normalized and compared
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ OPERATORS = {"semantic": ("<->", "vector_l2_ops"), "content": ("<+>", "vector_l1
 
 @dataclass(frozen=True)
 class Neighbour:
-    image_id: int
+    id: int  # an image id, or a mask id for region vectors
     distance: float
 
 
@@ -68,26 +68,33 @@ def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
 
 
 def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,
-        ef_search: int = 100, exclude_image_id: int | None = None) -> list[Neighbour]:
-    """The k stored images nearest to `query` for one model and space, nearest first.
+        ef_search: int = 100, exclude_image_id: int | None = None, owner: VectorOwner = "image",
+        only_image_ids: Sequence[int] | None = None) -> list[Neighbour]:
+    """The k stored vectors nearest to `query` for one model and space, nearest first: images, or
+    mask regions (owner="region"; each region row also names its image).
 
     exact=True forbids index scans, so Postgres computes every distance (ground truth).
+    only_image_ids keeps images (or regions of images) in that list: a label filter.
     """
     operator, _ = OPERATORS[space]
+    table, id_column = VECTOR_TABLES[owner]
     vector = Vector(np.asarray(query, dtype=np.float32).ravel()).to_text()
     expr = f"vector::vector({int(dim)})"
     # relaxed_order (below) may return rows slightly out of order: the outer query re-sorts them.
     sql = (
         "WITH nearest AS MATERIALIZED ("
-        f"SELECT image_id, {expr} {operator} %s::vector({int(dim)}) AS distance FROM gallery_embedding "
+        f"SELECT {id_column} AS id, {expr} {operator} %s::vector({int(dim)}) AS distance FROM {table} "
         "WHERE model_key = %s AND space = %s"
         + (" AND image_id <> %s" if exclude_image_id is not None else "")
+        + (" AND image_id = ANY(%s)" if only_image_ids is not None else "")
         + f" ORDER BY {expr} {operator} %s::vector({int(dim)}) LIMIT %s"
-        ") SELECT image_id, distance FROM nearest ORDER BY distance, image_id"
+        ") SELECT id, distance FROM nearest ORDER BY distance, id"
     )
     params: list = [vector, model_key, space]
     if exclude_image_id is not None:
         params.append(exclude_image_id)
+    if only_image_ids is not None:
+        params.append(list(only_image_ids))
     params += [vector, int(k)]
     with transaction.atomic(), connection.cursor() as cursor:
         if exact:
@@ -105,4 +112,13 @@ def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exac
             cursor.execute("SET LOCAL enable_indexscan = off")
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-    return [Neighbour(image_id=row[0], distance=float(row[1])) for row in rows]
+    return [Neighbour(id=row[0], distance=float(row[1])) for row in rows]
+
+
+def region_images(mask_ids: Sequence[int]) -> dict[int, int]:
+    """mask id -> image id for these region owners."""
+    if not mask_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, image_id FROM gallery_mask WHERE id = ANY(%s)", [list(mask_ids)])
+        return dict(cursor.fetchall())

@@ -14,24 +14,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from PIL import Image as PILImage
 
 from gallery.access import can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import decode_image, for_models, picture_for_models
-from gallery.models import Image
+from gallery.models import Image, Mask
+from gallery.selectors import label_counts
 from gallery.services import User
-from retrieval import pgvector_store, uploads
-from retrieval.encoders.registry import MODELS, ActiveModels, get_model
+from retrieval import uploads
+from retrieval.encoders.registry import ActiveModels, get_model
 from retrieval.index_snapshots import manager
-from retrieval.metrics import normalize, similarity_between, similarity_from_distance
-from retrieval.models import Embedding
+from retrieval.metrics import similarity_between
+from retrieval.models import Embedding, RegionEmbedding
+from retrieval.neighbours import nearest, nearest_by_regions
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
 from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
+from retrieval.regions import region_picture
 from retrieval.serving import serving_models
-from retrieval.spaces import Space
-from retrieval.status import heal_start
+from retrieval.spaces import Space, VectorOwner
 
 
 class QueryError(Refused):
@@ -48,6 +51,9 @@ class Query:
     staged: bool = False  # the picture staged in the caller's session (retrieval.uploads)
     text: str | None = None
     include_self: bool = False  # a stored image's own row may be a result
+    mask_id: int | None = None  # a stored mask: search with its region
+    label: str | None = None  # with an upload (or the staged one): search with its region of this label
+    labels: tuple[str, ...] = ()  # keep only images with a mask of one of these labels
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class QueryVectors:
     semantic: np.ndarray | None
     content: np.ndarray | None
     exclude_image_id: int | None = None
+    owner: VectorOwner = "image"  # "region": search the region indexes, one result per image
+    only_image_ids: frozenset[int] | None = None  # a label filter's images
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class SearchHit:
     retrieved_by: str
     semantic_similarity: float | None
     content_similarity: float | None
+    region: Mask | None = None  # a region search: the image's region that matched
 
 
 @dataclass
@@ -97,10 +106,29 @@ def search_for(*, user: User, session: SessionBase | None, query: Query,
 
 def _query_vectors(query: Query, *, session: SessionBase | None,
                    models: ActiveModels) -> tuple[QueryVectors, str, Image | None]:
-    given = [query.image_id is not None, query.upload is not None, query.staged, bool(query.text)]
+    vectors, about, image = _what_to_search_with(query, session=session, models=models)
+    if query.labels:
+        vectors = replace(vectors, only_image_ids=frozenset(images_with_labels(query.labels)))
+    return vectors, about, image
+
+
+def _what_to_search_with(query: Query, *, session: SessionBase | None,
+                         models: ActiveModels) -> tuple[QueryVectors, str, Image | None]:
+    given = [query.image_id is not None, query.upload is not None, query.staged, bool(query.text),
+             query.mask_id is not None]
     if sum(given) != 1:
         raise QueryError("Choose a file, pick an image or type some words first." if not any(given)
-                         else "Give exactly one of image_id, image or text.")
+                         else "Give exactly one of image_id, mask_id, image or text.")
+    if query.label is not None and query.upload is None and not query.staged:
+        raise QueryError("label picks a region of an uploaded image: give it with image.")
+    if query.mask_id is not None:
+        mask = Mask.objects.select_related("image").filter(pk=query.mask_id).first()
+        if mask is None:
+            raise QueryError("No such mask.", status_code=404)
+        vectors = vectors_for_mask(mask=mask, models=models)
+        if query.include_self:
+            vectors = replace(vectors, exclude_image_id=None)
+        return vectors, f"the {mask.label} in {mask.image.original_name}", mask.image
     if query.image_id is not None:
         image = Image.objects.filter(pk=query.image_id).first()
         if image is None:
@@ -109,52 +137,29 @@ def _query_vectors(query: Query, *, session: SessionBase | None,
         if query.include_self:
             vectors = replace(vectors, exclude_image_id=None)
         return vectors, image.original_name, image
-    if query.upload is not None:
-        return vectors_for_upload(data=query.upload, models=models), query.upload_name, None
-    if query.staged:
-        staged = uploads.staged_get(session=session) if session is not None else None
-        if staged is None:
-            raise QueryError("Your upload has expired; choose the file again.")
-        return vectors_for_upload(data=staged.data(), models=models), staged.name, None
+    if query.upload is not None or query.staged:
+        if query.upload is not None:
+            data, name = query.upload, query.upload_name
+        else:
+            staged = uploads.staged_get(session=session) if session is not None else None
+            if staged is None:
+                raise QueryError("Your upload has expired; choose the file again.")
+            data, name = staged.data(), staged.name
+        if query.label is None:
+            return vectors_for_upload(data=data, models=models), name, None
+        return vectors_for_upload_region(data=data, label=query.label, models=models), f"the {query.label} in {name}", None
     text = (query.text or "").strip()
     return vectors_for_text(text=text, models=models), f"“{text}”", None
 
 
-_last_build_request = 0.0
-BUILD_REQUEST_INTERVAL = 300.0  # seconds: ask the workers at most this often per process
-
-
-def request_index_build() -> None:
-    global _last_build_request
-    now = time.monotonic()
-    if now - _last_build_request < BUILD_REQUEST_INTERVAL:
-        return
-    _last_build_request = now
-    heal_start()
-
-
-def _dim(model_key: str) -> int:
-    dim = MODELS[model_key].dim
-    assert dim is not None, f"{model_key} is a segmenter: it has no vectors"
-    return dim
-
-
-def nearest(*, space: str, model_key: str, query: np.ndarray, k: int,
-            exclude_image_id: int | None = None, engine: str = "auto") -> tuple[list[Candidate], str]:
-    """k nearest stored images in one space, from FAISS (or pgvector when FAISS cannot answer)."""
-    if engine in ("auto", "faiss"):
-        snapshot = manager.get(space=space, model_key=model_key, dim=_dim(model_key))
-        if snapshot is not None:
-            found = snapshot.search(query.astype(np.float32), k, exclude_image_id=exclude_image_id)
-            return [Candidate(i, s) for i, s in found], "faiss"
-        if engine == "faiss":
-            raise QueryError(f"no FAISS index for {space}/{model_key}")
-        request_index_build()  # heal: a worker builds it; pgvector answers meanwhile
-    neighbours = pgvector_store.knn(model_key=model_key, space=space, dim=_dim(model_key),
-                                    query=normalize(space, query.reshape(1, -1))[0], k=k,
-                                    exclude_image_id=exclude_image_id, exact=(engine == "pgvector-exact"))
-    return [Candidate(n.image_id, float(similarity_from_distance(space, n.distance, squared=False)))
-            for n in neighbours], "pgvector"
+def images_with_labels(labels: Sequence[str]) -> set[int]:
+    """Images with a mask of one of these labels (QueryError naming the known labels otherwise)."""
+    known = {label for label, _ in label_counts()}
+    unknown = sorted(set(labels) - known)
+    if unknown:
+        raise QueryError(f"Unknown label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"known labels: {', '.join(sorted(known)) or 'none yet'}.")
+    return set(Mask.objects.filter(label__in=labels).values_list("image_id", flat=True))
 
 
 def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
@@ -185,6 +190,37 @@ def vectors_for_upload(*, data: bytes, models: ActiveModels) -> QueryVectors:
     return vectors_for_picture(picture=picture_for_models(data), models=models)  # as the workers see it
 
 
+def vectors_for_mask(*, mask: Mask, models: ActiveModels) -> QueryVectors:
+    """A stored mask's region vectors (QueryError when it is too small to be a region, or not yet
+    embedded)."""
+    stored = dict(RegionEmbedding.objects.filter(mask=mask, model_key__in=[models.semantic, models.content])
+                  .values_list("model_key", "vector"))
+    if models.semantic not in stored and models.content not in stored:
+        if mask.area_fraction < settings.IMAGINAITION_REGION_MIN_AREA or not RegionEmbedding.objects.filter(
+                mask=mask).exists() and mask.image.masks_status == "ready":
+            raise QueryError(f"This region is too small to search with: regions under "
+                             f"{settings.IMAGINAITION_REGION_MIN_AREA:.0%} of the picture have no vectors.")
+        raise QueryError("This region has no vectors yet; try again when the image's masks are ready.")
+    return QueryVectors(
+        semantic=np.asarray(stored[models.semantic], dtype=np.float32) if models.semantic in stored else None,
+        content=np.asarray(stored[models.content], dtype=np.float32) if models.content in stored else None,
+        exclude_image_id=mask.image_id, owner="region")
+
+
+def vectors_for_upload_region(*, data: bytes, label: str, models: ActiveModels) -> QueryVectors:
+    """Segment an uploaded picture, cut out its region of `label` and embed it (nothing is stored)."""
+    decode_image(data)
+    picture = picture_for_models(data)
+    masks = {mask.label: mask for mask in get_model(models.segmenter).segment([picture])[0]}
+    if label not in masks:
+        raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
+    region = region_picture(picture, masks[label].probability)
+    if region is None:
+        raise QueryError(f"The {label} is too small to search with: regions under "
+                         f"{settings.IMAGINAITION_REGION_MIN_AREA:.0%} of the picture have no vectors.")
+    return replace(vectors_for_picture(picture=region, models=models), owner="region")
+
+
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
     text = text.strip()
     if not text:
@@ -199,6 +235,7 @@ class Ranking:
     results: list[MergedResult]  # both similarities filled in where the query has that part
     engines: dict[str, str]
     preferences: Preferences
+    regions: dict[int, int] = field(default_factory=dict)  # a region search: image id -> matched mask id
 
 
 def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
@@ -209,15 +246,26 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
         # A text query has no content part: its semantic list is all there is, so it fills the k places.
         preferences = replace(preferences, intersection_first=False, preferred_index=Space.SEMANTIC, split=100)
     found: dict[Space, list[Candidate]] = {Space.SEMANTIC: [], Space.CONTENT: []}
+    matched: dict[Space, dict[int, int]] = {Space.SEMANTIC: {}, Space.CONTENT: {}}
     engines: dict[str, str] = {}
     for space, vector, key in ((Space.SEMANTIC, query.semantic, models.semantic),
                                (Space.CONTENT, query.content, models.content)):
-        if vector is not None:
-            found[space], engines[space] = nearest(space=space, model_key=key, query=vector, k=preferences.k,
-                                                   exclude_image_id=query.exclude_image_id, engine=engine)
+        if vector is None:
+            continue
+        if query.owner == "region":
+            found[space], matched[space], engines[space] = nearest_by_regions(
+                space=space, model_key=key, query=vector, k=preferences.k, exclude_image_id=query.exclude_image_id,
+                engine=engine, only_image_ids=query.only_image_ids)
+        else:
+            found[space], engines[space] = nearest(
+                space=space, model_key=key, query=vector, k=preferences.k, exclude_image_id=query.exclude_image_id,
+                engine=engine, only_image_ids=query.only_image_ids)
     merged = merge(semantic=found[Space.SEMANTIC], content=found[Space.CONTENT], preferences=preferences)
+    preferred = Space(preferences.preferred_index)
+    regions = {**matched[preferred.other], **matched[preferred]}  # the preferred index's region where both found one
     return Ranking(results=_fill_similarities(merged, query=query, models=models), engines=engines,
-                   preferences=preferences)
+                   preferences=preferences, regions={r.image_id: regions[r.image_id] for r in merged
+                                                      if r.image_id in regions})
 
 
 def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
@@ -227,9 +275,13 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
     models = models or serving_models()
     ranking = rank(query=query, preferences=preferences, models=models, engine=engine)
     images = Image.objects.in_bulk([result.image_id for result in ranking.results])
+    masks = Mask.objects.in_bulk(list(ranking.regions.values())) if ranking.regions else {}
     hits = [SearchHit(image=images[r.image_id], retrieved_by=r.retrieved_by,
-                      semantic_similarity=r.semantic_similarity, content_similarity=r.content_similarity)
-            for r in ranking.results if r.image_id in images]
+                      semantic_similarity=r.semantic_similarity, content_similarity=r.content_similarity,
+                      region=masks.get(ranking.regions.get(r.image_id, -1)))
+            for r in ranking.results if r.image_id in images
+            # a region replaced since the index last caught up (re-segmented) is no match any more
+            and (query.owner == "image" or ranking.regions.get(r.image_id) in masks)]
     counts = {"both": 0, "semantic": 0, "content": 0}
     for hit in hits:
         counts[hit.retrieved_by] += 1
@@ -256,6 +308,10 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
                                (Space.CONTENT, models.content, query.content)):
         if not missing[space] or vector is None:  # missing only where the query has that part
             continue
+        if query.owner == "region":
+            filled[space] = _best_region_similarities(space=space, model_key=key, query=vector,
+                                                      image_ids=missing[space])
+            continue
         # From the in-memory index when there is one (as fast as the search), else from Postgres.
         snapshot = manager.loaded(space=space, model_key=key)
         stored = snapshot.vectors_for(missing[space]) if snapshot is not None else {}
@@ -273,3 +329,17 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
                     content_similarity=m.content_similarity if m.content_similarity is not None
                     else filled[Space.CONTENT].get(m.image_id))
             for m in merged]
+
+
+def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray,
+                              image_ids: list[int]) -> dict[int, float]:
+    """Per image, the similarity of its region nearest to a region query."""
+    rows = list(RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
+                .values_list("image_id", "vector"))
+    if not rows:
+        return {}
+    similarities = similarity_between(space, query, np.stack([np.asarray(v, dtype=np.float32) for _, v in rows]))
+    best: dict[int, float] = {}
+    for (image_id, _), similarity in zip(rows, similarities, strict=True):
+        best[image_id] = max(best.get(image_id, -np.inf), float(similarity))
+    return best

@@ -15,7 +15,7 @@ from retrieval import indexes, vector_io
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
-from retrieval.search import nearest
+from retrieval.neighbours import nearest
 from retrieval.vector_io import embeddings_copy_in, load_all
 from tests.gallery.factories import add_embedding, make_image
 

@@ -41,8 +41,8 @@ def test_semantic_knn_matches_l2_brute_force(media_root, exact):
     found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=query, k=10,
                                exact=exact)
 
-    assert [n.image_id for n in found] == _brute_force(vectors, query, ids, metric="l2", k=10)
-    assert found[0].image_id == ids[5]
+    assert [n.id for n in found] == _brute_force(vectors, query, ids, metric="l2", k=10)
+    assert found[0].id == ids[5]
     expected = np.linalg.norm(vectors[5] - query)
     assert found[0].distance == pytest.approx(expected, rel=1e-4)
 
@@ -58,9 +58,9 @@ def test_content_knn_uses_l1_distance(media_root, exact):
     found = pgvector_store.knn(model_key=CONTENT_KEY, space="content", dim=1024, query=query, k=5,
                                exact=exact)
 
-    assert [n.image_id for n in found] == _brute_force(vectors, query, ids, metric="l1", k=5)
-    assert found[0].image_id == ids[7] and found[0].distance == pytest.approx(0.0, abs=1e-6)
-    assert found[1].distance == pytest.approx(np.abs(vectors[ids.index(found[1].image_id)] - query).sum(), rel=1e-4)
+    assert [n.id for n in found] == _brute_force(vectors, query, ids, metric="l1", k=5)
+    assert found[0].id == ids[7] and found[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert found[1].distance == pytest.approx(np.abs(vectors[ids.index(found[1].id)] - query).sum(), rel=1e-4)
 
 
 def test_l1_and_l2_rankings_differ_and_each_metric_is_respected(media_root):
@@ -74,7 +74,7 @@ def test_l1_and_l2_rankings_differ_and_each_metric_is_respected(media_root):
 
     found = pgvector_store.knn(model_key=CONTENT_KEY, space="content", dim=1024, query=query, k=3, exact=True)
 
-    assert [n.image_id for n in found] == [ids[0], ids[2], ids[1]]  # L1 order, not L2's [2, 0, 1]
+    assert [n.id for n in found] == [ids[0], ids[2], ids[1]]  # L1 order, not L2's [2, 0, 1]
 
 
 def test_knn_only_sees_its_own_model_and_can_exclude_the_query_image(media_root):
@@ -87,7 +87,7 @@ def test_knn_only_sees_its_own_model_and_can_exclude_the_query_image(media_root)
     found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=vectors[0], k=10,
                                exclude_image_id=ids[0])
 
-    assert sorted(n.image_id for n in found) == sorted(ids[1:])
+    assert sorted(n.id for n in found) == sorted(ids[1:])
 
 
 def test_migrate_created_an_hnsw_index_per_registered_model_and_space():
@@ -133,4 +133,4 @@ def test_a_short_hnsw_scan_is_completed_by_an_exact_scan(media_root):
         with connection.cursor() as cursor:
             cursor.execute("RESET hnsw.max_scan_tuples")
 
-    assert [n.image_id for n in found] == _brute_force(vectors[1:], vectors[0], ids[1:], metric="l2", k=10)
+    assert [n.id for n in found] == _brute_force(vectors[1:], vectors[0], ids[1:], metric="l2", k=10)

@@ -1,0 +1,173 @@
+"""Search by region and label filters through the one search service (API here)."""
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from gallery.models import Mask
+from retrieval import neighbours
+from retrieval.index_snapshots import manager
+from retrieval.indexes import index_rebuild
+from retrieval.models import RegionEmbedding
+from tests.gallery.factories import add_embedding, add_mask, make_image
+
+SEMANTIC_KEY = "offline/effnet-lite0+minilm"
+CONTENT_KEY = "autoencoder/v1"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def models(settings, tmp_path, monkeypatch):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    settings.IMAGINAITION_INDEX_SYNC_SECONDS = 0
+    monkeypatch.setattr(neighbours, "request_index_build", lambda: None)  # no worker here
+    manager.clear()
+    yield
+    manager.clear()
+
+
+def unit(vector, space):
+    vector = np.asarray(vector, dtype=np.float32)
+    return vector / (np.linalg.norm(vector) if space == "semantic" else np.abs(vector).sum())
+
+
+def add_region(image, *, label, class_index, semantic, content):
+    mask = add_mask(image, label=label, class_index=class_index)
+    RegionEmbedding.objects.create(mask=mask, image=image, space="semantic", model_key=SEMANTIC_KEY,
+                                   vector=unit(semantic, "semantic"))
+    RegionEmbedding.objects.create(mask=mask, image=image, space="content", model_key=CONTENT_KEY,
+                                   vector=unit(content, "content"))
+    return mask
+
+
+@pytest.fixture
+def scenes(media_root):
+    """6 pictures, each with a cat and a dog region. The cats are near one another, the dogs far
+    from every cat; whole-image vectors are random (they must not matter to a region query)."""
+    rng = np.random.default_rng(0)
+    cat_s, cat_c = rng.normal(size=384), np.abs(rng.normal(size=1024))
+    images, cats = [], []
+    for i in range(6):
+        image = make_image(name=f"scene{i}.png", color=(i * 20, 0, 0))
+        Mask.objects.filter(image=image).delete()
+        add_embedding(image, space="semantic", model_key=SEMANTIC_KEY, vector=unit(rng.normal(size=384), "semantic"))
+        add_embedding(image, space="content", model_key=CONTENT_KEY, vector=unit(np.abs(rng.normal(size=1024)), "content"))
+        cats.append(add_region(image, label="cat", class_index=8, semantic=cat_s + 0.1 * (i + 1) * rng.normal(size=384),
+                               content=cat_c + 0.02 * (i + 1) * np.abs(rng.normal(size=1024))))
+        add_region(image, label="dog", class_index=12, semantic=rng.normal(size=384),
+                   content=np.abs(rng.normal(size=1024)) * 5)
+        images.append(image)
+    return images, cats
+
+
+def search(client, **body):
+    return client.post(reverse("api-search"), body, content_type="application/json")
+
+
+@pytest.mark.parametrize("engine", ["pgvector", "faiss"])
+def test_a_region_query_ranks_images_by_their_best_region_and_names_it(client, user, scenes, engine):
+    images, cats = scenes
+    if engine == "faiss":
+        for space, key, dim in (("semantic", SEMANTIC_KEY, 384), ("content", CONTENT_KEY, 1024)):
+            index_rebuild(space=space, model_key=key, dim=dim, owner="region")
+    client.force_login(user)
+
+    answer = search(client, mask_id=cats[0].pk, k=3)
+
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    assert body["engine"] == engine
+    assert [hit["image_id"] for hit in body["results"]] == [images[1].pk, images[2].pk, images[3].pk]
+    assert all(hit["retrieved_by"] == "both" for hit in body["results"])
+    assert [hit["region"] for hit in body["results"]] == [{"mask_id": cats[i].pk, "label": "cat"} for i in (1, 2, 3)]
+    assert all(hit["semantic_similarity"] is not None and hit["content_similarity"] is not None
+               for hit in body["results"])
+
+
+def test_region_queries_refuse_what_they_cannot_answer(client, user, scenes):
+    images, _ = scenes
+    client.force_login(user)
+    missing = search(client, mask_id=10 ** 9)
+    assert missing.status_code == 404 and "No such mask" in missing.json()["detail"]
+    tiny = add_mask(images[0], label="bird", class_index=3)
+    Mask.objects.filter(pk=tiny.pk).update(area_fraction=0.002)
+    small = search(client, mask_id=tiny.pk)
+    assert small.status_code == 400 and "too small" in small.json()["detail"]
+    unknown = search(client, image_id=images[0].pk, labels="cat,unicorn")
+    assert unknown.status_code == 400
+    assert "unicorn" in unknown.json()["detail"] and "known labels: bird, cat, dog" in unknown.json()["detail"]
+    lonely = search(client, text="a cat", label="cat")
+    assert lonely.status_code == 400 and "label" in lonely.json()["detail"]
+
+
+@pytest.mark.parametrize("engine", ["pgvector", "faiss-exact", "faiss-growing"])
+def test_a_rare_label_filter_still_returns_k_results(client, user, media_root, monkeypatch, engine):
+    rng = np.random.default_rng(1)
+    query_vector = rng.normal(size=384)
+    images = []
+    for i in range(200):
+        image = make_image(name=f"{i}.png", color=(i, i % 7, 3))
+        # The birds are the farthest images from the query: a post-filter of the top k finds none.
+        far = -query_vector + 0.1 * rng.normal(size=384) if i % 100 == 7 else query_vector + rng.normal(size=384)
+        add_embedding(image, space="semantic", model_key=SEMANTIC_KEY, vector=unit(far, "semantic"))
+        add_embedding(image, space="content", model_key=CONTENT_KEY, vector=unit(np.abs(rng.normal(size=1024)), "content"))
+        if i % 100 == 7:
+            add_mask(image, label="bird", class_index=3)
+        images.append(image)
+    query = make_image(name="query.png", color=(1, 2, 3))
+    add_embedding(query, space="semantic", model_key=SEMANTIC_KEY, vector=unit(query_vector, "semantic"))
+    add_embedding(query, space="content", model_key=CONTENT_KEY, vector=unit(np.abs(rng.normal(size=1024)), "content"))
+    if engine.startswith("faiss"):
+        index_rebuild(space="semantic", model_key=SEMANTIC_KEY, dim=384)
+        index_rebuild(space="content", model_key=CONTENT_KEY, dim=1024)
+    if engine == "faiss-growing":
+        monkeypatch.setattr(neighbours, "EXACT_FILTER_MAX", 0)  # ask the index for more until k pass
+    client.force_login(user)
+
+    body = search(client, image_id=query.pk, k=2, labels="bird").json()
+
+    assert sorted(hit["image_id"] for hit in body["results"]) == [images[7].pk, images[107].pk]
+    assert body["engine"] == ("pgvector" if engine == "pgvector" else "faiss")
+    everything = search(client, image_id=query.pk, k=5).json()["results"]
+    assert not {images[7].pk, images[107].pk} & {hit["image_id"] for hit in everything}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_region_of_an_upload_finds_the_picture_it_was_copied_from(client, user, media_root):
+    import io
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image as PILImage
+    from skimage import data as skdata
+
+    from retrieval.pipeline import process_all_pending
+    from tests.retrieval.test_pipeline import upload
+
+    client.force_login(user)
+    ids = {name: upload(client, name) for name in ("chelsea", "coffee", "rocket", "astronaut")}
+    process_all_pending()
+    assert RegionEmbedding.objects.filter(image_id=ids["chelsea"]).exists()
+
+    # A new picture: the cat photo pasted, smaller, into a corner of the rocket photo.
+    cat = PILImage.fromarray(skdata.chelsea()).convert("RGB")
+    scene = PILImage.fromarray(skdata.rocket()).convert("RGB").resize((max(427, cat.width), max(640, cat.height)))
+    cat = cat.resize((cat.width * 3 // 4, cat.height * 3 // 4))
+    scene.paste(cat, (scene.width - cat.width, scene.height - cat.height))
+    buffer = io.BytesIO()
+    scene.save(buffer, format="PNG")
+
+    def ask(**fields):
+        return client.post(reverse("api-search"), {"image": SimpleUploadedFile("scene.png", buffer.getvalue()),
+                                                   "k": 4, **fields})
+
+    absent = ask(label="aeroplane")
+    assert absent.status_code == 400 and "its labels:" in absent.json()["detail"] and "cat" in absent.json()["detail"]
+    answer = ask(label="cat")
+    assert answer.status_code == 200, answer.content
+    results = answer.json()["results"]
+    assert results[0]["image_id"] == ids["chelsea"]
+    assert results[0]["region"]["label"] == "cat"
+    whole = ask().json()["results"]  # the whole picture is mostly rocket
+    assert whole[0]["image_id"] == ids["rocket"] and whole[0]["region"] is None
