@@ -1,9 +1,11 @@
-"""Template context of every page: the status banner and the user's mask threshold."""
+"""Template context of every page: the status banner, the user's mask threshold, the smallest
+region that can be searched with."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
@@ -17,4 +19,5 @@ def retrieval_context(request: HttpRequest) -> dict[str, Any]:
         return {}
     threshold = SimpleLazyObject(
         lambda: preferences_get(user=request.user, session=request.session)["mask_threshold"])
-    return {"banner": banner_state(), "mask_threshold": threshold}
+    return {"banner": banner_state(), "mask_threshold": threshold,
+            "region_min_area": settings.IMAGINAITION_REGION_MIN_AREA}

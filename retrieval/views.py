@@ -4,10 +4,12 @@ calls the same services as the REST API (retrieval.search.search_for for every s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -15,6 +17,7 @@ from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
 from gallery.imaging import read_upload
+from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.views import gallery_reader, mask_threshold, png_response
 from retrieval import uploads
@@ -39,7 +42,7 @@ def home(request: HttpRequest) -> HttpResponse:
                 form.add_error("file", exc.message)
     return render(request, "retrieval/home.html", {
         "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
-        "recent": selectors.image_recent_ready()})
+        "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts()})
 
 
 @gallery_reader
@@ -86,23 +89,34 @@ def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
 @gallery_reader
 @require_GET
 def search(request: HttpRequest) -> HttpResponseBase:
-    """Search by a stored image (?image=), words (?text=) or the staged upload (?upload=1); a read, so GET."""
-    image_id, text = request.GET.get("image", ""), request.GET.get("text", "").strip()[:500]
-    staged = bool(request.GET.get("upload")) and not image_id and not text
+    """Search by a stored image (?image=), one of its regions (?mask=), words (?text=) or the staged
+    upload (?upload=1, with &label= for one of its regions); ?labels= keeps images with those labels.
+    A read, so GET."""
+    image_id, mask_id = request.GET.get("image", ""), request.GET.get("mask", "")
+    text = request.GET.get("text", "").strip()[:500]
+    labels = tuple(sorted({label for value in request.GET.getlist("labels") for label in value.split(",")
+                           if label.strip()}))
+    staged = bool(request.GET.get("upload")) and not image_id and not mask_id and not text
     back = redirect("pages:home")
-    if image_id:
-        if not image_id.isdigit():
+    if image_id or mask_id:
+        if not (image_id or mask_id).isdigit():
             raise Http404("No such image")
+        if mask_id:
+            mask = get_object_or_404(Mask, pk=int(mask_id))
+            image_id = str(mask.image_id)
         back = redirect("pages:image", image_id=access_image(user=request.user, image_id=int(image_id)).pk)
-        query = Query(image_id=int(image_id))
+        query = Query(mask_id=int(mask_id)) if mask_id else Query(image_id=int(image_id))
     else:
-        query = Query(text=text or None, staged=staged)
+        query = Query(text=text or None, staged=staged, label=(request.GET.get("label") or None) if staged else None)
+    query = replace(query, labels=labels)
     try:
         response = search_for(user=request.user, session=request.session, query=query)
     except Refused as exc:
         messages.error(request, exc.message)
         return back
-    return render(request, "retrieval/results.html", {"response": response, "text": text, "staged_query": staged})
+    return render(request, "retrieval/results.html", {
+        "response": response, "text": text, "staged_query": staged, "labels": labels,
+        "query_mask": query.mask_id, "query_label": query.label})
 
 
 @require_http_methods(["GET", "POST"])

@@ -188,6 +188,19 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     assert page.locator("#image-viewer img.overlay").is_hidden()
     assert np.abs(pixels(viewer.screenshot()) - pixels(plain)).mean() < 1
 
+    # Search with the cat's region: images ranked by their best region, each outlined.
+    page.get_by_role("link", name=re.compile(r"Search with this region \(cat\)")).click()
+    page.wait_for_url(re.compile(r"/search/\?mask=\d+"))
+    assert "the cat in chelsea.jpg" in page.inner_text("h1")
+    hits = page.locator("#results li.hit")
+    assert hits.count() >= 1 and page.locator("#results img.region-overlay").count() == hits.count()
+    page.wait_for_function("[...document.querySelectorAll('#results img.region-overlay')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    assert "matched region" in hits.first.inner_text()
+    page.screenshot(path=ARTIFACTS / "region-results.png", full_page=True)
+    page.go_back()
+    page.wait_for_url(url + f"/images/{ids['chelsea']}/")
+
     # Search similar with the defaults (k 50, both first): the two others, found by both indexes.
     page.get_by_role("button", name="Search similar from here").click()
     page.wait_for_url(re.compile(r"/search/\?image="))

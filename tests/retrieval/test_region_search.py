@@ -171,3 +171,24 @@ def test_a_region_of_an_upload_finds_the_picture_it_was_copied_from(client, user
     assert results[0]["region"]["label"] == "cat"
     whole = ask().json()["results"]  # the whole picture is mostly rocket
     assert whole[0]["image_id"] == ids["rocket"] and whole[0]["region"] is None
+
+
+def test_the_pages_offer_region_search_and_label_filters_and_outline_the_matched_regions(client, user, scenes):
+    images, cats = scenes
+    client.force_login(user)
+    image_page = client.get(reverse("pages:image", args=[images[0].pk])).content.decode()
+    assert f"/search/?mask={cats[0].pk}" in image_page and "Search with this region" in image_page
+
+    results = client.get(reverse("pages:search"), {"mask": cats[0].pk}).content.decode()
+    assert "Images similar to the cat in scene0.png" in results
+    for i in (1, 2, 3, 4, 5):  # every other scene, each with its cat region outlined
+        assert f'data-region="{cats[i].pk}"' in results
+    assert results.count('class="region-overlay"') == 5
+
+    home = client.get(reverse("pages:home")).content.decode()
+    assert 'name="labels" value="cat"' in home and 'name="labels" value="dog"' in home
+    filtered = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "cat"})
+    assert filtered.status_code == 200 and 'class="chip">cat<' in filtered.content.decode()
+    unknown = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "unicorn"}, follow=True)
+    assert "known labels: cat, dog" in unknown.content.decode()
+    assert client.get(reverse("pages:search"), {"mask": 10 ** 9}).status_code == 404
