@@ -37,4 +37,4 @@ def test_page_and_api_list_the_same_images_for_a_label(client, user, labelled):
     assert api["count"] == 2 and [row["original_name"] for row in api["results"]] == ["cat.png", "both.png"]
     page = client.get(reverse("pages:gallery"), {"label": "cat"}).content.decode()
     assert "cat.png" in page and "both.png" in page and "plain.png" not in page
-    assert ">cat (2)</option>" in page and ">dog (1)</option>" in page
+    assert '>cat <span class="hint">2</span></a>' in page and '>dog <span class="hint">1</span></a>' in page
