@@ -8,13 +8,13 @@ from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
-from django.utils.html import format_html_join
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
 
-from gallery.admin import ImageAdmin
+from gallery.admin import ImageAdmin, MaskInline
 from gallery.errors import Refused
-from gallery.models import Image
-from retrieval.models import Embedding, SearchPreferences
+from gallery.models import Image, Mask
+from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
 from retrieval.search import Query, search_for
 
 
@@ -26,12 +26,37 @@ class EmbeddingInline(admin.TabularInline):
     can_delete = False
 
 
+class MaskWithRegionVectorsInline(MaskInline):
+    """An image's masks, with the models that embedded each region and "search similar region"."""
+
+    fields = (*MaskInline.fields, "region_models", "search_region")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Mask]:
+        return super().get_queryset(request).prefetch_related(
+            Prefetch("embeddings", queryset=RegionEmbedding.objects.only("mask_id", "space", "model_key")))
+
+    @admin.display(description="Region vectors")
+    def region_models(self, obj: Mask) -> str:
+        return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in obj.embeddings.all())) or \
+            "none (too small to search with)"
+
+    @admin.display(description="")
+    def search_region(self, obj: Mask) -> str:
+        if not obj.pk or not obj.embeddings.all():
+            return "-"
+        url = reverse("admin:gallery_image_similar", args=[obj.image_id]) + f"?mask={obj.pk}"
+        return format_html('<a href="{}">Search similar region</a>', url)
+
+
 class ImageWithVectorsAdmin(ImageAdmin):
-    """The gallery's image admin, plus each image's vectors and "search similar"."""
+    """The gallery's image admin, plus each image's vectors and "search similar" (by the image, or
+    by one of its regions)."""
 
     list_display = (*ImageAdmin.list_display[:-4], "models", *ImageAdmin.list_display[-4:])
     list_filter = (*ImageAdmin.list_filter, "embeddings__model_key")
-    inlines = (*ImageAdmin.inlines, EmbeddingInline)
+    inlines = (*(MaskWithRegionVectorsInline if inline is MaskInline else inline for inline in ImageAdmin.inlines),
+               EmbeddingInline)
     change_form_template = "admin/retrieval/image_change_form.html"
 
     def get_urls(self) -> list[URLPattern]:
@@ -40,15 +65,19 @@ class ImageWithVectorsAdmin(ImageAdmin):
         return [similar, *super().get_urls()]
 
     def similar_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
-        """"Search similar" from an image's admin page: the same search service as the API and pages."""
+        """"Search similar" from an image's admin page (?mask= for one of its regions): the same search
+        service as the API and pages."""
         image = get_object_or_404(Image, pk=image_id)
+        mask_id = request.GET.get("mask", "")
+        mask = get_object_or_404(Mask, pk=int(mask_id), image=image) if mask_id.isdigit() else None
+        query = Query(mask_id=mask.pk) if mask is not None else Query(image_id=image.pk)
         try:
-            response = search_for(user=request.user, session=request.session, query=Query(image_id=image.pk))
+            response = search_for(user=request.user, session=request.session, query=query)
         except Refused as exc:
             messages.error(request, exc.message)
             return redirect("admin:gallery_image_change", image.pk)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "original": image,
-                   "title": f"Images similar to {image.original_name}", "response": response}
+                   "title": f"Images similar to {response.about}", "response": response}
         return TemplateResponse(request, "admin/retrieval/similar.html", context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:

@@ -192,3 +192,18 @@ def test_the_pages_offer_region_search_and_label_filters_and_outline_the_matched
     unknown = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "unicorn"}, follow=True)
     assert "known labels: cat, dog" in unknown.content.decode()
     assert client.get(reverse("pages:search"), {"mask": 10 ** 9}).status_code == 404
+
+
+def test_admin_shows_each_masks_region_vectors_and_searches_by_a_region(client, staff_user, scenes):
+    images, cats = scenes
+    tiny = add_mask(images[0], label="bird", class_index=3)  # no region vectors
+    client.force_login(staff_user)
+    change = client.get(reverse("admin:gallery_image_change", args=[images[0].pk])).content.decode()
+    similar = reverse("admin:gallery_image_similar", args=[images[0].pk])
+    assert f"{similar}?mask={cats[0].pk}" in change and f"?mask={tiny.pk}" not in change
+    assert f"semantic:{SEMANTIC_KEY}" in change and "too small to search with" in change
+
+    page = client.get(similar, {"mask": cats[0].pk}).content.decode()
+    assert "Images similar to the cat in scene0.png" in page
+    assert page.count("matched region: cat") == 5
+    assert client.get(similar, {"mask": cats[1].pk}).status_code == 404  # another image's mask
