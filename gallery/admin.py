@@ -25,8 +25,8 @@ def _thumbnail(image: Image, size: int, shown_px: int) -> str:
 class MaskInline(admin.TabularInline):
     model = Mask
     extra = 0
-    fields: tuple[str, ...] = ("label", "class_index", "area_fraction", "segmenter")
-    readonly_fields: tuple[str, ...] = fields
+    fields: ClassVar[tuple[str, ...]] = ("label", "class_index", "area_fraction", "segmenter")
+    readonly_fields: ClassVar[tuple[str, ...]] = fields
     can_delete = False
     show_change_link = True
 
