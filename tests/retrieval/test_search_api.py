@@ -1,5 +1,7 @@
 """POST /api/search/ and /api/preferences/ over stored vectors (the model-free query: by image id)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from django.urls import reverse
@@ -141,7 +143,8 @@ def test_rank_answers_without_reading_images_and_search_attaches_them(settings, 
 
     index_rebuild(space="semantic", model_key=SEMANTIC_KEY, dim=384)
     index_rebuild(space="content", model_key=CONTENT_KEY, dim=1024)
-    models = active_models()
+    # the gallery's semantic vectors are v1's, not those of the profile's current semantic model
+    models = dataclasses.replace(active_models(), semantic=SEMANTIC_KEY)
     query = vectors_for_image_id(image_id=gallery[0].pk, models=models)
     preferences = Preferences(k=4)
     rank(query=query, preferences=preferences, models=models)  # the first call loads and syncs the indexes
