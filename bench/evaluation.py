@@ -594,6 +594,18 @@ def evaluation_in_separate_database(*, database: str, data: Path, captions: Path
         if not captions.is_file():
             raise EvaluationError(f"{captions}: no such file")
         captions_read(captions)  # a malformed line fails here, not after the import
+    arguments = ["--data", str(data.resolve()), "--near-duplicates", str(near_duplicates), "--seed", str(seed)]
+    if captions is not None:
+        arguments += ["--captions", str(captions.resolve())]
+    if batch_size is not None:
+        arguments += ["--batch-size", str(batch_size)]
+    return EvaluationReport.from_json(evaluation_child_run(database=database, arguments=arguments, keep=keep))
+
+
+def evaluation_child_run(*, database: str, arguments: list[str], keep: bool = False) -> str:
+    """Recreate `database`, run `manage.py evaluate ARGUMENTS` in a child process on it (its own media
+    and index folders, this process's model profile), return the report.json it leaves. Unless `keep`,
+    the database and its files are dropped afterwards. Raises EvaluationError."""
     evaluation_database_recreate(database=database)
     work_dir = evaluation_work_dir(database=database)
     env = {**os.environ,
@@ -603,20 +615,15 @@ def evaluation_in_separate_database(*, database: str, data: Path, captions: Path
            "IMAGINAITION_MODEL_PROFILE": active_profile(),
            "IMAGINAITION_WEIGHTS_DIR": str(settings.IMAGINAITION_WEIGHTS_DIR),
            "DJANGO_SETTINGS_MODULE": "imaginaition_site.settings"}
-    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "evaluate",
-               "--data", str(data.resolve()), "--near-duplicates", str(near_duplicates), "--seed", str(seed),
+    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "evaluate", *arguments,
                "--database", database, "--child-work-dir", str(work_dir)]
-    if captions is not None:
-        command += ["--captions", str(captions.resolve())]
-    if batch_size is not None:
-        command += ["--batch-size", str(batch_size)]
     try:
         finished = subprocess.run(command, env=env, cwd=settings.BASE_DIR, check=False)
         report_file = work_dir / "report.json"
         if finished.returncode != 0 or not report_file.is_file():
             raise EvaluationError(f"the evaluation process failed (exit status {finished.returncode}); "
                                   "its messages are above")
-        return EvaluationReport.from_json(report_file.read_text())
+        return report_file.read_text()
     finally:
         if not keep:
             evaluation_database_drop(database=database)

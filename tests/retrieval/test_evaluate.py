@@ -212,3 +212,36 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     assert (Image.objects.count(), Embedding.objects.count()) == (images_before, embeddings_before)
     assert not database_exists(database)
     assert not (isolated_var / "evaluation" / database).exists()
+
+
+def test_evaluate_regions_end_to_end_on_tiny_composite_scenes(isolated_var, tmp_path, db):
+    """Objects with alpha pasted onto photos: the report counts what was pasted, found and queried."""
+    from skimage import data as skdata
+
+    objects = tmp_path / "objects"
+    for kind, colour in (("discs", (220, 20, 30, 255)), ("squares", (20, 40, 210, 255))):
+        (objects / kind).mkdir(parents=True)
+        for variant in range(2):
+            art = PILImage.new("RGBA", (120, 120), (0, 0, 0, 0))
+            draw = ImageDraw.Draw(art)
+            box = (10 + 5 * variant, 10, 110, 110 - 5 * variant)
+            draw.ellipse(box, fill=colour) if kind == "discs" else draw.rectangle(box, fill=colour)
+            art.save(objects / kind / f"{kind}-{variant}.png")
+    backgrounds = tmp_path / "photos"
+    backgrounds.mkdir()
+    for name in ("coffee", "rocket"):
+        PILImage.fromarray(getattr(skdata, name)()).save(backgrounds / f"{name}.png")
+    database = f"{connection.settings_dict['NAME']}_regions"
+
+    call_command("evaluate", regions=True, data=objects, backgrounds=backgrounds, scenes=4, seed=0,
+                 database=database, json=tmp_path / "regions.json", stdout=io.StringIO())
+
+    report = json.loads((tmp_path / "regions.json").read_text())
+    assert report["scenes"] == 4 and 4 <= report["objects"] <= 8  # 1-2 objects per scene
+    assert 0 <= report["objects_found"] <= report["objects"]
+    assert 0.0 <= report["mean_iou"] <= 1.0
+    assert 0.0 <= report["whole_precision_at_10_all"] <= 1.0
+    assert report["region_style"] == "masked" and report["segmenter"] == "offline/effnet-lite0-cam"
+    assert not database_exists(database)
+    with pytest.raises(CommandError, match="--backgrounds"):
+        call_command("evaluate", regions=True, data=objects, database=database)

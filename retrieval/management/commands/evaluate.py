@@ -13,19 +13,23 @@ from bench.evaluation import (
     EVALUATION_DATABASE,
     EvaluationError,
     captions_read,
+    categories_of,
+    evaluation_child_run,
     evaluation_database_in_use_check,
     evaluation_in_separate_database,
     evaluation_markdown,
     evaluation_run,
     evaluation_work_dir,
 )
+from bench.region_evaluation import RegionReport, region_evaluation_run, region_markdown
 
 
 class Command(BaseCommand):
     help = ("Measure retrieval quality on a labelled folder (one sub-folder per category), in a database "
             "of its own (never the gallery in use): category precision@10 and mAP@50 for semantic only, "
             "content only and the hybrid policy; near-duplicate recall@1/@10 of generated copies; with "
-            "--captions, text→image recall@1/@10.")
+            "--captions, text→image recall@1/@10. With --regions: search by region on composite scenes of the "
+            "--data objects (with alpha) pasted on --backgrounds photos, against whole-scene queries.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder per category")
@@ -42,6 +46,11 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass")
         parser.add_argument("--json", dest="json_path", type=Path,
                             help="also write the report (every number, the skipped files) as JSON to this file")
+        parser.add_argument("--regions", action="store_true",
+                            help="measure search by region: --data holds objects with alpha (one sub-folder per "
+                                 "category), pasted onto the photos of --backgrounds")
+        parser.add_argument("--backgrounds", type=Path, help="with --regions: a folder of background photos")
+        parser.add_argument("--scenes", type=int, default=300, help="with --regions: how many scenes (default 300)")
         parser.add_argument("--write-docs", action="store_true",
                             help="write the results as the 'Retrieval quality' section of docs/BENCHMARKS.md")
         # Set by the process that starts this command again on the evaluation database.
@@ -49,7 +58,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
                keep: bool, batch_size: int | None, json_path: Path | None, write_docs: bool,
-               child_work_dir: Path | None, **options: Any) -> None:
+               child_work_dir: Path | None, regions: bool, backgrounds: Path | None, scenes: int,
+               **options: Any) -> None:
+        if regions:
+            self._regions(data=data, backgrounds=backgrounds, scenes=scenes, seed=seed, database=database, keep=keep,
+                          batch_size=batch_size, json_path=json_path, write_docs=write_docs,
+                          child_work_dir=child_work_dir)
+            return
         if near_duplicates < 0:
             raise CommandError("--near-duplicates must be 0 or more")
         try:
@@ -97,3 +112,40 @@ class Command(BaseCommand):
                                 near_duplicates=near_duplicates, seed=seed, work_dir=work_dir,
                                 batch_size=batch_size, progress=bar)
         (work_dir / "report.json").write_text(report.to_json())
+
+    def _regions(self, *, data: Path, backgrounds: Path | None, scenes: int, seed: int, database: str, keep: bool,
+                 batch_size: int | None, json_path: Path | None, write_docs: bool,
+                 child_work_dir: Path | None) -> None:
+        if backgrounds is None or not backgrounds.is_dir():
+            raise CommandError("--regions needs --backgrounds, a folder of photos")
+        if scenes < 2:
+            raise CommandError("--scenes must be 2 or more")
+        try:
+            if child_work_dir is not None:
+                evaluation_database_in_use_check(database=database)
+                call_command("migrate", verbosity=0)
+
+                def bar(description: str, total: int) -> tqdm:
+                    return tqdm(total=total, desc=description, unit="item", disable=None)
+
+                report = region_evaluation_run(objects=data, backgrounds=backgrounds, scenes=scenes, seed=seed,
+                                               work_dir=child_work_dir, batch_size=batch_size, progress=bar)
+                (child_work_dir / "report.json").write_text(report.to_json())
+                return
+            categories_of(data)  # fail early, before touching any database
+            arguments = ["--regions", "--data", str(data.resolve()), "--backgrounds", str(backgrounds.resolve()),
+                         "--scenes", str(scenes), "--seed", str(seed)]
+            if batch_size is not None:
+                arguments += ["--batch-size", str(batch_size)]
+            report = RegionReport.from_json(evaluation_child_run(database=database, arguments=arguments, keep=keep))
+        except EvaluationError as exc:
+            raise CommandError(str(exc)) from exc
+        if json_path is not None:
+            json_path.write_text(report.to_json())
+        markdown = region_markdown(report)
+        self.stdout.write(markdown)
+        if write_docs:
+            write_section(f"Search by region ({report.region_style} regions)",
+                          f"python manage.py evaluate --regions --data {data} --backgrounds {backgrounds} "
+                          f"--scenes {scenes} --seed {seed}", markdown)
+            self.stdout.write("written to docs/BENCHMARKS.md")
