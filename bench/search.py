@@ -14,6 +14,10 @@ IMAGINAITION_FLAT_INDEX_MAX, IVF above), pgvector's HNSW indexes are built, then
 - the same through `POST /api/search/ {"image_id": ...}` (Django's test client, in-process:
   routing, session auth, preferences, the query image's vectors, serialization),
 - FAISS alone, pgvector HNSW and pgvector exact (sequential scan), per space.
+With --regions (default on for N = 100k): each image also gets 3 masks with region vectors (300k
+regions at 100k images, a label per mask; one label on 1 % of the images), region indexes are built,
+and region queries (`rank` over the region indexes: each image by its best region) and a 1 %-selective
+label filter on image queries are timed; region recall@50 is against exact best-region-per-image.
 Recall@50 of each approximate engine is measured against exact brute force (`faiss.knn` over the
 same normalized vectors, which the tests show agrees with pgvector exact). Above --pgvector-max
 images the pgvector rows are skipped (its HNSW build alone was still running after 6 minutes at 1M).
@@ -171,6 +175,107 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
             "timings": timings, "recall": {name: float(np.mean(v)) for name, v in recall.items()}}
 
 
+REGIONS_PER_IMAGE = 3
+COMMON_LABELS = tuple(f"label{i:02d}" for i in range(20))
+RARE_LABEL = "rare"
+
+
+def load_regions(ids: np.ndarray, semantic_dim: int, semantic_key: str, content_key: str,
+                 seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """3 masks per image (SQL) with region vectors (binary COPY); 1 % of the images get RARE_LABEL on
+    one mask. Returns (mask ids, their image ids, semantic, content)."""
+    from django.db import connection
+
+    from retrieval.vector_io import embeddings_copy_in
+
+    n = len(ids)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE gallery_mask CASCADE")
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'retrieval_regionembedding' "
+                       "AND indexdef LIKE '%USING hnsw%'")
+        for (name,) in cursor.fetchall():  # FAISS answers here; a row-by-row HNSW insert would dominate
+            cursor.execute(f"DROP INDEX {name}")
+        cursor.execute(
+            "INSERT INTO gallery_mask (image_id, segmenter, label, class_index, probability_png, area_fraction,"
+            " created_at) SELECT image_id, 'bench', CASE WHEN slot = 0 AND image_id %% 100 = 7 THEN %s"
+            " ELSE 'label' || lpad(((image_id * 7 + slot) %% 20)::text, 2, '0') END, slot + 1, '\\x00', 0.2, now()"
+            " FROM unnest(%s::bigint[]) AS image_id, generate_series(0, %s) AS slot RETURNING id, image_id",
+            [RARE_LABEL, ids.tolist(), REGIONS_PER_IMAGE - 1])
+        rows = sorted(cursor.fetchall())
+    mask_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    owners = np.array([r[1] for r in rows], dtype=np.int64)
+    semantic, content = synthetic_vectors(len(mask_ids), semantic_dim, seed)
+    embeddings_copy_in(image_ids=owners, mask_ids=mask_ids, space="semantic", model_key=semantic_key, vectors=semantic)
+    embeddings_copy_in(image_ids=owners, mask_ids=mask_ids, space="content", model_key=content_key, vectors=content)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE gallery_mask")
+        cursor.execute("ANALYZE retrieval_regionembedding")
+    return mask_ids, owners, semantic, content
+
+
+def run_regions(ids: np.ndarray, queries: int) -> dict:
+    """Region indexes at 3 regions per image; region queries and a 1 % label filter, timed."""
+    import faiss
+
+    from retrieval.encoders.registry import MODELS, active_models
+    from retrieval.indexes import index_rebuild
+    from retrieval.neighbours import nearest_by_regions
+    from retrieval.policy import Preferences
+    from retrieval.search import QueryVectors, images_with_labels, rank, vectors_for_image_id
+
+    models = active_models()
+    keys = {"semantic": models.semantic, "content": models.content}
+    metrics = {"semantic": faiss.METRIC_L2, "content": faiss.METRIC_L1}
+    started = time.perf_counter()
+    mask_ids, owners, semantic, content = load_regions(ids, MODELS[models.semantic].dim, models.semantic,
+                                                       models.content)
+    load_s = time.perf_counter() - started
+    rebuilds = {space: index_rebuild(space=space, model_key=key, dim=MODELS[key].dim, owner="region")
+                for space, key in keys.items()}
+    vectors = {"semantic": semantic, "content": content}
+    picks = np.random.default_rng(2).choice(len(mask_ids), size=queries, replace=False)
+    prefs = Preferences()
+    timings: dict[str, list[float]] = {"region query (`rank` over both region indexes)": [],
+                                       "region search, one space (FAISS)": [],
+                                       "image query with a 1 % label filter (`rank`)": []}
+    recall: list[float] = []
+    for q in picks.tolist():
+        image_id = int(owners[q])
+        query = QueryVectors(semantic=semantic[q], content=content[q], exclude_image_id=image_id, owner="region")
+        t = time.perf_counter()
+        ranking = rank(query=query, preferences=prefs, models=models)
+        timings["region query (`rank` over both region indexes)"].append((time.perf_counter() - t) * 1000)
+        assert set(ranking.engines.values()) == {"faiss"} and len(ranking.results) == K
+        for space, key in keys.items():
+            t = time.perf_counter()
+            found, _, engine = nearest_by_regions(space=space, model_key=key, query=vectors[space][q], k=K,
+                                                  exclude_image_id=image_id)
+            timings["region search, one space (FAISS)"].append((time.perf_counter() - t) * 1000)
+            # Exact: every region's distance, each image by its best region.
+            _, rows = faiss.knn(np.ascontiguousarray(vectors[space][q:q + 1]), vectors[space], K * 8,
+                                metric=metrics[space])
+            exact: list[int] = []
+            for row in rows[0].tolist():
+                owner = int(owners[row])
+                if owner != image_id and owner not in exact:
+                    exact.append(owner)
+                if len(exact) == K:
+                    break
+            recall.append(len({c.image_id for c in found} & set(exact)) / K)
+    rare = frozenset(images_with_labels([RARE_LABEL]))
+    for image_id in np.random.default_rng(3).choice(ids, size=queries, replace=False).tolist():
+        query = vectors_for_image_id(image_id=int(image_id), models=models)
+        t = time.perf_counter()
+        ranking = rank(query=QueryVectors(semantic=query.semantic, content=query.content,
+                                          exclude_image_id=query.exclude_image_id, only_image_ids=rare),
+                       preferences=prefs, models=models)
+        timings["image query with a 1 % label filter (`rank`)"].append((time.perf_counter() - t) * 1000)
+        expected = min(K, len(rare - {int(image_id)}))  # k whenever k images qualify
+        assert len(ranking.results) == expected and {r.image_id for r in ranking.results} <= rare
+    return {"regions": len(mask_ids), "rare_images": len(rare), "load_s": load_s, "rebuilds": rebuilds,
+            "timings": timings, "recall": float(np.mean(recall))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="collection sizes (1000000 works)")
@@ -178,6 +283,8 @@ def main() -> None:
     parser.add_argument("--pgvector-max", type=int, default=200_000,
                         help="skip pgvector (HNSW build and queries) above this many images")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
+    parser.add_argument("--regions", type=int, default=100_000,
+                        help="after the run at this N, the region section (3 regions per image); 0: none")
     args = parser.parse_args()
     setup_django()
     rows, notes = [], []
@@ -194,6 +301,25 @@ def main() -> None:
               else "pgvector skipped (above --pgvector-max)")
         notes.append(f"- N={n:,}: load {result['load_s']:.0f} s; FAISS {built}; {pg}")
         print(table(headers, rows[first:]), flush=True)
+        if n == args.regions:
+            from retrieval.encoders.registry import active_models
+            from retrieval.models import Embedding
+
+            image_ids = np.array(sorted(Embedding.objects.filter(model_key=active_models().semantic)
+                                        .values_list("image_id", flat=True)), dtype=np.int64)
+            regions = run_regions(image_ids, args.queries)
+            first = len(rows)
+            for engine, samples in regions["timings"].items():
+                p50, p95, p99 = percentiles(samples)
+                recall = regions["recall"] if engine.startswith("region search") else ""
+                rows.append([f"{n:,} images, {regions['regions']:,} regions", engine, p50, p95, p99, recall])
+            built = ", ".join(f"{space} {r.kind} {r.params or ''} in {r.seconds:.1f} s"
+                              for space, r in regions["rebuilds"].items())
+            notes.append(f"- regions at N={n:,}: {regions['regions']:,} region vectors per space loaded in "
+                         f"{regions['load_s']:.0f} s; region FAISS {built}; the label filter keeps "
+                         f"{regions['rare_images']:,} images (1 %), every query returned k={K} of them "
+                         "(min(k, qualifying images) at small N)")
+            print(table(headers, rows[first:]), flush=True)
     body = (table(headers, rows) + "\n\n" + "\n".join(notes)
             + f"\n\n{args.queries} queries per N (stored images as queries, k={K}, the query image excluded); "
               "semantic dimension of the active model; REST through Django's test client in-process.")

@@ -333,9 +333,16 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
 
 def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray,
                               image_ids: list[int]) -> dict[int, float]:
-    """Per image, the similarity of its region nearest to a region query."""
-    rows = list(RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
-                .values_list("image_id", "vector"))
+    """Per image, the similarity of its region nearest to a region query (from the region index's
+    memory when it is loaded, else from Postgres)."""
+    snapshot = manager.loaded(space=space, model_key=model_key, owner="region")
+    if snapshot is not None:
+        labels = [(image_id, label) for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())]
+        stored = snapshot.vectors_for([label for _, label in labels])
+        rows = [(image_id, stored[label]) for image_id, label in labels if label in stored]
+    else:
+        rows = list(RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
+                    .values_list("image_id", "vector"))
     if not rows:
         return {}
     similarities = similarity_between(space, query, np.stack([np.asarray(v, dtype=np.float32) for _, v in rows]))

@@ -132,33 +132,40 @@ _PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000  # 2000-01-01 (PostgreSQL's epoch)
 
 
 def embeddings_copy_in(*, image_ids: np.ndarray, space: str, model_key: str, vectors: np.ndarray,
-                       created_at: datetime | None = None, chunk_rows: int = 20_000) -> int:
-    """Bulk-insert embeddings with one binary COPY: the mirror of stream_vectors, for bulk loads
-    (benchmarks, restores). Rows must be new: COPY does not upsert. Returns the number written."""
+                       created_at: datetime | None = None, chunk_rows: int = 20_000,
+                       mask_ids: np.ndarray | None = None) -> int:
+    """Bulk-insert vectors with one binary COPY: the mirror of stream_vectors, for bulk loads
+    (benchmarks, restores). Image vectors, or region vectors when `mask_ids` are given (one per
+    vector, with its image id). Rows must be new: COPY does not upsert. Returns the number written."""
     vectors = np.asarray(vectors, dtype=np.float32)
     count, dim = vectors.shape
-    if len(image_ids) != count:
-        raise ValueError("one image id per vector")
+    if len(image_ids) != count or (mask_ids is not None and len(mask_ids) != count):
+        raise ValueError("one image id (and mask id) per vector")
     space_bytes, key_bytes = space.encode(), model_key.encode()
+    owner_fields = [("mask_len", ">i4"), ("mask_id", ">i8")] if mask_ids is not None else []
     dtype = np.dtype([
         ("nfields", ">i2"),
+        *owner_fields,
         ("id_len", ">i4"), ("image_id", ">i8"),
         ("space_len", ">i4"), ("space", f"S{len(space_bytes)}"),
         ("key_len", ">i4"), ("model_key", f"S{len(key_bytes)}"),
         ("vec_len", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("vector", ">f4", (dim,)),
         ("ts_len", ">i4"), ("created_at", ">i8"),
     ])
+    table, _ = VECTOR_TABLES["region" if mask_ids is not None else "image"]
+    columns = ("mask_id, " if mask_ids is not None else "") + "image_id, space, model_key, vector, created_at"
     when = created_at or timezone.now()
     micros = int(when.timestamp() * 1_000_000) - _PG_EPOCH_OFFSET_US
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
-        with cursor.copy("COPY gallery_embedding (image_id, space, model_key, vector, created_at) "
-                         "FROM STDIN (FORMAT BINARY)") as copy:
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(_HEADER + (0).to_bytes(4, "big") + (0).to_bytes(4, "big"))
             for start in range(0, count, chunk_rows):
                 stop = min(count, start + chunk_rows)
                 rows = np.zeros(stop - start, dtype=dtype)
-                rows["nfields"] = 5
+                rows["nfields"] = 6 if mask_ids is not None else 5
+                if mask_ids is not None:
+                    rows["mask_len"], rows["mask_id"] = 8, mask_ids[start:stop]
                 rows["id_len"], rows["image_id"] = 8, image_ids[start:stop]
                 rows["space_len"], rows["space"] = len(space_bytes), space_bytes
                 rows["key_len"], rows["model_key"] = len(key_bytes), key_bytes
