@@ -110,8 +110,13 @@ def build_scenes(*, objects: Path, backgrounds: Path, out: Path, count: int,
     out.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, list[PastedObject]] = {}
     for n in range(count):
-        with PILImage.open(rng.choice(photos)) as photo:
-            background = photo.convert("RGB")
+        background = None
+        for _ in range(10 * len(photos)):
+            background = _opened(rng.choice(photos), "RGB")
+            if background is not None:
+                break
+        if background is None:
+            raise EvaluationError(f"no photo under {backgrounds} can be read")
         scale = max(SCENE_SIZE[0] / background.width, SCENE_SIZE[1] / background.height) * rng.uniform(1.0, 1.6)
         background = background.resize((max(SCENE_SIZE[0], round(background.width * scale)),
                                         max(SCENE_SIZE[1], round(background.height * scale))))
@@ -120,10 +125,9 @@ def build_scenes(*, objects: Path, backgrounds: Path, out: Path, count: int,
         pasted: list[PastedObject] = []
         for category in rng.sample(sorted(sources), rng.choice((1, 2))):
             source = rng.choice(sources[category])
-            with PILImage.open(source) as art:
-                art = art.convert("RGBA")
-            bbox = art.getchannel("A").getbbox()
-            if bbox is None:
+            art = _opened(source, "RGBA")
+            bbox = art.getchannel("A").getbbox() if art is not None else None
+            if art is None or bbox is None:
                 continue
             art = art.crop(bbox)
             side = rng.uniform(*OBJECT_SIDE) * min(SCENE_SIZE)
@@ -138,6 +142,15 @@ def build_scenes(*, objects: Path, backgrounds: Path, out: Path, count: int,
         (out / name).write_bytes(buffer.getvalue())
         scenes[name] = pasted
     return scenes
+
+
+def _opened(path: Path, mode: str) -> PILImage.Image | None:
+    """The picture in `mode`, or None for a file Pillow refuses (too many pixels, not an image)."""
+    try:
+        with PILImage.open(path) as picture:
+            return picture.convert(mode)
+    except (OSError, PILImage.DecompressionBombError):
+        return None
 
 
 def _alpha_mask(obj: PastedObject) -> np.ndarray:
