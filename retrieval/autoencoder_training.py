@@ -1,5 +1,14 @@
-"""Training our content autoencoder (`manage.py train_autoencoder`): random 64×64 crops of the photos
-in a folder, a held-out split by source photo, the training set's mean/std stored with the weights."""
+"""Training our content autoencoder (`manage.py train_autoencoder`) on the pictures in a folder, with a
+held-out split by source picture and the training set's mean/std stored with the weights.
+
+Two recipes (`views`):
+- "near-copies" (autoencoder/v2): every epoch each picture gives two views, each the whole picture or
+  a near-copy of it (the alterations a near-duplicate has: crop, small rotation, colour jitter,
+  downscale, JPEG); the loss is the reconstruction of both views plus `consistency` × a term that pulls
+  the L1-normalized codes of the two views together (InfoNCE over the batch with the L1 distance, or the
+  plain L1 distance), so that a near-copy's code stays near its original's;
+- "crops" (autoencoder/v1): fixed random square crops of 30–100 % of each picture, reconstruction only.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +22,12 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import io
+
+import numpy as np
 import torch
 from PIL import Image as PILImage
+from PIL import ImageEnhance
 from tqdm import tqdm
 
 from gallery.imaging import ImageRejected, decode_image
@@ -27,24 +40,34 @@ from retrieval.encoders.autoencoder import (
 )
 
 logger = logging.getLogger(__name__)
+TRAINING_THREADS = 2
+VIEWS = ("near-copies", "crops")
+CONTRASTS = ("infonce", "l1")
+# The changes a near-duplicate has (bench/evaluation.py makes the evaluation's copies the same way).
+COPY_CROP_SIDE = (0.70, 0.90)  # share of each side kept
+COPY_ROTATION_DEGREES = (-8.0, 8.0)
+COPY_SCALE = (0.5, 1.0)
+COPY_JITTER = (0.8, 1.2)  # brightness, contrast, saturation factors
+COPY_JPEG_QUALITY = (30, 70)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 @dataclass(frozen=True)
 class TrainingReport:
-    images: int  # training photos (crops are cut from these)
+    images: int  # training pictures (views or crops are cut from these)
     heldout_images: int
-    crops: int  # training crops per epoch
+    crops: int  # training inputs per epoch (two views per picture, or the fixed crops)
     skipped: tuple[str, ...]  # "path: reason" for each unreadable file
     train_loss: float
     heldout_loss: float
     untrained_heldout_loss: float
+    heldout_copy_recall_at_1: float  # a near-copy of each held-out picture finds its original first (L1)
     epochs: int
     seconds: float
     out: Path
 
 
-def _read_pictures(data_dir: Path) -> tuple[list[PILImage.Image], list[str]]:
+def _read_pictures(data_dir: Path, max_side: int = 512) -> tuple[list[PILImage.Image], list[str]]:
     """The readable photos under data_dir (sorted by path, so runs are reproducible) and the skipped files."""
     pictures: list[PILImage.Image] = []
     skipped: list[str] = []
@@ -56,7 +79,8 @@ def _read_pictures(data_dir: Path) -> tuple[list[PILImage.Image], list[str]]:
             logger.warning("skipping %s: %s", path, message)
             skipped.append(f"{path}: {message}")
             continue
-        picture.thumbnail((512, 512))  # crops are 64×64: no need to keep huge originals in memory
+        picture = picture.convert("RGB")
+        picture.thumbnail((max_side, max_side))  # the model sees 64×64: no need to keep huge originals
         pictures.append(picture)
     return pictures, skipped
 
@@ -82,15 +106,86 @@ def reconstruction_loss(model: ConvAutoencoder, batch: torch.Tensor) -> float:
         return float(torch.nn.functional.mse_loss(model(batch), batch))
 
 
+def near_copy(picture: PILImage.Image, rng: random.Random) -> PILImage.Image:
+    """The picture rotated ±8°, cropped to 70–90 % of each side, colour-jittered ×0.8–1.2, downscaled
+    ×0.5–1 and saved as JPEG of quality 30–70, decoded again: what a near-duplicate looks like."""
+    picture = picture.convert("RGB")
+    pixels = np.asarray(picture)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    border = tuple(int(v) for v in np.median(edge, axis=0))  # fills the corners the rotation uncovers
+    rotated = picture.rotate(rng.uniform(*COPY_ROTATION_DEGREES), resample=PILImage.Resampling.BICUBIC,
+                             fillcolor=border)
+    width, height = rotated.size
+    side = rng.uniform(*COPY_CROP_SIDE)
+    crop_w, crop_h = max(1, round(width * side)), max(1, round(height * side))
+    left, top = round((width - crop_w) * rng.random()), round((height - crop_h) * rng.random())
+    copy = rotated.crop((left, top, left + crop_w, top + crop_h))
+    copy = ImageEnhance.Brightness(copy).enhance(rng.uniform(*COPY_JITTER))
+    copy = ImageEnhance.Contrast(copy).enhance(rng.uniform(*COPY_JITTER))
+    copy = ImageEnhance.Color(copy).enhance(rng.uniform(*COPY_JITTER))
+    scale = rng.uniform(*COPY_SCALE)
+    copy = copy.resize((max(16, round(crop_w * scale)), max(16, round(crop_h * scale))),
+                       PILImage.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=rng.randint(*COPY_JPEG_QUALITY))
+    return PILImage.open(buffer).convert("RGB")
+
+
+def _two_views(pictures: Sequence[PILImage.Image], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, second) unit tensors: first is the picture itself or a near-copy (even odds), second a
+    near-copy; so the pairs teach both copy → original and copy → copy."""
+    first = [picture if rng.random() < 0.5 else near_copy(picture, rng) for picture in pictures]
+    second = [near_copy(picture, rng) for picture in pictures]
+    return to_unit_tensor(first), to_unit_tensor(second)
+
+
+def _normalized_codes(model: ConvAutoencoder, batch: torch.Tensor) -> torch.Tensor:
+    codes = model.encode(batch).flatten(1)
+    return codes / codes.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def consistency_loss(first: torch.Tensor, second: torch.Tensor, *, contrast: str, temperature: float) -> torch.Tensor:
+    """Between L1-normalized codes (rows) of two views of the same pictures. "l1": their mean L1 distance;
+    "infonce": cross-entropy of finding the other view among the batch's, logits −L1 distance / temperature
+    (scale-free, so the codes cannot shrink their differences away)."""
+    if contrast == "l1":
+        return (first - second).abs().sum(dim=1).mean()
+    logits = -torch.cdist(first, second, p=1) / temperature
+    targets = torch.arange(len(first))
+    return (torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)) / 2
+
+
+def copy_recall_at_1(model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float],
+                     pictures: Sequence[PILImage.Image], seed: int = 0) -> float:
+    """Share of the pictures whose near-copy has its original as the nearest (L1, normalized codes)."""
+    if len(pictures) < 2:
+        return float("nan")
+    rng = random.Random(seed)
+    model.eval()
+    with torch.inference_mode():
+        originals = _normalized_codes(model, preprocess(pictures, mean, std))
+        copies = _normalized_codes(model, preprocess([near_copy(p, rng) for p in pictures], mean, std))
+    nearest = torch.cdist(copies, originals, p=1).argmin(dim=1)
+    return float((nearest == torch.arange(len(pictures))).float().mean())
+
+
 def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int, seed: int = 0,
-                      heldout_fraction: float = 0.1, crops_per_image: int, progress: bool,
-                      data_description: str = "") -> TrainingReport:
-    """Train on random crops of the photos under data_dir and write the checkpoint to `out` atomically.
-    Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer than 2 photos load."""
+                      heldout_fraction: float = 0.1, crops_per_image: int = 1, progress: bool,
+                      data_description: str = "", views: str = "near-copies", consistency: float = 0.0,
+                      contrast: str = "infonce", temperature: float = 0.1, max_side: int = 512,
+                      learning_rate: float = 2e-3) -> TrainingReport:
+    """Train on the pictures under data_dir (recipe `views`, see the module) and write the checkpoint to
+    `out` atomically. Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer
+    than 2 pictures load or an option is out of range."""
+    if views not in VIEWS or contrast not in CONTRASTS:
+        raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
+    if consistency < 0 or (consistency > 0 and views != "near-copies"):
+        raise ValueError("consistency must be ≥ 0, and needs views='near-copies'")
     started = time.perf_counter()
+    torch.set_num_threads(TRAINING_THREADS)
     rng = random.Random(seed)
     torch.manual_seed(seed)  # weight initialization
-    pictures, skipped = _read_pictures(data_dir)
+    pictures, skipped = _read_pictures(data_dir, max_side)
     if not pictures:
         raise ValueError(f"{data_dir}: no readable images")
     if len(pictures) < 2:
@@ -101,25 +196,42 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     heldout = [pictures[i] for i in order[:heldout_count]]
     train = [pictures[i] for i in order[heldout_count:]]
 
-    # The crops are cut once: a fixed, in-memory training set keeps epochs fast on a CPU.
-    train_unit = to_unit_tensor(random_crops(train, crops_per_image, rng))
+    if views == "crops":
+        # The crops are cut once: a fixed, in-memory training set keeps epochs fast on a CPU.
+        train_unit = to_unit_tensor(random_crops(train, crops_per_image, rng))
+        heldout_inputs = random_crops(heldout, max(8, crops_per_image // 4), rng)
+    else:
+        train_unit = to_unit_tensor(train)  # mean/std of the pictures as the gallery sees them
+        heldout_inputs = list(heldout)
     mean = train_unit.mean(dim=(0, 2, 3)).tolist()
     std = train_unit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     train_data = normalize_batch(train_unit, mean, std)
-    heldout_data = preprocess(random_crops(heldout, max(8, crops_per_image // 4), rng), mean, std)
+    heldout_data = preprocess(heldout_inputs, mean, std)
 
     model = ConvAutoencoder()
     untrained = reconstruction_loss(model, heldout_data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     generator = torch.Generator().manual_seed(seed)
     train_loss = float("nan")
+    inputs_per_epoch = len(train_data) if views == "crops" else 2 * len(train)
     for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
         model.train()
         total, count = 0.0, 0
         for indices in torch.randperm(len(train_data), generator=generator).split(batch_size):
-            batch = train_data[indices]
-            loss = torch.nn.functional.mse_loss(model(batch), batch)
+            if views == "crops":
+                batch = train_data[indices]
+                loss = torch.nn.functional.mse_loss(model(batch), batch)
+            else:
+                first, second = _two_views([train[i] for i in indices.tolist()], rng)
+                batch = normalize_batch(torch.cat([first, second]), mean, std)
+                codes = model.encode(batch)  # both views in one pass: BatchNorm sees one batch
+                loss = torch.nn.functional.mse_loss(model.decoder(codes), batch)
+                if consistency > 0 and len(indices) > 1:
+                    normalized = codes.flatten(1)
+                    normalized = normalized / normalized.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
+                    loss = loss + consistency * consistency_loss(normalized[:len(indices)], normalized[len(indices):],
+                                                                 contrast=contrast, temperature=temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -128,12 +240,16 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
         scheduler.step()
         train_loss = total / count
     heldout_loss = reconstruction_loss(model, heldout_data)
+    copy_recall = copy_recall_at_1(model, mean, std, heldout, seed)
 
     checkpoint = {
         "state_dict": model.state_dict(), "mean": mean, "std": std,
         "meta": {"data": data_description or str(data_dir), "images": len(train), "heldout_images": len(heldout),
-                 "epochs": epochs, "seed": seed, "crops_per_image": crops_per_image, "input_size": INPUT_SIZE,
-                 "train_loss": train_loss, "heldout_loss": heldout_loss, "untrained_heldout_loss": untrained,
+                 "epochs": epochs, "seed": seed, "views": views, "crops_per_image": crops_per_image,
+                 "consistency": consistency, "contrast": contrast, "temperature": temperature,
+                 "batch_size": batch_size, "max_side": max_side, "learning_rate": learning_rate,
+                 "input_size": INPUT_SIZE, "train_loss": train_loss, "heldout_loss": heldout_loss,
+                 "untrained_heldout_loss": untrained, "heldout_copy_recall_at_1": copy_recall,
                  "date": date.today().isoformat()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,9 +261,10 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return TrainingReport(images=len(train), heldout_images=len(heldout), crops=len(train_data),
+    return TrainingReport(images=len(train), heldout_images=len(heldout), crops=inputs_per_epoch,
                           skipped=tuple(skipped), train_loss=train_loss,
-                          heldout_loss=heldout_loss, untrained_heldout_loss=untrained, epochs=epochs,
+                          heldout_loss=heldout_loss, untrained_heldout_loss=untrained,
+                          heldout_copy_recall_at_1=copy_recall, epochs=epochs,
                           seconds=time.perf_counter() - started, out=out)
 
 

@@ -143,8 +143,8 @@ def test_rank_answers_without_reading_images_and_search_attaches_them(settings, 
 
     index_rebuild(space="semantic", model_key=SEMANTIC_KEY, dim=384)
     index_rebuild(space="content", model_key=CONTENT_KEY, dim=1024)
-    # the gallery's semantic vectors are v1's, not those of the profile's current semantic model
-    models = dataclasses.replace(active_models(), semantic=SEMANTIC_KEY)
+    # the gallery's vectors are v1's, not those of the profile's current semantic and content models
+    models = dataclasses.replace(active_models(), semantic=SEMANTIC_KEY, content=CONTENT_KEY)
     query = vectors_for_image_id(image_id=gallery[0].pk, models=models)
     preferences = Preferences(k=4)
     rank(query=query, preferences=preferences, models=models)  # the first call loads and syncs the indexes

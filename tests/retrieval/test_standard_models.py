@@ -47,7 +47,7 @@ def weights_dir(tmp_path_factory):
     saved["classifier.4.weight"] = deeplab_state["classifier.4.weight"].clone()
     torch.save(deeplab_state, folder / DEEPLABV3_RESNET101.weights[0].filename)
     del deeplab_state
-    shipped = registry.MODELS["autoencoder/v1"].weights[0]
+    shipped = registry.MODELS[registry.PROFILE_MODELS["standard"]["content"]].weights[0]
     shutil.copy(shipped.path(), folder / shipped.filename)  # our autoencoder serves both profiles
     return folder, saved
 

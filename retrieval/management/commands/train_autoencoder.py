@@ -3,38 +3,57 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from retrieval.autoencoder_training import autoencoder_train
+from retrieval.autoencoder_training import CONTRASTS, VIEWS, autoencoder_train
 from retrieval.encoders.registry import MODELS
+
+DEFAULT_MODEL = "autoencoder/v2"
 
 
 class Command(BaseCommand):
-    help = "Train the content autoencoder on random 64×64 crops of the photos in a folder."
+    help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
+            "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--data", type=Path, required=True, help="folder of training photos (searched recursively)")
+        parser.add_argument("--data", type=Path, required=True, help="folder of training pictures (searched recursively)")
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--crops-per-image", type=int, default=64)
+        parser.add_argument("--views", choices=VIEWS, default="near-copies",
+                            help="near-copies: two altered views of each picture per epoch (v2); "
+                                 "crops: fixed random crops (v1)")
+        parser.add_argument("--crops-per-image", type=int, default=64, help="with --views crops")
+        parser.add_argument("--consistency", type=float, default=0.0,
+                            help="weight of the term pulling the codes of two views of a picture together")
+        parser.add_argument("--contrast", choices=CONTRASTS, default="infonce")
+        parser.add_argument("--temperature", type=float, default=0.1, help="of the InfoNCE term")
+        parser.add_argument("--learning-rate", type=float, default=2e-3)
+        parser.add_argument("--max-side", type=int, default=512,
+                            help="pictures are shrunk to this longest side when read")
+        parser.add_argument("--heldout-fraction", type=float, default=0.1)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=None,
-                            help="checkpoint to write (default: the catalog's file of autoencoder/v1)")
+                            help=f"checkpoint to write (default: the catalog's file of {DEFAULT_MODEL})")
         parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
 
-    def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, crops_per_image: int, seed: int,
-               out: Path | None, describe: str, verbosity: int, **options: Any) -> None:
+    def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, views: str, crops_per_image: int,
+               consistency: float, contrast: str, temperature: float, learning_rate: float, max_side: int,
+               heldout_fraction: float, seed: int, out: Path | None, describe: str, verbosity: int,
+               **options: Any) -> None:
         if not data.is_dir():
             raise CommandError(f"{data}: no such folder")
-        out = out or MODELS["autoencoder/v1"].weight_path()
+        out = out or MODELS[DEFAULT_MODEL].weight_path()
         try:
             report = autoencoder_train(data_dir=data, out=out, epochs=epochs, batch_size=batch_size, seed=seed,
-                                       crops_per_image=crops_per_image, progress=verbosity > 0,
-                                       data_description=describe)
+                                       heldout_fraction=heldout_fraction, crops_per_image=crops_per_image,
+                                       progress=verbosity > 0, data_description=describe, views=views,
+                                       consistency=consistency, contrast=contrast, temperature=temperature,
+                                       max_side=max_side, learning_rate=learning_rate)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         for skipped in report.skipped:
             self.stderr.write(f"skipped {skipped}")
         self.stdout.write(
-            f"trained on {report.images} images ({report.crops} crops; {report.heldout_images} held out, "
+            f"trained on {report.images} images ({report.crops} inputs per epoch; {report.heldout_images} held out, "
             f"{len(report.skipped)} skipped) for {report.epochs} epochs in {report.seconds:.0f} s\n"
-            f"reconstruction MSE: train {report.train_loss:.4f}, held-out {report.heldout_loss:.4f} "
-            f"(untrained: {report.untrained_heldout_loss:.4f})\nwrote {report.out}")
+            f"reconstruction MSE: train loss {report.train_loss:.4f}, held-out {report.heldout_loss:.4f} "
+            f"(untrained: {report.untrained_heldout_loss:.4f}); held-out near-copy R@1 "
+            f"{report.heldout_copy_recall_at_1:.3f}\nwrote {report.out}")
