@@ -335,9 +335,11 @@ def standard_random_weights() -> Path:
         torch.manual_seed(0)
         torch.save(build_model().state_dict(), str(deeplab_file) + ".tmp")
         os.replace(str(deeplab_file) + ".tmp", deeplab_file)
-    shipped = registry.MODELS["autoencoder/v1"].weights[0]
-    if not (folder / shipped.filename).is_file():
-        shutil.copy(shipped.path(), folder / shipped.filename)
+    for spec in registry.MODELS.values():  # the autoencoders this project ships
+        if spec.loader.startswith("retrieval.encoders.autoencoder:"):
+            shipped = spec.weights[0]
+            if not (folder / shipped.filename).is_file():
+                shutil.copy(shipped.path(), folder / shipped.filename)
     return folder
 
 

@@ -49,6 +49,17 @@ AUTOENCODER_V1 = ModelSpec(
     weights=(WeightFile(filename="autoencoder-v1.pt", licence="MIT (trained by this project, see weights/README.md)"),),
 )
 
+AUTOENCODER_V2 = ModelSpec(
+    key="autoencoder/v2",
+    role="content",
+    dim=1024,
+    loader="retrieval.encoders.autoencoder:load",
+    profiles=("standard", "offline"),
+    description="autoencoder/v1's design trained on 5,000+ pictures with near-copy views and a consistency "
+                "term (docs/CONTENT_MODEL.md); the 4x16x16 code of a 64x64 image, L1-normalized.",
+    weights=(WeightFile(filename="autoencoder-v2.pt", licence="MIT (trained by this project, see weights/README.md)"),),
+)
+
 OFFLINE_SEMANTIC = ModelSpec(
     key="offline/effnet-lite0+minilm",
     role="semantic",
@@ -66,6 +77,19 @@ OFFLINE_SEMANTIC = ModelSpec(
     ),
 )
 
+OFFLINE_SEMANTIC_V2 = ModelSpec(
+    key="offline/effnet-lite0+minilm/v2",
+    role="semantic",
+    dim=384 + 1280,
+    loader="retrieval.encoders.offline:load_semantic",
+    profiles=("offline",),
+    description="v1's bridge plus EfficientNet-Lite0's centred pooled features for images, weighted "
+                "sqrt(0.3) : sqrt(0.7); texts padded with zeros, so text search ranks exactly as v1.",
+    weights=OFFLINE_SEMANTIC.weights,
+    # a = 0.3: the bridge's share of an image vector's squared norm (docs/OFFLINE_PROFILE.md)
+    options={"bridge_share": 0.3},
+)
+
 OFFLINE_SEGMENTER = ModelSpec(
     key="offline/effnet-lite0-cam",
     role="segmenter",
@@ -77,11 +101,12 @@ OFFLINE_SEGMENTER = ModelSpec(
 )
 
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
-    OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, AUTOENCODER_V1, OFFLINE_SEMANTIC, OFFLINE_SEGMENTER)}
+    OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, AUTOENCODER_V1, AUTOENCODER_V2, OFFLINE_SEMANTIC, OFFLINE_SEMANTIC_V2,
+    OFFLINE_SEGMENTER)}
 
 PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
-    "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V1.key,
+    "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V2.key,
                  "segmenter": DEEPLABV3_RESNET101.key},
-    "offline": {"semantic": OFFLINE_SEMANTIC.key, "content": AUTOENCODER_V1.key,
+    "offline": {"semantic": OFFLINE_SEMANTIC_V2.key, "content": AUTOENCODER_V2.key,
                 "segmenter": OFFLINE_SEGMENTER.key},
 }
