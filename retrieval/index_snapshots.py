@@ -125,12 +125,16 @@ class IndexSnapshot:
 
     def vectors_for(self, image_ids: list[int]) -> dict[int, np.ndarray]:
         """The stored (normalized) vectors of these images, from memory: no database round trip."""
-        with self.lock:
-            present = [image_id for image_id in image_ids if image_id in self.ids and image_id not in self.deleted]
-            if not present:
-                return {}
-            vectors = self.index.reconstruct_batch(np.asarray(present, dtype=np.int64))  # one call, not one per id
+        present, vectors = self.vectors_matrix(image_ids)
         return dict(zip(present, vectors, strict=True))
+
+    def vectors_matrix(self, labels: list[int]) -> tuple[list[int], np.ndarray]:
+        """(the labels present, their stored normalized vectors as one (n, dim) matrix)."""
+        with self.lock:
+            present = [label for label in labels if label in self.ids and label not in self.deleted]
+            if not present:
+                return [], np.zeros((0, self.dim), dtype=np.float32)
+            return present, self.index.reconstruct_batch(np.asarray(present, dtype=np.int64))  # one call
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> int:
         with self.lock:

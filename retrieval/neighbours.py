@@ -12,13 +12,14 @@ import math
 import time
 from collections.abc import Collection
 
+import faiss
 import numpy as np
 
 from gallery.errors import Refused
 from retrieval import pgvector_store
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import IndexSnapshot, manager
-from retrieval.metrics import normalize, similarity_between, similarity_from_distance
+from retrieval.metrics import faiss_metric, normalize, similarity_from_distance
 from retrieval.policy import Candidate
 from retrieval.spaces import VectorOwner
 from retrieval.status import heal_start
@@ -108,12 +109,14 @@ def _faiss_images(snapshot: IndexSnapshot, query: np.ndarray, k: int, *, exclude
         if exclude_image_id is not None:
             labels -= {exclude_image_id} if image_of is None else snapshot.regions_of.get(exclude_image_id, set())
         if len(labels) <= EXACT_FILTER_MAX:
-            vectors = snapshot.vectors_for(sorted(labels))
-            if not vectors:
+            present, matrix = snapshot.vectors_matrix(sorted(labels))
+            if not present:
                 return []
-            similarities = similarity_between(snapshot.space, query, np.stack(list(vectors.values())))
-            order = np.argsort(-similarities, kind="stable")
-            ranked = [(list(vectors)[i], float(similarities[i])) for i in order]
+            # Exact kNN over the candidates' stored vectors (FAISS's own kernels; as the index measures).
+            unit = normalize(snapshot.space, query.reshape(1, -1))
+            distances, rows = faiss.knn(unit, matrix, len(present), metric=faiss_metric(snapshot.space))
+            ranked = [(present[row], float(similarity_from_distance(snapshot.space, distance)))
+                      for row, distance in zip(rows[0].tolist(), distances[0].tolist(), strict=True) if row >= 0]
             return _best_per_image(ranked, image_of, k)
     total = len(snapshot.ids)
     per_image = 1 if image_of is None else REGIONS_PER_IMAGE

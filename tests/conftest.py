@@ -95,10 +95,13 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
 
 
 @pytest.fixture(autouse=True)
-def _serving_models_decided_per_test():
-    """Which model answers queries is cached per process for a few seconds: each test decides afresh."""
+def _serving_models_decided_per_query(settings):
+    """Which model answers queries is cached per process for a few seconds. In tests, decide on every
+    query: a background thread (the status banner's) has its own connection, which does not see a
+    test's uncommitted rows, and must not leave its answer for the test's own queries."""
     from retrieval import serving
 
+    settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
     serving.forget()
     yield
     serving.forget()

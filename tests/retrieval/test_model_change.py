@@ -30,6 +30,7 @@ def test_the_model_with_most_vectors_serves_until_the_active_one_catches_up(sett
     import numpy as np
 
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_SERVING_CHECK_SECONDS = 60  # as in production: decided, then kept a while
     new = registry.active_models().content
     assert new != OLD, "the offline profile's content model is expected to have moved on from v1"
     rng = np.random.default_rng(0)
