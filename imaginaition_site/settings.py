@@ -166,6 +166,10 @@ IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 
 IMAGINAITION_INDEX_SYNC_SECONDS = float(os.environ.get("IMAGINAITION_INDEX_SYNC_SECONDS", 1.0))
 # The page banner's state (integrity, queue) is re-checked in the background at most this often.
 IMAGINAITION_BANNER_REFRESH_SECONDS = float(os.environ.get("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0))
+# Where models run: auto (CUDA, else Apple MPS, else CPU), cpu, cuda or mps (retrieval/encoders/devices.py).
+IMAGINAITION_DEVICE = os.environ.get("IMAGINAITION_DEVICE", "auto")
+# Processes that share this machine's cores with a web process (its torch threads: cores / this).
+IMAGINAITION_WEB_PROCESSES = int(os.environ.get("IMAGINAITION_WEB_PROCESSES", 1))
 # Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
 IMAGINAITION_REGION_MIN_AREA = float(os.environ.get("IMAGINAITION_REGION_MIN_AREA", 0.01))
 IMAGINAITION_REGION_STYLE = os.environ.get("IMAGINAITION_REGION_STYLE", "masked")  # masked | box
@@ -193,10 +197,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Background work: django-q2 with the ORM broker on the same PostgreSQL.
+IMAGINAITION_WORKERS = int(os.environ.get("IMAGINAITION_WORKERS", 2))  # worker processes per cluster
 Q_CLUSTER = {
     "name": "imaginaition",
     "orm": "default",
-    "workers": int(os.environ.get("IMAGINAITION_WORKERS", 2)),
+    "workers": IMAGINAITION_WORKERS,
     "timeout": int(os.environ.get("IMAGINAITION_TASK_TIMEOUT", 600)),
     # A task whose worker died is handed out again after `retry` seconds; it must exceed timeout,
     # or a long task would run twice.

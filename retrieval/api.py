@@ -110,6 +110,8 @@ class StatusSerializer(serializers.Serializer):
     models = serializers.DictField(child=serializers.CharField())
     serving = serializers.DictField(child=serializers.CharField(),
                                     help_text="models answering queries (differ from models while a model change re-embeds)")
+    device = serializers.CharField(help_text="where this web process runs its models: cpu, cuda or mps")
+    torch_threads = serializers.IntegerField(help_text="CPU threads torch uses in this web process")
     database = serializers.CharField()
     pgvector_version = serializers.CharField(allow_null=True)
     images = serializers.DictField(child=serializers.IntegerField())

@@ -11,10 +11,18 @@ class RetrievalConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, as Django asks: receivers import models, which need the app registry.
+        from django.conf import settings
+
         from retrieval import receivers
+        from retrieval.encoders.devices import threads_configure
         from retrieval.encoders.registry import log_active_models
 
         receivers.connect()
         post_migrate.connect(receivers.ensure_hnsw_indexes, sender=self)
+        # Each process takes its share of the cores for torch (the workers fork from the cluster
+        # process and inherit it): cores / worker processes, or cores / web processes.
         if "qcluster" in sys.argv:
+            threads_configure(settings.IMAGINAITION_WORKERS)
             log_active_models()
+        elif "runserver" in sys.argv or "gunicorn" in sys.argv[0]:
+            threads_configure(settings.IMAGINAITION_WEB_PROCESSES)

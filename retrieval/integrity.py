@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from django.core.files.storage import default_storage
+from django.db import connection, transaction
 
 from gallery.models import Image
 from retrieval.encoders.registry import MODELS
@@ -16,6 +17,8 @@ from retrieval.models import IndexState
 from retrieval.serving import keys_in_use
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
+
+MISSING_INDEX_LOCK = 0x1D5_0001  # pg advisory lock: one first build of the missing indexes at a time
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,24 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
                           owner=cast(VectorOwner, health.owner))
             healed.append(f"{'region ' if health.owner == 'region' else ''}{health.space}/{health.model_key}")
     return healed
+
+
+def missing_indexes_build() -> list[str]:
+    """Build the indexes (image and region vectors, models in use) that have vectors but no index
+    yet. One process at a time: another worker finishing a batch at the same moment skips it."""
+    built = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [MISSING_INDEX_LOCK])
+        if not cursor.fetchone()[0]:
+            return []
+        for owner, (space, key) in itertools.product(("image", "region"), keys_in_use()):
+            owner = cast(VectorOwner, owner)
+            if IndexState.objects.filter(owner=owner, space=space, model_key=key).exclude(file_name="").exists():
+                continue
+            if not count_vectors(model_key=key, space=space, owner=owner):
+                continue
+            dim = MODELS[key].dim
+            assert dim is not None  # an embedding model (only segmenters have none)
+            index_rebuild(space=space, model_key=key, dim=dim, owner=owner)
+            built.append(f"{'region ' if owner == 'region' else ''}{space}/{key}")
+    return built

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from django.conf import settings
 from django.db import DatabaseError, connection, connections
 from django.db.models import Count
@@ -16,6 +17,7 @@ from django_q.tasks import async_task, fetch
 
 from gallery.models import Image, ProcessingStatus
 from gallery.selectors import images_pending_count
+from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import active_models
 from retrieval.integrity import integrity_check
 from retrieval.models import RegionEmbedding
@@ -29,6 +31,8 @@ class ServiceStatus:
     profile: str
     models: dict[str, str]
     serving: dict[str, str]  # the models answering queries: the active ones unless a model change is re-embedding
+    device: str  # where this process runs its models (IMAGINAITION_DEVICE)
+    torch_threads: int
     database: str
     pgvector_version: str | None
     images: dict[str, int]
@@ -55,6 +59,7 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
         profile=active.profile,
         models={"semantic": active.semantic, "content": active.content, "segmenter": active.segmenter},
         serving={"semantic": serving.semantic, "content": serving.content},
+        device=str(model_device()), torch_threads=torch.get_num_threads(),
         database="embedded" if settings.DATABASES["default"]["ENGINE"].endswith("db_embedded") else "external",
         pgvector_version=row[0] if row else None,
         images=counts,
@@ -91,6 +96,7 @@ class Banner:
     profile: str
     pending: int | str
     index: str
+    device: str = "cpu"
 
 
 _banner: Banner | None = None
@@ -110,7 +116,7 @@ def banner_state() -> Banner:
         _banner_refreshing = _banner_refreshing or start
     if start:
         threading.Thread(target=_banner_refresh_in_background, name="banner-refresh", daemon=True).start()
-    return _banner or Banner(profile=active_models().profile, pending="…", index="checking")
+    return _banner or Banner(profile=active_models().profile, pending="…", index="checking", device=str(model_device()))
 
 
 def banner_refresh() -> Banner:
@@ -119,9 +125,9 @@ def banner_refresh() -> Banner:
     profile = active_models().profile
     try:
         banner = Banner(profile=profile, pending=images_pending_count(),
-                        index=integrity_check(check_files=False).state)
+                        index=integrity_check(check_files=False).state, device=str(model_device()))
     except DatabaseError:
-        banner = Banner(profile=profile, pending="?", index="database unavailable")
+        banner = Banner(profile=profile, pending="?", index="database unavailable", device=str(model_device()))
     with _banner_lock:
         _banner, _banner_at = banner, time.monotonic()
     return banner

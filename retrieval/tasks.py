@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import socket
 
+import torch
 from django.utils import timezone
 
-from retrieval.integrity import integrity_check, integrity_heal
+from retrieval.encoders.devices import model_device
+from retrieval.integrity import integrity_check, integrity_heal, missing_indexes_build
 from retrieval.pipeline import BatchReport, embed_batch, segment_batch
 
 
@@ -17,18 +19,29 @@ def _summary(report: BatchReport) -> dict[str, list[int]]:
 
 
 def embed_images(image_id: int) -> dict[str, list[int]]:
-    """Embed a batch of pending images, this one first."""
-    return _summary(embed_batch(first_id=image_id))
+    """Embed a batch of pending images, this one first; then build any index that does not exist
+    yet, so that the first import ends with its indexes ready (later vectors are caught up by the
+    web processes themselves)."""
+    report = embed_batch(first_id=image_id)
+    if report.processed:
+        missing_indexes_build()
+    return _summary(report)
 
 
 def segment_images(image_id: int) -> dict[str, list[int]]:
-    """Segment a batch of images whose masks are pending, this one first."""
-    return _summary(segment_batch(first_id=image_id))
+    """Segment a batch of images whose masks are pending, this one first (with their region
+    vectors); then build any index that does not exist yet."""
+    report = segment_batch(first_id=image_id)
+    if report.processed:
+        missing_indexes_build()
+    return _summary(report)
 
 
 def worker_ping() -> dict[str, object]:
-    """Proves a worker picked up a task: who ran it and when (shown by the status endpoint)."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "at": timezone.now().isoformat()}
+    """Proves a worker picked up a task: who ran it and when, with how many torch threads and on
+    which device its models run (shown by the status endpoint)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "at": timezone.now().isoformat(),
+            "torch_threads": torch.get_num_threads(), "device": str(model_device())}
 
 
 def rebuild_indexes() -> list[str]:

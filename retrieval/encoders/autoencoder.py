@@ -21,6 +21,7 @@ from torch import nn
 from retrieval.spaces import Space
 
 from .base import ImageEncoder, l1_normalize
+from .devices import model_device
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -82,19 +83,21 @@ class AutoencoderEncoder(ImageEncoder):
     space = Space.CONTENT
     dim = int(np.prod(CODE_SHAPE))
 
-    def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, *, key: str, model: ConvAutoencoder, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | None = None) -> None:
         self.key = key
-        self.model = model.eval()
+        self.device = device or torch.device("cpu")
+        self.model = model.eval().to(self.device)
         self.mean, self.std = list(mean), list(std)
 
     def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = preprocess(images, self.mean, self.std)
+        batch = preprocess(images, self.mean, self.std).to(self.device)  # built on the CPU, moved once
         self.model.eval()  # BatchNorm must use its running statistics, whatever a caller did to the module
         with torch.inference_mode():
             codes = self.model.encode(batch)  # one forward pass for the whole batch
-        return l1_normalize(codes.flatten(1).numpy())
+        return l1_normalize(codes.flatten(1).float().cpu().numpy())
 
 
 def load_checkpoint(path: Path) -> tuple[ConvAutoencoder, dict[str, Any]]:
@@ -108,4 +111,5 @@ def load_checkpoint(path: Path) -> tuple[ConvAutoencoder, dict[str, Any]]:
 def load(spec: ModelSpec) -> AutoencoderEncoder:
     """The registry's loader: only the spec knows where the weights live."""
     model, checkpoint = load_checkpoint(spec.weight_path())
-    return AutoencoderEncoder(key=spec.key, model=model, mean=checkpoint["mean"], std=checkpoint["std"])
+    return AutoencoderEncoder(key=spec.key, model=model, mean=checkpoint["mean"], std=checkpoint["std"],
+                              device=model_device())

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, deeplabv3_resnet101
 
 from .base import Segmenter, SoftMask
+from .devices import model_device
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -31,15 +32,17 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics 
 
 
 class DeepLabSegmenter(Segmenter):
-    def __init__(self, *, key: str, model: torch.nn.Module) -> None:
+    def __init__(self, *, key: str, model: torch.nn.Module, device: torch.device | None = None) -> None:
         self.key = key
-        self.model = model.eval()
+        self.device = device or torch.device("cpu")
+        self.model = model.eval().to(self.device)
 
     def segment(self, images: Sequence[PILImage.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
         with torch.inference_mode():
-            probabilities = self.model(preprocess(images))["out"].softmax(dim=1)  # (n, 21, 520, 520)
+            # Built on the CPU, moved once per batch; masks come back to the CPU at their final size.
+            probabilities = self.model(preprocess(images).to(self.device))["out"].softmax(dim=1)  # (n, 21, 520, 520)
             return [masks_at_size(probability, (image.height, image.width))
                     for image, probability in zip(images, probabilities, strict=True)]
 
@@ -66,7 +69,7 @@ def masks_at_size(probability: torch.Tensor, size: tuple[int, int]) -> list[Soft
             channel = F.interpolate(probability[None, class_index:class_index + 1], size=size, mode="bilinear",
                                     align_corners=False)[0, 0]
             masks.append(SoftMask(label=VOC_LABELS[class_index], class_index=class_index,
-                                  probability=channel.clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)))
+                                  probability=channel.clamp_(0.0, 1.0).float().cpu().numpy()))
     return masks
 
 
@@ -82,4 +85,4 @@ def load(spec: ModelSpec) -> DeepLabSegmenter:
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     model = build_model()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return DeepLabSegmenter(key=spec.key, model=model)
+    return DeepLabSegmenter(key=spec.key, model=model, device=model_device())

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
+from .devices import model_device
 from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
 from .specs import ModelSpec
 
@@ -86,6 +87,10 @@ class ClassifierWithFeatures(nn.Module):
         return self.net.forward_head(features), features  # type: ignore[operator]
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
     def classifier_weight(self) -> torch.Tensor:
         return cast(nn.Linear, self.net.classifier).weight  # (1000, channels)
 
@@ -110,7 +115,7 @@ def shared_network(weight_path: Path, architecture: str = "efficientnet_lite0") 
         raise ValueError(f"{weight_path} does not match timm's {architecture} layout")
     net.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)), strict=True)
     input_size = int(cast(dict, net.pretrained_cfg)["input_size"][-1])  # timm's config: (3, side, side)
-    return ClassifierWithFeatures(net, input_size=input_size).eval()
+    return ClassifierWithFeatures(net, input_size=input_size).eval().to(model_device())
 
 
 def imagenet_feature_mean(network: ClassifierWithFeatures) -> np.ndarray:
@@ -131,7 +136,7 @@ def imagenet_feature_mean(network: ClassifierWithFeatures) -> np.ndarray:
             shifted = (mean - threshold) / std
             return (mean - threshold) * normal.cdf(shifted) + std * torch.exp(normal.log_prob(shifted))
 
-        return (above(0.0) - above(6.0)).float().numpy()
+        return (above(0.0) - above(6.0)).float().cpu().numpy()
 
 
 @functools.cache
@@ -140,7 +145,7 @@ def shared_text_model(model_dir: Path) -> SentenceTransformer:
     the hub), built once per process."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_dir), device="cpu")
+    return SentenceTransformer(str(model_dir), device=str(model_device()))
 
 
 @functools.cache
@@ -231,10 +236,10 @@ def image_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Image]
                   resize: Resize) -> tuple[np.ndarray, np.ndarray]:
     """((n, 1000) ImageNet logits, (n, feature_dim) globally average-pooled last feature map), one
     forward pass. The pooled features are what the classifier's linear layer reads."""
-    batch = preprocess(images, resize, network.input_size)
+    batch = preprocess(images, resize, network.input_size).to(network.device)  # built on the CPU, moved once
     with torch.inference_mode():
         logits, features = network(batch)
-    return logits.numpy(), features.mean(dim=(2, 3)).numpy()
+    return logits.float().cpu().numpy(), features.mean(dim=(2, 3)).float().cpu().numpy()
 
 
 def bridge_texts(text_model: SentenceTransformer, texts: Sequence[str], text_mean: np.ndarray) -> np.ndarray:
@@ -315,12 +320,12 @@ class CamSegmenter(Segmenter):
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
-        batch = preprocess(images, "squash", self.network.input_size)
+        batch = preprocess(images, "squash", self.network.input_size).to(self.network.device)
         with torch.inference_mode():
             logits, features = self.network(batch)
-            probabilities = torch.softmax(logits, dim=-1)
+            probabilities = torch.softmax(logits, dim=-1).float().cpu()
             # CAM_c = Σ_k w_ck F_k(x, y): the classifier applied at each cell before pooling.
-            cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight, features))
+            cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight, features)).float().cpu()
             return [self._masks(image, probabilities[i], cams[i]) for i, image in enumerate(images)]
 
     def _masks(self, image: Image.Image, probabilities: torch.Tensor, cams: torch.Tensor) -> list[SoftMask]:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image as PILImage
 
 from .base import SemanticEncoder, l2_normalize
+from .devices import model_device
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -24,29 +25,30 @@ if TYPE_CHECKING:
 class OpenClipEncoder(SemanticEncoder):
     def __init__(self, *, key: str, dim: int, model: torch.nn.Module,
                  preprocess: Callable[[PILImage.Image], torch.Tensor],
-                 tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
+                 tokenizer: Callable[[list[str]], torch.Tensor], device: torch.device | None = None) -> None:
         self.key, self.dim = key, dim
-        self.model = model.eval()
+        self.device = device or torch.device("cpu")
+        self.model = model.eval().to(self.device)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
 
     def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
+        batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
         with torch.inference_mode():
             # One forward pass for the whole batch. The ignore: open_clip's CLIP is untyped, and
             # nn.Module types its attributes as Tensor | Module.
             features = self.model.encode_image(batch)  # type: ignore[operator]
-        return l2_normalize(features.float().numpy())
+        return l2_normalize(features.float().cpu().numpy())
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts))  # truncates to the 77-token context
+        tokens = self.tokenizer(list(texts)).to(self.device)  # truncates to the 77-token context
         with torch.inference_mode():
             features = self.model.encode_text(tokens)  # type: ignore[operator]  # as encode_image
-        return l2_normalize(features.float().numpy())
+        return l2_normalize(features.float().cpu().numpy())
 
 
 def load(spec: ModelSpec) -> OpenClipEncoder:
@@ -62,5 +64,6 @@ def load(spec: ModelSpec) -> OpenClipEncoder:
         architecture, pretrained=str(path), force_quick_gelu=spec.options.get("quick_gelu", False))
     tokenizer = open_clip.get_tokenizer(architecture)  # BPE vocabulary bundled with open_clip: no network
     assert spec.dim is not None
-    return OpenClipEncoder(key=spec.key, dim=spec.dim, model=model, preprocess=preprocess, tokenizer=tokenizer)
+    return OpenClipEncoder(key=spec.key, dim=spec.dim, model=model, preprocess=preprocess, tokenizer=tokenizer,
+                           device=model_device())
 

@@ -1,0 +1,62 @@
+"""Where models run and how many CPU threads a process gives them.
+
+IMAGINAITION_DEVICE: auto (CUDA if available, else Apple MPS, else the CPU), cpu, cuda or mps. Every
+model of a process runs on that one device; inputs are built on the CPU and moved once per batch.
+Threads: each process takes its share of the cores (cores / processes sharing the machine, at least
+one), so two workers on two cores do not each start a thread per core and fight over them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(wanted: str) -> torch.device:
+    """The torch device for a setting value; ImproperlyConfigured for an unknown or absent one."""
+    if wanted not in DEVICES:
+        raise ImproperlyConfigured(f"IMAGINAITION_DEVICE must be one of {', '.join(DEVICES)}, not {wanted!r}")
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ImproperlyConfigured("IMAGINAITION_DEVICE=cuda, but this process sees no CUDA device "
+                                   "(torch.cuda.is_available() is False): use auto or cpu")
+    if wanted == "mps" and not _mps_available():
+        raise ImproperlyConfigured("IMAGINAITION_DEVICE=mps, but Apple's MPS backend is not available: use auto or cpu")
+    return torch.device(wanted)
+
+
+@functools.cache
+def model_device() -> torch.device:
+    """The device every model of this process runs on (decided once per process)."""
+    device = resolve_device(settings.IMAGINAITION_DEVICE)
+    logger.info("models run on %s", device)
+    return device
+
+
+def thread_share(processes: int, cores: int | None = None) -> int:
+    """This process's share of the CPU cores when `processes` share them (at least one)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
+
+
+def threads_configure(processes: int) -> int:
+    """Give torch (and its OpenMP pool) this process's share of the cores; returns the count."""
+    threads = thread_share(processes)
+    torch.set_num_threads(threads)
+    return threads
