@@ -85,6 +85,9 @@ class IndexSnapshot:
     checked_at: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock)
     owner: VectorOwner = "image"
+    # The IndexState row it was published under: a reset deletes the rows and the next build starts
+    # again at version 1, so the version alone cannot tell an old index from the new one.
+    state_id: int = 0
     image_of: dict[int, int] = field(default_factory=dict)  # regions: mask id -> image id
     regions_of: dict[int, set[int]] = field(default_factory=dict)  # regions: image id -> mask ids
 
@@ -200,8 +203,9 @@ class IndexManager:
                 return snapshot
             state = IndexState.objects.filter(owner=owner, space=space, model_key=model_key).first()
             if state is None or not state.file_name:
+                self._snapshots.pop(key, None)  # dropped (a reset elsewhere): never answer from it again
                 return None
-            if snapshot is None or snapshot.version != state.version:
+            if snapshot is None or snapshot.version != state.version or snapshot.state_id != state.pk:
                 loaded = self._load_file(state, dim)
                 if loaded is None:
                     return snapshot  # keep answering with what we have (or fall back)
@@ -228,7 +232,8 @@ class IndexManager:
         owner = cast(VectorOwner, state.owner)
         snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
                                  kind=meta["kind"], version=state.version,
-                                 synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner)
+                                 synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner,
+                                 state_id=state.pk)
         if owner == "region":
             owners = region_owners(model_key=state.model_key, space=state.space)
             snapshot.set_owners(owners)

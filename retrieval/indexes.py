@@ -111,7 +111,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
         for stale in (index_dir() / old_file, (index_dir() / old_file).with_suffix(".json")):
             stale.unlink(missing_ok=True)
     snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind, version=version,
-                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner)
+                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner, state_id=state.pk)
     if owner == "region":
         snapshot.set_owners(region_owners(model_key=model_key, space=space))
     manager.install(snapshot)

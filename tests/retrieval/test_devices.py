@@ -86,7 +86,7 @@ def test_an_import_by_workers_ends_with_its_indexes_built_without_any_query(clie
     wait_for(lambda: IndexState.objects.filter(owner="image").exclude(file_name="").count() == 2, timeout=60,
              interval=0.5, message="the worker to build the image indexes")
     status = client.get(reverse("api-status")).json()  # no search has run in any process
-    assert status["integrity"]["state"] == "ok", status["integrity"]
+    assert status["integrity"]["state"] == "ok", [(h["owner"], h["space"], h["state"], h["database_count"], h["index_count"], h["version"]) for h in status["integrity"]["indexes"]]
     ping = client.post(reverse("api-worker-check")).json()["task_id"]
     result = wait_for(lambda: client.get(reverse("api-worker-check-result", args=[ping])).json().get("result"),
                       timeout=60, message="the worker to answer")

@@ -320,3 +320,23 @@ def test_ivf_calibration_gathers_exact_neighbours_across_chunks_smaller_than_k(s
     found, _ = nearest(space=space, model_key=key, query=vectors[9], k=50)
     exact, _ = nearest(space=space, model_key=key, query=vectors[9], k=50, engine="pgvector-exact")
     assert len({c.image_id for c in found} & {c.image_id for c in exact}) >= 0.95 * 50
+
+
+@pytest.mark.django_db
+def test_after_a_reset_elsewhere_a_new_version_1_is_not_mistaken_for_the_old_one():
+    space, key, dim = CONTENT
+    store(space, key, random_vectors(space, 6, dim, seed=21))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    old = manager.get(space=space, model_key=key, dim=dim)
+    assert old.version == 1 and old.count == 6
+
+    # Another process resets the gallery (rows and version stamps gone) and builds again: version 1.
+    Image.objects.all().delete()
+    IndexState.objects.all().delete()
+    assert manager.get(space=space, model_key=key, dim=dim) is None  # this process stops answering from it
+    fresh = store(space, key, random_vectors(space, 3, dim, seed=22))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    manager.install(old)  # as if this process still held its copy from before the reset
+
+    current = manager.get(space=space, model_key=key, dim=dim)
+    assert current.version == 1 and current.ids == set(fresh)  # reloaded: the state row is another
