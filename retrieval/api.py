@@ -29,7 +29,7 @@ from gallery.api import (
 from gallery.imaging import read_upload
 from retrieval import status as status_service
 from retrieval.preferences import PreferenceOverrides, preference_limits, preferences_get, preferences_update
-from retrieval.search import Query, search_for
+from retrieval.search import Query, labels_parse, search_for
 from retrieval.spaces import Space
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ class SearchApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data.get("image")
-        labels = tuple(label.strip() for label in (data.get("labels") or "").split(",") if label.strip())
+        labels = labels_parse([data.get("labels") or ""])
         query = Query(image_id=data.get("image_id"), mask_id=data.get("mask_id"), text=data.get("text") or None,
                       upload=read_upload(upload) if upload is not None else None,
                       upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"],

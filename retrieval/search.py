@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -152,6 +153,12 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
     return vectors_for_text(text=text, models=models), f"“{text}”", None
 
 
+def labels_parse(values: Sequence[str]) -> tuple[str, ...]:
+    """A label filter from request values, each comma-separated ("cat,dog", or repeated fields):
+    trimmed, without blanks or repeats, sorted."""
+    return tuple(sorted({label.strip() for value in values for label in value.split(",") if label.strip()}))
+
+
 def images_with_labels(labels: Sequence[str]) -> set[int]:
     """Images with a mask of one of these labels (QueryError naming the known labels otherwise)."""
     known = {label for label, _ in label_counts()}
@@ -171,11 +178,22 @@ def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -
         if not Image.objects.filter(pk=image_id).exists():
             raise QueryError("No such image.")
         raise QueryError("This image has not been embedded yet; try again when its status is ready.")
-    return QueryVectors(
-        semantic=np.asarray(stored[models.semantic], dtype=np.float32) if models.semantic in stored else None,
-        content=np.asarray(stored[models.content], dtype=np.float32) if models.content in stored else None,
-        exclude_image_id=image_id,
-    )
+    return _stored_query(stored, models=models, exclude_image_id=image_id, owner="image")
+
+
+def _stored_query(stored: dict[str, Any], *, models: ActiveModels, exclude_image_id: int,
+                  owner: VectorOwner) -> QueryVectors:
+    """A query from stored vectors (model key -> vector), each space's part where it is there."""
+    def part(key: str) -> np.ndarray | None:
+        return np.asarray(stored[key], dtype=np.float32) if key in stored else None
+
+    return QueryVectors(semantic=part(models.semantic), content=part(models.content),
+                        exclude_image_id=exclude_image_id, owner=owner)
+
+
+def _too_small(what: str) -> QueryError:
+    return QueryError(f"{what} is too small to search with: regions under "
+                      f"{settings.IMAGINAITION_REGION_MIN_AREA:.0%} of the picture have no vectors.")
 
 
 def vectors_for_picture(*, picture: PILImage.Image, models: ActiveModels) -> QueryVectors:
@@ -196,15 +214,13 @@ def vectors_for_mask(*, mask: Mask, models: ActiveModels) -> QueryVectors:
     stored = dict(RegionEmbedding.objects.filter(mask=mask, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:
-        if mask.area_fraction < settings.IMAGINAITION_REGION_MIN_AREA or not RegionEmbedding.objects.filter(
-                mask=mask).exists() and mask.image.masks_status == "ready":
-            raise QueryError(f"This region is too small to search with: regions under "
-                             f"{settings.IMAGINAITION_REGION_MIN_AREA:.0%} of the picture have no vectors.")
+        below_minimum = mask.area_fraction < settings.IMAGINAITION_REGION_MIN_AREA
+        # Segmentation done and no region vectors by any model: it judged the region too small.
+        skipped = mask.image.masks_status == "ready" and not RegionEmbedding.objects.filter(mask=mask).exists()
+        if below_minimum or skipped:
+            raise _too_small("This region")
         raise QueryError("This region has no vectors yet; try again when the image's masks are ready.")
-    return QueryVectors(
-        semantic=np.asarray(stored[models.semantic], dtype=np.float32) if models.semantic in stored else None,
-        content=np.asarray(stored[models.content], dtype=np.float32) if models.content in stored else None,
-        exclude_image_id=mask.image_id, owner="region")
+    return _stored_query(stored, models=models, exclude_image_id=mask.image_id, owner="region")
 
 
 def vectors_for_upload_region(*, data: bytes, label: str, models: ActiveModels) -> QueryVectors:
@@ -216,8 +232,7 @@ def vectors_for_upload_region(*, data: bytes, label: str, models: ActiveModels) 
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
     region = region_picture(picture, masks[label].probability)
     if region is None:
-        raise QueryError(f"The {label} is too small to search with: regions under "
-                         f"{settings.IMAGINAITION_REGION_MIN_AREA:.0%} of the picture have no vectors.")
+        raise _too_small(f"The {label}")
     return replace(vectors_for_picture(picture=region, models=models), owner="region")
 
 

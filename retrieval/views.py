@@ -23,7 +23,7 @@ from gallery.views import gallery_reader, mask_threshold, png_response
 from retrieval import uploads
 from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
 from retrieval.preferences import preferences_get, preferences_update
-from retrieval.search import Query, search_for
+from retrieval.search import Query, labels_parse, search_for
 
 
 @gallery_reader
@@ -94,8 +94,7 @@ def search(request: HttpRequest) -> HttpResponseBase:
     A read, so GET."""
     image_id, mask_id = request.GET.get("image", ""), request.GET.get("mask", "")
     text = request.GET.get("text", "").strip()[:500]
-    labels = tuple(sorted({label for value in request.GET.getlist("labels") for label in value.split(",")
-                           if label.strip()}))
+    labels = labels_parse(request.GET.getlist("labels"))
     staged = bool(request.GET.get("upload")) and not image_id and not mask_id and not text
     back = redirect("pages:home")
     if image_id or mask_id:

@@ -187,8 +187,9 @@ def test_the_pages_offer_region_search_and_label_filters_and_outline_the_matched
 
     home = client.get(reverse("pages:home")).content.decode()
     assert 'name="labels" value="cat"' in home and 'name="labels" value="dog"' in home
-    filtered = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "cat"})
+    filtered = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "cat, dog"})  # as typed
     assert filtered.status_code == 200 and 'class="chip">cat<' in filtered.content.decode()
+    assert 'class="chip">dog<' in filtered.content.decode()
     unknown = client.get(reverse("pages:search"), {"image": images[0].pk, "labels": "unicorn"}, follow=True)
     assert "known labels: cat, dog" in unknown.content.decode()
     assert client.get(reverse("pages:search"), {"mask": 10 ** 9}).status_code == 404
