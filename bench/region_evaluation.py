@@ -25,12 +25,13 @@ from PIL import Image as PILImage
 from bench.evaluation import PRECISION_K, EvaluationError, Progress, categories_of, no_progress, precision_at_k
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import folder_import
-from retrieval.encoders.registry import MODELS, active_models
+from retrieval.encoders.registry import active_models, model_dim
 from retrieval.indexes import index_rebuild
 from retrieval.models import RegionEmbedding
 from retrieval.pipeline import process_all_pending
 from retrieval.policy import Preferences
 from retrieval.search import QueryVectors, search, vectors_for_image_id, vectors_for_mask
+from retrieval.spaces import VECTOR_OWNERS
 
 SCENE_SIZE = (512, 384)
 OBJECT_SIDE = (0.35, 0.6)  # an object's longest side, as a share of the scene's shorter side
@@ -195,11 +196,9 @@ def region_evaluation_run(*, objects: Path, backgrounds: Path, scenes: int, seed
         process_all_pending(batch_size=batch_size, progress=bar.update)
     seconds["pipeline"] = time.perf_counter() - started
     started = time.perf_counter()
-    for owner in ("image", "region"):
+    for owner in VECTOR_OWNERS:
         for space, key in (("semantic", models.semantic), ("content", models.content)):
-            dim = MODELS[key].dim
-            assert dim is not None
-            index_rebuild(space=space, model_key=key, dim=dim, owner=owner)
+            index_rebuild(space=space, model_key=key, dim=model_dim(key), owner=owner)
     seconds["indexes"] = time.perf_counter() - started
 
     ready = set(Image.objects.filter(pk__in=scene_of, status=ProcessingStatus.READY,

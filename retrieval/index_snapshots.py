@@ -97,6 +97,13 @@ class IndexSnapshot:
                 self.image_of[mask_id] = image_id
                 self.regions_of.setdefault(image_id, set()).add(mask_id)
 
+    def attach_regions(self) -> None:
+        """A region index: each mask's image, from Postgres. Labels with no row left (their image
+        deleted, or re-segmented, since the build) are dropped now: no tombstone can reach them."""
+        owners = region_owners(model_key=self.model_key, space=self.space)
+        self.set_owners(owners)
+        self.remove(self.ids - owners.keys())
+
     def _image(self, label: int) -> int:
         return label if self.owner == "image" else self.image_of.get(label, -1)
 
@@ -235,11 +242,7 @@ class IndexManager:
                                  synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner,
                                  state_id=state.pk)
         if owner == "region":
-            owners = region_owners(model_key=state.model_key, space=state.space)
-            snapshot.set_owners(owners)
-            # Regions gone since the build (their image deleted, or re-segmented) have no row left to
-            # say whose they were, so no tombstone can reach them: drop them now.
-            snapshot.remove(ids - owners.keys())
+            snapshot.attach_regions()
         return snapshot
 
     def _catch_up(self, snapshot: IndexSnapshot) -> None:

@@ -33,7 +33,7 @@ from retrieval.index_build import (
     index_kind,
     ivf_lists,
 )
-from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager, region_owners
+from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager
 from retrieval.models import IndexState
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
@@ -113,7 +113,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
     snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind, version=version,
                              synced_at=synced_at, ids=set(ids.tolist()), owner=owner, state_id=state.pk)
     if owner == "region":
-        snapshot.set_owners(region_owners(model_key=model_key, space=space))
+        snapshot.attach_regions()
     manager.install(snapshot)
     return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
                          params=built.params, seconds=time.perf_counter() - started,

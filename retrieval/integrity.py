@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 
 from gallery.models import Image
-from retrieval.encoders.registry import MODELS
+from retrieval.encoders.registry import model_dim
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
-from retrieval.serving import keys_in_use
+from retrieval.serving import index_name, indexes_in_use
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
 
@@ -29,7 +28,7 @@ class IndexHealth:
     database_count: int
     index_count: int | None
     version: int | None
-    owner: str = "image"  # image or region vectors
+    owner: VectorOwner = "image"  # image or region vectors
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,9 @@ class IntegrityReport:
 
 def integrity_check(*, check_files: bool = True) -> IntegrityReport:
     healths: list[IndexHealth] = []
-    for owner, (space, key) in itertools.product(("image", "region"), keys_in_use()):
-        owner = cast(VectorOwner, owner)
+    for owner, space, key in indexes_in_use():
         in_db = count_vectors(model_key=key, space=space, owner=owner)
-        dim = MODELS[key].dim
-        assert dim is not None  # an embedding model (only segmenters have none)
-        snapshot = manager.get(space=space, model_key=key, dim=dim, owner=owner)
+        snapshot = manager.get(space=space, model_key=key, dim=model_dim(key), owner=owner)
         state = IndexState.objects.filter(owner=owner, space=space, model_key=key).first()
         if snapshot is None and in_db == 0:
             healths.append(IndexHealth(space, key, "ok", 0, 0, None, owner))  # nothing to index yet
@@ -74,11 +70,9 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
     healed = []
     for health in report.indexes:
         if health.state != "ok":
-            dim = MODELS[health.model_key].dim
-            assert dim is not None  # an embedding model (only segmenters have none)
-            index_rebuild(space=health.space, model_key=health.model_key, dim=dim,
-                          owner=cast(VectorOwner, health.owner))
-            healed.append(f"{'region ' if health.owner == 'region' else ''}{health.space}/{health.model_key}")
+            index_rebuild(space=health.space, model_key=health.model_key, dim=model_dim(health.model_key),
+                          owner=health.owner)
+            healed.append(index_name(health.owner, health.space, health.model_key))
     return healed
 
 
@@ -90,14 +84,11 @@ def missing_indexes_build() -> list[str]:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [MISSING_INDEX_LOCK])
         if not cursor.fetchone()[0]:
             return []
-        for owner, (space, key) in itertools.product(("image", "region"), keys_in_use()):
-            owner = cast(VectorOwner, owner)
+        for owner, space, key in indexes_in_use():
             if IndexState.objects.filter(owner=owner, space=space, model_key=key).exclude(file_name="").exists():
                 continue
             if not count_vectors(model_key=key, space=space, owner=owner):
                 continue
-            dim = MODELS[key].dim
-            assert dim is not None  # an embedding model (only segmenters have none)
-            index_rebuild(space=space, model_key=key, dim=dim, owner=owner)
-            built.append(f"{'region ' if owner == 'region' else ''}{space}/{key}")
+            index_rebuild(space=space, model_key=key, dim=model_dim(key), owner=owner)
+            built.append(index_name(owner, space, key))
     return built

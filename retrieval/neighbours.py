@@ -17,7 +17,7 @@ import numpy as np
 
 from gallery.errors import Refused
 from retrieval import pgvector_store
-from retrieval.encoders.registry import MODELS
+from retrieval.encoders.registry import model_dim
 from retrieval.index_snapshots import IndexSnapshot, manager
 from retrieval.metrics import faiss_metric, normalize, similarity_from_distance
 from retrieval.policy import Candidate
@@ -40,12 +40,6 @@ def request_index_build() -> None:
         return
     _last_build_request = now
     heal_start()
-
-
-def model_dim(model_key: str) -> int:
-    dim = MODELS[model_key].dim
-    assert dim is not None, f"{model_key} is a segmenter: it has no vectors"
-    return dim
 
 
 def nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None = None,

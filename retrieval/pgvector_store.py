@@ -18,7 +18,7 @@ import numpy as np
 from django.db import connection, transaction
 from pgvector import Vector
 
-from retrieval.spaces import VECTOR_TABLES, VectorOwner
+from retrieval.spaces import VECTOR_OWNERS, VECTOR_TABLES, VectorOwner
 
 if TYPE_CHECKING:
     from retrieval.encoders.specs import ModelSpec
@@ -64,7 +64,7 @@ def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
     """Ensure HNSW indexes (image and region vectors) for every registered embedding model (run
     after migrations)."""
     return [hnsw_index_ensure(model_key=spec.key, space=spec.role, dim=spec.dim, owner=owner)
-            for spec in model_specs if spec.role in OPERATORS and spec.dim for owner in ("image", "region")]
+            for spec in model_specs if spec.role in OPERATORS and spec.dim for owner in VECTOR_OWNERS]
 
 
 def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,

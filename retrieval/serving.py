@@ -18,7 +18,7 @@ from django.db.models import Count
 
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models
 from retrieval.models import Embedding
-from retrieval.spaces import Space
+from retrieval.spaces import VECTOR_OWNERS, Space, VectorOwner
 
 _cache: dict[ActiveModels, tuple[float, ActiveModels]] = {}
 _lock = threading.Lock()
@@ -55,6 +55,17 @@ def keys_in_use(*, active: ActiveModels | None = None) -> list[tuple[Space, str]
         if pair not in keys:
             keys.append(pair)
     return keys
+
+
+def indexes_in_use(*, active: ActiveModels | None = None) -> list[tuple[VectorOwner, Space, str]]:
+    """(owner, space, model key) of every index to keep: image and region vectors of the models in use."""
+    pairs = keys_in_use(active=active)
+    return [(owner, space, key) for owner in VECTOR_OWNERS for space, key in pairs]
+
+
+def index_name(owner: str, space: str, model_key: str) -> str:
+    """How commands and reports name one index: "semantic/<key>", "region content/<key>"."""
+    return f"{'region ' if owner == 'region' else ''}{space}/{model_key}"
 
 
 def _decide(active: ActiveModels) -> ActiveModels:

@@ -21,6 +21,7 @@ class Space(models.TextChoices):
 # Whose vectors an index holds: whole images, or mask regions (search by region). Each has its own
 # table; its FAISS labels are that table's owner ids (image ids, mask ids).
 VectorOwner = Literal["image", "region"]
+VECTOR_OWNERS: tuple[VectorOwner, ...] = ("image", "region")
 VECTOR_TABLES: dict[str, tuple[str, str]] = {
     "image": ("gallery_embedding", "image_id"),
     "region": ("retrieval_regionembedding", "mask_id"),

@@ -122,12 +122,12 @@ def banner_state() -> Banner:
 def banner_refresh() -> Banner:
     """Check now (integrity without files, pending counts) and keep the answer for banner_state."""
     global _banner, _banner_at
-    profile = active_models().profile
+    profile, device = active_models().profile, str(model_device())
     try:
         banner = Banner(profile=profile, pending=images_pending_count(),
-                        index=integrity_check(check_files=False).state, device=str(model_device()))
+                        index=integrity_check(check_files=False).state, device=device)
     except DatabaseError:
-        banner = Banner(profile=profile, pending="?", index="database unavailable", device=str(model_device()))
+        banner = Banner(profile=profile, pending="?", index="database unavailable", device=device)
     with _banner_lock:
         _banner, _banner_at = banner, time.monotonic()
     return banner

@@ -19,7 +19,7 @@ from .catalog import MODELS, PROFILE_MODELS
 from .specs import ModelSpec, Profile, WeightFile
 
 __all__ = ["MODELS", "PROFILE_MODELS", "ActiveModels", "ModelSpec", "Profile", "WeightFile", "active_models",
-           "active_profile", "get_model", "log_active_models", "unload_all"]
+           "active_profile", "get_model", "log_active_models", "model_dim", "unload_all"]
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +49,13 @@ def active_models() -> ActiveModels:
     roles = PROFILE_MODELS[profile]
     return ActiveModels(profile=profile, semantic=roles["semantic"], content=roles["content"],
                         segmenter=roles["segmenter"])
+
+
+def model_dim(model_key: str) -> int:
+    """The vector dimension of an embedding model (segmenters have none: asking is a bug)."""
+    dim = MODELS[model_key].dim
+    assert dim is not None, f"{model_key} is a segmenter: it has no vectors"
+    return dim
 
 
 def log_active_models() -> None:

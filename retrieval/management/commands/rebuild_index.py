@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, cast
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
-from retrieval.encoders.registry import MODELS
+from retrieval.encoders.registry import MODELS, model_dim
 from retrieval.indexes import index_rebuild
 from retrieval.serving import keys_in_use
-from retrieval.spaces import VectorOwner
+from retrieval.spaces import VECTOR_OWNERS
 from retrieval.vector_io import count_vectors
 
 
@@ -25,16 +25,13 @@ class Command(BaseCommand):
         targets: list[tuple[str, str]] = [(str(space), key) for space, key in keys_in_use()]
         if all_models:
             targets = [(spec.role, spec.key) for spec in MODELS.values() if spec.role in ("semantic", "content")]
-        for owner, (space, key) in itertools.product(("image", "region"), targets):
-            owner = cast(VectorOwner, owner)
+        for owner, (space, key) in itertools.product(VECTOR_OWNERS, targets):
             total = count_vectors(model_key=key, space=space, owner=owner)
             if owner == "region" and not total:
                 continue  # no region vectors by this model: nothing to build
-            dim = MODELS[key].dim
-            assert dim is not None  # an embedding model (only segmenters have none)
             label = f"{'region ' if owner == 'region' else ''}{space} {key}"
             with tqdm(total=total, desc=label, unit="vec", disable=None) as bar:
-                report = index_rebuild(space=space, model_key=key, dim=dim, progress=bar.update, owner=owner)
+                report = index_rebuild(space=space, model_key=key, dim=model_dim(key), progress=bar.update, owner=owner)
             chosen = "".join(f", {name} {value}" for name, value in report.params.items())
             self.stdout.write(f"{label}: {report.count} vectors, {report.kind}{chosen}, "
                               f"version {report.version}, {report.seconds:.2f} s")
