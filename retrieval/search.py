@@ -161,12 +161,13 @@ def labels_parse(values: Sequence[str]) -> tuple[str, ...]:
 
 def images_with_labels(labels: Sequence[str]) -> set[int]:
     """Images with a mask of one of these labels (QueryError naming the known labels otherwise)."""
-    known = {label for label, _ in label_counts()}
-    unknown = sorted(set(labels) - known)
-    if unknown:
+    rows = list(Mask.objects.filter(label__in=labels).values_list("label", "image_id"))
+    unknown = sorted(set(labels) - {label for label, _ in rows})
+    if unknown:  # only now list every label (a count over all masks): for the message
+        known = [label for label, _ in label_counts()]
         raise QueryError(f"Unknown label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"known labels: {', '.join(sorted(known)) or 'none yet'}.")
-    return set(Mask.objects.filter(label__in=labels).values_list("image_id", flat=True))
+                         f"known labels: {', '.join(known) or 'none yet'}.")
+    return {image_id for _, image_id in rows}
 
 
 def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
