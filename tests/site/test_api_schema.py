@@ -21,6 +21,7 @@ from rest_framework.authtoken.models import Token
 
 from gallery.models import Image
 from retrieval import search as search_service
+from retrieval.encoders.base import SoftMask
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
@@ -43,7 +44,7 @@ def _unit(space: str, vector: np.ndarray) -> np.ndarray:
 
 
 class FakeEncoder:
-    """Deterministic vectors from the input's bytes. Search by text or upload goes through the real
+    """Deterministic vectors from the input's bytes (and, as the segmenter, one region). Search by text or upload goes through the real
     API, query parsing, indexes and policy; only the model is replaced (loading the real offline
     models takes ~15 s of this test's budget, and their output is tested in tests/retrieval)."""
 
@@ -59,6 +60,15 @@ class FakeEncoder:
 
     def encode_images(self, pictures: list[Any]) -> np.ndarray:
         return np.stack([self._vector(picture.tobytes()) for picture in pictures])
+
+    def segment(self, pictures: list[Any]) -> list[list[SoftMask]]:
+        """As a segmenter (a search by an upload's region): one centred "cat" region per picture."""
+        found = []
+        for picture in pictures:
+            probability = np.zeros((picture.height, picture.width), dtype=np.float32)
+            probability[picture.height // 4: 3 * picture.height // 4, picture.width // 4: 3 * picture.width // 4] = 1
+            found.append([SoftMask(label="cat", class_index=8, probability=probability)])
+        return found
 
 
 @pytest.fixture
