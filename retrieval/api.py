@@ -112,6 +112,8 @@ class StatusSerializer(serializers.Serializer):
                                     help_text="models answering queries (differ from models while a model change re-embeds)")
     device = serializers.CharField(help_text="where this web process runs its models: cpu, cuda or mps")
     torch_threads = serializers.IntegerField(help_text="CPU threads torch uses in this web process")
+    precision = serializers.DictField(child=serializers.CharField(),
+                                      help_text="per model loaded in this web process: fp32, bf16 or fp16 and why")
     database = serializers.CharField()
     pgvector_version = serializers.CharField(allow_null=True)
     images = serializers.DictField(child=serializers.IntegerField())
@@ -272,7 +274,10 @@ class SearchApi(APIView):
                               404: error_response("No such mask."),
                               403: error_response("The gallery is private and the caller is not signed in, or "
                                                   "credentials that are not valid."),
-                              413: error_response("An upload over the upload limit, or with too many pixels.")})
+                              413: error_response("An upload over the upload limit, or with too many pixels."),
+                              503: error_response("image with label: no interactive worker segmented the upload "
+                                                  "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),
+                              500: error_response("image with label: the segmenter failed on the upload.")})
     def post(self, request: Request) -> Response:
         serializer = SearchUploadQuerySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -1,3 +1,4 @@
+import os
 import sys
 
 from django.apps import AppConfig
@@ -22,7 +23,9 @@ class RetrievalConfig(AppConfig):
         # Each process takes its share of the cores for torch (the workers fork from the cluster
         # process and inherit it): cores / worker processes, or cores / web processes.
         if "qcluster" in sys.argv:
-            threads_configure(settings.IMAGINAITION_WORKERS)
+            # The interactive cluster's one worker runs briefly, while a person waits: all the cores.
+            interactive = os.environ.get("Q_CLUSTER_NAME") == "interactive"
+            threads_configure(1 if interactive else settings.IMAGINAITION_WORKERS)
             log_active_models()
         elif "runserver" in sys.argv or "gunicorn" in sys.argv[0]:
             threads_configure(settings.IMAGINAITION_WEB_PROCESSES)

@@ -83,13 +83,24 @@ def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Ite
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(status_field, image_id)])
 
 
-def _load_pictures(images: Sequence[Image]) -> tuple[list[Loaded], dict[int, str]]:
+Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, shared by the stages of one batch
+
+
+def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:
+    """Each image's picture for the models: taken from `decoded` when an earlier stage of the same batch
+    read it, else read and decoded (and put there for the next stage)."""
     loaded: list[Loaded] = []
     errors: dict[int, str] = {}
     for image in images:
+        if decoded is not None and image.pk in decoded:
+            loaded.append((image, decoded[image.pk]))
+            continue
         try:
             with image.file.open("rb") as fh:
-                loaded.append((image, picture_for_models(fh.read())))
+                picture = picture_for_models(fh.read())
+            loaded.append((image, picture))
+            if decoded is not None:
+                decoded[image.pk] = picture
         except FileNotFoundError:
             errors[image.pk] = "The stored file is missing."
         except ImageRejected as exc:
@@ -134,13 +145,14 @@ def _write(*, status_field: str, error_field: str, results: dict[int, Any], erro
 
 
 def _process_batch(*, status_field: str, error_field: str, first_id: int | None, batch_size: int | None,
-                   infer: Callable[[list[Loaded]], list[Any]], write_one: Callable[[Image, Any], None]) -> BatchReport:
+                   infer: Callable[[list[Loaded]], list[Any]], write_one: Callable[[Image, Any], None],
+                   decoded: Decoded | None = None) -> BatchReport:
     """Claim a batch of pending images, run the model outside any transaction, write the results."""
     with _claimed(status_field=status_field, first_id=first_id,
                   batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
         if not images:
             return BatchReport(processed=[], failed=[])
-        loaded, errors = _load_pictures(images)
+        loaded, errors = _load_pictures(images, decoded)
         results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
         processed = _write(status_field=status_field, error_field=error_field, results=results, errors=errors,
                            write_one=write_one)
@@ -148,7 +160,7 @@ def _process_batch(*, status_field: str, error_field: str, first_id: int | None,
 
 
 def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
-                models: ActiveModels | None = None) -> BatchReport:
+                models: ActiveModels | None = None, decoded: Decoded | None = None) -> BatchReport:
     """Compute the active semantic and content embeddings for one batch of pending images, and,
     while a model change re-embeds the gallery, the serving (previous) models' too: images added
     meanwhile stay findable by the models that answer queries."""
@@ -166,7 +178,7 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
                                                defaults={"vector": vectors[key]})
 
     return _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
-                          infer=infer, write_one=write_one)
+                          infer=infer, write_one=write_one, decoded=decoded)
 
 
 @dataclass(frozen=True)
@@ -177,7 +189,7 @@ class SegmentedMask:
 
 
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
-                  models: ActiveModels | None = None) -> BatchReport:
+                  models: ActiveModels | None = None, decoded: Decoded | None = None) -> BatchReport:
     """Compute the active segmenter's masks for one batch of images whose masks are pending, and each
     mask's region vectors (the models in use, as for whole images) from the same decoded picture."""
     models = models or active_models()
@@ -212,24 +224,27 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         ])
 
     return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,
-                          batch_size=batch_size, infer=infer, write_one=write_one)
+                          batch_size=batch_size, infer=infer, write_one=write_one, decoded=decoded)
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Progress | None = None,
                         masks: bool = True) -> None:
-    """Embed, then segment, every pending image in this process (import_folder --sync, reset).
+    """Embed and segment every pending image in this process (import_folder --sync, reset), batch by
+    batch: both stages take the oldest pending images, so a batch's files are read and decoded once
+    for the two.
 
     masks=False embeds only (the masks stay pending): `evaluate` needs no masks.
     """
     models = active_models()
-    for step in (embed_batch, segment_batch) if masks else (embed_batch,):
-        while True:
-            report = step(batch_size=batch_size, models=models)
-            done = len(report.processed) + len(report.failed)
-            if not done:
-                break
-            if progress is not None and step is embed_batch:
-                progress(done)
+    while True:
+        decoded: Decoded = {}
+        embedded = embed_batch(batch_size=batch_size, models=models, decoded=decoded)
+        segmented = segment_batch(batch_size=batch_size, models=models, decoded=decoded) if masks else None
+        done = len(embedded.processed) + len(embedded.failed)
+        if progress is not None and done:
+            progress(done)
+        if not done and (segmented is None or not (segmented.processed or segmented.failed)):
+            break
 
 
 def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:

@@ -18,7 +18,7 @@ from django_q.tasks import async_task, fetch
 from gallery.models import Image, ProcessingStatus
 from gallery.selectors import images_pending_count
 from retrieval.encoders.devices import model_device
-from retrieval.encoders.registry import active_models
+from retrieval.encoders.registry import active_models, loaded_precisions
 from retrieval.integrity import integrity_check
 from retrieval.models import RegionEmbedding
 from retrieval.serving import serving_models
@@ -33,6 +33,7 @@ class ServiceStatus:
     serving: dict[str, str]  # the models answering queries: the active ones unless a model change is re-embedding
     device: str  # where this process runs its models (IMAGINAITION_DEVICE)
     torch_threads: int
+    precision: dict[str, str]  # per model loaded in this (web) process: fp32, bf16 or fp16, and the check
     database: str
     pgvector_version: str | None
     images: dict[str, int]
@@ -59,7 +60,7 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
         profile=active.profile,
         models={"semantic": active.semantic, "content": active.content, "segmenter": active.segmenter},
         serving={"semantic": serving.semantic, "content": serving.content},
-        device=str(model_device()), torch_threads=torch.get_num_threads(),
+        device=str(model_device()), torch_threads=torch.get_num_threads(), precision=loaded_precisions(),
         database="embedded" if settings.DATABASES["default"]["ENGINE"].endswith("db_embedded") else "external",
         pgvector_version=row[0] if row else None,
         images=counts,

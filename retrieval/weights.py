@@ -147,8 +147,8 @@ def weights_status(*, verify: bool = True) -> list[WeightStatus]:
 
 
 def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
-    chosen = keys if keys is not None else [key for key, spec in registry.MODELS.items()
-                                            if "standard" in spec.profiles]
+    # Default: the standard profile's models as configured (IMAGINAITION_SEGMENTER included).
+    chosen = keys if keys is not None else list(dict.fromkeys(registry.profile_models("standard").values()))
     unknown = [key for key in chosen if key not in registry.MODELS]
     if unknown:
         raise ValueError(f"unknown model keys: {', '.join(unknown)}")

@@ -95,6 +95,20 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
 
 
 @pytest.fixture(autouse=True)
+def _uploads_segmented_in_process(settings):
+    """Pages and API calls that need an upload's masks get them in the test's own process; the tests
+    of the interactive worker (tests/retrieval/test_interactive_worker.py) switch this off."""
+    settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE = True
+
+
+@pytest.fixture(autouse=True)
+def _models_in_fp32(settings):
+    """Models built by tests run in fp32 (results compared exactly across runs); the half precision
+    choice has its own tests (tests/retrieval/test_devices.py)."""
+    settings.IMAGINAITION_PRECISION = "fp32"
+
+
+@pytest.fixture(autouse=True)
 def _serving_models_decided_per_query(settings):
     """Which model answers queries is cached per process for a few seconds. In tests, decide on every
     query: a background thread (the status banner's) has its own connection, which does not see a

@@ -22,6 +22,7 @@ from retrieval.spaces import Space
 
 from .base import ImageEncoder, l1_normalize
 from .devices import model_device
+from .precision import PrecisionChoice
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -89,15 +90,20 @@ class AutoencoderEncoder(ImageEncoder):
         self.device = device or torch.device("cpu")
         self.model = model.eval().to(self.device)
         self.mean, self.std = list(mean), list(std)
+        self.precision = PrecisionChoice.for_vectors(key, self.device)
 
     def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = preprocess(images, self.mean, self.std).to(self.device)  # built on the CPU, moved once
         self.model.eval()  # BatchNorm must use its running statistics, whatever a caller did to the module
-        with torch.inference_mode():
-            codes = self.model.encode(batch)  # one forward pass for the whole batch
-        return l1_normalize(codes.flatten(1).float().cpu().numpy())
+
+        def forward() -> np.ndarray:
+            with torch.inference_mode():
+                codes = self.model.encode(batch)  # one forward pass for the whole batch
+            return l1_normalize(codes.flatten(1).float().cpu().numpy())
+
+        return self.precision.run(forward)
 
 
 def load_checkpoint(path: Path) -> tuple[ConvAutoencoder, dict[str, Any]]:

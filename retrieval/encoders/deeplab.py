@@ -1,23 +1,26 @@
-"""DeepLabV3 with a ResNet-101 backbone (torchvision, PASCAL-VOC labels): the standard segmenter.
+"""torchvision's semantic segmentation models with PASCAL-VOC labels: DeepLabV3 with a ResNet-101 backbone
+(the standard segmenter, as the original app) and the cheaper MobileNetV3 ones (IMAGINAITION_SEGMENTER).
 
-The checkpoint is torchvision's COCO_WITH_VOC_LABELS_V1 (`deeplabv3_resnet101_coco-586e9e4e.pth`): a plain
-state dict with `backbone.*`, `classifier.*` and `aux_classifier.*` keys, so the model is built with
-`aux_loss=True` exactly as torchvision builds it for those weights.
+The checkpoints are torchvision's COCO_WITH_VOC_LABELS_V1 files: plain state dicts. The DeepLabV3 ones
+carry `aux_classifier.*` keys, so those models are built with `aux_loss=True` exactly as torchvision builds
+them for those weights; LR-ASPP has no auxiliary head. All take the same 520x520 input and 21 labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
-from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, deeplabv3_resnet101
+from torchvision.models.segmentation import (DeepLabV3_ResNet101_Weights, deeplabv3_mobilenet_v3_large,
+                                             deeplabv3_resnet101, lraspp_mobilenet_v3_large)
 
 from .base import Segmenter, SoftMask
 from .devices import model_device
+from .precision import PrecisionChoice
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -36,15 +39,33 @@ class DeepLabSegmenter(Segmenter):
         self.key = key
         self.device = device or torch.device("cpu")
         self.model = model.eval().to(self.device)
+        # The auxiliary head (training only) runs on every forward pass when present, and its output is
+        # never read: drop it (bench.segmentation measures the saving; masks are unchanged).
+        if getattr(self.model, "aux_classifier", None) is not None:
+            self.model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
+        # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation);
+        # accelerators take the whole batch at once.
+        self.pictures_per_pass = 1 if self.device.type == "cpu" else None
+        self.precision = PrecisionChoice.for_masks(key, self.device)
 
     def segment(self, images: Sequence[PILImage.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
-        with torch.inference_mode():
-            # Built on the CPU, moved once per batch; masks come back to the CPU at their final size.
-            probabilities = self.model(preprocess(images).to(self.device))["out"].softmax(dim=1)  # (n, 21, 520, 520)
-            return [masks_at_size(probability, (image.height, image.width))
-                    for image, probability in zip(images, probabilities, strict=True)]
+        batch = preprocess(images)  # built on the CPU, moved once per batch
+
+        step = self.pictures_per_pass or len(images)
+
+        def forward() -> list[list[SoftMask]]:
+            masks: list[list[SoftMask]] = []
+            with torch.inference_mode():
+                for start in range(0, len(images), step):
+                    # Masks come back to the CPU at their final size.
+                    probabilities = self.model(batch[start:start + step].to(self.device))["out"].softmax(dim=1)
+                    masks += [masks_at_size(probability, (image.height, image.width))
+                              for image, probability in zip(images[start:start + step], probabilities, strict=True)]
+            return masks
+
+        return self.precision.run(forward)
 
 
 def preprocess(images: Sequence[PILImage.Image]) -> torch.Tensor:
@@ -73,9 +94,20 @@ def masks_at_size(probability: torch.Tensor, size: tuple[int, int]) -> list[Soft
     return masks
 
 
-def build_model() -> torch.nn.Module:
-    # weights=None AND weights_backbone=None: otherwise torchvision downloads the ImageNet backbone.
-    return deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=len(VOC_LABELS), aux_loss=True)
+# weights=None AND weights_backbone=None: otherwise torchvision downloads the ImageNet backbone.
+ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
+    "deeplabv3_resnet101": lambda: deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                                       num_classes=len(VOC_LABELS), aux_loss=True),
+    "deeplabv3_mobilenet_v3_large": lambda: deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                         num_classes=len(VOC_LABELS), aux_loss=True),
+    "lraspp_mobilenet_v3_large": lambda: lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                   num_classes=len(VOC_LABELS)),
+}
+
+
+def build_model(architecture: str = "deeplabv3_resnet101") -> torch.nn.Module:
+    """The architecture with random weights (load a checkpoint into it)."""
+    return ARCHITECTURES[architecture]()
 
 
 def load(spec: ModelSpec) -> DeepLabSegmenter:
@@ -83,6 +115,6 @@ def load(spec: ModelSpec) -> DeepLabSegmenter:
     path = spec.weight_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
-    model = build_model()
+    model = build_model(spec.options.get("architecture", "deeplabv3_resnet101"))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return DeepLabSegmenter(key=spec.key, model=model, device=model_device())

@@ -45,7 +45,7 @@ def resolve_device(wanted: str) -> torch.device:
 def model_device() -> torch.device:
     """The device every model of this process runs on (decided once per process)."""
     device = resolve_device(settings.IMAGINAITION_DEVICE)
-    logger.info("models run on %s", device)
+    logger.debug("models run on %s", device)  # log_active_models says it at start
     return device
 
 
@@ -56,7 +56,8 @@ def thread_share(processes: int, cores: int | None = None) -> int:
 
 
 def threads_configure(processes: int) -> int:
-    """Give torch (and its OpenMP pool) this process's share of the cores; returns the count."""
-    threads = thread_share(processes)
+    """Give torch (and its OpenMP pool) this process's share of the cores, or IMAGINAITION_TORCH_THREADS
+    when set; returns the count."""
+    threads = settings.IMAGINAITION_TORCH_THREADS or thread_share(processes)
     torch.set_num_threads(threads)
     return threads

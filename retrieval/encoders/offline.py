@@ -33,6 +33,7 @@ from torch import nn
 
 from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
 from .devices import model_device
+from .precision import VECTOR_COSINE_BAR, PrecisionChoice, half_dtype, vectors_agreement
 from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
 from .specs import ModelSpec
 
@@ -290,11 +291,15 @@ class OfflineSemanticEncoder(SemanticEncoder):
         self.feature_dim = 0 if bridge_share is None else network.feature_dim
         self.feature_mean = imagenet_feature_mean(network) if bridge_share is not None else None
         self.dim = TEXT_DIM + self.feature_dim
+        # Compared on the class logits and pooled features together (one vector per picture).
+        self.precision: PrecisionChoice = PrecisionChoice(
+            key=key, device=network.device, dtype=half_dtype(network.device, pays_on_cpu=False),
+            agreement=lambda a, b: vectors_agreement(np.hstack(a), np.hstack(b)), bar=VECTOR_COSINE_BAR)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        logits, pooled = image_outputs(self.network, images, self.bridge.resize)
+        logits, pooled = self.precision.run(lambda: image_outputs(self.network, images, self.bridge.resize))
         bridged = bridge_images(logits, self.centred_classes, self.bridge)
         if self.bridge_share is None or self.feature_mean is None:
             return bridged
@@ -316,17 +321,24 @@ class CamSegmenter(Segmenter):
         self.key = key
         self.network = network
         self.min_probability = min_probability
+        # EfficientNet's depthwise convolutions gain little from bf16 on a CPU: half precision on accelerators only.
+        self.precision = PrecisionChoice.for_masks(key, network.device, pays_on_cpu=False)
 
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
         batch = preprocess(images, "squash", self.network.input_size).to(self.network.device)
-        with torch.inference_mode():
-            logits, features = self.network(batch)
-            probabilities = torch.softmax(logits, dim=-1).float().cpu()
-            # CAM_c = Σ_k w_ck F_k(x, y): the classifier applied at each cell before pooling.
-            cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight, features)).float().cpu()
-            return [self._masks(image, probabilities[i], cams[i]) for i, image in enumerate(images)]
+
+        def forward() -> list[list[SoftMask]]:
+            with torch.inference_mode():
+                logits, features = self.network(batch)
+                probabilities = torch.softmax(logits.float(), dim=-1).cpu()
+                # CAM_c = Σ_k w_ck F_k(x, y): the classifier applied at each cell before pooling.
+                cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight.float(),
+                                               features.float())).cpu()
+                return [self._masks(image, probabilities[i], cams[i]) for i, image in enumerate(images)]
+
+        return self.precision.run(forward)
 
     def _masks(self, image: Image.Image, probabilities: torch.Tensor, cams: torch.Tensor) -> list[SoftMask]:
         # members are lists: a tuple would index several tensor dimensions

@@ -1,9 +1,10 @@
 """CLIP ViT-B-32 (OpenAI weights) through open_clip: the standard profile's semantic model.
 
-open_clip loads a local `pretrained=` file by its extension: `.safetensors` through safetensors, anything
-else through `torch.load(weights_only=True)` (a plain state dict; OpenAI's TorchScript `.pt` archives are
-refused there). Keys are open_clip's own (`visual.*`, `transformer.*`, `token_embedding.weight`, ...), as in
-timm/vit_base_patch32_clip_224.openai, the file `fetch_weights` downloads.
+The weight file is read by its extension: `.safetensors` straight into the built model
+(safetensors_io), anything else through `torch.load(weights_only=True)` (a plain state dict; OpenAI's
+TorchScript `.pt` archives are refused there). Keys are open_clip's own (`visual.*`, `transformer.*`,
+`token_embedding.weight`, ...), as in timm/vit_base_patch32_clip_224.openai, the file `fetch_weights`
+downloads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from PIL import Image as PILImage
 
 from .base import SemanticEncoder, l2_normalize
 from .devices import model_device
+from .precision import PrecisionChoice
+from .safetensors_io import safetensors_read_into
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -31,24 +34,32 @@ class OpenClipEncoder(SemanticEncoder):
         self.model = model.eval().to(self.device)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.image_precision = PrecisionChoice.for_vectors(f"{key} (images)", self.device)
+        self.text_precision = PrecisionChoice.for_vectors(f"{key} (texts)", self.device)
 
     def encode_images(self, images: Sequence[PILImage.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
-        with torch.inference_mode():
-            # One forward pass for the whole batch. The ignore: open_clip's CLIP is untyped, and
-            # nn.Module types its attributes as Tensor | Module.
-            features = self.model.encode_image(batch)  # type: ignore[operator]
-        return l2_normalize(features.float().cpu().numpy())
+        def forward() -> np.ndarray:
+            with torch.inference_mode():
+                # One forward pass for the whole batch. The ignore: open_clip's CLIP is untyped, and
+                # nn.Module types its attributes as Tensor | Module.
+                features = self.model.encode_image(batch)  # type: ignore[operator]
+            return l2_normalize(features.float().cpu().numpy())
+
+        return self.image_precision.run(forward)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)  # truncates to the 77-token context
-        with torch.inference_mode():
-            features = self.model.encode_text(tokens)  # type: ignore[operator]  # as encode_image
-        return l2_normalize(features.float().cpu().numpy())
+        def forward() -> np.ndarray:
+            with torch.inference_mode():
+                features = self.model.encode_text(tokens)  # type: ignore[operator]  # as encode_image
+            return l2_normalize(features.float().cpu().numpy())
+
+        return self.text_precision.run(forward)
 
 
 def load(spec: ModelSpec) -> OpenClipEncoder:
@@ -59,9 +70,14 @@ def load(spec: ModelSpec) -> OpenClipEncoder:
     path = spec.weight_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
-    # OpenAI's CLIP was trained with QuickGELU; the plain ViT-B-32 config uses nn.GELU.
+    # OpenAI's CLIP was trained with QuickGELU; the plain ViT-B-32 config uses nn.GELU. Built empty, then
+    # filled from the file without a second copy of the weights (safetensors_io says why).
     model, _, preprocess = open_clip.create_model_and_transforms(
-        architecture, pretrained=str(path), force_quick_gelu=spec.options.get("quick_gelu", False))
+        architecture, pretrained=None, force_quick_gelu=spec.options.get("quick_gelu", False))
+    if path.suffix == ".safetensors":
+        safetensors_read_into(model, path)
+    else:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     tokenizer = open_clip.get_tokenizer(architecture)  # BPE vocabulary bundled with open_clip: no network
     assert spec.dim is not None
     return OpenClipEncoder(key=spec.key, dim=spec.dim, model=model, preprocess=preprocess, tokenizer=tokenizer,

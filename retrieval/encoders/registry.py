@@ -13,13 +13,19 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
+import torch
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
+from .base import Role
 from .catalog import MODELS, PROFILE_MODELS
+from .devices import model_device
+from .precision import PrecisionChoice
 from .specs import ModelSpec, Profile, WeightFile
 
 __all__ = ["MODELS", "PROFILE_MODELS", "ActiveModels", "ModelSpec", "Profile", "WeightFile", "active_models",
-           "active_profile", "get_model", "log_active_models", "model_dim", "unload_all"]
+           "active_profile", "get_model", "loaded_precisions", "log_active_models", "model_dim", "profile_models",
+           "unload_all"]
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +37,20 @@ class ActiveModels:
     segmenter: str
 
 
+def profile_models(profile: Profile) -> dict[Role, str]:
+    """Which model serves each role in a profile: the catalog's choice, with the segmenter replaced by
+    IMAGINAITION_SEGMENTER when set (a cheaper segmenter for users who prefer speed)."""
+    roles = dict(PROFILE_MODELS[profile])
+    chosen = settings.IMAGINAITION_SEGMENTER
+    if chosen:
+        segmenters = sorted(key for key, spec in MODELS.items() if spec.role == "segmenter")
+        if chosen not in segmenters:
+            raise ImproperlyConfigured(f"IMAGINAITION_SEGMENTER must be empty (the profile's own) or one of "
+                                       f"{', '.join(segmenters)}, not {chosen!r}")
+        roles["segmenter"] = chosen
+    return roles
+
+
 def active_profile() -> Profile:
     """`auto` picks standard when all its weight files are present, else offline."""
     wanted = settings.IMAGINAITION_MODEL_PROFILE
@@ -38,15 +58,14 @@ def active_profile() -> Profile:
         return cast(Profile, wanted)
     if wanted != "auto":
         raise ValueError(f"IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not {wanted!r}")
-    standard = PROFILE_MODELS.get("standard", {})
-    if standard and all(MODELS[key].weights_present() for key in standard.values()):
+    if all(MODELS[key].weights_present() for key in profile_models("standard").values()):
         return "standard"
     return "offline"
 
 
 def active_models() -> ActiveModels:
     profile = active_profile()
-    roles = PROFILE_MODELS[profile]
+    roles = profile_models(profile)
     return ActiveModels(profile=profile, semantic=roles["semantic"], content=roles["content"],
                         segmenter=roles["segmenter"])
 
@@ -59,10 +78,11 @@ def model_dim(model_key: str) -> int:
 
 
 def log_active_models() -> None:
-    """Say at start which profile and models this process will use (web server, workers)."""
+    """Say at start, in one line, which profile, models and device this process will use (web, workers)."""
     models = active_models()
-    logger.info("model profile %s: semantic %s, content %s, segmenter %s", models.profile, models.semantic,
-                models.content, models.segmenter)
+    logger.info("model profile %s: semantic %s, content %s, segmenter %s; device %s, %d torch threads",
+                models.profile, models.semantic, models.content, models.segmenter, model_device(),
+                torch.get_num_threads())
 
 
 _loaded: dict[str, Any] = {}
@@ -81,6 +101,16 @@ def get_model(key: str) -> Any:
             logger.info("loading model %s", key)
             _loaded[key] = loader(spec)
         return _loaded[key]
+
+
+def loaded_precisions() -> dict[str, str]:
+    """The precision each loaded model of this process runs in (fp32 until its first batch decides)."""
+    found = {}
+    for model in list(_loaded.values()):
+        for choice in vars(model).values():
+            if isinstance(choice, PrecisionChoice):
+                found[choice.key] = choice.describe()
+    return found
 
 
 def unload_all() -> None:

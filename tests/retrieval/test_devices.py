@@ -91,3 +91,67 @@ def test_an_import_by_workers_ends_with_its_indexes_built_without_any_query(clie
     result = wait_for(lambda: client.get(reverse("api-worker-check-result", args=[ping])).json().get("result"),
                       timeout=60, message="the worker to answer")
     assert result["torch_threads"] == thread_share(1) and result["device"] == str(model_device())
+
+
+def _autocast_on(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type)
+
+
+def test_half_precision_that_changes_the_results_falls_back_to_fp32_for_good(settings):
+    from retrieval.encoders.precision import PrecisionChoice, half_dtype, vectors_agreement
+
+    calls: list[bool] = []
+
+    def forward() -> np.ndarray:  # a model whose half precision answer points elsewhere
+        calls.append(_autocast_on("cpu"))
+        return np.array([[0.0, 1.0]] if calls[-1] else [[1.0, 0.0]], dtype=np.float32)
+
+    choice = PrecisionChoice(key="m", device=torch.device("cpu"), dtype=torch.bfloat16,
+                             agreement=vectors_agreement, bar=0.999)
+    assert choice.run(forward).tolist() == [[1.0, 0.0]]  # the first batch answers in fp32 ...
+    assert calls == [False, True] and choice.measured == 0.0 and choice.name == "fp32"
+    assert choice.run(forward).tolist() == [[1.0, 0.0]] and calls[-1] is False  # ... and stays there
+    assert "fp32" in choice.describe()
+
+    settings.IMAGINAITION_PRECISION = "fp32"
+    assert half_dtype(torch.device("cpu"), pays_on_cpu=True) is None
+    settings.IMAGINAITION_PRECISION = "half"
+    with pytest.raises(ImproperlyConfigured, match="auto, fp32"):
+        half_dtype(torch.device("cpu"), pays_on_cpu=True)
+
+
+def test_masks_agree_only_with_the_same_labels_and_overlapping_pixels():
+    from retrieval.encoders.base import SoftMask
+    from retrieval.encoders.precision import masks_agreement
+
+    square = np.zeros((10, 10), dtype=np.float32)
+    square[:5, :5] = 1.0
+    shifted = np.roll(square, 1, axis=1)
+    cat = SoftMask(label="cat", class_index=8, probability=square)
+    assert masks_agreement([[cat]], [[cat]]) == 1.0
+    assert masks_agreement([[cat]], [[SoftMask("cat", 8, shifted)]]) == pytest.approx(20 / 30)
+    assert masks_agreement([[cat]], [[SoftMask("dog", 12, square)]]) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", [torch.device("cpu"), *ACCELERATORS], ids=str)
+def test_half_precision_is_kept_only_where_it_agrees_with_fp32(device):
+    """On a CUDA machine: the device's half precision; on the CPU: bf16 autocast (the same check)."""
+    from skimage import data as skdata
+
+    from retrieval.encoders.precision import VECTOR_COSINE_BAR, PrecisionChoice, vectors_agreement
+
+    model, checkpoint = load_checkpoint(registry.MODELS["autoencoder/v2"].weight_path())
+    pictures = [PILImage.fromarray(getattr(skdata, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut")]
+    encoder = AutoencoderEncoder(key="ae", model=model, mean=checkpoint["mean"], std=checkpoint["std"], device=device)
+    reference = encoder.encode_images(pictures)  # fp32: the autoencoder tries no half precision on a CPU
+    half = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    encoder.precision = PrecisionChoice(key="ae", device=device, dtype=half, agreement=vectors_agreement,
+                                        bar=VECTOR_COSINE_BAR)
+    first = encoder.encode_images(pictures)
+    assert np.array_equal(first, reference)  # the deciding batch answers in fp32
+    assert encoder.precision.decided and encoder.precision.measured is not None
+    kept = encoder.precision.measured >= VECTOR_COSINE_BAR
+    assert (encoder.precision.dtype is not None) == kept
+    later = encoder.encode_images(pictures)
+    assert vectors_agreement(reference, later) >= (VECTOR_COSINE_BAR if kept else 1.0 - 1e-6)

@@ -55,8 +55,9 @@ def point_standard_weights(monkeypatch, base_url: str, served_dir: Path | None =
     """Serve every downloadable standard-profile file from `base_url` (hash prefixes stay prefixes, as in the
     catalog); `corrupt` files get a hash that cannot match. Returns filename -> target path."""
     targets = {}
-    for key, spec in list(registry.MODELS.items()):
-        if "standard" not in spec.profiles or not any(weight.url for weight in spec.weights):
+    for key in set(registry.profile_models("standard").values()):
+        spec = registry.MODELS[key]
+        if not any(weight.url for weight in spec.weights):
             continue
         files = []
         for weight in spec.weights:
@@ -108,6 +109,20 @@ def test_command_prints_the_downloads_and_exits_zero(served, weights_dir, monkey
     out = capsys.readouterr().out
     assert all(f"{filename} (" in out for filename in targets) and out.count(": downloaded") == len(targets)
     assert OFFLINE_MESSAGE not in out
+
+
+def test_the_chosen_segmenter_is_fetched_instead_of_the_profiles(served, weights_dir, monkeypatch, settings):
+    from retrieval.encoders.catalog import DEEPLABV3_RESNET101, LRASPP_MOBILENET
+
+    settings.IMAGINAITION_SEGMENTER = LRASPP_MOBILENET.key
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    assert LRASPP_MOBILENET.weights[0].filename in targets
+    assert DEEPLABV3_RESNET101.weights[0].filename not in targets
+    report = weights_fetch(progress=False)
+    assert report.ok and {r.filename for r in report.results} == set(targets)
+    assert (weights_dir / LRASPP_MOBILENET.weights[0].filename).is_file()
+    assert not (weights_dir / DEEPLABV3_RESNET101.weights[0].filename).exists()
 
 
 def test_wrong_hash_keeps_nothing_and_the_command_fails(served, weights_dir, monkeypatch):

@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -12,6 +13,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image, Mask
 from retrieval.models import Embedding
+from retrieval import pipeline
 from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
 from retrieval.encoders import registry
 from tests.conftest import wait_for
@@ -51,10 +53,15 @@ def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, m
     assert chelsea.status == "ready" and chelsea.masks_status == "ready"
     assert "cat" in set(chelsea.masks.values_list("label", flat=True))
 
-    # Running the work again (a retried task) leaves the same rows.
+    # Running the work again (a retried task) leaves the same rows; run together, the two stages read
+    # and decode each file once (batches of 2: the second batch is decoded on its own too).
     Image.objects.update(status="pending", masks_status="pending")
     masks_before = Mask.objects.count()
-    process_all_pending()
+    decoded: list[int] = []
+    real_decode = pipeline.picture_for_models
+    with mock.patch.object(pipeline, "picture_for_models", lambda data: decoded.append(len(data)) or real_decode(data)):
+        process_all_pending(batch_size=2)
+    assert len(decoded) == 3
     assert Embedding.objects.count() == 6 and Mask.objects.count() == masks_before
     assert set(Image.objects.values_list("status", "masks_status")) == {("ready", "ready")}
 

@@ -13,7 +13,9 @@ from django.test import override_settings
 from PIL import Image as PILImage
 
 from retrieval.encoders import registry
-from retrieval.encoders.catalog import DEEPLABV3_RESNET101, OPENCLIP_VIT_B_32
+from django.core.exceptions import ImproperlyConfigured
+
+from retrieval.encoders.catalog import DEEPLABV3_MOBILENET, DEEPLABV3_RESNET101, LRASPP_MOBILENET, OPENCLIP_VIT_B_32
 
 CLIP_KEY, DEEPLAB_KEY = OPENCLIP_VIT_B_32.key, DEEPLABV3_RESNET101.key
 
@@ -55,7 +57,7 @@ def weights_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def standard(weights_dir):
     folder, _ = weights_dir
-    with override_settings(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="auto"):
+    with override_settings(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="auto", IMAGINAITION_PRECISION="fp32"):
         registry.unload_all()
         yield registry
     registry.unload_all()
@@ -130,7 +132,11 @@ def test_openclip_image_and_text_towers(clip):
 def test_deeplab_loads_the_registry_file(segmenter, weights_dir):
     _, saved = weights_dir
     assert torch.equal(segmenter.model.classifier[4].weight, saved["classifier.4.weight"])
-    assert segmenter.model.aux_classifier is not None  # the official checkpoint carries its keys
+    # The official checkpoint carries the auxiliary head's keys (a strict load needs them); the head
+    # itself is dropped after loading: it only costs time at inference.
+    assert "aux_classifier.0.weight" in torch.load(weights_dir[0] / DEEPLABV3_RESNET101.weights[0].filename,
+                                                   map_location="cpu", weights_only=True)
+    assert segmenter.model.aux_classifier is None and set(segmenter.model(torch.zeros(1, 3, 64, 64))) == {"out"}
     assert segmenter.key == DEEPLAB_KEY and not segmenter.model.training
 
 
@@ -142,9 +148,15 @@ def test_deeplab_masks_are_probabilities_at_each_image_size(segmenter, monkeypat
     handle = count_forward_passes(segmenter.model, calls)
     try:
         results = segmenter.segment(pictures())
+        assert calls == [1, 1]  # on a CPU, one picture per forward pass (faster there)
+        monkeypatch.setattr(segmenter, "pictures_per_pass", None)  # as on an accelerator
+        batched = segmenter.segment(pictures())
     finally:
         handle.remove()
-    assert calls == [2]  # one forward pass for the batch
+    assert calls == [1, 1, 2]  # an accelerator: one forward pass for the batch
+    for one_by_one, together in zip(results, batched, strict=True):
+        assert [m.label for m in one_by_one] == [m.label for m in together]
+        assert all(np.allclose(a.probability, b.probability, atol=1e-4) for a, b in zip(one_by_one, together))
     assert len(results) == 2 and all(results)
     for picture, masks in zip(pictures(), results, strict=True):
         for mask in masks:
@@ -153,6 +165,41 @@ def test_deeplab_masks_are_probabilities_at_each_image_size(segmenter, monkeypat
             assert 0.0 <= mask.probability.min() and mask.probability.max() <= 1.0
             assert 1 <= mask.class_index <= 20 and mask.label == deeplab.VOC_LABELS[mask.class_index]
     assert segmenter.segment([]) == []
+
+
+@pytest.mark.parametrize("spec", [DEEPLABV3_MOBILENET, LRASPP_MOBILENET], ids=lambda spec: spec.key)
+def test_a_cheaper_segmenter_chosen_by_setting_loads_its_file_and_segments(weights_dir, settings, spec, monkeypatch):
+    from retrieval.encoders import deeplab
+
+    folder, _ = weights_dir
+    torch.manual_seed(1)
+    state = deeplab.build_model(spec.options["architecture"]).state_dict()
+    torch.save(state, folder / spec.weights[0].filename)
+    settings.IMAGINAITION_WEIGHTS_DIR = folder
+    settings.IMAGINAITION_MODEL_PROFILE = "auto"
+    settings.IMAGINAITION_SEGMENTER = spec.key
+    models = registry.active_models()
+    assert (models.profile, models.segmenter) == ("standard", spec.key)  # every standard file is present
+    assert registry.MODELS[spec.key].weights_present()
+
+    monkeypatch.setattr(deeplab, "MIN_AREA", 0.0)  # random weights: report every class that wins a pixel
+    segmenter = deeplab.load(registry.MODELS[spec.key])
+    loaded = segmenter.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items() if not name.startswith("aux_"))
+    results = segmenter.segment(pictures())
+    assert len(results) == 2 and all(results)
+    for picture, masks in zip(pictures(), results, strict=True):
+        assert all(mask.probability.shape == (picture.height, picture.width) for mask in masks)
+        assert all(mask.label == deeplab.VOC_LABELS[mask.class_index] for mask in masks)
+
+    (folder / spec.weights[0].filename).unlink()  # the chosen segmenter's file is part of "standard" now
+    assert registry.active_models().profile == "offline"
+
+
+def test_an_unknown_segmenter_setting_is_refused_naming_the_choices(settings):
+    settings.IMAGINAITION_SEGMENTER = "torchvision/fcn_resnet50"
+    with pytest.raises(ImproperlyConfigured, match="lraspp_mobilenet_v3_large"):
+        registry.active_models()
 
 
 def test_only_labels_winning_the_minimum_area_get_a_mask():
@@ -183,3 +230,26 @@ def test_a_missing_weight_file_is_a_clear_error(settings, tmp_path):
     for load, spec in ((openclip.load, OPENCLIP_VIT_B_32), (deeplab.load, DEEPLABV3_RESNET101)):
         with pytest.raises(FileNotFoundError, match="fetch_weights"):
             load(spec)
+
+
+def test_a_safetensors_file_is_read_straight_into_the_model_or_refused_when_it_does_not_fit(tmp_path):
+    from safetensors.torch import save_file
+
+    from retrieval.encoders.safetensors_io import safetensors_read_into
+
+    torch.manual_seed(3)
+    source = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    state = source.state_dict()
+    state["0.weight"] = state["0.weight"].half()  # a file may store another dtype: converted on the way in
+    save_file(state, str(tmp_path / "m.safetensors"))
+    target = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    before = target[0].weight.data_ptr()
+    safetensors_read_into(target, tmp_path / "m.safetensors")
+    assert target[0].weight.data_ptr() == before  # filled in place, not replaced
+    for name, tensor in target.state_dict().items():
+        assert torch.equal(tensor, state[name].to(tensor.dtype)), name
+    with pytest.raises(RuntimeError, match="missing"):
+        safetensors_read_into(torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "m.safetensors")
+    save_file({**state, "0.weight": torch.zeros(3, 5)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(RuntimeError, match="shape"):
+        safetensors_read_into(target, tmp_path / "bad.safetensors")
