@@ -6,6 +6,7 @@ from retrieval import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("upload/file/", views.staged_file, name="staged-file"),
+    path("upload/state/", views.staged_state, name="staged-state"),
     path("upload/overlay/<int:class_index>.png", views.staged_overlay, name="staged-overlay"),
     path("upload/add/", views.staged_add_to_gallery, name="staged-add"),
     path("search/", views.search, name="search"),

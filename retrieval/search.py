@@ -139,6 +139,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
             vectors = replace(vectors, exclude_image_id=None)
         return vectors, image.original_name, image
     if query.upload is not None or query.staged:
+        staged = None
         if query.upload is not None:
             data, name = query.upload, query.upload_name
         else:
@@ -148,7 +149,9 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
             data, name = staged.data(), staged.name
         if query.label is None:
             return vectors_for_upload(data=data, models=models), name, None
-        return vectors_for_upload_region(data=data, label=query.label, models=models), f"the {query.label} in {name}", None
+        masks = _staged_masks(staged) if staged is not None else uploads.upload_masks(data=data, name=name)
+        vectors = vectors_for_upload_region(data=data, label=query.label, masks=masks, models=models)
+        return vectors, f"the {query.label} in {name}", None
     text = (query.text or "").strip()
     return vectors_for_text(text=text, models=models), f"“{text}”", None
 
@@ -224,17 +227,33 @@ def vectors_for_mask(*, mask: Mask, models: ActiveModels) -> QueryVectors:
     return _stored_query(stored, models=models, exclude_image_id=mask.image_id, owner="region")
 
 
-def vectors_for_upload_region(*, data: bytes, label: str, models: ActiveModels) -> QueryVectors:
-    """Segment an uploaded picture, cut out its region of `label` and embed it (nothing is stored)."""
+def _staged_masks(staged: uploads.StagedUpload) -> dict[str, np.ndarray]:
+    if staged.state == "working":
+        raise QueryError("The labels of your picture are still being found; try again in a moment.", status_code=409)
+    return staged.masks()
+
+
+def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.ndarray],
+                              models: ActiveModels) -> QueryVectors:
+    """Cut an uploaded picture's region of `label` out (its masks: label -> soft mask at the picture's
+    size, from the segmenter) and embed it; nothing is stored."""
     decode_image(data)
     picture = picture_for_models(data)
-    masks = {mask.label: mask for mask in get_model(models.segmenter).segment([picture])[0]}
     if label not in masks:
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
-    region = region_picture(picture, masks[label].probability)
+    region = region_picture(picture, _at_size(masks[label], picture.size))
     if region is None:
         raise _too_small(f"The {label}")
     return replace(vectors_for_picture(picture=region, models=models), owner="region")
+
+
+def _at_size(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A soft mask at a picture's (width, height): masks are stored at the picture's displayed size, and
+    the models' picture may be smaller (longest side at most 1024 px)."""
+    if probability.shape == (size[1], size[0]):
+        return probability
+    resized = PILImage.fromarray(np.asarray(probability * 255, dtype=np.uint8), "L").resize(size, PILImage.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32) / 255.0
 
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:

@@ -9,7 +9,9 @@ import socket
 import torch
 from django.utils import timezone
 
+from retrieval import uploads
 from retrieval.encoders.devices import model_device
+from retrieval.encoders.registry import loaded_precisions
 from retrieval.integrity import integrity_check, integrity_heal, missing_indexes_build
 from retrieval.pipeline import BatchReport, embed_batch, segment_batch
 
@@ -37,11 +39,17 @@ def segment_images(image_id: int) -> dict[str, list[int]]:
     return _summary(report)
 
 
+def staged_segment(token: str) -> str | None:
+    """Labels and masks of a picture a page or an API search is waiting on (the interactive cluster)."""
+    return uploads.staged_segment(token)
+
+
 def worker_ping() -> dict[str, object]:
     """Proves a worker picked up a task: who ran it and when, with how many torch threads and on
     which device its models run (shown by the status endpoint)."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "at": timezone.now().isoformat(),
-            "torch_threads": torch.get_num_threads(), "device": str(model_device())}
+            "torch_threads": torch.get_num_threads(), "device": str(model_device()),
+            "precision": loaded_precisions()}
 
 
 def rebuild_indexes() -> list[str]:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -53,6 +53,17 @@ def staged_file(request: HttpRequest) -> FileResponse:
     if staged is None:
         raise Http404("Nothing uploaded")
     return FileResponse(staged.path.open("rb"))
+
+
+@gallery_reader
+@require_GET
+@never_cache
+def staged_state(request: HttpRequest) -> JsonResponse:
+    """Whether the staged upload's labels are there yet (the page asks while it shows that it is working)."""
+    staged = uploads.staged_get(session=request.session)
+    if staged is None:
+        return JsonResponse({"state": "gone", "error": "Your upload has expired; choose the file again."}, status=404)
+    return JsonResponse({"state": staged.state, "error": staged.error, "labels": [l["label"] for l in staged.labels]})
 
 
 @gallery_reader

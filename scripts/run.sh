@@ -26,6 +26,9 @@ $PY manage.py reembed  # after a model change: queue the images the active model
 $PY manage.py ensure_admin
 $PY manage.py qcluster &
 pids+=($!)
+# The interactive worker: an upload's labels and masks, while its page waits (never behind an import).
+Q_CLUSTER_NAME=interactive $PY manage.py qcluster &
+pids+=($!)
 $PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
     --timeout 300 --graceful-timeout 10 --access-logfile - &
 pids+=($!)

@@ -41,16 +41,18 @@ document.querySelectorAll("form.drop").forEach((zone) => {
   input.addEventListener("change", () => { if (input.files.length) zone.classList.add("chosen"); });
 });
 
-// An image being processed: ask the API until neither step is pending, then reload the page.
+// An image being processed (or an upload's labels being found): ask until it is done, then reload the page.
 const pending = document.querySelector("[data-poll-url]");
 if (pending) {
   let delay = 1500;
   const poll = async () => {
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
+      if (response.status === 404) { location.reload(); return; }  // gone: the page says why
       if (response.ok) {
         const body = await response.json();
-        if (body.status !== "pending" && body.masks_status !== "pending") { location.reload(); return; }
+        if ("state" in body) { if (body.state !== "working") { location.reload(); return; } }  // an upload's labels
+        else if (body.status !== "pending" && body.masks_status !== "pending") { location.reload(); return; }
         const embed = pending.querySelector("[data-status]");
         if (embed && body.status !== embed.dataset.status) { location.reload(); return; }
       }

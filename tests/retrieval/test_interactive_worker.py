@@ -1,0 +1,82 @@
+"""An upload's labels and masks come from the interactive worker (a real `Q_CLUSTER_NAME=interactive
+manage.py qcluster`), never from the web process: the page shows that it is working, then the labels;
+a search by an API upload's region waits for the worker; with no worker it answers 503, not forever."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from retrieval.encoders import registry
+from tests.conftest import wait_for
+from tests.retrieval.test_pipeline import jpeg
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def worker_mode(settings, media_root):
+    settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE = False  # the product's default
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    registry.unload_all()  # this process starts with no model loaded, as a fresh web process
+    yield settings
+    registry.unload_all()
+
+
+def segmenter_loaded_here() -> bool:
+    return registry.active_models().segmenter in registry._loaded
+
+
+def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loads_the_segmenter(
+        client, user, worker_mode, media_root, start_worker):
+    worker = start_worker(Q_CLUSTER_NAME="interactive", IMAGINAITION_MODEL_PROFILE="offline",
+                          IMAGINAITION_MEDIA_ROOT=str(media_root))
+    client.force_login(user)
+    response = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
+    assert response.status_code == 302
+    first = client.get(reverse("pages:home")).content.decode()
+    state = client.get(reverse("pages:staged-state")).json()
+    if state["state"] == "working":  # the worker may already be done; if not, the page says it is working
+        assert "Finding the labels and masks of your picture" in first and "data-poll-url" in first
+
+    def ready():
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{worker.log()}")
+        return client.get(reverse("pages:staged-state")).json()["state"] != "working"
+
+    wait_for(ready, timeout=180, interval=0.5, message="the interactive worker to segment the upload")
+    state = client.get(reverse("pages:staged-state")).json()
+    assert state["state"] == "ready" and "cat" in state["labels"], (state, worker.log()[-3000:])
+    page = client.get(reverse("pages:home")).content.decode()
+    assert "Finding the labels" not in page and "Search with this region" in page
+    overlay = client.get(reverse("pages:staged-overlay", args=[8]))  # the cat's mask, written by the worker
+    assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
+    region = client.get(reverse("pages:search"), {"upload": 1, "label": "cat"})
+    assert region.status_code == 200 and "the cat in chelsea.jpg" in region.content.decode()
+
+    ask = {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")), "label": "aeroplane"}
+    absent = client.post(reverse("api-search"), ask)  # segmented by the worker, waited for
+    assert absent.status_code == 400 and "its labels:" in absent.json()["detail"] and "cat" in absent.json()["detail"]
+    found = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
+                                                "label": "cat"})
+    assert found.status_code == 200, found.content
+    assert not segmenter_loaded_here()  # the web process embedded the region, the worker segmented it
+    assert registry.active_models().semantic in registry._loaded
+    tokens = {path.name.split("-")[0].split(".")[0] for path in (media_root / "staging").iterdir()}
+    assert tokens == {client.session["staged_upload"]}  # the API's uploads left nothing behind
+
+
+def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_page_keeps_waiting(
+        client, user, worker_mode, media_root):
+    worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 1.0
+    client.force_login(user)
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
+                                                   "label": "cat"})
+    assert response.status_code == 503 and "interactive worker" in response.json()["detail"]
+    assert list((media_root / "staging").iterdir()) == []  # the temporary upload is gone
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
+    assert client.get(reverse("pages:staged-state")).json()["state"] == "working"
+    waiting = client.get(reverse("pages:search"), {"upload": 1, "label": "cat"}, follow=True).content.decode()
+    assert "still being found" in waiting
+    whole = client.get(reverse("pages:search"), {"upload": 1})  # the whole picture needs no masks
+    assert whole.status_code == 200
+    assert not segmenter_loaded_here()
