@@ -241,19 +241,10 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
     picture = picture_for_models(data)
     if label not in masks:
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
-    region = region_picture(picture, _at_size(masks[label], picture.size))
+    region = region_picture(picture, masks[label])  # masks are at this picture's size (the segmenter saw it)
     if region is None:
         raise _too_small(f"The {label}")
     return replace(vectors_for_picture(picture=region, models=models), owner="region")
-
-
-def _at_size(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A soft mask at a picture's (width, height): masks are stored at the picture's displayed size, and
-    the models' picture may be smaller (longest side at most 1024 px)."""
-    if probability.shape == (size[1], size[0]):
-        return probability
-    resized = PILImage.fromarray(np.asarray(probability * 255, dtype=np.uint8), "L").resize(size, PILImage.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
 
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:

@@ -35,6 +35,9 @@ SESSION_KEY = "staged_upload"
 MAX_AGE_SECONDS = 3600
 INTERACTIVE_CLUSTER = "interactive"  # Q_CLUSTER_NAME of the worker that answers pages (settings.Q_CLUSTER)
 SegmentationState = Literal["working", "ready", "failed"]
+_NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the interactive worker "
+              f"(Q_CLUSTER_NAME={INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) is not running or "
+              f"is busy.")
 
 
 class StagedLabel(TypedDict):
@@ -58,6 +61,7 @@ class StagedUpload:
     size: tuple[int, int] = (0, 0)  # as displayed: EXIF orientation applied
     state: SegmentationState = "ready"  # of its segmentation
     error: str = ""  # why segmentation failed
+    timed_out: bool = False  # failed because no worker answered in time
 
     def data(self) -> bytes:
         return self.path.read_bytes()
@@ -136,8 +140,13 @@ def staged_read(token: str) -> StagedUpload | None:
         return None
     info = json.loads(meta.read_text())
     width, height = info["size"]
+    state, error = info.get("state", "ready"), info.get("error", "")
+    timeout = settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT
+    timed_out = state == "working" and time.time() - meta.stat().st_mtime > timeout
+    if timed_out:
+        state, error = "failed", _NO_WORKER.format(timeout=timeout)
     return StagedUpload(token=token, name=info["name"], path=path, labels=info["labels"], size=(width, height),
-                        state=info.get("state", "ready"), error=info.get("error", ""))
+                        state=state, error=error, timed_out=timed_out)
 
 
 def staged_get(*, session: SessionBase) -> StagedUpload | None:
@@ -178,16 +187,13 @@ def upload_masks(*, data: bytes, name: str, timeout: float | None = None) -> dic
     try:
         while True:
             current = staged_read(staged.token)
+            if current is not None and current.state == "ready":
+                return current.masks()
+            if (current is not None and current.timed_out) or time.monotonic() >= deadline:
+                raise SegmentationUnavailable(_NO_WORKER.format(timeout=timeout) + " Try again.")
             if current is None or current.state == "failed":
                 raise Refused(current.error if current else "The upload disappeared while it was segmented.",
                               status_code=500)
-            if current.state == "ready":
-                return current.masks()
-            if time.monotonic() >= deadline:
-                raise SegmentationUnavailable(
-                    f"No worker segmented the picture within {timeout:g} s: the interactive worker "
-                    f"(Q_CLUSTER_NAME={INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) is "
-                    f"not running or is busy. Try again.")
             time.sleep(0.05)
     finally:
         _delete(staged.token)

@@ -9,6 +9,7 @@ downloads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,13 @@ class OpenClipEncoder(SemanticEncoder):
         return self.text_precision.run(forward)
 
 
+def _open_clip_chatter(record: logging.LogRecord) -> bool:
+    """open_clip logs through the root logger: its steps at INFO, and a warning that the model is
+    "initialized randomly" (true only until the weights are read in, just after). Dropped while it
+    builds the model; errors still pass. Only records made on the root logger itself meet this filter."""
+    return record.levelno >= logging.ERROR
+
+
 def load(spec: ModelSpec) -> OpenClipEncoder:
     """Build the model from the registry's weight file. FileNotFoundError when it has not been fetched."""
     import open_clip
@@ -72,13 +80,18 @@ def load(spec: ModelSpec) -> OpenClipEncoder:
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     # OpenAI's CLIP was trained with QuickGELU; the plain ViT-B-32 config uses nn.GELU. Built empty, then
     # filled from the file without a second copy of the weights (safetensors_io says why).
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        architecture, pretrained=None, force_quick_gelu=spec.options.get("quick_gelu", False))
+    root = logging.getLogger()
+    root.addFilter(_open_clip_chatter)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            architecture, pretrained=None, force_quick_gelu=spec.options.get("quick_gelu", False))
+        tokenizer = open_clip.get_tokenizer(architecture)  # BPE vocabulary bundled with open_clip: no network
+    finally:
+        root.removeFilter(_open_clip_chatter)
     if path.suffix == ".safetensors":
         safetensors_read_into(model, path)
     else:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    tokenizer = open_clip.get_tokenizer(architecture)  # BPE vocabulary bundled with open_clip: no network
     assert spec.dim is not None
     return OpenClipEncoder(key=spec.key, dim=spec.dim, model=model, preprocess=preprocess, tokenizer=tokenizer,
                            device=model_device())

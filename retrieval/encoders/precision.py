@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -88,8 +88,8 @@ class PrecisionChoice(Generic[Output]):
     dtype: torch.dtype | None  # the half precision being tried or used; None: fp32
     agreement: Callable[[Output, Output], float]
     bar: float
-    decided: bool = False
-    measured: float | None = None  # the agreement on the first batch
+    decided: bool = field(init=False)  # fp32 from the start, or once the first batch has decided
+    measured: float | None = field(init=False, default=None)  # the agreement on the first batch
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -2,6 +2,8 @@
 manage.py qcluster`), never from the web process: the page shows that it is working, then the labels;
 a search by an API upload's region waits for the worker; with no worker it answers 503, not forever."""
 
+import time
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -73,6 +75,7 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
                                                    "label": "cat"})
     assert response.status_code == 503 and "interactive worker" in response.json()["detail"]
     assert list((media_root / "staging").iterdir()) == []  # the temporary upload is gone
+    worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
     assert client.get(reverse("pages:staged-state")).json()["state"] == "working"
     waiting = client.get(reverse("pages:search"), {"upload": 1, "label": "cat"}, follow=True).content.decode()
@@ -80,3 +83,10 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     whole = client.get(reverse("pages:search"), {"upload": 1})  # the whole picture needs no masks
     assert whole.status_code == 200
     assert not segmenter_loaded_here()
+    # Nobody answers for longer than the timeout: the page stops waiting and says why.
+    worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 0.5
+    time.sleep(0.6)
+    state = client.get(reverse("pages:staged-state")).json()
+    assert state["state"] == "failed" and "interactive worker" in state["error"]
+    page = client.get(reverse("pages:home")).content.decode()
+    assert "data-poll-url" not in page and "You can still search with the whole picture" in page
