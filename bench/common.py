@@ -328,13 +328,21 @@ def standard_random_weights() -> Path:
         save_file({name: tensor.contiguous() for name, tensor in clip.state_dict().items()}, str(clip_file) + ".tmp")
         os.replace(str(clip_file) + ".tmp", clip_file)
         del clip
+    from retrieval.encoders.deeplab import build_model
+
     deeplab_file = folder / DEEPLABV3_RESNET101.weights[0].filename
     if not deeplab_file.is_file():
-        from retrieval.encoders.deeplab import build_model
-
         torch.manual_seed(0)
         torch.save(build_model().state_dict(), str(deeplab_file) + ".tmp")
         os.replace(str(deeplab_file) + ".tmp", deeplab_file)
+    from retrieval.encoders.catalog import DEEPLABV3_MOBILENET, LRASPP_MOBILENET
+
+    for spec in (DEEPLABV3_MOBILENET, LRASPP_MOBILENET):  # the cheaper segmenters (IMAGINAITION_SEGMENTER)
+        target = folder / spec.weights[0].filename
+        if not target.is_file():
+            torch.manual_seed(0)
+            torch.save(build_model(spec.options["architecture"]).state_dict(), str(target) + ".tmp")
+            os.replace(str(target) + ".tmp", target)
     for spec in registry.MODELS.values():  # the autoencoders this project ships
         if spec.loader.startswith("retrieval.encoders.autoencoder:"):
             shipped = spec.weights[0]
@@ -354,14 +362,15 @@ def bench_env(database: str, **extra: str) -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "IMAGINAITION_LOG_LEVEL": "INFO", **extra}
 
 
-def start_qcluster(env: dict[str, str], log: Path, timeout: float = 180):
-    """A real `manage.py qcluster` in its own process group, returned once it says it is running."""
+def start_qcluster(env: dict[str, str], log: Path, timeout: float = 180, repo: Path | None = None):
+    """A real `manage.py qcluster` (of `repo`, default this checkout) in its own process group, returned
+    once it says it is running."""
     import subprocess
     import sys
     import time
 
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO_ROOT, env=env,
+        process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=repo or REPO_ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while "running." not in log.read_text(errors="replace"):
