@@ -381,6 +381,42 @@ def start_qcluster(env: dict[str, str], log: Path, timeout: float = 180, repo: P
     return process
 
 
+def ingest_by_workers(*, env: dict[str, str], log: Path, n: int, enqueue, repo: Path | None = None,
+                      timeout: float = 3600) -> dict[str, float]:
+    """Start a real qcluster (of `repo`), call enqueue() (an import that queues the images), wait until
+    all n images have embeddings and masks (ready or failed), stop the cluster. Seconds from the start of
+    enqueue(): wall, enqueue, embedded (every image embedded); and the count of failed images."""
+    import time
+
+    from django.db.models import Q
+
+    from gallery.models import Image, ProcessingStatus
+
+    done = [ProcessingStatus.READY, ProcessingStatus.FAILED]
+    process = start_qcluster(env, log, repo=repo)
+    try:
+        started = time.perf_counter()
+        enqueue()
+        enqueued = time.perf_counter() - started
+        embedded = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"qcluster exited:\n{log.read_text(errors='replace')[-3000:]}")
+            if embedded is None and Image.objects.filter(status__in=done).count() == n:
+                embedded = time.perf_counter() - started
+            if Image.objects.filter(status__in=done, masks_status__in=done).count() == n:
+                break
+            time.sleep(0.25)
+        else:
+            raise RuntimeError(f"workers did not finish within {timeout / 60:.0f} minutes")
+        wall = time.perf_counter() - started
+    finally:
+        stop_process_group(process)
+    failed = Image.objects.filter(Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)).count()
+    return {"wall": wall, "enqueue": enqueued, "embedded": embedded or wall, "failed": failed}
+
+
 def stop_process_group(process, grace: float = 60) -> None:
     """SIGTERM to a process started with start_new_session=True (it stops its children), then SIGKILL
     whatever is left of its process group; never anything else."""

@@ -28,8 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, empty_bench_database,
-                          load_average, photo_folder_subset, setup_django, standard_random_weights, start_qcluster,
-                          stop_process_group, table, write_section)
+                          ingest_by_workers, load_average, photo_folder_subset, setup_django, standard_random_weights,
+                          table, write_section)
 
 DATABASE = "imaginaition_bench_ingest"
 BENCH_VAR = REPO_ROOT / "var" / DATABASE
@@ -188,36 +188,12 @@ def png_alternatives(masks: list) -> list[list]:
 
 
 def run_workers(folder: Path, n: int, workers: int) -> dict[str, float]:
-    """Start the cluster, run `import_folder` (enqueue), wait until every image is done; seconds."""
+    """Start the cluster, run `import_folder` (enqueue) in this process, wait until every image is done; seconds."""
     from django.core.management import call_command
-    from django.db.models import Q
 
-    from gallery.models import Image, ProcessingStatus
-
-    done = [ProcessingStatus.READY, ProcessingStatus.FAILED]
-    log = BENCH_VAR / "qcluster.log"
-    process = start_qcluster(bench_env(DATABASE, IMAGINAITION_WORKERS=str(workers)), log)
-    try:
-        started = time.perf_counter()
-        call_command("import_folder", str(folder), stdout=io.StringIO())
-        enqueued = time.perf_counter() - started
-        embedded = None
-        deadline = time.monotonic() + 1500
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"qcluster exited:\n{log.read_text(errors='replace')[-3000:]}")
-            if embedded is None and Image.objects.filter(status__in=done).count() == n:
-                embedded = time.perf_counter() - started
-            if Image.objects.filter(status__in=done, masks_status__in=done).count() == n:
-                break
-            time.sleep(0.25)
-        else:
-            raise RuntimeError("workers did not finish within 25 minutes")
-        wall = time.perf_counter() - started
-    finally:
-        stop_process_group(process)
-    failed = Image.objects.filter(Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)).count()
-    return {"wall": wall, "enqueue": enqueued, "embedded": embedded or wall, "failed": failed}
+    return ingest_by_workers(env=bench_env(DATABASE, IMAGINAITION_WORKERS=str(workers)), log=BENCH_VAR / "qcluster.log",
+                             n=n, enqueue=lambda: call_command("import_folder", str(folder), stdout=io.StringIO()),
+                             timeout=1500)
 
 
 def time_standard_profile(pictures: list, batch_size: int) -> tuple[dict[str, float], dict[str, float]]:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, empty_bench_database,
-                          load_average, photo_folder_subset, setup_django, standard_random_weights, start_qcluster,
-                          stop_process_group, table, write_section)
+                          ingest_by_workers, load_average, photo_folder_subset, setup_django, standard_random_weights,
+                          table, write_section)
 
 DATABASE = "imaginaition_bench_workers"
 BENCH_VAR = REPO_ROOT / "var" / DATABASE
@@ -47,33 +47,14 @@ def before_checkout() -> Path:
 
 def ingest(folder: Path, n: int, env: dict[str, str], *, repo: Path = REPO_ROOT) -> dict:
     """Start a cluster of `repo`, enqueue the folder's images with that repo's import_folder, wait; seconds."""
-    from django.db.models import Q
-
-    from gallery.models import Image, ProcessingStatus
-
     empty_bench_database()
-    done = [ProcessingStatus.READY, ProcessingStatus.FAILED]
     log = BENCH_VAR / "qcluster.log"
-    process = start_qcluster(env, log, repo=repo)
-    try:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "manage.py", "import_folder", str(folder)], cwd=repo, env=env, check=True,
-                       capture_output=True)
-        deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"qcluster exited:\n{log.read_text(errors='replace')[-3000:]}")
-            if Image.objects.filter(status__in=done, masks_status__in=done).count() == n:
-                break
-            time.sleep(0.25)
-        else:
-            raise RuntimeError("workers did not finish within an hour")
-        wall = time.perf_counter() - started
-    finally:
-        stop_process_group(process)
-    failed = Image.objects.filter(Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)).count()
+    result = ingest_by_workers(
+        env=env, log=log, n=n, repo=repo,
+        enqueue=lambda: subprocess.run([sys.executable, "manage.py", "import_folder", str(folder)], cwd=repo, env=env,
+                                       check=True, capture_output=True))
     decisions = sorted(set(re.findall(r"(\S+ runs in \w+ on \w+ \([^)]*\))", log.read_text(errors="replace"))))
-    return {"wall": wall, "images_per_s": n / wall, "failed": failed, "precision": decisions}
+    return {**result, "images_per_s": n / result["wall"], "precision": decisions}
 
 
 def main() -> None:

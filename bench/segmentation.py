@@ -29,21 +29,10 @@ IOU_BAR = 0.98
 
 def mask_agreement(reference: list[list], other: list[list]) -> tuple[float, float, int]:
     """(mean IoU, worst IoU, labels found by only one) of two segmentations of the same pictures."""
-    import numpy as np
+    from retrieval.encoders.precision import mask_ious
 
-    ious: list[float] = []
-    unmatched = 0
-    for masks_a, masks_b in zip(reference, other, strict=True):
-        by_label_a = {mask.label: mask.probability >= 0.5 for mask in masks_a}
-        by_label_b = {mask.label: mask.probability >= 0.5 for mask in masks_b}
-        unmatched += len(set(by_label_a) ^ set(by_label_b))
-        for label in set(by_label_a) & set(by_label_b):
-            a, b = by_label_a[label], by_label_b[label]
-            union = np.logical_or(a, b).sum()
-            ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
-    if not ious:
-        return 1.0, 1.0, unmatched
-    return float(np.mean(ious)), float(np.min(ious)), unmatched
+    ious, unmatched = mask_ious(reference, other)
+    return (sum(ious) / len(ious), min(ious), unmatched) if ious else (1.0, 1.0, unmatched)
 
 
 def main() -> None:

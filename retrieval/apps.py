@@ -14,7 +14,7 @@ class RetrievalConfig(AppConfig):
         # Imported here, as Django asks: receivers import models, which need the app registry.
         from django.conf import settings
 
-        from retrieval import receivers
+        from retrieval import receivers, uploads
         from retrieval.encoders.devices import threads_configure
         from retrieval.encoders.registry import log_active_models
 
@@ -24,7 +24,7 @@ class RetrievalConfig(AppConfig):
         # process and inherit it): cores / worker processes, or cores / web processes.
         if "qcluster" in sys.argv:
             # The interactive cluster's one worker runs briefly, while a person waits: all the cores.
-            interactive = os.environ.get("Q_CLUSTER_NAME") == "interactive"
+            interactive = os.environ.get("Q_CLUSTER_NAME") == uploads.INTERACTIVE_CLUSTER
             threads_configure(1 if interactive else settings.IMAGINAITION_WORKERS)
             log_active_models()
         elif "runserver" in sys.argv or "gunicorn" in sys.argv[0]:

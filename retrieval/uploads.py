@@ -17,7 +17,7 @@ import logging
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -163,8 +163,7 @@ def staged_segment(token: str) -> SegmentationState | None:
         masks = get_model(active_models().segmenter).segment([picture_for_models(staged.data())])[0]
     except Exception as exc:  # noqa: BLE001 - any model error: the page says so instead of waiting forever
         logger.exception("segmenting staged upload %s failed", token)
-        _meta_write(StagedUpload(token=token, name=staged.name, path=staged.path, labels=[], size=staged.size,
-                                 state="failed", error=f"Finding its labels failed: {exc}"))
+        _meta_write(replace(staged, labels=[], state="failed", error=f"Finding its labels failed: {exc}"))
         return "failed"
     for mask in masks:
         staged.mask_path(mask.class_index).write_bytes(probability_to_png(mask.probability))
@@ -172,8 +171,7 @@ def staged_segment(token: str) -> SegmentationState | None:
     if not staged.path.exists():  # cleared meanwhile: leave no masks behind
         _delete(token)
         return None
-    _meta_write(StagedUpload(token=token, name=staged.name, path=staged.path, labels=labels, size=staged.size,
-                             state="ready"))
+    _meta_write(replace(staged, labels=labels, state="ready"))
     return "ready"
 
 

@@ -64,19 +64,27 @@ def vectors_agreement(reference: np.ndarray, other: np.ndarray) -> float:
     return float(np.min((a * b).sum(axis=1) / np.maximum(norms, 1e-12))) if len(a) else 1.0
 
 
-def masks_agreement(reference: Sequence[Sequence[SoftMask]], other: Sequence[Sequence[SoftMask]]) -> float:
-    """The lowest IoU (probability >= 0.5) of a label's masks, over pictures; 0 when the labels differ."""
-    worst = 1.0
+def mask_ious(reference: Sequence[Sequence[SoftMask]], other: Sequence[Sequence[SoftMask]]) -> tuple[list[float], int]:
+    """Two segmentations of the same pictures compared: the IoU (probability >= 0.5) of every label both
+    found in a picture (empty masks skipped), and how many labels only one of them found."""
+    ious: list[float] = []
+    unmatched = 0
     for masks_a, masks_b in zip(reference, other, strict=True):
         by_label_a = {mask.label: mask.probability >= 0.5 for mask in masks_a}
         by_label_b = {mask.label: mask.probability >= 0.5 for mask in masks_b}
-        if set(by_label_a) != set(by_label_b):
-            return 0.0
-        for label, a in by_label_a.items():
-            union = np.logical_or(a, by_label_b[label]).sum()
+        unmatched += len(set(by_label_a) ^ set(by_label_b))
+        for label in set(by_label_a) & set(by_label_b):
+            a, b = by_label_a[label], by_label_b[label]
+            union = np.logical_or(a, b).sum()
             if union:
-                worst = min(worst, float(np.logical_and(a, by_label_b[label]).sum() / union))
-    return worst
+                ious.append(float(np.logical_and(a, b).sum() / union))
+    return ious, unmatched
+
+
+def masks_agreement(reference: Sequence[Sequence[SoftMask]], other: Sequence[Sequence[SoftMask]]) -> float:
+    """The lowest IoU of a label's masks, over pictures; 0 when the labels differ."""
+    ious, unmatched = mask_ious(reference, other)
+    return 0.0 if unmatched else min(ious, default=1.0)
 
 
 @dataclass
