@@ -21,6 +21,8 @@ def setup_django(database: str = BENCH_DATABASE) -> None:
     """Point Django at the benchmark database (creating and migrating it), then set it up."""
     os.environ["IMAGINAITION_DATABASE_NAME"] = database
     bench_folders(database)  # index files and media of the benchmark database live apart from the user's
+    # Benchmarks import the photo folders they assemble under var/ (import_folder reads only under the roots).
+    os.environ.setdefault("IMAGINAITION_IMPORT_ROOTS", str(Path(__file__).resolve().parent.parent / "var"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import django

@@ -1,16 +1,20 @@
-"""Django admin pages for "Reset / initialize from a folder" (staff only, CSRF-protected)."""
+"""Django admin pages for "Reset / initialize from a folder" (staff with the gallery.reset_gallery permission,
+CSRF-protected; the folder must lie under IMAGINAITION_IMPORT_ROOTS)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from gallery.folders import import_roots
 from gallery.models import ResetJob
 from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_start
 
@@ -39,7 +43,8 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
         preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
         return render(request, "admin/gallery/reset/confirm.html", _context(request, preview=preview))
     active = ResetJob.objects.filter(state__in=["queued", "running"]).first()
-    return render(request, "admin/gallery/reset/form.html", _context(request, form=form, active=active))
+    return render(request, "admin/gallery/reset/form.html",
+                  _context(request, form=form, active=active, roots=[str(root) for root in import_roots()]))
 
 
 @require_POST
@@ -77,9 +82,17 @@ def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
     return JsonResponse(_job_data(get_object_or_404(ResetJob, pk=job_id)))
 
 
+RESET_PERMISSION = "gallery.reset_gallery"
+
+
+def _reset_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Admin login (staff) first, then the reset permission: a staff member without it gets 403."""
+    return admin.site.admin_view(permission_required(RESET_PERMISSION, raise_exception=True)(view))
+
+
 urlpatterns = [
-    path("", admin.site.admin_view(reset_form_view), name="gallery-reset"),
-    path("start/", admin.site.admin_view(reset_start_view), name="gallery-reset-start"),
-    path("<int:job_id>/", admin.site.admin_view(reset_progress_view), name="gallery-reset-progress"),
-    path("<int:job_id>/status/", admin.site.admin_view(reset_status_view), name="gallery-reset-status"),
+    path("", _reset_view(reset_form_view), name="gallery-reset"),
+    path("start/", _reset_view(reset_start_view), name="gallery-reset-start"),
+    path("<int:job_id>/", _reset_view(reset_progress_view), name="gallery-reset-progress"),
+    path("<int:job_id>/status/", _reset_view(reset_status_view), name="gallery-reset-status"),
 ]

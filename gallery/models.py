@@ -99,6 +99,9 @@ class ResetJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Deleting everything and reading a server folder is more than staff work: its own permission,
+        # which superusers (the first administrator) hold; grant it to other staff explicitly.
+        permissions = [("reset_gallery", "Can reset / initialize the gallery from a server folder")]
 
     def __str__(self) -> str:
         return f"Reset from {self.folder} ({self.state})"

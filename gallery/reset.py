@@ -20,6 +20,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery import events
+from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import Image, Mask, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here
 
@@ -46,19 +47,11 @@ class ResetPreview:
 
 
 def reset_folder_check(*, folder: str) -> Path:
-    """The folder as a resolved path; ResetRefused with a readable reason otherwise."""
-    path = Path(folder).expanduser()
-    if not folder.strip() or not path.is_absolute():
-        raise ResetRefused("Give an absolute path of a folder on the server.")
-    if not path.exists():
-        raise ResetRefused(f"{path} does not exist.")
-    if not path.is_dir():
-        raise ResetRefused(f"{path} is not a folder.")
+    """The folder as a resolved path under the import roots; ResetRefused with a readable reason otherwise."""
     try:
-        next(path.iterdir(), None)
-    except PermissionError:
-        raise ResetRefused(f"{path} cannot be read by the server.") from None
-    return path.resolve()
+        return import_folder_check(folder)
+    except FolderRefused as exc:
+        raise ResetRefused(str(exc)) from None
 
 
 def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
@@ -117,8 +110,9 @@ def reset_run(*, job_id: int) -> ResetJob:
         job.save(update_fields=[*fields, "phase"])
 
     try:
+        folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
         job.deleted_images = _delete_everything()
-        job.total_files = len(folder_files(root=Path(job.folder), recursive=job.recursive)[0])
+        job.total_files = len(folder_files(root=folder, recursive=job.recursive)[0])
         job.phase = "importing files"
         save("deleted_images", "total_files")
 
@@ -127,7 +121,7 @@ def reset_run(*, job_id: int) -> ResetJob:
             if job.scanned % PROGRESS_EVERY == 0 or job.scanned == job.total_files:
                 save("scanned")
 
-        report = folder_import(root=Path(job.folder), recursive=job.recursive, user=job.created_by,
+        report = folder_import(root=folder, recursive=job.recursive, user=job.created_by,
                                enqueue=False, progress=scanned)
         job.imported, job.duplicates = len(report.added), len(report.duplicates)
         job.rejected = [list(pair) for pair in report.rejected]

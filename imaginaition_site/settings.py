@@ -5,6 +5,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("IMAGINAITION_VAR_DIR", BASE_DIR / "var"))
@@ -117,10 +118,38 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it even bef
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = Path(os.environ.get("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never a public folder)
+# Where originals, thumbnails and staged uploads live; every access goes through Django's storage API,
+# so web and worker hosts share them. local: MEDIA_ROOT (a local folder or a shared mount); s3: an
+# S3-compatible bucket through django-storages (credentials as boto3 reads them: AWS_ACCESS_KEY_ID, ...).
+IMAGINAITION_STORAGE = os.environ.get("IMAGINAITION_STORAGE", "local")
+if IMAGINAITION_STORAGE == "local":
+    _media_storage: dict = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+elif IMAGINAITION_STORAGE == "s3":
+    if not os.environ.get("IMAGINAITION_S3_BUCKET"):
+        raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
+    _media_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": os.environ["IMAGINAITION_S3_BUCKET"],
+        "endpoint_url": os.environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None,  # None: AWS itself
+        "region_name": os.environ.get("IMAGINAITION_S3_REGION") or None,
+        "location": os.environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
+        "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only
+        "querystring_auth": True,
+        "file_overwrite": True,  # names are content digests: the same name is the same bytes
+    }}
+else:
+    raise ImproperlyConfigured(f"IMAGINAITION_STORAGE must be local or s3, not {IMAGINAITION_STORAGE!r}.")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _media_storage,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Server-side folders that "Reset / initialize from a folder" and `import_folder` may read
+# (os.pathsep-separated, e.g. /srv/photos:/home/me/Pictures); nothing outside them is read.
+if os.environ.get("IMAGINAITION_IMPORT_ROOTS"):
+    IMAGINAITION_IMPORT_ROOTS = [Path(root) for root in os.environ["IMAGINAITION_IMPORT_ROOTS"].split(os.pathsep)
+                                 if root.strip()]
+else:
+    IMAGINAITION_IMPORT_ROOTS = [VAR_DIR / "import"]
+    IMAGINAITION_IMPORT_ROOTS[0].mkdir(parents=True, exist_ok=True)  # somewhere to put photos from day one
 WHITENOISE_USE_FINDERS = True  # serve static files without collectstatic in development
 
 # Security. HTTPS-only settings are switched on by IMAGINAITION_HTTPS=1 behind a TLS proxy; the

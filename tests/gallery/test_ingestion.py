@@ -221,7 +221,12 @@ def test_detail_lists_masks_and_models(signed_in, media_root):
 
 
 @pytest.fixture
-def photo_folder(tmp_path):
+def import_root(settings, tmp_path):
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+
+
+@pytest.fixture
+def photo_folder(tmp_path, import_root):
     """20 real photos from scikit-image (and crops of them) plus junk of every kind."""
     from skimage import data as skdata
 
@@ -267,6 +272,9 @@ def test_import_folder_without_recursive_skips_sub_folders(photo_folder, media_r
     assert "added: 15," in capsys.readouterr().out
 
 
-def test_import_folder_fails_for_an_unusable_path(tmp_path):
-    with pytest.raises(CommandError, match="not a folder"):
+def test_import_folder_fails_for_an_unusable_path(tmp_path, import_root):
+    (tmp_path / "a-file.jpg").write_bytes(b"x")
+    with pytest.raises(CommandError, match="is not a folder"):
+        call_command("import_folder", str(tmp_path / "a-file.jpg"))
+    with pytest.raises(CommandError, match="does not exist"):
         call_command("import_folder", str(tmp_path / "missing"))

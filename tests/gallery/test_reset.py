@@ -11,6 +11,11 @@ from retrieval import pipeline
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 
+@pytest.fixture(autouse=True)
+def import_root(settings, tmp_path):
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]  # the folders below are inside it
+
+
 @pytest.fixture
 def folder(tmp_path):
     path = tmp_path / "new-photos"

@@ -3,11 +3,12 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from gallery.folders import FolderRefused, import_folder_check
 from gallery.services import folder_files, folder_import, images_process_here
 
 
 class Command(BaseCommand):
-    help = ("Add every image in a folder. Duplicates (same bytes) are skipped, bad files are reported "
+    help = ("Add every image in a folder (under IMAGINAITION_IMPORT_ROOTS). Duplicates (same bytes) are skipped, bad files are reported "
             "and skipped; embeddings and masks are computed by the workers, or here with --sync.")
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -19,8 +20,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, path: Path, recursive: bool, sync: bool, batch_size: int | None,
                **options: object) -> None:
-        if not path.is_dir():
-            raise CommandError(f"{path}: not a folder (or not readable)")
+        try:
+            path = import_folder_check(path, require_absolute=False)
+        except FolderRefused as exc:
+            raise CommandError(str(exc)) from None
         try:
             total = len(folder_files(root=path, recursive=recursive)[0])
             with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:

@@ -1,0 +1,57 @@
+"""Server-side folders the gallery may read (admin "Reset / initialize", `import_folder`).
+
+Only folders under IMAGINAITION_IMPORT_ROOTS are read: otherwise any staff member could make the
+server read whatever it can reach (/etc, other users' homes, the database's own files). A path is
+resolved first, so `..` and symbolic links are judged by where they really lead; inside an allowed
+folder, `folder_files` (gallery.services) does not follow symbolic links either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+
+class FolderRefused(Exception):
+    """A folder the server will not read, with a reason a person can act on."""
+
+
+def import_roots() -> list[Path]:
+    """The allowed folders, resolved (a root that is itself a symbolic link counts as its target)."""
+    return [Path(root).expanduser().resolve() for root in settings.IMAGINAITION_IMPORT_ROOTS]
+
+
+def _roots_text(roots: list[Path]) -> str:
+    return ", ".join(str(root) for root in roots) or "(none configured)"
+
+
+def import_folder_check(folder: str | Path, *, require_absolute: bool = True) -> Path:
+    """`folder` resolved, when it is a readable folder under one of the import roots; else FolderRefused.
+
+    require_absolute: pages ask for an absolute path (there is no meaningful "current folder" for
+    a web request); the command line accepts one relative to where it runs.
+    """
+    text = str(folder).strip()
+    path = Path(text).expanduser()
+    if not text or (require_absolute and not path.is_absolute()):
+        raise FolderRefused("Give an absolute path of a folder on the server.")
+    roots = import_roots()
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise FolderRefused(f"{path} does not exist.") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop
+        raise FolderRefused(f"{path} cannot be resolved: {exc}") from None
+    if not any(resolved.is_relative_to(root) for root in roots):
+        shown = f"{path} (which leads to {resolved})" if resolved != path.absolute() else str(path)
+        raise FolderRefused(
+            f"{shown} is outside the folders this server may import from: {_roots_text(roots)}. "
+            "An administrator adds folders with the IMAGINAITION_IMPORT_ROOTS setting.")
+    if not resolved.is_dir():
+        raise FolderRefused(f"{path} is not a folder.")
+    try:
+        next(resolved.iterdir(), None)
+    except PermissionError:
+        raise FolderRefused(f"{path} cannot be read by the server.") from None
+    return resolved
