@@ -9,12 +9,10 @@ gallery or an empty one, never half of it.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -23,6 +21,8 @@ from gallery import events
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import Image, Mask, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here
+from gallery.storage import stored_delete
+from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as UserModel  # what AUTH_USER_MODEL names
@@ -88,14 +88,15 @@ def reset_run_task(job_id: int) -> str:
 
 def _delete_everything() -> int:
     with transaction.atomic():
-        ids = list(Image.objects.select_for_update().values_list("id", flat=True))
+        rows = list(Image.objects.select_for_update().values_list("id", "file", "sha256"))
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
-        events.images_deleted.send(sender=Image, image_ids=ids)
-    media = Path(settings.MEDIA_ROOT)
-    for folder in ("images", "thumbs"):
-        shutil.rmtree(media / folder, ignore_errors=True)
+        events.images_deleted.send(sender=Image, image_ids=[image_id for image_id, _, _ in rows])
+    # Files go after the rows (a failure leaves files without rows, which the integrity check reports,
+    # never rows without files), through the storage API: the same on a shared folder or in a bucket.
+    for _, file_name, sha256 in rows:
+        stored_delete([file_name, *thumbnail_names(image=Image(sha256=sha256))] if file_name else [])
     events.gallery_emptied.send(sender=Image)
-    return len(ids)
+    return len(rows)
 
 
 def reset_run(*, job_id: int) -> ResetJob:

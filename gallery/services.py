@@ -16,7 +16,8 @@ from django.db import IntegrityError, transaction
 from gallery import events
 from gallery.imaging import ImageRejected, decode_image
 from gallery.models import Image, ProcessingStatus
-from gallery.thumbnails import thumbnail_files
+from gallery.storage import stored_delete
+from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User as UserModel  # what AUTH_USER_MODEL names
@@ -85,7 +86,7 @@ def _delete_file(image: Image) -> None:
 def image_delete(*, image: Image) -> None:
     """Remove the image, its masks, vectors, file and thumbnails; searches forget it at once."""
     image_id, file_name, storage = image.pk, image.file.name, image.file.storage
-    thumbs = thumbnail_files(image=image)
+    thumbs = thumbnail_names(image=image)
     with transaction.atomic():
         image.delete()
         events.images_deleted.send(sender=Image, image_ids=[image_id])
@@ -93,8 +94,7 @@ def image_delete(*, image: Image) -> None:
         def remove_files() -> None:
             if file_name:  # every stored image has one; FieldFile types it as optional
                 storage.delete(file_name)
-            for thumb in thumbs:
-                thumb.unlink(missing_ok=True)
+            stored_delete(thumbs)
 
         transaction.on_commit(remove_files)
 

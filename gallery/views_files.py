@@ -6,7 +6,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from gallery.access import access_image
-from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_file
+from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 
 
 @require_GET
@@ -19,12 +19,12 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_GET
-def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     if size not in THUMBNAIL_SIZES:
         raise Http404("Unknown thumbnail size")
     try:
-        response = FileResponse(thumbnail_file(image=image, size=size).open("rb"), content_type="image/webp")
+        response = HttpResponse(thumbnail_bytes(image=image, size=size), content_type="image/webp")
     except FileNotFoundError as exc:
         raise Http404("The stored file is missing") from exc
     response["Cache-Control"] = "private, max-age=86400"

@@ -123,7 +123,7 @@ MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never
 # S3-compatible bucket through django-storages (credentials as boto3 reads them: AWS_ACCESS_KEY_ID, ...).
 IMAGINAITION_STORAGE = os.environ.get("IMAGINAITION_STORAGE", "local")
 if IMAGINAITION_STORAGE == "local":
-    _media_storage: dict = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    _media_storage: dict = {"BACKEND": "gallery.storage.AtomicFileSystemStorage"}
 elif IMAGINAITION_STORAGE == "s3":
     if not os.environ.get("IMAGINAITION_S3_BUCKET"):
         raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
@@ -134,7 +134,7 @@ elif IMAGINAITION_STORAGE == "s3":
         "location": os.environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
         "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only
         "querystring_auth": True,
-        "file_overwrite": True,  # names are content digests: the same name is the same bytes
+        "file_overwrite": False,  # as on disk: a concurrent save of a taken name gets a new one
     }}
 else:
     raise ImproperlyConfigured(f"IMAGINAITION_STORAGE must be local or s3, not {IMAGINAITION_STORAGE!r}.")

@@ -111,3 +111,33 @@ class DeletedImage(models.Model):
 
     image_id = models.BigIntegerField(db_index=True)
     deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
+class StagedUploadRecord(models.Model):
+    """An upload looked at before (or without) adding it (retrieval/uploads.py): its facts and the state
+    of its segmentation live here, so any web or worker host reads them; its bytes are in the file
+    storage (staging/<token>.upload)."""
+
+    token = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    state = models.CharField(max_length=8, default="working", help_text="working, ready or failed")
+    error = models.TextField(blank=True)
+    labels = models.JSONField(default=list, help_text="[{class_index, label, area_fraction}] once ready")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"staged upload {self.name} ({self.state})"
+
+
+class StagedUploadMask(models.Model):
+    """A staged upload's soft mask of one label, an 8-bit PNG like gallery masks."""
+
+    upload = models.ForeignKey(StagedUploadRecord, on_delete=models.CASCADE, related_name="masks")
+    class_index = models.PositiveSmallIntegerField()
+    probability_png = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["upload", "class_index"], name="staged_mask_unique_label")]

@@ -1,6 +1,7 @@
-"""An uploaded image looked at before (or without) adding it: kept for an hour under MEDIA_ROOT/staging,
-keyed in the visitor's session. It can be searched with (retrieval.search) or added to the gallery
-(gallery.services.image_add).
+"""An uploaded image looked at before (or without) adding it: kept for an hour, keyed in the visitor's
+session; its bytes in the file storage (staging/<token>.upload), its facts, segmentation state and masks
+in the database, so whichever web or worker host handles the next request sees them. It can be searched
+with (retrieval.search) or added to the gallery (gallery.services.image_add).
 
 Its labels and masks come from the segmenter, which the web process never loads (it is the largest
 model, and query-time search does not need it): staging an upload asks an *interactive* worker for
@@ -12,23 +13,28 @@ instead (a one-process setup, and tests that need no worker).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, cast
 
 import numpy as np
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery.errors import Refused
 from gallery.imaging import decode_image, picture_for_models, png_to_probability, probability_to_png
+from gallery.storage import stored_delete, stored_read
 from retrieval.encoders.registry import active_models, get_model
+from retrieval.models import StagedUploadMask, StagedUploadRecord
 
 logger = logging.getLogger(__name__)
 SESSION_KEY = "staged_upload"
@@ -56,7 +62,7 @@ class SegmentationUnavailable(Refused):
 class StagedUpload:
     token: str
     name: str
-    path: Path
+    file_name: str  # in the file storage
     labels: list[StagedLabel]
     size: tuple[int, int] = (0, 0)  # as displayed: EXIF orientation applied
     state: SegmentationState = "ready"  # of its segmentation
@@ -64,46 +70,54 @@ class StagedUpload:
     timed_out: bool = False  # failed because no worker answered in time
 
     def data(self) -> bytes:
-        return self.path.read_bytes()
+        """The uploaded bytes; FileNotFoundError when the upload expired meanwhile."""
+        return stored_read(self.file_name)
 
-    def mask_path(self, class_index: int) -> Path:
-        return self.path.with_name(f"{self.token}-mask-{int(class_index)}.png")
+    def mask_png(self, class_index: int) -> bytes | None:
+        mask = StagedUploadMask.objects.filter(upload__token=self.token, class_index=class_index).first()
+        return bytes(mask.probability_png) if mask is not None else None
 
     def masks(self) -> dict[str, np.ndarray]:
         """label -> soft mask (the picture's size, in [0, 1]) of every label found."""
-        return {label["label"]: png_to_probability(self.mask_path(label["class_index"]).read_bytes())
-                for label in self.labels}
+        pngs = dict(StagedUploadMask.objects.filter(upload__token=self.token)
+                    .values_list("class_index", "probability_png"))
+        return {label["label"]: png_to_probability(bytes(pngs[label["class_index"]])) for label in self.labels
+                if label["class_index"] in pngs}
 
 
-def _folder() -> Path:
-    folder = Path(settings.MEDIA_ROOT) / "staging"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+STAGING = "staging"
+
+
+def _file_name(token: str) -> str:
+    return f"{STAGING}/{token}.upload"
 
 
 def _valid_token(token: object) -> bool:
     return isinstance(token, str) and bool(token) and all(c in "0123456789abcdef" for c in token)
 
 
+def _stored_staging_files() -> list[str]:
+    try:
+        return [f"{STAGING}/{name}" for name in default_storage.listdir(STAGING)[1]]
+    except FileNotFoundError:  # nothing staged yet on a fresh local folder
+        return []
+
+
 def staged_clear_all() -> None:
     """Forget every staged upload (a gallery reset starts from nothing)."""
-    shutil.rmtree(Path(settings.MEDIA_ROOT) / "staging", ignore_errors=True)
+    StagedUploadRecord.objects.all().delete()
+    stored_delete(_stored_staging_files())
 
 
 def _cleanup() -> None:
-    limit = time.time() - MAX_AGE_SECONDS
-    for path in _folder().iterdir():
-        if path.stat().st_mtime < limit:
-            path.unlink(missing_ok=True)
-
-
-def _meta_write(staged: StagedUpload) -> None:
-    """The upload's facts, replaced atomically (a reader sees the old or the new file, never half)."""
-    meta = staged.path.with_suffix(".json")
-    partial = meta.with_suffix(".json.partial")
-    partial.write_text(json.dumps({"name": staged.name, "labels": staged.labels, "size": list(staged.size),
-                                   "state": staged.state, "error": staged.error}))
-    partial.replace(meta)
+    """Uploads older than MAX_AGE_SECONDS go, and files no record names (left by a crash) once as old."""
+    limit = timezone.now() - timedelta(seconds=MAX_AGE_SECONDS)
+    expired = list(StagedUploadRecord.objects.filter(created_at__lt=limit).values_list("token", flat=True))
+    for token in expired:
+        _delete(token)
+    live = {_file_name(token) for token in StagedUploadRecord.objects.values_list("token", flat=True)}
+    stored_delete([name for name in _stored_staging_files()
+                   if name not in live and default_storage.get_modified_time(name) < limit])
 
 
 def _stage(*, data: bytes, name: str) -> StagedUpload:
@@ -111,14 +125,19 @@ def _stage(*, data: bytes, name: str) -> StagedUpload:
     picture = decode_image(data).picture  # the full check every stored image passes
     _cleanup()
     token = secrets.token_hex(12)
-    path = _folder() / f"{token}.upload"
-    path.write_bytes(data)
-    staged = StagedUpload(token=token, name=Path(name).name[:255] or "upload", path=path, labels=[],
-                          size=picture.size, state="working")
-    _meta_write(staged)
+    file_name = default_storage.save(_file_name(token), ContentFile(data))
+    try:
+        StagedUploadRecord.objects.create(token=token, name=Path(name).name[:255] or "upload",
+                                          width=picture.size[0], height=picture.size[1], state="working")
+    except BaseException:
+        stored_delete([file_name])  # no file without its record
+        raise
     async_task("retrieval.tasks.staged_segment", token, task_name=f"segment-upload-{token}", group="uploads",
                cluster=INTERACTIVE_CLUSTER, sync=settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE)
-    return staged_read(token) or staged
+    staged = staged_read(token)
+    if staged is None:
+        raise Refused("The upload disappeared while it was staged; try again.", status_code=409)
+    return staged
 
 
 def staged_add(*, data: bytes, name: str, session: SessionBase) -> StagedUpload:
@@ -134,19 +153,16 @@ def staged_add(*, data: bytes, name: str, session: SessionBase) -> StagedUpload:
 def staged_read(token: str) -> StagedUpload | None:
     if not _valid_token(token):
         return None
-    path = _folder() / f"{token}.upload"
-    meta = path.with_suffix(".json")
-    if not path.exists() or not meta.exists():
+    record = StagedUploadRecord.objects.filter(token=token).first()
+    if record is None:
         return None
-    info = json.loads(meta.read_text())
-    width, height = info["size"]
-    state, error = info.get("state", "ready"), info.get("error", "")
+    state, error = cast(SegmentationState, record.state), record.error
     timeout = settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT
-    timed_out = state == "working" and time.time() - meta.stat().st_mtime > timeout
+    timed_out = state == "working" and (timezone.now() - record.updated_at).total_seconds() > timeout
     if timed_out:
         state, error = "failed", _NO_WORKER.format(timeout=timeout)
-    return StagedUpload(token=token, name=info["name"], path=path, labels=info["labels"], size=(width, height),
-                        state=state, error=error, timed_out=timed_out)
+    return StagedUpload(token=token, name=record.name, file_name=_file_name(token), labels=record.labels,
+                        size=(record.width, record.height), state=state, error=error, timed_out=timed_out)
 
 
 def staged_get(*, session: SessionBase) -> StagedUpload | None:
@@ -154,24 +170,31 @@ def staged_get(*, session: SessionBase) -> StagedUpload | None:
 
 
 def staged_segment(token: str) -> SegmentationState | None:
-    """Segment a staged picture and store its masks beside it (the interactive worker's task).
+    """Segment a staged picture and store its masks with it (the interactive worker's task).
     Returns the state reached; None when the upload is gone (replaced or expired)."""
     staged = staged_read(token)
     if staged is None:
         return None
     try:
         masks = get_model(active_models().segmenter).segment([picture_for_models(staged.data())])[0]
+    except FileNotFoundError:
+        return None  # removed while it waited
     except Exception as exc:  # noqa: BLE001 - any model error: the page says so instead of waiting forever
         logger.exception("segmenting staged upload %s failed", token)
-        _meta_write(replace(staged, labels=[], state="failed", error=f"Finding its labels failed: {exc}"))
+        StagedUploadRecord.objects.filter(token=token).update(
+            labels=[], state="failed", error=f"Finding its labels failed: {exc}", updated_at=timezone.now())
         return "failed"
-    for mask in masks:
-        staged.mask_path(mask.class_index).write_bytes(probability_to_png(mask.probability))
     labels = [StagedLabel(class_index=m.class_index, label=m.label, area_fraction=m.area_fraction) for m in masks]
-    if not staged.path.exists():  # cleared meanwhile: leave no masks behind
-        _delete(token)
-        return None
-    _meta_write(replace(staged, labels=labels, state="ready"))
+    with transaction.atomic():
+        record = StagedUploadRecord.objects.select_for_update().filter(token=token).first()
+        if record is None:  # cleared meanwhile: nothing to store
+            return None
+        StagedUploadMask.objects.bulk_create(
+            [StagedUploadMask(upload=record, class_index=m.class_index,
+                              probability_png=probability_to_png(m.probability)) for m in masks],
+            update_conflicts=True, unique_fields=["upload", "class_index"], update_fields=["probability_png"])
+        record.labels, record.state, record.error = labels, "ready", ""
+        record.save(update_fields=["labels", "state", "error", "updated_at"])
     return "ready"
 
 
@@ -198,8 +221,8 @@ def upload_masks(*, data: bytes, name: str, timeout: float | None = None) -> dic
 
 
 def _delete(token: str) -> None:
-    for path in _folder().glob(f"{token}*"):
-        path.unlink(missing_ok=True)
+    StagedUploadRecord.objects.filter(token=token).delete()  # its masks go with it
+    stored_delete([_file_name(token)])
 
 
 def staged_clear(*, session: SessionBase) -> None:

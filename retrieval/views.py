@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
@@ -52,7 +53,10 @@ def staged_file(request: HttpRequest) -> FileResponse:
     staged = uploads.staged_get(session=request.session)
     if staged is None:
         raise Http404("Nothing uploaded")
-    return FileResponse(staged.path.open("rb"))
+    try:
+        return FileResponse(default_storage.open(staged.file_name, "rb"))
+    except FileNotFoundError as exc:
+        raise Http404("Your upload has expired") from exc
 
 
 @gallery_reader
@@ -70,10 +74,11 @@ def staged_state(request: HttpRequest) -> JsonResponse:
 @require_GET
 def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
     staged = uploads.staged_get(session=request.session)
-    if staged is None or not staged.mask_path(class_index).exists():
+    mask = staged.mask_png(class_index) if staged is not None else None
+    if staged is None or mask is None:
         raise Http404("No such mask")
     # Same URL for every upload of this session: never cached.
-    return png_response(overlay_png(mask_png=staged.mask_path(class_index).read_bytes(), size=staged.size,
+    return png_response(overlay_png(mask_png=mask, size=staged.size,
                                     threshold_percent=mask_threshold(request)), cache=False)
 
 

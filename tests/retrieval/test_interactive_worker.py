@@ -9,6 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from retrieval.encoders import registry
+from retrieval.models import StagedUploadRecord
 from tests.conftest import wait_for
 from tests.retrieval.test_pipeline import jpeg
 
@@ -65,6 +66,7 @@ def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loa
     assert registry.active_models().semantic in registry._loaded
     tokens = {path.name.split("-")[0].split(".")[0] for path in (media_root / "staging").iterdir()}
     assert tokens == {client.session["staged_upload"]}  # the API's uploads left nothing behind
+    assert set(StagedUploadRecord.objects.values_list("token", flat=True)) == tokens
 
 
 def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_page_keeps_waiting(
@@ -75,6 +77,7 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
                                                    "label": "cat"})
     assert response.status_code == 503 and "interactive worker" in response.json()["detail"]
     assert list((media_root / "staging").iterdir()) == []  # the temporary upload is gone
+    assert not StagedUploadRecord.objects.exists()
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
     assert client.get(reverse("pages:staged-state")).json()["state"] == "working"

@@ -1,0 +1,64 @@
+"""Stored files (originals, thumbnails, staged uploads) go through Django's storage API only, so web and
+worker hosts share them: a local folder or shared mount (the class below), or an S3-compatible bucket
+(django-storages; IMAGINAITION_STORAGE=s3 in settings).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage, default_storage
+
+
+class AtomicFileSystemStorage(FileSystemStorage):
+    """FileSystemStorage whose files appear complete or not at all: written aside, then hard-linked
+    into place (which fails if the name was taken meanwhile, so a concurrent writer never overwrites;
+    a new name is chosen as Django does). On a shared folder, another host never reads half a file."""
+
+    def _save(self, name: str, content: Any) -> str:
+        full_path = self.path(name)
+        directory = os.path.dirname(full_path)
+        os.makedirs(directory, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in content.chunks():
+                    out.write(chunk if isinstance(chunk, bytes) else chunk.encode())
+            while True:
+                try:
+                    os.link(temporary, full_path)
+                    break
+                except FileExistsError:
+                    name = self.get_available_name(name)
+                    full_path = self.path(name)
+        finally:
+            os.unlink(temporary)
+        if self.file_permissions_mode is not None:
+            os.chmod(full_path, self.file_permissions_mode)
+        return os.path.relpath(full_path, self.location).replace("\\", "/")
+
+
+def stored_write_once(name: str, data: bytes) -> str:
+    """Store `data` under `name` unless a file of that name exists (names derived from content: the
+    same name is the same bytes). A concurrent writer's duplicate is removed. Returns the name."""
+    if default_storage.exists(name):
+        return name
+    saved = default_storage.save(name, ContentFile(data))
+    if saved != name:  # another process stored it between the check and the save
+        default_storage.delete(saved)
+    return name
+
+
+def stored_read(name: str) -> bytes:
+    """The file's bytes; FileNotFoundError when it is gone."""
+    with default_storage.open(name, "rb") as handle:
+        return handle.read()
+
+
+def stored_delete(names: list[str]) -> None:
+    """Delete these files; missing ones are fine (deleting twice is not an error)."""
+    for name in names:
+        default_storage.delete(name)
