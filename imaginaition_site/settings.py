@@ -5,7 +5,8 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
+
+from imaginaition_site.storage_settings import media_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("IMAGINAITION_VAR_DIR", BASE_DIR / "var"))
@@ -119,27 +120,10 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = Path(os.environ.get("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never a public folder)
 # Where originals, thumbnails and staged uploads live; every access goes through Django's storage API,
-# so web and worker hosts share them. local: MEDIA_ROOT (a local folder or a shared mount); s3: an
-# S3-compatible bucket through django-storages (credentials as boto3 reads them: AWS_ACCESS_KEY_ID, ...).
-IMAGINAITION_STORAGE = os.environ.get("IMAGINAITION_STORAGE", "local")
-if IMAGINAITION_STORAGE == "local":
-    _media_storage: dict = {"BACKEND": "gallery.storage.AtomicFileSystemStorage"}
-elif IMAGINAITION_STORAGE == "s3":
-    if not os.environ.get("IMAGINAITION_S3_BUCKET"):
-        raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
-    _media_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
-        "bucket_name": os.environ["IMAGINAITION_S3_BUCKET"],
-        "endpoint_url": os.environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None,  # None: AWS itself
-        "region_name": os.environ.get("IMAGINAITION_S3_REGION") or None,
-        "location": os.environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
-        "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only
-        "querystring_auth": True,
-        "file_overwrite": False,  # as on disk: a concurrent save of a taken name gets a new one
-    }}
-else:
-    raise ImproperlyConfigured(f"IMAGINAITION_STORAGE must be local or s3, not {IMAGINAITION_STORAGE!r}.")
+# so web and worker hosts share them: IMAGINAITION_STORAGE=local (MEDIA_ROOT, a folder or shared mount)
+# or s3 with IMAGINAITION_S3_BUCKET / _ENDPOINT_URL / _REGION / _PREFIX (imaginaition_site/storage_settings.py).
 STORAGES = {
-    "default": _media_storage,
+    "default": media_storage(os.environ),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 # Server-side folders that "Reset / initialize from a folder" and `import_folder` may read

@@ -1,0 +1,29 @@
+"""Which storage holds the gallery's files, from the environment (read by settings.py; tests call it too)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
+    """STORAGES["default"]: local (MEDIA_ROOT: a local folder or a shared mount) or s3 (an S3-compatible
+    bucket through django-storages; credentials as boto3 reads them: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    an instance role, ...)."""
+    kind = environ.get("IMAGINAITION_STORAGE", "local")
+    if kind == "local":
+        return {"BACKEND": "gallery.storage.AtomicFileSystemStorage"}
+    if kind != "s3":
+        raise ImproperlyConfigured(f"IMAGINAITION_STORAGE must be local or s3, not {kind!r}.")
+    if not environ.get("IMAGINAITION_S3_BUCKET"):
+        raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
+        "bucket_name": environ["IMAGINAITION_S3_BUCKET"],
+        "endpoint_url": environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None,  # None: AWS itself
+        "region_name": environ.get("IMAGINAITION_S3_REGION") or None,
+        "location": environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
+        "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only
+        "file_overwrite": False,  # as on disk: a concurrent save of a taken name gets a new one
+    }}

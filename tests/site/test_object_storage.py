@@ -1,0 +1,123 @@
+"""Files live behind Django's storage API: an S3-compatible bucket (moto's S3 server, started by the test
+and reached over HTTP, stands in for AWS or MinIO) or a local/shared folder written atomically. A worker
+configured only by environment processes an image it never saw on its own disk."""
+
+import socket
+import threading
+
+import boto3
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from gallery.models import Image
+from gallery.storage import AtomicFileSystemStorage
+from imaginaition_site.storage_settings import media_storage
+from retrieval.models import StagedUploadRecord
+from tests.conftest import wait_for
+from tests.retrieval.test_pipeline import jpeg, upload
+
+BUCKET = "imaginaition-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3_server(monkeypatch):
+    """moto's S3-compatible server in server mode on a local port; the environment every process
+    (this one and the workers it starts) needs to use it as the gallery's storage."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": BUCKET, "IMAGINAITION_S3_PREFIX": "gallery",
+           "IMAGINAITION_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "IMAGINAITION_S3_REGION": "us-east-1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=env["IMAGINAITION_S3_ENDPOINT_URL"], region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    yield env, s3
+    server.stop()
+
+
+def bucket_keys(s3) -> set[str]:
+    return {entry["Key"] for entry in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+
+
+@pytest.mark.integration
+def test_with_s3_storage_web_and_worker_share_files_only_through_the_bucket(
+        client, user, settings, tmp_path, moto_s3_server, start_worker):
+    env, s3 = moto_s3_server
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage(env)}  # what settings.py makes of env
+    settings.MEDIA_ROOT = tmp_path / "web-host-disk"
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    worker_disk = tmp_path / "worker-host-disk"
+    worker = start_worker(IMAGINAITION_MODEL_PROFILE="offline", IMAGINAITION_MEDIA_ROOT=str(worker_disk), **env)
+    client.force_login(user)
+
+    image_id = upload(client, "chelsea")
+    image = Image.objects.get(pk=image_id)
+    assert f"gallery/{image.file.name}" in bucket_keys(s3)
+
+    def processed():
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{worker.log()}")
+        body = client.get(reverse("api-image", args=[image_id])).json()
+        return body if body["status"] == "ready" and body["masks_status"] == "ready" else None
+
+    body = wait_for(processed, timeout=240, interval=1, message="the worker to process the image from the bucket")
+    assert {e["space"] for e in body["embedded_by"]} == {"semantic", "content"}
+
+    thumbnail = client.get(reverse("gallery:image-thumbnail", args=[image_id]))
+    assert thumbnail.status_code == 200 and thumbnail.content[:4] == b"RIFF"
+    thumbs = {key for key in bucket_keys(s3) if key.startswith("gallery/thumbs/")}
+    assert len(thumbs) == 1
+    original = client.get(reverse("gallery:image-file", args=[image_id]))
+    assert b"".join(original.streaming_content) == jpeg("chelsea")
+
+    # A staged upload (search page): bytes in the bucket, facts in the database, served back.
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("coffee.jpg", jpeg("coffee"))})
+    staged = StagedUploadRecord.objects.get()
+    assert staged.state == "ready" and f"gallery/staging/{staged.token}.upload" in bucket_keys(s3)
+    assert b"".join(client.get(reverse("pages:staged-file")).streaming_content) == jpeg("coffee")
+
+    assert client.delete(reverse("api-image", args=[image_id])).status_code == 204
+    assert not {key for key in bucket_keys(s3) if key.startswith(("gallery/images/", "gallery/thumbs/"))}
+    # Neither host wrote a file of its own.
+    assert not any(path.is_file() for folder in (settings.MEDIA_ROOT, worker_disk) if folder.exists()
+                   for path in folder.rglob("*"))
+
+
+def test_storage_settings_refuse_what_cannot_work():
+    assert media_storage({})["BACKEND"] == "gallery.storage.AtomicFileSystemStorage"
+    with pytest.raises(ImproperlyConfigured, match="local or s3"):
+        media_storage({"IMAGINAITION_STORAGE": "ftp"})
+    with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_BUCKET"):
+        media_storage({"IMAGINAITION_STORAGE": "s3"})
+
+
+def test_local_files_appear_whole_and_concurrent_writers_never_overwrite(tmp_path):
+    storage = AtomicFileSystemStorage(location=tmp_path)
+    contents = [bytes([i]) * 200_000 for i in range(8)]
+    names: list[str] = []
+
+    def save(data: bytes) -> None:
+        names.append(storage.save("thumbs/ab/same-name.webp", ContentFile(data)))
+
+    threads = [threading.Thread(target=save, args=(data,)) for data in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(names)) == len(contents)  # every writer got its own name
+    stored = sorted(storage.open(name).read() for name in names)
+    assert stored == sorted(contents)  # each file whole, none overwritten
+    assert [path.name for path in tmp_path.rglob(".partial-*")] == []  # nothing left aside
