@@ -23,6 +23,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
+from retrieval.index_build import IVF_KINDS, search_index
 from retrieval.metrics import normalize, similarity_from_distance
 from retrieval.models import DeletedImage, Embedding, IndexState, RegionEmbedding
 from retrieval.spaces import VectorOwner
@@ -90,6 +91,7 @@ class IndexSnapshot:
     state_id: int = 0
     image_of: dict[int, int] = field(default_factory=dict)  # regions: mask id -> image id
     regions_of: dict[int, set[int]] = field(default_factory=dict)  # regions: image id -> mask ids
+    rerank: int = 1  # compressed IVF in the content space: candidates re-ranked by L1, × k (index_build)
 
     def set_owners(self, image_of: dict[int, int]) -> None:
         with self.lock:
@@ -122,7 +124,8 @@ class IndexSnapshot:
                 hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
                 hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
             with _single_threaded():
-                distances, labels = self.index.search(normalize(self.space, query.reshape(1, -1)), wanted)
+                distances, labels = search_index(self.index, space=self.space, k=wanted, rerank=self.rerank,
+                                                 queries=normalize(self.space, query.reshape(1, -1)))
         found = []
         for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
             if label < 0 or label in self.deleted or (exclude_image_id is not None
@@ -134,12 +137,16 @@ class IndexSnapshot:
         return found
 
     def vectors_for(self, image_ids: list[int]) -> dict[int, np.ndarray]:
-        """The stored (normalized) vectors of these images, from memory: no database round trip."""
+        """The stored (normalized) vectors of these images, from memory: no database round trip.
+        A compressed kind gives its decoded codes, the vectors its own search measured: similarities
+        computed from them are off the float32 ones by the quantization error, as the ones it returns
+        (measured by bench.search)."""
         present, vectors = self.vectors_matrix(image_ids)
         return dict(zip(present, vectors, strict=True))
 
     def vectors_matrix(self, labels: list[int]) -> tuple[list[int], np.ndarray]:
-        """(the labels present, their stored normalized vectors as one (n, dim) matrix)."""
+        """(the labels present, their stored normalized vectors as one (n, dim) matrix; decoded codes
+        for a compressed kind)."""
         with self.lock:
             present = [label for label in labels if label in self.ids and label not in self.deleted]
             if not present:
@@ -233,14 +240,14 @@ class IndexManager:
             logger.warning("index file %s does not match its database record", path)
             return None
         index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
-        if meta["kind"] == "ivf":
+        if meta["kind"] in IVF_KINDS:
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
         ids = set(faiss.vector_to_array(index.id_map).tolist())
         owner = cast(VectorOwner, state.owner)
         snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
                                  kind=meta["kind"], version=state.version,
                                  synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner,
-                                 state_id=state.pk)
+                                 state_id=state.pk, rerank=meta["params"].get("rerank", 1))
         if owner == "region":
             snapshot.attach_regions()
         return snapshot

@@ -2,7 +2,7 @@
 
 - Exact (flat) up to IMAGINAITION_FLAT_INDEX_MAX vectors; above it approximate: IVF by default
   (k-means lists; it builds in about the time it takes to read the vectors, where an HNSW graph
-  takes 10–20×), HNSW on request (retrieval/index_build.py).
+  takes 10–20×), compressed IVF (8/6/4-bit codes) or HNSW on request (retrieval/index_build.py).
 - A rebuild streams vectors with binary COPY, builds aside, writes the file, then bumps the
   version stamp in the database (IndexState) and swaps the new index in atomically. Other
   processes see the newer version on their next query and load the file (retrieval/index_snapshots.py).
@@ -77,7 +77,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
     expected = count_vectors(model_key=model_key, space=space, owner=owner)
     sample = None
     clock = time.perf_counter()
-    if index_kind(expected) != "flat":
+    if index_kind(expected, space) != "flat":
         wanted = ivf_lists(expected) * TRAINING_ROWS_PER_LIST
         percent = min(100.0, 100.0 * 1.1 * wanted / max(expected, 1))
         parts = list(stream_vectors(model_key=model_key, space=space, dim=dim, sample_percent=percent, owner=owner))
@@ -111,7 +111,8 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
         for stale in (index_dir() / old_file, (index_dir() / old_file).with_suffix(".json")):
             stale.unlink(missing_ok=True)
     snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind, version=version,
-                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner, state_id=state.pk)
+                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner, state_id=state.pk,
+                             rerank=built.params.get("rerank", 1))
     if owner == "region":
         snapshot.attach_regions()
     manager.install(snapshot)
