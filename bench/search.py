@@ -2,6 +2,7 @@
 
     python -m bench.search                       # N = 10k and 100k (about 3 minutes)
     python -m bench.search --n 1000000           # 1M, FAISS only by default (about 4 minutes)
+    python -m bench.search --n 1000000 --ann ivf-sq8   # the same with compressed IVF indexes
 
 For each N: synthetic clustered vectors (semantic: unit-norm at the active semantic model's
 dimension; content: L1-normalized 1024-d) are stored as Image + Embedding rows (vectors through
@@ -18,6 +19,10 @@ With --regions (default on for N = 100k): each image also gets 3 masks with regi
 regions at 100k images, a label per mask; one label on 1 % of the images), region indexes are built,
 and region queries (`rank` over the region indexes: each image by its best region) and a 1 %-selective
 label filter on image queries are timed; region recall@50 is against exact best-region-per-image.
+Per N, also: the index memory of a web process (a fresh process loads both persisted indexes: its RSS
+before and after, and its peak), the rebuild of both spaces against a bare binary COPY of the same
+columns (one of each, the COPY after the rebuild), and for compressed kinds (--ann ivf-sq8 …) how far
+the similarities FAISS returns are from the float32 ones.
 Recall@50 of each approximate engine is measured against exact brute force (`faiss.knn` over the
 same normalized vectors, which the tests show agrees with pgvector exact). Above --pgvector-max
 images the pgvector rows are skipped (its HNSW build alone was still running after 6 minutes at 1M).
@@ -26,7 +31,12 @@ images the pgvector rows are skipped (its HNSW build alone was still running aft
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -87,6 +97,46 @@ def load(n: int, semantic_dim: int, semantic_key: str, content_key: str,
     return ids, semantic, content
 
 
+def index_memory_in_a_fresh_process() -> dict:
+    """What loading the persisted image indexes of both spaces costs a web process: RSS before and
+    after (and the peak) in a fresh Python process, measured there by psutil and /proc."""
+    out = subprocess.run([sys.executable, "-c", "from bench.search import _load_indexes_and_report; "
+                          "_load_indexes_and_report()"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _load_indexes_and_report() -> None:
+    """In the fresh process: Django on the benchmark database (no setup_django: it empties the
+    vectors), connected, then both indexes loaded as a web process does on its first query."""
+    from bench.common import BENCH_DATABASE, bench_folders
+
+    os.environ["IMAGINAITION_DATABASE_NAME"] = BENCH_DATABASE
+    bench_folders(BENCH_DATABASE)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
+    import django
+
+    django.setup()
+    import faiss  # noqa: F401  (its import is not index memory)
+    import psutil
+
+    from retrieval.encoders.registry import MODELS, active_models
+    from retrieval.index_snapshots import db_now, index_dir, manager
+
+    db_now()  # the connection too
+    process = psutil.Process()
+    before = process.memory_info().rss
+    models = active_models()
+    files = 0
+    for space, key in (("semantic", models.semantic), ("content", models.content)):
+        snapshot = manager.get(space=space, model_key=key, dim=MODELS[key].dim)
+        assert snapshot is not None and snapshot.count, (space, key)
+        files += sum(path.stat().st_size for path in index_dir().glob(f"{space}-*.faiss"))
+    after = process.memory_info().rss
+    peak = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
+    print(json.dumps({"before": before, "after": after, "peak": peak, "files": files}))
+
+
 HYBRID = "hybrid query in-process (`rank`: both indexes, policy, similarities)"
 
 
@@ -99,6 +149,7 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     from retrieval.encoders.registry import MODELS, active_models
     from retrieval.index_snapshots import manager
     from retrieval.indexes import index_rebuild
+    from retrieval.metrics import similarity_between
     from retrieval.pgvector_store import hnsw_indexes_for_registry
     from retrieval.policy import Preferences
     from retrieval.neighbours import nearest
@@ -119,6 +170,10 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
         pg_build_s = time.perf_counter() - started
     manager.clear()
     rebuilds = {space: index_rebuild(space=space, model_key=key, dim=MODELS[key].dim) for space, key in keys.items()}
+    from bench.rebuild import bare_copy_seconds  # here: bench.rebuild imports this module
+
+    copy_s = {space: bare_copy_seconds(key, space, MODELS[key].dim) for space, key in keys.items()}
+    memory = index_memory_in_a_fresh_process()
 
     # REST gets queries of its own: a query that just ran has its index lists in the CPU caches.
     both = np.random.default_rng(1).choice(n, size=min(2 * queries, n), replace=False)
@@ -126,6 +181,7 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     vectors = {"semantic": semantic, "content": content}
     # Exact neighbours of every query (the query image itself excluded, as the search does).
     exact = {}
+    similarity_error: dict[str, list[float]] = {space: [] for space in keys}
     for space, data in vectors.items():
         _, rows = faiss.knn(np.ascontiguousarray(data[picks]), data, K + 1, metric=metrics[space])
         exact[space] = [set([i for i in ids[r[r >= 0]].tolist() if i != int(ids[q])][:K])
@@ -171,7 +227,13 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
                 timings[f"{label} {space}"].append((time.perf_counter() - t) * 1000)
                 if label in ("FAISS", "pgvector HNSW"):
                     recall[f"{label} {space}"].append(len({c.image_id for c in found} & exact[space][number]) / K)
-    return {"n": n, "load_s": load_s, "pg_hnsw_build_s": pg_build_s, "rebuilds": rebuilds,
+                if label == "FAISS" and rebuilds[space].kind.startswith("ivf-sq") and found:
+                    # the stored float32 rows of its results (ids are sorted): the decoded codes' error
+                    rows = np.searchsorted(ids, [c.image_id for c in found])
+                    truth = similarity_between(space, vectors[space][q], vectors[space][rows])
+                    similarity_error[space] += np.abs(np.array([c.similarity for c in found]) - truth).tolist()
+    return {"n": n, "load_s": load_s, "pg_hnsw_build_s": pg_build_s, "rebuilds": rebuilds, "copy_s": copy_s,
+            "memory": memory, "similarity_error": {space: e for space, e in similarity_error.items() if e},
             "timings": timings, "recall": {name: float(np.mean(v)) for name, v in recall.items()}}
 
 
@@ -284,13 +346,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="collection sizes (1000000 works)")
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--ann", default=None,
+                        help="IMAGINAITION_ANN_INDEX for this run (ivf, ivf-sq8, ivf-sq6, ivf-sq4, hnsw, or "
+                             "semantic=KIND,content=KIND); default: the setting")
     parser.add_argument("--pgvector-max", type=int, default=200_000,
                         help="skip pgvector (HNSW build and queries) above this many images")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
     parser.add_argument("--regions", type=int, default=100_000,
                         help="after the run at this N, the region section (3 regions per image); 0: none")
     args = parser.parse_args()
+    if args.ann:
+        os.environ["IMAGINAITION_ANN_INDEX"] = args.ann
     setup_django()
+    from django.conf import settings
+
+    ann = settings.IMAGINAITION_ANN_INDEX
     rows, notes = [], []
     headers = ["N", "engine", "p50 ms", "p95 ms", "p99 ms", "recall@50 vs exact"]
     for n in args.n:
@@ -304,6 +374,20 @@ def main() -> None:
         pg = (f"pgvector HNSW build {result['pg_hnsw_build_s']:.0f} s" if result["pg_hnsw_build_s"] is not None
               else "pgvector skipped (above --pgvector-max)")
         notes.append(f"- N={n:,}: load {result['load_s']:.0f} s; FAISS {built}; {pg}")
+        memory, gb = result["memory"], 1e9
+        rebuild_s = sum(r.seconds for r in result["rebuilds"].values())
+        copy_s = sum(result["copy_s"].values())
+        notes.append(f"- N={n:,}, index memory of a web process (a fresh process loads both indexes): RSS "
+                     f"+{(memory['after'] - memory['before']) / gb:.2f} GB ({memory['before'] / gb:.2f} → "
+                     f"{memory['after'] / gb:.2f} GB; peak {memory['peak'] / gb:.2f} GB); index files "
+                     f"{memory['files'] / gb:.2f} GB")
+        notes.append(f"- N={n:,}, rebuild of both spaces {rebuild_s:.1f} s vs a bare binary COPY of the same columns "
+                     f"{copy_s:.1f} s: {rebuild_s / copy_s:.2f}× (" + ", ".join(
+                         f"{space} {result['rebuilds'][space].seconds:.1f} / {result['copy_s'][space]:.1f} s"
+                         for space in result["copy_s"]) + ")")
+        for space, errors in result["similarity_error"].items():
+            notes.append(f"- N={n:,}, {space}: returned similarities vs float32 ({len(errors):,} results): mean "
+                         f"|error| {np.mean(errors):.5f}, max {np.max(errors):.5f}")
         print(table(headers, rows[first:]), flush=True)
         if n == args.regions:
             from retrieval.encoders.registry import active_models
@@ -329,8 +413,9 @@ def main() -> None:
               "semantic dimension of the active model; REST through Django's test client in-process.")
     print(body)
     if not args.no_write:
-        command = "python -m bench.search --n " + " ".join(str(n) for n in args.n)
-        write_section(section_title("Search latency", args.n, [10_000, 100_000]), command, body)
+        command = "python -m bench.search --n " + " ".join(str(n) for n in args.n) + (f" --ann {ann}" if args.ann else "")
+        name = "Search latency" if ann == "ivf" else f"Search latency, {ann}"
+        write_section(section_title(name, args.n, [10_000, 100_000]), command, body)
 
 
 if __name__ == "__main__":
