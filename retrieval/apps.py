@@ -14,11 +14,13 @@ class RetrievalConfig(AppConfig):
         # Imported here, as Django asks: receivers import models, which need the app registry.
         from django.conf import settings
 
-        from retrieval import receivers, uploads
+        from retrieval import indexes, receivers, uploads
         from retrieval.encoders.devices import threads_configure
         from retrieval.encoders.registry import log_active_models
 
         receivers.connect()
+        # A web host whose index folder lacks a version published by another host builds its own copy.
+        indexes.manager.copy_builder = indexes.index_copy_build
         post_migrate.connect(receivers.ensure_hnsw_indexes, sender=self)
         # Each process takes its share of the cores for torch (the workers fork from the cluster
         # process and inherit it): cores / worker processes, or cores / web processes.

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # pipeline's write transactions last milliseconds; a longer slack would re-read every row of a fresh
 # bulk load on each catch-up.
 SYNC_SLACK = timedelta(seconds=10)
+COPY_RETRY_SECONDS = 60.0  # after a failed build of this host's copy of an index
 
 
 def region_owners(*, model_key: str, space: str, mask_ids: list[int] | None = None) -> dict[int, int]:
@@ -192,6 +193,11 @@ class IndexManager:
     def __init__(self) -> None:
         self._snapshots: dict[tuple[str, str, str], IndexSnapshot] = {}
         self._lock = threading.Lock()
+        # Builds this host's copy of a version published by another host (retrieval.indexes.index_copy_build,
+        # set in AppConfig.ready: that module imports this one).
+        self.copy_builder: Callable[[IndexState, int], IndexSnapshot] | None = None
+        self._copying: set[tuple[str, str, str]] = set()
+        self._copy_failed_at: dict[tuple[str, str, str], float] = {}
 
     def clear(self) -> None:
         with self._lock:
@@ -221,10 +227,15 @@ class IndexManager:
                 return None
             if snapshot is None or snapshot.version != state.version or snapshot.state_id != state.pk:
                 loaded = self._load_file(state, dim)
-                if loaded is None:
-                    return snapshot  # keep answering with what we have (or fall back)
-                snapshot = loaded
-                self._snapshots[key] = snapshot
+                if loaded is None and not (index_dir() / state.file_name).exists():
+                    self._copy_in_background(key, state, dim)  # built on another host: make ours
+                if loaded is None and snapshot is None:
+                    return None  # callers fall back to pgvector meanwhile
+                if loaded is not None:
+                    snapshot = loaded
+                    self._snapshots[key] = snapshot
+                # else: keep answering with the version we have, kept current below, until ours is built
+            assert snapshot is not None
             self._catch_up(snapshot)
             snapshot.checked_at = time.monotonic()
             return snapshot
@@ -233,8 +244,7 @@ class IndexManager:
         path = index_dir() / state.file_name
         meta_path = path.with_suffix(".json")
         if not path.exists() or not meta_path.exists():
-            logger.warning("index file %s is missing", path)
-            return None
+            return None  # built on another host (get() builds this host's copy)
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
@@ -273,6 +283,36 @@ class IndexManager:
         gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
         snapshot.remove_images(gone)
         snapshot.synced_at = now
+
+    def _copy_in_background(self, key: tuple[str, str, str], state: IndexState, dim: int) -> None:
+        """Build this host's copy of `state`'s version from Postgres on a thread (called with the lock
+        held); queries go on meanwhile, and the copy is installed when it is ready."""
+        builder = self.copy_builder
+        if builder is None or key in self._copying:
+            return
+        if time.monotonic() - self._copy_failed_at.get(key, -COPY_RETRY_SECONDS) < COPY_RETRY_SECONDS:
+            return  # it failed a moment ago (logged): pgvector or the older version answers meanwhile
+        self._copying.add(key)
+        logger.info("index %s v%d was built on another host: building this host's copy from the database",
+                    state.file_name, state.version)
+
+        def run() -> None:
+            try:
+                copy = builder(state, dim)
+                with self._lock:
+                    current = self._snapshots.get(key)
+                    if current is None or current.state_id != copy.state_id or current.version < copy.version:
+                        copy.checked_at = 0.0  # the next query catches it up and checks for a newer version
+                        self._snapshots[key] = copy
+            except Exception:  # noqa: BLE001 - logged; tried again after COPY_RETRY_SECONDS
+                logger.exception("building this host's copy of index %s failed", state.file_name)
+                self._copy_failed_at[key] = time.monotonic()
+            finally:
+                with self._lock:
+                    self._copying.discard(key)
+                connection.close()  # this thread's own database connection
+
+        threading.Thread(target=run, name=f"index-copy-{state.file_name}", daemon=True).start()
 
     def install(self, snapshot: IndexSnapshot) -> None:
         with self._lock:

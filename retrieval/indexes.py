@@ -18,7 +18,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -28,6 +30,7 @@ from django.utils import timezone
 from gallery.services import Progress
 from retrieval.index_build import (
     TRAINING_ROWS_PER_LIST,
+    BuiltIndex,
     ChunkSource,
     build_faiss_index_streamed,
     index_kind,
@@ -68,12 +71,18 @@ class RebuildReport:
     stages: dict[str, float]
 
 
-def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | None = None,
-                  owner: VectorOwner = "image") -> RebuildReport:
-    """Build the index of one (space, model) of image or region vectors from Postgres aside,
-    persist it, publish, swap in."""
-    started = time.perf_counter()
-    synced_at = db_now()  # anything embedded during the build is picked up by the next catch-up
+@dataclass(frozen=True)
+class _FromPostgres:
+    built: BuiltIndex
+    synced_at: datetime  # anything embedded after this is picked up by the next catch-up
+    sample_s: float
+
+
+def _build_from_postgres(*, space: str, model_key: str, dim: int, owner: VectorOwner,
+                         progress: Progress | None) -> _FromPostgres:
+    """A new index of every stored vector of (owner, space, model): a sample to train and calibrate on
+    when it is approximate, then every row streamed with binary COPY into the builder thread."""
+    synced_at = db_now()
     expected = count_vectors(model_key=model_key, space=space, owner=owner)
     sample = None
     clock = time.perf_counter()
@@ -92,33 +101,75 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
 
     sample_s = time.perf_counter() - clock
     built = build_faiss_index_streamed(space=space, dim=dim, count=expected, sample=sample, chunks=chunks())
-    index, kind, ids = built.index, built.kind, built.ids
+    return _FromPostgres(built=built, synced_at=synced_at, sample_s=sample_s)
+
+
+def _write_index_files(*, path: Path, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key: str,
+                       version: int, dim: int) -> None:
+    built = fresh.built
+    _write_atomically(path, lambda tmp: faiss.write_index(built.index, tmp))
+    meta = {"owner": owner, "space": space, "model_key": model_key, "version": version, "count": int(len(built.ids)),
+            "kind": built.kind, "params": built.params, "dim": dim, "synced_at": fresh.synced_at.isoformat()}
+    _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+
+def _snapshot(*, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key: str, version: int, dim: int,
+              state_id: int) -> IndexSnapshot:
+    built = fresh.built
+    snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=built.index, kind=built.kind,
+                             version=version, synced_at=fresh.synced_at, ids=set(built.ids.tolist()), owner=owner,
+                             state_id=state_id, rerank=built.params.get("rerank", 1))
+    if owner == "region":
+        snapshot.attach_regions()
+    return snapshot
+
+
+def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | None = None,
+                  owner: VectorOwner = "image") -> RebuildReport:
+    """Build the index of one (space, model) of image or region vectors from Postgres aside,
+    persist it, publish, swap in."""
+    started = time.perf_counter()
+    fresh = _build_from_postgres(space=space, model_key=model_key, dim=dim, owner=owner, progress=progress)
+    built = fresh.built
     clock = time.perf_counter()
     with transaction.atomic():
         state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space, model_key=model_key)
         version = state.version + 1
         file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
-        path = index_dir() / file_name
-        _write_atomically(path, lambda tmp: faiss.write_index(index, tmp))
-        meta = {"owner": owner, "space": space, "model_key": model_key, "version": version, "count": int(len(ids)),
-                "kind": kind, "params": built.params, "dim": dim, "synced_at": synced_at.isoformat()}
-        _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        _write_index_files(path=index_dir() / file_name, fresh=fresh, owner=owner, space=space, model_key=model_key,
+                           version=version, dim=dim)
         old_file = state.file_name
-        state.version, state.vector_count, state.kind = version, int(len(ids)), kind
+        state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
         state.file_name, state.built_at = file_name, timezone.now()
         state.save()
     if old_file and old_file != file_name:
-        for stale in (index_dir() / old_file, (index_dir() / old_file).with_suffix(".json")):
-            stale.unlink(missing_ok=True)
-    snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=index, kind=kind, version=version,
-                             synced_at=synced_at, ids=set(ids.tolist()), owner=owner, state_id=state.pk,
-                             rerank=built.params.get("rerank", 1))
-    if owner == "region":
-        snapshot.attach_regions()
-    manager.install(snapshot)
-    return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(ids)), kind=kind,
-                         params=built.params, seconds=time.perf_counter() - started,
-                         stages={"sample": sample_s, **built.stages, "write and publish": time.perf_counter() - clock})
+        _remove_index_files(old_file)
+    manager.install(_snapshot(fresh=fresh, owner=owner, space=space, model_key=model_key, version=version, dim=dim,
+                              state_id=state.pk))
+    return RebuildReport(space=space, model_key=model_key, version=version, count=int(len(built.ids)),
+                         kind=built.kind, params=built.params, seconds=time.perf_counter() - started,
+                         stages={"sample": fresh.sample_s, **built.stages,
+                                 "write and publish": time.perf_counter() - clock})
+
+
+def _remove_index_files(file_name: str) -> None:
+    for stale in (index_dir() / file_name, (index_dir() / file_name).with_suffix(".json")):
+        stale.unlink(missing_ok=True)
+
+
+def index_copy_build(state: IndexState, dim: int) -> IndexSnapshot:
+    """This host's copy of a version another host published (hosts share the database, not their
+    index folders): built from Postgres under the published file name, the version stamp unchanged,
+    the host's copy of the previous version removed. Runs in the background (IndexManager)."""
+    owner = cast(VectorOwner, state.owner)
+    fresh = _build_from_postgres(space=state.space, model_key=state.model_key, dim=dim, owner=owner, progress=None)
+    previous = {path.name for path in index_dir().glob(state.file_name.rsplit("-v", 1)[0] + "-v*")}
+    _write_index_files(path=index_dir() / state.file_name, fresh=fresh, owner=owner, space=state.space,
+                       model_key=state.model_key, version=state.version, dim=dim)
+    for name in previous - {state.file_name, Path(state.file_name).with_suffix(".json").name}:
+        (index_dir() / name).unlink(missing_ok=True)
+    return _snapshot(fresh=fresh, owner=owner, space=state.space, model_key=state.model_key, version=state.version,
+                     dim=dim, state_id=state.pk)
 
 
 def index_drop_all() -> None:

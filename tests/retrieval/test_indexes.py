@@ -17,6 +17,7 @@ from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.neighbours import nearest
 from retrieval.vector_io import embeddings_copy_in, load_all
+from tests.conftest import wait_for
 from tests.gallery.factories import add_embedding, make_image
 
 SEMANTIC = ("semantic", "offline/effnet-lite0+minilm", 384)
@@ -340,3 +341,45 @@ def test_after_a_reset_elsewhere_a_new_version_1_is_not_mistaken_for_the_old_one
 
     current = manager.get(space=space, model_key=key, dim=dim)
     assert current.version == 1 and current.ids == set(fresh)  # reloaded: the state row is another
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_host_without_the_published_file_builds_its_own_copy_while_queries_go_on(settings, tmp_path):
+    """Hosts share the database, not their index folders: a version built on host A is copied on
+    host B from Postgres in the background (pgvector answers meanwhile); the stamp is not bumped."""
+    space, key, dim = SEMANTIC
+    vectors = random_vectors(space, 40, dim, seed=7)
+    ids = store(space, key, vectors)
+    index_rebuild(space=space, model_key=key, dim=dim)  # "host A", its own folder
+    state = IndexState.objects.get(space=space, model_key=key)
+
+    host_a_dir, host_b_dir = settings.IMAGINAITION_INDEX_DIR, tmp_path / "host-b-indexes"
+    settings.IMAGINAITION_INDEX_DIR = host_b_dir
+    host_b_dir.mkdir()
+    host_b = type(manager)()
+    host_b.copy_builder = indexes.index_copy_build
+    assert host_b.get(space=space, model_key=key, dim=dim) is None  # building; the caller uses pgvector
+
+    def copied():
+        snapshot = host_b.get(space=space, model_key=key, dim=dim)
+        return snapshot if snapshot is not None and snapshot.version == state.version else None
+
+    snapshot = wait_for(copied, timeout=60, interval=0.1, message="host B's copy of the index")
+    assert (host_b_dir / state.file_name).exists()
+    assert IndexState.objects.get(pk=state.pk).version == state.version  # no new version published
+    found = snapshot.search(vectors[3], 5)
+    assert found[0][0] == ids[3]
+
+    # A newer version on A: B keeps answering with its copy (caught up) until its new copy is there.
+    newer = store(space, key, random_vectors(space, 3, dim, seed=8))
+    settings.IMAGINAITION_INDEX_DIR = host_a_dir
+    index_rebuild(space=space, model_key=key, dim=dim)
+    settings.IMAGINAITION_INDEX_DIR = host_b_dir
+    assert not (host_b_dir / IndexState.objects.get(pk=state.pk).file_name).exists()
+    during = host_b.get(space=space, model_key=key, dim=dim)
+    assert during is not None and set(newer) <= during.ids
+    snapshot = wait_for(lambda: (s := host_b.get(space=space, model_key=key, dim=dim)) and s.version == state.version + 1
+                        and s, timeout=60, interval=0.1, message="host B's copy of the newer version")
+    left = sorted(path.name for path in host_b_dir.iterdir())
+    newest = IndexState.objects.get(pk=state.pk).file_name
+    assert left == sorted([newest, newest.replace(".faiss", ".json")])  # the older copy removed
