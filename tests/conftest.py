@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,28 @@ def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="s3cret-Pass!")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the group's leader (a clean shutdown), then SIGKILL whatever is left of its group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(30)
+
+
 class Worker:
     """A real `manage.py qcluster` process on the test database."""
 
@@ -58,13 +81,7 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM to the cluster's main process (it shuts its workers down), SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill(signal.SIGKILL)  # whatever is left of the process group
+        stop_process_group(self.process)
         self._log.close()
 
 

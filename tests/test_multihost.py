@@ -23,7 +23,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import requests
 from PIL import Image as PILImage
 
 from imaginaition_site.embedded_db import TcpServer, tcp_server_start, tcp_server_stop
+from tests.conftest import free_port, stop_process_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,24 +57,6 @@ def photo(n: int) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def poll(predicate, *, timeout: float, interval: float = 0.2, message: str):
-    """predicate() until truthy (its value) or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -127,13 +109,7 @@ class Role:
         """SIGTERM (a clean shutdown), then SIGKILL whatever is left of the group."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
+        stop_process_group(self.process)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -261,7 +237,7 @@ def wait_up(role: Role) -> None:
         except requests.ConnectionError:
             return False
 
-    poll(answers, timeout=180, interval=0.3, message=f"{role.name} to answer")
+    wait_for(answers, timeout=180, interval=0.3, message=f"{role.name} to answer")
 
 
 def advisory_claims(hosts: Hosts, application_name: str | None = None) -> list[tuple[int, int]]:
@@ -338,7 +314,7 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
         kinds = [kind for kind, _ in held]
         return held if max(map(kinds.count, kinds), default=0) >= 3 else []  # a whole batch of one kind
 
-    held = poll(batch_claimed_by_c, timeout=180, interval=0.02, message="worker C to claim a batch")
+    held = wait_for(batch_claimed_by_c, timeout=180, interval=0.02, message="worker C to claim a batch")
     worker_c.kill()
     timings["6 uploads through A, C started -> C holds a batch, killed"] = time.monotonic() - clock
     held_ids = sorted({image_id for _, image_id in held})
@@ -348,17 +324,17 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
     assert set(held_ids) <= set(batch) and unfinished, (held, statuses(hosts, batch))
 
     # Its connections close with it, and its claims with them: nothing of C is left in the database.
-    poll(lambda: not hosts.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker-C'"),
+    wait_for(lambda: not hosts.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'worker-C'"),
          timeout=30, message="worker C's sessions to end")
     assert advisory_claims(hosts) == []
 
     clock = time.monotonic()
     worker_d = hosts.worker("worker-D", IMAGINAITION_WORKERS="1", IMAGINAITION_BATCH_SIZE="4",
                             IMAGINAITION_TASK_RETRY="360", IMAGINAITION_TASK_TIMEOUT="300")
-    poll(lambda: all_processed(hosts, batch, worker_d), timeout=240, interval=0.5,
+    wait_for(lambda: all_processed(hosts, batch, worker_d), timeout=240, interval=0.5,
          message="worker D to process every image")
     timings["D started -> all 6 images ready (its model load included)"] = time.monotonic() - clock
-    poll(lambda: worker_d.check_alive() or not hosts.query("SELECT 1 FROM django_q_ormq"), timeout=120,
+    wait_for(lambda: worker_d.check_alive() or not hosts.query("SELECT 1 FROM django_q_ormq"), timeout=120,
          message="the queue to drain (C's tasks handed out again, run by D)")
 
     embeddings = hosts.query("SELECT image_id, space, model_key, count(*) FROM gallery_embedding "
@@ -378,7 +354,7 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
 
     # --- 2. Added through A, found on B within 2 s of being ready. ----------------------------------
     anchor = batch[0]
-    body = poll(lambda: (body := search(b, web_b, anchor))["engine"] == "faiss"
+    body = wait_for(lambda: (body := search(b, web_b, anchor))["engine"] == "faiss"
                 and found_ids(body) >= set(batch) and body, timeout=60, interval=0.5,
                 message="web B to answer from its own FAISS indexes")
     new = upload(a, web_a, 6)
@@ -407,19 +383,19 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
 
     # --- 3. B restarted: loads its persisted indexes and catches up. --------------------------------
     b_indexes = Path(web_b.env["IMAGINAITION_VAR_DIR"]) / "indexes"
-    poll(lambda: requests.get(f"{web_b.url}/api/status/", timeout=30).json()["integrity"]["state"] == "ok",
+    wait_for(lambda: requests.get(f"{web_b.url}/api/status/", timeout=30).json()["integrity"]["state"] == "ok",
          timeout=60, interval=0.5, message="web B to hold every index (image and region vectors)")
     files_before = folder_files(b_indexes)
     assert any(name.endswith(".faiss") for name in files_before), files_before  # B keeps its own copies
     web_b.stop()
     while_down = [upload(a, web_a, n) for n in (7, 8)]
-    poll(lambda: all_processed(hosts, while_down, worker_d), timeout=240, interval=0.5,
+    wait_for(lambda: all_processed(hosts, while_down, worker_d), timeout=240, interval=0.5,
          message="worker D to process the images added while B was down")
     clock = time.monotonic()
     web_b = hosts.web("web-B", port=web_b.port)
     wait_up(web_b)
     everything = [*batch, new, *while_down]
-    body = poll(lambda: (body := search(b, web_b, anchor))["engine"] == "faiss"
+    body = wait_for(lambda: (body := search(b, web_b, anchor))["engine"] == "faiss"
                 and found_ids(body) >= set(everything) and body, timeout=60, interval=0.3,
                 message="web B, restarted, to answer with every image from FAISS")
     timings["B restarted -> answers with the images added while down"] = time.monotonic() - clock
@@ -451,7 +427,7 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
         after = index_versions(hosts)
         assert after.keys() == before.keys() and all(after[key] == before[key] + 1 for key in before), (before, after)
         rebuilt = time.monotonic()
-        poll(lambda: all(served_versions(web_b).get(key) == version for key, version in after.items()),
+        wait_for(lambda: all(served_versions(web_b).get(key) == version for key, version in after.items()),
              timeout=60, interval=0.2, message=f"web B to serve the rebuilt versions {after}")
         timings["rebuild on A (manage.py rebuild_index)"] = rebuilt - clock
         timings["rebuild done -> B serves the new version"] = time.monotonic() - rebuilt

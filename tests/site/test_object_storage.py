@@ -2,7 +2,6 @@
 and reached over HTTP, stands in for AWS or MinIO) or a local/shared folder written atomically. A worker
 configured only by environment processes an image it never saw on its own disk."""
 
-import socket
 import threading
 
 import boto3
@@ -16,16 +15,10 @@ from gallery.models import Image
 from gallery.storage import AtomicFileSystemStorage
 from imaginaition_site.storage_settings import media_storage
 from retrieval.models import StagedUploadRecord
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.retrieval.test_pipeline import jpeg, upload
 
 BUCKET = "imaginaition-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -34,7 +27,7 @@ def moto_s3_server(monkeypatch):
     (this one and the workers it starts) needs to use it as the gallery's storage."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1",
