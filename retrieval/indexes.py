@@ -36,7 +36,7 @@ from retrieval.index_build import (
     index_kind,
     ivf_lists,
 )
-from retrieval.index_snapshots import IndexSnapshot, db_now, index_dir, manager
+from retrieval.index_snapshots import IdSet, IndexSnapshot, db_now, index_dir, manager
 from retrieval.models import IndexState
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
@@ -117,7 +117,7 @@ def _snapshot(*, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key
               state_id: int) -> IndexSnapshot:
     built = fresh.built
     snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=built.index, kind=built.kind,
-                             version=version, synced_at=fresh.synced_at, ids=set(built.ids.tolist()), owner=owner,
+                             version=version, synced_at=fresh.synced_at, ids=IdSet(built.ids), owner=owner,
                              state_id=state_id, rerank=built.params.get("rerank", 1))
     if owner == "region":
         snapshot.attach_regions()
