@@ -413,8 +413,12 @@ def main() -> None:
               "semantic dimension of the active model; REST through Django's test client in-process.")
     print(body)
     if not args.no_write:
-        command = "python -m bench.search --n " + " ".join(str(n) for n in args.n) + (f" --ann {ann}" if args.ann else "")
+        profile = os.environ.get("IMAGINAITION_MODEL_PROFILE", "")
+        command = (f"IMAGINAITION_MODEL_PROFILE={profile} " if profile else "") + "python -m bench.search --n " + \
+            " ".join(str(n) for n in args.n) + (f" --ann {ann}" if args.ann else "")
         name = "Search latency" if ann == "ivf" else f"Search latency, {ann}"
+        if profile:  # the vectors' dimensions follow the profile's semantic model
+            name += f", {profile} profile"
         write_section(section_title(name, args.n, [10_000, 100_000]), command, body)
 
 

@@ -232,7 +232,9 @@ Q_CLUSTER = {
     "bulk": 10,
     "poll": 0.5,
     "catch_up": False,
-    "save_limit": 1000,
+    # Successful tasks kept for admin. Each result save first locks the kept ones: the queue's ceiling
+    # (docs/SCALING.md: ~32 tasks/s at 1000); lower it (100, or -1: keep none) for faster workers.
+    "save_limit": int(os.environ.get("IMAGINAITION_TASK_SAVE_LIMIT", 1000)),
     "ack_failures": True,
     "label": "Background tasks",
     # The interactive cluster (Q_CLUSTER_NAME=interactive manage.py qcluster) answers what a page or an

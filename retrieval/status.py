@@ -74,7 +74,8 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
 
 def worker_check_start() -> str:
     """Enqueue a ping for the workers; returns the task id to poll with worker_check_result."""
-    return async_task("retrieval.tasks.worker_ping", task_name="worker-check", group="worker-check")
+    # save=True: its result is read back even when IMAGINAITION_TASK_SAVE_LIMIT=-1 keeps no successes.
+    return async_task("retrieval.tasks.worker_ping", task_name="worker-check", group="worker-check", save=True)
 
 
 def worker_check_result(task_id: str) -> dict[str, Any] | None:

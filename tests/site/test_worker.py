@@ -10,8 +10,9 @@ from tests.conftest import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_request_enqueues_a_task_that_a_real_worker_runs_and_stores(client, user, start_worker):
-    worker = start_worker()
+@pytest.mark.parametrize("save_limit", ["1000", "-1"])  # -1: no successes kept, but this one is asked for
+def test_request_enqueues_a_task_that_a_real_worker_runs_and_stores(client, user, start_worker, save_limit):
+    worker = start_worker(IMAGINAITION_TASK_SAVE_LIMIT=save_limit)
     client.force_login(user)
 
     response = client.post(reverse("api-worker-check"))
