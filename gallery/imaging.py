@@ -60,8 +60,20 @@ def decode_image(data: bytes) -> DecodedImage:
     if not data:
         raise ImageRejected("The file is empty (0 bytes).")
     _check_size(len(data))
-    picture, image_format = _decode(data)
+    picture, image_format, _ = _decode(data)
     return DecodedImage(picture=picture, format=image_format, width=picture.width, height=picture.height)
+
+
+def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedImage:
+    """The checks of decode_image (the whole stream is decoded, so a truncated file fails too), but the
+    picture only as the models see it (picture_for_models); width and height are the full picture's
+    as displayed (EXIF orientation applied). For uploads that are looked at, not stored: a 13 MP photo
+    never sits in the web process at full size."""
+    if not data:
+        raise ImageRejected("The file is empty (0 bytes).")
+    _check_size(len(data))
+    picture, image_format, (width, height) = _decode(data, draft_side=max_side)
+    return DecodedImage(picture=for_models(picture, max_side), format=image_format, width=width, height=height)
 
 
 def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:
@@ -75,7 +87,8 @@ def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.
     return for_models(_decode(data, draft_side=max_side)[0], max_side)
 
 
-def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str]:
+def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
+    """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
     configure_pillow()
     try:
         with warnings.catch_warnings():
@@ -85,10 +98,14 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
                 raise ImageRejected(
                     f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
             source.seek(0)  # animated GIF/WebP: the first frame
+            width, height = source.size
             if draft_side is not None and source.format in ("JPEG", "MPO"):
                 source.draft("RGB", (draft_side, draft_side))  # never below draft_side on either side
             source.load()
-            return to_rgb(ImageOps.exif_transpose(source)), source.format
+            upright = ImageOps.exif_transpose(source)
+            if (upright.width > upright.height) != (source.width > source.height):  # turned a quarter
+                width, height = height, width
+            return to_rgb(upright), source.format, (width, height)
     except ImageRejected:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:

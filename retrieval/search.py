@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 from gallery.access import can_view_gallery
 from gallery.errors import Refused
-from gallery.imaging import decode_image, for_models, picture_for_models
+from gallery.imaging import decode_for_models, for_models
 from gallery.models import Image, Mask
 from gallery.selectors import label_counts
 from gallery.services import User
@@ -208,8 +208,8 @@ def vectors_for_picture(*, picture: PILImage.Image, models: ActiveModels) -> Que
 
 def vectors_for_upload(*, data: bytes, models: ActiveModels) -> QueryVectors:
     """Embed an uploaded image on the fly; nothing is stored. Raises ImageRejected for bad input."""
-    decode_image(data)  # the full check every stored image passed
-    return vectors_for_picture(picture=picture_for_models(data), models=models)  # as the workers see it
+    picture = decode_for_models(data).picture  # every check of a stored image, at the models' scale
+    return vectors_for_picture(picture=picture, models=models)  # as the workers see it
 
 
 def vectors_for_mask(*, mask: Mask, models: ActiveModels) -> QueryVectors:
@@ -237,8 +237,7 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
                               models: ActiveModels) -> QueryVectors:
     """Cut an uploaded picture's region of `label` out (its masks: label -> soft mask at the picture's
     size, from the segmenter) and embed it; nothing is stored."""
-    decode_image(data)
-    picture = picture_for_models(data)
+    picture = decode_for_models(data).picture  # the masks are at this picture's size
     if label not in masks:
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
     region = region_picture(picture, masks[label])  # masks are at this picture's size (the segmenter saw it)

@@ -31,7 +31,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery.errors import Refused
-from gallery.imaging import decode_image, picture_for_models, png_to_probability, probability_to_png
+from gallery.imaging import decode_for_models, picture_for_models, png_to_probability, probability_to_png
 from gallery.storage import stored_delete, stored_read
 from retrieval.encoders.registry import active_models, get_model
 from retrieval.models import StagedUploadMask, StagedUploadRecord
@@ -122,13 +122,13 @@ def _cleanup() -> None:
 
 def _stage(*, data: bytes, name: str) -> StagedUpload:
     """Validate (ImageRejected for bad input), keep the bytes, ask for the segmentation."""
-    picture = decode_image(data).picture  # the full check every stored image passes
+    decoded = decode_for_models(data)  # the full check every stored image passes, without a full-size copy
     _cleanup()
     token = secrets.token_hex(12)
     file_name = default_storage.save(_file_name(token), ContentFile(data))
     try:
         StagedUploadRecord.objects.create(token=token, name=Path(name).name[:255] or "upload",
-                                          width=picture.size[0], height=picture.size[1], state="working")
+                                          width=decoded.width, height=decoded.height, state="working")
     except BaseException:
         stored_delete([file_name])  # no file without its record
         raise

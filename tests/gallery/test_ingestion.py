@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from gallery import services
-from gallery.imaging import ImageRejected, decode_image
+from gallery.imaging import MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, picture_for_models
 from gallery.models import Image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,11 +78,24 @@ REJECTED = {
 }
 
 
+@pytest.mark.parametrize("decode", [decode_image, decode_for_models])
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
-def test_accepted_inputs_are_decoded_to_rgb_with_the_right_size(name):
+def test_accepted_inputs_are_decoded_to_rgb_with_the_right_size(name, decode):
     data, size = ACCEPTED[name]
-    decoded = decode_image(data)
-    assert decoded.picture.mode == "RGB" and decoded.picture.size == size
+    decoded = decode(data)
+    assert decoded.picture.mode == "RGB" and decoded.picture.size == size == (decoded.width, decoded.height)
+
+
+def test_an_upload_decoded_for_the_models_keeps_its_full_displayed_size_but_not_its_pixels():
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 3000x2000 in the file, 2000x3000 on screen
+    data = encode(photo((3000, 2000)), "JPEG", exif=exif)
+    decoded = decode_for_models(data)
+    assert (decoded.width, decoded.height) == (2000, 3000) == decode_image(data).picture.size
+    assert max(decoded.picture.size) == MODEL_MAX_SIDE and decoded.picture.width < decoded.picture.height
+    assert np.array_equal(np.asarray(decoded.picture), np.asarray(picture_for_models(data)))  # as the workers see it
+    with pytest.raises(ImageRejected, match="truncated"):  # decoded at 1/2 scale, but every byte is read
+        decode_for_models(data[: len(data) * 2 // 3])
 
 
 def test_alpha_is_composited_on_white_not_black():
@@ -100,11 +113,12 @@ def test_first_frame_of_an_animated_gif():
     assert decode_image(animated_gif()).picture.getpixel((8, 8)) == (255, 0, 0)
 
 
+@pytest.mark.parametrize("decode", [decode_image, decode_for_models])
 @pytest.mark.parametrize("name", sorted(REJECTED))
-def test_rejected_inputs_raise_a_clear_message(name):
+def test_rejected_inputs_raise_a_clear_message(name, decode):
     data, _, words = REJECTED[name]
     with pytest.raises(ImageRejected) as caught:
-        decode_image(data)
+        decode(data)
     assert words in caught.value.message.lower()
 
 
