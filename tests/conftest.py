@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import stop_process_group  # SIGTERM, then SIGKILL to what is left of the group
+
 # Tests never touch the network: model hubs are unreachable here and on CI.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,21 +42,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the group's leader (a clean shutdown), then SIGKILL whatever is left of its group."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(30)
-
-
 class Worker:
     """A real `manage.py qcluster` process on the test database."""
 
@@ -81,7 +68,7 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM to the cluster's main process (it shuts its workers down), SIGKILL if it hangs."""
-        stop_process_group(self.process)
+        stop_process_group(self.process, grace=30)
         self._log.close()
 
 

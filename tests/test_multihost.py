@@ -37,7 +37,8 @@ import requests
 from PIL import Image as PILImage
 
 from imaginaition_site.embedded_db import TcpServer, tcp_server_start, tcp_server_stop
-from tests.conftest import free_port, stop_process_group, wait_for
+from bench.common import stop_process_group
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,7 @@ class Role:
         """SIGTERM (a clean shutdown), then SIGKILL whatever is left of the group."""
         if self.process is None:
             return
-        stop_process_group(self.process)
+        stop_process_group(self.process, grace=30)
         if self._log is not None:
             self._log.close()
             self._log = None
