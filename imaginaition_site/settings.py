@@ -188,6 +188,11 @@ IMAGINAITION_PRECISION = os.environ.get("IMAGINAITION_PRECISION", "auto")
 # A registered segmenter key replacing the profile's own (empty: the profile's, DeepLabV3-ResNet101 for
 # standard); e.g. torchvision/lraspp_mobilenet_v3_large for speed. `fetch_weights` fetches it.
 IMAGINAITION_SEGMENTER = os.environ.get("IMAGINAITION_SEGMENTER", "")
+# How segmenters run on the CPU: auto (OpenVINO when the models run on the CPU, kept only if its first
+# batch's masks agree with torch's), torch, or openvino (retrieval/encoders/openvino_runtime.py).
+IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME", "auto")
+# Models converted for a runtime (OpenVINO), one folder per model and weight file; safe to delete.
+IMAGINAITION_MODEL_CACHE_DIR = Path(os.environ.get("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models"))
 # torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)
 IMAGINAITION_TORCH_THREADS = int(os.environ.get("IMAGINAITION_TORCH_THREADS", 0))
 # Processes that share this machine's cores with a web process (its torch threads: cores / this).

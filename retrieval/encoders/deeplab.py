@@ -8,7 +8,9 @@ them for those weights; LR-ASPP has no auxiliary head. All take the same 520x520
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +22,8 @@ from torchvision.models.segmentation import (DeepLabV3_ResNet101_Weights, deepla
 
 from .base import Segmenter, SoftMask
 from .devices import model_device
-from .precision import PrecisionChoice
+from .openvino_runtime import Logits, OpenVinoChoice, openvino_choice, segmenter_runtime
+from .precision import MASK_IOU_BAR, PrecisionChoice, masks_agreement
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -35,37 +38,65 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics 
 
 
 class DeepLabSegmenter(Segmenter):
-    def __init__(self, *, key: str, model: torch.nn.Module, device: torch.device | None = None) -> None:
+    def __init__(self, *, key: str, model: torch.nn.Module, device: torch.device | None = None,
+                 weights: Path | None = None) -> None:
+        """`weights`: the file `model` was loaded from; given, the segmenter runs on OpenVINO where
+        IMAGINAITION_SEGMENTER_RUNTIME resolves to it (the file names the converted copy)."""
         self.key = key
         self.device = device or torch.device("cpu")
-        self.model = model.eval().to(self.device)
+        self.model: torch.nn.Module | None = model.eval().to(self.device)
         # The auxiliary head (training only) runs on every forward pass when present, and its output is
         # never read: drop it (bench.segmentation measures the saving; masks are unchanged).
-        if getattr(self.model, "aux_classifier", None) is not None:
-            self.model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
+        if getattr(model, "aux_classifier", None) is not None:
+            model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
         # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation);
         # accelerators take the whole batch at once.
         self.pictures_per_pass = 1 if self.device.type == "cpu" else None
-        self.precision = PrecisionChoice.for_masks(key, self.device)
+        self.openvino: OpenVinoChoice | None = None
+        if weights is not None and segmenter_runtime(self.device) == "openvino":
+            self.openvino = openvino_choice(model, key=key, weights=weights, input_size=INPUT_SIZE)
+        # Under OpenVINO torch is the first batch's fp32 reference: no half precision of its own.
+        self.precision: PrecisionChoice[list[list[SoftMask]]] = (
+            PrecisionChoice.for_masks(key, self.device) if self.openvino is None
+            else PrecisionChoice.fp32(key, self.device, agreement=masks_agreement, bar=MASK_IOU_BAR))
+        self._decide_lock = threading.Lock()
 
     def segment(self, images: Sequence[PILImage.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
         batch = preprocess(images)  # built on the CPU, moved once per batch
 
+        def segment_with(logits: Logits) -> list[list[SoftMask]]:
+            return self._segment_with(logits, images, batch)
+
+        choice = self.openvino
+        if choice is not None and not choice.decided:
+            with self._decide_lock:
+                if not choice.decided:  # this batch decides (another thread's may have meanwhile)
+                    reference = segment_with(self._torch_logits)
+                    choice.decide(reference, segment_with, masks_agreement, MASK_IOU_BAR)
+                    if choice.chosen is not None:
+                        self.model = None  # OpenVINO holds its own copy of the weights
+                    return reference
+        if choice is not None and choice.chosen is not None:
+            return segment_with(choice.chosen)
+        return self.precision.run(lambda: segment_with(self._torch_logits))
+
+    def _torch_logits(self, pictures: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None, "the torch network was released for OpenVINO"
+        return self.model(pictures.to(self.device))["out"]
+
+    def _segment_with(self, logits: Logits, images: Sequence[PILImage.Image],
+                      batch: torch.Tensor) -> list[list[SoftMask]]:
         step = self.pictures_per_pass or len(images)
-
-        def forward() -> list[list[SoftMask]]:
-            masks: list[list[SoftMask]] = []
-            with torch.inference_mode():
-                for start in range(0, len(images), step):
-                    # Masks come back to the CPU at their final size.
-                    probabilities = self.model(batch[start:start + step].to(self.device))["out"].softmax(dim=1)
-                    masks += [masks_at_size(probability, (image.height, image.width))
-                              for image, probability in zip(images[start:start + step], probabilities, strict=True)]
-            return masks
-
-        return self.precision.run(forward)
+        masks: list[list[SoftMask]] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), step):
+                # Masks come back to the CPU at their final size.
+                probabilities = logits(batch[start:start + step]).softmax(dim=1)
+                masks += [masks_at_size(probability, (image.height, image.width))
+                          for image, probability in zip(images[start:start + step], probabilities, strict=True)]
+        return masks
 
 
 def preprocess(images: Sequence[PILImage.Image]) -> torch.Tensor:
@@ -117,4 +148,4 @@ def load(spec: ModelSpec) -> DeepLabSegmenter:
         raise FileNotFoundError(f"{path} is missing: run `python manage.py fetch_weights` (see weights/README.md)")
     model = build_model(spec.options.get("architecture", "deeplabv3_resnet101"))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return DeepLabSegmenter(key=spec.key, model=model, device=model_device())
+    return DeepLabSegmenter(key=spec.key, model=model, device=model_device(), weights=path)

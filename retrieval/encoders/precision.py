@@ -109,6 +109,12 @@ class PrecisionChoice(Generic[Output]):
                                agreement=vectors_agreement, bar=VECTOR_COSINE_BAR)
 
     @staticmethod
+    def fp32(key: str, device: torch.device, *, agreement: Callable[[Output, Output], float],
+             bar: float) -> PrecisionChoice[Output]:
+        """fp32 whatever the setting (a reference other runtimes are checked against)."""
+        return PrecisionChoice(key=key, device=device, dtype=None, agreement=agreement, bar=bar)
+
+    @staticmethod
     def for_masks(key: str, device: torch.device, *,
                   pays_on_cpu: bool = True) -> PrecisionChoice[list[list[SoftMask]]]:
         return PrecisionChoice(key=key, device=device, dtype=half_dtype(device, pays_on_cpu=pays_on_cpu),

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .base import Role
 from .catalog import MODELS, PROFILE_MODELS
 from .devices import model_device
+from .openvino_runtime import OpenVinoChoice
 from .precision import PrecisionChoice
 from .specs import ModelSpec, Profile, WeightFile
 
@@ -104,12 +105,14 @@ def get_model(key: str) -> Any:
 
 
 def loaded_precisions() -> dict[str, str]:
-    """The precision each loaded model of this process runs in (fp32 until its first batch decides)."""
+    """The precision (and for segmenters the runtime) each loaded model of this process runs in (fp32
+    until its first batch decides)."""
     found = {}
     for model in list(_loaded.values()):
-        for choice in vars(model).values():
-            if isinstance(choice, PrecisionChoice):
-                found[choice.key] = choice.describe()
+        choices = [value for value in vars(model).values() if isinstance(value, PrecisionChoice | OpenVinoChoice)]
+        # A segmenter's OpenVINO choice, when it has one, says more than its torch precision: it comes last.
+        for choice in sorted(choices, key=lambda value: isinstance(value, OpenVinoChoice)):
+            found[choice.key] = choice.describe()
     return found
 
 

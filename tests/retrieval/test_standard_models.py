@@ -57,7 +57,9 @@ def weights_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def standard(weights_dir):
     folder, _ = weights_dir
-    with override_settings(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="auto", IMAGINAITION_PRECISION="fp32"):
+    # torch: these tests are about loading the files into torch's networks (OpenVINO: test_openvino_runtime.py)
+    with override_settings(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="auto", IMAGINAITION_PRECISION="fp32",
+                           IMAGINAITION_SEGMENTER_RUNTIME="torch"):
         registry.unload_all()
         yield registry
     registry.unload_all()
