@@ -14,6 +14,7 @@ class RetrievalConfig(AppConfig):
         # Imported here, as Django asks: receivers import models, which need the app registry.
         from django.conf import settings
 
+        from imaginaition_site.malloc import reuse_large_blocks
         from retrieval import indexes, receivers, uploads
         from retrieval.encoders.devices import threads_configure
         from retrieval.encoders.registry import log_active_models
@@ -28,6 +29,7 @@ class RetrievalConfig(AppConfig):
             # The interactive cluster's one worker runs briefly, while a person waits: all the cores.
             interactive = os.environ.get("Q_CLUSTER_NAME") == uploads.INTERACTIVE_CLUSTER
             threads_configure(1 if interactive else settings.IMAGINAITION_WORKERS)
+            reuse_large_blocks()  # before the cluster forks its workers: they inherit it
             log_active_models()
         elif "runserver" in sys.argv or "gunicorn" in sys.argv[0]:
             threads_configure(settings.IMAGINAITION_WEB_PROCESSES)
