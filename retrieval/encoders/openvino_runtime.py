@@ -16,6 +16,7 @@ Any failure to convert or compile is logged and torch keeps segmenting.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -86,14 +87,23 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def convert(model: torch.nn.Module, *, key: str, weights: Path, input_size: int) -> Path:
-    """The saved OpenVINO network for `model` (converted now when absent). Processes converting at once
-    each write aside and rename into place: the first finished copy is kept, the others are dropped."""
-    import openvino
-
+    """The saved OpenVINO network for `model` (converted now when absent). One process of a host converts
+    while the others wait for it (a file lock); the copy is written aside and renamed into place, so a
+    folder shared by hosts never shows half a network and the first finished copy is kept."""
     target = converted_path(key, weights, input_size)
     if target.is_file():
         return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent.parent / ".converting.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not target.is_file():  # not converted meanwhile by the process that held the lock
+            _convert_into(model, key=key, target=target, input_size=input_size)
+    return target
+
+
+def _convert_into(model: torch.nn.Module, *, key: str, target: Path, input_size: int) -> None:
+    import openvino
+
     scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent.parent))
     try:
         logger.info("converting %s for OpenVINO (once for these weights; about a minute for the ResNet-101)", key)
@@ -104,12 +114,11 @@ def convert(model: torch.nn.Module, *, key: str, weights: Path, input_size: int)
         openvino.save_model(network, scratch / "model.xml", compress_to_fp16=False)
         try:
             os.rename(scratch, target.parent)
-        except OSError:  # another process's copy is already in place
+        except OSError:  # another host's copy is already in place
             if not target.is_file():
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 class OpenVinoLogits:

@@ -116,7 +116,8 @@ def test_the_converted_network_is_reused_by_later_processes(lraspp, settings, mo
     second = deeplab.load(lraspp)
     assert second.openvino is not None and second.openvino.path == first.path
     assert first.path.stat().st_mtime_ns == stamp
-    assert [p.name for p in first.path.parent.parent.iterdir()] == [first.path.parent.name]  # no scratch left
+    left = sorted(p.name for p in first.path.parent.parent.iterdir())
+    assert left == sorted([first.path.parent.name, ".converting.lock"])  # no scratch copy left behind
 
     # New weights in the same file name: a new conversion, beside the old one.
     torch.save(decisive_weights(LRASPP_MOBILENET.options["architecture"], seed=3), lraspp.weight_path())
@@ -184,3 +185,35 @@ def test_the_standard_segmenter_converts_and_agrees_with_torch(settings, tmp_pat
     masks = segmenter.segment(pictures)
     ious, unmatched = mask_ious(reference, masks)
     assert unmatched == 0 and ious and min(ious) >= 0.98
+
+
+def test_processes_loading_at_once_convert_only_once(lraspp, monkeypatch):
+    """Workers starting together: one converts, the others wait for its file (threads here: the lock is
+    per open file, as between processes)."""
+    import threading
+
+    import openvino
+
+    conversions: list[int] = []
+    real_convert = openvino.convert_model
+
+    def counted(*args, **kwargs):
+        conversions.append(1)
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(openvino, "convert_model", counted)
+    model = deeplab.build_model(LRASPP_MOBILENET.options["architecture"]).eval()
+    model.load_state_dict(torch.load(lraspp.weight_path(), weights_only=True))
+    paths: list = []
+
+    def load() -> None:
+        paths.append(openvino_runtime.convert(model, key=lraspp.key, weights=lraspp.weight_path(),
+                                              input_size=deeplab.INPUT_SIZE))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(paths) == 3 and len(set(paths)) == 1 and paths[0].is_file()
+    assert conversions == [1]
