@@ -4,10 +4,14 @@
 
 The standard segmenter at its 520x520 input, on --n real photos (bench.common.bench_photos), run as the
 pipeline runs it (`DeepLabSegmenter.segment`: preprocess, forward, softmax, masks at the picture's size),
-once per execution option after a warm-up batch, one process, every core (torch's thread count):
+once per execution option after a warm-up batch, one process, every core (torch's thread count),
+glibc malloc reusing large blocks as the workers do (imaginaition_site/malloc.py):
 - fp32, one picture per call (what a batch of 1 costs) and --batch pictures per call (inference mode);
 - channels-last memory format; bf16 autocast (CPUs with AVX512-BF16 or AMX run it natively);
-  channels-last + bf16; torch.compile (inductor) of the fp32 model.
+  channels-last + bf16; torch.compile (inductor) of the fp32 model;
+- OpenVINO (IMAGINAITION_SEGMENTER_RUNTIME=openvino): the same network converted once (the conversion's
+  time is noted) and run by OpenVINO's CPU runtime in fp32;
+- the segmenter as the registry loads it now (runtime and precision auto: each decides on its warm-up batch).
 Each option's masks are compared with fp32's on the same pictures: the IoU of each label's mask
 (probability >= 0.5) over the labels either finds, and the labels found by one and not the other. An
 option is usable when every mask's IoU >= 0.98 (the issue's bar). The weights are the real file when
@@ -19,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from bench.common import bench_photos, describe_photos, load_average, setup_django, table, write_section
 
@@ -42,6 +48,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not update docs/BENCHMARKS.md")
     args = parser.parse_args()
     started = time.perf_counter()
+    from imaginaition_site.malloc import reuse_large_blocks
+
+    reuse_large_blocks()  # as the worker processes that segment do
     setup_django()
 
     import torch
@@ -62,6 +71,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model()
         weights_note = "random weights (seed 0) of the same shapes: the real file is not here"
+        # A file of them: the OpenVINO conversion is named after the weight file it was made from.
+        weights = Path(tempfile.mkdtemp(prefix="bench-segmentation-")) / DEEPLABV3_RESNET101.weights[0].filename
+        torch.save(model.state_dict(), weights)
     model.eval()
     load_before = load_average()
 
@@ -109,12 +121,15 @@ def main() -> None:
         segmenter.pictures_per_pass = None
         return segmenter
 
-    def shipped() -> DeepLabSegmenter:
-        """As the registry loads it now (IMAGINAITION_PRECISION=auto)."""
+    def shipped(runtime: str = "auto", precision: str = "auto") -> DeepLabSegmenter:
+        """As the registry loads it now (runtime and precision auto), or with the runtime given."""
         network = build_model().eval()
         network.load_state_dict(state)
-        with override_settings(IMAGINAITION_PRECISION="auto"):
-            return DeepLabSegmenter(key=key, model=network)
+        with override_settings(IMAGINAITION_PRECISION=precision, IMAGINAITION_SEGMENTER_RUNTIME=runtime):
+            return DeepLabSegmenter(key=key, model=network, weights=weights)
+
+    def openvino() -> DeepLabSegmenter:
+        return shipped(runtime="openvino", precision="fp32")
 
     plain = variant()
     b = args.batch
@@ -128,12 +143,21 @@ def main() -> None:
         ("torch.compile (inductor), 1 per call", lambda: variant(compile=True), 1, fp32),
         ("bf16 autocast, 1 per call", lambda: plain, 1, bf16),
         ("channels-last + bf16 autocast, 1 per call", lambda: variant(channels_last=True), 1, bf16),
-        (f"now, as loaded (one per pass, no auxiliary head, precision auto), {b} per call", shipped, b, fp32),
+        ("OpenVINO fp32 (the same network converted), 1 per call", openvino, 1, fp32),
+        (f"now, as loaded (runtime auto, one per pass, no auxiliary head, precision auto), {b} per call", shipped, b,
+         fp32),
     ]
+    from retrieval.encoders.precision import cpu_supports_bf16
+
+    notes = []
+    if not cpu_supports_bf16():  # emulated bf16 is ~10x slower than fp32 (measured 2026-11-29): not a choice
+        options = [option for option in options if option[3] is not bf16]
+        notes.append("The bf16 rows are left out: this CPU has no native bf16 (AVX512-BF16 or AMX), and emulated "
+                     "bf16 took 40-49 s per picture here (2026-11-29), ~10x fp32; the segmenter never tries it on "
+                     "such a CPU.")
     rows = []
     reference = None
     baseline = None
-    notes = []
     for name, make, batch, context in options:
         try:
             began = time.perf_counter()
@@ -147,8 +171,9 @@ def main() -> None:
         reference = reference or masks
         baseline = baseline or seconds
         rows.append((name, seconds, masks))
-        if make is shipped:
-            notes.append(f"The last row's segmenter decided on its warm-up batch: {segmenter.precision.describe()}.")
+        if make in (shipped, openvino):
+            decided = segmenter.openvino.describe() if segmenter.openvino else segmenter.precision.describe()
+            notes.append(f"{name}: decided on its warm-up batch: {decided}.")
         if setup > 20:
             notes.append(f"{name}: preparation and the first call took {setup:.0f} s once.")
         print(f"{name}: {seconds * 1000:.0f} ms/picture", flush=True)
@@ -163,11 +188,14 @@ def main() -> None:
                            round(worst_iou, 4), unmatched, "yes" if usable else "no"])
     masks_found = sum(len(m) for m in reference)
     body = (f"DeepLabV3-ResNet101 (`{key}`) at 520x520, {weights_note}; {torch.get_num_threads()} torch threads; "
-            f"{len(pictures)} photos ({describe_photos(facts, len(pictures))}), {masks_found} masks at fp32. "
+            f"{len(pictures)} photos ({describe_photos(facts, len(pictures))}), {masks_found} masks at fp32; "
+            f"glibc malloc reusing large blocks, as the workers do (imaginaition_site/malloc.py). "
             f"Each option after a warm-up call, masks compared with fp32, one picture per call (IoU of each "
-            f"label's mask at probability 0.5; usable: every IoU >= {IOU_BAR} and the same labels). The last row "
-            f"is the segmenter as the registry builds it now: with IMAGINAITION_PRECISION=auto it compares bf16 with "
-            f"fp32 on its first batch and keeps bf16 only if every mask agrees (IoU >= {IOU_BAR}).\n\n"
+            f"label's mask at probability 0.5; usable: every IoU >= {IOU_BAR} and the same labels). The OpenVINO row "
+            f"runs the network converted by OpenVINO from the same weights (converted once per weight file; the "
+            f"conversion's time is in the notes). The last row is the segmenter as the registry builds it now: on a "
+            f"CPU it runs OpenVINO when its first batch's masks agree with torch fp32's (IoU >= {IOU_BAR}), else "
+            f"torch, where with IMAGINAITION_PRECISION=auto bf16 is kept only if every mask agrees.\n\n"
             + table(["option", "ms / picture", "speed-up", "mean IoU", "worst IoU", "labels differing",
                      "usable"], table_rows)
             + f"\n\n{compile_note} Load average at the start {load_before}, at the end {load_average()}; "
