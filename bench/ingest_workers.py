@@ -13,7 +13,8 @@ task: included, as for a user). Photos: bench.common.bench_photos.
 2. Standard profile (CLIP ViT-B-32, autoencoder v2, DeepLabV3-ResNet101; random weights of the same
    shapes: same cost), --standard-n photos, 2 workers: the code as it was when the issue was filed
    (commit 8b69465, checked out as a git worktree under var/, run with this environment) against the
-   code now, and now with IMAGINAITION_SEGMENTER=torchvision/lraspp_mobilenet_v3_large.
+   code now (torch), now with IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted once beforehand: the
+   conversion's time is reported), and now with IMAGINAITION_SEGMENTER=torchvision/lraspp_mobilenet_v3_large.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, e
 DATABASE = "imaginaition_bench_workers"
 BENCH_VAR = REPO_ROOT / "var" / DATABASE
 BEFORE_COMMIT = "8b69465"  # the last commit before the hardware work
+MODEL_CACHE = BENCH_VAR / "models"  # the workers' OpenVINO conversions
 
 
 def before_checkout() -> Path:
@@ -53,8 +55,28 @@ def ingest(folder: Path, n: int, env: dict[str, str], *, repo: Path = REPO_ROOT)
         env=env, log=log, n=n, repo=repo,
         enqueue=lambda: subprocess.run([sys.executable, "manage.py", "import_folder", str(folder)], cwd=repo, env=env,
                                        check=True, capture_output=True))
-    decisions = sorted(set(re.findall(r"(\S+ runs in \w+ on \w+ \([^)]*\))", log.read_text(errors="replace"))))
+    text = log.read_text(errors="replace")
+    decisions = sorted(set(re.findall(r"(\S+ runs in \w+ on \w+ \([^)]*\))", text))
+                       | set(re.findall(r"(\S+ segments with [^\n]*)", text)))
     return {**result, "images_per_s": n / result["wall"], "precision": decisions}
+
+
+def openvino_converted(weights: Path, key: str) -> float:
+    """Convert `key`'s network from the weights folder for OpenVINO, as the first worker to load it would
+    (into the cache the bench's workers use); seconds taken (about 0 when already converted)."""
+    import torch
+    from django.test import override_settings
+
+    from retrieval.encoders import deeplab, registry, openvino_runtime
+
+    spec = registry.MODELS[key]
+    began = time.perf_counter()
+    with override_settings(IMAGINAITION_WEIGHTS_DIR=weights, IMAGINAITION_MODEL_CACHE_DIR=MODEL_CACHE):
+        model = deeplab.build_model(spec.options.get("architecture", "deeplabv3_resnet101"))
+        model.load_state_dict(torch.load(spec.weight_path(), map_location="cpu", weights_only=True))
+        model.eval().aux_classifier = None
+        openvino_runtime.convert(model, key=key, weights=spec.weight_path(), input_size=deeplab.INPUT_SIZE)
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -88,13 +110,17 @@ def main() -> None:
 
     weights = standard_random_weights()
     standard_env = {"IMAGINAITION_MODEL_PROFILE": "standard", "IMAGINAITION_WEIGHTS_DIR": str(weights),
-                    "IMAGINAITION_WORKERS": "2"}
+                    "IMAGINAITION_WORKERS": "2", "IMAGINAITION_MODEL_CACHE_DIR": str(MODEL_CACHE)}
+    lraspp = "torchvision/lraspp_mobilenet_v3_large"
+    conversions = {"torchvision/deeplabv3_resnet101": openvino_converted(weights, "torchvision/deeplabv3_resnet101")}
     runs = [(f"before (commit {BEFORE_COMMIT}): batches of 16 per forward pass, torch's default threads, fp32",
              before_checkout(), {"IMAGINAITION_VAR_DIR": str(REPO_ROOT / "var"),  # this checkout's database
                                  "IMAGINAITION_PGDATA": str(REPO_ROOT / "var" / "pgdata")}),
-            ("now: thread share, one picture per DeepLab pass, no auxiliary head, precision auto", REPO_ROOT, {}),
-            ("now, IMAGINAITION_SEGMENTER=torchvision/lraspp_mobilenet_v3_large", REPO_ROOT,
-             {"IMAGINAITION_SEGMENTER": "torchvision/lraspp_mobilenet_v3_large"})]
+            ("now (default): thread share, one picture per DeepLab pass, no auxiliary head, precision auto, "
+             "malloc reusing large blocks", REPO_ROOT, {}),
+            ("now, IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted beforehand)", REPO_ROOT,
+             {"IMAGINAITION_SEGMENTER_RUNTIME": "openvino"}),
+            (f"now, IMAGINAITION_SEGMENTER={lraspp}", REPO_ROOT, {"IMAGINAITION_SEGMENTER": lraspp})]
     standard_rows = []
     notes = []
     for name, repo, extra in runs:
@@ -116,7 +142,10 @@ def main() -> None:
         f"Standard profile (random weights of the real shapes: the same cost), {args.standard_n} photos, 2 worker "
         f"processes, batches of 16 (IMAGINAITION_BATCH_SIZE):",
         table(["code", "wall s", "images/s", "speed-up (goal ≥ 1.5)", "failed"], standard_rows),
-        "Precision chosen by each worker process on its first batch (IMAGINAITION_PRECISION=auto; logged): "
+        "Conversion for OpenVINO before the runs (once per weight file, as the first worker to load a segmenter "
+        "does; later processes compile the saved network in about a second): "
+        + ", ".join(f"{key} {seconds:.0f} s" for key, seconds in conversions.items()) + ".",
+        "Runtime and precision chosen by each worker process on its first batch (logged): "
         + ("; ".join(notes) if notes else "none logged") + ".",
         f"Load average at the start {load_before}, at the end {load_average()}; whole benchmark "
         f"{(time.perf_counter() - started) / 60:.1f} min.",

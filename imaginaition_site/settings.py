@@ -188,9 +188,9 @@ IMAGINAITION_PRECISION = os.environ.get("IMAGINAITION_PRECISION", "auto")
 # A registered segmenter key replacing the profile's own (empty: the profile's, DeepLabV3-ResNet101 for
 # standard); e.g. torchvision/lraspp_mobilenet_v3_large for speed. `fetch_weights` fetches it.
 IMAGINAITION_SEGMENTER = os.environ.get("IMAGINAITION_SEGMENTER", "")
-# How segmenters run on the CPU: auto (OpenVINO when the models run on the CPU, kept only if its first
-# batch's masks agree with torch's), torch, or openvino (retrieval/encoders/openvino_runtime.py).
-IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME", "auto")
+# How segmenters run on the CPU: torch (default) or openvino (kept only if its first picture's masks agree
+# with torch fp32's; faster only on some hosts: retrieval/encoders/openvino_runtime.py).
+IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME", "torch")
 # Models converted for a runtime (OpenVINO), one folder per model and weight file; safe to delete.
 IMAGINAITION_MODEL_CACHE_DIR = Path(os.environ.get("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models"))
 # torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)

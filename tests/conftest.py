@@ -105,14 +105,6 @@ def _models_in_fp32(settings):
 
 
 @pytest.fixture(autouse=True)
-def _segmenters_in_torch(settings, tmp_path):
-    """Segmenters built by tests run in torch: converting the ResNet-101 for OpenVINO takes ~40 s. The
-    OpenVINO runtime (the CPU default) has its own tests (tests/retrieval/test_openvino_runtime.py)."""
-    settings.IMAGINAITION_SEGMENTER_RUNTIME = "torch"
-    settings.IMAGINAITION_MODEL_CACHE_DIR = tmp_path / "models"
-
-
-@pytest.fixture(autouse=True)
 def _serving_models_decided_per_query(settings):
     """Which model answers queries is cached per process for a few seconds. In tests, decide on every
     query: a background thread (the status banner's) has its own connection, which does not see a

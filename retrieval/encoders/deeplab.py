@@ -40,8 +40,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics 
 class DeepLabSegmenter(Segmenter):
     def __init__(self, *, key: str, model: torch.nn.Module, device: torch.device | None = None,
                  weights: Path | None = None) -> None:
-        """`weights`: the file `model` was loaded from; given, the segmenter runs on OpenVINO where
-        IMAGINAITION_SEGMENTER_RUNTIME resolves to it (the file names the converted copy)."""
+        """`weights`: the file `model` was loaded from; given, the segmenter runs on OpenVINO when
+        IMAGINAITION_SEGMENTER_RUNTIME says so (the file names the converted copy)."""
         self.key = key
         self.device = device or torch.device("cpu")
         self.model: torch.nn.Module | None = model.eval().to(self.device)
@@ -55,7 +55,7 @@ class DeepLabSegmenter(Segmenter):
         self.openvino: OpenVinoChoice | None = None
         if weights is not None and segmenter_runtime(self.device) == "openvino":
             self.openvino = openvino_choice(model, key=key, weights=weights, input_size=INPUT_SIZE)
-        # Under OpenVINO torch is the first batch's fp32 reference: no half precision of its own.
+        # Under OpenVINO torch is the first picture's fp32 reference: no half precision of its own.
         self.precision: PrecisionChoice[list[list[SoftMask]]] = (
             PrecisionChoice.for_masks(key, self.device) if self.openvino is None
             else PrecisionChoice.fp32(key, self.device, agreement=masks_agreement, bar=MASK_IOU_BAR))
@@ -72,12 +72,14 @@ class DeepLabSegmenter(Segmenter):
         choice = self.openvino
         if choice is not None and not choice.decided:
             with self._decide_lock:
-                if not choice.decided:  # this batch decides (another thread's may have meanwhile)
-                    reference = segment_with(self._torch_logits)
-                    choice.decide(reference, segment_with, masks_agreement, MASK_IOU_BAR)
+                if not choice.decided:  # the first picture decides (another thread's may have meanwhile)
+                    first = images[:1]
+                    reference = self._segment_with(self._torch_logits, first, batch[:1])
+                    choice.decide(reference, lambda logits: self._segment_with(logits, first, batch[:1]),
+                                  masks_agreement, MASK_IOU_BAR)
                     if choice.chosen is not None:
                         self.model = None  # OpenVINO holds its own copy of the weights
-                    return reference
+                    return reference + (self.segment(images[1:]) if len(images) > 1 else [])
         if choice is not None and choice.chosen is not None:
             return segment_with(choice.chosen)
         return self.precision.run(lambda: segment_with(self._torch_logits))

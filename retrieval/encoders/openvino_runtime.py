@@ -1,15 +1,17 @@
-"""Segmenters on the CPU through OpenVINO (IMAGINAITION_SEGMENTER_RUNTIME: auto, torch or openvino).
+"""Segmenters on the CPU through OpenVINO (IMAGINAITION_SEGMENTER_RUNTIME: torch, the default, or openvino).
 
 DeepLabV3-ResNet101 is 98 % of the standard profile's ingest on a CPU. OpenVINO runs the same network
-with batch norm folded into the convolutions and its own CPU kernels, faster than torch's eager mode
-(bench.segmentation has the figures). auto: OpenVINO when the models run on the CPU and the package is
-installed, torch otherwise (accelerators run torch).
+with batch norm folded into the convolutions and its own CPU kernels. Measured on the 2-core AVX2
+machine (docs/BENCHMARKS.md): with 2 threads in one process it segments 1.04-1.2x as fast as torch,
+but with one thread per process, as two workers on two cores run, it took 15.9 s a picture against
+torch's 11 s, so torch stays the default and OpenVINO is a choice for hosts where it measures faster
+(one worker with many cores; CPUs with AMX, where it runs bf16).
 
-The torch network is converted once per weight file and OpenVINO version (a trace: ~40 s for the
+The torch network is converted once per weight file and OpenVINO version (a trace: ~45 s for the
 ResNet-101) and saved under IMAGINAITION_MODEL_CACHE_DIR; later processes compile the saved file in about
-a second. Whether the converted network keeps the masks is checked on the first batch a process
-segments, as half precision is: the batch runs in torch fp32 and in OpenVINO, torch's masks are used,
-and OpenVINO stays on only when every mask agrees (the same labels, each at IoU >= 0.98). Where the CPU
+a second. Whether the converted network keeps the masks is checked on the first picture a process
+segments, as half precision is: it runs in torch fp32 and in OpenVINO, torch's masks are used, and
+OpenVINO stays on only when every mask agrees (the same labels, each at IoU >= 0.98). Where the CPU
 runs bf16 natively and IMAGINAITION_PRECISION is auto, OpenVINO in bf16 is tried first, then in fp32.
 Any failure to convert or compile is logged and torch keeps segmenting.
 """
@@ -36,7 +38,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
-RUNTIMES = ("auto", "torch", "openvino")
+RUNTIMES = ("torch", "openvino")
 Logits = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, S, S) normalized pictures -> (n, classes, S, S)
 
 
@@ -50,14 +52,12 @@ def segmenter_runtime(device: torch.device) -> str:
     if wanted not in RUNTIMES:
         raise ImproperlyConfigured(f"IMAGINAITION_SEGMENTER_RUNTIME must be one of {', '.join(RUNTIMES)}, "
                                    f"not {wanted!r}")
-    if wanted == "auto":
-        return "openvino" if device.type == "cpu" and openvino_installed() else "torch"
     if wanted == "openvino" and device.type != "cpu":
         raise ImproperlyConfigured(f"IMAGINAITION_SEGMENTER_RUNTIME=openvino runs segmenters on the CPU, but the "
-                                   f"models run on {device.type} (IMAGINAITION_DEVICE): use auto or torch")
+                                   f"models run on {device.type} (IMAGINAITION_DEVICE): use torch")
     if wanted == "openvino" and not openvino_installed():
         raise ImproperlyConfigured("IMAGINAITION_SEGMENTER_RUNTIME=openvino, but the openvino package is not "
-                                   "installed: pip install openvino, or use auto or torch")
+                                   "installed: pip install 'imaginaition[openvino]' (or openvino), or use torch")
     return wanted
 
 
@@ -149,7 +149,7 @@ def cpu_precisions() -> list[str]:
 
 @dataclass
 class OpenVinoChoice:
-    """Whether a segmenter's masks come from OpenVINO, decided on its first batch (see the module's doc)."""
+    """Whether a segmenter's masks come from OpenVINO, decided on its first picture (see the module's doc)."""
 
     key: str
     path: Path
@@ -160,22 +160,22 @@ class OpenVinoChoice:
     measured: dict[str, float] = field(default_factory=dict, init=False)  # precision -> agreement with torch
 
     def describe(self) -> str:
-        figures = ", ".join(f"openvino {name} vs torch fp32 on the first batch: {value:.4f}"
+        figures = ", ".join(f"openvino {name} vs torch fp32 on the first picture: {value:.4f}"
                             for name, value in self.measured.items())
         if not self.decided:
-            return "openvino, to be checked against torch fp32 on the first batch"
+            return "openvino, to be checked against torch fp32 on the first picture"
         runtime = f"openvino {self.chosen.precision}" if self.chosen else "torch fp32"
         return f"{runtime} ({figures}, bar 0.98)" if figures else runtime
 
     def decide(self, reference: list, segment_with: Callable[[Logits], list],
                agreement: Callable[[list, list], float], bar: float) -> None:
-        """Try each candidate on the batch whose torch masks are `reference`; keep the first that agrees."""
+        """Try each candidate on the picture(s) whose torch masks are `reference`; keep the first that agrees."""
         for precision in self.candidates:
             try:
                 candidate = OpenVinoLogits(self.path, precision=precision, threads=self.threads)
                 self.measured[precision] = agreement(reference, segment_with(candidate))
             except Exception:  # noqa: BLE001 - OpenVINO failing here leaves torch segmenting
-                logger.exception("%s: OpenVINO %s failed on the first batch; trying the next", self.key, precision)
+                logger.exception("%s: OpenVINO %s failed on the first picture; trying the next", self.key, precision)
                 continue
             if self.measured[precision] >= bar:
                 self.chosen = candidate
@@ -185,7 +185,7 @@ class OpenVinoChoice:
 
 
 def openvino_choice(model: torch.nn.Module, *, key: str, weights: Path, input_size: int) -> OpenVinoChoice | None:
-    """The converted network, ready to be checked on the first batch; None (logged) when conversion fails."""
+    """The converted network, ready to be checked on the first picture; None (logged) when conversion fails."""
     try:
         path = convert(model, key=key, weights=weights, input_size=input_size)
         return OpenVinoChoice(key=key, path=path, threads=torch.get_num_threads(), candidates=cpu_precisions())

@@ -1,5 +1,6 @@
-"""Segmenters on OpenVINO (the CPU default): converted once per weight file, checked against torch fp32 on
-the first batch, kept only where the masks agree, and torch whenever anything about OpenVINO fails.
+"""Segmenters on OpenVINO (IMAGINAITION_SEGMENTER_RUNTIME=openvino): converted once per weight file, checked
+against torch fp32 on the first picture, kept only where the masks agree, and torch whenever anything
+about OpenVINO fails.
 
 Real conversions of torchvision's networks with random weights saved under the registry's file names:
 LR-ASPP (a few seconds) for the behaviour, the ResNet-101 once for the standard segmenter itself."""
@@ -46,6 +47,7 @@ def lraspp(settings, tmp_path, monkeypatch):
     torch.save(decisive_weights(LRASPP_MOBILENET.options["architecture"], seed=2),
                tmp_path / LRASPP_MOBILENET.weights[0].filename)
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    settings.IMAGINAITION_MODEL_CACHE_DIR = tmp_path / "models"
     settings.IMAGINAITION_SEGMENTER_RUNTIME = "openvino"
     monkeypatch.setattr(deeplab, "MIN_AREA", 0.0)
     registry.unload_all()
@@ -62,14 +64,14 @@ def torch_masks(spec, pictures, settings):
 
 def test_the_runtime_setting_is_resolved_or_refused_with_the_reason(settings):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    settings.IMAGINAITION_SEGMENTER_RUNTIME = "auto"
-    assert openvino_runtime.segmenter_runtime(cpu) == "openvino"  # installed with the project
-    assert openvino_runtime.segmenter_runtime(cuda) == "torch"  # accelerators run torch
+    assert settings.IMAGINAITION_SEGMENTER_RUNTIME == "torch"  # the default: faster for this machine's workers
+    assert openvino_runtime.segmenter_runtime(cpu) == "torch" and openvino_runtime.segmenter_runtime(cuda) == "torch"
     settings.IMAGINAITION_SEGMENTER_RUNTIME = "openvino"
+    assert openvino_runtime.segmenter_runtime(cpu) == "openvino"
     with pytest.raises(ImproperlyConfigured, match="runs segmenters on the CPU"):
         openvino_runtime.segmenter_runtime(cuda)
     settings.IMAGINAITION_SEGMENTER_RUNTIME = "onnx"
-    with pytest.raises(ImproperlyConfigured, match="auto, torch, openvino"):
+    with pytest.raises(ImproperlyConfigured, match="torch, openvino"):
         openvino_runtime.segmenter_runtime(cpu)
 
 
@@ -85,7 +87,7 @@ def test_openvino_segments_like_torch_after_its_first_batch_agreed(lraspp, setti
     assert converted.is_file() and converted.with_suffix(".bin").is_file()
     assert converted.is_relative_to(settings.IMAGINAITION_MODEL_CACHE_DIR)
 
-    first = segmenter.segment(pictures)  # decides: torch's masks are returned, OpenVINO's compared
+    first = segmenter.segment(pictures)  # the first picture decides (torch's masks), OpenVINO does the rest
     assert choice.decided and choice.chosen is not None and choice.measured["f32"] >= 0.98
     assert segmenter.model is None  # the torch network is released: OpenVINO holds the weights
     later = segmenter.segment(pictures)  # OpenVINO alone now
@@ -171,14 +173,14 @@ def test_the_status_names_the_runtime_each_segmenter_uses(lraspp, settings):
 
 
 def test_the_standard_segmenter_converts_and_agrees_with_torch(settings, tmp_path, monkeypatch):
-    """DeepLabV3-ResNet101 itself, random weights of its real shapes: the network the standard profile
-    runs by default on a CPU."""
+    """DeepLabV3-ResNet101 itself, random weights of its real shapes: the standard profile's segmenter."""
     torch.save(decisive_weights("deeplabv3_resnet101", seed=0), tmp_path / DEEPLABV3_RESNET101.weights[0].filename)
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    settings.IMAGINAITION_MODEL_CACHE_DIR = tmp_path / "models"
     monkeypatch.setattr(deeplab, "MIN_AREA", 0.0)
     pictures = photos()[:1]
     reference = torch_masks(DEEPLABV3_RESNET101, pictures, settings)
-    settings.IMAGINAITION_SEGMENTER_RUNTIME = "auto"
+    settings.IMAGINAITION_SEGMENTER_RUNTIME = "openvino"
     segmenter = deeplab.load(DEEPLABV3_RESNET101)
     segmenter.segment(pictures)
     assert segmenter.openvino is not None and segmenter.openvino.chosen is not None
