@@ -54,7 +54,8 @@ class DeepLabSegmenter(Segmenter):
         self.pictures_per_pass = 1 if self.device.type == "cpu" else None
         self.openvino: OpenVinoChoice | None = None
         if weights is not None and segmenter_runtime(self.device) == "openvino":
-            self.openvino = openvino_choice(model, key=key, weights=weights, input_size=INPUT_SIZE)
+            self.openvino = openvino_choice(model, key=key, weights=weights, input_size=INPUT_SIZE,
+                                            agreement=masks_agreement, bar=MASK_IOU_BAR)
         # Under OpenVINO torch is the first picture's fp32 reference: no half precision of its own.
         self.precision: PrecisionChoice[list[list[SoftMask]]] = (
             PrecisionChoice.for_masks(key, self.device) if self.openvino is None
@@ -65,24 +66,24 @@ class DeepLabSegmenter(Segmenter):
         if not images:
             return []
         batch = preprocess(images)  # built on the CPU, moved once per batch
-
-        def segment_with(logits: Logits) -> list[list[SoftMask]]:
-            return self._segment_with(logits, images, batch)
-
         choice = self.openvino
         if choice is not None and not choice.decided:
             with self._decide_lock:
                 if not choice.decided:  # the first picture decides (another thread's may have meanwhile)
-                    first = images[:1]
-                    reference = self._segment_with(self._torch_logits, first, batch[:1])
-                    choice.decide(reference, lambda logits: self._segment_with(logits, first, batch[:1]),
-                                  masks_agreement, MASK_IOU_BAR)
+                    reference = self._segment_with(self._torch_logits, images[:1], batch[:1])
+                    choice.decide(reference, lambda logits: self._segment_with(logits, images[:1], batch[:1]))
                     if choice.chosen is not None:
                         self.model = None  # OpenVINO holds its own copy of the weights
-                    return reference + (self.segment(images[1:]) if len(images) > 1 else [])
-        if choice is not None and choice.chosen is not None:
-            return segment_with(choice.chosen)
-        return self.precision.run(lambda: segment_with(self._torch_logits))
+                    return reference + self._segment_decided(images[1:], batch[1:])
+        return self._segment_decided(images, batch)
+
+    def _segment_decided(self, images: Sequence[PILImage.Image], batch: torch.Tensor) -> list[list[SoftMask]]:
+        """With the runtime the first picture chose (torch under its precision choice, or OpenVINO)."""
+        if not images:
+            return []
+        if self.openvino is not None and self.openvino.chosen is not None:
+            return self._segment_with(self.openvino.chosen, images, batch)
+        return self.precision.run(lambda: self._segment_with(self._torch_logits, images, batch))
 
     def _torch_logits(self, pictures: torch.Tensor) -> torch.Tensor:
         assert self.model is not None, "the torch network was released for OpenVINO"

@@ -155,6 +155,8 @@ class OpenVinoChoice:
     path: Path
     threads: int
     candidates: list[str]  # OpenVINO precisions still to try, fastest first
+    agreement: Callable[[list, list], float]  # of two segmentations of the same pictures
+    bar: float  # the agreement OpenVINO's masks must reach
     chosen: OpenVinoLogits | None = field(default=None, init=False)
     decided: bool = field(default=False, init=False)
     measured: dict[str, float] = field(default_factory=dict, init=False)  # precision -> agreement with torch
@@ -165,30 +167,31 @@ class OpenVinoChoice:
         if not self.decided:
             return "openvino, to be checked against torch fp32 on the first picture"
         runtime = f"openvino {self.chosen.precision}" if self.chosen else "torch fp32"
-        return f"{runtime} ({figures}, bar 0.98)" if figures else runtime
+        return f"{runtime} ({figures}, bar {self.bar})" if figures else runtime
 
-    def decide(self, reference: list, segment_with: Callable[[Logits], list],
-               agreement: Callable[[list, list], float], bar: float) -> None:
+    def decide(self, reference: list, segment_with: Callable[[Logits], list]) -> None:
         """Try each candidate on the picture(s) whose torch masks are `reference`; keep the first that agrees."""
         for precision in self.candidates:
             try:
                 candidate = OpenVinoLogits(self.path, precision=precision, threads=self.threads)
-                self.measured[precision] = agreement(reference, segment_with(candidate))
+                self.measured[precision] = self.agreement(reference, segment_with(candidate))
             except Exception:  # noqa: BLE001 - OpenVINO failing here leaves torch segmenting
                 logger.exception("%s: OpenVINO %s failed on the first picture; trying the next", self.key, precision)
                 continue
-            if self.measured[precision] >= bar:
+            if self.measured[precision] >= self.bar:
                 self.chosen = candidate
                 break
         self.decided = True
         logger.info("%s segments with %s", self.key, self.describe())
 
 
-def openvino_choice(model: torch.nn.Module, *, key: str, weights: Path, input_size: int) -> OpenVinoChoice | None:
+def openvino_choice(model: torch.nn.Module, *, key: str, weights: Path, input_size: int,
+                    agreement: Callable[[list, list], float], bar: float) -> OpenVinoChoice | None:
     """The converted network, ready to be checked on the first picture; None (logged) when conversion fails."""
     try:
         path = convert(model, key=key, weights=weights, input_size=input_size)
-        return OpenVinoChoice(key=key, path=path, threads=torch.get_num_threads(), candidates=cpu_precisions())
+        return OpenVinoChoice(key=key, path=path, threads=torch.get_num_threads(), candidates=cpu_precisions(),
+                              agreement=agreement, bar=bar)
     except Exception:  # noqa: BLE001 - an unconvertible network still segments with torch
         logger.exception("%s: conversion for OpenVINO failed; segmenting with torch", key)
         return None
