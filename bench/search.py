@@ -3,6 +3,7 @@
     python -m bench.search                       # N = 10k and 100k (about 3 minutes)
     python -m bench.search --n 1000000           # 1M, FAISS only by default (about 4 minutes)
     python -m bench.search --n 1000000 --ann ivf-sq8   # the same with compressed IVF indexes
+    python -m bench.search --n 1000000 --ann ivf-pq    # product codes, re-ranked from mapped 16-bit vectors
 
 For each N: synthetic clustered vectors (semantic: unit-norm at the active semantic model's
 dimension; content: L1-normalized 1024-d) are stored as Image + Embedding rows (vectors through
@@ -20,7 +21,8 @@ regions at 100k images, a label per mask; one label on 1 % of the images), regio
 and region queries (`rank` over the region indexes: each image by its best region) and a 1 %-selective
 label filter on image queries are timed; region recall@50 is against exact best-region-per-image.
 Per N, also: the index memory of a web process (a fresh process loads both persisted indexes: its RSS
-before and after, and its peak), the rebuild of both spaces against a bare binary COPY of the same
+before and after, its own anonymous memory apart from mapped files, and the same after 100 queries a
+space, which is when ivf-pq's mapped re-rank vectors are read), the rebuild of both spaces against a bare binary COPY of the same
 columns (one of each, the COPY after the rebuild), and for compressed kinds (--ann ivf-sq8 …) how far
 the similarities FAISS returns are from the float32 ones.
 Recall@50 of each approximate engine is measured against exact brute force (`faiss.knn` over the
@@ -123,18 +125,34 @@ def _load_indexes_and_report() -> None:
     from retrieval.encoders.registry import MODELS, active_models
     from retrieval.index_snapshots import db_now, index_dir, manager
 
+    def status(field: str) -> int:  # bytes, from /proc/self/status
+        return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0]) * 1024
+
     db_now()  # the connection too
     process = psutil.Process()
-    before = process.memory_info().rss
+    before, anon_before, file_before = process.memory_info().rss, status("RssAnon"), status("RssFile")
     models = active_models()
-    files = 0
+    files = rerank_files = 0
+    snapshots = []
     for space, key in (("semantic", models.semantic), ("content", models.content)):
         snapshot = manager.get(space=space, model_key=key, dim=MODELS[key].dim)
         assert snapshot is not None and snapshot.count, (space, key)
+        snapshots.append(snapshot)
         files += sum(path.stat().st_size for path in index_dir().glob(f"{space}-*.faiss"))
-    after = process.memory_info().rss
-    peak = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
-    print(json.dumps({"before": before, "after": after, "peak": peak, "files": files}))
+        rerank_files += sum(path.stat().st_size for path in index_dir().glob(f"{space}-*.rerank"))
+    after, anon_after, file_after = process.memory_info().rss, status("RssAnon"), status("RssFile")
+    # Then 100 queries a space (stored vectors as queries): what they add, in the process's own memory
+    # (anonymous) and in mapped file pages (ivf-pq's re-rank vectors: the host's page cache, shared).
+    for snapshot in snapshots:
+        labels = np.random.default_rng(5).choice(np.fromiter(snapshot.ids, dtype=np.int64), size=100, replace=False)
+        _, queries = snapshot.vectors_matrix(labels.tolist())
+        for query in queries:
+            snapshot.search(query, K)
+    print(json.dumps({"before": before, "after": after, "peak": status("VmHWM"), "files": files,
+                      "rerank_files": rerank_files, "anon_before": anon_before, "anon_after": anon_after,
+                      "file_before": file_before,
+                      "file_after": file_after, "after_queries": process.memory_info().rss,
+                      "anon_after_queries": status("RssAnon"), "file_after_queries": status("RssFile")}))
 
 
 HYBRID = "hybrid query in-process (`rank`: both indexes, policy, similarities)"
@@ -227,8 +245,8 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
                 timings[f"{label} {space}"].append((time.perf_counter() - t) * 1000)
                 if label in ("FAISS", "pgvector HNSW"):
                     recall[f"{label} {space}"].append(len({c.image_id for c in found} & exact[space][number]) / K)
-                if label == "FAISS" and rebuilds[space].kind.startswith("ivf-sq") and found:
-                    # the stored float32 rows of its results (ids are sorted): the decoded codes' error
+                if label == "FAISS" and rebuilds[space].kind not in ("flat", "ivf", "hnsw") and found:
+                    # the stored float32 rows of its results (ids are sorted): the error of decoded codes or 16-bit vectors
                     rows = np.searchsorted(ids, [c.image_id for c in found])
                     truth = similarity_between(space, vectors[space][q], vectors[space][rows])
                     similarity_error[space] += np.abs(np.array([c.similarity for c in found]) - truth).tolist()
@@ -347,7 +365,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="collection sizes (1000000 works)")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--ann", default=None,
-                        help="IMAGINAITION_ANN_INDEX for this run (ivf, ivf-sq8, ivf-sq6, ivf-sq4, hnsw, or "
+                        help="IMAGINAITION_ANN_INDEX for this run (ivf, ivf-sq8, ivf-sq6, ivf-sq4, ivf-pq, hnsw, or "
                              "semantic=KIND,content=KIND); default: the setting")
     parser.add_argument("--pgvector-max", type=int, default=200_000,
                         help="skip pgvector (HNSW build and queries) above this many images")
@@ -379,8 +397,13 @@ def main() -> None:
         copy_s = sum(result["copy_s"].values())
         notes.append(f"- N={n:,}, index memory of a web process (a fresh process loads both indexes): RSS "
                      f"+{(memory['after'] - memory['before']) / gb:.2f} GB ({memory['before'] / gb:.2f} → "
-                     f"{memory['after'] / gb:.2f} GB; peak {memory['peak'] / gb:.2f} GB); index files "
-                     f"{memory['files'] / gb:.2f} GB")
+                     f"{memory['after'] / gb:.2f} GB; peak {memory['peak'] / gb:.2f} GB), of which its own "
+                     f"(anonymous) memory +{(memory['anon_after'] - memory['anon_before']) / gb:.2f} GB; after 100 "
+                     f"queries a space RSS {memory['after_queries'] / gb:.2f} GB (anonymous "
+                     f"+{(memory['anon_after_queries'] - memory['anon_before']) / gb:.2f} GB over the start, mapped "
+                     f"files +{(memory['file_after_queries'] - memory['file_before']) / gb:.2f} GB); index files {memory['files'] / gb:.2f} GB"
+                     + (f", re-rank vector files {memory['rerank_files'] / gb:.2f} GB (mapped)"
+                        if memory["rerank_files"] else ""))
         notes.append(f"- N={n:,}, rebuild of both spaces {rebuild_s:.1f} s vs a bare binary COPY of the same columns "
                      f"{copy_s:.1f} s: {rebuild_s / copy_s:.2f}× (" + ", ".join(
                          f"{space} {result['rebuilds'][space].seconds:.1f} / {result['copy_s'][space]:.1f} s"

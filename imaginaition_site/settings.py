@@ -168,7 +168,8 @@ IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR /
 # Exact (flat) indexes up to this many vectors; above it the approximate kind below.
 IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 10_000))
 # ivf (default: builds in about the time it takes to read the vectors), ivf-sq8 / ivf-sq6 / ivf-sq4 (the same
-# lists as 8/6/4-bit codes: less memory), hnsw (slower to build); or one per space: semantic=KIND,content=KIND.
+# lists as 8/6/4-bit codes: less memory), ivf-pq (4-bit product codes re-ranked from a memory-mapped file of
+# 16-bit vectors: least memory per process), hnsw (slower to build); or one per space: semantic=KIND,content=KIND.
 IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
 IMAGINAITION_IVF_LISTS_FACTOR = float(os.environ.get("IMAGINAITION_IVF_LISTS_FACTOR", 0.5))

@@ -23,9 +23,10 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from retrieval.index_build import IVF_KINDS, search_index
+from retrieval.index_build import IVF_KINDS, PRODUCT_QUANTIZED, search_index
 from retrieval.metrics import normalize, similarity_from_distance
 from retrieval.models import DeletedImage, Embedding, IndexState, RegionEmbedding
+from retrieval.rerank_vectors import RerankVectors
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import stream_vectors
 
@@ -144,7 +145,8 @@ class IndexSnapshot:
     state_id: int = 0
     image_of: dict[int, int] = field(default_factory=dict)  # regions: mask id -> image id
     regions_of: dict[int, set[int]] = field(default_factory=dict)  # regions: image id -> mask ids
-    rerank: int = 1  # compressed IVF in the content space: candidates re-ranked by L1, × k (index_build)
+    rerank: int = 1  # candidates re-ranked, × k: compressed IVF in the content space, ivf-pq (index_build)
+    rerank_vectors: RerankVectors | None = None  # ivf-pq: the vectors it re-ranks with (a mapped file)
 
     def set_owners(self, image_of: dict[int, int]) -> None:
         with self.lock:
@@ -177,8 +179,9 @@ class IndexSnapshot:
                 hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
                 hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
             with _single_threaded():
+                stored = self.rerank_vectors.get if self.rerank_vectors is not None else None
                 distances, labels = search_index(self.index, space=self.space, k=wanted, rerank=self.rerank,
-                                                 queries=normalize(self.space, query.reshape(1, -1)))
+                                                 stored=stored, queries=normalize(self.space, query.reshape(1, -1)))
         found = []
         for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
             if label < 0 or label in self.deleted or (exclude_image_id is not None
@@ -199,19 +202,25 @@ class IndexSnapshot:
 
     def vectors_matrix(self, labels: list[int]) -> tuple[list[int], np.ndarray]:
         """(the labels present, their stored normalized vectors as one (n, dim) matrix; decoded codes
-        for a compressed kind)."""
+        for a scalar-quantized kind, the 16-bit re-rank vectors for ivf-pq)."""
         with self.lock:
             present = [label for label in labels if label in self.ids and label not in self.deleted]
             if not present:
                 return [], np.zeros((0, self.dim), dtype=np.float32)
-            return present, self.index.reconstruct_batch(np.asarray(present, dtype=np.int64))  # one call
+            wanted = np.asarray(present, dtype=np.int64)
+            if self.rerank_vectors is not None:
+                return present, self.rerank_vectors.get(wanted)
+            return present, self.index.reconstruct_batch(wanted)  # one call
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> int:
         with self.lock:
             fresh = [i for i, image_id in enumerate(ids.tolist()) if image_id not in self.ids]
             if not fresh:
                 return 0
-            self.index.add_with_ids(normalize(self.space, vectors[fresh]), ids[fresh].astype(np.int64))
+            normalized = normalize(self.space, vectors[fresh])
+            self.index.add_with_ids(normalized, ids[fresh].astype(np.int64))
+            if self.rerank_vectors is not None:
+                self.rerank_vectors.add(ids[fresh], normalized)
             self.ids.add(ids[fresh].tolist())
             return len(fresh)
 
@@ -304,12 +313,21 @@ class IndexManager:
         index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
         if meta["kind"] in IVF_KINDS:
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
-        ids = IdSet(faiss.vector_to_array(index.id_map))
+        labels = faiss.vector_to_array(index.id_map)
+        rerank_vectors = None
+        if meta["kind"] == PRODUCT_QUANTIZED:  # written before the index: its rows are the index's, in order
+            try:
+                rerank_vectors = RerankVectors(path.with_suffix(".rerank"), labels, dim)
+            except (OSError, ValueError):
+                logger.warning("index file %s lacks its re-rank vectors: not loaded", path, exc_info=True)
+                return None
+        ids = IdSet(labels)
         owner = cast(VectorOwner, state.owner)
         snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
                                  kind=meta["kind"], version=state.version,
                                  synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner,
-                                 state_id=state.pk, rerank=meta["params"].get("rerank", 1))
+                                 state_id=state.pk, rerank=meta["params"].get("rerank", 1),
+                                 rerank_vectors=rerank_vectors)
         if owner == "region":
             snapshot.attach_regions()
         return snapshot

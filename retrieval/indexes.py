@@ -2,7 +2,8 @@
 
 - Exact (flat) up to IMAGINAITION_FLAT_INDEX_MAX vectors; above it approximate: IVF by default
   (k-means lists; it builds in about the time it takes to read the vectors, where an HNSW graph
-  takes 10–20×), compressed IVF (8/6/4-bit codes) or HNSW on request (retrieval/index_build.py).
+  takes 10–20×), compressed IVF (8/6/4-bit codes, or product codes re-ranked from a mapped file of
+  16-bit vectors) or HNSW on request (retrieval/index_build.py, retrieval/rerank_vectors.py).
 - A rebuild streams vectors with binary COPY, builds aside, writes the file, then bumps the
   version stamp in the database (IndexState) and swaps the new index in atomically. Other
   processes see the newer version on their next query and load the file (retrieval/index_snapshots.py).
@@ -104,9 +105,16 @@ def _build_from_postgres(*, space: str, model_key: str, dim: int, owner: VectorO
     return _FromPostgres(built=built, synced_at=synced_at, sample_s=sample_s)
 
 
+INDEX_FILE_SUFFIXES = (".faiss", ".json", ".rerank")  # an index, its meta, its re-rank vectors (ivf-pq)
+
+
 def _write_index_files(*, path: Path, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key: str,
                        version: int, dim: int) -> None:
+    """The re-rank vectors first, the meta last: a process that finds the .json finds the rest."""
     built = fresh.built
+    if built.rerank_vectors is not None:
+        os.replace(built.rerank_vectors.path, path.with_suffix(".rerank"))
+        built.rerank_vectors.path = path.with_suffix(".rerank")
     _write_atomically(path, lambda tmp: faiss.write_index(built.index, tmp))
     meta = {"owner": owner, "space": space, "model_key": model_key, "version": version, "count": int(len(built.ids)),
             "kind": built.kind, "params": built.params, "dim": dim, "synced_at": fresh.synced_at.isoformat()}
@@ -118,7 +126,8 @@ def _snapshot(*, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key
     built = fresh.built
     snapshot = IndexSnapshot(space=space, model_key=model_key, dim=dim, index=built.index, kind=built.kind,
                              version=version, synced_at=fresh.synced_at, ids=IdSet(built.ids), owner=owner,
-                             state_id=state_id, rerank=built.params.get("rerank", 1))
+                             state_id=state_id, rerank=built.params.get("rerank", 1),
+                             rerank_vectors=built.rerank_vectors)
     if owner == "region":
         snapshot.attach_regions()
     return snapshot
@@ -132,16 +141,22 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
     fresh = _build_from_postgres(space=space, model_key=model_key, dim=dim, owner=owner, progress=progress)
     built = fresh.built
     clock = time.perf_counter()
-    with transaction.atomic():
-        state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space, model_key=model_key)
-        version = state.version + 1
-        file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
-        _write_index_files(path=index_dir() / file_name, fresh=fresh, owner=owner, space=space, model_key=model_key,
-                           version=version, dim=dim)
-        old_file = state.file_name
-        state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
-        state.file_name, state.built_at = file_name, timezone.now()
-        state.save()
+    try:
+        with transaction.atomic():
+            state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space,
+                                                                            model_key=model_key)
+            version = state.version + 1
+            file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
+            _write_index_files(path=index_dir() / file_name, fresh=fresh, owner=owner, space=space,
+                               model_key=model_key, version=version, dim=dim)
+            old_file = state.file_name
+            state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
+            state.file_name, state.built_at = file_name, timezone.now()
+            state.save()
+    except BaseException:
+        if built.rerank_vectors is not None:
+            built.rerank_vectors.discard_if_unpublished()
+        raise
     if old_file and old_file != file_name:
         _remove_index_files(old_file)
     manager.install(_snapshot(fresh=fresh, owner=owner, space=space, model_key=model_key, version=version, dim=dim,
@@ -153,8 +168,9 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
 
 
 def _remove_index_files(file_name: str) -> None:
-    for stale in (index_dir() / file_name, (index_dir() / file_name).with_suffix(".json")):
-        stale.unlink(missing_ok=True)
+    # A process still mapping the old .rerank keeps reading it: the kernel frees it when unmapped.
+    for suffix in INDEX_FILE_SUFFIXES:
+        (index_dir() / file_name).with_suffix(suffix).unlink(missing_ok=True)
 
 
 def index_copy_build(state: IndexState, dim: int) -> IndexSnapshot:
@@ -166,8 +182,13 @@ def index_copy_build(state: IndexState, dim: int) -> IndexSnapshot:
     # Every earlier version's pair (a .faiss and its .json), by its .faiss name.
     versions = state.file_name.rsplit("-v", 1)[0] + "-v*"
     previous = {path.with_suffix(".faiss").name for path in index_dir().glob(versions)}
-    _write_index_files(path=index_dir() / state.file_name, fresh=fresh, owner=owner, space=state.space,
-                       model_key=state.model_key, version=state.version, dim=dim)
+    try:
+        _write_index_files(path=index_dir() / state.file_name, fresh=fresh, owner=owner, space=state.space,
+                           model_key=state.model_key, version=state.version, dim=dim)
+    except BaseException:
+        if fresh.built.rerank_vectors is not None:
+            fresh.built.rerank_vectors.discard_if_unpublished()
+        raise
     for name in previous - {state.file_name}:
         _remove_index_files(name)
     return _snapshot(fresh=fresh, owner=owner, space=state.space, model_key=state.model_key, version=state.version,

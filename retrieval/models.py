@@ -95,7 +95,7 @@ class IndexState(models.Model):
     model_key = models.CharField(max_length=100)
     version = models.PositiveIntegerField(default=0)
     vector_count = models.PositiveIntegerField(default=0)
-    kind = models.CharField(max_length=16, blank=True, help_text="flat, ivf, ivf-sq8, ivf-sq6, ivf-sq4 or hnsw")
+    kind = models.CharField(max_length=16, blank=True, help_text="flat, ivf, ivf-sq8, ivf-sq6, ivf-sq4, ivf-pq or hnsw")
     file_name = models.CharField(max_length=255, blank=True)
     built_at = models.DateTimeField(null=True, blank=True)
 

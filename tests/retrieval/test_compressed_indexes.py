@@ -1,5 +1,6 @@
-"""Compressed IVF indexes (IMAGINAITION_ANN_INDEX=ivf-sq8 …): recall against exact search, persisted
-and reloaded with their calibration, caught up, smaller than IVF-flat, region indexes too."""
+"""Compressed IVF indexes (IMAGINAITION_ANN_INDEX=ivf-sq8 …, ivf-pq): recall against exact search,
+persisted and reloaded with their calibration, caught up, smaller than IVF-flat, region indexes too;
+ivf-pq's re-rank vectors in a memory-mapped file beside the index."""
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def recall_against_exact(space: str, key: str, dim: int, queries: np.ndarray) ->
     return float(np.mean(recalls))
 
 
-@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-sq6"])
+@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-sq6", "ivf-pq"])
 @pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
 def test_a_compressed_index_keeps_recall_at_50_against_exact(settings, kind, space, key, dim):
     settings.IMAGINAITION_ANN_INDEX = kind
@@ -57,20 +58,25 @@ def test_a_compressed_index_keeps_recall_at_50_against_exact(settings, kind, spa
     store_bulk(space, key, vectors[:1500])  # the last 10: queries from the same distribution, not stored
     report = index_rebuild(space=space, model_key=key, dim=dim)
     assert report.kind == kind and report.count == 1500
-    assert report.params["bits"] == int(kind[-1])
     assert report.params["recall"] >= settings.IMAGINAITION_ANN_TARGET_RECALL
-    if space == "content":
+    if kind == "ivf-pq":
+        # 2 bits a dimension only shortlist: the calibration needed a re-rank in both spaces.
+        assert report.params["bits"] == 4 and report.params["codes"] == dim // 2
+        assert report.params["rerank"] > 1
+    elif space == "content":
+        assert report.params["bits"] == int(kind[-1])
         # L1 is not scanned by FAISS's quantized lists: L2 candidates, re-ranked by L1. Scanned in
         # L2 alone, the top 50 differ from L1's, so the calibration needed a re-rank.
         assert report.params["rerank"] > 1
     else:
-        assert "rerank" not in report.params
+        assert report.params["bits"] == int(kind[-1]) and "rerank" not in report.params
     assert recall_against_exact(space, key, dim, vectors[1500:]) >= 0.95
 
 
+@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])
 @pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
-def test_a_compressed_index_is_reloaded_with_its_calibration_and_caught_up(settings, space, key, dim):
-    settings.IMAGINAITION_ANN_INDEX = "ivf-sq8"
+def test_a_compressed_index_is_reloaded_with_its_calibration_and_caught_up(settings, kind, space, key, dim):
+    settings.IMAGINAITION_ANN_INDEX = kind
     vectors = random_vectors(space, 600, dim, seed=33)
     ids = store_bulk(space, key, vectors[:599])
     report = index_rebuild(space=space, model_key=key, dim=dim)
@@ -79,7 +85,7 @@ def test_a_compressed_index_is_reloaded_with_its_calibration_and_caught_up(setti
 
     other = IndexManager()  # another web process: loads the file and its meta
     reloaded = other.get(space=space, model_key=key, dim=dim)
-    assert reloaded.kind == "ivf-sq8" and reloaded.version == report.version
+    assert reloaded.kind == kind and reloaded.version == report.version
     import faiss
 
     assert faiss.extract_index_ivf(reloaded.index.index).nprobe == report.params["nprobe"]
@@ -90,6 +96,7 @@ def test_a_compressed_index_is_reloaded_with_its_calibration_and_caught_up(setti
     late = store(space, key, vectors[599:])[0]  # embedded after the build: added by the catch-up
     reloaded = other.get(space=space, model_key=key, dim=dim)
     assert reloaded.search(vectors[599], 1)[0][0] == late
+    assert late in reloaded.vectors_for([late])  # ivf-pq: its re-rank vector is held beside the file's
     services.image_delete(image=Image.objects.get(pk=int(ids[0])))
     reloaded = other.get(space=space, model_key=key, dim=dim)
     assert int(ids[0]) not in [label for label, _ in reloaded.search(vectors[0], 5)]
@@ -141,16 +148,17 @@ def test_the_kind_can_differ_per_space_and_an_unknown_kind_names_the_choices(set
         store_bulk(space, key, random_vectors(space, 300, dim, seed=38))
     assert index_rebuild(space="semantic", model_key=SEMANTIC[1], dim=384).kind == "ivf-sq8"
     assert index_rebuild(space="content", model_key=CONTENT[1], dim=1024).kind == "ivf"
-    for wrong in ("ivf-pq", "semantic=ivf-sq8,content=ivf-pq", "texture=ivf"):
+    for wrong in ("ivf-lsh", "semantic=ivf-sq8,content=ivf-lsh", "texture=ivf"):
         settings.IMAGINAITION_ANN_INDEX = wrong
         with pytest.raises(ValueError, match="IMAGINAITION_ANN_INDEX") as error:
             index_rebuild(space="content", model_key=CONTENT[1], dim=1024)
-        assert ("ivf-pq" in str(error.value) and all(kind in str(error.value) for kind in ANN_KINDS)) \
+        assert ("ivf-lsh" in str(error.value) and all(kind in str(error.value) for kind in ANN_KINDS)) \
             or "texture" in str(error.value)
 
 
-def test_a_region_index_can_be_compressed(settings):
-    settings.IMAGINAITION_ANN_INDEX = "ivf-sq8"
+@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])
+def test_a_region_index_can_be_compressed(settings, kind):
+    settings.IMAGINAITION_ANN_INDEX = kind
     space, key, dim = CONTENT
     vectors = random_vectors(space, 600, dim, seed=39)
     images = Image.objects.bulk_create([
@@ -163,8 +171,65 @@ def test_a_region_index_can_be_compressed(settings):
                        mask_ids=np.array([m.pk for m in masks], dtype=np.int64), space=space, model_key=key,
                        vectors=vectors)
     report = index_rebuild(space=space, model_key=key, dim=dim, owner="region")
-    assert report.kind == "ivf-sq8" and report.count == 600 and report.params["rerank"] >= 1
+    assert report.kind == kind and report.count == 600 and report.params["rerank"] >= 1
     reloaded = IndexManager().get(space=space, model_key=key, dim=dim, owner="region")
-    assert reloaded.kind == "ivf-sq8" and reloaded.rerank == report.params["rerank"]
+    assert reloaded.kind == kind and reloaded.rerank == report.params["rerank"]
     found, regions, engine = nearest_by_regions(space=space, model_key=key, query=vectors[7], k=5)
     assert engine == "faiss" and found[0].image_id == masks[7].image_id and regions[masks[7].image_id] == masks[7].pk
+
+
+@pytest.mark.parametrize("space, key, dim", [SEMANTIC, CONTENT])
+def test_product_codes_rerank_from_a_mapped_file_of_16_bit_vectors(settings, space, key, dim):
+    settings.IMAGINAITION_ANN_INDEX = "ivf-pq"
+    vectors = random_vectors(space, 800, dim, seed=40)
+    ids = store_bulk(space, key, vectors)
+    settings.IMAGINAITION_ANN_INDEX = "ivf-sq8"
+    index_rebuild(space=space, model_key=key, dim=dim)
+    settings.IMAGINAITION_ANN_INDEX = "ivf-pq"
+    report = index_rebuild(space=space, model_key=key, dim=dim)
+    # The index holds 2 bits a dimension and its ids (16 bytes), besides parts of a fixed size (the
+    # lists' centres, 16 centres per code, each list's codes padded to a block of 32); the vectors it
+    # re-ranks with are a file of 2 bytes a dimension, mapped, not read into the process. Rebuilding
+    # removed the previous version's files.
+    fixed = (report.params["lists"] + 16) * dim * 4 + report.params["lists"] * 32 * dim // 4
+    per_vector = (next(index_dir().glob("*.faiss")).stat().st_size - fixed) / report.count
+    assert per_vector < dim / 4 + 40
+    assert sorted(path.suffix for path in index_dir().iterdir()) == [".faiss", ".json", ".rerank"]
+    assert next(index_dir().glob("*.rerank")).stat().st_size == 800 * dim * 2
+    snapshot = IndexManager().get(space=space, model_key=key, dim=dim)
+    rows = snapshot.rerank_vectors._rows
+    assert rows.base.base.obj is snapshot.rerank_vectors._mapped and not rows.flags.writeable  # the mapped file, read-only
+
+    # Similarities come from the 16-bit vectors: far closer to float32 than 8-bit codes' (bound above).
+    query = random_vectors(space, 1, dim, seed=41)[0]
+    found = snapshot.search(query, 30)
+    position = {int(image_id): row for row, image_id in enumerate(ids.tolist())}
+    exact = similarity_between(space, query, vectors[[position[label] for label, _ in found]])
+    filled = similarity_between(space, query, np.stack(list(snapshot.vectors_for([label for label, _ in found]).values())))
+    for approximate in ([s for _, s in found], filled):
+        error = np.abs(np.asarray(approximate) - exact)
+        assert error.mean() < 5e-4 and error.max() < 2e-3
+    exact_order = [int(ids[row]) for row in np.argsort(-similarity_between(space, query, vectors))[:30]]
+    assert [label for label, _ in found][:10] == exact_order[:10]
+
+
+def test_a_failed_product_quantized_build_leaves_no_file_behind(settings, monkeypatch):
+    settings.IMAGINAITION_ANN_INDEX = "ivf-pq"
+    space, key, dim = SEMANTIC
+    store_bulk(space, key, random_vectors(space, 500, dim, seed=42))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    before = sorted(path.name for path in index_dir().iterdir())
+
+    from retrieval import vector_io
+
+    real = vector_io.stream_raw_chunks
+
+    def failing(**kwargs):
+        yield from real(**kwargs)
+        raise OSError("connection lost mid-stream")
+
+    monkeypatch.setattr("retrieval.indexes.stream_raw_chunks", failing)
+    with pytest.raises(OSError, match="connection lost"):
+        index_rebuild(space=space, model_key=key, dim=dim)
+    assert sorted(path.name for path in index_dir().iterdir()) == before  # no .rerank.tmp, no new version
+    assert manager.get(space=space, model_key=key, dim=dim).count == 500
