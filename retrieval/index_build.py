@@ -237,8 +237,9 @@ def search_index(index: faiss.Index, *, space: str, queries: np.ndarray, k: int,
                  stored: StoredVectors | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(distances, labels) of the k nearest, as index.search. rerank > 1: the index's k × rerank
     nearest in its own measure, re-ordered by the space's metric on their vectors (`stored`, else
-    the index's own: decoded codes, for a scalar-quantized index); distances are then the space's own."""
-    if rerank <= 1:
+    the index's own: decoded codes, for a scalar-quantized index); distances are then the space's own.
+    With `stored`, always so (rerank 1: the same k, their distances from the stored vectors)."""
+    if rerank <= 1 and stored is None:
         return index.search(queries, k)
     _, candidates = index.search(queries, min(index.ntotal, k * rerank))
     distances = np.full((len(queries), k), np.finfo(np.float32).max, dtype=np.float32)
