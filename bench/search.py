@@ -4,6 +4,7 @@
     python -m bench.search --n 1000000           # 1M, FAISS only by default (about 4 minutes)
     python -m bench.search --n 1000000 --ann ivf-sq8   # the same with compressed IVF indexes
     python -m bench.search --n 1000000 --ann ivf-pq    # product codes, re-ranked from mapped 16-bit vectors
+    python -m bench.search --warm      # afterwards: the same queries twice in a fresh process (cold, warm)
 
 For each N: synthetic clustered vectors (semantic: unit-norm at the active semantic model's
 dimension; content: L1-normalized 1024-d) are stored as Image + Embedding rows (vectors through
@@ -108,9 +109,9 @@ def index_memory_in_a_fresh_process() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _load_indexes_and_report() -> None:
-    """In the fresh process: Django on the benchmark database (no setup_django: it empties the
-    vectors), connected, then both indexes loaded as a web process does on its first query."""
+def _django_on_the_bench_database() -> None:
+    """Django on the benchmark database as the last run left it (no setup_django: it empties the
+    vectors)."""
     from bench.common import BENCH_DATABASE, bench_folders
 
     os.environ["IMAGINAITION_DATABASE_NAME"] = BENCH_DATABASE
@@ -119,6 +120,12 @@ def _load_indexes_and_report() -> None:
     import django
 
     django.setup()
+
+
+def _load_indexes_and_report() -> None:
+    """In the fresh process: Django on the benchmark database, connected, then both indexes loaded
+    as a web process does on its first query."""
+    _django_on_the_bench_database()
     import faiss  # noqa: F401  (its import is not index memory)
     import psutil
 
@@ -156,6 +163,52 @@ def _load_indexes_and_report() -> None:
 
 
 HYBRID = "hybrid query in-process (`rank`: both indexes, policy, similarities)"
+
+
+def warm_and_cold(queries: int) -> str:
+    """--warm: in a fresh process on the benchmark database as the last run left it, the same hybrid
+    queries twice: the first pass reads what they touch (ivf-pq: its candidates' rows of the mapped
+    re-rank files, from the page cache or the disk), the second finds it mapped, as a long-running
+    web process does. Returns the section's body."""
+    out = subprocess.run([sys.executable, "-c", f"from bench.search import _two_passes; _two_passes({queries})"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+                         env={**os.environ})
+    return out.stdout.strip().split("BODY\n", 1)[1]
+
+
+def _two_passes(queries: int) -> None:
+    _django_on_the_bench_database()
+    from retrieval.encoders.registry import MODELS, active_models
+    from retrieval.index_snapshots import manager
+    from retrieval.policy import Preferences
+    from retrieval.search import QueryVectors, rank
+
+    models = active_models()
+    snapshots = {space: manager.get(space=space, model_key=key, dim=MODELS[key].dim)
+                 for space, key in (("semantic", models.semantic), ("content", models.content))}
+    kinds = {space: (snapshot.kind, snapshot.count) for space, snapshot in snapshots.items() if snapshot is not None}
+    assert len(kinds) == 2, f"run python -m bench.search first (indexes: {kinds})"
+    labels = np.random.default_rng(7).choice(np.fromiter(snapshots["semantic"].ids, dtype=np.int64), size=queries,
+                                             replace=False).tolist()
+    present, semantic = snapshots["semantic"].vectors_matrix(labels)
+    _, content = snapshots["content"].vectors_matrix(present)
+    passes: dict[str, list[float]] = {"first pass": [], "second pass (the same queries)": []}
+    for samples in passes.values():
+        for image_id, s_vector, c_vector in zip(present, semantic, content, strict=True):
+            query = QueryVectors(semantic=s_vector, content=c_vector, exclude_image_id=image_id)
+            started = time.perf_counter()
+            ranking = rank(query=query, preferences=Preferences(), models=models)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert len(ranking.results) == K and set(ranking.engines.values()) == {"faiss"}
+    status = Path("/proc/self/status").read_text()
+    anon, mapped = (int(status.split(f"{field}:")[1].split()[0]) * 1024 / 1e9 for field in ("RssAnon", "RssFile"))
+    rows = [[f"{kinds['semantic'][1]:,}", f"{HYBRID}, {name}", *percentiles(samples)] for name, samples in passes.items()]
+    print("BODY\n" + table(["N", "engine", "p50 ms", "p95 ms", "p99 ms"], rows) + "\n\n"
+          f"- indexes: semantic {kinds['semantic'][0]}, content {kinds['content'][0]}, as the last `python -m "
+          f"bench.search` run built them; {len(present)} stored images as queries (k={K}, the query excluded), "
+          "each pass in the same fresh process\n"
+          f"- the process afterwards: RSS anonymous {anon:.2f} GB, mapped files {mapped:.2f} GB (libraries and "
+          "the re-rank files' pages it has read)")
 
 
 def run(n: int, queries: int, pgvector: bool) -> dict:
@@ -372,7 +425,16 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
     parser.add_argument("--regions", type=int, default=100_000,
                         help="after the run at this N, the region section (3 regions per image); 0: none")
+    parser.add_argument("--warm", action="store_true",
+                        help="no new data: time the same hybrid queries twice in a fresh process on the indexes "
+                             "the last run left (first pass, then warm)")
     args = parser.parse_args()
+    if args.warm:
+        body = warm_and_cold(args.queries)
+        print(body)
+        if not args.no_write:
+            write_section("Search latency, first and second pass", "python -m bench.search --warm", body)
+        return
     if args.ann:
         os.environ["IMAGINAITION_ANN_INDEX"] = args.ann
     setup_django()
