@@ -23,8 +23,8 @@ and region queries (`rank` over the region indexes: each image by its best regio
 label filter on image queries are timed; region recall@50 is against exact best-region-per-image.
 Per N, also: the index memory of a web process (a fresh process loads both persisted indexes: its RSS
 before and after, its own anonymous memory apart from mapped files, and the same after 100 queries a
-space, which is when ivf-pq's mapped re-rank vectors are read), the rebuild of both spaces against a bare binary COPY of the same
-columns (one of each, the COPY after the rebuild), and for compressed kinds (--ann ivf-sq8 …) how far
+space, which is when ivf-pq's mapped re-rank vectors are read), the rebuild of both spaces against
+a bare binary COPY of the same columns (one of each, the COPY after the rebuild), and for compressed kinds (--ann ivf-sq8 …) how far
 the similarities FAISS returns are from the float32 ones.
 Recall@50 of each approximate engine is measured against exact brute force (`faiss.knn` over the
 same normalized vectors, which the tests show agrees with pgvector exact). Above --pgvector-max
@@ -109,6 +109,11 @@ def index_memory_in_a_fresh_process() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _proc_status(field: str) -> int:
+    """A memory figure of this process, in bytes, from /proc/self/status (RssAnon, RssFile, VmHWM)."""
+    return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0]) * 1024
+
+
 def _django_on_the_bench_database() -> None:
     """Django on the benchmark database as the last run left it (no setup_django: it empties the
     vectors)."""
@@ -132,12 +137,10 @@ def _load_indexes_and_report() -> None:
     from retrieval.encoders.registry import MODELS, active_models
     from retrieval.index_snapshots import db_now, index_dir, manager
 
-    def status(field: str) -> int:  # bytes, from /proc/self/status
-        return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0]) * 1024
-
     db_now()  # the connection too
     process = psutil.Process()
-    before, anon_before, file_before = process.memory_info().rss, status("RssAnon"), status("RssFile")
+    before, anon_before = process.memory_info().rss, _proc_status("RssAnon")
+    file_before = _proc_status("RssFile")
     models = active_models()
     files = rerank_files = 0
     snapshots = []
@@ -147,7 +150,8 @@ def _load_indexes_and_report() -> None:
         snapshots.append(snapshot)
         files += sum(path.stat().st_size for path in index_dir().glob(f"{space}-*.faiss"))
         rerank_files += sum(path.stat().st_size for path in index_dir().glob(f"{space}-*.rerank"))
-    after, anon_after, file_after = process.memory_info().rss, status("RssAnon"), status("RssFile")
+    after, anon_after, file_after = (process.memory_info().rss, _proc_status("RssAnon"),
+                                     _proc_status("RssFile"))
     # Then 100 queries a space (stored vectors as queries): what they add, in the process's own memory
     # (anonymous) and in mapped file pages (ivf-pq's re-rank vectors: the host's page cache, shared).
     for snapshot in snapshots:
@@ -155,11 +159,12 @@ def _load_indexes_and_report() -> None:
         _, queries = snapshot.vectors_matrix(labels.tolist())
         for query in queries:
             snapshot.search(query, K)
-    print(json.dumps({"before": before, "after": after, "peak": status("VmHWM"), "files": files,
+    print(json.dumps({"before": before, "after": after, "peak": _proc_status("VmHWM"), "files": files,
                       "rerank_files": rerank_files, "anon_before": anon_before, "anon_after": anon_after,
                       "file_before": file_before,
                       "file_after": file_after, "after_queries": process.memory_info().rss,
-                      "anon_after_queries": status("RssAnon"), "file_after_queries": status("RssFile")}))
+                      "anon_after_queries": _proc_status("RssAnon"),
+                      "file_after_queries": _proc_status("RssFile")}))
 
 
 HYBRID = "hybrid query in-process (`rank`: both indexes, policy, similarities)"
@@ -200,9 +205,9 @@ def _two_passes(queries: int) -> None:
             ranking = rank(query=query, preferences=Preferences(), models=models)
             samples.append((time.perf_counter() - started) * 1000)
             assert len(ranking.results) == K and set(ranking.engines.values()) == {"faiss"}
-    status = Path("/proc/self/status").read_text()
-    anon, mapped = (int(status.split(f"{field}:")[1].split()[0]) * 1024 / 1e9 for field in ("RssAnon", "RssFile"))
-    rows = [[f"{kinds['semantic'][1]:,}", f"{HYBRID}, {name}", *percentiles(samples)] for name, samples in passes.items()]
+    anon, mapped = (_proc_status(field) / 1e9 for field in ("RssAnon", "RssFile"))
+    rows = [[f"{kinds['semantic'][1]:,}", f"{HYBRID}, {name}", *percentiles(samples)]
+            for name, samples in passes.items()]
     print("BODY\n" + table(["N", "engine", "p50 ms", "p95 ms", "p99 ms"], rows) + "\n\n"
           f"- indexes: semantic {kinds['semantic'][0]}, content {kinds['content'][0]}, as the last `python -m "
           f"bench.search` run built them; {len(present)} stored images as queries (k={K}, the query excluded), "
@@ -218,6 +223,7 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     from django.test import Client
 
     from retrieval.encoders.registry import MODELS, active_models
+    from retrieval.index_build import PRODUCT_QUANTIZED, SCALAR_QUANTIZERS
     from retrieval.index_snapshots import manager
     from retrieval.indexes import index_rebuild
     from retrieval.metrics import similarity_between
@@ -229,6 +235,7 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
     models = active_models()
     keys = {"semantic": models.semantic, "content": models.content}
     metrics = {"semantic": faiss.METRIC_L2, "content": faiss.METRIC_L1}
+    compressed_kinds = (*SCALAR_QUANTIZERS, PRODUCT_QUANTIZED)  # their similarities are not float32's
     started = time.perf_counter()
     ids, semantic, content = load(n, MODELS[models.semantic].dim, models.semantic, models.content)
     load_s = time.perf_counter() - started
@@ -298,8 +305,9 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
                 timings[f"{label} {space}"].append((time.perf_counter() - t) * 1000)
                 if label in ("FAISS", "pgvector HNSW"):
                     recall[f"{label} {space}"].append(len({c.image_id for c in found} & exact[space][number]) / K)
-                if label == "FAISS" and rebuilds[space].kind not in ("flat", "ivf", "hnsw") and found:
-                    # the stored float32 rows of its results (ids are sorted): the error of decoded codes or 16-bit vectors
+                if label == "FAISS" and rebuilds[space].kind in compressed_kinds and found:
+                    # the stored float32 rows of its results (ids are sorted): the error of decoded codes
+                    # or of 16-bit vectors
                     rows = np.searchsorted(ids, [c.image_id for c in found])
                     truth = similarity_between(space, vectors[space][q], vectors[space][rows])
                     similarity_error[space] += np.abs(np.array([c.similarity for c in found]) - truth).tolist()
@@ -463,7 +471,8 @@ def main() -> None:
                      f"(anonymous) memory +{(memory['anon_after'] - memory['anon_before']) / gb:.2f} GB; after 100 "
                      f"queries a space RSS {memory['after_queries'] / gb:.2f} GB (anonymous "
                      f"+{(memory['anon_after_queries'] - memory['anon_before']) / gb:.2f} GB over the start, mapped "
-                     f"files +{(memory['file_after_queries'] - memory['file_before']) / gb:.2f} GB); index files {memory['files'] / gb:.2f} GB"
+                     f"files +{(memory['file_after_queries'] - memory['file_before']) / gb:.2f} GB); index files "
+                     f"{memory['files'] / gb:.2f} GB"
                      + (f", re-rank vector files {memory['rerank_files'] / gb:.2f} GB (mapped)"
                         if memory["rerank_files"] else ""))
         notes.append(f"- N={n:,}, rebuild of both spaces {rebuild_s:.1f} s vs a bare binary COPY of the same columns "

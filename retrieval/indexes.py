@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -108,6 +109,17 @@ def _build_from_postgres(*, space: str, model_key: str, dim: int, owner: VectorO
 INDEX_FILE_SUFFIXES = (".faiss", ".json", ".rerank")  # an index, its meta, its re-rank vectors (ivf-pq)
 
 
+@contextlib.contextmanager
+def _unpublished_files_removed_on_failure(built: BuiltIndex) -> Iterator[None]:
+    """A built index whose publishing fails leaves no temporary re-rank file behind."""
+    try:
+        yield
+    except BaseException:
+        if built.rerank_vectors is not None:
+            built.rerank_vectors.discard_if_unpublished()
+        raise
+
+
 def _write_index_files(*, path: Path, fresh: _FromPostgres, owner: VectorOwner, space: str, model_key: str,
                        version: int, dim: int) -> None:
     """The re-rank vectors first, the meta last: a process that finds the .json finds the rest."""
@@ -141,22 +153,16 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
     fresh = _build_from_postgres(space=space, model_key=model_key, dim=dim, owner=owner, progress=progress)
     built = fresh.built
     clock = time.perf_counter()
-    try:
-        with transaction.atomic():
-            state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space,
-                                                                            model_key=model_key)
-            version = state.version + 1
-            file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
-            _write_index_files(path=index_dir() / file_name, fresh=fresh, owner=owner, space=space,
-                               model_key=model_key, version=version, dim=dim)
-            old_file = state.file_name
-            state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
-            state.file_name, state.built_at = file_name, timezone.now()
-            state.save()
-    except BaseException:
-        if built.rerank_vectors is not None:
-            built.rerank_vectors.discard_if_unpublished()
-        raise
+    with _unpublished_files_removed_on_failure(built), transaction.atomic():
+        state, _ = IndexState.objects.select_for_update().get_or_create(owner=owner, space=space, model_key=model_key)
+        version = state.version + 1
+        file_name = f"{'region-' if owner == 'region' else ''}{space}-{_slug(model_key)}-v{version}.faiss"
+        _write_index_files(path=index_dir() / file_name, fresh=fresh, owner=owner, space=space, model_key=model_key,
+                           version=version, dim=dim)
+        old_file = state.file_name
+        state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
+        state.file_name, state.built_at = file_name, timezone.now()
+        state.save()
     if old_file and old_file != file_name:
         _remove_index_files(old_file)
     manager.install(_snapshot(fresh=fresh, owner=owner, space=space, model_key=model_key, version=version, dim=dim,
@@ -179,16 +185,12 @@ def index_copy_build(state: IndexState, dim: int) -> IndexSnapshot:
     the host's copy of the previous version removed. Runs in the background (IndexManager)."""
     owner = cast(VectorOwner, state.owner)
     fresh = _build_from_postgres(space=state.space, model_key=state.model_key, dim=dim, owner=owner, progress=None)
-    # Every earlier version's pair (a .faiss and its .json), by its .faiss name.
+    # Every earlier version's files (a .faiss, its .json, an ivf-pq's .rerank), by its .faiss name.
     versions = state.file_name.rsplit("-v", 1)[0] + "-v*"
     previous = {path.with_suffix(".faiss").name for path in index_dir().glob(versions)}
-    try:
+    with _unpublished_files_removed_on_failure(fresh.built):
         _write_index_files(path=index_dir() / state.file_name, fresh=fresh, owner=owner, space=state.space,
                            model_key=state.model_key, version=state.version, dim=dim)
-    except BaseException:
-        if fresh.built.rerank_vectors is not None:
-            fresh.built.rerank_vectors.discard_if_unpublished()
-        raise
     for name in previous - {state.file_name}:
         _remove_index_files(name)
     return _snapshot(fresh=fresh, owner=owner, space=state.space, model_key=state.model_key, version=state.version,

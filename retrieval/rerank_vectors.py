@@ -65,8 +65,8 @@ class RerankVectors:
     was built (caught up from Postgres, held in memory until the next rebuild)."""
 
     def __init__(self, path: Path, ids: np.ndarray, dim: int) -> None:
-        rows = path.stat().st_size // (_BYTES * dim)
-        if rows != len(ids) or path.stat().st_size % (_BYTES * dim):
+        rows, remainder = divmod(path.stat().st_size, _BYTES * dim)
+        if rows != len(ids) or remainder:
             raise ValueError(f"{path} holds {rows} vectors of {dim} dimensions, its index {len(ids)}")
         self.path, self.dim = path, dim
         self._mapped: mmap.mmap | None = None
