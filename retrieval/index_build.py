@@ -46,6 +46,7 @@ PQ_BITS = 4  # FAISS's fast scan reads 4-bit codes only
 IVF_KINDS = ("ivf", *SCALAR_QUANTIZERS, PRODUCT_QUANTIZED)
 ANN_KINDS = (*IVF_KINDS, "hnsw")
 RERANK_FACTORS = (1, 2, 4, 8, 12, 16, 24, 32)  # candidates re-ranked, × k, tried by the calibration
+PQ_TRAINING_POINTS_PER_CENTRE = 32
 PQ_MIN_TRAINING_ROWS = 64  # fewer sample rows than this: plain IVF (2^4 centres per code to train)
 
 # One unit of work for the builder thread: returns (image ids, vectors) when called.
@@ -131,7 +132,11 @@ def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.n
         elif kind == PRODUCT_QUANTIZED:
             codes = pq_codes(dim)
             inner = ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, lists, codes, PQ_BITS)
+            # Each code book is 16 centres in 2 dimensions: 32 points a centre (FAISS's default is up to
+            # 256) train it as well, 6× faster (16k sample rows, 1,664-d: 4.9 s against 28.9 s; at 200k the
+            # same recall@50 after the re-rank).
             ivf.pq.cp.min_points_per_centroid = 1
+            ivf.pq.cp.max_points_per_centroid = PQ_TRAINING_POINTS_PER_CENTRE
             params.update(codes=codes, bits=PQ_BITS)
         else:
             inner = ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(dim), dim, lists,
@@ -251,8 +256,8 @@ def search_index(index: faiss.Index, *, space: str, queries: np.ndarray, k: int,
     the index's own: decoded codes, for a scalar-quantized index); distances are then the space's own.
     With `stored`, always so (rerank 1: the same k, their distances from the stored vectors)."""
     if rerank <= 1 and stored is None:
-        return index.search(queries, k)
-    _, candidates = index.search(queries, min(index.ntotal, k * rerank))
+        return _search_filled(index, queries, k)
+    _, candidates = _search_filled(index, queries, min(index.ntotal, k * rerank))
     distances = np.full((len(queries), k), np.finfo(np.float32).max, dtype=np.float32)
     labels = np.full((len(queries), k), -1, dtype=np.int64)
     for row, (query, found) in enumerate(zip(queries, candidates, strict=True)):
@@ -262,6 +267,26 @@ def search_index(index: faiss.Index, *, space: str, queries: np.ndarray, k: int,
         vectors = stored(found) if stored is not None else index.reconstruct_batch(found)
         near, rows = faiss.knn(query.reshape(1, -1), vectors, min(k, len(found)), metric=faiss_metric(space))
         distances[row, :rows.shape[1]], labels[row, :rows.shape[1]] = near[0], found[rows[0]]
+    return distances, labels
+
+
+def _search_filled(index: faiss.Index, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """index.search for n results a query. Where an IVF index's probed lists held fewer than n vectors
+    for a query (a small index's lists are small and uneven: 6 to 60 vectors at 12k), that query probes
+    twice as many lists, and again, until they hold n or every list is probed: a search returns as many
+    results as the index holds, up to n, whatever nprobe the calibration chose."""
+    distances, labels = index.search(queries, n)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return distances, labels
+    wanted = min(n, index.ntotal)
+    short = np.flatnonzero((labels >= 0).sum(axis=1) < wanted)
+    nprobe = ivf.nprobe
+    while len(short) and nprobe < ivf.nlist:
+        nprobe = min(ivf.nlist, nprobe * 2)
+        more_distances, more_labels = index.search(queries[short], n, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        distances[short], labels[short] = more_distances, more_labels
+        short = short[(more_labels >= 0).sum(axis=1) < wanted]
     return distances, labels
 
 

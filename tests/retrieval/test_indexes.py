@@ -11,7 +11,7 @@ from django.core.management import call_command
 from gallery import services
 from gallery.models import Image
 from retrieval import pgvector_store
-from retrieval import indexes, vector_io
+from retrieval import index_build, indexes, vector_io
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
@@ -407,3 +407,33 @@ def test_the_id_set_of_an_index_behaves_as_a_set_of_its_labels():
     assert (np.int64(probe[0]) in ids) == (probe[0] in model)  # numpy labels too
     keep = set(rng.choice(10_000, size=5_000, replace=False).tolist())
     assert ids.missing_from(keep) == model - keep
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf-pq"])
+def test_an_ivf_search_returns_k_results_even_where_its_probed_lists_hold_fewer(kind):
+    """Small indexes have small, uneven lists: one probed list may hold fewer vectors than k."""
+    rng = np.random.default_rng(3)
+    dim, lists = 16, 40
+    # 40 tight clusters of 5 to 60 vectors: with nprobe 1 a query near a small cluster finds < 50 vectors
+    sizes = rng.integers(5, 60, lists)
+    centres = rng.normal(size=(lists, dim)).astype(np.float32) * 10
+    vectors = np.concatenate([centre + rng.normal(size=(size, dim)).astype(np.float32)
+                              for centre, size in zip(centres, sizes, strict=True)])
+    ivf = (faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists) if kind == "ivf"
+           else faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, lists, dim // 2, 4))
+    ivf.train(vectors)
+    index = faiss.IndexIDMap2(ivf)
+    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64) + 1000)
+    ivf.nprobe = 1
+    queries = vectors[np.cumsum(sizes) - 1]  # one query in each cluster
+    _, plain = index.search(queries, 50)
+    assert ((plain >= 0).sum(axis=1) < 50).any()  # the situation this guards against does occur
+
+    stored = (lambda labels: vectors[labels - 1000]) if kind == "ivf-pq" else None
+    distances, labels = index_build.search_index(index, space="semantic", queries=queries, k=50,
+                                                 rerank=2 if stored else 1, stored=stored)
+    assert (labels >= 0).all()
+    exact = faiss.knn(queries, vectors, 50)[1] + 1000
+    recall = np.mean([len(set(found) & set(truth)) / 50 for found, truth in zip(labels, exact, strict=True)])
+    assert recall > 0.9
+    assert ivf.nprobe == 1  # the wider probe was for those queries only
