@@ -9,8 +9,11 @@ more neighbours until k of them pass. Either way k results come back whenever k 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -61,21 +64,87 @@ def nearest_by_regions(*, space: str, model_key: str, query: np.ndarray, k: int,
 
 def _nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None, engine: str,
              only_image_ids: Collection[int] | None, owner: VectorOwner) -> tuple[list[Candidate], dict[int, int], str]:
+    planned = plan_nearest(space=space, model_key=model_key, query=query, k=k, exclude_image_id=exclude_image_id,
+                           engine=engine, only_image_ids=only_image_ids, owner=owner)
+    found, regions = planned.run()
+    return found, regions, planned.engine
+
+
+# Candidates nearest first, and for a region search each image's best region (mask id; else empty).
+Answer = tuple[list[Candidate], dict[int, int]]
+
+
+@dataclass(frozen=True)
+class PlannedSearch:
+    """Which engine answers one space's search (decided in the caller's thread: it may read the
+    database), and the search itself. A FAISS search reads only this process's memory, so it may
+    run on another thread (run_side_by_side); a pgvector one uses the caller's connection."""
+
+    engine: str  # faiss | pgvector | none
+    run: Callable[[], Answer]
+
+    @property
+    def in_memory(self) -> bool:
+        return self.engine != "pgvector"
+
+
+def plan_nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None = None,
+                 engine: str = "auto", only_image_ids: Collection[int] | None = None,
+                 owner: VectorOwner = "image") -> PlannedSearch:
+    """The k nearest images (owner "region": by their regions) in one space, to run later."""
     query = query.astype(np.float32)
     allowed = None if only_image_ids is None else set(only_image_ids)
     if allowed is not None and not allowed:
-        return [], {}, "none"
+        return PlannedSearch("none", lambda: ([], {}))
     if engine in ("auto", "faiss"):
         snapshot = manager.get(space=space, model_key=model_key, dim=model_dim(model_key), owner=owner)
         if snapshot is not None:
-            hits = _faiss_images(snapshot, query, k, exclude_image_id=exclude_image_id, allowed=allowed)
-            return [Candidate(i, s) for i, s, _ in hits], {i: m for i, _, m in hits}, "faiss"
+            def from_faiss() -> Answer:
+                return _answer(_faiss_images(snapshot, query, k, exclude_image_id=exclude_image_id, allowed=allowed),
+                               owner)
+            return PlannedSearch("faiss", from_faiss)
         if engine == "faiss":
             raise Refused(f"no FAISS index for {space}/{model_key}")
         request_index_build()  # heal: a worker builds it; pgvector answers meanwhile
-    hits = _pgvector_images(space=space, model_key=model_key, query=query, k=k, exclude_image_id=exclude_image_id,
-                            allowed=allowed, owner=owner, exact=(engine == "pgvector-exact"))
-    return [Candidate(i, s) for i, s, _ in hits], {i: m for i, _, m in hits}, "pgvector"
+
+    def from_pgvector() -> Answer:
+        return _answer(_pgvector_images(space=space, model_key=model_key, query=query, k=k,
+                                        exclude_image_id=exclude_image_id, allowed=allowed, owner=owner,
+                                        exact=(engine == "pgvector-exact")), owner)
+    return PlannedSearch("pgvector", from_pgvector)
+
+
+def _answer(hits: list[tuple[int, float, int]], owner: VectorOwner) -> Answer:
+    return [Candidate(i, s) for i, s, _ in hits], ({i: m for i, _, m in hits} if owner == "region" else {})
+
+
+_helpers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _helper_threads() -> ThreadPoolExecutor:
+    """This process's helper threads (created after a fork, never inherited: a forked child has no
+    threads of its parent's pool)."""
+    global _helpers
+    if _helpers is None or _helpers[0] != os.getpid():
+        _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="nearest"))
+    return _helpers[1]
+
+
+def run_side_by_side(plans: Sequence[PlannedSearch]) -> list[Answer]:
+    """Each plan's answer, in order. In-memory (FAISS) searches after the first run on helper threads
+    while this thread runs the first: FAISS and numpy work without Python's lock, so a hybrid query's
+    two spaces take about the time of the slower one where a core is free. A search no helper has
+    started by the time this thread is done with its own runs here: never slower than one after
+    the other, on a busy host too."""
+    aside = {position: _helper_threads().submit(plan.run) for position, plan in enumerate(plans)
+             if plan.in_memory and position > 0}
+    answers: dict[int, Answer] = {}
+    for position, plan in enumerate(plans):
+        if position not in aside:
+            answers[position] = plan.run()
+    for position, future in aside.items():
+        answers[position] = plans[position].run() if future.cancel() else future.result()
+    return [answers[position] for position in range(len(plans))]
 
 
 def _best_per_image(labelled: list[tuple[int, float]], image_of: dict[int, int] | None,

@@ -30,7 +30,7 @@ from retrieval.encoders.registry import ActiveModels, get_model
 from retrieval.index_snapshots import manager
 from retrieval.metrics import similarity_between
 from retrieval.models import Embedding, RegionEmbedding
-from retrieval.neighbours import nearest, nearest_by_regions
+from retrieval.neighbours import plan_nearest, run_side_by_side
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
 from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
 from retrieval.regions import region_picture
@@ -272,19 +272,15 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
         preferences = replace(preferences, intersection_first=False, preferred_index=Space.SEMANTIC, split=100)
     found: dict[Space, list[Candidate]] = {Space.SEMANTIC: [], Space.CONTENT: []}
     matched: dict[Space, dict[int, int]] = {Space.SEMANTIC: {}, Space.CONTENT: {}}
-    engines: dict[str, str] = {}
-    for space, vector, key in ((Space.SEMANTIC, query.semantic, models.semantic),
-                               (Space.CONTENT, query.content, models.content)):
-        if vector is None:
-            continue
-        if query.owner == "region":
-            found[space], matched[space], engines[space] = nearest_by_regions(
-                space=space, model_key=key, query=vector, k=preferences.k, exclude_image_id=query.exclude_image_id,
-                engine=engine, only_image_ids=query.only_image_ids)
-        else:
-            found[space], engines[space] = nearest(
-                space=space, model_key=key, query=vector, k=preferences.k, exclude_image_id=query.exclude_image_id,
-                engine=engine, only_image_ids=query.only_image_ids)
+    plans = {space: plan_nearest(space=space, model_key=key, query=vector, k=preferences.k,
+                                 exclude_image_id=query.exclude_image_id, engine=engine,
+                                 only_image_ids=query.only_image_ids, owner=query.owner)
+             for space, vector, key in ((Space.SEMANTIC, query.semantic, models.semantic),
+                                        (Space.CONTENT, query.content, models.content)) if vector is not None}
+    # both spaces at once where both answer from memory (retrieval/neighbours.py)
+    for space, (candidates, regions) in zip(plans, run_side_by_side(list(plans.values())), strict=True):
+        found[space], matched[space] = candidates, regions
+    engines: dict[str, str] = {space: planned.engine for space, planned in plans.items()}
     merged = merge(semantic=found[Space.SEMANTIC], content=found[Space.CONTENT], preferences=preferences)
     preferred = Space(preferences.preferred_index)
     regions = {**matched[preferred.other], **matched[preferred]}  # the preferred index's region where both found one
