@@ -8,33 +8,40 @@ ranked again by their 16-bit vectors. A query touches only its candidates' rows,
 reads are the kernel's page cache, shared by every process of the host that maps the same file
 (and given back under memory pressure), not memory each web process holds for itself.
 
-Why bfloat16: turning it back into float32 is a 16-bit shift (numpy's float16 conversion was 3×
-slower here, and the re-rank is the query's largest cost); its error (≤ 2⁻⁹ of each value) moves a
-similarity by about 1e-4 (measured by bench.search)."""
+Why bfloat16: turning it back into float32 is a 16-bit shift, which FAISS's scalar quantizer does
+with SIMD (numpy's float16 conversion was 3× slower here, and the re-rank is the query's largest
+cost); its error (≤ 2⁻⁹ of each value) moves a similarity by about 1e-4 (measured by bench.search)."""
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import tempfile
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 _BYTES = 2  # a bfloat16
 
 
 def to_bfloat16(vectors: np.ndarray) -> np.ndarray:
-    """float32 → bfloat16 bits (uint16), rounded to nearest even."""
-    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
-    return ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    """float32 (n, dim) → bfloat16 bits (uint16), rounded to nearest (FAISS's SIMD encoder: 12×
+    numpy's integer arithmetic, which took a quarter of an ivf-pq rebuild's builder thread)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return _codec(vectors.shape[1]).compute_codes(vectors).view(np.uint16).reshape(vectors.shape)
 
 
 def from_bfloat16(halves: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) → float32."""
-    widened = np.empty(halves.shape, dtype=np.uint32)
-    np.left_shift(halves, 16, out=widened, dtype=np.uint32)
-    return widened.view(np.float32)
+    """bfloat16 bits (uint16), shape (n, dim) → float32 (FAISS's SIMD decoder: 2.5× numpy's shift)."""
+    halves = np.ascontiguousarray(halves, dtype=np.uint16)
+    return _codec(halves.shape[1]).decode(halves.view(np.uint8))
+
+
+@functools.cache
+def _codec(dim: int) -> faiss.ScalarQuantizer:
+    return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_bf16)  # nothing to train: a fixed format
 
 
 class RerankWriter:
@@ -48,7 +55,7 @@ class RerankWriter:
         self._file = os.fdopen(fd, "wb")
 
     def append(self, vectors: np.ndarray) -> None:
-        self._file.write(to_bfloat16(vectors).tobytes())
+        self._file.write(to_bfloat16(vectors).data)
 
     def finish(self, ids: np.ndarray) -> RerankVectors:
         """The written rows, readable (ids: the labels of the rows, in order)."""

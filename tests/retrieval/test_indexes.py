@@ -437,3 +437,15 @@ def test_an_ivf_search_returns_k_results_even_where_its_probed_lists_hold_fewer(
     recall = np.mean([len(set(found) & set(truth)) / 50 for found, truth in zip(labels, exact, strict=True)])
     assert recall > 0.9
     assert ivf.nprobe == 1  # the wider probe was for those queries only
+
+
+def test_the_calibrations_exact_l2_neighbours_by_one_matrix_product_match_faiss():
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((3000, 48)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(3000, 64, replace=False)]
+    for k in (51, 3000):
+        expected_distances, expected_rows = faiss.knn(queries, vectors, k)
+        distances, rows = index_build._exact_neighbours(queries, vectors, k, metric=faiss.METRIC_L2)
+        assert (rows[:, 0] == expected_rows[:, 0]).all() and np.mean(rows == expected_rows) > 0.99
+        assert np.abs(distances - expected_distances).max() < 1e-5
