@@ -119,6 +119,16 @@ class IdSet:
     def present(self, labels: Iterable[int]) -> set[int]:
         return {label for label in labels if label in self}
 
+    def holds(self, labels: np.ndarray) -> np.ndarray:
+        """label in self for each of an int64 array, as a boolean array (one search of the sorted base)."""
+        at = np.minimum(np.searchsorted(self._base, labels), max(len(self._base) - 1, 0))
+        held = self._base[at] == labels if len(self._base) else np.zeros(len(labels), dtype=bool)
+        if self._removed:
+            held &= ~np.isin(labels, np.fromiter(self._removed, dtype=np.int64, count=len(self._removed)))
+        if self._added:
+            held |= np.isin(labels, np.fromiter(self._added, dtype=np.int64, count=len(self._added)))
+        return held
+
     def missing_from(self, keep: Collection[int]) -> set[int]:
         """The labels held that `keep` lacks."""
         kept = np.fromiter(keep, dtype=np.int64, count=len(keep))
@@ -179,9 +189,9 @@ class IndexSnapshot:
                 hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
                 hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
             with _single_threaded():
-                stored = self.rerank_vectors.get if self.rerank_vectors is not None else None
                 distances, labels = search_index(self.index, space=self.space, k=wanted, rerank=self.rerank,
-                                                 stored=stored, queries=normalize(self.space, query.reshape(1, -1)))
+                                                 stored=self.rerank_vectors,
+                                                 queries=normalize(self.space, query.reshape(1, -1)))
         found = []
         for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
             if label < 0 or label in self.deleted or (exclude_image_id is not None
@@ -204,10 +214,14 @@ class IndexSnapshot:
         """(the labels present, their stored normalized vectors as one (n, dim) matrix; decoded codes
         for a scalar-quantized kind, the 16-bit re-rank vectors for ivf-pq)."""
         with self.lock:
-            present = [label for label in labels if label in self.ids and label not in self.deleted]
+            asked = np.asarray(labels, dtype=np.int64)
+            held = self.ids.holds(asked)
+            if self.deleted:
+                held &= ~np.isin(asked, np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted)))
+            wanted = asked[held]
+            present = wanted.tolist()
             if not present:
                 return [], np.zeros((0, self.dim), dtype=np.float32)
-            wanted = np.asarray(present, dtype=np.int64)
             if self.rerank_vectors is not None:
                 return present, self.rerank_vectors.get(wanted)
             return present, self.index.reconstruct_batch(wanted)  # one call

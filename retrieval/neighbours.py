@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,15 +120,17 @@ def _answer(hits: list[tuple[int, float, int]], owner: VectorOwner) -> Answer:
 
 
 _helpers: tuple[int, ThreadPoolExecutor] | None = None
+_helpers_lock = threading.Lock()
 
 
 def _helper_threads() -> ThreadPoolExecutor:
     """This process's helper threads (created after a fork, never inherited: a forked child has no
     threads of its parent's pool)."""
     global _helpers
-    if _helpers is None or _helpers[0] != os.getpid():
-        _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="nearest"))
-    return _helpers[1]
+    with _helpers_lock:
+        if _helpers is None or _helpers[0] != os.getpid():
+            _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="nearest"))
+        return _helpers[1]
 
 
 def run_side_by_side(plans: Sequence[PlannedSearch]) -> list[Answer]:

@@ -68,8 +68,9 @@ class RerankWriter:
 
 
 class RerankVectors:
-    """Label → 16-bit vector: the rows of a file (memory-mapped) and the few added since the index
-    was built (caught up from Postgres, held in memory until the next rebuild)."""
+    """The 16-bit vectors of an index, by row (the order the index received them: FAISS's own
+    numbering inside the index) or by label: the rows of a file (memory-mapped), then the few added
+    since the index was built (caught up from Postgres, held in memory until the next rebuild)."""
 
     def __init__(self, path: Path, ids: np.ndarray, dim: int) -> None:
         rows, remainder = divmod(path.stat().st_size, _BYTES * dim)
@@ -85,14 +86,40 @@ class RerankVectors:
             # around each one (measured at 1M: 100 queries brought in the whole 5.4 GB file).
             self._mapped.madvise(mmap.MADV_RANDOM)
             self._rows = np.frombuffer(self._mapped, dtype=np.uint16).reshape(rows, dim)
+        self._labels = np.ascontiguousarray(ids, dtype=np.int64)  # row → label
         order = np.argsort(ids, kind="stable")
         self._sorted_labels = np.ascontiguousarray(ids[order], dtype=np.int64)
         self._row_of_sorted = order.astype(np.int64)
         self._added: dict[int, np.ndarray] = {}
+        self._added_rows: list[np.ndarray] = []  # rows after the file's, in the order added
+        self._added_labels: list[int] = []
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Rows added to the index after the file's, in the same order as the index received them."""
         for label, halves in zip(ids.tolist(), to_bfloat16(vectors), strict=True):
             self._added[int(label)] = halves
+            self._added_rows.append(halves)
+            self._added_labels.append(int(label))
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), dim) float32 vectors of these rows (FAISS's numbering inside the index), in order."""
+        in_file = len(self._rows)
+        if not len(rows) or rows.max() < in_file:  # the usual case: one gather from the mapping
+            return from_bfloat16(np.take(self._rows, rows, axis=0))
+        halves = np.empty((len(rows), self.dim), dtype=np.uint16)
+        from_file = rows < in_file
+        halves[from_file] = np.take(self._rows, rows[from_file], axis=0)
+        for position in np.flatnonzero(~from_file).tolist():
+            halves[position] = self._added_rows[int(rows[position]) - in_file]
+        return from_bfloat16(halves)
+
+    def labels_of(self, rows: np.ndarray) -> np.ndarray:
+        """The labels of these rows."""
+        in_file = len(self._labels)
+        if not len(rows) or rows.max() < in_file:
+            return self._labels[rows]
+        return np.array([self._labels[row] if row < in_file else self._added_labels[row - in_file]
+                         for row in rows.tolist()], dtype=np.int64)
 
     def get(self, labels: np.ndarray) -> np.ndarray:
         """(len(labels), dim) float32 vectors, in the order of `labels`; KeyError for one not held."""

@@ -36,3 +36,19 @@ def test_rows_come_back_by_label_from_the_file_and_from_vectors_added_since(tmp_
     assert np.allclose(got, expected, rtol=2.0 ** -8, atol=0)
     with pytest.raises(KeyError):
         stored.get(np.array([5]))
+
+
+def test_rows_in_the_order_the_index_received_them_and_their_labels(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((30, 8), dtype=np.float32)
+    labels = rng.permutation(np.arange(500, 530, dtype=np.int64))
+    writer = RerankWriter(tmp_path, 8)
+    writer.append(vectors)
+    stored = writer.finish(labels)
+    later = rng.standard_normal((3, 8), dtype=np.float32)
+    stored.add(np.array([11, 12, 13]), later)  # rows 30, 31, 32
+    rows = np.array([31, 4, 0, 32, 29])
+    assert stored.labels_of(rows).tolist() == [12, labels[4], labels[0], 13, labels[29]]
+    assert np.allclose(stored.rows(rows), np.stack([later[1], vectors[4], vectors[0], later[2], vectors[29]]),
+                       rtol=2.0 ** -8, atol=0)
+    assert np.array_equal(stored.rows(rows[1:3]), stored.get(stored.labels_of(rows[1:3])))
