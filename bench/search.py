@@ -468,7 +468,7 @@ def main() -> None:
         body = warm_and_cold(args.queries)
         print(body)
         if not args.no_write:
-            write_section("Search latency, first and second pass", "python -m bench.search --warm", body)
+            write_section("Search latency of a fresh web process, three passes", "python -m bench.search --warm", body)
         return
     if args.ann:
         os.environ["IMAGINAITION_ANN_INDEX"] = args.ann
