@@ -1,7 +1,7 @@
 """Search latency and recall vs collection size: FAISS (the project's hybrid query) vs pgvector.
 
     python -m bench.search                       # N = 10k and 100k (about 3 minutes)
-    python -m bench.search --n 1000000           # 1M, FAISS only by default (about 4 minutes)
+    python -m bench.search --n 1000000           # 1M, FAISS only by default (15-25 minutes here: the load alone 3-6)
     python -m bench.search --n 1000000 --ann ivf-sq8   # the same with compressed IVF indexes
     python -m bench.search --n 1000000 --ann ivf-pq    # product codes, re-ranked from mapped 16-bit vectors
     python -m bench.search --warm      # afterwards, in a fresh process: new queries, the same again, other new ones
