@@ -170,7 +170,7 @@ def _load_indexes_and_report() -> None:
 HYBRID = "hybrid query in-process (`rank`: both indexes, policy, similarities)"
 
 
-def warm_and_cold(queries: int) -> str:
+def fresh_process_passes(queries: int) -> str:
     """--warm: in a fresh process on the benchmark database as the last run left it, hybrid queries
     in three passes. ivf-pq's re-rank files are first read once into the host's page cache (a host
     serving them keeps them in RAM; the process's own memory is unchanged): the first pass then maps
@@ -178,13 +178,13 @@ def warm_and_cold(queries: int) -> str:
     repeats the same queries; the third asks other queries, new to the process, once the kernel has
     mapped the pages around each row read before (64 KB a fault), as in a long-running process.
     Returns the section's body."""
-    out = subprocess.run([sys.executable, "-c", f"from bench.search import _two_passes; _two_passes({queries})"],
+    out = subprocess.run([sys.executable, "-c", f"from bench.search import _three_passes; _three_passes({queries})"],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
                          env={**os.environ})
     return out.stdout.strip().split("BODY\n", 1)[1]
 
 
-def _two_passes(queries: int) -> None:
+def _three_passes(queries: int) -> None:
     _django_on_the_bench_database()
     from retrieval.encoders.registry import MODELS, active_models
     from retrieval.index_snapshots import manager
@@ -465,7 +465,7 @@ def main() -> None:
                              "the last run left (queries new to the process, then the same again)")
     args = parser.parse_args()
     if args.warm:
-        body = warm_and_cold(args.queries)
+        body = fresh_process_passes(args.queries)
         print(body)
         if not args.no_write:
             write_section("Search latency of a fresh web process, three passes", "python -m bench.search --warm", body)

@@ -26,7 +26,7 @@ from django.db import connection
 from retrieval.index_build import IVF_KINDS, PRODUCT_QUANTIZED, search_index
 from retrieval.metrics import normalize, similarity_from_distance
 from retrieval.models import DeletedImage, Embedding, IndexState, RegionEmbedding
-from retrieval.rerank_vectors import RerankVectors
+from retrieval.rerank_vectors import RerankVectors, find_in_sorted
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import stream_vectors
 
@@ -121,8 +121,7 @@ class IdSet:
 
     def holds(self, labels: np.ndarray) -> np.ndarray:
         """label in self for each of an int64 array, as a boolean array (one search of the sorted base)."""
-        at = np.minimum(np.searchsorted(self._base, labels), max(len(self._base) - 1, 0))
-        held = self._base[at] == labels if len(self._base) else np.zeros(len(labels), dtype=bool)
+        _, held = find_in_sorted(self._base, labels)
         if self._removed:
             held &= ~np.isin(labels, np.fromiter(self._removed, dtype=np.int64, count=len(self._removed)))
         if self._added:

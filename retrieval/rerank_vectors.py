@@ -39,6 +39,14 @@ def from_bfloat16(halves: np.ndarray) -> np.ndarray:
     return _codec(halves.shape[1]).decode(halves.view(np.uint8))
 
 
+def find_in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each value's position in a sorted int64 array, or a valid position if absent; whether it is there)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return at, sorted_values[at] == values
+
+
 @functools.cache
 def _codec(dim: int) -> faiss.ScalarQuantizer:
     return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_bf16)  # nothing to train: a fixed format
@@ -90,14 +98,14 @@ class RerankVectors:
         order = np.argsort(ids, kind="stable")
         self._sorted_labels = np.ascontiguousarray(ids[order], dtype=np.int64)
         self._row_of_sorted = order.astype(np.int64)
-        self._added: dict[int, np.ndarray] = {}
         self._added_rows: list[np.ndarray] = []  # rows after the file's, in the order added
         self._added_labels: list[int] = []
+        self._added_row_of: dict[int, int] = {}  # label → row, for those
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Rows added to the index after the file's, in the same order as the index received them."""
         for label, halves in zip(ids.tolist(), to_bfloat16(vectors), strict=True):
-            self._added[int(label)] = halves
+            self._added_row_of[int(label)] = len(self._labels) + len(self._added_rows)
             self._added_rows.append(halves)
             self._added_labels.append(int(label))
 
@@ -124,15 +132,11 @@ class RerankVectors:
     def get(self, labels: np.ndarray) -> np.ndarray:
         """(len(labels), dim) float32 vectors, in the order of `labels`; KeyError for one not held."""
         labels = np.asarray(labels, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._sorted_labels, labels), max(len(self._sorted_labels) - 1, 0))
-        in_file = (self._sorted_labels[at] == labels) if len(self._sorted_labels) else np.zeros(len(labels), bool)
-        if in_file.all():  # the usual case: one gather from the mapping
-            return from_bfloat16(np.take(self._rows, self._row_of_sorted[at], axis=0))
-        halves = np.empty((len(labels), self.dim), dtype=np.uint16)
-        halves[in_file] = np.take(self._rows, self._row_of_sorted[at[in_file]], axis=0)
+        at, in_file = find_in_sorted(self._sorted_labels, labels)
+        rows = self._row_of_sorted[at] if len(self._row_of_sorted) else np.zeros(len(labels), dtype=np.int64)
         for position in np.flatnonzero(~in_file).tolist():
-            halves[position] = self._added[int(labels[position])]
-        return from_bfloat16(halves)
+            rows[position] = self._added_row_of[int(labels[position])]
+        return self.rows(rows)
 
     def discard_if_unpublished(self) -> None:
         """A build that failed before publishing: its temporary file goes."""
