@@ -283,8 +283,11 @@ def search_index(index: faiss.IndexIDMap2, *, space: str, queries: np.ndarray, k
         found = found[found >= 0]
         if not len(found):
             continue
-        vectors = stored.rows(found) if stored is not None else index.reconstruct_batch(found)
-        near, picked = faiss.knn(query.reshape(1, -1), vectors, min(k, len(found)), metric=faiss_metric(space))
+        if stored is not None:
+            near, picked = stored.nearest(query.reshape(1, -1), found, k, metric=faiss_metric(space))
+        else:
+            near, picked = faiss.knn(query.reshape(1, -1), index.reconstruct_batch(found), min(k, len(found)),
+                                     metric=faiss_metric(space))
         nearest = found[picked[0]]
         distances[row, :len(nearest)] = near[0]
         labels[row, :len(nearest)] = stored.labels_of(nearest) if stored is not None else nearest

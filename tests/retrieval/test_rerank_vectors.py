@@ -1,5 +1,6 @@
 """ivf-pq's 16-bit re-rank vectors: the bfloat16 codec and the file's rows by label."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -52,3 +53,27 @@ def test_rows_in_the_order_the_index_received_them_and_their_labels(tmp_path):
     assert np.allclose(stored.rows(rows), np.stack([later[1], vectors[4], vectors[0], later[2], vectors[29]]),
                        rtol=2.0 ** -8, atol=0)
     assert np.array_equal(stored.rows(rows[1:3]), stored.get(stored.labels_of(rows[1:3])))
+
+
+@pytest.mark.parametrize("metric", [faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L1])
+def test_the_nearest_rows_compared_in_16_bits_match_an_exact_search_of_the_widened_rows(tmp_path, metric):
+    """L2 and inner product compare the 16-bit rows as they are (FAISS's bfloat16 index), L1 widens
+    them: either way the same neighbours and distances as faiss.knn over the float32 rows, also for
+    rows added since the build and for a thread reusing its buffer with fewer rows."""
+    rng = np.random.default_rng(3)
+    dim = 40
+    vectors = rng.standard_normal((400, dim), dtype=np.float32)
+    writer = RerankWriter(tmp_path, dim)
+    writer.append(vectors)
+    stored = writer.finish(np.arange(400, dtype=np.int64))
+    stored.add(np.array([900, 901]), rng.standard_normal((2, dim), dtype=np.float32))  # rows 400, 401
+    query = rng.standard_normal((1, dim), dtype=np.float32)
+    for rows in (rng.choice(402, 300, replace=False), np.array([401, 7, 400, 3, 250])):
+        distances, positions = stored.nearest(query, rows, 10, metric=metric)
+        k = min(10, len(rows))
+        expected_distances, expected_positions = faiss.knn(query, stored.rows(rows), k, metric=metric)
+        assert distances.shape == (1, k) and positions.shape == (1, k)
+        assert positions[0].tolist() == expected_positions[0].tolist()
+        assert np.allclose(distances, expected_distances, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError):
+        stored.nearest(query, np.array([0, 402]), 1, metric=metric)
