@@ -10,7 +10,9 @@ downloads.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +22,7 @@ from PIL import Image as PILImage
 from .base import SemanticEncoder, l2_normalize
 from .devices import model_device
 from .precision import PrecisionChoice
-from .safetensors_io import safetensors_read_into
+from .safetensors_io import large_embedding_tables, safetensors_read_into
 
 if TYPE_CHECKING:
     from .specs import ModelSpec
@@ -70,9 +72,25 @@ def _open_clip_chatter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
+def _import_open_clip() -> ModuleType:
+    """open_clip, imported without timm and transformers where nothing has imported them yet: it
+    imports both when installed, for towers the registry's CLIP models do not use (43 MiB of a web
+    process, measured). Either can still be imported later by what needs it."""
+    absent = [name for name in ("timm", "transformers") if name not in sys.modules]
+    for name in absent:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
+    try:
+        import open_clip
+    finally:
+        for name in absent:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+    return open_clip
+
+
 def load(spec: ModelSpec) -> OpenClipEncoder:
     """Build the model from the registry's weight file. FileNotFoundError when it has not been fetched."""
-    import open_clip
+    open_clip = _import_open_clip()
 
     architecture = spec.options["architecture"]
     path = spec.weight_path()
@@ -89,7 +107,9 @@ def load(spec: ModelSpec) -> OpenClipEncoder:
     finally:
         root.removeFilter(_open_clip_chatter)
     if path.suffix == ".safetensors":
-        safetensors_read_into(model, path)
+        # the token embeddings stay in the file where the model runs on the CPU: a web process holds
+        # only the rows its text queries read (97 MiB less resident)
+        safetensors_read_into(model, path, mapped=large_embedding_tables(model) if model_device().type == "cpu" else ())
     else:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     assert spec.dim is not None

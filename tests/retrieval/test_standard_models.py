@@ -255,3 +255,36 @@ def test_a_safetensors_file_is_read_straight_into_the_model_or_refused_when_it_d
     save_file({**state, "0.weight": torch.zeros(3, 5)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(RuntimeError, match="shape"):
         safetensors_read_into(target, tmp_path / "bad.safetensors")
+
+
+def test_a_large_embedding_table_can_stay_in_the_file_and_reads_the_same(tmp_path):
+    """`mapped`: the table becomes a private mapping of the file's bytes (only the rows a pass reads
+    become resident): the same values and lookups as a copied one, and a write to it never reaches
+    the file. Tables below the size limit and other parameters are copied as before."""
+    from safetensors.torch import save_file
+
+    from retrieval.encoders.safetensors_io import large_embedding_tables, safetensors_read_into
+
+    def build() -> torch.nn.Module:
+        return torch.nn.ModuleDict({"tokens": torch.nn.Embedding(5000, 64), "small": torch.nn.Embedding(10, 64),
+                                    "head": torch.nn.Linear(64, 8)})
+
+    torch.manual_seed(4)
+    source = build()
+    save_file(source.state_dict(), str(tmp_path / "m.safetensors"))
+    file_bytes = (tmp_path / "m.safetensors").read_bytes()
+    target = build()
+    mapped = large_embedding_tables(target, min_bytes=1 << 20)
+    assert mapped == {"tokens.weight"}  # 5000 × 64 × 4 B = 1.2 MiB; "small" stays below the limit
+    head_before, tokens_before = target["head"].weight.data_ptr(), target["tokens"].weight.data_ptr()
+    safetensors_read_into(target, tmp_path / "m.safetensors", mapped=mapped)
+    assert target["head"].weight.data_ptr() == head_before  # copied in place as before
+    assert target["tokens"].weight.data_ptr() != tokens_before  # replaced: over the mapping
+    assert not target["tokens"].weight.requires_grad
+    for name, tensor in target.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    tokens = torch.tensor([[3, 4999, 17]])
+    assert torch.equal(target["tokens"](tokens), source["tokens"](tokens))
+    with torch.no_grad():
+        target["tokens"].weight[3] += 1  # copy-on-write: this process's page only
+    assert (tmp_path / "m.safetensors").read_bytes() == file_bytes
