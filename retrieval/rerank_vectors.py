@@ -57,15 +57,14 @@ def _codec(dim: int) -> faiss.ScalarQuantizer:
 
 
 _scratch = threading.local()
+KEPT_RANKER_BYTES = 16 << 20  # a thread keeps its ranking buffer up to this size (k = 50 at 1M: 5.3 MB)
 
 
-def _ranker(dim: int, metric: int) -> faiss.IndexScalarQuantizer:
-    """This thread's bfloat16 index for ranking gathered rows: its code buffer is refilled by each
-    query and keeps its capacity, so a query allocates (and faults in) no new pages."""
+def _rankers() -> dict[tuple[int, int], faiss.IndexScalarQuantizer]:
+    """This thread's bfloat16 indexes for ranking gathered rows, by (dim, metric): the code buffer is
+    refilled by each query and keeps its capacity, so a query allocates (and faults in) no new pages."""
     rankers: dict[tuple[int, int], faiss.IndexScalarQuantizer] = _scratch.__dict__.setdefault("rankers", {})
-    if (dim, metric) not in rankers:
-        rankers[dim, metric] = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_bf16, metric)
-    return rankers[dim, metric]
+    return rankers
 
 
 class RerankWriter:
@@ -138,12 +137,19 @@ class RerankVectors:
         k = min(k, len(rows))
         if metric not in (faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT):
             return faiss.knn(query, self.rows(rows), k, metric=metric)
-        ranker = _ranker(self.dim, metric)
+        rankers = _rankers()
+        ranker = rankers.get((self.dim, metric)) or faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_bf16,
+                                                                                metric)
         size = len(rows) * self.dim * _BYTES
         ranker.codes.resize(size)
         ranker.ntotal = len(rows)
         self._gather(rows, faiss.rev_swig_ptr(ranker.codes.data(), size).view(np.uint16).reshape(len(rows), self.dim))
-        return ranker.search(query, k)
+        found = ranker.search(query, k)
+        if size <= KEPT_RANKER_BYTES:
+            rankers[self.dim, metric] = ranker
+        else:  # an unusually deep search (a label filter asking for many more): its buffer is not kept
+            rankers.pop((self.dim, metric), None)
+        return found
 
     def _gather(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Copies these rows' 16-bit vectors into `out` (len(rows), dim)."""

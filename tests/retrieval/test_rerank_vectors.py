@@ -4,6 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
+from retrieval import rerank_vectors
 from retrieval.rerank_vectors import RerankWriter, from_bfloat16, to_bfloat16
 
 
@@ -56,10 +57,14 @@ def test_rows_in_the_order_the_index_received_them_and_their_labels(tmp_path):
 
 
 @pytest.mark.parametrize("metric", [faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L1])
-def test_the_nearest_rows_compared_in_16_bits_match_an_exact_search_of_the_widened_rows(tmp_path, metric):
+def test_the_nearest_rows_compared_in_16_bits_match_an_exact_search_of_the_widened_rows(tmp_path, metric,
+                                                                                       monkeypatch):
     """L2 and inner product compare the 16-bit rows as they are (FAISS's bfloat16 index), L1 widens
     them: either way the same neighbours and distances as faiss.knn over the float32 rows, also for
-    rows added since the build and for a thread reusing its buffer with fewer rows."""
+    rows added since the build and for a thread reusing its buffer with fewer rows. A thread keeps
+    its buffer only up to a size: a deep search's is let go."""
+    monkeypatch.setattr(rerank_vectors, "KEPT_RANKER_BYTES", 100 * 40 * 2)
+    rerank_vectors._rankers().clear()
     rng = np.random.default_rng(3)
     dim = 40
     vectors = rng.standard_normal((400, dim), dtype=np.float32)
@@ -75,5 +80,7 @@ def test_the_nearest_rows_compared_in_16_bits_match_an_exact_search_of_the_widen
         assert distances.shape == (1, k) and positions.shape == (1, k)
         assert positions[0].tolist() == expected_positions[0].tolist()
         assert np.allclose(distances, expected_distances, rtol=1e-5, atol=1e-5)
+        kept = (dim, metric) in rerank_vectors._rankers()
+        assert kept == (metric != faiss.METRIC_L1 and len(rows) <= 100), len(rows)  # 300 rows: let go
     with pytest.raises(IndexError):
         stored.nearest(query, np.array([0, 402]), 1, metric=metric)
