@@ -138,8 +138,9 @@ class RerankVectors:
         if metric not in (faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT):
             return faiss.knn(query, self.rows(rows), k, metric=metric)
         rankers = _rankers()
-        ranker = rankers.get((self.dim, metric)) or faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_bf16,
-                                                                                metric)
+        ranker = rankers.get((self.dim, metric))
+        if ranker is None:
+            ranker = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_bf16, metric)
         size = len(rows) * self.dim * _BYTES
         ranker.codes.resize(size)
         ranker.ntotal = len(rows)
