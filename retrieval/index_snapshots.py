@@ -74,6 +74,11 @@ def _single_threaded() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
+def members_of(labels: np.ndarray, members: Collection[int]) -> np.ndarray:
+    """label in members for each of an int64 array, as a boolean array (one vectorized test)."""
+    return np.isin(labels, np.fromiter(members, dtype=np.int64, count=len(members)))
+
+
 class IdSet:
     """The labels an index holds: a sorted int64 array of those it was built with (8 bytes a label,
     where a Python set takes ~70 bytes: 70 MB per million vectors in every web process) and small
@@ -123,9 +128,9 @@ class IdSet:
         """label in self for each of an int64 array, as a boolean array (one search of the sorted base)."""
         _, held = find_in_sorted(self._base, labels)
         if self._removed:
-            held &= ~np.isin(labels, np.fromiter(self._removed, dtype=np.int64, count=len(self._removed)))
+            held &= ~members_of(labels, self._removed)
         if self._added:
-            held |= np.isin(labels, np.fromiter(self._added, dtype=np.int64, count=len(self._added)))
+            held |= members_of(labels, self._added)
         return held
 
     def missing_from(self, keep: Collection[int]) -> set[int]:
@@ -216,7 +221,7 @@ class IndexSnapshot:
             asked = np.asarray(labels, dtype=np.int64)
             held = self.ids.holds(asked)
             if self.deleted:
-                held &= ~np.isin(asked, np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted)))
+                held &= ~members_of(asked, self.deleted)
             wanted = asked[held]
             present = wanted.tolist()
             if not present:
