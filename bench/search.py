@@ -482,8 +482,8 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=100_000,
                         help="after the run at this N, the region section (3 regions per image); 0: none")
     parser.add_argument("--warm", action="store_true",
-                        help="no new data: time the same hybrid queries twice in a fresh process on the indexes "
-                             "the last run left (queries new to the process, then the same again)")
+                        help="no new data: time hybrid queries in three passes in a fresh process on the indexes "
+                             "the last run left (queries new to the process, the same again, other new ones)")
     args = parser.parse_args()
     if args.warm:
         body = fresh_process_passes(args.queries)
