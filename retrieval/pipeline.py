@@ -210,9 +210,10 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                  for column, mask in enumerate(masks)] for row, masks in enumerate(found)]
 
     def write_one(image: Image, segmented: list[SegmentedMask]) -> None:
-        # Replace this segmenter's masks wholesale (their region vectors go with them): a rerun
-        # leaves exactly one set.
-        Mask.objects.filter(image=image, segmenter=models.segmenter).delete()
+        # Replace the image's masks wholesale (their region vectors go with them): a rerun leaves
+        # exactly one set, and after a segmenter change the old segmenter's masks go (kept, each label
+        # would show twice, and their regions would lack the new models' vectors).
+        Mask.objects.filter(image=image).delete()
         rows = Mask.objects.bulk_create([
             Mask(image=image, segmenter=models.segmenter, label=s.mask.label, class_index=s.mask.class_index,
                  probability_png=s.png, area_fraction=s.mask.area_fraction)
@@ -249,8 +250,9 @@ def process_all_pending(*, batch_size: int | None = None, progress: Progress | N
 
 def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
     """After a model change: put every image lacking the active models' vectors back in the queue:
-    its embedding step when the whole image lacks them, its segmentation step (which writes region
-    vectors) when one of its masks large enough to be a region lacks them.
+    its embedding step when the whole image lacks them, its segmentation step (which writes masks and
+    region vectors) when it has masks of another segmenter or one of its masks large enough to be a
+    region lacks either space's vector.
 
     Vectors of other models stay (each row records its model key), so switching back needs no work.
     """
@@ -262,11 +264,13 @@ def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
                     .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
     # A mask's stored area is at probability 0.5, a region's at the (lower) default threshold: a
     # mask large enough by the first is large enough by the second.
+    region_has_all = [Exists(RegionEmbedding.objects.filter(mask=OuterRef("pk"), space=space, model_key=key))
+                      for space, key in pairs]
     region_lacking = Mask.objects.filter(image=OuterRef("pk"), area_fraction__gte=settings.IMAGINAITION_REGION_MIN_AREA)\
-        .exclude(Exists(RegionEmbedding.objects.filter(mask=OuterRef("pk"), space=Space.CONTENT,
-                                                       model_key=models.content)))
+        .exclude(region_has_all[0] & region_has_all[1])
+    other_segmenter = Mask.objects.filter(image=OuterRef("pk")).exclude(segmenter=models.segmenter)
     segment_ids = set(Image.objects.filter(masks_status=ProcessingStatus.READY)
-                      .filter(Exists(region_lacking)).values_list("pk", flat=True))
+                      .filter(Exists(region_lacking) | Exists(other_segmenter)).values_list("pk", flat=True))
     ids = sorted(embed_ids | segment_ids)
     if ids:
         with transaction.atomic():

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image as PILImage
 
 from gallery.models import Image, Mask
+from retrieval.encoders.catalog import MODELS
 from retrieval.models import RegionEmbedding
 from retrieval.pipeline import images_reembed_for_active_models, segment_batch
 from retrieval.regions import NEUTRAL_FILL, region_picture
@@ -90,20 +91,51 @@ def test_the_pipeline_stores_region_vectors_for_a_real_photo_once(client, user, 
 
 @pytest.mark.django_db
 def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_vectors(media_root, offline):  # noqa: F811
-    image = make_image(status="ready")
-    Image.objects.filter(pk=image.pk).update(masks_status="ready")
-    add_mask(image)  # 40 % of the picture, no region vectors yet (stored before search by region existed)
-    tiny = make_image(status="ready")
-    Image.objects.filter(pk=tiny.pk).update(masks_status="ready")
-    small = add_mask(tiny)
-    Mask.objects.filter(pk=small.pk).update(area_fraction=0.001)  # too small to be a region
+    def segmented_image(*, segmenter=offline.segmenter, area=0.4, region_spaces=()):
+        image = make_image(status="ready")
+        Image.objects.filter(pk=image.pk).update(masks_status="ready")
+        mask = add_mask(image, segmenter=segmenter)
+        Mask.objects.filter(pk=mask.pk).update(area_fraction=area)
+        keys = {"semantic": offline.semantic, "content": offline.content}
+        for space in region_spaces:
+            dim = MODELS[keys[space]].dim  # pgvector's per-model indexes check it
+            RegionEmbedding.objects.create(mask=mask, image=image, space=space, model_key=keys[space],
+                                           vector=np.full(dim, 1 / dim, dtype=np.float32))
+        return image
+
+    # stored before search by region existed: no region vectors
+    no_regions = segmented_image(region_spaces=())
+    # a semantic model change: the content vector is the active one's, the semantic one is not
+    semantic_lacking = segmented_image(region_spaces=("content",))
+    # a segmenter change: the masks are another segmenter's, whatever their vectors
+    other_segmenter = segmented_image(segmenter="test/segmenter", region_spaces=("semantic", "content"))
+    complete = segmented_image(region_spaces=("semantic", "content"))
+    tiny = segmented_image(area=0.001)  # too small to be a region: needs no vectors
 
     ids = images_reembed_for_active_models(enqueue=False)
 
-    assert image.pk in ids  # (both are also re-embedded whole: they have no image vectors either)
-    image.refresh_from_db()
-    tiny.refresh_from_db()
-    assert image.masks_status == "pending" and tiny.masks_status == "ready"
+    requeued = {no_regions.pk, semantic_lacking.pk, other_segmenter.pk}
+    assert requeued <= set(ids)  # (all are also re-embedded whole: they have no image vectors either)
+    for image in (no_regions, semantic_lacking, other_segmenter, complete, tiny):
+        image.refresh_from_db()
+        assert image.masks_status == ("pending" if image.pk in requeued else "ready"), image.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_segmenting_after_a_segmenter_change_replaces_the_old_segmenters_masks(client, user, media_root, offline):  # noqa: F811
+    client.force_login(user)
+    image_id = upload(client, "chelsea")
+    image = Image.objects.get(pk=image_id)
+    old = add_mask(image, segmenter="test/old-segmenter")
+    RegionEmbedding.objects.create(mask=old, image=image, space="content", model_key=offline.content,
+                                   vector=np.full(1024, 1 / 1024, dtype=np.float32))
+
+    segment_batch(batch_size=4)
+
+    masks = Mask.objects.filter(image_id=image_id)
+    assert masks.exists() and set(masks.values_list("segmenter", flat=True)) == {offline.segmenter}
+    assert not RegionEmbedding.objects.filter(mask_id=old.pk).exists()
+    assert images_reembed_for_active_models(enqueue=False) == []  # nothing left to do
 
 
 @pytest.mark.django_db
