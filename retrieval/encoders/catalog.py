@@ -174,3 +174,10 @@ PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
     "offline": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "content": AUTOENCODER_V2.key,
                 "segmenter": OFFLINE_SEGMENTER_LITE2.key},
 }
+
+# IMAGINAITION_OFFLINE_NETWORK: the offline profile's (semantic, segmenter) pair, one network per process.
+# lite0 is 2-3x cheaper per image and less precise (docs/OFFLINE_PROFILE.md).
+OFFLINE_NETWORKS: dict[str, dict[Role, str]] = {
+    "lite2": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "segmenter": OFFLINE_SEGMENTER_LITE2.key},
+    "lite0": {"semantic": OFFLINE_SEMANTIC_V2.key, "segmenter": OFFLINE_SEGMENTER.key},
+}

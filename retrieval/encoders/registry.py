@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import Role
-from .catalog import MODELS, PROFILE_MODELS
+from .catalog import MODELS, OFFLINE_NETWORKS, PROFILE_MODELS
 from .devices import model_device
 from .openvino_runtime import OpenVinoChoice
 from .precision import PrecisionChoice
@@ -39,9 +39,16 @@ class ActiveModels:
 
 
 def profile_models(profile: Profile) -> dict[Role, str]:
-    """Which model serves each role in a profile: the catalog's choice, with the segmenter replaced by
-    IMAGINAITION_SEGMENTER when set (a cheaper segmenter for users who prefer speed)."""
+    """Which model serves each role in a profile: the catalog's choice; for the offline profile, the
+    network pair IMAGINAITION_OFFLINE_NETWORK names; the segmenter replaced by IMAGINAITION_SEGMENTER
+    when set (a cheaper segmenter for users who prefer speed)."""
     roles = dict(PROFILE_MODELS[profile])
+    if profile == "offline":
+        network = settings.IMAGINAITION_OFFLINE_NETWORK
+        if network not in OFFLINE_NETWORKS:
+            raise ImproperlyConfigured(f"IMAGINAITION_OFFLINE_NETWORK must be one of {', '.join(OFFLINE_NETWORKS)}, "
+                                       f"not {network!r}")
+        roles.update(OFFLINE_NETWORKS[network])
     chosen = settings.IMAGINAITION_SEGMENTER
     if chosen:
         segmenters = sorted(key for key, spec in MODELS.items() if spec.role == "segmenter")

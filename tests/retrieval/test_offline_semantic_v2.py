@@ -73,6 +73,28 @@ def test_the_lite2_pair_is_the_offline_default_and_the_lite0_keys_stay_registere
     assert MODELS[LITE2_KEY].weight_path("classifier") != MODELS[V2_KEY].weight_path("classifier")
 
 
+def test_the_offline_network_setting_chooses_the_pair_and_refuses_others(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from retrieval.encoders import registry
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_SEGMENTER = ""
+    chosen = {}
+    for network in ("lite2", "lite0"):
+        settings.IMAGINAITION_OFFLINE_NETWORK = network
+        models = registry.active_models()
+        chosen[network] = (models.semantic, models.segmenter, models.content)
+    assert chosen["lite2"] == (LITE2_KEY, LITE2_SEGMENTER_KEY, "autoencoder/v2")
+    assert chosen["lite0"] == (V2_KEY, "offline/effnet-lite0-cam", "autoencoder/v2")
+    settings.IMAGINAITION_SEGMENTER = "offline/effnet-lite0-cam"  # still overrides the pair's segmenter
+    settings.IMAGINAITION_OFFLINE_NETWORK = "lite2"
+    assert registry.active_models().segmenter == "offline/effnet-lite0-cam"
+    settings.IMAGINAITION_OFFLINE_NETWORK = "lite4"
+    with pytest.raises(ImproperlyConfigured, match="lite2, lite0"):
+        registry.active_models()
+
+
 def test_image_vectors_are_unit_rows_with_the_documented_block_weights(v1, v2, photos):
     images = list(photos.values())[:6]
     old, new = v1.encode_images(images), v2.encode_images(images)
