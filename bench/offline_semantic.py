@@ -30,6 +30,7 @@ import datetime
 import io
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -86,6 +87,25 @@ def build_openclipart(target: Path, *, which: str, per_category: int, seed: int)
         print(f"{folder.name}: {len(picked)} of {len(files)}")
     (target / "captions.tsv").write_text("\n".join(captions) + "\n")
     print(f"{len(captions)} captions in {target / 'captions.tsv'}")
+
+
+def build_region_inputs(objects: Path, backgrounds: Path, *, per_category: int = 20, seed: int = 0) -> None:
+    """The data of docs/BENCHMARKS.md's "Search by region": per openclipart object category of
+    bench.offline_semantic, a seeded sample of its PNGs as they are (alpha kept), and the largest
+    file of each KDE Plasma wallpaper (Debian's openclipart-png and plasma-workspace-wallpapers)."""
+    rng = random.Random(seed)
+    for name in OPENCLIPART_OBJECTS:
+        files = sorted((OPENCLIPART / name).rglob("*.png"))
+        folder = objects / Path(name).name
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in rng.sample(files, min(per_category, len(files))):
+            shutil.copy(path, folder / str(path.relative_to(OPENCLIPART / name)).replace("/", "__"))
+    backgrounds.mkdir(parents=True, exist_ok=True)
+    for wallpaper in sorted(p for p in Path("/usr/share/wallpapers").iterdir() if p.is_dir()):
+        files = sorted(wallpaper.rglob("*.jpg")) + sorted(wallpaper.rglob("*.png"))
+        if files:
+            largest = max(files, key=lambda path: path.stat().st_size)
+            shutil.copy(largest, backgrounds / f"{wallpaper.name}{largest.suffix}")
 
 
 def _on_white(image: Image.Image) -> Image.Image:
