@@ -161,9 +161,10 @@ OFFLINE_SEGMENTER_LITE2 = ModelSpec(
     description="Class activation maps of EfficientNet-Lite2 (9x9 cells at 260 px): coarse soft masks for "
                 "confident classes.",
     weights=(LITE2_CLASSIFIER,),
-    # Lite2's class distribution is more peaked than Lite0's: a picture's second object often gets 5-10 %
-    # (at 0.1 it found 169 of 443 pasted objects, at 0.05 271; Lite0 at 0.1: 200; docs/BENCHMARKS.md).
-    options={"architecture": "efficientnet_lite2", "min_probability": 0.05},
+    # Lite2's class distribution is more peaked than Lite0's: a picture's second object often gets 5-10 %.
+    # Of 443 pasted objects it found 169 from 0.1 (Lite0: 200), 219 from 0.075, 271 from 0.05, at 1.1,
+    # 1.5 and 2.4 masks per photo, each embedded at ingest (docs/BENCHMARKS.md, "Search by region").
+    options={"architecture": "efficientnet_lite2", "min_probability": 0.075},
 )
 
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
