@@ -186,8 +186,8 @@ IMAGINAITION_DEVICE = os.environ.get("IMAGINAITION_DEVICE", "auto")
 # auto: half precision where a model keeps its results with it (checked on its first batch; accelerators,
 # and the segmenter on CPUs with native bf16); fp32: never (retrieval/encoders/precision.py).
 IMAGINAITION_PRECISION = os.environ.get("IMAGINAITION_PRECISION", "auto")
-# The offline profile's network, for its semantic model and segmenter: lite2 (default) or lite0 (2-3x
-# cheaper per image on a CPU, less precise: docs/OFFLINE_PROFILE.md).
+# The offline profile's network, for its semantic model and segmenter: lite2 (default) or lite0 (half
+# the model time per image on a CPU, less precise: docs/OFFLINE_PROFILE.md).
 IMAGINAITION_OFFLINE_NETWORK = os.environ.get("IMAGINAITION_OFFLINE_NETWORK", "lite2")
 # A registered segmenter key replacing the profile's own (empty: the profile's, DeepLabV3-ResNet101 for
 # standard); e.g. torchvision/lraspp_mobilenet_v3_large for speed. `fetch_weights` fetches it.

