@@ -171,16 +171,15 @@ MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
     OPENCLIP_VIT_B_32, DEEPLABV3_RESNET101, DEEPLABV3_MOBILENET, LRASPP_MOBILENET, AUTOENCODER_V1, AUTOENCODER_V2,
     OFFLINE_SEMANTIC, OFFLINE_SEMANTIC_V2, OFFLINE_SEGMENTER, OFFLINE_SEMANTIC_LITE2, OFFLINE_SEGMENTER_LITE2)}
 
-PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
-    "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V2.key,
-                 "segmenter": DEEPLABV3_RESNET101.key},
-    "offline": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "content": AUTOENCODER_V2.key,
-                "segmenter": OFFLINE_SEGMENTER_LITE2.key},
-}
-
 # IMAGINAITION_OFFLINE_NETWORK: the offline profile's (semantic, segmenter) pair, one network per process.
 # lite0 takes half the model time per image and is less precise (docs/OFFLINE_PROFILE.md).
 OFFLINE_NETWORKS: dict[str, dict[Role, str]] = {
     "lite2": {"semantic": OFFLINE_SEMANTIC_LITE2.key, "segmenter": OFFLINE_SEGMENTER_LITE2.key},
     "lite0": {"semantic": OFFLINE_SEMANTIC_V2.key, "segmenter": OFFLINE_SEGMENTER.key},
+}
+
+PROFILE_MODELS: dict[Profile, dict[Role, str]] = {
+    "standard": {"semantic": OPENCLIP_VIT_B_32.key, "content": AUTOENCODER_V2.key,
+                 "segmenter": DEEPLABV3_RESNET101.key},
+    "offline": {**OFFLINE_NETWORKS["lite2"], "content": AUTOENCODER_V2.key},
 }
