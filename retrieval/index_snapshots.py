@@ -175,9 +175,6 @@ class IndexSnapshot:
         self.set_owners(owners)
         self.remove(self.ids.missing_from(owners.keys()))
 
-    def _image(self, label: int) -> int:
-        return label if self.owner == "image" else self.image_of.get(label, -1)
-
     @property
     def count(self) -> int:
         return len(self.ids) - len(self.deleted)
@@ -187,8 +184,8 @@ class IndexSnapshot:
         with self.lock:
             if self.count == 0 or k <= 0:
                 return []
-            excluded = 0 if exclude_image_id is None else len(self.regions_of.get(exclude_image_id, ())) or 1
-            wanted = min(len(self.ids), k + len(self.deleted) + excluded)
+            excluded = self._labels_of(exclude_image_id)
+            wanted = min(len(self.ids), k + len(self.deleted) + len(excluded))
             if self.kind == "hnsw":
                 hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(self.index.index))  # kind says which class
                 hnsw.hnsw.efSearch = max(settings.IMAGINAITION_HNSW_EF_SEARCH, wanted)
@@ -196,15 +193,22 @@ class IndexSnapshot:
                 distances, labels = search_index(self.index, space=self.space, k=wanted, rerank=self.rerank,
                                                  stored=self.rerank_vectors,
                                                  queries=normalize(self.space, query.reshape(1, -1)))
-        found = []
-        for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
-            if label < 0 or label in self.deleted or (exclude_image_id is not None
-                                                      and self._image(label) == exclude_image_id):
-                continue
-            found.append((label, float(similarity_from_distance(self.space, distance))))
-            if len(found) == k:
-                break
-        return found
+            # One numpy pass for the similarities: per label, a region search's 200 calls were ~10 % of it.
+            similarities = similarity_from_distance(self.space, distances[0]).tolist()
+            found = []
+            for label, similarity in zip(labels[0].tolist(), similarities, strict=True):
+                if label < 0 or label in self.deleted or label in excluded:
+                    continue
+                found.append((label, similarity))
+                if len(found) == k:
+                    break
+            return found
+
+    def _labels_of(self, image_id: int | None) -> frozenset[int]:
+        """The labels of an image in this index: itself, or its regions' mask ids."""
+        if image_id is None:
+            return frozenset()
+        return frozenset((image_id,) if self.owner == "image" else self.regions_of.get(image_id, ()))
 
     def vectors_for(self, image_ids: list[int]) -> dict[int, np.ndarray]:
         """The stored (normalized) vectors of these images, from memory: no database round trip.

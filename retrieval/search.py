@@ -359,16 +359,19 @@ def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray
     memory when it is loaded, else from Postgres)."""
     snapshot = manager.loaded(space=space, model_key=model_key, owner="region")
     if snapshot is not None:
-        labels = [(image_id, label) for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())]
-        stored = snapshot.vectors_for([label for _, label in labels])
-        rows = [(image_id, stored[label]) for image_id, label in labels if label in stored]
+        with snapshot.lock:
+            labels = [label for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())]
+            present, vectors = snapshot.vectors_matrix(labels)  # one matrix: no per-row arrays to stack
+            owners = [snapshot.image_of[label] for label in present]
     else:
         rows = list(RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
                     .values_list("image_id", "vector"))
-    if not rows:
+        owners = [image_id for image_id, _ in rows]
+        vectors = np.array([np.asarray(v, dtype=np.float32) for _, v in rows], dtype=np.float32)
+    if not owners:
         return {}
-    similarities = similarity_between(space, query, np.stack([np.asarray(v, dtype=np.float32) for _, v in rows]))
     best: dict[int, float] = {}
-    for (image_id, _), similarity in zip(rows, similarities, strict=True):
-        best[image_id] = max(best.get(image_id, -np.inf), float(similarity))
+    for image_id, similarity in zip(owners, similarity_between(space, query, vectors).tolist(), strict=True):
+        if similarity > best.get(image_id, -2.0):  # similarities lie in [-1, 1]
+            best[image_id] = similarity
     return best
