@@ -17,7 +17,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -173,10 +173,12 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                       heldout_fraction: float = 0.1, crops_per_image: int = 1, progress: bool,
                       data_description: str = "", views: str = "near-copies", consistency: float = 0.0,
                       contrast: str = "infonce", temperature: float = 0.1, max_side: int = 512,
-                      learning_rate: float = 2e-3) -> TrainingReport:
+                      learning_rate: float = 2e-3,
+                      model_factory: Callable[[], ConvAutoencoder] = ConvAutoencoder) -> TrainingReport:
     """Train on the pictures under data_dir (recipe `views`, see the module) and write the checkpoint to
     `out` atomically. Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer
-    than 2 pictures load or an option is out of range."""
+    than 2 pictures load or an option is out of range. `model_factory` builds the network (a variant's
+    architecture in `bench.content_deep`; the product loads only ConvAutoencoder)."""
     if views not in VIEWS or contrast not in CONTRASTS:
         raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
     if consistency < 0 or (consistency > 0 and views != "near-copies"):
@@ -208,7 +210,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     train_data = normalize_batch(train_unit, mean, std)
     heldout_data = preprocess(heldout_inputs, mean, std)
 
-    model = ConvAutoencoder()
+    model = model_factory()
     untrained = reconstruction_loss(model, heldout_data)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))

@@ -179,6 +179,21 @@ def test_v1_recipe_still_trains(tiny_folder, tmp_path):
                      "--out", str(tmp_path / "never.pt"))
 
 
+def test_a_variant_architecture_trains_through_the_same_recipe(tiny_folder, tmp_path):
+    from bench.content_deep import DeepAutoencoder  # the experiment of docs/CONTENT_MODEL.md
+
+    report = autoencoder_train(data_dir=tiny_folder, out=tmp_path / "deep.pt", epochs=2, batch_size=4, seed=0,
+                               consistency=1.0, progress=False, model_factory=DeepAutoencoder)
+    state = torch.load(report.out, map_location="cpu", weights_only=True)
+    model = DeepAutoencoder()
+    model.load_state_dict(state["state_dict"])  # the variant's layers, not ConvAutoencoder's
+    with pytest.raises(RuntimeError):
+        ConvAutoencoder().load_state_dict(state["state_dict"])
+    encoder = AutoencoderEncoder(key="deep", model=model, mean=state["mean"], std=state["std"])
+    vectors = encoder.encode_images(photos()[:2])
+    assert vectors.shape == (2, 1024) and np.allclose(np.abs(vectors).sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_the_seed_decides_the_weights(tiny_folder, tmp_path):
     def train(seed: int) -> float:
         return autoencoder_train(data_dir=tiny_folder, out=tmp_path / f"seed-{seed}.pt", epochs=1, batch_size=8,

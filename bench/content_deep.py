@@ -1,0 +1,92 @@
+"""A deeper variant of the content autoencoder, trained and measured like `autoencoder/v2` (an experiment:
+the product ships ConvAutoencoder only; docs/CONTENT_MODEL.md has the numbers).
+
+    python -m bench.content_deep --train-data /tmp/ae2-data --out /tmp/deep.pt [--epochs 1] [--consistency 1]
+
+Same block design (3×3 conv + ReLU + BatchNorm, MaxPool downsampling, transposed convolutions back
+to 64×64, a 1,024-value code), but four poolings instead of two: 64 → 32 → 16 → 8 → 4, the code a
+64×4×4 map whose values each see the whole 64×64 picture (a receptive field of 92 pixels)
+instead of a 24-pixel patch.
+The question it answers: does a wider receptive field, with the same training, raise category
+precision? Measured on the evaluation set of `bench.content_variants` (built when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.content_variants import measure, read_folder  # sets Django up
+from bench.evaluation import copy_recipe, near_duplicate_copy
+from bench.offline_semantic import build_openclipart
+from gallery.imaging import picture_for_models
+from retrieval.autoencoder_training import autoencoder_train
+from retrieval.encoders.autoencoder import AutoencoderEncoder, ConvAutoencoder
+
+
+def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
+    return [conv, nn.ReLU(inplace=True), nn.BatchNorm2d(channels)]
+
+
+class DeepAutoencoder(ConvAutoencoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            *_block(nn.Conv2d(3, 16, 3, padding=1), 16), *_block(nn.Conv2d(16, 16, 3, padding=1), 16),
+            nn.MaxPool2d(2),  # 64 → 32
+            *_block(nn.Conv2d(16, 32, 3, padding=1), 32), *_block(nn.Conv2d(32, 32, 3, padding=1), 32),
+            nn.MaxPool2d(2),  # 32 → 16
+            *_block(nn.Conv2d(32, 64, 3, padding=1), 64), *_block(nn.Conv2d(64, 64, 3, padding=1), 64),
+            nn.MaxPool2d(2),  # 16 → 8
+            *_block(nn.Conv2d(64, 64, 3, padding=1), 64),
+            nn.MaxPool2d(2),  # 8 → 4
+            nn.Conv2d(64, 64, 3, padding=1),  # the code: 64×4×4 = 1024
+        )
+        self.decoder = nn.Sequential(
+            *_block(nn.ConvTranspose2d(64, 64, 3, padding=1), 64),
+            *_block(nn.ConvTranspose2d(64, 64, 2, stride=2), 64),  # 4 → 8
+            *_block(nn.ConvTranspose2d(64, 32, 2, stride=2), 32),  # 8 → 16
+            *_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
+            *_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
+            nn.Conv2d(16, 3, 3, padding=1),
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-data", type=Path, required=True, help="python -m bench.autoencoder_data DIR")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/evalset/objects"), help="the evaluation set")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--consistency", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    report = autoencoder_train(data_dir=args.train_data, out=args.out, epochs=args.epochs, batch_size=64,
+                               seed=args.seed, progress=True, consistency=args.consistency,
+                               model_factory=DeepAutoencoder)
+    print(f"trained in {report.seconds:.0f} s; held-out copy R@1 {report.heldout_copy_recall_at_1:.3f}")
+
+    if not args.data.is_dir():
+        build_openclipart(args.data, which="objects", per_category=60, seed=0)
+    files, labels = read_folder(args.data)
+    rng = random.Random(args.seed)  # the same copies as bench.content_variants
+    copies_of = rng.sample(range(len(files)), min(200, len(files)))
+    copies = [near_duplicate_copy(picture_for_models(files[i]), copy_recipe(rng)) for i in copies_of]
+    pictures = [picture_for_models(data) for data in files + copies]
+    checkpoint = torch.load(args.out, map_location="cpu", weights_only=True)
+    model = DeepAutoencoder()
+    model.load_state_dict(checkpoint["state_dict"])
+    encoder = AutoencoderEncoder(key="deep", model=model, mean=checkpoint["mean"], std=checkpoint["std"])
+    started = time.perf_counter()
+    scores = measure(encoder, pictures, labels, copies_of)
+    print(f"P@10 {scores['P@10']:.3f}, near-dup R@1 {scores['R@1']:.3f}, R@10 {scores['R@10']:.3f} "
+          f"({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
