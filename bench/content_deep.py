@@ -8,7 +8,10 @@ to 64×64, a 1,024-value code), but four poolings instead of two: 64 → 32 → 
 64×4×4 map whose values each see the whole 64×64 picture (a receptive field of 92 pixels)
 instead of a 24-pixel patch.
 The question it answers: does a wider receptive field, with the same training, raise category
-precision? Measured on the evaluation set of `bench.content_variants` (built when missing).
+precision? Measured on the evaluation set of `bench.content_variants` (built when missing). With
+`--hybrid`, also the hybrid policy (`retrieval.policy.merge`, default preferences) over exact top-50
+lists of the active semantic model and of each content model (`autoencoder/v2`, the variant): category
+P@10 and near-dup R@1 as `manage.py evaluate` measures them, without a database.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +30,9 @@ from bench.evaluation import copy_recipe, near_duplicate_copy
 from bench.offline_semantic import build_openclipart
 from gallery.imaging import picture_for_models
 from retrieval.autoencoder_training import autoencoder_train
+from retrieval.encoders import registry
 from retrieval.encoders.autoencoder import AutoencoderEncoder, ConvAutoencoder
+from retrieval.policy import Candidate, Preferences, merge
 
 
 def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
@@ -57,6 +63,28 @@ class DeepAutoencoder(ConvAutoencoder):
         )
 
 
+def encode_all(encoder: object, pictures: list, batch: int = 32) -> np.ndarray:
+    return np.concatenate([encoder.encode_images(pictures[i:i + batch])  # type: ignore[attr-defined]
+                           for i in range(0, len(pictures), batch)])
+
+
+def hybrid_scores(semantic: np.ndarray, content: np.ndarray, labels: np.ndarray, copies_of: list[int]) -> tuple[float, float]:
+    """(category P@10, near-dup R@1) of the default hybrid policy; the first len(labels) rows are the
+    originals (queries among each other), the rest the copies (queries among everything)."""
+    def merged(query: int, pool: np.ndarray) -> list[int]:
+        squared = ((semantic[pool] - semantic[query]) ** 2).sum(axis=1)
+        l1 = np.abs(content[pool] - content[query]).sum(axis=1)
+        found = [[Candidate(int(pool[i]), float(1 - d[i] / 2)) for i in np.argsort(d, kind="stable")[:50]]
+                 for d in (squared, l1)]
+        return [r.image_id for r in merge(semantic=found[0], content=found[1], preferences=Preferences())]
+    originals, everything = len(labels), np.arange(len(semantic))
+    precision = np.mean([np.mean(labels[merged(q, np.delete(everything[:originals], q))[:10]] == labels[q])
+                         for q in range(originals)])
+    recall = np.mean([merged(originals + j, np.delete(everything, originals + j))[0] == original
+                      for j, original in enumerate(copies_of)])
+    return float(precision), float(recall)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-data", type=Path, required=True, help="python -m bench.autoencoder_data DIR")
@@ -65,6 +93,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--consistency", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hybrid", action="store_true", help="also the hybrid policy with v2 and with the variant")
     args = parser.parse_args()
     report = autoencoder_train(data_dir=args.train_data, out=args.out, epochs=args.epochs, batch_size=64,
                                seed=args.seed, progress=True, consistency=args.consistency,
@@ -86,6 +115,13 @@ def main() -> None:
     scores = measure(encoder, pictures, labels, copies_of)
     print(f"P@10 {scores['P@10']:.3f}, near-dup R@1 {scores['R@1']:.3f}, R@10 {scores['R@10']:.3f} "
           f"({time.perf_counter() - started:.0f} s)")
+    if args.hybrid:
+        semantic = encode_all(registry.get_model(registry.active_models().semantic), pictures)
+        semantic /= np.linalg.norm(semantic, axis=1, keepdims=True)
+        for name, content in (("autoencoder/v2", encode_all(registry.get_model("autoencoder/v2"), pictures)),
+                              ("the deeper variant", encode_all(encoder, pictures))):
+            precision, recall = hybrid_scores(semantic, content, labels, copies_of)
+            print(f"hybrid with {name}: P@10 {precision:.3f}, near-dup R@1 {recall:.3f}", flush=True)
 
 
 if __name__ == "__main__":
