@@ -41,10 +41,18 @@ def test_semantic_knn_matches_l2_brute_force(media_root, exact):
     found = pgvector_store.knn(model_key=SEMANTIC_KEY, space="semantic", dim=384, query=query, k=10,
                                exact=exact)
 
-    assert [n.id for n in found] == _brute_force(vectors, query, ids, metric="l2", k=10)
+    truth = _brute_force(vectors, query, ids, metric="l2", k=10)
+    if exact:
+        assert [n.id for n in found] == truth
+    else:
+        # HNSW is approximate, and entries of rows that earlier tests rolled back stay in its graph
+        # until a vacuum: among ten nearly equidistant random neighbours it may miss one (seen once in CI).
+        assert len(found) == 10 and len({n.id for n in found} & set(truth)) >= 9
     assert found[0].id == ids[5]
-    expected = np.linalg.norm(vectors[5] - query)
-    assert found[0].distance == pytest.approx(expected, rel=1e-4)
+    row_of = {image_id: row for row, image_id in enumerate(ids)}
+    distances = [np.linalg.norm(vectors[row_of[n.id]] - query) for n in found]  # the metric is L2
+    assert [n.distance for n in found] == pytest.approx(distances, rel=1e-4)
+    assert [n.distance for n in found] == sorted(n.distance for n in found)  # nearest first
 
 
 @pytest.mark.parametrize("exact", [True, False])
