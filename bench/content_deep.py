@@ -17,7 +17,6 @@ P@10 and near-dup R@1 as `manage.py evaluate` measures them, without a database.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
@@ -25,47 +24,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.content_variants import measure, read_folder  # sets Django up
-from bench.evaluation import copy_recipe, near_duplicate_copy
-from bench.offline_semantic import build_openclipart
-from gallery.imaging import picture_for_models
+from bench.content_variants import encode_all, evaluation_pictures, measure  # sets Django up
 from retrieval.autoencoder_training import autoencoder_train
 from retrieval.encoders import registry
-from retrieval.encoders.autoencoder import AutoencoderEncoder, ConvAutoencoder
+from retrieval.encoders.autoencoder import AutoencoderEncoder, ConvAutoencoder, conv_block
 from retrieval.policy import Candidate, Preferences, merge
-
-
-def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
-    return [conv, nn.ReLU(inplace=True), nn.BatchNorm2d(channels)]
 
 
 class DeepAutoencoder(ConvAutoencoder):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            *_block(nn.Conv2d(3, 16, 3, padding=1), 16), *_block(nn.Conv2d(16, 16, 3, padding=1), 16),
+            *conv_block(nn.Conv2d(3, 16, 3, padding=1), 16), *conv_block(nn.Conv2d(16, 16, 3, padding=1), 16),
             nn.MaxPool2d(2),  # 64 → 32
-            *_block(nn.Conv2d(16, 32, 3, padding=1), 32), *_block(nn.Conv2d(32, 32, 3, padding=1), 32),
+            *conv_block(nn.Conv2d(16, 32, 3, padding=1), 32), *conv_block(nn.Conv2d(32, 32, 3, padding=1), 32),
             nn.MaxPool2d(2),  # 32 → 16
-            *_block(nn.Conv2d(32, 64, 3, padding=1), 64), *_block(nn.Conv2d(64, 64, 3, padding=1), 64),
+            *conv_block(nn.Conv2d(32, 64, 3, padding=1), 64), *conv_block(nn.Conv2d(64, 64, 3, padding=1), 64),
             nn.MaxPool2d(2),  # 16 → 8
-            *_block(nn.Conv2d(64, 64, 3, padding=1), 64),
+            *conv_block(nn.Conv2d(64, 64, 3, padding=1), 64),
             nn.MaxPool2d(2),  # 8 → 4
             nn.Conv2d(64, 64, 3, padding=1),  # the code: 64×4×4 = 1024
         )
         self.decoder = nn.Sequential(
-            *_block(nn.ConvTranspose2d(64, 64, 3, padding=1), 64),
-            *_block(nn.ConvTranspose2d(64, 64, 2, stride=2), 64),  # 4 → 8
-            *_block(nn.ConvTranspose2d(64, 32, 2, stride=2), 32),  # 8 → 16
-            *_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
-            *_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
+            *conv_block(nn.ConvTranspose2d(64, 64, 3, padding=1), 64),
+            *conv_block(nn.ConvTranspose2d(64, 64, 2, stride=2), 64),  # 4 → 8
+            *conv_block(nn.ConvTranspose2d(64, 32, 2, stride=2), 32),  # 8 → 16
+            *conv_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
+            *conv_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
             nn.Conv2d(16, 3, 3, padding=1),
         )
-
-
-def encode_all(encoder: object, pictures: list, batch: int = 32) -> np.ndarray:
-    return np.concatenate([encoder.encode_images(pictures[i:i + batch])  # type: ignore[attr-defined]
-                           for i in range(0, len(pictures), batch)])
 
 
 def hybrid_scores(semantic: np.ndarray, content: np.ndarray, labels: np.ndarray, copies_of: list[int]) -> tuple[float, float]:
@@ -100,13 +87,7 @@ def main() -> None:
                                model_factory=DeepAutoencoder)
     print(f"trained in {report.seconds:.0f} s; held-out copy R@1 {report.heldout_copy_recall_at_1:.3f}")
 
-    if not args.data.is_dir():
-        build_openclipart(args.data, which="objects", per_category=60, seed=0)
-    files, labels = read_folder(args.data)
-    rng = random.Random(args.seed)  # the same copies as bench.content_variants
-    copies_of = rng.sample(range(len(files)), min(200, len(files)))
-    copies = [near_duplicate_copy(picture_for_models(files[i]), copy_recipe(rng)) for i in copies_of]
-    pictures = [picture_for_models(data) for data in files + copies]
+    pictures, labels, copies_of = evaluation_pictures(args.data, near_duplicates=200, seed=args.seed)
     checkpoint = torch.load(args.out, map_location="cpu", weights_only=True)
     model = DeepAutoencoder()
     model.load_state_dict(checkpoint["state_dict"])
@@ -116,10 +97,10 @@ def main() -> None:
     print(f"P@10 {scores['P@10']:.3f}, near-dup R@1 {scores['R@1']:.3f}, R@10 {scores['R@10']:.3f} "
           f"({time.perf_counter() - started:.0f} s)")
     if args.hybrid:
-        semantic = encode_all(registry.get_model(registry.active_models().semantic), pictures)
+        semantic = encode_all(registry.get_model(registry.active_models().semantic), pictures, batch=32)
         semantic /= np.linalg.norm(semantic, axis=1, keepdims=True)
-        for name, content in (("autoencoder/v2", encode_all(registry.get_model("autoencoder/v2"), pictures)),
-                              ("the deeper variant", encode_all(encoder, pictures))):
+        for name, content in (("autoencoder/v2", encode_all(registry.get_model("autoencoder/v2"), pictures, batch=32)),
+                              ("the deeper variant", encode_all(encoder, pictures, batch=32))):
             precision, recall = hybrid_scores(semantic, content, labels, copies_of)
             print(f"hybrid with {name}: P@10 {precision:.3f}, near-dup R@1 {recall:.3f}", flush=True)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import django
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,6 +35,7 @@ from bench.evaluation import copy_recipe, near_duplicate_copy  # noqa: E402  (ne
 from bench.offline_semantic import IMAGE_EXTENSIONS, build_openclipart  # noqa: E402
 from gallery.imaging import picture_for_models  # noqa: E402
 from retrieval.encoders.autoencoder import AutoencoderEncoder, load_checkpoint  # noqa: E402
+from retrieval.encoders.base import ImageEncoder  # noqa: E402
 
 
 def read_folder(root: Path) -> tuple[list[bytes], np.ndarray]:
@@ -66,8 +68,24 @@ def l1_ranks(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def evaluation_pictures(data: Path, *, near_duplicates: int, seed: int) -> tuple[list[PILImage.Image], np.ndarray, list[int]]:
+    """(the distinct originals then one near-copy of each of a seeded pick, the originals' category
+    indexes, the picked originals' positions); the folder is built first when missing."""
+    if not data.is_dir():
+        build_openclipart(data, which="objects", per_category=60, seed=0)
+    files, labels = read_folder(data)
+    rng = random.Random(seed)
+    copies_of = rng.sample(range(len(files)), min(near_duplicates, len(files)))
+    copies = [near_duplicate_copy(picture_for_models(files[i]), copy_recipe(rng)) for i in copies_of]
+    return [picture_for_models(data) for data in files + copies], labels, copies_of
+
+
+def encode_all(encoder: ImageEncoder, pictures: list[PILImage.Image], batch: int = 64) -> np.ndarray:
+    return np.concatenate([encoder.encode_images(pictures[i:i + batch]) for i in range(0, len(pictures), batch)])
+
+
 def measure(encoder: AutoencoderEncoder, pictures: list, labels: np.ndarray, copies_of: list[int]) -> dict[str, float]:
-    vectors = np.concatenate([encoder.encode_images(pictures[i:i + 64]) for i in range(0, len(pictures), 64)])
+    vectors = encode_all(encoder, pictures)
     originals = len(labels)
     # Category P@10 among the originals.
     ranked = l1_ranks(vectors[:originals], np.arange(originals), 10)
@@ -88,15 +106,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    if not args.data.is_dir():
-        build_openclipart(args.data, which="objects", per_category=60, seed=0)
     started = time.perf_counter()
-    files, labels = read_folder(args.data)
-    rng = random.Random(args.seed)
-    copies_of = rng.sample(range(len(files)), min(args.near_duplicates, len(files)))
-    copies = [near_duplicate_copy(picture_for_models(files[i]), copy_recipe(rng)) for i in copies_of]
-    pictures = [picture_for_models(data) for data in files + copies]
-    print(f"{len(files)} images in {len(set(labels.tolist()))} categories, {len(copies)} near-duplicates "
+    pictures, labels, copies_of = evaluation_pictures(args.data, near_duplicates=args.near_duplicates, seed=args.seed)
+    print(f"{len(labels)} images in {len(set(labels.tolist()))} categories, {len(copies_of)} near-duplicates "
           f"({time.perf_counter() - started:.0f} s to read)")
     print("| model | P@10 | near-dup R@1 | near-dup R@10 | seconds |")
     print("|---|---|---|---|---|")

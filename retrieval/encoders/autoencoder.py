@@ -31,7 +31,8 @@ INPUT_SIZE = 64
 CODE_SHAPE = (4, 16, 16)
 
 
-def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
+def conv_block(conv: nn.Module, channels: int) -> list[nn.Module]:
+    """A (transposed) convolution, ReLU, BatchNorm: the design's building block."""
     return [conv, nn.ReLU(inplace=True), nn.BatchNorm2d(channels)]
 
 
@@ -40,18 +41,18 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         # Narrow on purpose: it trains on a 2-core CPU in minutes and encodes fast at ingest time.
         self.encoder = nn.Sequential(
-            *_block(nn.Conv2d(3, 16, 3, padding=1), 16),
-            *_block(nn.Conv2d(16, 16, 3, padding=1), 16),
+            *conv_block(nn.Conv2d(3, 16, 3, padding=1), 16),
+            *conv_block(nn.Conv2d(16, 16, 3, padding=1), 16),
             nn.MaxPool2d(2),  # 64 → 32
-            *_block(nn.Conv2d(16, 32, 3, padding=1), 32),
-            *_block(nn.Conv2d(32, 32, 3, padding=1), 32),
+            *conv_block(nn.Conv2d(16, 32, 3, padding=1), 32),
+            *conv_block(nn.Conv2d(32, 32, 3, padding=1), 32),
             nn.MaxPool2d(2),  # 32 → 16
             nn.Conv2d(32, CODE_SHAPE[0], 3, padding=1),  # the code: 4×16×16
         )
         self.decoder = nn.Sequential(
-            *_block(nn.ConvTranspose2d(CODE_SHAPE[0], 32, 3, padding=1), 32),
-            *_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
-            *_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
+            *conv_block(nn.ConvTranspose2d(CODE_SHAPE[0], 32, 3, padding=1), 32),
+            *conv_block(nn.ConvTranspose2d(32, 16, 2, stride=2), 16),  # 16 → 32
+            *conv_block(nn.ConvTranspose2d(16, 16, 2, stride=2), 16),  # 32 → 64
             nn.Conv2d(16, 3, 3, padding=1),
         )
 
