@@ -66,9 +66,15 @@ def test_content_knn_uses_l1_distance(media_root, exact):
     found = pgvector_store.knn(model_key=CONTENT_KEY, space="content", dim=1024, query=query, k=5,
                                exact=exact)
 
-    assert [n.id for n in found] == _brute_force(vectors, query, ids, metric="l1", k=5)
+    truth = _brute_force(vectors, query, ids, metric="l1", k=5)
+    if exact:
+        assert [n.id for n in found] == truth
+    else:  # approximate, as in the semantic case: four of the five true neighbours at least
+        assert len(found) == 5 and len({n.id for n in found} & set(truth)) >= 4
     assert found[0].id == ids[7] and found[0].distance == pytest.approx(0.0, abs=1e-6)
-    assert found[1].distance == pytest.approx(np.abs(vectors[ids.index(found[1].id)] - query).sum(), rel=1e-4)
+    distances = [np.abs(vectors[ids.index(n.id)] - query).sum() for n in found]  # the metric is L1
+    assert [n.distance for n in found] == pytest.approx(distances, rel=1e-4)
+    assert [n.distance for n in found] == sorted(n.distance for n in found)
 
 
 def test_l1_and_l2_rankings_differ_and_each_metric_is_respected(media_root):
