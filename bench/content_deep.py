@@ -1,7 +1,8 @@
 """A deeper variant of the content autoencoder, trained and measured like `autoencoder/v2` (an experiment:
 the product ships ConvAutoencoder only; docs/CONTENT_MODEL.md has the numbers).
 
-    python -m bench.content_deep --train-data /tmp/ae2-data --out /tmp/deep.pt [--epochs 1] [--consistency 1]
+    python -m bench.content_deep --train-data /tmp/ae2-data --out /tmp/deep.pt [--epochs 1] [--consistency 1] \
+        [--views near-copies|strong] [--architecture deep|shallow] [--hybrid]
 
 Same block design (3×3 conv + ReLU + BatchNorm, MaxPool downsampling, transposed convolutions back
 to 64×64, a 1,024-value code), but four poolings instead of two: 64 → 32 → 16 → 8 → 4, the code a
@@ -11,7 +12,9 @@ The question it answers: does a wider receptive field, with the same training, r
 precision? Measured on the evaluation set of `bench.content_variants` (built when missing). With
 `--hybrid`, also the hybrid policy (`retrieval.policy.merge`, default preferences) over exact top-50
 lists of the active semantic model and of each content model (`autoencoder/v2`, the variant): category
-P@10 and near-dup R@1 as `manage.py evaluate` measures them, without a database.
+P@10 and near-dup R@1 as `manage.py evaluate` measures them, without a database. `--views strong`
+trains with SimCLR-strength views instead of near-copies (`retrieval.autoencoder_training.strong_view`);
+`--architecture shallow` trains ConvAutoencoder (the product's network) instead of the deeper one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from bench.content_variants import encode_all, evaluation_pictures, measure  # sets Django up
-from retrieval.autoencoder_training import autoencoder_train
+from retrieval.autoencoder_training import VIEWS, autoencoder_train
 from retrieval.encoders import registry
 from retrieval.encoders.autoencoder import AutoencoderEncoder, ConvAutoencoder, conv_block
 from retrieval.policy import Candidate, Preferences, merge
@@ -55,6 +58,9 @@ class DeepAutoencoder(ConvAutoencoder):
         )
 
 
+ARCHITECTURES: dict[str, type[ConvAutoencoder]] = {"deep": DeepAutoencoder, "shallow": ConvAutoencoder}
+
+
 def hybrid_scores(semantic: np.ndarray, content: np.ndarray, labels: np.ndarray, copies_of: list[int]) -> tuple[float, float]:
     """(category P@10, near-dup R@1) of the default hybrid policy; the first len(labels) rows are the
     originals (queries among each other), the rest the copies (queries among everything)."""
@@ -80,16 +86,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--consistency", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", choices=[v for v in VIEWS if v != "crops"], default="near-copies")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="deep")
     parser.add_argument("--hybrid", action="store_true", help="also the hybrid policy with v2 and with the variant")
     args = parser.parse_args()
+    network = ARCHITECTURES[args.architecture]
     report = autoencoder_train(data_dir=args.train_data, out=args.out, epochs=args.epochs, batch_size=64,
-                               seed=args.seed, progress=True, consistency=args.consistency,
-                               model_factory=DeepAutoencoder)
+                               seed=args.seed, progress=True, consistency=args.consistency, views=args.views,
+                               model_factory=network)
     print(f"trained in {report.seconds:.0f} s; held-out copy R@1 {report.heldout_copy_recall_at_1:.3f}")
 
     pictures, labels, copies_of = evaluation_pictures(args.data, near_duplicates=200, seed=args.seed)
     checkpoint = torch.load(args.out, map_location="cpu", weights_only=True)
-    model = DeepAutoencoder()
+    model = network()
     model.load_state_dict(checkpoint["state_dict"])
     encoder = AutoencoderEncoder(key="deep", model=model, mean=checkpoint["mean"], std=checkpoint["std"])
     started = time.perf_counter()
@@ -100,7 +109,7 @@ def main() -> None:
         semantic = encode_all(registry.get_model(registry.active_models().semantic), pictures, batch=32)
         semantic /= np.linalg.norm(semantic, axis=1, keepdims=True)
         for name, content in (("autoencoder/v2", encode_all(registry.get_model("autoencoder/v2"), pictures, batch=32)),
-                              ("the deeper variant", encode_all(encoder, pictures, batch=32))):
+                              ("the variant", encode_all(encoder, pictures, batch=32))):
             precision, recall = hybrid_scores(semantic, content, labels, copies_of)
             print(f"hybrid with {name}: P@10 {precision:.3f}, near-dup R@1 {recall:.3f}", flush=True)
 

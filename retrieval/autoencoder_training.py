@@ -1,12 +1,16 @@
 """Training our content autoencoder (`manage.py train_autoencoder`) on the pictures in a folder, with a
 held-out split by source picture and the training set's mean/std stored with the weights.
 
-Two recipes (`views`):
+Three recipes (`views`):
 - "near-copies" (autoencoder/v2): every epoch each picture gives two views, each the whole picture or
   a near-copy of it (the alterations a near-duplicate has: crop, small rotation, colour jitter,
   downscale, JPEG); the loss is the reconstruction of both views plus `consistency` × a term that pulls
   the L1-normalized codes of the two views together (InfoNCE over the batch with the L1 distance, or the
   plain L1 distance), so that a near-copy's code stays near its original's;
+- "strong": the same loss, but both views are strongly altered as in SimCLR (a random 20–100 % of the
+  area at aspect 3:4–4:3, mirrored at even odds, colour jitter ×0.6–1.4 and a hue shift, sometimes
+  greyscale): views of one picture that share less than near-copies do, so the codes must keep what
+  a picture shows rather than where its pixels are (an experiment: docs/CONTENT_MODEL.md);
 - "crops" (autoencoder/v1): fixed random square crops of 30–100 % of each picture, reconstruction only.
 """
 
@@ -27,7 +31,7 @@ import io
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from PIL import ImageEnhance
+from PIL import ImageEnhance, ImageOps
 from tqdm import tqdm
 
 from gallery.imaging import ImageRejected, decode_image
@@ -41,7 +45,7 @@ from retrieval.encoders.autoencoder import (
 
 logger = logging.getLogger(__name__)
 TRAINING_THREADS = 2
-VIEWS = ("near-copies", "crops")
+VIEWS = ("near-copies", "strong", "crops")
 CONTRASTS = ("infonce", "l1")
 # The changes a near-duplicate has (bench/evaluation.py makes the evaluation's copies the same way).
 COPY_CROP_SIDE = (0.70, 0.90)  # share of each side kept
@@ -49,6 +53,12 @@ COPY_ROTATION_DEGREES = (-8.0, 8.0)
 COPY_SCALE = (0.5, 1.0)
 COPY_JITTER = (0.8, 1.2)  # brightness, contrast, saturation factors
 COPY_JPEG_QUALITY = (30, 70)
+# SimCLR-strength views ("strong")
+STRONG_AREA = (0.2, 1.0)  # share of the picture's area a view keeps
+STRONG_ASPECT = (3 / 4, 4 / 3)
+STRONG_JITTER = (0.6, 1.4)  # brightness, contrast, saturation factors
+STRONG_JITTER_ODDS, STRONG_HUE_ODDS, STRONG_GREY_ODDS = 0.8, 0.5, 0.2
+STRONG_HUE_SHIFT = 25  # of 256 hue steps, either way
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -131,11 +141,45 @@ def near_copy(picture: PILImage.Image, rng: random.Random) -> PILImage.Image:
     return PILImage.open(buffer).convert("RGB")
 
 
-def _two_views(pictures: Sequence[PILImage.Image], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first, second) unit tensors: first is the picture itself or a near-copy (even odds), second a
-    near-copy; so the pairs teach both copy → original and copy → copy."""
-    first = [picture if rng.random() < 0.5 else near_copy(picture, rng) for picture in pictures]
-    second = [near_copy(picture, rng) for picture in pictures]
+def strong_view(picture: PILImage.Image, rng: random.Random) -> PILImage.Image:
+    """A SimCLR-strength view: a random part of the picture (area and aspect as STRONG_*), mirrored at
+    even odds, colour-jittered and hue-shifted, sometimes greyscale."""
+    picture = picture.convert("RGB")
+    width, height = picture.size
+    crop_w, crop_h = width, height  # the whole picture when no drawn box fits (a very narrow picture)
+    for _ in range(10):
+        area = width * height * rng.uniform(*STRONG_AREA)
+        aspect = float(np.exp(rng.uniform(*np.log(STRONG_ASPECT))))
+        w, h = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
+        if 0 < w <= width and 0 < h <= height:
+            crop_w, crop_h = w, h
+            break
+    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+    view = picture.crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        view = ImageOps.mirror(view)
+    if rng.random() < STRONG_JITTER_ODDS:
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            view = enhance(view).enhance(rng.uniform(*STRONG_JITTER))
+        if rng.random() < STRONG_HUE_ODDS:
+            hsv = np.array(view.convert("HSV"))
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + rng.randint(-STRONG_HUE_SHIFT, STRONG_HUE_SHIFT)) % 256
+            view = PILImage.fromarray(hsv, "HSV").convert("RGB")
+    if rng.random() < STRONG_GREY_ODDS:
+        view = ImageOps.grayscale(view).convert("RGB")
+    return view
+
+
+def _two_views(pictures: Sequence[PILImage.Image], rng: random.Random, views: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, second) unit tensors. "near-copies": first is the picture itself or a near-copy (even
+    odds), second a near-copy; so the pairs teach both copy → original and copy → copy. "strong": two
+    strong views."""
+    if views == "strong":
+        first = [strong_view(picture, rng) for picture in pictures]
+        second = [strong_view(picture, rng) for picture in pictures]
+    else:
+        first = [picture if rng.random() < 0.5 else near_copy(picture, rng) for picture in pictures]
+        second = [near_copy(picture, rng) for picture in pictures]
     return to_unit_tensor(first), to_unit_tensor(second)
 
 
@@ -181,8 +225,8 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     architecture in `bench.content_deep`; the product loads only ConvAutoencoder)."""
     if views not in VIEWS or contrast not in CONTRASTS:
         raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
-    if consistency < 0 or (consistency > 0 and views != "near-copies"):
-        raise ValueError("consistency must be ≥ 0, and needs views='near-copies'")
+    if consistency < 0 or (consistency > 0 and views == "crops"):
+        raise ValueError("consistency must be ≥ 0, and needs two views a picture (views 'near-copies' or 'strong')")
     started = time.perf_counter()
     torch.set_num_threads(TRAINING_THREADS)
     rng = random.Random(seed)
@@ -225,7 +269,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                 batch = train_data[indices]
                 loss = torch.nn.functional.mse_loss(model(batch), batch)
             else:
-                first, second = _two_views([train[i] for i in indices.tolist()], rng)
+                first, second = _two_views([train[i] for i in indices.tolist()], rng, views)
                 batch = normalize_batch(torch.cat([first, second]), mean, std)
                 codes = model.encode(batch)  # both views in one pass: BatchNorm sees one batch
                 loss = torch.nn.functional.mse_loss(model.decoder(codes), batch)

@@ -13,7 +13,7 @@ from skimage import data as skdata
 
 from bench.evaluation import copy_recipe, near_duplicate_copy
 from gallery.imaging import picture_for_models
-from retrieval.autoencoder_training import autoencoder_train, heldout_loss_of, near_copy
+from retrieval.autoencoder_training import STRONG_AREA, autoencoder_train, heldout_loss_of, near_copy, strong_view
 from retrieval.encoders import registry
 from retrieval.encoders.catalog import PROFILE_MODELS
 from retrieval.encoders.autoencoder import (
@@ -177,6 +177,29 @@ def test_v1_recipe_still_trains(tiny_folder, tmp_path):
     with pytest.raises(CommandError, match="consistency"):
         call_command("train_autoencoder", "--data", str(tiny_folder), "--views", "crops", "--consistency", "1",
                      "--out", str(tmp_path / "never.pt"))
+
+
+def test_a_strong_view_is_a_fifth_to_all_of_the_picture_and_follows_the_seed():
+    picture = photos(("coffee",))[0]
+    views = [strong_view(picture, random.Random(seed)) for seed in range(40)]
+    areas = [view.width * view.height / (picture.width * picture.height) for view in views]
+    assert all(view.mode == "RGB" for view in views)
+    assert STRONG_AREA[0] * 0.95 <= min(areas) and max(areas) <= 1.0 and max(areas) - min(areas) > 0.4
+    again = strong_view(picture, random.Random(3))
+    assert np.array_equal(np.asarray(again), np.asarray(views[3]))
+    assert any(not np.array_equal(np.asarray(views[0].resize((8, 8))), np.asarray(v.resize((8, 8)))) for v in views[1:])
+
+
+def test_strong_views_train_through_the_command(tiny_folder, tmp_path):
+    out = tmp_path / "strong.pt"
+    call_command("train_autoencoder", "--data", str(tiny_folder), "--epochs", "2", "--views", "strong",
+                 "--consistency", "1", "--batch-size", "4", "--out", str(out), stdout=io.StringIO(),
+                 stderr=io.StringIO(), verbosity=0)
+    model, checkpoint = load_checkpoint(out)
+    assert checkpoint["meta"]["views"] == "strong" and checkpoint["meta"]["consistency"] == 1
+    assert checkpoint["meta"]["heldout_loss"] < checkpoint["meta"]["untrained_heldout_loss"]
+    encoder = AutoencoderEncoder(key="strong", model=model, mean=checkpoint["mean"], std=checkpoint["std"])
+    assert encoder.encode_images(photos(("rocket",))).shape == (1, 1024)
 
 
 def test_a_variant_architecture_trains_through_the_same_recipe(tiny_folder, tmp_path):

@@ -19,6 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=64)
         parser.add_argument("--views", choices=VIEWS, default="near-copies",
                             help="near-copies: two altered views of each picture per epoch (v2); "
+                                 "strong: two SimCLR-strength views (an experiment, docs/CONTENT_MODEL.md); "
                                  "crops: fixed random crops (v1)")
         parser.add_argument("--crops-per-image", type=int, default=64, help="with --views crops")
         parser.add_argument("--consistency", type=float, default=0.0,
