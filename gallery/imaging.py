@@ -19,6 +19,12 @@ from PIL import ImageOps, UnidentifiedImageError
 from gallery.errors import Refused
 
 ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+# What a stored file of each format is served as, and the file name suffixes that format goes by (the
+# first is the one we store and name downloads with): never what the uploader's file name says.
+FORMAT_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                      "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg", "mpo"), "PNG": ("png",),
+                   "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 
 
@@ -36,6 +42,16 @@ class DecodedImage:
     format: str
     width: int
     height: int
+
+
+def download_name(original_name: str, image_format: str) -> str:
+    """The name to serve a stored image under: the uploader's name, its suffix made the format's own
+    (an upload named "x.html" is a PNG named "x.png"), so no name can make a browser treat it as a page."""
+    stem, dot, suffix = original_name.rpartition(".")
+    suffixes = FORMAT_SUFFIXES.get(image_format, ("bin",))
+    if dot and stem and suffix.lower() in suffixes:
+        return original_name
+    return f"{stem if dot and stem else original_name}.{suffixes[0]}"
 
 
 def configure_pillow() -> None:

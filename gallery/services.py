@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 
 from gallery import events
-from gallery.imaging import ImageRejected, decode_image
+from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, decode_image
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
@@ -57,7 +57,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
                   format=decoded.format, byte_size=len(data),
                   # An authenticated user is an instance of the user model the foreign key points to.
                   added_by=cast("UserModel", user) if getattr(user, "is_authenticated", False) else None)
-    extension = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}.get(decoded.format, decoded.format.lower())
+    extension = FORMAT_SUFFIXES[decoded.format][0]
     try:
         with transaction.atomic():
             # The file is written first, then the row; any failure removes the file again, so

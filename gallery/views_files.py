@@ -6,6 +6,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from gallery.access import access_image
+from gallery.imaging import FORMAT_MEDIA_TYPES, download_name
 from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 
 
@@ -13,9 +14,13 @@ from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
     try:
-        return FileResponse(image.file.open("rb"), filename=image.original_name)
+        response = FileResponse(image.file.open("rb"), filename=download_name(image.original_name, image.format),
+                                content_type=FORMAT_MEDIA_TYPES.get(image.format, "application/octet-stream"))
     except FileNotFoundError as exc:
         raise Http404("The stored file is missing") from exc
+    # Uploaded bytes are never run as a page, even by a browser that ignores the type (nosniff is on too).
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    return response
 
 
 @require_GET
