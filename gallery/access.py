@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import PermissionsMixin
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
@@ -19,3 +20,12 @@ def access_image(*, user: User | None, image_id: int) -> Image:
     if not can_view_gallery(user):
         raise Http404("No such image")
     return get_object_or_404(Image, pk=image_id)
+
+
+def can_delete_image(user: User | None, image: Image) -> bool:
+    """Whoever added the image, or a user with the model's delete permission (what Django admin asks for)."""
+    if not (user and user.is_authenticated):
+        return False
+    if image.added_by_id == user.pk:
+        return True
+    return isinstance(user, PermissionsMixin) and user.has_perm("gallery.delete_image")

@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from gallery import services
 from gallery.models import Image, Mask, ResetJob
 
 
@@ -39,7 +40,7 @@ class ImageAdmin(admin.ModelAdmin):
     list_filter: ClassVar[tuple[str, ...]] = ("status", "masks_status", "format", "masks__label")
     search_fields = ("original_name", "sha256", "masks__label")
     readonly_fields = ("preview", "sha256", "width", "height", "format", "byte_size", "created_at",
-                       "added_by", "status", "error", "masks_status", "masks_error", "file")
+                       "added_by", "status", "error", "masks_status", "masks_error", "stored_file")
     fields = readonly_fields + ("original_name",)
     inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin[Any, Any]], ...]] = (MaskInline,)
     date_hierarchy = "created_at"
@@ -62,6 +63,24 @@ class ImageAdmin(admin.ModelAdmin):
     def labels(self, obj: Image) -> str:
         return ", ".join(m.label for m in obj.masks.all()) or "-"
 
+    @admin.display(description="File")
+    def stored_file(self, obj: Image) -> str:
+        """A link that serves the file (storage URLs are not routed: files go through access checks)."""
+        if not obj.pk:
+            return "-"
+        return format_html('<a href="{}">{}</a> ({})', reverse("gallery:image-file", args=[obj.pk]),
+                           obj.file.name, obj.format)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # images come in decoded and validated: upload page, API, import_folder or reset
+
+    def delete_model(self, request: HttpRequest, obj: Image) -> None:
+        services.image_delete(image=obj)  # its file, thumbnails and index entries go too
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        for image in queryset:
+            services.image_delete(image=image)
+
 
 @admin.register(Mask)
 class MaskAdmin(admin.ModelAdmin):
@@ -71,6 +90,13 @@ class MaskAdmin(admin.ModelAdmin):
     readonly_fields = ("image", "label", "class_index", "area_fraction", "segmenter", "created_at")
     exclude = ("probability_png",)
     list_select_related = ("image",)
+
+    # Masks (and their region vectors) come from segmentation only: a recomputation replaces them.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Mask | None = None) -> bool:
+        return False
 
 
 @admin.register(ResetJob)

@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -26,7 +26,7 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView, exception_handler
 
 from gallery import selectors, services
-from gallery.access import can_view_gallery
+from gallery.access import can_delete_image, can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import read_upload
 from gallery.models import Image
@@ -269,7 +269,10 @@ class ImageDetailApi(APIView):
     @extend_schema(responses={204: OpenApiResponse(description="Deleted, with its masks, vectors and files."),
                               403: FORBIDDEN, 404: NOT_FOUND})
     def delete(self, request: Request, image_id: int) -> Response:
-        services.image_delete(image=self._get(image_id))
+        image = self._get(image_id)
+        if not can_delete_image(request.user, image):
+            raise PermissionDenied("Only whoever added this image, or a user allowed to delete images, may delete it.")
+        services.image_delete(image=image)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -106,6 +106,13 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def dimension(self, obj: Embedding) -> int:
         return len(obj.vector)
 
+    # Vectors come from the pipeline only (`reembed` replaces them); the indexes follow these rows.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Embedding | None = None) -> bool:
+        return False
+
 
 @admin.register(SearchPreferences)
 class SearchPreferencesAdmin(admin.ModelAdmin):

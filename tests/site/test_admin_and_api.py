@@ -113,3 +113,94 @@ def test_admin_search_similar_from_an_image_page(client, staff_user, media_root,
     pending = make_image(status="pending")
     response = client.get(reverse("admin:gallery_image_similar", args=[pending.pk]))
     assert response.status_code == 302  # back to the image page with the reason
+
+
+def _png_with_a_script_in_a_text_chunk() -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("comment", "<html><script>alert(document.cookie)</script></html>")
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (40, 40), (10, 200, 10)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, served_as", [("poc.html", "poc.png"), ("poc.svg", "poc.png"),
+                                             ("holiday.PNG", "holiday.PNG"), ("noname", "noname.png")])
+def test_an_image_file_is_served_as_its_decoded_format_whatever_its_name(client, user, media_root, name, served_as):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(user)
+    created = client.post(reverse("api-images"), {"file": SimpleUploadedFile(name, _png_with_a_script_in_a_text_chunk())})
+    assert created.status_code == 201
+    response = client.get(reverse("gallery:image-file", args=[created.json()["id"]]))
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert response["Content-Disposition"] == f'inline; filename="{served_as}"'
+    assert "sandbox" in response["Content-Security-Policy"] and response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_only_the_uploader_or_a_user_allowed_to_delete_images_deletes_one_through_the_api(
+        client, user, django_user_model, media_root):
+    from django.contrib.auth.models import Permission
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(user)
+    mine = client.post(reverse("api-images"), {"file": SimpleUploadedFile("a.png", _png_with_a_script_in_a_text_chunk())})
+    image_id = mine.json()["id"]
+    others = make_image(name="someone-elses.png").pk
+    bob = django_user_model.objects.create_user("bob", password="s3cret-Pass!")
+    carol = django_user_model.objects.create_user("carol", password="s3cret-Pass!", is_staff=True)
+
+    for outsider in (bob, carol):  # carol is staff, but not allowed to delete images (nor is she in admin)
+        client.force_login(outsider)
+        refused = client.delete(reverse("api-image", args=[image_id]))
+        assert refused.status_code == 403 and "delete" in refused.json()["detail"]
+    assert Image.objects.filter(pk=image_id).exists()
+
+    client.force_login(user)
+    assert client.delete(reverse("api-image", args=[others])).status_code == 403
+    assert client.delete(reverse("api-image", args=[image_id])).status_code == 204
+    carol.user_permissions.add(Permission.objects.get(codename="delete_image"))
+    client.force_login(carol)
+    assert client.delete(reverse("api-image", args=[others])).status_code == 204
+    assert not Image.objects.exists()
+
+
+def test_admin_deletes_an_image_with_its_file_and_tells_the_indexes(client, staff_user, media_root,
+                                                                    django_capture_on_commit_callbacks):
+    from gallery import events
+
+    kept, deleted = make_image(name="kept.png"), make_image(name="gone.png", color=(1, 2, 3))
+    single = make_image(name="single.png", color=(9, 9, 9))
+    told: list[int] = []
+
+    def listener(sender, image_ids, **kwargs):
+        told.extend(image_ids)
+
+    events.images_deleted.connect(listener)
+    client.force_login(staff_user)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(reverse("admin:gallery_image_changelist"),
+                                   {"action": "delete_selected", "_selected_action": [deleted.pk], "post": "yes"})
+            assert response.status_code == 302
+            response = client.post(reverse("admin:gallery_image_delete", args=[single.pk]), {"post": "yes"})
+            assert response.status_code == 302
+    finally:
+        events.images_deleted.disconnect(listener)
+    assert sorted(told) == sorted([deleted.pk, single.pk])
+    assert list(Image.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert [p.relative_to(media_root).as_posix() for p in media_root.rglob("*.png")] == [kept.file.name]
+
+
+def test_admin_offers_no_add_form_for_what_the_pipeline_makes_and_links_the_served_file(client, staff_user, media_root):
+    image = make_image(name="kitten.png")
+    client.force_login(staff_user)
+    for name in ("gallery_image_add", "gallery_mask_add", "retrieval_embedding_add"):
+        assert client.get(reverse(f"admin:{name}")).status_code == 403, name
+    page = client.get(reverse("admin:gallery_image_change", args=[image.pk])).content.decode()
+    file_url = reverse("gallery:image-file", args=[image.pk])
+    assert f'href="{file_url}"' in page and client.get(file_url).status_code == 200
