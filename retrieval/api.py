@@ -9,6 +9,7 @@ from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import Direction, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.fields import empty
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -34,6 +35,13 @@ from retrieval.spaces import Space
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
+
+
+class OptionalBooleanField(serializers.BooleanField):
+    """A yes/no that is absent when not given, in form data too: DRF reads a missing form field as
+    False (an unticked checkbox), which silently turned "both first" off for multipart searches."""
+
+    default_empty_html = empty
 
 
 class SpaceField(serializers.ChoiceField):
@@ -188,7 +196,7 @@ class SearchQuerySerializer(serializers.Serializer):
     labels = TextField(required=False, allow_blank=True, max_length=1000,
                        help_text="comma-separated labels: keep only images with a mask of one of them")
     k = _preference_field("k")
-    intersection = serializers.BooleanField(required=False, help_text="images found by both indexes first")
+    intersection = OptionalBooleanField(required=False, help_text="images found by both indexes first")
     policy = SpaceField(required=False, help_text="the preferred index")
     split = _preference_field("split")
     include_self = serializers.BooleanField(required=False, default=False,
@@ -305,7 +313,7 @@ class PreferencesUpdateSerializer(serializers.Serializer):
 
     mask_threshold = _preference_field("mask_threshold")
     k = _preference_field("k")
-    intersection_first = serializers.BooleanField(required=False)
+    intersection_first = OptionalBooleanField(required=False)
     preferred_index = SpaceField(required=False)
     split = _preference_field("split")
 

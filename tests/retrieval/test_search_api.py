@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import reverse
 
 from retrieval.index_snapshots import manager
@@ -70,6 +71,23 @@ def test_request_parameters_override_preferences(client, user, gallery):
     body = search(client, image_id=gallery[0].pk, k=3, intersection=False, policy="content", split=100).json()
     assert [r["retrieved_by"] for r in body["results"]] == ["content"] * 3
     assert body["preferences"] == {"k": 3, "intersection_first": False, "preferred_index": "content", "split": 100}
+
+
+def test_form_data_leaves_unsent_yes_no_choices_to_the_preferences(client, user, gallery):
+    """Multipart and urlencoded requests (curl -F, HTML forms) mean what JSON means: a choice not sent
+    is the caller's preference, not "no"."""
+    client.force_login(user)
+    as_form = client.post(reverse("api-search"), {"image_id": gallery[0].pk, "k": 4}).json()
+    as_json = search(client, image_id=gallery[0].pk, k=4).json()
+    assert as_form["preferences"]["intersection_first"] is True
+    assert as_form["results"] == as_json["results"] and as_form["counts"]["both"] >= 1
+    assert client.post(reverse("api-search"), {"image_id": gallery[0].pk, "k": 4, "intersection": "false"}
+                       ).json()["preferences"]["intersection_first"] is False
+
+    url = reverse("api-preferences")
+    changed = client.patch(url, encode_multipart(BOUNDARY, {"k": 9}), content_type=MULTIPART_CONTENT).json()
+    assert changed["k"] == 9 and changed["intersection_first"] is True
+    assert client.get(url).json()["intersection_first"] is True
 
 
 def test_pgvector_answers_when_no_faiss_index_exists(client, user, gallery):
