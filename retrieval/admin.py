@@ -15,7 +15,7 @@ from gallery.admin import ImageAdmin, MaskInline
 from gallery.errors import Refused
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
-from retrieval.search import Query, search_for
+from retrieval.search import Query, id_parse, search_for
 
 
 class EmbeddingInline(admin.TabularInline):
@@ -69,7 +69,7 @@ class ImageWithVectorsAdmin(ImageAdmin):
         service as the API and pages."""
         image = get_object_or_404(Image, pk=image_id)
         mask_id = request.GET.get("mask", "")
-        mask = get_object_or_404(Mask, pk=int(mask_id), image=image) if mask_id.isdigit() else None
+        mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0, image=image) if mask_id else None
         query = Query(mask_id=mask.pk) if mask is not None else Query(image_id=image.pk)
         try:
             response = search_for(user=request.user, session=request.session, query=query)

@@ -156,6 +156,11 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
     return vectors_for_text(text=text, models=models), f"“{text}”", None
 
 
+def id_parse(value: str) -> int | None:
+    """A row id from a request value, None unless it is plain ASCII digits ("²" is a digit to str.isdigit)."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def labels_parse(values: Sequence[str]) -> tuple[str, ...]:
     """A label filter from request values, each comma-separated ("cat,dog", or repeated fields):
     trimmed, without blanks or repeats, sorted."""

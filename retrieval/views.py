@@ -24,7 +24,7 @@ from gallery.views import gallery_reader, mask_threshold, png_response
 from retrieval import uploads
 from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
 from retrieval.preferences import preferences_get, preferences_update
-from retrieval.search import Query, labels_parse, search_for
+from retrieval.search import Query, id_parse, labels_parse, search_for
 
 
 @gallery_reader
@@ -114,13 +114,13 @@ def search(request: HttpRequest) -> HttpResponseBase:
     staged = bool(request.GET.get("upload")) and not image_id and not mask_id and not text
     back = redirect("pages:home")
     if image_id or mask_id:
-        if not (image_id or mask_id).isdigit():
-            raise Http404("No such image")
         if mask_id:
-            mask = get_object_or_404(Mask, pk=int(mask_id))
-            image_id = str(mask.image_id)
-        back = redirect("pages:image", image_id=access_image(user=request.user, image_id=int(image_id)).pk)
-        query = Query(mask_id=int(mask_id)) if mask_id else Query(image_id=int(image_id))
+            mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0)
+            stored_id = mask.image_id
+        else:
+            stored_id = id_parse(image_id) or 0
+        back = redirect("pages:image", image_id=access_image(user=request.user, image_id=stored_id).pk)
+        query = Query(mask_id=mask.pk) if mask_id else Query(image_id=stored_id)
     else:
         query = Query(text=text or None, staged=staged, label=(request.GET.get("label") or None) if staged else None)
     query = replace(query, labels=labels)

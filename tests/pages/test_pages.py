@@ -199,3 +199,19 @@ def test_a_bad_upload_is_explained_on_the_page(client, user):
     client.force_login(user)
     page = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("notes.jpg", b"hello")}).content.decode()
     assert "not an image" in page and not Image.objects.exists()
+
+
+def test_odd_ids_and_nul_characters_in_a_query_string_are_refused_not_a_server_error(client, staff_user):
+    image = embedded_image("ready.png", 1)
+    client.force_login(staff_user)
+    similar = reverse("admin:gallery_image_similar", args=[image.pk])
+    for url in (reverse("pages:search") + "?image=%C2%B2", reverse("pages:search") + "?mask=%C2%B2",
+                reverse("pages:search") + "?mask=12abc", similar + "?mask=%C2%B2"):
+        assert client.get(url).status_code == 404, url  # "²" passes str.isdigit but is no id
+    for url in (reverse("pages:gallery") + "?label=%00", reverse("pages:search") + "?text=x&labels=%00",
+                reverse("pages:search") + f"?image={image.pk}&labels=a%00b"):
+        response = client.get(url)
+        assert response.status_code == 400 and b"NUL" in response.content, url
+    api = client.get("/api/images/?label=%00")  # the API's own validation, in its error shape
+    assert api.status_code == 400 and "null" in str(api.json()).lower()
+    assert client.get(reverse("pages:gallery") + "?label=cat").status_code == 200
