@@ -9,17 +9,20 @@ gallery or an empty one, never half of it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery import events
 from gallery.folders import FolderRefused, import_folder_check
-from gallery.models import Image, Mask, ResetJob
+from gallery.models import Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 5  # files between progress writes
+RESET_LOCK = 0x696D_6167_7265_7374  # PostgreSQL advisory lock key ("imagrest"): held by the running reset
 
 
 class ResetRefused(Exception):
@@ -70,7 +74,15 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
     path = reset_folder_check(folder=folder)
     with transaction.atomic():
         # Serialize starts: the lock on any active job (or none) makes the check-then-create safe.
-        if ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]).exists():
+        active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
+        if any(job.state == ResetJob.State.RUNNING for job in active):
+            with _run_lock() as nobody_runs_it:
+                if nobody_runs_it:  # its worker died before a retry picked it up: it no longer blocks
+                    for job in active:
+                        if job.state == ResetJob.State.RUNNING:
+                            _end_abandoned(job)
+                    active = [job for job in active if job.state == ResetJob.State.QUEUED]
+        if active:
             raise ResetRefused("A reset is already in progress; wait for it to finish.")
         # Started from admin pages: `user` is a signed-in staff member, an instance of the user model.
         job = ResetJob.objects.create(folder=str(path), recursive=recursive, created_by=cast("UserModel", user))
@@ -79,7 +91,26 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
 
 
 def _enqueue(job_id: int) -> None:
-    async_task("gallery.reset.reset_run_task", job_id, task_name=f"reset-{job_id}", group="reset")
+    # Its own time limit: a large folder takes longer than a batch. The queue hands a long run out
+    # again after its retry time; that copy finds the run alive (the lock below) and returns.
+    async_task("gallery.reset.reset_run_task", job_id, task_name=f"reset-{job_id}", group="reset",
+               timeout=settings.IMAGINAITION_RESET_TIMEOUT)
+
+
+@contextmanager
+def _run_lock() -> Iterator[bool]:
+    """Whether this process now holds the reset lock (released on exit). A PostgreSQL session lock: the
+    process running a reset holds it, and it goes with that process's connection, however the
+    process ends, so "running, and nobody holds the lock" means its worker died."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RESET_LOCK])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [RESET_LOCK])
 
 
 def reset_run_task(job_id: int) -> str:
@@ -99,23 +130,42 @@ def _delete_everything() -> int:
     return len(rows)
 
 
-def reset_run(*, job_id: int) -> ResetJob:
-    """Run a queued job to the end; any error ends it `failed` with the message (never stuck running)."""
-    job = ResetJob.objects.get(pk=job_id)
-    if job.state != ResetJob.State.QUEUED:
-        return job
-    job.state, job.started_at, job.phase = ResetJob.State.RUNNING, timezone.now(), "deleting the gallery"
+def _end_abandoned(job: ResetJob) -> None:
+    job.state, job.finished_at = ResetJob.State.FAILED, timezone.now()
+    job.error = (f"Stopped while {job.phase or 'starting'}: the worker running it ended (restarted or "
+                 "killed) and another reset was started instead.")
     job.save()
+
+
+def reset_run(*, job_id: int) -> ResetJob:
+    """Run a queued job to the end; any error ends it `failed` with the message (never stuck running).
+    A job left `running` by a worker that died is resumed when its task is handed out again: the
+    phases after the deletion only add what is missing (a second copy of a live run returns)."""
+    with _run_lock() as held:
+        job = ResetJob.objects.get(pk=job_id)
+        if not held or job.state not in (ResetJob.State.QUEUED, ResetJob.State.RUNNING):
+            return job
+        return _run(job)
+
+
+def _run(job: ResetJob) -> ResetJob:
+    resuming = job.state == ResetJob.State.RUNNING
+    if resuming:
+        logger.warning("reset job %s: resuming while %s (its worker stopped)", job.pk, job.phase)
+    else:
+        job.state, job.started_at, job.phase = ResetJob.State.RUNNING, timezone.now(), "deleting the gallery"
+        job.save()
 
     def save(*fields: str) -> None:
         job.save(update_fields=[*fields, "phase"])
 
     try:
         folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
-        job.deleted_images = _delete_everything()
+        if job.phase == "deleting the gallery":  # one transaction: done, or to do again
+            job.deleted_images = _delete_everything()
         job.total_files = len(folder_files(root=folder, recursive=job.recursive)[0])
-        job.phase = "importing files"
-        save("deleted_images", "total_files")
+        job.phase, job.scanned, job.embedded = "importing files", 0, 0
+        save("deleted_images", "total_files", "scanned", "embedded")
 
         def scanned(count: int) -> None:
             job.scanned += count
@@ -125,9 +175,14 @@ def reset_run(*, job_id: int) -> ResetJob:
         report = folder_import(root=folder, recursive=job.recursive, user=job.created_by,
                                enqueue=False, progress=scanned)
         job.imported, job.duplicates = len(report.added), len(report.duplicates)
+        if resuming:  # what the dead run had imported counts as imported, not as a duplicate
+            accepted = job.imported + job.duplicates
+            job.imported = min(Image.objects.count(), accepted)  # the gallery was emptied for this folder
+            job.duplicates = accepted - job.imported
         job.rejected = [list(pair) for pair in report.rejected]
         job.phase = "computing embeddings and masks"
-        save("scanned", "imported", "duplicates", "rejected")
+        job.embedded = Image.objects.filter(status=ProcessingStatus.READY).count()  # by a dead run, if resuming
+        save("scanned", "imported", "duplicates", "rejected", "embedded")
 
         def embedded(count: int) -> None:
             job.embedded += count

@@ -229,6 +229,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Background work: django-q2 with the ORM broker on the same PostgreSQL.
+# A reset (admin "Reset / initialize from a folder") imports and processes a whole folder in one task:
+# its own time limit, seconds. Handed out again after `retry` below, a copy finds it alive and returns.
+IMAGINAITION_RESET_TIMEOUT = int(os.environ.get("IMAGINAITION_RESET_TIMEOUT", 24 * 3600))
 IMAGINAITION_WORKERS = int(os.environ.get("IMAGINAITION_WORKERS", 2))  # worker processes per cluster
 Q_CLUSTER = {
     "name": "imaginaition",

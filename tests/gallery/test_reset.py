@@ -7,6 +7,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image, ResetJob
 from gallery.reset import ResetRefused, reset_run, reset_start
+from gallery.services import image_add
 from retrieval import pipeline
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
@@ -116,3 +117,58 @@ def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_ro
     monkeypatch.setattr(pipeline, "process_all_pending", broken)  # what retrieval's receiver runs
     job = reset_run(job_id=job.pk)
     assert job.state == "failed" and "the models are not available" in job.error and job.finished_at
+
+
+def _hold_the_reset_lock():
+    """A second database session holding the lock, as a live reset's worker does."""
+    import psycopg
+    from django.db import connection
+
+    from gallery.reset import RESET_LOCK
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    other = psycopg.connect(**params, autocommit=True)
+    other.execute("SELECT pg_advisory_lock(%s)", [RESET_LOCK])
+    return other
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_whose_worker_died_is_resumed_by_the_retried_task_and_no_longer_blocks(
+        staff_user, folder, media_root, settings, tmp_path, monkeypatch):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    # What a worker killed while importing leaves: the gallery emptied, one file imported, still "running".
+    survivor = image_add(data=(folder / "photo0.png").read_bytes(), original_name="photo0.png", enqueue=False).image
+    ResetJob.objects.filter(pk=job.pk).update(state="running", phase="importing files", deleted_images=2,
+                                              scanned=1)
+
+    alive = _hold_the_reset_lock()  # while a live run holds the lock, a second copy of the task leaves it alone
+    try:
+        assert reset_run(job_id=job.pk).state == "running"
+        with pytest.raises(ResetRefused, match="in progress"):
+            reset_start(folder=str(folder), recursive=True, user=staff_user)
+    finally:
+        alive.close()
+
+    job = reset_run(job_id=job.pk)  # the queue hands the dead run's task out again
+    assert job.state == "done", job.error
+    assert Image.objects.filter(pk=survivor.pk).exists()  # not deleted again: the deletion was done
+    assert (job.deleted_images, job.imported, job.duplicates, job.embedded) == (2, 4, 0, 4)
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["deep.jpg", "photo0.png", "photo1.png",
+                                                                              "photo2.png"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_reset_ends_one_left_running_by_a_dead_worker(staff_user, folder, media_root):
+    dead = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    ResetJob.objects.filter(pk=dead.pk).update(state="running", phase="computing embeddings and masks")
+
+    new = reset_start(folder=str(folder), recursive=False, user=staff_user)  # nobody holds the lock: it died
+
+    dead.refresh_from_db()
+    assert dead.state == "failed" and "worker running it ended" in dead.error and dead.finished_at
+    assert "computing embeddings and masks" in dead.error
+    assert new.state == "queued" and reset_run(job_id=dead.pk).state == "failed"  # a late retry leaves it ended
+    assert OrmQ.objects.count() == 2  # both tasks queued; only the new one will do anything
