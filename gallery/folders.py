@@ -37,17 +37,23 @@ def import_folder_check(folder: str | Path, *, require_absolute: bool = True) ->
     if not text or (require_absolute and not path.is_absolute()):
         raise FolderRefused("Give an absolute path of a folder on the server.")
     roots = import_roots()
+
+    def refuse_outside(resolved: Path) -> None:
+        if not any(resolved.is_relative_to(root) for root in roots):
+            shown = f"{path} (which leads to {resolved})" if resolved != path.absolute() else str(path)
+            raise FolderRefused(
+                f"{shown} is outside the folders this server may import from: {_roots_text(roots)}. "
+                "An administrator adds folders with the IMAGINAITION_IMPORT_ROOTS setting.")
+
     try:
+        # Judged before asking whether it exists, so a path outside never tells what is there.
+        refuse_outside(path.resolve(strict=False))
         resolved = path.resolve(strict=True)
     except FileNotFoundError:
         raise FolderRefused(f"{path} does not exist.") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop
         raise FolderRefused(f"{path} cannot be resolved: {exc}") from None
-    if not any(resolved.is_relative_to(root) for root in roots):
-        shown = f"{path} (which leads to {resolved})" if resolved != path.absolute() else str(path)
-        raise FolderRefused(
-            f"{shown} is outside the folders this server may import from: {_roots_text(roots)}. "
-            "An administrator adds folders with the IMAGINAITION_IMPORT_ROOTS setting.")
+    refuse_outside(resolved)  # a link inside a root that leads out
     if not resolved.is_dir():
         raise FolderRefused(f"{path} is not a folder.")
     try:

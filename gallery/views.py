@@ -80,6 +80,8 @@ def mask_overlay(request: HttpRequest, image_id: int, mask_id: int) -> HttpRespo
 @login_required
 @require_POST
 def retry(request: HttpRequest, image_id: int) -> HttpResponse:
-    services.image_retry(image=access_image(user=request.user, image_id=image_id))
-    messages.info(request, "The image is back in the queue.")
+    image = access_image(user=request.user, image_id=image_id)
+    failed = ProcessingStatus.FAILED in (image.status, image.masks_status)
+    services.image_retry(image=image)
+    messages.info(request, "The image is back in the queue." if failed else "Nothing failed: nothing to retry.")
     return redirect("pages:image", image_id=image_id)

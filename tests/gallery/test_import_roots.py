@@ -53,6 +53,18 @@ def test_paths_leading_outside_the_roots_are_refused(roots, escape):
     assert str(allowed.resolve()) in str(refused.value)  # says where it may read from
 
 
+def test_a_path_outside_the_roots_is_refused_alike_whether_it_exists_or_not(roots):
+    allowed, outside = roots
+    messages = []
+    for path in (outside, outside / "no-such-folder"):
+        with pytest.raises(FolderRefused, match="outside the folders") as refused:
+            import_folder_check(str(path))
+        messages.append(str(refused.value).replace(str(path), "PATH"))
+    assert messages[0] == messages[1]  # nothing tells whether a folder out there exists
+    with pytest.raises(FolderRefused, match="does not exist"):  # inside, it helps to say so
+        import_folder_check(str(allowed / "no-such-folder"))
+
+
 def test_a_relative_path_is_refused_for_pages_and_resolved_for_the_command(roots, monkeypatch):
     allowed, _ = roots
     with pytest.raises(FolderRefused, match="absolute path"):

@@ -122,6 +122,14 @@ def test_rejected_inputs_raise_a_clear_message(name, decode):
     assert words in caught.value.message.lower()
 
 
+def test_a_decompression_bomb_is_refused_naming_its_size_and_only_our_limit(settings):
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(png_header_only(100000, 100000))
+    limit = f"{settings.IMAGINAITION_MAX_PIXELS:,}"
+    assert caught.value.message == f"The image has too many pixels (10,000,000,000; the limit is {limit})."
+    assert caught.value.too_large
+
+
 @pytest.fixture
 def signed_in(client, user):
     client.force_login(user)

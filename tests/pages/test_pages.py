@@ -215,3 +215,14 @@ def test_odd_ids_and_nul_characters_in_a_query_string_are_refused_not_a_server_e
     api = client.get("/api/images/?label=%00")  # the API's own validation, in its error shape
     assert api.status_code == 400 and "null" in str(api.json()).lower()
     assert client.get(reverse("pages:gallery") + "?label=cat").status_code == 200
+
+
+def test_retry_says_what_it_did(client, user):
+    client.force_login(user)
+    failed, ready = make_image(status="failed"), make_image(name="fine.png", color=(1, 1, 1))
+    page = client.post(reverse("pages:retry", args=[failed.pk]), follow=True).content.decode()
+    assert "back in the queue" in page
+    failed.refresh_from_db()
+    assert failed.status == "pending"
+    page = client.post(reverse("pages:retry", args=[ready.pk]), follow=True).content.decode()
+    assert "nothing to retry" in page and "back in the queue" not in page

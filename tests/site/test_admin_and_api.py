@@ -204,3 +204,12 @@ def test_admin_offers_no_add_form_for_what_the_pipeline_makes_and_links_the_serv
     page = client.get(reverse("admin:gallery_image_change", args=[image.pk])).content.decode()
     file_url = reverse("gallery:image-file", args=[image.pk])
     assert f'href="{file_url}"' in page and client.get(file_url).status_code == 200
+
+
+def test_accounts_offer_sign_in_and_password_change_but_no_mailed_reset(client, user):
+    # The service sends no mail: a "we emailed you" page would be a lie.
+    assert client.get("/accounts/password_reset/").status_code == 404
+    assert client.get(reverse("login")).status_code == 200
+    assert client.get(reverse("password_change")).status_code == 302  # signed-in only
+    client.force_login(user)
+    assert client.get(reverse("password_change")).status_code == 200
