@@ -2,7 +2,7 @@
 the product ships ConvAutoencoder only; docs/CONTENT_MODEL.md has the numbers).
 
     python -m bench.content_deep --train-data /tmp/ae2-data --out /tmp/deep.pt [--epochs 1] [--consistency 1] \
-        [--views near-copies|strong] [--architecture deep|shallow] [--hybrid]
+        [--views near-copies|strong] [--architecture deep|shallow] [--hybrid] [--distillation W]
 
 Same block design (3×3 conv + ReLU + BatchNorm, MaxPool downsampling, transposed convolutions back
 to 64×64, a 1,024-value code), but four poolings instead of two: 64 → 32 → 16 → 8 → 4, the code a
@@ -15,6 +15,9 @@ lists of the active semantic model and of each content model (`autoencoder/v2`, 
 P@10 and near-dup R@1 as `manage.py evaluate` measures them, without a database. `--views strong`
 trains with SimCLR-strength views instead of near-copies (`retrieval.autoencoder_training.strong_view`);
 `--architecture shallow` trains ConvAutoencoder (the product's network) instead of the deeper one.
+`--distillation W` adds the relational distillation from the active semantic model
+(`retrieval.autoencoder_training.distillation_loss`; `--teacher-cache F.npy` keeps its vectors of the
+training pictures for the next run).
 """
 
 from __future__ import annotations
@@ -78,6 +81,23 @@ def hybrid_scores(semantic: np.ndarray, content: np.ndarray, labels: np.ndarray,
     return float(precision), float(recall)
 
 
+def _semantic_teacher(cache: Path | None):
+    """The active semantic model's vectors of the training pictures (read from `cache` when it holds
+    as many rows; the training split is seeded, so the same seed gives the same pictures)."""
+    def teacher(pictures) -> np.ndarray:
+        if cache is not None and cache.exists():
+            vectors = np.load(cache)
+            if len(vectors) == len(pictures):
+                return vectors
+        started = time.perf_counter()
+        vectors = encode_all(registry.get_model(registry.active_models().semantic), list(pictures), batch=32)
+        print(f"teacher: {len(pictures)} pictures in {time.perf_counter() - started:.0f} s", flush=True)
+        if cache is not None:
+            np.save(cache, vectors)
+        return vectors
+    return teacher
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-data", type=Path, required=True, help="python -m bench.autoencoder_data DIR")
@@ -89,11 +109,15 @@ def main() -> None:
     parser.add_argument("--views", choices=[v for v in VIEWS if v != "crops"], default="near-copies")
     parser.add_argument("--architecture", choices=ARCHITECTURES, default="deep")
     parser.add_argument("--hybrid", action="store_true", help="also the hybrid policy with v2 and with the variant")
+    parser.add_argument("--distillation", type=float, default=0.0,
+                        help="weight of the relational distillation from the active semantic model (0: none)")
+    parser.add_argument("--teacher-cache", type=Path, help="a .npy file keeping the teacher's vectors between runs")
     args = parser.parse_args()
     network = ARCHITECTURES[args.architecture]
     report = autoencoder_train(data_dir=args.train_data, out=args.out, epochs=args.epochs, batch_size=64,
                                seed=args.seed, progress=True, consistency=args.consistency, views=args.views,
-                               model_factory=network)
+                               model_factory=network, distillation=args.distillation,
+                               teacher=_semantic_teacher(args.teacher_cache) if args.distillation else None)
     print(f"trained in {report.seconds:.0f} s; held-out copy R@1 {report.heldout_copy_recall_at_1:.3f}")
 
     pictures, labels, copies_of = evaluation_pictures(args.data, near_duplicates=200, seed=args.seed)

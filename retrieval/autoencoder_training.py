@@ -12,6 +12,11 @@ Three recipes (`views`):
   greyscale): views of one picture that share less than near-copies do, so the codes must keep what
   a picture shows rather than where its pixels are (an experiment: docs/CONTENT_MODEL.md);
 - "crops" (autoencoder/v1): fixed random square crops of 30–100 % of each picture, reconstruction only.
+
+With two views, `distillation` > 0 adds a teacher (e.g. the semantic model; `bench.content_deep`):
+each code's distances to the batch's other codes should rank them as the teacher's vectors do
+(`distillation_loss`). An experiment for category precision (docs/CONTENT_MODEL.md); the command does
+not offer it.
 """
 
 from __future__ import annotations
@@ -213,12 +218,25 @@ def copy_recall_at_1(model: ConvAutoencoder, mean: Sequence[float], std: Sequenc
     return float((nearest == torch.arange(len(pictures))).float().mean())
 
 
+def distillation_loss(codes: torch.Tensor, teacher: torch.Tensor, *, temperature: float,
+                      teacher_temperature: float) -> torch.Tensor:
+    """Relational distillation: each row's distribution over the other rows, from −L1 distance of the
+    L1-normalized codes / temperature, should match the teacher's, from cosine / teacher_temperature
+    (teacher rows L2-normalized). Shapes the L1 geometry the content index searches, not a projection."""
+    self_pairs = torch.eye(len(codes), dtype=torch.bool)
+    student = (-torch.cdist(codes, codes, p=1) / temperature).masked_fill(self_pairs, float("-inf"))
+    target = (teacher @ teacher.T / teacher_temperature).masked_fill(self_pairs, float("-inf")).softmax(dim=1)
+    return -(target * student.log_softmax(dim=1).masked_fill(self_pairs, 0.0)).sum(dim=1).mean()
+
+
 def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int, seed: int = 0,
                       heldout_fraction: float = 0.1, crops_per_image: int = 1, progress: bool,
                       data_description: str = "", views: str = "near-copies", consistency: float = 0.0,
                       contrast: str = "infonce", temperature: float = 0.1, max_side: int = 512,
                       learning_rate: float = 2e-3,
-                      model_factory: Callable[[], ConvAutoencoder] = ConvAutoencoder) -> TrainingReport:
+                      model_factory: Callable[[], ConvAutoencoder] = ConvAutoencoder,
+                      teacher: Callable[[Sequence[PILImage.Image]], np.ndarray] | None = None,
+                      distillation: float = 0.0, teacher_temperature: float = 0.1) -> TrainingReport:
     """Train on the pictures under data_dir (recipe `views`, see the module) and write the checkpoint to
     `out` atomically. Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer
     than 2 pictures load or an option is out of range. `model_factory` builds the network (a variant's
@@ -227,6 +245,8 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
         raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
     if consistency < 0 or (consistency > 0 and views == "crops"):
         raise ValueError("consistency must be ≥ 0, and needs two views a picture (views 'near-copies' or 'strong')")
+    if distillation < 0 or (distillation > 0 and (teacher is None or views == "crops")):
+        raise ValueError("distillation must be ≥ 0, and needs a teacher and two views a picture")
     started = time.perf_counter()
     torch.set_num_threads(TRAINING_THREADS)
     rng = random.Random(seed)
@@ -249,6 +269,10 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     else:
         train_unit = to_unit_tensor(train)  # mean/std of the pictures as the gallery sees them
         heldout_inputs = list(heldout)
+    teacher_rows = None
+    if teacher is not None and distillation > 0:
+        teacher_rows = torch.from_numpy(np.asarray(teacher(train), dtype=np.float32))
+        teacher_rows = teacher_rows / teacher_rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
     mean = train_unit.mean(dim=(0, 2, 3)).tolist()
     std = train_unit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     train_data = normalize_batch(train_unit, mean, std)
@@ -273,11 +297,15 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                 batch = normalize_batch(torch.cat([first, second]), mean, std)
                 codes = model.encode(batch)  # both views in one pass: BatchNorm sees one batch
                 loss = torch.nn.functional.mse_loss(model.decoder(codes), batch)
+                normalized = codes.flatten(1)
+                normalized = normalized / normalized.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
                 if consistency > 0 and len(indices) > 1:
-                    normalized = codes.flatten(1)
-                    normalized = normalized / normalized.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
                     loss = loss + consistency * consistency_loss(normalized[:len(indices)], normalized[len(indices):],
                                                                  contrast=contrast, temperature=temperature)
+                if teacher_rows is not None and len(indices) > 1:
+                    targets = teacher_rows[indices].repeat(2, 1)  # both views of a picture share its target
+                    loss = loss + distillation * distillation_loss(normalized, targets, temperature=temperature,
+                                                                   teacher_temperature=teacher_temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -293,6 +321,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
         "meta": {"data": data_description or str(data_dir), "images": len(train), "heldout_images": len(heldout),
                  "epochs": epochs, "seed": seed, "views": views, "crops_per_image": crops_per_image,
                  "consistency": consistency, "contrast": contrast, "temperature": temperature,
+                 "distillation": distillation, "teacher_temperature": teacher_temperature,
                  "batch_size": batch_size, "max_side": max_side, "learning_rate": learning_rate,
                  "input_size": INPUT_SIZE, "train_loss": train_loss, "heldout_loss": heldout_loss,
                  "untrained_heldout_loss": untrained, "heldout_copy_recall_at_1": copy_recall,

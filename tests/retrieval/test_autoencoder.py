@@ -13,7 +13,14 @@ from skimage import data as skdata
 
 from bench.evaluation import copy_recipe, near_duplicate_copy
 from gallery.imaging import picture_for_models
-from retrieval.autoencoder_training import STRONG_AREA, autoencoder_train, heldout_loss_of, near_copy, strong_view
+from retrieval.autoencoder_training import (
+    STRONG_AREA,
+    autoencoder_train,
+    distillation_loss,
+    heldout_loss_of,
+    near_copy,
+    strong_view,
+)
 from retrieval.encoders import registry
 from retrieval.encoders.catalog import PROFILE_MODELS
 from retrieval.encoders.autoencoder import (
@@ -200,6 +207,45 @@ def test_strong_views_train_through_the_command(tiny_folder, tmp_path):
     assert checkpoint["meta"]["heldout_loss"] < checkpoint["meta"]["untrained_heldout_loss"]
     encoder = AutoencoderEncoder(key="strong", model=model, mean=checkpoint["mean"], std=checkpoint["std"])
     assert encoder.encode_images(photos(("rocket",))).shape == (1, 1024)
+
+
+def test_distillation_loss_is_lowest_when_the_codes_group_the_pictures_as_the_teacher_does():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16))
+    teacher = torch.tensor(np.repeat(centres, 3, axis=0) + 0.1 * rng.normal(size=(6, 16)), dtype=torch.float32)
+    teacher = teacher / teacher.norm(dim=1, keepdim=True)  # rows 0-2 alike, rows 3-5 alike
+
+    def codes(groups: list[int]) -> torch.Tensor:
+        code_centres = np.abs(rng.normal(size=(2, 64)))
+        rows = torch.tensor(code_centres[groups] + 0.05 * np.abs(rng.normal(size=(6, 64))), dtype=torch.float32)
+        return rows / rows.sum(dim=1, keepdim=True)
+
+    def loss(rows: torch.Tensor) -> float:
+        return float(distillation_loss(rows, teacher, temperature=0.1, teacher_temperature=0.1))
+
+    agreeing, crossing = codes([0, 0, 0, 1, 1, 1]), codes([0, 0, 1, 1, 1, 0])
+    assert loss(agreeing) < loss(crossing)
+    assert loss(agreeing) < loss(codes([0, 1, 0, 1, 0, 1]))
+
+
+def test_distillation_from_a_teacher_trains_and_is_recorded(tiny_folder, tmp_path):
+    seen = []
+
+    def mean_colour_teacher(pictures):  # a real, if simple, notion of likeness: the average colour
+        seen.append(len(pictures))
+        return np.stack([np.asarray(p.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)) for p in pictures])
+
+    report = autoencoder_train(data_dir=tiny_folder, out=tmp_path / "taught.pt", epochs=2, batch_size=4, seed=0,
+                               consistency=0.5, progress=False, views="strong", teacher=mean_colour_teacher,
+                               distillation=2.0)
+    assert seen == [report.images]  # the teacher sees each training picture once, before the epochs
+    meta = load_checkpoint(report.out)[1]["meta"]
+    assert meta["distillation"] == 2.0 and meta["teacher_temperature"] == 0.1
+    assert report.heldout_loss < report.untrained_heldout_loss
+    with pytest.raises(ValueError, match="teacher"):
+        autoencoder_train(data_dir=tiny_folder, out=tmp_path / "never.pt", epochs=1, batch_size=4,
+                          progress=False, distillation=1.0)
+    assert not (tmp_path / "never.pt").exists()
 
 
 def test_a_variant_architecture_trains_through_the_same_recipe(tiny_folder, tmp_path):
