@@ -141,9 +141,12 @@ def reset_run(*, job_id: int) -> ResetJob:
     """Run a queued job to the end; any error ends it `failed` with the message (never stuck running).
     A job left `running` by a worker that died is resumed when its task is handed out again: the
     phases after the deletion only add what is missing (a second copy of a live run returns)."""
+    job = ResetJob.objects.get(pk=job_id)
+    if not job.active:
+        return job  # ended: a late copy never takes the lock while the next job's task looks for it
     with _run_lock() as held:
-        job = ResetJob.objects.get(pk=job_id)
-        if not held or job.state not in (ResetJob.State.QUEUED, ResetJob.State.RUNNING):
+        job.refresh_from_db()
+        if not held or not job.active:
             return job
         return _run(job)
 
