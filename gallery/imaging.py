@@ -19,13 +19,14 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from gallery.errors import Refused
 
-ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
-# What a stored file of each format is served as, and the file name suffixes that format goes by (the
-# first is the one we store and name downloads with): never what the uploader's file name says.
+# The formats we accept (Pillow's names), what a stored file of each is served as, and the file name
+# suffixes it goes by (the first is the one we store and name downloads with): never what the
+# uploader's file name says.
 FORMAT_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                       "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
 FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg", "mpo"), "PNG": ("png",),
                    "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
+ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 
 

@@ -75,13 +75,13 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
     with transaction.atomic():
         # Serialize starts: the lock on any active job (or none) makes the check-then-create safe.
         active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
-        if any(job.state == ResetJob.State.RUNNING for job in active):
+        running = [job for job in active if job.state == ResetJob.State.RUNNING]
+        if running:
             with _run_lock() as nobody_runs_it:
                 if nobody_runs_it:  # its worker died before a retry picked it up: it no longer blocks
-                    for job in active:
-                        if job.state == ResetJob.State.RUNNING:
-                            _end_abandoned(job)
-                    active = [job for job in active if job.state == ResetJob.State.QUEUED]
+                    for job in running:
+                        _end_abandoned(job)
+                    active = [job for job in active if job not in running]
         if active:
             raise ResetRefused("A reset is already in progress; wait for it to finish.")
         # Started from admin pages: `user` is a signed-in staff member, an instance of the user model.

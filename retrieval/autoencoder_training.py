@@ -188,9 +188,14 @@ def _two_views(pictures: Sequence[PILImage.Image], rng: random.Random, views: st
     return to_unit_tensor(first), to_unit_tensor(second)
 
 
+def _l1_rows(codes: torch.Tensor) -> torch.Tensor:
+    """Codes as the content index compares them: flattened, each row L1-normalized."""
+    rows = codes.flatten(1)
+    return rows / rows.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
 def _normalized_codes(model: ConvAutoencoder, batch: torch.Tensor) -> torch.Tensor:
-    codes = model.encode(batch).flatten(1)
-    return codes / codes.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
+    return _l1_rows(model.encode(batch))
 
 
 def consistency_loss(first: torch.Tensor, second: torch.Tensor, *, contrast: str, temperature: float) -> torch.Tensor:
@@ -297,8 +302,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                 batch = normalize_batch(torch.cat([first, second]), mean, std)
                 codes = model.encode(batch)  # both views in one pass: BatchNorm sees one batch
                 loss = torch.nn.functional.mse_loss(model.decoder(codes), batch)
-                normalized = codes.flatten(1)
-                normalized = normalized / normalized.abs().sum(dim=1, keepdim=True).clamp_min(1e-8)
+                normalized = _l1_rows(codes)
                 if consistency > 0 and len(indices) > 1:
                     loss = loss + consistency * consistency_loss(normalized[:len(indices)], normalized[len(indices):],
                                                                  contrast=contrast, temperature=temperature)

@@ -116,11 +116,11 @@ def search(request: HttpRequest) -> HttpResponseBase:
     if image_id or mask_id:
         if mask_id:
             mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0)
-            stored_id = mask.image_id
+            stored_id, query = mask.image_id, Query(mask_id=mask.pk)
         else:
             stored_id = id_parse(image_id) or 0
+            query = Query(image_id=stored_id)
         back = redirect("pages:image", image_id=access_image(user=request.user, image_id=stored_id).pk)
-        query = Query(mask_id=mask.pk) if mask_id else Query(image_id=stored_id)
     else:
         query = Query(text=text or None, staged=staged, label=(request.GET.get("label") or None) if staged else None)
     query = replace(query, labels=labels)
