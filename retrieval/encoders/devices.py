@@ -4,11 +4,15 @@ IMAGINAITION_DEVICE: auto (CUDA if available, else Apple MPS, else the CPU), cpu
 model of a process runs on that one device; inputs are built on the CPU and moved once per batch.
 Threads: each process takes its share of the cores (cores / processes sharing the machine, at least
 one), so two workers on two cores do not each start a thread per core and fight over them.
+
+CUDA and fork: django-q2 forks its workers from the cluster process, which says at start which device
+it will use. torch's default availability check initializes the CUDA driver, and a process forked after
+that cannot use CUDA ("CUDA initialization error"). The check asks NVML instead (torch's own switch),
+which leaves the driver untouched until a model is placed, in the worker.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -18,6 +22,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Read by torch.cuda.is_available() at each call; set before any check of this process.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device is visible, without initializing CUDA (so the process can still fork)."""
+    return torch.cuda.is_available()
 
 
 def _mps_available() -> bool:
@@ -30,10 +41,10 @@ def resolve_device(wanted: str) -> torch.device:
     if wanted not in DEVICES:
         raise ImproperlyConfigured(f"IMAGINAITION_DEVICE must be one of {', '.join(DEVICES)}, not {wanted!r}")
     if wanted == "auto":
-        if torch.cuda.is_available():
+        if cuda_available():
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
-    if wanted == "cuda" and not torch.cuda.is_available():
+    if wanted == "cuda" and not cuda_available():
         raise ImproperlyConfigured("IMAGINAITION_DEVICE=cuda, but this process sees no CUDA device "
                                    "(torch.cuda.is_available() is False): use auto or cpu")
     if wanted == "mps" and not _mps_available():
@@ -41,9 +52,9 @@ def resolve_device(wanted: str) -> torch.device:
     return torch.device(wanted)
 
 
-@functools.cache
 def model_device() -> torch.device:
-    """The device every model of this process runs on (decided once per process)."""
+    """The device a model is placed on when it loads (the setting, read at each load: a loaded model
+    keeps its device for the life of the process)."""
     device = resolve_device(settings.IMAGINAITION_DEVICE)
     logger.debug("models run on %s", device)  # log_active_models says it at start
     return device

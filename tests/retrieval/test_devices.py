@@ -155,3 +155,35 @@ def test_half_precision_is_kept_only_where_it_agrees_with_fp32(device):
     assert (encoder.precision.dtype is not None) == kept
     later = encoder.encode_images(pictures)
     assert vectors_agreement(reference, later) >= (VECTOR_COSINE_BAR if kept else 1.0 - 1e-6)
+
+
+FORKED_WORKER = """
+import multiprocessing, torch
+from retrieval.encoders.devices import resolve_device
+
+device = resolve_device("auto")  # what the cluster process does at start, before it forks its workers
+
+def worker(results):
+    results.put(float((torch.ones(3, device=device) * 2).sum()))
+
+context = multiprocessing.get_context("fork")  # how django-q2 starts its workers
+results = context.Queue()
+process = context.Process(target=worker, args=(results,))
+process.start()
+process.join(120)
+print(device.type, process.exitcode, results.get(timeout=5) if process.exitcode == 0 else None)
+"""
+
+
+@pytest.mark.gpu
+def test_a_worker_forked_after_the_device_check_can_still_use_the_device():
+    """django-q2 forks its workers from the cluster process, which has checked the device at start: that
+    check must not initialize CUDA, or no forked worker could use the GPU."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", FORKED_WORKER], cwd=REPO, capture_output=True, text=True, timeout=300)
+    expected = resolve_device("auto").type
+    assert done.stdout.split() == [expected, "0", "6.0"], done.stdout + done.stderr
