@@ -288,3 +288,45 @@ def test_a_large_embedding_table_can_stay_in_the_file_and_reads_the_same(tmp_pat
     with torch.no_grad():
         target["tokens"].weight[3] += 1  # copy-on-write: this process's page only
     assert (tmp_path / "m.safetensors").read_bytes() == file_bytes
+
+
+ACCELERATORS = [torch.device("cuda")] if torch.cuda.is_available() else []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", [torch.device("cpu"), *ACCELERATORS], ids=str)
+def test_standard_models_run_on_the_device_and_keep_half_precision_only_where_it_agrees(weights_dir, device):
+    """CLIP ViT-B-32 and DeepLabV3-ResNet101 (random weights: the architectures and the code are what is
+    checked) placed on the device; the first batch decides the precision, later batches agree with it;
+    on an accelerator the fp32 results also agree with the CPU's. On CPU-only machines the same checks
+    run on the CPU (bf16 tried for the segmenter where the CPU has native bf16)."""
+    from skimage import data as skdata
+
+    from retrieval.encoders.precision import MASK_IOU_BAR, VECTOR_COSINE_BAR, masks_agreement, vectors_agreement
+
+    folder, _ = weights_dir
+    photos = [PILImage.fromarray(getattr(skdata, name)()).convert("RGB") for name in ("chelsea", "coffee")]
+    profile = dict(IMAGINAITION_WEIGHTS_DIR=folder, IMAGINAITION_MODEL_PROFILE="standard",
+                   IMAGINAITION_SEGMENTER_RUNTIME="torch")
+    registry.unload_all()
+    try:
+        with override_settings(**profile, IMAGINAITION_DEVICE=device.type, IMAGINAITION_PRECISION="auto"):
+            clip, segmenter = registry.get_model(CLIP_KEY), registry.get_model(DEEPLAB_KEY)
+            placed = {p.device.type for model in (clip.model, segmenter.model) for p in model.parameters()}
+            assert placed == {device.type}
+            vectors, masks = clip.encode_images(photos), segmenter.segment(photos)  # the deciding batch: fp32
+            for choice in (clip.image_precision, segmenter.precision):
+                assert choice.decided
+                tried = choice.measured is not None
+                assert (choice.dtype is not None) == (tried and choice.measured >= choice.bar), choice.describe()
+            assert vectors_agreement(vectors, clip.encode_images(photos)) >= VECTOR_COSINE_BAR
+            assert masks_agreement(masks, segmenter.segment(photos)) >= MASK_IOU_BAR
+        registry.unload_all()
+        assert all(masks), "random weights still find labels: the comparisons compared masks"
+        if device.type != "cpu":
+            with override_settings(**profile, IMAGINAITION_DEVICE="cpu", IMAGINAITION_PRECISION="fp32"):
+                on_cpu = registry.get_model(CLIP_KEY).encode_images(photos), registry.get_model(DEEPLAB_KEY).segment(photos)
+            assert vectors_agreement(on_cpu[0], vectors) >= VECTOR_COSINE_BAR
+            assert masks_agreement(on_cpu[1], masks) >= MASK_IOU_BAR
+    finally:
+        registry.unload_all()
