@@ -7,6 +7,7 @@ import, reset) validates the same way and the models always get the same RGB con
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -87,6 +88,23 @@ def decode_image(data: bytes) -> DecodedImage:
     return DecodedImage(picture=picture, format=image_format, width=picture.width, height=picture.height)
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    format: str
+    width: int
+    height: int
+
+
+def image_check(data: bytes) -> ImageFacts:
+    """Every check of decode_image (the whole stream is decoded, so a truncated file fails too) without
+    the picture: a JPEG is decoded at its smallest DCT scale (1/8), where the full-size decode cost
+    more than the models' own work on it (bench.ingest). Width and height are the full picture's as
+    displayed (EXIF orientation applied). For a file being stored: the models decode it again later."""
+    _check_bytes(data)
+    _, image_format, (width, height) = _decode(data, draft_side=1)
+    return ImageFacts(format=image_format, width=width, height=height)
+
+
 def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedImage:
     """The checks of decode_image (the whole stream is decoded, so a truncated file fails too), but the
     picture only as the models see it (picture_for_models); width and height are the full picture's
@@ -100,12 +118,23 @@ def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedIma
 def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:
     """The picture the models see (RGB, longest side at most `max_side`) from an image's bytes.
 
-    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers `max_side`:
-    the same picture after the final resize, at a fraction of the work on large photos (the
-    ingest benchmark measured full decodes as a fifth of the pipeline's time). Every path that
-    embeds (workers, search by upload) uses this, so the same bytes always give the same vectors.
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose longest side still covers
+    `max_side`: nearly the same picture after the final resize, at a fraction of the work on large
+    photos (the ingest benchmark measured full decodes as a fifth of the pipeline's time). Every path
+    that embeds (workers, search by upload) uses this, so the same bytes always give the same vectors.
     """
     return for_models(_decode(data, draft_side=max_side)[0], max_side)
+
+
+def _draft_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """What to ask JPEG's DCT scaling for: the longest side at least `side` (for_models then scales it
+    to exactly that), the other in proportion. Asking `side` on both sides kept a 2560x1600 photo at
+    full size (its half, 1280x800, is below 1024 on the short side)."""
+    width, height = size
+    scale = side / max(width, height)
+    if scale >= 1:
+        return size
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
 def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
@@ -121,7 +150,7 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
             source.seek(0)  # animated GIF/WebP: the first frame
             width, height = source.size
             if draft_side is not None and source.format in ("JPEG", "MPO"):
-                source.draft("RGB", (draft_side, draft_side))  # never below draft_side on either side
+                source.draft("RGB", _draft_size(source.size, draft_side))
             source.load()
             upright = ImageOps.exif_transpose(source)
             if (upright.width > upright.height) != (source.width > source.height):  # turned a quarter

@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 
 from gallery import events
-from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, decode_image
+from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
@@ -46,7 +46,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
 
     Raises ImageRejected (nothing written) for input that is not an acceptable image.
     """
-    decoded = decode_image(data)  # before anything is written
+    decoded = image_check(data)  # before anything is written
     digest = hashlib.sha256(data).hexdigest()
     existing = Image.objects.filter(sha256=digest).first()
     if existing is not None:

@@ -128,24 +128,25 @@ def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]
 
 
 def _write(*, status_field: str, error_field: str, results: dict[int, Any], errors: dict[int, str],
-           write_one: Callable[[Image, Any], None]) -> list[int]:
-    """In one short transaction: lock the images still present (id order), store, set statuses."""
+           write_all: Callable[[list[tuple[Image, Any]]], None]) -> list[int]:
+    """In one short transaction: lock the images still present (id order), store the batch's results
+    together (a few statements for the batch, not a few per image), set statuses."""
     with transaction.atomic():
         images = list(Image.objects.select_for_update().filter(pk__in=[*results, *errors]).order_by("pk"))
+        done = [image for image in images if image.pk in results]
+        if done:
+            write_all([(image, results[image.pk]) for image in done])
+            Image.objects.filter(pk__in=[image.pk for image in done]).update(
+                **{status_field: ProcessingStatus.READY, error_field: ""})
         for image in images:
-            if image.pk in results:
-                write_one(image, results[image.pk])
-                setattr(image, status_field, ProcessingStatus.READY)
-                setattr(image, error_field, "")
-            else:
-                setattr(image, status_field, ProcessingStatus.FAILED)
-                setattr(image, error_field, errors[image.pk])
-            image.save(update_fields=[status_field, error_field])
-    return [image.pk for image in images if image.pk in results]
+            if image.pk not in results:
+                Image.objects.filter(pk=image.pk).update(
+                    **{status_field: ProcessingStatus.FAILED, error_field: errors[image.pk]})
+    return [image.pk for image in done]
 
 
 def _process_batch(*, status_field: str, error_field: str, first_id: int | None, batch_size: int | None,
-                   infer: Callable[[list[Loaded]], list[Any]], write_one: Callable[[Image, Any], None],
+                   infer: Callable[[list[Loaded]], list[Any]], write_all: Callable[[list[tuple[Image, Any]]], None],
                    decoded: Decoded | None = None) -> BatchReport:
     """Claim a batch of pending images, run the model outside any transaction, write the results."""
     with _claimed(status_field=status_field, first_id=first_id,
@@ -155,7 +156,7 @@ def _process_batch(*, status_field: str, error_field: str, first_id: int | None,
         loaded, errors = _load_pictures(images, decoded)
         results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
         processed = _write(status_field=status_field, error_field=error_field, results=results, errors=errors,
-                           write_one=write_one)
+                           write_all=write_all)
     return BatchReport(processed=processed, failed=sorted(errors))
 
 
@@ -172,13 +173,15 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
         vectors = {key: get_model(key).encode_images(pictures) for key, _ in keys}
         return [{key: vectors[key][row] for key, _ in keys} for row in range(len(items))]
 
-    def write_one(image: Image, vectors: dict[str, Any]) -> None:
-        for key, space in keys:
-            Embedding.objects.update_or_create(image=image, space=space, model_key=key,
-                                               defaults={"vector": vectors[key]})
+    def write_all(done: list[tuple[Image, dict[str, Any]]]) -> None:
+        # One upsert for the batch: a rerun (retry, re-embed) replaces the vector of the same model.
+        Embedding.objects.bulk_create(
+            [Embedding(image=image, space=space, model_key=key, vector=vectors[key])
+             for image, vectors in done for key, space in keys],
+            update_conflicts=True, unique_fields=["image", "space", "model_key"], update_fields=["vector"])
 
     return _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
-                          infer=infer, write_one=write_one, decoded=decoded)
+                          infer=infer, write_all=write_all, decoded=decoded)
 
 
 @dataclass(frozen=True)
@@ -209,23 +212,24 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         return [[SegmentedMask(mask, probability_to_png(mask.probability), by_mask.get((row, column), {}))
                  for column, mask in enumerate(masks)] for row, masks in enumerate(found)]
 
-    def write_one(image: Image, segmented: list[SegmentedMask]) -> None:
-        # Replace the image's masks wholesale (their region vectors go with them): a rerun leaves
+    def write_all(done: list[tuple[Image, list[SegmentedMask]]]) -> None:
+        # Replace each image's masks wholesale (their region vectors go with them): a rerun leaves
         # exactly one set, and after a segmenter change the old segmenter's masks go (kept, each label
         # would show twice, and their regions would lack the new models' vectors).
-        Mask.objects.filter(image=image).delete()
+        Mask.objects.filter(image__in=[image for image, _ in done]).delete()
+        made = [(image, s) for image, segmented in done for s in segmented]
         rows = Mask.objects.bulk_create([
             Mask(image=image, segmenter=models.segmenter, label=s.mask.label, class_index=s.mask.class_index,
                  probability_png=s.png, area_fraction=s.mask.area_fraction)
-            for s in segmented
+            for image, s in made
         ])
         RegionEmbedding.objects.bulk_create([
             RegionEmbedding(mask=row, image=image, space=space, model_key=key, vector=vector)
-            for row, s in zip(rows, segmented, strict=True) for (space, key), vector in s.region_vectors.items()
+            for row, (image, s) in zip(rows, made, strict=True) for (space, key), vector in s.region_vectors.items()
         ])
 
     return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,
-                          batch_size=batch_size, infer=infer, write_one=write_one, decoded=decoded)
+                          batch_size=batch_size, infer=infer, write_all=write_all, decoded=decoded)
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Progress | None = None,

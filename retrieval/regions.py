@@ -49,7 +49,9 @@ def region_picture(picture: PILImage.Image, probability: np.ndarray, *, style: R
         return None
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    box: np.ndarray = np.asarray(picture.convert("RGB"), dtype=np.float32)[top:bottom, left:right]
+    # Crop before converting: only the box's pixels become floats.
+    box: np.ndarray = np.asarray(picture.crop((int(left), int(top), int(right), int(bottom))).convert("RGB"),
+                                 dtype=np.float32)
     if style == "masked":
         keep = probability[top:bottom, left:right, None]
         box = keep * box + (1 - keep) * NEUTRAL_FILL

@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from gallery import services
-from gallery.imaging import MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, picture_for_models
+from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, image_check,
+                             picture_for_models)
 from gallery.models import Image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,6 +99,37 @@ def test_an_upload_decoded_for_the_models_keeps_its_full_displayed_size_but_not_
         decode_for_models(data[: len(data) * 2 // 3])
 
 
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_the_check_before_storing_gives_the_format_and_the_displayed_size(name):
+    data, size = ACCEPTED[name]
+    facts = image_check(data)
+    assert (facts.width, facts.height) == size and facts.format == PILImage.open(io.BytesIO(data)).format
+
+
+def test_a_large_jpeg_is_checked_at_its_smallest_scale_and_decoded_for_the_models_at_the_scale_that_covers_them(
+        monkeypatch):
+    """A landscape 2560x1600 photo: half its size (1280x800) still covers the models' 1024 on the long
+    side, so that is what gets decoded; the check before storing decodes an eighth, every byte read."""
+    from PIL import JpegImagePlugin
+
+    decoded_sizes: list[tuple[int, int]] = []
+    load = JpegImagePlugin.JpegImageFile.load
+
+    def recording_load(self):
+        result = load(self)
+        decoded_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", recording_load)
+    data = encode(photo((2560, 1600)), "JPEG")
+    picture = picture_for_models(data)
+    facts = image_check(data)
+    assert list(dict.fromkeys(decoded_sizes)) == [(1280, 800), (320, 200)]  # (load runs more than once)
+    assert picture.size == (1024, 640) and (facts.width, facts.height) == (2560, 1600)
+    with pytest.raises(ImageRejected, match="truncated"):
+        image_check(data[: len(data) * 2 // 3])
+
+
 def test_alpha_is_composited_on_white_not_black():
     picture = decode_image(palette_with_transparency()).picture
     assert picture.getpixel((0, 0)) == (255, 255, 255)  # transparent corner
@@ -113,7 +145,7 @@ def test_first_frame_of_an_animated_gif():
     assert decode_image(animated_gif()).picture.getpixel((8, 8)) == (255, 0, 0)
 
 
-@pytest.mark.parametrize("decode", [decode_image, decode_for_models])
+@pytest.mark.parametrize("decode", [decode_image, decode_for_models, image_check])
 @pytest.mark.parametrize("name", sorted(REJECTED))
 def test_rejected_inputs_raise_a_clear_message(name, decode):
     data, _, words = REJECTED[name]
