@@ -327,7 +327,8 @@ def main() -> None:
               f"{outside_models:.1f} s ({100 * outside_models / sync_wall:.0f} % of its wall time); the largest items: "
               + "; ".join(f"{name} {value:.1f} s" for name, value in largest)
               + f" ({masks_per_image:.1f} masks per image, each at the picture's size up to 1024 px; each file is decoded "
-              f"once to be validated and stored, then once for the models, in the embed stage; the segment stage of the "
+              f"once to be validated and stored (a JPEG at 1/8 scale), then once for the models (a JPEG at the DCT scale "
+              f"whose long side covers 1024 px), in the embed stage; the segment stage of the "
               f"same batch reuses that picture; one such decode of all {n} files takes {decode_s:.1f} s). Measured against the model calls inside the same "
               f"sync run ({in_run_models:.1f} s, immune to load changes between runs) the sync overhead is "
               f"{100 * outside_models / in_run_models:.0f} %. One decode of each file costs {1000 * decode_s / n:.0f} "

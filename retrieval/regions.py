@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 from retrieval.preferences import preference_defaults
 
 RegionStyle = Literal["masked", "box"]
-NEUTRAL_FILL = np.array([124, 116, 104], dtype=np.float32)  # ImageNet's mean colour: "nothing" to the encoders
+NEUTRAL_FILL = (124, 116, 104)  # ImageNet's mean colour: "nothing" to the encoders
 
 
 def region_threshold() -> float:
@@ -49,12 +49,12 @@ def region_picture(picture: PILImage.Image, probability: np.ndarray, *, style: R
         return None
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    # Crop before converting: only the box's pixels become floats.
-    box: np.ndarray = np.asarray(picture.crop((int(left), int(top), int(right), int(bottom))).convert("RGB"),
-                                 dtype=np.float32)
-    if style == "masked":
-        keep = probability[top:bottom, left:right, None]
-        box = keep * box + (1 - keep) * NEUTRAL_FILL
-    elif style != "box":
+    if style not in ("masked", "box"):
         raise ValueError(f"region style must be masked or box, not {style!r}")
-    return PILImage.fromarray(np.clip(box + 0.5, 0, 255).astype(np.uint8), "RGB")
+    box = picture.crop((int(left), int(top), int(right), int(bottom))).convert("RGB")
+    if style == "box":
+        return box
+    # Blend toward the neutral fill in proportion to the mask, in Pillow's 8-bit arithmetic (a fifth of
+    # the time of the same blend in float32; at most one grey level apart).
+    keep = PILImage.fromarray(np.rint(probability[top:bottom, left:right] * 255).astype(np.uint8), "L")
+    return PILImage.composite(box, PILImage.new("RGB", box.size, NEUTRAL_FILL), keep)

@@ -38,7 +38,7 @@ def test_a_masked_region_blends_what_is_outside_the_soft_mask_toward_neutral_gre
     assert region.shape == (40, 40, 3)
     assert np.abs(region[0, 30] - pixels[10, 50]).max() <= 1  # inside: the pixel itself
     assert np.abs(region[20, 39] - NEUTRAL_FILL).max() <= 1  # the hole: neutral grey
-    expected_half = 0.5 * pixels[10, 20].astype(np.float32) + 0.5 * NEUTRAL_FILL
+    expected_half = 0.5 * pixels[10, 20].astype(np.float32) + 0.5 * np.array(NEUTRAL_FILL)
     assert np.abs(region[0, 0] - expected_half).max() <= 1
 
 
