@@ -13,6 +13,7 @@ which leaves the driver untouched until a model is placed, in the worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -55,7 +56,14 @@ def resolve_device(wanted: str) -> torch.device:
 def model_device() -> torch.device:
     """The device a model is placed on when it loads (the setting, read at each load: a loaded model
     keeps its device for the life of the process)."""
-    device = resolve_device(settings.IMAGINAITION_DEVICE)
+    return _resolved(settings.IMAGINAITION_DEVICE)
+
+
+@functools.cache
+def _resolved(wanted: str) -> torch.device:
+    """resolve_device once per value: the status API asks on every request, and until CUDA is
+    initialized torch asks NVML again at every check."""
+    device = resolve_device(wanted)
     logger.debug("models run on %s", device)  # log_active_models says it at start
     return device
 
