@@ -230,12 +230,11 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("IMAGINAITION_LOG_LEVEL", "WARNING")
     setup_django(DATABASE)
-    from django.conf import settings
-
+    from retrieval.encoders.devices import batch_size as device_batch_size
     from retrieval.encoders.devices import model_device
     from retrieval.encoders.registry import active_models, get_model
 
-    batch_size = settings.IMAGINAITION_BATCH_SIZE
+    batch_size = device_batch_size()
     all_started = time.perf_counter()
     load_before = load_average()
     photos, facts = bench_photos(max(args.n, 200))

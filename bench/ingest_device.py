@@ -9,7 +9,8 @@ real architectures (same cost; bench.common.standard_random_weights), on its own
 images), else bench.common.bench_photos.
 1. load: each model's load time on the device;
 2. bare forward on the device: the three models called directly on the decoded pictures, in batches of
-   16, 32 and 64 pictures, after a warm-up batch; the precision each model chose on its first batch
+   16, 32 and 64 pictures (and the pipeline's own batch size), after a warm-up batch; the precision each
+   model chose on its first batch
    (half precision kept only where it agrees with fp32: vectors cosine >= 0.999, masks IoU >= 0.98);
 3. `import_folder --sync` in this process (models loaded), stages timed as in bench.ingest;
 4. `import_folder` with --workers real `manage.py qcluster` processes on the device, from the start of
@@ -94,7 +95,9 @@ def main() -> None:
     settings.IMAGINAITION_WEIGHTS_DIR = Path(os.environ["IMAGINAITION_WEIGHTS_DIR"])
     folder, photos_text = photo_folder(args)
     print(photos_text, flush=True)
-    raw: dict = {"device": accelerator_name(args.device), "n": args.n}
+    from retrieval.encoders.devices import batch_size as device_batch_size
+
+    raw: dict = {"device": accelerator_name(args.device), "n": args.n, "pipeline_batch": device_batch_size()}
 
     def save_raw() -> None:  # after each step: a run cut short still leaves what it measured
         if args.raw:
@@ -109,7 +112,7 @@ def main() -> None:
         raw["loads"][key] = time.perf_counter() - started
     pictures, raw["decode_s"] = decode_all(folder)
     raw["bare"] = {}
-    for batch_size in BATCH_SIZES:
+    for batch_size in sorted({*BATCH_SIZES, raw["pipeline_batch"]}):
         raw["bare"][batch_size] = bare_forward(models, pictures, batch_size)
         print(f"bare forward on {args.device}, batches of {batch_size}: "
               f"{sum(raw['bare'][batch_size].values()):.2f} s for {len(pictures)} pictures", flush=True)
@@ -160,17 +163,18 @@ def report(raw: dict, args, photos_text: str, models) -> str:
     best_batch = min(raw["bare"], key=lambda size: sum(raw["bare"][size].values()))
     device_ms = {key: 1000 * raw["bare"][best_batch][key] / n for _, key in roles}
     cpu_ms = {key: 1000 * raw["cpu_bare"][key] / cpu_n for _, key in roles}
-    model_rows = [[role, f"`{key}`", raw["loads"][key], *(1000 * raw["bare"][size][key] / n for size in BATCH_SIZES),
+    model_rows = [[role, f"`{key}`", raw["loads"][key], *(1000 * raw["bare"][size][key] / n for size in raw["bare"]),
                    cpu_ms[key], cpu_ms[key] / device_ms[key]] for role, key in roles]
     model_rows.append(["all three", "", sum(raw["loads"].values()),
-                       *(1000 * sum(raw["bare"][size].values()) / n for size in BATCH_SIZES),
+                       *(1000 * sum(raw["bare"][size].values()) / n for size in raw["bare"]),
                        sum(cpu_ms.values()), sum(cpu_ms.values()) / sum(device_ms.values())])
-    model_table = table(["role", "model", "load s", *(f"{args.device} ms/image, batch {size}" for size in BATCH_SIZES),
+    model_table = table(["role", "model", "load s", *(f"{args.device} ms/image, batch {size}" for size in raw["bare"]),
                          f"host CPU ms/image ({raw['cpu_threads']} threads, fp32)",
                          f"speed-up ({args.device}, batch {best_batch})"], model_rows)
-    model_s = sum(raw["bare"][16].values())  # the pipeline's batch size (IMAGINAITION_BATCH_SIZE)
+    pipeline_batch = raw["pipeline_batch"]
+    model_s = sum(raw["bare"][pipeline_batch].values())
     sync, workers = raw["sync"]["wall"], raw["workers"]["wall"]
-    runs_table = table(["path", "wall s", "images/s", "model s (bare forward, batch 16)", "overhead %"], [
+    runs_table = table(["path", "wall s", "images/s", f"model s (bare forward, batch {pipeline_batch})", "overhead %"], [
         ["`import_folder --sync` (1 process)", sync, n / sync, model_s, 100 * (sync - model_s) / model_s],
         [f"`import_folder` + {args.workers} `qcluster` workers", workers, n / workers, model_s,
          100 * (workers - model_s) / model_s]])
@@ -189,7 +193,8 @@ def report(raw: dict, args, photos_text: str, models) -> str:
         f"Precision chosen on the first batch (this process): {precisions}. In the workers: "
         + ("; ".join(raw["worker_log_precisions"]) or "not logged") + ".",
         stage_table,
-        f"Notes: the pipeline's batch is IMAGINAITION_BATCH_SIZE (16). The workers' wall time includes each worker "
+        f"Notes: the pipeline's batch is {pipeline_batch} images (the device's default, or IMAGINAITION_BATCH_SIZE). "
+        "The workers' wall time includes each worker "
         f"process loading the models on its first task; every image was searchable after "
         f"{raw['workers']['embedded']:.1f} s; {raw['workers']['failed']} images failed. For comparison, the same "
         f"three models on this host's CPU alone would ingest at most {cpu_standard_images_s:.2f} images/s (model time "

@@ -312,7 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("IMAGINAITION_LOG_LEVEL", "WARNING")
     setup_django(DATABASE)
-    from django.conf import settings
+    from retrieval.encoders.devices import batch_size as device_batch_size
 
     started = time.perf_counter()
     load_before = load_average()
@@ -367,7 +367,7 @@ def main() -> None:
         "\n".join(notes),
         f"Peak RSS is VmHWM from /proc/PID/status, read after the requests (web) and after every image was done "
         f"(workers; IMAGINAITION_WORKERS={os.environ.get('IMAGINAITION_WORKERS', 2)}, batches of "
-        f"{settings.IMAGINAITION_BATCH_SIZE}). Load average {load_before} at the start, {load_average()} at the end; "
+        f"{device_batch_size()}). Load average {load_before} at the start, {load_average()} at the end; "
         f"whole benchmark {total_s / 60:.1f} min.",
     ])
     print(body)

@@ -255,6 +255,8 @@ def main() -> None:
     BENCH_VAR.mkdir(parents=True, exist_ok=True)
     from django.conf import settings
 
+    from retrieval.encoders.devices import batch_size as device_batch_size
+
     started = time.perf_counter()
     load_before = load_average()
     cores = os.cpu_count() or 1
@@ -339,7 +341,7 @@ def main() -> None:
         "Where it stops keeping up: " + "; ".join(knees) + ".",
         (f"**Real batches**: offline profile, {args.photos} photos ({describe_photos(facts, args.photos)}) through "
          f"`import_folder` and the project's tasks (`retrieval.tasks.embed_images` and `segment_images`, one "
-         f"each per image; a task claims up to {settings.IMAGINAITION_BATCH_SIZE} pending images, so most find "
+         f"each per image; a task claims up to {device_batch_size()} pending images, so most find "
          f"their image already done and return at once), by `bench.common.ingest_by_workers`: from the start "
          f"of the import until every image has embeddings and masks, each worker process loading the models "
          f"on its first task (included). Tasks: results saved by then (the last no-op tasks may still be queued).")

@@ -162,7 +162,8 @@ IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 # Models (retrieval/encoders/registry.py is the one place that knows about weight files).
 IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
 IMAGINAITION_WEIGHTS_DIR = Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", BASE_DIR / "weights"))
-IMAGINAITION_BATCH_SIZE = int(os.environ.get("IMAGINAITION_BATCH_SIZE", 16))
+# Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size).
+IMAGINAITION_BATCH_SIZE = int(os.environ["IMAGINAITION_BATCH_SIZE"]) if os.environ.get("IMAGINAITION_BATCH_SIZE") else None
 
 # Indexes.
 IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))

@@ -28,6 +28,7 @@ from gallery.imaging import ImageRejected, picture_for_models, probability_to_pn
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from retrieval.encoders.base import SoftMask
+from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
 from retrieval.models import Embedding, RegionEmbedding
 from retrieval.regions import region_picture
@@ -150,7 +151,7 @@ def _process_batch(*, status_field: str, error_field: str, first_id: int | None,
                    decoded: Decoded | None = None) -> BatchReport:
     """Claim a batch of pending images, run the model outside any transaction, write the results."""
     with _claimed(status_field=status_field, first_id=first_id,
-                  batch_size=batch_size or settings.IMAGINAITION_BATCH_SIZE) as images:
+                  batch_size=batch_size or device_batch_size()) as images:
         if not images:
             return BatchReport(processed=[], failed=[])
         loaded, errors = _load_pictures(images, decoded)

@@ -34,6 +34,7 @@ INPUT_SIZE = 520  # torchvision's evaluation size for these weights; one square 
 # A label gets a mask when it is the most likely class on at least this fraction of the image's pixels:
 # below it, masks are speckles of noise rather than objects.
 MIN_AREA = 0.005
+ACCELERATOR_PICTURES_PER_PASS = 16
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics the backbone was trained on
 
 
@@ -51,7 +52,9 @@ class DeepLabSegmenter(Segmenter):
             model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
         # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation);
         # accelerators take the whole batch at once.
-        self.pictures_per_pass = 1 if self.device.type == "cpu" else None
+        # On an accelerator, passes of at most ACCELERATOR_PICTURES_PER_PASS: the activations at 520²
+        # grow with the pass, and the pipeline's batch there is larger (devices.DEVICE_BATCH_SIZES).
+        self.pictures_per_pass = 1 if self.device.type == "cpu" else ACCELERATOR_PICTURES_PER_PASS
         self.openvino: OpenVinoChoice | None = None
         if weights is not None and segmenter_runtime(self.device) == "openvino":
             self.openvino = openvino_choice(model, key=key, weights=weights, input_size=INPUT_SIZE,

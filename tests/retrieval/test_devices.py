@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from retrieval.encoders import registry
 from retrieval.encoders.autoencoder import AutoencoderEncoder, load_checkpoint
-from retrieval.encoders.devices import model_device, resolve_device, thread_share
+from retrieval.encoders.devices import DEVICE_BATCH_SIZES, batch_size, model_device, resolve_device, thread_share
 from retrieval.models import IndexState
 from tests.conftest import wait_for
 from tests.retrieval.test_pipeline import upload
@@ -28,6 +28,17 @@ def test_the_device_setting_is_resolved_or_refused_with_the_reason():
     if not torch.cuda.is_available():
         with pytest.raises(ImproperlyConfigured, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_the_batch_is_the_devices_unless_the_setting_says_otherwise(settings):
+    settings.IMAGINAITION_BATCH_SIZE = None
+    settings.IMAGINAITION_DEVICE = "cpu"
+    assert batch_size() == DEVICE_BATCH_SIZES["cpu"] == 16
+    if ACCELERATORS:
+        settings.IMAGINAITION_DEVICE = "cuda"
+        assert batch_size() == DEVICE_BATCH_SIZES["cuda"] > 16
+    settings.IMAGINAITION_BATCH_SIZE = 5
+    assert batch_size() == 5
 
 
 def test_each_process_takes_its_share_of_the_cores():

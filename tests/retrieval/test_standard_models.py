@@ -151,7 +151,7 @@ def test_deeplab_masks_are_probabilities_at_each_image_size(segmenter, monkeypat
     try:
         results = segmenter.segment(pictures())
         assert calls == [1, 1]  # on a CPU, one picture per forward pass (faster there)
-        monkeypatch.setattr(segmenter, "pictures_per_pass", None)  # as on an accelerator
+        monkeypatch.setattr(segmenter, "pictures_per_pass", deeplab.ACCELERATOR_PICTURES_PER_PASS)  # as on an accelerator
         batched = segmenter.segment(pictures())
     finally:
         handle.remove()
