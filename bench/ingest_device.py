@@ -10,8 +10,8 @@ images), else bench.common.bench_photos.
 1. load: each model's load time on the device;
 2. bare forward on the device: the three models called directly on the decoded pictures, in batches of
    16, 32 and 64 pictures (and the pipeline's own batch size), after a warm-up batch; the precision each
-   model chose on its first batch
-   (half precision kept only where it agrees with fp32: vectors cosine >= 0.999, masks IoU >= 0.98);
+   model chose on its first batch (half precision kept only where it agrees with fp32: vectors cosine
+   >= 0.999, masks IoU >= 0.98);
 3. `import_folder --sync` in this process (models loaded), stages timed as in bench.ingest;
 4. `import_folder` with --workers real `manage.py qcluster` processes on the device, from the start of
    the import until every image has embeddings and masks (each worker loads the models on its first
