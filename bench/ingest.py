@@ -187,11 +187,13 @@ def png_alternatives(masks: list) -> list[list]:
     return rows
 
 
-def run_workers(folder: Path, n: int, workers: int) -> dict[str, float]:
-    """Start the cluster, run `import_folder` (enqueue) in this process, wait until every image is done; seconds."""
+def run_workers(folder: Path, n: int, workers: int, *, database: str = DATABASE,
+                bench_var: Path = BENCH_VAR) -> dict[str, float]:
+    """Start the cluster, run `import_folder` (enqueue) in this process, wait until every image is done; seconds.
+    The cluster's log is bench_var/qcluster.log."""
     from django.core.management import call_command
 
-    return ingest_by_workers(env=bench_env(DATABASE, IMAGINAITION_WORKERS=str(workers)), log=BENCH_VAR / "qcluster.log",
+    return ingest_by_workers(env=bench_env(database, IMAGINAITION_WORKERS=str(workers)), log=bench_var / "qcluster.log",
                              n=n, enqueue=lambda: call_command("import_folder", str(folder), stdout=io.StringIO()),
                              timeout=1500)
 

@@ -29,10 +29,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, bench_env, bench_photos, describe_photos, empty_bench_database,
-                          ingest_by_workers, load_average, photo_folder_subset, setup_django, standard_random_weights,
-                          table, write_section)
-from bench.ingest import bare_forward, decode_all, run_sync
+from bench.common import (REPO_ROOT, bench_photos, describe_photos, empty_bench_database, load_average,
+                          photo_folder_subset, setup_django, standard_random_weights, table, write_section)
+from bench.ingest import bare_forward, decode_all, run_sync, run_workers
 
 DATABASE = "imaginaition_bench_device"
 BENCH_VAR = REPO_ROOT / "var" / DATABASE
@@ -87,6 +86,7 @@ def main() -> None:
     all_started = time.perf_counter()
     setup_django(DATABASE)
     os.environ["IMAGINAITION_WEIGHTS_DIR"] = str(standard_random_weights())  # the workers' too
+    import torch
     from django.conf import settings
     from django.test import override_settings
 
@@ -126,12 +126,7 @@ def main() -> None:
     print(f"import_folder --sync: {sync_wall:.1f} s", flush=True)
     save_raw()
     empty_bench_database()
-    from django.core.management import call_command
-    import io
-
-    raw["workers"] = ingest_by_workers(
-        env=bench_env(DATABASE, IMAGINAITION_WORKERS=str(args.workers)), log=BENCH_VAR / "qcluster.log", n=len(pictures),
-        enqueue=lambda: call_command("import_folder", str(folder), stdout=io.StringIO()), timeout=1500)
+    raw["workers"] = run_workers(folder, len(pictures), args.workers, database=DATABASE, bench_var=BENCH_VAR)
     raw["worker_log_precisions"] = [line.split("] ", 1)[-1] for line in
                                     (BENCH_VAR / "qcluster.log").read_text(errors="replace").splitlines()
                                     if " vs fp32 on the first batch" in line][:6]
@@ -140,11 +135,9 @@ def main() -> None:
     empty_bench_database()
     registry.unload_all()
 
-    import torch
-
     cpu_pictures = pictures[:args.cpu_n]
     with override_settings(IMAGINAITION_DEVICE="cpu", IMAGINAITION_PRECISION="fp32"):
-        raw["cpu_bare"] = bare_forward(models, cpu_pictures, 16)
+        raw["cpu_bare"] = bare_forward(models, cpu_pictures, device_batch_size())
         registry.unload_all()
     raw["cpu_threads"] = torch.get_num_threads()
     raw["total_s"] = time.perf_counter() - all_started

@@ -50,10 +50,9 @@ class DeepLabSegmenter(Segmenter):
         # never read: drop it (bench.segmentation measures the saving; masks are unchanged).
         if getattr(model, "aux_classifier", None) is not None:
             model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
-        # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation);
-        # accelerators take the whole batch at once.
-        # On an accelerator, passes of at most ACCELERATOR_PICTURES_PER_PASS: the activations at 520²
-        # grow with the pass, and the pipeline's batch there is larger (devices.DEVICE_BATCH_SIZES).
+        # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation). On
+        # an accelerator, passes of at most ACCELERATOR_PICTURES_PER_PASS: the activations at 520² grow
+        # with the pass, and the pipeline's batch there is larger (devices.DEVICE_BATCH_SIZES).
         self.pictures_per_pass = 1 if self.device.type == "cpu" else ACCELERATOR_PICTURES_PER_PASS
         self.openvino: OpenVinoChoice | None = None
         if weights is not None and segmenter_runtime(self.device) == "openvino":
