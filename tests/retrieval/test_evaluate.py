@@ -168,6 +168,10 @@ def test_evaluate_refuses_the_database_in_use_and_databases_it_did_not_create(la
         call_command("evaluate", data=labelled_set, database="Bad-Name")
 
 
+SCORE_NAMES = ("precision_at_10", "map_at_50", "near_duplicate_recall_at_1", "near_duplicate_recall_at_10",
+               "near_duplicate_recall_at_1_with_copies", "near_duplicate_recall_at_10_with_copies")
+
+
 @pytest.mark.django_db
 def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, tmp_path):
     database = f"{connection.settings_dict['NAME']}_evaluation"
@@ -182,11 +186,12 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     assert list(scores) == ["semantic only", "content only", "hybrid"]
     assert report["profile"] == "offline"
     assert (report["categories"], report["images"], report["category_queries"]) == (3, 12, 12)
-    # 12 originals + 3 copies: each copy searches 13 images besides its original and itself.
-    assert (report["near_duplicate_queries"], report["distractors"], report["caption_queries"]) == (3, 13, 2)
+    # 12 originals + 3 copies: each copy searches the 11 other originals, then also the 2 other copies.
+    assert (report["near_duplicate_queries"], report["distractors"], report["distractors_with_copies"],
+            report["caption_queries"]) == (3, 11, 13, 2)
     assert report["skipped"] == []
     for s in scores.values():
-        for name in ("precision_at_10", "map_at_50", "near_duplicate_recall_at_1", "near_duplicate_recall_at_10"):
+        for name in SCORE_NAMES:
             assert 0.0 <= s[name] <= 1.0, (s["policy"], name)
         # Only 3 other images share a query's category: P@10 is at most 3/10.
         assert s["precision_at_10"] <= 0.3 + 1e-9
@@ -196,17 +201,19 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     assert scores["semantic only"]["map_at_50"] == pytest.approx(1.0)
     # With 12 (then 15) images and k = 50, both indexes return every other image, so all are "both"
     # and the policy orders them by the preferred (semantic) similarity: hybrid = semantic only.
-    for name in ("precision_at_10", "map_at_50", "near_duplicate_recall_at_1", "near_duplicate_recall_at_10"):
+    for name in SCORE_NAMES:
         assert scores["hybrid"][name] == pytest.approx(scores["semantic only"][name]), name
     # The content model finds each copy's original first (crop, rotation, jitter and JPEG kept the look)...
     assert scores["content only"]["near_duplicate_recall_at_1"] == 1.0
+    assert scores["content only"]["near_duplicate_recall_at_1_with_copies"] == 1.0
     # ...and semantic search keeps it within the first 10: it ranks the copy's own category first, and
     # that holds only the 4 originals and at most 2 other copies.
     assert scores["semantic only"]["near_duplicate_recall_at_10"] == 1.0
     assert 0.0 <= report["text_recall_at_1"] <= report["text_recall_at_10"] <= 1.0
 
     text = out.getvalue()
-    assert "| semantic only | 0.300 | 1.000 |" in text and "near-dup R@1" in text
+    assert "| semantic only | 0.300 | 1.000 |" in text and "| R@1, other copies in too |" in text
+    assert "3 near-duplicate queries among 11 distractors (13 with the other copies)" in text
     assert "Text→image (captions, 2 queries)" in text
     # The database in use gained nothing; the evaluation database and its files are gone (no --keep).
     assert (Image.objects.count(), Embedding.objects.count()) == (images_before, embeddings_before)
