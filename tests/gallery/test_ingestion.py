@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from gallery import services
-from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, image_check,
-                             picture_for_models)
+from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, for_models,
+                             image_check, picture_for_models)
 from gallery.models import Image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,6 +128,16 @@ def test_a_large_jpeg_is_checked_at_its_smallest_scale_and_decoded_for_the_model
     assert picture.size == (1024, 640) and (facts.width, facts.height) == (2560, 1600)
     with pytest.raises(ImageRejected, match="truncated"):
         image_check(data[: len(data) * 2 // 3])
+
+
+@pytest.mark.parametrize(("size", "expected"), [((3000, 2000), (1024, 683)), ((2000, 3000), (683, 1024)),
+                                              ((5000, 3), (1024, 1)), ((1024, 700), (1024, 700))])
+def test_the_models_picture_keeps_the_aspect_within_the_longest_side_and_never_loses_a_side(size, expected):
+    picture = PILImage.new("RGB", size, (200, 40, 40))
+    scaled = for_models(picture)
+    assert scaled.size == expected and scaled.mode == "RGB"
+    assert (scaled is picture) == (size == expected)  # small enough: the same picture, not a copy
+    assert scaled.getpixel((0, 0)) == (200, 40, 40)  # a flat colour stays that colour
 
 
 def test_alpha_is_composited_on_white_not_black():
