@@ -354,7 +354,8 @@ def main() -> None:
         f"only, to keep the run short), batches of {batch_size} (IMAGINAITION_BATCH_SIZE), after a warm-up call on a full batch, on "
         "the pictures as the pipeline gives them (decoded, longest side at most 1024 px); the active profile's bare "
         "forward is the fastest of the runs; load s is the one-time "
-        "load per process (the offline semantic model embeds 2,000 class sentences with MiniLM when it loads):",
+        "load per process (the offline semantic model embeds 2,000 class sentences with MiniLM the first time a host "
+        "loads it and reads them from IMAGINAITION_MODEL_CACHE_DIR afterwards, as here):",
         model_table,
         f"All three models: {per_image_offline:.0f} ms/image for the {models.profile} profile, "
         f"{per_image_standard:.0f} ms/image for the standard profile "

@@ -13,13 +13,18 @@ segments with no model hub and no download.
 - Segmenter (`offline/effnet-lite0-cam`): class activation maps of the same classifier, one coarse
   soft mask per confident class, named with PASCAL-VOC labels where one exists.
 
-Both roles share one EfficientNet instance per process. Everything runs on the CPU: the profile is
-meant for machines without an accelerator.
+Both roles share one EfficientNet instance per process, on IMAGINAITION_DEVICE like every model (the
+profile is meant for machines without an accelerator). The class sentences' MiniLM embeddings, most
+of a model's load time, are computed once per host and kept under IMAGINAITION_MODEL_CACHE_DIR.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +44,8 @@ from .specs import ModelSpec
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
 
 TEXT_DIM = 384
 INPUT_SIZE = 224
@@ -213,11 +220,15 @@ def class_texts(bridge: Bridge) -> list[list[str]]:
 
 
 @functools.cache  # v1 and v2 share it: 2,000 sentences, most of a model's load time
-def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge) -> tuple[np.ndarray, np.ndarray]:
-    """(t_c − μ for the 1000 classes, μ): the centred class text vectors and their mean."""
+def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge,
+                      text_weights: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(t_c − μ for the 1000 classes, μ): the centred class text vectors and their mean. With
+    `text_weights` (MiniLM's weight file) the sentences' embeddings are read from, or kept in, the
+    model cache folder."""
     per_class = class_texts(bridge)
     flat = [sentence for sentences in per_class for sentence in sentences]
-    embeddings = embed_texts(text_model, flat)
+    embeddings = (embed_texts(text_model, flat) if text_weights is None
+                  else cached_sentence_embeddings(text_model, flat, text_weights))
     owner = np.repeat(np.arange(len(per_class)), [len(sentences) for sentences in per_class])
     sums = np.zeros((len(per_class), TEXT_DIM), dtype=np.float32)
     np.add.at(sums, owner, embeddings)
@@ -226,6 +237,55 @@ def class_text_matrix(text_model: SentenceTransformer, bridge: Bridge) -> tuple[
     centred = class_vectors - mean
     centred.flags.writeable = mean.flags.writeable = False  # cached and shared
     return centred, mean
+
+
+def sentence_cache_path(sentences: Sequence[str], text_weights: Path) -> Path:
+    """Where the embeddings of `sentences` by MiniLM with these weights are kept: other sentences,
+    weights, library versions or device kind give another file."""
+    import sentence_transformers
+    import transformers
+    from django.conf import settings
+
+    with text_weights.open("rb") as file:
+        weights_digest = hashlib.file_digest(file, "sha256").hexdigest()
+    fingerprint = hashlib.sha256("\n".join(
+        [weights_digest, sentence_transformers.__version__, transformers.__version__, torch.__version__,
+         model_device().type, *sentences]).encode())
+    return Path(settings.IMAGINAITION_MODEL_CACHE_DIR) / f"minilm-sentences-{fingerprint.hexdigest()[:16]}.npy"
+
+
+def cached_sentence_embeddings(text_model: SentenceTransformer, sentences: Sequence[str],
+                               text_weights: Path) -> np.ndarray:
+    """embed_texts(sentences), read from the model cache folder when an earlier process of this host
+    (or one sharing the folder) computed them: 11 s of a worker's start on 2 cores. A file that does
+    not read back as the right array is computed again; a folder that cannot be written only costs
+    the time."""
+    path = sentence_cache_path(sentences, text_weights)
+    expected = (len(sentences), TEXT_DIM)
+    try:
+        kept = np.load(path, allow_pickle=False)
+        if kept.shape == expected and kept.dtype == np.float32 and np.isfinite(kept).all():
+            return kept
+        logger.warning("%s: not the sentence embeddings expected (shape %s, %s); computing them again",
+                       path, kept.shape, kept.dtype)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable (%s); computing the sentence embeddings again", path, exc)
+    embeddings = embed_texts(text_model, sentences)
+    scratch = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(prefix=".minilm-", suffix=".npy", dir=path.parent)
+        with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide it from the host's other users
+            np.save(file, embeddings, allow_pickle=False)
+        os.replace(scratch, path)  # whole or absent, also for processes reading at the same moment
+    except OSError as exc:
+        logger.warning("could not keep the class sentences' embeddings in %s: %s", path.parent, exc)
+        if scratch is not None:
+            Path(scratch).unlink(missing_ok=True)
+    return embeddings
 
 
 def image_logits(network: ClassifierWithFeatures, images: Sequence[Image.Image], resize: Resize) -> np.ndarray:
@@ -279,7 +339,7 @@ class OfflineSemanticEncoder(SemanticEncoder):
     images are [√a·bridge ; √(1−a)·centred pooled features], texts [text ; 0], 384 + 1280 dims."""
 
     def __init__(self, *, key: str, network: ClassifierWithFeatures, text_model: SentenceTransformer,
-                 bridge: Bridge, bridge_share: float | None = None) -> None:
+                 bridge: Bridge, bridge_share: float | None = None, text_weights: Path | None = None) -> None:
         if bridge_share is not None and not 0.0 <= bridge_share < 1.0:
             raise ValueError(f"bridge_share must be in [0, 1), not {bridge_share}")
         self.key = key
@@ -287,7 +347,7 @@ class OfflineSemanticEncoder(SemanticEncoder):
         self.text_model = text_model
         self.bridge = bridge
         self.bridge_share = bridge_share
-        self.centred_classes, self.text_mean = class_text_matrix(text_model, bridge)
+        self.centred_classes, self.text_mean = class_text_matrix(text_model, bridge, text_weights)
         self.feature_dim = 0 if bridge_share is None else network.feature_dim
         self.feature_mean = imagenet_feature_mean(network) if bridge_share is not None else None
         self.dim = TEXT_DIM + self.feature_dim
@@ -375,7 +435,8 @@ def load_semantic(spec: ModelSpec) -> OfflineSemanticEncoder:
     bridge = replace(DEFAULT_BRIDGE, **spec.options.get("bridge", {}))
     encoder = OfflineSemanticEncoder(key=spec.key, network=_network(spec),
                                      text_model=shared_text_model(_minilm_dir(spec)), bridge=bridge,
-                                     bridge_share=spec.options.get("bridge_share"))
+                                     bridge_share=spec.options.get("bridge_share"),
+                                     text_weights=spec.weight_path("text"))
     if encoder.dim != spec.dim:
         raise ValueError(f"{spec.key}: the catalog says {spec.dim} dimensions, the encoder makes {encoder.dim}")
     return encoder

@@ -82,3 +82,44 @@ def test_cat_mask_covers_the_cat(key, photos):
     head[40:300, 90:350] = True
     assert probability[head].mean() > probability[~head].mean()
     assert probability[head].mean() > probability[80:300, 390:].mean()
+
+
+def test_the_class_sentences_are_embedded_once_per_host_and_read_back_by_later_processes(
+        settings, tmp_path, monkeypatch):
+    from retrieval.encoders import offline
+    from retrieval.encoders.registry import MODELS
+
+    settings.IMAGINAITION_MODEL_CACHE_DIR = tmp_path / "models"
+    spec = MODELS[SEMANTIC_KEY]
+    weights = spec.weight_path("text")
+    text_model = offline.shared_text_model(weights.parent)
+    sentences = [sentence for per_class in offline.class_texts(offline.DEFAULT_BRIDGE) for sentence in per_class][:48]
+
+    first = offline.cached_sentence_embeddings(text_model, sentences, weights)
+    kept = list((tmp_path / "models").iterdir())
+    assert [path.name for path in kept] == [offline.sentence_cache_path(sentences, weights).name]  # no scratch left
+    np.testing.assert_array_equal(first, offline.embed_texts(text_model, sentences))
+    assert offline.sentence_cache_path(sentences[:-1], weights) != kept[0]  # other sentences, another file
+
+    # A later process reads the file: MiniLM is not asked again.
+    with monkeypatch.context() as patch:
+        patch.setattr(offline, "embed_texts", lambda *args: pytest.fail("embedded again"))
+        np.testing.assert_array_equal(offline.cached_sentence_embeddings(text_model, sentences, weights), first)
+
+    # A damaged file is computed again and replaced.
+    kept[0].write_bytes(b"not an array")
+    np.testing.assert_array_equal(offline.cached_sentence_embeddings(text_model, sentences, weights), first)
+    np.testing.assert_array_equal(np.load(kept[0]), first)
+
+
+def test_a_loaded_semantic_model_keeps_its_class_sentences_in_the_model_cache(semantic):
+    from django.conf import settings
+
+    from retrieval.encoders import offline
+    from retrieval.encoders.registry import MODELS
+
+    spec = MODELS[SEMANTIC_KEY]
+    sentences = [sentence for per_class in offline.class_texts(semantic.bridge) for sentence in per_class]
+    path = offline.sentence_cache_path(sentences, spec.weight_path("text"))
+    assert path.parent == settings.IMAGINAITION_MODEL_CACHE_DIR and path.is_file()
+    assert np.load(path).shape == (len(sentences), 384)
