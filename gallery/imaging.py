@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +59,14 @@ def download_name(original_name: str, image_format: str) -> str:
 def configure_pillow() -> None:
     """Pillow's decompression-bomb guard, at our pixel limit (it raises above 2x, we reject above 1x)."""
     PILImage.MAX_IMAGE_PIXELS = settings.IMAGINAITION_MAX_PIXELS
+
+
+def _check_pixels(pixels: int | None) -> None:
+    """Refuse an image over IMAGINAITION_MAX_PIXELS (None: over it by Pillow's count, not named)."""
+    limit = settings.IMAGINAITION_MAX_PIXELS
+    if pixels is None or pixels > limit:
+        size = "" if pixels is None else f"{pixels:,}; "
+        raise ImageRejected(f"The image has too many pixels ({size}the limit is {limit:,}).", too_large=True)
 
 
 def _check_size(size: int) -> None:
@@ -141,29 +148,30 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
     """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
     configure_pillow()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            source = PILImage.open(io.BytesIO(data))
-            if source.format not in ACCEPTED_FORMATS:
-                raise ImageRejected(
-                    f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
-            source.seek(0)  # animated GIF/WebP: the first frame
-            width, height = source.size
-            if draft_side is not None and source.format in ("JPEG", "MPO"):
-                source.draft("RGB", _draft_size(source.size, draft_side))
-            source.load()
-            upright = ImageOps.exif_transpose(source)
-            if (upright.width > upright.height) != (source.width > source.height):  # turned a quarter
-                width, height = height, width
-            return to_rgb(upright), source.format, (width, height)
+        source = PILImage.open(io.BytesIO(data))  # the header only: no pixel is decoded yet
+        if source.format not in ACCEPTED_FORMATS:
+            raise ImageRejected(
+                f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
+        # Our limit, checked here rather than by turning Pillow's warning into an error: a
+        # warnings.catch_warnings() block is process-wide state, which concurrent threads (the web
+        # process's, the pipeline's) would restore under each other.
+        _check_pixels(source.width * source.height)
+        source.seek(0)  # animated GIF/WebP: the first frame
+        width, height = source.size
+        if draft_side is not None and source.format in ("JPEG", "MPO"):
+            source.draft("RGB", _draft_size(source.size, draft_side))
+        source.load()
+        upright = ImageOps.exif_transpose(source)
+        if (upright.width > upright.height) != (source.width > source.height):  # turned a quarter
+            width, height = height, width
+        return to_rgb(upright), source.format, (width, height)
     except ImageRejected:
         raise
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
-        # Pillow's text names its own threshold (twice ours for the error): say only ours.
+    except PILImage.DecompressionBombError as exc:  # Pillow's own guard, at twice our limit
+        # Pillow's text names its own threshold: say only ours.
         counted = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(counted.group(1)):,}; " if counted else ""
-        raise ImageRejected(f"The image has too many pixels ({size}the limit is {settings.IMAGINAITION_MAX_PIXELS:,}).",
-                            too_large=True) from exc
+        _check_pixels(int(counted.group(1)) if counted else None)
+        raise  # unreachable: Pillow refuses only above our limit
     except UnidentifiedImageError as exc:
         raise ImageRejected("The file is not an image (or not one we can read).") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -1,6 +1,7 @@
 """Adding images: validation table, dedup, nothing half-written, the REST API and import_folder."""
 
 import io
+import math
 import os
 import struct
 import zlib
@@ -75,6 +76,8 @@ REJECTED = {
     "zero-byte.png": (b"", 400, "empty"),
     "text.jpg": (b"this is not an image at all\n" * 10, 400, "not an image"),
     "bomb.png": (png_header_only(30000, 30000), 413, "too many pixels"),
+    # Over our limit (64 MP) but under Pillow's error (twice it), where Pillow only warns.
+    "just-over-the-limit.png": (png_header_only(8001, 8000), 413, "too many pixels"),
     "huge-dimensions.png": (png_header_only(100000, 100000), 413, "too many pixels"),
 }
 
@@ -170,6 +173,33 @@ def test_a_decompression_bomb_is_refused_naming_its_size_and_only_our_limit(sett
     limit = f"{settings.IMAGINAITION_MAX_PIXELS:,}"
     assert caught.value.message == f"The image has too many pixels (10,000,000,000; the limit is {limit})."
     assert caught.value.too_large
+
+
+def test_the_pixel_limit_holds_for_concurrent_threads_and_leaves_the_warning_filters_alone(settings):
+    """The web process decodes uploads on several threads, and the pipeline may too. The limit must
+    not depend on process-wide state that one thread could restore under another."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    filters_before = list(warnings.filters)
+    side = math.isqrt(settings.IMAGINAITION_MAX_PIXELS) + 1
+    over = png_header_only(side, side)  # between our limit and Pillow's error (twice it)
+    fine = encode(photo((400, 300)), "JPEG")
+
+    def outcome(data: bytes) -> str:
+        try:
+            decode_image(data)
+            return "decoded"
+        except ImageRejected as exc:
+            return exc.message
+
+    inputs = [over, fine] * 100
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(outcome, inputs))
+    assert outcomes[1::2] == ["decoded"] * 100
+    refusal = f"too many pixels ({side * side:,}; the limit is {settings.IMAGINAITION_MAX_PIXELS:,})"
+    assert all(refusal in o for o in outcomes[::2])
+    assert warnings.filters == filters_before
 
 
 @pytest.fixture
