@@ -133,12 +133,13 @@ def run_sync(folder: Path, models, mask_sample: list) -> tuple[float, Stopwatch]
     from retrieval.encoders.registry import get_model
 
     watch = Stopwatch()
-    encode_png = watch.wrap("mask PNG encoding", pipeline.probability_to_png)
+    # The batch's masks are encoded on the process's threads: timed as one call, the stage's wall time.
+    encode_pngs = watch.wrap("mask PNG encoding", pipeline._masks_png)
 
-    def probability_to_png(probability):
-        if len(mask_sample) < 100:
-            mask_sample.append(probability)
-        return encode_png(probability)
+    def masks_png(found):
+        for masks in found:
+            mask_sample.extend(mask.probability for mask in masks[:100 - len(mask_sample)])
+        return encode_pngs(found)
 
     semantic, content, segmenter = (get_model(key) for key in (models.semantic, models.content, models.segmenter))
     with contextlib.ExitStack() as stack:
@@ -149,7 +150,7 @@ def run_sync(folder: Path, models, mask_sample: list) -> tuple[float, Stopwatch]
         stack.enter_context(patched(pipeline, "_load_pictures", watch.wrap("read + decode for the models",
                                                                            pipeline._load_pictures)))
         stack.enter_context(patched(pipeline, "_write", watch.wrap("database writes", pipeline._write)))
-        stack.enter_context(patched(pipeline, "probability_to_png", probability_to_png))
+        stack.enter_context(patched(pipeline, "_masks_png", masks_png))
         for name, model, method in (("semantic", semantic, "encode_images"), ("content", content, "encode_images"),
                                     ("segmenter", segmenter, "segment")):
             stack.enter_context(patched(model, method, watch.wrap(f"model {name}", getattr(model, method))))

@@ -9,11 +9,8 @@ more neighbours until k of them pass. Either way k results come back whenever k 
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
@@ -22,6 +19,7 @@ import numpy as np
 from gallery.errors import Refused
 from retrieval import pgvector_store
 from retrieval.encoders.registry import model_dim
+from retrieval.helper_threads import helper_threads
 from retrieval.index_snapshots import IndexSnapshot, manager
 from retrieval.metrics import faiss_metric, normalize, similarity_from_distance
 from retrieval.policy import Candidate
@@ -119,27 +117,13 @@ def _answer(hits: list[tuple[int, float, int]], owner: VectorOwner) -> Answer:
     return [Candidate(i, s) for i, s, _ in hits], ({i: m for i, _, m in hits} if owner == "region" else {})
 
 
-_helpers: tuple[int, ThreadPoolExecutor] | None = None
-_helpers_lock = threading.Lock()
-
-
-def _helper_threads() -> ThreadPoolExecutor:
-    """This process's helper threads (created after a fork, never inherited: a forked child has no
-    threads of its parent's pool)."""
-    global _helpers
-    with _helpers_lock:
-        if _helpers is None or _helpers[0] != os.getpid():
-            _helpers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="nearest"))
-        return _helpers[1]
-
-
 def run_side_by_side(plans: Sequence[PlannedSearch]) -> list[Answer]:
     """Each plan's answer, in order. In-memory (FAISS) searches after the first run on helper threads
     while this thread runs the first: FAISS and numpy work without Python's lock, so a hybrid query's
     two spaces take about the time of the slower one where a core is free. A search no helper has
     started by the time this thread is done with its own runs here: never slower than one after
     the other, on a busy host too."""
-    aside = {position: _helper_threads().submit(plan.run) for position, plan in enumerate(plans)
+    aside = {position: helper_threads().submit(plan.run) for position, plan in enumerate(plans)
              if plan.in_memory and position > 0}
     answers: dict[int, Answer] = {}
     for position, plan in enumerate(plans):

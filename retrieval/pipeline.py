@@ -29,7 +29,9 @@ from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from retrieval.encoders.base import SoftMask
 from retrieval.encoders.devices import batch_size as device_batch_size
+from retrieval.encoders.devices import cpu_threads
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
+from retrieval.helper_threads import map_on_threads
 from retrieval.models import Embedding, RegionEmbedding
 from retrieval.regions import region_picture
 from retrieval.serving import keys_in_use
@@ -87,26 +89,43 @@ def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Ite
 Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, shared by the stages of one batch
 
 
+def _read_picture(image: Image) -> PILImage.Image | str:
+    """The image's picture for the models, or why there is none."""
+    try:
+        with image.file.open("rb") as fh:
+            return picture_for_models(fh.read())
+    except FileNotFoundError:
+        return "The stored file is missing."
+    except ImageRejected as exc:
+        return exc.message
+
+
 def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:
     """Each image's picture for the models: taken from `decoded` when an earlier stage of the same batch
-    read it, else read and decoded (and put there for the next stage)."""
+    read it, else read and decoded (and put there for the next stage). Decoding runs on the process's
+    CPU threads: Pillow decodes and resizes outside Python's lock, and the models wait meanwhile."""
+    wanted = [image for image in images if decoded is None or image.pk not in decoded]
+    read = dict(zip([image.pk for image in wanted], map_on_threads(_read_picture, wanted, cpu_threads()), strict=True))
     loaded: list[Loaded] = []
     errors: dict[int, str] = {}
     for image in images:
-        if decoded is not None and image.pk in decoded:
-            loaded.append((image, decoded[image.pk]))
+        picture = decoded[image.pk] if decoded is not None and image.pk in decoded else read[image.pk]
+        if isinstance(picture, str):
+            errors[image.pk] = picture
             continue
-        try:
-            with image.file.open("rb") as fh:
-                picture = picture_for_models(fh.read())
-            loaded.append((image, picture))
-            if decoded is not None:
-                decoded[image.pk] = picture
-        except FileNotFoundError:
-            errors[image.pk] = "The stored file is missing."
-        except ImageRejected as exc:
-            errors[image.pk] = exc.message
+        loaded.append((image, picture))
+        if decoded is not None:
+            decoded[image.pk] = picture
     return loaded, errors
+
+
+def _masks_png(found: list[list[SoftMask]]) -> list[list[bytes]]:
+    """Each mask as stored (an 8-bit PNG), encoded on the process's CPU threads (zlib works outside
+    Python's lock)."""
+    flat = map_on_threads(lambda mask: probability_to_png(mask.probability),
+                          [mask for masks in found for mask in masks], cpu_threads())
+    pngs = iter(flat)
+    return [[next(pngs) for _ in masks] for masks in found]
 
 
 def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]], list[Any]],
@@ -210,7 +229,8 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         by_mask: dict[tuple[int, int], dict[tuple[Space, str], Any]] = {
             (row, column): {pair: vectors[pair][n] for pair in vectors} for n, (row, column, _) in enumerate(regions)}
         # PNG-encode here, outside the write transaction, which should hold its row locks briefly.
-        return [[SegmentedMask(mask, probability_to_png(mask.probability), by_mask.get((row, column), {}))
+        pngs = _masks_png(found)
+        return [[SegmentedMask(mask, pngs[row][column], by_mask.get((row, column), {}))
                  for column, mask in enumerate(masks)] for row, masks in enumerate(found)]
 
     def write_all(done: list[tuple[Image, list[SegmentedMask]]]) -> None:

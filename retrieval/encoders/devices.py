@@ -83,6 +83,11 @@ def thread_share(processes: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, processes))
 
 
+def cpu_threads() -> int:
+    """The CPU threads this process works with: torch's, which threads_configure set to its share."""
+    return torch.get_num_threads()
+
+
 def threads_configure(processes: int) -> int:
     """Give torch (and its OpenMP pool) this process's share of the cores, or IMAGINAITION_TORCH_THREADS
     when set; returns the count."""

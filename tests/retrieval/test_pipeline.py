@@ -11,6 +11,7 @@ from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
+from gallery.imaging import png_to_probability
 from gallery.models import Image, Mask
 from retrieval.models import Embedding
 from retrieval import pipeline
@@ -52,6 +53,10 @@ def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, m
     chelsea = Image.objects.get(pk=ids[0])
     assert chelsea.status == "ready" and chelsea.masks_status == "ready"
     assert "cat" in set(chelsea.masks.values_list("label", flat=True))
+    # The batch's masks are PNG-encoded on several threads: each still belongs to its own image
+    # (the three photos differ in size).
+    for mask in Mask.objects.select_related("image"):
+        assert png_to_probability(mask.probability_png).shape == (mask.image.height, mask.image.width)
 
     # Running the work again (a retried task) leaves the same rows; run together, the two stages read
     # and decode each file once (batches of 2: the second batch is decoded on its own too).
@@ -69,13 +74,14 @@ def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, m
 @pytest.mark.django_db(transaction=True)
 def test_an_image_whose_file_vanished_fails_with_a_readable_message_and_can_be_retried(client, user, media_root, offline):
     client.force_login(user)
-    image_id = upload(client, "coffee")
+    before, image_id, after = (upload(client, name) for name in ("chelsea", "coffee", "rocket"))
     image = Image.objects.get(pk=image_id)
     data = image.file.read()
     image.file.storage.delete(image.file.name)
-    embed_batch()
+    embed_batch()  # one batch, decoded on the process's threads: the others in it are done
     image.refresh_from_db()
     assert image.status == "failed" and "missing" in image.error
+    assert set(Image.objects.filter(pk__in=[before, after]).values_list("status", flat=True)) == {"ready"}
 
     with image.file.storage.open(image.file.name, "wb") as fh:
         fh.write(data)

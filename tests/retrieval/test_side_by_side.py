@@ -4,7 +4,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from retrieval import neighbours
+from retrieval import helper_threads
 from retrieval.neighbours import PlannedSearch, run_side_by_side
 from retrieval.policy import Candidate
 
@@ -32,7 +32,7 @@ def test_a_second_in_memory_search_runs_on_a_helper_thread_meanwhile_and_answers
 
     answers = run_side_by_side([PlannedSearch("faiss", first), PlannedSearch("faiss", second)])
     assert [found[0].image_id for found, _ in answers] == [1, 2]
-    assert threads[1] == threading.current_thread().name and threads[0].startswith("nearest")
+    assert threads[1] == threading.current_thread().name and threads[0].startswith("helper")
 
 
 def test_a_pgvector_search_stays_on_the_callers_thread_and_its_database_connection():
@@ -46,7 +46,7 @@ def test_with_every_helper_busy_the_search_runs_here_instead_of_waiting(monkeypa
     busy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busy")
     release = threading.Event()
     busy.submit(release.wait)
-    monkeypatch.setattr(neighbours, "_helpers", (os.getpid(), busy))
+    monkeypatch.setattr(helper_threads, "_helpers", (os.getpid(), busy))
     threads: list[str] = []
     try:
         answers = run_side_by_side([recording("faiss", 1, threads), recording("faiss", 2, threads)])
@@ -59,6 +59,6 @@ def test_with_every_helper_busy_the_search_runs_here_instead_of_waiting(monkeypa
 
 def test_a_forked_process_gets_its_own_helpers(monkeypatch):
     inherited = ThreadPoolExecutor(max_workers=1)
-    monkeypatch.setattr(neighbours, "_helpers", (os.getpid() + 1, inherited))  # as a child sees its parent's
-    assert neighbours._helper_threads() is not inherited
+    monkeypatch.setattr(helper_threads, "_helpers", (os.getpid() + 1, inherited))  # as a child sees its parent's
+    assert helper_threads.helper_threads() is not inherited
     inherited.shutdown()
