@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from retrieval.encoders import registry
 from retrieval.encoders.registry import WeightFile
+from retrieval.encoders.specs import file_sha256
 
 OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were not "
                    "fetched, so the offline profile will be used (weights/README.md says how to copy them in by hand).")
@@ -163,27 +164,12 @@ def _hash_ok(weight: WeightFile) -> bool | None:
         return None
     if not path.is_file() or not weight.sha256 or weight.convert:  # a converted file is not the download
         return None
-    return _digest_matches(weight.sha256, _file_sha256(path))
+    return _digest_matches(weight.sha256, file_sha256(path))
 
 
 def _digest_matches(expected: str, digest: str) -> bool:
     # torchvision names carry only the first 8 hex digits of the SHA-256.
     return len(expected) >= 8 and digest.startswith(expected.lower())
-
-
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if cache_key not in _digests:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                digest.update(chunk)
-        _digests[cache_key] = digest.hexdigest()
-    return _digests[cache_key]
 
 
 def _site(url: str) -> tuple[str, int]:

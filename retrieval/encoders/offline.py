@@ -40,7 +40,7 @@ from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
 from .devices import model_device
 from .precision import VECTOR_COSINE_BAR, PrecisionChoice, half_dtype, vectors_agreement
 from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
-from .specs import ModelSpec
+from .specs import ModelSpec, file_sha256
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -246,10 +246,8 @@ def sentence_cache_path(sentences: Sequence[str], text_weights: Path) -> Path:
     import transformers
     from django.conf import settings
 
-    with text_weights.open("rb") as file:
-        weights_digest = hashlib.file_digest(file, "sha256").hexdigest()
     fingerprint = hashlib.sha256("\n".join(
-        [weights_digest, sentence_transformers.__version__, transformers.__version__, torch.__version__,
+        [file_sha256(text_weights), sentence_transformers.__version__, transformers.__version__, torch.__version__,
          model_device().type, *sentences]).encode())
     return Path(settings.IMAGINAITION_MODEL_CACHE_DIR) / f"minilm-sentences-{fingerprint.hexdigest()[:16]}.npy"
 

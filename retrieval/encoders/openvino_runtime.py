@@ -37,6 +37,8 @@ import torch
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .specs import file_sha256
+
 logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "openvino")
 Logits = Callable[[torch.Tensor], torch.Tensor]  # (n, 3, S, S) normalized pictures -> (n, classes, S, S)
@@ -61,16 +63,11 @@ def segmenter_runtime(device: torch.device) -> str:
     return wanted
 
 
-def _file_digest(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def converted_path(key: str, weights: Path, input_size: int) -> Path:
     """Where the converted network of `key` with these weights lives (new weights: a new file)."""
     import openvino
 
-    fingerprint = hashlib.sha256(f"{_file_digest(weights)}:{openvino.__version__}:{input_size}".encode())
+    fingerprint = hashlib.sha256(f"{file_sha256(weights)}:{openvino.__version__}:{input_size}".encode())
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", key)
     return Path(settings.IMAGINAITION_MODEL_CACHE_DIR) / f"{name}-{fingerprint.hexdigest()[:16]}" / "model.xml"
 

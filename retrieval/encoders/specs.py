@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,19 @@ from django.conf import settings
 from .base import Role
 
 Profile = Literal["standard", "offline"]
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256 (hex), read once per process for a given size and modification time: weight
+    files are large, and several checks and caches are keyed by their digest."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        with path.open("rb") as file:
+            _digests[key] = hashlib.file_digest(file, "sha256").hexdigest()
+    return _digests[key]
 
 
 @dataclass(frozen=True)
