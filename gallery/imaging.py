@@ -61,12 +61,11 @@ def configure_pillow() -> None:
     PILImage.MAX_IMAGE_PIXELS = settings.IMAGINAITION_MAX_PIXELS
 
 
-def _check_pixels(pixels: int | None) -> None:
-    """Refuse an image over IMAGINAITION_MAX_PIXELS (None: over it by Pillow's count, not named)."""
-    limit = settings.IMAGINAITION_MAX_PIXELS
-    if pixels is None or pixels > limit:
-        size = "" if pixels is None else f"{pixels:,}; "
-        raise ImageRejected(f"The image has too many pixels ({size}the limit is {limit:,}).", too_large=True)
+def _too_many_pixels(pixels: int | None) -> ImageRejected:
+    """The refusal of an image over IMAGINAITION_MAX_PIXELS (pixels None: Pillow's count was not read)."""
+    size = "" if pixels is None else f"{pixels:,}; "
+    return ImageRejected(f"The image has too many pixels ({size}the limit is {settings.IMAGINAITION_MAX_PIXELS:,}).",
+                         too_large=True)
 
 
 def _check_size(size: int) -> None:
@@ -155,7 +154,8 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
         # Our limit, checked here rather than by turning Pillow's warning into an error: a
         # warnings.catch_warnings() block is process-wide state, which concurrent threads (the web
         # process's, the pipeline's) would restore under each other.
-        _check_pixels(source.width * source.height)
+        if source.width * source.height > settings.IMAGINAITION_MAX_PIXELS:
+            raise _too_many_pixels(source.width * source.height)
         source.seek(0)  # animated GIF/WebP: the first frame
         width, height = source.size
         if draft_side is not None and source.format in ("JPEG", "MPO"):
@@ -170,8 +170,7 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
     except PILImage.DecompressionBombError as exc:  # Pillow's own guard, at twice our limit
         # Pillow's text names its own threshold: say only ours.
         counted = re.search(r"\((\d+) pixels\)", str(exc))
-        _check_pixels(int(counted.group(1)) if counted else None)
-        raise  # unreachable: Pillow refuses only above our limit
+        raise _too_many_pixels(int(counted.group(1)) if counted else None) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("The file is not an image (or not one we can read).") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -34,6 +34,7 @@ def map_on_threads(function: Callable[[Item], Result], items: Sequence[Item], th
     threads = min(threads, len(items))
     if threads <= 1:
         return [function(item) for item in items]
+
     def run(part: Sequence[Item]) -> list[Result]:
         return [function(item) for item in part]
 
