@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
-from retrieval.encoders.base import SoftMask
+from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
@@ -257,15 +257,16 @@ def process_all_pending(*, batch_size: int | None = None, progress: Progress | N
                         masks: bool = True) -> None:
     """Embed and segment every pending image in this process (import_folder --sync, reset), batch by
     batch: both stages take the oldest pending images, so a batch's files are read and decoded once
-    for the two.
+    for the two, and models built on one network (the offline profile's) pass each picture once.
 
     masks=False embeds only (the masks stay pending): `evaluate` needs no masks.
     """
     models = active_models()
     while True:
         decoded: Decoded = {}
-        embedded = embed_batch(batch_size=batch_size, models=models, decoded=decoded)
-        segmented = segment_batch(batch_size=batch_size, models=models, decoded=decoded) if masks else None
+        with shared_passes():
+            embedded = embed_batch(batch_size=batch_size, models=models, decoded=decoded)
+            segmented = segment_batch(batch_size=batch_size, models=models, decoded=decoded) if masks else None
         done = len(embedded.processed) + len(embedded.failed)
         if progress is not None and done:
             progress(done)

@@ -3,10 +3,12 @@ applied EXIF orientation and composited alpha); outputs are numpy arrays, one ro
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -56,6 +58,29 @@ class Segmenter(ABC):
     @abstractmethod
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
         """Per image, one SoftMask per detected label (background excluded)."""
+
+
+# Forward passes kept within a shared_passes() block: key -> (the picture, its outputs). Holding the
+# picture keeps its id() from being reused by another picture while the block lasts.
+_shared_passes: ContextVar[dict[Any, tuple[Image.Image, Any]] | None] = ContextVar("shared_passes", default=None)
+
+
+@contextlib.contextmanager
+def shared_passes() -> Iterator[None]:
+    """Within the block, models built on one network reuse its forward pass over a picture they were
+    given before (the same picture object, same input, same precision) instead of running it again:
+    the sync pipeline gives a batch's decoded pictures to the semantic encoder and then to the
+    segmenter, and the offline profile's two are one EfficientNet. What a block keeps goes with it."""
+    token = _shared_passes.set({})
+    try:
+        yield
+    finally:
+        _shared_passes.reset(token)
+
+
+def shared_passes_memo() -> dict[Any, tuple[Image.Image, Any]] | None:
+    """The current shared_passes() block's memo, or None outside one."""
+    return _shared_passes.get()
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ segments with no model hub and no download.
   soft mask per confident class, named with PASCAL-VOC labels where one exists.
 
 Both roles share one EfficientNet instance per process, on IMAGINAITION_DEVICE like every model (the
-profile is meant for machines without an accelerator). The class sentences' MiniLM embeddings, most
+profile is meant for machines without an accelerator), and within a `shared_passes()` block (the
+sync pipeline's batch) one forward pass over a picture serves both. The class sentences' MiniLM embeddings, most
 of a model's load time, are computed once per host and kept under IMAGINAITION_MODEL_CACHE_DIR.
 """
 
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize
+from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize, shared_passes_memo
 from .devices import model_device
 from .precision import VECTOR_COSINE_BAR, PrecisionChoice, half_dtype, vectors_agreement
 from .imagenet_voc import IMAGENET_TO_VOC, VOC_IMAGENET_CLASSES, VOC_INDEX
@@ -286,6 +287,34 @@ def cached_sentence_embeddings(text_model: SentenceTransformer, sentences: Seque
     return embeddings
 
 
+def _autocast_state(device: torch.device) -> tuple[bool, torch.dtype | None]:
+    enabled = torch.is_autocast_enabled(device.type)
+    return enabled, torch.get_autocast_dtype(device.type) if enabled else None
+
+
+def network_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Image],
+                    resize: Resize) -> tuple[torch.Tensor, torch.Tensor]:
+    """((n, 1000) ImageNet logits, (n, channels, h, w) last feature map) on the network's device, one
+    forward pass over the pictures. Within a shared_passes() block a picture this network already
+    passed (the same object, resized the same way, under the same autocast) is not passed again."""
+    memo = shared_passes_memo()
+    keys = [(id(network), id(image), resize, _autocast_state(network.device)) for image in images]
+    missing = [i for i, key in enumerate(keys) if memo is None or key not in memo]
+    computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    if missing:
+        batch = preprocess([images[i] for i in missing], resize, network.input_size).to(network.device)
+        with torch.inference_mode():  # the input is built on the CPU and moved once
+            logits, features = network(batch)
+        computed = {i: (logits[row], features[row]) for row, i in enumerate(missing)}
+        if memo is not None:
+            memo.update({keys[i]: (images[i], computed[i]) for i in missing})
+        if len(missing) == len(images):  # the common case: the pass's own tensors, not re-stacked
+            return logits, features
+    assert memo is not None
+    rows = [computed[i] if i in computed else memo[keys[i]][1] for i in range(len(images))]
+    return torch.stack([row[0] for row in rows]), torch.stack([row[1] for row in rows])
+
+
 def image_logits(network: ClassifierWithFeatures, images: Sequence[Image.Image], resize: Resize) -> np.ndarray:
     """(n, 1000) ImageNet logits, one forward pass."""
     return image_outputs(network, images, resize)[0]
@@ -295,9 +324,7 @@ def image_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Image]
                   resize: Resize) -> tuple[np.ndarray, np.ndarray]:
     """((n, 1000) ImageNet logits, (n, feature_dim) globally average-pooled last feature map), one
     forward pass. The pooled features are what the classifier's linear layer reads."""
-    batch = preprocess(images, resize, network.input_size).to(network.device)  # built on the CPU, moved once
-    with torch.inference_mode():
-        logits, features = network(batch)
+    logits, features = network_outputs(network, images, resize)
     return logits.float().cpu().numpy(), features.mean(dim=(2, 3)).float().cpu().numpy()
 
 
@@ -385,11 +412,10 @@ class CamSegmenter(Segmenter):
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
         if not images:
             return []
-        batch = preprocess(images, "squash", self.network.input_size).to(self.network.device)
 
         def forward() -> list[list[SoftMask]]:
+            logits, features = network_outputs(self.network, images, "squash")
             with torch.inference_mode():
-                logits, features = self.network(batch)
                 probabilities = torch.softmax(logits.float(), dim=-1).cpu()
                 # CAM_c = Σ_k w_ck F_k(x, y): the classifier applied at each cell before pooling.
                 cams = torch.relu(torch.einsum("kc,nchw->nkhw", self.network.classifier_weight.float(),

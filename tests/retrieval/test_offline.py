@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from retrieval.encoders.base import shared_passes
 from retrieval.encoders.offline import CamSegmenter, OfflineSemanticEncoder
 from retrieval.encoders.registry import get_model
 
@@ -64,6 +65,33 @@ def test_a_batch_is_one_forward_pass(semantic, segmenter, photos):
     finally:
         hook.remove()
     assert calls == [8, 4]
+
+
+def test_in_a_shared_passes_block_the_two_roles_pass_each_picture_once_with_the_same_results(
+        semantic, segmenter, photos):
+    pictures = list(photos.values())
+    vectors, masks = semantic.encode_images(pictures), segmenter.segment(pictures)  # a pass each
+    camera = Image.fromarray(data.camera()).convert("RGB")
+    camera_vector = semantic.encode_images([camera])[0]
+    calls = []
+    hook = semantic.network.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        with shared_passes():
+            shared_vectors = semantic.encode_images(pictures)
+            shared_masks = segmenter.segment(pictures)  # no pass: the semantic encoder's is reused
+            # Only the new picture is passed; the rows keep the order asked for.
+            mixed = semantic.encode_images([pictures[1], camera, pictures[0]])
+        segmenter.segment(pictures[:1])  # the block's passes went with it
+    finally:
+        hook.remove()
+    assert calls == [4, 1, 1]
+    np.testing.assert_allclose(shared_vectors, vectors, atol=1e-6)
+    np.testing.assert_allclose(mixed, [vectors[1], camera_vector, vectors[0]], atol=1e-5)
+    assert [[mask.label for mask in found] for found in shared_masks] == [[mask.label for mask in found]
+                                                                           for found in masks]
+    for found, expected in zip(shared_masks, masks, strict=True):
+        for mask, reference in zip(found, expected, strict=True):
+            np.testing.assert_allclose(mask.probability, reference.probability, atol=1e-5)
 
 
 @pytest.mark.parametrize("key", [SEGMENTER_KEY, "offline/effnet-lite2-cam"])  # 7x7 and 9x9 cells

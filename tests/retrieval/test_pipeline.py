@@ -5,6 +5,7 @@ import os
 import signal
 from unittest import mock
 
+import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -13,7 +14,7 @@ from PIL import Image as PILImage
 
 from gallery.imaging import png_to_probability
 from gallery.models import Image, Mask
-from retrieval.models import Embedding
+from retrieval.models import Embedding, RegionEmbedding
 from retrieval import pipeline
 from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
 from retrieval.encoders import registry
@@ -59,15 +60,29 @@ def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, m
         assert png_to_probability(mask.probability_png).shape == (mask.image.height, mask.image.width)
 
     # Running the work again (a retried task) leaves the same rows; run together, the two stages read
-    # and decode each file once (batches of 2: the second batch is decoded on its own too).
+    # and decode each file once (batches of 2: the second batch is decoded on its own too), and the
+    # offline profile's semantic encoder and segmenter, one network, pass each picture through it once.
     Image.objects.update(status="pending", masks_status="pending")
     masks_before = Mask.objects.count()
+    vectors_before = dict(Embedding.objects.values_list("pk", "vector"))
     decoded: list[int] = []
     real_decode = pipeline.picture_for_models
-    with mock.patch.object(pipeline, "picture_for_models", lambda data: decoded.append(len(data)) or real_decode(data)):
-        process_all_pending(batch_size=2)
+    passed: list[int] = []
+    network = registry.get_model(offline.segmenter).network
+    assert network is registry.get_model(offline.semantic).network
+    hook = network.register_forward_hook(lambda module, args, output: passed.append(args[0].shape[0]))
+    try:
+        with mock.patch.object(pipeline, "picture_for_models",
+                               lambda data: decoded.append(len(data)) or real_decode(data)):
+            process_all_pending(batch_size=2)
+    finally:
+        hook.remove()
     assert len(decoded) == 3
+    regions = RegionEmbedding.objects.filter(space="semantic", model_key=offline.semantic).count()
+    assert regions and sum(passed) == 3 + regions  # once per picture, once per region picture
     assert Embedding.objects.count() == 6 and Mask.objects.count() == masks_before
+    for pk, vector in Embedding.objects.values_list("pk", "vector"):
+        assert np.allclose(vector, vectors_before[pk], atol=1e-5)
     assert set(Image.objects.values_list("status", "masks_status")) == {("ready", "ready")}
 
 
