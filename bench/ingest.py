@@ -8,14 +8,13 @@ both emptied before each path, with the active model profile:
    already decoded pictures (as the pipeline gives them: `for_models`), in batches of
    IMAGINAITION_BATCH_SIZE, after a warm-up call; models loaded beforehand. Where the semantic model
    and the segmenter are one network (the offline profile), also with each batch's calls in one
-   `shared_passes()` block, as the sync pipeline makes them: the bare work of the sync path;
+   `shared_passes()` block, as the pipeline makes them (a sync batch, a worker's task): the bare work;
 2. `manage.py import_folder --sync` (in this process, models already loaded): decode, store, embed,
    segment, write; stages timed by wrapping the pipeline's functions (no change to the code under test);
 3. with workers: `manage.py import_folder` (enqueues) while real `manage.py qcluster` processes run;
    wall time from the start of the import until every image has its embeddings and its masks
    (each worker process loads the models on its first task: that is included).
-Overhead = (pipeline wall time - bare forward time) / bare forward time, each path against the model
-work it does (the workers' embed and segment tasks cannot share a pass). The standard profile's
+Overhead = (pipeline wall time - bare forward time) / bare forward time. The standard profile's
 models (CLIP ViT-B-32, DeepLabV3-ResNet101, with random weights: same cost) are timed the same way on
 the first --standard-n pictures. Photos: see bench.common.bench_photos.
 """
@@ -292,8 +291,8 @@ def main() -> None:
         empty_bench_database()
     bare = {key: min(run[key] for run in bare_runs) for key in bare_runs[0]}
     bare_total = sum(bare.values())
-    # The sync path's bare work: one pass for both roles where they share a network (the fastest run).
-    sync_bare_total = min(sum(run.values()) for run in shared_runs) if shared else bare_total
+    # The pipeline's bare work: one pass for both roles where they share a network (the fastest run).
+    shared_total = min(sum(run.values()) for run in shared_runs) if shared else bare_total
     sync_wall, watch = min(sync_runs, key=lambda run: run[0])
     workers = min(worker_runs, key=lambda run: run["wall"])
     worker_walls = [run["wall"] for run in worker_runs]
@@ -309,11 +308,10 @@ def main() -> None:
     # region): model work too, timed inside the sync run, added to the bare forward.
     region_s = sum(value for name, value in watch.seconds.items() if name.startswith("segment: model ")
                    and not name.endswith("segmenter"))
-    model_s = bare_total + region_s
-    sync_model_s = sync_bare_total + region_s
+    model_s = shared_total + region_s
     goal = 25 if models.profile == "offline" else 10
-    runs = [["`import_folder --sync` (1 process)", sync_wall, n / sync_wall, sync_model_s,
-             100 * (sync_wall - sync_model_s) / sync_model_s],
+    runs = [["`import_folder --sync` (1 process)", sync_wall, n / sync_wall, model_s,
+             100 * (sync_wall - model_s) / model_s],
             [f"`import_folder` + {args.workers} `qcluster` workers", workers["wall"], n / workers["wall"], model_s,
              100 * (workers["wall"] - model_s) / model_s]]
     runs_table = table(["path", "wall s", "images/s", "model s (bare forward + regions)",
@@ -371,11 +369,10 @@ def main() -> None:
                f"**Goal (overhead ≤ {goal} %) missed** on " + " and ".join(missed) + ". " + limits)
     png_table = table(["mask PNG encoding (same masks, a sample of " + str(len(mask_sample)) + ")", "ms / mask",
                        "KB / mask"], png_rows)
-    shared_note = (f"The sync path's model work is its bare forward with the semantic model and the segmenter "
-                   f"passing each picture through their one network once ({sync_bare_total:.1f} s, as the sync "
-                   f"pipeline runs them in one `shared_passes()` block per batch; one by one they take "
-                   f"{bare_total:.1f} s); the workers run the two in separate tasks, so theirs is the models one by one."
-                   if shared else "")
+    shared_note = (f"The bare forward passes each picture once through the one network of the semantic model and "
+                   f"the segmenter ({shared_total:.1f} s), as the pipeline does (a `shared_passes()` block per "
+                   f"batch, in the sync import and in a worker's task alike); called one by one, the three models "
+                   f"take {bare_total:.1f} s." if shared else "")
     body = "\n\n".join([
         describe_photos(facts, n),
         runs_table,

@@ -21,8 +21,8 @@ under var/; every cluster is stopped when its run ends, also on errors and Ctrl-
    the step (slope < max(5 % of the rate, 0.5/s)) and ends below 2 s worth of tasks. The sweep stops after two
    steps that do not keep up. Latency (enqueue → task finished) is from the step's result rows.
 3. Real batches: --photos real photos (bench.common.bench_photos) through `import_folder` and the
-   project's own tasks (`retrieval.tasks.embed_images` / `segment_images`, one of each per image, each
-   claiming a batch of up to IMAGINAITION_BATCH_SIZE pending images) with the offline profile, by
+   project's own tasks (`retrieval.tasks.process_images`, one per image, each claiming a batch of up to
+   IMAGINAITION_BATCH_SIZE pending images, embedding it and then segmenting it) with the offline profile, by
    bench.common.ingest_by_workers (model loading in each worker included); tasks/s and images/s.
 """
 
@@ -340,8 +340,8 @@ def main() -> None:
               sweep_rows),
         "Where it stops keeping up: " + "; ".join(knees) + ".",
         (f"**Real batches**: offline profile, {args.photos} photos ({describe_photos(facts, args.photos)}) through "
-         f"`import_folder` and the project's tasks (`retrieval.tasks.embed_images` and `segment_images`, one "
-         f"each per image; a task claims up to {device_batch_size()} pending images, so most find "
+         f"`import_folder` and the project's tasks (`retrieval.tasks.process_images`, one per image; "
+         f"a task claims up to {device_batch_size()} pending images, embeds and then segments them, so most find "
          f"their image already done and return at once), by `bench.common.ingest_by_workers`: from the start "
          f"of the import until every image has embeddings and masks, each worker process loading the models "
          f"on its first task (included). Tasks: results saved by then (the last no-op tasks may still be queued).")

@@ -37,8 +37,8 @@ class Image(models.Model):
     added_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # Embedding (what search needs) and segmentation are separate tasks with separate states, so
-    # an image is searchable before its slower segmentation is done.
+    # Embedding (what search needs) and segmentation are separate stages with separate states, each
+    # written when it is done, so an image is searchable before its slower segmentation is done.
     status = models.CharField(max_length=16, choices=ProcessingStatus.choices,
                               default=ProcessingStatus.PENDING, db_index=True)
     error = models.TextField(blank=True)

@@ -1,7 +1,9 @@
 """Processing: embeddings and masks for the gallery's pending images, batched through the models.
 
 A task for one image claims up to a batch of pending images, so images waiting in the queue go
-through the models together, in one forward pass per model per batch. Claims are PostgreSQL
+through the models together, in one forward pass per model per batch. It embeds the batch and
+writes the vectors (the images are searchable from then on), then segments the same images from the
+same decoded pictures: each file is read once, and models built on one network pass a picture once. Claims are PostgreSQL
 session advisory locks, one per (kind of work, image): embedding and segmentation of the same
 image never block each other, two workers never take the same image, and a worker that dies
 drops its connection and with it its claims. Models run outside any transaction; the results are
@@ -44,10 +46,9 @@ Loaded = tuple[Image, PILImage.Image]  # an image and the picture the models see
 
 
 def processing_enqueue(image_ids: Sequence[int]) -> None:
-    """Queue embedding and segmentation for the workers (separate tasks: search needs only the first)."""
+    """Queue each image's processing for the workers (`process_batch` with the image first)."""
     for image_id in image_ids:
-        async_task("retrieval.tasks.embed_images", image_id, task_name=f"embed-{image_id}", group="embed")
-        async_task("retrieval.tasks.segment_images", image_id, task_name=f"segment-{image_id}", group="segment")
+        async_task("retrieval.tasks.process_images", image_id, task_name=f"process-{image_id}", group="process")
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,18 @@ def _lock_key(status_field: str, image_id: int) -> int:
 
 
 @contextlib.contextmanager
-def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Iterator[list[Image]]:
-    """Up to batch_size pending images (`first_id` first), claimed for the duration of the block."""
-    candidates = list(Image.objects.filter(**{status_field: ProcessingStatus.PENDING})
-                      .order_by("pk").values_list("pk", flat=True)[: batch_size * 4])
-    if first_id in candidates:
-        candidates.remove(first_id)
-        candidates.insert(0, first_id)
+def _claimed(*, status_field: str, first_ids: Sequence[int], batch_size: int) -> Iterator[list[Image]]:
+    """Up to batch_size pending images (those of `first_ids` that are pending first, then the oldest),
+    claimed for the duration of the block. Masks wait for the embedding: the task embedding an image
+    segments it next from the same decoded picture, so another task taking it meanwhile would only
+    read and pass it a second time."""
+    pending = Image.objects.filter(**{status_field: ProcessingStatus.PENDING})
+    if status_field == "masks_status":
+        pending = pending.exclude(status=ProcessingStatus.PENDING)
+    preferred = set(pending.filter(pk__in=first_ids).values_list("pk", flat=True)) if first_ids else set()
+    candidates = [pk for pk in dict.fromkeys(first_ids) if pk in preferred]
+    candidates += [pk for pk in pending.order_by("pk").values_list("pk", flat=True)[: batch_size * 4]
+                   if pk not in preferred]
     claimed: list[int] = []
     with connection.cursor() as cursor:
         try:
@@ -78,7 +84,7 @@ def _claimed(*, status_field: str, first_id: int | None, batch_size: int) -> Ite
                 if cursor.fetchone()[0]:
                     claimed.append(image_id)
             # Re-read after claiming: another worker may have finished one just before.
-            images = list(Image.objects.filter(pk__in=claimed, **{status_field: ProcessingStatus.PENDING}))
+            images = list(pending.filter(pk__in=claimed))
             images.sort(key=lambda image: claimed.index(image.pk))
             yield images
         finally:
@@ -165,11 +171,11 @@ def _write(*, status_field: str, error_field: str, results: dict[int, Any], erro
     return [image.pk for image in done]
 
 
-def _process_batch(*, status_field: str, error_field: str, first_id: int | None, batch_size: int | None,
+def _process_batch(*, status_field: str, error_field: str, first_ids: Sequence[int], batch_size: int | None,
                    infer: Callable[[list[Loaded]], list[Any]], write_all: Callable[[list[tuple[Image, Any]]], None],
                    decoded: Decoded | None = None) -> BatchReport:
     """Claim a batch of pending images, run the model outside any transaction, write the results."""
-    with _claimed(status_field=status_field, first_id=first_id,
+    with _claimed(status_field=status_field, first_ids=first_ids,
                   batch_size=batch_size or device_batch_size()) as images:
         if not images:
             return BatchReport(processed=[], failed=[])
@@ -200,8 +206,8 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
              for image, vectors in done for key, space in keys],
             update_conflicts=True, unique_fields=["image", "space", "model_key"], update_fields=["vector"])
 
-    return _process_batch(status_field="status", error_field="error", first_id=first_id, batch_size=batch_size,
-                          infer=infer, write_all=write_all, decoded=decoded)
+    return _process_batch(status_field="status", error_field="error", first_ids=_ids(first_id),
+                          batch_size=batch_size, infer=infer, write_all=write_all, decoded=decoded)
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,8 @@ class SegmentedMask:
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                   models: ActiveModels | None = None, decoded: Decoded | None = None) -> BatchReport:
     """Compute the active segmenter's masks for one batch of images whose masks are pending, and each
-    mask's region vectors (the models in use, as for whole images) from the same decoded picture."""
+    mask's region vectors (the models in use, as for whole images) from the same decoded picture.
+    Images `decoded` holds (an earlier stage's batch) are taken first, then first_id, then the oldest."""
     models = models or active_models()
     keys = keys_in_use(active=models)
 
@@ -249,24 +256,48 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
             for row, (image, s) in zip(rows, made, strict=True) for (space, key), vector in s.region_vectors.items()
         ])
 
-    return _process_batch(status_field="masks_status", error_field="masks_error", first_id=first_id,
-                          batch_size=batch_size, infer=infer, write_all=write_all, decoded=decoded)
+    return _process_batch(status_field="masks_status", error_field="masks_error",
+                          first_ids=[*(decoded or {}), *_ids(first_id)], batch_size=batch_size, infer=infer,
+                          write_all=write_all, decoded=decoded)
+
+
+def _ids(first_id: int | None) -> list[int]:
+    return [] if first_id is None else [first_id]
+
+
+def process_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
+                  masks: bool = True, after_each_stage: Callable[[BatchReport], object] | None = None,
+                  ) -> tuple[BatchReport, BatchReport | None]:
+    """One batch through both stages in this process: embed a batch of pending images (first_id first)
+    and write it, so the images are searchable before segmentation starts; then segment the same images
+    first (or, where they are already done or claimed, other pending ones). Each file is read and decoded
+    once for the two, and models built on one network (the offline profile's) pass each picture once.
+    masks=False embeds only. after_each_stage(report) runs after each stage's write. Returns the two
+    stages' reports (None for segmentation when skipped)."""
+    models = models or active_models()
+    decoded: Decoded = {}
+    with shared_passes():
+        embedded = embed_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded)
+        if after_each_stage is not None:
+            after_each_stage(embedded)
+        if not masks:
+            return embedded, None
+        segmented = segment_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded)
+        if after_each_stage is not None:
+            after_each_stage(segmented)
+    return embedded, segmented
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Progress | None = None,
                         masks: bool = True) -> None:
     """Embed and segment every pending image in this process (import_folder --sync, reset), batch by
-    batch: both stages take the oldest pending images, so a batch's files are read and decoded once
-    for the two, and models built on one network (the offline profile's) pass each picture once.
+    batch (`process_batch`).
 
     masks=False embeds only (the masks stay pending): `evaluate` needs no masks.
     """
     models = active_models()
     while True:
-        decoded: Decoded = {}
-        with shared_passes():
-            embedded = embed_batch(batch_size=batch_size, models=models, decoded=decoded)
-            segmented = segment_batch(batch_size=batch_size, models=models, decoded=decoded) if masks else None
+        embedded, segmented = process_batch(batch_size=batch_size, models=models, masks=masks)
         done = len(embedded.processed) + len(embedded.failed)
         if progress is not None and done:
             progress(done)

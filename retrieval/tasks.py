@@ -13,30 +13,31 @@ from retrieval import uploads
 from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import loaded_precisions
 from retrieval.integrity import integrity_check, integrity_heal, missing_indexes_build
-from retrieval.pipeline import BatchReport, embed_batch, segment_batch
+from retrieval.pipeline import BatchReport, process_batch
 
 
-def _summary(report: BatchReport) -> dict[str, list[int]]:
-    return {"processed": report.processed, "failed": report.failed}
+def process_images(image_id: int) -> dict[str, list[int] | None]:
+    """Embed a batch of pending images, this one first, then segment the same batch (with the masks'
+    region vectors). After each stage that wrote vectors, build any index that does not exist yet, so
+    that the first import's images are searchable once embedded and its indexes ready when it ends
+    (later vectors are caught up by the web processes themselves)."""
+    def indexes_build(report: BatchReport) -> None:
+        if report.processed:
+            missing_indexes_build()
+
+    embedded, segmented = process_batch(first_id=image_id, after_each_stage=indexes_build)
+    return {"processed": embedded.processed, "failed": embedded.failed,
+            "masks_processed": segmented.processed if segmented else None,
+            "masks_failed": segmented.failed if segmented else None}
 
 
-def embed_images(image_id: int) -> dict[str, list[int]]:
-    """Embed a batch of pending images, this one first; then build any index that does not exist
-    yet, so that the first import ends with its indexes ready (later vectors are caught up by the
-    web processes themselves)."""
-    report = embed_batch(first_id=image_id)
-    if report.processed:
-        missing_indexes_build()
-    return _summary(report)
+# Tasks queued by earlier versions (an embedding and a segmentation task per image) do the same.
+def embed_images(image_id: int) -> dict[str, list[int] | None]:
+    return process_images(image_id)
 
 
-def segment_images(image_id: int) -> dict[str, list[int]]:
-    """Segment a batch of images whose masks are pending, this one first (with their region
-    vectors); then build any index that does not exist yet."""
-    report = segment_batch(first_id=image_id)
-    if report.processed:
-        missing_indexes_build()
-    return _summary(report)
+def segment_images(image_id: int) -> dict[str, list[int] | None]:
+    return process_images(image_id)
 
 
 def staged_segment(token: str) -> str | None:

@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from gallery.imaging import png_to_probability
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding
-from retrieval import pipeline
+from retrieval import pipeline, tasks
+from retrieval.models import IndexState
 from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
 from retrieval.encoders import registry
 from tests.conftest import wait_for
@@ -84,6 +85,43 @@ def test_batch_pipeline_stores_embeddings_and_masks_idempotently(client, user, m
     for pk, vector in Embedding.objects.values_list("pk", "vector"):
         assert np.allclose(vector, vectors_before[pk], atol=1e-5)
     assert set(Image.objects.values_list("status", "masks_status")) == {("ready", "ready")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_task_embeds_a_batch_then_segments_the_same_images_reading_and_passing_each_once(
+        client, user, media_root, offline):
+    client.force_login(user)
+    ids = [upload(client, name) for name in ("chelsea", "coffee", "rocket")]
+    # Masks wait for the embedding: the task that embeds an image segments it next.
+    assert segment_batch(batch_size=8).processed == []
+
+    decoded: list[int] = []
+    real_decode = pipeline.picture_for_models
+    passed: list[int] = []
+    network = registry.get_model(offline.semantic).network
+    statuses_at_index_builds: list[set] = []
+    real_build = tasks.missing_indexes_build
+
+    def build():
+        statuses_at_index_builds.append(set(Image.objects.values_list("status", "masks_status")))
+        return real_build()
+
+    hook = network.register_forward_hook(lambda module, args, output: passed.append(args[0].shape[0]))
+    try:
+        with mock.patch.object(pipeline, "picture_for_models", lambda data: decoded.append(len(data)) or real_decode(data)), \
+                mock.patch.object(tasks, "missing_indexes_build", build):
+            result = tasks.process_images(ids[1])
+    finally:
+        hook.remove()
+    assert result["processed"] == sorted(ids) and result["masks_processed"] == sorted(ids)
+    assert len(decoded) == 3
+    regions = RegionEmbedding.objects.filter(space="semantic", model_key=offline.semantic).count()
+    assert regions and sum(passed) == 3 + regions
+    # Searchable before the segmentation: the image indexes are built after the embedding's write.
+    assert statuses_at_index_builds == [{("ready", "pending")}, {("ready", "ready")}]
+    assert IndexState.objects.filter(owner="image", space="semantic", model_key=offline.semantic)\
+        .exclude(file_name="").exists()
+    assert Mask.objects.filter(image_id__in=ids).exists()
 
 
 @pytest.mark.django_db(transaction=True)
