@@ -253,9 +253,9 @@ def test_duplicate_upload_returns_the_existing_image_with_200(signed_in, media_r
     assert Image.objects.count() == 1 and len(stored_files(media_root)) == 1
 
 
-def test_upload_enqueues_embedding_and_segmentation_after_commit(signed_in, media_root):
+def test_upload_enqueues_its_processing_after_commit(signed_in, media_root):
     upload(signed_in, "a.png", encode(photo(), "PNG"))
-    assert OrmQ.objects.count() == 2  # one embedding task, one segmentation task
+    assert OrmQ.objects.count() == 1  # one task: it embeds, then segments
 
 
 def test_anonymous_cannot_write_or_read_private_gallery(client, media_root):

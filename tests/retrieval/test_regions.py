@@ -7,7 +7,7 @@ from PIL import Image as PILImage
 from gallery.models import Image, Mask
 from retrieval.encoders.catalog import MODELS
 from retrieval.models import RegionEmbedding
-from retrieval.pipeline import images_reembed_for_active_models, segment_batch
+from retrieval.pipeline import images_reembed_for_active_models, process_batch, segment_batch
 from retrieval.regions import NEUTRAL_FILL, region_picture
 from tests.gallery.factories import add_mask, make_image
 from tests.retrieval.test_pipeline import offline, upload  # noqa: F401 - fixture
@@ -61,7 +61,7 @@ def test_a_soft_mask_at_model_resolution_is_resized_to_the_picture():
 def test_the_pipeline_stores_region_vectors_for_a_real_photo_once(client, user, media_root, offline):  # noqa: F811
     client.force_login(user)
     image_id = upload(client, "chelsea")
-    segment_batch(batch_size=4)
+    process_batch(batch_size=4)  # masks wait for the embedding: the task embeds, then segments
 
     image = Image.objects.get(pk=image_id)
     assert image.masks_status == "ready"
@@ -130,7 +130,7 @@ def test_segmenting_after_a_segmenter_change_replaces_the_old_segmenters_masks(c
     RegionEmbedding.objects.create(mask=old, image=image, space="content", model_key=offline.content,
                                    vector=np.full(1024, 1 / 1024, dtype=np.float32))
 
-    segment_batch(batch_size=4)
+    process_batch(batch_size=4)
 
     masks = Mask.objects.filter(image_id=image_id)
     assert masks.exists() and set(masks.values_list("segmenter", flat=True)) == {offline.segmenter}
