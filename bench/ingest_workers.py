@@ -2,6 +2,7 @@
 ingest before and after the hardware work (issue 14).
 
     python -m bench.ingest_workers [--n 100] [--standard-n 32] [--workers 1 2 4] [--no-write]
+    python -m bench.ingest_workers --standard-only --standard-runs before now one-worker --no-write
 
 On its own database (`imaginaition_bench_workers`) and folders, emptied before each run; wall time from
 the start of `import_folder` (enqueue) until every image has its embeddings and its masks, with real
@@ -13,8 +14,10 @@ task: included, as for a user). Photos: bench.common.bench_photos.
 2. Standard profile (CLIP ViT-B-32, autoencoder v2, DeepLabV3-ResNet101; random weights of the same
    shapes: same cost), --standard-n photos, 2 workers: the code as it was when the issue was filed
    (commit 8b69465, checked out as a git worktree under var/, run with this environment) against the
-   code now (torch), now with IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted once beforehand: the
-   conversion's time is reported), and now with IMAGINAITION_SEGMENTER=torchvision/lraspp_mobilenet_v3_large.
+   code now (torch), now with one worker process holding every core's threads (IMAGINAITION_WORKERS=1),
+   now with IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted once beforehand: the conversion's time
+   is reported), and now with IMAGINAITION_SEGMENTER=torchvision/lraspp_mobilenet_v3_large.
+--standard-only skips part 1, --standard-runs picks part 2's runs; only a whole run writes the docs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ DATABASE = "imaginaition_bench_workers"
 BENCH_VAR = REPO_ROOT / "var" / DATABASE
 BEFORE_COMMIT = "8b69465"  # the last commit before the hardware work
 MODEL_CACHE = BENCH_VAR / "models"  # the workers' OpenVINO conversions
+
+
+STANDARD_RUNS = ("before", "now", "one-worker", "openvino", "lraspp")
 
 
 def before_checkout() -> Path:
@@ -81,8 +87,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="photos for the offline-profile runs")
     parser.add_argument("--standard-n", type=int, default=32, help="photos for the standard-profile runs")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker process counts")
+    parser.add_argument("--standard-only", action="store_true", help="skip the offline-profile thread table")
+    parser.add_argument("--standard-runs", nargs="+", choices=STANDARD_RUNS, default=list(STANDARD_RUNS),
+                        help="the standard-profile runs to make")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
     args = parser.parse_args()
+    whole = not args.standard_only and args.standard_runs == list(STANDARD_RUNS)
     os.environ.setdefault("IMAGINAITION_LOG_LEVEL", "WARNING")
     setup_django(DATABASE)
     started = time.perf_counter()
@@ -93,7 +103,7 @@ def main() -> None:
     standard_folder = photo_folder_subset(photos, facts, args.standard_n, BENCH_VAR / "import-standard")
 
     thread_rows = []
-    for workers in args.workers:
+    for workers in [] if args.standard_only else args.workers:
         row: list = [workers]
         for label, threads in (("default", str(cores)), ("share", "0")):
             result = ingest(folder, args.n, bench_env(DATABASE, IMAGINAITION_MODEL_PROFILE="offline",
@@ -109,19 +119,25 @@ def main() -> None:
     standard_env = {"IMAGINAITION_MODEL_PROFILE": "standard", "IMAGINAITION_WEIGHTS_DIR": str(weights),
                     "IMAGINAITION_WORKERS": "2", "IMAGINAITION_MODEL_CACHE_DIR": str(MODEL_CACHE)}
     lraspp = "torchvision/lraspp_mobilenet_v3_large"
-    conversions = {"torchvision/deeplabv3_resnet101": openvino_converted(weights, "torchvision/deeplabv3_resnet101")}
-    runs = [(f"before (commit {BEFORE_COMMIT}): batches of 16 per forward pass, torch's default threads, fp32",
-             before_checkout(), {"IMAGINAITION_VAR_DIR": str(REPO_ROOT / "var"),  # this checkout's database
-                                 "IMAGINAITION_PGDATA": str(REPO_ROOT / "var" / "pgdata")}),
-            ("now (default): thread share, one picture per DeepLab pass, no auxiliary head, precision auto, "
-             "malloc reusing large blocks", REPO_ROOT, {}),
-            ("now, IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted beforehand)", REPO_ROOT,
-             {"IMAGINAITION_SEGMENTER_RUNTIME": "openvino"}),
-            (f"now, IMAGINAITION_SEGMENTER={lraspp}", REPO_ROOT, {"IMAGINAITION_SEGMENTER": lraspp})]
+    conversions = ({"torchvision/deeplabv3_resnet101": openvino_converted(weights, "torchvision/deeplabv3_resnet101")}
+                   if "openvino" in args.standard_runs else {})
+    runs = {"before": (f"before (commit {BEFORE_COMMIT}): batches of 16 per forward pass, torch's default threads, fp32",
+                       before_checkout, {"IMAGINAITION_VAR_DIR": str(REPO_ROOT / "var"),  # this checkout's database
+                                         "IMAGINAITION_PGDATA": str(REPO_ROOT / "var" / "pgdata")}),
+            "now": ("now (default): thread share, one picture per DeepLab pass, no auxiliary head, precision auto, "
+                    "malloc reusing large blocks, one task per image (embed, then segment the same decoded batch)",
+                    lambda: REPO_ROOT, {}),
+            "one-worker": ("now, IMAGINAITION_WORKERS=1 (one process with every core's threads)", lambda: REPO_ROOT,
+                           {"IMAGINAITION_WORKERS": "1"}),
+            "openvino": ("now, IMAGINAITION_SEGMENTER_RUNTIME=openvino (converted beforehand)", lambda: REPO_ROOT,
+                         {"IMAGINAITION_SEGMENTER_RUNTIME": "openvino"}),
+            "lraspp": (f"now, IMAGINAITION_SEGMENTER={lraspp}", lambda: REPO_ROOT, {"IMAGINAITION_SEGMENTER": lraspp})}
     standard_rows = []
     notes = []
-    for name, repo, extra in runs:
-        result = ingest(standard_folder, args.standard_n, bench_env(DATABASE, **standard_env, **extra), repo=repo)
+    for short in args.standard_runs:
+        name, repo_of, extra = runs[short]
+        result = ingest(standard_folder, args.standard_n, bench_env(DATABASE, **{**standard_env, **extra}),
+                        repo=repo_of())
         print(f"standard, {name}: {result['wall']:.1f} s ({result['failed']} failed), load {load_average()}", flush=True)
         standard_rows.append([name, result["wall"], result["images_per_s"], result["failed"]])
         notes += [f"{name}: {decision}" for decision in result["precision"]]
@@ -137,7 +153,8 @@ def main() -> None:
         table(["worker processes", "images/s, default threads", "images/s, thread share", "threads each (share)",
                "share / default"], thread_rows),
         f"Standard profile (random weights of the real shapes: the same cost), {args.standard_n} photos, 2 worker "
-        f"processes, batches of 16 (IMAGINAITION_BATCH_SIZE):",
+        f"processes unless the row says otherwise, batches of 16 (IMAGINAITION_BATCH_SIZE); speed-up against the "
+        f"first row:",
         table(["code", "wall s", "images/s", "speed-up (goal ≥ 1.5)", "failed"], standard_rows),
         "Conversion for OpenVINO before the runs (once per weight file, as the first worker to load a segmenter "
         "does; later processes compile the saved network in about a second): "
@@ -148,7 +165,7 @@ def main() -> None:
         f"{(time.perf_counter() - started) / 60:.1f} min.",
     ])
     print(body)
-    if not args.no_write:
+    if whole and not args.no_write:
         write_section("Ingest by workers: threads and the standard profile", "python -m bench.ingest_workers", body)
 
 
