@@ -145,20 +145,24 @@ def main() -> None:
     for row in standard_rows:
         row.insert(3, baseline / row[1])
 
-    body = "\n\n".join([
+    offline_part = [
         f"Offline profile, {args.n} photos ({describe_photos(facts, args.n)}); `import_folder` + `qcluster`, from the "
         f"start of the import until every image has embeddings and masks, model loading in each worker included; "
         f"{cores} cores. Default threads: each process with torch's default (every core), as before; share: each "
         f"process with cores / workers threads (at least 1), as now.",
         table(["worker processes", "images/s, default threads", "images/s, thread share", "threads each (share)",
-               "share / default"], thread_rows),
+               "share / default"], thread_rows)] if thread_rows else []
+    conversion_part = [
+        "Conversion for OpenVINO before the runs (once per weight file, as the first worker to load a segmenter "
+        "does; later processes compile the saved network in about a second): "
+        + ", ".join(f"{key} {seconds:.0f} s" for key, seconds in conversions.items()) + "."] if conversions else []
+    body = "\n\n".join([
+        *offline_part,
         f"Standard profile (random weights of the real shapes: the same cost), {args.standard_n} photos, 2 worker "
         f"processes unless the row says otherwise, batches of 16 (IMAGINAITION_BATCH_SIZE); speed-up against the "
         f"first row:",
         table(["code", "wall s", "images/s", "speed-up (goal ≥ 1.5)", "failed"], standard_rows),
-        "Conversion for OpenVINO before the runs (once per weight file, as the first worker to load a segmenter "
-        "does; later processes compile the saved network in about a second): "
-        + ", ".join(f"{key} {seconds:.0f} s" for key, seconds in conversions.items()) + ".",
+        *conversion_part,
         "Runtime and precision chosen by each worker process on its first batch (logged): "
         + ("; ".join(notes) if notes else "none logged") + ".",
         f"Load average at the start {load_before}, at the end {load_average()}; whole benchmark "
