@@ -120,7 +120,7 @@ def shares_a_network(models) -> bool:
 
 def bare_forward(models, pictures: list, batch_size: int, *, shared: bool = False) -> dict[str, float]:
     """Seconds per model over all pictures, in batches; one warm-up call per model (a full batch) first.
-    shared: each batch's calls in one shared_passes() block, as the sync pipeline makes them."""
+    shared: each batch's calls in one shared_passes() block, as the pipeline makes them."""
     from retrieval.encoders.base import shared_passes
 
     block = shared_passes if shared else contextlib.nullcontext

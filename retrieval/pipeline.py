@@ -3,8 +3,8 @@
 A task for one image claims up to a batch of pending images, so images waiting in the queue go
 through the models together, in one forward pass per model per batch. It embeds the batch and
 writes the vectors (the images are searchable from then on), then segments the same images from the
-same decoded pictures: each file is read once, and models built on one network pass a picture once. Claims are PostgreSQL
-session advisory locks, one per (kind of work, image): embedding and segmentation of the same
+same decoded pictures: each file is read once, and models built on one network pass a picture once.
+Claims are PostgreSQL session advisory locks, one per (kind of work, image): embedding and segmentation of the same
 image never block each other, two workers never take the same image, and a worker that dies
 drops its connection and with it its claims. Models run outside any transaction; the results are
 written in one short transaction (rows locked in id order, so two writers cannot deadlock). A
@@ -112,16 +112,16 @@ def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> t
     CPU threads: Pillow decodes and resizes outside Python's lock, and the models wait meanwhile."""
     wanted = [image for image in images if decoded is None or image.pk not in decoded]
     read = dict(zip([image.pk for image in wanted], map_on_threads(_read_picture, wanted, cpu_threads()), strict=True))
+    if decoded is not None:
+        decoded.update({pk: picture for pk, picture in read.items() if not isinstance(picture, str)})
     loaded: list[Loaded] = []
     errors: dict[int, str] = {}
     for image in images:
         picture = decoded[image.pk] if decoded is not None and image.pk in decoded else read[image.pk]
         if isinstance(picture, str):
             errors[image.pk] = picture
-            continue
-        loaded.append((image, picture))
-        if decoded is not None:
-            decoded[image.pk] = picture
+        else:
+            loaded.append((image, picture))
     return loaded, errors
 
 
@@ -267,13 +267,13 @@ def _ids(first_id: int | None) -> list[int]:
 
 def process_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
                   masks: bool = True, after_each_stage: Callable[[BatchReport], object] | None = None,
-                  ) -> tuple[BatchReport, BatchReport | None]:
+                  ) -> tuple[BatchReport, BatchReport]:
     """One batch through both stages in this process: embed a batch of pending images (first_id first)
     and write it, so the images are searchable before segmentation starts; then segment the same images
     first (or, where they are already done or claimed, other pending ones). Each file is read and decoded
     once for the two, and models built on one network (the offline profile's) pass each picture once.
-    masks=False embeds only. after_each_stage(report) runs after each stage's write. Returns the two
-    stages' reports (None for segmentation when skipped)."""
+    masks=False embeds only (segmentation then reports nothing done). after_each_stage(report) runs
+    after each stage's write. Returns the two stages' reports."""
     models = models or active_models()
     decoded: Decoded = {}
     with shared_passes():
@@ -281,7 +281,7 @@ def process_batch(*, first_id: int | None = None, batch_size: int | None = None,
         if after_each_stage is not None:
             after_each_stage(embedded)
         if not masks:
-            return embedded, None
+            return embedded, BatchReport(processed=[], failed=[])
         segmented = segment_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded)
         if after_each_stage is not None:
             after_each_stage(segmented)
@@ -301,7 +301,7 @@ def process_all_pending(*, batch_size: int | None = None, progress: Progress | N
         done = len(embedded.processed) + len(embedded.failed)
         if progress is not None and done:
             progress(done)
-        if not done and (segmented is None or not (segmented.processed or segmented.failed)):
+        if not done and not (segmented.processed or segmented.failed):
             break
 
 

@@ -16,7 +16,7 @@ from retrieval.integrity import integrity_check, integrity_heal, missing_indexes
 from retrieval.pipeline import BatchReport, process_batch
 
 
-def process_images(image_id: int) -> dict[str, list[int] | None]:
+def process_images(image_id: int) -> dict[str, list[int]]:
     """Embed a batch of pending images, this one first, then segment the same batch (with the masks'
     region vectors). After each stage that wrote vectors, build any index that does not exist yet, so
     that the first import's images are searchable once embedded and its indexes ready when it ends
@@ -27,16 +27,15 @@ def process_images(image_id: int) -> dict[str, list[int] | None]:
 
     embedded, segmented = process_batch(first_id=image_id, after_each_stage=indexes_build)
     return {"processed": embedded.processed, "failed": embedded.failed,
-            "masks_processed": segmented.processed if segmented else None,
-            "masks_failed": segmented.failed if segmented else None}
+            "masks_processed": segmented.processed, "masks_failed": segmented.failed}
 
 
 # Tasks queued by earlier versions (an embedding and a segmentation task per image) do the same.
-def embed_images(image_id: int) -> dict[str, list[int] | None]:
+def embed_images(image_id: int) -> dict[str, list[int]]:
     return process_images(image_id)
 
 
-def segment_images(image_id: int) -> dict[str, list[int] | None]:
+def segment_images(image_id: int) -> dict[str, list[int]]:
     return process_images(image_id)
 
 

@@ -69,8 +69,8 @@ _shared_passes: ContextVar[dict[Any, tuple[Image.Image, Any]] | None] = ContextV
 def shared_passes() -> Iterator[None]:
     """Within the block, models built on one network reuse its forward pass over a picture they were
     given before (the same picture object, same input, same precision) instead of running it again:
-    the sync pipeline gives a batch's decoded pictures to the semantic encoder and then to the
-    segmenter, and the offline profile's two are one EfficientNet. What a block keeps goes with it."""
+    the pipeline gives a batch's decoded pictures to the semantic encoder and then to the segmenter,
+    and the offline profile's two are one EfficientNet. What a block keeps goes with it."""
     token = _shared_passes.set({})
     try:
         yield

@@ -14,9 +14,10 @@ segments with no model hub and no download.
   soft mask per confident class, named with PASCAL-VOC labels where one exists.
 
 Both roles share one EfficientNet instance per process, on IMAGINAITION_DEVICE like every model (the
-profile is meant for machines without an accelerator), and within a `shared_passes()` block (the
-sync pipeline's batch) one forward pass over a picture serves both. The class sentences' MiniLM embeddings, most
-of a model's load time, are computed once per host and kept under IMAGINAITION_MODEL_CACHE_DIR.
+profile is meant for machines without an accelerator), and within a `shared_passes()` block (one
+batch of the pipeline) one forward pass over a picture serves both. The class sentences' MiniLM
+embeddings, most of a model's load time, are computed once per host and kept under
+IMAGINAITION_MODEL_CACHE_DIR.
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ def network_outputs(network: ClassifierWithFeatures, images: Sequence[Image.Imag
     forward pass over the pictures. Within a shared_passes() block a picture this network already
     passed (the same object, resized the same way, under the same autocast) is not passed again."""
     memo = shared_passes_memo()
-    keys = [(id(network), id(image), resize, _autocast_state(network.device)) for image in images]
+    autocast = _autocast_state(network.device)
+    keys = [(id(network), id(image), resize, autocast) for image in images]
     missing = [i for i, key in enumerate(keys) if memo is None or key not in memo]
     computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if missing:
