@@ -269,7 +269,6 @@ def compare_v2(encoder: OfflineSemanticEncoder, data: Dataset, queries: list[str
         blend_image_vectors,
         bridge_images,
         bridge_texts,
-        imagenet_feature_mean,
         pad_texts,
         shared_network,
     )
@@ -305,7 +304,7 @@ def compare_v2(encoder: OfflineSemanticEncoder, data: Dataset, queries: list[str
         bridged = bridge_images(logits, encoder.centred_classes, encoder.bridge)
         copy_bridged = bridge_images(copy_logits, encoder.centred_classes, encoder.bridge)
         means = {"none": np.zeros(network.feature_dim, dtype=np.float32),
-                 "imagenet": imagenet_feature_mean(network),
+                 "imagenet": network.feature_mean,
                  "this set (oracle)": pooled.mean(axis=0)}
         vectors = {"v1 (bridge)": (bridged, copy_bridged, 0)}
         for centring, mean in means.items():

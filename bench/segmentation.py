@@ -97,9 +97,9 @@ def main() -> None:
     state = model.state_dict()
 
     def variant(*, channels_last: bool = False, freeze: bool = False, compile: bool = False,
-                aux: bool = False) -> DeepLabSegmenter:
+                aux: bool = False, fold: bool = False) -> DeepLabSegmenter:
         """The segmenter with these execution options, in fp32 unless a row's context says otherwise, and
-        the bench's loop deciding how many pictures go into one call."""
+        the bench's loop deciding how many pictures go into one call; batch norms unfolded unless `fold`."""
         network = build_model().eval()
         network.load_state_dict(state)
         if not aux:
@@ -113,7 +113,7 @@ def main() -> None:
         if compile:
             network = torch.compile(network)
         with override_settings(IMAGINAITION_PRECISION="fp32"):
-            segmenter = DeepLabSegmenter(key=key, model=network)
+            segmenter = DeepLabSegmenter(key=key, model=network, fold_norms=fold)
         if aux:  # the segmenter drops the head; put it back to measure what it cost
             aux_head = build_model().eval()
             aux_head.load_state_dict(state)
@@ -141,10 +141,12 @@ def main() -> None:
         ("channels-last, 1 per call", lambda: variant(channels_last=True), 1, fp32),
         ("TorchScript frozen (optimize_for_inference), 1 per call", lambda: variant(freeze=True), 1, fp32),
         ("torch.compile (inductor), 1 per call", lambda: variant(compile=True), 1, fp32),
+        ("batch norms folded into the convolutions, 1 per call", lambda: variant(fold=True), 1, fp32),
         ("bf16 autocast, 1 per call", lambda: plain, 1, bf16),
         ("channels-last + bf16 autocast, 1 per call", lambda: variant(channels_last=True), 1, bf16),
         ("OpenVINO fp32 (the same network converted), 1 per call", openvino, 1, fp32),
-        (f"now, as loaded (torch, one per pass, no auxiliary head, precision auto), {b} per call", shipped, b,
+        (f"now, as loaded (torch, one per pass, no auxiliary head, batch norms folded, precision auto), "
+         f"{b} per call", shipped, b,
          fp32),
     ]
     from retrieval.encoders.precision import cpu_supports_bf16

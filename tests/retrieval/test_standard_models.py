@@ -158,7 +158,8 @@ def test_deeplab_masks_are_probabilities_at_each_image_size(segmenter, monkeypat
     assert calls == [1, 1, 2]  # an accelerator: one forward pass for the batch
     for one_by_one, together in zip(results, batched, strict=True):
         assert [m.label for m in one_by_one] == [m.label for m in together]
-        assert all(np.allclose(a.probability, b.probability, atol=1e-4) for a, b in zip(one_by_one, together))
+        # Random weights give logits in the thousands: float32 rounding of a batched pass moves them by ~1e-4.
+        assert all(np.allclose(a.probability, b.probability, atol=1e-3) for a, b in zip(one_by_one, together))
     assert len(results) == 2 and all(results)
     for picture, masks in zip(pictures(), results, strict=True):
         for mask in masks:
@@ -186,8 +187,13 @@ def test_a_cheaper_segmenter_chosen_by_setting_loads_its_file_and_segments(weigh
 
     monkeypatch.setattr(deeplab, "MIN_AREA", 0.0)  # random weights: report every class that wins a pixel
     segmenter = deeplab.load(registry.MODELS[spec.key])
-    loaded = segmenter.model.state_dict()
-    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items() if not name.startswith("aux_"))
+    # The file's network, its batch norms folded into the convolutions: the same outputs.
+    from_file = deeplab.build_model(spec.options["architecture"]).eval()
+    from_file.load_state_dict(state)
+    example = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(segmenter.model(example)["out"], from_file(example)["out"], rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in segmenter.model.modules())
     results = segmenter.segment(pictures())
     assert len(results) == 2 and all(results)
     for picture, masks in zip(pictures(), results, strict=True):
