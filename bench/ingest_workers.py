@@ -125,7 +125,8 @@ def main() -> None:
                        before_checkout, {"IMAGINAITION_VAR_DIR": str(REPO_ROOT / "var"),  # this checkout's database
                                          "IMAGINAITION_PGDATA": str(REPO_ROOT / "var" / "pgdata")}),
             "now": ("now (default): thread share, one picture per DeepLab pass, no auxiliary head, precision auto, "
-                    "malloc reusing large blocks, one task per image (embed, then segment the same decoded batch)",
+                    "malloc reusing large blocks, one task per image (embed, then segment the same decoded batch), "
+                    "batch norms folded into the convolutions",
                     lambda: REPO_ROOT, {}),
             "one-worker": ("now, IMAGINAITION_WORKERS=1 (one process with every core's threads)", lambda: REPO_ROOT,
                            {"IMAGINAITION_WORKERS": "1"}),

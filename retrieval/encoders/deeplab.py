@@ -21,7 +21,7 @@ from torchvision.models.segmentation import (DeepLabV3_ResNet101_Weights, deepla
                                              deeplabv3_resnet101, lraspp_mobilenet_v3_large)
 
 from .base import Segmenter, SoftMask
-from .devices import model_device
+from .devices import conv_memory_format, model_device
 from .folding import fold_batch_norms
 from .openvino_runtime import Logits, OpenVinoChoice, openvino_choice, segmenter_runtime
 from .precision import MASK_IOU_BAR, PrecisionChoice, masks_agreement
@@ -42,12 +42,15 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics 
 
 class DeepLabSegmenter(Segmenter):
     def __init__(self, *, key: str, model: torch.nn.Module, device: torch.device | None = None,
-                 weights: Path | None = None, fold_norms: bool = True) -> None:
+                 weights: Path | None = None, fold_norms: bool = True,
+                 memory_format: torch.memory_format | None = None) -> None:
         """`weights`: the file `model` was loaded from; given, the segmenter runs on OpenVINO when
         IMAGINAITION_SEGMENTER_RUNTIME says so (the file names the converted copy). `fold_norms`: fold
-        the batch norms into the convolutions (the same masks, 1.1x faster: bench.segmentation)."""
+        the batch norms into the convolutions; `memory_format`: the layout of weights and inputs (by
+        default the device's, channels-last on a CPU). Both keep the masks (bench.segmentation)."""
         self.key = key
         self.device = device or torch.device("cpu")
+        self.memory_format = memory_format or conv_memory_format(self.device)
         model.eval()
         # The auxiliary head (training only) runs on every forward pass when present, and its output is
         # never read: drop it (bench.segmentation measures the saving; masks are unchanged).
@@ -56,7 +59,7 @@ class DeepLabSegmenter(Segmenter):
         if fold_norms:  # a small example is enough to see the graph
             fold_batch_norms(model, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE,
                                                 device=next(model.parameters()).device))
-        self.model: torch.nn.Module | None = model.to(self.device)
+        self.model: torch.nn.Module | None = model.to(self.device).to(memory_format=self.memory_format)
         # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation). On
         # an accelerator, passes of at most ACCELERATOR_PICTURES_PER_PASS: the activations at 520² grow
         # with the pass, and the pipeline's batch there is larger (devices.DEVICE_BATCH_SIZES).
@@ -96,7 +99,7 @@ class DeepLabSegmenter(Segmenter):
 
     def _torch_logits(self, pictures: torch.Tensor) -> torch.Tensor:
         assert self.model is not None, "the torch network was released for OpenVINO"
-        return self.model(pictures.to(self.device))["out"]
+        return self.model(pictures.to(self.device).contiguous(memory_format=self.memory_format))["out"]
 
     def _segment_with(self, logits: Logits, images: Sequence[PILImage.Image],
                       batch: torch.Tensor) -> list[list[SoftMask]]:

@@ -109,9 +109,15 @@ def test_timm_batch_norms_keep_their_activation_and_every_one_of_efficientnet_li
         torch.testing.assert_close(model(example(64)), before, rtol=1e-4, atol=1e-4)
 
 
-def test_the_loaded_offline_network_and_deeplab_hold_no_batch_norm_and_give_the_unfolded_outputs():
-    """What the registry loads: the shared EfficientNet-Lite2 (semantic vectors and CAM masks) and
-    DeepLabV3-ResNet101 are folded; their outputs match the same weights unfolded."""
+def channels_last(model: nn.Module) -> bool:
+    weights = [module.weight for module in model.modules() if isinstance(module, nn.Conv2d)]
+    return all(weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
+
+
+def test_the_loaded_offline_network_and_deeplab_are_folded_and_channels_last_with_the_plain_outputs():
+    """What the registry loads on a CPU: the shared EfficientNet-Lite2 (semantic vectors and CAM masks)
+    and DeepLabV3-ResNet101 are folded and laid out channels-last; their outputs match the same weights
+    unfolded in torch's default layout."""
     import timm
 
     from retrieval.encoders import deeplab
@@ -120,6 +126,7 @@ def test_the_loaded_offline_network_and_deeplab_hold_no_batch_norm_and_give_the_
 
     network = shared_network(LITE2_CLASSIFIER.path(), "efficientnet_lite2")
     assert norms(network) == 0
+    assert network.device.type == "cpu" and network.memory_format == torch.channels_last and channels_last(network)
     plain = timm.create_model("efficientnet_lite2", pretrained=False, bn_eps=BN_EPS)
     plain_state = plain.state_dict()
     file_state = torch.load(LITE2_CLASSIFIER.path(), map_location="cpu", weights_only=True)
@@ -137,8 +144,10 @@ def test_the_loaded_offline_network_and_deeplab_hold_no_batch_norm_and_give_the_
     folded = deeplab.DeepLabSegmenter(key="test/deeplab", model=model)
     unfolded_model = deeplab.build_model().eval()
     unfolded_model.load_state_dict(state)
-    unfolded_segmenter = deeplab.DeepLabSegmenter(key="test/deeplab", model=unfolded_model, fold_norms=False)
+    unfolded_segmenter = deeplab.DeepLabSegmenter(key="test/deeplab", model=unfolded_model, fold_norms=False,
+                                                  memory_format=torch.contiguous_format)
     assert norms(folded.model) == 0 and norms(unfolded_segmenter.model) > 100
+    assert channels_last(folded.model) and not channels_last(unfolded_segmenter.model)
     with torch.no_grad():
         a, b = folded.model(example(96))["out"], unfolded_segmenter.model(example(96))["out"]
     # Random weights through 101 layers make large logits: the difference is float rounding at their scale.
