@@ -65,9 +65,9 @@ def model_device() -> torch.device:
 
 def conv_memory_format(device: torch.device) -> torch.memory_format:
     """How a convolutional network's weights and inputs are laid out on `device`. On a CPU channels-last
-    (NHWC): with the batch norms folded, oneDNN's convolutions ran 1.15x (DeepLabV3-ResNet101) to 2x
-    (EfficientNet-Lite2's depthwise ones) faster on it (docs/BENCHMARKS.md, "Batch norms folded").
-    Elsewhere torch's default layout: not measured on an accelerator here."""
+    (NHWC): with the batch norms folded, a pass ran 1.1-1.2x (DeepLabV3-ResNet101) to 1.75-1.9x
+    (EfficientNet-Lite2, whose depthwise convolutions oneDNN runs far better on NHWC) faster on it than
+    on NCHW (bench.layouts). Elsewhere torch's default layout: not measured on an accelerator here."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
