@@ -3,8 +3,8 @@
 In eval mode a BatchNorm2d is a fixed per-channel scale and shift, so a convolution followed by one
 equals a single convolution with scaled weights and a bias (`torch.nn.utils.fusion.fuse_conv_bn_eval`).
 Eager PyTorch runs each batch norm as its own pass over the activations: 24 % of EfficientNet-Lite2's
-forward time and 8 % of DeepLabV3-ResNet101's on this machine's CPU (bench.segmentation and
-docs/BENCHMARKS.md have the speed-ups), and a GPU pays the same extra memory pass.
+forward time and 8 % of DeepLabV3-ResNet101's on this machine's CPU (profiled; `python -m bench.layouts`
+measures the speed-ups), and a GPU pays the same extra memory pass.
 
 Which convolution feeds which batch norm is read from one forward pass over an example, not from
 the order the modules were registered in: a pair is folded only when the batch norm received the very
