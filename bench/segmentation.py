@@ -146,8 +146,7 @@ def main() -> None:
         ("channels-last + bf16 autocast, 1 per call", lambda: variant(channels_last=True), 1, bf16),
         ("OpenVINO fp32 (the same network converted), 1 per call", openvino, 1, fp32),
         (f"now, as loaded (torch, one per pass, no auxiliary head, batch norms folded, channels-last on a CPU, "
-         f"precision auto), "
-         f"{b} per call", shipped, b,
+         f"precision auto), {b} per call", shipped, b,
          fp32),
     ]
     from retrieval.encoders.precision import cpu_supports_bf16

@@ -36,7 +36,6 @@ INPUT_SIZE = 520  # torchvision's evaluation size for these weights; one square 
 # below it, masks are speckles of noise rather than objects.
 MIN_AREA = 0.005
 ACCELERATOR_PICTURES_PER_PASS = 16
-FOLD_EXAMPLE_SIZE = 96  # the picture side that shows batch-norm folding the network's graph, cheaply
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics the backbone was trained on
 
 
@@ -56,9 +55,8 @@ class DeepLabSegmenter(Segmenter):
         # never read: drop it (bench.segmentation measures the saving; masks are unchanged).
         if getattr(model, "aux_classifier", None) is not None:
             model.aux_classifier = None  # type: ignore[assignment]  # torchvision's models accept None
-        if fold_norms:  # a small example is enough to see the graph
-            fold_batch_norms(model, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE,
-                                                device=next(model.parameters()).device))
+        if fold_norms:
+            fold_batch_norms(model)
         self.model: torch.nn.Module | None = model.to(self.device).to(memory_format=self.memory_format)
         # On a CPU one picture per forward pass is faster than a batch (measured: bench.segmentation). On
         # an accelerator, passes of at most ACCELERATOR_PICTURES_PER_PASS: the activations at 520² grow

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # the largest difference allowed, relative to each output's largest magnitude
+EXAMPLE_SIDE = 64  # the default example: one picture this size shows the graph of an image network cheaply
 
 
 @dataclass
@@ -38,19 +39,23 @@ class _Fold:
     norm: nn.BatchNorm2d
 
 
-def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> int:
+def fold_batch_norms(model: nn.Module, example: torch.Tensor | None = None) -> int:
     """Folds, in place, each batch norm that directly follows a convolution in `model` (eval mode) as
-    seen on `example`, a batch the model accepts (a small one will do: only the graph matters). Returns
-    how many were folded; 0 (and the model unchanged) when folding would change the output."""
+    seen on `example`, a batch the model accepts (a small one will do: only the graph matters; by
+    default one black RGB picture of EXAMPLE_SIDE² on the model's device). Returns how many were
+    folded; 0 (and the model unchanged) when folding would change the output."""
     if model.training:
         raise ValueError("batch norms are folded for inference only: call model.eval() first")
+    if example is None:
+        example = torch.zeros(1, 3, EXAMPLE_SIDE, EXAMPLE_SIDE, device=next(model.parameters()).device)
     # no_grad, not inference_mode: tensor versions are read, and the new weights must be ordinary tensors.
     with torch.no_grad():
-        pairs = _pairs(model, example)
+        pairs, output = _pairs(model, example)
         if not pairs:
             return 0
-        before = list(_tensors(model(example)))
-        folds = [fold for conv, norm in pairs if (fold := _fold(model, conv, norm)) is not None]
+        before = list(_tensors(output))
+        places = {child: (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+        folds = [fold for conv, norm in pairs if (fold := _fold(places, conv, norm)) is not None]
         after = list(_tensors(model(example)))
     difference = max((_relative_difference(a, b) for a, b in zip(before, after, strict=True)), default=0.0)
     if difference > TOLERANCE:
@@ -63,8 +68,9 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor) -> int:
     return len(folds)
 
 
-def _pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(convolution, batch norm) pairs where the norm read the convolution's output as it was returned."""
+def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[nn.Conv2d, nn.BatchNorm2d]], object]:
+    """((convolution, batch norm) pairs where the norm read the convolution's output as it was returned,
+    the model's output on the example)."""
     produced: dict[int, tuple[nn.Conv2d, torch.Tensor, int]] = {}  # id(output) → (conv, output, its version)
     calls: dict[nn.Module, int] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
@@ -85,11 +91,11 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.
     handles += [module.register_forward_pre_hook(before_norm) for module in model.modules()
                 if isinstance(module, nn.BatchNorm2d) and _without_norm(module) is not None]
     try:
-        model(example)
+        output = model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return [(conv, norm) for conv, norm in pairs if calls[conv] == 1 and calls[norm] == 1]
+    return [(conv, norm) for conv, norm in pairs if calls[conv] == 1 and calls[norm] == 1], output
 
 
 def _without_norm(norm: nn.BatchNorm2d) -> nn.Module | None:
@@ -103,23 +109,15 @@ def _without_norm(norm: nn.BatchNorm2d) -> nn.Module | None:
     return None
 
 
-def _fold(model: nn.Module, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> _Fold | None:
-    conv_place, norm_place = _place_of(model, conv), _place_of(model, norm)
+def _fold(places: dict[nn.Module, tuple[nn.Module, str]], conv: nn.Conv2d, norm: nn.BatchNorm2d) -> _Fold | None:
+    """Replaces the pair in their parents (`places`: each submodule's parent and attribute name)."""
+    conv_place, norm_place = places.get(conv), places.get(norm)
     remains = _without_norm(norm)
     if conv_place is None or norm_place is None or remains is None:
         return None
     setattr(conv_place[0], conv_place[1], fuse_conv_bn_eval(conv, norm))
     setattr(norm_place[0], norm_place[1], remains)
     return _Fold(conv_place[0], conv_place[1], conv, norm_place[0], norm_place[1], norm)
-
-
-def _place_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str] | None:
-    """(parent, attribute name) of a submodule."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if child is target:
-                return parent, name
-    return None
 
 
 def _tensors(output: object) -> Iterator[torch.Tensor]:

@@ -55,7 +55,6 @@ INPUT_SIZE = 224
 # The weights come from a TensorFlow-style implementation: BatchNorm eps 1e-3 (PyTorch's 1e-5 makes
 # the classifier less confident) and pixels normalised as (x - 127) / 128.
 BN_EPS = 1e-3
-FOLD_EXAMPLE_SIZE = 64  # the picture side that shows batch-norm folding the network's graph, cheaply
 PIXEL_MEAN, PIXEL_SCALE = 127.0, 128.0
 
 Resize = Literal["squash", "pad", "crop"]
@@ -132,7 +131,7 @@ def shared_network(weight_path: Path, architecture: str = "efficientnet_lite0") 
     net.load_state_dict(dict(zip(target.keys(), source.values(), strict=True)), strict=True)
     input_size = int(cast(dict, net.pretrained_cfg)["input_size"][-1])  # timm's config: (3, side, side)
     network = ClassifierWithFeatures(net, input_size=input_size).eval()
-    fold_batch_norms(network, torch.zeros(1, 3, FOLD_EXAMPLE_SIZE, FOLD_EXAMPLE_SIZE))  # the same outputs, faster
+    fold_batch_norms(network)  # the same outputs, faster
     device = model_device()
     network.memory_format = conv_memory_format(device)
     return network.to(device).to(memory_format=network.memory_format)
