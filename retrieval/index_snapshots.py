@@ -289,6 +289,10 @@ class IndexManager:
     def loaded(self, *, space: str, model_key: str, owner: VectorOwner = "image") -> IndexSnapshot | None:
         return self._snapshots.get((owner, space, model_key))
 
+    def copying(self, *, space: str, model_key: str, owner: VectorOwner = "image") -> bool:
+        """Whether this process is building its host's copy of another host's index."""
+        return (owner, space, model_key) in self._copying
+
     def forget_images(self, image_ids: set[int]) -> None:
         for snapshot in list(self._snapshots.values()):
             snapshot.remove_images(image_ids)

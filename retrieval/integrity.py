@@ -1,4 +1,5 @@
-"""The original app's integrity check: ok, index missing, count mismatch, stored file missing."""
+"""The original app's integrity check: ok, index missing, count mismatch, stored file missing; and
+building index, while the first index of vectors already written is on its way."""
 
 from __future__ import annotations
 
@@ -10,21 +11,20 @@ from django.db import connection, transaction
 
 from gallery.models import Image
 from retrieval.encoders.registry import model_dim
-from retrieval.index_snapshots import manager
+from retrieval.index_snapshots import IndexSnapshot, manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.serving import index_name, indexes_in_use
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
-
-MISSING_INDEX_LOCK = 0x1D5_0001  # pg advisory lock: one first build of the missing indexes at a time
+from retrieval.work_locks import MISSING_INDEX_BUILD, work_in_flight
 
 
 @dataclass(frozen=True)
 class IndexHealth:
     space: str
     model_key: str
-    state: str  # ok | index missing | count mismatch
+    state: str  # ok | building index | index missing | count mismatch
     database_count: int
     index_count: int | None
     version: int | None
@@ -46,13 +46,13 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
     healths: list[IndexHealth] = []
     for owner, space, key in indexes_in_use():
         in_db = count_vectors(model_key=key, space=space, owner=owner)
-        snapshot = manager.get(space=space, model_key=key, dim=model_dim(key), owner=owner)
+        snapshot = _snapshot(owner, space, key)
         state = IndexState.objects.filter(owner=owner, space=space, model_key=key).first()
         if snapshot is None and in_db == 0:
             healths.append(IndexHealth(space, key, "ok", 0, 0, None, owner))  # nothing to index yet
         elif snapshot is None:
-            healths.append(IndexHealth(space, key, "index missing", in_db, None, state.version if state else None,
-                                       owner))
+            healths.append(IndexHealth(space, key, _missing_or_building(owner, space, key), in_db, None,
+                                       state.version if state else None, owner))
         else:
             ok = snapshot.count == in_db
             healths.append(IndexHealth(space, key, "ok" if ok else "count mismatch", in_db, snapshot.count,
@@ -65,11 +65,25 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
     return IntegrityReport(state=problems[0] if problems else "ok", indexes=healths, missing_files=missing)
 
 
+def _snapshot(owner: VectorOwner, space: str, key: str) -> IndexSnapshot | None:
+    return manager.get(space=space, model_key=key, dim=model_dim(key), owner=owner)
+
+
+def _missing_or_building(owner: VectorOwner, space: str, key: str) -> str:
+    """For vectors this process has no index of: building index while a batch or a first build is
+    in flight anywhere, or while this host builds its copy of another host's index; else missing.
+    Asked after the index was found missing, so a build that has just ended shows on a second look."""
+    if work_in_flight() or manager.copying(space=space, model_key=key, owner=owner):
+        return "building index"
+    return "index missing" if _snapshot(owner, space, key) is None else "ok"
+
+
 def integrity_heal(report: IntegrityReport) -> list[str]:
-    """Rebuild every index that is missing or whose count disagrees with the database."""
+    """Rebuild every index that is missing or whose count disagrees with the database (one being
+    built already is left to its build)."""
     healed = []
     for health in report.indexes:
-        if health.state != "ok":
+        if health.state in ("index missing", "count mismatch"):
             index_rebuild(space=health.space, model_key=health.model_key, dim=model_dim(health.model_key),
                           owner=health.owner)
             healed.append(index_name(health.owner, health.space, health.model_key))
@@ -81,7 +95,7 @@ def missing_indexes_build() -> list[str]:
     yet. One process at a time: another worker finishing a batch at the same moment skips it."""
     built = []
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [MISSING_INDEX_LOCK])
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [MISSING_INDEX_BUILD])
         if not cursor.fetchone()[0]:
             return []
         for owner, space, key in indexes_in_use():

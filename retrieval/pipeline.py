@@ -34,14 +34,15 @@ from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
 from retrieval.helper_threads import map_on_threads
+from retrieval.integrity import missing_indexes_build
 from retrieval.models import Embedding, RegionEmbedding
 from retrieval.regions import region_picture
 from retrieval.serving import keys_in_use
 from retrieval.spaces import Space
+from retrieval.work_locks import claim_key
 
 logger = logging.getLogger(__name__)
 
-_LOCK_NAMESPACE = {"status": 1, "masks_status": 2}
 Loaded = tuple[Image, PILImage.Image]  # an image and the picture the models see
 
 
@@ -57,8 +58,15 @@ class BatchReport:
     failed: list[int]
 
 
-def _lock_key(status_field: str, image_id: int) -> int:
-    return (_LOCK_NAMESPACE[status_field] << 48) | image_id
+AfterWrite = Callable[[BatchReport], object]
+
+
+def indexes_build_after(report: BatchReport) -> None:
+    """After a stage that wrote vectors: build every index that does not exist yet, so that the first
+    import's images are searchable once embedded and its indexes are there when it ends, without a
+    query (later vectors are caught up by the processes that search)."""
+    if report.processed:
+        missing_indexes_build()
 
 
 @contextlib.contextmanager
@@ -80,7 +88,7 @@ def _claimed(*, status_field: str, first_ids: Sequence[int], batch_size: int) ->
             for image_id in candidates:
                 if len(claimed) == batch_size:
                     break
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(status_field, image_id)])
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [claim_key(status_field, image_id)])
                 if cursor.fetchone()[0]:
                     claimed.append(image_id)
             # Re-read after claiming: another worker may have finished one just before.
@@ -89,7 +97,7 @@ def _claimed(*, status_field: str, first_ids: Sequence[int], batch_size: int) ->
             yield images
         finally:
             for image_id in claimed:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(status_field, image_id)])
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [claim_key(status_field, image_id)])
 
 
 Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, shared by the stages of one batch
@@ -173,8 +181,9 @@ def _write(*, status_field: str, error_field: str, results: dict[int, Any], erro
 
 def _process_batch(*, status_field: str, error_field: str, first_ids: Sequence[int], batch_size: int | None,
                    infer: Callable[[list[Loaded]], list[Any]], write_all: Callable[[list[tuple[Image, Any]]], None],
-                   decoded: Decoded | None = None) -> BatchReport:
-    """Claim a batch of pending images, run the model outside any transaction, write the results."""
+                   decoded: Decoded | None = None, after_write: AfterWrite | None = None) -> BatchReport:
+    """Claim a batch of pending images, run the model outside any transaction, write the results;
+    after_write(report) runs while the images are still claimed (work_locks.work_in_flight)."""
     with _claimed(status_field=status_field, first_ids=first_ids,
                   batch_size=batch_size or device_batch_size()) as images:
         if not images:
@@ -183,11 +192,14 @@ def _process_batch(*, status_field: str, error_field: str, first_ids: Sequence[i
         results = {image.pk: out for (image, _), out in _infer_isolating_failures(loaded, infer, errors)}
         processed = _write(status_field=status_field, error_field=error_field, results=results, errors=errors,
                            write_all=write_all)
-    return BatchReport(processed=processed, failed=sorted(errors))
+        report = BatchReport(processed=processed, failed=sorted(errors))
+        if after_write is not None:
+            after_write(report)
+    return report
 
 
-def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
-                models: ActiveModels | None = None, decoded: Decoded | None = None) -> BatchReport:
+def embed_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
+                decoded: Decoded | None = None, after_write: AfterWrite | None = None) -> BatchReport:
     """Compute the active semantic and content embeddings for one batch of pending images, and,
     while a model change re-embeds the gallery, the serving (previous) models' too: images added
     meanwhile stay findable by the models that answer queries."""
@@ -207,7 +219,8 @@ def embed_batch(*, first_id: int | None = None, batch_size: int | None = None,
             update_conflicts=True, unique_fields=["image", "space", "model_key"], update_fields=["vector"])
 
     return _process_batch(status_field="status", error_field="error", first_ids=_ids(first_id),
-                          batch_size=batch_size, infer=infer, write_all=write_all, decoded=decoded)
+                          batch_size=batch_size, infer=infer, write_all=write_all, decoded=decoded,
+                          after_write=after_write)
 
 
 @dataclass(frozen=True)
@@ -217,8 +230,8 @@ class SegmentedMask:
     region_vectors: dict[tuple[Space, str], Any]  # (space, model key) -> vector; empty below the minimum area
 
 
-def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
-                  models: ActiveModels | None = None, decoded: Decoded | None = None) -> BatchReport:
+def segment_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
+                  decoded: Decoded | None = None, after_write: AfterWrite | None = None) -> BatchReport:
     """Compute the active segmenter's masks for one batch of images whose masks are pending, and each
     mask's region vectors (the models in use, as for whole images) from the same decoded picture.
     Images `decoded` holds (an earlier stage's batch) are taken first, then first_id, then the oldest."""
@@ -258,7 +271,7 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
 
     return _process_batch(status_field="masks_status", error_field="masks_error",
                           first_ids=[*(decoded or {}), *_ids(first_id)], batch_size=batch_size, infer=infer,
-                          write_all=write_all, decoded=decoded)
+                          write_all=write_all, decoded=decoded, after_write=after_write)
 
 
 def _ids(first_id: int | None) -> list[int]:
@@ -266,32 +279,31 @@ def _ids(first_id: int | None) -> list[int]:
 
 
 def process_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
-                  masks: bool = True, after_each_stage: Callable[[BatchReport], object] | None = None,
+                  masks: bool = True, after_each_stage: AfterWrite | None = indexes_build_after,
                   ) -> tuple[BatchReport, BatchReport]:
     """One batch through both stages in this process: embed a batch of pending images (first_id first)
     and write it, so the images are searchable before segmentation starts; then segment the same images
     first (or, where they are already done or claimed, other pending ones). Each file is read and decoded
     once for the two, and models built on one network (the offline profile's) pass each picture once.
     masks=False embeds only (segmentation then reports nothing done). after_each_stage(report) runs
-    after each stage's write. Returns the two stages' reports."""
+    after each stage's write, its images still claimed: by default it builds the indexes that do not
+    exist yet. Returns the two stages' reports."""
     models = models or active_models()
     decoded: Decoded = {}
     with shared_passes():
-        embedded = embed_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded)
-        if after_each_stage is not None:
-            after_each_stage(embedded)
+        embedded = embed_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded,
+                               after_write=after_each_stage)
         if not masks:
             return embedded, BatchReport(processed=[], failed=[])
-        segmented = segment_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded)
-        if after_each_stage is not None:
-            after_each_stage(segmented)
+        segmented = segment_batch(first_id=first_id, batch_size=batch_size, models=models, decoded=decoded,
+                                  after_write=after_each_stage)
     return embedded, segmented
 
 
 def process_all_pending(*, batch_size: int | None = None, progress: Progress | None = None,
                         masks: bool = True) -> None:
     """Embed and segment every pending image in this process (import_folder --sync, reset), batch by
-    batch (`process_batch`).
+    batch (`process_batch`: the first indexes are built as a worker builds them).
 
     masks=False embeds only (the masks stay pending): `evaluate` needs no masks.
     """

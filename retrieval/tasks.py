@@ -12,20 +12,14 @@ from django.utils import timezone
 from retrieval import uploads
 from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import loaded_precisions
-from retrieval.integrity import integrity_check, integrity_heal, missing_indexes_build
-from retrieval.pipeline import BatchReport, process_batch
+from retrieval.integrity import integrity_check, integrity_heal
+from retrieval.pipeline import process_batch
 
 
 def process_images(image_id: int) -> dict[str, list[int]]:
     """Embed a batch of pending images, this one first, then segment the same batch (with the masks'
-    region vectors). After each stage that wrote vectors, build any index that does not exist yet, so
-    that the first import's images are searchable once embedded and its indexes ready when it ends
-    (later vectors are caught up by the web processes themselves)."""
-    def indexes_build(report: BatchReport) -> None:
-        if report.processed:
-            missing_indexes_build()
-
-    embedded, segmented = process_batch(first_id=image_id, after_each_stage=indexes_build)
+    region vectors); after each stage, build the indexes that do not exist yet (`process_batch`)."""
+    embedded, segmented = process_batch(first_id=image_id)
     return {"processed": embedded.processed, "failed": embedded.failed,
             "masks_processed": segmented.processed, "masks_failed": segmented.failed}
 

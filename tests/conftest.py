@@ -40,8 +40,12 @@ class Worker:
     def __init__(self, env_overrides: dict[str, str]):
         from django.db import connection
 
+        from django.conf import settings
+
+        # The test's index folder unless told otherwise: worker and test process on one "host".
         env = {**os.environ, "IMAGINAITION_DATABASE_NAME": connection.settings_dict["NAME"],
-               "PYTHONUNBUFFERED": "1", **env_overrides}
+               "IMAGINAITION_INDEX_DIR": str(settings.IMAGINAITION_INDEX_DIR), "PYTHONUNBUFFERED": "1",
+               **env_overrides}
         self.log_path = Path(env_overrides.get("_LOG", "/tmp")) / f"qcluster-{os.getpid()}-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=REPO, env=env,
@@ -88,6 +92,19 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str 
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(autouse=True)
+def _indexes_per_test(settings, tmp_path):
+    """Each test builds its FAISS indexes in its own folder (nothing leaks into var/indexes) and starts
+    with none loaded: the first indexes are built as soon as vectors are written (retrieval.pipeline),
+    so many tests build some, and a loaded one must not answer the next test's queries."""
+    from retrieval.index_snapshots import manager
+
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    manager.clear()
+    yield
+    manager.clear()
 
 
 @pytest.fixture(autouse=True)

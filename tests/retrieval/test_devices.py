@@ -1,6 +1,10 @@
 """Where models run (IMAGINAITION_DEVICE), each process's share of the CPU threads, and indexes that
 are ready when the workers finish."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +17,7 @@ from retrieval.encoders import registry
 from retrieval.encoders.autoencoder import AutoencoderEncoder, load_checkpoint
 from retrieval.encoders.devices import DEVICE_BATCH_SIZES, batch_size, model_device, resolve_device, thread_share
 from retrieval.models import IndexState
-from tests.conftest import wait_for
+from tests.conftest import REPO, wait_for
 from tests.retrieval.test_pipeline import upload
 
 ACCELERATORS = [torch.device("cuda")] if torch.cuda.is_available() else []
@@ -94,14 +98,40 @@ def test_an_import_by_workers_ends_with_its_indexes_built_without_any_query(clie
         return Image.objects.filter(pk__in=ids, status="ready", masks_status="ready").count() == 2
 
     wait_for(done, timeout=240, interval=1, message="the worker to process the uploads")
-    wait_for(lambda: IndexState.objects.filter(owner="image").exclude(file_name="").count() == 2, timeout=60,
-             interval=0.5, message="the worker to build the image indexes")
-    status = client.get(reverse("api-status")).json()  # no search has run in any process
-    assert status["integrity"]["state"] == "ok", [(h["owner"], h["space"], h["state"], h["database_count"], h["index_count"], h["version"]) for h in status["integrity"]["indexes"]]
+    # No search runs in any process. From the moment the work is done the status reads "building
+    # index" until the worker's indexes are there, then ok: never "index missing".
+    seen: list[str] = []
+
+    def indexes_ready() -> dict | None:
+        integrity = client.get(reverse("api-status")).json()["integrity"]
+        seen.append(integrity["state"])
+        return integrity if integrity["state"] == "ok" else None
+
+    integrity = wait_for(indexes_ready, timeout=60, interval=0.2, message="the worker's indexes")
+    assert set(seen) <= {"building index", "ok"}, seen
+    indexed = {(h["owner"], h["space"]) for h in integrity["indexes"] if h["database_count"]}
+    assert {("image", "semantic"), ("image", "content")} <= indexed
+    assert IndexState.objects.exclude(file_name="").count() == len(indexed)
     ping = client.post(reverse("api-worker-check")).json()["task_id"]
     result = wait_for(lambda: client.get(reverse("api-worker-check-result", args=[ping])).json().get("result"),
                       timeout=60, message="the worker to answer")
     assert result["torch_threads"] == thread_share(1) and result["device"] == str(model_device())
+
+
+def test_a_web_process_starts_quietly_with_its_share_of_the_cores():
+    # As gunicorn loads the application (argv[0] is how the app tells a web process).
+    code = ("import sys; sys.argv = ['gunicorn']; import imaginaition_site.wsgi, torch; "
+            "print('torch threads', torch.get_num_threads())")
+    env = {name: value for name, value in os.environ.items() if name != "IMAGINAITION_TORCH_THREADS"}
+    env.update(IMAGINAITION_MODEL_PROFILE="offline", IMAGINAITION_DEVICE="cpu", IMAGINAITION_WEB_PROCESSES="2")
+    started = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert started.returncode == 0, started.stderr
+    assert f"torch threads {thread_share(2)}" in started.stdout  # its share, not torch's default (every core)
+    log = started.stderr.splitlines()
+    said = [line for line in log if "model profile" in line]
+    assert len(said) == 1 and "model profile offline: semantic " in said[0] and "device cpu" in said[0], log
+    assert not [line for line in log if "faiss" in line.lower() or "AVX" in line], log
 
 
 def _autocast_on(device_type: str) -> bool:

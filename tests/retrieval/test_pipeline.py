@@ -18,6 +18,7 @@ from retrieval.models import Embedding, RegionEmbedding
 from retrieval import pipeline, tasks
 from retrieval.models import IndexState
 from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
+from retrieval.work_locks import work_in_flight
 from retrieval.encoders import registry
 from tests.conftest import wait_for
 
@@ -100,16 +101,18 @@ def test_a_worker_task_embeds_a_batch_then_segments_the_same_images_reading_and_
     passed: list[int] = []
     network = registry.get_model(offline.semantic).network
     statuses_at_index_builds: list[set] = []
-    real_build = tasks.missing_indexes_build
+    in_flight_at_index_builds: list[bool] = []
+    real_build = pipeline.missing_indexes_build
 
     def build():
         statuses_at_index_builds.append(set(Image.objects.values_list("status", "masks_status")))
+        in_flight_at_index_builds.append(work_in_flight())  # the batch's claims are still held
         return real_build()
 
     hook = network.register_forward_hook(lambda module, args, output: passed.append(args[0].shape[0]))
     try:
         with mock.patch.object(pipeline, "picture_for_models", lambda data: decoded.append(len(data)) or real_decode(data)), \
-                mock.patch.object(tasks, "missing_indexes_build", build):
+                mock.patch.object(pipeline, "missing_indexes_build", build):
             result = tasks.process_images(ids[1])
     finally:
         hook.remove()
@@ -119,6 +122,7 @@ def test_a_worker_task_embeds_a_batch_then_segments_the_same_images_reading_and_
     assert regions and sum(passed) == 3 + regions
     # Searchable before the segmentation: the image indexes are built after the embedding's write.
     assert statuses_at_index_builds == [{("ready", "pending")}, {("ready", "ready")}]
+    assert in_flight_at_index_builds == [True, True] and not work_in_flight()
     assert IndexState.objects.filter(owner="image", space="semantic", model_key=offline.semantic)\
         .exclude(file_name="").exists()
     assert Mask.objects.filter(image_id__in=ids).exists()

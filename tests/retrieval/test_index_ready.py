@@ -1,0 +1,81 @@
+"""Indexes ready when the work is done: the first index of each space is built as soon as its first
+vectors are written, by whichever process wrote them; meanwhile the status reads "building index",
+and "index missing" only when nothing is on its way to build it."""
+
+import numpy as np
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from PIL import Image as PILImage
+
+from retrieval import status
+from retrieval.encoders import registry
+from retrieval.index_snapshots import manager
+from retrieval.integrity import integrity_check, integrity_heal
+from retrieval.models import IndexState
+from retrieval.work_locks import MISSING_INDEX_BUILD, claim_key
+from tests.gallery.factories import add_embedding, make_image
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def offline(settings, media_root):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    return registry.active_models()
+
+
+def test_a_sync_import_ends_with_its_indexes_built_without_any_query(offline, settings, tmp_path):
+    from skimage import data as skdata
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        PILImage.fromarray(getattr(skdata, name)()).save(folder / f"{name}.jpg", quality=90)
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+
+    call_command("import_folder", str(folder), "--sync")
+
+    report = integrity_check(check_files=False)
+    assert report.state == "ok", report.as_dict()
+    built = {(h.owner, h.space) for h in report.indexes if h.database_count and h.index_count == h.database_count}
+    assert built == {(owner, space) for owner in ("image", "region") for space in ("semantic", "content")}
+    assert IndexState.objects.exclude(file_name="").count() == 4
+    assert status.banner_refresh().index == "ok"
+
+
+def _second_session() -> psycopg.Connection:
+    """Another process's connection to the same database."""
+    return psycopg.connect(**connection.get_connection_params(), autocommit=True)
+
+
+def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(offline, monkeypatch):
+    image = make_image()
+    rng = np.random.default_rng(0)
+    semantic = rng.normal(size=registry.model_dim(offline.semantic))
+    add_embedding(image, space="semantic", model_key=offline.semantic, vector=semantic / np.linalg.norm(semantic))
+    add_embedding(image, space="content", model_key=offline.content, vector=np.full(1024, 1 / 1024))
+
+    def states() -> set[str]:
+        return {h.state for h in integrity_check(check_files=False).indexes if h.owner == "image"}
+
+    assert states() == {"index missing"}  # vectors, and nothing building their index
+
+    with _second_session() as other:
+        for key in (MISSING_INDEX_BUILD, claim_key("status", image.pk), claim_key("masks_status", 10**9)):
+            other.execute("SELECT pg_advisory_lock(%s)", [key])
+            report = integrity_check(check_files=False)
+            assert states() == {"building index"} and report.state == "building index", key
+            assert integrity_heal(report) == []  # left to the build on its way
+            other.execute("SELECT pg_advisory_unlock(%s)", [key])
+            assert states() == {"index missing"}
+        other.execute("SELECT pg_advisory_lock(%s)", [12345])  # a lock of other work means nothing here
+        assert states() == {"index missing"}
+
+    monkeypatch.setattr(manager, "copying", lambda **where: True)  # this host copying another host's index
+    assert states() == {"building index"}
+    monkeypatch.undo()
+
+    assert sorted(integrity_heal(integrity_check(check_files=False)))  # missing: healed by a rebuild
+    assert integrity_check(check_files=False).state == "ok"
