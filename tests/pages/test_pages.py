@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 
 from gallery.imaging import probability_to_png
 from gallery.models import Image, Mask
+from retrieval.encoders.devices import model_device
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +60,8 @@ def test_every_page_renders_in_every_state(client, user, state):
     for url in page_urls(image):
         response = client.get(url)
         assert response.status_code == 200, url
-        assert b"Model profile: <strong>offline</strong>" in response.content
+        assert f"Model profile: <strong>offline</strong> on <strong>{model_device()}</strong>".encode() \
+            in response.content
     if state == "failed":
         page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
         assert "The stored file is missing." in page and '>Retry</button>' in page
