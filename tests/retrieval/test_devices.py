@@ -75,7 +75,10 @@ def test_the_registry_loads_models_onto_the_process_device_and_the_status_says_w
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
     models = registry.active_models()
     semantic, content = registry.get_model(models.semantic), registry.get_model(models.content)
+    segmenter = registry.get_model(models.segmenter)
     assert semantic.network.device.type == model_device().type
+    assert segmenter.network is semantic.network  # the offline segmenter: the same network, so the same device
+    assert semantic.text_model.device.type == model_device().type  # MiniLM, the text tower
     assert {p.device.type for p in content.model.parameters()} == {model_device().type}
     client.force_login(user)
     status = client.get(reverse("api-status")).json()

@@ -297,6 +297,7 @@ def test_a_large_embedding_table_can_stay_in_the_file_and_reads_the_same(tmp_pat
 
 
 ACCELERATORS = [torch.device("cuda")] if torch.cuda.is_available() else []
+WORDS = ["a cat on a sofa", "a cup of coffee", "a rocket on its launch pad"]
 
 
 @pytest.mark.gpu
@@ -321,18 +322,23 @@ def test_standard_models_run_on_the_device_and_keep_half_precision_only_where_it
             placed = {p.device.type for model in (clip.model, segmenter.model) for p in model.parameters()}
             assert placed == {device.type}
             vectors, masks = clip.encode_images(photos), segmenter.segment(photos)  # the deciding batch: fp32
-            for choice in (clip.image_precision, segmenter.precision):
+            texts = clip.encode_texts(WORDS)  # the text tower decides on its own first batch
+            for choice in (clip.image_precision, clip.text_precision, segmenter.precision):
                 assert choice.decided
                 tried = choice.measured is not None
                 assert (choice.dtype is not None) == (tried and choice.measured >= choice.bar), choice.describe()
             assert vectors_agreement(vectors, clip.encode_images(photos)) >= VECTOR_COSINE_BAR
+            assert vectors_agreement(texts, clip.encode_texts(WORDS)) >= VECTOR_COSINE_BAR
             assert masks_agreement(masks, segmenter.segment(photos)) >= MASK_IOU_BAR
         registry.unload_all()
         assert all(masks), "random weights still find labels: the comparisons compared masks"
         if device.type != "cpu":
             with override_settings(**profile, IMAGINAITION_DEVICE="cpu", IMAGINAITION_PRECISION="fp32"):
-                on_cpu = registry.get_model(CLIP_KEY).encode_images(photos), registry.get_model(DEEPLAB_KEY).segment(photos)
+                cpu_clip = registry.get_model(CLIP_KEY)
+                on_cpu = cpu_clip.encode_images(photos), registry.get_model(DEEPLAB_KEY).segment(photos)
+                cpu_texts = cpu_clip.encode_texts(WORDS)
             assert vectors_agreement(on_cpu[0], vectors) >= VECTOR_COSINE_BAR
+            assert vectors_agreement(cpu_texts, texts) >= VECTOR_COSINE_BAR
             assert masks_agreement(on_cpu[1], masks) >= MASK_IOU_BAR
     finally:
         registry.unload_all()
