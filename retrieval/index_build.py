@@ -19,6 +19,7 @@ reached 0.99 at 200k but only 0.87 at 1M even with every list scanned and 32 × 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -48,6 +49,12 @@ ANN_KINDS = (*IVF_KINDS, "hnsw")
 RERANK_FACTORS = (1, 2, 4, 8, 12, 16, 24, 32)  # candidates re-ranked, × k, tried by the calibration
 PQ_TRAINING_POINTS_PER_CENTRE = 32
 PQ_MIN_TRAINING_ROWS = 64  # fewer sample rows than this: plain IVF (2^4 centres per code to train)
+
+# Finer kinds to suggest where one stays below the target recall with every list scanned (plain ivf scans exactly).
+FINER_KINDS = {"ivf-sq4": "ivf-sq6, ivf-sq8, ivf-pq or ivf", "ivf-sq6": "ivf-sq8, ivf-pq or ivf",
+               "ivf-sq8": "ivf-pq or ivf", PRODUCT_QUANTIZED: "ivf"}
+
+logger = logging.getLogger(__name__)
 
 # One unit of work for the builder thread: returns (image ids, vectors) when called.
 ChunkSource = Callable[[], tuple[np.ndarray, np.ndarray]]
@@ -96,6 +103,21 @@ def ivf_lists(count: int) -> int:
 def pq_codes(dim: int) -> int:
     """Product codes per vector: dim/2 (2 dimensions a code), or the nearest smaller divisor of dim."""
     return next(codes for codes in range(max(1, dim // PQ_DIMS_PER_CODE), 0, -1) if dim % codes == 0)
+
+
+def recall_shortfall(*, kind: str, params: dict, count: int) -> str | None:
+    """What to tell the operator when an IVF index's calibrated recall is below
+    IMAGINAITION_ANN_TARGET_RECALL, with finer choices; None when it reached it (or was not calibrated).
+    The calibration stops short only with every list scanned, so this is the kind's ceiling: the
+    index is kept (it serves searches), a finer kind is the remedy."""
+    target = settings.IMAGINAITION_ANN_TARGET_RECALL
+    recall = params.get("recall")
+    if kind not in IVF_KINDS or recall is None or recall >= target:
+        return None
+    finer = f"a finer IMAGINAITION_ANN_INDEX ({FINER_KINDS[kind]}) or " if kind in FINER_KINDS else ""
+    return (f"{kind} reached recall {recall}, below the target {target} (IMAGINAITION_ANN_TARGET_RECALL), "
+            f"even scanning all {params.get('lists')} lists; kept, but to reach the target choose {finer}"
+            f"exact search (flat: IMAGINAITION_FLAT_INDEX_MAX >= {count})")
 
 
 def build_faiss_index_streamed(*, space: str, dim: int, count: int, sample: np.ndarray | None,
@@ -227,6 +249,9 @@ def _fill(index: faiss.IndexIDMap2, ivf: faiss.IndexIVF | None, *, kind: str, sp
                 ivf.make_direct_map()  # lets vectors_for() reconstruct stored vectors by id
             params.update(_calibrate_nprobe(index, ivf, space=space, queries=queries, exact=exact.I, k=k,
                                             stored=rerank_vectors))
+            shortfall = recall_shortfall(kind=kind, params=params, count=index.ntotal)
+            if shortfall:  # silently below target would pass for a good index
+                logger.warning("%s index of %d vectors: %s", space, index.ntotal, shortfall)
         else:
             _, found = index.search(queries, width)
             params["recall"] = round(_recall(found, exact.I, k), 4)

@@ -22,8 +22,16 @@ if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start -
 status=0
 $PY -m pytest "$@" || status=$?
 cleanup
-# Nothing the suite started may outlive it: no PostgreSQL on our data folder, no qcluster.
-leftover=$(pgrep -af "postgres.*$(pwd)/var/pgdata|$(pwd)/.venv/bin/python manage.py qcluster" || true)
+# Nothing the suite started may outlive it: no PostgreSQL on our data folder or on a multi-host test's
+# (tests/test_multihost.py: a mkdtemp "imaginaition-mh-pg-*"), no qcluster, no gunicorn of that test.
+# Only the tests pass --no-control-socket: a developer's `make run` gunicorn never matches.
+leftover_patterns=(
+    "postgres.*$(pwd)/var/pgdata"
+    "$(pwd)/.venv/.*/bin/postgres -D [^ ]*/imaginaition-mh-pg-[^/ ]*/pgdata"
+    "$(pwd)/.venv/bin/python manage.py qcluster"
+    "$(pwd)/.venv/bin/python -m gunicorn imaginaition_site\.wsgi:application .*--no-control-socket"
+)
+leftover=$(IFS='|'; pgrep -af "${leftover_patterns[*]}" || true)
 if [ -n "$leftover" ]; then
     echo "!! processes left running after the tests:"; echo "$leftover"; status=1
 fi

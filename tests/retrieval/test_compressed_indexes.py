@@ -4,6 +4,7 @@ ivf-pq's re-rank vectors in a memory-mapped file beside the index."""
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 
 from gallery import services
 from gallery.models import Image, Mask
@@ -251,3 +252,27 @@ def test_a_failed_product_quantized_build_leaves_no_file_behind(settings, monkey
         index_rebuild(space=space, model_key=key, dim=dim)
     assert sorted(path.name for path in index_dir().iterdir()) == before  # no .rerank.tmp, no new version
     assert manager.get(space=space, model_key=key, dim=dim).count == 500
+
+
+def test_an_index_below_the_target_recall_is_kept_with_a_warning(settings, caplog, capsys):
+    """A target out of any kind's reach (above 1): the calibration scans every list and stops short;
+    the build logs why and what to choose, rebuild_index says it on stderr and still succeeds."""
+    settings.IMAGINAITION_ANN_INDEX = "ivf-sq6"
+    settings.IMAGINAITION_ANN_TARGET_RECALL = 1.01
+    space, key, dim = CONTENT
+    store_bulk(space, key, clustered_vectors(space, 300, dim, seed=41))
+    with caplog.at_level("WARNING", logger="retrieval.index_build"):
+        call_command("rebuild_index")
+    out, err = capsys.readouterr()
+    assert "content autoencoder/v1: 300 vectors, ivf-sq6" in out
+    [record] = [r for r in caplog.records if r.name == "retrieval.index_build"]
+    assert record.levelname == "WARNING"
+    for part in ("content index of 300 vectors", "ivf-sq6 reached recall", "target 1.01", "ivf-sq8", "flat"):
+        assert part in record.getMessage()
+    assert "content autoencoder/v1: warning: ivf-sq6 reached recall" in err and "ivf-pq" in err
+
+    settings.IMAGINAITION_ANN_TARGET_RECALL = 0.5  # reached: no warning
+    caplog.clear()
+    call_command("rebuild_index")
+    assert "warning" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name == "retrieval.index_build"]

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
 from retrieval.encoders.registry import MODELS, model_dim
+from retrieval.index_build import recall_shortfall
 from retrieval.indexes import index_rebuild
 from retrieval.serving import keys_in_use
 from retrieval.spaces import VECTOR_OWNERS
@@ -35,3 +36,6 @@ class Command(BaseCommand):
             chosen = "".join(f", {name} {value}" for name, value in report.params.items())
             self.stdout.write(f"{label}: {report.count} vectors, {report.kind}{chosen}, "
                               f"version {report.version}, {report.seconds:.2f} s")
+            shortfall = recall_shortfall(kind=report.kind, params=report.params, count=report.count)
+            if shortfall:  # usable, so the command succeeds; but the operator should see it
+                self.stderr.write(f"{label}: warning: {shortfall}", style_func=self.style.WARNING)
