@@ -109,8 +109,9 @@ def _indexes_per_test(settings, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _uploads_segmented_in_process(settings):
-    """Pages and API calls that need an upload's masks get them in the test's own process; the tests
-    of the interactive worker (tests/retrieval/test_interactive_worker.py) switch this off."""
+    """Pages and API calls that need an upload's masks get them in the test's own process; the tests of
+    the interactive worker (tests/retrieval/test_interactive_worker.py, tests/site/test_object_storage.py)
+    switch this off."""
     settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE = True
 
 

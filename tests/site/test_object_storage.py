@@ -90,6 +90,46 @@ def test_with_s3_storage_web_and_worker_share_files_only_through_the_bucket(
                    for path in folder.rglob("*"))
 
 
+@pytest.mark.integration
+def test_with_s3_storage_the_interactive_worker_segments_an_upload_it_reads_from_the_bucket(
+        client, user, settings, tmp_path, moto_s3_server, start_worker):
+    """A staged upload (search page) goes to the bucket; the interactive worker, on a host with a disk of
+    its own, reads it from there and stores the masks; the web process never loads the segmenter."""
+    from retrieval.encoders import registry
+
+    env, s3 = moto_s3_server
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage(env)}
+    settings.MEDIA_ROOT = tmp_path / "web-host-disk"
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE = False  # the product's default
+    registry.unload_all()
+    worker_disk = tmp_path / "worker-host-disk"
+    worker = start_worker(Q_CLUSTER_NAME="interactive", IMAGINAITION_MODEL_PROFILE="offline",
+                          IMAGINAITION_MEDIA_ROOT=str(worker_disk), **env)
+    client.force_login(user)
+    try:
+        client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
+        token = client.session["staged_upload"]
+        assert f"gallery/staging/{token}.upload" in bucket_keys(s3)
+
+        def segmented():
+            if worker.process.poll() is not None:
+                pytest.fail(f"qcluster exited:\n{worker.log()}")
+            return client.get(reverse("pages:staged-state")).json()["state"] != "working"
+
+        wait_for(segmented, timeout=180, interval=0.5, message="the interactive worker to segment the upload")
+        state = client.get(reverse("pages:staged-state")).json()
+        assert state["state"] == "ready" and "cat" in state["labels"], (state, worker.log()[-3000:])
+        overlay = client.get(reverse("pages:staged-overlay", args=[8]))  # the cat's mask, from the worker
+        assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
+        assert registry.active_models().segmenter not in registry._loaded
+    finally:
+        registry.unload_all()
+    # Neither host wrote a file of its own: the worker read the upload from the bucket.
+    assert not any(path.is_file() for folder in (settings.MEDIA_ROOT, worker_disk) if folder.exists()
+                   for path in folder.rglob("*"))
+
+
 def test_storage_settings_refuse_what_cannot_work():
     assert media_storage({})["BACKEND"] == "gallery.storage.AtomicFileSystemStorage"
     with pytest.raises(ImproperlyConfigured, match="local or s3"):
