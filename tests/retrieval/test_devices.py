@@ -201,6 +201,36 @@ def test_half_precision_is_kept_only_where_it_agrees_with_fp32(device):
     assert vectors_agreement(reference, later) >= (VECTOR_COSINE_BAR if kept else 1.0 - 1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", [torch.device("cpu"), *ACCELERATORS], ids=str)
+def test_the_offline_segmenter_reads_its_masks_from_a_half_precision_pass(device, settings):
+    """The class activation maps come out of a pass that may run in half precision (on an accelerator,
+    the device's): the masks are still computed and returned in fp32, and the first batch decides."""
+    from skimage import data as skdata
+
+    from retrieval.encoders import offline
+    from retrieval.encoders.precision import MASK_IOU_BAR, PrecisionChoice, masks_agreement
+
+    settings.IMAGINAITION_DEVICE = device.type
+    segmenter = offline.load_segmenter(registry.MODELS["offline/effnet-lite2-cam"])
+    assert segmenter.network.device.type == device.type
+    pictures = [PILImage.fromarray(getattr(skdata, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut")]
+    reference = segmenter.segment(pictures)  # fp32 (the tests' setting)
+    assert any(reference)
+    half = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    segmenter.precision = PrecisionChoice(key="cam", device=device, dtype=half, agreement=masks_agreement,
+                                          bar=MASK_IOU_BAR)
+    first = segmenter.segment(pictures)  # the deciding batch: half precision tried, fp32 answered
+    assert [[(m.label, m.probability.tolist()) for m in masks] for masks in first] == \
+        [[(m.label, m.probability.tolist()) for m in masks] for masks in reference]
+    assert segmenter.precision.decided and segmenter.precision.measured is not None
+    kept = segmenter.precision.measured >= MASK_IOU_BAR
+    assert (segmenter.precision.dtype is not None) == kept
+    later = segmenter.segment(pictures)
+    assert {mask.probability.dtype for masks in later for mask in masks} == {np.dtype(np.float32)}
+    assert masks_agreement(reference, later) >= (MASK_IOU_BAR if kept else 1.0)
+
+
 FORKED_WORKER = """
 import multiprocessing, torch
 from retrieval.encoders.devices import resolve_device
