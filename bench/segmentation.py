@@ -11,6 +11,8 @@ glibc malloc reusing large blocks as the workers do (imaginaition_site/malloc.py
   channels-last + bf16; torch.compile (inductor) of the fp32 model;
 - OpenVINO (IMAGINAITION_SEGMENTER_RUNTIME=openvino): the same network converted once (the conversion's
   time is noted) and run by OpenVINO's CPU runtime in fp32;
+- int8 post-training quantization (torch's FX graph mode, x86 backend), calibrated on the same pictures:
+  measured only, not a product option (see docs/BENCHMARKS.md);
 - the segmenter as the registry loads it now (runtime torch, precision auto: decided on its warm-up batch).
 Each option's masks are compared with fp32's on the same pictures: the IoU of each label's mask
 (probability >= 0.5) over the labels either finds, and the labels found by one and not the other. An
@@ -31,6 +33,19 @@ from pathlib import Path
 from bench.common import bench_photos, describe_photos, load_average, setup_django, table, write_section
 
 IOU_BAR = 0.98
+
+
+class Int8DeepLab:
+    """DeepLabV3's forward pass (backbone, head, upsampling) over the separately quantized parts."""
+
+    def __init__(self, backbone, head) -> None:
+        self.backbone, self.head = backbone, head
+
+    def __call__(self, pictures):
+        import torch.nn.functional as F
+
+        logits = self.head(self.backbone(pictures.contiguous())["out"])
+        return {"out": F.interpolate(logits, size=pictures.shape[-2:], mode="bilinear", align_corners=False)}
 
 
 def mask_agreement(reference: list[list], other: list[list]) -> tuple[float, float, int]:
@@ -130,6 +145,30 @@ def main() -> None:
     def openvino() -> DeepLabSegmenter:
         return shipped(runtime="openvino", precision="fp32")
 
+    def int8() -> DeepLabSegmenter:
+        """Post-training int8 (torch's FX graph mode, x86 backend: VNNI where the CPU has it), calibrated
+        on the bench's own pictures; measured only: the product does not offer it."""
+        import warnings
+
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        from retrieval.encoders.deeplab import preprocess
+
+        torch.backends.quantized.engine = "x86"
+        segmenter = variant()
+        network = segmenter.model
+        mapping = get_default_qconfig_mapping("x86")
+        with warnings.catch_warnings():  # torch points FX quantization users at torchao
+            warnings.simplefilter("ignore")
+            backbone = prepare_fx(network.backbone, mapping, example_inputs=(torch.zeros(1, 3, 520, 520),))
+            head = prepare_fx(network.classifier, mapping, example_inputs=(torch.zeros(1, 2048, 65, 65),))
+            with torch.inference_mode():
+                for picture in preprocess(pictures):
+                    head(backbone(picture[None])["out"])
+            segmenter.model = Int8DeepLab(convert_fx(backbone), convert_fx(head))
+        return segmenter
+
     plain = variant()
     b = args.batch
     options: list[tuple[str, Callable[[], DeepLabSegmenter], int, Callable]] = [
@@ -145,6 +184,7 @@ def main() -> None:
         ("bf16 autocast, 1 per call", lambda: plain, 1, bf16),
         ("channels-last + bf16 autocast, 1 per call", lambda: variant(channels_last=True), 1, bf16),
         ("OpenVINO fp32 (the same network converted), 1 per call", openvino, 1, fp32),
+        ("int8, post-training (torch FX, x86 backend), calibrated on these pictures, 1 per call", int8, 1, fp32),
         (f"now, as loaded (torch, one per pass, no auxiliary head, batch norms folded, channels-last on a CPU, "
          f"precision auto), {b} per call", shipped, b,
          fp32),

@@ -16,6 +16,17 @@ from tests.retrieval.test_pipeline import jpeg
 pytestmark = pytest.mark.integration
 
 
+def wait_for_staged_segmentation(client, worker) -> dict:
+    """Poll the page's state URL until the interactive worker is done with the staged upload."""
+    def done():
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited:\n{worker.log()}")
+        return client.get(reverse("pages:staged-state")).json()["state"] != "working"
+
+    wait_for(done, timeout=180, interval=0.5, message="the interactive worker to segment the upload")
+    return client.get(reverse("pages:staged-state")).json()
+
+
 @pytest.fixture
 def worker_mode(settings, media_root):
     settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE = False  # the product's default
@@ -41,13 +52,7 @@ def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loa
     if state["state"] == "working":  # the worker may already be done; if not, the page says it is working
         assert "Finding the labels and masks of your picture" in first and "data-poll-url" in first
 
-    def ready():
-        if worker.process.poll() is not None:
-            pytest.fail(f"qcluster exited:\n{worker.log()}")
-        return client.get(reverse("pages:staged-state")).json()["state"] != "working"
-
-    wait_for(ready, timeout=180, interval=0.5, message="the interactive worker to segment the upload")
-    state = client.get(reverse("pages:staged-state")).json()
+    state = wait_for_staged_segmentation(client, worker)
     assert state["state"] == "ready" and "cat" in state["labels"], (state, worker.log()[-3000:])
     page = client.get(reverse("pages:home")).content.decode()
     assert "Finding the labels" not in page and "Search with this region" in page

@@ -17,6 +17,7 @@ from imaginaition_site.embedded_db import free_port
 from imaginaition_site.storage_settings import media_storage
 from retrieval.models import StagedUploadRecord
 from tests.conftest import wait_for
+from tests.retrieval.test_interactive_worker import wait_for_staged_segmentation
 from tests.retrieval.test_pipeline import jpeg, upload
 
 BUCKET = "imaginaition-test"
@@ -111,14 +112,7 @@ def test_with_s3_storage_the_interactive_worker_segments_an_upload_it_reads_from
         client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
         token = client.session["staged_upload"]
         assert f"gallery/staging/{token}.upload" in bucket_keys(s3)
-
-        def segmented():
-            if worker.process.poll() is not None:
-                pytest.fail(f"qcluster exited:\n{worker.log()}")
-            return client.get(reverse("pages:staged-state")).json()["state"] != "working"
-
-        wait_for(segmented, timeout=180, interval=0.5, message="the interactive worker to segment the upload")
-        state = client.get(reverse("pages:staged-state")).json()
+        state = wait_for_staged_segmentation(client, worker)
         assert state["state"] == "ready" and "cat" in state["labels"], (state, worker.log()[-3000:])
         overlay = client.get(reverse("pages:staged-overlay", args=[8]))  # the cat's mask, from the worker
         assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
