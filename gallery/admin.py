@@ -74,6 +74,12 @@ class ImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in decoded and validated: upload page, API, import_folder or reset
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Masks and vectors belong to their image: their admins refuse deleting them one by one (a
+        recomputation replaces them), which must not stop deleting the image they go with."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, perms_needed & {str(Image._meta.verbose_name)}, protected
+
     def delete_model(self, request: HttpRequest, obj: Image) -> None:
         services.image_delete(image=obj)  # its file, thumbnails and index entries go too
 

@@ -1,0 +1,63 @@
+"""Admin's delete removes an image with its masks, vectors and file, one at a time and in bulk,
+although masks and vectors cannot be deleted on their own in admin."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from gallery.models import Image, Mask
+from retrieval.models import Embedding, RegionEmbedding
+from tests.gallery.factories import add_embedding, add_mask, make_image
+
+pytestmark = pytest.mark.django_db
+
+
+def image_with_everything(name: str) -> Image:
+    image = make_image(name=name)
+    mask = add_mask(image)
+    add_embedding(image, space="semantic", model_key="test/semantic", vector=[1.0, 0.0, 0.0])
+    RegionEmbedding.objects.create(mask=mask, image=image, space="semantic", model_key="test/semantic",
+                                   vector=[0.0, 1.0, 0.0])
+    return image
+
+
+def test_an_administrator_deletes_an_image_with_its_masks_vectors_and_file(client, staff_user, media_root,
+                                                                          django_capture_on_commit_callbacks):
+    image = image_with_everything("cat.png")
+    stored = media_root / image.file.name
+    assert stored.exists()
+    client.force_login(staff_user)
+    url = reverse("admin:gallery_image_delete", args=[image.pk])
+    confirm = client.get(url)
+    assert confirm.status_code == 200 and "permission to delete" not in confirm.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):  # the file goes once the delete commits
+        response = client.post(url, {"post": "yes"})
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert not Image.objects.filter(pk=image.pk).exists()
+    assert not Mask.objects.exists() and not Embedding.objects.exists() and not RegionEmbedding.objects.exists()
+    assert not stored.exists()
+
+
+def test_the_bulk_action_deletes_the_selected_images_only(client, staff_user, media_root):
+    first, second, kept = (image_with_everything(name) for name in ("a.png", "b.png", "c.png"))
+    client.force_login(staff_user)
+    changelist = reverse("admin:gallery_image_changelist")
+    selected = {"action": "delete_selected", "_selected_action": [first.pk, second.pk]}
+    confirm = client.post(changelist, selected)
+    assert confirm.status_code == 200 and "permission to delete" not in confirm.content.decode()
+    response = client.post(changelist, {**selected, "post": "yes"})
+    assert response.status_code == 302
+    assert list(Image.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert list(Mask.objects.values_list("image_id", flat=True)) == [kept.pk]
+
+
+def test_a_staff_user_without_the_delete_permission_is_still_refused(client, django_user_model, media_root):
+    image = image_with_everything("cat.png")
+    viewer = django_user_model.objects.create_user("viewer", password="s3cret-Pass!", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename="view_image"))
+    client.force_login(viewer)
+    response = client.post(reverse("admin:gallery_image_delete", args=[image.pk]), {"post": "yes"})
+    assert response.status_code == 403
+    assert Image.objects.filter(pk=image.pk).exists()
