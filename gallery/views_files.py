@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.http import require_GET
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
 
 from gallery.access import access_image
 from gallery.imaging import FORMAT_MEDIA_TYPES, download_name
 from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 
 
+def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """The REST API hands out these files' URLs: a client that authenticates there with its token may
+    read them with the same header (a page's session works as before)."""
+    @wraps(view)
+    def with_token(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.is_authenticated:
+            try:
+                authenticated = TokenAuthentication().authenticate(Request(request))  # None without the header
+            except AuthenticationFailed as exc:
+                return HttpResponse(str(exc.detail), status=401, content_type="text/plain")
+            if authenticated is not None:
+                request.user = authenticated[0]
+        return view(request, *args, **kwargs)
+    return with_token
+
+
 @require_GET
+@api_token_accepted
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
     try:
@@ -18,12 +42,17 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
                                 content_type=FORMAT_MEDIA_TYPES.get(image.format, "application/octet-stream"))
     except FileNotFoundError as exc:
         raise Http404("The stored file is missing") from exc
-    # Uploaded bytes are never run as a page, even by a browser that ignores the type (nosniff is on too).
+    return sandboxed(response)
+
+
+def sandboxed(response: FileResponse) -> FileResponse:
+    """Uploaded bytes are never run as a page, even by a browser that ignores the type (nosniff is on too)."""
     response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
     return response
 
 
 @require_GET
+@api_token_accepted
 def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     if size not in THUMBNAIL_SIZES:
@@ -37,6 +66,7 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Htt
 
 
 @require_GET
+@api_token_accepted
 def mask_png(request: HttpRequest, image_id: int, mask_id: int) -> HttpResponse:
     """The soft mask as stored: an 8-bit grayscale PNG of per-pixel probability."""
     image = access_image(user=request.user, image_id=image_id)

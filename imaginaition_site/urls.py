@@ -13,8 +13,13 @@ urlpatterns = [
     # (an administrator sets a new password in admin, or with `manage.py changepassword`).
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
-    path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    # The site's own pages (admin keeps its own at admin/password_change/).
+    path("accounts/password_change/",
+         auth_views.PasswordChangeView.as_view(template_name="registration/site_password_change.html"),
+         name="password_change"),
+    path("accounts/password_change/done/",
+         auth_views.PasswordChangeDoneView.as_view(template_name="registration/site_password_change_done.html"),
+         name="password_change_done"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("gallery.api_urls")),

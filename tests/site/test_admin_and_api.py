@@ -212,4 +212,28 @@ def test_accounts_offer_sign_in_and_password_change_but_no_mailed_reset(client, 
     assert client.get(reverse("login")).status_code == 200
     assert client.get(reverse("password_change")).status_code == 302  # signed-in only
     client.force_login(user)
-    assert client.get(reverse("password_change")).status_code == 200
+    page = client.get(reverse("pages:home")).content.decode()
+    assert f'href="{reverse("password_change")}"' in page  # the site's menu links it
+    form = client.get(reverse("password_change"))
+    assert form.status_code == 200 and "Django site admin" not in form.content.decode()  # the site's page
+    done = client.post(reverse("password_change"), {"old_password": "s3cret-Pass!", "new_password1": "N3w-and-l0ng!",
+                                                     "new_password2": "N3w-and-l0ng!"}, follow=True)
+    assert "<h1>Password changed</h1>" in done.content.decode()
+    user.refresh_from_db()
+    assert user.check_password("N3w-and-l0ng!")
+
+
+def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, media_root):
+    from rest_framework.authtoken.models import Token
+
+    image = make_image(name="kitten.png")
+    mask = add_mask(image)
+    token = Token.objects.create(user=user).key
+    body = client.get(reverse("api-image", args=[image.pk]), HTTP_AUTHORIZATION=f"Token {token}").json()
+    urls = [body["file_url"], body["thumbnail_url"], *(row["mask_url"] for row in body["masks"])]
+    assert len(urls) == 3 and str(mask.pk) in urls[2]
+    for url in urls:
+        assert client.get(url).status_code == 404, url  # nothing without credentials: the gallery is private
+        response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
+        assert response.status_code == 200 and response["Content-Type"].startswith("image/"), url
+        assert client.get(url, HTTP_AUTHORIZATION="Token not-a-token").status_code == 401, url
