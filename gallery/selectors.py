@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from gallery.models import Image, Mask, ProcessingStatus
 
@@ -33,6 +33,5 @@ def label_counts() -> list[tuple[str, int]]:
 
 
 def images_pending_count() -> int:
-    """Images still waiting for their vectors or their masks (each kind of work counted)."""
-    return (Image.objects.filter(status=ProcessingStatus.PENDING).count()
-            + Image.objects.filter(masks_status=ProcessingStatus.PENDING).count())
+    """Images still waiting for their vectors or their masks (an image waiting for both counts once)."""
+    return Image.objects.filter(Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)).count()

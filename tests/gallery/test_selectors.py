@@ -38,3 +38,14 @@ def test_page_and_api_list_the_same_images_for_a_label(client, user, labelled):
     page = client.get(reverse("pages:gallery"), {"label": "cat"}).content.decode()
     assert "cat.png" in page and "both.png" in page and "plain.png" not in page
     assert '>cat <span class="hint">2</span></a>' in page and '>dog <span class="hint">1</span></a>' in page
+
+
+def test_the_queue_counts_each_waiting_image_once(media_root):
+    from gallery.models import ProcessingStatus
+
+    make_image(status=ProcessingStatus.PENDING)  # waits for its vectors, then its masks (both pending)
+    make_image()  # has its vectors, waits for its masks
+    done = make_image()
+    done.masks_status = ProcessingStatus.READY
+    done.save(update_fields=["masks_status"])
+    assert selectors.images_pending_count() == 2
