@@ -10,6 +10,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from django.conf import settings
@@ -44,6 +45,17 @@ class DecodedImage:
     format: str
     width: int
     height: int
+
+
+def header_format(stream: IO[bytes]) -> str:
+    """The format (Pillow's name) of a file already validated as an image, read from its header (the
+    stream is rewound): a staged upload keeps no format of its own."""
+    try:
+        image_format = PILImage.open(stream).format or ""
+    except (OSError, ValueError):
+        image_format = ""
+    stream.seek(0)
+    return image_format
 
 
 def download_name(original_name: str, image_format: str) -> str:

@@ -276,10 +276,10 @@ class SearchApi(APIView):
                             "application/x-www-form-urlencoded": SearchQuerySerializer},
                    responses={200: SearchResultSerializer,
                               400: OpenApiResponse(BAD_REQUEST, description="Not exactly one of image_id, mask_id, "
-                                                   "image or text; an unknown image or one without vectors yet; blank "
+                                                   "image or text; an image without vectors yet; blank "
                                                    "words; an upload that is not an image we accept; a label the "
                                                    "upload does not have; a region too small; an unknown filter label."),
-                              404: error_response("No such mask."),
+                              404: error_response("No such image (image_id) or mask (mask_id)."),
                               403: error_response("The gallery is private and the caller is not signed in, or "
                                                   "credentials that are not valid."),
                               413: error_response("An upload over the upload limit, or with too many pixels."),

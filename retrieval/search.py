@@ -133,7 +133,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
     if query.image_id is not None:
         image = Image.objects.filter(pk=query.image_id).first()
         if image is None:
-            raise QueryError("No such image.")  # a bad field of the query (the page itself answers 404)
+            raise QueryError("No such image.", status_code=404)  # as for an unknown mask_id
         vectors = vectors_for_image_id(image_id=image.pk, models=models)
         if query.include_self:
             vectors = replace(vectors, exclude_image_id=None)
@@ -145,7 +145,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
         else:
             staged = uploads.staged_get(session=session) if session is not None else None
             if staged is None:
-                raise QueryError("Your upload has expired; choose the file again.")
+                raise QueryError(uploads.staged_missing_message(session=session))
             data, name = staged.data(), staged.name
         if query.label is None:
             return vectors_for_upload(data=data, models=models), name, None
@@ -185,7 +185,7 @@ def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:
         if not Image.objects.filter(pk=image_id).exists():
-            raise QueryError("No such image.")
+            raise QueryError("No such image.", status_code=404)
         raise QueryError("This image has not been embedded yet; try again when its status is ready.")
     return _stored_query(stored, models=models, exclude_image_id=image_id, owner="image")
 

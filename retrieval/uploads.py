@@ -169,6 +169,13 @@ def staged_get(*, session: SessionBase) -> StagedUpload | None:
     return staged_read(session.get(SESSION_KEY, ""))
 
 
+def staged_missing_message(*, session: SessionBase | None) -> str:
+    """Why a session has no staged upload to search with: it never had one, or it expired."""
+    if session is None or not session.get(SESSION_KEY):
+        return "Nothing is uploaded yet: choose a file first."
+    return "Your upload has expired; choose the file again."
+
+
 def staged_segment(token: str) -> SegmentationState | None:
     """Segment a staged picture and store its masks with it (the interactive worker's task).
     Returns the state reached; None when the upload is gone (replaced or expired)."""

@@ -17,10 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import read_upload
+from gallery.imaging import FORMAT_MEDIA_TYPES, download_name, header_format, read_upload
 from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.views import gallery_reader, mask_threshold, png_response
+from gallery.views_files import sandboxed
 from retrieval import uploads
 from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
 from retrieval.preferences import preferences_get, preferences_update
@@ -54,9 +55,12 @@ def staged_file(request: HttpRequest) -> FileResponse:
     if staged is None:
         raise Http404("Nothing uploaded")
     try:
-        return FileResponse(default_storage.open(staged.file_name, "rb"))
+        stream = default_storage.open(staged.file_name, "rb")
     except FileNotFoundError as exc:
         raise Http404("Your upload has expired") from exc
+    image_format = header_format(stream)
+    return sandboxed(FileResponse(stream, filename=download_name(staged.name, image_format),
+                                  content_type=FORMAT_MEDIA_TYPES.get(image_format, "application/octet-stream")))
 
 
 @gallery_reader
@@ -66,7 +70,8 @@ def staged_state(request: HttpRequest) -> JsonResponse:
     """Whether the staged upload's labels are there yet (the page asks while it shows that it is working)."""
     staged = uploads.staged_get(session=request.session)
     if staged is None:
-        return JsonResponse({"state": "gone", "error": "Your upload has expired; choose the file again."}, status=404)
+        return JsonResponse({"state": "gone", "error": uploads.staged_missing_message(session=request.session)},
+                            status=404)
     return JsonResponse({"state": staged.state, "error": staged.error, "labels": [l["label"] for l in staged.labels]})
 
 

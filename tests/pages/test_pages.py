@@ -183,7 +183,9 @@ def test_upload_shows_labels_and_overlay_then_adds_once(client, user):
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", buffer.getvalue())})
     page = client.get(reverse("pages:home")).content.decode()
     assert re.search(r">cat <span", page) and ">Add to database</button>" in page
-    assert client.get(reverse("pages:staged-file")).status_code == 200
+    staged_file = client.get(reverse("pages:staged-file"))  # shown as the picture it is, never run as a page
+    assert staged_file.status_code == 200 and staged_file["Content-Type"] == "image/jpeg"
+    assert 'filename="chelsea.jpg"' in staged_file["Content-Disposition"] and "sandbox" in staged_file["Content-Security-Policy"]
     overlay = client.get(reverse("pages:staged-overlay", args=[8]) + "?threshold=30")
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
 
@@ -228,3 +230,12 @@ def test_retry_says_what_it_did(client, user):
     assert failed.status == "pending"
     page = client.post(reverse("pages:retry", args=[ready.pk]), follow=True).content.decode()
     assert "nothing to retry" in page and "back in the queue" not in page
+
+
+def test_a_missing_page_says_what_is_missing_within_the_site(client, user):
+    client.force_login(user)
+    response = client.get(reverse("pages:search"), {"image": 999999})
+    page = response.content.decode()
+    assert response.status_code == 404 and "<h1>Not found</h1>" in page and 'href="/gallery/"' in page
+    unknown = client.get("/no-such-page/")
+    assert unknown.status_code == 404 and "There is no page at <code>/no-such-page/</code>" in unknown.content.decode()

@@ -102,7 +102,7 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     assert "exactly one" in str(search(client).json())
     assert "exactly one" in str(search(client, image_id=gallery[0].pk, text="cat").json())
     response = search(client, image_id=999999)
-    assert response.status_code == 400 and "No such image" in response.json()["detail"]
+    assert response.status_code == 404 and "No such image" in response.json()["detail"]
     pending = make_image(status="pending")
     assert "not been embedded yet" in search(client, image_id=pending.pk).json()["detail"]
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400

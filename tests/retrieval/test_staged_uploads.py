@@ -35,6 +35,8 @@ def test_expired_uploads_and_orphan_files_are_removed_and_fresh_ones_kept(media_
     remaining = sorted(path.name for path in (media_root / "staging").iterdir())
     assert remaining == sorted([f"{fresh.token}.upload", recent_orphan.name])
     assert uploads.staged_get(session=session) is None  # the old session's upload has expired
+    assert uploads.staged_missing_message(session=session) == "Your upload has expired; choose the file again."
+    assert uploads.staged_missing_message(session=SessionStore()) == "Nothing is uploaded yet: choose a file first."
     assert fresh.data() == jpeg("coffee") and set(fresh.masks()) == {label["label"] for label in fresh.labels}
 
 
