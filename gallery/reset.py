@@ -195,7 +195,7 @@ def _run(job: ResetJob) -> ResetJob:
         job.phase = "building the search indexes"
         save("embedded")
         events.gallery_reloaded.send(sender=Image)
-        job.state, job.phase = ResetJob.State.DONE, "done"
+        job.state, job.phase = ResetJob.State.DONE, "every file imported, the indexes built"
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
         logger.exception("reset job %s failed", job.pk)
         job.state, job.error = ResetJob.State.FAILED, f"{type(exc).__name__}: {exc}"

@@ -128,11 +128,14 @@ def test_resetting_needs_its_own_permission_not_merely_staff(client, django_user
     assert response.status_code == 403 and not ResetJob.objects.exists()
     changelist = client.get(reverse("admin:gallery_image_changelist"))
     assert changelist.status_code in (200, 403) and "Reset / initialize" not in changelist.content.decode()
+    assert "Reset / initialize" not in client.get(reverse("admin:index")).content.decode()
 
     staff.user_permissions.add(Permission.objects.get(codename="reset_gallery", content_type__app_label="gallery"))
     staff = django_user_model.objects.get(pk=staff.pk)  # permissions are cached on the instance
     client.force_login(staff)
     assert client.get(reverse("gallery-reset")).status_code == 200
+    # With only this permission the image list is closed to them: admin's home page links the reset.
+    assert reverse("gallery-reset") in client.get(reverse("admin:index")).content.decode()
 
 
 @pytest.mark.django_db

@@ -101,7 +101,7 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     assert not staged.exists()
     client.force_login(staff_user)
     status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
-    assert status["state"] == "done" and status["imported"] == 4
+    assert status["state"] == "done" and status["state_label"] == "Done" and status["imported"] == 4
     search = client.post(reverse("api-search"), {"image_id": Image.objects.first().pk, "k": 3},
                          content_type="application/json").json()
     assert search["engine"] == "faiss" and len(search["results"]) == 3  # indexes were rebuilt
