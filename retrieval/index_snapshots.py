@@ -389,8 +389,8 @@ class IndexManager:
         if time.monotonic() - self._copy_failed_at.get(key, -COPY_RETRY_SECONDS) < COPY_RETRY_SECONDS:
             return  # it failed a moment ago (logged): pgvector or the older version answers meanwhile
         self._copying.add(key)
-        logger.info("index %s v%d was built on another host: building this host's copy from the database",
-                    state.file_name, state.version)
+        logger.info("index %s v%d is not in this host's index folder (built on another host, or its file was "
+                    "removed): building this host's copy from the database", state.file_name, state.version)
 
         def run() -> None:
             try:

@@ -50,7 +50,23 @@ def _slug(model_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", model_key).strip("-").lower()
 
 
+STALE_TEMPORARY_SECONDS = 6 * 3600  # far longer than any build writes one file
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """A process killed (or a short one that exited) while writing an index leaves its temporary file;
+    the next write in the folder removes those no build can still be writing."""
+    limit = time.time() - STALE_TEMPORARY_SECONDS
+    for leftover in folder.glob("*.tmp"):
+        try:
+            if leftover.stat().st_mtime < limit:
+                leftover.unlink()
+        except FileNotFoundError:
+            pass  # another process removed it first
+
+
 def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
+    _remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:

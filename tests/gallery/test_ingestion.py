@@ -363,7 +363,10 @@ def test_import_folder_imports_exactly_the_photos_and_reports_the_junk(photo_fol
 
 def test_import_folder_without_recursive_skips_sub_folders(photo_folder, media_root, capsys):
     call_command("import_folder", str(photo_folder))
-    assert "added: 15," in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "added: 15," in out and "sub-folders not read (add --recursive to import them too): sub" in out
+    call_command("import_folder", str(photo_folder), "--recursive")
+    assert "sub-folders not read" not in capsys.readouterr().out
 
 
 def test_import_folder_fails_for_an_unusable_path(tmp_path, import_root):

@@ -455,3 +455,21 @@ def test_the_calibrations_exact_l2_neighbours_by_one_matrix_product_match_faiss(
         distances, rows = index_build._exact_neighbours(queries, vectors, k, metric=faiss.METRIC_L2)
         assert (rows[:, 0] == expected_rows[:, 0]).all() and np.mean(rows == expected_rows) > 0.99
         assert np.abs(distances - expected_distances).max() < 1e-5
+
+
+@pytest.mark.django_db
+def test_a_build_removes_the_temporary_files_a_killed_writer_left_and_only_those(settings):
+    import os
+    import time
+
+    space, key, dim = CONTENT
+    store(space, key, random_vectors(space, 12, dim, seed=21))
+    folder = settings.IMAGINAITION_INDEX_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    left_over, being_written = folder / "tmpkilled.tmp", folder / "tmpwriting.tmp"
+    left_over.write_bytes(b""), being_written.write_bytes(b"half an index")
+    a_day_ago = time.time() - 24 * 3600
+    os.utime(left_over, (a_day_ago, a_day_ago))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    assert not left_over.exists() and being_written.exists()
+    assert sorted(p.name for p in folder.glob("*.tmp")) == ["tmpwriting.tmp"]

@@ -39,3 +39,8 @@ class Command(BaseCommand):
                           f"rejected: {len(report.rejected)}")
         for relative, reason in report.rejected:
             self.stdout.write(f"  rejected {relative}: {reason}")
+        if not recursive:
+            skipped = sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.is_symlink())
+            if skipped:
+                self.stdout.write(f"sub-folders not read (add --recursive to import them too): {', '.join(skipped[:10])}"
+                                  + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
