@@ -74,7 +74,8 @@ class ImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in decoded and validated: upload page, API, import_folder or reset
 
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+    def get_deleted_objects(self, objs: Any, request: HttpRequest
+                            ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
         """Masks and vectors belong to their image: their admins refuse deleting them one by one (a
         recomputation replaces them), which must not stop deleting the image they go with."""
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)

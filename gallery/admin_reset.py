@@ -63,7 +63,8 @@ def reset_start_view(request: HttpRequest) -> HttpResponse:
 
 
 def _job_data(job: ResetJob) -> dict[str, Any]:
-    return {"id": job.pk, "state": job.state, "state_label": job.get_state_display(), "phase": job.phase, "folder": job.folder,
+    return {"id": job.pk, "state": job.state, "state_label": job.get_state_display(), "phase": job.phase,
+            "folder": job.folder,
             "deleted_images": job.deleted_images, "total_files": job.total_files, "scanned": job.scanned,
             "imported": job.imported, "duplicates": job.duplicates, "rejected": job.rejected,
             "embedded": job.embedded, "error": job.error}

@@ -42,5 +42,6 @@ class Command(BaseCommand):
         if not recursive:
             skipped = sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.is_symlink())
             if skipped:
-                self.stdout.write(f"sub-folders not read (add --recursive to import them too): {', '.join(skipped[:10])}"
-                                  + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
+                more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+                self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
+                                  f"{', '.join(skipped[:10])}{more}")
