@@ -98,7 +98,8 @@ class IndexHealthSerializer(serializers.Serializer):
     owner = serializers.CharField(help_text="image or region vectors")
     space = serializers.CharField()
     model_key = serializers.CharField()
-    state = serializers.CharField(help_text="ok, building index, index missing or count mismatch")
+    state = serializers.CharField(help_text="ok, building index, index missing, count mismatch or index file "
+                                            "missing")
     database_count = serializers.IntegerField()
     index_count = serializers.IntegerField(allow_null=True)
     version = serializers.IntegerField(allow_null=True)

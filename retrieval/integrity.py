@@ -1,5 +1,6 @@
 """The original app's integrity check: ok, index missing, count mismatch, stored file missing; and
-building index, while the first index of vectors already written is on its way."""
+building index, while the first index of vectors already written is on its way; index file missing,
+for an index whose file was deleted under the running process (it answers from memory)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.db import connection, transaction
 
 from gallery.models import Image
 from retrieval.encoders.registry import model_dim
-from retrieval.index_snapshots import IndexSnapshot, manager
+from retrieval.index_snapshots import IndexSnapshot, index_dir, manager
 from retrieval.indexes import index_rebuild
 from retrieval.models import IndexState
 from retrieval.serving import index_name, indexes_in_use
@@ -24,7 +25,7 @@ from retrieval.work_locks import MISSING_INDEX_BUILD, work_in_flight
 class IndexHealth:
     space: str
     model_key: str
-    state: str  # ok | building index | index missing | count mismatch
+    state: str  # ok | building index | index missing | count mismatch | index file missing
     database_count: int
     index_count: int | None
     version: int | None
@@ -54,15 +55,22 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
             healths.append(IndexHealth(space, key, _missing_or_building(owner, space, key), in_db, None,
                                        state.version if state else None, owner))
         else:
-            ok = snapshot.count == in_db
-            healths.append(IndexHealth(space, key, "ok" if ok else "count mismatch", in_db, snapshot.count,
-                                       snapshot.version, owner))
+            verdict = "ok" if snapshot.count == in_db else "count mismatch"
+            if verdict == "ok" and _published_file_gone(state, snapshot):  # one stat per index: always asked
+                verdict = "index file missing"  # answers from memory; a restart would have to rebuild
+            healths.append(IndexHealth(space, key, verdict, in_db, snapshot.count, snapshot.version, owner))
     missing: list[int] = []
     if check_files:
         missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
                    if not default_storage.exists(name)]
     problems = [h.state for h in healths if h.state != "ok"] + (["stored file missing"] if missing else [])
     return IntegrityReport(state=problems[0] if problems else "ok", indexes=healths, missing_files=missing)
+
+
+def _published_file_gone(state: IndexState | None, snapshot: IndexSnapshot) -> bool:
+    """The loaded version's file is no longer in this host's index folder (deleted under a running process)."""
+    return bool(state and state.file_name and state.version == snapshot.version
+                and not (index_dir() / state.file_name).exists())
 
 
 def _snapshot(owner: VectorOwner, space: str, key: str) -> IndexSnapshot | None:
@@ -83,7 +91,7 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
     built already is left to its build)."""
     healed = []
     for health in report.indexes:
-        if health.state in ("index missing", "count mismatch"):
+        if health.state in ("index missing", "count mismatch", "index file missing"):
             index_rebuild(space=health.space, model_key=health.model_key, dim=model_dim(health.model_key),
                           owner=health.owner)
             healed.append(index_name(health.owner, health.space, health.model_key))

@@ -79,3 +79,24 @@ def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(of
 
     assert sorted(integrity_heal(integrity_check(check_files=False)))  # missing: healed by a rebuild
     assert integrity_check(check_files=False).state == "ok"
+
+
+def test_an_index_file_deleted_under_a_running_process_shows_when_files_are_checked_and_heals(offline, media_root):
+    from retrieval.index_snapshots import index_dir
+
+    image = make_image()
+    rng = np.random.default_rng(1)
+    semantic = rng.normal(size=registry.model_dim(offline.semantic))
+    add_embedding(image, space="semantic", model_key=offline.semantic, vector=semantic / np.linalg.norm(semantic))
+    add_embedding(image, space="content", model_key=offline.content, vector=np.full(1024, 1 / 1024))
+    integrity_heal(integrity_check())
+    assert integrity_check().state == "ok"
+    semantic_state = IndexState.objects.get(owner="image", space="semantic", model_key=offline.semantic)
+    (index_dir() / semantic_state.file_name).unlink()  # e.g. the index folder was removed by hand
+
+    report = integrity_check(check_files=False)  # the banner's check sees it too: one stat per index
+    by_space = {h.space: h.state for h in report.indexes if h.owner == "image"}
+    assert report.state == "index file missing" and by_space == {"semantic": "index file missing", "content": "ok"}
+    assert integrity_heal(report) == [f"semantic/{offline.semantic}"]
+    semantic_state.refresh_from_db()
+    assert (index_dir() / semantic_state.file_name).exists() and integrity_check().state == "ok"
