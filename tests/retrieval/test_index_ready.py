@@ -50,12 +50,17 @@ def _second_session() -> psycopg.Connection:
     return psycopg.connect(**connection.get_connection_params(), autocommit=True)
 
 
-def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(offline, monkeypatch):
+def _embedded_image(models, seed: int):
+    """An image with a (random) vector in each space of the active models, no index yet."""
     image = make_image()
-    rng = np.random.default_rng(0)
-    semantic = rng.normal(size=registry.model_dim(offline.semantic))
-    add_embedding(image, space="semantic", model_key=offline.semantic, vector=semantic / np.linalg.norm(semantic))
-    add_embedding(image, space="content", model_key=offline.content, vector=np.full(1024, 1 / 1024))
+    semantic = np.random.default_rng(seed).normal(size=registry.model_dim(models.semantic))
+    add_embedding(image, space="semantic", model_key=models.semantic, vector=semantic / np.linalg.norm(semantic))
+    add_embedding(image, space="content", model_key=models.content, vector=np.full(1024, 1 / 1024))
+    return image
+
+
+def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(offline, monkeypatch):
+    image = _embedded_image(offline, seed=0)
 
     def states() -> set[str]:
         return {h.state for h in integrity_check(check_files=False).indexes if h.owner == "image"}
@@ -84,11 +89,7 @@ def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(of
 def test_an_index_file_deleted_under_a_running_process_shows_when_files_are_checked_and_heals(offline, media_root):
     from retrieval.index_snapshots import index_dir
 
-    image = make_image()
-    rng = np.random.default_rng(1)
-    semantic = rng.normal(size=registry.model_dim(offline.semantic))
-    add_embedding(image, space="semantic", model_key=offline.semantic, vector=semantic / np.linalg.norm(semantic))
-    add_embedding(image, space="content", model_key=offline.content, vector=np.full(1024, 1 / 1024))
+    _embedded_image(offline, seed=1)
     integrity_heal(integrity_check())
     assert integrity_check().state == "ok"
     semantic_state = IndexState.objects.get(owner="image", space="semantic", model_key=offline.semantic)
