@@ -86,7 +86,7 @@ def test_vectors_without_an_index_read_building_index_while_work_is_in_flight(of
     assert integrity_check(check_files=False).state == "ok"
 
 
-def test_an_index_file_deleted_under_a_running_process_shows_when_files_are_checked_and_heals(offline, media_root):
+def test_an_index_file_deleted_under_a_running_process_shows_in_the_status_and_heals(offline, media_root):
     from retrieval.index_snapshots import index_dir
 
     _embedded_image(offline, seed=1)
