@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import IO, Any
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.http import require_GET
@@ -38,15 +38,18 @@ def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., H
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
     try:
-        response = FileResponse(image.file.open("rb"), filename=download_name(image.original_name, image.format),
-                                content_type=FORMAT_MEDIA_TYPES.get(image.format, "application/octet-stream"))
+        stream = image.file.open("rb")
     except FileNotFoundError as exc:
         raise Http404("The stored file is missing") from exc
-    return sandboxed(response)
+    return uploaded_image_response(stream, name=image.original_name, image_format=image.format)
 
 
-def sandboxed(response: FileResponse) -> FileResponse:
-    """Uploaded bytes are never run as a page, even by a browser that ignores the type (nosniff is on too)."""
+def uploaded_image_response(stream: IO[bytes], *, name: str, image_format: str) -> FileResponse:
+    """Uploaded bytes served as the image type they decoded as, under a name of that type (never what the
+    uploader's name says), and never run as a page, even by a browser that ignores the type (nosniff is
+    on too)."""
+    response = FileResponse(stream, filename=download_name(name, image_format),
+                            content_type=FORMAT_MEDIA_TYPES.get(image_format, "application/octet-stream"))
     response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
     return response
 

@@ -17,11 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import FORMAT_MEDIA_TYPES, download_name, header_format, read_upload
+from gallery.imaging import header_format, read_upload
 from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.views import gallery_reader, mask_threshold, png_response
-from gallery.views_files import sandboxed
+from gallery.views_files import uploaded_image_response
 from retrieval import uploads
 from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
 from retrieval.preferences import preferences_get, preferences_update
@@ -58,9 +58,7 @@ def staged_file(request: HttpRequest) -> FileResponse:
         stream = default_storage.open(staged.file_name, "rb")
     except FileNotFoundError as exc:
         raise Http404("Your upload has expired") from exc
-    image_format = header_format(stream)
-    return sandboxed(FileResponse(stream, filename=download_name(staged.name, image_format),
-                                  content_type=FORMAT_MEDIA_TYPES.get(image_format, "application/octet-stream")))
+    return uploaded_image_response(stream, name=staged.name, image_format=header_format(stream))
 
 
 @gallery_reader
