@@ -51,13 +51,20 @@ class SoftMask:
         """Fraction of pixels where the label is more likely than not."""
         return float((self.probability >= 0.5).mean())
 
+    @property
+    def covers_a_pixel(self) -> bool:
+        """Whether the label is more likely than not somewhere (area_fraction > 0). A segmenter keeps
+        only such masks: one that a tiny or thin picture's upsampling left below 0.5 everywhere would
+        be listed at 0 % and have no region to search."""
+        return bool(self.probability.max() >= 0.5)
+
 
 class Segmenter(ABC):
     key: str
 
     @abstractmethod
     def segment(self, images: Sequence[Image.Image]) -> list[list[SoftMask]]:
-        """Per image, one SoftMask per detected label (background excluded)."""
+        """Per image, one SoftMask per detected label (background excluded) that covers a pixel."""
 
 
 # Forward passes kept within a shared_passes() block: key -> (the picture, its outputs). Holding the

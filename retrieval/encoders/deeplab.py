@@ -121,7 +121,8 @@ def preprocess(images: Sequence[PILImage.Image]) -> torch.Tensor:
 
 
 def masks_at_size(probability: torch.Tensor, size: tuple[int, int]) -> list[SoftMask]:
-    """Masks for the labels that win at least MIN_AREA of the pixels, upsampled to `size` (H, W).
+    """Masks for the labels that win at least MIN_AREA of the pixels, upsampled to `size` (H, W), those
+    that cover a pixel (SoftMask.covers_a_pixel).
 
     Winners are counted at the network's resolution (a squash keeps area fractions) and only their channels
     are upsampled, so a 12-megapixel photo never holds 21 full-size channels at once.
@@ -135,7 +136,8 @@ def masks_at_size(probability: torch.Tensor, size: tuple[int, int]) -> list[Soft
                                     align_corners=False)[0, 0]
             masks.append(SoftMask(label=VOC_LABELS[class_index], class_index=class_index,
                                   probability=channel.clamp_(0.0, 1.0).float().cpu().numpy()))
-    return masks
+    # A label can win pixels at under 0.5 (the rest split among others), and upsampling can lower a peak.
+    return [mask for mask in masks if mask.covers_a_pixel]
 
 
 # weights=None AND weights_backbone=None: otherwise torchvision downloads the ImageNet backbone.

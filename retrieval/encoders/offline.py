@@ -458,7 +458,8 @@ class CamSegmenter(Segmenter):
                                       mode="bilinear", align_corners=False)[0, 0]
             found.append((probability, SoftMask(label=label, class_index=class_index,
                                                 probability=upsampled.clamp(0, 1).numpy())))
-        return [mask for _, mask in sorted(found, key=lambda pair: -pair[0])]
+        # Scaled to peak 1 on the network's grid, a map sampled to a tiny picture may still miss its peak.
+        return [mask for _, mask in sorted(found, key=lambda pair: -pair[0]) if mask.covers_a_pixel]
 
 
 def _minilm_dir(spec: ModelSpec) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -151,3 +152,19 @@ def test_a_loaded_semantic_model_keeps_its_class_sentences_in_the_model_cache(se
     path = offline.sentence_cache_path(sentences, spec.weight_path("text"))
     assert path.parent == settings.IMAGINAITION_MODEL_CACHE_DIR and path.is_file()
     assert np.load(path).shape == (len(sentences), 384)
+
+
+@pytest.mark.parametrize(("size", "kept"), [((1, 1), False), ((7, 7), True)])
+def test_a_label_whose_map_misses_every_pixel_of_a_tiny_picture_gets_no_mask(segmenter, size, kept):
+    from retrieval.encoders.imagenet_voc import VOC_IMAGENET_CLASSES
+
+    cat = list(VOC_IMAGENET_CLASSES["cat"])[0]
+    probabilities = torch.zeros(1000)
+    probabilities[cat] = 0.9  # the classifier is sure there is a cat ...
+    cams = torch.zeros(1000, 7, 7)
+    cams[cat, 0, 0] = 1.0  # ... in one corner cell, which a 1×1 picture's single sample misses
+
+    masks = segmenter._masks(Image.new("RGB", size), probabilities, cams)
+
+    assert [mask.label for mask in masks] == (["cat"] if kept else [])
+    assert all(mask.area_fraction > 0 for mask in masks)

@@ -177,6 +177,11 @@ def test_a_cheaper_segmenter_chosen_by_setting_loads_its_file_and_segments(weigh
     folder, _ = weights_dir
     torch.manual_seed(1)
     state = deeplab.build_model(spec.options["architecture"]).state_dict()
+    for name, tensor in state.items():
+        if name.startswith("classifier.") and tensor.dim() and tensor.shape[0] == len(deeplab.VOC_LABELS):
+            # A random head is unsure of every pixel (about 1/21 each), so no label would cover one: a
+            # sharpened head (weights and biases, which are all a dead random backbone leaves) gives masks.
+            tensor.mul_(1000.0)
     torch.save(state, folder / spec.weights[0].filename)
     settings.IMAGINAITION_WEIGHTS_DIR = folder
     settings.IMAGINAITION_MODEL_PROFILE = "auto"
@@ -221,6 +226,18 @@ def test_only_labels_winning_the_minimum_area_get_a_mask():
     assert [(m.label, m.class_index) for m in masks] == [("cat", 8)] and VOC_LABELS[8] == "cat"
     assert masks[0].probability.shape == (37, 64)
     assert masks[0].probability[0, 0] > 0.99 and masks[0].probability[-1, -1] < 0.01
+
+
+def test_a_label_that_wins_pixels_without_being_more_likely_than_not_anywhere_gets_no_mask():
+    from retrieval.encoders.deeplab import masks_at_size
+
+    logits = torch.zeros(21, 100, 100)
+    logits[8] = 1.0  # cat wins every pixel, at about 0.36: background and dog share the rest
+    logits[0] = logits[12] = 0.6
+    logits[12, :20, :] = 5.0  # and a dog, sure of itself, on the top fifth
+    masks = masks_at_size(logits.softmax(dim=0), (37, 64))
+    assert [m.label for m in masks] == ["dog"]
+    assert masks[0].area_fraction == pytest.approx(0.2, abs=0.05)
 
 
 def test_voc_labels_match_the_offline_segmenter():
