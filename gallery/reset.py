@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 5  # files between progress writes
 RESET_LOCK = 0x696D_6167_7265_7374  # PostgreSQL advisory lock key ("imagrest"): held by the running reset
+RESET_START_LOCK = 0x696D_6167_7374_7274  # ("imagstrt"): held while a start checks for an active job
 
 
 class ResetRefused(Exception):
@@ -73,7 +74,10 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
     """Create the job and hand it to a worker after commit. Only one reset at a time."""
     path = reset_folder_check(folder=folder)
     with transaction.atomic():
-        # Serialize starts: the lock on any active job (or none) makes the check-then-create safe.
+        # Serialize starts (a double-click posts twice): row locks cannot, as there is no active job
+        # to lock, so a transaction lock does; the second start then sees the first one's job.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RESET_START_LOCK])
         active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
         running = [job for job in active if job.state == ResetJob.State.RUNNING]
         if running:

@@ -1,6 +1,9 @@
 """Admin "reset / initialize from a folder": staff only, confirmation with counts, a real job."""
 
+import threading
+
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
@@ -172,3 +175,29 @@ def test_a_new_reset_ends_one_left_running_by_a_dead_worker(staff_user, folder, 
     assert "computing embeddings and masks" in dead.error
     assert new.state == "queued" and reset_run(job_id=dead.pk).state == "failed"  # a late retry leaves it ended
     assert OrmQ.objects.count() == 2  # both tasks queued; only the new one will do anything
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_starts_at_once_make_one_job_and_refuse_the_other(staff_user, folder):
+    # A double-click on "Yes, reset": two requests, each in its own connection, reach the check together.
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            reset_start(folder=str(folder), recursive=True, user=staff_user)
+            outcomes.append("started")
+        except ResetRefused as exc:
+            outcomes.append(str(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["A reset is already in progress; wait for it to finish.", "started"]
+    assert ResetJob.objects.count() == 1 and OrmQ.objects.count() == 1
