@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
 from gallery.folders import import_roots
 from gallery.models import ResetJob
@@ -47,10 +47,15 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
                   _context(request, form=form, active=active, roots=[str(root) for root in import_roots()]))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def reset_start_view(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":  # a bookmarked or reloaded confirmation: start over at the form
+        return redirect("gallery-reset")
     form = ResetForm(request.POST)
-    if not form.is_valid() or request.POST.get("confirm") != "yes":
+    if not form.is_valid():  # e.g. the folder went away after the preview: say what is wrong with it
+        messages.error(request, " ".join(str(error) for errors in form.errors.values() for error in errors))
+        return redirect("gallery-reset")
+    if request.POST.get("confirm") != "yes":
         messages.error(request, "The reset was not confirmed.")
         return redirect("gallery-reset")
     try:
@@ -80,7 +85,10 @@ def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @require_GET
 def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
-    return JsonResponse(_job_data(get_object_or_404(ResetJob, pk=job_id)))
+    job = ResetJob.objects.filter(pk=job_id).first()
+    if job is None:  # the page's script reads JSON, a 404 included
+        return JsonResponse({"detail": f"There is no reset job {job_id}."}, status=404)
+    return JsonResponse(_job_data(job))
 
 
 RESET_PERMISSION = "gallery.reset_gallery"

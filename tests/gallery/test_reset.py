@@ -65,6 +65,7 @@ def test_confirmation_shows_what_will_be_deleted_and_imported(client, staff_user
     assert "<strong>2</strong> images and their <strong>2</strong> stored files" in page
     assert "<strong>1</strong> masks" in page and "<strong>1</strong> embeddings" in page
     assert "imports <strong>5</strong> files" in page  # 4 images + the text file, which will be rejected
+    assert "those that are not images are skipped" in page and "reset-empty-folder" not in page
 
 
 @pytest.mark.django_db(transaction=True)
@@ -201,3 +202,32 @@ def test_two_starts_at_once_make_one_job_and_refuse_the_other(staff_user, folder
 
     assert sorted(outcomes) == ["A reset is already in progress; wait for it to finish.", "started"]
     assert ResetJob.objects.count() == 1 and OrmQ.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_confirmation_whose_folder_went_away_says_so_and_starts_nothing(client, staff_user, tmp_path):
+    client.force_login(staff_user)
+    gone = tmp_path / "was-here"
+    response = client.post(reverse("gallery-reset-start"), {"folder": str(gone), "confirm": "yes"}, follow=True)
+    assert "does not exist" in response.content.decode()
+    assert "not confirmed" not in response.content.decode()
+    assert not ResetJob.objects.exists()
+    # A reload of the confirmation's address (a GET) goes back to the form instead of a blank 405.
+    assert client.get(reverse("gallery-reset-start"))["Location"] == reverse("gallery-reset")
+
+
+@pytest.mark.django_db
+def test_a_reset_from_an_empty_folder_warns_that_the_gallery_will_be_empty(client, staff_user, tmp_path, old_gallery):
+    client.force_login(staff_user)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = client.post(reverse("gallery-reset"), {"folder": str(empty), "recursive": "on"}).content.decode()
+    assert "imports <strong>0</strong> files" in page and 'id="reset-empty-folder"' in page
+    assert "will be <strong>empty</strong> afterwards" in page
+
+
+@pytest.mark.django_db
+def test_the_status_of_an_unknown_job_is_a_json_404(client, staff_user):
+    client.force_login(staff_user)
+    response = client.get(reverse("gallery-reset-status", args=[999]))
+    assert response.status_code == 404 and response.json() == {"detail": "There is no reset job 999."}
