@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
@@ -39,6 +41,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status."""
     if isinstance(exc, Refused):
         return Response({"detail": exc.message}, status=exc.status_code)
+    # Django's own limits on a body's non-file part, met while DRF parses it: JSON, not its HTML 400.
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": f"The request's data (files aside) is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "
+                                   "bytes; send less."}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, TooManyFieldsSent):
+        return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields."},
+                        status=status.HTTP_400_BAD_REQUEST)
     return exception_handler(exc, context)
 
 

@@ -108,6 +108,20 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
 
 
+@pytest.mark.parametrize(("body", "content_type", "status", "message"), [
+    ('{"text": "%s"}' % ("a" * 3_000_000), "application/json", 413, "over 2,097,152 bytes"),
+    ("text=" + "a" * 3_000_000, "application/x-www-form-urlencoded", 413, "over 2,097,152 bytes"),
+    ("&".join(f"field{i}=1" for i in range(1500)), "application/x-www-form-urlencoded", 400, "more than 1,000 fields"),
+], ids=["json", "form", "fields"])
+def test_a_body_over_django_s_limits_is_refused_in_json(client, user, body, content_type, status, message):
+    # Django raises these while DRF parses the body; unhandled, they became an HTML "Bad Request".
+    client.force_login(user)
+    for response in (client.post(reverse("api-search"), body, content_type=content_type),
+                     client.put(reverse("api-preferences"), body, content_type=content_type)):
+        assert response.status_code == status and response["Content-Type"] == "application/json"
+        assert message in response.json()["detail"]
+
+
 def test_private_gallery_refuses_anonymous_search(client, gallery):
     assert search(client, image_id=gallery[0].pk).status_code == 403
 
