@@ -224,6 +224,18 @@ class NoSuchImageApi(APIView):
         raise NotFound("No such image.")
 
 
+class NoSuchEndpointApi(APIView):
+    """Any path under /api/ that names no endpoint: a JSON 404 that points at the list, rather than the
+    site's HTML page (imaginaition_site.middleware serves an endpoint's path without its final "/")."""
+
+    authentication_classes = []
+    permission_classes = []
+    metadata_class = None  # OPTIONS too
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotFound(f"There is no API endpoint at {request.path}; GET /api/ lists them.")
+
+
 class ImageListCreateApi(APIView):
     permission_classes = [GalleryPermission]
     parser_classes = [MultiPartParser, FormParser]

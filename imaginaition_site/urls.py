@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery import page_urls as gallery_pages
+from gallery.api import NoSuchEndpointApi
+from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
 
 urlpatterns = [
@@ -24,6 +26,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("gallery.api_urls")),
     path("api/", include("retrieval.api_urls")),
+    re_path(r"^api/[\s\S]*$", NoSuchEndpointApi.as_view(), name=API_UNKNOWN_ENDPOINT),
     path("", include("gallery.urls")),
     # One "pages" namespace for the site's pages, whichever app serves them.
     path("", include((gallery_pages.urlpatterns + retrieval_pages.urlpatterns, "pages"))),

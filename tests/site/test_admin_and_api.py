@@ -237,3 +237,22 @@ def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, 
         response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
         assert response.status_code == 200 and response["Content-Type"].startswith("image/"), url
         assert client.get(url, HTTP_AUTHORIZATION="Token not-a-token").status_code == 401, url
+
+
+def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown_one_is_a_json_404(
+        client, user, media_root):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.authtoken.models import Token
+
+    from tests.gallery.factories import png_bytes
+
+    token = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
+    # Django's APPEND_SLASH would answer with a 301 that clients follow as a GET: the upload was lost.
+    upload = client.post("/api/images", {"file": SimpleUploadedFile("red.png", png_bytes())}, **token)
+    assert upload.status_code == 201 and Image.objects.filter(pk=upload.json()["id"]).exists()
+    assert client.get(f"/api/images/{upload.json()['id']}", **token).json()["id"] == upload.json()["id"]
+    for method in ("get", "post", "delete"):
+        response = getattr(client, method)("/api/no-such-thing/", **token)
+        assert response.status_code == 404
+        assert response.json() == {"detail": "There is no API endpoint at /api/no-such-thing/; GET /api/ lists them."}
+    assert client.get("/no-such-page").status_code == 404  # pages keep the site's own 404
