@@ -411,7 +411,7 @@ def run_regions(ids: np.ndarray, queries: int) -> dict:
     from retrieval.indexes import index_rebuild
     from retrieval.neighbours import nearest_by_regions
     from retrieval.policy import Preferences
-    from retrieval.search import QueryVectors, images_with_labels, rank, vectors_for_image_id
+    from retrieval.search import QueryVectors, masks_with_labels, rank, vectors_for_image_id
 
     models = active_models()
     keys = {"semantic": models.semantic, "content": models.content}
@@ -460,7 +460,7 @@ def run_regions(ids: np.ndarray, queries: int) -> dict:
                 if len(exact) == K:
                     break
             recall.append(len(found_by[q, space] & set(exact)) / K)
-    rare = frozenset(images_with_labels([RARE_LABEL]))
+    rare = frozenset(image_id for _, image_id in masks_with_labels([RARE_LABEL]))
     for image_id in np.random.default_rng(3).choice(ids, size=queries, replace=False).tolist():
         query = vectors_for_image_id(image_id=int(image_id), models=models)
         t = time.perf_counter()

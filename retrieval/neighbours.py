@@ -54,17 +54,22 @@ def nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_im
 
 def nearest_by_regions(*, space: str, model_key: str, query: np.ndarray, k: int,
                        exclude_image_id: int | None = None, engine: str = "auto",
-                       only_image_ids: Collection[int] | None = None) -> tuple[list[Candidate], dict[int, int], str]:
-    """The k images whose best region is nearest to a region query: image candidates (the best
-    region's similarity), each image's best region (mask id), and the engine that answered."""
+                       only_image_ids: Collection[int] | None = None,
+                       only_region_ids: Collection[int] | None = None,
+                       ) -> tuple[list[Candidate], dict[int, int], str]:
+    """The k images whose best region (among only_region_ids, if given) is nearest to a region query:
+    image candidates (the best region's similarity), each image's best region (mask id), and the
+    engine that answered."""
     return _nearest(space=space, model_key=model_key, query=query, k=k, exclude_image_id=exclude_image_id,
-                    engine=engine, only_image_ids=only_image_ids, owner="region")
+                    engine=engine, only_image_ids=only_image_ids, only_region_ids=only_region_ids, owner="region")
 
 
 def _nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None, engine: str,
-             only_image_ids: Collection[int] | None, owner: VectorOwner) -> tuple[list[Candidate], dict[int, int], str]:
+             only_image_ids: Collection[int] | None, owner: VectorOwner,
+             only_region_ids: Collection[int] | None = None) -> tuple[list[Candidate], dict[int, int], str]:
     planned = plan_nearest(space=space, model_key=model_key, query=query, k=k, exclude_image_id=exclude_image_id,
-                           engine=engine, only_image_ids=only_image_ids, owner=owner)
+                           engine=engine, only_image_ids=only_image_ids, only_region_ids=only_region_ids,
+                           owner=owner)
     found, regions = planned.run()
     return found, regions, planned.engine
 
@@ -89,18 +94,20 @@ class PlannedSearch:
 
 def plan_nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None = None,
                  engine: str = "auto", only_image_ids: Collection[int] | None = None,
-                 owner: VectorOwner = "image") -> PlannedSearch:
-    """The k nearest images (owner "region": by their regions) in one space, to run later."""
+                 only_region_ids: Collection[int] | None = None, owner: VectorOwner = "image") -> PlannedSearch:
+    """The k nearest images (owner "region": by their regions, those in only_region_ids if given) in
+    one space, to run later."""
     query = query.astype(np.float32)
     allowed = None if only_image_ids is None else set(only_image_ids)
-    if allowed is not None and not allowed:
+    regions = None if only_region_ids is None or owner != "region" else set(only_region_ids)
+    if (allowed is not None and not allowed) or (regions is not None and not regions):
         return PlannedSearch("none", lambda: ([], {}))
     if engine in ("auto", "faiss"):
         snapshot = manager.get(space=space, model_key=model_key, dim=model_dim(model_key), owner=owner)
         if snapshot is not None:
             def from_faiss() -> Answer:
-                return _answer(_faiss_images(snapshot, query, k, exclude_image_id=exclude_image_id, allowed=allowed),
-                               owner)
+                return _answer(_faiss_images(snapshot, query, k, exclude_image_id=exclude_image_id, allowed=allowed,
+                                             allowed_regions=regions), owner)
             return PlannedSearch("faiss", from_faiss)
         if engine == "faiss":
             raise Refused(f"no FAISS index for {space}/{model_key}")
@@ -108,7 +115,8 @@ def plan_nearest(*, space: str, model_key: str, query: np.ndarray, k: int, exclu
 
     def from_pgvector() -> Answer:
         return _answer(_pgvector_images(space=space, model_key=model_key, query=query, k=k,
-                                        exclude_image_id=exclude_image_id, allowed=allowed, owner=owner,
+                                        exclude_image_id=exclude_image_id, allowed=allowed,
+                                        allowed_regions=regions, owner=owner,
                                         exact=(engine == "pgvector-exact")), owner)
     return PlannedSearch("pgvector", from_pgvector)
 
@@ -151,11 +159,18 @@ def _best_per_image(labelled: list[tuple[int, float]], image_of: dict[int, int] 
 
 
 def _faiss_images(snapshot: IndexSnapshot, query: np.ndarray, k: int, *, exclude_image_id: int | None,
-                  allowed: set[int] | None) -> list[tuple[int, float, int]]:
+                  allowed: set[int] | None, allowed_regions: set[int] | None = None) -> list[tuple[int, float, int]]:
     image_of = snapshot.image_of if snapshot.owner == "region" else None
-    if allowed is not None:
-        labels = set(allowed) if image_of is None else \
-            {label for image_id in allowed for label in snapshot.regions_of.get(image_id, ())}
+    if image_of is None:
+        allowed_regions = None
+    if allowed is not None or allowed_regions is not None:
+        if image_of is None:
+            labels = set(allowed or ())
+        elif allowed is None:
+            labels = set(allowed_regions or ())
+        else:
+            labels = {label for image_id in allowed for label in snapshot.regions_of.get(image_id, ())
+                      if allowed_regions is None or label in allowed_regions}
         if exclude_image_id is not None:
             labels -= {exclude_image_id} if image_of is None else snapshot.regions_of.get(exclude_image_id, set())
         if len(labels) <= EXACT_FILTER_MAX:
@@ -171,12 +186,16 @@ def _faiss_images(snapshot: IndexSnapshot, query: np.ndarray, k: int, *, exclude
     total = len(snapshot.ids)
     per_image = 1 if image_of is None else REGIONS_PER_IMAGE
     share = 1.0 if allowed is None else max(len(allowed) / max(snapshot.count, 1), 1e-6)
+    if allowed_regions is not None:
+        share = min(share, max(len(allowed_regions) / max(total, 1), 1e-6))
     wanted = min(total, math.ceil(k * per_image / min(share, 1.0)))
     while True:
         found = snapshot.search(query, wanted, exclude_image_id=exclude_image_id)
         if allowed is not None:
             found = [(label, s) for label, s in found
                      if (label if image_of is None else image_of.get(label, -1)) in allowed]
+        if allowed_regions is not None:
+            found = [(label, s) for label, s in found if label in allowed_regions]
         best = _best_per_image(found, image_of, k)
         if len(best) >= k or wanted >= total:
             return best
@@ -184,14 +203,16 @@ def _faiss_images(snapshot: IndexSnapshot, query: np.ndarray, k: int, *, exclude
 
 
 def _pgvector_images(*, space: str, model_key: str, query: np.ndarray, k: int, exclude_image_id: int | None,
-                     allowed: set[int] | None, owner: VectorOwner, exact: bool) -> list[tuple[int, float, int]]:
+                     allowed: set[int] | None, owner: VectorOwner, exact: bool,
+                     allowed_regions: set[int] | None = None) -> list[tuple[int, float, int]]:
     unit = normalize(space, query.reshape(1, -1))[0]
     per_image = 1 if owner == "image" else REGIONS_PER_IMAGE
     wanted = k * per_image
     while True:
         neighbours = pgvector_store.knn(model_key=model_key, space=space, dim=model_dim(model_key), query=unit,
                                         k=wanted, exclude_image_id=exclude_image_id, owner=owner, exact=exact,
-                                        only_image_ids=sorted(allowed) if allowed is not None else None)
+                                        only_image_ids=sorted(allowed) if allowed is not None else None,
+                                        only_ids=sorted(allowed_regions) if allowed_regions is not None else None)
         labelled = [(n.id, float(similarity_from_distance(space, n.distance, squared=False))) for n in neighbours]
         image_of = None if owner == "image" else pgvector_store.region_images([n.id for n in neighbours])
         best = _best_per_image(labelled, image_of, k)

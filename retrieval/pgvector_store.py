@@ -69,12 +69,13 @@ def hnsw_indexes_for_registry(model_specs: Iterable[ModelSpec]) -> list[str]:
 
 def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exact: bool = False,
         ef_search: int = 100, exclude_image_id: int | None = None, owner: VectorOwner = "image",
-        only_image_ids: Sequence[int] | None = None) -> list[Neighbour]:
+        only_image_ids: Sequence[int] | None = None, only_ids: Sequence[int] | None = None) -> list[Neighbour]:
     """The k stored vectors nearest to `query` for one model and space, nearest first: images, or
     mask regions (owner="region"; each region row also names its image).
 
     exact=True forbids index scans, so Postgres computes every distance (ground truth).
-    only_image_ids keeps images (or regions of images) in that list: a label filter.
+    only_image_ids keeps images (or regions of images) in that list: a label filter; only_ids keeps
+    the owners (images, or regions by mask id) in that list: a label filter of regions.
     """
     operator, _ = OPERATORS[space]
     table, id_column = VECTOR_TABLES[owner]
@@ -87,6 +88,7 @@ def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exac
         "WHERE model_key = %s AND space = %s"
         + (" AND image_id <> %s" if exclude_image_id is not None else "")
         + (" AND image_id = ANY(%s)" if only_image_ids is not None else "")
+        + (f" AND {id_column} = ANY(%s)" if only_ids is not None else "")
         + f" ORDER BY {expr} {operator} %s::vector({int(dim)}) LIMIT %s"
         ") SELECT id, distance FROM nearest ORDER BY distance, id"
     )
@@ -95,6 +97,8 @@ def knn(*, model_key: str, space: str, dim: int, query: np.ndarray, k: int, exac
         params.append(exclude_image_id)
     if only_image_ids is not None:
         params.append(list(only_image_ids))
+    if only_ids is not None:
+        params.append(list(only_ids))
     params += [vector, int(k)]
     with transaction.atomic(), connection.cursor() as cursor:
         if exact:

@@ -64,6 +64,7 @@ class QueryVectors:
     exclude_image_id: int | None = None
     owner: VectorOwner = "image"  # "region": search the region indexes, one result per image
     only_image_ids: frozenset[int] | None = None  # a label filter's images
+    only_region_ids: frozenset[int] | None = None  # a region search's label filter: those labels' regions
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,10 @@ def _query_vectors(query: Query, *, session: SessionBase | None,
                    models: ActiveModels) -> tuple[QueryVectors, str, Image | None]:
     vectors, about, image = _what_to_search_with(query, session=session, models=models)
     if query.labels:
-        vectors = replace(vectors, only_image_ids=frozenset(images_with_labels(query.labels)))
+        masks = masks_with_labels(query.labels)
+        vectors = replace(vectors, only_image_ids=frozenset(image_id for _, image_id in masks))
+        if vectors.owner == "region":  # the matched region is one of those labels, not the image's best
+            vectors = replace(vectors, only_region_ids=frozenset(mask_id for mask_id, _ in masks))
     return vectors, about, image
 
 
@@ -167,15 +171,15 @@ def labels_parse(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({label.strip() for value in values for label in value.split(",") if label.strip()}))
 
 
-def images_with_labels(labels: Sequence[str]) -> set[int]:
-    """Images with a mask of one of these labels (QueryError naming the known labels otherwise)."""
-    rows = list(Mask.objects.filter(label__in=labels).values_list("label", "image_id"))
-    unknown = sorted(set(labels) - {label for label, _ in rows})
+def masks_with_labels(labels: Sequence[str]) -> list[tuple[int, int]]:
+    """(mask id, image id) of the masks of these labels (QueryError naming the known labels otherwise)."""
+    rows = list(Mask.objects.filter(label__in=labels).values_list("label", "id", "image_id"))
+    unknown = sorted(set(labels) - {label for label, _, _ in rows})
     if unknown:  # only now list every label (a count over all masks): for the message
         known = [label for label, _ in label_counts()]
         raise QueryError(f"Unknown label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                          f"known labels: {', '.join(known) or 'none yet'}.")
-    return {image_id for _, image_id in rows}
+    return [(mask_id, image_id) for _, mask_id, image_id in rows]
 
 
 def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -> QueryVectors:
@@ -279,7 +283,8 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
     matched: dict[Space, dict[int, int]] = {Space.SEMANTIC: {}, Space.CONTENT: {}}
     plans = {space: plan_nearest(space=space, model_key=key, query=vector, k=preferences.k,
                                  exclude_image_id=query.exclude_image_id, engine=engine,
-                                 only_image_ids=query.only_image_ids, owner=query.owner)
+                                 only_image_ids=query.only_image_ids, only_region_ids=query.only_region_ids,
+                                 owner=query.owner)
              for space, vector, key in ((Space.SEMANTIC, query.semantic, models.semantic),
                                         (Space.CONTENT, query.content, models.content)) if vector is not None}
     # both spaces at once where both answer from memory (retrieval/neighbours.py)
@@ -336,7 +341,7 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
             continue
         if query.owner == "region":
             filled[space] = _best_region_similarities(space=space, model_key=key, query=vector,
-                                                      image_ids=missing[space])
+                                                      image_ids=missing[space], only_region_ids=query.only_region_ids)
             continue
         # From the in-memory index when there is one (as fast as the search), else from Postgres.
         snapshot = manager.loaded(space=space, model_key=key)
@@ -358,19 +363,22 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
             for m in merged]
 
 
-def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray,
-                              image_ids: list[int]) -> dict[int, float]:
-    """Per image, the similarity of its region nearest to a region query (from the region index's
-    memory when it is loaded, else from Postgres)."""
+def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray, image_ids: list[int],
+                              only_region_ids: frozenset[int] | None = None) -> dict[int, float]:
+    """Per image, the similarity of its region (among only_region_ids, if given) nearest to a region
+    query (from the region index's memory when it is loaded, else from Postgres)."""
     snapshot = manager.loaded(space=space, model_key=model_key, owner="region")
     if snapshot is not None:
         with snapshot.lock:
-            labels = [label for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())]
+            labels = [label for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())
+                      if only_region_ids is None or label in only_region_ids]
             present, vectors = snapshot.vectors_matrix(labels)  # one matrix: no per-row arrays to stack
             owners = [snapshot.image_of[label] for label in present]
     else:
-        rows = list(RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
-                    .values_list("image_id", "vector"))
+        stored = RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
+        if only_region_ids is not None:
+            stored = stored.filter(mask_id__in=only_region_ids)
+        rows = list(stored.values_list("image_id", "vector"))
         owners = [image_id for image_id, _ in rows]
         vectors = np.array([np.asarray(v, dtype=np.float32) for _, v in rows], dtype=np.float32)
     if not owners:

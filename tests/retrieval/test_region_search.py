@@ -86,6 +86,30 @@ def test_a_region_query_ranks_images_by_their_best_region_and_names_it(client, u
                for hit in body["results"])
 
 
+@pytest.mark.parametrize("engine", ["pgvector", "faiss-exact", "faiss-growing"])
+def test_a_region_query_with_a_label_filter_matches_regions_of_those_labels(client, user, scenes, monkeypatch,
+                                                                              engine):
+    # A cat region, filtered to dogs: every picture also has a cat, nearer to the query than its dog,
+    # but the region found (and its similarities) must be the dog's.
+    images, cats = scenes
+    dogs = {mask.image_id: mask.pk for mask in Mask.objects.filter(label="dog")}
+    if engine.startswith("faiss"):
+        for space, key, dim in (("semantic", SEMANTIC_KEY, 384), ("content", CONTENT_KEY, 1024)):
+            index_rebuild(space=space, model_key=key, dim=dim, owner="region")
+    if engine == "faiss-growing":
+        monkeypatch.setattr(neighbours, "EXACT_FILTER_MAX", 0)
+    client.force_login(user)
+
+    body = search(client, mask_id=cats[0].pk, k=10, labels="dog").json()
+
+    assert body["engine"] == ("pgvector" if engine == "pgvector" else "faiss")
+    assert sorted(hit["image_id"] for hit in body["results"]) == sorted(image.pk for image in images[1:])
+    assert all(hit["region"] == {"mask_id": dogs[hit["image_id"]], "label": "dog"} for hit in body["results"])
+    cat_similarities = {hit["image_id"]: hit["semantic_similarity"]
+                        for hit in search(client, mask_id=cats[0].pk, k=10).json()["results"]}
+    assert all(hit["semantic_similarity"] < cat_similarities[hit["image_id"]] for hit in body["results"])
+
+
 def test_region_queries_refuse_what_they_cannot_answer(client, user, scenes):
     images, _ = scenes
     client.force_login(user)
