@@ -8,11 +8,11 @@ from typing import IO, Any
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.http import require_GET
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from gallery.access import access_image
+from gallery.api_auth import ApiTokenAuthentication
 from gallery.imaging import FORMAT_MEDIA_TYPES, download_name
 from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 
@@ -24,7 +24,7 @@ def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., H
     def with_token(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not request.user.is_authenticated:
             try:
-                authenticated = TokenAuthentication().authenticate(Request(request))  # None without the header
+                authenticated = ApiTokenAuthentication().authenticate(Request(request))  # None without the header
             except AuthenticationFailed as exc:
                 return HttpResponse(str(exc.detail), status=401, content_type="text/plain")
             if authenticated is not None:

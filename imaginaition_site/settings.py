@@ -212,8 +212,8 @@ IMAGINAITION_SERVING_CHECK_SECONDS = float(os.environ.get("IMAGINAITION_SERVING_
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "gallery.api_auth.ApiTokenAuthentication",  # first: a token wins over a session cookie; 401 without either
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",

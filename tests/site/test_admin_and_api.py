@@ -1,4 +1,5 @@
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -131,7 +132,6 @@ def _png_with_a_script_in_a_text_chunk() -> bytes:
 @pytest.mark.parametrize("name, served_as", [("poc.html", "poc.png"), ("poc.svg", "poc.png"),
                                              ("holiday.PNG", "holiday.PNG"), ("noname", "noname.png")])
 def test_an_image_file_is_served_as_its_decoded_format_whatever_its_name(client, user, media_root, name, served_as):
-    from django.core.files.uploadedfile import SimpleUploadedFile
 
     client.force_login(user)
     created = client.post(reverse("api-images"), {"file": SimpleUploadedFile(name, _png_with_a_script_in_a_text_chunk())})
@@ -145,7 +145,6 @@ def test_an_image_file_is_served_as_its_decoded_format_whatever_its_name(client,
 def test_only_the_uploader_or_a_user_allowed_to_delete_images_deletes_one_through_the_api(
         client, user, django_user_model, media_root):
     from django.contrib.auth.models import Permission
-    from django.core.files.uploadedfile import SimpleUploadedFile
 
     client.force_login(user)
     mine = client.post(reverse("api-images"), {"file": SimpleUploadedFile("a.png", _png_with_a_script_in_a_text_chunk())})
@@ -241,7 +240,6 @@ def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, 
 
 def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown_one_is_a_json_404(
         client, user, media_root):
-    from django.core.files.uploadedfile import SimpleUploadedFile
     from rest_framework.authtoken.models import Token
 
     from tests.gallery.factories import png_bytes
@@ -256,3 +254,24 @@ def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown
         assert response.status_code == 404
         assert response.json() == {"detail": "There is no API endpoint at /api/no-such-thing/; GET /api/ lists them."}
     assert client.get("/no-such-page").status_code == 404  # pages keep the site's own 404
+
+
+def test_a_token_wins_over_a_session_cookie_and_a_request_without_either_is_told_401(user, media_root):
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    from tests.gallery.factories import png_bytes
+
+    key = Token.objects.create(user=user).key
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)  # a script running where the user is also signed in
+    upload = {"file": SimpleUploadedFile("red.png", png_bytes())}
+    assert browser.post("/api/images/", upload).status_code == 403  # the session alone: no CSRF token
+    for keyword in ("Token", "Bearer", "token"):
+        upload = {"file": SimpleUploadedFile(f"{keyword}.png", png_bytes())}
+        assert browser.post("/api/images/", upload, HTTP_AUTHORIZATION=f"{keyword} {key}").status_code == 201, keyword
+
+    anonymous = Client().get("/api/images/")
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
+    wrong = Client().get("/api/images/", HTTP_AUTHORIZATION=f"Token {key} extra")
+    assert wrong.status_code == 401 and "Authorization: Token <key>" in wrong.json()["detail"]
