@@ -4,6 +4,7 @@ image admin (the vectors each image has, and "search similar" with the same serv
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -66,7 +67,9 @@ class ImageWithVectorsAdmin(ImageAdmin):
 
     def similar_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
         """"Search similar" from an image's admin page (?mask= for one of its regions): the same search
-        service as the API and pages."""
+        service as the API and pages. Like the image's own admin page, it needs the view permission."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         image = get_object_or_404(Image, pk=image_id)
         mask_id = request.GET.get("mask", "")
         mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0, image=image) if mask_id else None

@@ -89,7 +89,8 @@ def test_ensure_admin_takes_the_password_from_the_environment(capsys, django_use
     assert django_user_model.objects.get(username="admin").check_password("correct-horse-battery")
 
 
-def test_admin_search_similar_from_an_image_page(client, staff_user, media_root, settings, tmp_path):
+def test_admin_search_similar_from_an_image_page(client, staff_user, django_user_model, media_root, settings,
+                                                 tmp_path):
     import numpy as np
 
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
@@ -114,6 +115,12 @@ def test_admin_search_similar_from_an_image_page(client, staff_user, media_root,
     pending = make_image(status="pending")
     response = client.get(reverse("admin:gallery_image_similar", args=[pending.pk]))
     assert response.status_code == 302  # back to the image page with the reason
+
+    # Staff without the view permission get no image admin pages, this one included.
+    staff_only = django_user_model.objects.create_user("staffy", password="s3cret-Pass!", is_staff=True)
+    client.force_login(staff_only)
+    assert client.get(reverse("admin:gallery_image_change", args=[images[0].pk])).status_code == 403
+    assert client.get(similar_url).status_code == 403
 
 
 def _png_with_a_script_in_a_text_chunk() -> bytes:
