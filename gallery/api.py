@@ -205,7 +205,8 @@ class ImageAddedOutputSerializer(ImageOutputSerializer):
 
 class ImageListQuerySerializer(serializers.Serializer):
     label = TextField(  # type: ignore[assignment]  # the field's name, not Field.label
-        required=False, allow_blank=True, help_text="only images with a mask of this label")
+        required=False, allow_blank=True,
+        help_text="only images with a mask of this label (or of one of these: cat,dog), in any letter case")
 
 
 class ImageUploadSerializer(serializers.Serializer):

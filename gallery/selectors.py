@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from gallery.models import Image, Mask, ProcessingStatus
 
 
 def image_list(*, label: str = "") -> QuerySet[Image]:
-    """Every image, newest first; with `label`, only images with a mask of that label."""
+    """Every image, newest first; with `label` ("cat", or "cat,dog"; any letter case), only images
+    with a mask of one of those labels."""
     images = Image.objects.order_by("-created_at", "-id")
-    if label:
-        images = images.filter(masks__label=label).distinct()
+    wanted = [part.strip() for part in label.split(",") if part.strip()]
+    if wanted:
+        images = images.filter(pk__in=Mask.objects.filter(label__in=labels_as_stored(wanted)).values("image_id"))
     return images
+
+
+def labels_as_stored(labels: Iterable[str]) -> list[str]:
+    """Each label as the masks spell it, matched in any letter case ("Dog" finds "dog"), sorted;
+    labels no mask has are left out. An exact name is one index lookup; only a miss compares
+    case-insensitively, which reads every mask's label."""
+    stored: set[str] = set()
+    for label in set(labels):
+        if Mask.objects.filter(label=label).exists():
+            stored.add(label)
+        else:
+            stored.update(Mask.objects.filter(label__iexact=label).values_list("label", flat=True).distinct())
+    return sorted(stored)
 
 
 def image_recent_ready(*, limit: int = 12) -> QuerySet[Image]:

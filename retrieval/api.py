@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
-from drf_spectacular.utils import Direction, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (Direction, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field,
+                                   inline_serializer)
 from rest_framework import serializers, status
 from rest_framework.fields import empty
+from rest_framework.utils import html
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -62,6 +64,34 @@ class SpaceFieldSchema(OpenApiSerializerFieldExtension):
             "type": "string", "enum": list(Space.values), "description": "semantic: by meaning; content: by look"})
         auto_schema.registry.register_on_missing(component)
         return component.ref
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                      "description": "labels to keep: \"cat,dog\", a list [\"cat\", \"dog\"], or the form field "
+                                     "repeated; any letter case: keep only images with a mask of one of them"})
+class LabelsField(serializers.Field):
+    """A label filter as clients send one: comma-separated text, a JSON list, or a repeated form field
+    (DRF would keep only a repeated field's last value, dropping the others without a word)."""
+
+    MAX_CHARACTERS = 1000
+
+    def get_value(self, dictionary: Any) -> Any:
+        if html.is_html_input(dictionary):
+            return dictionary.getlist(self.field_name) or empty
+        return dictionary.get(self.field_name, empty)
+
+    def to_internal_value(self, data: Any) -> tuple[str, ...]:
+        values = [data] if isinstance(data, str) else data
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+            raise serializers.ValidationError('Give labels as text ("cat,dog") or a list of texts (["cat", "dog"]).')
+        if any("\x00" in value for value in values):
+            raise serializers.ValidationError("Null characters are not allowed.")
+        if sum(map(len, values)) > self.MAX_CHARACTERS:
+            raise serializers.ValidationError(f"Give at most {self.MAX_CHARACTERS} characters of labels.")
+        return labels_parse(values)
+
+    def to_representation(self, value: tuple[str, ...]) -> str:
+        return ",".join(value)
 
 
 def _preference_field(name: str) -> serializers.IntegerField:
@@ -194,8 +224,7 @@ class SearchQuerySerializer(serializers.Serializer):
     text = TextField(required=False, allow_blank=True, max_length=500)
     label = TextField(required=False, max_length=64,  # type: ignore[assignment]  # a field named label
                       help_text="with image: search with the upload's region of this label")
-    labels = TextField(required=False, allow_blank=True, max_length=1000,
-                       help_text="comma-separated labels: keep only images with a mask of one of them")
+    labels = LabelsField(required=False)
     k = _preference_field("k")
     intersection = OptionalBooleanField(required=False, help_text="images found by both indexes first")
     policy = SpaceField(required=False, help_text="the preferred index")
@@ -292,7 +321,7 @@ class SearchApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data.get("image")
-        labels = labels_parse([data.get("labels") or ""])
+        labels = data.get("labels", ())
         query = Query(image_id=data.get("image_id"), mask_id=data.get("mask_id"), text=data.get("text") or None,
                       upload=read_upload(upload) if upload is not None else None,
                       upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"],

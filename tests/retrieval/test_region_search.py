@@ -110,6 +110,35 @@ def test_a_region_query_with_a_label_filter_matches_regions_of_those_labels(clie
     assert all(hit["semantic_similarity"] < cat_similarities[hit["image_id"]] for hit in body["results"])
 
 
+def test_a_label_filter_takes_any_letter_case_a_list_or_a_repeated_form_field(client, user, scenes):
+    images, _ = scenes
+    rng = np.random.default_rng(5)
+    bird = make_image(name="bird.png", color=(0, 0, 250))
+    Mask.objects.filter(image=bird).delete()
+    add_embedding(bird, space="semantic", model_key=SEMANTIC_KEY, vector=unit(rng.normal(size=384), "semantic"))
+    add_embedding(bird, space="content", model_key=CONTENT_KEY, vector=unit(np.abs(rng.normal(size=1024)), "content"))
+    add_mask(bird, label="bird", class_index=3)
+    client.force_login(user)
+
+    def found(response):
+        assert response.status_code == 200, response.content
+        return sorted(hit["image_id"] for hit in response.json()["results"])
+
+    assert found(search(client, image_id=images[0].pk, labels="bird")) == [bird.pk]
+    assert found(search(client, image_id=images[0].pk, labels="BIRD")) == [bird.pk]
+    assert found(search(client, image_id=images[0].pk, labels=["Bird"])) == [bird.pk]
+    everyone_else = sorted([bird.pk, *(image.pk for image in images[1:])])
+    assert found(search(client, image_id=images[0].pk, labels=["bird", "cat"])) == everyone_else
+    # A form repeating the field: each value counts (DRF alone kept only the last one).
+    assert found(client.post(reverse("api-search"), {"image_id": images[0].pk, "labels": ["bird", "Cat"]})) \
+        == everyone_else
+    refused = search(client, image_id=images[0].pk, labels=[1, 2])
+    assert refused.status_code == 400 and "list of texts" in str(refused.json()["labels"])
+    # The image list's label filter takes the same spellings.
+    assert client.get(reverse("api-images"), {"label": "BIRD"}).json()["count"] == 1
+    assert client.get(reverse("api-images"), {"label": "bird, Dog"}).json()["count"] == 7
+
+
 def test_region_queries_refuse_what_they_cannot_answer(client, user, scenes):
     images, _ = scenes
     client.force_login(user)
