@@ -28,6 +28,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
+from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from gallery.errors import Refused
@@ -44,6 +45,12 @@ SegmentationState = Literal["working", "ready", "failed"]
 _NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the interactive worker "
               f"(Q_CLUSTER_NAME={INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) is not running or "
               f"is busy.")
+# A running interactive cluster takes a queued task within a poll, or is busy with one it took: a task
+# still waiting this long while no task is taken means no such worker is running. Say so now rather
+# than after the whole timeout.
+UNCLAIMED_SECONDS = 10.0
+_NOT_RUNNING = (f"No interactive worker took the picture within {{seconds:g}} s: start it (Q_CLUSTER_NAME="
+                f"{INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) and try again.")
 
 
 class StagedLabel(TypedDict):
@@ -132,7 +139,7 @@ def _stage(*, data: bytes, name: str) -> StagedUpload:
     except BaseException:
         stored_delete([file_name])  # no file without its record
         raise
-    async_task("retrieval.tasks.staged_segment", token, task_name=f"segment-upload-{token}", group="uploads",
+    async_task("retrieval.tasks.staged_segment", token, task_name=_task_name(token), group="uploads",
                cluster=INTERACTIVE_CLUSTER, sync=settings.IMAGINAITION_SEGMENT_UPLOADS_INLINE)
     staged = staged_read(token)
     if staged is None:
@@ -158,11 +165,29 @@ def staged_read(token: str) -> StagedUpload | None:
         return None
     state, error = cast(SegmentationState, record.state), record.error
     timeout = settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT
-    timed_out = state == "working" and (timezone.now() - record.updated_at).total_seconds() > timeout
+    waited = (timezone.now() - record.updated_at).total_seconds()
+    timed_out = state == "working" and waited > timeout
     if timed_out:
         state, error = "failed", _NO_WORKER.format(timeout=timeout)
+    elif state == "working" and waited > UNCLAIMED_SECONDS and _nobody_took(token, seconds=UNCLAIMED_SECONDS):
+        timed_out, state, error = True, "failed", _NOT_RUNNING.format(seconds=UNCLAIMED_SECONDS)
     return StagedUpload(token=token, name=record.name, file_name=_file_name(token), labels=record.labels,
                         size=(record.width, record.height), state=state, error=error, timed_out=timed_out)
+
+
+def _nobody_took(token: str, *, seconds: float) -> bool:
+    """Whether the upload's task has waited in the interactive queue for `seconds` while no worker holds
+    any of its tasks. The ORM broker stamps a queued task with the time it was queued and a taken one
+    with a time to come (until it is done and removed)."""
+    now = timezone.now()
+    queue = OrmQ.objects.filter(key=INTERACTIVE_CLUSTER)
+    if queue.filter(lock__gt=now).exists():  # a worker is busy with a task: it will come to this one
+        return False
+    return any(task.name() == _task_name(token) for task in queue.filter(lock__lt=now - timedelta(seconds=seconds)))
+
+
+def _task_name(token: str) -> str:
+    return f"segment-upload-{token}"
 
 
 def staged_get(*, session: SessionBase) -> StagedUpload | None:
@@ -217,7 +242,9 @@ def upload_masks(*, data: bytes, name: str, timeout: float | None = None) -> dic
             current = staged_read(staged.token)
             if current is not None and current.state == "ready":
                 return current.masks()
-            if (current is not None and current.timed_out) or time.monotonic() >= deadline:
+            if current is not None and current.timed_out:
+                raise SegmentationUnavailable(current.error)
+            if time.monotonic() >= deadline:
                 raise SegmentationUnavailable(_NO_WORKER.format(timeout=timeout) + " Try again.")
             if current is None or current.state == "failed":
                 raise Refused(current.error if current else "The upload disappeared while it was segmented.",

@@ -98,3 +98,33 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     assert state["state"] == "failed" and "interactive worker" in state["error"]
     page = client.get(reverse("pages:home")).content.decode()
     assert "data-poll-url" not in page and "You can still search with the whole picture" in page
+
+
+def test_with_no_interactive_worker_running_a_queued_upload_fails_long_before_the_timeout(
+        client, user, worker_mode, media_root, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from retrieval import uploads
+
+    worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
+    monkeypatch.setattr(uploads, "UNCLAIMED_SECONDS", 0.5)
+    client.force_login(user)
+    started = time.monotonic()
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
+                                                   "label": "cat"})
+    assert response.status_code == 503 and "No interactive worker took the picture" in response.json()["detail"]
+    assert time.monotonic() - started < 60  # not the 600 s timeout
+    assert not StagedUploadRecord.objects.exists()
+
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
+    # A worker busy with another upload holds that task (stamped with a time to come): keep waiting.
+    busy = OrmQ.objects.create(key=uploads.INTERACTIVE_CLUSTER, payload="another upload",
+                               lock=timezone.now() + timedelta(seconds=60))
+    time.sleep(0.6)
+    assert client.get(reverse("pages:staged-state")).json()["state"] == "working"
+    busy.delete()  # nobody holds anything, and the upload's task still waits: no worker is running
+    state = client.get(reverse("pages:staged-state")).json()
+    assert state["state"] == "failed" and "No interactive worker took the picture" in state["error"]
