@@ -12,6 +12,7 @@ from gallery.models import Image, ResetJob
 from gallery.reset import ResetRefused, reset_run, reset_start
 from gallery.services import image_add
 from retrieval import pipeline
+from tests.conftest import wait_for
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 
@@ -123,6 +124,17 @@ def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_ro
     assert job.state == "failed" and "the models are not available" in job.error and job.finished_at
 
 
+def _reset_lock_free() -> bool:
+    from gallery.reset import RESET_LOCK
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [RESET_LOCK])
+        if not cursor.fetchone()[0]:
+            return False
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [RESET_LOCK])
+    return True
+
+
 def _hold_the_reset_lock():
     """A second database session holding the lock, as a live reset's worker does."""
     import psycopg
@@ -155,6 +167,9 @@ def test_a_reset_whose_worker_died_is_resumed_by_the_retried_task_and_no_longer_
             reset_start(folder=str(folder), recursive=True, user=staff_user)
     finally:
         alive.close()
+    # The server frees a closed session's locks once its backend has exited, a moment after close()
+    # returns (a busy machine made the run below find the lock still held).
+    wait_for(_reset_lock_free, timeout=30, message="the dead session's reset lock to be released")
 
     job = reset_run(job_id=job.pk)  # the queue hands the dead run's task out again
     assert job.state == "done", job.error

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 SEMANTIC_KEY, CONTENT_KEY = "offline/effnet-lite0+minilm", "autoencoder/v1"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")  # the CLI of this test run's environment
 MAX_EXAMPLES = 30  # per operation
-RUN_TIMEOUT = 180  # seconds for one schemathesis run (~50 s here); each request has 20 s
+RUN_TIMEOUT = 300  # seconds for one schemathesis run (50-75 s here); each request has 20 s
 
 
 def _unit(space: str, vector: np.ndarray) -> np.ndarray:
@@ -98,7 +98,10 @@ def run_schemathesis(*, url: str, token: str, workdir: Path, config: str, args: 
     cache, so nothing is written into the repository. Its only network peer is the live server."""
     config_file = workdir / "schemathesis.toml"
     config_file.write_text(config)
-    seed = os.environ.get("SCHEMATHESIS_SEED")  # the seed a failed run printed, to replay it
+    # A fixed seed by default: CI runs the same requests each time, so a red run names a change, not a
+    # draw. SCHEMATHESIS_SEED=random explores new inputs (and a failed run prints its seed to replay).
+    seed = os.environ.get("SCHEMATHESIS_SEED", "0")
+    seed = None if seed == "random" else seed
     command = [str(SCHEMATHESIS), "--config-file", str(config_file), "--no-color", "run", url,
                "--checks", "all", "-H", f"Authorization: Token {token}", "--max-examples", str(MAX_EXAMPLES),
                "--request-timeout", "20", "--generation-database", "none", "--workers", "1",
