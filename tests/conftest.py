@@ -132,4 +132,14 @@ def _serving_models_decided_per_query(settings):
     settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
     serving.forget()
     yield
+    _background_threads_joined()  # one started by this test must not write its answer into the next
     serving.forget()
+
+
+def _background_threads_joined(timeout: float = 30.0) -> None:
+    """Wait for the product's short background threads (the banner's refresh, an index file's copy)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "banner-refresh" or thread.name.startswith("index-copy-"):
+            thread.join(timeout)
