@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
@@ -174,8 +175,9 @@ def test_a_worker_killed_mid_task_leaves_no_half_written_rows_and_the_image_ends
     client.force_login(user)
     image_id = upload(client, "astronaut")
 
-    # Wait until a worker has taken the embedding task (the broker stamps it), then SIGKILL everything.
-    wait_for(lambda: OrmQ.objects.filter(lock__isnull=False).exists(), timeout=60, interval=0.05,
+    # Wait until the worker has taken the embedding task, then SIGKILL everything. The ORM broker stamps a
+    # queued task with the time it was queued and a taken one with its retry time, still to come.
+    wait_for(lambda: OrmQ.objects.filter(lock__gt=timezone.now()).exists(), timeout=60, interval=0.05,
              message="a worker to take the task")
     first.kill(signal.SIGKILL)
 
