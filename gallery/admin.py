@@ -94,16 +94,33 @@ class MaskAdmin(admin.ModelAdmin):
     list_display = ("id", "image", "label", "class_index", "area_fraction", "segmenter", "created_at")
     list_filter = ("label", "segmenter")
     search_fields = ("label", "image__original_name")
-    readonly_fields = ("image", "label", "class_index", "area_fraction", "segmenter", "created_at")
-    exclude = ("probability_png",)
+    fields: ClassVar[tuple[str, ...]] = ("picture", "image_link", "label", "class_index", "area_fraction",
+                                         "segmenter", "created_at")
+    readonly_fields: ClassVar[tuple[str, ...]] = fields
     list_select_related = ("image",)
 
-    # Masks (and their region vectors) come from segmentation only: a recomputation replaces them.
+    # Masks (and their region vectors) come from segmentation only: a recomputation replaces them. So
+    # a mask's page is for viewing: no Save button that would report a change it never made.
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Mask | None = None) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Mask | None = None) -> bool:
         return False
+
+    @admin.display(description="Mask")
+    def picture(self, obj: Mask) -> str:
+        """The picture and, beside it, the mask (white where the label is likely)."""
+        mask_url = reverse("gallery:mask-png", args=[obj.image_id, obj.pk])
+        return format_html('{} <img src="{}" alt="{} mask" style="max-height:240px;max-width:240px">',
+                           _thumbnail(obj.image, 256, 240), mask_url, obj.label)
+
+    @admin.display(description="Image")
+    def image_link(self, obj: Mask) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:gallery_image_change", args=[obj.image_id]),
+                           obj.image)
 
 
 @admin.register(ResetJob)

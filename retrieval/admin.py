@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from gallery.admin import ImageAdmin, MaskInline
+from gallery.admin import ImageAdmin, MaskAdmin, MaskInline
 from gallery.errors import Refused
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
@@ -39,15 +39,38 @@ class MaskWithRegionVectorsInline(MaskInline):
 
     @admin.display(description="Region vectors")
     def region_models(self, obj: Mask) -> str:
-        return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in obj.embeddings.all())) or \
-            "none (too small to search with)"
+        return _region_models(obj)
 
     @admin.display(description="")
     def search_region(self, obj: Mask) -> str:
-        if not obj.pk or not obj.embeddings.all():
-            return "-"
-        url = reverse("admin:gallery_image_similar", args=[obj.image_id]) + f"?mask={obj.pk}"
-        return format_html('<a href="{}">Search similar region</a>', url)
+        return _search_region_link(obj)
+
+
+def _region_models(mask: Mask) -> str:
+    return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in mask.embeddings.all())) or \
+        "none (too small to search with)"
+
+
+def _search_region_link(mask: Mask) -> str:
+    if not mask.pk or not mask.embeddings.all():
+        return "-"
+    url = reverse("admin:gallery_image_similar", args=[mask.image_id]) + f"?mask={mask.pk}"
+    return format_html('<a href="{}">Search similar region</a>', url)
+
+
+class MaskWithRegionVectorsAdmin(MaskAdmin):
+    """A mask's page, plus the models that embedded its region and "search similar region"."""
+
+    fields = (*MaskAdmin.fields, "region_models", "search_region")
+    readonly_fields = fields
+
+    @admin.display(description="Region vectors")
+    def region_models(self, obj: Mask) -> str:
+        return _region_models(obj)
+
+    @admin.display(description="Search")
+    def search_region(self, obj: Mask) -> str:
+        return _search_region_link(obj)
 
 
 class ImageWithVectorsAdmin(ImageAdmin):
@@ -94,6 +117,8 @@ class ImageWithVectorsAdmin(ImageAdmin):
 
 admin.site.unregister(Image)
 admin.site.register(Image, ImageWithVectorsAdmin)
+admin.site.unregister(Mask)
+admin.site.register(Mask, MaskWithRegionVectorsAdmin)
 
 
 @admin.register(Embedding)

@@ -261,3 +261,21 @@ def test_admin_shows_each_masks_region_vectors_and_searches_by_a_region(client, 
     assert "Images similar to the cat in scene0.png" in page
     assert page.count("matched region: cat") == 5
     assert client.get(similar, {"mask": cats[1].pk}).status_code == 404  # another image's mask
+
+
+def test_a_masks_admin_page_shows_the_mask_and_searches_by_its_region_and_changes_nothing(
+        client, staff_user, scenes):
+    images, cats = scenes
+    tiny = add_mask(images[0], label="bird", class_index=3)  # no region vectors
+    client.force_login(staff_user)
+    url = reverse("admin:gallery_mask_change", args=[cats[0].pk])
+    page = client.get(url).content.decode()
+    assert reverse("gallery:mask-png", args=[images[0].pk, cats[0].pk]) in page  # the mask beside the picture
+    assert reverse("admin:gallery_image_change", args=[images[0].pk]) in page
+    similar = reverse("admin:gallery_image_similar", args=[images[0].pk])
+    assert f"{similar}?mask={cats[0].pk}" in page and f"semantic:{SEMANTIC_KEY}" in page
+    assert 'name="_save"' not in page  # masks come from segmentation: viewed, never edited here
+    assert client.post(url, {"label": "dog"}).status_code == 403
+    assert Mask.objects.get(pk=cats[0].pk).label == "cat"
+    small = client.get(reverse("admin:gallery_mask_change", args=[tiny.pk])).content.decode()
+    assert "too small to search with" in small and f"?mask={tiny.pk}" not in small
