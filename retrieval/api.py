@@ -234,6 +234,11 @@ class SearchQuerySerializer(serializers.Serializer):
 
     def validate(self, data: dict[str, object]) -> dict[str, object]:
         given = [name for name in ("image_id", "mask_id", "image", "text") if data.get(name) not in (None, "")]
+        if not given and "text" in data:
+            raise serializers.ValidationError({"text": ["The text is blank: type some words."]})
+        if not given and "file" in getattr(self, "initial_data", {}):
+            raise serializers.ValidationError("Give the picture to search with as `image` (`file` is how "
+                                              "POST /api/images/ adds one to the gallery).")
         if len(given) != 1:
             raise serializers.ValidationError("Give exactly one of image_id, mask_id, image or text.")
         return data

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import reverse
 
@@ -106,6 +107,10 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     pending = make_image(status="pending")
     assert "not been embedded yet" in search(client, image_id=pending.pk).json()["detail"]
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
+    for blank in ("", "   "):
+        assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}
+    wrong_field = client.post(reverse("api-search"), {"file": SimpleUploadedFile("a.png", b"x")})
+    assert "as `image`" in str(wrong_field.json())
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "message"), [
