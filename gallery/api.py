@@ -225,6 +225,13 @@ class NoSuchImageApi(APIView):
         raise NotFound("No such image.")
 
 
+class ImagePagination(PageNumberPagination):
+    """Pages of PAGE_SIZE images; ?page_size= asks for another size, up to max_page_size."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
 class NoSuchEndpointApi(APIView):
     """Any path under /api/ that names no endpoint: a JSON 404 that points at the list, rather than the
     site's HTML page (imaginaition_site.middleware serves an endpoint's path without its final "/")."""
@@ -240,7 +247,7 @@ class NoSuchEndpointApi(APIView):
 class ImageListCreateApi(APIView):
     permission_classes = [GalleryPermission]
     parser_classes = [MultiPartParser, FormParser]
-    pagination_class = PageNumberPagination  # the envelope: count, next, previous, results
+    pagination_class = ImagePagination  # the envelope: count, next, previous, results
 
     @extend_schema(parameters=[ImageListQuerySerializer],
                    responses={200: ImageOutputSerializer(many=True),

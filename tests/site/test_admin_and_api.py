@@ -282,3 +282,12 @@ def test_a_token_wins_over_a_session_cookie_and_a_request_without_either_is_told
     assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
     wrong = Client().get("/api/images/", HTTP_AUTHORIZATION=f"Token {key} extra")
     assert wrong.status_code == 401 and "Authorization: Token <key>" in wrong.json()["detail"]
+
+
+def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_root):
+    images = [make_image(name=f"{i}.png") for i in range(3)]
+    client.force_login(user)
+    page = client.get(reverse("api-images"), {"page_size": 2}).json()
+    assert page["count"] == 3 and len(page["results"]) == 2 and "page_size=2" in page["next"]
+    assert [row["id"] for row in page["results"]] == [images[2].pk, images[1].pk]  # newest first
+    assert len(client.get(reverse("api-images"), {"page_size": 10_000}).json()["results"]) == 3  # capped, not refused
