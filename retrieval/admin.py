@@ -27,8 +27,25 @@ class EmbeddingInline(admin.TabularInline):
     can_delete = False
 
 
-class MaskWithRegionVectorsInline(MaskInline):
-    """An image's masks, with the models that embedded each region and "search similar region"."""
+class RegionColumns:
+    """A mask's region columns, for the image page's mask rows and for a mask's own page: the models
+    that embedded the region, and "search similar region" where it has vectors."""
+
+    @admin.display(description="Region vectors")
+    def region_models(self, obj: Mask) -> str:
+        return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in obj.embeddings.all())) or \
+            "none (too small to search with)"
+
+    @admin.display(description="")
+    def search_region(self, obj: Mask) -> str:
+        if not obj.pk or not obj.embeddings.all():
+            return "-"
+        url = reverse("admin:gallery_image_similar", args=[obj.image_id]) + f"?mask={obj.pk}"
+        return format_html('<a href="{}">Search similar region</a>', url)
+
+
+class MaskWithRegionVectorsInline(RegionColumns, MaskInline):
+    """An image's masks, with their region columns."""
 
     fields = (*MaskInline.fields, "region_models", "search_region")
     readonly_fields = fields
@@ -37,40 +54,12 @@ class MaskWithRegionVectorsInline(MaskInline):
         return super().get_queryset(request).prefetch_related(
             Prefetch("embeddings", queryset=RegionEmbedding.objects.only("mask_id", "space", "model_key")))
 
-    @admin.display(description="Region vectors")
-    def region_models(self, obj: Mask) -> str:
-        return _region_models(obj)
 
-    @admin.display(description="")
-    def search_region(self, obj: Mask) -> str:
-        return _search_region_link(obj)
-
-
-def _region_models(mask: Mask) -> str:
-    return format_html_join(", ", "{}:{}", ((e.space, e.model_key) for e in mask.embeddings.all())) or \
-        "none (too small to search with)"
-
-
-def _search_region_link(mask: Mask) -> str:
-    if not mask.pk or not mask.embeddings.all():
-        return "-"
-    url = reverse("admin:gallery_image_similar", args=[mask.image_id]) + f"?mask={mask.pk}"
-    return format_html('<a href="{}">Search similar region</a>', url)
-
-
-class MaskWithRegionVectorsAdmin(MaskAdmin):
-    """A mask's page, plus the models that embedded its region and "search similar region"."""
+class MaskWithRegionVectorsAdmin(RegionColumns, MaskAdmin):
+    """A mask's page, with its region columns."""
 
     fields = (*MaskAdmin.fields, "region_models", "search_region")
     readonly_fields = fields
-
-    @admin.display(description="Region vectors")
-    def region_models(self, obj: Mask) -> str:
-        return _region_models(obj)
-
-    @admin.display(description="Search")
-    def search_region(self, obj: Mask) -> str:
-        return _search_region_link(obj)
 
 
 class ImageWithVectorsAdmin(ImageAdmin):
