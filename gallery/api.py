@@ -25,6 +25,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.utils import html
 from rest_framework.views import APIView, exception_handler
 
 from gallery import selectors, services
@@ -111,7 +112,20 @@ class TextField(serializers.CharField):
 
 @extend_schema_field({"type": "string", "format": "binary"})
 class UploadField(serializers.FileField):
-    """A file part of a multipart/form-data body."""
+    """A file part of a multipart/form-data body: one (DRF would keep the last of several, dropping
+    the others without a word)."""
+
+    default_error_messages = {"several": "Send one file in this field ({count} were sent): one picture per request."}
+
+    def get_value(self, dictionary: Any) -> Any:
+        if html.is_html_input(dictionary) and len(files := dictionary.getlist(self.field_name)) > 1:
+            return files
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, list):
+            self.fail("several", count=len(data))
+        return super().to_internal_value(data)
 
 
 class ImageUrlFields(serializers.Serializer):

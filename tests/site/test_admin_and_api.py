@@ -291,3 +291,16 @@ def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_r
     assert page["count"] == 3 and len(page["results"]) == 2 and "page_size=2" in page["next"]
     assert [row["id"] for row in page["results"]] == [images[2].pk, images[1].pk]  # newest first
     assert len(client.get(reverse("api-images"), {"page_size": 10_000}).json()["results"]) == 3  # capped, not refused
+
+
+def test_two_files_in_one_field_are_refused_rather_than_one_dropped(client, user, media_root):
+    from tests.gallery.factories import png_bytes
+
+    client.force_login(user)
+    two = [SimpleUploadedFile("a.png", png_bytes()), SimpleUploadedFile("b.png", png_bytes())]
+    response = client.post(reverse("api-images"), {"file": two})
+    assert response.status_code == 400
+    assert response.json() == {"file": ["Send one file in this field (2 were sent): one picture per request."]}
+    assert not Image.objects.exists()
+    two = [SimpleUploadedFile("a.png", png_bytes()), SimpleUploadedFile("b.png", png_bytes())]
+    assert "2 were sent" in str(client.post(reverse("api-search"), {"image": two}).json())
