@@ -96,8 +96,11 @@ def error_response(description: str) -> OpenApiResponse:
 BAD_REQUEST = PolymorphicProxySerializer(component_name="BadRequest",
                                          serializers=[ErrorSerializer, ValidationErrorSerializer],
                                          resource_type_field_name=None, many=False)
-FORBIDDEN = error_response("Not signed in (where the gallery is private or the operation writes), or credentials "
-                           "that are not valid.")
+UNAUTHORIZED = error_response("No credentials where the gallery is private or the operation writes, or credentials "
+                              "that are not valid (an unknown token); WWW-Authenticate names the scheme.")
+FORBIDDEN = error_response("Signed in but not allowed (e.g. deleting another user's image), or a session's write "
+                           "without its CSRF token.")
+CALLER_REFUSED = {401: UNAUTHORIZED, 403: FORBIDDEN}  # an operation's answers to a caller it does not serve
 NOT_FOUND = error_response("No such image.")
 
 
@@ -267,7 +270,7 @@ class ImageListCreateApi(APIView):
                    responses={200: ImageOutputSerializer(many=True),
                               400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask can "
                                                    "have (with a NUL character)."),
-                              403: FORBIDDEN,
+                              **CALLER_REFUSED,
                               404: error_response("A page number that is not a page of the list.")})
     def get(self, request: Request) -> Response:
         query = ImageListQuerySerializer(data=request.query_params)
@@ -284,7 +287,7 @@ class ImageListCreateApi(APIView):
                                                    description="Already stored (the same bytes): that image."),
                               400: OpenApiResponse(BAD_REQUEST, description="No file, or a file that is not an "
                                                    "image we accept (damaged, truncated, another format)."),
-                              403: FORBIDDEN,
+                              **CALLER_REFUSED,
                               413: error_response("A file over the upload limit, or an image with too many pixels.")})
     def post(self, request: Request) -> Response:
         serializer = ImageUploadSerializer(data=request.data)
@@ -305,12 +308,12 @@ class ImageDetailApi(APIView):
             raise NotFound("No such image.")
         return image
 
-    @extend_schema(responses={200: ImageDetailOutputSerializer, 403: FORBIDDEN, 404: NOT_FOUND})
+    @extend_schema(responses={200: ImageDetailOutputSerializer, **CALLER_REFUSED, 404: NOT_FOUND})
     def get(self, request: Request, image_id: int) -> Response:
         return Response(ImageDetailOutputSerializer(self._get(image_id), context={"request": request}).data)
 
     @extend_schema(responses={204: OpenApiResponse(description="Deleted, with its masks, vectors and files."),
-                              403: FORBIDDEN, 404: NOT_FOUND})
+                              **CALLER_REFUSED, 404: NOT_FOUND})
     def delete(self, request: Request, image_id: int) -> Response:
         image = self._get(image_id)
         if not can_delete_image(request.user, image):
@@ -325,7 +328,7 @@ class ImageRetryApi(APIView):
     @extend_schema(request=None,
                    responses={200: OpenApiResponse(ImageOutputSerializer, description="Failed work (vectors, "
                                                    "masks or both) queued again; otherwise the image unchanged."),
-                              403: FORBIDDEN, 404: NOT_FOUND})
+                              **CALLER_REFUSED, 404: NOT_FOUND})
     def post(self, request: Request, image_id: int) -> Response:
         image = Image.objects.filter(pk=image_id).first()
         if image is None:

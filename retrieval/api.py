@@ -21,7 +21,8 @@ from rest_framework.views import APIView
 
 from gallery.api import (
     BAD_REQUEST,
-    FORBIDDEN,
+    CALLER_REFUSED,
+    GalleryPermission,
     NO_NUL,
     ImageUrlFields,
     TextField,
@@ -102,6 +103,7 @@ def _preference_field(name: str) -> serializers.IntegerField:
 
 # Only with a token or session that is not valid: these operations are open to everyone otherwise.
 INVALID_CREDENTIALS = error_response("Credentials that are not valid (an unknown token).")
+CSRF_MISSING = error_response("A signed-in session's write without its CSRF token.")
 
 
 class ApiRootApi(APIView):
@@ -110,7 +112,7 @@ class ApiRootApi(APIView):
     @extend_schema(responses={200: inline_serializer("ApiRoot", {
         "images": serializers.URLField(), "search": serializers.URLField(), "preferences": serializers.URLField(),
         "status": serializers.URLField(), "schema": serializers.URLField(), "docs": serializers.URLField()}),
-        403: INVALID_CREDENTIALS})
+        401: INVALID_CREDENTIALS})
     def get(self, request: Request) -> Response:
         return Response({
             "images": reverse("api-images", request=request),
@@ -164,16 +166,17 @@ class StatusSerializer(serializers.Serializer):
 
 
 class StatusApi(APIView):
-    """Active model profile, database, image counts by status, queued tasks, index integrity."""
+    """Active model profile, database, image counts by status, queued tasks, index integrity. Read like
+    the gallery: on a private one (the default), only signed-in callers see its counts and files."""
 
-    permission_classes = [AllowAny]
+    permission_classes = [GalleryPermission]
 
     @extend_schema(parameters=[
         OpenApiParameter("check_files", str, description="1 (staff only): also check that every stored file "
                          "exists; otherwise ignored"),
         OpenApiParameter("heal", str, description="1 (staff only): rebuild missing or stale indexes in the "
                          "background; otherwise ignored")],
-        responses={200: StatusSerializer, 403: INVALID_CREDENTIALS})
+        responses={200: StatusSerializer, **CALLER_REFUSED})
     def get(self, request: Request) -> Response:
         """?check_files=1 (staff) also checks that every stored file exists; ?heal=1 (staff) rebuilds
         missing or stale indexes in the background."""
@@ -188,7 +191,7 @@ class WorkerCheckStartApi(APIView):
     """Enqueue a ping task; a running worker answers it (see WorkerCheckResultApi)."""
 
     @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()}),
-                                            403: FORBIDDEN})
+                                            **CALLER_REFUSED})
     def post(self, request: Request) -> Response:
         task_id = status_service.worker_check_start()
         return Response({"task_id": task_id}, status=status.HTTP_202_ACCEPTED)
@@ -205,7 +208,7 @@ class WorkerCheckResultApi(APIView):
         "stopped": serializers.DateTimeField(required=False)}),
         400: OpenApiResponse(ValidationErrorSerializer, description="A task id no task can have (with a NUL "
                              "character)."),
-        403: FORBIDDEN})
+        **CALLER_REFUSED})
     def get(self, request: Request, task_id: str) -> Response:
         checked = self.TaskIdSerializer(data={"task_id": task_id})
         checked.is_valid(raise_exception=True)
@@ -315,8 +318,9 @@ class SearchApi(APIView):
                                                    "words; an upload that is not an image we accept; a label the "
                                                    "upload does not have; a region too small; an unknown filter label."),
                               404: error_response("No such image (image_id) or mask (mask_id)."),
-                              403: error_response("The gallery is private and the caller is not signed in, or "
-                                                  "credentials that are not valid."),
+                              401: INVALID_CREDENTIALS,
+                              403: error_response("The gallery is private and the caller is not signed in, or a "
+                                                  "signed-in session's search without its CSRF token."),
                               413: error_response("An upload over the upload limit, or with too many pixels."),
                               503: error_response("image with label: no interactive worker segmented the upload "
                                                   "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),
@@ -368,7 +372,7 @@ class PreferencesApi(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: PreferencesSerializer, 403: INVALID_CREDENTIALS})
+    @extend_schema(responses={200: PreferencesSerializer, 401: INVALID_CREDENTIALS})
     def get(self, request: Request) -> Response:
         return Response(preferences_get(user=request.user, session=request.session))
 
@@ -377,7 +381,7 @@ class PreferencesApi(APIView):
                               400: OpenApiResponse(BAD_REQUEST, description="A value out of its limits or of "
                                                    "the wrong type, named by its field; or a body that cannot be "
                                                    "parsed."),
-                              403: INVALID_CREDENTIALS})
+                              401: INVALID_CREDENTIALS, 403: CSRF_MISSING})
     def put(self, request: Request) -> Response:
         serializer = PreferencesUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -234,7 +234,8 @@ def wait_up(role: Role) -> None:
     def answers():
         role.check_alive()
         try:
-            return requests.get(f"{role.url}/api/status/", timeout=30).status_code == 200
+            # Up once the application answers: 401 without a sign-in, the gallery being private.
+            return requests.get(f"{role.url}/api/status/", timeout=30).status_code in (200, 401)
         except requests.ConnectionError:
             return False
 
@@ -268,9 +269,9 @@ def index_versions(hosts: Hosts) -> dict[tuple[str, str, str], int]:
             hosts.query("SELECT owner, space, model_key, version FROM retrieval_indexstate WHERE file_name <> ''")}
 
 
-def served_versions(role: Role) -> dict[tuple[str, str, str], int | None]:
-    """The index versions web host `role` answers with (its /api/status/)."""
-    body = requests.get(f"{role.url}/api/status/", timeout=30).json()
+def served_versions(session: requests.Session, role: Role) -> dict[tuple[str, str, str], int | None]:
+    """The index versions web host `role` answers with (its /api/status/, read signed in)."""
+    body = session.get(f"{role.url}/api/status/", timeout=30).json()
     return {(index.get("owner", "image"), index["space"], index["model_key"]): index["version"]
             for index in body["integrity"]["indexes"]}
 
@@ -384,7 +385,7 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
 
     # --- 3. B restarted: loads its persisted indexes and catches up. --------------------------------
     b_indexes = Path(web_b.env["IMAGINAITION_VAR_DIR"]) / "indexes"
-    wait_for(lambda: requests.get(f"{web_b.url}/api/status/", timeout=30).json()["integrity"]["state"] == "ok",
+    wait_for(lambda: b.get(f"{web_b.url}/api/status/", timeout=30).json()["integrity"]["state"] == "ok",
          timeout=60, interval=0.5, message="web B to hold every index (image and region vectors)")
     files_before = folder_files(b_indexes)
     assert any(name.endswith(".faiss") for name in files_before), files_before  # B keeps its own copies
@@ -428,7 +429,7 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
         after = index_versions(hosts)
         assert after.keys() == before.keys() and all(after[key] == before[key] + 1 for key in before), (before, after)
         rebuilt = time.monotonic()
-        wait_for(lambda: all(served_versions(web_b).get(key) == version for key, version in after.items()),
+        wait_for(lambda: all(served_versions(b, web_b).get(key) == version for key, version in after.items()),
              timeout=60, interval=0.2, message=f"web B to serve the rebuilt versions {after}")
         timings["rebuild on A (manage.py rebuild_index)"] = rebuilt - clock
         timings["rebuild done -> B serves the new version"] = time.monotonic() - rebuilt

@@ -51,9 +51,15 @@ def test_thumbnail_is_generated_once_and_private_by_default(client, user, media_
     assert cached[0].stat().st_mtime_ns == mtime
 
 
-def test_api_root_status_and_schema(client):
+def test_api_root_status_and_schema(client, user, settings):
     root = client.get("/api/")
     assert root.status_code == 200 and "status" in root.json()
+    # The status shows counts and missing files: read like the gallery (private by default).
+    assert client.get("/api/status/").status_code == 401
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    assert client.get("/api/status/").status_code == 200
+    settings.IMAGINAITION_PUBLIC_GALLERY = False
+    client.force_login(user)
     status = client.get("/api/status/").json()
     assert status["profile"] in ("standard", "offline")
     assert status["pgvector_version"].startswith("0.")
@@ -62,7 +68,8 @@ def test_api_root_status_and_schema(client):
     assert client.get("/api/docs/").status_code == 200
 
 
-def test_status_counts_images_by_status(client, media_root):
+def test_status_counts_images_by_status(client, user, media_root):
+    client.force_login(user)
     make_image(status="pending")
     make_image(status="failed")
     make_image()
