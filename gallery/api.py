@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
@@ -131,6 +132,35 @@ class UploadField(serializers.FileField):
         return super().to_internal_value(data)
 
 
+class ClosedInput(serializers.Serializer):
+    """A request body that names only its fields: an unknown one (a typo such as "lables") is refused
+    with the fields listed, rather than ignored while the request seems to have worked. The schema says
+    so too (request_bodies_closed)."""
+
+    IGNORED = frozenset({"csrfmiddlewaretoken"})  # an HTML form's, where a page posts one
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = sorted(set(data) - set(self.fields) - self.IGNORED) if isinstance(data, Mapping) else []
+        if unknown:
+            known = ", ".join(self.fields)
+            raise serializers.ValidationError({name: [f"Unknown field; the fields are: {known}."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every component a request body refers to allows no other
+    properties (additionalProperties: false), as ClosedInput refuses them."""
+    components = result.get("components", {}).get("schemas", {})
+    operations = [operation for path in result.get("paths", {}).values() for operation in path.values()
+                  if isinstance(operation, dict)]  # a path's "parameters" is a list
+    for operation in operations:
+        for media in operation.get("requestBody", {}).get("content", {}).values():
+            name = media.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+            if name in components:
+                components[name]["additionalProperties"] = False
+    return result
+
+
 class ImageUrlFields(serializers.Serializer):
     """file_url and thumbnail_url of the image at `image_source` (a dotted attribute, "" = the object)."""
 
@@ -226,7 +256,7 @@ class ImageListQuerySerializer(serializers.Serializer):
         help_text="only images with a mask of this label (or of one of these: cat,dog), in any letter case")
 
 
-class ImageUploadSerializer(serializers.Serializer):
+class ImageUploadSerializer(ClosedInput):
     file = UploadField(allow_empty_file=True)  # image_add explains why empty is refused
 
 

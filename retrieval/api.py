@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from gallery.api import (
     BAD_REQUEST,
     CALLER_REFUSED,
+    ClosedInput,
     GalleryPermission,
     NO_NUL,
     ImageUrlFields,
@@ -218,7 +219,7 @@ class WorkerCheckResultApi(APIView):
         return Response({"done": True, **result})
 
 
-class SearchQuerySerializer(serializers.Serializer):
+class SearchQuerySerializer(ClosedInput):
     """Search by a stored image (image_id) or by words (text): exactly one of them. k, intersection,
     policy and split override the caller's preferences for this query."""
 
@@ -239,9 +240,6 @@ class SearchQuerySerializer(serializers.Serializer):
         given = [name for name in ("image_id", "mask_id", "image", "text") if data.get(name) not in (None, "")]
         if not given and "text" in data:
             raise serializers.ValidationError({"text": ["The text is blank: type some words."]})
-        if not given and "file" in getattr(self, "initial_data", {}):
-            raise serializers.ValidationError("Give the picture to search with as `image` (`file` is how "
-                                              "POST /api/images/ adds one to the gallery).")
         if len(given) != 1:
             raise serializers.ValidationError("Give exactly one of image_id, mask_id, image or text.")
         return data
@@ -347,7 +345,7 @@ class SearchApi(APIView):
         })
 
 
-class PreferencesUpdateSerializer(serializers.Serializer):
+class PreferencesUpdateSerializer(ClosedInput):
     """The preferences to change; the others keep their values (PUT and PATCH both update in part)."""
 
     mask_threshold = _preference_field("mask_threshold")

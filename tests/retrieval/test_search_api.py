@@ -110,7 +110,12 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     for blank in ("", "   "):
         assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}
     wrong_field = client.post(reverse("api-search"), {"file": SimpleUploadedFile("a.png", b"x")})
-    assert "as `image`" in str(wrong_field.json())
+    assert wrong_field.status_code == 400 and wrong_field.json()["file"][0].endswith("include_self, image.")
+    typo = search(client, image_id=gallery[0].pk, lables="cat")  # a typo is refused, not ignored
+    assert typo.status_code == 400 and list(typo.json()) == ["lables"]
+    assert "Unknown field; the fields are: image_id, mask_id, text" in typo.json()["lables"][0]
+    preferences = client.put(reverse("api-preferences"), {"kk": 3}, content_type="application/json")
+    assert preferences.status_code == 400 and "Unknown field" in preferences.json()["kk"][0]
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "message"), [
