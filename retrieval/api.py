@@ -11,12 +11,12 @@ from drf_spectacular.utils import (Direction, OpenApiParameter, OpenApiResponse,
                                    inline_serializer)
 from rest_framework import serializers, status
 from rest_framework.fields import empty
-from rest_framework.utils import html
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.utils import html
 from rest_framework.views import APIView
 
 from gallery.api import (

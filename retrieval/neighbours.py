@@ -163,14 +163,13 @@ def _faiss_images(snapshot: IndexSnapshot, query: np.ndarray, k: int, *, exclude
     image_of = snapshot.image_of if snapshot.owner == "region" else None
     if image_of is None:
         allowed_regions = None
-    if allowed is not None or allowed_regions is not None:
-        if image_of is None:
-            labels = set(allowed or ())
-        elif allowed is None:
-            labels = set(allowed_regions or ())
-        else:
-            labels = {label for image_id in allowed for label in snapshot.regions_of.get(image_id, ())
-                      if allowed_regions is None or label in allowed_regions}
+    labels: set[int] | None = None  # the index labels the filters leave, where there are filters
+    if allowed is not None:
+        labels = set(allowed) if image_of is None else \
+            {label for image_id in allowed for label in snapshot.regions_of.get(image_id, ())}
+    if allowed_regions is not None:
+        labels = set(allowed_regions) if labels is None else labels & allowed_regions
+    if labels is not None:
         if exclude_image_id is not None:
             labels -= {exclude_image_id} if image_of is None else snapshot.regions_of.get(exclude_image_id, set())
         if len(labels) <= EXACT_FILTER_MAX:
