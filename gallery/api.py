@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import ErrorDetail, NotAuthenticated, NotFound, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -50,6 +50,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, TooManyFieldsSent):
         return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields."},
                         status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, NotAuthenticated):  # DRF's words do not say how to authenticate
+        exc.detail = ErrorDetail("Sign in, or send `Authorization: Token <key>` (an administrator makes a key "
+                                 "with `manage.py drf_create_token USER`).", code=exc.default_code)
     return exception_handler(exc, context)
 
 
@@ -191,6 +194,15 @@ class GalleryPermission(BasePermission):
         if request.method in SAFE_METHODS:
             return can_view_gallery(request.user)
         return bool(request.user and request.user.is_authenticated)
+
+
+class GalleryReadPermission(BasePermission):
+    """A read sent as a POST (a search): the gallery's read rule whatever the method."""
+
+    message = GalleryPermission.message
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return can_view_gallery(request.user)
 
 
 class MaskSerializer(serializers.Serializer):

@@ -24,6 +24,7 @@ from gallery.api import (
     CALLER_REFUSED,
     ClosedInput,
     GalleryPermission,
+    GalleryReadPermission,
     NO_NUL,
     ImageUrlFields,
     TextField,
@@ -304,7 +305,7 @@ class SearchResultSerializer(serializers.Serializer):
 class SearchApi(APIView):
     """Find similar images by a stored image, an uploaded image or text, with the merge policy."""
 
-    permission_classes = [AllowAny]  # search_for checks gallery visibility (private by default)
+    permission_classes = [GalleryReadPermission]  # private by default: no credentials get 401
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
     @extend_schema(request={"multipart/form-data": SearchUploadQuerySerializer,
@@ -316,9 +317,7 @@ class SearchApi(APIView):
                                                    "words; an upload that is not an image we accept; a label the "
                                                    "upload does not have; a region too small; an unknown filter label."),
                               404: error_response("No such image (image_id) or mask (mask_id)."),
-                              401: INVALID_CREDENTIALS,
-                              403: error_response("The gallery is private and the caller is not signed in, or a "
-                                                  "signed-in session's search without its CSRF token."),
+                              **CALLER_REFUSED,
                               413: error_response("An upload over the upload limit, or with too many pixels."),
                               503: error_response("image with label: no interactive worker segmented the upload "
                                                   "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),

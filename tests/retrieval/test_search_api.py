@@ -132,8 +132,13 @@ def test_a_body_over_django_s_limits_is_refused_in_json(client, user, body, cont
         assert message in response.json()["detail"]
 
 
-def test_private_gallery_refuses_anonymous_search(client, gallery):
-    assert search(client, image_id=gallery[0].pk).status_code == 403
+def test_private_gallery_refuses_anonymous_search_as_unauthenticated(client, gallery, settings):
+    # 401 with the scheme, as the other reads of a private gallery answer (it used to be a bare 403).
+    refused = search(client, image_id=gallery[0].pk)
+    assert refused.status_code == 401 and refused["WWW-Authenticate"] == "Token"
+    assert "Authorization: Token <key>" in refused.json()["detail"]
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    assert search(client, image_id=gallery[0].pk).status_code == 200
 
 
 def test_preferences_defaults_update_and_validation(client, user):

@@ -287,6 +287,7 @@ def test_a_token_wins_over_a_session_cookie_and_a_request_without_either_is_told
 
     anonymous = Client().get("/api/images/")
     assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
+    assert "drf_create_token" in anonymous.json()["detail"]  # says how to authenticate
     wrong = Client().get("/api/images/", HTTP_AUTHORIZATION=f"Token {key} extra")
     assert wrong.status_code == 401 and "Authorization: Token <key>" in wrong.json()["detail"]
 
