@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import PermissionsMixin
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 
 from gallery.models import Image
 from gallery.services import User
@@ -19,7 +18,10 @@ def access_image(*, user: User | None, image_id: int) -> Image:
     """The image if `user` may see it; 404 otherwise (never reveal what exists to outsiders)."""
     if not can_view_gallery(user):
         raise Http404("No such image")
-    return get_object_or_404(Image, pk=image_id)
+    image = Image.objects.filter(pk=image_id).first()
+    if image is None:
+        raise Http404(f"There is no image {image_id}.")
+    return image
 
 
 def can_delete_image(user: User | None, image: Image) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models.functions import Lower
 
 from gallery.models import Image, Mask, ProcessingStatus
 
@@ -44,8 +45,8 @@ def image_detail(*, image_id: int) -> Image | None:
 
 
 def label_counts() -> list[tuple[str, int]]:
-    """Each label any mask has, alphabetically, with how many images have it."""
-    rows = (Mask.objects.values("label").annotate(images=Count("image", distinct=True)).order_by("label"))
+    """Each label any mask has, alphabetically in any letter case, with how many images have it."""
+    rows = (Mask.objects.values("label").annotate(images=Count("image", distinct=True)).order_by(Lower("label"), "label"))
     return [(row["label"], row["images"]) for row in rows]
 
 

@@ -54,8 +54,19 @@ def png_response(data: bytes, *, cache: bool) -> HttpResponse:
 @require_GET
 def gallery_page(request: HttpRequest) -> HttpResponse:
     label = request.GET.get("label", "").strip()
-    page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": selectors.label_counts()})
+    page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(page_number(request))
+    chosen = {name.strip().casefold() for name in label.split(",")}  # the list matches in any letter case
+    chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
+    return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips})
+
+
+def page_number(request: HttpRequest) -> str | None:
+    """?page=: a number below 1 is the first page (Django's paginator would show the last)."""
+    number = request.GET.get("page")
+    try:
+        return "1" if number is not None and int(number) < 1 else number
+    except ValueError:
+        return number  # not a number: the paginator shows the first page
 
 
 @gallery_reader

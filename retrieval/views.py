@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -118,7 +118,9 @@ def search(request: HttpRequest) -> HttpResponseBase:
     back = redirect("pages:home")
     if image_id or mask_id:
         if mask_id:
-            mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0)
+            mask = Mask.objects.filter(pk=id_parse(mask_id) or 0).first()
+            if mask is None:
+                raise Http404(f"There is no mask {mask_id}.")
             stored_id, query = mask.image_id, Query(mask_id=mask.pk)
         else:
             stored_id = id_parse(image_id) or 0

@@ -84,7 +84,12 @@ def test_every_form_needs_a_csrf_token(user):
              (reverse("pages:retry", args=[image.pk]), {}), (reverse("logout"), {}),
              (reverse("login"), {"username": "alice", "password": "s3cret-Pass!"})]
     for url, data in posts:
-        assert client.post(url, data).status_code == 403, url
+        refused = client.post(url, data)
+        assert refused.status_code == 403, url
+        # The site's page, saying what to do; not Django's bare "CSRF verification failed" for developers.
+        page = refused.content.decode()
+        assert "Reload the page and try again" in page and 'href="/gallery/"' in page, url
+        assert "CSRF verification failed" not in page, url
 
 
 def test_every_post_form_on_the_pages_carries_a_csrf_token(client, user):
@@ -237,5 +242,51 @@ def test_a_missing_page_says_what_is_missing_within_the_site(client, user):
     response = client.get(reverse("pages:search"), {"image": 999999})
     page = response.content.decode()
     assert response.status_code == 404 and "<h1>Not found</h1>" in page and 'href="/gallery/"' in page
+    assert "There is no image 999999." in page  # not Django's "No Image matches the given query."
+    assert "There is no image 999999." in client.get(reverse("pages:image", args=[999999])).content.decode()
+    assert "There is no mask 424242." in client.get(reverse("pages:search"), {"mask": 424242}).content.decode()
     unknown = client.get("/no-such-page/")
     assert unknown.status_code == 404 and "There is no page at <code>/no-such-page/</code>" in unknown.content.decode()
+
+
+def test_the_sign_in_page_does_not_link_to_itself_and_a_signed_in_visitor_goes_on(client, user):
+    page = client.get(reverse("login"), {"next": "/gallery/"}).content.decode()
+    assert 'href="/accounts/login/?next=' not in page  # each click used to nest another ?next= level
+    client.force_login(user)
+    response = client.get(reverse("login"), {"next": "/gallery/"})
+    assert response.status_code == 302 and response["Location"] == "/gallery/"
+
+
+def test_gallery_pages_below_one_are_the_first_and_label_chips_follow_any_letter_case(client, user):
+    for i in range(3):
+        add_mask(make_image(name=f"{i}.png"), label="cat")
+    add_mask(make_image(name="b.png"), label="ballpoint")
+    add_mask(make_image(name="p.png"), label="Petri dish")
+    client.force_login(user)
+    for number in ("0", "-1"):
+        page = client.get(reverse("pages:gallery"), {"page": number}).context["page"]
+        assert page.number == 1, number
+    response = client.get(reverse("pages:gallery"), {"label": "CAT"})
+    assert [name for name, _, chosen in response.context["labels"] if chosen] == ["cat"]
+    assert '<a class="chip" href="?label=cat" aria-current="true">' in response.content.decode()
+    assert [name for name, _, _ in response.context["labels"]] == ["ballpoint", "cat", "Petri dish"]
+
+
+def test_help_texts_that_fields_point_at_exist(client, user):
+    client.force_login(user)
+    for url in (reverse("pages:preferences"), reverse("password_change")):
+        page = client.get(url).content.decode()
+        described = set(re.findall(r'aria-describedby="([^"]+)"', page))
+        assert described, url
+        for ids in described:
+            for element_id in ids.split():
+                assert f'id="{element_id}"' in page, (url, element_id)
+
+
+def test_staff_without_the_image_permission_get_no_links_that_end_in_403(client, django_user_model):
+    image = make_image(name="x.png")
+    carol = django_user_model.objects.create_user("carol", password="s3cret-Pass!", is_staff=True)
+    client.force_login(carol)
+    page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert reverse("admin:gallery_image_change", args=[image.pk]) not in page
+    assert reverse("admin:gallery_image_changelist") not in page and 'href="/admin/">Admin</a>' in page

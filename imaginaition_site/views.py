@@ -1,0 +1,22 @@
+"""Site-wide views that are no app's: the page a refused form (CSRF) shows."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal in the site's layout, saying what a person can do about it.
+
+    Django's own page is bare and speaks to developers; the usual cause here is a form left open
+    while the session changed (signed in or out in another tab) or cookies turned off.
+    """
+    if reason.startswith(("Origin checking failed", "Referer checking failed")):
+        advice = ("The page was sent from an address this service does not trust. If it is reached through a "
+                  "proxy or another name, its administrator adds that origin to DJANGO_CSRF_TRUSTED_ORIGINS.")
+    elif "cookie" in reason.casefold():
+        advice = "Your browser did not send this site's cookie: allow cookies for it, then reload the page."
+    else:
+        advice = "The form was older than your session (you may have signed in or out in another tab)."
+    return render(request, "403_csrf.html", {"advice": advice}, status=403)
