@@ -205,9 +205,11 @@ def web_phase(env: dict[str, str], queries: list[Path], profile: str) -> dict:
         started = time.perf_counter()
         status, page = browser.request("/", data=body, headers={"Content-Type": content_type})
         statuses["POST / (upload)"] = (status, None)
+        shown = re.search(rb'name="upload" value="([0-9a-f]+)"', page)  # the page names its upload in each link
+        upload = shown.group(1).decode() if shown else ""
         deadline = time.monotonic() + 600
         while True:  # as the page does: ask until the interactive worker has found the labels
-            status, answer = browser.request("/upload/state/")
+            status, answer = browser.request(f"/upload/state/?upload={upload}")
             state = json.loads(answer)
             if state["state"] != "working" or time.monotonic() > deadline:
                 break
@@ -216,12 +218,12 @@ def web_phase(env: dict[str, str], queries: list[Path], profile: str) -> dict:
         statuses[f"GET /upload/state/ ({state['state']}: {', '.join(state.get('labels', [])) or 'no labels'})"] = (
             200 if state["state"] == "ready" else 500, None)
         steps.append(("after the page's upload (labels by the interactive worker)", memory_kb(worker)))
-        status, _ = browser.request("/search/?upload=1")
-        statuses["GET /search/?upload=1"] = (status, None)
+        status, _ = browser.request(f"/search/?upload={upload}")
+        statuses["GET /search/?upload=TOKEN"] = (status, None)
         if state.get("labels"):
             label = state["labels"][0]
-            status, _ = browser.request("/search/?upload=1&label=" + urllib.parse.quote(label))
-            statuses[f"GET /search/?upload=1&label={label}"] = (status, None)
+            status, _ = browser.request(f"/search/?upload={upload}&label=" + urllib.parse.quote(label))
+            statuses[f"GET /search/?upload=TOKEN&label={label}"] = (status, None)
             body, content_type = multipart({"k": "20", "label": label},
                                            {"image": (queries[0].name, queries[0].read_bytes())})
             started = time.perf_counter()

@@ -50,6 +50,7 @@ class Query:
     upload: bytes | None = None  # an uploaded file's bytes (not stored)
     upload_name: str = "upload"
     staged: bool = False  # the picture staged in the caller's session (retrieval.uploads)
+    staged_token: str = ""  # the staged picture the asking page showed (refused if the session has another now)
     text: str | None = None
     include_self: bool = False  # a stored image's own row may be a result
     mask_id: int | None = None  # a stored mask: search with its region
@@ -147,7 +148,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
         if query.upload is not None:
             data, name = query.upload, query.upload_name
         else:
-            staged = uploads.staged_get(session=session) if session is not None else None
+            staged = uploads.staged_get(session=session, token=query.staged_token) if session is not None else None
             if staged is None:
                 raise QueryError(uploads.staged_missing_message(session=session))
             data, name = staged.data(), staged.name

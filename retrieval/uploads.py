@@ -65,6 +65,12 @@ class SegmentationUnavailable(Refused):
     status_code = 503
 
 
+class UploadReplaced(Refused):
+    """A page acted on the picture it showed, but the session has staged another since (409)."""
+
+    status_code = 409
+
+
 @dataclass(frozen=True)
 class StagedUpload:
     token: str
@@ -190,8 +196,18 @@ def _task_name(token: str) -> str:
     return f"segment-upload-{token}"
 
 
-def staged_get(*, session: SessionBase) -> StagedUpload | None:
-    return staged_read(session.get(SESSION_KEY, ""))
+def staged_get(*, session: SessionBase, token: str = "") -> StagedUpload | None:
+    """The session's staged upload. A session holds one, so a page names the one it showed (`token`):
+    if another tab or window has staged another since, UploadReplaced, rather than acting on a
+    picture the page does not show."""
+    current = staged_read(session.get(SESSION_KEY, ""))
+    if token and (current is None or current.token != token):
+        if current is None:
+            raise UploadReplaced("The picture this page showed is no longer uploaded (it expired, or was added or "
+                                 "replaced in another tab or window); choose the file again.")
+        raise UploadReplaced(f"The picture this page showed was replaced by {current.name}, chosen in another tab "
+                             "or window; nothing was done with it.")
+    return current
 
 
 def staged_missing_message(*, session: SessionBase | None) -> str:

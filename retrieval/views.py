@@ -47,11 +47,19 @@ def home(request: HttpRequest) -> HttpResponse:
         "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts()})
 
 
+def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:
+    """The staged upload a page's picture or overlay URL names (?upload=); 404 once it was replaced."""
+    try:
+        return uploads.staged_get(session=request.session, token=request.GET.get("upload", ""))
+    except uploads.UploadReplaced as exc:
+        raise Http404(exc.message) from exc
+
+
 @gallery_reader
 @require_GET
 @never_cache
 def staged_file(request: HttpRequest) -> FileResponse:
-    staged = uploads.staged_get(session=request.session)
+    staged = _shown_upload(request)
     if staged is None:
         raise Http404("Nothing uploaded")
     try:
@@ -66,7 +74,10 @@ def staged_file(request: HttpRequest) -> FileResponse:
 @never_cache
 def staged_state(request: HttpRequest) -> JsonResponse:
     """Whether the staged upload's labels are there yet (the page asks while it shows that it is working)."""
-    staged = uploads.staged_get(session=request.session)
+    try:
+        staged = uploads.staged_get(session=request.session, token=request.GET.get("upload", ""))
+    except uploads.UploadReplaced as exc:
+        return JsonResponse({"state": "gone", "error": exc.message}, status=404)
     if staged is None:
         return JsonResponse({"state": "gone", "error": uploads.staged_missing_message(session=request.session)},
                             status=404)
@@ -76,7 +87,7 @@ def staged_state(request: HttpRequest) -> JsonResponse:
 @gallery_reader
 @require_GET
 def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
-    staged = uploads.staged_get(session=request.session)
+    staged = _shown_upload(request)
     mask = staged.mask_png(class_index) if staged is not None else None
     if staged is None or mask is None:
         raise Http404("No such mask")
@@ -88,11 +99,11 @@ def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
 @login_required
 @require_POST
 def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
-    staged = uploads.staged_get(session=request.session)
-    if staged is None:
-        messages.error(request, "Choose a file first.")
-        return redirect("pages:home")
     try:
+        staged = uploads.staged_get(session=request.session, token=request.POST.get("upload", ""))
+        if staged is None:
+            messages.error(request, "Choose a file first.")
+            return redirect("pages:home")
         result = services.image_add(data=staged.data(), original_name=staged.name, user=request.user)
     except Refused as exc:
         messages.error(request, exc.message)
@@ -109,12 +120,13 @@ def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
 @require_GET
 def search(request: HttpRequest) -> HttpResponseBase:
     """Search by a stored image (?image=), one of its regions (?mask=), words (?text=) or the staged
-    upload (?upload=1, with &label= for one of its regions); ?labels= keeps images with those labels.
+    upload (?upload=<its token>, with &label= for one of its regions); ?labels= keeps images with those labels.
     A read, so GET."""
     image_id, mask_id = request.GET.get("image", ""), request.GET.get("mask", "")
     text = request.GET.get("text", "").strip()[:500]
     labels = labels_parse(request.GET.getlist("labels"))
-    staged = bool(request.GET.get("upload")) and not image_id and not mask_id and not text
+    staged_token = request.GET.get("upload", "")  # the staged picture the page showed
+    staged = bool(staged_token) and not image_id and not mask_id and not text
     back = redirect("pages:home")
     if image_id or mask_id:
         if mask_id:
@@ -127,7 +139,8 @@ def search(request: HttpRequest) -> HttpResponseBase:
             query = Query(image_id=stored_id)
         back = redirect("pages:image", image_id=access_image(user=request.user, image_id=stored_id).pk)
     else:
-        query = Query(text=text or None, staged=staged, label=(request.GET.get("label") or None) if staged else None)
+        query = Query(text=text or None, staged=staged, staged_token=staged_token if staged else "",
+                      label=(request.GET.get("label") or None) if staged else None)
     query = replace(query, labels=labels)
     try:
         response = search_for(user=request.user, session=request.session, query=query)
@@ -135,7 +148,7 @@ def search(request: HttpRequest) -> HttpResponseBase:
         messages.error(request, exc.message)
         return back
     return render(request, "retrieval/results.html", {
-        "response": response, "text": text, "staged_query": staged, "labels": labels,
+        "response": response, "text": text, "staged_query": staged, "staged_token": staged_token, "labels": labels,
         "query_mask": query.mask_id, "query_label": query.label})
 
 

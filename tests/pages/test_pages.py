@@ -194,10 +194,13 @@ def test_upload_shows_labels_and_overlay_then_adds_once(client, user):
     overlay = client.get(reverse("pages:staged-overlay", args=[8]) + "?threshold=30")
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
 
-    results = client.get(reverse("pages:search"), {"upload": 1})
+    token = client.session["staged_upload"]
+    assert page.count(f"upload={token}") >= 3  # the picture, an overlay, a region search: each names the upload
+    results = client.get(reverse("pages:search"), {"upload": token})
     assert results.status_code == 200 and "Images similar to chelsea.jpg" in results.content.decode()
+    assert f'src="{reverse("pages:staged-file")}?upload={token}"' in results.content.decode()
 
-    added = client.post(reverse("pages:staged-add"), follow=True)
+    added = client.post(reverse("pages:staged-add"), {"upload": token}, follow=True)
     assert Image.objects.count() == 1 and "being processed" in added.content.decode()
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("again.jpg", buffer.getvalue())})
     again = client.post(reverse("pages:staged-add"), follow=True)
@@ -290,3 +293,34 @@ def test_staff_without_the_image_permission_get_no_links_that_end_in_403(client,
     page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
     assert reverse("admin:gallery_image_change", args=[image.pk]) not in page
     assert reverse("admin:gallery_image_changelist") not in page and 'href="/admin/">Admin</a>' in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tab_whose_upload_another_tab_replaced_acts_on_nothing(client, user):
+    from skimage import data as skdata
+
+    def jpeg(name: str) -> SimpleUploadedFile:
+        buffer = io.BytesIO()
+        PILImage.fromarray(getattr(skdata, name)()).save(buffer, format="JPEG")
+        return SimpleUploadedFile(f"{name}.jpg", buffer.getvalue())
+
+    client.force_login(user)
+    client.post(reverse("pages:home"), {"file": jpeg("chelsea")})  # tab A
+    tab_a = client.session["staged_upload"]
+    client.post(reverse("pages:home"), {"file": jpeg("coffee")})  # tab B, same session
+    tab_b = client.session["staged_upload"]
+
+    # Tab A's buttons: refused with the reason, instead of searching or adding coffee.jpg.
+    searched = client.get(reverse("pages:search"), {"upload": tab_a}, follow=True).content.decode()
+    assert "Images similar" not in searched and "replaced by coffee.jpg" in searched
+    added = client.post(reverse("pages:staged-add"), {"upload": tab_a}, follow=True).content.decode()
+    assert "replaced by coffee.jpg" in added and not Image.objects.exists()
+    assert client.get(reverse("pages:staged-file"), {"upload": tab_a}).status_code == 404
+    assert client.get(reverse("pages:staged-overlay", args=[8]), {"upload": tab_a}).status_code == 404
+    state = client.get(reverse("pages:staged-state"), {"upload": tab_a})
+    assert state.status_code == 404 and "replaced by coffee.jpg" in state.json()["error"]
+    # Tab B's own still work.
+    assert "Images similar to coffee.jpg" in client.get(reverse("pages:search"), {"upload": tab_b}).content.decode()
+    assert client.get(reverse("pages:staged-file"), {"upload": tab_b}).status_code == 200
+    client.post(reverse("pages:staged-add"), {"upload": tab_b})
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["coffee.jpg"]

@@ -58,7 +58,7 @@ def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loa
     assert "Finding the labels" not in page and "Search with this region" in page
     overlay = client.get(reverse("pages:staged-overlay", args=[8]))  # the cat's mask, written by the worker
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
-    region = client.get(reverse("pages:search"), {"upload": 1, "label": "cat"})
+    region = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"})
     assert region.status_code == 200 and "the cat in chelsea.jpg" in region.content.decode()
 
     ask = {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")), "label": "aeroplane"}
@@ -86,9 +86,9 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
     assert client.get(reverse("pages:staged-state")).json()["state"] == "working"
-    waiting = client.get(reverse("pages:search"), {"upload": 1, "label": "cat"}, follow=True).content.decode()
+    waiting = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"}, follow=True).content.decode()
     assert "still being found" in waiting
-    whole = client.get(reverse("pages:search"), {"upload": 1})  # the whole picture needs no masks
+    whole = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"]})  # the whole picture needs no masks
     assert whole.status_code == 200
     assert not segmenter_loaded_here()
     # Nobody answers for longer than the timeout: the page stops waiting and says why.
