@@ -8,4 +8,5 @@ urlpatterns = [
     path("images/<int:image_id>/", views.image_page, name="image"),
     path("images/<int:image_id>/masks/<int:mask_id>/overlay.png", views.mask_overlay, name="mask-overlay"),
     path("images/<int:image_id>/retry/", views.retry, name="retry"),
+    path("images/<int:image_id>/delete/", views.delete, name="delete"),
 ]

@@ -1,4 +1,4 @@
-"""The gallery's web pages: the image list, an image with its masks, retrying a failed image.
+"""The gallery's web pages: the image list, an image with its masks, retrying or deleting an image.
 Thin: each calls the same selectors and services as the REST API."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from functools import wraps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from gallery import selectors, services
-from gallery.access import access_image, can_view_gallery
+from gallery.access import access_image, can_delete_image, can_view_gallery
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 
@@ -75,6 +76,7 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     return render(request, "gallery/image.html", {
         "image": image, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
+        "can_delete": can_delete_image(request.user, image),
         "pending": ProcessingStatus.PENDING in (image.status, image.masks_status),
         "failed": ProcessingStatus.FAILED in (image.status, image.masks_status)})
 
@@ -96,3 +98,16 @@ def retry(request: HttpRequest, image_id: int) -> HttpResponse:
     services.image_retry(image=image)
     messages.info(request, "The image is back in the queue." if failed else "Nothing failed: nothing to retry.")
     return redirect("pages:image", image_id=image_id)
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, image_id: int) -> HttpResponse:
+    """Remove the image with its masks, vectors and files: whoever added it, or with the delete permission."""
+    image = access_image(user=request.user, image_id=image_id)
+    if not can_delete_image(request.user, image):
+        raise PermissionDenied("Only whoever added this image, or a user allowed to delete images, may delete it.")
+    name = image.original_name
+    services.image_delete(image=image)
+    messages.success(request, f"Deleted {name}.")
+    return redirect("pages:gallery")

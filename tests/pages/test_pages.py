@@ -81,7 +81,8 @@ def test_every_form_needs_a_csrf_token(user):
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
     posts = [(reverse("pages:home"), {}), (reverse("pages:preferences"), {"k": 5}), (reverse("pages:staged-add"), {}),
-             (reverse("pages:retry", args=[image.pk]), {}), (reverse("logout"), {}),
+             (reverse("pages:retry", args=[image.pk]), {}), (reverse("pages:delete", args=[image.pk]), {}),
+             (reverse("logout"), {}),
              (reverse("login"), {"username": "alice", "password": "s3cret-Pass!"})]
     for url, data in posts:
         refused = client.post(url, data)
@@ -324,3 +325,32 @@ def test_a_tab_whose_upload_another_tab_replaced_acts_on_nothing(client, user):
     assert client.get(reverse("pages:staged-file"), {"upload": tab_b}).status_code == 200
     client.post(reverse("pages:staged-add"), {"upload": tab_b})
     assert list(Image.objects.values_list("original_name", flat=True)) == ["coffee.jpg"]
+
+
+@pytest.mark.django_db(transaction=True)  # the files go when the deletion commits
+def test_the_owner_deletes_an_image_from_its_page_and_others_cannot(client, user, django_user_model, media_root):
+    from django.contrib.auth.models import Permission
+
+    image = make_image(name="mine.png")
+    image.added_by = user
+    image.save()
+    stored = media_root / image.file.name
+    bob = django_user_model.objects.create_user("bob", password="s3cret-Pass!")
+    client.force_login(bob)
+    page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert reverse("pages:delete", args=[image.pk]) not in page
+    assert client.post(reverse("pages:delete", args=[image.pk])).status_code == 403
+    assert Image.objects.filter(pk=image.pk).exists() and stored.exists()
+
+    client.force_login(user)
+    page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert f'action="{reverse("pages:delete", args=[image.pk])}"' in page and "Delete mine.png" in page
+    deleted = client.post(reverse("pages:delete", args=[image.pk]), follow=True)
+    assert deleted.redirect_chain[-1][0] == reverse("pages:gallery") and "Deleted mine.png." in deleted.content.decode()
+    assert not Image.objects.filter(pk=image.pk).exists() and not stored.exists()
+
+    other = make_image(name="theirs.png", color=(1, 2, 3))
+    bob.user_permissions.add(Permission.objects.get(codename="delete_image"))
+    client.force_login(django_user_model.objects.get(pk=bob.pk))
+    assert client.post(reverse("pages:delete", args=[other.pk])).status_code == 302
+    assert not Image.objects.filter(pk=other.pk).exists()
