@@ -107,6 +107,10 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     client.force_login(staff_user)
     status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
     assert status["state"] == "done" and status["state_label"] == "Done" and status["imported"] == 4
+    page = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
+    # Both parts have a bar: reading the files is the short one, processing the images the long one.
+    assert '<progress id="reset-bar" max="5" value="5"' in page
+    assert '<progress id="reset-processed-bar" max="4" value="4"' in page
     search = client.post(reverse("api-search"), {"image_id": Image.objects.first().pk, "k": 3},
                          content_type="application/json").json()
     assert search["engine"] == "faiss" and len(search["results"]) == 3  # indexes were rebuilt
