@@ -154,6 +154,10 @@ def test_results_page_frames_each_result_by_how_it_was_found(client, user):
     client.post(reverse("pages:preferences"), {"mask_threshold": 30, "k": 2, "preferred_index": "semantic", "split": 50})
     page = client.get(reverse("pages:search"), {"image": images[0].pk}).content.decode()
     assert page.count("data-retrieved-by=") == 2
+    assert "images found by both first: off" in page  # split 50 saved without "both first"
+    words = client.get(reverse("pages:search"), {"text": "a cat"}).content.decode()
+    # A text query's rule is shown as what it is, not as preferences the user did not choose.
+    assert "words are compared with the semantic index only" in words and "images found by both first" not in words
 
 
 def test_a_search_that_cannot_be_answered_explains_why(client, user):

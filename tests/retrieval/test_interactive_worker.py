@@ -86,9 +86,10 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})
     assert client.get(reverse("pages:staged-state")).json()["state"] == "working"
-    waiting = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"}, follow=True).content.decode()
+    waiting = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"},
+                         follow=True).content.decode()
     assert "still being found" in waiting
-    whole = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"]})  # the whole picture needs no masks
+    whole = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"]})  # needs no masks
     assert whole.status_code == 200
     assert not segmenter_loaded_here()
     # Nobody answers for longer than the timeout: the page stops waiting and says why.
@@ -98,6 +99,10 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     assert state["state"] == "failed" and "interactive worker" in state["error"]
     page = client.get(reverse("pages:home")).content.decode()
     assert "data-poll-url" not in page and "You can still search with the whole picture" in page
+    region = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"},
+                        follow=True).content.decode()
+    assert "interactive worker" in region and "Search with the whole picture instead" in region
+    assert "has no cat" not in region  # its labels were never found: not "it has none"
 
 
 def test_with_no_interactive_worker_running_a_queued_upload_fails_long_before_the_timeout(
