@@ -10,6 +10,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -84,6 +85,17 @@ def _check_size(size: int) -> None:
     limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
     if size > limit:
         raise ImageRejected(f"The file is {size:,} bytes; the limit is {limit:,} bytes.", too_large=True)
+
+
+def read_file(path: Path) -> bytes:
+    """A server-side file's bytes, refused (ImageRejected) without holding more than the limit in
+    memory: a folder of photos may hold videos of gigabytes. OSError when it cannot be read."""
+    limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
+    with path.open("rb") as file:
+        data = file.read(limit + 1)  # not stat(): some files (e.g. under /proc) say 0 bytes and have more
+        if len(data) > limit:
+            _check_size(max(path.stat().st_size, len(data)))
+    return data
 
 
 def read_upload(upload: UploadedFile) -> bytes:

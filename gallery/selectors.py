@@ -50,6 +50,18 @@ def label_counts() -> list[tuple[str, int]]:
     return [(row["label"], row["images"]) for row in rows]
 
 
+def images_pending_ids() -> list[int]:
+    """Images waiting for their vectors or their masks, oldest first."""
+    waiting = Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)
+    return list(Image.objects.filter(waiting).order_by("pk").values_list("pk", flat=True))
+
+
+def images_failed(*, ids: Iterable[int]) -> list[Image]:
+    """Those of `ids` whose vectors or masks failed, with why."""
+    failed = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)
+    return list(Image.objects.filter(failed, pk__in=list(ids)).order_by("pk"))
+
+
 def images_pending_count() -> int:
     """Images still waiting for their vectors or their masks (an image waiting for both counts once)."""
     return Image.objects.filter(Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)).count()

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, cast
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from gallery import events
-from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check
+from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
@@ -99,6 +100,21 @@ def image_delete(*, image: Image) -> None:
         transaction.on_commit(remove_files)
 
 
+def images_retry_failed(*, enqueue: bool = True) -> list[int]:
+    """Put every image whose vectors or masks failed back to pending (e.g. after the missing weights
+    were fetched); enqueue=False leaves them for this process (`images_process_here`). Returns their ids."""
+    failed = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)
+    with transaction.atomic():
+        ids = list(Image.objects.select_for_update().filter(failed).values_list("pk", flat=True))
+        Image.objects.filter(pk__in=ids, status=ProcessingStatus.FAILED).update(status=ProcessingStatus.PENDING,
+                                                                                error="")
+        Image.objects.filter(pk__in=ids, masks_status=ProcessingStatus.FAILED).update(
+            masks_status=ProcessingStatus.PENDING, masks_error="")
+        if enqueue:
+            images_schedule(ids)
+    return ids
+
+
 def image_retry(*, image: Image) -> Image:
     """Put a failed image (embedding or masks) back in the queue."""
     changed = []
@@ -112,6 +128,10 @@ def image_retry(*, image: Image) -> Image:
         image.save(update_fields=changed)
         images_schedule([image.pk])
     return image
+
+
+class StorageFailed(Exception):
+    """An import stopped because a file could not be stored: the storage fails for every file alike."""
 
 
 @dataclass
@@ -162,17 +182,26 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
     for path in files:
         relative = str(path.relative_to(resolved_root))
         try:
-            result = image_add(data=path.read_bytes(), original_name=path.name, user=user, enqueue=enqueue)
+            data = read_file(path)
         except ImageRejected as exc:
             report.rejected.append((relative, exc.message))
         except OSError as exc:
             report.rejected.append((relative, f"could not read the file: {exc.strerror or exc}"))
         else:
-            if result.created:
-                report.added.append(relative)
-                report.added_ids.append(result.image.pk)
+            try:
+                result = image_add(data=data, original_name=path.name, user=user, enqueue=enqueue)
+            except ImageRejected as exc:
+                report.rejected.append((relative, exc.message))
+            except OSError as exc:  # storing failed: the storage, not this file, so every other would fail too
+                raise StorageFailed(f"Storing {relative} failed: {exc.strerror or exc}. Check that the media "
+                                    "storage (IMAGINAITION_MEDIA_ROOT or IMAGINAITION_STORAGE) is writable; "
+                                    f"{len(report.added)} files were added before it.") from exc
             else:
-                report.duplicates.append(relative)
+                if result.created:
+                    report.added.append(relative)
+                    report.added_ids.append(result.image.pk)
+                else:
+                    report.duplicates.append(relative)
         if progress is not None:
             progress(1)
     return report

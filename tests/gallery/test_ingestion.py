@@ -375,3 +375,67 @@ def test_import_folder_fails_for_an_unusable_path(tmp_path, import_root):
         call_command("import_folder", str(tmp_path / "a-file.jpg"))
     with pytest.raises(CommandError, match="does not exist"):
         call_command("import_folder", str(tmp_path / "missing"))
+
+
+def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_folder, media_root):
+    with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
+        call_command("import_folder", str(photo_folder), "--sync", "--batch-size", "-3")
+    assert not Image.objects.exists()
+
+
+def test_a_file_over_the_limit_is_refused_without_being_read_whole(tmp_path, settings, monkeypatch):
+    from gallery.imaging import read_file
+
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
+    big = tmp_path / "holiday.mp4"
+    big.write_bytes(b"\0" * 50_000)
+    asked, real_open = [], Path.open
+
+    class Recording:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def read(self, size=-1):
+            asked.append(size)
+            return self.file.read(size)
+
+    monkeypatch.setattr(Path, "open", lambda self, *args, **kwargs: Recording(real_open(self, *args, **kwargs)))
+    with pytest.raises(ImageRejected, match="The file is 50,000 bytes; the limit is 1,000 bytes"):
+        read_file(big)
+    assert asked == [1001]  # never the whole file
+
+
+def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_root, monkeypatch):
+    from gallery.storage import AtomicFileSystemStorage
+
+    def full(self, name, content):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", full)
+    with pytest.raises(CommandError, match=r"Storing \S+ failed: No space left on device\. Check that the media "):
+        call_command("import_folder", str(photo_folder), "--recursive")
+    assert not Image.objects.exists() and stored_files(media_root) == []
+
+
+def test_an_interrupted_import_keeps_what_it_added_and_says_how_to_go_on(photo_folder, media_root, monkeypatch):
+    from gallery import services
+
+    real_add, added = services.image_add, []
+
+    def add_then_interrupt(**kwargs):
+        if len(added) == 2:
+            raise KeyboardInterrupt  # Ctrl-C
+        result = real_add(**kwargs)
+        added.append(result)
+        return result
+
+    monkeypatch.setattr(services, "image_add", add_then_interrupt)
+    with pytest.raises(CommandError, match="Interrupted. Every file added so far is stored whole"):
+        call_command("import_folder", str(photo_folder))
+    assert Image.objects.count() == 2 and len(stored_files(media_root)) == 2

@@ -283,3 +283,25 @@ def test_train_command_names_a_missing_or_empty_folder(tmp_path):
     with pytest.raises(CommandError, match="empty-folder.*no readable images"):
         call_command("train_autoencoder", "--data", str(empty), "--out", str(tmp_path / "never.pt"))
     assert not (tmp_path / "never.pt").exists()
+
+
+def test_train_command_never_replaces_weights_without_force_and_refuses_bad_numbers(tiny_folder, tmp_path):
+    from retrieval.encoders.registry import MODELS
+
+    shipped = MODELS["autoencoder/v2"].weight_path()
+    before = shipped.read_bytes()
+    with pytest.raises(CommandError, match=r"autoencoder-v2\.pt exists.*--force"):
+        call_command("train_autoencoder", "--data", str(tiny_folder), "--epochs", "1")  # the default --out
+    assert shipped.read_bytes() == before
+    for option, value, message in [("--epochs", "0", "must be 1 or more"), ("--batch-size", "0", "must be 2 or more"),
+                                   ("--max-side", "0", "must be 64 or more"),
+                                   ("--heldout-fraction", "1.5", "must be at least 0 and below 1")]:
+        with pytest.raises(CommandError, match=message):
+            call_command("train_autoencoder", "--data", str(tiny_folder), option, value,
+                         "--out", str(tmp_path / "never.pt"))
+    assert not (tmp_path / "never.pt").exists()
+    out = tmp_path / "again.pt"
+    out.write_bytes(b"an older checkpoint")
+    call_command("train_autoencoder", "--data", str(tiny_folder), "--epochs", "1", "--batch-size", "4",
+                 "--out", str(out), "--force", stdout=io.StringIO(), stderr=io.StringIO(), verbosity=0)
+    assert load_checkpoint(out)[1]["meta"]["consistency"] == 1  # v2's recipe is the default

@@ -215,3 +215,39 @@ def test_a_model_change_reembeds_images_that_lack_the_active_models_vectors(medi
     assert keys == {"some/older-model", offline.semantic, offline.content}  # the old vectors stay
     call_command("reembed")
     assert "0 images to embed" in capsys.readouterr().out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_import_finishes_what_earlier_runs_left_and_names_what_failed(media_root, offline, settings, tmp_path,
+                                                                           capsys):
+    from django.core.management import CommandError, call_command
+    from skimage import data as skdata
+
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    for name in ("chelsea", "coffee"):
+        PILImage.fromarray(getattr(skdata, name)()).save(first / f"{name}.jpg", quality=90)
+    PILImage.fromarray(skdata.rocket()).save(second / "rocket.jpg", quality=90)
+
+    # An earlier run that stopped before processing (interrupted, or queued with no worker running).
+    call_command("import_folder", str(first))
+    OrmQ.objects.all().delete()  # nobody will take those tasks
+    assert set(Image.objects.values_list("status", flat=True)) == {"pending"}
+    broken = Image.objects.get(original_name="coffee.jpg")
+    kept = (media_root / broken.file.name).read_bytes()
+    (media_root / broken.file.name).unlink()  # its file went missing: it will fail
+
+    with pytest.raises(CommandError, match=r"1 of 3 images could not be processed.*retry_failed --sync"):
+        call_command("import_folder", str(second), "--sync")
+    assert f"failed coffee.jpg (image {broken.pk}): The stored file is missing" in capsys.readouterr().out
+    statuses = dict(Image.objects.values_list("original_name", "status"))
+    assert statuses == {"chelsea.jpg": "ready", "coffee.jpg": "failed", "rocket.jpg": "ready"}
+
+    (media_root / broken.file.name).write_bytes(kept)  # the cause fixed
+    call_command("retry_failed", "--sync")
+    assert "1 failed image to process here" in capsys.readouterr().out
+    broken.refresh_from_db()
+    assert (broken.status, broken.masks_status) == ("ready", "ready")
+    call_command("retry_failed")
+    assert "0 failed images queued for the workers" in capsys.readouterr().out

@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from gallery.folders import FolderRefused, import_folder_check
-from gallery.services import folder_files, folder_import, images_process_here
+from gallery.management.processing import positive_int, process_pending_here
+from gallery.services import StorageFailed, folder_files, folder_import
 
 
 class Command(BaseCommand):
@@ -15,8 +16,10 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path)
         parser.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
         parser.add_argument("--sync", action="store_true",
-                            help="compute embeddings and masks in this process, batched (fast first load)")
-        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass (--sync)")
+                            help="compute embeddings and masks in this process, batched (fast first load); this also "
+                                 "finishes images an earlier, interrupted run left waiting")
+        parser.add_argument("--batch-size", type=positive_int, default=None,
+                            help="images per model forward pass (--sync)")
 
     def handle(self, *args: str, path: Path, recursive: bool, sync: bool, batch_size: int | None,
                **options: object) -> None:
@@ -28,12 +31,13 @@ class Command(BaseCommand):
             total = len(folder_files(root=path, recursive=recursive)[0])
             with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:
                 report = folder_import(root=path, recursive=recursive, enqueue=not sync, progress=bar.update)
+        except StorageFailed as exc:
+            raise CommandError(str(exc)) from exc
         except (OSError, NotADirectoryError) as exc:
             raise CommandError(f"{path}: {exc}") from exc
-
-        if sync and report.added_ids:
-            with tqdm(total=len(report.added_ids), desc="embedding", unit="image", disable=None) as bar:
-                images_process_here(progress=bar.update, batch_size=batch_size)
+        except KeyboardInterrupt:
+            raise CommandError("Interrupted. Every file added so far is stored whole; run the same command again to "
+                               "add the rest (with --sync it also finishes their processing).") from None
 
         self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
                           f"rejected: {len(report.rejected)}")
@@ -45,3 +49,9 @@ class Command(BaseCommand):
                 more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
                 self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
                                   f"{', '.join(skipped[:10])}{more}")
+        if sync:
+            try:
+                process_pending_here(self, batch_size=batch_size)
+            except KeyboardInterrupt:
+                raise CommandError("Interrupted while processing. The images stay waiting: `import_folder --sync` "
+                                   "(any folder) or a running worker finishes them.") from None

@@ -1,3 +1,5 @@
+from argparse import ArgumentTypeError
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,39 +11,68 @@ from retrieval.encoders.registry import MODELS
 DEFAULT_MODEL = "autoencoder/v2"
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `low`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ArgumentTypeError(f"must be {low} or more, not {value}")
+        return value
+    parse.__name__ = f"integer of at least {low}"  # argparse names the type in its error
+    return parse
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ArgumentTypeError(f"must be at least 0 and below 1, not {value}")
+    return value
+
+
 class Command(BaseCommand):
     help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
             "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--data", type=Path, required=True, help="folder of training pictures (searched recursively)")
-        parser.add_argument("--epochs", type=int, default=30)
-        parser.add_argument("--batch-size", type=int, default=64)
+        parser.add_argument("--epochs", type=at_least(1), default=7, help="7: autoencoder/v2's recipe")
+        parser.add_argument("--batch-size", type=at_least(2), default=64)
         parser.add_argument("--views", choices=VIEWS, default="near-copies",
                             help="near-copies: two altered views of each picture per epoch (v2); "
                                  "strong: two SimCLR-strength views (an experiment, docs/CONTENT_MODEL.md); "
                                  "crops: fixed random crops (v1)")
-        parser.add_argument("--crops-per-image", type=int, default=64, help="with --views crops")
-        parser.add_argument("--consistency", type=float, default=0.0,
-                            help="weight of the term pulling the codes of two views of a picture together")
+        parser.add_argument("--crops-per-image", type=at_least(1), default=64, help="with --views crops")
+        parser.add_argument("--consistency", type=float, default=None,
+                            help="weight of the term pulling the codes of two views of a picture together "
+                                 "(default: 1 with two views a picture, as autoencoder/v2; 0 with --views crops)")
         parser.add_argument("--contrast", choices=CONTRASTS, default="infonce")
         parser.add_argument("--temperature", type=float, default=0.1, help="of the InfoNCE term")
         parser.add_argument("--learning-rate", type=float, default=2e-3)
-        parser.add_argument("--max-side", type=int, default=512,
-                            help="pictures are shrunk to this longest side when read")
-        parser.add_argument("--heldout-fraction", type=float, default=0.1)
+        parser.add_argument("--max-side", type=at_least(64), default=512,
+                            help="pictures are shrunk to this longest side when read (the model sees 64×64)")
+        parser.add_argument("--heldout-fraction", type=fraction, default=0.1)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=None,
-                            help=f"checkpoint to write (default: the catalog's file of {DEFAULT_MODEL})")
+                            help=f"checkpoint to write (default: the catalog's file of {DEFAULT_MODEL}); an "
+                                 "existing file is replaced only with --force")
+        parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
         parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
 
     def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, views: str, crops_per_image: int,
-               consistency: float, contrast: str, temperature: float, learning_rate: float, max_side: int,
-               heldout_fraction: float, seed: int, out: Path | None, describe: str, verbosity: int,
+               consistency: float | None, contrast: str, temperature: float, learning_rate: float, max_side: int,
+               heldout_fraction: float, seed: int, out: Path | None, force: bool, describe: str, verbosity: int,
                **options: Any) -> None:
         if not data.is_dir():
             raise CommandError(f"{data}: no such folder")
         out = out or MODELS[DEFAULT_MODEL].weight_path()
+        if out.exists() and not force:
+            raise CommandError(
+                f"{out} exists: a gallery's content vectors were computed with it, and a model under the same key "
+                "must not change. Write elsewhere with --out, or add --force to replace it (e.g. to reproduce the "
+                "shipped weights; a new model needs a new key in retrieval/encoders/catalog.py, "
+                "docs/CONTENT_MODEL.md).")
+        if consistency is None:
+            consistency = 0.0 if views == "crops" else 1.0
         try:
             report = autoencoder_train(data_dir=data, out=out, epochs=epochs, batch_size=batch_size, seed=seed,
                                        heldout_fraction=heldout_fraction, crops_per_image=crops_per_image,

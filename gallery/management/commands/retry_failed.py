@@ -1,0 +1,21 @@
+from django.core.management.base import BaseCommand, CommandParser
+
+from gallery.management.processing import positive_int, process_pending_here
+from gallery.services import images_retry_failed
+
+
+class Command(BaseCommand):
+    help = ("Process again every image whose vectors or masks failed, once the cause is fixed (e.g. the weights "
+            "fetched with fetch_weights): by the workers, or here with --sync.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--sync", action="store_true", help="process them in this process, batched")
+        parser.add_argument("--batch-size", type=positive_int, default=None,
+                            help="images per model forward pass (--sync)")
+
+    def handle(self, *args: str, sync: bool, batch_size: int | None, **options: object) -> None:
+        ids = images_retry_failed(enqueue=not sync)
+        self.stdout.write(f"{len(ids)} failed image{'s' if len(ids) != 1 else ''} "
+                          f"{'to process here' if sync else 'queued for the workers'}")
+        if sync:
+            process_pending_here(self, batch_size=batch_size)

@@ -1,0 +1,35 @@
+"""What the commands that process images here (import_folder --sync, retry_failed --sync) share."""
+
+from __future__ import annotations
+
+from argparse import ArgumentTypeError
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery import selectors
+from gallery.services import images_process_here
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> None:
+    """--sync: compute what every waiting image lacks, this run's and any an earlier run left (an
+    interrupted import, a reset without workers), then name the images that failed (CommandError)."""
+    waiting = selectors.images_pending_ids()
+    if not waiting:
+        return
+    with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
+        images_process_here(progress=bar.update, batch_size=batch_size)
+    failed = selectors.images_failed(ids=waiting)
+    for image in failed[:20]:
+        command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
+    if failed:
+        more = f" ({len(failed) - 20} more not listed)" if len(failed) > 20 else ""
+        raise CommandError(f"{len(failed)} of {len(waiting)} images could not be processed{more}; once the cause "
+                           "is fixed, `manage.py retry_failed --sync` processes them again.")
