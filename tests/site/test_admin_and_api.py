@@ -1,6 +1,6 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from gallery.models import Image
@@ -94,6 +94,19 @@ def test_ensure_admin_takes_the_password_from_the_environment(capsys, django_use
     call_command("ensure_admin")
     assert "correct-horse-battery" not in capsys.readouterr().out
     assert django_user_model.objects.get(username="admin").check_password("correct-horse-battery")
+
+
+@pytest.mark.parametrize(("username", "password", "message"), [
+    ("admin", "1", "too short"), ("admin", "password123", "too common"), ("admin", "83920174655", "entirely numeric"),
+    ("bad name!", "correct-horse-battery", "Enter a valid username"),
+])
+def test_ensure_admin_refuses_what_any_other_account_would_be_refused(monkeypatch, django_user_model, username,
+                                                                      password, message):
+    monkeypatch.setenv("IMAGINAITION_ADMIN_USERNAME", username)
+    monkeypatch.setenv("IMAGINAITION_ADMIN_PASSWORD", password)
+    with pytest.raises(CommandError, match=message):
+        call_command("ensure_admin")
+    assert not django_user_model.objects.exists()
 
 
 def test_admin_search_similar_from_an_image_page(client, staff_user, django_user_model, media_root, settings,

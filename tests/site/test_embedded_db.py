@@ -41,3 +41,28 @@ def test_a_sigkilled_holder_is_pruned_and_live_holders_are_kept(db):
     assert child.pid not in live and child.pid not in json.loads(holders.read_text())
     assert os.getpid() in live
     assert embedded_db.server_pid() is not None  # the server is still up for everyone else
+
+
+def test_the_command_line_starts_for_a_holder_reports_and_stops(tmp_path):
+    env = {**os.environ, "IMAGINAITION_PGDATA": str(tmp_path / "pgdata")}  # a server of its own
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", *args], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=settings.BASE_DIR)
+
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        started = run("start", "--holder", str(holder.pid))
+        assert started.returncode == 0 and f"held by process {holder.pid}" in started.stdout, started.stderr
+        status = run("status")
+        assert "running, pid" in status.stdout and f"holders [{holder.pid}]" in status.stdout
+        stopped = run("stop")
+        assert "embedded postgres stopped" in stopped.stdout
+        assert f"processes [{holder.pid}] were using it" in stopped.stderr  # said, not silent
+        assert "stopped; holders" in run("status").stdout
+    finally:
+        holder.kill()
+        run("stop")
+    wrong = run("start", "--holder", "abc")
+    assert wrong.returncode == 2 and "invalid int value: 'abc'" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert run("--help").returncode == 0

@@ -35,3 +35,15 @@ def test_request_enqueues_a_task_that_a_real_worker_runs_and_stores(client, user
 
 def test_worker_check_needs_an_authenticated_user(client, db):
     assert client.post(reverse("api-worker-check")).status_code in (401, 403)
+
+
+def test_each_enqueued_task_is_not_a_log_line_but_a_worker_s_work_still_is(caplog):
+    import logging
+
+    queue_log = logging.getLogger("django-q")
+    with caplog.at_level(logging.INFO):
+        queue_log.info("Enqueued [imaginaition] 1234")  # once per file of an import: 10,000 lines for 10,000 files
+        queue_log.info("Process-1 processing images-1234 'retrieval.tasks.process_images'")
+        queue_log.warning("Enqueued [imaginaition] 1235")  # not what django-q2 says at INFO: kept
+    assert [record.getMessage() for record in caplog.records] == [
+        "Process-1 processing images-1234 'retrieval.tasks.process_images'", "Enqueued [imaginaition] 1235"]

@@ -3,9 +3,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from gallery.accounts import admin_ensure
+from gallery.errors import Refused
 
 
 class Command(BaseCommand):
@@ -13,11 +14,15 @@ class Command(BaseCommand):
             "else a random one printed once.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        account = admin_ensure(
-            username=os.environ.get("IMAGINAITION_ADMIN_USERNAME", "admin"),
-            password=os.environ.get("IMAGINAITION_ADMIN_PASSWORD") or None,
-            email=os.environ.get("IMAGINAITION_ADMIN_EMAIL", ""),
-        )
+        try:
+            account = admin_ensure(
+                username=os.environ.get("IMAGINAITION_ADMIN_USERNAME", "admin"),
+                password=os.environ.get("IMAGINAITION_ADMIN_PASSWORD") or None,
+                email=os.environ.get("IMAGINAITION_ADMIN_EMAIL", ""),
+            )
+        except Refused as exc:
+            raise CommandError(f"IMAGINAITION_ADMIN_USERNAME / IMAGINAITION_ADMIN_PASSWORD refused: {exc.message}") \
+                from None
         if not account.created:
             self.stdout.write("An administrator account already exists.")
         elif account.generated_password:

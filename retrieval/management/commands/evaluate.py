@@ -88,9 +88,11 @@ class Command(BaseCommand):
             self.stdout.write(f"  ... and {len(report.skipped) - 20} more skipped")
         if keep:
             work_dir = evaluation_work_dir(database=database)
+            # It has no accounts: browse it as a public gallery (this machine only, runserver's default).
             self.stdout.write(f"kept database {database!r}; to browse it: IMAGINAITION_DATABASE_NAME={database} "
                               f"IMAGINAITION_MEDIA_ROOT={work_dir / 'media'} "
-                              f"IMAGINAITION_INDEX_DIR={work_dir / 'indexes'} python manage.py runserver")
+                              f"IMAGINAITION_INDEX_DIR={work_dir / 'indexes'} IMAGINAITION_PUBLIC_GALLERY=1 "
+                              "python manage.py runserver")
         if write_docs:
 
             command = f"python manage.py evaluate --data {data}"
