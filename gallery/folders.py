@@ -32,10 +32,13 @@ def import_folder_check(folder: str | Path, *, require_absolute: bool = True) ->
     require_absolute: pages ask for an absolute path (there is no meaningful "current folder" for
     a web request); the command line accepts one relative to where it runs.
     """
-    text = str(folder).strip()
+    text = str(folder)
+    if text != text.strip() and not Path(text).expanduser().exists():
+        text = text.strip()  # a pasted path's stray spaces; a folder whose name ends in one is kept whole
     path = Path(text).expanduser()
     if not text or (require_absolute and not path.is_absolute()):
-        raise FolderRefused("Give an absolute path of a folder on the server.")
+        raise FolderRefused("Give an absolute path of a folder on the server." if require_absolute
+                            else "Give the path of a folder.")
     roots = import_roots()
 
     def refuse_outside(resolved: Path) -> None:

@@ -146,3 +146,18 @@ def test_the_first_administrator_may_reset(client, django_user_model, roots):
     client.force_login(admin_user)
     assert client.get(reverse("gallery-reset")).status_code == 200
     assert "Reset / initialize" in client.get(reverse("admin:gallery_image_changelist")).content.decode()
+
+
+def test_a_relative_import_root_is_inside_the_project_wherever_a_command_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    code = ("import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'imaginaition_site.settings'; django.setup(); "
+            "from django.conf import settings; print([str(root) for root in settings.IMAGINAITION_IMPORT_ROOTS])")
+    env = {**os.environ, "IMAGINAITION_IMPORT_ROOTS": os.pathsep.join(["var/photos", "/srv/pictures"]),
+           "PYTHONPATH": str(settings.BASE_DIR)}
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    assert shown.strip() == str([str(settings.BASE_DIR / "var" / "photos"), "/srv/pictures"])

@@ -375,6 +375,16 @@ def test_import_folder_fails_for_an_unusable_path(tmp_path, import_root):
         call_command("import_folder", str(tmp_path / "a-file.jpg"))
     with pytest.raises(CommandError, match="does not exist"):
         call_command("import_folder", str(tmp_path / "missing"))
+    with pytest.raises(CommandError, match="Give the path of a folder"):  # not "`.` is outside …"
+        call_command("import_folder", "")
+
+
+def test_a_folder_whose_name_ends_in_a_space_is_imported(tmp_path, import_root, media_root, capsys):
+    folder = tmp_path / "holiday "
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(photo(), "PNG"))
+    call_command("import_folder", str(folder))
+    assert "added: 1," in capsys.readouterr().out
 
 
 def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_folder, media_root):

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
@@ -13,7 +12,7 @@ class Command(BaseCommand):
             "and skipped; embeddings and masks are computed by the workers, or here with --sync.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("path", type=Path)
+        parser.add_argument("path", help="the folder (relative to where the command runs, or absolute)")
         parser.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
         parser.add_argument("--sync", action="store_true",
                             help="compute embeddings and masks in this process, batched (fast first load); this also "
@@ -21,20 +20,20 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=positive_int, default=None,
                             help="images per model forward pass (--sync)")
 
-    def handle(self, *args: str, path: Path, recursive: bool, sync: bool, batch_size: int | None,
+    def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None,
                **options: object) -> None:
         try:
-            path = import_folder_check(path, require_absolute=False)
+            folder = import_folder_check(path, require_absolute=False)
         except FolderRefused as exc:
             raise CommandError(str(exc)) from None
         try:
-            total = len(folder_files(root=path, recursive=recursive)[0])
+            total = len(folder_files(root=folder, recursive=recursive)[0])
             with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:
-                report = folder_import(root=path, recursive=recursive, enqueue=not sync, progress=bar.update)
+                report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=bar.update)
         except StorageFailed as exc:
             raise CommandError(str(exc)) from exc
         except (OSError, NotADirectoryError) as exc:
-            raise CommandError(f"{path}: {exc}") from exc
+            raise CommandError(f"{folder}: {exc}") from exc
         except KeyboardInterrupt:
             raise CommandError("Interrupted. Every file added so far is stored whole; run the same command again to "
                                "add the rest (with --sync it also finishes their processing).") from None
@@ -44,7 +43,7 @@ class Command(BaseCommand):
         for relative, reason in report.rejected:
             self.stdout.write(f"  rejected {relative}: {reason}")
         if not recursive:
-            skipped = sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not entry.is_symlink())
+            skipped = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink())
             if skipped:
                 more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
                 self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
