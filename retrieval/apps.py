@@ -15,7 +15,7 @@ class RetrievalConfig(AppConfig):
         from django.conf import settings
 
         from imaginaition_site.malloc import reuse_large_blocks
-        from retrieval import indexes, receivers, uploads
+        from retrieval import checks, indexes, receivers, uploads  # noqa: F401 - checks registers itself
         from retrieval.encoders.devices import threads_configure
         from retrieval.encoders.registry import log_active_models
 

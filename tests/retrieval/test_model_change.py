@@ -92,3 +92,24 @@ def test_reembed_moves_the_gallery_to_the_new_model_in_the_background_while_the_
     answer = search()
     assert answer["models"]["content"] == new and len(answer["results"]) == 3
     assert client.get(reverse("api-status")).json()["serving"]["content"] == new
+
+
+@pytest.mark.parametrize(("overrides", "check_id", "words"), [
+    ({"IMAGINAITION_MODEL_PROFILE": "bogus"}, "retrieval.E001", "must be auto, standard or offline, not 'bogus'"),
+    ({"IMAGINAITION_SEGMENTER": "bogus/seg"}, "retrieval.E001", "IMAGINAITION_SEGMENTER must be empty"),
+    ({"IMAGINAITION_MODEL_PROFILE": "offline", "IMAGINAITION_OFFLINE_NETWORK": "lite9"}, "retrieval.E001",
+     "IMAGINAITION_OFFLINE_NETWORK must be one of"),
+    ({"IMAGINAITION_MODEL_PROFILE": "standard"}, "retrieval.W001", "openclip/ViT-B-32/openai"),
+    ({"IMAGINAITION_MODEL_PROFILE": "auto"}, None, None),
+])
+def test_model_settings_are_checked_before_any_command_runs(settings, overrides, check_id, words):
+    from retrieval.checks import model_settings_check
+
+    # weights/ holds the autoencoder's files, not the standard profile's (they cannot be fetched here)
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    found = model_settings_check()
+    if check_id is None:
+        assert found == []
+    else:
+        assert [message.id for message in found] == [check_id] and words in found[0].msg
