@@ -290,7 +290,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     generator = torch.Generator().manual_seed(seed)
     train_loss = float("nan")
     inputs_per_epoch = len(train_data) if views == "crops" else 2 * len(train)
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
+    for _ in tqdm(range(epochs), desc="epochs", disable=None if progress else True):  # None: not in a log file
         model.train()
         total, count = 0.0, 0
         for indices in torch.randperm(len(train_data), generator=generator).split(batch_size):

@@ -152,7 +152,9 @@ def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
     chosen = keys if keys is not None else list(dict.fromkeys(registry.profile_models("standard").values()))
     unknown = [key for key in chosen if key not in registry.MODELS]
     if unknown:
-        raise ValueError(f"unknown model keys: {', '.join(unknown)}")
+        fetchable = sorted(key for key, spec in registry.MODELS.items() if any(w.url for w in spec.weights))
+        raise ValueError(f"unknown model keys: {', '.join(unknown)}; the keys with files to fetch: "
+                         f"{', '.join(fetchable)}")
     return [(key, weight) for key in chosen for weight in registry.MODELS[key].weights if weight.url]
 
 

@@ -215,6 +215,7 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     assert "| semantic only | 0.300 | 1.000 |" in text and "| R@1, other copies in too |" in text
     assert "3 near-duplicate queries among 11 distractors (13 with the other copies)" in text
     assert "Text→image (captions, 2 queries)" in text
+    assert "not used (not in a category sub-folder): README.txt" in text  # said, not silently left out
     # The database in use gained nothing; the evaluation database and its files are gone (no --keep).
     assert (Image.objects.count(), Embedding.objects.count()) == (images_before, embeddings_before)
     assert not database_exists(database)

@@ -223,8 +223,11 @@ def test_a_hanging_connection_or_name_lookup_is_cut_at_the_timeout(weights_dir, 
 def test_unknown_model_keys_are_refused(weights_dir):
     with pytest.raises(ValueError, match="unknown"):
         weights_fetch(keys=["no/such-model"], progress=False)
-    with pytest.raises(CommandError, match="unknown"):
+    with pytest.raises(CommandError, match=r"unknown model keys: no/such-model; the keys with files to fetch: .*"
+                                           r"openclip/ViT-B-32/openai"):
         call_command("fetch_weights", "--model", "no/such-model")
+    with pytest.raises(CommandError, match="must be more than 0 seconds"):
+        call_command("fetch_weights", "--timeout", "-1")
 
 
 def test_weights_status_reports_presence_and_hashes(served, weights_dir, monkeypatch):

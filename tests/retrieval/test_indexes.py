@@ -292,7 +292,8 @@ def test_rebuild_index_command(capsys):
     store(space, key, random_vectors(space, 7, dim, seed=13))
     call_command("rebuild_index", "--all-models")
     out = capsys.readouterr().out
-    assert "content autoencoder/v1: 7 vectors, flat, version 1" in out
+    assert "content autoencoder/v1: 7 vectors, flat, version 1" in out  # not in use, but it has vectors
+    assert "openclip/ViT-B-32/openai" not in out  # registered, no vectors, not in use: no empty index file
 
 
 @pytest.mark.django_db

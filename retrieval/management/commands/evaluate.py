@@ -86,6 +86,10 @@ class Command(BaseCommand):
             self.stdout.write(f"  skipped {line}")
         if len(report.skipped) > 20:
             self.stdout.write(f"  ... and {len(report.skipped) - 20} more skipped")
+        loose = sorted(entry.name for entry in data.iterdir() if entry.is_file() and entry.name != "captions.tsv")
+        if loose:  # a picture's category is its sub-folder: these have none
+            more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
+            self.stdout.write(f"  not used (not in a category sub-folder): {', '.join(loose[:5])}{more}")
         if keep:
             work_dir = evaluation_work_dir(database=database)
             # It has no accounts: browse it as a public gallery (this machine only, runserver's default).

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -8,13 +9,21 @@ from retrieval.encoders.registry import active_profile
 from retrieval.weights import weights_fetch
 
 
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 class Command(BaseCommand):
     help = ("Download the standard profile's weight files (CLIP ViT-B-32, DeepLabV3-ResNet101) into the weights "
             "folder, verifying their SHA-256. Without a network it says so within seconds and exits 0: the "
             "offline profile is used. Exits non-zero when a file fails verification or a site answers wrongly.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the download sites")
+        parser.add_argument("--timeout", type=positive_seconds, default=5.0,
+                            help="seconds to wait for the download sites")
         parser.add_argument("--model", action="append", dest="keys", metavar="KEY",
                             help="a registry key to fetch (repeatable; default: the standard profile's models)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")

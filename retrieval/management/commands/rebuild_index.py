@@ -23,13 +23,14 @@ class Command(BaseCommand):
                             help="also rebuild indexes of registered models that are not active")
 
     def handle(self, *args: Any, all_models: bool, **options: Any) -> None:
-        targets: list[tuple[str, str]] = [(str(space), key) for space, key in keys_in_use()]
+        in_use: list[tuple[str, str]] = [(str(space), key) for space, key in keys_in_use()]
+        targets = in_use
         if all_models:
             targets = [(spec.role, spec.key) for spec in MODELS.values() if spec.role in ("semantic", "content")]
         for owner, (space, key) in itertools.product(VECTOR_OWNERS, targets):
             total = count_vectors(model_key=key, space=space, owner=owner)
-            if owner == "region" and not total:
-                continue  # no region vectors by this model: nothing to build
+            if not total and (owner == "region" or (space, key) not in in_use):
+                continue  # no vectors by a model no search asks: nothing to build (an empty index would be a file)
             label = f"{'region ' if owner == 'region' else ''}{space} {key}"
             with tqdm(total=total, desc=label, unit="vec", disable=None) as bar:
                 report = index_rebuild(space=space, model_key=key, dim=model_dim(key), progress=bar.update, owner=owner)

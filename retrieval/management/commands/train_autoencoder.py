@@ -1,3 +1,4 @@
+import math
 from argparse import ArgumentTypeError
 from collections.abc import Callable
 from pathlib import Path
@@ -81,11 +82,12 @@ class Command(BaseCommand):
                                        max_side=max_side, learning_rate=learning_rate)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        recall = (f"{report.heldout_copy_recall_at_1:.3f}" if not math.isnan(report.heldout_copy_recall_at_1)
+                  else "not measured (it needs 2 held-out pictures: raise --heldout-fraction)")
         for skipped in report.skipped:
             self.stderr.write(f"skipped {skipped}")
         self.stdout.write(
             f"trained on {report.images} images ({report.crops} inputs per epoch; {report.heldout_images} held out, "
             f"{len(report.skipped)} skipped) for {report.epochs} epochs in {report.seconds:.0f} s\n"
             f"reconstruction MSE: train loss {report.train_loss:.4f}, held-out {report.heldout_loss:.4f} "
-            f"(untrained: {report.untrained_heldout_loss:.4f}); held-out near-copy R@1 "
-            f"{report.heldout_copy_recall_at_1:.3f}\nwrote {report.out}")
+            f"(untrained: {report.untrained_heldout_loss:.4f}); held-out near-copy R@1 {recall}\nwrote {report.out}")
