@@ -317,7 +317,19 @@ def process_all_pending(*, batch_size: int | None = None, progress: Progress | N
             break
 
 
-def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
+@dataclass(frozen=True)
+class ReembedPlan:
+    """What a model change asks of the gallery: images to embed again, images to segment again."""
+
+    embed: list[int]
+    segment: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted({*self.embed, *self.segment})
+
+
+def images_reembed_for_active_models(*, enqueue: bool = True) -> ReembedPlan:
     """After a model change: put every image lacking the active models' vectors back in the queue:
     its embedding step when the whole image lacks them, its segmentation step (which writes masks and
     region vectors) when it has masks of another segmenter or one of its masks large enough to be a
@@ -340,11 +352,12 @@ def images_reembed_for_active_models(*, enqueue: bool = True) -> list[int]:
     other_segmenter = Mask.objects.filter(image=OuterRef("pk")).exclude(segmenter=models.segmenter)
     segment_ids = set(Image.objects.filter(masks_status=ProcessingStatus.READY)
                       .filter(Exists(region_lacking) | Exists(other_segmenter)).values_list("pk", flat=True))
-    ids = sorted(embed_ids | segment_ids)
+    plan = ReembedPlan(embed=sorted(embed_ids), segment=sorted(segment_ids))
+    ids = plan.ids
     if ids:
         with transaction.atomic():
             Image.objects.filter(pk__in=embed_ids).update(status=ProcessingStatus.PENDING, error="")
             Image.objects.filter(pk__in=segment_ids).update(masks_status=ProcessingStatus.PENDING, masks_error="")
             if enqueue:
                 transaction.on_commit(lambda: processing_enqueue(ids))
-    return ids
+    return plan

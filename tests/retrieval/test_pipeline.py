@@ -208,13 +208,13 @@ def test_a_model_change_reembeds_images_that_lack_the_active_models_vectors(medi
 
     call_command("reembed", "--sync")
 
-    assert "1 images to embed" in capsys.readouterr().out
+    assert "1 images to embed, 0 to segment again (1 in all)" in capsys.readouterr().out
     old.refresh_from_db()
     assert old.status == "ready"
     keys = set(old.embeddings.values_list("model_key", flat=True))
     assert keys == {"some/older-model", offline.semantic, offline.content}  # the old vectors stay
     call_command("reembed")
-    assert "0 images to embed" in capsys.readouterr().out
+    assert "0 images to embed, 0 to segment again (0 in all)" in capsys.readouterr().out
 
 
 @pytest.mark.django_db(transaction=True)

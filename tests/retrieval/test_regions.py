@@ -112,10 +112,11 @@ def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_ve
     complete = segmented_image(region_spaces=("semantic", "content"))
     tiny = segmented_image(area=0.001)  # too small to be a region: needs no vectors
 
-    ids = images_reembed_for_active_models(enqueue=False)
+    plan = images_reembed_for_active_models(enqueue=False)
 
     requeued = {no_regions.pk, semantic_lacking.pk, other_segmenter.pk}
-    assert requeued <= set(ids)  # (all are also re-embedded whole: they have no image vectors either)
+    assert requeued <= set(plan.segment) and set(plan.segment) <= set(plan.ids)
+    assert requeued <= set(plan.embed)  # (they are also re-embedded whole: they have no image vectors either)
     for image in (no_regions, semantic_lacking, other_segmenter, complete, tiny):
         image.refresh_from_db()
         assert image.masks_status == ("pending" if image.pk in requeued else "ready"), image.pk
@@ -135,7 +136,7 @@ def test_segmenting_after_a_segmenter_change_replaces_the_old_segmenters_masks(c
     masks = Mask.objects.filter(image_id=image_id)
     assert masks.exists() and set(masks.values_list("segmenter", flat=True)) == {offline.segmenter}
     assert not RegionEmbedding.objects.filter(mask_id=old.pk).exists()
-    assert images_reembed_for_active_models(enqueue=False) == []  # nothing left to do
+    assert images_reembed_for_active_models(enqueue=False).ids == []  # nothing left to do
 
 
 @pytest.mark.django_db
