@@ -449,3 +449,21 @@ def test_an_interrupted_import_keeps_what_it_added_and_says_how_to_go_on(photo_f
     with pytest.raises(CommandError, match="Interrupted. Every file added so far is stored whole"):
         call_command("import_folder", str(photo_folder))
     assert Image.objects.count() == 2 and len(stored_files(media_root)) == 2
+
+
+def test_import_folder_fails_when_no_file_could_be_added_and_names_duplicates_when_asked(
+        tmp_path, import_root, media_root, capsys):
+    junk = tmp_path / "videos"
+    junk.mkdir()
+    (junk / "holiday.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 100)
+    (junk / "notes.txt").write_text("not an image")
+    with pytest.raises(CommandError, match="None of the 2 files could be added"):
+        call_command("import_folder", str(junk))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(encode(photo(), "PNG"))
+    (photos / "copy-of-a.png").write_bytes(encode(photo(), "PNG"))
+    call_command("import_folder", str(photos), verbosity=2)
+    out = capsys.readouterr().out
+    assert "added: 1, duplicates: 1, rejected: 0" in out
+    assert "duplicate copy-of-a.png: the same bytes are already stored" in out

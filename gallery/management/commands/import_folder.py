@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=positive_int, default=None,
                             help="images per model forward pass (--sync)")
 
-    def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None,
+    def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None, verbosity: int,
                **options: object) -> None:
         try:
             folder = import_folder_check(path, require_absolute=False)
@@ -42,12 +42,17 @@ class Command(BaseCommand):
                           f"rejected: {len(report.rejected)}")
         for relative, reason in report.rejected:
             self.stdout.write(f"  rejected {relative}: {reason}")
+        if verbosity > 1:
+            for relative in report.duplicates:
+                self.stdout.write(f"  duplicate {relative}: the same bytes are already stored")
         if not recursive:
             skipped = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink())
             if skipped:
                 more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
                 self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
                                   f"{', '.join(skipped[:10])}{more}")
+        if report.rejected and not report.added and not report.duplicates:
+            raise CommandError(f"None of the {len(report.rejected)} files could be added (the reasons are above).")
         if sync:
             try:
                 process_pending_here(self, batch_size=batch_size)
