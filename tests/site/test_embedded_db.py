@@ -66,3 +66,34 @@ def test_the_command_line_starts_for_a_holder_reports_and_stops(tmp_path):
     wrong = run("start", "--holder", "abc")
     assert wrong.returncode == 2 and "invalid int value: 'abc'" in wrong.stderr and "Traceback" not in wrong.stderr
     assert run("--help").returncode == 0
+
+
+def test_the_last_live_holder_stops_the_server_even_when_dead_holders_never_unregistered(tmp_path):
+    # A worker process ends with os._exit (no exit hooks): its pid stays in the holder list, and the
+    # last live process used to leave the server running when it exited.
+    env = {name: value for name, value in os.environ.items() if name != "IMAGINAITION_DATABASE_NAME"}
+    env["IMAGINAITION_PGDATA"] = str(tmp_path / "pgdata")  # a server of its own, with its default database
+    connect = ("import os, django; os.environ['DJANGO_SETTINGS_MODULE']='imaginaition_site.settings'; django.setup(); "
+               "from django.db import connection; connection.ensure_connection()")
+    worker = ("import os, sys; sys.stdout.write(str(os.getpid())); sys.stdout.flush(); os._exit(0)")
+    gone = subprocess.run([sys.executable, "-c", connect + "; " + worker], env=env, cwd=settings.BASE_DIR,
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 0 and gone.stdout.strip().isdigit(), gone.stderr[-2000:]
+    dead_pid = int(gone.stdout.strip())
+    holders = json.loads((tmp_path / "pgdata" / ".handle_pids.json").read_text())
+    assert holders == [dead_pid]  # it could not unregister
+    # A running worker keeps a pid in the list while this process exits: simulated by a dead pid added late.
+    last = subprocess.run([sys.executable, "-c", connect + "; import json, pathlib; "
+                           f"path = pathlib.Path({str(tmp_path / 'pgdata' / '.handle_pids.json')!r}); "
+                           "path.write_text(json.dumps(json.loads(path.read_text()) + [999999999]))"],
+                          env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120)
+    assert last.returncode == 0, last.stderr
+    pid_file = tmp_path / "pgdata" / "postmaster.pid"
+    deadline = time.monotonic() + 30
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stopped = not pid_file.exists()
+    if not stopped:  # leave no server behind a failing test
+        subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", "stop"], env=env, cwd=settings.BASE_DIR,
+                       capture_output=True, timeout=120)
+    assert stopped  # by the last live holder
