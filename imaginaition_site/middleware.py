@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.urls import Resolver404, resolve
 
 NUL_REFUSED = "Query parameters cannot contain NUL characters."
@@ -48,3 +50,53 @@ def _names_an_endpoint(request: HttpRequest, path: str) -> bool:
         return resolve(path, getattr(request, "urlconf", None)).url_name != API_UNKNOWN_ENDPOINT
     except Resolver404:
         return False
+
+
+def request_body_limit() -> int:
+    """The largest request body served: one file at the upload limit plus the form's other fields."""
+    return settings.IMAGINAITION_MAX_UPLOAD_BYTES + settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def body_too_large(request: HttpRequest, length: int) -> HttpResponse:
+    message = (f"The request is {length:,} bytes; the limit is {request_body_limit():,} "
+               f"(a file of at most {settings.IMAGINAITION_MAX_UPLOAD_BYTES:,} bytes and the form's fields).")
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=413)
+    return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+
+
+class RequestBodyLimitMiddleware:
+    """A 413 before anything reads a body over the limit. The CSRF check reads a POST's whole form
+    (files spooled to disk) before any view can look at a file's size, so without this anyone could
+    make the server write a body of any size to its temporary folder, signed in or not. A body
+    without a length (chunked) is cut by UploadLimitHandler instead."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > request_body_limit():
+            return body_too_large(request, length)
+        return self.get_response(request)
+
+
+class UploadLimitHandler(FileUploadHandler):
+    """Stops reading a multipart body once its files pass the limit (a body sent without a length);
+    the view then finds no file and says so."""
+
+    def __init__(self, request: HttpRequest | None = None) -> None:
+        super().__init__(request)
+        self.received = 0  # bytes of this request's files so far (one handler object per request)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.received > request_body_limit():
+            raise StopUpload(connection_reset=True)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None

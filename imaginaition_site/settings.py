@@ -53,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "imaginaition_site.middleware.RequestBodyLimitMiddleware",  # first: before anything reads a body
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -155,12 +156,16 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
-# Upload limits: bytes per file (Django rejects bigger request bodies before they reach a view) and
-# pixels per image (Pillow's decompression-bomb guard raises above 2x this).
+# Upload limits: bytes per file and pixels per image (Pillow's decompression-bomb guard raises above
+# 2x this). A request body over a file's limit plus DATA_UPLOAD_MAX_MEMORY_SIZE is refused before it
+# is read (RequestBodyLimitMiddleware; one without a length is cut by UploadLimitHandler).
 IMAGINAITION_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGINAITION_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
 IMAGINAITION_MAX_PIXELS = int(os.environ.get("IMAGINAITION_MAX_PIXELS", 64_000_000))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = ["imaginaition_site.middleware.UploadLimitHandler",
+                        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+                        "django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 
 # Models (retrieval/encoders/registry.py is the one place that knows about weight files).

@@ -467,3 +467,20 @@ def test_import_folder_fails_when_no_file_could_be_added_and_names_duplicates_wh
     out = capsys.readouterr().out
     assert "added: 1, duplicates: 1, rejected: 0" in out
     assert "duplicate copy-of-a.png: the same bytes are already stored" in out
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_deep_greyscale_is_scaled_to_8_bits_for_the_models(mode):
+    from gallery.imaging import to_rgb
+
+    values = np.array([[0, 257, 256, 32768], [65535, 65280, 1, 514]], dtype=np.uint16)
+    if mode == "I;16":
+        picture = PILImage.frombytes("I;16", (4, 2), values.tobytes())
+    else:
+        picture = PILImage.fromarray(values.astype(np.int32 if mode == "I" else np.float32), mode)
+    rgb = np.asarray(to_rgb(picture))
+    assert rgb.shape == (2, 4, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    # v / 65535 × 255, rounded down: 257 → 1, 256 → 0, 65280 → 254
+    assert rgb[..., 0].tolist() == [[0, 1, 0, 127], [255, 254, 0, 2]]
+    small = PILImage.fromarray(np.array([[0, 100, 255]], dtype=np.int32), "I")  # 8-bit values in a 32-bit mode
+    assert np.asarray(to_rgb(small))[..., 0].tolist() == [[0, 100, 255]]

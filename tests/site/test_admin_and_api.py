@@ -325,3 +325,30 @@ def test_two_files_in_one_field_are_refused_rather_than_one_dropped(client, user
     assert not Image.objects.exists()
     two = [SimpleUploadedFile("a.png", png_bytes()), SimpleUploadedFile("b.png", png_bytes())]
     assert "2 were sent" in str(client.post(reverse("api-search"), {"image": two}).json())
+
+
+@pytest.mark.parametrize("url", ["/accounts/login/", "/api/images/", "/"])
+def test_a_body_over_the_limit_is_refused_before_anything_reads_it(client, settings, url, media_root):
+    # The CSRF check reads a whole form, files to disk, before a view could look at a file's size:
+    # anyone could make the server store a body of any size. Now a 413 comes first, signed in or not.
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
+    body = {"file": SimpleUploadedFile("big.png", b"\0" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 5000))}
+    refused = client.post(url, body)
+    assert refused.status_code == 413 and b"the limit is" in refused.content
+    if url.startswith("/api/"):
+        assert refused["Content-Type"] == "application/json" and "1,000 bytes" in refused.json()["detail"]
+    assert not Image.objects.exists()
+
+
+def test_a_body_without_a_length_stops_being_read_at_the_limit(settings):
+    from django.core.files.uploadhandler import StopUpload
+
+    from imaginaition_site.middleware import UploadLimitHandler, request_body_limit
+
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
+    handler = UploadLimitHandler()
+    chunk = b"\0" * 65536
+    with pytest.raises(StopUpload):
+        for start in range(0, request_body_limit() + 2 * len(chunk), len(chunk)):
+            assert handler.receive_data_chunk(chunk, start) == chunk  # passed on to the next handler
+    assert request_body_limit() < handler.received <= request_body_limit() + len(chunk)
