@@ -322,7 +322,7 @@ def run(n: int, queries: int, pgvector: bool) -> dict:
             recall[f"pgvector HNSW {space}"] = []
     prefs = Preferences()
     user = get_user_model().objects.get_or_create(username="bench")[0]
-    client = Client()
+    client = Client(SERVER_NAME="localhost")  # a host the default ALLOWED_HOSTS serve
     client.force_login(user)
     for number, q in enumerate(picks.tolist()):
         image_id = int(ids[q])

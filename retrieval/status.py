@@ -12,8 +12,8 @@ import torch
 from django.conf import settings
 from django.db import DatabaseError, connection, connections
 from django.db.models import Count
-from django_q.models import OrmQ
-from django_q.tasks import async_task, fetch
+from django_q.models import OrmQ, Task
+from django_q.tasks import async_task
 
 from gallery.models import Image, ProcessingStatus
 from gallery.selectors import images_pending_count
@@ -72,15 +72,20 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
     )
 
 
+WORKER_CHECK_GROUP = "worker-check"
+
+
 def worker_check_start() -> str:
     """Enqueue a ping for the workers; returns the task id to poll with worker_check_result."""
     # save=True: its result is read back even when IMAGINAITION_TASK_SAVE_LIMIT=-1 keeps no successes.
-    return async_task("retrieval.tasks.worker_ping", task_name="worker-check", group="worker-check", save=True)
+    return async_task("retrieval.tasks.worker_ping", task_name="worker-check", group=WORKER_CHECK_GROUP, save=True)
 
 
 def worker_check_result(task_id: str) -> dict[str, Any] | None:
-    """The ping's answer once a worker ran it, else None."""
-    task = fetch(task_id)
+    """The ping's answer once a worker ran it, else None. Only a ping, by its id: django-q2's fetch()
+    also finds any task by its name, which showed any signed-in user other tasks' results (and two
+    pings share one name)."""
+    task = Task.objects.filter(pk=task_id, group=WORKER_CHECK_GROUP).first()
     if task is None:
         return None
     return {"success": task.success, "result": task.result, "stopped": task.stopped.isoformat()}

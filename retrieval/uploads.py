@@ -40,6 +40,7 @@ from retrieval.models import StagedUploadMask, StagedUploadRecord
 logger = logging.getLogger(__name__)
 SESSION_KEY = "staged_upload"
 MAX_AGE_SECONDS = 3600
+MAX_WAITING = 32  # uploads waiting for their labels at once, all sessions together
 INTERACTIVE_CLUSTER = "interactive"  # Q_CLUSTER_NAME of the worker that answers pages (settings.Q_CLUSTER)
 SegmentationState = Literal["working", "ready", "failed"]
 _NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the interactive worker "
@@ -135,6 +136,7 @@ def _cleanup() -> None:
 
 def _stage(*, data: bytes, name: str) -> StagedUpload:
     """Validate (ImageRejected for bad input), keep the bytes, ask for the segmentation."""
+    _refuse_when_busy()
     decoded = decode_for_models(data)  # the full check every stored image passes, without a full-size copy
     _cleanup()
     token = secrets.token_hex(12)
@@ -151,6 +153,17 @@ def _stage(*, data: bytes, name: str) -> StagedUpload:
     if staged is None:
         raise Refused("The upload disappeared while it was staged; try again.", status_code=409)
     return staged
+
+
+def _refuse_when_busy() -> None:
+    """One interactive worker finds every upload's labels in turn: past MAX_WAITING uploads waiting,
+    a new one would wait past its timeout anyway, and a public gallery's visitors (each a session of
+    their own) could hold up everyone's. Only uploads still within their timeout count."""
+    recent = timezone.now() - timedelta(seconds=settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)
+    waiting = StagedUploadRecord.objects.filter(state="working", updated_at__gte=recent).count()
+    if waiting >= MAX_WAITING:
+        raise SegmentationUnavailable(f"The service is finding the labels of {waiting} other pictures; try again "
+                                      "in a minute.")
 
 
 def staged_add(*, data: bytes, name: str, session: SessionBase) -> StagedUpload:

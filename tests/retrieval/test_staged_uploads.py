@@ -48,3 +48,19 @@ def test_a_picture_that_is_not_an_image_stages_nothing(media_root):
         uploads.staged_add(data=b"not a picture", name="x.jpg", session=SessionStore())
     assert not StagedUploadRecord.objects.exists()
     assert not (media_root / "staging").exists() or not any((media_root / "staging").iterdir())
+
+
+@pytest.mark.django_db
+def test_past_the_waiting_limit_a_new_upload_is_refused_until_the_queue_moves(media_root, settings, monkeypatch):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    monkeypatch.setattr(uploads, "MAX_WAITING", 3)
+    for index in range(3):  # uploads whose labels are still being found, from other sessions
+        StagedUploadRecord.objects.create(token=f"{index:024x}", name=f"{index}.jpg", width=1, height=1,
+                                          state="working")
+    with pytest.raises(uploads.SegmentationUnavailable, match="finding the labels of 3 other pictures"):
+        uploads.staged_add(data=jpeg("chelsea"), name="chelsea.jpg", session=SessionStore())
+    assert StagedUploadRecord.objects.count() == 3 and not (media_root / "staging").exists()
+    # One of them timed out long ago: it no longer holds a place.
+    StagedUploadRecord.objects.filter(token=f"{0:024x}").update(
+        updated_at=timezone.now() - timedelta(seconds=settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT + 1))
+    assert uploads.staged_add(data=jpeg("chelsea"), name="chelsea.jpg", session=SessionStore()).state == "ready"

@@ -47,3 +47,25 @@ def test_each_enqueued_task_is_not_a_log_line_but_a_worker_s_work_still_is(caplo
         queue_log.warning("Enqueued [imaginaition] 1235")  # not what django-q2 says at INFO: kept
     assert [record.getMessage() for record in caplog.records] == [
         "Process-1 processing images-1234 'retrieval.tasks.process_images'", "Enqueued [imaginaition] 1235"]
+
+
+@pytest.mark.django_db
+def test_a_worker_check_result_shows_pings_only_by_their_id(client, user):
+    from django.utils import timezone
+    from django_q.models import Task
+
+    now = timezone.now()
+    for task_id, name, group in [("a" * 32, "images-7", "images"), ("b" * 32, "worker-check", "worker-check"),
+                                 ("c" * 32, "worker-check", "worker-check")]:
+        Task.objects.create(id=task_id, name=name, func="f", group=group, started=now, stopped=now, success=True,
+                            result={"secret": task_id})
+    client.force_login(user)
+
+    def read(task_id: str) -> dict:
+        response = client.get(reverse("api-worker-check-result", args=[task_id]))
+        assert response.status_code == 200  # two pings share a name: that used to be a 500
+        return response.json()
+
+    assert read("a" * 32) == {"done": False}  # another kind of task: not shown
+    assert read("images-7") == {"done": False} and read("worker-check") == {"done": False}  # names are not ids
+    assert read("b" * 32)["result"] == {"secret": "b" * 32}
