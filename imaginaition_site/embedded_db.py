@@ -308,7 +308,10 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         os._exit(0)  # skip the wheel's at-exit stop: we are no longer a holder
     if options.command == "stop":
-        holders = prune_dead_holders() if PGDATA.exists() else []
+        # The shell that calls `stop` (make run's and make test's scripts hold the server; a shell may
+        # exec its last command, so that is this process itself) is no user of it.
+        caller = (os.getpid(), os.getppid())
+        holders = [pid for pid in (prune_dead_holders() if PGDATA.exists() else []) if pid not in caller]
         if holders:
             print(f"warning: processes {holders} were using it; their next query fails until it runs again",
                   file=sys.stderr)

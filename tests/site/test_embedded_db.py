@@ -63,6 +63,12 @@ def test_the_command_line_starts_for_a_holder_reports_and_stops(tmp_path):
     finally:
         holder.kill()
         run("stop")
+    # The shell that started it for itself stops it: no warning about itself.
+    command = f"{sys.executable} -m imaginaition_site.embedded_db"
+    script = f"{command} start && {command} stop"
+    own = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=settings.BASE_DIR)
+    assert "embedded postgres stopped" in own.stdout and "were using it" not in own.stderr, own.stderr
     wrong = run("start", "--holder", "abc")
     assert wrong.returncode == 2 and "invalid int value: 'abc'" in wrong.stderr and "Traceback" not in wrong.stderr
     assert run("--help").returncode == 0
