@@ -9,15 +9,23 @@ from django.db.models.functions import Lower
 
 from gallery.models import Image, Mask, ProcessingStatus
 
+WAITING = Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)  # vectors or masks to come
+FAILED = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)  # vectors or masks failed
+
 
 def image_list(*, label: str = "") -> QuerySet[Image]:
     """Every image, newest first; with `label` ("cat", or "cat,dog"; any letter case), only images
     with a mask of one of those labels."""
     images = Image.objects.order_by("-created_at", "-id")
-    wanted = [part.strip() for part in label.split(",") if part.strip()]
+    wanted = label_names(label)
     if wanted:
         images = images.filter(pk__in=Mask.objects.filter(label__in=labels_as_stored(wanted)).values("image_id"))
     return images
+
+
+def label_names(text: str) -> list[str]:
+    """The labels of a "cat,dog" filter, as typed."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def labels_as_stored(labels: Iterable[str]) -> list[str]:
@@ -52,16 +60,14 @@ def label_counts() -> list[tuple[str, int]]:
 
 def images_pending_ids() -> list[int]:
     """Images waiting for their vectors or their masks, oldest first."""
-    waiting = Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)
-    return list(Image.objects.filter(waiting).order_by("pk").values_list("pk", flat=True))
+    return list(Image.objects.filter(WAITING).order_by("pk").values_list("pk", flat=True))
 
 
 def images_failed(*, ids: Iterable[int]) -> list[Image]:
     """Those of `ids` whose vectors or masks failed, with why."""
-    failed = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)
-    return list(Image.objects.filter(failed, pk__in=list(ids)).order_by("pk"))
+    return list(Image.objects.filter(FAILED, pk__in=list(ids)).order_by("pk"))
 
 
 def images_pending_count() -> int:
     """Images still waiting for their vectors or their masks (an image waiting for both counts once)."""
-    return Image.objects.filter(Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.PENDING)).count()
+    return Image.objects.filter(WAITING).count()

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, cast
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 
-from gallery import events
+from gallery import events, selectors
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_delete
@@ -100,33 +99,28 @@ def image_delete(*, image: Image) -> None:
         transaction.on_commit(remove_files)
 
 
-def images_retry_failed(*, enqueue: bool = True) -> list[int]:
-    """Put every image whose vectors or masks failed back to pending (e.g. after the missing weights
-    were fetched); enqueue=False leaves them for this process (`images_process_here`). Returns their ids."""
-    failed = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)
+def images_retry_failed(*, ids: Sequence[int] | None = None, enqueue: bool = True) -> list[int]:
+    """Put every image (of `ids`, if given) whose vectors or masks failed back to pending, only the
+    failed stage(s) (e.g. after the missing weights were fetched); enqueue=False leaves them for this
+    process (`images_process_here`). Returns their ids."""
+    failed = Image.objects.select_for_update().filter(selectors.FAILED)
+    if ids is not None:
+        failed = failed.filter(pk__in=list(ids))
     with transaction.atomic():
-        ids = list(Image.objects.select_for_update().filter(failed).values_list("pk", flat=True))
-        Image.objects.filter(pk__in=ids, status=ProcessingStatus.FAILED).update(status=ProcessingStatus.PENDING,
-                                                                                error="")
-        Image.objects.filter(pk__in=ids, masks_status=ProcessingStatus.FAILED).update(
+        retried = list(failed.values_list("pk", flat=True))
+        Image.objects.filter(pk__in=retried, status=ProcessingStatus.FAILED).update(status=ProcessingStatus.PENDING,
+                                                                                    error="")
+        Image.objects.filter(pk__in=retried, masks_status=ProcessingStatus.FAILED).update(
             masks_status=ProcessingStatus.PENDING, masks_error="")
-        if enqueue:
-            images_schedule(ids)
-    return ids
+        if enqueue and retried:
+            images_schedule(retried)
+    return retried
 
 
 def image_retry(*, image: Image) -> Image:
-    """Put a failed image (embedding or masks) back in the queue."""
-    changed = []
-    if image.status == ProcessingStatus.FAILED:
-        image.status, image.error = ProcessingStatus.PENDING, ""
-        changed += ["status", "error"]
-    if image.masks_status == ProcessingStatus.FAILED:
-        image.masks_status, image.masks_error = ProcessingStatus.PENDING, ""
-        changed += ["masks_status", "masks_error"]
-    if changed:
-        image.save(update_fields=changed)
-        images_schedule([image.pk])
+    """Put a failed image (embedding or masks) back in the queue; returns it as it is now."""
+    if images_retry_failed(ids=[image.pk]):
+        image.refresh_from_db()
     return image
 
 

