@@ -3,6 +3,7 @@
 import logging
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -48,6 +49,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "axes",  # sign-in throttling: AXES_* below
     "gallery",
     "retrieval",
 ]
@@ -64,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it answers a locked-out sign-in
 ]
 
 ROOT_URLCONF = "imaginaition_site.urls"
@@ -109,6 +112,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in throttling (django-axes): after IMAGINAITION_LOGIN_FAILURE_LIMIT failed sign-ins of one user
+# name from one address, that pair is refused (429) until IMAGINAITION_LOGIN_COOLOFF_MINUTES have passed
+# without another try; a success clears the count. The site's and admin's sign-in pages both go through it.
+# The address is REMOTE_ADDR (a header could be forged): behind a proxy every client shares the proxy's
+# address, so the lock falls on the user name (docs/DEPLOYMENT.md). `manage.py axes_reset` lifts locks.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("IMAGINAITION_LOGIN_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("IMAGINAITION_LOGIN_COOLOFF_MINUTES", 15)))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "imaginaition_site.views.sign_in_locked_out"
+AXES_VERBOSE = False  # one warning per lockout is enough in the log
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
