@@ -24,10 +24,24 @@ def access_image(*, user: User | None, image_id: int) -> Image:
     return image
 
 
-def can_delete_image(user: User | None, image: Image) -> bool:
-    """Whoever added the image, or a user with the model's delete permission (what Django admin asks for)."""
+DELETE_REFUSED = "Only whoever added this image, or a user allowed to delete images, may delete it."
+RETRY_REFUSED = "Only whoever added this image, or a user allowed to change images, may retry it."
+
+
+def _added_it_or_may(user: User | None, image: Image, permission: str) -> bool:
     if not (user and user.is_authenticated):
         return False
     if image.added_by_id == user.pk:
         return True
-    return isinstance(user, PermissionsMixin) and user.has_perm("gallery.delete_image")
+    return isinstance(user, PermissionsMixin) and user.has_perm(permission)
+
+
+def can_delete_image(user: User | None, image: Image) -> bool:
+    """Whoever added the image, or a user with the model's delete permission (what Django admin asks for)."""
+    return _added_it_or_may(user, image, "gallery.delete_image")
+
+
+def can_retry_image(user: User | None, image: Image) -> bool:
+    """Whoever added the image, or a user with the model's change permission: retrying queues work
+    again (each retry costs the workers a full pass), so it is not every signed-in user's to repeat."""
+    return _added_it_or_may(user, image, "gallery.change_image")

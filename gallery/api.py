@@ -30,7 +30,7 @@ from rest_framework.utils import html
 from rest_framework.views import APIView, exception_handler
 
 from gallery import selectors, services
-from gallery.access import can_delete_image, can_view_gallery
+from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_retry_image, can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import read_upload
 from gallery.models import Image
@@ -102,8 +102,8 @@ BAD_REQUEST = PolymorphicProxySerializer(component_name="BadRequest",
                                          resource_type_field_name=None, many=False)
 UNAUTHORIZED = error_response("No credentials where the gallery is private or the operation writes, or credentials "
                               "that are not valid (an unknown token); WWW-Authenticate names the scheme.")
-FORBIDDEN = error_response("Signed in but not allowed (e.g. deleting another user's image), or a session's write "
-                           "without its CSRF token.")
+FORBIDDEN = error_response("Signed in but not allowed (e.g. deleting or retrying another user's image), or a "
+                           "session's write without its CSRF token.")
 CALLER_REFUSED = {401: UNAUTHORIZED, 403: FORBIDDEN}  # an operation's answers to a caller it does not serve
 NOT_FOUND = error_response("No such image.")
 
@@ -359,7 +359,7 @@ class ImageDetailApi(APIView):
     def delete(self, request: Request, image_id: int) -> Response:
         image = self._get(image_id)
         if not can_delete_image(request.user, image):
-            raise PermissionDenied("Only whoever added this image, or a user allowed to delete images, may delete it.")
+            raise PermissionDenied(DELETE_REFUSED)
         services.image_delete(image=image)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -375,5 +375,7 @@ class ImageRetryApi(APIView):
         image = Image.objects.filter(pk=image_id).first()
         if image is None:
             raise NotFound("No such image.")
+        if not can_retry_image(request.user, image):
+            raise PermissionDenied(RETRY_REFUSED)
         image = services.image_retry(image=image)
         return Response(ImageOutputSerializer(image, context={"request": request}).data)

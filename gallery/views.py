@@ -16,7 +16,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from gallery import selectors, services
-from gallery.access import access_image, can_delete_image, can_view_gallery
+from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
+                            can_view_gallery)
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 
@@ -77,6 +78,7 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     return render(request, "gallery/image.html", {
         "image": image, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
         "can_delete": can_delete_image(request.user, image),
+        "can_retry": can_retry_image(request.user, image),
         "pending": ProcessingStatus.PENDING in (image.status, image.masks_status),
         "failed": ProcessingStatus.FAILED in (image.status, image.masks_status)})
 
@@ -94,6 +96,8 @@ def mask_overlay(request: HttpRequest, image_id: int, mask_id: int) -> HttpRespo
 @require_POST
 def retry(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
+    if not can_retry_image(request.user, image):
+        raise PermissionDenied(RETRY_REFUSED)
     failed = ProcessingStatus.FAILED in (image.status, image.masks_status)
     services.image_retry(image=image)
     messages.info(request, "The image is back in the queue." if failed else "Nothing failed: nothing to retry.")
@@ -106,7 +110,7 @@ def delete(request: HttpRequest, image_id: int) -> HttpResponse:
     """Remove the image with its masks, vectors and files: whoever added it, or with the delete permission."""
     image = access_image(user=request.user, image_id=image_id)
     if not can_delete_image(request.user, image):
-        raise PermissionDenied("Only whoever added this image, or a user allowed to delete images, may delete it.")
+        raise PermissionDenied(DELETE_REFUSED)
     name = image.original_name
     services.image_delete(image=image)
     messages.success(request, f"Deleted {name}.")

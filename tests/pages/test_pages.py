@@ -237,6 +237,7 @@ def test_odd_ids_and_nul_characters_in_a_query_string_are_refused_not_a_server_e
 def test_retry_says_what_it_did(client, user):
     client.force_login(user)
     failed, ready = make_image(status="failed"), make_image(name="fine.png", color=(1, 1, 1))
+    Image.objects.filter(pk__in=[failed.pk, ready.pk]).update(added_by=user)
     page = client.post(reverse("pages:retry", args=[failed.pk]), follow=True).content.decode()
     assert "back in the queue" in page
     failed.refresh_from_db()
@@ -358,3 +359,29 @@ def test_the_owner_deletes_an_image_from_its_page_and_others_cannot(client, user
     client.force_login(django_user_model.objects.get(pk=bob.pk))
     assert client.post(reverse("pages:delete", args=[other.pk])).status_code == 302
     assert not Image.objects.filter(pk=other.pk).exists()
+
+
+def test_only_whoever_added_a_failed_image_or_may_change_images_retries_it(client, user, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    image = make_image(name="mine.png", status="failed")
+    Image.objects.filter(pk=image.pk).update(added_by=user)
+    bob = django_user_model.objects.create_user("bob", password="s3cret-Pass!")
+    retry_page, retry_api = reverse("pages:retry", args=[image.pk]), reverse("api-image-retry", args=[image.pk])
+
+    client.force_login(bob)
+    assert retry_page not in client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert client.post(retry_page).status_code == 403
+    refused = client.post(retry_api)
+    assert refused.status_code == 403 and "may retry it" in refused.json()["detail"]
+    assert Image.objects.get(pk=image.pk).status == "failed"  # nothing was queued
+
+    client.force_login(user)
+    assert retry_page in client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert client.post(retry_api).json()["status"] == "pending"
+
+    Image.objects.filter(pk=image.pk).update(status="failed", added_by=None)  # imported: added by nobody
+    assert client.post(retry_page).status_code == 403
+    bob.user_permissions.add(Permission.objects.get(codename="change_image"))
+    client.force_login(django_user_model.objects.get(pk=bob.pk))
+    assert client.post(retry_page).status_code == 302 and Image.objects.get(pk=image.pk).status == "pending"
