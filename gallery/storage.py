@@ -21,8 +21,13 @@ class AtomicFileSystemStorage(FileSystemStorage):
     def _save(self, name: str, content: Any) -> str:
         full_path = self.path(name)
         directory = os.path.dirname(full_path)
-        os.makedirs(directory, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        while True:
+            os.makedirs(directory, exist_ok=True)
+            try:
+                fd, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
+                break
+            except FileNotFoundError:  # a delete removed the folder as it emptied (below): make it again
+                continue
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in content.chunks():
@@ -39,6 +44,19 @@ class AtomicFileSystemStorage(FileSystemStorage):
         if self.file_permissions_mode is not None:
             os.chmod(full_path, self.file_permissions_mode)
         return os.path.relpath(full_path, self.location).replace("\\", "/")
+
+    def delete(self, name: str) -> None:
+        """Delete the file, then the folders it leaves empty (content-addressed names spread files over
+        thousands of folders, which would otherwise stay behind when a gallery is emptied or reset)."""
+        super().delete(name)
+        root = os.path.realpath(self.location)
+        directory = os.path.dirname(os.path.realpath(self.path(name)))
+        while directory != root and directory.startswith(root + os.sep):
+            try:
+                os.rmdir(directory)  # only ever removes an empty folder
+            except OSError:  # not empty (or already gone, or shared and busy): the folders above are in use
+                break
+            directory = os.path.dirname(directory)
 
 
 def stored_write_once(name: str, data: bytes) -> str:

@@ -2,7 +2,10 @@
 and reached over HTTP, stands in for AWS or MinIO) or a local/shared folder written atomically. A worker
 configured only by environment processes an image it never saw on its own disk."""
 
+import os
+import tempfile
 import threading
+from unittest import mock
 
 import boto3
 import pytest
@@ -149,3 +152,31 @@ def test_local_files_appear_whole_and_concurrent_writers_never_overwrite(tmp_pat
     stored = sorted(storage.open(name).read() for name in names)
     assert stored == sorted(contents)  # each file whole, none overwritten
     assert [path.name for path in tmp_path.rglob(".partial-*")] == []  # nothing left aside
+
+
+def test_deleting_the_last_file_of_a_folder_removes_the_folders_it_leaves_empty(tmp_path):
+    storage = AtomicFileSystemStorage(location=tmp_path / "media")
+    first = storage.save("images/ab/cd/first.png", ContentFile(b"1"))
+    second = storage.save("images/ab/ef/second.png", ContentFile(b"2"))
+    storage.save("thumbs/ab/cd/first.webp", ContentFile(b"3"))
+
+    storage.delete(first)
+    assert not (tmp_path / "media/images/ab/cd").exists() and (tmp_path / "media/images/ab/ef").is_dir()
+    storage.delete(second)
+    assert not (tmp_path / "media/images").exists()  # every folder it emptied, up to the storage's own
+    assert (tmp_path / "media/thumbs/ab/cd/first.webp").read_bytes() == b"3"
+    storage.delete("images/ab/cd/first.png")  # deleting twice is still no error
+
+    # A writer whose folder a delete removed between making it and writing into it makes it again.
+    real_mkstemp, calls = tempfile.mkstemp, []
+
+    def folder_removed_once(*args, **kwargs):
+        calls.append(kwargs["dir"])
+        if len(calls) == 1:
+            os.rmdir(kwargs["dir"])
+            os.rmdir(os.path.dirname(kwargs["dir"]))
+        return real_mkstemp(*args, **kwargs)
+
+    with mock.patch("gallery.storage.tempfile.mkstemp", folder_removed_once):
+        name = storage.save("images/zz/yy/again.png", ContentFile(b"4"))
+    assert len(calls) == 2 and storage.open(name).read() == b"4"
