@@ -9,15 +9,17 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
+from PIL import ExifTags, ImageOps, UnidentifiedImageError
 
 from gallery.errors import Refused
 
@@ -30,6 +32,7 @@ FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg"
                    "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
 ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
+QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that show the picture turned a quarter: width and height swap
 
 
 class ImageRejected(Refused):
@@ -131,7 +134,8 @@ def image_check(data: bytes) -> ImageFacts:
     more than the models' own work on it (bench.ingest). Width and height are the full picture's as
     displayed (EXIF orientation applied). For a file being stored: the models decode it again later."""
     _check_bytes(data)
-    _, image_format, (width, height) = _decode(data, draft_side=1)
+    with _decoding_errors_refused():  # the pixels are decoded, never turned upright nor converted
+        _, image_format, (width, height) = _load(data, draft_side=1)
     return ImageFacts(format=image_format, width=width, height=height)
 
 
@@ -167,28 +171,11 @@ def _draft_size(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
-def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
-    """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
-    configure_pillow()
+@contextmanager
+def _decoding_errors_refused() -> Iterator[None]:
+    """Every way Pillow fails on a file, as the ImageRejected a user reads."""
     try:
-        source = PILImage.open(io.BytesIO(data))  # the header only: no pixel is decoded yet
-        if source.format not in ACCEPTED_FORMATS:
-            raise ImageRejected(
-                f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
-        # Our limit, checked here rather than by turning Pillow's warning into an error: a
-        # warnings.catch_warnings() block is process-wide state, which concurrent threads (the web
-        # process's, the pipeline's) would restore under each other.
-        if source.width * source.height > settings.IMAGINAITION_MAX_PIXELS:
-            raise _too_many_pixels(source.width * source.height)
-        source.seek(0)  # animated GIF/WebP: the first frame
-        width, height = source.size
-        if draft_side is not None and source.format in ("JPEG", "MPO"):
-            source.draft("RGB", _draft_size(source.size, draft_side))
-        source.load()
-        upright = ImageOps.exif_transpose(source)
-        if (upright.width > upright.height) != (source.width > source.height):  # turned a quarter
-            width, height = height, width
-        return to_rgb(upright), source.format, (width, height)
+        yield
     except ImageRejected:
         raise
     except PILImage.DecompressionBombError as exc:  # Pillow's own guard, at twice our limit
@@ -199,6 +186,36 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
         raise ImageRejected("The file is not an image (or not one we can read).") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageRejected(f"The image is damaged or truncated: {exc}") from exc
+
+
+def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, tuple[int, int]]:
+    """(the decoded file as stored, format, full size as displayed); every pixel is decoded, so a
+    truncated file fails here. Call within _decoding_errors_refused."""
+    configure_pillow()
+    source = PILImage.open(io.BytesIO(data))  # the header only: no pixel is decoded yet
+    if source.format not in ACCEPTED_FORMATS:
+        raise ImageRejected(f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
+    # Our limit, checked here rather than by turning Pillow's warning into an error: a
+    # warnings.catch_warnings() block is process-wide state, which concurrent threads (the web
+    # process's, the pipeline's) would restore under each other.
+    if source.width * source.height > settings.IMAGINAITION_MAX_PIXELS:
+        raise _too_many_pixels(source.width * source.height)
+    source.seek(0)  # animated GIF/WebP: the first frame
+    width, height = source.size
+    if draft_side is not None and source.format in ("JPEG", "MPO"):
+        source.draft("RGB", _draft_size(source.size, draft_side))
+    source.load()
+    if source.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
+        width, height = height, width
+    return source, cast(str, source.format), (width, height)
+
+
+def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
+    """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
+    with _decoding_errors_refused():
+        source, image_format, size = _load(data, draft_side=draft_side)
+        ImageOps.exif_transpose(source, in_place=True)  # in place: a returned copy was one more full-size picture
+        return to_rgb(source), image_format, size
 
 
 def to_rgb(picture: PILImage.Image) -> PILImage.Image:
@@ -224,8 +241,11 @@ def to_rgb(picture: PILImage.Image) -> PILImage.Image:
     elif mode == "L" and "transparency" in picture.info:
         picture = picture.convert("RGBA")
     if picture.mode == "RGBA":
-        white = PILImage.new("RGBA", picture.size, (255, 255, 255, 255))
-        return PILImage.alpha_composite(white, picture).convert("RGB")
+        # Pasted through its own alpha onto white: the same pixels as alpha_composite on an opaque white
+        # RGBA then converted, without those two full-size RGBA copies (1.2 GB more for 64 MP).
+        white = PILImage.new("RGB", picture.size, (255, 255, 255))
+        white.paste(picture, mask=picture)
+        return white
     return picture.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 

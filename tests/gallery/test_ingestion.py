@@ -149,6 +149,17 @@ def test_alpha_is_composited_on_white_not_black():
     assert picture.getpixel((10, 10)) == (255, 0, 0)  # opaque red square
 
 
+def test_partial_alpha_blends_with_white_exactly_as_compositing_over_it():
+    from gallery.imaging import to_rgb
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    picture = PILImage.fromarray(pixels, "RGBA")
+    white = PILImage.new("RGBA", picture.size, (255, 255, 255, 255))
+    expected = np.asarray(PILImage.alpha_composite(white, picture).convert("RGB"))
+    assert np.array_equal(np.asarray(to_rgb(picture)), expected)
+    assert np.array_equal(np.asarray(decode_image(encode(picture, "PNG")).picture), expected)
+
+
 def test_sixteen_bit_is_scaled_not_clipped():
     array = np.asarray(decode_image(ACCEPTED["sixteen-bit.png"][0]).picture)[..., 0]
     assert array.min() == 0 and 100 < array.max() <= 255 and len(np.unique(array)) > 50
