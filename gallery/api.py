@@ -206,7 +206,9 @@ class GalleryReadPermission(BasePermission):
 
 
 class MaskSerializer(serializers.Serializer):
-    """One label's soft mask of an image; mask_url serves it as a PNG."""
+    """One label's soft mask of an image; mask_url serves it as an 8-bit greyscale PNG at the size of the
+    picture the models saw (longest side at most 1024 px), each pixel the label's probability × 255
+    (the pages outline the pixels above the user's mask threshold)."""
 
     id = serializers.IntegerField()
     label = serializers.CharField()  # type: ignore[assignment]  # the field's name, not Field.label
@@ -262,10 +264,21 @@ class ImageAddedOutputSerializer(ImageOutputSerializer):
         return bool(self.context.get("duplicate", False))
 
 
+class RepeatableTextField(TextField):
+    """Text that a query string may repeat (?label=cat&label=dog): the values joined with commas, as
+    if sent as "cat,dog" (DRF would keep only the last, dropping the others without a word)."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        if html.is_html_input(dictionary) and (values := dictionary.getlist(self.field_name)):
+            return ",".join(values)
+        return super().get_value(dictionary)
+
+
 class ImageListQuerySerializer(serializers.Serializer):
-    label = TextField(  # type: ignore[assignment]  # the field's name, not Field.label
+    label = RepeatableTextField(  # type: ignore[assignment]  # the field's name, not Field.label
         required=False, allow_blank=True,
-        help_text="only images with a mask of this label (or of one of these: cat,dog), in any letter case")
+        help_text="only images with a mask of this label (or of one of these: cat,dog, or the parameter "
+                  "repeated), in any letter case")
 
 
 class ImageUploadSerializer(ClosedInput):
@@ -330,7 +343,9 @@ class ImageListCreateApi(APIView):
                               400: OpenApiResponse(BAD_REQUEST, description="No file, or a file that is not an "
                                                    "image we accept (damaged, truncated, another format)."),
                               **CALLER_REFUSED,
-                              413: error_response("A file over the upload limit, or an image with too many pixels.")})
+                              413: error_response("A file over the upload limit, or an image with too many pixels."),
+                              503: error_response("The file could not be stored (the media storage failed); "
+                                                  "nothing was kept: try again once it is fixed.")})
     def post(self, request: Request) -> Response:
         serializer = ImageUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

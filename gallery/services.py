@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 
 from gallery import events, selectors
+from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_delete
@@ -41,6 +42,13 @@ class ImageAddResult:
     created: bool  # False: the same bytes were already stored; `image` is the existing one
 
 
+class StorageFailed(Refused):
+    """A file could not be stored: the storage fails for every file alike (HTTP 503: not the
+    caller's mistake, and worth trying again once an administrator has fixed it)."""
+
+    status_code = 503
+
+
 def image_add(*, data: bytes, original_name: str, user: User | None = None, enqueue: bool = True) -> ImageAddResult:
     """Validate, store once (by SHA-256) and schedule embedding + segmentation after commit.
 
@@ -62,7 +70,12 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
         with transaction.atomic():
             # The file is written first, then the row; any failure removes the file again, so
             # there is never a row without a file nor a file without a row.
-            image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
+            try:
+                image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
+            except OSError as exc:  # the storage, not this file: every other file would fail alike
+                raise StorageFailed(f"Storing the file failed: {exc.strerror or exc}. Nothing was kept; the "
+                                    "media storage (IMAGINAITION_MEDIA_ROOT or IMAGINAITION_STORAGE) must be "
+                                    "writable.") from exc
             image.save()
             if enqueue:
                 images_schedule([image.pk])
@@ -124,9 +137,6 @@ def image_retry(*, image: Image) -> Image:
     return image
 
 
-class StorageFailed(Exception):
-    """An import stopped because a file could not be stored: the storage fails for every file alike."""
-
 
 @dataclass
 class ImportReport:
@@ -186,10 +196,9 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
                 result = image_add(data=data, original_name=path.name, user=user, enqueue=enqueue)
             except ImageRejected as exc:
                 report.rejected.append((relative, exc.message))
-            except OSError as exc:  # storing failed: the storage, not this file, so every other would fail too
-                raise StorageFailed(f"Storing {relative} failed: {exc.strerror or exc}. Check that the media "
-                                    "storage (IMAGINAITION_MEDIA_ROOT or IMAGINAITION_STORAGE) is writable; "
-                                    f"{len(report.added)} files were added before it.") from exc
+            except StorageFailed as exc:  # the storage, not this file: every other would fail too
+                raise StorageFailed(f"{relative}: {exc.message} {len(report.added)} files were added before "
+                                    "it.") from exc
             else:
                 if result.created:
                     report.added.append(relative)

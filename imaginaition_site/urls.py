@@ -8,6 +8,8 @@ from gallery.api import NoSuchEndpointApi
 from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
 
+handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
+
 urlpatterns = [
     path("admin/gallery/reset/", include("gallery.admin_reset")),
     path("admin/", admin.site.urls),

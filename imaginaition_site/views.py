@@ -1,4 +1,5 @@
-"""Site-wide views that are no app's: the pages a refused form (CSRF) and a throttled sign-in show."""
+"""Site-wide views that are no app's: the pages a refused form (CSRF), a throttled sign-in and a server
+error show."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import math
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views import defaults
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
@@ -35,3 +37,11 @@ def sign_in_locked_out(request: HttpRequest, original_response: HttpResponse | N
     return render(request, "registration/locked_out.html",
                   {"username": username, "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes},
                   status=429)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: an API client gets the API's error shape ({"detail": ...}, JSON), not an HTML page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "The server failed on this request (its error is logged for the "
+                                       "administrator)."}, status=500)
+    return defaults.server_error(request)

@@ -357,7 +357,10 @@ class PreferencesUpdateSerializer(ClosedInput):
 class PreferencesSerializer(serializers.Serializer):
     """The caller's search preferences (per user; per session for anonymous visitors)."""
 
-    mask_threshold = serializers.IntegerField(help_text="percent: a mask covers the pixels above it")
+    mask_threshold = serializers.IntegerField(
+        help_text="percent: the pages outline a mask's pixels above it. The API's mask_url is the soft mask "
+                  "itself (0-255 a pixel: cut it where you like); region vectors use the default cut, 50, so "
+                  "stored and asked regions compare alike")
     k = serializers.IntegerField(help_text="how many similar images a search returns")
     intersection_first = serializers.BooleanField(help_text="images found by both indexes first")
     preferred_index = SpaceField()

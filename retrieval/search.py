@@ -252,11 +252,13 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
     """Cut an uploaded picture's region of `label` out (its masks: label -> soft mask at the picture's
     size, from the segmenter) and embed it; nothing is stored."""
     picture = decode_for_models(data).picture  # the masks are at this picture's size
-    if label not in masks:
+    wanted = label.strip().casefold()  # in any letter case, as every label filter takes them
+    matched = label if label in masks else next((name for name in masks if name.casefold() == wanted), None)
+    if matched is None:
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
-    region = region_picture(picture, masks[label])  # masks are at this picture's size (the segmenter saw it)
+    region = region_picture(picture, masks[matched])  # masks are at this picture's size (the segmenter saw it)
     if region is None:
-        raise _too_small(f"The {label}")
+        raise _too_small(f"The {matched}")
     return replace(vectors_for_picture(picture=region, models=models), owner="region")
 
 

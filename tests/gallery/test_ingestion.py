@@ -297,6 +297,39 @@ def test_a_failure_while_saving_the_row_leaves_no_file(media_root, monkeypatch):
     assert stored_files(media_root) == []
 
 
+def test_an_upload_the_storage_cannot_take_gets_503_in_json_and_leaves_nothing(signed_in, media_root, monkeypatch):
+    from gallery.storage import AtomicFileSystemStorage
+
+    def folder_blocked(self, name, content):
+        raise NotADirectoryError(20, "Not a directory")
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", folder_blocked)
+    response = upload(signed_in, "a.png", encode(photo(), "PNG"))
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("Storing the file failed: Not a directory. Nothing was kept")
+    assert Image.objects.count() == 0 and stored_files(media_root) == [] and OrmQ.objects.count() == 0
+
+
+def test_an_unexpected_api_error_is_answered_in_json_and_a_page_error_in_html(user, media_root, monkeypatch):
+    from django.test import Client
+
+    def broken(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(services, "image_add", broken)
+    client = Client(raise_request_exception=False)  # as a served request: the error is answered, not raised
+    client.force_login(user)
+    response = upload(client, "a.png", encode(photo(), "PNG"))
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert "failed on this request" in response.json()["detail"] and "a bug" not in response.content.decode()
+
+    from gallery import selectors
+
+    monkeypatch.setattr(selectors, "label_counts", lambda: broken())
+    page = client.get(reverse("pages:gallery"))
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")
+
+
 def test_delete_removes_row_masks_embeddings_and_files(signed_in, media_root):
     from tests.gallery.factories import add_embedding, add_mask
 
@@ -439,7 +472,7 @@ def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_roo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", full)
-    with pytest.raises(CommandError, match=r"Storing \S+ failed: No space left on device\. Check that the media "):
+    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. Nothing was kept; the media "):
         call_command("import_folder", str(photo_folder), "--recursive")
     assert not Image.objects.exists() and stored_files(media_root) == []
 
