@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest
-from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     Direction,
@@ -89,6 +89,20 @@ class ValidationErrorSchema(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict[str, Any]:
         return {"type": "object", "description": inspect.cleandoc(ValidationErrorSerializer.__doc__ or ""),
                 "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """The schema's token scheme says both keywords ApiTokenAuthentication takes (drf-spectacular's own
+    describes DRF's one prefix, "Token")."""
+
+    target_class = "gallery.api_auth.ApiTokenAuthentication"
+    name = "tokenAuth"
+    priority = 1  # over drf-spectacular's extension for TokenAuthentication and its subclasses
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
+        return {"type": "apiKey", "in": "header", "name": "Authorization",
+                "description": "`Authorization: Token <key>` (or `Bearer <key>`). An administrator makes a key "
+                               "with `manage.py drf_create_token USER`."}
 
 
 def error_response(description: str) -> OpenApiResponse:
@@ -344,6 +358,7 @@ class ImageListCreateApi(APIView):
                                                    "image we accept (damaged, truncated, another format)."),
                               **CALLER_REFUSED,
                               413: error_response("A file over the upload limit, or an image with too many pixels."),
+                              415: error_response("A body that is not multipart/form-data."),
                               503: error_response("The file could not be stored (the media storage failed); "
                                                   "nothing was kept: try again once it is fixed.")})
     def post(self, request: Request) -> Response:
