@@ -52,6 +52,7 @@ def test_every_page_renders_in_every_state(client, user, state):
     elif state == "failed":
         image = make_image(status="failed")
         image.error, image.masks_status, image.masks_error = "The stored file is missing.", "failed", "boom"
+        image.added_by = user  # who may retry it
         image.save()
     elif state == "ready":
         image = embedded_image("ready.png", 1)
