@@ -101,6 +101,10 @@ def image_delete(*, image: Image) -> None:
     image_id, file_name, storage = image.pk, image.file.name, image.file.storage
     thumbs = thumbnail_names(image=image)
     with transaction.atomic():
+        # Locked first: a worker writing its masks or vectors holds this row (pipeline._write), and a
+        # delete that listed them before that write committed would fail on the new rows' foreign keys.
+        if not Image.objects.select_for_update().filter(pk=image_id).exists():
+            return  # deleted meanwhile
         image.delete()
         events.images_deleted.send(sender=Image, image_ids=[image_id])
 
@@ -132,8 +136,8 @@ def images_retry_failed(*, ids: Sequence[int] | None = None, enqueue: bool = Tru
 
 def image_retry(*, image: Image) -> Image:
     """Put a failed image (embedding or masks) back in the queue; returns it as it is now."""
-    if images_retry_failed(ids=[image.pk]):
-        image.refresh_from_db()
+    images_retry_failed(ids=[image.pk])
+    image.refresh_from_db()  # as it is now, whoever retried it (another caller may have, meanwhile)
     return image
 
 

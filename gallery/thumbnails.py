@@ -8,7 +8,7 @@ from PIL import Image as PILImage
 
 from gallery.imaging import decode_image
 from gallery.models import Image
-from gallery.storage import stored_read, stored_write_once
+from gallery.storage import stored_delete, stored_read, stored_write_once
 
 THUMBNAIL_SIZES = (128, 256, 512)
 
@@ -38,4 +38,8 @@ def thumbnail_bytes(*, image: Image, size: int = 256) -> bytes:
     out = io.BytesIO()
     picture.save(out, format="WEBP", quality=82)
     stored_write_once(name, out.getvalue())
+    # Deleted while this was made: its delete removed the thumbnails before this one existed. Checked
+    # after the write, so a delete committed later removes this file itself.
+    if not Image.objects.filter(sha256=image.sha256).exists():
+        stored_delete([name])
     return out.getvalue()
