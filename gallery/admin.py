@@ -131,3 +131,22 @@ class ResetJobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # started from the reset page, which asks for confirmation
+
+    def has_change_permission(self, request: HttpRequest, obj: ResetJob | None = None) -> bool:
+        return False  # a record of what a reset did: shown, never edited (no Save button)
+
+    def has_delete_permission(self, request: HttpRequest, obj: ResetJob | None = None) -> bool:
+        # A queued or running job is the reset's own state: deleting it mid-way stopped the reset after
+        # the gallery was emptied. Ended jobs (and, in bulk, only those) may go.
+        if obj is not None and obj.active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        # Bulk "delete selected": an active job among them is refused by name, like a protected object.
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        active = [f"{job}: still in progress" for job in objs if job.active]
+        if active and super().has_delete_permission(request):
+            perms_needed = set()  # the user may delete jobs: say which ones are in progress instead
+            protected = [*protected, *active]
+        return deleted, model_count, perms_needed, protected

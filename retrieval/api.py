@@ -318,6 +318,8 @@ class SearchApi(APIView):
                                                    "upload does not have; a region too small; an unknown filter label."),
                               404: error_response("No such image (image_id) or mask (mask_id)."),
                               **CALLER_REFUSED,
+                              409: error_response("image with label: the gallery was reset while the upload "
+                                                  "was segmented; send it again."),
                               413: error_response("An upload over the upload limit, or with too many pixels."),
                               503: error_response("image with label: no interactive worker segmented the upload "
                                                   "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),

@@ -275,9 +275,11 @@ def upload_masks(*, data: bytes, name: str, timeout: float | None = None) -> dic
                 raise SegmentationUnavailable(current.error)
             if time.monotonic() >= deadline:
                 raise SegmentationUnavailable(_NO_WORKER.format(timeout=timeout) + " Try again.")
-            if current is None or current.state == "failed":
-                raise Refused(current.error if current else "The upload disappeared while it was segmented.",
-                              status_code=500)
+            if current is None:  # only a reset clears uploads no session holds (gallery_emptied)
+                raise Refused("The gallery was reset while this picture's labels were being found, which "
+                              "removed it; send it again.", status_code=409)
+            if current.state == "failed":
+                raise Refused(current.error, status_code=500)
             time.sleep(0.05)
     finally:
         _delete(staged.token)

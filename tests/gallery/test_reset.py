@@ -250,3 +250,21 @@ def test_the_status_of_an_unknown_job_is_a_json_404(client, staff_user):
     client.force_login(staff_user)
     response = client.get(reverse("gallery-reset-status", args=[999]))
     assert response.status_code == 404 and response.json() == {"detail": "There is no reset job 999."}
+
+
+def test_a_reset_job_in_progress_cannot_be_deleted_nor_any_job_edited_in_admin(client, staff_user):
+    running = ResetJob.objects.create(folder="/somewhere", state="running", created_by=staff_user)
+    ended = ResetJob.objects.create(folder="/elsewhere", state="done", created_by=staff_user)
+    client.force_login(staff_user)
+
+    assert client.get(reverse("admin:gallery_resetjob_delete", args=[running.pk])).status_code == 403
+    assert client.post(reverse("admin:gallery_resetjob_delete", args=[running.pk]), {"post": "yes"}).status_code == 403
+    bulk = client.post(reverse("admin:gallery_resetjob_changelist"),
+                       {"action": "delete_selected", "_selected_action": [running.pk, ended.pk], "post": "yes"})
+    assert "still in progress" in bulk.content.decode()
+    assert set(ResetJob.objects.values_list("pk", flat=True)) == {running.pk, ended.pk}  # nothing deleted
+
+    page = client.get(reverse("admin:gallery_resetjob_change", args=[ended.pk])).content.decode()
+    assert 'name="_save"' not in page
+    assert client.post(reverse("admin:gallery_resetjob_delete", args=[ended.pk]), {"post": "yes"}).status_code == 302
+    assert not ResetJob.objects.filter(pk=ended.pk).exists()

@@ -105,6 +105,24 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     assert "has no cat" not in region  # its labels were never found: not "it has none"
 
 
+def test_a_reset_while_an_api_upload_waits_for_its_labels_answers_409_send_it_again(
+        client, user, worker_mode, media_root, monkeypatch):
+    from retrieval import uploads
+
+    real_stage = uploads._stage
+
+    def staged_then_reset(**kwargs):
+        staged = real_stage(**kwargs)
+        uploads.staged_clear_all()  # what a gallery reset does (the gallery_emptied receiver)
+        return staged
+
+    monkeypatch.setattr(uploads, "_stage", staged_then_reset)
+    client.force_login(user)
+    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
+                                                   "label": "cat"})
+    assert response.status_code == 409 and "send it again" in response.json()["detail"]
+
+
 def test_with_no_interactive_worker_running_a_queued_upload_fails_long_before_the_timeout(
         client, user, worker_mode, media_root, monkeypatch):
     from datetime import timedelta
