@@ -24,7 +24,7 @@ cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     local deadline=$((SECONDS + STOP_TIMEOUT)) pid
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && [ "$force" = 0 ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+        while kill -0 "$pid" 2>/dev/null && [ "$force" = 0 ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5 || true; done
         if kill -0 "$pid" 2>/dev/null; then
             # A long task (a reset, a large batch) is left where it was: its images stay pending, and the
             # task is handed out again after the next start (Q_CLUSTER retry), which finishes them.
