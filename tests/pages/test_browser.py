@@ -239,3 +239,34 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     phone_page.screenshot(path=ARTIFACTS / "results-phone.png", full_page=True)
     phone_page.goto(url + "/")
     assert phone_page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reset_progress_page_follows_the_job_and_says_when_it_gets_no_answer(live_server, staff_user, browser,
+                                                                                 monkeypatch):
+    from django.urls import reverse
+
+    from gallery.models import ResetJob
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside Playwright's event loop
+
+    job = ResetJob.objects.create(folder="/photos", state="running", phase="importing files", total_files=10,
+                                  scanned=2, created_by=staff_user)
+    page = browser.new_context().new_page()
+    page.set_default_timeout(30_000)
+    page.goto(live_server.url + "/admin/login/")
+    page.fill("#id_username", "staff")
+    page.fill("#id_password", "s3cret-Pass!")
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r"/admin/$"))
+    page.goto(live_server.url + reverse("gallery-reset-progress", args=[job.pk]))
+    assert page.inner_text("#reset-scanned") == "2"
+
+    ResetJob.objects.filter(pk=job.pk).update(scanned=7, imported=6, embedded=9)  # 3 uploads made meanwhile
+    page.wait_for_function("document.getElementById('reset-scanned').textContent === '7'")
+    assert page.eval_on_selector("#reset-processed-bar", "bar => [bar.value, bar.max]") == [9, 9]
+    assert page.is_hidden("#reset-contact")
+
+    ResetJob.objects.filter(pk=job.pk).delete()  # its status URL now answers 404: polling must not stop silently
+    page.wait_for_selector("#reset-contact", state="visible")
+    assert "No answer about the reset (the server answered 404); asking again" in page.inner_text("#reset-contact")
