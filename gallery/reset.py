@@ -126,7 +126,7 @@ def _delete_everything() -> int:
         rows = list(Image.objects.select_for_update().values_list("id", "file", "sha256"))
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=[image_id for image_id, _, _ in rows])
-    # Files go after the rows (a failure leaves files without rows, which the integrity check reports,
+    # Files go after the rows (a failure leaves files without rows, which take space but answer nothing,
     # never rows without files), through the storage API: the same on a shared folder or in a bucket.
     for _, file_name, sha256 in rows:
         stored_delete([file_name, *thumbnail_names(image=Image(sha256=sha256))] if file_name else [])
