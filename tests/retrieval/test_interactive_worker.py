@@ -81,7 +81,7 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
                                                    "label": "cat"})
     assert response.status_code == 503 and "interactive worker" in response.json()["detail"]
-    assert list((media_root / "staging").iterdir()) == []  # the temporary upload is gone
+    assert list((media_root / "staging").glob("*")) == []  # the temporary upload is gone (and its folder)
     assert not StagedUploadRecord.objects.exists()
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
     client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))})

@@ -7,6 +7,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django.utils import timezone
@@ -141,8 +142,7 @@ def test_an_image_whose_file_vanished_fails_with_a_readable_message_and_can_be_r
     assert image.status == "failed" and "missing" in image.error
     assert set(Image.objects.filter(pk__in=[before, after]).values_list("status", flat=True)) == {"ready"}
 
-    with image.file.storage.open(image.file.name, "wb") as fh:
-        fh.write(data)
+    image.file.storage.save(image.file.name, ContentFile(data))  # put back where it was (its emptied folder too)
     assert client.post(reverse("api-image-retry", args=[image_id])).json()["status"] == "pending"
     embed_batch()
     image.refresh_from_db()
