@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import ErrorDetail, NotAuthenticated, NotFound, PermissionDenied
+from rest_framework.exceptions import ErrorDetail, NotAuthenticated, NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -317,6 +317,18 @@ class ImagePagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def get_page_size(self, request: Request) -> int | None:
+        # DRF answers an unusable ?page_size= (0, -5, "abc") with its default without a word: a client
+        # asking for that is told so. Above the maximum it is capped (the next link goes on from there).
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None or raw == "":
+            return self.page_size
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValidationError({self.page_size_query_param: [
+                f"Give a whole number of images per page, at least 1 (at most {self.max_page_size} are "
+                f"sent); {raw[:20]!r} is not."]})
+        return min(int(raw), self.max_page_size)
+
 
 class NoSuchEndpointApi(APIView):
     """Any path under /api/ that names no endpoint: a JSON 404 that points at the list, rather than the
@@ -338,7 +350,8 @@ class ImageListCreateApi(APIView):
     @extend_schema(parameters=[ImageListQuerySerializer],
                    responses={200: ImageOutputSerializer(many=True),
                               400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask can "
-                                                   "have (with a NUL character)."),
+                                                   "have (with a NUL character), or a page_size that is not a "
+                                                   "whole number of at least 1."),
                               **CALLER_REFUSED,
                               404: error_response("A page number that is not a page of the list.")})
     def get(self, request: Request) -> Response:
