@@ -329,6 +329,14 @@ class ImagePagination(PageNumberPagination):
                 f"sent); {raw[:20]!r} is not."]})
         return min(int(raw), self.max_page_size)
 
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:  # what get_page_size takes
+                parameter["schema"]["minimum"] = 1
+                parameter["description"] = f"Images per page (at least 1; above {self.max_page_size}, that many)."
+        return parameters
+
 
 class NoSuchEndpointApi(APIView):
     """Any path under /api/ that names no endpoint: a JSON 404 that points at the list, rather than the
