@@ -9,30 +9,15 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # models load from local files onl
 HOST="${IMAGINAITION_HOST:-127.0.0.1}"
 PORT="${IMAGINAITION_PORT:-8000}"
 
+source scripts/stop.sh
 pids=()
 STOP_TIMEOUT="${IMAGINAITION_STOP_TIMEOUT:-30}"
 force=0
-kill_tree() {  # a process and every descendant (a cluster's workers are its grandchildren)
-    local child
-    for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do kill_tree "$child"; done
-    kill -KILL "$1" 2>/dev/null || true
-}
 cleanup() {
     trap - EXIT
     trap 'force=1' INT TERM  # a second Ctrl-C: stop at once
     echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    local deadline=$((SECONDS + STOP_TIMEOUT)) pid
-    for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && [ "$force" = 0 ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5 || true; done
-        if kill -0 "$pid" 2>/dev/null; then
-            # A long task (a reset, a large batch) is left where it was: its images stay pending, and the
-            # task is handed out again after the next start (Q_CLUSTER retry), which finishes them.
-            echo ">> process $pid still busy: stopped now; its unfinished work is taken up again at the next start"
-            kill_tree "$pid"
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_processes "$STOP_TIMEOUT" "${pids[@]}"
     trap - INT TERM
     if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop; fi
 }
