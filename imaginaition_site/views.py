@@ -1,12 +1,7 @@
-"""Site-wide views that are no app's: the pages a refused form (CSRF), a throttled sign-in and a server
-error show."""
+"""Site-wide views that are no app's: the pages a refused form (CSRF) and a server error show."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views import defaults
@@ -26,17 +21,6 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     else:
         advice = "The form was older than your session (you may have signed in or out in another tab)."
     return render(request, "403_csrf.html", {"advice": advice}, status=403)
-
-
-def sign_in_locked_out(request: HttpRequest, original_response: HttpResponse | None = None,
-                       credentials: dict[str, Any] | None = None) -> HttpResponse:
-    """django-axes' answer to a sign-in of a locked-out user name and address (AXES_LOCKOUT_CALLABLE):
-    429 in the site's layout, saying how long to wait and how an administrator lifts the lock."""
-    username = (credentials or {}).get("username") or request.POST.get("username", "")
-    minutes = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
-    return render(request, "registration/locked_out.html",
-                  {"username": username, "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes},
-                  status=429)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

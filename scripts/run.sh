@@ -15,25 +15,28 @@ STOP_TIMEOUT="${IMAGINAITION_STOP_TIMEOUT:-30}"
 force=0
 cleanup() {
     trap - EXIT
-    trap 'force=1' INT TERM  # a second Ctrl-C: stop at once
+    trap 'force=1' INT TERM HUP  # a second Ctrl-C: stop at once
     echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
     stop_processes "$STOP_TIMEOUT" "${pids[@]}"
-    trap - INT TERM
+    trap - INT TERM HUP
     if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop; fi
 }
-trap cleanup INT TERM EXIT
+trap cleanup INT TERM HUP EXIT  # HUP: the terminal closed (the workers, in their own sessions, do not see it)
 
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
 $PY manage.py migrate --noinput
 $PY manage.py fetch_weights || echo ">> fetch_weights failed; continuing with the weights that are present"
 $PY manage.py reembed  # after a model change: queue the images the active models have not embedded
 $PY manage.py ensure_admin
-$PY manage.py qcluster &
+# Each in its own session (setsid): a terminal's Ctrl-C reaches only this script, which then sends each
+# one SIGTERM, once. A cluster that got the terminal's SIGINT and then our SIGTERM ran its stop twice,
+# nested, and hung in it.
+setsid $PY manage.py qcluster &
 pids+=($!)
 # The interactive worker: an upload's labels and masks, while its page waits (never behind an import).
-Q_CLUSTER_NAME=interactive $PY manage.py qcluster &
+Q_CLUSTER_NAME=interactive setsid $PY manage.py qcluster &
 pids+=($!)
-$PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
+setsid $PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
     --timeout 300 --graceful-timeout 10 --access-logfile - &
 pids+=($!)
 echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."

@@ -32,7 +32,15 @@ def test_after_the_limit_even_the_right_password_is_refused_with_how_long_to_wai
     page = response.content.decode()
     assert response.status_code == 429 and "_auth_user_id" not in client.session
     assert "Too many sign-in attempts" in page and "<strong>alice</strong>" in page
-    assert "15 minutes" in page and "axes_reset_username alice" in page
+    assert "15 minutes" in page and "axes_reset_username alice" in page and response["Retry-After"] == "900"
+
+
+def test_a_user_name_longer_than_any_account_s_fails_like_any_wrong_one(client, user, settings):
+    settings.AXES_FAILURE_LIMIT = 2
+    longest = {"username": "z" * 300, "password": "whatever"}  # over axes' 255-character column: was a 500
+    response = sign_in(client, longest)
+    assert response.status_code == 200 and "did not match" in response.content.decode()
+    assert sign_in(client, longest).status_code == 429  # counted under its first 150 characters
 
 
 def test_the_lock_holds_one_name_from_one_address_only(client, user, django_user_model, settings):
