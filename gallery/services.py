@@ -137,9 +137,8 @@ def images_retry_failed(*, ids: Sequence[int] | None = None, enqueue: bool = Tru
 def image_retry(*, image: Image) -> Image:
     """Put a failed image (embedding or masks) back in the queue; returns it as it is now."""
     images_retry_failed(ids=[image.pk])
-    image.refresh_from_db()  # as it is now, whoever retried it (another caller may have, meanwhile)
-    return image
-
+    # As it is now, whoever retried it (another caller may have, meanwhile); as it was, if deleted meanwhile.
+    return Image.objects.filter(pk=image.pk).first() or image
 
 
 @dataclass
