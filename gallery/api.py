@@ -323,11 +323,16 @@ class ImagePagination(PageNumberPagination):
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None or raw == "":
             return self.page_size
-        if not raw.isdigit() or int(raw) < 1:
+        try:
+            # isdecimal, not isdigit: "²" is a digit that int() refuses
+            value = int(raw) if raw.isdecimal() else 0
+        except ValueError:  # more digits than int() reads: far above the maximum
+            value = self.max_page_size
+        if value < 1:
             raise ValidationError({self.page_size_query_param: [
                 f"Give a whole number of images per page, at least 1 (at most {self.max_page_size} are "
                 f"sent); {raw[:20]!r} is not."]})
-        return min(int(raw), self.max_page_size)
+        return min(value, self.max_page_size)
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

@@ -114,7 +114,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Sign-in throttling (django-axes): the IMAGINAITION_LOGIN_FAILURE_LIMIT-th failed sign-in in a row of one
 # user name from one address is answered 429, and so is every sign-in of that pair, right password or not,
-# until IMAGINAITION_LOGIN_COOLOFF_MINUTES have passed without another try; a success clears the count. The site's and admin's sign-in pages both go through it.
+# until IMAGINAITION_LOGIN_COOLOFF_MINUTES have passed without another try; a success clears the count.
+# The site's and admin's sign-in pages both go through it.
 # The address is REMOTE_ADDR (a header could be forged): behind a proxy every client shares the proxy's
 # address, so the lock falls on the user name (docs/DEPLOYMENT.md). `manage.py axes_reset` lifts locks.
 AUTHENTICATION_BACKENDS = [

@@ -312,7 +312,8 @@ def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_r
     assert page["count"] == 3 and len(page["results"]) == 2 and "page_size=2" in page["next"]
     assert [row["id"] for row in page["results"]] == [images[2].pk, images[1].pk]  # newest first
     assert len(client.get(reverse("api-images"), {"page_size": 10_000}).json()["results"]) == 3  # capped, not refused
-    for unusable in ("0", "-5", "abc", "1e3"):
+    assert len(client.get(reverse("api-images"), {"page_size": "9" * 5000}).json()["results"]) == 3  # capped too
+    for unusable in ("0", "-5", "abc", "1e3", "²"):
         refused = client.get(reverse("api-images"), {"page_size": unusable})
         assert refused.status_code == 400 and "at least 1" in refused.json()["page_size"][0], unusable
 
