@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -115,6 +116,29 @@ def _run_lock() -> Iterator[bool]:
         if held:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [RESET_LOCK])
+
+
+def reset_resume_cut_short() -> list[int]:
+    """Hand the active reset to the workers again now if nobody runs it (its worker stopped or died):
+    the queue would hand its task out again only after the retry time (IMAGINAITION_TASK_RETRY, 12
+    min), its page saying "Running" meanwhile. Asked when a worker cluster starts. A copy that finds
+    the run alive or ended returns (reset_run), so a job whose task still waits is safe to hand out."""
+    with transaction.atomic():
+        active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
+        if not active:
+            return []
+        with _run_lock() as nobody_runs_it:
+            if not nobody_runs_it:
+                return []
+        for job in active:
+            logger.warning("reset job %s: handed to the workers again (%s when its worker stopped)",
+                           job.pk, job.phase or job.state)
+            transaction.on_commit(partial(_enqueue, job.pk))
+    return [job.pk for job in active]
+
+
+def reset_active() -> bool:
+    return ResetJob.objects.filter(state__in=["queued", "running"]).exists()
 
 
 def reset_run_task(job_id: int) -> str:

@@ -48,10 +48,10 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
     "axes",  # sign-in throttling: AXES_* below
     "gallery",
     "retrieval",
+    "django_q",  # after gallery, whose `qcluster` command (work cut short taken up first) replaces its own
 ]
 
 MIDDLEWARE = [

@@ -169,8 +169,10 @@ def test_upload_through_the_api_is_processed_by_a_real_worker(client, user, medi
 @pytest.mark.integration
 def test_a_worker_killed_mid_task_leaves_no_half_written_rows_and_the_image_ends_ready(
         client, user, media_root, offline, start_worker):
+    # The default retry time (12 min, beyond the wait below): the next cluster takes the image up as it
+    # starts (gallery.work_resume), not when the queue hands the dead worker's task out again.
     env = {"IMAGINAITION_MODEL_PROFILE": "offline", "IMAGINAITION_MEDIA_ROOT": str(media_root),
-           "IMAGINAITION_TASK_TIMEOUT": "60", "IMAGINAITION_TASK_RETRY": "15", "IMAGINAITION_WORKERS": "1"}
+           "IMAGINAITION_TASK_TIMEOUT": "60", "IMAGINAITION_TASK_RETRY": "720", "IMAGINAITION_WORKERS": "1"}
     first = start_worker(**env)
     client.force_login(user)
     image_id = upload(client, "astronaut")
@@ -189,7 +191,7 @@ def test_a_worker_killed_mid_task_leaves_no_half_written_rows_and_the_image_ends
         image = Image.objects.get(pk=image_id)
         return image.status == "ready" and image.masks_status == "ready"
 
-    wait_for(ready, timeout=240, interval=1, message="the retried tasks to finish")
+    wait_for(ready, timeout=240, interval=1, message="the next cluster to take the image up")
     assert Embedding.objects.filter(image_id=image_id).count() == 2  # one per space, no duplicates
     labels = list(Mask.objects.filter(image_id=image_id).values_list("class_index", flat=True))
     assert len(labels) == len(set(labels))

@@ -1,0 +1,45 @@
+"""Work that a stopped worker cluster cut short (a reset, a batch of images), taken up as soon as a
+cluster of the main queue starts (`manage.py qcluster`: gallery/management/commands/qcluster.py).
+
+The ORM broker hands a task whose worker stopped or died out again only after its retry time
+(IMAGINAITION_TASK_RETRY, 12 min), and until then that work waits while its pages say "Running" or
+"pending". Handing it out twice is safe: a reset's second copy finds the run alive or ended and
+returns, and an image's task claims only images still waiting (its own first, then the oldest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from gallery import selectors
+from gallery.models import Image
+from gallery.reset import reset_active, reset_resume_cut_short
+from gallery.services import images_schedule
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    resets: list[int]  # reset jobs handed to the workers again
+    images: list[int]  # waiting images queued again
+
+
+def work_cut_short_resume() -> ResumeReport:
+    resets = reset_resume_cut_short()
+    if resets or reset_active():  # a reset processes its folder's images in its own task
+        return ResumeReport(resets=resets, images=[])
+    return ResumeReport(resets=resets, images=images_waiting_resume())
+
+
+def images_waiting_resume() -> list[int]:
+    """Queue the oldest waiting images again, one for each image beyond the tasks that wait in the
+    queue: a stopped worker's taken tasks (or a cut-short `import_folder --sync`) left them with no
+    task that will come soon. Every task claims a batch of waiting images, so extra ones end at once."""
+    waiting = Image.objects.filter(selectors.WAITING).order_by("pk").values_list("pk", flat=True)
+    queued = OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now()).count()
+    uncovered = list(waiting[: max(waiting.count() - queued, 0)])
+    if uncovered:
+        images_schedule(uncovered)
+    return uncovered
