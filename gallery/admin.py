@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db.models import Prefetch, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -141,6 +142,14 @@ class ResetJobAdmin(admin.ModelAdmin):
         if obj is not None and obj.active:
             return False
         return super().has_delete_permission(request, obj)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        job = self.get_object(request, unquote(object_id))
+        if job is not None and job.active and super().has_delete_permission(request):
+            self.message_user(request, f"{job} is still in progress: it can be deleted once it has ended.",
+                              messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:gallery_resetjob_change", args=[job.pk]))
+        return super().delete_view(request, object_id, extra_context)
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         # Bulk "delete selected": an active job among them is refused by name, like a protected object.

@@ -259,8 +259,12 @@ def test_a_reset_job_in_progress_cannot_be_deleted_nor_any_job_edited_in_admin(c
     ended = ResetJob.objects.create(folder="/elsewhere", state="done", created_by=staff_user)
     client.force_login(staff_user)
 
-    assert client.get(reverse("admin:gallery_resetjob_delete", args=[running.pk])).status_code == 403
-    assert client.post(reverse("admin:gallery_resetjob_delete", args=[running.pk]), {"post": "yes"}).status_code == 403
+    # Its delete page sends the user back to the job, saying why (not a bare 403).
+    for answer in (client.get(reverse("admin:gallery_resetjob_delete", args=[running.pk]), follow=True),
+                   client.post(reverse("admin:gallery_resetjob_delete", args=[running.pk]), {"post": "yes"},
+                               follow=True)):
+        assert answer.redirect_chain == [(reverse("admin:gallery_resetjob_change", args=[running.pk]), 302)]
+        assert "still in progress: it can be deleted once it has ended" in answer.content.decode()
     bulk = client.post(reverse("admin:gallery_resetjob_changelist"),
                        {"action": "delete_selected", "_selected_action": [running.pk, ended.pk], "post": "yes"})
     assert "still in progress" in bulk.content.decode()
@@ -270,3 +274,41 @@ def test_a_reset_job_in_progress_cannot_be_deleted_nor_any_job_edited_in_admin(c
     assert 'name="_save"' not in page
     assert client.post(reverse("admin:gallery_resetjob_delete", args=[ended.pk]), {"post": "yes"}).status_code == 302
     assert not ResetJob.objects.filter(pk=ended.pk).exists()
+
+
+def _queued_now() -> list[str]:
+    """Names of the tasks a worker would take now (a taken task's lock is its retry time, still to come)."""
+    from django.utils import timezone
+
+    return sorted(entry.task["name"] for entry in OrmQ.objects.filter(lock__lte=timezone.now()))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_starting_cluster_hands_out_again_at_once_a_reset_whose_worker_stopped(staff_user, folder, media_root):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gallery.work_resume import work_cut_short_resume
+
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    # Its worker took the task (the queue hands it out again in 12 min) and stopped mid-way.
+    OrmQ.objects.update(lock=timezone.now() + timedelta(seconds=720))
+    ResetJob.objects.filter(pk=job.pk).update(state="running", phase="importing files")
+    pending = make_image(name="imported-before-the-stop.png", status="pending")
+
+    alive = _hold_the_reset_lock()  # a live run elsewhere: left alone
+    try:
+        assert work_cut_short_resume().resets == [] and _queued_now() == []
+    finally:
+        alive.close()
+    wait_for(_reset_lock_free, timeout=30, message="the dead session's reset lock to be released")
+
+    resumed = work_cut_short_resume()
+
+    # The reset's own task processes its images: they are not queued beside it.
+    assert (resumed.resets, resumed.images) == ([job.pk], []) and _queued_now() == [f"reset-{job.pk}"]
+    job = reset_run(job_id=job.pk)  # the copy a worker takes at once
+    assert job.state == "done", job.error
+    assert Image.objects.get(pk=pending.pk).status == "ready"
+    assert work_cut_short_resume().resets == []  # ended: nothing more to hand out
