@@ -11,10 +11,17 @@ from gallery.models import Image
 from gallery.storage import stored_delete, stored_read, stored_write_once
 
 THUMBNAIL_SIZES = (128, 256, 512)
+THUMBNAIL_FOLDER = "thumbs"
 
 
 def _thumbnail_name(image: Image, size: int) -> str:
-    return f"thumbs/{image.sha256[:2]}/{image.sha256}-{size}.webp"
+    return f"{THUMBNAIL_FOLDER}/{image.sha256[:2]}/{image.sha256}-{size}.webp"
+
+
+def thumbnail_sha256(name: str) -> str:
+    """The SHA-256 of the image a stored thumbnail's name is of ("" if the name is not a thumbnail's)."""
+    stem, _, size = name.rsplit("/", 1)[-1].removesuffix(".webp").rpartition("-")
+    return stem if size.isdigit() and len(stem) == 64 else ""
 
 
 def thumbnail_names(*, image: Image) -> list[str]:

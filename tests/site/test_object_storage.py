@@ -180,3 +180,24 @@ def test_deleting_the_last_file_of_a_folder_removes_the_folders_it_leaves_empty(
     with mock.patch("gallery.storage.tempfile.mkstemp", folder_removed_once):
         name = storage.save("images/zz/yy/again.png", ContentFile(b"4"))
     assert len(calls) == 2 and storage.open(name).read() == b"4"
+
+
+@pytest.mark.django_db
+def test_storage_check_finds_and_deletes_what_no_image_refers_to_in_a_bucket(settings, tmp_path, moto_s3_server):
+    from datetime import timedelta
+
+    from gallery.storage_check import storage_check, storage_orphans_delete
+    from tests.gallery.factories import make_image
+
+    env, s3 = moto_s3_server
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage(env)}
+    settings.MEDIA_ROOT = tmp_path / "not-used"
+    image = make_image(name="in-the-bucket.png")
+    orphan = f"images/ab/ab/{'ab' * 32}.png"
+    s3.put_object(Bucket=BUCKET, Key=f"gallery/{orphan}", Body=b"left by a killed process")
+
+    report = storage_check(min_age=timedelta(0))
+    assert report.checked == 2 and [stored.name for stored in report.orphans] == [orphan] and report.missing == []
+    assert report.orphan_bytes == len(b"left by a killed process")
+    assert storage_orphans_delete(report) == 1
+    assert bucket_keys(s3) == {f"gallery/{image.file.name}"}

@@ -1,0 +1,39 @@
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from gallery.management.arguments import at_least
+from gallery.storage_check import storage_check, storage_orphans_delete
+
+LISTED = 20  # names shown of each kind; the counts are complete
+
+
+class Command(BaseCommand):
+    help = ("Check stored files against the gallery's images, both ways: files no image refers to (left by a "
+            "process killed while adding an image; --delete removes them) and images whose file is gone.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--delete", action="store_true", help="delete the files no image refers to")
+        parser.add_argument("--older-than", type=at_least(1), default=60, metavar="MINUTES",
+                            help="only files older than this count (60): a younger one may be an image being "
+                                 "added right now, its row not yet committed")
+
+    def handle(self, *args: str, delete: bool, older_than: int, **options: object) -> None:
+        with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
+            report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
+        self.stdout.write(f"{report.checked} stored files checked, {len(report.orphans)} referred to by no image "
+                          f"({report.orphan_bytes / 1e6:.1f} MB)")
+        for stored in report.orphans[:LISTED]:
+            self.stdout.write(f"  no image: {stored.name} ({stored.size} bytes)")
+        if len(report.orphans) > LISTED:
+            self.stdout.write(f"  ... and {len(report.orphans) - LISTED} more")
+        if delete and report.orphans:
+            self.stdout.write(f"deleted {storage_orphans_delete(report)} files referred to by no image")
+        elif report.orphans:
+            self.stdout.write("run again with --delete to remove them")
+        if report.missing:
+            shown = ", ".join(str(image_id) for image_id in report.missing[:LISTED])
+            more = f" and {len(report.missing) - LISTED} more" if len(report.missing) > LISTED else ""
+            raise CommandError(f"{len(report.missing)} image(s) whose file is gone: {shown}{more}. Put the files back "
+                               "(from a backup of the media folder), or delete these images.")

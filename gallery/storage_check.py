@@ -1,0 +1,84 @@
+"""Stored files against image rows, both ways: files no image refers to (left by a process killed
+between writing a file and committing its row, or while writing it: a `.partial-` file), and images
+whose file is gone. Through the storage API only, so a shared folder and a bucket are checked alike.
+
+Every write stores the file first and commits the row after it, so a file younger than `min_age` may
+belong to a row about to commit: it is never reported, nor deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from gallery.models import Image
+from gallery.storage import stored_delete
+from gallery.thumbnails import THUMBNAIL_FOLDER, thumbnail_sha256
+
+IMAGE_FOLDER = "images"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    checked: int  # files under the folders images go in
+    orphans: list[StoredFile]  # older than min_age, referred to by no image
+    missing: list[int]  # ids of images whose file is gone
+
+    @property
+    def orphan_bytes(self) -> int:
+        return sum(stored.size for stored in self.orphans)
+
+
+def storage_check(*, min_age: timedelta = timedelta(hours=1),
+                  progress: Callable[[int], object] | None = None) -> StorageReport:
+    files = set(Image.objects.exclude(file="").values_list("file", flat=True))
+    digests = set(Image.objects.values_list("sha256", flat=True))
+    cutoff = timezone.now() - min_age
+    checked, orphans, seen = 0, [], set()
+    for folder in (IMAGE_FOLDER, THUMBNAIL_FOLDER):
+        for name in _stored_names(folder):
+            checked += 1
+            if progress is not None:
+                progress(1)
+            if folder == IMAGE_FOLDER and name in files:
+                seen.add(name)
+                continue
+            if folder == THUMBNAIL_FOLDER and thumbnail_sha256(name) in digests:
+                continue
+            if default_storage.get_modified_time(name) < cutoff:
+                orphans.append(StoredFile(name=name, size=default_storage.size(name)))
+    missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
+               if name not in seen and not default_storage.exists(name)]  # e.g. stored outside images/
+    return StorageReport(checked=checked, orphans=orphans, missing=missing)
+
+
+def storage_orphans_delete(report: StorageReport) -> int:
+    """Delete the report's orphans that are still orphans (an upload of the same bytes since the check
+    would have reused its content-addressed name)."""
+    files = set(Image.objects.filter(file__in=[o.name for o in report.orphans]).values_list("file", flat=True))
+    digests = set(Image.objects.values_list("sha256", flat=True))
+    doomed = [o.name for o in report.orphans
+              if o.name not in files and thumbnail_sha256(o.name) not in digests]
+    stored_delete(doomed)
+    return len(doomed)
+
+
+def _stored_names(folder: str) -> Iterator[str]:
+    """Every file under `folder` of the storage, depth first (listdir: a folder or a bucket prefix)."""
+    try:
+        directories, names = default_storage.listdir(folder)
+    except FileNotFoundError:  # nothing stored there yet
+        return
+    for name in sorted(names):
+        yield f"{folder}/{name}"
+    for directory in sorted(directories):
+        yield from _stored_names(f"{folder}/{directory}")

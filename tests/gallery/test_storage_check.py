@@ -1,0 +1,78 @@
+"""`manage.py storage_check`: stored files against image rows, both ways."""
+
+import os
+import time
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.management import CommandError, call_command
+
+from gallery.models import Image
+from gallery.thumbnails import thumbnail_bytes, thumbnail_names
+from tests.gallery.factories import make_image
+
+SHA = "ab" * 32
+
+
+def _store(name: str, data: bytes, *, age_s: float) -> str:
+    saved = default_storage.save(name, ContentFile(data))
+    stamp = time.time() - age_s
+    os.utime(default_storage.path(saved), (stamp, stamp))
+    return saved
+
+
+@pytest.mark.django_db
+def test_files_no_image_refers_to_are_listed_then_deleted_and_the_gallery_keeps_its_own(media_root, capsys):
+    kept = make_image(name="kept.png")
+    thumbnail_bytes(image=kept, size=128)
+    # What killed processes leave, two hours ago: a file whose row never committed, a half-written
+    # file, the thumbnail of an image deleted since.
+    left = [_store(f"images/ab/ab/{SHA}.png", b"x" * 10, age_s=7200),
+            _store("images/ab/ab/.partial-k3j2", b"y" * 5, age_s=7200),
+            _store(f"thumbs/cd/{'cd' * 32}-256.webp", b"z" * 7, age_s=7200)]
+    being_added = _store(f"images/ef/ef/{'ef' * 32}.jpg", b"w", age_s=5)  # its row may commit any moment
+
+    call_command("storage_check")
+    out = capsys.readouterr().out
+    assert "6 stored files checked, 3 referred to by no image" in out
+    assert all(f"no image: {name}" in out for name in left) and being_added not in out
+    assert all(default_storage.exists(name) for name in left)  # only listed without --delete
+
+    call_command("storage_check", "--delete")
+    assert "deleted 3 files referred to by no image" in capsys.readouterr().out
+    assert not any(default_storage.exists(name) for name in left)
+    assert default_storage.exists(being_added)
+    assert default_storage.exists(kept.file.name) and default_storage.exists(thumbnail_names(image=kept)[0])
+
+    call_command("storage_check", "--older-than", "1")  # even at a minute, the 5 s old file is left alone
+    assert "3 stored files checked, 0 referred to by no image" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_an_orphan_whose_image_came_back_since_the_check_is_not_deleted(media_root):
+    from datetime import timedelta
+
+    from gallery.storage_check import storage_check, storage_orphans_delete
+
+    image = make_image(name="back.png")
+    name = image.file.name
+    Image.objects.filter(pk=image.pk).delete()  # its file stays: an orphan
+    os.utime(default_storage.path(name), (time.time() - 7200,) * 2)
+    report = storage_check(min_age=timedelta(hours=1))
+    assert [stored.name for stored in report.orphans] == [name]
+
+    image.pk = None
+    image.save()  # the same bytes added again meanwhile: the content-addressed name is its file again
+    assert storage_orphans_delete(report) == 0 and default_storage.exists(name)
+
+
+@pytest.mark.django_db
+def test_images_whose_file_is_gone_are_named_and_the_command_fails(media_root):
+    whole = make_image(name="whole.png")
+    lost = make_image(color=(0, 90, 0), name="lost.png")
+    default_storage.delete(lost.file.name)
+
+    with pytest.raises(CommandError, match=rf"^1 image\(s\) whose file is gone: {lost.pk}\. Put the files back"):
+        call_command("storage_check")
+    assert default_storage.exists(whole.file.name)
