@@ -7,12 +7,12 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from gallery import selectors, services
@@ -35,6 +35,21 @@ def gallery_reader(view: View) -> View:
             return redirect_to_login(request.get_full_path())
         return view(request, *args, **kwargs)
     return wrapper
+
+
+def form_of_signed_in_users(form_page: Callable[..., str]) -> Callable[[View], View]:
+    """A POST-only view whose form only signed-in users send. A visitor signed out meanwhile (in
+    another tab, or the session ended) is asked to sign in and then brought back to the page that
+    holds the form, form_page(**the view's URL arguments), to press its button again: login_required
+    would bring them back to the POST-only address itself, a 405."""
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponseBase:
+            if not request.user.is_authenticated:
+                return redirect_to_login(form_page(**kwargs))
+            return view(request, *args, **kwargs)
+        return wrapper
+    return decorate
 
 
 def mask_threshold(request: HttpRequest) -> int:
@@ -92,7 +107,7 @@ def mask_overlay(request: HttpRequest, image_id: int, mask_id: int) -> HttpRespo
                                     threshold_percent=mask_threshold(request)), cache=True)
 
 
-@login_required
+@form_of_signed_in_users(lambda image_id: reverse("pages:image", args=[image_id]))
 @require_POST
 def retry(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
@@ -104,7 +119,7 @@ def retry(request: HttpRequest, image_id: int) -> HttpResponse:
     return redirect("pages:image", image_id=image_id)
 
 
-@login_required
+@form_of_signed_in_users(lambda image_id: reverse("pages:image", args=[image_id]))
 @require_POST
 def delete(request: HttpRequest, image_id: int) -> HttpResponse:
     """Remove the image with its masks, vectors and files: whoever added it, or with the delete permission."""

@@ -6,17 +6,20 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
 NUL_REFUSED = "Query parameters cannot contain NUL characters."
 API_UNKNOWN_ENDPOINT = "api-unknown-endpoint"  # the URL name of the API's catch-all 404
 
 
-class RefuseNulInQueryMiddleware:
-    """A 400 for a page's query string holding a NUL character: no page could use one (PostgreSQL
-    text cannot hold it), and passed on it fails deep inside a query as a 500. The API validates its
-    own parameters (its serializers refuse NUL in its documented error shape)."""
+class PageRefusalsMiddleware:
+    """The pages' own refusals, in the site's layout (the API answers in its own error shape):
+    - a 400 for a query string holding a NUL character: no page could use one (PostgreSQL text cannot
+      hold it), and passed on it fails deep inside a query as a 500. The API's serializers refuse it;
+    - a 405 page where Django answers an empty one: a GET of an address only a form's button sends to
+      (a bookmarked sign-out, an action's address typed in), which browsers show as their own error."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -25,8 +28,23 @@ class RefuseNulInQueryMiddleware:
         if request.path_info.startswith("/api/"):
             return self.get_response(request)
         if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
-            return HttpResponseBadRequest(NUL_REFUSED, content_type="text/plain; charset=utf-8")
-        return self.get_response(request)
+            return page_refused(request, 400, title="Address not understood", message=NUL_REFUSED,
+                                advice="Check the address: it holds a character no page can use.")
+        response = self.get_response(request)
+        if response.status_code == 405 and not response.content:
+            refused = page_refused(request, 405, title="Not a page to open", message=(
+                "This address is what a button on a page sends (a form), not a page to open."),
+                advice="Go back to the page that holds the button (an image's page, the search page) and "
+                       "use the button there.")
+            refused["Allow"] = response.get("Allow", "")
+            return refused
+        return response
+
+
+def page_refused(request: HttpRequest, status: int, *, title: str, message: str, advice: str = "") -> HttpResponse:
+    """A refusal page in the site's layout. Also rendered before the session and user are read
+    (a body over the limit): the layout then shows the signed-out navigation."""
+    return render(request, "refused.html", {"title": title, "message": message, "advice": advice}, status=status)
 
 
 class ApiPathWithoutSlashMiddleware:
@@ -62,7 +80,8 @@ def body_too_large(request: HttpRequest, length: int) -> HttpResponse:
                f"(a file of at most {settings.IMAGINAITION_MAX_UPLOAD_BYTES:,} bytes and the form's fields).")
     if request.path_info.startswith("/api/"):
         return JsonResponse({"detail": message}, status=413)
-    return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+    return page_refused(request, 413, title="File too large", message=message,
+                        advice="Go back and choose a smaller file (or shrink this one).")
 
 
 class RequestBodyLimitMiddleware:

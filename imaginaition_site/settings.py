@@ -61,10 +61,10 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "imaginaition_site.middleware.ApiPathWithoutSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "imaginaition_site.middleware.RefuseNulInQueryMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "imaginaition_site.middleware.PageRefusalsMiddleware",  # after auth: its pages show who is signed in
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it answers a locked-out sign-in
 ]

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -20,7 +20,7 @@ from gallery.errors import Refused
 from gallery.imaging import header_format, read_upload
 from gallery.models import Mask
 from gallery.overlays import overlay_png
-from gallery.views import gallery_reader, mask_threshold, png_response
+from gallery.views import form_of_signed_in_users, gallery_reader, mask_threshold, png_response
 from gallery.views_files import uploaded_image_response
 from retrieval import uploads
 from retrieval.forms import PreferencesForm, TextSearchForm, UploadForm
@@ -96,7 +96,7 @@ def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
                                     threshold_percent=mask_threshold(request)), cache=False)
 
 
-@login_required
+@form_of_signed_in_users(lambda: reverse("pages:home"))
 @require_POST
 def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
     try:
@@ -136,6 +136,8 @@ def search(request: HttpRequest) -> HttpResponseBase:
             stored_id, query = mask.image_id, Query(mask_id=mask.pk)
         else:
             stored_id = id_parse(image_id) or 0
+            if not stored_id:  # not a number: name what was asked, as the mask's refusal does
+                raise Http404(f"There is no image {image_id}.")
             query = Query(image_id=stored_id)
         back = redirect("pages:image", image_id=access_image(user=request.user, image_id=stored_id).pk)
     else:

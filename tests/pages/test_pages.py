@@ -1,5 +1,6 @@
 """The web pages: render in every state, CSRF on every form, upload → labels → overlay → add → search."""
 
+import html
 import io
 import re
 
@@ -226,10 +227,14 @@ def test_odd_ids_and_nul_characters_in_a_query_string_are_refused_not_a_server_e
     for url in (reverse("pages:search") + "?image=%C2%B2", reverse("pages:search") + "?mask=%C2%B2",
                 reverse("pages:search") + "?mask=12abc", similar + "?mask=%C2%B2"):
         assert client.get(url).status_code == 404, url  # "²" passes str.isdigit but is no id
+    for asked in ("abc", "-1", "1.5"):
+        response = client.get(reverse("pages:search") + f"?image={asked}")
+        assert response.status_code == 404 and f"There is no image {asked}." in response.content.decode(), asked
     for url in (reverse("pages:gallery") + "?label=%00", reverse("pages:search") + "?text=x&labels=%00",
                 reverse("pages:search") + f"?image={image.pk}&labels=a%00b"):
         response = client.get(url)
         assert response.status_code == 400 and b"NUL" in response.content, url
+        assert "<title>Address not understood · ImaginAItion</title>" in response.content.decode()  # the layout
     api = client.get("/api/images/?label=%00")  # the API's own validation, in its error shape
     assert api.status_code == 400 and "null" in str(api.json()).lower()
     assert client.get(reverse("pages:gallery") + "?label=cat").status_code == 200
@@ -386,3 +391,36 @@ def test_only_whoever_added_a_failed_image_or_may_change_images_retries_it(clien
     bob.user_permissions.add(Permission.objects.get(codename="change_image"))
     client.force_login(django_user_model.objects.get(pk=bob.pk))
     assert client.post(retry_page).status_code == 302 and Image.objects.get(pk=image.pk).status == "pending"
+
+
+def test_a_form_sent_after_signing_out_elsewhere_leads_back_to_its_page_after_signing_in(client, user, media_root):
+    # login_required sent the visitor back to the POST-only address after signing in: a bare 405.
+    image = make_image(name="mine.png")
+    for action, page in ((reverse("pages:delete", args=[image.pk]), reverse("pages:image", args=[image.pk])),
+                         (reverse("pages:retry", args=[image.pk]), reverse("pages:image", args=[image.pk])),
+                         (reverse("pages:staged-add"), reverse("pages:home"))):
+        response = client.post(action)
+        assert response.status_code == 302, action
+        assert response["Location"] == f"{reverse('login')}?next={page}", action
+    assert Image.objects.filter(pk=image.pk).exists()
+
+
+def test_opening_an_address_only_a_button_sends_to_is_a_page_that_says_so(client, user, media_root):
+    image = make_image(name="mine.png")
+    client.force_login(user)
+    for url in (reverse("pages:delete", args=[image.pk]), reverse("logout")):
+        response = client.get(url)
+        page = html.unescape(response.content.decode())
+        assert response.status_code == 405 and response["Allow"].startswith("POST"), url
+        assert "<title>Not a page to open · ImaginAItion</title>" in page and "what a button on a page sends" in page
+    assert Image.objects.filter(pk=image.pk).exists()
+    assert client.get("/api/images/1/retry/").status_code == 405  # the API keeps its own answer
+
+
+def test_a_refused_choice_of_radios_is_described_to_assistive_technology(client, user):
+    client.force_login(user)
+    page = client.post(reverse("pages:preferences"), {"k": "10", "split": "50", "mask_threshold": "50",
+                                                       "preferred_index": "bogus"}).content.decode()
+    group = re.search(r'<fieldset aria-describedby="([^"]+)"><legend>', page)
+    assert group is not None and "id_preferred_index_error" in group.group(1).split()
+    assert 'id="id_preferred_index_error"' in page and 'id="-error"' not in page

@@ -132,6 +132,8 @@ def test_admin_search_similar_from_an_image_page(client, staff_user, django_user
     page = client.get(similar_url).content.decode()
     assert "p1.png" in page and "p3.png" in page and 'class="both"' in page
     assert page.count('<li class="both">') == 3  # 3 other images, k=50: each index returns all of them
+    assert page.count("found by both") == 3  # said in words too, not by the frame's colour alone
+    assert page.count("<h1") == 1  # the page's own heading, not admin's title above it again
     pending = make_image(status="pending")
     response = client.get(reverse("admin:gallery_image_similar", args=[pending.pk]))
     assert response.status_code == 302  # back to the image page with the reason
@@ -341,6 +343,8 @@ def test_a_body_over_the_limit_is_refused_before_anything_reads_it(client, setti
     assert refused.status_code == 413 and b"the limit is" in refused.content
     if url.startswith("/api/"):
         assert refused["Content-Type"] == "application/json" and "1,000 bytes" in refused.json()["detail"]
+    else:  # a page in the site's layout, not a bare text answer with no way back
+        assert "<title>File too large · ImaginAItion</title>" in refused.content.decode()
     assert not Image.objects.exists()
 
 
@@ -356,3 +360,11 @@ def test_a_body_without_a_length_stops_being_read_at_the_limit(settings):
         for start in range(0, request_body_limit() + 2 * len(chunk), len(chunk)):
             assert handler.receive_data_chunk(chunk, start) == chunk  # passed on to the next handler
     assert request_body_limit() < handler.received <= request_body_limit() + len(chunk)
+
+
+def test_admin_pages_ask_for_no_favicon_and_wrap_long_names(client, staff_user):
+    client.force_login(staff_user)
+    page = client.get(reverse("admin:index")).content.decode()
+    assert '<link rel="icon" href="data:,">' in page  # no /favicon.ico request, which is a 404
+    assert "#result_list td, .breadcrumbs" in page and "overflow-wrap: anywhere" in page
+    assert "Site administration" in page  # still Django's admin layout around it
