@@ -75,12 +75,19 @@ def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loa
 
 
 def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_page_keeps_waiting(
-        client, user, worker_mode, media_root):
+        client, user, worker_mode, media_root, monkeypatch):
+    from retrieval import uploads
+
+    reads = []
+    real_read = uploads.staged_read
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 1.0
     client.force_login(user)
-    response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
-                                                   "label": "cat"})
+    with monkeypatch.context() as counted:
+        counted.setattr(uploads, "staged_read", lambda token: reads.append(token) or real_read(token))
+        response = client.post(reverse("api-search"), {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")),
+                                                       "label": "cat"})
     assert response.status_code == 503 and "interactive worker" in response.json()["detail"]
+    assert 3 <= len(reads) <= 10  # it kept asking while it waited, less often as the wait grew (every 50 ms: 20)
     assert list((media_root / "staging").glob("*")) == []  # the temporary upload is gone (and its folder)
     assert not StagedUploadRecord.objects.exists()
     worker_mode.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = 600.0
