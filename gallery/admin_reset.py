@@ -31,8 +31,9 @@ class ResetForm(forms.Form):
             raise forms.ValidationError(str(exc)) from None
 
 
-def _context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
-    return {**admin.site.each_context(request), "title": "Reset / initialize from a folder", **extra}
+def _context(request: HttpRequest, *, title: str, **extra: Any) -> dict[str, Any]:
+    """Each step its own title (the browser's tab, a screen reader's first words)."""
+    return {**admin.site.each_context(request), "title": title, **extra}
 
 
 @require_http_methods(["GET", "POST"])
@@ -41,10 +42,12 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
     form = ResetForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
-        return render(request, "admin/gallery/reset/confirm.html", _context(request, preview=preview))
+        return render(request, "admin/gallery/reset/confirm.html",
+                      _context(request, title="Confirm reset", preview=preview))
     active = ResetJob.objects.filter(state__in=["queued", "running"]).first()
     return render(request, "admin/gallery/reset/form.html",
-                  _context(request, form=form, active=active, roots=[str(root) for root in import_roots()]))
+                  _context(request, title="Reset / initialize from a folder", form=form, active=active,
+                           roots=[str(root) for root in import_roots()]))
 
 
 @require_http_methods(["GET", "POST"])
@@ -79,7 +82,7 @@ def _job_data(job: ResetJob) -> dict[str, Any]:
 def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(ResetJob, pk=job_id)
     return render(request, "admin/gallery/reset/progress.html", _context(
-        request, job=job, status_url=reverse("gallery-reset-status", args=[job.pk]),
+        request, title="Reset progress", job=job, status_url=reverse("gallery-reset-status", args=[job.pk]),
         images_url=reverse("admin:gallery_image_changelist")))
 
 

@@ -81,7 +81,7 @@ def body_too_large(request: HttpRequest, length: int) -> HttpResponse:
     if request.path_info.startswith("/api/"):
         return JsonResponse({"detail": message}, status=413)
     return page_refused(request, 413, title="File too large", message=message,
-                        advice="Go back and choose a smaller file (or shrink this one).")
+                        advice="Choose a smaller file (or shrink this one) and load it again from the search page.")
 
 
 class RequestBodyLimitMiddleware:

@@ -1,23 +1,52 @@
-// The pages' only script: mask overlays, drag and drop, and polling while an image is processed.
+// The pages' only script: mask overlays, uploads with progress (chosen or dropped), and polling while an
+// image is processed. Wrapped in a block: an upload's answer may be written into this same window
+// (document.write below), which runs this script again, and top-level names would then clash.
+{
 
 // A label button lays its server-rendered overlay over the image; pressing it again, or
 // "Remove overlay", takes it away.
 document.querySelectorAll("[data-overlay-viewer]").forEach((viewer) => {
   const overlay = viewer.querySelector("img.overlay");
   const buttons = document.querySelectorAll(`[data-overlay-for="${viewer.id}"]`);
+  const labels = [...buttons].filter((b) => b.hasAttribute("aria-pressed"));
   const clear = document.querySelector(`[data-overlay-for="${viewer.id}"][data-overlay-clear]`);
+  const message = document.querySelector(`[data-overlay-message="${viewer.id}"]`);
+  const say = (text) => { if (message) message.textContent = text; };
   const show = (button) => {
-    buttons.forEach((b) => { if (b.hasAttribute("aria-pressed")) b.setAttribute("aria-pressed", "false"); });
+    const pressed = labels.find((b) => b.getAttribute("aria-pressed") === "true");
+    labels.forEach((b) => b.setAttribute("aria-pressed", "false"));
     if (!button) {
+      overlay.onload = overlay.onerror = null;
       overlay.hidden = true; overlay.removeAttribute("src"); viewer.removeAttribute("data-overlay");
+      // A disabled button drops the focus to the page's body: hand it to the label just taken away (or the first).
+      if (clear && document.activeElement === clear) (pressed || labels[0])?.focus();
       if (clear) clear.disabled = true;
       return;
     }
+    say("");
     button.setAttribute("aria-pressed", "true");
     viewer.dataset.overlay = "loading";
     overlay.onload = () => { viewer.dataset.overlay = button.textContent.trim(); };
+    overlay.onerror = () => { show(null); viewer.dataset.overlay = "failed"; overlayFailed(button); };
     overlay.src = button.dataset.overlayUrl; overlay.hidden = false;
     if (clear) clear.disabled = false;
+  };
+  // The overlay's URL answers 404 once its image is deleted, or, for an upload, once another tab has
+  // replaced it or it expired: the upload's state URL says which, in the server's words.
+  const overlayFailed = async (button) => {
+    const name = button.firstChild.textContent.trim();
+    if (!viewer.dataset.stateUrl) {
+      say(`The mask of ${name} could not be loaded: the image may have been deleted or processed again. `
+          + "Reload the page to see what it has now.");
+      return;
+    }
+    let reason = "The picture may have expired or been replaced in another tab or window.";
+    try {
+      const response = await fetch(viewer.dataset.stateUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
+      const body = await response.json();
+      if (response.status === 404 && body.error) reason = body.error;
+    } catch (error) { /* keep the general reason */ }
+    say(`The mask of ${name} could not be loaded. ${reason} Load your picture again to see its masks.`);
   };
   buttons.forEach((button) => button.addEventListener("click", () => {
     const on = button.getAttribute("aria-pressed") === "true";
@@ -25,18 +54,69 @@ document.querySelectorAll("[data-overlay-viewer]").forEach((viewer) => {
   }));
 });
 
-// Dropping a file on the upload card loads it.
+// The upload form is sent by a request of its own, so that the page can show how much has gone and the
+// form cannot be sent twice. The server's answer is followed as the browser would have: a redirect is
+// gone to; a page (the form with its errors, a refusal) replaces this one.
 document.querySelectorAll("form.drop").forEach((zone) => {
   const input = zone.querySelector("input[type=file]");
+  const button = zone.querySelector("button[type=submit]");
+  const status = zone.querySelector("[data-upload-status]");
+  const send = () => {
+    if (!window.FormData || !status) { zone.submit(); return; }
+    // A marker in the address: the server redirects to the page the form is on, and only an address
+    // that differs from the one sent to tells a redirect (the upload worked) from the form answered again.
+    const url = new URL(zone.action);
+    url.hash = "";
+    url.searchParams.set("sent", "script");
+    const xhr = new XMLHttpRequest();
+    const bar = document.createElement("progress");
+    const text = document.createElement("span");
+    bar.max = 100; bar.value = 0;
+    status.replaceChildren(bar, " ", text);
+    const file = input.files[0];
+    let said = -1;
+    const progress = (percent) => {
+      bar.value = percent;
+      const step = Math.floor(percent / 10) * 10;  // a polite live region: say every tenth, not every byte
+      if (step !== said) { said = step; text.textContent = `Uploading ${file ? file.name : "the file"}: ${step}%`; }
+    };
+    progress(0);
+    xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) progress(100 * e.loaded / e.total); });
+    xhr.upload.addEventListener("load", () => {
+      bar.removeAttribute("value");  // indeterminate: the server reads the picture and finds its labels
+      text.textContent = "Uploaded; reading the picture…";
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.responseURL && xhr.responseURL !== url.href) { location.assign(xhr.responseURL); return; }
+      document.open(); document.write(xhr.responseText); document.close();
+    });
+    // No answer at all: the connection broke, or a server in front refused the body and closed it.
+    xhr.addEventListener("error", () => {
+      status.replaceChildren("The upload did not reach the server (the connection was lost, or the file is "
+        + "larger than the server takes). Try again, or choose a smaller file.");
+      status.classList.add("error");
+      button.disabled = false;
+    });
+    status.classList.remove("error");
+    button.disabled = true;
+    xhr.open("POST", url.href);
+    xhr.send(new FormData(zone));
+  };
+  zone.addEventListener("submit", (e) => { e.preventDefault(); if (!button.disabled) send(); });
+  // Back to this page from the next one: a page kept in the browser's cache still shows the last upload.
+  window.addEventListener("pageshow", (e) => { if (e.persisted && status) { status.replaceChildren(); button.disabled = false; } });
+
+  // Dropping a file on the upload card loads it, as choosing it and pressing Load does.
   ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (e) => {
     e.preventDefault(); zone.classList.add("over");
   }));
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {
     e.preventDefault(); zone.classList.remove("over");
-    if (!e.dataTransfer.files.length) return;
+    if (!e.dataTransfer.files.length || button.disabled) return;
     input.files = e.dataTransfer.files;
-    zone.submit();
+    zone.classList.add("chosen");
+    send();
   });
   input.addEventListener("change", () => { if (input.files.length) zone.classList.add("chosen"); });
 });
@@ -46,6 +126,7 @@ const pending = document.querySelector("[data-poll-url]");
 if (pending) {
   let delay = 1500;
   const poll = async () => {
+    if (!pending.isConnected) return;  // an upload's answer replaced the page: it asks for itself
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
       if (response.status === 404) { location.reload(); return; }  // gone: the page says why
@@ -61,4 +142,6 @@ if (pending) {
     setTimeout(poll, delay);
   };
   setTimeout(poll, delay);
+}
+
 }
