@@ -25,7 +25,7 @@ from django.db import connection
 
 from retrieval.index_build import IVF_KINDS, PRODUCT_QUANTIZED, search_index
 from retrieval.metrics import normalize, similarity_from_distance
-from retrieval.models import DeletedImage, Embedding, IndexState, RegionEmbedding
+from retrieval.models import DeletedImage, DeletedMask, Embedding, IndexState, RegionEmbedding
 from retrieval.rerank_vectors import RerankVectors, find_in_sorted
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import stream_vectors
@@ -256,6 +256,17 @@ class IndexSnapshot:
                 self.image_of.pop(label, None)
             return self.remove(labels)
 
+    def remove_regions(self, mask_ids: set[int]) -> int:
+        """Drop replaced masks' region vectors (a region index; an image index has none)."""
+        if self.owner != "region":
+            return 0
+        with self.lock:
+            for mask_id in mask_ids:
+                image_id = self.image_of.pop(mask_id, None)
+                if image_id is not None:
+                    self.regions_of.get(image_id, set()).discard(mask_id)
+            return self.remove(mask_ids)
+
     def remove(self, labels: set[int]) -> int:
         with self.lock:
             present = self.ids.present(labels) - self.deleted
@@ -378,6 +389,9 @@ class IndexManager:
                     logger.info("index %s/%s: added %d new vectors", snapshot.space, snapshot.model_key, added)
         gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
         snapshot.remove_images(gone)
+        if snapshot.owner == "region":
+            snapshot.remove_regions(set(DeletedMask.objects.filter(deleted_at__gte=since)
+                                        .values_list("mask_id", flat=True)))
         snapshot.synced_at = now
 
     def _copy_in_background(self, key: tuple[str, str, str], state: IndexState, dim: int) -> None:

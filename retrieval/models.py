@@ -113,6 +113,15 @@ class DeletedImage(models.Model):
     deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
 
+class DeletedMask(models.Model):
+    """Tombstones of masks replaced when their image is segmented again (a segmenter change, a rerun):
+    web processes drop their region vectors from their in-memory indexes without a rebuild. (A deleted
+    image's masks go with its own tombstone.)"""
+
+    mask_id = models.BigIntegerField(db_index=True)
+    deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
 class StagedUploadRecord(models.Model):
     """An upload looked at before (or without) adding it (retrieval/uploads.py): its facts and the state
     of its segmentation live here, so any web or worker host reads them; its bytes are in the file

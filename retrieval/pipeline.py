@@ -35,7 +35,7 @@ from retrieval.encoders.devices import cpu_threads
 from retrieval.encoders.registry import ActiveModels, active_models, get_model
 from retrieval.helper_threads import map_on_threads
 from retrieval.integrity import missing_indexes_build
-from retrieval.models import Embedding, RegionEmbedding
+from retrieval.models import DeletedMask, Embedding, RegionEmbedding
 from retrieval.regions import region_picture
 from retrieval.serving import keys_in_use
 from retrieval.spaces import Space
@@ -257,7 +257,10 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         # Replace each image's masks wholesale (their region vectors go with them): a rerun leaves
         # exactly one set, and after a segmenter change the old segmenter's masks go (kept, each label
         # would show twice, and their regions would lack the new models' vectors).
-        Mask.objects.filter(image__in=[image for image, _ in done]).delete()
+        replaced = Mask.objects.filter(image__in=[image for image, _ in done])
+        # Tombstones in the same transaction: every process's region index drops the old masks' vectors.
+        DeletedMask.objects.bulk_create([DeletedMask(mask_id=mask_id) for mask_id in replaced.values_list("pk", flat=True)])
+        replaced.delete()
         made = [(image, s) for image, segmented in done for s in segmented]
         rows = Mask.objects.bulk_create([
             Mask(image=image, segmenter=models.segmenter, label=s.mask.label, class_index=s.mask.class_index,

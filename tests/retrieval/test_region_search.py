@@ -280,3 +280,31 @@ def test_a_masks_admin_page_shows_the_mask_and_searches_by_its_region_and_change
     assert Mask.objects.get(pk=cats[0].pk).label == "cat"
     small = client.get(reverse("admin:gallery_mask_change", args=[tiny.pk])).content.decode()
     assert "too small to search with" in small and f"?mask={tiny.pk}" not in small
+
+
+def test_masks_replaced_by_segmenting_again_leave_every_process_region_index(scenes, media_root):
+    """A segmenter change (or a rerun) replaces an image's masks. Before tombstones, the region indexes of
+    the web processes kept the old masks' vectors: 'count mismatch', and fewer than k results."""
+    from gallery.models import Image
+    from retrieval import pipeline
+    from retrieval.models import DeletedMask
+
+    images, cats = scenes
+    for space, key in (("semantic", SEMANTIC_KEY), ("content", CONTENT_KEY)):
+        index_rebuild(space=space, model_key=key, dim=384 if space == "semantic" else 1024, owner="region")
+    loaded = manager.get(space="semantic", model_key=SEMANTIC_KEY, dim=384, owner="region")
+    assert loaded is not None and loaded.count == 12
+    old = set(Mask.objects.filter(image=images[0]).values_list("pk", flat=True))
+
+    Image.objects.exclude(pk=images[0].pk).update(masks_status="ready")
+    Image.objects.filter(pk=images[0].pk).update(masks_status="pending")
+    pipeline.segment_batch(first_id=images[0].pk)  # the active segmenter, as a worker runs it
+
+    assert set(DeletedMask.objects.values_list("mask_id", flat=True)) == old
+    # This process learns it as any web process does: from the tombstones, when it next uses the index.
+    for space, key, dim in (("semantic", SEMANTIC_KEY, 384), ("content", CONTENT_KEY, 1024)):
+        index = manager.get(space=space, model_key=key, dim=dim, owner="region")
+        now = set(RegionEmbedding.objects.filter(space=space, model_key=key).values_list("mask_id", flat=True))
+        assert index.count == len(now) and not old & now
+        found = {label for label, _ in index.search(unit(np.ones(dim), space), 50)}
+        assert found == now and not index.regions_of.get(images[0].pk, set()) & old
