@@ -5,8 +5,10 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from imaginaition_site.storage_settings import media_storage
 
@@ -17,6 +19,27 @@ VAR_DIR = Path(os.environ.get("IMAGINAITION_VAR_DIR", BASE_DIR / "var"))
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_number(name: str, default: float | None, *, minimum: float, whole: bool = True) -> Any:
+    """A numeric setting from the environment; a value that is not one, or below `minimum`, stops every
+    command at once with the variable's name (not a traceback from deep inside a model or a worker)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or value != value:  # value != value: NaN
+        kind = "a whole number" if whole else "a number"
+        raise ImproperlyConfigured(f"{name} must be {kind} of at least {minimum:g}, not {text!r}")
+    return value
+
+
+def env_list(name: str, default: str, separator: str = ",") -> list[str]:
+    """A list setting: items separated by `separator`, each stripped of spaces; blank items dropped."""
+    return [item.strip() for item in os.environ.get(name, default).split(separator) if item.strip()]
 
 
 def _secret_key() -> str:
@@ -33,8 +56,8 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")  # tests add testserver
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")  # tests add testserver
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 CSRF_FAILURE_VIEW = "imaginaition_site.views.csrf_failure"  # the site's layout and advice, not Django's bare page
 
 INSTALLED_APPS = [
@@ -122,8 +145,8 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any password check
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_FAILURE_LIMIT = int(os.environ.get("IMAGINAITION_LOGIN_FAILURE_LIMIT", 5))
-AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("IMAGINAITION_LOGIN_COOLOFF_MINUTES", 15)))
+AXES_FAILURE_LIMIT = env_number("IMAGINAITION_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("IMAGINAITION_LOGIN_COOLOFF_MINUTES", 15, minimum=0, whole=False))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "imaginaition_site.sign_in.sign_in_locked_out"
@@ -154,9 +177,9 @@ STORAGES = {
 # Server-side folders that "Reset / initialize from a folder" and `import_folder` may read
 # (os.pathsep-separated, e.g. /srv/photos:/home/me/Pictures); nothing outside them is read. A
 # relative one is inside the project (e.g. var/import), wherever a command runs from.
-if os.environ.get("IMAGINAITION_IMPORT_ROOTS"):
+if os.environ.get("IMAGINAITION_IMPORT_ROOTS", "").strip():
     IMAGINAITION_IMPORT_ROOTS = [BASE_DIR / Path(root).expanduser()
-                                 for root in os.environ["IMAGINAITION_IMPORT_ROOTS"].split(os.pathsep) if root.strip()]
+                                 for root in env_list("IMAGINAITION_IMPORT_ROOTS", "", os.pathsep)]
 else:
     IMAGINAITION_IMPORT_ROOTS = [VAR_DIR / "import"]
     IMAGINAITION_IMPORT_ROOTS[0].mkdir(parents=True, exist_ok=True)  # somewhere to put photos from day one
@@ -179,8 +202,8 @@ SESSION_COOKIE_HTTPONLY = True
 # Upload limits: bytes per file and pixels per image (Pillow's decompression-bomb guard raises above
 # 2x this). A request body over a file's limit plus DATA_UPLOAD_MAX_MEMORY_SIZE is refused before it
 # is read (RequestBodyLimitMiddleware; one without a length is cut by UploadLimitHandler).
-IMAGINAITION_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGINAITION_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
-IMAGINAITION_MAX_PIXELS = int(os.environ.get("IMAGINAITION_MAX_PIXELS", 64_000_000))
+IMAGINAITION_MAX_UPLOAD_BYTES = env_number("IMAGINAITION_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+IMAGINAITION_MAX_PIXELS = env_number("IMAGINAITION_MAX_PIXELS", 64_000_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_HANDLERS = ["imaginaition_site.middleware.UploadLimitHandler",
@@ -190,28 +213,29 @@ IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 
 # Models (retrieval/encoders/registry.py is the one place that knows about weight files).
 IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
-IMAGINAITION_WEIGHTS_DIR = Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", BASE_DIR / "weights"))
+# A relative folder is inside the project, wherever a command runs from (as the import roots).
+IMAGINAITION_WEIGHTS_DIR = BASE_DIR / Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", "weights")).expanduser()
 # Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size).
-IMAGINAITION_BATCH_SIZE = int(os.environ["IMAGINAITION_BATCH_SIZE"]) if os.environ.get("IMAGINAITION_BATCH_SIZE") else None
+IMAGINAITION_BATCH_SIZE = env_number("IMAGINAITION_BATCH_SIZE", None, minimum=1)
 
 # Indexes.
 IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))
 # Exact (flat) indexes up to this many vectors; above it the approximate kind below.
-IMAGINAITION_FLAT_INDEX_MAX = int(os.environ.get("IMAGINAITION_FLAT_INDEX_MAX", 10_000))
+IMAGINAITION_FLAT_INDEX_MAX = env_number("IMAGINAITION_FLAT_INDEX_MAX", 10_000, minimum=1)
 # ivf (default: builds in about the time it takes to read the vectors), ivf-sq8 / ivf-sq6 / ivf-sq4 (the same
 # lists as 8/6/4-bit codes: less memory), ivf-pq (4-bit product codes re-ranked from a memory-mapped file of
 # 16-bit vectors: least memory per process), hnsw (slower to build); or one per space: semantic=KIND,content=KIND.
 IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
-IMAGINAITION_IVF_LISTS_FACTOR = float(os.environ.get("IMAGINAITION_IVF_LISTS_FACTOR", 0.5))
-IMAGINAITION_ANN_TARGET_RECALL = float(os.environ.get("IMAGINAITION_ANN_TARGET_RECALL", 0.97))
-IMAGINAITION_HNSW_M = int(os.environ.get("IMAGINAITION_HNSW_M", 32))
-IMAGINAITION_HNSW_EF_CONSTRUCTION = int(os.environ.get("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80))
-IMAGINAITION_HNSW_EF_SEARCH = int(os.environ.get("IMAGINAITION_HNSW_EF_SEARCH", 128))
+IMAGINAITION_IVF_LISTS_FACTOR = env_number("IMAGINAITION_IVF_LISTS_FACTOR", 0.5, minimum=0, whole=False)
+IMAGINAITION_ANN_TARGET_RECALL = env_number("IMAGINAITION_ANN_TARGET_RECALL", 0.97, minimum=0, whole=False)
+IMAGINAITION_HNSW_M = env_number("IMAGINAITION_HNSW_M", 32, minimum=1)
+IMAGINAITION_HNSW_EF_CONSTRUCTION = env_number("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80, minimum=1)
+IMAGINAITION_HNSW_EF_SEARCH = env_number("IMAGINAITION_HNSW_EF_SEARCH", 128, minimum=1)
 # How often a web process checks the database for a newer index or new/deleted embeddings.
-IMAGINAITION_INDEX_SYNC_SECONDS = float(os.environ.get("IMAGINAITION_INDEX_SYNC_SECONDS", 1.0))
+IMAGINAITION_INDEX_SYNC_SECONDS = env_number("IMAGINAITION_INDEX_SYNC_SECONDS", 1.0, minimum=0, whole=False)
 # The page banner's state (integrity, queue) is re-checked in the background at most this often.
-IMAGINAITION_BANNER_REFRESH_SECONDS = float(os.environ.get("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0))
+IMAGINAITION_BANNER_REFRESH_SECONDS = env_number("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0, minimum=0, whole=False)
 # Where models run: auto (CUDA, else Apple MPS, else CPU), cpu, cuda or mps (retrieval/encoders/devices.py).
 IMAGINAITION_DEVICE = os.environ.get("IMAGINAITION_DEVICE", "auto")
 # auto: half precision where a model keeps its results with it (checked on its first batch; accelerators,
@@ -229,14 +253,14 @@ IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME"
 # Models converted for a runtime (OpenVINO), one folder per model and weight file; safe to delete.
 IMAGINAITION_MODEL_CACHE_DIR = Path(os.environ.get("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models"))
 # torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)
-IMAGINAITION_TORCH_THREADS = int(os.environ.get("IMAGINAITION_TORCH_THREADS", 0))
+IMAGINAITION_TORCH_THREADS = env_number("IMAGINAITION_TORCH_THREADS", 0, minimum=0)
 # Processes that share this machine's cores with a web process (its torch threads: cores / this).
-IMAGINAITION_WEB_PROCESSES = int(os.environ.get("IMAGINAITION_WEB_PROCESSES", 1))
+IMAGINAITION_WEB_PROCESSES = env_number("IMAGINAITION_WEB_PROCESSES", 1, minimum=1)
 # Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
-IMAGINAITION_REGION_MIN_AREA = float(os.environ.get("IMAGINAITION_REGION_MIN_AREA", 0.01))
+IMAGINAITION_REGION_MIN_AREA = env_number("IMAGINAITION_REGION_MIN_AREA", 0.01, minimum=0, whole=False)
 IMAGINAITION_REGION_STYLE = os.environ.get("IMAGINAITION_REGION_STYLE", "masked")  # masked | box
 # How often a process re-checks which model answers queries while a model change re-embeds (retrieval/serving.py).
-IMAGINAITION_SERVING_CHECK_SECONDS = float(os.environ.get("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0))
+IMAGINAITION_SERVING_CHECK_SECONDS = env_number("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0, minimum=0, whole=False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -263,16 +287,16 @@ SPECTACULAR_SETTINGS = {
 # Background work: django-q2 with the ORM broker on the same PostgreSQL.
 # A reset (admin "Reset / initialize from a folder") imports and processes a whole folder in one task:
 # its own time limit, seconds. Handed out again after `retry` below, a copy finds it alive and returns.
-IMAGINAITION_RESET_TIMEOUT = int(os.environ.get("IMAGINAITION_RESET_TIMEOUT", 24 * 3600))
-IMAGINAITION_WORKERS = int(os.environ.get("IMAGINAITION_WORKERS", 2))  # worker processes per cluster
+IMAGINAITION_RESET_TIMEOUT = env_number("IMAGINAITION_RESET_TIMEOUT", 24 * 3600, minimum=1)
+IMAGINAITION_WORKERS = env_number("IMAGINAITION_WORKERS", 2, minimum=1)  # worker processes per cluster
 Q_CLUSTER = {
     "name": "imaginaition",
     "orm": "default",
     "workers": IMAGINAITION_WORKERS,
-    "timeout": int(os.environ.get("IMAGINAITION_TASK_TIMEOUT", 600)),
+    "timeout": env_number("IMAGINAITION_TASK_TIMEOUT", 600, minimum=1),
     # A task whose worker died is handed out again after `retry` seconds; it must exceed timeout,
     # or a long task would run twice.
-    "retry": int(os.environ.get("IMAGINAITION_TASK_RETRY", 720)),
+    "retry": env_number("IMAGINAITION_TASK_RETRY", 720, minimum=1),
     "max_attempts": 3,
     "queue_limit": 50,
     "bulk": 10,
@@ -280,7 +304,7 @@ Q_CLUSTER = {
     "catch_up": False,
     # Successful tasks kept for admin. Each result save first locks the kept ones: the queue's ceiling
     # (docs/SCALING.md: ~32 tasks/s at 1000); lower it (100, or -1: keep none) for faster workers.
-    "save_limit": int(os.environ.get("IMAGINAITION_TASK_SAVE_LIMIT", 1000)),
+    "save_limit": env_number("IMAGINAITION_TASK_SAVE_LIMIT", 1000, minimum=-1),
     "ack_failures": True,
     "label": "Background tasks",
     # The interactive cluster (Q_CLUSTER_NAME=interactive manage.py qcluster) answers what a page or an
@@ -292,7 +316,7 @@ Q_CLUSTER = {
 # tests): the web process then loads the segmenter too.
 IMAGINAITION_SEGMENT_UPLOADS_INLINE = env_bool("IMAGINAITION_SEGMENT_UPLOADS_INLINE", False)
 # How long a search by an API upload's region waits for the interactive worker's masks (then 503).
-IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = float(os.environ.get("IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT", 120))
+IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = env_number("IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT", 120, minimum=0, whole=False)
 
 LOGGING = {
     "version": 1,

@@ -1,5 +1,6 @@
-"""Django system checks of the model settings: every command (migrate, qcluster, reembed, …) says what
-is wrong with them in one line before it starts, instead of a traceback from the first model load."""
+"""Django system checks of the model and hardware settings: every command (migrate, qcluster, reembed, …)
+says what is wrong with them in one line before it starts, instead of a traceback from the first model
+load, a worker that dies, or a search that answers 500."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
+from retrieval.encoders.devices import resolve_device
+from retrieval.encoders.openvino_runtime import segmenter_runtime
+from retrieval.encoders.precision import PRECISIONS
 from retrieval.encoders.registry import MODELS, active_profile, profile_models
 
 
@@ -21,7 +25,36 @@ def model_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     missing = sorted(key for key in roles.values() if not MODELS[key].weights_present())
     if not missing:
         return []
-    return [Warning(f"the weights of {', '.join(missing)} are not in {settings.IMAGINAITION_WEIGHTS_DIR}: every image "
-                    "would fail to process", hint="Run `python manage.py fetch_weights` where a network exists "
-                    "(weights/README.md); with IMAGINAITION_MODEL_PROFILE=auto the offline profile serves until "
-                    "then.", id="retrieval.W001")]
+    fetchable = [key for key in missing if all(weight.url for weight in MODELS[key].weights)]
+    shipped = [key for key in missing if key not in fetchable]
+    hints = []
+    if fetchable:
+        hints.append(f"{', '.join(fetchable)}: run `python manage.py fetch_weights` where a network exists, or copy "
+                     "the files in by hand (weights/README.md)")
+    if shipped:
+        hints.append(f"{', '.join(shipped)}: this project ships the file in its weights/ folder: copy it into "
+                     "IMAGINAITION_WEIGHTS_DIR")
+    message = (f"the weights of {', '.join(missing)} are not in {settings.IMAGINAITION_WEIGHTS_DIR}: every image "
+               "would fail to process")
+    if settings.IMAGINAITION_MODEL_PROFILE == "standard":  # asked for by name: it cannot serve, so nothing starts
+        return [Error(message, hint="; ".join([*hints, "or set IMAGINAITION_MODEL_PROFILE=auto"]) + ".",
+                      id="retrieval.E002")]
+    return [Warning(message, hint="; ".join(hints) + ".", id="retrieval.W001")]
+
+
+@register()
+def hardware_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """IMAGINAITION_DEVICE, _PRECISION and _SEGMENTER_RUNTIME (the numbers are checked as settings load)."""
+    errors: list[CheckMessage] = []
+    try:
+        device = resolve_device(settings.IMAGINAITION_DEVICE)
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="retrieval.E003")]
+    if settings.IMAGINAITION_PRECISION not in PRECISIONS:
+        errors.append(Error(f"IMAGINAITION_PRECISION must be one of {', '.join(PRECISIONS)}, not "
+                            f"{settings.IMAGINAITION_PRECISION!r}", id="retrieval.E003"))
+    try:
+        segmenter_runtime(device)
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="retrieval.E003"))
+    return errors

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from tqdm import tqdm
 
 from retrieval.encoders import registry
@@ -33,6 +34,9 @@ from retrieval.encoders.specs import file_sha256
 
 OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were not "
                    "fetched, so the offline profile will be used (weights/README.md says how to copy them in by hand).")
+STANDARD_OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were "
+                            "not fetched, and IMAGINAITION_MODEL_PROFILE=standard cannot run without them: copy them "
+                            "in by hand (weights/README.md), or set IMAGINAITION_MODEL_PROFILE=auto.")
 READ_TIMEOUT = 60.0  # seconds a download that has started may stall before it is abandoned
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "ImaginAItion-fetch_weights"
@@ -66,7 +70,7 @@ class FetchReport:
         lines = [f"{r.filename} ({r.model_key}): {r.status}{' - ' + r.message if r.message else ''}"
                  for r in self.results]
         if self.offline:
-            lines.append(OFFLINE_MESSAGE)
+            lines.append(OFFLINE_MESSAGE if settings.IMAGINAITION_MODEL_PROFILE == "auto" else STANDARD_OFFLINE_MESSAGE)
         return "\n".join(lines)
 
 

@@ -244,3 +244,14 @@ def test_weights_status_reports_presence_and_hashes(served, weights_dir, monkeyp
     name, target = next(iter(targets.items()))
     target.write_bytes(b"damaged on disk")
     assert {s.filename: s for s in weights_status()}[name].hash_ok is False
+
+
+def test_offline_with_the_standard_profile_asked_for_by_name_it_says_that_it_cannot_run(weights_dir, monkeypatch,
+                                                                                          settings, capsys):
+    point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    settings.IMAGINAITION_MODEL_PROFILE = "standard"
+    call_command("fetch_weights", "--timeout", "5")
+    out = capsys.readouterr().out
+    assert "offline profile will be used" not in out  # it would not be: the profile is named
+    assert "IMAGINAITION_MODEL_PROFILE=standard cannot run without them" in out
+    assert "active model profile: standard" in out

@@ -1,6 +1,9 @@
 """A model change (here: the content autoencoder v1 → the profile's current one) re-embeds the gallery
 in the background while the old model keeps answering; the new one answers once it covers the gallery."""
 
+import os
+import re
+
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
@@ -99,7 +102,10 @@ def test_reembed_moves_the_gallery_to_the_new_model_in_the_background_while_the_
     ({"IMAGINAITION_SEGMENTER": "bogus/seg"}, "retrieval.E001", "IMAGINAITION_SEGMENTER must be empty"),
     ({"IMAGINAITION_MODEL_PROFILE": "offline", "IMAGINAITION_OFFLINE_NETWORK": "lite9"}, "retrieval.E001",
      "IMAGINAITION_OFFLINE_NETWORK must be one of"),
-    ({"IMAGINAITION_MODEL_PROFILE": "standard"}, "retrieval.W001", "openclip/ViT-B-32/openai"),
+    # Asked for by name, the standard profile cannot serve without its weights: an error, so nothing starts.
+    ({"IMAGINAITION_MODEL_PROFILE": "standard"}, "retrieval.E002", "openclip/ViT-B-32/openai"),
+    ({"IMAGINAITION_SEGMENTER": "torchvision/lraspp_mobilenet_v3_large"}, "retrieval.W001",
+     "lraspp_mobilenet_v3_large are not in"),
     ({"IMAGINAITION_MODEL_PROFILE": "auto"}, None, None),
 ])
 def test_model_settings_are_checked_before_any_command_runs(settings, overrides, check_id, words):
@@ -113,3 +119,67 @@ def test_model_settings_are_checked_before_any_command_runs(settings, overrides,
         assert found == []
     else:
         assert [message.id for message in found] == [check_id] and words in found[0].msg
+
+
+def test_a_weights_folder_without_the_shipped_autoencoder_says_to_copy_it_not_to_fetch_it(settings, tmp_path):
+    from retrieval.checks import model_settings_check
+
+    settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    found = model_settings_check()
+    assert [message.id for message in found] == ["retrieval.W001"]
+    assert "ships the file in its weights/ folder: copy it into IMAGINAITION_WEIGHTS_DIR" in found[0].hint
+    assert "fetch_weights" not in found[0].hint  # it has nothing to download for it
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"IMAGINAITION_DEVICE": "gpu"}, "IMAGINAITION_DEVICE must be one of auto, cpu, cuda, mps, not 'gpu'"),
+    ({"IMAGINAITION_PRECISION": "junk"}, "IMAGINAITION_PRECISION must be one of auto, fp32, not 'junk'"),
+    ({"IMAGINAITION_SEGMENTER_RUNTIME": "junk"}, "IMAGINAITION_SEGMENTER_RUNTIME must be one of torch, openvino"),
+    ({"IMAGINAITION_DEVICE": "cpu"}, None),
+])
+def test_hardware_settings_are_checked_before_any_command_runs(settings, overrides, words):
+    from retrieval.checks import hardware_settings_check
+
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    found = hardware_settings_check()
+    if words is None:
+        assert found == []
+    else:
+        assert [message.id for message in found] == ["retrieval.E003"] and words in found[0].msg
+
+
+def test_a_number_setting_that_is_not_one_stops_a_command_in_one_line():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IMAGINAITION_BATCH_SIZE": "abc", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1, not 'abc'"
+
+
+@pytest.mark.parametrize(("value", "whole", "minimum", "expected"), [
+    ("8", True, 1, 8), (" 0.25 ", False, 0, 0.25), ("", True, 1, 7),
+    ("0", True, 1, "at least 1, not '0'"), ("1.5", True, 1, "a whole number"), ("nan", False, 0, "a number"),
+])
+def test_number_settings_are_read_or_refused_with_their_name(monkeypatch, value, whole, minimum, expected):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from imaginaition_site.settings import env_number
+
+    monkeypatch.setenv("IMAGINAITION_SOMETHING", value)
+    if isinstance(expected, str):
+        with pytest.raises(ImproperlyConfigured, match=f"^IMAGINAITION_SOMETHING must be .*{re.escape(expected)}"):
+            env_number("IMAGINAITION_SOMETHING", 7, minimum=minimum, whole=whole)
+    else:
+        assert env_number("IMAGINAITION_SOMETHING", 7, minimum=minimum, whole=whole) == expected
+
+
+def test_list_settings_drop_the_spaces_around_their_items(monkeypatch):
+    from imaginaition_site.settings import env_list
+
+    monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", "images.example.org, web1 ,,")
+    assert env_list("DJANGO_ALLOWED_HOSTS", "") == ["images.example.org", "web1"]
+    monkeypatch.setenv("IMAGINAITION_IMPORT_ROOTS", "/srv/photos2: /srv/photos")
+    assert env_list("IMAGINAITION_IMPORT_ROOTS", "", ":") == ["/srv/photos2", "/srv/photos"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from argparse import ArgumentTypeError
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from retrieval.encoders.registry import active_profile
@@ -17,6 +18,7 @@ def positive_seconds(text: str) -> float:
 
 
 class Command(BaseCommand):
+    requires_system_checks: list[str] = []  # it is how missing weights (a check's error) get fixed
     help = ("Download the standard profile's weight files (CLIP ViT-B-32, DeepLabV3-ResNet101) into the weights "
             "folder, verifying their SHA-256. Without a network it says so within seconds and exits 0: the "
             "offline profile is used. Exits non-zero when a file fails verification or a site answers wrongly.")
@@ -36,7 +38,11 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if report.results:
             self.stdout.write(report.summary())
-        self.stdout.write(f"active model profile: {active_profile()}")
+        try:
+            self.stdout.write(f"active model profile: {active_profile()}")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
         if not report.ok:
-            raise CommandError("some weight files could not be fetched or failed verification (see above); "
-                               "no partial or unverified file was kept")
+            raise CommandError("some weight files could not be fetched or failed verification (see above); no "
+                               "partial download was kept, but a file already there that fails its check stays "
+                               "where it is: replace or delete it")
