@@ -148,9 +148,11 @@ def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]
     image fails alone (its error recorded) and the others still get their results."""
     try:
         return list(zip(items, infer(items), strict=True))
-    except Exception:  # noqa: BLE001 - any model error: retry one by one to find the culprit
-        if len(items) == 1:
-            raise
+    except Exception as exc:  # noqa: BLE001 - any model error: retry one by one to find the culprit
+        if len(items) == 1:  # the culprit, or a model that cannot load: failed as in a batch (retry_failed)
+            logger.exception("image %s failed", items[0][0].pk)
+            errors[items[0][0].pk] = f"Processing failed: {exc}"
+            return []
         logger.exception("batch of %d failed; retrying images one by one", len(items))
     done: list[tuple[Loaded, Any]] = []
     for item in items:

@@ -15,13 +15,15 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
     waiting = selectors.images_pending_ids()
     if not waiting:
         return
+    command.stdout.write(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
     try:
         with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
             images_process_here(progress=bar.update, batch_size=batch_size)
     except KeyboardInterrupt:
-        raise CommandError("Interrupted while processing. The images stay waiting: `import_folder --sync` "
-                           "(any folder), `retry_failed --sync` or a running worker finishes them.") from None
+        raise CommandError("Interrupted while processing. The images stay waiting: the same command with --sync "
+                           "again, or a worker as it starts, finishes them.") from None
     failed = selectors.images_failed(ids=waiting)
+    command.stdout.write(f"processed: {len(waiting) - len(failed)}, failed: {len(failed)}")
     for image in failed[:20]:
         command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
     if failed:

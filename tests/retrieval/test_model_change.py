@@ -183,3 +183,18 @@ def test_list_settings_drop_the_spaces_around_their_items(monkeypatch):
     assert env_list("DJANGO_ALLOWED_HOSTS", "") == ["images.example.org", "web1"]
     monkeypatch.setenv("IMAGINAITION_IMPORT_ROOTS", "/srv/photos2: /srv/photos")
     assert env_list("IMAGINAITION_IMPORT_ROOTS", "", ":") == ["/srv/photos2", "/srv/photos"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reembed_sync_again_finishes_what_an_interrupted_run_left_waiting(media_root, settings, capsys):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    # An interrupted `reembed --sync` had put the image back in the queue (pending) and stopped: a second
+    # run found nothing to re-embed (it lacks no vector of a finished image) and left it waiting for good.
+    left = make_image(name="left-waiting.png", status="pending")
+
+    call_command("reembed", "--sync")
+
+    out = capsys.readouterr().out
+    assert "processing 1 waiting image here" in out and "processed: 1, failed: 0" in out
+    left.refresh_from_db()
+    assert left.status == "ready" and left.masks_status == "ready"

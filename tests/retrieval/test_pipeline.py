@@ -253,3 +253,26 @@ def test_a_sync_import_finishes_what_earlier_runs_left_and_names_what_failed(med
     assert (broken.status, broken.masks_status) == ("ready", "ready")
     call_command("retry_failed")
     assert "0 failed images queued for the workers" in capsys.readouterr().out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_image_whose_model_cannot_load_is_marked_failed_not_left_pending(media_root, offline, monkeypatch):
+    """A batch of one raised out of the task: the image stayed pending for good, and retry_failed did not
+    see it. Now it fails as each image of a larger batch does, with the reason."""
+    from tests.gallery.factories import make_image
+
+    image = make_image(name="alone.png", status="pending")
+    real_get_model = pipeline.get_model
+
+    def segmenter_missing(key):
+        if key == registry.active_models().segmenter:
+            raise FileNotFoundError("weights/lraspp_mobilenet_v3_large-d234d4ea.pth is missing")
+        return real_get_model(key)
+
+    monkeypatch.setattr(pipeline, "get_model", segmenter_missing)
+    embedded, segmented = pipeline.process_batch(first_id=image.pk)
+
+    image.refresh_from_db()
+    assert (embedded.processed, segmented.failed) == ([image.pk], [image.pk])
+    assert image.status == "ready" and image.masks_status == "failed"
+    assert "lraspp_mobilenet_v3_large-d234d4ea.pth is missing" in image.masks_error

@@ -3,10 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from tqdm import tqdm
 
-from retrieval.pipeline import images_reembed_for_active_models, process_all_pending
+from gallery.management.processing import process_pending_here
 from retrieval.encoders.registry import active_models
+from retrieval.pipeline import images_reembed_for_active_models
 
 
 class Command(BaseCommand):
@@ -23,6 +23,5 @@ class Command(BaseCommand):
         self.stdout.write(f"active models ({models.profile}): semantic {models.semantic}, content {models.content}, "
                           f"segmenter {models.segmenter}; {len(plan.embed)} images to embed, {len(plan.segment)} to "
                           f"segment again ({len(plan.ids)} in all)")
-        if sync and plan.ids:
-            with tqdm(total=len(plan.ids), desc="processing", unit="image", disable=None) as bar:
-                process_all_pending(progress=bar.update)
+        if sync:  # these, and any an interrupted run left waiting (it had already put them back in the queue)
+            process_pending_here(self, batch_size=None)
