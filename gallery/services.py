@@ -17,7 +17,7 @@ from gallery import events, selectors
 from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
 from gallery.models import Image, ProcessingStatus
-from gallery.storage import stored_delete
+from gallery.storage import STORAGE_ERRORS, stored_delete
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -72,10 +72,11 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
             # there is never a row without a file nor a file without a row.
             try:
                 image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
-            except OSError as exc:  # the storage, not this file: every other file would fail alike
-                raise StorageFailed(f"Storing the file failed: {exc.strerror or exc}. Nothing was kept; the "
-                                    "media storage (IMAGINAITION_MEDIA_ROOT or IMAGINAITION_STORAGE) must be "
-                                    "writable.") from exc
+            except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
+                reason = getattr(exc, "strerror", None) or exc
+                raise StorageFailed(f"Storing the file failed: {reason}. Nothing was kept; the media storage "
+                                    "(IMAGINAITION_MEDIA_ROOT, or the bucket of IMAGINAITION_STORAGE=s3) must be "
+                                    "reachable and writable.") from exc
             image.save()
             if enqueue:
                 images_schedule([image.pk])
@@ -93,7 +94,10 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
 
 def _delete_file(image: Image) -> None:
     if image.file and image.file.name:
-        image.file.storage.delete(image.file.name)
+        try:
+            image.file.storage.delete(image.file.name)
+        except STORAGE_ERRORS:  # the storage failing is what is being reported: this must not hide it
+            logger.warning("could not remove %s after a failed add", image.file.name, exc_info=True)
 
 
 def image_delete(*, image: Image) -> None:

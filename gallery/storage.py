@@ -13,6 +13,19 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, default_storage
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What a failing storage raises: OSError for a folder; botocore's errors for a bucket (a missing
+    bucket, refused credentials, an endpoint that does not answer), which are not OSErrors."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # django-storages' S3 backend not installed: folders only
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
+
+
+STORAGE_ERRORS = _storage_errors()
+
+
 class AtomicFileSystemStorage(FileSystemStorage):
     """FileSystemStorage whose files appear complete or not at all: written aside, then hard-linked
     into place (which fails if the name was taken meanwhile, so a concurrent writer never overwrites;

@@ -201,3 +201,25 @@ def test_storage_check_finds_and_deletes_what_no_image_refers_to_in_a_bucket(set
     assert report.orphan_bytes == len(b"left by a killed process")
     assert storage_orphans_delete(report) == 1
     assert bucket_keys(s3) == {f"gallery/{image.file.name}"}
+
+
+@pytest.mark.django_db
+def test_a_bucket_that_cannot_be_written_refuses_an_upload_with_503_and_keeps_nothing(
+        client, user, settings, tmp_path, moto_s3_server):
+    """botocore's errors are not OSErrors: a missing bucket was a 500 (API) and a traceback (import_folder)."""
+    from django.core.management import CommandError, call_command
+
+    env, _ = moto_s3_server
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage({**env, "IMAGINAITION_S3_BUCKET": "no-such"})}
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    client.force_login(user)
+
+    response = client.post(reverse("api-images"), {"file": SimpleUploadedFile("cat.jpg", jpeg("chelsea"))})
+    assert response.status_code == 503 and "Storing the file failed" in response.json()["detail"]
+    assert "NoSuchBucket" in response.json()["detail"] and not Image.objects.exists()
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(jpeg("chelsea"))
+    with pytest.raises(CommandError, match="Storing the file failed"):
+        call_command("import_folder", str(tmp_path / "photos"))
+    assert not Image.objects.exists()
