@@ -4,11 +4,12 @@ CSRF-protected; the folder must lie under IMAGINAITION_IMPORT_ROOTS)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -97,9 +98,19 @@ def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
 RESET_PERMISSION = "gallery.reset_gallery"
 
 
+RESET_REFUSED = ("Resetting the gallery needs its own permission, “Can reset / initialize the gallery from a server "
+                 "folder” (listed under Gallery | reset job). An administrator grants it in admin: Users → your user "
+                 "→ User permissions.")
+
+
 def _reset_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Admin login (staff) first, then the reset permission: a staff member without it gets 403."""
-    return admin.site.admin_view(permission_required(RESET_PERMISSION, raise_exception=True)(view))
+    """Admin login (staff) first, then the reset permission: a staff member without it gets 403 naming it."""
+    @wraps(view)
+    def permitted(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(RESET_PERMISSION):
+            raise PermissionDenied(RESET_REFUSED)
+        return view(request, *args, **kwargs)
+    return admin.site.admin_view(permitted)
 
 
 urlpatterns = [

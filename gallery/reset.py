@@ -184,15 +184,21 @@ def _run(job: ResetJob) -> ResetJob:
     if resuming:
         logger.warning("reset job %s: resuming while %s (its worker stopped)", job.pk, job.phase)
     else:
-        job.state, job.started_at, job.phase = ResetJob.State.RUNNING, timezone.now(), "deleting the gallery"
+        job.state, job.started_at, job.phase = ResetJob.State.RUNNING, timezone.now(), "checking the folder"
         job.save()
 
     def save(*fields: str) -> None:
         job.save(update_fields=[*fields, "phase"])
 
     try:
-        folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
-        if job.phase == "deleting the gallery":  # one transaction: done, or to do again
+        try:
+            folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
+        except ResetRefused as exc:  # checked by the web host's settings when started; now by this worker's
+            raise ResetRefused(f"{exc} (this worker's IMAGINAITION_IMPORT_ROOTS, which should name the same "
+                               f"folders as the web hosts'){'' if resuming else '. Nothing was deleted'}.") from None
+        if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
+            job.phase = "deleting the gallery"
+            save()
             job.deleted_images = _delete_everything()
         job.total_files = len(folder_files(root=folder, recursive=job.recursive)[0])
         job.phase, job.scanned, job.embedded = "importing files", 0, 0
@@ -226,6 +232,9 @@ def _run(job: ResetJob) -> ResetJob:
         job.state, job.phase = ResetJob.State.DONE, (
             f"done: {job.imported} image{'s' if job.imported != 1 else ''} imported, the indexes built"
             if job.imported else "done: the folder held no image to import (see the rejected files)")
+    except ResetRefused as exc:  # a refusal says what to do; no traceback, no class name
+        logger.warning("reset job %s refused: %s", job.pk, exc)
+        job.state, job.error = ResetJob.State.FAILED, str(exc)
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
         logger.exception("reset job %s failed", job.pk)
         job.state, job.error = ResetJob.State.FAILED, f"{type(exc).__name__}: {exc}"

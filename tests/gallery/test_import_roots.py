@@ -114,6 +114,10 @@ def test_a_queued_reset_whose_folder_left_the_roots_fails_and_deletes_nothing(ro
     settings.IMAGINAITION_IMPORT_ROOTS = [allowed / "elsewhere"]  # an administrator narrowed the roots since
     job = reset_run(job_id=job.pk)
     assert job.state == "failed" and "outside the folders" in job.error
+    # It says whose setting refused it (the worker's, not the web host's that accepted it), and that
+    # nothing was deleted: the phase is not "deleting the gallery".
+    assert "this worker's IMAGINAITION_IMPORT_ROOTS" in job.error and "Nothing was deleted" in job.error
+    assert job.phase == "checking the folder" and not job.error.startswith("ResetRefused")
     assert list(Image.objects.all()) == [old]
 
 
@@ -122,7 +126,9 @@ def test_resetting_needs_its_own_permission_not_merely_staff(client, django_user
     allowed, _ = roots
     staff = django_user_model.objects.create_user("bob", password="s3cret-Pass!", is_staff=True)
     client.force_login(staff)
-    assert client.get(reverse("gallery-reset")).status_code == 403
+    refused = client.get(reverse("gallery-reset"))
+    assert refused.status_code == 403 and "Can reset / initialize the gallery from a server folder" in \
+        refused.content.decode()  # which permission, and who grants it: not only "may not do this"
     assert client.get(reverse("gallery-reset-status", args=[1])).status_code == 403
     response = client.post(reverse("gallery-reset-start"), {"folder": str(allowed / "photos"), "confirm": "yes"})
     assert response.status_code == 403 and not ResetJob.objects.exists()
