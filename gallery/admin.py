@@ -41,7 +41,7 @@ class ImageAdmin(admin.ModelAdmin):
     list_filter: ClassVar[tuple[str, ...]] = ("status", "masks_status", "format", "masks__label")
     search_fields = ("original_name", "sha256", "masks__label")
     readonly_fields = ("preview", "sha256", "width", "height", "format", "byte_size", "created_at",
-                       "added_by", "status", "error", "masks_status", "masks_error", "stored_file")
+                       "added_by", "status", "error", "masks_status", "masks_error", "segmented_by", "stored_file")
     fields = readonly_fields + ("original_name",)
     inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin[Any, Any]], ...]] = (MaskInline,)
     date_hierarchy = "created_at"

@@ -45,6 +45,9 @@ class Image(models.Model):
     masks_status = models.CharField(max_length=16, choices=ProcessingStatus.choices,
                                     default=ProcessingStatus.PENDING, db_index=True)
     masks_error = models.TextField(blank=True)
+    # Which segmenter the masks are of, also when it found none: a segmenter change then reaches the
+    # images the old one found nothing in (their masks would not say it). Blank: not known.
+    segmented_by = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django_q.tasks import async_task
 from PIL import Image as PILImage
 
@@ -263,6 +263,7 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         # Tombstones in the same transaction: every process's region index drops the old masks' vectors.
         DeletedMask.objects.bulk_create([DeletedMask(mask_id=mask_id) for mask_id in replaced.values_list("pk", flat=True)])
         replaced.delete()
+        Image.objects.filter(pk__in=[image.pk for image, _ in done]).update(segmented_by=models.segmenter)
         made = [(image, s) for image, segmented in done for s in segmented]
         rows = Mask.objects.bulk_create([
             Mask(image=image, segmenter=models.segmenter, label=s.mask.label, class_index=s.mask.class_index,
@@ -337,8 +338,8 @@ class ReembedPlan:
 def images_reembed_for_active_models(*, enqueue: bool = True) -> ReembedPlan:
     """After a model change: put every image lacking the active models' vectors back in the queue:
     its embedding step when the whole image lacks them, its segmentation step (which writes masks and
-    region vectors) when it has masks of another segmenter or one of its masks large enough to be a
-    region lacks either space's vector.
+    region vectors) when another segmenter made its masks (or found none in it), or one of its masks
+    large enough to be a region lacks either space's vector.
 
     Vectors of other models stay (each row records its model key), so switching back needs no work.
     """
@@ -355,8 +356,11 @@ def images_reembed_for_active_models(*, enqueue: bool = True) -> ReembedPlan:
     region_lacking = Mask.objects.filter(image=OuterRef("pk"), area_fraction__gte=settings.IMAGINAITION_REGION_MIN_AREA)\
         .exclude(region_has_all[0] & region_has_all[1])
     other_segmenter = Mask.objects.filter(image=OuterRef("pk")).exclude(segmenter=models.segmenter)
+    # segmented_by reaches the images another segmenter found nothing in (or that no record says
+    # which segmenter saw): they have no mask to say so.
     segment_ids = set(Image.objects.filter(masks_status=ProcessingStatus.READY)
-                      .filter(Exists(region_lacking) | Exists(other_segmenter)).values_list("pk", flat=True))
+                      .filter(Exists(region_lacking) | Exists(other_segmenter) | ~Q(segmented_by=models.segmenter))
+                      .values_list("pk", flat=True))
     plan = ReembedPlan(embed=sorted(embed_ids), segment=sorted(segment_ids))
     ids = plan.ids
     if ids:

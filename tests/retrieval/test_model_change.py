@@ -198,3 +198,55 @@ def test_reembed_sync_again_finishes_what_an_interrupted_run_left_waiting(media_
     assert "processing 1 waiting image here" in out and "processed: 1, failed: 0" in out
     left.refresh_from_db()
     assert left.status == "ready" and left.masks_status == "ready"
+
+
+@pytest.mark.django_db
+def test_a_segmenter_change_reaches_images_the_old_one_found_nothing_in(media_root, settings):
+    from retrieval.pipeline import images_reembed_for_active_models
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    active = registry.active_models().segmenter
+    nothing_found = make_image(name="plain.png")  # segmented, no mask: only segmented_by says by whom
+    Image.objects.filter(pk=nothing_found.pk).update(masks_status="ready", segmented_by="some/older-segmenter")
+    by_the_active = make_image(name="also-plain.png", color=(0, 0, 90))
+    Image.objects.filter(pk=by_the_active.pk).update(masks_status="ready", segmented_by=active)
+
+    plan = images_reembed_for_active_models(enqueue=False)
+
+    assert nothing_found.pk in plan.segment and by_the_active.pk not in plan.segment
+    process_all_pending()  # segments it again: it now records the active segmenter, found masks or not
+    nothing_found.refresh_from_db()
+    assert nothing_found.segmented_by == active
+    assert nothing_found.pk not in images_reembed_for_active_models(enqueue=False).segment
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_records_each_images_segmenter_from_its_masks_or_the_gallerys(media_root):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("gallery", "0005_reset_permission")], [("gallery", "0006_image_segmented_by")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    OldImage, OldMask = old.get_model("gallery", "Image"), old.get_model("gallery", "Mask")
+
+    def image(name, masks_status="ready"):
+        return OldImage.objects.create(file=f"images/{name}", sha256=name.ljust(64, "0"), original_name=name,
+                                       width=1, height=1, format="PNG", byte_size=1, masks_status=masks_status)
+
+    with_masks, without, waiting = image("a"), image("b"), image("c", masks_status="pending")
+    for label, class_index in (("cat", 8), ("dog", 12)):
+        OldMask.objects.create(image=with_masks, label=label, class_index=class_index, segmenter="seg/usual",
+                               probability_png=b"", area_fraction=0.5)
+    other = image("d")
+    OldMask.objects.create(image=other, label="dog", class_index=12, segmenter="seg/rare", probability_png=b"",
+                           area_fraction=0.5)
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    recorded = dict(Image.objects.values_list("original_name", "segmented_by"))
+    # its masks say it; found nothing: the gallery's usual one; not segmented yet: not known
+    assert recorded == {"a": "seg/usual", "b": "seg/usual", "c": "", "d": "seg/rare"}
