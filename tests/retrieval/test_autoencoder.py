@@ -275,8 +275,11 @@ def test_the_seed_decides_the_weights(tiny_folder, tmp_path):
 
 
 def test_train_command_names_a_missing_or_empty_folder(tmp_path):
-    with pytest.raises(CommandError, match="missing-folder"):
+    with pytest.raises(CommandError, match="missing-folder: no such folder"):
         call_command("train_autoencoder", "--data", str(tmp_path / "missing-folder"))
+    (tmp_path / "one.jpg").write_bytes(b"")
+    with pytest.raises(CommandError, match="one.jpg: a file, not a folder of pictures"):
+        call_command("train_autoencoder", "--data", str(tmp_path / "one.jpg"))
     empty = tmp_path / "empty-folder"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")

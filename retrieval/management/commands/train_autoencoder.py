@@ -53,7 +53,7 @@ class Command(BaseCommand):
                heldout_fraction: float, seed: int, out: Path | None, force: bool, describe: str, verbosity: int,
                **options: Any) -> None:
         if not data.is_dir():
-            raise CommandError(f"{data}: no such folder")
+            raise CommandError(f"{data}: {'a file, not a folder of pictures' if data.exists() else 'no such folder'}")
         out = out or MODELS[DEFAULT_MODEL].weight_path()
         if out.exists() and not force:
             raise CommandError(
