@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 import threading
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -107,8 +110,39 @@ def get_model(key: str) -> Any:
             module_name, function_name = spec.loader.split(":")
             loader = getattr(importlib.import_module(module_name), function_name)
             logger.info("loading model %s", key)
-            _loaded[key] = loader(spec)
+            try:
+                _loaded[key] = loader(spec)
+            except FileNotFoundError:  # says which file is missing and to fetch it
+                raise
+            except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, RuntimeError, ValueError) as exc:
+                present = [str(path) for path in _weight_paths(spec) if path.is_file()]
+                if not present:
+                    raise
+                raise WeightsUnreadable(key, present, exc) from exc
         return _loaded[key]
+
+
+def _weight_paths(spec: ModelSpec) -> list[Path]:
+    paths = []
+    for weight in spec.weights:
+        try:
+            paths.append(weight.path())
+        except FileNotFoundError:  # a package that ships it is not installed
+            continue
+    return paths
+
+
+class WeightsUnreadable(RuntimeError):
+    """A model's weight file is there but cannot be read: truncated, or another file under its name.
+    Names the file and what to do (an image that fails on it shows this message)."""
+
+    def __init__(self, key: str, paths: list[str], cause: BaseException) -> None:
+        # torch's unpickling refusal suggests weights_only=False, which would run the file's code: not repeated.
+        detail = ("not a file of weights it can read safely" if isinstance(cause, pickle.UnpicklingError)
+                  else f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")
+        super().__init__(f"{key}: its weight file {' or '.join(paths)} could not be read ({detail}). It may be "
+                         "truncated or another file: run `python manage.py fetch_weights` (it replaces a file whose "
+                         "SHA-256 is wrong), or copy it again (weights/README.md).")
 
 
 def loaded_precisions() -> dict[str, str]:

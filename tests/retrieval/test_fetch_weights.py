@@ -255,3 +255,26 @@ def test_offline_with_the_standard_profile_asked_for_by_name_it_says_that_it_can
     assert "offline profile will be used" not in out  # it would not be: the profile is named
     assert "IMAGINAITION_MODEL_PROFILE=standard cannot run without them" in out
     assert "active model profile: standard" in out
+
+
+def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path):
+    from retrieval.encoders import registry
+    from retrieval.encoders.registry import WeightsUnreadable, get_model
+
+    shipped = registry.MODELS["autoencoder/v2"].weights[0].path().read_bytes()
+    (tmp_path / "autoencoder-v2.pt").write_bytes(shipped[: len(shipped) // 3])  # a copy cut short
+    settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    registry.unload_all()
+    try:
+        with pytest.raises(WeightsUnreadable) as refused:
+            get_model("autoencoder/v2")
+    finally:
+        registry.unload_all()
+    message = str(refused.value)
+    assert str(tmp_path / "autoencoder-v2.pt") in message and "fetch_weights" in message
+    assert "weights_only" not in message
+
+    (tmp_path / "autoencoder-v2.pt").write_bytes(b"<html>404 Not Found</html>")  # a saved error page
+    with pytest.raises(WeightsUnreadable, match="could not be read"):
+        get_model("autoencoder/v2")
+    registry.unload_all()
