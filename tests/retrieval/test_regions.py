@@ -93,7 +93,7 @@ def test_the_pipeline_stores_region_vectors_for_a_real_photo_once(client, user, 
 def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_vectors(media_root, offline):  # noqa: F811
     def segmented_image(*, segmenter=offline.segmenter, area=0.4, region_spaces=()):
         image = make_image(status="ready")
-        Image.objects.filter(pk=image.pk).update(masks_status="ready")
+        Image.objects.filter(pk=image.pk).update(masks_status="ready", segmented_by=segmenter)  # as segmenting does
         mask = add_mask(image, segmenter=segmenter)
         Mask.objects.filter(pk=mask.pk).update(area_fraction=area)
         keys = {"semantic": offline.semantic, "content": offline.content}

@@ -43,6 +43,10 @@ def moto_s3_server(monkeypatch):
     s3 = boto3.client("s3", endpoint_url=env["IMAGINAITION_S3_ENDPOINT_URL"], region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
     yield env, s3
+    # moto keeps its buckets in this process, whatever server answered: the next test starts empty.
+    for key in bucket_keys(s3):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    s3.delete_bucket(Bucket=BUCKET)
     server.stop()
 
 
