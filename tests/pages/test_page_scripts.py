@@ -191,6 +191,7 @@ def test_an_upload_shows_its_progress_disables_load_and_follows_the_answer(live_
     assert page.evaluate("window.sameDocument") is None  # a navigation: location.assign
     assert page.url == live_server.url + "/"
     page.unroute("**/?sent=script")
+    page.wait_for_load_state()  # the new page's script listens for drops (the heading comes before it runs)
 
     # A dropped file takes the same way.
     name, data = png("blue.png", (30, 30, 200))
