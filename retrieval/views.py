@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
@@ -44,7 +45,8 @@ def home(request: HttpRequest) -> HttpResponse:
                 form.add_error("file", exc.message)
     return render(request, "retrieval/home.html", {
         "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
-        "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts()})
+        "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts(),
+        "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES})  # the script refuses a larger file unsent
 
 
 def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:

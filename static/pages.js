@@ -63,6 +63,17 @@ document.querySelectorAll("form.drop").forEach((zone) => {
   const status = zone.querySelector("[data-upload-status]");
   const send = () => {
     if (!window.FormData || !status) { zone.submit(); return; }
+    // A file over the server's limit is refused here, before minutes of sending it only to hear so.
+    const chosen = input.files[0], limit = Number(zone.dataset.maxBytes);
+    if (chosen && limit && chosen.size > limit) {
+      status.replaceChildren(`${chosen.name} is ${chosen.size.toLocaleString("en")} bytes; the limit is `
+        + `${limit.toLocaleString("en")} bytes. Choose a smaller file (or shrink this one).`);
+      status.classList.add("error");
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
+    input.removeAttribute("aria-invalid");
     // A marker in the address: the server redirects to the page the form is on, and only an address
     // that differs from the one sent to tells a redirect (the upload worked) from the form answered again.
     const url = new URL(zone.action);

@@ -206,6 +206,24 @@ def test_an_upload_shows_its_progress_disables_load_and_follows_the_answer(live_
 
 
 @in_browser
+def test_a_file_over_the_limit_is_refused_before_it_is_sent(live_server, user, browser, settings,
+                                                           close_connections):  # noqa: F811
+    name, data = png("large.png", size=(200, 200))
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES = len(data) - 1
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + "/")
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.get_by_label("Choose an image file, or drop one here").set_input_files(file_payload(name, data))
+    page.get_by_role("button", name="Load").click()
+    status = page.locator("[data-upload-status]")
+    status.get_by_text("the limit is").wait_for()
+    assert f"large.png is {len(data):,} bytes; the limit is {len(data) - 1:,} bytes" in status.inner_text()
+    assert posts == [] and page.evaluate("document.activeElement.id") == "id_file"
+    assert page.get_attribute("#id_file", "aria-invalid") == "true"
+
+
+@in_browser
 def test_a_staged_overlay_that_fails_says_the_picture_was_replaced(live_server, user, browser,
                                                                   close_connections):  # noqa: F811
     page = signed_in_page(browser, live_server, user)
