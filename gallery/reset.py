@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -194,8 +194,9 @@ def _run(job: ResetJob) -> ResetJob:
         try:
             folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
         except ResetRefused as exc:  # checked by the web host's settings when started; now by this worker's
-            raise ResetRefused(f"{exc} (this worker's IMAGINAITION_IMPORT_ROOTS, which should name the same "
-                               f"folders as the web hosts'){'' if resuming else '. Nothing was deleted'}.") from None
+            raise ResetRefused("The worker running the reset refused the folder, by its own IMAGINAITION_IMPORT_ROOTS "
+                               f"(which should name the same folders as the web hosts'): {exc}"
+                               f"{'' if resuming else ' Nothing was deleted.'}") from None
         if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
             job.phase = "deleting the gallery"
             save()
