@@ -71,3 +71,8 @@ def images_failed(*, ids: Iterable[int]) -> list[Image]:
 def images_pending_count() -> int:
     """Images still waiting for their vectors or their masks (an image waiting for both counts once)."""
     return Image.objects.filter(WAITING).count()
+
+
+def images_failed_count() -> int:
+    """Images whose vectors or masks failed (an image failed in both counts once)."""
+    return Image.objects.filter(FAILED).count()

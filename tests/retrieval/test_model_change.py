@@ -250,3 +250,12 @@ def test_the_migration_records_each_images_segmenter_from_its_masks_or_the_galle
     recorded = dict(Image.objects.values_list("original_name", "segmented_by"))
     # its masks say it; found nothing: the gallery's usual one; not segmented yet: not known
     assert recorded == {"a": "seg/usual", "b": "seg/usual", "c": "", "d": "seg/rare"}
+
+
+@pytest.mark.django_db
+def test_reembed_points_at_retry_failed_for_images_that_failed_earlier(media_root, settings, capsys):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    make_image(name="failed-under-other-models.png", status="failed")  # e.g. standard weights were missing
+    call_command("reembed")
+    out = capsys.readouterr().out
+    assert "1 image failed earlier" in out and "`python manage.py retry_failed` processes them again" in out

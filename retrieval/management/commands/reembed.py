@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from gallery.management.processing import process_pending_here
+from gallery.selectors import images_failed_count
 from retrieval.encoders.registry import active_models
 from retrieval.pipeline import images_reembed_for_active_models
 
@@ -25,3 +26,6 @@ class Command(BaseCommand):
                           f"segment again ({len(plan.ids)} in all)")
         if sync:  # these, and any an interrupted run left waiting (it had already put them back in the queue)
             process_pending_here(self, batch_size=None)
+        if failed := images_failed_count():  # e.g. under models whose weights were missing: not retried by this
+            self.stdout.write(f"{failed} image{'s' if failed != 1 else ''} failed earlier; once the cause is fixed "
+                              "(e.g. after a model change back), `python manage.py retry_failed` processes them again")
