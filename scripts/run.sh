@@ -19,7 +19,8 @@ cleanup() {
     echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
     stop_processes "$STOP_TIMEOUT" "${pids[@]}"
     trap - INT TERM HUP
-    if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop; fi
+    # Released, not stopped: another `make run` of this checkout may still be using it.
+    if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db release --holder $$; fi
 }
 trap cleanup INT TERM HUP EXIT  # HUP: the terminal closed (the workers, in their own sessions, do not see it)
 

@@ -103,3 +103,21 @@ def test_the_last_live_holder_stops_the_server_even_when_dead_holders_never_unre
         subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", "stop"], env=env, cwd=settings.BASE_DIR,
                        capture_output=True, timeout=120)
     assert stopped  # by the last live holder
+
+
+def test_releasing_a_hold_leaves_the_server_running_for_the_processes_still_using_it(db):
+    """`make run` releases its hold at its end. A second run of the same checkout that ended (a bad
+    setting, a busy port) used to stop the server under the first one's web and workers."""
+    holders = embedded_db.PGDATA / ".handle_pids.json"
+    ended = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the second run's script
+    try:
+        pids = json.loads(holders.read_text())
+        holders.write_text(json.dumps([*pids, ended.pid]))
+        done = subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", "release", "--holder",
+                               str(ended.pid)], capture_output=True, text=True, timeout=60, cwd=settings.BASE_DIR)
+    finally:
+        ended.kill()
+        ended.wait(10)
+    assert done.returncode == 0 and "left running" in done.stdout and str(os.getpid()) in done.stdout
+    assert embedded_db.server_pid() is not None  # this test process, a holder, still has its server
+    assert ended.pid not in json.loads(holders.read_text())
