@@ -16,7 +16,7 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from gallery.folders import import_roots
-from gallery.models import ResetJob
+from gallery.models import ACTIVE_RESET_STATES, ResetJob
 from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_start
 
 
@@ -45,7 +45,7 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
         preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
         return render(request, "admin/gallery/reset/confirm.html",
                       _context(request, title="Confirm reset", preview=preview))
-    active = ResetJob.objects.filter(state__in=["queued", "running"]).first()
+    active = ResetJob.objects.filter(state__in=ACTIVE_RESET_STATES).first()
     return render(request, "admin/gallery/reset/form.html",
                   _context(request, title="Reset / initialize from a folder", form=form, active=active,
                            roots=[str(root) for root in import_roots()]))

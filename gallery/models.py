@@ -111,4 +111,8 @@ class ResetJob(models.Model):
 
     @property
     def active(self) -> bool:
-        return self.state in (self.State.QUEUED, self.State.RUNNING)
+        return self.state in ACTIVE_RESET_STATES
+
+
+# A reset job that is not over: one at a time, and the admin keeps it (ResetJob.active).
+ACTIVE_RESET_STATES = (ResetJob.State.QUEUED, ResetJob.State.RUNNING)

@@ -23,7 +23,7 @@ from django_q.tasks import async_task
 
 from gallery import events
 from gallery.folders import FolderRefused, import_folder_check
-from gallery.models import Image, Mask, ProcessingStatus, ResetJob
+from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
@@ -79,7 +79,7 @@ def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
         # to lock, so a transaction lock does; the second start then sees the first one's job.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RESET_START_LOCK])
-        active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
+        active = list(ResetJob.objects.select_for_update().filter(state__in=ACTIVE_RESET_STATES))
         running = [job for job in active if job.state == ResetJob.State.RUNNING]
         if running:
             with _run_lock() as nobody_runs_it:
@@ -124,7 +124,7 @@ def reset_resume_cut_short() -> list[int]:
     min), its page saying "Running" meanwhile. Asked when a worker cluster starts. A copy that finds
     the run alive or ended returns (reset_run), so a job whose task still waits is safe to hand out."""
     with transaction.atomic():
-        active = list(ResetJob.objects.select_for_update().filter(state__in=["queued", "running"]))
+        active = list(ResetJob.objects.select_for_update().filter(state__in=ACTIVE_RESET_STATES))
         if not active:
             return []
         with _run_lock() as nobody_runs_it:
@@ -138,7 +138,7 @@ def reset_resume_cut_short() -> list[int]:
 
 
 def reset_active() -> bool:
-    return ResetJob.objects.filter(state__in=["queued", "running"]).exists()
+    return ResetJob.objects.filter(state__in=ACTIVE_RESET_STATES).exists()
 
 
 def reset_run_task(job_id: int) -> str:
