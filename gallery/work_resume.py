@@ -15,7 +15,6 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from gallery import selectors
-from gallery.models import Image
 from gallery.reset import reset_active, reset_resume_cut_short
 from gallery.services import images_schedule
 
@@ -37,9 +36,9 @@ def images_waiting_resume() -> list[int]:
     """Queue the oldest waiting images again, one for each image beyond the tasks that wait in the
     queue: a stopped worker's taken tasks (or a cut-short `import_folder --sync`) left them with no
     task that will come soon. Every task claims a batch of waiting images, so extra ones end at once."""
-    waiting = Image.objects.filter(selectors.WAITING).order_by("pk").values_list("pk", flat=True)
+    waiting = selectors.images_pending_ids()
     queued = OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now()).count()
-    uncovered = list(waiting[: max(waiting.count() - queued, 0)])
+    uncovered = waiting[: max(len(waiting) - queued, 0)]
     if uncovered:
         images_schedule(uncovered)
     return uncovered

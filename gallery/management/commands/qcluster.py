@@ -27,5 +27,5 @@ class Command(QclusterCommand):
             else:
                 if resumed.resets or resumed.images:
                     logger.info("taken up again: %d reset job(s), %d waiting image(s)",
-                                   len(resumed.resets), len(resumed.images))
+                                len(resumed.resets), len(resumed.images))
         super().handle(*args, **options)
