@@ -7,7 +7,8 @@ belong to a row about to commit: it is never reported, nor deleted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,8 +41,9 @@ class StorageReport:
 
 def storage_check(*, min_age: timedelta = timedelta(hours=1),
                   progress: Callable[[int], object] | None = None) -> StorageReport:
-    files = set(Image.objects.exclude(file="").values_list("file", flat=True))
-    digests = set(Image.objects.values_list("sha256", flat=True))
+    rows = list(Image.objects.values_list("id", "file", "sha256"))
+    files = {name for _, name, _ in rows if name}
+    digests = {digest for _, _, digest in rows}
     cutoff = timezone.now() - min_age
     checked, orphans, seen = 0, [], set()
     for folder in (IMAGE_FOLDER, THUMBNAIL_FOLDER):
@@ -56,9 +58,16 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
                 continue
             if default_storage.get_modified_time(name) < cutoff:
                 orphans.append(StoredFile(name=name, size=default_storage.size(name)))
-    missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
-               if name not in seen and not default_storage.exists(name)]  # e.g. stored outside images/
+    missing = images_file_missing(rows=[(image_id, name) for image_id, name, _ in rows], listed=seen)
     return StorageReport(checked=checked, orphans=orphans, missing=missing)
+
+
+def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed: AbstractSet[str] = frozenset(),
+                        ) -> list[int]:
+    """Ids of the images (of `rows`, else all) whose stored file is gone; names in `listed` were just
+    seen in the storage and need no call of their own (e.g. one stored outside images/ does)."""
+    rows = Image.objects.values_list("id", "file") if rows is None else rows
+    return [image_id for image_id, name in rows if name not in listed and not default_storage.exists(name)]
 
 
 def storage_orphans_delete(report: StorageReport) -> int:

@@ -7,10 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.files.storage import default_storage
 from django.db import connection, transaction
 
-from gallery.models import Image
+from gallery.storage_check import images_file_missing
 from retrieval.encoders.registry import model_dim
 from retrieval.index_snapshots import IndexSnapshot, index_dir, manager
 from retrieval.indexes import index_rebuild
@@ -59,10 +58,7 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
             if verdict == "ok" and _published_file_gone(state, snapshot):  # one stat per index: always asked
                 verdict = "index file missing"  # answers from memory; a restart would have to rebuild
             healths.append(IndexHealth(space, key, verdict, in_db, snapshot.count, snapshot.version, owner))
-    missing: list[int] = []
-    if check_files:
-        missing = [image_id for image_id, name in Image.objects.values_list("id", "file")
-                   if not default_storage.exists(name)]
+    missing = images_file_missing() if check_files else []
     problems = [h.state for h in healths if h.state != "ok"] + (["stored file missing"] if missing else [])
     return IntegrityReport(state=problems[0] if problems else "ok", indexes=healths, missing_files=missing)
 

@@ -76,3 +76,17 @@ def test_images_whose_file_is_gone_are_named_and_the_command_fails(media_root):
     with pytest.raises(CommandError, match=rf"^1 image\(s\) whose file is gone: {lost.pk}\. Put the files back"):
         call_command("storage_check")
     assert default_storage.exists(whole.file.name)
+
+
+@pytest.mark.django_db
+def test_the_status_integrity_check_names_the_same_images_whose_file_is_gone(media_root, settings, tmp_path):
+    from retrieval.integrity import integrity_check
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    make_image(name="whole.png")
+    lost = make_image(color=(0, 90, 0), name="lost.png")
+    default_storage.delete(lost.file.name)
+
+    report = integrity_check(check_files=True)
+    assert report.missing_files == [lost.pk] and report.state == "stored file missing"
+    assert integrity_check(check_files=False).missing_files == []
