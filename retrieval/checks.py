@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from retrieval.encoders.devices import resolve_device
 from retrieval.encoders.openvino_runtime import segmenter_runtime
-from retrieval.encoders.precision import PRECISIONS
+from retrieval.encoders.precision import precision_setting
 from retrieval.encoders.registry import MODELS, active_profile, profile_models
 
 
@@ -50,11 +50,9 @@ def hardware_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         device = resolve_device(settings.IMAGINAITION_DEVICE)
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="retrieval.E003")]
-    if settings.IMAGINAITION_PRECISION not in PRECISIONS:
-        errors.append(Error(f"IMAGINAITION_PRECISION must be one of {', '.join(PRECISIONS)}, not "
-                            f"{settings.IMAGINAITION_PRECISION!r}", id="retrieval.E003"))
-    try:
-        segmenter_runtime(device)
-    except ImproperlyConfigured as exc:
-        errors.append(Error(str(exc), id="retrieval.E003"))
+    for check in (precision_setting, lambda: segmenter_runtime(device)):
+        try:
+            check()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="retrieval.E003"))
     return errors

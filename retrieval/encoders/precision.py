@@ -43,12 +43,17 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def half_dtype(device: torch.device, *, pays_on_cpu: bool) -> torch.dtype | None:
-    """The half precision to try on `device`, or None to stay in fp32 (the setting, or no support)."""
+def precision_setting() -> str:
+    """IMAGINAITION_PRECISION; ImproperlyConfigured for a value it cannot have (also a system check)."""
     wanted = settings.IMAGINAITION_PRECISION
     if wanted not in PRECISIONS:
         raise ImproperlyConfigured(f"IMAGINAITION_PRECISION must be one of {', '.join(PRECISIONS)}, not {wanted!r}")
-    if wanted == "fp32":
+    return wanted
+
+
+def half_dtype(device: torch.device, *, pays_on_cpu: bool) -> torch.dtype | None:
+    """The half precision to try on `device`, or None to stay in fp32 (the setting, or no support)."""
+    if precision_setting() == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -13,7 +13,6 @@ import pickle
 import threading
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -115,21 +114,11 @@ def get_model(key: str) -> Any:
             except FileNotFoundError:  # says which file is missing and to fetch it
                 raise
             except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, RuntimeError, ValueError) as exc:
-                present = [str(path) for path in _weight_paths(spec) if path.is_file()]
+                present = [str(path) for path in spec.weight_files_present()]
                 if not present:
                     raise
                 raise WeightsUnreadable(key, present, exc) from exc
         return _loaded[key]
-
-
-def _weight_paths(spec: ModelSpec) -> list[Path]:
-    paths = []
-    for weight in spec.weights:
-        try:
-            paths.append(weight.path())
-        except FileNotFoundError:  # a package that ships it is not installed
-            continue
-    return paths
 
 
 class WeightsUnreadable(RuntimeError):

@@ -58,11 +58,20 @@ class ModelSpec:
     weights: tuple[WeightFile, ...] = field(default_factory=tuple)
     options: dict[str, Any] = field(default_factory=dict)
 
+    def weight_files_present(self) -> list[Path]:
+        """Those of its weight files that are there (a file of a package not installed is not)."""
+        present = []
+        for weight in self.weights:
+            try:
+                path = weight.path()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                present.append(path)
+        return present
+
     def weights_present(self) -> bool:
-        try:
-            return all(w.path().is_file() for w in self.weights)
-        except FileNotFoundError:
-            return False
+        return len(self.weight_files_present()) == len(self.weights)
 
     def weight_path(self, part: str = "model") -> Path:
         """Where the weight file of that part of the model is (the catalog alone names the files)."""
