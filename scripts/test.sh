@@ -12,9 +12,14 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo ">> mypy"
 $PY -m mypy gallery retrieval imaginaition_site
 
+# Released, not stopped: a `make run` of this checkout may be using the same server (the tests use
+# their own database on it); the server stops here unless such a process still holds it.
+shared_with=""
 cleanup() {
     trap - INT TERM EXIT
-    if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db stop >/dev/null; fi
+    if [ -z "${DATABASE_URL:-}" ]; then
+        shared_with=$($PY -m imaginaition_site.embedded_db release --holder $$ | grep "left running" || true)
+    fi
 }
 trap cleanup INT TERM EXIT
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
@@ -26,11 +31,15 @@ cleanup
 # (tests/test_multihost.py: a mkdtemp "imaginaition-mh-pg-*"), no qcluster, no gunicorn of that test.
 # Only the tests pass --no-control-socket: a developer's `make run` gunicorn never matches.
 leftover_patterns=(
-    "postgres.*$(pwd)/var/pgdata"
     "$(pwd)/.venv/.*/bin/postgres -D [^ ]*/imaginaition-mh-pg-[^/ ]*/pgdata"
     "$(pwd)/.venv/bin/python manage.py qcluster"
     "$(pwd)/.venv/bin/python -m gunicorn imaginaition_site\.wsgi:application .*--no-control-socket"
 )
+if [ -n "$shared_with" ]; then
+    echo ">> $shared_with (not the tests'), so it was not stopped"
+else
+    leftover_patterns+=("postgres.*$(pwd)/var/pgdata")
+fi
 leftover=$(IFS='|'; pgrep -af "${leftover_patterns[*]}" || true)
 if [ -n "$leftover" ]; then
     echo "!! processes left running after the tests:"; echo "$leftover"; status=1
