@@ -42,6 +42,16 @@ def env_list(name: str, default: str, separator: str = ",") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(separator) if item.strip()]
 
 
+def env_rate(name: str, default: str) -> str:
+    """A request rate as DRF's throttles read it ("10/minute": a count per second, minute, hour or day)."""
+    text = os.environ.get(name, "").strip() or default
+    count, _, period = text.partition("/")
+    if not (count.isdigit() and period[:1] in {"s", "m", "h", "d"}):
+        raise ImproperlyConfigured(f"{name} must be a count per period such as 10/minute (s, m, h or d), "
+                                   f"not {text!r}")
+    return text
+
+
 def _secret_key() -> str:
     """From the environment, else generated once per installation and kept in var/ (never a default)."""
     if key := os.environ.get("DJANGO_SECRET_KEY"):
@@ -271,6 +281,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "gallery.api.api_exception_handler",  # refused input → 4xx {"detail": message}
+    # Only the views that name a scope are throttled (per process: the default local-memory cache).
+    # A worker check queues a task and keeps its row: any signed-in user may ask, not without end.
+    "DEFAULT_THROTTLE_RATES": {"worker_check": env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ImaginAItion API",

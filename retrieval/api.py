@@ -15,6 +15,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.reverse import reverse
 from rest_framework.utils import html
 from rest_framework.views import APIView
@@ -192,7 +193,12 @@ class StatusApi(APIView):
 class WorkerCheckStartApi(APIView):
     """Enqueue a ping task; a running worker answers it (see WorkerCheckResultApi)."""
 
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "worker_check"
+
     @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()}),
+                                            429: error_response("Asked too often (IMAGINAITION_WORKER_CHECK_RATE, "
+                                                                "10 a minute by default)."),
                                             **CALLER_REFUSED})
     def post(self, request: Request) -> Response:
         task_id = status_service.worker_check_start()

@@ -69,3 +69,37 @@ def test_a_worker_check_result_shows_pings_only_by_their_id(client, user):
     assert read("a" * 32) == {"done": False}  # another kind of task: not shown
     assert read("images-7") == {"done": False} and read("worker-check") == {"done": False}  # names are not ids
     assert read("b" * 32)["result"] == {"secret": "b" * 32}
+
+
+@pytest.mark.django_db
+def test_worker_checks_are_limited_per_user_with_a_clear_429(client, user, django_user_model):
+    from django.core.cache import cache
+    from django_q.models import OrmQ
+
+    cache.clear()  # the throttle's history lives in the cache
+    try:
+        client.force_login(user)
+        answers = [client.post(reverse("api-worker-check")) for _ in range(11)]
+        assert [answer.status_code for answer in answers] == [202] * 10 + [429]
+        assert "throttled" in answers[-1].json()["detail"]
+        assert OrmQ.objects.count() == 10  # the refused one queued nothing
+        other = django_user_model.objects.create_user("other-pinger", password="Another-pass-123")
+        client.force_login(other)
+        assert client.post(reverse("api-worker-check")).status_code == 202  # per user, not for everyone
+    finally:
+        cache.clear()
+
+
+@pytest.mark.parametrize("text, accepted", [("10/minute", True), ("3/s", True), ("100/day", True), ("", True),
+                                            ("abc", False), ("10", False), ("ten/minute", False), ("10/week", False)])
+def test_the_worker_check_rate_setting_is_read_or_refused_by_name(monkeypatch, text, accepted):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from imaginaition_site.settings import env_rate
+
+    monkeypatch.setenv("IMAGINAITION_WORKER_CHECK_RATE", text)
+    if accepted:
+        assert env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute") == (text or "10/minute")
+    else:
+        with pytest.raises(ImproperlyConfigured, match=f"IMAGINAITION_WORKER_CHECK_RATE must be .* not '{text}'"):
+            env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute")
