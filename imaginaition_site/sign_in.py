@@ -1,5 +1,5 @@
-"""Sign-in throttling (django-axes, settings AXES_*): how a locked-out sign-in is answered, and the user
-name it is counted under."""
+"""Sign-in throttling (django-axes, settings AXES_*): how a locked-out sign-in is answered, the user name it
+is counted under, and the password-change pages, whose old-password check counts like a sign-in."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import math
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin
+from django.contrib.auth import authenticate
+from django.contrib.auth.forms import PasswordChangeForm
+from django.contrib.auth.views import PasswordChangeView
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
+from django.urls import reverse
 
 USERNAME_MAX = 150  # Django's user name limit: no account has a longer one
 
@@ -34,3 +40,38 @@ def sign_in_locked_out(request: HttpRequest, original_response: HttpResponse | N
                        "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes}, status=429)
     response["Retry-After"] = str(math.ceil(seconds))
     return response
+
+
+class PasswordChangeCountedForm(PasswordChangeForm):
+    """Django's form checks the old password with check_password, which axes never sees: a stolen
+    session could guess it without end. Here it is checked by authenticate(), so a wrong one is a
+    failed sign-in of this user from this address, and the lock refuses the change like a sign-in."""
+
+    required_css_class = "required"  # as admin's form: its template marks the fields
+
+    def __init__(self, user: Any, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+        self.request = request
+        super().__init__(user, *args, **kwargs)
+
+    def clean_old_password(self) -> str:
+        old_password: str = self.cleaned_data["old_password"]
+        if authenticate(self.request, username=self.user.get_username(), password=old_password) is None:
+            raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        return old_password
+
+
+class PasswordChangeCountedView(PasswordChangeView):
+    form_class = PasswordChangeCountedForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+def _admin_password_change(request: HttpRequest) -> HttpResponseBase:
+    """Admin's own password-change page (AdminSite.password_change) with the counted form."""
+    request.current_app = admin.site.name
+    return PasswordChangeCountedView.as_view(success_url=reverse("admin:password_change_done"),
+                                             extra_context=admin.site.each_context(request))(request)
+
+
+admin_password_change = admin.site.admin_view(_admin_password_change)

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from gallery import page_urls as gallery_pages
 from gallery.api import NoSuchEndpointApi
+from imaginaition_site import sign_in
 from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
 
@@ -12,6 +13,8 @@ handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
 
 urlpatterns = [
     path("admin/gallery/reset/", include("gallery.admin_reset")),
+    # Before admin's own: the same page, with the old password counted like a sign-in.
+    path("admin/password_change/", sign_in.admin_password_change),
     path("admin/", admin.site.urls),
     # Sign in and out, change one's password. No "forgotten password" pages: the service sends no mail
     # (an administrator sets a new password in admin, or with `manage.py changepassword`).
@@ -19,7 +22,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The site's own pages (admin keeps its own at admin/password_change/).
     path("accounts/password_change/",
-         auth_views.PasswordChangeView.as_view(template_name="registration/site_password_change.html"),
+         sign_in.PasswordChangeCountedView.as_view(template_name="registration/site_password_change.html"),
          name="password_change"),
     path("accounts/password_change/done/",
          auth_views.PasswordChangeDoneView.as_view(template_name="registration/site_password_change_done.html"),

@@ -87,3 +87,32 @@ def test_the_lock_ends_after_the_cool_off_and_an_administrator_can_lift_it(clien
     fail(client, 1)
     sign_in(client, WRONG)
     assert sign_in(client, RIGHT).status_code == 302
+
+
+@pytest.mark.parametrize("page", ["password_change", "admin:password_change"])
+def test_wrong_old_passwords_on_a_password_change_count_like_failed_sign_ins(client, staff_user, settings, page):
+    """Django's password-change form checked the old password where axes never saw it: a stolen session
+    could guess it without end."""
+    settings.AXES_FAILURE_LIMIT = 3
+    client.force_login(staff_user)
+    url = reverse(page)
+    right = {"old_password": "s3cret-Pass!", "new_password1": "An0ther-Long-pass", "new_password2": "An0ther-Long-pass"}
+    wrong = {**right, "old_password": "a-guess"}
+    for _ in range(2):
+        response = client.post(url, wrong, REMOTE_ADDR="10.0.0.1")
+        assert response.status_code == 200 and "incorrectly" in response.content.decode()
+    assert client.post(url, wrong, REMOTE_ADDR="10.0.0.1").status_code == 429  # the third locks the pair
+
+    response = client.post(url, right, REMOTE_ADDR="10.0.0.1")
+    assert response.status_code == 429 and "Too many" in response.content.decode()
+    staff_user.refresh_from_db()
+    assert staff_user.check_password("s3cret-Pass!")  # not changed while locked
+    client.logout()
+    assert sign_in(client, {"username": staff_user.username, "password": "s3cret-Pass!"}).status_code == 429
+
+    call_command("axes_reset_username", staff_user.username)
+    client.force_login(staff_user)
+    done = client.post(url, right, REMOTE_ADDR="10.0.0.1")
+    assert done.status_code == 302 and done["Location"] == reverse(page + "_done")
+    staff_user.refresh_from_db()
+    assert staff_user.check_password("An0ther-Long-pass")
