@@ -147,6 +147,16 @@ class IntegritySerializer(serializers.Serializer):
     indexes = IndexHealthSerializer(many=True)
 
 
+class WeightFileSerializer(serializers.Serializer):
+    """One weight file of an active model."""
+
+    model_key = serializers.CharField()
+    filename = serializers.CharField()
+    present = serializers.BooleanField()
+    verified = serializers.BooleanField(allow_null=True, help_text="whether it matches the SHA-256 that "
+                                        "weights/README.md lists; null: missing, or shipped with no hash to check")
+
+
 class StatusSerializer(serializers.Serializer):
     """Active model profile, database, image counts by status, queued tasks, index integrity."""
 
@@ -166,6 +176,7 @@ class StatusSerializer(serializers.Serializer):
                                            help_text="region vectors (search by region) per space, active models")
     queued_tasks = serializers.IntegerField()
     integrity = IntegritySerializer()
+    weights = WeightFileSerializer(many=True, help_text="the active models' weight files")
 
 
 class StatusApi(APIView):

@@ -22,6 +22,7 @@ from retrieval.encoders.registry import active_models, loaded_precisions
 from retrieval.integrity import integrity_check
 from retrieval.models import RegionEmbedding
 from retrieval.serving import serving_models
+from retrieval.weights import weights_status
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ServiceStatus:
     region_vectors: dict[str, int]  # per space, by the active models (search by region)
     queued_tasks: int
     integrity: dict[str, Any]
+    weights: list[dict[str, Any]]  # the active models' weight files: present, and whether they match their SHA-256
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +71,9 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
                         for space, key in (("semantic", active.semantic), ("content", active.content))},
         queued_tasks=OrmQ.objects.count(),
         integrity=integrity_check(check_files=check_files).as_dict(),
+        weights=[{"model_key": file.model_key, "filename": file.filename, "present": file.present,
+                  "verified": file.hash_ok} for file in weights_status(keys=dict.fromkeys(
+                      [active.semantic, active.content, active.segmenter]))],
     )
 
 

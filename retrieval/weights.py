@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from retrieval.encoders import registry
 from retrieval.encoders.registry import WeightFile
-from retrieval.encoders.specs import file_sha256
+from retrieval.encoders.specs import sha256_matches
 
 OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were not "
                    "fetched, so the offline profile will be used (weights/README.md says how to copy them in by hand).")
@@ -104,7 +104,7 @@ def weights_fetch(*, keys: Sequence[str] | None = None, connect_timeout: float =
         _remove_stale_temp_files(weight.path())
         if not weight.path().is_file():
             wanted.append((key, weight, ""))
-        elif _hash_ok(weight) is False:
+        elif weight.hash_ok() is False:
             wanted.append((key, weight, "the file on disk did not match its SHA-256"))
         else:
             report.results.append(FileResult(key, weight.filename, "present"))
@@ -134,12 +134,13 @@ def weights_fetch(*, keys: Sequence[str] | None = None, connect_timeout: float =
     return report
 
 
-def weights_status(*, verify: bool = True) -> list[WeightStatus]:
-    """Every registered weight file: present or missing, and whether it matches its SHA-256 (when
-    `verify`; hashes are remembered per file size and mtime, so repeated calls cost a stat)."""
+def weights_status(*, verify: bool = True, keys: Iterable[str] | None = None) -> list[WeightStatus]:
+    """The weight files of `keys` (default: every registered model): present or missing, and whether
+    they match their SHA-256 (when `verify`; hashes are remembered per file size and mtime, so repeated
+    calls cost a stat)."""
     statuses = []
-    for key, spec in registry.MODELS.items():
-        for weight in spec.weights:
+    for key in registry.MODELS if keys is None else keys:
+        for weight in registry.MODELS[key].weights:
             try:
                 path = weight.path()
             except FileNotFoundError:  # its package is not installed
@@ -147,7 +148,7 @@ def weights_status(*, verify: bool = True) -> list[WeightStatus]:
                 continue
             present = path.is_file()
             statuses.append(WeightStatus(key, weight.filename, str(path), present,
-                                         _hash_ok(weight) if present and verify else None))
+                                         weight.hash_ok() if present and verify else None))
     return statuses
 
 
@@ -160,22 +161,6 @@ def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
         raise ValueError(f"unknown model keys: {', '.join(unknown)}; the keys with files to fetch: "
                          f"{', '.join(fetchable)}")
     return [(key, weight) for key in chosen for weight in registry.MODELS[key].weights if weight.url]
-
-
-def _hash_ok(weight: WeightFile) -> bool | None:
-    """Whether the file on disk matches the registry's SHA-256; None when missing or not checkable."""
-    try:
-        path = weight.path()
-    except FileNotFoundError:
-        return None
-    if not path.is_file() or not weight.sha256 or weight.convert:  # a converted file is not the download
-        return None
-    return _digest_matches(weight.sha256, file_sha256(path))
-
-
-def _digest_matches(expected: str, digest: str) -> bool:
-    # torchvision names carry only the first 8 hex digits of the SHA-256.
-    return len(expected) >= 8 and digest.startswith(expected.lower())
 
 
 def _site(url: str) -> tuple[str, int]:
@@ -237,7 +222,7 @@ def _download(weight: WeightFile, *, progress: bool) -> None:
             os.fsync(out.fileno())  # the rename below must never publish a file whose bytes are not on disk
         if expected_bytes is not None and received != expected_bytes:
             raise DownloadError(f"incomplete download: {received} of {expected_bytes} bytes")
-        if not _digest_matches(weight.sha256, digest):
+        if not sha256_matches(weight.sha256, digest):
             raise DownloadError(f"SHA-256 mismatch: expected {weight.sha256}, got {digest}; the file was discarded")
         if weight.convert:
             _convert(weight.convert, temp, target)

@@ -109,6 +109,11 @@ def get_model(key: str) -> Any:
             module_name, function_name = spec.loader.split(":")
             loader = getattr(importlib.import_module(module_name), function_name)
             logger.info("loading model %s", key)
+            for weight in spec.weights:
+                if weight.hash_ok() is False:  # loads, but is not the file the catalog describes
+                    logger.warning("%s: %s does not match its SHA-256 (weights/README.md): a damaged or other file, "
+                                   "whose results may not be the model's; `python manage.py fetch_weights` replaces "
+                                   "it", key, weight.path())
             try:
                 _loaded[key] = loader(spec)
             except FileNotFoundError:  # says which file is missing and to fetch it

@@ -28,6 +28,11 @@ def file_sha256(path: Path) -> str:
     return _digests[key]
 
 
+def sha256_matches(expected: str, digest: str) -> bool:
+    """A catalog's SHA-256 against a file's: torchvision names carry only the first 8 hex digits."""
+    return len(expected) >= 8 and digest.startswith(expected.lower())
+
+
 @dataclass(frozen=True)
 class WeightFile:
     filename: str
@@ -45,6 +50,17 @@ class WeightFile:
                 raise FileNotFoundError(f"package {self.package!r} is not installed")
             return Path(next(iter(spec.submodule_search_locations))) / self.filename
         return Path(settings.IMAGINAITION_WEIGHTS_DIR) / self.filename
+
+    def hash_ok(self) -> bool | None:
+        """Whether the file on disk matches the catalog's SHA-256; None when it is missing or there is
+        nothing to check against (shipped files; a converted file is not the download)."""
+        try:
+            path = self.path()
+        except FileNotFoundError:
+            return None
+        if not path.is_file() or not self.sha256 or self.convert:
+            return None
+        return sha256_matches(self.sha256, file_sha256(path))
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,36 @@ def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(s
     with pytest.raises(WeightsUnreadable, match="could not be read"):
         get_model("autoencoder/v2")
     registry.unload_all()
+
+
+@pytest.mark.django_db
+def test_the_status_api_shows_the_active_models_weight_files_and_a_damaged_one_is_named_when_loaded(
+        served, weights_dir, monkeypatch, settings, client, user, caplog):
+    folder, url = served
+    targets = point_standard_weights(monkeypatch, url, folder)
+    weights_fetch(progress=False)
+    settings.IMAGINAITION_MODEL_PROFILE = "standard"
+    client.force_login(user)
+
+    files = {file["filename"]: file for file in client.get("/api/status/").json()["weights"]}
+    active = registry.active_models()
+    assert {file["model_key"] for file in files.values()} == {active.semantic, active.content, active.segmenter}
+    assert all(files[name]["present"] and files[name]["verified"] is True for name in targets)
+    assert files["autoencoder-v2.pt"]["verified"] is None  # shipped, no hash to check
+
+    name, target = next(iter(targets.items()))
+    target.write_bytes(b"another file under its name")
+    files = {file["filename"]: file for file in client.get("/api/status/").json()["weights"]}
+    assert files[name]["present"] and files[name]["verified"] is False
+
+    key = next(file["model_key"] for file in files.values() if file["filename"] == name)
+    spec = registry.MODELS[key]
+    monkeypatch.setitem(registry.MODELS, key, replace(spec, loader="builtins:repr"))  # loads anything
+    registry.unload_all()
+    try:
+        with caplog.at_level("WARNING", logger=registry.logger.name):
+            registry.get_model(key)
+    finally:
+        registry.unload_all()
+    assert any(str(target) in record.getMessage() and "does not match its SHA-256" in record.getMessage()
+               for record in caplog.records)
