@@ -17,7 +17,7 @@ from gallery import events, selectors
 from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
 from gallery.models import Image, ProcessingStatus
-from gallery.storage import STORAGE_ERRORS, stored_delete
+from gallery.storage import STORAGE_ERRORS, stored_delete, stored_write_once
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -58,9 +58,10 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
     digest = hashlib.sha256(data).hexdigest()
     existing = Image.objects.filter(sha256=digest).first()
     if existing is not None:
+        _stored_file_restore(existing, data)
         return ImageAddResult(image=existing, created=False)
 
-    name = Path(original_name or "upload").name[:255] or "upload"
+    name = readable_name(Path(original_name or "upload").name)[:255] or "upload"
     image = Image(sha256=digest, original_name=name, width=decoded.width, height=decoded.height,
                   format=decoded.format, byte_size=len(data),
                   # An authenticated user is an instance of the user model the foreign key points to.
@@ -90,6 +91,33 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
         _delete_file(image)
         raise
     return ImageAddResult(image=image, created=True)
+
+
+def _stored_file_restore(image: Image, data: bytes) -> None:
+    """The same bytes again for an image whose stored file is gone (removed by hand, a disk restored
+    without it): stored again under its name, and the stages that failed without it are queued again."""
+    name = image.file.name
+    if not name:
+        return
+    try:
+        if image.file.storage.exists(name):
+            return
+        stored_write_once(name, data)
+    except STORAGE_ERRORS as exc:
+        raise StorageFailed(f"Storing the file again failed: {getattr(exc, 'strerror', None) or exc}.") from exc
+    logger.warning("image %s: its stored file %s was missing; stored again from the same bytes", image.pk, name)
+    images_retry_failed(ids=[image.pk])
+    image.refresh_from_db()
+
+
+def readable_name(text: str) -> str:
+    """A file name as text that can be shown and stored: bytes of a name that are not UTF-8 (kept by
+    Python as lone surrogates, which PostgreSQL and JSON refuse) become U+FFFD."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a file name's bytes
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def _delete_file(image: Image) -> None:
@@ -162,7 +190,7 @@ def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple
     while stack:
         folder = stack.pop()
         for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-            relative = str(entry.relative_to(root))
+            relative = readable_name(str(entry.relative_to(root)))
             if entry.is_symlink():
                 refused.append((relative, "symbolic link: not followed"))
             elif entry.is_dir():
@@ -191,7 +219,7 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
     report = ImportReport(rejected=list(refused))
     resolved_root = root.resolve()
     for path in files:
-        relative = str(path.relative_to(resolved_root))
+        relative = readable_name(str(path.relative_to(resolved_root)))
         try:
             data = read_file(path)
         except ImageRejected as exc:

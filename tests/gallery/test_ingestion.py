@@ -18,7 +18,8 @@ from PIL import ImageDraw
 from gallery import services
 from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, for_models,
                              image_check, picture_for_models)
-from gallery.models import Image
+from gallery.models import Image, ProcessingStatus
+from gallery.storage import stored_read
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -429,6 +430,42 @@ def test_a_folder_whose_name_ends_in_a_space_is_imported(tmp_path, import_root, 
     (folder / "a.png").write_bytes(encode(photo(), "PNG"))
     call_command("import_folder", str(folder))
     assert "added: 1," in capsys.readouterr().out
+
+
+def test_a_file_name_that_is_not_utf8_is_imported_under_a_readable_name_and_the_rest_goes_on(
+        tmp_path, import_root, media_root, capsys):
+    """Such a name reached PostgreSQL (and a reset's JSON) as lone surrogates: the whole import failed
+    with a UnicodeEncodeError that named no file."""
+    folder = tmp_path / "mixed-names"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(photo((61, 40)), "PNG"))
+    with open(os.path.join(os.fsencode(folder), b"b_\xff\xfe.png"), "wb") as handle:
+        handle.write(encode(photo((62, 40)), "PNG"))
+    with open(os.path.join(os.fsencode(folder), b"c_\xff.txt"), "wb") as handle:
+        handle.write(b"not an image")
+    (folder / "d.png").write_bytes(encode(photo((63, 40)), "PNG"))
+
+    call_command("import_folder", str(folder))
+    out = capsys.readouterr().out
+    assert "added: 3, duplicates: 0, rejected: 1" in out and "rejected c_\ufffd.txt: The file is not an image" in out
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["a.png", "b_\ufffd\ufffd.png", "d.png"]
+
+
+def test_the_same_bytes_again_store_a_missing_file_again_and_retry_what_failed_without_it(media_root, user):
+    """The row was found by its SHA-256 and returned as a duplicate: the image stayed failed for good."""
+    from django.core.files.storage import default_storage
+
+    data = encode(photo((64, 41)), "PNG")
+    image = services.image_add(data=data, original_name="kept.png", user=user, enqueue=False).image
+    default_storage.delete(image.file.name)
+    Image.objects.filter(pk=image.pk).update(status=ProcessingStatus.FAILED, error="The stored file is missing.")
+
+    again = services.image_add(data=data, original_name="kept.png", user=user, enqueue=False)
+
+    assert not again.created and again.image.pk == image.pk
+    assert default_storage.exists(image.file.name) and stored_read(image.file.name) == data
+    assert again.image.status == ProcessingStatus.PENDING and again.image.error == ""
+    assert services.image_add(data=data, original_name="kept.png", enqueue=False).image.status == ProcessingStatus.PENDING
 
 
 def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_folder, media_root):
