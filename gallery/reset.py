@@ -21,10 +21,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from gallery import events
+from gallery import events, selectors
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
-from gallery.services import User, folder_files, folder_import, images_process_here
+from gallery.services import User, folder_files, folder_import, images_process_here, images_schedule
 from gallery.storage import stored_delete
 from gallery.thumbnails import thumbnail_names
 
@@ -239,6 +239,13 @@ def _run(job: ResetJob) -> ResetJob:
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator
         logger.exception("reset job %s failed", job.pk)
         job.state, job.error = ResetJob.State.FAILED, f"{type(exc).__name__}: {exc}"
+    if job.state == ResetJob.State.FAILED and job.phase not in ("checking the folder", "deleting the gallery"):
+        # The images it imported (with no task: the run processes its own) go to the workers.
+        waiting = selectors.images_pending_ids()
+        if waiting:
+            images_schedule(waiting)
+            job.error += (f" The {len(waiting)} image{'s' if len(waiting) != 1 else ''} it had imported "
+                          "go to the workers.")
     job.finished_at = timezone.now()
     job.save()
     return job

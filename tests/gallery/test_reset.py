@@ -129,6 +129,34 @@ def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_ro
     assert job.state == "failed" and "the models are not available" in job.error and job.finished_at
 
 
+@pytest.mark.django_db
+def test_a_job_that_fails_after_importing_hands_the_imported_images_to_the_workers(
+        staff_user, folder, media_root, monkeypatch, django_capture_on_commit_callbacks):
+    """They were added without a task (the run processes its own): a failure left them pending for good."""
+    from gallery import events, reset
+
+    def import_then_fail(**kwargs):
+        reset_module_import(**kwargs)
+        raise RuntimeError("the disk went away")
+
+    reset_module_import = reset.folder_import
+    monkeypatch.setattr(reset, "folder_import", import_then_fail)
+    scheduled: list[int] = []
+
+    def receiver(sender, image_ids, **kwargs):
+        scheduled.extend(image_ids)
+
+    events.images_added.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            job = reset_run(job_id=reset_start(folder=str(folder), recursive=False, user=staff_user).pk)
+    finally:
+        events.images_added.disconnect(receiver)
+    assert job.state == "failed" and "the disk went away" in job.error
+    assert "The 3 images it had imported go to the workers." in job.error
+    assert sorted(scheduled) == sorted(Image.objects.values_list("pk", flat=True)) and len(scheduled) == 3
+
+
 def _reset_lock_free() -> bool:
     from gallery.reset import RESET_LOCK
 
