@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -17,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from gallery.folders import import_roots
 from gallery.models import ACTIVE_RESET_STATES, ResetJob
-from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_start
+from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_resume_if_abandoned, reset_start
 
 
 class ResetForm(forms.Form):
@@ -40,12 +41,14 @@ def _context(request: HttpRequest, *, title: str, **extra: Any) -> dict[str, Any
 @require_http_methods(["GET", "POST"])
 def reset_form_view(request: HttpRequest) -> HttpResponse:
     """Step 1 asks for the folder; a valid POST shows step 2, the confirmation with counts."""
-    form = ResetForm(request.POST or None)
+    # A refused start comes back here with what was typed (?folder=…&recursive=…), not an empty form.
+    form = ResetForm(request.POST or None, initial={"folder": request.GET.get("folder", ""),
+                                                    "recursive": request.GET.get("recursive", "on") == "on"})
+    active = ResetJob.objects.filter(state__in=ACTIVE_RESET_STATES).first()
     if request.method == "POST" and form.is_valid():
         preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
         return render(request, "admin/gallery/reset/confirm.html",
-                      _context(request, title="Confirm reset", preview=preview))
-    active = ResetJob.objects.filter(state__in=ACTIVE_RESET_STATES).first()
+                      _context(request, title="Confirm reset", preview=preview, active=active))
     return render(request, "admin/gallery/reset/form.html",
                   _context(request, title="Reset / initialize from a folder", form=form, active=active,
                            roots=[str(root) for root in import_roots()]))
@@ -56,18 +59,20 @@ def reset_start_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":  # a bookmarked or reloaded confirmation: start over at the form
         return redirect("gallery-reset")
     form = ResetForm(request.POST)
+    back = (f"{reverse('gallery-reset')}?"
+            f"{urlencode({'folder': request.POST.get('folder', ''), 'recursive': request.POST.get('recursive', 'off')})}")
     if not form.is_valid():  # e.g. the folder went away after the preview: say what is wrong with it
         messages.error(request, " ".join(str(error) for errors in form.errors.values() for error in errors))
-        return redirect("gallery-reset")
+        return redirect(back)
     if request.POST.get("confirm") != "yes":
         messages.error(request, "The reset was not confirmed.")
-        return redirect("gallery-reset")
+        return redirect(back)
     try:
         job = reset_start(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"],
                           user=request.user)
     except ResetRefused as exc:
         messages.error(request, str(exc))
-        return redirect("gallery-reset")
+        return redirect(back)
     return redirect("gallery-reset-progress", job_id=job.pk)
 
 
@@ -92,6 +97,8 @@ def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
     job = ResetJob.objects.filter(pk=job_id).first()
     if job is None:  # the page's script reads JSON, a 404 included
         return JsonResponse({"detail": f"There is no reset job {job_id}."}, status=404)
+    if reset_resume_if_abandoned(job):
+        job.refresh_from_db()
     return JsonResponse(_job_data(job))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -135,6 +136,15 @@ def reset_resume_cut_short() -> list[int]:
                            job.pk, job.phase or job.state)
             transaction.on_commit(partial(_enqueue, job.pk))
     return [job.pk for job in active]
+
+
+def reset_resume_if_abandoned(job: ResetJob) -> bool:
+    """Asked by the progress page as it polls: a running job whose worker died (nobody holds the run
+    lock) is handed out again now, not after the queue's retry time (12 min). At most once a minute
+    per process: a copy that finds the run alive returns, but a stopped cluster would collect them."""
+    if job.state != ResetJob.State.RUNNING or not cache.add(f"imaginaition-reset-resume-{job.pk}", True, 60):
+        return False
+    return job.pk in reset_resume_cut_short()
 
 
 def reset_active() -> bool:

@@ -257,8 +257,9 @@ def test_a_confirmation_whose_folder_went_away_says_so_and_starts_nothing(client
     client.force_login(staff_user)
     gone = tmp_path / "was-here"
     response = client.post(reverse("gallery-reset-start"), {"folder": str(gone), "confirm": "yes"}, follow=True)
-    assert "does not exist" in response.content.decode()
-    assert "not confirmed" not in response.content.decode()
+    page = response.content.decode()
+    assert "does not exist" in page and "not confirmed" not in page
+    assert f'value="{gone}"' in page  # the form again with the folder typed, not an empty one
     assert not ResetJob.objects.exists()
     # A reload of the confirmation's address (a GET) goes back to the form instead of a blank 405.
     assert client.get(reverse("gallery-reset-start"))["Location"] == reverse("gallery-reset")
@@ -340,3 +341,37 @@ def test_a_starting_cluster_hands_out_again_at_once_a_reset_whose_worker_stopped
     assert job.state == "done", job.error
     assert Image.objects.get(pk=pending.pk).status == "ready"
     assert work_cut_short_resume().resets == []  # ended: nothing more to hand out
+
+
+@pytest.mark.django_db
+def test_the_confirmation_says_when_a_reset_is_in_progress(client, staff_user, folder):
+    client.force_login(staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": str(folder)}).content.decode()
+    assert "reset-in-progress" not in page
+    job = reset_start(folder=str(folder), recursive=False, user=staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": str(folder)}).content.decode()
+    assert 'id="reset-in-progress"' in page and reverse("gallery-reset-progress", args=[job.pk]) in page
+
+
+@pytest.mark.django_db
+def test_the_progress_page_hands_a_reset_whose_worker_died_out_again_at_once(client, staff_user, folder,
+                                                                             django_capture_on_commit_callbacks):
+    """Its page said "Running" for the queue's retry time (12 min) while nobody ran it."""
+    from django.core.cache import cache
+
+    cache.clear()
+    client.force_login(staff_user)
+    job = reset_start(folder=str(folder), recursive=False, user=staff_user)
+    OrmQ.objects.all().delete()  # the dead worker's task: taken, gone with it
+    status_url = reverse("gallery-reset-status", args=[job.pk])
+    assert client.get(status_url).json()["state"] == "queued" and OrmQ.objects.count() == 0  # waits for a worker
+
+    ResetJob.objects.filter(pk=job.pk).update(state="running", phase="importing files")  # and its worker died
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.get(status_url).json()["state"] == "running"
+    assert OrmQ.objects.count() == 1  # handed out again
+    with django_capture_on_commit_callbacks(execute=True):
+        client.get(status_url)
+    assert OrmQ.objects.count() == 1  # not again on every poll
+    assert reset_run(job_id=job.pk).state == "done"  # the copy resumes it
+    cache.clear()
