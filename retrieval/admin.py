@@ -127,6 +127,9 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Embedding | None = None) -> bool:
+        return False  # every field is read-only: no Save button that "changes" nothing
+
     def has_delete_permission(self, request: HttpRequest, obj: Embedding | None = None) -> bool:
         return False
 

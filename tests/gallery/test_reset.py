@@ -294,10 +294,22 @@ def test_a_reset_job_in_progress_cannot_be_deleted_nor_any_job_edited_in_admin(c
                                follow=True)):
         assert answer.redirect_chain == [(reverse("admin:gallery_resetjob_change", args=[running.pk]), 302)]
         assert "still in progress: it can be deleted once it has ended" in answer.content.decode()
-    bulk = client.post(reverse("admin:gallery_resetjob_changelist"),
-                       {"action": "delete_selected", "_selected_action": [running.pk, ended.pk], "post": "yes"})
-    assert "still in progress" in bulk.content.decode()
+    for step in ({}, {"post": "yes"}):  # the confirmation, and a post of it
+        bulk = client.post(reverse("admin:gallery_resetjob_changelist"),
+                           {"action": "delete_selected", "_selected_action": [running.pk, ended.pk], **step},
+                           follow=True)
+        page = bulk.content.decode()
+        assert bulk.redirect_chain == [(reverse("admin:gallery_resetjob_changelist"), 302)]
+        assert f"{running}: still in progress, so nothing was deleted" in page and "protected" not in page
     assert set(ResetJob.objects.values_list("pk", flat=True)) == {running.pk, ended.pk}  # nothing deleted
+
+    other = ResetJob.objects.create(folder="/other", state="failed", created_by=staff_user)
+    changelist = reverse("admin:gallery_resetjob_changelist")
+    confirm = client.post(changelist, {"action": "delete_selected", "_selected_action": [other.pk]}).content.decode()
+    assert "Delete multiple objects" in confirm and 'name="action" value="delete_selected"' in confirm
+    assert client.post(changelist, {"action": "delete_selected", "_selected_action": [other.pk],
+                                    "post": "yes"}).status_code == 302
+    assert not ResetJob.objects.filter(pk=other.pk).exists()  # ended jobs go in bulk
 
     page = client.get(reverse("admin:gallery_resetjob_change", args=[ended.pk])).content.decode()
     assert 'name="_save"' not in page

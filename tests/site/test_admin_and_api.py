@@ -36,6 +36,26 @@ def test_admin_lists_show_thumbnails_status_labels_and_models(client, staff_user
     assert "kitten.png" not in filtered
 
 
+def test_admin_offers_no_task_schedules_and_no_save_for_vectors(client, staff_user, media_root):
+    """A schedule ran any function a staff member typed (func "os.system") in a worker; an embedding's
+    Save said "changed successfully" while every field is read-only."""
+    from retrieval.models import Embedding
+
+    client.force_login(staff_user)
+    index = client.get(reverse("admin:index")).content.decode()
+    assert "/admin/django_q/schedule/" not in index and "/admin/django_q/failure/" in index
+    assert client.get("/admin/django_q/schedule/add/").status_code == 404
+    image = make_image(name="vectors.png")
+    add_embedding(image, space="content", model_key="autoencoder/v1", vector=[1 / 1024] * 1024)
+    embedding = Embedding.objects.get(image=image)
+    url = reverse("admin:retrieval_embedding_change", args=[embedding.pk])
+    page = client.get(url).content.decode()
+    assert client.get(url).status_code == 200 and 'name="_save"' not in page
+    assert client.post(url, {"model_key": "hacked", "_save": "Save"}).status_code == 403
+    embedding.refresh_from_db()
+    assert embedding.model_key == "autoencoder/v1"
+
+
 def test_thumbnail_is_generated_once_and_private_by_default(client, user, media_root):
     image = make_image(size=(600, 300))
     url = reverse("gallery:image-thumbnail", args=[image.pk])
