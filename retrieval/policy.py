@@ -3,8 +3,9 @@
 1. Each index returned its k nearest images (nearest first) with a similarity.
 2. With intersection on, images returned by both come first, ordered by the preferred index's
    similarity, labelled `both`.
-3. Of the remaining k − |both| places, the preferred index gets round((k − |both|) · split / 100)
-   with Python's round(), as the original: a half goes to the even number (24.5 → 24, 1.5 → 2);
+3. Of the remaining k − |both| places, the preferred index gets round((k − |both|) * (split / 100))
+   in floats with Python's round(), as the original: a half goes to the even number (24.5 → 24,
+   1.5 → 2), and a product just under a half rounds down (45 * 0.7 = 31.499999999999996 → 31);
    the other index gets the rest, each in its own order, preferred index first.
 With intersection off, step 2 is skipped. No image appears twice.
 """

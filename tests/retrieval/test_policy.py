@@ -93,6 +93,16 @@ def test_split_rounds_like_the_original_python_round():
         ["semantic"] * 2 + ["content"]
 
 
+@pytest.mark.parametrize("k, split, preferred_places", [(45, 70, 31), (75, 14, 11), (90, 35, 31), (110, 55, 61)])
+def test_a_half_that_is_not_exact_in_floats_rounds_by_its_float_value_as_the_original(k, split, preferred_places):
+    # The original's round(k * k_split): 45 * 0.7 is 31.499999999999996, so 31 (an exact 31.5 would give 32).
+    semantic = [Candidate(1000 + i, 0.5) for i in range(k)]
+    content = [Candidate(2000 + i, 0.5) for i in range(k)]
+    results = merge(semantic=semantic, content=content, preferences=Preferences(k=k, intersection_first=False,
+                                                                                 split=split))
+    assert sum(r.retrieved_by == "semantic" for r in results) == preferred_places == round(k * (split / 100))
+
+
 @pytest.mark.parametrize("overlap, preferred_places", [(1, 24), (2, 24), (3, 24), (5, 22), (49, 0), (0, 25)])
 def test_default_preferences_give_the_preferred_index_round_half_even_of_the_rest(overlap, preferred_places):
     # k 50, split 50: with 1 image in both, 49 places are left and round(24.5) = 24 (not 25).
