@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from gallery.access import can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import decode_for_models, for_models
-from gallery.models import Image, Mask
+from gallery.models import Image, Mask, ProcessingStatus
 from gallery.selectors import label_counts, labels_as_stored
 from gallery.services import User
 from retrieval import uploads
@@ -191,8 +191,12 @@ def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -
     stored = dict(Embedding.objects.filter(image_id=image_id, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:
-        if not Image.objects.filter(pk=image_id).exists():
+        image = Image.objects.filter(pk=image_id).only("status", "error").first()
+        if image is None:
             raise QueryError("No such image.", status_code=404)
+        if image.status == ProcessingStatus.FAILED:  # it will not become ready by waiting
+            raise QueryError(f"This image could not be embedded ({image.error or 'no reason recorded'}), so it "
+                             "has no vectors to search with; retry it once the cause is fixed.")
         raise QueryError("This image has not been embedded yet; try again when its status is ready.")
     return _stored_query(stored, models=models, exclude_image_id=image_id, owner="image")
 
