@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
@@ -50,6 +50,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, TooManyFieldsSent):
         return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields."},
                         status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, TooManyFilesSent):
+        return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files; "
+                                   "send one."}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, NotAuthenticated):  # DRF's words do not say how to authenticate
         exc.detail = ErrorDetail("Sign in, or send `Authorization: Token <key>` (an administrator makes a key "
                                  "with `manage.py drf_create_token USER`).", code=exc.default_code)
@@ -137,6 +140,7 @@ class UploadField(serializers.FileField):
     the others without a word)."""
 
     default_error_messages = {"several": "Send one file in this field ({count} were sent): one picture per request."}
+    takes_repeats = True  # says so itself, in a picture's words (ClosedInput)
 
     def get_value(self, dictionary: Any) -> Any:
         if html.is_html_input(dictionary) and len(files := dictionary.getlist(self.field_name)) > 1:
@@ -155,12 +159,20 @@ class ClosedInput(serializers.Serializer):
     so too (request_bodies_closed)."""
 
     IGNORED = frozenset({"csrfmiddlewaretoken"})  # an HTML form's, where a page posts one
+    ALSO_ACCEPTED: tuple[str, ...] = ()  # read by the view, not the serializer (a page number)
 
     def to_internal_value(self, data: Any) -> Any:
-        unknown = sorted(set(data) - set(self.fields) - self.IGNORED) if isinstance(data, Mapping) else []
+        accepted = self.IGNORED | set(self.ALSO_ACCEPTED)
+        unknown = sorted(set(data) - set(self.fields) - accepted) if isinstance(data, Mapping) else []
         if unknown:
-            known = ", ".join(self.fields)
+            known = ", ".join([*self.fields, *self.ALSO_ACCEPTED])
             raise serializers.ValidationError({name: [f"Unknown field; the fields are: {known}."] for name in unknown})
+        if html.is_html_input(data):  # a form or query string may repeat a field: DRF keeps the last value
+            repeated = {name: len(data.getlist(name)) for name, field in self.fields.items()
+                        if not getattr(field, "takes_repeats", False) and len(data.getlist(name)) > 1}
+            if repeated:
+                raise serializers.ValidationError({name: [f"Send this field once ({count} values were sent)."]
+                                                   for name, count in repeated.items()})
         return super().to_internal_value(data)
 
 
@@ -282,15 +294,22 @@ class RepeatableTextField(TextField):
     """Text that a query string may repeat (?label=cat&label=dog): the values joined with commas, as
     if sent as "cat,dog" (DRF would keep only the last, dropping the others without a word)."""
 
+    takes_repeats = True  # ClosedInput refuses other repeated fields
+
     def get_value(self, dictionary: Any) -> Any:
         if html.is_html_input(dictionary) and (values := dictionary.getlist(self.field_name)):
             return ",".join(values)
         return super().get_value(dictionary)
 
 
-class ImageListQuerySerializer(serializers.Serializer):
+class ImageListQuerySerializer(ClosedInput):
+    """The list's query: a parameter it does not read (?labels=, ?status=) is refused, not ignored while
+    the whole gallery comes back as if filtered."""
+
+    ALSO_ACCEPTED = ("page", "page_size", "format")  # the paginator's; DRF's format override
+
     label = RepeatableTextField(  # type: ignore[assignment]  # the field's name, not Field.label
-        required=False, allow_blank=True,
+        required=False, allow_blank=True, max_length=1000,
         help_text="only images with a mask of this label (or of one of these: cat,dog, or the parameter "
                   "repeated), in any letter case")
 
@@ -363,8 +382,9 @@ class ImageListCreateApi(APIView):
     @extend_schema(parameters=[ImageListQuerySerializer],
                    responses={200: ImageOutputSerializer(many=True),
                               400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask can "
-                                                   "have (with a NUL character), or a page_size that is not a "
-                                                   "whole number of at least 1."),
+                                                   "have (with a NUL character), labels over 1,000 characters, "
+                                                   "a parameter the list does not read, or a page_size that is "
+                                                   "not a whole number of at least 1."),
                               **CALLER_REFUSED,
                               404: error_response("A page number that is not a page of the list.")})
     def get(self, request: Request) -> Response:

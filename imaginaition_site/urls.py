@@ -9,6 +9,7 @@ from imaginaition_site import sign_in
 from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
 
+handler400 = "imaginaition_site.views.bad_request"  # JSON under /api/
 handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
 
 urlpatterns = [

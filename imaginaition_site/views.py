@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views import defaults
@@ -29,3 +30,16 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"detail": "The server failed on this request (its error is logged for the "
                                        "administrator)."}, status=500)
     return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400 (a request Django refuses before any view: a host name not allowed, a malformed
+    body): under /api/, the API's error shape with the reason, not an empty HTML page."""
+    if request.path.startswith("/api/"):
+        if isinstance(exception, DisallowedHost):
+            detail = ("This service does not answer to the host name the request was sent to (its administrator "
+                      "lists the names in DJANGO_ALLOWED_HOSTS).")
+        else:
+            detail = "The request was refused as malformed."
+        return JsonResponse({"detail": detail}, status=400)
+    return defaults.bad_request(request, exception)

@@ -78,6 +78,7 @@ class LabelsField(serializers.Field):
     (DRF would keep only a repeated field's last value, dropping the others without a word)."""
 
     MAX_CHARACTERS = 1000
+    takes_repeats = True  # ClosedInput refuses other repeated fields
 
     def get_value(self, dictionary: Any) -> Any:
         if html.is_html_input(dictionary):
@@ -338,6 +339,7 @@ class SearchApi(APIView):
                               409: error_response("image with label: the gallery was reset while the upload "
                                                   "was segmented; send it again."),
                               413: error_response("An upload over the upload limit, or with too many pixels."),
+                              415: error_response("A body that is not JSON, a form or multipart/form-data."),
                               503: error_response("image with label: no interactive worker segmented the upload "
                                                   "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),
                               500: error_response("image with label: the segmenter failed on the upload.")})
@@ -400,7 +402,8 @@ class PreferencesApi(APIView):
                               400: OpenApiResponse(BAD_REQUEST, description="A value out of its limits or of "
                                                    "the wrong type, named by its field; or a body that cannot be "
                                                    "parsed."),
-                              401: INVALID_CREDENTIALS, 403: CSRF_MISSING})
+                              401: INVALID_CREDENTIALS, 403: CSRF_MISSING,
+                              415: error_response("A body that is not JSON or a form.")})
     def put(self, request: Request) -> Response:
         serializer = PreferencesUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

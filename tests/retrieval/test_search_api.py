@@ -106,6 +106,13 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     assert response.status_code == 404 and "No such image" in response.json()["detail"]
     pending = make_image(status="pending")
     assert "not been embedded yet" in search(client, image_id=pending.pk).json()["detail"]
+    failed = make_image(status="failed")
+    failed.error = "The stored file is missing."
+    failed.save()
+    refused = search(client, image_id=failed.pk)  # not "try again when its status is ready": it never will be
+    assert refused.status_code == 400 and refused.json()["detail"] == (
+        "This image could not be embedded (The stored file is missing.), so it has no vectors to search with; "
+        "retry it once the cause is fixed.")
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
     for blank in ("", "   "):
         assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}
@@ -130,6 +137,34 @@ def test_a_body_over_django_s_limits_is_refused_in_json(client, user, body, cont
                      client.put(reverse("api-preferences"), body, content_type=content_type)):
         assert response.status_code == status and response["Content-Type"] == "application/json"
         assert message in response.json()["detail"]
+
+
+def test_more_files_than_django_takes_and_a_host_name_not_served_are_refused_in_json(client, user):
+    # Both were Django's empty HTML "Bad Request (400)" page.
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(user)
+    files = {f"x{i}": SimpleUploadedFile(f"{i}.png", b"x") for i in range(101)}
+    for url in (reverse("api-search"), reverse("api-images")):
+        response = client.post(url, files)
+        assert response.status_code == 400 and response["Content-Type"] == "application/json", url
+        assert response.json() == {"detail": "The request has more than 100 files; send one."}
+    refused = client.get("/api/status/", HTTP_HOST="evil.example")
+    assert refused.status_code == 400 and "DJANGO_ALLOWED_HOSTS" in refused.json()["detail"]
+    assert "text/html" in client.get("/gallery/", HTTP_HOST="evil.example")["Content-Type"]  # pages keep theirs
+
+
+def test_a_repeated_form_field_is_refused_where_it_would_have_kept_only_its_last_value(client, user, gallery):
+    client.force_login(user)
+    twice = client.post(reverse("api-search"), {"image_id": gallery[0].pk, "k": ["1", "400"]})
+    assert twice.status_code == 400 and twice.json() == {"k": ["Send this field once (2 values were sent)."]}
+    words = client.post(reverse("api-search"), {"text": ["cat", "dog"]})
+    assert words.status_code == 400 and "2 values were sent" in words.json()["text"][0]
+    form = "k=3&k=4&split=20"
+    preferences = client.put(reverse("api-preferences"), form, content_type="application/x-www-form-urlencoded")
+    assert preferences.status_code == 400 and list(preferences.json()) == ["k"]
+    labels = client.post(reverse("api-search"), {"image_id": gallery[0].pk, "labels": ["cat", "dog"]})
+    assert "2 values were sent" not in str(labels.json())  # labels may repeat: they are joined
 
 
 def test_private_gallery_refuses_anonymous_search_as_unauthenticated(client, gallery, settings):

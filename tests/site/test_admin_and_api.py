@@ -302,6 +302,11 @@ def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown
         response = getattr(client, method)("/api/no-such-thing/", **token)
         assert response.status_code == 404
         assert response.json() == {"detail": "There is no API endpoint at /api/no-such-thing/; GET /api/ lists them."}
+    image_id = upload.json()["id"]
+    assert client.get("/api/images/abc/", **token).json() == {"detail": "No such image."}
+    deeper = client.get(f"/api/images/{image_id}/masks/", **token)  # the image exists: it said "No such image."
+    assert deeper.status_code == 404 and deeper.json()["detail"].startswith(
+        f"There is no API endpoint at /api/images/{image_id}/masks/")
     assert client.get("/no-such-page").status_code == 404  # pages keep the site's own 404
 
 
@@ -338,6 +343,21 @@ def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_r
     for unusable in ("0", "-5", "abc", "1e3", "²"):
         refused = client.get(reverse("api-images"), {"page_size": unusable})
         assert refused.status_code == 400 and "at least 1" in refused.json()["page_size"][0], unusable
+
+
+def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_their_limit(client, user, media_root):
+    """?labels=cat (the search API's spelling) returned the whole gallery, as if filtered."""
+    make_image(name="a.png")
+    client.force_login(user)
+    for typo in ({"labels": "envelope"}, {"status": "failed"}, {"ordering": "created_at"}):
+        refused = client.get(reverse("api-images"), typo)
+        name = next(iter(typo))
+        assert refused.status_code == 400 and refused.json() == {
+            name: ["Unknown field; the fields are: label, page, page_size, format."]}
+    assert client.get(reverse("api-images"), {"label": "cat", "page": 1, "page_size": 5,
+                                              "format": "json"}).status_code == 200
+    too_long = client.get(reverse("api-images"), {"label": ",".join(f"label{i}" for i in range(200))})
+    assert too_long.status_code == 400 and "1000 characters" in too_long.json()["label"][0]
 
 
 def test_two_files_in_one_field_are_refused_rather_than_one_dropped(client, user, media_root):
