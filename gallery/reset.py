@@ -204,14 +204,20 @@ def _run(job: ResetJob) -> ResetJob:
         try:
             folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
         except ResetRefused as exc:  # checked by the web host's settings when started; now by this worker's
-            raise ResetRefused("The worker running the reset refused the folder, by its own IMAGINAITION_IMPORT_ROOTS "
-                               f"(which should name the same folders as the web hosts'): {exc}"
+            by_roots = (" by its own IMAGINAITION_IMPORT_ROOTS (which should name the same folders as the web "
+                        "hosts')" if "IMAGINAITION_IMPORT_ROOTS" in str(exc) else "")
+            raise ResetRefused(f"The worker running the reset refused the folder{by_roots}: {exc}"
+                               f"{'' if resuming else ' Nothing was deleted.'}") from None
+        try:  # listed before anything is deleted: a folder this worker cannot read stops the reset here
+            files_to_import = len(folder_files(root=folder, recursive=job.recursive)[0])
+        except OSError as exc:
+            raise ResetRefused(f"The worker running the reset cannot read {folder}: {exc.strerror or exc}."
                                f"{'' if resuming else ' Nothing was deleted.'}") from None
         if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
             job.phase = "deleting the gallery"
             save()
             job.deleted_images = _delete_everything()
-        job.total_files = len(folder_files(root=folder, recursive=job.recursive)[0])
+        job.total_files = files_to_import
         job.phase, job.scanned, job.embedded = "importing files", 0, 0
         save("deleted_images", "total_files", "scanned", "embedded")
 

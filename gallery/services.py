@@ -189,7 +189,15 @@ def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple
     stack = [root]
     while stack:
         folder = stack.pop()
-        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        try:
+            entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        except OSError as exc:  # a sub-folder this process may not read: named, and the rest goes on
+            if folder == root:
+                raise
+            refused.append((readable_name(str(folder.relative_to(root))),
+                            f"could not read the folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
             relative = readable_name(str(entry.relative_to(root)))
             if entry.is_symlink():
                 refused.append((relative, "symbolic link: not followed"))

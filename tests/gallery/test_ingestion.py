@@ -468,6 +468,25 @@ def test_the_same_bytes_again_store_a_missing_file_again_and_retry_what_failed_w
     assert services.image_add(data=data, original_name="kept.png", enqueue=False).image.status == ProcessingStatus.PENDING
 
 
+def test_a_sub_folder_that_cannot_be_read_is_named_and_the_rest_is_imported(photo_folder, media_root, capsys,
+                                                                              monkeypatch):
+    """Its PermissionError stopped the whole recursive import, nothing added. (Tests run as root, who reads
+    any folder: the refusal is the operating system's, as a user without the permission gets it.)"""
+    locked = photo_folder / "sub"
+    real_iterdir = Path.iterdir
+
+    def iterdir(path):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    call_command("import_folder", str(photo_folder), "--recursive")
+    out = capsys.readouterr().out
+    assert "added: 15, duplicates: 0, rejected: 5" in out  # the 5 pictures of sub/ are not read
+    assert "rejected sub: could not read the folder: Permission denied" in out
+
+
 def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_folder, media_root):
     with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
         call_command("import_folder", str(photo_folder), "--sync", "--batch-size", "-3")

@@ -157,6 +157,47 @@ def test_a_job_that_fails_after_importing_hands_the_imported_images_to_the_worke
     assert sorted(scheduled) == sorted(Image.objects.values_list("pk", flat=True)) and len(scheduled) == 3
 
 
+@pytest.mark.django_db
+def test_a_sub_folder_the_worker_cannot_read_is_listed_as_rejected_and_the_rest_imported(
+        staff_user, folder, old_gallery, monkeypatch):
+    """Its PermissionError came after the gallery was emptied: the reset failed with nothing imported."""
+    from pathlib import Path
+
+    real_iterdir = Path.iterdir
+
+    def iterdir(path):
+        if path == folder / "sub":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    monkeypatch.setattr(Path, "iterdir", iterdir)  # this worker runs as a user who may not read sub/
+    job = reset_run(job_id=job.pk)
+    assert job.state == "done" and job.imported == 3 and job.total_files == 4
+    assert ["sub", "could not read the folder: Permission denied"] in job.rejected
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["photo0.png", "photo1.png", "photo2.png"]
+
+
+@pytest.mark.django_db
+def test_a_folder_the_worker_cannot_read_stops_the_reset_before_anything_is_deleted(staff_user, folder, old_gallery,
+                                                                                     monkeypatch):
+    from pathlib import Path
+
+    real_iterdir = Path.iterdir
+
+    def iterdir(path):
+        if path == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    monkeypatch.setattr(Path, "iterdir", iterdir)  # this worker runs as a user who may not read it
+    job = reset_run(job_id=job.pk)
+    assert job.state == "failed" and job.error == (  # not "by its own IMAGINAITION_IMPORT_ROOTS": not about them
+        f"The worker running the reset refused the folder: {folder} cannot be read by the server. Nothing was deleted.")
+    assert Image.objects.count() == 2  # the old gallery is still there
+
+
 def _reset_lock_free() -> bool:
     from gallery.reset import RESET_LOCK
 
