@@ -33,10 +33,19 @@ class StorageReport:
     checked: int  # files under the folders images go in
     orphans: list[StoredFile]  # older than min_age, referred to by no image
     missing: list[int]  # ids of images whose file is gone
+    originals: int = 0  # stored originals (images/), referred to or not
 
     @property
     def orphan_bytes(self) -> int:
         return sum(stored.size for stored in self.orphans)
+
+    @property
+    def looks_like_another_database(self) -> bool:
+        """Most stored originals are referred to by no image: a check against the wrong database (a
+        mistyped DATABASE_URL, an empty one after a restore), not files left by killed adds, which are
+        a few at most. Deleting them would delete the gallery's pictures."""
+        orphaned = sum(stored.name.startswith(f"{IMAGE_FOLDER}/") for stored in self.orphans)
+        return orphaned >= 2 and orphaned * 2 > self.originals
 
 
 def storage_check(*, min_age: timedelta = timedelta(hours=1),
@@ -45,10 +54,11 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
     files = {name for _, name, _ in rows if name}
     digests = {digest for _, _, digest in rows}
     cutoff = timezone.now() - min_age
-    checked, orphans, seen = 0, [], set()
+    checked, originals, orphans, seen = 0, 0, [], set()
     for folder in (IMAGE_FOLDER, THUMBNAIL_FOLDER):
         for name in _stored_names(folder):
             checked += 1
+            originals += folder == IMAGE_FOLDER
             if progress is not None:
                 progress(1)
             if folder == IMAGE_FOLDER and name in files:
@@ -59,7 +69,7 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
             if default_storage.get_modified_time(name) < cutoff:
                 orphans.append(StoredFile(name=name, size=default_storage.size(name)))
     missing = images_file_missing(rows=[(image_id, name) for image_id, name, _ in rows], listed=seen)
-    return StorageReport(checked=checked, orphans=orphans, missing=missing)
+    return StorageReport(checked=checked, orphans=orphans, missing=missing, originals=originals)
 
 
 def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed: AbstractSet[str] = frozenset(),

@@ -90,3 +90,19 @@ def test_the_status_integrity_check_names_the_same_images_whose_file_is_gone(med
     report = integrity_check(check_files=True)
     assert report.missing_files == [lost.pk] and report.state == "stored file missing"
     assert integrity_check(check_files=False).missing_files == []
+
+
+@pytest.mark.django_db
+def test_deleting_is_refused_when_most_originals_are_orphans_a_check_against_the_wrong_database(media_root, capsys):
+    """An empty database (a mistyped DATABASE_URL, one forgotten after a restore) made every stored
+    original an orphan, and --delete removed the whole gallery's pictures without a word."""
+    pictures = [_store(f"images/{n}{n}/{n}{n}/{f'{n}{n}' * 32}.jpg", b"p" * 20, age_s=7200) for n in "abc"]
+
+    with pytest.raises(CommandError, match=r"Nothing was deleted: 3 of the 3 stored originals are referred to by no "
+                                           r"image in database '.+'\. Is it the gallery's \(DATABASE_URL"):
+        call_command("storage_check", "--delete")
+    assert all(default_storage.exists(name) for name in pictures)
+
+    call_command("storage_check", "--delete", "--force")
+    assert "deleted 3 files referred to by no image" in capsys.readouterr().out
+    assert not any(default_storage.exists(name) for name in pictures)

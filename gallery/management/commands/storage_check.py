@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
@@ -15,11 +16,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--delete", action="store_true", help="delete the files no image refers to")
+        parser.add_argument("--force", action="store_true",
+                            help="with --delete: delete them even when most stored originals are referred to by no "
+                                 "image (refused otherwise: that is a check against the wrong database)")
         parser.add_argument("--older-than", type=at_least(1), default=60, metavar="MINUTES",
                             help="only files older than this count (60): a younger one may be an image being "
                                  "added right now, its row not yet committed")
 
-    def handle(self, *args: str, delete: bool, older_than: int, **options: object) -> None:
+    def handle(self, *args: str, delete: bool, force: bool, older_than: int, **options: object) -> None:
         with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
             report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
         self.stdout.write(f"{report.checked} stored files checked, {len(report.orphans)} referred to by no image "
@@ -28,6 +32,14 @@ class Command(BaseCommand):
             self.stdout.write(f"  no image: {stored.name} ({stored.size} bytes)")
         if len(report.orphans) > LISTED:
             self.stdout.write(f"  ... and {len(report.orphans) - LISTED} more")
+        if delete and report.orphans and report.looks_like_another_database and not force:
+            database = settings.DATABASES["default"]
+            raise CommandError(
+                f"Nothing was deleted: {sum(o.name.startswith('images/') for o in report.orphans)} of the "
+                f"{report.originals} stored originals are referred to by no image in database {database['NAME']!r}"
+                f"{' at ' + database['HOST'] if database.get('HOST') else ''}. Is it the gallery's (DATABASE_URL, "
+                "IMAGINAITION_DATABASE_NAME)? Deleting would remove the gallery's pictures; --force deletes them "
+                "anyway.")
         if delete and report.orphans:
             self.stdout.write(f"deleted {storage_orphans_delete(report)} files referred to by no image")
         elif report.orphans:
