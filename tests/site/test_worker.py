@@ -103,3 +103,30 @@ def test_the_worker_check_rate_setting_is_read_or_refused_by_name(monkeypatch, t
     else:
         with pytest.raises(ImproperlyConfigured, match=f"IMAGINAITION_WORKER_CHECK_RATE must be .* not '{text}'"):
             env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute")
+
+
+def test_a_cluster_stops_when_sigterm_reaches_its_whole_process_group(start_worker):
+    """systemd's default stop (every process of the service), `timeout` and `kill -- -PGID` send SIGTERM
+    to the sentinel and workers too: the sentinel died at once, and the main process waited for it for
+    ever."""
+    import signal
+    import subprocess
+
+    worker = start_worker()
+    wait_for(lambda: "running." in worker.log(), timeout=90, message=f"the cluster to run; log:\n{worker.log()}")
+    os.killpg(worker.process.pid, signal.SIGTERM)
+    try:
+        worker.process.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        pytest.fail(f"the cluster hung after SIGTERM to its process group; log:\n{worker.log()}")
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(worker.process.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(group_gone, timeout=15, message="every process of the cluster to end")
+    assert "stopped by the same signal" in worker.log()
