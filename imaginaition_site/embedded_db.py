@@ -180,7 +180,9 @@ def stop() -> bool:
                 proc.wait(10)
             except psutil.TimeoutExpired:
                 proc.kill()
-        _holders_file().write_text("[]")
+        # Live holders stay listed: a service whose database was stopped under it holds the server
+        # again once anyone starts it (emptied, the next short command stopped it again at its exit).
+        prune_dead_holders(log=False)
     return True
 
 
@@ -315,6 +317,8 @@ def main(argv: list[str]) -> int:
         # Hand this process's hold to the holder (e.g. `make run`'s script), so the server lives until
         # that process ends or calls `stop`.
         holder = options.holder if options.holder is not None else os.getppid()
+        if not _live(holder):  # its hold would be dropped at once, and the next command stop the server
+            parser.error(f"--holder {holder}: no such process is running")
         conn = ensure_running()
         _holders_edit(drop=(os.getpid(),), add=holder)
         print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}; "

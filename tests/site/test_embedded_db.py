@@ -121,3 +121,32 @@ def test_releasing_a_hold_leaves_the_server_running_for_the_processes_still_usin
     assert done.returncode == 0 and "left running" in done.stdout and str(os.getpid()) in done.stdout
     assert embedded_db.server_pid() is not None  # this test process, a holder, still has its server
     assert ended.pid not in json.loads(holders.read_text())
+
+
+def test_after_a_stop_the_processes_that_held_it_hold_it_again_once_anyone_starts_it(tmp_path):
+    """`stop` emptied the holder list: the next short command restarted the server and stopped it again at
+    its exit, under the service that was still running."""
+    env = {name: value for name, value in os.environ.items() if name != "IMAGINAITION_DATABASE_NAME"}
+    env["IMAGINAITION_PGDATA"] = str(tmp_path / "pgdata")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", *args], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=settings.BASE_DIR)
+
+    service = subprocess.Popen(["sleep", "120"])
+    try:
+        assert run("start", "--holder", str(service.pid)).returncode == 0
+        assert "embedded postgres stopped" in run("stop").stdout
+        assert f"stopped; holders [{service.pid}]" in run("status").stdout
+        short = subprocess.run([sys.executable, "-c", "import os, django; os.environ['DJANGO_SETTINGS_MODULE']="
+                                "'imaginaition_site.settings'; django.setup(); from django.db import connection; "
+                                "connection.ensure_connection()"], env=env, cwd=settings.BASE_DIR,
+                               capture_output=True, text=True, timeout=120)
+        assert short.returncode == 0, short.stderr[-2000:]
+        assert "running, pid" in run("status").stdout  # the service's hold kept it up after the command's exit
+        refused = run("start", "--holder", "999999999")
+        assert refused.returncode == 2 and "--holder 999999999: no such process is running" in refused.stderr
+    finally:
+        service.kill()
+        service.wait(10)
+        run("stop")
