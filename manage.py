@@ -8,11 +8,16 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
+    from django.db import OperationalError
 
     try:
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:  # a setting's value (e.g. IMAGINAITION_BATCH_SIZE=abc): say which, in one line
         sys.exit(f"Error: {exc}")
+    except OperationalError as exc:  # the database cannot be reached (a wrong DATABASE_URL, a server down)
+        where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "the embedded database (var/pgdata)"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        sys.exit(f"Error: cannot use the database of {where}: {reason}")
 
 
 if __name__ == "__main__":

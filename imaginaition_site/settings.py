@@ -52,6 +52,15 @@ def env_rate(name: str, default: str) -> str:
     return text
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    """A setting that takes one of a few words (the case of `upper` words does not matter)."""
+    text = os.environ.get(name, "").strip() or default
+    value = text.upper() if upper else text
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {text!r}")
+    return value
+
+
 def _secret_key() -> str:
     """From the environment, else generated once per installation and kept in var/ (never a default)."""
     if key := os.environ.get("DJANGO_SECRET_KEY"):
@@ -123,7 +132,14 @@ TEMPLATES = [
 
 # Database: DATABASE_URL (any PostgreSQL with pgvector), else the embedded server (see embedded_db.py).
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.config(conn_max_age=60, conn_health_checks=True)}
+    try:
+        DATABASES = {"default": dj_database_url.config(conn_max_age=60, conn_health_checks=True)}
+    except ValueError as exc:  # an unknown scheme, a malformed address: its first line names the problem
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database address (postgres://USER:PASSWORD@HOST:PORT/NAME"
+                                   f"): {str(exc).splitlines()[0].split('. ')[0]}") from None
+    if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        raise ImproperlyConfigured(f"DATABASE_URL must point at PostgreSQL with pgvector (postgres://…), not "
+                                   f"{os.environ['DATABASE_URL'].partition(':')[0]}")
 else:
     DATABASES = {
         "default": {
@@ -267,7 +283,7 @@ IMAGINAITION_TORCH_THREADS = env_number("IMAGINAITION_TORCH_THREADS", 0, minimum
 IMAGINAITION_WEB_PROCESSES = env_number("IMAGINAITION_WEB_PROCESSES", 1, minimum=1)
 # Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
 IMAGINAITION_REGION_MIN_AREA = env_number("IMAGINAITION_REGION_MIN_AREA", 0.01, minimum=0, whole=False)
-IMAGINAITION_REGION_STYLE = os.environ.get("IMAGINAITION_REGION_STYLE", "masked")  # masked | box
+IMAGINAITION_REGION_STYLE = env_choice("IMAGINAITION_REGION_STYLE", "masked", ("masked", "box"))
 # How often a process re-checks which model answers queries while a model change re-embeds (retrieval/serving.py).
 IMAGINAITION_SERVING_CHECK_SECONDS = env_number("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0, minimum=0, whole=False)
 
@@ -335,7 +351,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("IMAGINAITION_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_choice("IMAGINAITION_LOG_LEVEL", "INFO", (
+        "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True)},
     # django-q2 logs "Enqueued [cluster] N" at INFO for every task: an import of 10,000 files printed
     # 10,000 lines through its progress bar. The workers still log each task they take.
     "filters": {"no_enqueued": {

@@ -14,6 +14,7 @@ from retrieval.encoders.devices import resolve_device
 from retrieval.encoders.openvino_runtime import segmenter_runtime
 from retrieval.encoders.precision import precision_setting
 from retrieval.encoders.registry import MODELS, active_profile, profile_models
+from retrieval.index_build import ann_kind
 
 
 @register()
@@ -56,3 +57,15 @@ def hardware_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Chec
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="retrieval.E003"))
     return errors
+
+
+@register()
+def index_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """IMAGINAITION_ANN_INDEX: read only when a gallery first outgrows its exact index, where a wrong
+    value stopped the rebuild with a traceback."""
+    try:
+        for space in ("semantic", "content"):
+            ann_kind(space)
+    except ValueError as exc:
+        return [Error(str(exc), id="retrieval.E004")]
+    return []

@@ -1,0 +1,40 @@
+"""A wrong setting stops a command with one line that names it (never a traceback from deep inside)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize(("setting", "value", "command", "message"), [
+    ("DATABASE_URL", "garbage", "check",
+     "Error: DATABASE_URL is not a database address (postgres://USER:PASSWORD@HOST:PORT/NAME): Scheme '://' is "
+     "unknown"),
+    ("DATABASE_URL", "mysql://user@host/name", "check",
+     "Error: DATABASE_URL must point at PostgreSQL with pgvector (postgres://…), not mysql"),
+    ("DATABASE_URL", "postgres://nobody:x@127.0.0.1:1/db", "showmigrations",
+     'Error: cannot use the database of DATABASE_URL: connection failed: connection to server at "127.0.0.1", '
+     "port 1 failed: Connection refused"),
+    ("IMAGINAITION_REGION_STYLE", "bogus", "check",
+     "Error: IMAGINAITION_REGION_STYLE must be one of masked, box, not 'bogus'"),
+    ("IMAGINAITION_LOG_LEVEL", "loud", "check",
+     "Error: IMAGINAITION_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'"),
+    ("IMAGINAITION_ANN_INDEX", "bogus", "check",
+     "retrieval.E004) IMAGINAITION_ANN_INDEX must be one of ivf, "),
+], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index"])
+def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
+    env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "manage.py", command], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_log_level_in_lower_case_is_taken():
+    env = {**os.environ, "IMAGINAITION_LOG_LEVEL": "debug", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
