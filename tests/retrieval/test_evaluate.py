@@ -166,6 +166,10 @@ def test_evaluate_refuses_the_database_in_use_and_databases_it_did_not_create(la
         call_command("evaluate", data=labelled_set / "red_circles", database=f"{connection.settings_dict['NAME']}_ev")
     with pytest.raises(CommandError, match="lower-case"):
         call_command("evaluate", data=labelled_set, database="Bad-Name")
+    for option, value in (("--batch-size", "-3"), ("--batch-size", "0"), ("--scenes", "0"),
+                          ("--near-duplicates", "-1")):  # a traceback in the child process, or taken silently
+        with pytest.raises(CommandError, match=f"argument {option}: .*must be"):
+            call_command("evaluate", "--data", str(labelled_set), option, value)
 
 
 SCORE_NAMES = ("precision_at_10", "map_at_50", "near_duplicate_recall_at_1", "near_duplicate_recall_at_10",

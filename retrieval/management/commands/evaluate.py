@@ -22,6 +22,7 @@ from bench.evaluation import (
     evaluation_work_dir,
 )
 from bench.region_evaluation import RegionReport, region_evaluation_run, region_markdown
+from gallery.management.arguments import at_least
 
 
 class Command(BaseCommand):
@@ -36,21 +37,21 @@ class Command(BaseCommand):
         parser.add_argument("--captions", type=Path,
                             help="UTF-8 text file, one 'category/relative/path<TAB>caption' per line "
                                  "(paths as under --data; blank lines and # comments are skipped)")
-        parser.add_argument("--near-duplicates", type=int, default=50,
+        parser.add_argument("--near-duplicates", type=at_least(0), default=50,
                             help="how many images get a generated near-duplicate copy (default 50)")
         parser.add_argument("--seed", type=int, default=0, help="picks the near-duplicates and their alterations")
         parser.add_argument("--database", default=EVALUATION_DATABASE,
                             help=f"the evaluation database, recreated by every run (default {EVALUATION_DATABASE})")
         parser.add_argument("--keep", action="store_true",
                             help="keep the evaluation database and its files afterwards (default: dropped)")
-        parser.add_argument("--batch-size", type=int, default=None, help="images per model forward pass")
+        parser.add_argument("--batch-size", type=at_least(1), default=None, help="images per model forward pass")
         parser.add_argument("--json", dest="json_path", type=Path,
                             help="also write the report (every number, the skipped files) as JSON to this file")
         parser.add_argument("--regions", action="store_true",
                             help="measure search by region: --data holds objects with alpha (one sub-folder per "
                                  "category), pasted onto the photos of --backgrounds")
         parser.add_argument("--backgrounds", type=Path, help="with --regions: a folder of background photos")
-        parser.add_argument("--scenes", type=int, default=300, help="with --regions: how many scenes (default 300)")
+        parser.add_argument("--scenes", type=at_least(1), default=300, help="with --regions: how many scenes (default 300)")
         parser.add_argument("--write-docs", action="store_true",
                             help="write the results as the 'Retrieval quality' section of docs/BENCHMARKS.md")
         # Set by the process that starts this command again on the evaluation database.

@@ -10,10 +10,13 @@ from retrieval.encoders.registry import active_profile
 from retrieval.weights import weights_fetch
 
 
+MAX_TIMEOUT_S = 3600.0
+
+
 def positive_seconds(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    if not 0 < value <= MAX_TIMEOUT_S:  # NaN fails both; inf and 1e12 overflowed the socket's timer
+        raise ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, not {text}")
     return value
 
 
