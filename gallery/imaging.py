@@ -6,9 +6,12 @@ import, reset) validates the same way and the models always get the same RGB con
 
 from __future__ import annotations
 
+import errno
 import io
 import math
+import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,15 +93,36 @@ def _check_size(size: int) -> None:
         raise ImageRejected(f"The file is {size:,} bytes; the limit is {limit:,} bytes.", too_large=True)
 
 
-def read_file(path: Path) -> bytes:
-    """A server-side file's bytes, refused (ImageRejected) without holding more than the limit in
-    memory: a folder of photos may hold videos of gigabytes. OSError when it cannot be read."""
-    limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
-    with path.open("rb") as file:
-        data = file.read(limit + 1)  # not stat(): some files (e.g. under /proc) say 0 bytes and have more
-        if len(data) > limit:
-            _check_size(max(path.stat().st_size, len(data)))
-    return data
+def read_file_in(root: Path, path: Path) -> bytes:
+    """The bytes of `path`, a file under `root` (a folder already checked), refused (ImageRejected)
+    without holding more than the limit in memory: a folder of photos may hold videos of gigabytes.
+    Opened step by step from root without following a symbolic link, and read only if it is a regular
+    file: between listing a folder and reading it, whoever may write there can put a link to a file
+    outside the import roots, or a FIFO that blocks for ever, in a listed file's place. OSError when it
+    cannot be read."""
+    *folders, name = path.relative_to(root).parts
+    opened = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        try:
+            for folder in folders:
+                opened.append(os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=opened[-1]))
+            # O_NONBLOCK: opening a FIFO would wait for a writer; it is refused below instead.
+            opened.append(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=opened[-1]))
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link where a file or folder was listed
+                raise ImageRejected("symbolic link: not followed") from None
+            raise
+        if not stat.S_ISREG(os.fstat(opened[-1]).st_mode):
+            raise ImageRejected("not a regular file")
+        limit = settings.IMAGINAITION_MAX_UPLOAD_BYTES
+        with os.fdopen(os.dup(opened[-1]), "rb") as file:
+            data = file.read(limit + 1)  # not the size: some files (e.g. under /proc) say 0 bytes and have more
+            if len(data) > limit:
+                _check_size(max(os.fstat(file.fileno()).st_size, len(data)))
+        return data
+    finally:
+        for descriptor in opened:
+            os.close(descriptor)
 
 
 def read_upload(upload: UploadedFile) -> bytes:

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 
 from gallery import events, selectors
 from gallery.errors import Refused
-from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file
+from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, stored_delete, stored_write_once
 from gallery.thumbnails import thumbnail_names
@@ -229,7 +229,7 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
     for path in files:
         relative = readable_name(str(path.relative_to(resolved_root)))
         try:
-            data = read_file(path)
+            data = read_file_in(resolved_root, path)
         except ImageRejected as exc:
             report.rejected.append((relative, exc.message))
         except OSError as exc:

@@ -494,12 +494,12 @@ def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_fol
 
 
 def test_a_file_over_the_limit_is_refused_without_being_read_whole(tmp_path, settings, monkeypatch):
-    from gallery.imaging import read_file
+    from gallery.imaging import read_file_in
 
     settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
     big = tmp_path / "holiday.mp4"
     big.write_bytes(b"\0" * 50_000)
-    asked, real_open = [], Path.open
+    asked, real_fdopen = [], os.fdopen
 
     class Recording:
         def __init__(self, file):
@@ -511,14 +511,53 @@ def test_a_file_over_the_limit_is_refused_without_being_read_whole(tmp_path, set
         def __exit__(self, *exc):
             self.file.close()
 
+        def fileno(self):
+            return self.file.fileno()
+
         def read(self, size=-1):
             asked.append(size)
             return self.file.read(size)
 
-    monkeypatch.setattr(Path, "open", lambda self, *args, **kwargs: Recording(real_open(self, *args, **kwargs)))
+    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: Recording(real_fdopen(*args, **kwargs)))
     with pytest.raises(ImageRejected, match="The file is 50,000 bytes; the limit is 1,000 bytes"):
-        read_file(big)
+        read_file_in(tmp_path, big)
     assert asked == [1001]  # never the whole file
+
+
+def test_a_listed_file_replaced_by_a_link_or_a_fifo_before_it_is_read_is_refused(tmp_path, import_root, media_root,
+                                                                                  capsys, monkeypatch):
+    """Whoever may write into an import root could swap a listed file for a link to a file outside the
+    roots (it was read and added) or for a FIFO (the import blocked for ever), between listing and reading."""
+    from gallery import services as services_module
+    from gallery.imaging import read_file_in
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "private.png"
+    secret.write_bytes(encode(photo((50, 30)), "PNG"))
+    folder = tmp_path / "drop"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.png", "sub/c.png"):
+        (folder / name).write_bytes(encode(photo((40 + len(name), 30)), "PNG"))
+    listed, refused = services_module.folder_files(root=folder, recursive=True)
+    (folder / "a.png").unlink()
+    os.symlink(secret, folder / "a.png")  # after the listing
+    (folder / "b.png").unlink()
+    os.mkfifo(folder / "b.png")
+    (folder / "sub" / "c.png").rename(outside / "c.png")
+    (folder / "sub").rmdir()
+    os.symlink(outside, folder / "sub")  # a listed folder replaced by a link leading out
+    monkeypatch.setattr(services_module, "folder_files", lambda **kwargs: (listed, refused))
+
+    with pytest.raises(CommandError, match="None of the 3 files could be added"):
+        call_command("import_folder", str(folder), "--recursive")
+    out = capsys.readouterr().out
+    assert "added: 0, duplicates: 0, rejected: 3" in out
+    assert "rejected a.png: symbolic link: not followed" in out and "rejected b.png: not a regular file" in out
+    assert "rejected sub/c.png: symbolic link: not followed" in out
+    assert not Image.objects.exists()
+    with pytest.raises(ImageRejected, match="symbolic link"):
+        read_file_in(folder, folder / "a.png")
 
 
 def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_root, monkeypatch):
