@@ -177,3 +177,6 @@ import django_q.admin  # noqa: E402 - registers its models first (it comes after
 from django_q.models import Schedule  # noqa: E402
 
 admin.site.unregister(Schedule)
+# "Resubmit selected tasks" runs them again (and removes the failed ones): Django offers an action with
+# no permissions named to whoever may view the list, and each click doubled the queue.
+django_q.admin.resubmit_task.allowed_permissions = ("change", "delete")

@@ -56,6 +56,27 @@ def test_admin_offers_no_task_schedules_and_no_save_for_vectors(client, staff_us
     assert embedding.model_key == "autoencoder/v1"
 
 
+def test_resubmitting_tasks_needs_more_than_the_permission_to_view_them(client, staff_user, django_user_model):
+    """A staff member who could only view the task lists re-ran every task, doubling the queue each time."""
+    from django.contrib.auth.models import Permission
+    from django.utils import timezone
+    from django_q.models import OrmQ, Success
+
+    now = timezone.now()
+    Success.objects.create(id="a" * 32, name="images-1", func="retrieval.tasks.worker_ping", started=now,
+                           stopped=now, success=True)
+    viewer = django_user_model.objects.create_user("task-viewer", password="Viewer-pass-123", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_success"))
+    changelist = "/admin/django_q/success/"
+    for who, offered in ((viewer, False), (staff_user, True)):
+        client.force_login(who)
+        page = client.get(changelist)
+        assert page.status_code == 200 and ('value="resubmit_task"' in page.content.decode()) is offered
+    client.force_login(viewer)
+    client.post(changelist, {"action": "resubmit_task", "_selected_action": ["a" * 32], "index": 0})
+    assert OrmQ.objects.count() == 0
+
+
 def test_thumbnail_is_generated_once_and_private_by_default(client, user, media_root):
     image = make_image(size=(600, 300))
     url = reverse("gallery:image-thumbnail", args=[image.pk])
