@@ -31,11 +31,28 @@ class AtomicFileSystemStorage(FileSystemStorage):
     into place (which fails if the name was taken meanwhile, so a concurrent writer never overwrites;
     a new name is chosen as Django does). On a shared folder, another host never reads half a file."""
 
+    def _folders_make(self, directory: str) -> None:
+        """The folder and those above it, up to the storage's own, each made with the folder mode (os.makedirs
+        gives the ones above the last the process's default: readable by every local account)."""
+        missing = []
+        while not os.path.isdir(directory):
+            missing.append(directory)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+        mode = self.directory_permissions_mode or 0o777
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, mode)
+            except FileExistsError:  # made by a concurrent writer
+                pass
+
     def _save(self, name: str, content: Any) -> str:
         full_path = self.path(name)
         directory = os.path.dirname(full_path)
         while True:
-            os.makedirs(directory, exist_ok=True)
+            self._folders_make(directory)
             try:
                 fd, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
                 break

@@ -3,6 +3,7 @@
 import logging
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,18 @@ def _secret_key() -> str:
     path = VAR_DIR / "secret_key"
     if not path.exists():
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        try:  # created with its final mode (never readable by others, even for a moment), by one process only
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of the first start made it just now
+            pass
+        else:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(50))
+    for _ in range(50):  # the process that made it may still be writing it
+        if key := path.read_text().strip():
+            return key
+        time.sleep(0.1)
+    raise ImproperlyConfigured(f"{path} is empty: delete it (a new key is made) or set DJANGO_SECRET_KEY")
 
 
 SECRET_KEY = _secret_key()
@@ -231,6 +241,10 @@ IMAGINAITION_MAX_UPLOAD_BYTES = env_number("IMAGINAITION_MAX_UPLOAD_BYTES", 50 *
 IMAGINAITION_MAX_PIXELS = env_number("IMAGINAITION_MAX_PIXELS", 64_000_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Stored pictures (a private gallery's) are not for other local accounts: the service's user and its group
+# (hosts sharing a folder may run the roles as users of one group) read them, through the service.
+FILE_UPLOAD_PERMISSIONS = 0o640
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 FILE_UPLOAD_HANDLERS = ["imaginaition_site.middleware.UploadLimitHandler",
                         "django.core.files.uploadhandler.MemoryFileUploadHandler",
                         "django.core.files.uploadhandler.TemporaryFileUploadHandler"]

@@ -623,3 +623,31 @@ def test_deep_greyscale_is_scaled_to_8_bits_for_the_models(mode):
     assert rgb[..., 0].tolist() == [[0, 1, 0, 127], [255, 254, 0, 2]]
     small = PILImage.fromarray(np.array([[0, 100, 255]], dtype=np.int32), "I")  # 8-bit values in a 32-bit mode
     assert np.asarray(to_rgb(small))[..., 0].tolist() == [[0, 100, 255]]
+
+
+def test_stored_pictures_and_their_folders_are_not_readable_by_other_local_accounts(media_root, user):
+    """Files were 0644 and folders 0755: any account on the host could read a private gallery."""
+    import stat as stat_module
+
+    image = services.image_add(data=encode(photo((66, 44)), "PNG"), original_name="private.png", user=user,
+                               enqueue=False).image
+    path = Path(media_root) / image.file.name
+    assert stat_module.S_IMODE(path.stat().st_mode) == 0o640
+    folder = path.parent
+    while folder != Path(media_root):
+        assert stat_module.S_IMODE(folder.stat().st_mode) == 0o750, folder
+        folder = folder.parent
+
+
+def test_the_secret_key_file_is_made_private_from_its_first_byte(tmp_path):
+    import stat as stat_module
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IMAGINAITION_VAR_DIR": str(tmp_path / "var")}
+    env.pop("DJANGO_SECRET_KEY", None)
+    code = "import os; os.umask(0o022); import imaginaition_site.settings as s; print(len(s.SECRET_KEY))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and int(done.stdout.strip()) > 40, done.stderr[-2000:]
+    assert stat_module.S_IMODE((tmp_path / "var" / "secret_key").stat().st_mode) == 0o600
