@@ -651,3 +651,24 @@ def test_the_secret_key_file_is_made_private_from_its_first_byte(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and int(done.stdout.strip()) > 40, done.stderr[-2000:]
     assert stat_module.S_IMODE((tmp_path / "var" / "secret_key").stat().st_mode) == 0o600
+
+
+def test_a_thumbnail_of_a_large_photo_decodes_it_at_a_reduced_scale(media_root, user, monkeypatch):
+    """A full decode of a 64 MP picture took hundreds of MB of the web process for a 128 px thumbnail."""
+    from gallery.thumbnails import thumbnail_bytes
+
+    big = PILImage.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
+    image = services.image_add(data=encode(big, "JPEG", quality=90), original_name="big.jpg", user=user,
+                               enqueue=False).image
+    from PIL import ImageFile
+
+    decoded_sizes, real_load = [], ImageFile.ImageFile.load
+
+    def load(self):
+        decoded_sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    thumbnail = PILImage.open(io.BytesIO(thumbnail_bytes(image=image, size=128)))
+    assert thumbnail.size == (128, 96) and thumbnail.format == "WEBP"
+    assert decoded_sizes and max(max(size) for size in decoded_sizes) == 250  # the 1/8 scale covers 128 px
