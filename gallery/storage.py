@@ -24,6 +24,7 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 
 
 STORAGE_ERRORS = _storage_errors()
+PARTIAL_PREFIX = ".partial-"  # a file being written aside, hard-linked into place when whole
 
 
 class AtomicFileSystemStorage(FileSystemStorage):
@@ -54,7 +55,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
         while True:
             self._folders_make(directory)
             try:
-                fd, temporary = tempfile.mkstemp(dir=directory, prefix=".partial-")
+                fd, temporary = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)
                 break
             except FileNotFoundError:  # a delete removed the folder as it emptied (below): make it again
                 continue

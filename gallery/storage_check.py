@@ -7,6 +7,7 @@ belong to a row about to commit: it is never reported, nor deleted."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.storage import stored_delete
+from gallery.storage import PARTIAL_PREFIX, stored_delete
 from gallery.thumbnails import THUMBNAIL_FOLDER, thumbnail_sha256
 
 IMAGE_FOLDER = "images"
@@ -33,19 +34,24 @@ class StorageReport:
     checked: int  # files under the folders images go in
     orphans: list[StoredFile]  # older than min_age, referred to by no image
     missing: list[int]  # ids of images whose file is gone
-    originals: int = 0  # stored originals (images/), referred to or not
+    referenced: int = 0  # stored originals (images/) an image refers to
 
     @property
     def orphan_bytes(self) -> int:
         return sum(stored.size for stored in self.orphans)
 
     @property
+    def orphaned_originals(self) -> int:
+        """Orphans that are pictures (not a half-written file, never one)."""
+        return sum(stored.name.startswith(f"{IMAGE_FOLDER}/") and not os.path.basename(stored.name).startswith(
+            PARTIAL_PREFIX) for stored in self.orphans)
+
+    @property
     def looks_like_another_database(self) -> bool:
-        """Most stored originals are referred to by no image: a check against the wrong database (a
-        mistyped DATABASE_URL, an empty one after a restore), not files left by killed adds, which are
-        a few at most. Deleting them would delete the gallery's pictures."""
-        orphaned = sum(stored.name.startswith(f"{IMAGE_FOLDER}/") for stored in self.orphans)
-        return orphaned >= 2 and orphaned * 2 > self.originals
+        """More stored originals are referred to by no image than by one (an empty database included): a
+        check against the wrong database (a mistyped DATABASE_URL, an empty one after a restore), not
+        files left by killed adds, which are a few among many. Deleting them would delete the pictures."""
+        return self.orphaned_originals > self.referenced
 
 
 def storage_check(*, min_age: timedelta = timedelta(hours=1),
@@ -54,11 +60,10 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
     files = {name for _, name, _ in rows if name}
     digests = {digest for _, _, digest in rows}
     cutoff = timezone.now() - min_age
-    checked, originals, orphans, seen = 0, 0, [], set()
+    checked, orphans, seen = 0, [], set()
     for folder in (IMAGE_FOLDER, THUMBNAIL_FOLDER):
         for name in _stored_names(folder):
             checked += 1
-            originals += folder == IMAGE_FOLDER
             if progress is not None:
                 progress(1)
             if folder == IMAGE_FOLDER and name in files:
@@ -69,7 +74,7 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
             if default_storage.get_modified_time(name) < cutoff:
                 orphans.append(StoredFile(name=name, size=default_storage.size(name)))
     missing = images_file_missing(rows=[(image_id, name) for image_id, name, _ in rows], listed=seen)
-    return StorageReport(checked=checked, orphans=orphans, missing=missing, originals=originals)
+    return StorageReport(checked=checked, orphans=orphans, missing=missing, referenced=len(seen))
 
 
 def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed: AbstractSet[str] = frozenset(),

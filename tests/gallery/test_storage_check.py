@@ -98,11 +98,20 @@ def test_deleting_is_refused_when_most_originals_are_orphans_a_check_against_the
     original an orphan, and --delete removed the whole gallery's pictures without a word."""
     pictures = [_store(f"images/{n}{n}/{n}{n}/{f'{n}{n}' * 32}.jpg", b"p" * 20, age_s=7200) for n in "abc"]
 
-    with pytest.raises(CommandError, match=r"Nothing was deleted: 3 of the 3 stored originals are referred to by no "
-                                           r"image in database '.+'\. Is it the gallery's \(DATABASE_URL"):
+    recent = _store(f"images/dd/dd/{'dd' * 32}.jpg", b"r" * 20, age_s=60)  # too young to count as an orphan
+    with pytest.raises(CommandError, match=r"Nothing was deleted: 3 stored originals are referred to by no image "
+                                           r"\(and 0 by one\) in database '.+'\. Is it the gallery's \(DATABASE_URL"):
         call_command("storage_check", "--delete")
     assert all(default_storage.exists(name) for name in pictures)
 
     call_command("storage_check", "--delete", "--force")
     assert "deleted 3 files referred to by no image" in capsys.readouterr().out
-    assert not any(default_storage.exists(name) for name in pictures)
+    assert not any(default_storage.exists(name) for name in pictures) and default_storage.exists(recent)
+
+
+@pytest.mark.django_db
+def test_one_picture_checked_against_an_empty_database_is_not_deleted(media_root):
+    lone = _store(f"images/ee/ee/{'ee' * 32}.jpg", b"q" * 20, age_s=7200)
+    with pytest.raises(CommandError, match="Nothing was deleted: 1 stored originals"):
+        call_command("storage_check", "--delete")
+    assert default_storage.exists(lone)

@@ -17,8 +17,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--delete", action="store_true", help="delete the files no image refers to")
         parser.add_argument("--force", action="store_true",
-                            help="with --delete: delete them even when most stored originals are referred to by no "
-                                 "image (refused otherwise: that is a check against the wrong database)")
+                            help="with --delete: delete them even when more stored originals are referred to by no "
+                                 "image than by one (refused otherwise: that is a check against the wrong database)")
         parser.add_argument("--older-than", type=at_least(1), default=60, metavar="MINUTES",
                             help="only files older than this count (60): a younger one may be an image being "
                                  "added right now, its row not yet committed")
@@ -35,8 +35,8 @@ class Command(BaseCommand):
         if delete and report.orphans and report.looks_like_another_database and not force:
             database = settings.DATABASES["default"]
             raise CommandError(
-                f"Nothing was deleted: {sum(o.name.startswith('images/') for o in report.orphans)} of the "
-                f"{report.originals} stored originals are referred to by no image in database {database['NAME']!r}"
+                f"Nothing was deleted: {report.orphaned_originals} stored originals are referred to by no image "
+                f"(and {report.referenced} by one) in database {database['NAME']!r}"
                 f"{' at ' + database['HOST'] if database.get('HOST') else ''}. Is it the gallery's (DATABASE_URL, "
                 "IMAGINAITION_DATABASE_NAME)? Deleting would remove the gallery's pictures; --force deletes them "
                 "anyway.")
