@@ -46,9 +46,13 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
                                                     "recursive": request.GET.get("recursive", "on") == "on"})
     active = ResetJob.objects.filter(state__in=ACTIVE_RESET_STATES).first()
     if request.method == "POST" and form.is_valid():
-        preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
-        return render(request, "admin/gallery/reset/confirm.html",
-                      _context(request, title="Confirm reset", preview=preview, active=active))
+        try:
+            preview = reset_preview(folder=form.cleaned_data["folder"], recursive=form.cleaned_data["recursive"])
+        except ResetRefused as exc:
+            form.add_error("folder", str(exc))
+        else:
+            return render(request, "admin/gallery/reset/confirm.html",
+                          _context(request, title="Confirm reset", preview=preview, active=active))
     return render(request, "admin/gallery/reset/form.html",
                   _context(request, title="Reset / initialize from a folder", form=form, active=active,
                            roots=[str(root) for root in import_roots()]))

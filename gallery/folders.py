@@ -8,6 +8,7 @@ folder, `folder_files` (gallery.services) does not follow symbolic links either.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -63,4 +64,6 @@ def import_folder_check(folder: str | Path, *, require_absolute: bool = True) ->
         next(resolved.iterdir(), None)
     except PermissionError:
         raise FolderRefused(f"{path} cannot be read by the server.") from None
+    if not os.access(resolved, os.R_OK | os.X_OK):  # listed, but its files cannot be reached (no execute bit)
+        raise FolderRefused(f"{path} cannot be read by the server (its files cannot be opened).")
     return resolved

@@ -63,7 +63,10 @@ def reset_folder_check(*, folder: str) -> Path:
 
 def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     path = reset_folder_check(folder=folder)
-    files, _ = folder_files(root=path, recursive=recursive)
+    try:
+        files, _ = folder_files(root=path, recursive=recursive)
+    except OSError as exc:  # e.g. changed since the check
+        raise ResetRefused(f"{path} cannot be read by the server: {exc.strerror or exc}.") from None
     responses = events.derived_data_counted.send(sender=Image)
     # The stubs type a receiver's response as str | None; these receivers return [(count, "what")].
     derived = [pair for _, pairs in responses for pair in cast("list[tuple[int, str]]", pairs)]

@@ -182,7 +182,9 @@ class ImportReport:
 
 
 def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Regular files under `root` (sorted); symlinks and anything resolving outside root are refused."""
+    """Regular files under `root` (sorted); symlinks and anything resolving outside root are refused,
+    and so is a sub-folder this process cannot read (named once, with the reason). OSError when root
+    itself cannot be read."""
     root = root.resolve()
     files: list[Path] = []
     refused: list[tuple[str, str]] = []
@@ -190,28 +192,39 @@ def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple
     while stack:
         folder = stack.pop()
         try:
-            entries = sorted(folder.iterdir(), key=lambda p: p.name)
-        except OSError as exc:  # a sub-folder this process may not read: named, and the rest goes on
+            found, found_refused, below = _folder_entries(folder, root)
+        except OSError as exc:  # no listing (no read permission) or no look inside (no execute permission)
             if folder == root:
                 raise
             refused.append((readable_name(str(folder.relative_to(root))),
                             f"could not read the folder: {exc.strerror or exc}"))
             continue
-        for entry in entries:
-            relative = readable_name(str(entry.relative_to(root)))
-            if entry.is_symlink():
-                refused.append((relative, "symbolic link: not followed"))
-            elif entry.is_dir():
-                if recursive:
-                    stack.append(entry)
-            elif entry.is_file():
-                if entry.resolve().is_relative_to(root):
-                    files.append(entry)
-                else:
-                    refused.append((relative, "outside the folder"))
-            else:
-                refused.append((relative, "not a regular file"))
+        files += found
+        refused += found_refused
+        if recursive:
+            stack += below
     return sorted(files), refused
+
+
+def _folder_entries(folder: Path, root: Path) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
+    """(files, refused entries, sub-folders) of one folder; OSError, and nothing, when it cannot be read."""
+    files: list[Path] = []
+    refused: list[tuple[str, str]] = []
+    below: list[Path] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        relative = readable_name(str(entry.relative_to(root)))
+        if entry.is_symlink():
+            refused.append((relative, "symbolic link: not followed"))
+        elif entry.is_dir():
+            below.append(entry)
+        elif entry.is_file():
+            if entry.resolve().is_relative_to(root):
+                files.append(entry)
+            else:
+                refused.append((relative, "outside the folder"))
+        else:
+            refused.append((relative, "not a regular file"))
+    return files, refused, below
 
 
 def folder_import(*, root: Path, recursive: bool = False, user: User | None = None, enqueue: bool = True,

@@ -468,19 +468,28 @@ def test_the_same_bytes_again_store_a_missing_file_again_and_retry_what_failed_w
     assert services.image_add(data=data, original_name="kept.png", enqueue=False).image.status == ProcessingStatus.PENDING
 
 
+@pytest.mark.parametrize("missing", ["read", "execute"])
 def test_a_sub_folder_that_cannot_be_read_is_named_and_the_rest_is_imported(photo_folder, media_root, capsys,
-                                                                              monkeypatch):
-    """Its PermissionError stopped the whole recursive import, nothing added. (Tests run as root, who reads
-    any folder: the refusal is the operating system's, as a user without the permission gets it.)"""
+                                                                              monkeypatch, missing):
+    """Its PermissionError stopped the whole recursive import, nothing added. Without the read permission
+    it cannot be listed; without the execute one it is listed but its entries cannot be looked at. (Tests
+    run as root, who reads any folder: the refusal is the operating system's, as a user without the
+    permission gets it.)"""
     locked = photo_folder / "sub"
-    real_iterdir = Path.iterdir
+    real_iterdir, real_is_symlink = Path.iterdir, Path.is_symlink
 
     def iterdir(path):
-        if path == locked:
+        if path == locked and missing == "read":
             raise PermissionError(13, "Permission denied", str(path))
         return real_iterdir(path)
 
+    def is_symlink(path):
+        if path.parent == locked and missing == "execute":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_symlink(path)
+
     monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.setattr(Path, "is_symlink", is_symlink)
     call_command("import_folder", str(photo_folder), "--recursive")
     out = capsys.readouterr().out
     assert "added: 15, duplicates: 0, rejected: 5" in out  # the 5 pictures of sub/ are not read
@@ -491,6 +500,24 @@ def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_fol
     with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
         call_command("import_folder", str(photo_folder), "--sync", "--batch-size", "-3")
     assert not Image.objects.exists()
+
+
+def test_a_sub_folder_not_read_and_a_failure_elsewhere_are_named_as_they_are(tmp_path, import_root, media_root,
+                                                                              capsys, monkeypatch):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(photo((70, 40)), "PNG"))
+    os.mkdir(os.path.join(os.fsencode(folder), b"sub\xff"))
+    call_command("import_folder", str(folder))
+    assert "sub-folders not read (add --recursive to import them too): sub\ufffd" in capsys.readouterr().out
+
+    def elsewhere(**kwargs):
+        raise PermissionError(13, "Permission denied", "/srv/other/.handle_pids.json")
+
+    monkeypatch.setattr("gallery.management.commands.import_folder.folder_import", elsewhere)
+    with pytest.raises(CommandError) as failed:  # it named the folder, which was not the problem
+        call_command("import_folder", str(folder))
+    assert str(failed.value) == "/srv/other/.handle_pids.json: Permission denied"
 
 
 def test_a_file_over_the_limit_is_refused_without_being_read_whole(tmp_path, settings, monkeypatch):

@@ -179,6 +179,22 @@ def test_a_sub_folder_the_worker_cannot_read_is_listed_as_rejected_and_the_rest_
 
 
 @pytest.mark.django_db
+def test_a_folder_that_cannot_be_listed_in_the_preview_is_refused_on_the_form(client, staff_user, folder,
+                                                                               monkeypatch):
+    from gallery import reset
+
+    def unreadable(**kwargs):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(reset, "folder_files", unreadable)  # changed since the check: was a 500
+    client.force_login(staff_user)
+    response = client.post(reverse("gallery-reset"), {"folder": str(folder)})
+    page = response.content.decode()
+    assert response.status_code == 200 and f"{folder} cannot be read by the server: Permission denied." in page
+    assert not ResetJob.objects.exists()
+
+
+@pytest.mark.django_db
 def test_a_folder_the_worker_cannot_read_stops_the_reset_before_anything_is_deleted(staff_user, folder, old_gallery,
                                                                                      monkeypatch):
     from pathlib import Path

@@ -4,7 +4,7 @@ from tqdm import tqdm
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.management.arguments import at_least
 from gallery.management.processing import process_pending_here
-from gallery.services import StorageFailed, folder_files, folder_import
+from gallery.services import StorageFailed, folder_files, folder_import, readable_name
 
 
 class Command(BaseCommand):
@@ -32,8 +32,8 @@ class Command(BaseCommand):
                 report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=bar.update)
         except StorageFailed as exc:
             raise CommandError(str(exc)) from exc
-        except (OSError, NotADirectoryError) as exc:
-            raise CommandError(f"{folder}: {exc}") from exc
+        except OSError as exc:  # the folder, or whatever else failed (named by the error when it names a file)
+            raise CommandError(f"{exc.filename or folder}: {exc.strerror or exc}") from exc
         except KeyboardInterrupt:
             raise CommandError("Interrupted. Every file added so far is stored whole; run the same command again to "
                                "add the rest (with --sync it also finishes their processing).") from None
@@ -46,7 +46,8 @@ class Command(BaseCommand):
             for relative in report.duplicates:
                 self.stdout.write(f"  duplicate {relative}: the same bytes are already stored")
         if not recursive:
-            skipped = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.is_symlink())
+            skipped = sorted(readable_name(entry.name) for entry in folder.iterdir()
+                             if entry.is_dir() and not entry.is_symlink())
             if skipped:
                 more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
                 self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
