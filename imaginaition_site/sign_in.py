@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from axes.helpers import get_client_ip_address
+from axes.utils import reset as axes_reset
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import authenticate
@@ -55,8 +57,13 @@ class PasswordChangeCountedForm(PasswordChangeForm):
 
     def clean_old_password(self) -> str:
         old_password: str = self.cleaned_data["old_password"]
-        if authenticate(self.request, username=self.user.get_username(), password=old_password) is None:
+        username = self.user.get_username()
+        if authenticate(self.request, username=username, password=old_password) is None:
             raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        # The right password clears the count, as a sign-in does (axes resets it on a sign-in only).
+        if self.request is not None:
+            axes_reset(ip=get_client_ip_address(self.request), username=throttled_username(
+                self.request, {"username": username}))
         return old_password
 
 

@@ -116,3 +116,18 @@ def test_wrong_old_passwords_on_a_password_change_count_like_failed_sign_ins(cli
     assert done.status_code == 302 and done["Location"] == reverse(page + "_done")
     staff_user.refresh_from_db()
     assert staff_user.check_password("An0ther-Long-pass")
+
+
+def test_the_right_old_password_on_a_password_change_clears_the_count_as_a_sign_in_does(client, staff_user, settings):
+    """It was left at its failures: one mistyped sign-in afterwards locked the user out."""
+    settings.AXES_FAILURE_LIMIT = 3
+    client.force_login(staff_user)
+    url = reverse("password_change")
+    fields = {"new_password1": "An0ther-Long-pass", "new_password2": "An0ther-Long-pass"}
+    for _ in range(2):
+        client.post(url, {"old_password": "a-guess", **fields}, REMOTE_ADDR="10.0.0.1")
+    assert client.post(url, {"old_password": "s3cret-Pass!", **fields}, REMOTE_ADDR="10.0.0.1").status_code == 302
+    client.logout()
+    wrong = {"username": staff_user.username, "password": "mistyped"}
+    assert sign_in(client, wrong).status_code == 200  # the first failure of a new count, not the third
+    assert sign_in(client, {"username": staff_user.username, "password": "An0ther-Long-pass"}).status_code == 302
