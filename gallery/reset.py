@@ -143,11 +143,16 @@ def reset_resume_cut_short() -> list[int]:
 
 def reset_resume_if_abandoned(job: ResetJob) -> bool:
     """Asked by the progress page as it polls: a running job whose worker died (nobody holds the run
-    lock) is handed out again now, not after the queue's retry time (12 min). At most once a minute
-    per process: a copy that finds the run alive returns, but a stopped cluster would collect them."""
-    if job.state != ResetJob.State.RUNNING or not cache.add(f"imaginaition-reset-resume-{job.pk}", True, 60):
+    lock) is handed out again now, not after the queue's retry time (12 min). Then not again for a
+    minute in this process: a copy that finds the run alive returns, but a stopped cluster would
+    collect one a poll."""
+    handed_out = f"imaginaition-reset-resumed-{job.pk}"
+    if job.state != ResetJob.State.RUNNING or cache.get(handed_out):
         return False
-    return job.pk in reset_resume_cut_short()
+    if job.pk not in reset_resume_cut_short():
+        return False
+    cache.set(handed_out, True, 60)
+    return True
 
 
 def reset_active() -> bool:

@@ -9,7 +9,7 @@ from django_q.models import OrmQ
 from PIL import Image as PILImage
 
 from gallery.models import Image, ResetJob
-from gallery.reset import ResetRefused, reset_run, reset_start
+from gallery.reset import RESET_LOCK, ResetRefused, reset_run, reset_start
 from gallery.services import image_add
 from retrieval import pipeline
 from tests.conftest import wait_for
@@ -435,8 +435,30 @@ def test_the_progress_page_hands_a_reset_whose_worker_died_out_again_at_once(cli
     status_url = reverse("gallery-reset-status", args=[job.pk])
     assert client.get(status_url).json()["state"] == "queued" and OrmQ.objects.count() == 0  # waits for a worker
 
-    ResetJob.objects.filter(pk=job.pk).update(state="running", phase="importing files")  # and its worker died
-    with django_capture_on_commit_callbacks(execute=True):
+    ResetJob.objects.filter(pk=job.pk).update(state="running", phase="importing files")
+    alive, done = threading.Event(), threading.Event()
+
+    def live_worker():  # holds the run lock on a connection of its own, as the worker running it does
+        from django.db import connection as own
+
+        with own.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [RESET_LOCK])
+            alive.set()
+            done.wait(30)
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [RESET_LOCK])
+        own.close()
+
+    holder = threading.Thread(target=live_worker)
+    holder.start()
+    try:
+        assert alive.wait(30)
+        with django_capture_on_commit_callbacks(execute=True):
+            client.get(status_url)
+        assert OrmQ.objects.count() == 0  # its worker runs it: nothing to hand out
+    finally:
+        done.set()
+        holder.join(30)
+    with django_capture_on_commit_callbacks(execute=True):  # its worker died: at the next poll, not a minute on
         assert client.get(status_url).json()["state"] == "running"
     assert OrmQ.objects.count() == 1  # handed out again
     with django_capture_on_commit_callbacks(execute=True):
