@@ -8,7 +8,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
-    from django.db import OperationalError
+    from django.db import OperationalError, ProgrammingError
 
     try:
         execute_from_command_line(sys.argv)
@@ -18,6 +18,11 @@ def main() -> None:
         where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "the embedded database (var/pgdata)"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         sys.exit(f"Error: cannot use the database of {where}: {reason}")
+    except ProgrammingError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "42P01":  # undefined_table: not migrated; others are bugs
+            raise
+        sys.exit(f"Error: the database has no tables of this service ({str(exc).strip().splitlines()[0]}): run "
+                 "`python manage.py migrate` first, or check DATABASE_URL / IMAGINAITION_DATABASE_NAME")
 
 
 if __name__ == "__main__":

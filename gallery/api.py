@@ -168,8 +168,9 @@ class ClosedInput(serializers.Serializer):
             known = ", ".join([*self.fields, *self.ALSO_ACCEPTED])
             raise serializers.ValidationError({name: [f"Unknown field; the fields are: {known}."] for name in unknown})
         if html.is_html_input(data):  # a form or query string may repeat a field: DRF keeps the last value
-            repeated = {name: len(data.getlist(name)) for name, field in self.fields.items()
-                        if not getattr(field, "takes_repeats", False) and len(data.getlist(name)) > 1}
+            single = [name for name, field in self.fields.items() if not getattr(field, "takes_repeats", False)]
+            repeated = {name: len(data.getlist(name)) for name in [*single, *self.ALSO_ACCEPTED]
+                        if len(data.getlist(name)) > 1}
             if repeated:
                 raise serializers.ValidationError({name: [f"Send this field once ({count} values were sent)."]
                                                    for name, count in repeated.items()})

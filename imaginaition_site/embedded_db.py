@@ -60,7 +60,7 @@ def _holders_file() -> Path:
 def _live(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError):  # ValueError: a negative pid
         return False
 
 

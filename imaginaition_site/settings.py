@@ -47,7 +47,7 @@ def env_rate(name: str, default: str) -> str:
     """A request rate as DRF's throttles read it ("10/minute": a count per second, minute, hour or day)."""
     text = os.environ.get(name, "").strip() or default
     count, _, period = text.partition("/")
-    if not (count.isdigit() and period[:1] in {"s", "m", "h", "d"}):
+    if not (count.isascii() and count.isdigit() and period[:1] in {"s", "m", "h", "d"}):  # "²" is a digit too
         raise ImproperlyConfigured(f"{name} must be a count per period such as 10/minute (s, m, h or d), "
                                    f"not {text!r}")
     return text
@@ -264,7 +264,7 @@ IMAGINAITION_FLAT_INDEX_MAX = env_number("IMAGINAITION_FLAT_INDEX_MAX", 10_000, 
 # ivf (default: builds in about the time it takes to read the vectors), ivf-sq8 / ivf-sq6 / ivf-sq4 (the same
 # lists as 8/6/4-bit codes: less memory), ivf-pq (4-bit product codes re-ranked from a memory-mapped file of
 # 16-bit vectors: least memory per process), hnsw (slower to build); or one per space: semantic=KIND,content=KIND.
-IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "ivf")
+IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "").strip() or "ivf"  # set but empty: the default
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
 IMAGINAITION_IVF_LISTS_FACTOR = env_number("IMAGINAITION_IVF_LISTS_FACTOR", 0.5, minimum=0, whole=False)
 IMAGINAITION_ANN_TARGET_RECALL = env_number("IMAGINAITION_ANN_TARGET_RECALL", 0.97, minimum=0, whole=False)

@@ -76,7 +76,10 @@ def ann_kind(space: str) -> str:
     Raises ValueError naming the choices for an unknown kind or space."""
     value = str(settings.IMAGINAITION_ANN_INDEX).replace(" ", "")
     if "=" in value:
-        per_space = dict(part.partition("=")[::2] for part in value.split(",") if part)
+        pairs = [part.partition("=")[::2] for part in value.split(",") if part]
+        per_space = dict(pairs)
+        if len(per_space) < len(pairs):
+            raise ValueError(f"IMAGINAITION_ANN_INDEX names a space twice ({value}): use semantic=KIND,content=KIND")
         unknown_spaces = set(per_space) - {"semantic", "content"}
         if unknown_spaces:
             raise ValueError(f"IMAGINAITION_ANN_INDEX names unknown spaces {sorted(unknown_spaces)}: "

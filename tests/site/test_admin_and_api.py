@@ -377,6 +377,8 @@ def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_t
             name: ["Unknown field; the fields are: label, page, page_size, format."]}
     assert client.get(reverse("api-images"), {"label": "cat", "page": 1, "page_size": 5,
                                               "format": "json"}).status_code == 200
+    twice = client.get(reverse("api-images") + "?page=1&page=2")  # page 2 was answered
+    assert twice.status_code == 400 and twice.json() == {"page": ["Send this field once (2 values were sent)."]}
     too_long = client.get(reverse("api-images"), {"label": ",".join(f"label{i}" for i in range(200))})
     assert too_long.status_code == 400 and "1000 characters" in too_long.json()["label"][0]
 

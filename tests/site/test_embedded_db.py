@@ -144,8 +144,10 @@ def test_after_a_stop_the_processes_that_held_it_hold_it_again_once_anyone_start
                                capture_output=True, text=True, timeout=120)
         assert short.returncode == 0, short.stderr[-2000:]
         assert "running, pid" in run("status").stdout  # the service's hold kept it up after the command's exit
-        refused = run("start", "--holder", "999999999")
-        assert refused.returncode == 2 and "--holder 999999999: no such process is running" in refused.stderr
+        for pid in ("999999999", "-1"):
+            refused = run("start", "--holder", pid)
+            assert refused.returncode == 2 and f"--holder {pid}: no such process is running" in refused.stderr
+            assert "Traceback" not in refused.stderr
     finally:
         service.kill()
         service.wait(10)

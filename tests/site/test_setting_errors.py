@@ -24,7 +24,15 @@ from tests.conftest import REPO
      "Error: IMAGINAITION_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'"),
     ("IMAGINAITION_ANN_INDEX", "bogus", "check",
      "retrieval.E004) IMAGINAITION_ANN_INDEX must be one of ivf, "),
-], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index"])
+    ("IMAGINAITION_ANN_INDEX", "semantic=hnsw,semantic=ivf", "check",
+     "retrieval.E004) IMAGINAITION_ANN_INDEX names a space twice (semantic=hnsw,semantic=ivf)"),
+    ("IMAGINAITION_WORKER_CHECK_RATE", "²/minute", "check",
+     "Error: IMAGINAITION_WORKER_CHECK_RATE must be a count per period such as 10/minute"),
+    ("IMAGINAITION_DATABASE_NAME", "postgres", "storage_check",
+     'Error: the database has no tables of this service (relation "gallery_image" does not exist): run '
+     "`python manage.py migrate` first"),
+], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index",
+        "ann-index-twice", "rate-digit", "not-migrated"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
     env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", command], cwd=REPO, env=env, capture_output=True, text=True,
@@ -33,8 +41,9 @@ def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
-def test_a_log_level_in_lower_case_is_taken():
-    env = {**os.environ, "IMAGINAITION_LOG_LEVEL": "debug", "HF_HUB_OFFLINE": "1"}
+@pytest.mark.parametrize("setting, value", [("IMAGINAITION_LOG_LEVEL", "debug"), ("IMAGINAITION_ANN_INDEX", "")])
+def test_a_log_level_in_lower_case_and_an_empty_index_kind_are_taken(setting, value):
+    env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
