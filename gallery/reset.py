@@ -208,19 +208,20 @@ def _run(job: ResetJob) -> ResetJob:
     def save(*fields: str) -> None:
         job.save(update_fields=[*fields, "phase"])
 
+    nothing_deleted = "" if resuming else " Nothing was deleted."  # a resumed run's gallery is already emptied
     try:
         try:
             folder = reset_folder_check(folder=job.folder)  # the roots may have changed since it was queued
         except ResetRefused as exc:  # checked by the web host's settings when started; now by this worker's
             by_roots = (" by its own IMAGINAITION_IMPORT_ROOTS (which should name the same folders as the web "
                         "hosts')" if "IMAGINAITION_IMPORT_ROOTS" in str(exc) else "")
-            raise ResetRefused(f"The worker running the reset refused the folder{by_roots}: {exc}"
-                               f"{'' if resuming else ' Nothing was deleted.'}") from None
+            raise ResetRefused(f"The worker running the reset refused the folder{by_roots}: {exc}{nothing_deleted}"
+                               ) from None
         try:  # listed before anything is deleted: a folder this worker cannot read stops the reset here
             files_to_import = len(folder_files(root=folder, recursive=job.recursive)[0])
         except OSError as exc:
             raise ResetRefused(f"The worker running the reset cannot read {folder}: {exc.strerror or exc}."
-                               f"{'' if resuming else ' Nothing was deleted.'}") from None
+                               f"{nothing_deleted}") from None
         if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
             job.phase = "deleting the gallery"
             save()
