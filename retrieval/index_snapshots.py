@@ -257,9 +257,7 @@ class IndexSnapshot:
             return self.remove(labels)
 
     def remove_regions(self, mask_ids: set[int]) -> int:
-        """Drop replaced masks' region vectors (a region index; an image index has none)."""
-        if self.owner != "region":
-            return 0
+        """Drop replaced masks' region vectors (of a region index: the caller asks only those)."""
         with self.lock:
             for mask_id in mask_ids:
                 image_id = self.image_of.pop(mask_id, None)
