@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest
+from django.utils.connection import ConnectionProxy
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -25,6 +27,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.reverse import reverse
 from rest_framework.utils import html
 from rest_framework.views import APIView, exception_handler
@@ -37,6 +40,7 @@ from gallery.models import Image
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
+    from django.core.cache.backends.base import BaseCache
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -71,6 +75,13 @@ def image_url(request: Request | None, name: str, image_id: int) -> str:
     if template is None:
         template = cache[name] = tuple(reverse(name, args=[_URL_MARKER], request=request).rsplit(_URL_MARKER, 1))
     return f"{template[0]}{image_id}{template[1]}"
+
+
+class SharedScopedRateThrottle(ScopedRateThrottle):
+    """DRF's scoped throttle counted in the shared cache (a database table), so a rate holds for the whole
+    service, not once per web process and host."""
+
+    cache = cast("BaseCache", ConnectionProxy(caches, settings.SHARED_CACHE))  # each thread's own connection
 
 
 class ErrorSerializer(serializers.Serializer):

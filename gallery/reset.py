@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import connection, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -144,8 +144,9 @@ def reset_resume_cut_short() -> list[int]:
 def reset_resume_if_abandoned(job: ResetJob) -> bool:
     """Asked by the progress page as it polls: a running job whose worker died (nobody holds the run
     lock) is handed out again now, not after the queue's retry time (12 min). Then not again for a
-    minute in this process: a copy that finds the run alive returns, but a stopped cluster would
-    collect one a poll."""
+    minute by any web process (the shared cache): a copy that finds the run alive returns, but a
+    stopped cluster would collect one a poll."""
+    cache = caches[settings.SHARED_CACHE]
     handed_out = f"imaginaition-reset-resumed-{job.pk}"
     if job.state != ResetJob.State.RUNNING or cache.get(handed_out):
         return False

@@ -164,6 +164,14 @@ else:
 if os.environ.get("IMAGINAITION_DATABASE_NAME"):
     DATABASES["default"]["NAME"] = os.environ["IMAGINAITION_DATABASE_NAME"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# "default" is each process's own memory (quick, for what one process may keep to itself); "shared" is a table
+# in the database, so what every web process and host must agree on (request rates, a reset handed out again)
+# is counted once. The table comes with gallery's migrations.
+SHARED_CACHE = "shared"
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    SHARED_CACHE: {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "imaginaition_shared_cache"},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -311,7 +319,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "gallery.api.api_exception_handler",  # refused input → 4xx {"detail": message}
-    # Only the views that name a scope are throttled (per process: the default local-memory cache).
+    # Only the views that name a scope are throttled, counted in the shared cache (one count for every process).
     # A worker check queues a task and keeps its row: any signed-in user may ask, not without end.
     "DEFAULT_THROTTLE_RATES": {"worker_check": env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute")},
 }

@@ -15,7 +15,6 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.reverse import reverse
 from rest_framework.utils import html
 from rest_framework.views import APIView
@@ -28,6 +27,7 @@ from gallery.api import (
     GalleryReadPermission,
     NO_NUL,
     ImageUrlFields,
+    SharedScopedRateThrottle,
     TextField,
     UploadField,
     ValidationErrorSerializer,
@@ -205,7 +205,7 @@ class StatusApi(APIView):
 class WorkerCheckStartApi(APIView):
     """Enqueue a ping task; a running worker answers it (see WorkerCheckResultApi)."""
 
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [SharedScopedRateThrottle]
     throttle_scope = "worker_check"
 
     @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()}),

@@ -73,21 +73,25 @@ def test_a_worker_check_result_shows_pings_only_by_their_id(client, user):
 
 @pytest.mark.django_db
 def test_worker_checks_are_limited_per_user_with_a_clear_429(client, user, django_user_model):
-    from django.core.cache import cache
+    from django.core.cache import caches
+    from django.db import connection
     from django_q.models import OrmQ
 
-    cache.clear()  # the throttle's history lives in the cache
-    try:
-        client.force_login(user)
-        answers = [client.post(reverse("api-worker-check")) for _ in range(11)]
-        assert [answer.status_code for answer in answers] == [202] * 10 + [429]
-        assert "throttled" in answers[-1].json()["detail"]
-        assert OrmQ.objects.count() == 10  # the refused one queued nothing
-        other = django_user_model.objects.create_user("other-pinger", password="Another-pass-123")
-        client.force_login(other)
-        assert client.post(reverse("api-worker-check")).status_code == 202  # per user, not for everyone
-    finally:
-        cache.clear()
+    caches["shared"].clear()  # the throttle's history lives in the shared cache
+    client.force_login(user)
+    answers = [client.post(reverse("api-worker-check")) for _ in range(10)]
+    caches["default"].clear()  # another web process or host: its own memory holds none of those ten
+    answers.append(client.post(reverse("api-worker-check")))
+    assert [answer.status_code for answer in answers] == [202] * 10 + [429]  # counted once for the service
+    assert "throttled" in answers[-1].json()["detail"]
+    assert OrmQ.objects.count() == 10  # the refused one queued nothing
+    with connection.cursor() as cursor:  # the count is a row in the database that every process reads
+        cursor.execute("SELECT count(*) FROM imaginaition_shared_cache WHERE cache_key LIKE %s",
+                       ["%throttle_worker_check%"])
+        assert cursor.fetchone()[0] == 1
+    other = django_user_model.objects.create_user("other-pinger", password="Another-pass-123")
+    client.force_login(other)
+    assert client.post(reverse("api-worker-check")).status_code == 202  # per user, not for everyone
 
 
 @pytest.mark.parametrize("text, accepted", [("10/minute", True), ("3/s", True), ("100/day", True), ("", True),
