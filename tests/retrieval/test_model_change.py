@@ -248,6 +248,8 @@ def test_the_migration_records_each_images_segmenter_from_its_masks_or_the_galle
     executor.migrate(after)
 
     recorded = dict(Image.objects.values_list("original_name", "segmented_by"))
+    latest = MigrationExecutor(connection)  # it reads what is applied now
+    latest.migrate(latest.loader.graph.leaf_nodes())  # the later migrations again, for the tests after it
     # its masks say it; found nothing: the gallery's usual one; not segmented yet: not known
     assert recorded == {"a": "seg/usual", "b": "seg/usual", "c": "", "d": "seg/rare"}
 
