@@ -7,7 +7,8 @@
    in floats with Python's round(), as the original: a half goes to the even number (24.5 → 24,
    1.5 → 2), and a product just under a half rounds down (45 * 0.7 = 31.499999999999996 → 31);
    the other index gets the rest, each in its own order, preferred index first.
-With intersection off, step 2 is skipped. No image appears twice.
+With intersection off, step 2 is skipped: an image both returned takes the place its index's share
+gives it, and is still labelled `both` (how it was found). No image appears twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from retrieval.spaces import Space
 
-BOTH = "both"  # retrieved_by of an image both indexes found; otherwise the Space that found it alone
+BOTH = "both"  # retrieved_by of an image both indexes returned; otherwise the Space that found it alone
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def merge(*, semantic: Sequence[Candidate], content: Sequence[Candidate], prefer
                 break
             if candidate.image_id not in taken:
                 taken.add(candidate.image_id)
-                picked.append(result(candidate.image_id, name.value))
+                # Placed by this index's share; labelled by how it was found (both, with intersection off).
+                found_by_both = candidate.image_id in similarity[name.other]
+                picked.append(result(candidate.image_id, BOTH if found_by_both else name.value))
         return picked
 
     preferred_part = take(preferred_name, preferred_quota)

@@ -70,8 +70,10 @@ def test_search_by_stored_image_applies_the_policy_and_fills_both_similarities(c
 def test_request_parameters_override_preferences(client, user, gallery):
     client.force_login(user)
     body = search(client, image_id=gallery[0].pk, k=3, intersection=False, policy="content", split=100).json()
-    assert [r["retrieved_by"] for r in body["results"]] == ["content"] * 3
+    # All three places are the content index's (labelled "both" where the semantic index returned it too).
+    assert len(body["results"]) == 3 and "semantic" not in {r["retrieved_by"] for r in body["results"]}
     assert body["preferences"] == {"k": 3, "intersection_first": False, "preferred_index": "content", "split": 100}
+    assert body["counts"]["content"] + body["counts"]["both"] == 3
 
 
 def test_form_data_leaves_unsent_yes_no_choices_to_the_preferences(client, user, gallery):
@@ -199,7 +201,8 @@ def test_stored_preferences_drive_the_search(client, user, gallery):
     client.put(reverse("api-preferences"), {"k": 2, "preferred_index": "content", "intersection_first": False},
                content_type="application/json")
     body = search(client, image_id=gallery[0].pk).json()
-    assert len(body["results"]) == 2 and body["results"][0]["retrieved_by"] == "content"
+    assert len(body["results"]) == 2 and body["results"][0]["retrieved_by"] in ("content", "both")
+    assert body["preferences"]["preferred_index"] == "content" and body["preferences"]["intersection_first"] is False
 
 
 def test_text_search_fills_all_k_places_from_the_semantic_index(client, user, gallery, monkeypatch):
