@@ -112,6 +112,23 @@ def preferences_update(*, user: User | None, session: SessionBase | None,
     return preferences_get(user=user, session=session)
 
 
+def preferences_keep_from_session(*, user: User, session: SessionBase) -> None:
+    """At sign-in: what a visitor saved in this browser session ("sign in to keep them") becomes the
+    account's, over what the account had (it is the newer choice); values that no longer pass the
+    limits are dropped, the rest kept."""
+    saved = session.pop(SESSION_KEY, None)
+    if not saved or not user.is_authenticated:
+        return
+    clean: dict[str, object] = {}
+    for name, value in dict(saved).items():
+        try:
+            clean.update(preferences_validate({name: value}))
+        except ValidationError:
+            continue
+    if clean:
+        SearchPreferences.objects.update_or_create(user_id=user.pk, defaults=clean)
+
+
 def policy_preferences(values: PreferenceValues, overrides: PreferenceOverrides | None = None) -> Preferences:
     """The subset the merge policy uses, with any per-query overrides applied."""
     chosen = {**values, **(overrides or {})}

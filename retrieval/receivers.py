@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.contrib.auth.signals import user_logged_in
+from django.http import HttpRequest
+
 from gallery import events
-from gallery.services import Progress
+from gallery.services import Progress, User
 from retrieval import pipeline, uploads
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_drop_all
 from retrieval.models import DeletedImage, Embedding, RegionEmbedding
 from retrieval.pgvector_store import hnsw_indexes_for_registry
+from retrieval.preferences import preferences_keep_from_session
 from retrieval.tasks import rebuild_indexes
 
 
@@ -49,7 +53,12 @@ def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:
     hnsw_indexes_for_registry(MODELS.values())
 
 
+def keep_session_preferences(sender: object, request: HttpRequest, user: User, **kwargs: object) -> None:
+    preferences_keep_from_session(user=user, session=request.session)
+
+
 def connect() -> None:
+    user_logged_in.connect(keep_session_preferences, dispatch_uid="retrieval-keep-session-preferences")
     events.images_added.connect(enqueue_processing, dispatch_uid="retrieval-enqueue")
     events.images_deleted.connect(forget_deleted_images, dispatch_uid="retrieval-forget-deleted")
     events.gallery_emptied.connect(drop_indexes_and_staged_uploads, dispatch_uid="retrieval-drop-indexes")

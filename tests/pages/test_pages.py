@@ -126,6 +126,24 @@ def test_preferences_are_validated_and_saved(client, user):
     assert "?threshold=60" in client.get(reverse("pages:image", args=[image.pk])).content.decode()  # overlays follow it
 
 
+def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, user):
+    """The page says "Saved for this browser session; sign in to keep them": signing in keeps them."""
+    from retrieval.models import SearchPreferences
+
+    SearchPreferences.objects.create(user=user, k=9, split=70)  # older choices of the account
+    saved = client.post(reverse("pages:preferences"), {"mask_threshold": 40, "k": 3, "preferred_index": "content",
+                                                       "split": 20}, follow=True).content.decode()
+    assert "sign in</a> to keep them" in saved
+    signed_in = client.post(reverse("login"), {"username": "alice", "password": "s3cret-Pass!"})
+    assert signed_in.status_code == 302
+    page = client.get(reverse("pages:preferences")).content.decode()
+    assert 'value="3"' in page and 'value="40"' in page and 'value="20"' in page and "Saved to your account" in page
+    stored = SearchPreferences.objects.get(user=user)
+    assert (stored.k, stored.mask_threshold, stored.preferred_index, stored.split) == (3, 40, "content", 20)
+    client.logout()
+    assert 'value="50"' in client.get(reverse("pages:preferences")).content.decode()  # not left in the browser
+
+
 def test_overlay_is_rendered_at_the_requested_threshold(client, user):
     image = make_image(size=(40, 20))
     gradient = np.tile(np.linspace(0, 1, 40, dtype=np.float32), (20, 1))  # probability rises left → right
