@@ -442,3 +442,18 @@ def test_a_refused_choice_of_radios_is_described_to_assistive_technology(client,
     group = re.search(r'<fieldset aria-describedby="([^"]+)"><legend>', page)
     assert group is not None and "id_preferred_index_error" in group.group(1).split()
     assert 'id="id_preferred_index_error"' in page and 'id="-error"' not in page
+
+
+def test_a_refused_request_and_a_server_error_get_the_sites_own_pages(client, user, settings, rf):
+    """Django's own 400 and 500 pages are one bare line; the site's say what happened and lead back."""
+    from imaginaition_site.views import server_error
+
+    settings.ALLOWED_HOSTS = ["testserver"]
+    refused = client.get(reverse("pages:gallery"), HTTP_HOST="evil.example")
+    page = refused.content.decode()
+    assert refused.status_code == 400 and "<h1>Request refused</h1>" in page
+    assert "DJANGO_ALLOWED_HOSTS" in page and f'href="{reverse("pages:home")}"' in page and "site.css" in page
+    failed = server_error(rf.get(reverse("pages:gallery")))
+    page = failed.content.decode()
+    assert failed.status_code == 500 and "<h1>Something went wrong</h1>" in page and "logged" in page
+    assert f'href="{reverse("pages:gallery")}"' in page
