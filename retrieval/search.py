@@ -247,7 +247,7 @@ def _staged_masks(staged: uploads.StagedUpload) -> dict[str, np.ndarray]:
     if staged.state == "working":
         raise QueryError("The labels of your picture are still being found; try again in a moment.", status_code=409)
     if staged.state == "failed":  # no labels were found at all: "it has no cat" would be untrue
-        raise QueryError(f"{staged.error} Search with the whole picture instead.", status_code=409)
+        raise QueryError(f"{staged.shown_error} Search with the whole picture instead.", status_code=409)
     return staged.masks()
 
 

@@ -50,6 +50,8 @@ _NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the
 # still waiting this long while no task is taken means no such worker is running. Say so now rather
 # than after the whole timeout.
 UNCLAIMED_SECONDS = 10.0
+_TIMED_OUT_FOR_PEOPLE = ("Your picture's labels were not found in time: the service is busy, or its picture worker "
+                         "is stopped.")
 _NOT_RUNNING = (f"No interactive worker took the picture within {{seconds:g}} s: start it (Q_CLUSTER_NAME="
                 f"{INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) and try again.")
 
@@ -82,6 +84,11 @@ class StagedUpload:
     state: SegmentationState = "ready"  # of its segmentation
     error: str = ""  # why segmentation failed
     timed_out: bool = False  # failed because no worker answered in time
+
+    @property
+    def shown_error(self) -> str:
+        """Why it failed, in a visitor's words: a timeout's `error` tells an operator which worker to start."""
+        return _TIMED_OUT_FOR_PEOPLE if self.timed_out else self.error
 
     def data(self) -> bytes:
         """The uploaded bytes; FileNotFoundError when the upload expired meanwhile."""

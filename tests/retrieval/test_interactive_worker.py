@@ -106,9 +106,15 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     assert state["state"] == "failed" and "interactive worker" in state["error"]
     page = client.get(reverse("pages:home")).content.decode()
     assert "data-poll-url" not in page and "You can still search with the whole picture" in page
+    # A visitor reads what happened and what to do; which worker to start is for an administrator.
+    assert "not found in time" in page and "check again</a>" in page and "Q_CLUSTER_NAME" not in page
     region = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"},
                         follow=True).content.decode()
-    assert "interactive worker" in region and "Search with the whole picture instead" in region
+    assert "not found in time" in region and "Search with the whole picture instead" in region
+    assert "Q_CLUSTER_NAME" not in region
+    user.is_staff = True
+    user.save()
+    assert "For administrators: No worker found" in client.get(reverse("pages:home")).content.decode()
     assert "has no cat" not in region  # its labels were never found: not "it has none"
 
 
