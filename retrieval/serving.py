@@ -4,7 +4,8 @@ The active models (the profile's) embed every new image. After a model change (a
 autoencoder, a new offline semantic vector, a switch of profile) the gallery's vectors are still the
 old model's until `reembed` has run through it: until then the old model keeps answering, so search
 never loses the images not yet re-embedded. Per role, the serving model is the active one unless
-another registered model of that role has vectors for more images.
+another registered model of that role has vectors for more images (or, while segmentation is still
+re-embedding regions, for more regions).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from django.conf import settings
 from django.db.models import Count
 
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models
-from retrieval.models import Embedding
+from gallery.models import Image, ProcessingStatus
+from retrieval.models import Embedding, RegionEmbedding
 from retrieval.spaces import VECTOR_OWNERS, Space, VectorOwner
 
 _cache: dict[ActiveModels, tuple[float, ActiveModels]] = {}
@@ -69,11 +71,22 @@ def index_name(owner: str, space: str, model_key: str) -> str:
 
 
 def _decide(active: ActiveModels) -> ActiveModels:
+    """The active model serves a space once it has as many image vectors as any other model of its role
+    and, while images wait for segmentation (a model change re-segments the gallery to embed its regions
+    again), as many region vectors too: search by region rides the same models, and would otherwise lose
+    every region not re-embedded yet. With nothing waiting it serves even with fewer regions (another
+    segmenter may find fewer masks)."""
+    regions_waiting = Image.objects.filter(masks_status=ProcessingStatus.PENDING).exists()
     chosen: dict[str, str] = {}
     for space, key in ((Space.SEMANTIC, active.semantic), (Space.CONTENT, active.content)):
         same_role = [spec.key for spec in MODELS.values() if spec.role == space.value]
-        counts = dict(Embedding.objects.filter(space=space, model_key__in=same_role)
-                      .values_list("model_key").annotate(n=Count("id")).order_by())
-        best = max(counts, key=lambda k: counts[k], default=key)
-        chosen[space.value] = key if counts.get(key, 0) >= counts.get(best, 0) else best
+        images, regions = ({model_key: n for model_key, n in vectors.objects.filter(
+            space=space, model_key__in=same_role).values_list("model_key").annotate(n=Count("id")).order_by()}
+            for vectors in (Embedding, RegionEmbedding))
+        others = {model_key: n for model_key, n in images.items() if model_key != key}
+        best_other = max(others, key=lambda k: others[k], default=None)
+        caught_up = best_other is None or (
+            images.get(key, 0) >= others[best_other]
+            and (not regions_waiting or regions.get(key, 0) >= max(regions.values(), default=0)))
+        chosen[space.value] = key if caught_up or best_other is None else best_other
     return replace(active, semantic=chosen["semantic"], content=chosen["content"])

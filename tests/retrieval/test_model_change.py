@@ -51,6 +51,41 @@ def test_the_model_with_most_vectors_serves_until_the_active_one_catches_up(sett
     assert serving.serving_models().content == new
 
 
+@pytest.mark.django_db
+def test_the_old_model_serves_until_the_new_one_has_the_regions_too_while_segmentation_runs(settings, media_root):
+    """A model change re-segments the gallery to embed its regions again, after the image vectors: serving
+    the new model as soon as its image vectors were complete lost every region not done yet."""
+    import numpy as np
+
+    from gallery.models import ProcessingStatus
+    from retrieval.models import RegionEmbedding
+    from tests.gallery.factories import add_mask
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
+    new = registry.active_models().content
+    rng = np.random.default_rng(0)
+    images = [make_image(name=f"{i}.png") for i in range(3)]
+    for index, image in enumerate(images):
+        for key in (OLD, new):
+            add_embedding(image, space="content", model_key=key, vector=_unit(rng.random(1024)))
+        mask = add_mask(image)
+        for key in (OLD, new) if index == 0 else (OLD,):  # the new model has re-embedded one region of three
+            RegionEmbedding.objects.create(mask=mask, image=image, space="content", model_key=key,
+                                           vector=_unit(rng.random(1024)))
+    Image.objects.filter(pk__in=[i.pk for i in images[1:]]).update(masks_status=ProcessingStatus.PENDING)
+
+    assert serving.serving_models().content == OLD  # every image vector, 1 region of 3: the old one answers
+    assert ("content", OLD) in serving.keys_in_use()  # and its region index is kept
+    for image in images[1:]:
+        RegionEmbedding.objects.create(mask=image.masks.get(), image=image, space="content", model_key=new,
+                                       vector=_unit(rng.random(1024)))
+    assert serving.serving_models().content == new  # caught up on regions too, segmentation still marked
+    RegionEmbedding.objects.filter(model_key=new, image__in=images[1:]).delete()
+    Image.objects.update(masks_status=ProcessingStatus.READY)  # done, and it found fewer regions: it serves
+    assert serving.serving_models().content == new
+
+
 @pytest.mark.integration
 def test_reembed_moves_the_gallery_to_the_new_model_in_the_background_while_the_old_one_answers(
         client, user, media_root, settings, monkeypatch, start_worker):
