@@ -95,7 +95,10 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
         "can_delete": can_delete_image(request.user, image),
         "can_retry": can_retry_image(request.user, image),
         "pending": ProcessingStatus.PENDING in (image.status, image.masks_status),
-        "failed": ProcessingStatus.FAILED in (image.status, image.masks_status)})
+        "failed": ProcessingStatus.FAILED in (image.status, image.masks_status),
+        # Pending again after a model change, it still has the vectors the serving models search with.
+        "searchable": image.status == ProcessingStatus.READY or (
+            image.status == ProcessingStatus.PENDING and image.embeddings.exists())})
 
 
 @gallery_reader

@@ -457,3 +457,21 @@ def test_a_refused_request_and_a_server_error_get_the_sites_own_pages(client, us
     page = failed.content.decode()
     assert failed.status_code == 500 and "<h1>Something went wrong</h1>" in page and "logged" in page
     assert f'href="{reverse("pages:gallery")}"' in page
+
+
+def test_an_image_re_embedded_after_a_model_change_can_still_be_searched_from_its_page(client, user):
+    """A model change sets the gallery pending again; each image keeps the vectors the old model serves."""
+    button = re.compile(r"<button type=\"submit\"([^>]*)>Search similar from here</button>")
+    client.force_login(user)
+    waiting_again = make_image(name="again.png", status="pending")
+    add_embedding(waiting_again, space="content", model_key="autoencoder/v1", vector=np.full(1024, 1 / 1024))
+    new = make_image(name="new.png", color=(1, 2, 3), status="pending")
+    failed = make_image(name="failed.png", color=(4, 5, 6), status="failed")
+    add_embedding(failed, space="content", model_key="autoencoder/v1", vector=np.full(1024, 1 / 1024))
+
+    def disabled(image) -> bool:
+        found = button.search(client.get(reverse("pages:image", args=[image.pk])).content.decode())
+        return "disabled" in found.group(1)
+
+    assert not disabled(waiting_again)
+    assert disabled(new) and disabled(failed)  # nothing to search with yet; failed says why on its own
