@@ -18,7 +18,7 @@ from django_q.tasks import async_task
 from gallery.models import Image, ProcessingStatus
 from gallery.selectors import images_pending_count
 from retrieval.encoders.devices import model_device
-from retrieval.encoders.registry import active_models, loaded_precisions
+from retrieval.encoders.registry import ActiveModels, active_models, loaded_precisions
 from retrieval.integrity import integrity_check
 from retrieval.models import RegionEmbedding
 from retrieval.serving import serving_models
@@ -103,12 +103,14 @@ def heal_start() -> str:
 
 @dataclass(frozen=True)
 class Banner:
-    """What the banner on every page says: model profile, images waiting, index health."""
+    """What the banner on every page says: model profile, images waiting, index health, a model change."""
 
     profile: str
     pending: int | str
     index: str
     device: str = "cpu"
+    # A model change under way: "old → new" per role whose old model still answers until re-embedded.
+    model_change: str = ""
 
 
 _banner: Banner | None = None
@@ -134,15 +136,23 @@ def banner_state() -> Banner:
 def banner_refresh() -> Banner:
     """Check now (integrity without files, pending counts) and keep the answer for banner_state."""
     global _banner, _banner_at
-    profile, device = active_models().profile, str(model_device())
+    active = active_models()
+    profile, device = active.profile, str(model_device())
     try:
         banner = Banner(profile=profile, pending=images_pending_count(),
-                        index=integrity_check(check_files=False).state, device=device)
+                        index=integrity_check(check_files=False).state, device=device,
+                        model_change=_model_change(active))
     except DatabaseError:
         banner = Banner(profile=profile, pending="?", index="database unavailable", device=device)
     with _banner_lock:
         _banner, _banner_at = banner, time.monotonic()
     return banner
+
+
+def _model_change(active: ActiveModels) -> str:
+    serving = serving_models(active=active)
+    return ", ".join(f"{role} {getattr(serving, role)} → {getattr(active, role)}" for role in ("semantic", "content")
+                     if getattr(serving, role) != getattr(active, role))
 
 
 def _banner_refresh_in_background() -> None:

@@ -66,3 +66,21 @@ def test_a_stale_state_is_refreshed_in_the_background_for_the_next_page(client, 
     checks.release.set()
     wait_for(lambda: not status._banner_refreshing, timeout=10, message="the refresh to finish")
     assert banner_of(client.get(reverse("pages:gallery")).content.decode()) == ("7", "count mismatch")
+
+
+def test_the_banner_says_when_a_model_change_is_under_way(client, user, settings, checks, monkeypatch):
+    """Only /api/status/ said which model answered while the gallery was re-embedded."""
+    from dataclasses import replace
+
+    from retrieval.encoders.registry import active_models
+
+    checks.release.set()
+    client.force_login(user)
+    status.banner_refresh()
+    assert "Changing models" not in client.get(reverse("pages:gallery")).content.decode()
+    active = active_models()
+    monkeypatch.setattr(status, "serving_models", lambda active: replace(active, content="autoencoder/v1"))
+    status.banner_refresh()
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert f'id="banner-model-change">content autoencoder/v1 → {active.content}<' in page
+    assert "searches use the old model" in page
