@@ -270,3 +270,29 @@ def images_process_here(*, progress: Progress | None = None, batch_size: int | N
     """Process every waiting image in this process (the layer above does the work), then return.
     batch_size: images per model forward pass (None: the configured size)."""
     events.processing_wanted.send(sender=Image, progress=progress, batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What became of one file of a page's "Add images" form."""
+
+    name: str
+    state: str  # "added", "exists" (the same bytes were already stored) or "refused"
+    message: str = ""  # why it was refused
+    image: Image | None = None  # the added or existing image
+
+
+def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User) -> list[UploadOutcome]:
+    """Add several uploaded files, each on its own: a refused file (not an image, too large, the storage
+    failing) is reported with its reason and the rest go on. files: (name, read its bytes)."""
+    outcomes = []
+    for name, read in files:
+        shown = readable_name(Path(name or "upload").name)
+        try:
+            result = image_add(data=read(), original_name=name, user=user)
+        except Refused as exc:
+            outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
+        else:
+            outcomes.append(UploadOutcome(name=shown, state="added" if result.created else "exists",
+                                          image=result.image))
+    return outcomes

@@ -4,13 +4,15 @@ Thin: each calls the same selectors and services as the REST API."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.template.defaultfilters import pluralize
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -18,6 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
                             can_view_gallery)
+from gallery.imaging import read_upload
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 
@@ -74,7 +77,8 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(page_number(request))
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
-    return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips})
+    return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
+                                                    "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES})
 
 
 def page_number(request: HttpRequest) -> str | None:
@@ -108,6 +112,34 @@ def mask_overlay(request: HttpRequest, image_id: int, mask_id: int) -> HttpRespo
     mask = get_object_or_404(Mask, pk=mask_id, image=image)
     return png_response(overlay_png(mask_png=mask.probability_png, size=(image.width, image.height),
                                     threshold_percent=mask_threshold(request)), cache=True)
+
+
+@form_of_signed_in_users(lambda: reverse("pages:gallery"))
+@require_POST
+def images_add(request: HttpRequest) -> HttpResponse:
+    """The gallery's "Add images" form: one or more files, each added on its own. The page's script sends
+    them one per request and asks for JSON (a progress list, no request-size limit on the whole set);
+    without it the form sends them all and the gallery page lists what became of each."""
+    uploads = request.FILES.getlist("files")
+    outcomes = services.uploads_add(files=[(upload.name or "", partial(read_upload, upload)) for upload in uploads],
+                                    user=request.user)
+    if request.headers.get("Accept") == "application/json":
+        return JsonResponse({"results": [
+            {"name": outcome.name, "state": outcome.state, "message": outcome.message,
+             "url": reverse("pages:image", args=[outcome.image.pk]) if outcome.image else None}
+            for outcome in outcomes]}, status=200 if outcomes else 400)
+    if not outcomes:
+        messages.error(request, "Choose one or more image files to add.")
+    added = [outcome.name for outcome in outcomes if outcome.state == "added"]
+    if added:
+        messages.success(request, f"Added {len(added)} image{pluralize(len(added))}; "
+                                  f"{'they are' if len(added) > 1 else 'it is'} being processed: {', '.join(added)}.")
+    if existing := [outcome.name for outcome in outcomes if outcome.state == "exists"]:
+        messages.info(request, f"Already in the gallery: {', '.join(existing)}.")
+    for outcome in outcomes:
+        if outcome.state == "refused":
+            messages.error(request, f"{outcome.name}: {outcome.message}")
+    return redirect("pages:gallery")
 
 
 @form_of_signed_in_users(lambda image_id: reverse("pages:image", args=[image_id]))

@@ -125,11 +125,94 @@ document.querySelectorAll("form.drop").forEach((zone) => {
   zone.addEventListener("drop", (e) => {
     e.preventDefault(); zone.classList.remove("over");
     if (!e.dataTransfer.files.length || button.disabled) return;
+    if (e.dataTransfer.files.length > 1) {  // this card searches by one picture; the gallery adds many
+      status.replaceChildren(`${e.dataTransfer.files.length} files were dropped; this card takes one picture to `
+        + "search with. To add several to the database, use Add images on the Gallery page.");
+      status.classList.add("error");
+      return;
+    }
     input.files = e.dataTransfer.files;
     zone.classList.add("chosen");
     send();
   });
   input.addEventListener("change", () => { if (input.files.length) zone.classList.add("chosen"); });
+});
+
+// "Add images" (gallery): the files go one per request, in turn, each answered in JSON, so a list says what
+// became of each as it happens and no request carries more than one file (the server's limit is per request).
+document.querySelectorAll("form[data-add-images]").forEach((form) => {
+  const input = form.querySelector("input[type=file]");
+  const button = form.querySelector("button[type=submit]");
+  const status = form.querySelector("[data-add-progress]");
+  const list = form.querySelector("[data-add-results]");
+  const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  const limit = Number(form.dataset.maxBytes);
+  const said = {added: "added; it is being processed.", exists: "already in the gallery."};
+  const line = (name, text, url, refused) => {
+    const item = document.createElement("li");
+    if (url) { const link = document.createElement("a"); link.href = url; link.textContent = name; item.append(link); }
+    else { item.append(name); }
+    item.append(`: ${text}`);
+    if (refused) item.classList.add("error");
+    list.append(item);
+  };
+  const sendOne = async (file) => {
+    if (limit && file.size > limit) {
+      return [{name: file.name, state: "refused", message: `it is ${file.size.toLocaleString("en")} bytes; the `
+        + `limit is ${limit.toLocaleString("en")} bytes.`}];
+    }
+    const body = new FormData();
+    body.append("csrfmiddlewaretoken", token);
+    body.append("files", file);
+    try {
+      const response = await fetch(form.action, {method: "POST", body, credentials: "same-origin",
+                                                 headers: {Accept: "application/json"}});
+      const json = (response.headers.get("Content-Type") || "").includes("json") ? await response.json() : null;
+      if (response.ok && json && json.results) return json.results;
+      const why = response.redirected ? "you are signed out: sign in again, then add it."
+        : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
+      return [{name: file.name, state: "refused", message: why}];
+    } catch (error) {
+      return [{name: file.name, state: "refused", message: "it did not reach the server (the connection was lost)."}];
+    }
+  };
+  const addAll = async (files) => {
+    if (!window.fetch || !window.FormData) { form.submit(); return; }
+    button.disabled = true;
+    list.replaceChildren();
+    const bar = document.createElement("progress");
+    const text = document.createElement("span");
+    bar.max = files.length; bar.value = 0;
+    status.replaceChildren(bar, " ", text);
+    const counts = {added: 0, exists: 0, refused: 0};
+    for (const [index, file] of files.entries()) {
+      text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
+      for (const result of await sendOne(file)) {
+        counts[result.state] += 1;
+        line(result.name, said[result.state] || result.message, result.url, result.state === "refused");
+      }
+      bar.value = index + 1;
+    }
+    const again = document.createElement("a");
+    again.href = location.pathname;
+    again.textContent = "Show the gallery";
+    text.textContent = `Done: ${counts.added} added, ${counts.exists} already there, ${counts.refused} refused. `;
+    status.append(again);
+    button.disabled = false;
+    input.value = "";
+  };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!button.disabled && input.files.length) addAll([...input.files]);
+  });
+  ["dragenter", "dragover"].forEach((name) => form.addEventListener(name, (e) => {
+    e.preventDefault(); form.classList.add("over");
+  }));
+  form.addEventListener("dragleave", () => form.classList.remove("over"));
+  form.addEventListener("drop", (e) => {
+    e.preventDefault(); form.classList.remove("over");
+    if (e.dataTransfer.files.length && !button.disabled) addAll([...e.dataTransfer.files]);
+  });
 });
 
 // An image being processed (or an upload's labels being found): ask until it is done, then reload the page.

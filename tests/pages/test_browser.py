@@ -221,7 +221,8 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     assert page.get_by_label("Number of results (k)").input_value() == "2"
     page.screenshot(path=ARTIFACTS / "preferences.png", full_page=True)
     page.goto(results_url)
-    assert check_results(page) == {"both": 0, "semantic": 1, "content": 1}
+    # One place each; the two other images were returned by both indexes, and are framed so wherever placed.
+    assert check_results(page) == {"both": 2, "semantic": 0, "content": 0}
 
     # Search by words: semantic results only, the cat first.
     page.goto(url + "/")
@@ -273,3 +274,29 @@ def test_the_reset_progress_page_follows_the_job_and_says_when_it_gets_no_answer
     # Under Playwright this code runs in a greenlet with its own Django connection: close it, or the test
     # database cannot be dropped at the end (as in the test above).
     connections.close_all()
+
+
+def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_server, user, offline_site, photos,
+                                                                          browser, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(live_server.url + "/gallery/")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("s3cret-Pass!")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(live_server.url + "/gallery/")
+
+    chosen = [photos["chelsea"], str(notes), photos["coffee"], photos["chelsea"]]
+    page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(chosen)
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.wait_for_selector("text=Done: 2 added, 1 already there, 1 refused.")
+    lines = page.eval_on_selector_all("[data-add-results] li", "items => items.map(i => i.textContent)")
+    assert lines[0] == "chelsea.jpg: added; it is being processed."
+    assert lines[2] == "coffee.jpg: added; it is being processed."
+    assert lines[1].startswith("notes.txt: ") and lines[3] == "chelsea.jpg: already in the gallery."
+    assert page.eval_on_selector_all("[data-add-results] li.error", "items => items.length") == 1
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["chelsea.jpg", "coffee.jpg"]
+    page.get_by_role("link", name="chelsea.jpg").first.click()  # each added file links to its page
+    page.wait_for_url(re.compile(r"/images/\d+/$"))

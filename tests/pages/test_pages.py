@@ -475,3 +475,49 @@ def test_an_image_re_embedded_after_a_model_change_can_still_be_searched_from_it
 
     assert not disabled(waiting_again)
     assert disabled(new) and disabled(failed)  # nothing to search with yet; failed says why on its own
+
+
+def test_the_gallery_adds_several_files_at_once_each_on_its_own(client, user, django_capture_on_commit_callbacks):
+    """The web page added one picture per round trip (load, then add); several files sent stage only the last."""
+    from django_q.models import OrmQ
+
+    from tests.gallery.factories import png_bytes
+
+    client.force_login(user)
+    gallery = client.get(reverse("pages:gallery")).content.decode()
+    assert 'name="files"' in gallery and "multiple" in gallery and reverse("pages:images-add") in gallery
+    first, second = png_bytes((10, 20, 30)), png_bytes((200, 100, 0))
+    files = [SimpleUploadedFile("one.png", first), SimpleUploadedFile("notes.txt", b"not a picture"),
+             SimpleUploadedFile("two.png", second), SimpleUploadedFile("one-again.png", first)]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("pages:images-add"), {"files": files}, follow=True)
+    page = html.unescape(response.content.decode())
+    assert response.redirect_chain[-1][0] == reverse("pages:gallery")
+    assert "Added 2 images; they are being processed: one.png, two.png." in page
+    assert "Already in the gallery: one-again.png." in page
+    assert "notes.txt: " in page and "not an image" in page.split("notes.txt: ", 1)[1][:300].lower()
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["one.png", "two.png"]
+    assert all(image.added_by == user for image in Image.objects.all())
+    assert OrmQ.objects.exists()  # handed to the workers
+
+    # The page's script sends one file per request and asks for JSON.
+    answer = client.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("two.png", second)]},
+                         HTTP_ACCEPT="application/json").json()
+    two = Image.objects.get(original_name="two.png")
+    assert answer == {"results": [{"name": "two.png", "state": "exists", "message": "",
+                                   "url": reverse("pages:image", args=[two.pk])}]}
+    refused = client.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("empty.png", b"")]},
+                          HTTP_ACCEPT="application/json").json()["results"][0]
+    assert refused["state"] == "refused" and "empty" in refused["message"] and refused["url"] is None
+    nothing = client.post(reverse("pages:images-add"), {}, follow=True).content.decode()
+    assert "Choose one or more image files to add." in nothing
+
+
+def test_adding_images_needs_a_signed_in_user(client, settings):
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    assert 'name="files"' not in client.get(reverse("pages:gallery")).content.decode()
+    from tests.gallery.factories import png_bytes
+
+    response = client.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("one.png", png_bytes())]})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert not Image.objects.exists()
