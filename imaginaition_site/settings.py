@@ -22,9 +22,11 @@ def env_bool(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_number(name: str, default: float | None, *, minimum: float, whole: bool = True) -> Any:
-    """A numeric setting from the environment; a value that is not one, or below `minimum`, stops every
-    command at once with the variable's name (not a traceback from deep inside a model or a worker)."""
+def env_number(name: str, default: float | None, *, minimum: float, maximum: float | None = None,
+               whole: bool = True) -> Any:
+    """A numeric setting from the environment; a value that is not one, below `minimum` or above `maximum`,
+    stops every command at once with the variable's name (not a traceback from deep inside a model, a worker
+    or the database)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -32,9 +34,12 @@ def env_number(name: str, default: float | None, *, minimum: float, whole: bool 
         value = int(text) if whole else float(text)
     except ValueError:
         value = None
-    if value is None or value < minimum or value != value:  # value != value: NaN
+    if (value is None or value != value  # value != value: NaN
+            or value < minimum
+            or (maximum is not None and value > maximum)):
         kind = "a whole number" if whole else "a number"
-        raise ImproperlyConfigured(f"{name} must be {kind} of at least {minimum:g}, not {text!r}")
+        high = "" if maximum is None else f" and at most {maximum:g}"
+        raise ImproperlyConfigured(f"{name} must be {kind} of at least {minimum:g}{high}, not {text!r}")
     return value
 
 
@@ -262,8 +267,9 @@ IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
 # A relative folder is inside the project, wherever a command runs from (as the import roots).
 IMAGINAITION_WEIGHTS_DIR = BASE_DIR / Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", "weights")).expanduser()
-# Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size).
-IMAGINAITION_BATCH_SIZE = env_number("IMAGINAITION_BATCH_SIZE", None, minimum=1)
+# Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size). At most 4096: a batch
+# is held in memory at once, and a huge number overflowed the database's integers deep inside processing.
+IMAGINAITION_BATCH_SIZE = env_number("IMAGINAITION_BATCH_SIZE", None, minimum=1, maximum=4096)
 
 # Indexes.
 IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))

@@ -191,7 +191,8 @@ def test_a_number_setting_that_is_not_one_stops_a_command_in_one_line():
     env = {**os.environ, "IMAGINAITION_BATCH_SIZE": "abc", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.strip() == "Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1, not 'abc'"
+    assert done.stderr.strip() == ("Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1 and at most "
+                                   "4096, not 'abc'")
 
 
 @pytest.mark.parametrize(("value", "whole", "minimum", "expected"), [
