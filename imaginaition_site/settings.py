@@ -23,10 +23,10 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_number(name: str, default: float | None, *, minimum: float, maximum: float | None = None,
-               whole: bool = True) -> Any:
-    """A numeric setting from the environment; a value that is not one, below `minimum` or above `maximum`,
-    stops every command at once with the variable's name (not a traceback from deep inside a model, a worker
-    or the database)."""
+               exclusive_minimum: bool = False, whole: bool = True) -> Any:
+    """A numeric setting from the environment; a value that is not one, below `minimum` (or equal to it with
+    `exclusive_minimum`) or above `maximum`, stops every command at once with the variable's name (not a
+    traceback from deep inside a model, a worker or the database)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -35,11 +35,12 @@ def env_number(name: str, default: float | None, *, minimum: float, maximum: flo
     except ValueError:
         value = None
     if (value is None or value != value  # value != value: NaN
-            or value < minimum
+            or value < minimum or (exclusive_minimum and value == minimum)
             or (maximum is not None and value > maximum)):
         kind = "a whole number" if whole else "a number"
+        low = f"more than {minimum:g}" if exclusive_minimum else f"at least {minimum:g}"
         high = "" if maximum is None else f" and at most {maximum:g}"
-        raise ImproperlyConfigured(f"{name} must be {kind} of at least {minimum:g}{high}, not {text!r}")
+        raise ImproperlyConfigured(f"{name} must be {kind} of {low}{high}, not {text!r}")
     return value
 
 
@@ -281,7 +282,8 @@ IMAGINAITION_FLAT_INDEX_MAX = env_number("IMAGINAITION_FLAT_INDEX_MAX", 10_000, 
 IMAGINAITION_ANN_INDEX = os.environ.get("IMAGINAITION_ANN_INDEX", "").strip() or "ivf"  # set but empty: the default
 # IVF: lists = factor × √N; nprobe is calibrated at build time to reach this recall@k against exact.
 IMAGINAITION_IVF_LISTS_FACTOR = env_number("IMAGINAITION_IVF_LISTS_FACTOR", 0.5, minimum=0, whole=False)
-IMAGINAITION_ANN_TARGET_RECALL = env_number("IMAGINAITION_ANN_TARGET_RECALL", 0.97, minimum=0, whole=False)
+IMAGINAITION_ANN_TARGET_RECALL = env_number("IMAGINAITION_ANN_TARGET_RECALL", 0.97, minimum=0, exclusive_minimum=True,
+                                            maximum=1, whole=False)  # a share of the exact neighbours
 IMAGINAITION_HNSW_M = env_number("IMAGINAITION_HNSW_M", 32, minimum=1)
 IMAGINAITION_HNSW_EF_CONSTRUCTION = env_number("IMAGINAITION_HNSW_EF_CONSTRUCTION", 80, minimum=1)
 IMAGINAITION_HNSW_EF_SEARCH = env_number("IMAGINAITION_HNSW_EF_SEARCH", 128, minimum=1)
