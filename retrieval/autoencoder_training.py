@@ -244,10 +244,13 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                       distillation: float = 0.0, teacher_temperature: float = 0.1) -> TrainingReport:
     """Train on the pictures under data_dir (recipe `views`, see the module) and write the checkpoint to
     `out` atomically. Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer
-    than 2 pictures load or an option is out of range. `model_factory` builds the network (a variant's
+    than 2 pictures load or an option is out of range; ValueError, nothing written, if training ends with a
+    loss or a weight that is not finite (it diverged). `model_factory` builds the network (a variant's
     architecture in `bench.content_deep`; the product loads only ConvAutoencoder)."""
     if views not in VIEWS or contrast not in CONTRASTS:
         raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
+    if not 0 < temperature < float("inf"):  # 0 divides the logits by zero: every loss NaN
+        raise ValueError(f"temperature must be more than 0, not {temperature}")
     if consistency < 0 or (consistency > 0 and views == "crops"):
         raise ValueError("consistency must be ≥ 0, and needs two views a picture (views 'near-copies' or 'strong')")
     if distillation < 0 or (distillation > 0 and (teacher is None or views == "crops")):
@@ -319,6 +322,10 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
         train_loss = total / count
     heldout_loss = reconstruction_loss(model, heldout_data)
     copy_recall = copy_recall_at_1(model, mean, std, heldout, seed)
+    weights = [value for value in model.state_dict().values() if value.is_floating_point()]
+    if not (np.isfinite([train_loss, heldout_loss]).all() and all(bool(value.isfinite().all()) for value in weights)):
+        raise ValueError(f"training diverged (final train loss {train_loss:.4g}, held-out {heldout_loss:.4g}): "
+                         f"nothing was written to {out}; try a lower learning rate or a higher temperature")
 
     checkpoint = {
         "state_dict": model.state_dict(), "mean": mean, "std": std,

@@ -19,6 +19,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def above_zero(text: str) -> float:
+    """An argparse type, as `at_least` for integers: a finite number above 0 (argparse names it in its error)."""
+    value = float(text)
+    if not 0 < value < math.inf:  # NaN fails both
+        raise ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+above_zero.__name__ = "number above 0"
+
+
 class Command(BaseCommand):
     help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
             "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
@@ -36,8 +47,8 @@ class Command(BaseCommand):
                             help="weight of the term pulling the codes of two views of a picture together "
                                  "(default: 1 with two views a picture, as autoencoder/v2; 0 with --views crops)")
         parser.add_argument("--contrast", choices=CONTRASTS, default="infonce")
-        parser.add_argument("--temperature", type=float, default=0.1, help="of the InfoNCE term")
-        parser.add_argument("--learning-rate", type=float, default=2e-3)
+        parser.add_argument("--temperature", type=above_zero, default=0.1, help="of the InfoNCE term (above 0)")
+        parser.add_argument("--learning-rate", type=above_zero, default=2e-3)
         parser.add_argument("--max-side", type=at_least(64), default=512,
                             help="pictures are shrunk to this longest side when read (the model sees 64×64)")
         parser.add_argument("--heldout-fraction", type=fraction, default=0.1)

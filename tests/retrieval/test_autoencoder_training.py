@@ -1,0 +1,78 @@
+"""`manage.py train_autoencoder` refuses what cannot work before it trains (numbers out of range) and never
+writes weights that training left non-finite."""
+
+import functools
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+from PIL import Image as PILImage
+
+from retrieval.autoencoder_training import autoencoder_train
+from retrieval.encoders.autoencoder import ConvAutoencoder
+from retrieval.management.commands import train_autoencoder as command
+
+
+@pytest.fixture
+def twelve_pictures(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(12):
+        PILImage.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(folder / f"{index:02}.png")
+    return folder
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """A refusal must come before training: a run of hours must not end in it."""
+    def trained(**_options):
+        raise AssertionError("it trained")
+    monkeypatch.setattr(command, "autoencoder_train", trained)
+
+
+def train(folder, *options):
+    call_command("train_autoencoder", "--data", str(folder), "--epochs", "1", "--batch-size", "4", *options,
+                 stdout=io.StringIO(), stderr=io.StringIO(), verbosity=0)
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--temperature", "0"), ("--temperature", "-1"), ("--temperature", "nan"), ("--temperature", "inf"),
+    ("--learning-rate", "0"), ("--learning-rate", "-0.01"),
+])
+def test_a_temperature_or_learning_rate_not_above_zero_is_refused_by_name(twelve_pictures, tmp_path, no_training,
+                                                                            option, value):
+    with pytest.raises(CommandError, match=f"argument {option}: must be more than 0, not {value}"):
+        train(twelve_pictures, option, value, "--out", str(tmp_path / "never.pt"))
+    assert not (tmp_path / "never.pt").exists()
+
+
+def test_a_zero_temperature_is_refused_by_the_training_function_too(twelve_pictures, tmp_path):
+    with pytest.raises(ValueError, match="temperature must be more than 0"):
+        autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "never.pt", epochs=1, batch_size=4,
+                          progress=False, consistency=1.0, temperature=0.0)
+    assert not (tmp_path / "never.pt").exists()
+
+
+def poisoned() -> ConvAutoencoder:
+    """A network whose outputs are all NaN, as one that diverged."""
+    model = ConvAutoencoder()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    return model
+
+
+def test_weights_left_non_finite_by_training_are_never_written(twelve_pictures, tmp_path, monkeypatch):
+    out = tmp_path / "diverged.pt"
+    with pytest.raises(ValueError, match=r"training diverged \(final train loss nan"):
+        autoencoder_train(data_dir=twelve_pictures, out=out, epochs=1, batch_size=4, progress=False,
+                          model_factory=poisoned)
+    assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
+    monkeypatch.setattr(command, "autoencoder_train", functools.partial(autoencoder_train, model_factory=poisoned))
+    out.write_bytes(b"an older checkpoint")
+    with pytest.raises(CommandError, match=f"diverged.*nothing was written to {re.escape(str(out))}"):
+        train(twelve_pictures, "--out", str(out), "--force")
+    assert out.read_bytes() == b"an older checkpoint"
