@@ -1,9 +1,10 @@
-"""`manage.py train_autoencoder` refuses what cannot work before it trains (numbers out of range) and never
-writes weights that training left non-finite."""
+"""`manage.py train_autoencoder` refuses what cannot work before it trains (numbers out of range, a checkpoint
+path it could not write) and never writes weights that training left non-finite."""
 
 import functools
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,4 +76,38 @@ def test_weights_left_non_finite_by_training_are_never_written(twelve_pictures, 
     out.write_bytes(b"an older checkpoint")
     with pytest.raises(CommandError, match=f"diverged.*nothing was written to {re.escape(str(out))}"):
         train(twelve_pictures, "--out", str(out), "--force")
+    assert out.read_bytes() == b"an older checkpoint"
+
+
+@pytest.mark.parametrize(("where", "force", "message"), [
+    ("folder", True, "--out {out} is a folder: name the checkpoint file to write"),
+    ("folder", False, "--out {out} is a folder"),
+    ("in-a-file", False, "--out {out}: {parent} is a file, not a folder"),
+    ("in-a-missing-folder", False, "--out {out}: {parent} is no such folder"),
+    ("proc", True, "--out {out}: cannot write in /proc"),
+], ids=["folder-force", "folder", "parent-is-a-file", "parent-missing", "proc"])
+def test_an_unusable_out_path_is_refused_by_name_before_training(twelve_pictures, tmp_path, no_training, where, force,
+                                                                 message):
+    if where == "folder":
+        out = tmp_path / "weights"
+        out.mkdir()
+    elif where == "in-a-file":
+        (tmp_path / "notes.txt").write_text("a file")
+        out = tmp_path / "notes.txt" / "ae.pt"
+    elif where == "in-a-missing-folder":
+        out = tmp_path / "missing" / "ae.pt"
+    else:
+        out = Path("/proc/x.pt")
+    expected = message.format(out=out, parent=out.parent)
+    with pytest.raises(CommandError) as refused:
+        train(twelve_pictures, "--out", str(out), *(["--force"] if force else []))
+    assert str(refused.value).startswith(expected), str(refused.value)
+    assert "content vectors were computed with it" not in str(refused.value)
+
+
+def test_an_existing_file_of_ones_own_is_kept_without_force_and_named(twelve_pictures, tmp_path, no_training):
+    out = tmp_path / "mine.pt"
+    out.write_bytes(b"an older checkpoint")
+    with pytest.raises(CommandError, match=f"^{re.escape(str(out))} exists: add --force to replace it"):
+        train(twelve_pictures, "--out", str(out))
     assert out.read_bytes() == b"an older checkpoint"

@@ -1,4 +1,5 @@
 import math
+import tempfile
 from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,24 @@ def above_zero(text: str) -> float:
 above_zero.__name__ = "number above 0"
 
 
+def checkpoint_path_check(out: Path) -> None:
+    """CommandError naming `out` unless a checkpoint can be written there: not a folder, in an existing folder
+    this process may create files in (tried with a temporary file: permissions alone miss /proc, a read-only
+    mount)."""
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder: name the checkpoint file to write, "
+                           f"e.g. {out / 'autoencoder.pt'}")
+    parent = out.parent
+    if not parent.is_dir():
+        what = "a file, not a folder" if parent.exists() else "no such folder"
+        raise CommandError(f"--out {out}: {parent} is {what}")
+    try:
+        with tempfile.TemporaryFile(dir=parent, suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
 class Command(BaseCommand):
     help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
             "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
@@ -54,8 +73,8 @@ class Command(BaseCommand):
         parser.add_argument("--heldout-fraction", type=fraction, default=0.1)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=None,
-                            help=f"checkpoint to write (default: the catalog's file of {DEFAULT_MODEL}); an "
-                                 "existing file is replaced only with --force")
+                            help=f"checkpoint file to write, in an existing folder (default: the catalog's file of "
+                                 f"{DEFAULT_MODEL}); an existing file is replaced only with --force")
         parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
         parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
 
@@ -66,12 +85,16 @@ class Command(BaseCommand):
         if not data.is_dir():
             raise CommandError(f"{data}: {'a file, not a folder of pictures' if data.exists() else 'no such folder'}")
         out = out or MODELS[DEFAULT_MODEL].weight_path()
-        if out.exists() and not force:
+        checkpoint_path_check(out)  # before training: a run of hours must not end in a traceback
+        catalog_files = {path.resolve() for spec in MODELS.values() for path in spec.weight_files_present()}
+        if out.exists() and not force and out.resolve() in catalog_files:
             raise CommandError(
                 f"{out} exists: a gallery's content vectors were computed with it, and a model under the same key "
                 "must not change. Write elsewhere with --out, or add --force to replace it (e.g. to reproduce the "
                 "shipped weights; a new model needs a new key in retrieval/encoders/catalog.py, "
                 "docs/CONTENT_MODEL.md).")
+        if out.exists() and not force:
+            raise CommandError(f"{out} exists: add --force to replace it, or write elsewhere with --out")
         if consistency is None:
             consistency = 0.0 if views == "crops" else 1.0
         try:
