@@ -243,12 +243,15 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
                       teacher: Callable[[Sequence[PILImage.Image]], np.ndarray] | None = None,
                       distillation: float = 0.0, teacher_temperature: float = 0.1) -> TrainingReport:
     """Train on the pictures under data_dir (recipe `views`, see the module) and write the checkpoint to
-    `out` atomically. Unreadable files are skipped with a warning. ValueError (naming data_dir) if fewer
-    than 2 pictures load or an option is out of range; ValueError, nothing written, if training ends with a
-    loss or a weight that is not finite (it diverged). `model_factory` builds the network (a variant's
-    architecture in `bench.content_deep`; the product loads only ConvAutoencoder)."""
+    `out` atomically. Unreadable files are skipped with a warning. `heldout_fraction` (more than 0, below 1)
+    of the pictures, at least one, are held out. ValueError (naming data_dir) if fewer than 2 pictures load,
+    none would be left to train on, or an option is out of range; ValueError, nothing written, if training
+    ends with a loss or a weight that is not finite (it diverged). `model_factory` builds the network (a
+    variant's architecture in `bench.content_deep`; the product loads only ConvAutoencoder)."""
     if views not in VIEWS or contrast not in CONTRASTS:
         raise ValueError(f"views must be one of {VIEWS}, contrast one of {CONTRASTS}")
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"the held-out fraction must be more than 0 and below 1, not {heldout_fraction}")
     if not 0 < temperature < float("inf"):  # 0 divides the logits by zero: every loss NaN
         raise ValueError(f"temperature must be more than 0, not {temperature}")
     if consistency < 0 or (consistency > 0 and views == "crops"):
@@ -267,6 +270,9 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     order = list(range(len(pictures)))
     rng.shuffle(order)
     heldout_count = max(1, round(len(pictures) * heldout_fraction))
+    if heldout_count >= len(pictures):
+        raise ValueError(f"{data_dir}: a held-out fraction of {heldout_fraction:g} holds out {heldout_count} of the "
+                         f"{len(pictures)} readable pictures, leaving none to train on: lower it or add pictures")
     heldout = [pictures[i] for i in order[:heldout_count]]
     train = [pictures[i] for i in order[heldout_count:]]
 

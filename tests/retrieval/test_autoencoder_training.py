@@ -111,3 +111,27 @@ def test_an_existing_file_of_ones_own_is_kept_without_force_and_named(twelve_pic
     with pytest.raises(CommandError, match=f"^{re.escape(str(out))} exists: add --force to replace it"):
         train(twelve_pictures, "--out", str(out))
     assert out.read_bytes() == b"an older checkpoint"
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-0.1", "1.5", "nan"])
+def test_a_heldout_fraction_out_of_its_range_is_refused_at_parsing(twelve_pictures, tmp_path, no_training, value):
+    with pytest.raises(CommandError,
+                       match=f"argument --heldout-fraction: must be more than 0 and below 1, not {value}"):
+        train(twelve_pictures, "--heldout-fraction", value, "--out", str(tmp_path / "never.pt"))
+
+
+def test_a_heldout_fraction_that_leaves_no_training_picture_is_refused(twelve_pictures, tmp_path):
+    out = tmp_path / "never.pt"
+    with pytest.raises(CommandError, match=r"photos: a held-out fraction of 0\.99 holds out 12 of the 12 readable "
+                                           r"pictures, leaving none to train on"):
+        train(twelve_pictures, "--heldout-fraction", "0.99", "--out", str(out))
+    assert not out.exists()
+
+
+def test_a_small_heldout_fraction_still_holds_one_picture_out_and_trains_on_the_rest(twelve_pictures, tmp_path):
+    report = autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "ae.pt", epochs=1, batch_size=4,
+                               progress=False, heldout_fraction=0.01)
+    assert (report.heldout_images, report.images) == (1, 11)
+    report = autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "ae.pt", epochs=1, batch_size=4,
+                               progress=False, heldout_fraction=0.95)
+    assert (report.heldout_images, report.images) == (11, 1)

@@ -14,9 +14,11 @@ DEFAULT_MODEL = "autoencoder/v2"
 
 
 def fraction(text: str) -> float:
+    """A share of the pictures to hold out: more than 0 (the report and the checkpoint give a held-out loss, and
+    the weights are kept only if it is finite) and below 1."""
     value = float(text)
-    if not 0 <= value < 1:
-        raise ArgumentTypeError(f"must be at least 0 and below 1, not {value}")
+    if not 0 < value < 1:  # NaN fails too
+        raise ArgumentTypeError(f"must be more than 0 and below 1, not {text}")
     return value
 
 
@@ -70,7 +72,9 @@ class Command(BaseCommand):
         parser.add_argument("--learning-rate", type=above_zero, default=2e-3)
         parser.add_argument("--max-side", type=at_least(64), default=512,
                             help="pictures are shrunk to this longest side when read (the model sees 64×64)")
-        parser.add_argument("--heldout-fraction", type=fraction, default=0.1)
+        parser.add_argument("--heldout-fraction", type=fraction, default=0.1,
+                            help="share of the pictures held out to measure the model, more than 0 and below 1; "
+                                 "at least one picture is held out, and at least one must remain to train on")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=None,
                             help=f"checkpoint file to write, in an existing folder (default: the catalog's file of "
