@@ -3,8 +3,10 @@ and reached over HTTP, stands in for AWS or MinIO) or a local/shared folder writ
 configured only by environment processes an image it never saw on its own disk."""
 
 import os
+import socket
 import tempfile
 import threading
+from typing import Any
 from unittest import mock
 
 import boto3
@@ -26,28 +28,69 @@ from tests.retrieval.test_pipeline import jpeg, upload
 BUCKET = "imaginaition-test"
 
 
-@pytest.fixture
-def moto_s3_server(monkeypatch):
-    """moto's S3-compatible server in server mode on a local port; the environment every process
-    (this one and the workers it starts) needs to use it as the gallery's storage."""
-    from moto.server import ThreadedMotoServer
+class MotoS3:
+    """moto's S3-compatible server in server mode on a local port, which a test may stop (an outage) and
+    start again; `env` is the environment every process (this one and the workers it starts) needs to
+    use it as the gallery's storage, `s3` a client of it."""
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1",
-           "IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": BUCKET, "IMAGINAITION_S3_PREFIX": "gallery",
-           "IMAGINAITION_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "IMAGINAITION_S3_REGION": "us-east-1"}
-    for name, value in env.items():
+    def __init__(self, port: int) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port, self.running = port, False
+        self.s3: Any = None  # a client of it, made once the environment holds the credentials
+        self.hung: socket.socket | None = None
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
+                    "AWS_DEFAULT_REGION": "us-east-1", "IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": BUCKET,
+                    "IMAGINAITION_S3_PREFIX": "gallery", "IMAGINAITION_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                    "IMAGINAITION_S3_REGION": "us-east-1"}
+
+    def start(self) -> None:
+        self.server.start()
+        self.running = True
+
+    def stop(self, *, hang: bool = False) -> None:
+        """The endpoint stops answering: its port refuses connections, or (hang) accepts them (a socket
+        that listens, and nothing reads it) and never answers."""
+        self.server.stop()  # werkzeug closes the server's socket as it stops
+        if hang:
+            self.hung = socket.create_server(("127.0.0.1", self.port))
+        self.running = False
+
+    def start_again(self) -> None:
+        """After stop(): a new server on the same port, with the same buckets (moto keeps them in this
+        process, whatever server answers)."""
+        from moto.server import ThreadedMotoServer
+
+        if self.hung is not None:
+            self.hung.close()
+            self.hung = None
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.start()
+
+
+@pytest.fixture
+def moto_s3(monkeypatch):
+    moto = MotoS3(free_port())
+    moto.start()
+    for name, value in moto.env.items():
         monkeypatch.setenv(name, value)
-    s3 = boto3.client("s3", endpoint_url=env["IMAGINAITION_S3_ENDPOINT_URL"], region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-    yield env, s3
+    moto.s3 = boto3.client("s3", endpoint_url=moto.env["IMAGINAITION_S3_ENDPOINT_URL"], region_name="us-east-1")
+    moto.s3.create_bucket(Bucket=BUCKET)
+    yield moto
+    if not moto.running:
+        moto.start_again()
     # moto keeps its buckets in this process, whatever server answered: the next test starts empty.
-    for key in bucket_keys(s3):
-        s3.delete_object(Bucket=BUCKET, Key=key)
-    s3.delete_bucket(Bucket=BUCKET)
-    server.stop()
+    for key in bucket_keys(moto.s3):
+        moto.s3.delete_object(Bucket=BUCKET, Key=key)
+    moto.s3.delete_bucket(Bucket=BUCKET)
+    moto.server.stop()
+
+
+@pytest.fixture
+def moto_s3_server(moto_s3):
+    """moto's S3 server: the environment that uses it as the gallery's storage, and a client of it."""
+    return moto_s3.env, moto_s3.s3
 
 
 def bucket_keys(s3) -> set[str]:
