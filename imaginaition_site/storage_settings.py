@@ -7,6 +7,9 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+S3_TIMEOUT_DEFAULT = 10.0  # seconds
+S3_ATTEMPTS = 2  # per request, the first included: a request in flight waits at most twice the timeout
+
 
 def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
     """STORAGES["default"]: local (MEDIA_ROOT: a local folder or a shared mount) or s3 (an S3-compatible
@@ -26,4 +29,23 @@ def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
         "location": environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
         "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only
         "file_overwrite": False,  # as on disk: a concurrent save of a taken name gets a new one
+        "client_config": _s3_client_config(environ),
     }}
+
+
+def _s3_client_config(environ: Mapping[str, str]) -> Any:
+    """botocore's Config with IMAGINAITION_S3_TIMEOUT's connect and read timeouts and few attempts:
+    botocore's own defaults (60 s each, retried) held a web thread about three minutes per request
+    while the endpoint hung. (django-storages builds its own Config only when none is given; its
+    addressing-style, signature and proxy options are not used here.)"""
+    from botocore.config import Config  # django-storages' S3 backend only: a local storage needs no boto
+
+    text = environ.get("IMAGINAITION_S3_TIMEOUT", "").strip()
+    try:
+        timeout = float(text) if text else S3_TIMEOUT_DEFAULT
+    except ValueError:
+        timeout = float("nan")
+    if not timeout > 0 or timeout == float("inf"):  # NaN compares False
+        raise ImproperlyConfigured(f"IMAGINAITION_S3_TIMEOUT must be a number of seconds above 0, not {text!r}")
+    return Config(connect_timeout=timeout, read_timeout=timeout,
+                  retries={"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})

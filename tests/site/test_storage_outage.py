@@ -1,0 +1,68 @@
+"""The media storage failing under the service (an S3 endpoint stopped or hung, a folder unmounted): what
+was done stays done and is said truly, what needs a file answers 503 naming the storage, a worker marks
+the image failed (Retry works), and a hung endpoint holds a thread seconds, not minutes."""
+
+import logging
+import re
+import threading
+import time
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from gallery.models import Image
+from gallery.reset import reset_run, reset_start
+from gallery.storage import STORAGE_ERRORS, AtomicFileSystemStorage
+from imaginaition_site.storage_settings import media_storage
+from retrieval.models import StagedUploadRecord
+from retrieval.pipeline import embed_batch
+from tests.gallery.factories import make_image
+from tests.retrieval.test_pipeline import jpeg, offline, upload  # noqa: F401 - offline: a fixture
+from tests.site.test_object_storage import BUCKET, bucket_keys, moto_s3  # noqa: F401 - moto_s3: a fixture
+
+S3_SETTINGS_NAMED = "IMAGINAITION_S3_ENDPOINT_URL, IMAGINAITION_S3_BUCKET and the credentials (AWS_ACCESS_KEY_ID"
+
+
+@pytest.fixture
+def s3_storage(settings, tmp_path, moto_s3):
+    """The gallery's files in moto's bucket, with a short timeout (what settings.py makes of this env)."""
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage({**moto_s3.env, "IMAGINAITION_S3_TIMEOUT": "1"})}
+    settings.MEDIA_ROOT = tmp_path / "not-used"
+    return moto_s3
+
+
+def test_the_s3_client_times_out_and_retries_little_as_imaginaition_s3_timeout_says():
+    env = {"IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": "photos"}
+    config = media_storage(env)["OPTIONS"]["client_config"]
+    assert (config.connect_timeout, config.read_timeout) == (10, 10)
+    assert config.retries["total_max_attempts"] == 2
+    config = media_storage({**env, "IMAGINAITION_S3_TIMEOUT": " 2.5 "})["OPTIONS"]["client_config"]
+    assert (config.connect_timeout, config.read_timeout) == (2.5, 2.5)
+    for wrong in ("abc", "0", "-3", "nan", "inf"):
+        with pytest.raises(ImproperlyConfigured, match=f"IMAGINAITION_S3_TIMEOUT must be .* not '{wrong}'"):
+            media_storage({**env, "IMAGINAITION_S3_TIMEOUT": wrong})
+
+
+def test_a_hung_endpoint_fails_a_request_within_the_timeout_not_minutes(s3_storage):
+    s3_storage.stop(hang=True)  # the port still accepts connections; nothing answers
+    outcome: list[BaseException | bool] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(default_storage.exists("images/ab/cd/some.png"))
+        except BaseException as exc:  # noqa: BLE001 - what the storage raised is the point
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=ask, daemon=True)  # botocore's defaults held it ~3 minutes
+    thread.start()
+    thread.join(timeout=15)
+    assert not thread.is_alive(), "the storage call still waits after 15 s"
+    assert isinstance(outcome[0], STORAGE_ERRORS) and time.monotonic() - started < 10
