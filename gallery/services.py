@@ -18,6 +18,7 @@ from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, stored_delete, stored_write_once
+from gallery.storage_check import storage_failure_reason
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -141,9 +142,17 @@ def image_delete(*, image: Image) -> None:
         events.images_deleted.send(sender=Image, image_ids=[image_id])
 
         def remove_files() -> None:
-            if file_name:  # every stored image has one; FieldFile types it as optional
-                storage.delete(file_name)
-            stored_delete(thumbs)
+            # After commit the image is deleted whatever happens here: a storage that fails now (stopped,
+            # hung) leaves files no image refers to, which `manage.py storage_check --delete` removes later.
+            names = [file_name, *thumbs] if file_name else thumbs  # every stored image has one (typed optional)
+            try:
+                if file_name:
+                    storage.delete(file_name)
+                stored_delete(thumbs)
+            except STORAGE_ERRORS as exc:
+                logger.warning("image %s deleted, but the media storage failed removing its files (%s): %s; "
+                               "left for `manage.py storage_check --delete`", image_id, ", ".join(names),
+                               storage_failure_reason(exc))
 
         transaction.on_commit(remove_files)
 

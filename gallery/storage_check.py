@@ -13,6 +13,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
@@ -21,6 +22,27 @@ from gallery.storage import PARTIAL_PREFIX, stored_delete
 from gallery.thumbnails import THUMBNAIL_FOLDER, thumbnail_sha256
 
 IMAGE_FOLDER = "images"
+
+
+def storage_settings_named() -> str:
+    """The settings that say where the media storage is, for the storage configured (to check them)."""
+    if settings.STORAGES["default"]["BACKEND"].startswith("storages.backends.s3"):
+        return ("IMAGINAITION_S3_ENDPOINT_URL, IMAGINAITION_S3_BUCKET and the credentials (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, or the instance role) of IMAGINAITION_STORAGE=s3")
+    return "IMAGINAITION_MEDIA_ROOT (a folder or shared mount the service's user can read and write)"
+
+
+def storage_failure_reason(exc: BaseException) -> str:
+    """What a storage error (gallery.storage.STORAGE_ERRORS) says, without Python's decoration."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+
+
+def storage_unreachable_message(exc: BaseException) -> str:
+    """Why a request that needed a stored file could not be answered: the media storage failed (a
+    stopped or hung endpoint, refused credentials, an unmounted folder), not the request."""
+    return (f"The media storage (where the gallery's files are kept) could not be reached: "
+            f"{storage_failure_reason(exc)}. Try again once it is reachable; an administrator checks "
+            f"{storage_settings_named()}.")
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,30 @@ def test_a_hung_endpoint_fails_a_request_within_the_timeout_not_minutes(s3_stora
     thread.join(timeout=15)
     assert not thread.is_alive(), "the storage call still waits after 15 s"
     assert isinstance(outcome[0], STORAGE_ERRORS) and time.monotonic() - started < 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_while_the_bucket_is_down_succeeds_and_leaves_the_files_to_storage_check(
+        client, user, s3_storage, caplog):
+    client.force_login(user)
+    by_api, by_page = (upload(client, name) for name in ("chelsea", "coffee"))
+    names = {f"gallery/{image.file.name}" for image in Image.objects.all()}
+    assert names <= bucket_keys(s3_storage.s3)
+    s3_storage.stop()
+
+    with caplog.at_level(logging.WARNING, logger="gallery.services"):
+        assert client.delete(reverse("api-image", args=[by_api])).status_code == 204
+        response = client.post(reverse("pages:delete", args=[by_page]))
+    assert response.status_code == 302 and not Image.objects.exists()
+    warnings = [record.getMessage() for record in caplog.records if record.name == "gallery.services"]
+    assert len(warnings) == 2 and all("storage_check --delete" in text for text in warnings)
+    assert all(any(name.removeprefix("gallery/") in text for text in warnings) for name in names)
+
+    s3_storage.start_again()
+    assert names <= bucket_keys(s3_storage.s3)  # left behind; storage_check finds and removes them
+    call_command("storage_check", "--delete", "--older-than", "1", stdout=mock.MagicMock())  # younger: kept
+    from gallery.storage_check import storage_check, storage_orphans_delete
+    report = storage_check(min_age=timedelta(0))
+    assert {f"gallery/{stored.name}" for stored in report.orphans} == names
+    storage_orphans_delete(report)
+    assert not bucket_keys(s3_storage.s3)
