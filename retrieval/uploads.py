@@ -33,7 +33,8 @@ from django_q.tasks import async_task
 
 from gallery.errors import Refused
 from gallery.imaging import decode_for_models, picture_for_models, png_to_probability, probability_to_png
-from gallery.storage import stored_delete, stored_read
+from gallery.storage import STORAGE_ERRORS, stored_delete, stored_read
+from gallery.storage_check import storage_failure_reason
 from retrieval.encoders.registry import active_models, get_model
 from retrieval.models import StagedUploadMask, StagedUploadRecord
 
@@ -127,7 +128,11 @@ def _stored_staging_files() -> list[str]:
 def staged_clear_all() -> None:
     """Forget every staged upload (a gallery reset starts from nothing)."""
     StagedUploadRecord.objects.all().delete()
-    stored_delete(_stored_staging_files())
+    try:
+        stored_delete(_stored_staging_files())
+    except STORAGE_ERRORS as exc:  # the records are gone: files no record names go at a later cleanup
+        logger.warning("staged uploads forgotten, but the media storage failed removing their files: %s",
+                       storage_failure_reason(exc))
 
 
 def _cleanup() -> None:

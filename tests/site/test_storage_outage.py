@@ -93,3 +93,27 @@ def test_deleting_while_the_bucket_is_down_succeeds_and_leaves_the_files_to_stor
     assert {f"gallery/{stored.name}" for stored in report.orphans} == names
     storage_orphans_delete(report)
     assert not bucket_keys(s3_storage.s3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_while_the_bucket_is_down_empties_the_gallery_and_says_so(staff_user, settings, tmp_path,
+                                                                         s3_storage, caplog):
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    old = [make_image(name=f"old{i}.png", color=(10 * i, 0, 0)) for i in range(2)]
+    StagedUploadRecord.objects.create(token="ab" * 12, name="someone.jpg", width=1, height=1, state="ready")
+    s3_storage.s3.put_object(Bucket=BUCKET, Key=f"gallery/staging/{'ab' * 12}.upload", Body=b"staged")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(jpeg("chelsea"))
+    job = reset_start(folder=str(folder), recursive=False, user=staff_user)
+    s3_storage.stop()
+
+    with caplog.at_level(logging.WARNING):
+        job = reset_run(job_id=job.pk)
+    assert not Image.objects.exists() and not StagedUploadRecord.objects.exists()
+    assert job.deleted_images == 2 and job.state == "failed" and job.phase == "importing files"
+    # What it says is what happened: the gallery was emptied, then storing the first file failed.
+    assert "Storing the file failed" in job.error and "Nothing was deleted" not in job.error
+    left = [record.getMessage() for record in caplog.records if record.name == "gallery.reset"]
+    assert any("2 images were deleted" in text and "storage_check --delete" in text
+               and any(image.file.name in text for image in old) for text in left)
