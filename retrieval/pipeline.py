@@ -29,6 +29,8 @@ from PIL import Image as PILImage
 from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
+from gallery.storage import STORAGE_ERRORS
+from gallery.storage_check import storage_failure_reason
 from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
@@ -112,6 +114,10 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         return "The stored file is missing."
     except ImageRejected as exc:
         return exc.message
+    except STORAGE_ERRORS as exc:  # the storage failing, not the file: failed (not pending for ever), so Retry works
+        logger.warning("image %s: its stored file could not be read: %r", image.pk, exc)
+        return (f"The stored file could not be read: {storage_failure_reason(exc)}; it is retried by Retry or "
+                "`manage.py retry_failed` once the media storage is reachable.")
 
 
 def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:

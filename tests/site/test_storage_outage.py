@@ -117,3 +117,29 @@ def test_a_reset_while_the_bucket_is_down_empties_the_gallery_and_says_so(staff_
     left = [record.getMessage() for record in caplog.records if record.name == "gallery.reset"]
     assert any("2 images were deleted" in text and "storage_check --delete" in text
                and any(image.file.name in text for image in old) for text in left)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_cannot_read_a_stored_file_marks_it_failed_and_retry_works(client, user, media_root, offline):
+    client.force_login(user)
+    before, image_id, after = (upload(client, name) for name in ("chelsea", "coffee", "rocket"))
+    unreadable = Image.objects.get(pk=image_id).file.name
+    real_open = AtomicFileSystemStorage._open
+
+    def storage_fails_for_one(self, name, mode="rb"):
+        if name == unreadable:
+            raise EndpointConnectionError(endpoint_url="http://s3.example.org")
+        return real_open(self, name, mode)
+
+    with mock.patch.object(AtomicFileSystemStorage, "_open", storage_fails_for_one):
+        embed_batch()  # one batch: the others in it are done
+    image = Image.objects.get(pk=image_id)
+    assert image.status == "failed" and image.error == (
+        'The stored file could not be read: Could not connect to the endpoint URL: "http://s3.example.org"; '
+        "it is retried by Retry or `manage.py retry_failed` once the media storage is reachable.")
+    assert set(Image.objects.filter(pk__in=[before, after]).values_list("status", flat=True)) == {"ready"}
+
+    assert client.post(reverse("api-image-retry", args=[image_id])).json()["status"] == "pending"
+    embed_batch()
+    image.refresh_from_db()
+    assert image.status == "ready" and image.error == ""
