@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -37,16 +38,24 @@ from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_
 from gallery.errors import Refused
 from gallery.imaging import read_upload
 from gallery.models import Image
+from gallery.storage import STORAGE_ERRORS
+from gallery.storage_check import storage_unreachable_message
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
     from django.core.cache.backends.base import BaseCache
 
+logger = logging.getLogger(__name__)
+
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status."""
+    """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status (and a
+    failing media storage's 503)."""
     if isinstance(exc, Refused):
         return Response({"detail": exc.message}, status=exc.status_code)
+    if isinstance(exc, STORAGE_ERRORS):  # the media storage failed under the view (as the pages' middleware says)
+        logger.warning("%s: the media storage failed: %r", getattr(context.get("request"), "path", "?"), exc)
+        return Response({"detail": storage_unreachable_message(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     # Django's own limits on a body's non-file part, met while DRF parses it: JSON, not its HTML 400.
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": f"The request's data (files aside) is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "

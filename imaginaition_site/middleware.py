@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.conf import settings
@@ -10,6 +11,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
 
+from gallery.storage import STORAGE_ERRORS
+from gallery.storage_check import storage_unreachable_message
+
+logger = logging.getLogger(__name__)
 NUL_REFUSED = "Query parameters cannot contain NUL characters."
 API_UNKNOWN_ENDPOINT = "api-unknown-endpoint"  # the URL name of the API's catch-all 404
 
@@ -19,7 +24,9 @@ class PageRefusalsMiddleware:
     - a 400 for a query string holding a NUL character: no page could use one (PostgreSQL text cannot
       hold it), and passed on it fails deep inside a query as a 500. The API's serializers refuse it;
     - a 405 page where Django answers an empty one: a GET of an address only a form's button sends to
-      (a bookmarked sign-out, an action's address typed in), which browsers show as their own error."""
+      (a bookmarked sign-out, an action's address typed in), which browsers show as their own error.
+    And, for pages and the API alike, the one place where the media storage failing under a view (a
+    stopped or hung S3 endpoint, an unmounted folder) becomes a 503 that names it, not a bare 500."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -39,6 +46,21 @@ class PageRefusalsMiddleware:
             refused["Allow"] = response.get("Allow", "")
             return refused
         return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, STORAGE_ERRORS):
+            return None  # Django's own handling (a 500 and its log)
+        logger.warning("%s %s: the media storage failed: %r", request.method, request.path, exception)
+        return storage_unavailable(request, exception)
+
+
+def storage_unavailable(request: HttpRequest, exception: BaseException) -> HttpResponse:
+    message = storage_unreachable_message(exception)
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=503)
+    return page_refused(request, 503, title="Media storage unavailable", message=message,
+                        advice="Nothing is wrong with what you asked: try again in a while, and tell an "
+                               "administrator if it lasts.")
 
 
 def page_refused(request: HttpRequest, status: int, *, title: str, message: str, advice: str = "") -> HttpResponse:

@@ -1,15 +1,18 @@
 """The original app's integrity check: ok, index missing, count mismatch, stored file missing; and
 building index, while the first index of vectors already written is on its way; index file missing,
-for an index whose file was deleted under the running process (it answers from memory)."""
+for an index whose file was deleted under the running process (it answers from memory); storage
+unreachable, when the stored files were to be checked and the media storage failed (the reason is logged)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
 
-from gallery.storage_check import images_file_missing
+from gallery.storage import STORAGE_ERRORS
+from gallery.storage_check import images_file_missing, storage_unreachable_message
 from retrieval.encoders.registry import model_dim
 from retrieval.index_snapshots import IndexSnapshot, index_dir, manager
 from retrieval.indexes import index_rebuild
@@ -18,6 +21,8 @@ from retrieval.serving import index_name, indexes_in_use
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors
 from retrieval.work_locks import MISSING_INDEX_BUILD, work_in_flight
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,15 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
             if verdict == "ok" and _published_file_gone(state, snapshot):  # one stat per index: always asked
                 verdict = "index file missing"  # answers from memory; a restart would have to rebuild
             healths.append(IndexHealth(space, key, verdict, in_db, snapshot.count, snapshot.version, owner))
-    missing = images_file_missing() if check_files else []
-    problems = [h.state for h in healths if h.state != "ok"] + (["stored file missing"] if missing else [])
+    missing, unreachable = [], False
+    if check_files:
+        try:
+            missing = images_file_missing()
+        except STORAGE_ERRORS as exc:  # which files are there is unknown: said as such, not as a 500
+            logger.warning("integrity check: %s", storage_unreachable_message(exc))
+            unreachable = True
+    problems = ((["storage unreachable"] if unreachable else []) + [h.state for h in healths if h.state != "ok"]
+                + (["stored file missing"] if missing else []))
     return IntegrityReport(state=problems[0] if problems else "ok", indexes=healths, missing_files=missing)
 
 

@@ -143,3 +143,58 @@ def test_a_worker_that_cannot_read_a_stored_file_marks_it_failed_and_retry_works
     embed_batch()
     image.refresh_from_db()
     assert image.status == "ready" and image.error == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_bucket_down_what_needs_a_file_answers_503_naming_the_storage(
+        client, staff_user, s3_storage, offline):
+    client.force_login(staff_user)
+    image_id = upload(client, "chelsea")
+    token = "cd" * 12
+    StagedUploadRecord.objects.create(token=token, name="coffee.jpg", width=600, height=400, state="ready")
+    s3_storage.s3.put_object(Bucket=BUCKET, Key=f"gallery/staging/{token}.upload", Body=jpeg("coffee"))
+    session = client.session
+    session["staged_upload"] = token
+    session.save()
+    s3_storage.stop()
+
+    def refused_page(response):
+        text = response.content.decode()
+        assert response.status_code == 503 and "Media storage unavailable" in text, text[:3000]
+        assert "could not be reached" in text and S3_SETTINGS_NAMED in text
+
+    def refused_api(response):
+        assert response.status_code == 503, response.content[:3000]
+        detail = response.json()["detail"]
+        assert "media storage" in detail and S3_SETTINGS_NAMED in detail
+
+    refused_page(client.get(reverse("gallery:image-file", args=[image_id])))
+    refused_page(client.get(reverse("gallery:image-thumbnail", args=[image_id])))
+    refused_page(client.get(reverse("pages:staged-file"), {"upload": token}))
+    refused_page(client.post(reverse("pages:staged-add"), {"upload": token}))
+    refused_page(client.post(reverse("pages:home"), {"file": SimpleUploadedFile("rocket.jpg", jpeg("rocket"))}))
+    refused_page(client.get(reverse("pages:search"), {"upload": token}))
+    whole = client.post(reverse("api-search"), {"image": SimpleUploadedFile("rocket.jpg", jpeg("rocket"))})
+    assert whole.status_code == 200  # needs no stored file
+    refused_api(client.post(reverse("api-search"), {"image": SimpleUploadedFile("rocket.jpg", jpeg("rocket")),
+                                                    "label": "cat"}))
+
+    embed_batch()  # a worker: the image it cannot read ends failed, not pending for ever
+    image = Image.objects.get(pk=image_id)
+    assert image.status == "failed" and image.error.startswith("The stored file could not be read: Could not connect")
+
+    status = client.get(reverse("api-status"), {"check_files": "1"})
+    assert status.status_code == 200 and status.json()["integrity"]["state"] == "storage unreachable"
+    with pytest.raises(CommandError, match=f"media storage could not be reached: .*{re.escape(S3_SETTINGS_NAMED)}"):
+        call_command("storage_check", stdout=mock.MagicMock(), stderr=mock.MagicMock())
+
+
+@pytest.mark.django_db
+def test_a_local_media_folder_failing_under_a_page_is_a_503_naming_imaginaition_media_root(client, user, media_root):
+    image = make_image()
+    client.force_login(user)
+    with mock.patch.object(AtomicFileSystemStorage, "_open", side_effect=PermissionError(13, "Permission denied")):
+        response = client.get(reverse("gallery:image-thumbnail", args=[image.pk]))
+        api = client.get(f"/api/images/{image.pk}/")  # no file read: answers as ever
+    assert response.status_code == 503 and "Permission denied" in response.content.decode()
+    assert "IMAGINAITION_MEDIA_ROOT" in response.content.decode() and api.status_code == 200

@@ -5,7 +5,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from gallery.management.arguments import at_least
-from gallery.storage_check import storage_check, storage_orphans_delete
+from gallery.storage import STORAGE_ERRORS
+from gallery.storage_check import (
+    StorageReport,
+    storage_check,
+    storage_failure_reason,
+    storage_orphans_delete,
+    storage_settings_named,
+)
 
 LISTED = 20  # names shown of each kind; the counts are complete
 
@@ -24,8 +31,14 @@ class Command(BaseCommand):
                                  "added right now, its row not yet committed")
 
     def handle(self, *args: str, delete: bool, force: bool, older_than: int, **options: object) -> None:
-        with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
-            report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
+        try:
+            with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
+                report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
+        except STORAGE_ERRORS as exc:
+            raise storage_failed("Checking the stored files", exc) from exc
+        self._report(report, delete=delete, force=force)
+
+    def _report(self, report: StorageReport, *, delete: bool, force: bool) -> None:
         self.stdout.write(f"{report.checked} stored files checked, {len(report.orphans)} referred to by no image "
                           f"({report.orphan_bytes / 1e6:.1f} MB)")
         for stored in report.orphans[:LISTED]:
@@ -41,7 +54,11 @@ class Command(BaseCommand):
                 "IMAGINAITION_DATABASE_NAME)? Deleting would remove the gallery's pictures; --force deletes them "
                 "anyway.")
         if delete and report.orphans:
-            self.stdout.write(f"deleted {storage_orphans_delete(report)} files referred to by no image")
+            try:
+                deleted = storage_orphans_delete(report)
+            except STORAGE_ERRORS as exc:
+                raise storage_failed("Deleting the files referred to by no image", exc) from exc
+            self.stdout.write(f"deleted {deleted} files referred to by no image")
         elif report.orphans:
             self.stdout.write("run again with --delete to remove them")
         if report.missing:
@@ -49,3 +66,9 @@ class Command(BaseCommand):
             more = f" and {len(report.missing) - LISTED} more" if len(report.missing) > LISTED else ""
             raise CommandError(f"{len(report.missing)} image(s) whose file is gone: {shown}{more}. Put the files back "
                                "(from a backup of the media folder), or delete these images.")
+
+
+def storage_failed(what: str, exc: BaseException) -> CommandError:
+    """One line that names the storage and why it failed, not botocore's traceback."""
+    return CommandError(f"{what} failed: the media storage could not be reached: {storage_failure_reason(exc)}. "
+                        f"Check {storage_settings_named()}, then run it again.")
