@@ -30,7 +30,7 @@ from gallery.imaging import ImageRejected, picture_for_models, probability_to_pn
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from gallery.storage import STORAGE_ERRORS
-from gallery.storage_check import storage_failure_reason
+from gallery.storage_check import storage_failure_reason, storage_settings_named
 from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
@@ -111,6 +111,10 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         with image.file.open("rb") as fh:
             return picture_for_models(fh.read())
     except FileNotFoundError:
+        # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
+        # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
+        logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "
+                       "this host's %s", image.pk, image.file.name, storage_settings_named())
         return "The stored file is missing."
     except ImageRejected as exc:
         return exc.message

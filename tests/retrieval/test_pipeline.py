@@ -221,7 +221,7 @@ def test_a_model_change_reembeds_images_that_lack_the_active_models_vectors(medi
 
 @pytest.mark.django_db(transaction=True)
 def test_a_sync_import_finishes_what_earlier_runs_left_and_names_what_failed(media_root, offline, settings, tmp_path,
-                                                                           capsys):
+                                                                           capsys, caplog):
     from django.core.management import CommandError, call_command
     from skimage import data as skdata
 
@@ -243,6 +243,9 @@ def test_a_sync_import_finishes_what_earlier_runs_left_and_names_what_failed(med
     with pytest.raises(CommandError, match=r"1 of 3 images could not be processed.*retry_failed --sync"):
         call_command("import_folder", str(second), "--sync")
     assert f"failed coffee.jpg (image {broken.pk}): The stored file is missing" in capsys.readouterr().out
+    # The log says which file, and which settings say where this host looks (the page does not show them).
+    assert f"image {broken.pk}: its stored file {broken.file.name} is not in the media storage" in caplog.text
+    assert "check this host's IMAGINAITION_MEDIA_ROOT" in caplog.text
     statuses = dict(Image.objects.values_list("original_name", "status"))
     assert statuses == {"chelsea.jpg": "ready", "coffee.jpg": "failed", "rocket.jpg": "ready"}
 
