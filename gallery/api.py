@@ -332,7 +332,13 @@ class ImageListQuerySerializer(ClosedInput):
     label = RepeatableTextField(  # type: ignore[assignment]  # the field's name, not Field.label
         required=False, allow_blank=True, max_length=1000,
         help_text="only images with a mask of this label (or of one of these: cat,dog, or the parameter "
-                  "repeated), in any letter case")
+                  "repeated), in any letter case; a label no mask has is refused, naming the known ones")
+
+    def validate_label(self, value: str) -> str:
+        wanted = selectors.label_names(value)
+        if unknown := selectors.labels_unknown_message(wanted, selectors.labels_as_stored(wanted)):
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class ImageUploadSerializer(ClosedInput):
@@ -402,8 +408,8 @@ class ImageListCreateApi(APIView):
 
     @extend_schema(parameters=[ImageListQuerySerializer],
                    responses={200: ImageOutputSerializer(many=True),
-                              400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask can "
-                                                   "have (with a NUL character), labels over 1,000 characters, "
+                              400: OpenApiResponse(ValidationErrorSerializer, description="A label no mask has "
+                                                   "(named with the known ones), labels over 1,000 characters, "
                                                    "a parameter the list does not read, or a page_size that is "
                                                    "not a whole number of at least 1."),
                               **CALLER_REFUSED,

@@ -52,6 +52,18 @@ def image_detail(*, image_id: int) -> Image | None:
     return Image.objects.prefetch_related(Prefetch("masks", queryset=masks)).filter(pk=image_id).first()
 
 
+def labels_unknown_message(labels: Iterable[str], stored: Iterable[str]) -> str:
+    """"" when every label of a filter is some mask's (`stored`: labels_as_stored of them); otherwise a
+    message naming the unknown ones and listing the known (a typo shows at once, not as "no images")."""
+    folded = {label.casefold() for label in stored}
+    unknown = sorted(label for label in set(labels) if label.casefold() not in folded)
+    if not unknown:
+        return ""
+    known = [label for label, _ in label_counts()]  # only now: a count over all masks
+    return (f"Unknown label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"known labels: {', '.join(known) or 'none yet'}.")
+
+
 def label_counts() -> list[tuple[str, int]]:
     """Each label any mask has, alphabetically in any letter case, with how many images have it."""
     rows = (Mask.objects.values("label").annotate(images=Count("image", distinct=True)).order_by(Lower("label"), "label"))

@@ -23,7 +23,7 @@ from gallery.access import can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import decode_for_models, for_models
 from gallery.models import Image, Mask, ProcessingStatus
-from gallery.selectors import label_counts, labels_as_stored
+from gallery.selectors import labels_as_stored, labels_unknown_message
 from gallery.services import User
 from retrieval import uploads
 from retrieval.encoders.registry import ActiveModels, get_model
@@ -176,12 +176,8 @@ def masks_with_labels(labels: Sequence[str]) -> list[tuple[int, int]]:
     """(mask id, image id) of the masks of these labels, in any letter case (QueryError naming the
     known labels otherwise)."""
     stored = labels_as_stored(labels)
-    folded = {label.casefold() for label in stored}
-    unknown = sorted(label for label in set(labels) if label.casefold() not in folded)
-    if unknown:  # only now list every label (a count over all masks): for the message
-        known = [label for label, _ in label_counts()]
-        raise QueryError(f"Unknown label{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"known labels: {', '.join(known) or 'none yet'}.")
+    if unknown := labels_unknown_message(labels, stored):
+        raise QueryError(unknown)
     return list(Mask.objects.filter(label__in=stored).values_list("id", "image_id"))
 
 

@@ -138,6 +138,10 @@ def test_a_label_filter_takes_any_letter_case_a_list_or_a_repeated_form_field(cl
     assert client.get(reverse("api-images"), {"label": "BIRD"}).json()["count"] == 1
     assert client.get(reverse("api-images"), {"label": "bird, Dog"}).json()["count"] == 7
     assert client.get(reverse("api-images"), {"label": ["bird", "Dog"]}).json()["count"] == 7  # ?label=…&label=…
+    # And refuses a label no mask has, as search does, rather than an empty page that reads as "none yet".
+    typo = client.get(reverse("api-images"), {"label": "bird,brid"})
+    assert typo.status_code == 400 and typo.json()["label"][0].startswith("Unknown label brid; known labels: ")
+    assert "bird" in typo.json()["label"][0]
 
 
 def test_region_queries_refuse_what_they_cannot_answer(client, user, scenes):

@@ -368,7 +368,7 @@ def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_r
 
 def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_their_limit(client, user, media_root):
     """?labels=cat (the search API's spelling) returned the whole gallery, as if filtered."""
-    make_image(name="a.png")
+    add_mask(make_image(name="a.png"), label="cat")
     client.force_login(user)
     for typo in ({"labels": "envelope"}, {"status": "failed"}, {"ordering": "created_at"}):
         refused = client.get(reverse("api-images"), typo)
