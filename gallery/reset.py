@@ -170,6 +170,7 @@ def _delete_everything() -> int:
         rows = list(Image.objects.select_for_update().values_list("id", "file", "sha256"))
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=[image_id for image_id, _, _ in rows])
+        selectors.labels_changed()
     _files_delete([([file_name, *thumbnail_names(image=Image(sha256=sha256))] if file_name else [])
                    for _, file_name, sha256 in rows])
     events.gallery_emptied.send(sender=Image)

@@ -140,6 +140,7 @@ def image_delete(*, image: Image) -> None:
             return  # deleted meanwhile
         image.delete()
         events.images_deleted.send(sender=Image, image_ids=[image_id])
+        selectors.labels_changed()  # in the same transaction: the label counts follow the delete
 
         def remove_files() -> None:
             # After commit the image is deleted whatever happens here: a storage that fails now (stopped,
