@@ -134,3 +134,37 @@ def test_a_cluster_stops_when_sigterm_reaches_its_whole_process_group(start_work
 
     wait_for(group_gone, timeout=15, message="every process of the cluster to end")
     assert "stopped by the same signal" in worker.log()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_checks_sent_at_once_are_counted_one_by_one(django_user_model):
+    """DRF reads the count, then writes it back: 30 requests sent at once passed a limit of 10 27 times."""
+    import threading
+    from types import SimpleNamespace
+
+    from django.core.cache import caches
+    from django.db import connections
+
+    from gallery.api import SharedScopedRateThrottle
+
+    caches["shared"].clear()
+    user = django_user_model.objects.create_user("burst", password="Burst-pass-123")
+    view = SimpleNamespace(throttle_scope="worker_check")
+    start, allowed, lock = threading.Barrier(20), [], threading.Lock()
+
+    def ask() -> None:
+        try:
+            start.wait(10)
+            answer = SharedScopedRateThrottle().allow_request(SimpleNamespace(user=user, META={}), view)
+            with lock:
+                allowed.append(answer)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(allowed) == 20 and allowed.count(True) == 10  # the rate: 10 a minute
+    caches["shared"].clear()
