@@ -83,7 +83,8 @@ def staged_state(request: HttpRequest) -> JsonResponse:
     if staged is None:
         return JsonResponse({"state": "gone", "error": uploads.staged_missing_message(session=request.session)},
                             status=404)
-    return JsonResponse({"state": staged.state, "error": staged.error, "labels": [l["label"] for l in staged.labels]})
+    error = staged.error if request.user.is_staff else staged.shown_error  # which worker to start: staff only
+    return JsonResponse({"state": staged.state, "error": error, "labels": [l["label"] for l in staged.labels]})
 
 
 @gallery_reader
