@@ -78,7 +78,10 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
-                                                    "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES})
+                                                    "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,
+                                                    "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
+                                                    "max_request_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES
+                                                    + settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
 
 
 def page_number(request: HttpRequest) -> str | None:

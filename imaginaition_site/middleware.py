@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 
 from gallery.storage import STORAGE_ERRORS
 from gallery.storage_check import storage_unreachable_message
@@ -102,6 +102,10 @@ def body_too_large(request: HttpRequest, length: int) -> HttpResponse:
                f"(a file of at most {settings.IMAGINAITION_MAX_UPLOAD_BYTES:,} bytes and the form's fields).")
     if request.path_info.startswith("/api/"):
         return JsonResponse({"detail": message}, status=413)
+    if request.path_info == reverse("pages:images-add"):  # several files sent together, without the page's script
+        return page_refused(request, 413, title="Too much at once", message=message,
+                            advice="Send fewer files at a time from the Gallery page (with scripts on, the page "
+                                   "sends them one by one and this limit is per file).")
     return page_refused(request, 413, title="File too large", message=message,
                         advice="Choose a smaller file (or shrink this one) and load it again from the search page.")
 

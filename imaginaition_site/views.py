@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import DisallowedHost
+from django.conf import settings
+from django.core.exceptions import DisallowedHost, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views import defaults
+
+from imaginaition_site.middleware import page_refused
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
@@ -42,4 +45,9 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
         else:
             detail = "The request was refused as malformed."
         return JsonResponse({"detail": detail}, status=400)
+    if isinstance(exception, TooManyFilesSent):  # the gallery's Add images, sent whole without its script
+        return page_refused(request, 400, title="Too many files at once",
+                            message=f"The form sent more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files; the "
+                                    "service takes at most that many in one request.",
+                            advice="Send fewer at a time (with scripts on, the Gallery page sends them one by one).")
     return defaults.bad_request(request, exception)

@@ -521,3 +521,24 @@ def test_adding_images_needs_a_signed_in_user(client, settings):
     response = client.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("one.png", png_bytes())]})
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     assert not Image.objects.exists()
+
+
+def test_adding_too_many_files_in_one_request_says_what_to_do(client, user, settings):
+    """Without the page's script the form sends every file in one request: its limits answered with the
+    search page's words ("load it again from the search page") or a bare "malformed request"."""
+    from tests.gallery.factories import png_bytes
+
+    client.force_login(user)
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    many = [SimpleUploadedFile(f"{i}.png", png_bytes()) for i in range(4)]
+    refused = client.post(reverse("pages:images-add"), {"files": many})
+    page = refused.content.decode()
+    assert refused.status_code == 400 and "Too many files at once" in page and "more than 3 files" in page
+    settings.IMAGINAITION_MAX_UPLOAD_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_000, 1_000
+    big = [SimpleUploadedFile(f"{i}.bin", bytes(1_500)) for i in range(2)]
+    too_much = client.post(reverse("pages:images-add"), {"files": big})
+    page = too_much.content.decode()
+    assert too_much.status_code == 413 and "Send fewer files at a time" in page and "search page" not in page
+    assert not Image.objects.exists()
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 100
+    assert "send at most 100 files" in client.get(reverse("pages:gallery")).content.decode()
