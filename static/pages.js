@@ -145,7 +145,9 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   const button = form.querySelector("button[type=submit]");
   const status = form.querySelector("[data-add-progress]");
   const list = form.querySelector("[data-add-results]");
-  const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  // The cookie's token, as it is now: signing in again (in another tab) replaces the one this page was given.
+  const token = () => (document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/) || [])[1]
+    || form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const limit = Number(form.dataset.maxBytes);
   const said = {added: "added; it is being processed.", exists: "already in the gallery."};
   const line = (name, text, url, refused) => {
@@ -162,7 +164,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         + `limit is ${limit.toLocaleString("en")} bytes.`}];
     }
     const body = new FormData();
-    body.append("csrfmiddlewaretoken", token);
+    body.append("csrfmiddlewaretoken", token());
     body.append("files", file);
     try {
       const response = await fetch(form.action, {method: "POST", body, credentials: "same-origin",
@@ -170,6 +172,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
       const json = (response.headers.get("Content-Type") || "").includes("json") ? await response.json() : null;
       if (response.ok && json && json.results) return json.results;
       const why = response.redirected ? "you are signed out: sign in again, then add it."
+        : response.status === 403 ? "the page is out of date (signed out or in again elsewhere): reload it, then add it."
         : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
       return [{name: file.name, state: "refused", message: why}];
     } catch (error) {

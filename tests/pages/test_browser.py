@@ -298,5 +298,18 @@ def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_se
     assert lines[1].startswith("notes.txt: ") and lines[3] == "chelsea.jpg: already in the gallery."
     assert page.eval_on_selector_all("[data-add-results] li.error", "items => items.length") == 1
     assert sorted(Image.objects.values_list("original_name", flat=True)) == ["chelsea.jpg", "coffee.jpg"]
-    page.get_by_role("link", name="chelsea.jpg").first.click()  # each added file links to its page
+    # Signed out and in again in another tab (a new CSRF token): this page's next add still goes through.
+    other = page.context.new_page()
+    other.goto(live_server.url + "/gallery/")
+    other.get_by_role("button", name="Sign out (alice)").click()
+    other.goto(live_server.url + "/accounts/login/")
+    other.get_by_label("User name").fill("alice")
+    other.get_by_label("Password").fill("s3cret-Pass!")
+    other.get_by_role("button", name="Sign in").click()
+    other.wait_for_url(live_server.url + "/")
+    page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(
+        [photos["coffee"]])
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.wait_for_selector("text=Done: 0 added, 1 already there, 0 refused.")
+    page.get_by_role("link", name="coffee.jpg").first.click()  # each added file links to its page
     page.wait_for_url(re.compile(r"/images/\d+/$"))
