@@ -83,6 +83,17 @@ def start_worker(transactional_db, tmp_path):
         worker.stop()
 
 
+def run_in_threads(target, count: int, timeout: float = 30) -> None:
+    """Run `target` on `count` threads at once (each closes its own database connections) and wait for them."""
+    import threading
+
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.25, message: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail the test with `message`."""
     deadline = time.monotonic() + timeout

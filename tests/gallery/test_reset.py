@@ -12,7 +12,7 @@ from gallery.models import Image, ResetJob
 from gallery.reset import RESET_LOCK, ResetRefused, reset_run, reset_start
 from gallery.services import image_add
 from retrieval import pipeline
-from tests.conftest import wait_for
+from tests.conftest import run_in_threads, wait_for
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 
@@ -299,11 +299,7 @@ def test_two_starts_at_once_make_one_job_and_refuse_the_other(staff_user, folder
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=start) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(start, 2)
 
     assert sorted(outcomes) == ["A reset is already in progress; wait for it to finish.", "started"]
     assert ResetJob.objects.count() == 1 and OrmQ.objects.count() == 1

@@ -146,6 +146,7 @@ def test_worker_checks_sent_at_once_are_counted_one_by_one(django_user_model):
     from django.db import connections
 
     from gallery.api import SharedScopedRateThrottle
+    from tests.conftest import run_in_threads
 
     caches["shared"].clear()
     user = django_user_model.objects.create_user("burst", password="Burst-pass-123")
@@ -161,10 +162,6 @@ def test_worker_checks_sent_at_once_are_counted_one_by_one(django_user_model):
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=ask) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_in_threads(ask, 20)
     assert len(allowed) == 20 and allowed.count(True) == 10  # the rate: 10 a minute
     caches["shared"].clear()
