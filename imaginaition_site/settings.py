@@ -1,6 +1,7 @@
 """Settings for ImaginAItion. Everything a deployer may tune is an environment variable (see README)."""
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -34,7 +35,7 @@ def env_number(name: str, default: float | None, *, minimum: float, maximum: flo
         value = int(text) if whole else float(text)
     except ValueError:
         value = None
-    if (value is None or value != value  # value != value: NaN
+    if (value is None or not math.isfinite(value)  # NaN and infinities too ("inf" seconds is no setting)
             or value < minimum or (exclusive_minimum and value == minimum)
             or (maximum is not None and value > maximum)):
         kind = "a whole number" if whole else "a number"

@@ -38,6 +38,15 @@ def test_a_number_setting_may_have_to_stay_above_its_minimum(monkeypatch, value,
                           whole=False) == expected
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan"])
+def test_a_number_setting_without_a_maximum_is_still_finite(monkeypatch, value):
+    """`inf` passed every setting without a maximum (IMAGINAITION_INDEX_SYNC_SECONDS=inf: never in sync)."""
+    monkeypatch.setenv("IMAGINAITION_SOMETHING", value)
+    with pytest.raises(ImproperlyConfigured, match=f"^IMAGINAITION_SOMETHING must be a number of at least 0, "
+                                                   f"not '{value}'"):
+        env_number("IMAGINAITION_SOMETHING", 10.0, minimum=0, whole=False)
+
+
 @pytest.mark.parametrize(("setting", "value", "message"), [
     ("IMAGINAITION_BATCH_SIZE", "99999999999999999999",
      "Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1 and at most 4096, "
