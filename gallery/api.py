@@ -40,7 +40,7 @@ from gallery.errors import Refused
 from gallery.imaging import read_upload
 from gallery.models import Image
 from gallery.storage import STORAGE_ERRORS
-from gallery.storage_check import storage_unreachable_message
+from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
@@ -52,11 +52,13 @@ logger = logging.getLogger(__name__)
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status (and a
     failing media storage's 503)."""
-    if isinstance(exc, Refused):
-        return Response({"detail": exc.message}, status=exc.status_code)
+    if isinstance(exc, Refused):  # a 503 among them: the media storage failed storing a file
+        retry = {"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)} if exc.status_code == 503 else None
+        return Response({"detail": exc.message}, status=exc.status_code, headers=retry)
     if isinstance(exc, STORAGE_ERRORS):  # the media storage failed under the view (as the pages' middleware says)
         logger.warning("%s: the media storage failed: %r", getattr(context.get("request"), "path", "?"), exc)
-        return Response({"detail": storage_unreachable_message(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response({"detail": storage_unreachable_message(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)})
     # Django's own limits on a body's non-file part, met while DRF parses it: JSON, not its HTML 400.
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": f"The request's data (files aside) is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} "

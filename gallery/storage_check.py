@@ -37,6 +37,9 @@ def storage_failure_reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
+STORAGE_RETRY_AFTER_SECONDS = 30  # a 503's Retry-After: an outage is not the request's fault, nor over at once
+
+
 def storage_unreachable_message(exc: BaseException) -> str:
     """Why a request that needed a stored file could not be answered: the media storage failed (a
     stopped or hung endpoint, refused credentials, an unmounted folder), not the request."""

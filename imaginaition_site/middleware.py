@@ -12,7 +12,7 @@ from django.shortcuts import render
 from django.urls import Resolver404, resolve, reverse
 
 from gallery.storage import STORAGE_ERRORS
-from gallery.storage_check import storage_unreachable_message
+from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
 
 logger = logging.getLogger(__name__)
 NUL_REFUSED = "Query parameters cannot contain NUL characters."
@@ -57,10 +57,13 @@ class PageRefusalsMiddleware:
 def storage_unavailable(request: HttpRequest, exception: BaseException) -> HttpResponse:
     message = storage_unreachable_message(exception)
     if request.path_info.startswith("/api/"):
-        return JsonResponse({"detail": message}, status=503)
-    return page_refused(request, 503, title="Media storage unavailable", message=message,
-                        advice="Nothing is wrong with what you asked: try again in a while, and tell an "
-                               "administrator if it lasts.")
+        response: HttpResponse = JsonResponse({"detail": message}, status=503)
+    else:
+        response = page_refused(request, 503, title="Media storage unavailable", message=message,
+                                advice="Nothing is wrong with what you asked: try again in a while, and tell an "
+                                       "administrator if it lasts.")
+    response["Retry-After"] = str(STORAGE_RETRY_AFTER_SECONDS)
+    return response
 
 
 def page_refused(request: HttpRequest, status: int, *, title: str, message: str, advice: str = "") -> HttpResponse:

@@ -198,3 +198,17 @@ def test_a_local_media_folder_failing_under_a_page_is_a_503_naming_imaginaition_
         api = client.get(f"/api/images/{image.pk}/")  # no file read: answers as ever
     assert response.status_code == 503 and "Permission denied" in response.content.decode()
     assert "IMAGINAITION_MEDIA_ROOT" in response.content.decode() and api.status_code == 200
+    assert response["Retry-After"] == "30"  # an outage: a client may ask again, not at once
+
+
+def test_the_apis_storage_refusals_say_when_to_try_again():
+    from gallery.api import api_exception_handler
+    from gallery.imaging import ImageRejected
+    from gallery.services import StorageFailed
+
+    failed = api_exception_handler(OSError(5, "Input/output error"), {})
+    stored = api_exception_handler(StorageFailed("Storing the file failed."), {})
+    refused = api_exception_handler(ImageRejected("The file is empty (0 bytes)."), {})
+    assert (failed.status_code, failed["Retry-After"]) == (503, "30")
+    assert (stored.status_code, stored["Retry-After"]) == (503, "30")
+    assert refused.status_code == 400 and "Retry-After" not in refused  # the caller's to fix, not to wait for
