@@ -151,8 +151,14 @@ def banner_refresh() -> Banner:
 
 def _model_change(active: ActiveModels) -> str:
     serving = serving_models(active=active)
-    return ", ".join(f"{role} {getattr(serving, role)} → {getattr(active, role)}" for role in ("semantic", "content")
-                     if getattr(serving, role) != getattr(active, role))
+    changes = [f"{role} {getattr(serving, role)} → {getattr(active, role)}" for role in ("semantic", "content")
+               if getattr(serving, role) != getattr(active, role)]
+    # A new segmenter has no serving model: its change shows as images waiting to be segmented again.
+    older = (Image.objects.filter(masks_status=ProcessingStatus.PENDING)
+             .exclude(segmented_by__in=["", active.segmenter]).values_list("segmented_by", flat=True).first())
+    if older:
+        changes.append(f"segmenter {older} → {active.segmenter}")
+    return ", ".join(changes)
 
 
 def _banner_refresh_in_background() -> None:

@@ -84,3 +84,12 @@ def test_the_banner_says_when_a_model_change_is_under_way(client, user, settings
     page = client.get(reverse("pages:gallery")).content.decode()
     assert f'id="banner-model-change">content autoencoder/v1 → {active.content}<' in page
     assert "searches use the old model" in page
+    # A new segmenter: the images waiting to be segmented again by it say so.
+    from gallery.models import Image, ProcessingStatus
+    from tests.gallery.factories import make_image
+
+    make_image(name="again.png")
+    Image.objects.update(segmented_by="offline/effnet-lite0-cam", masks_status=ProcessingStatus.PENDING)
+    status.banner_refresh()
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert f"segmenter offline/effnet-lite0-cam → {active.segmenter}<" in page
