@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from imaginaition_site.env import env_number
+
 S3_TIMEOUT_DEFAULT = 10.0  # seconds
 S3_ATTEMPTS = 2  # per request, the first included: a request in flight waits at most twice the timeout
 
@@ -40,12 +42,7 @@ def _s3_client_config(environ: Mapping[str, str]) -> Any:
     addressing-style, signature and proxy options are not used here.)"""
     from botocore.config import Config  # django-storages' S3 backend only: a local storage needs no boto
 
-    text = environ.get("IMAGINAITION_S3_TIMEOUT", "").strip()
-    try:
-        timeout = float(text) if text else S3_TIMEOUT_DEFAULT
-    except ValueError:
-        timeout = float("nan")
-    if not timeout > 0 or timeout == float("inf"):  # NaN compares False
-        raise ImproperlyConfigured(f"IMAGINAITION_S3_TIMEOUT must be a number of seconds above 0, not {text!r}")
+    timeout = env_number("IMAGINAITION_S3_TIMEOUT", S3_TIMEOUT_DEFAULT, minimum=0, exclusive_minimum=True,
+                         whole=False, environ=environ)
     return Config(connect_timeout=timeout, read_timeout=timeout,
                   retries={"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})

@@ -202,7 +202,7 @@ def test_a_number_setting_that_is_not_one_stops_a_command_in_one_line():
 def test_number_settings_are_read_or_refused_with_their_name(monkeypatch, value, whole, minimum, expected):
     from django.core.exceptions import ImproperlyConfigured
 
-    from imaginaition_site.settings import env_number
+    from imaginaition_site.env import env_number
 
     monkeypatch.setenv("IMAGINAITION_SOMETHING", value)
     if isinstance(expected, str):
@@ -213,7 +213,7 @@ def test_number_settings_are_read_or_refused_with_their_name(monkeypatch, value,
 
 
 def test_list_settings_drop_the_spaces_around_their_items(monkeypatch):
-    from imaginaition_site.settings import env_list
+    from imaginaition_site.env import env_list
 
     monkeypatch.setenv("DJANGO_ALLOWED_HOSTS", "images.example.org, web1 ,,")
     assert env_list("DJANGO_ALLOWED_HOSTS", "") == ["images.example.org", "web1"]

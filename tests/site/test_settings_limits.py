@@ -7,7 +7,7 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from imaginaition_site.settings import env_number
+from imaginaition_site.env import env_number
 from tests.conftest import REPO
 
 

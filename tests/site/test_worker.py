@@ -99,7 +99,7 @@ def test_worker_checks_are_limited_per_user_with_a_clear_429(client, user, djang
 def test_the_worker_check_rate_setting_is_read_or_refused_by_name(monkeypatch, text, accepted):
     from django.core.exceptions import ImproperlyConfigured
 
-    from imaginaition_site.settings import env_rate
+    from imaginaition_site.env import env_rate
 
     monkeypatch.setenv("IMAGINAITION_WORKER_CHECK_RATE", text)
     if accepted:
