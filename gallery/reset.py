@@ -26,8 +26,7 @@ from gallery import events, selectors
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import User, folder_files, folder_import, images_process_here, images_schedule
-from gallery.storage import STORAGE_ERRORS, stored_delete
-from gallery.storage_check import storage_failure_reason
+from gallery.storage_check import deleted_images_files_remove
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -171,27 +170,11 @@ def _delete_everything() -> int:
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=[image_id for image_id, _, _ in rows])
         selectors.labels_changed()
-    _files_delete([([file_name, *thumbnail_names(image=Image(sha256=sha256))] if file_name else [])
-                   for _, file_name, sha256 in rows])
+    files = [([file_name] if file_name else []) + thumbnail_names(image=Image(sha256=sha256))
+             for _, file_name, sha256 in rows]
+    deleted_images_files_remove(files, deleted=f"reset: the gallery's {len(rows)} images were deleted")
     events.gallery_emptied.send(sender=Image)
     return len(rows)
-
-
-def _files_delete(files_of_images: list[list[str]]) -> None:
-    """The deleted images' files, after their rows (a failure leaves files without rows, which take space
-    but answer nothing, never rows without files), through the storage API: the same on a shared folder
-    or in a bucket. The rows are gone whatever happens here: a storage that fails (stopped, hung) stops
-    the deletion at its first error (every later one would wait on it alike) and leaves the rest of the
-    files to `manage.py storage_check --delete`."""
-    for done, names in enumerate(files_of_images):
-        try:
-            stored_delete(names)
-        except STORAGE_ERRORS as exc:
-            logger.warning("reset: the gallery's %d images were deleted, but the media storage failed removing "
-                           "their files (%s): the files of %d of them are left for `manage.py storage_check "
-                           "--delete` (the first image's: %s)", len(files_of_images), storage_failure_reason(exc),
-                           len(files_of_images) - done, ", ".join(names))
-            return
 
 
 def _end_abandoned(job: ResetJob) -> None:

@@ -17,8 +17,8 @@ from gallery import events, selectors
 from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
 from gallery.models import Image, ProcessingStatus
-from gallery.storage import STORAGE_ERRORS, stored_delete, stored_write_once
-from gallery.storage_check import storage_failure_reason
+from gallery.storage import STORAGE_ERRORS, stored_write_once
+from gallery.storage_check import deleted_images_files_remove
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -131,8 +131,8 @@ def _delete_file(image: Image) -> None:
 
 def image_delete(*, image: Image) -> None:
     """Remove the image, its masks, vectors, file and thumbnails; searches forget it at once."""
-    image_id, file_name, storage = image.pk, image.file.name, image.file.storage
-    thumbs = thumbnail_names(image=image)
+    image_id = image.pk
+    names = ([image.file.name] if image.file.name else []) + thumbnail_names(image=image)  # typed optional
     with transaction.atomic():
         # Locked first: a worker writing its masks or vectors holds this row (pipeline._write), and a
         # delete that listed them before that write committed would fail on the new rows' foreign keys.
@@ -141,21 +141,8 @@ def image_delete(*, image: Image) -> None:
         image.delete()
         events.images_deleted.send(sender=Image, image_ids=[image_id])
         selectors.labels_changed()  # in the same transaction: the label counts follow the delete
-
-        def remove_files() -> None:
-            # After commit the image is deleted whatever happens here: a storage that fails now (stopped,
-            # hung) leaves files no image refers to, which `manage.py storage_check --delete` removes later.
-            names = [file_name, *thumbs] if file_name else thumbs  # every stored image has one (typed optional)
-            try:
-                if file_name:
-                    storage.delete(file_name)
-                stored_delete(thumbs)
-            except STORAGE_ERRORS as exc:
-                logger.warning("image %s deleted, but the media storage failed removing its files (%s): %s; "
-                               "left for `manage.py storage_check --delete`", image_id, ", ".join(names),
-                               storage_failure_reason(exc))
-
-        transaction.on_commit(remove_files)
+        # After commit the image is deleted whatever happens to its files.
+        transaction.on_commit(lambda: deleted_images_files_remove([names], deleted=f"image {image_id} was deleted"))
 
 
 def images_retry_failed(*, ids: Sequence[int] | None = None, enqueue: bool = True) -> list[int]:

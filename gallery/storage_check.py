@@ -7,6 +7,7 @@ belong to a row about to commit: it is never reported, nor deleted."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
@@ -18,10 +19,12 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.storage import PARTIAL_PREFIX, stored_delete
+from gallery.storage import PARTIAL_PREFIX, STORAGE_ERRORS, stored_delete
 from gallery.thumbnails import THUMBNAIL_FOLDER, thumbnail_sha256
 
 IMAGE_FOLDER = "images"
+
+logger = logging.getLogger(__name__)
 
 
 def storage_settings_named() -> str:
@@ -35,6 +38,21 @@ def storage_settings_named() -> str:
 def storage_failure_reason(exc: BaseException) -> str:
     """What a storage error (gallery.storage.STORAGE_ERRORS) says, without Python's decoration."""
     return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+
+
+def deleted_images_files_remove(files_of_images: list[list[str]], *, deleted: str) -> None:
+    """The files of images whose rows are deleted (committed: a failure here leaves files without rows,
+    which take space but answer nothing, never rows without files), through the storage API. A storage
+    that fails (stopped, hung) stops this at its first error, as every later call would wait on it alike;
+    the rest is logged and left to `manage.py storage_check --delete`."""
+    for done, names in enumerate(files_of_images):
+        try:
+            stored_delete(names)
+        except STORAGE_ERRORS as exc:
+            logger.warning("%s, but the media storage failed removing the files (%s): the files of %d "
+                           "image(s) are left for `manage.py storage_check --delete` (the first's: %s)", deleted,
+                           storage_failure_reason(exc), len(files_of_images) - done, ", ".join(names))
+            return
 
 
 STORAGE_RETRY_AFTER_SECONDS = 30  # a 503's Retry-After: an outage is not the request's fault, nor over at once

@@ -55,13 +55,10 @@ class PageRefusalsMiddleware:
 
 
 def storage_unavailable(request: HttpRequest, exception: BaseException) -> HttpResponse:
-    message = storage_unreachable_message(exception)
-    if request.path_info.startswith("/api/"):
-        response: HttpResponse = JsonResponse({"detail": message}, status=503)
-    else:
-        response = page_refused(request, 503, title="Media storage unavailable", message=message,
-                                advice="Nothing is wrong with what you asked: try again in a while, and tell an "
-                                       "administrator if it lasts.")
+    """A page's 503 (every /api/ view is DRF's: gallery.api.api_exception_handler answers those in JSON)."""
+    response = page_refused(request, 503, title="Media storage unavailable", message=storage_unreachable_message(
+        exception), advice="Nothing is wrong with what you asked: try again in a while, and tell an "
+                           "administrator if it lasts.")
     response["Retry-After"] = str(STORAGE_RETRY_AFTER_SECONDS)
     return response
 

@@ -77,11 +77,11 @@ def test_deleting_while_the_bucket_is_down_succeeds_and_leaves_the_files_to_stor
     assert names <= bucket_keys(s3_storage.s3)
     s3_storage.stop()
 
-    with caplog.at_level(logging.WARNING, logger="gallery.services"):
+    with caplog.at_level(logging.WARNING, logger="gallery.storage_check"):
         assert client.delete(reverse("api-image", args=[by_api])).status_code == 204
         response = client.post(reverse("pages:delete", args=[by_page]))
     assert response.status_code == 302 and not Image.objects.exists()
-    warnings = [record.getMessage() for record in caplog.records if record.name == "gallery.services"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "gallery.storage_check"]
     assert len(warnings) == 2 and all("storage_check --delete" in text for text in warnings)
     assert all(any(name.removeprefix("gallery/") in text for text in warnings) for name in names)
 
@@ -114,7 +114,7 @@ def test_a_reset_while_the_bucket_is_down_empties_the_gallery_and_says_so(staff_
     assert job.deleted_images == 2 and job.state == "failed" and job.phase == "importing files"
     # What it says is what happened: the gallery was emptied, then storing the first file failed.
     assert "Storing the file failed" in job.error and "Nothing was deleted" not in job.error
-    left = [record.getMessage() for record in caplog.records if record.name == "gallery.reset"]
+    left = [record.getMessage() for record in caplog.records if record.name == "gallery.storage_check"]
     assert any("2 images were deleted" in text and "storage_check --delete" in text
                and any(image.file.name in text for image in old) for text in left)
 
