@@ -140,8 +140,12 @@ def test_resetting_needs_its_own_permission_not_merely_staff(client, django_user
     staff = django_user_model.objects.get(pk=staff.pk)  # permissions are cached on the instance
     client.force_login(staff)
     assert client.get(reverse("gallery-reset")).status_code == 200
-    # With only this permission the image list is closed to them: admin's home page links the reset.
-    assert reverse("gallery-reset") in client.get(reverse("admin:index")).content.decode()
+    # With only this permission the image list is closed to them: admin's home page and its side bar
+    # (on the reset page) link the reset, and neither says they may do nothing.
+    home, reset_page = (client.get(url).content.decode() for url in (reverse("admin:index"), reverse("gallery-reset")))
+    assert reverse("gallery-reset") in home and "permission to view or edit anything" not in home
+    sidebar = reset_page[reset_page.index('id="nav-sidebar"'):]
+    assert reverse("gallery-reset") in sidebar and "permission to view or edit anything" not in sidebar
 
 
 @pytest.mark.django_db
