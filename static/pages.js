@@ -181,7 +181,12 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   };
   const addAll = async (files) => {
     if (!window.fetch || !window.FormData) { form.submit(); return; }
+    // The button is disabled while it works, which would drop the focus on it (a screen reader's place
+    // included) to the page's start: the focus goes to the progress, which says what happens.
+    const focusWasHere = form.contains(document.activeElement);
     button.disabled = true;
+    status.tabIndex = -1;
+    if (focusWasHere) status.focus();
     list.replaceChildren();
     const bar = document.createElement("progress");
     const text = document.createElement("span");

@@ -290,8 +290,10 @@ def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_se
 
     chosen = [photos["chelsea"], str(notes), photos["coffee"], photos["chelsea"]]
     page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(chosen)
-    page.get_by_role("button", name="Add to the gallery").click()
+    page.get_by_role("button", name="Add to the gallery").focus()
+    page.keyboard.press("Enter")  # by keyboard: the focus goes to the progress it reads next, not to nowhere
     page.wait_for_selector("text=Done: 2 added, 1 already there, 1 refused.")
+    assert page.evaluate("document.activeElement.matches('[data-add-progress]')")
     lines = page.eval_on_selector_all("[data-add-results] li", "items => items.map(i => i.textContent)")
     assert lines[0] == "chelsea.jpg: added; it is being processed."
     assert lines[2] == "coffee.jpg: added; it is being processed."
@@ -313,3 +315,42 @@ def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_se
     page.wait_for_selector("text=Done: 0 added, 1 already there, 0 refused.")
     page.get_by_role("link", name="coffee.jpg").first.click()  # each added file links to its page
     page.wait_for_url(re.compile(r"/images/\d+/$"))
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG's contrast ratio of two CSS rgb()/rgba() colours as a browser computes them."""
+    def luminance(color: str) -> float:
+        channels = [int(value) / 255 for value in re.findall(r"\d+", color)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    light, dark = sorted((luminance(first), luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_focus_edges_and_states_are_visible_without_colour_and_in_forced_colours(browser):
+    """The site's CSS (WCAG 1.4.11): the focus ring and a text box's edge at ≥ 3:1 against the white cards
+    and the grey page; under forced colours (Windows high contrast, which drops backgrounds and border
+    colours) the current page, the current label and a pressed label button still stand out."""
+    css = (REPO / "static" / "site.css").read_text()
+    page = browser.new_page()
+    page.set_content(f"""<style>{css}</style>
+        <header class="top"><nav><ul><li><a href="#a" aria-current="page">Gallery</a></li><li><a href="#b">Search</a>
+        </li></ul></nav></header>
+        <main><div class="card" style="background:#fff"><input type="search" id="words"></div>
+        <nav class="label-chips"><a class="chip" href="#c" aria-current="true">cat</a><a class="chip" href="#d">dog</a></nav>
+        <div class="labels"><button aria-pressed="true">cat</button><button aria-pressed="false">dog</button></div></main>""")
+    page.focus("#words")
+    style = page.eval_on_selector("#words", "e => { const s = getComputedStyle(e); return [s.outlineColor, s.outlineStyle,"
+                                            " s.borderTopColor, getComputedStyle(document.body).backgroundColor] }")
+    outline, outline_style, border, page_grey = style
+    assert outline_style == "solid"
+    assert min(contrast(outline, "rgb(255, 255, 255)"), contrast(outline, page_grey)) >= 3
+    assert contrast(border, "rgb(255, 255, 255)") >= 3
+
+    page.emulate_media(forced_colors="active")
+    read = ("e => { const s = getComputedStyle(e); return [s.backgroundColor, s.textDecorationLine, s.borderBottomStyle] }")
+    current, other = (page.eval_on_selector(f"header nav a[href='{href}']", read) for href in ("#a", "#b"))
+    assert "underline" in current[1] and "underline" not in other[1] and other[2] in ("none", "hidden")
+    for chosen, plain in (("label-chips a[href='#c']", "label-chips a[href='#d']"),
+                          ("labels button[aria-pressed=true]", "labels button[aria-pressed=false]")):
+        assert page.eval_on_selector("." + chosen, read)[0] != page.eval_on_selector("." + plain, read)[0]

@@ -1,6 +1,7 @@
 """The web pages: render in every state, CSRF on every form, upload → labels → overlay → add → search."""
 
 import html
+from html.parser import HTMLParser
 import io
 import re
 
@@ -542,3 +543,58 @@ def test_adding_too_many_files_in_one_request_says_what_to_do(client, user, sett
     assert not Image.objects.exists()
     settings.DATA_UPLOAD_MAX_NUMBER_FILES = 100
     assert "send at most 100 files" in client.get(reverse("pages:gallery")).content.decode()
+
+
+class ReadAloud(HTMLParser):
+    """What a screen reader would read twice: the picture's alt beside the same name in a link, and a
+    control's value inside another control's label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.link: dict[str, list[str]] | None = None
+        self.in_label = False
+        self.label_control: str | None = None  # its `for`, or (without) the first control inside it
+        self.links: list[dict[str, list[str]]] = []
+        self.inside_labels: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag == "a":
+            self.link = {"alts": [], "text": []}
+        elif tag == "img" and self.link is not None:
+            self.link["alts"].append(named.get("alt") or "")
+        elif tag == "label":
+            self.in_label, self.label_control = True, named.get("for")
+        elif self.in_label and tag in ("output", "input", "select", "textarea", "meter", "progress", "button"):
+            if self.label_control is None:
+                self.label_control = named.get("id") or tag
+            elif (named.get("id") or tag) != self.label_control:
+                self.inside_labels.append(f"{tag} #{named.get('id')} in the label of {self.label_control}")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self.link is not None:
+            self.links.append(self.link)
+            self.link = None
+        elif tag == "label":
+            self.in_label = False
+
+    def handle_data(self, data: str) -> None:
+        if self.link is not None:
+            self.link["text"].append(data)
+
+
+def test_a_screen_reader_reads_a_pictures_name_once(client, user):
+    images = [embedded_image(f"picture{i}.png", i) for i in range(3)]
+    add_mask(images[0], label="cat")
+    client.force_login(user)
+    pictures = 0
+    for url in [reverse("pages:home"), reverse("pages:gallery"), reverse("pages:search") + f"?image={images[0].pk}",
+                reverse("pages:preferences")]:
+        reader = ReadAloud()
+        reader.feed(client.get(url).content.decode())
+        twice = [link for link in reader.links if any(alt and alt in "".join(link["text"]) for alt in link["alts"])]
+        pictures += sum(bool(link["alts"]) for link in reader.links)
+        assert not twice, (url, twice)
+        # a label names its own control (`for=`) and holds none: one inside is read as part of the name
+        assert not reader.inside_labels, (url, reader.inside_labels)
+    assert pictures >= 3 + 3 + 2  # the pages did list linked pictures (home, gallery, results)
