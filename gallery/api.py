@@ -415,6 +415,7 @@ class NoSuchEndpointApi(APIView):
 
 
 class ImageListCreateApi(APIView):
+    name = "Images"  # the browsable page's title (listing and adding)
     permission_classes = [GalleryPermission]
     parser_classes = [MultiPartParser, FormParser]
     pagination_class = ImagePagination  # the envelope: count, next, previous, results

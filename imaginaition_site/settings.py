@@ -276,6 +276,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "gallery.api.api_exception_handler",  # refused input → 4xx {"detail": message}
+    # An endpoint opened in a browser: DRF's page, with a language, plain names and real breadcrumbs.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "imaginaition_site.api_renderers.SiteBrowsableApiRenderer"],
+    "VIEW_NAME_FUNCTION": "imaginaition_site.api_renderers.api_view_name",
     # Only the views that name a scope are throttled, counted in the shared cache (one count for every process).
     # A worker check queues a task and keeps its row: any signed-in user may ask, not without end.
     "DEFAULT_THROTTLE_RATES": {"worker_check": env_rate("IMAGINAITION_WORKER_CHECK_RATE", "10/minute")},

@@ -6,8 +6,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from gallery import page_urls as gallery_pages
 from gallery.api import NoSuchEndpointApi
 from imaginaition_site import sign_in
+from imaginaition_site.api_renderers import PageLanguageTemplateRenderer
 from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
+
+
+class SwaggerDocsView(SpectacularSwaggerView):
+    """/api/docs/: drf-spectacular's Swagger UI (served from the installed sidecar: works offline)."""
+
+    renderer_classes = [PageLanguageTemplateRenderer]
+
 
 handler400 = "imaginaition_site.views.bad_request"  # JSON under /api/
 handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
@@ -29,7 +37,7 @@ urlpatterns = [
          auth_views.PasswordChangeDoneView.as_view(template_name="registration/site_password_change_done.html"),
          name="password_change_done"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SwaggerDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("gallery.api_urls")),
     path("api/", include("retrieval.api_urls")),
     re_path(r"^api/[\s\S]*$", NoSuchEndpointApi.as_view(), name=API_UNKNOWN_ENDPOINT),

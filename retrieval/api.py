@@ -111,6 +111,7 @@ CSRF_MISSING = error_response("A signed-in session's write without its CSRF toke
 
 
 class ApiRootApi(APIView):
+    name = "API root"  # its page's title and first breadcrumb
     permission_classes = [AllowAny]
 
     @extend_schema(responses={200: inline_serializer("ApiRoot", {

@@ -109,6 +109,21 @@ def test_api_root_status_and_schema(client, user, settings):
     assert client.get("/api/docs/").status_code == 200
 
 
+def test_the_api_pages_a_browser_opens_have_a_language_plain_names_and_real_breadcrumbs(client, user):
+    """/api/docs/ and DRF's browsable pages (an endpoint opened in a browser): a page language (WCAG 3.1.1),
+    names without the classes' "Api", and breadcrumbs that lead to endpoints, not to the catch-all 404."""
+    client.force_login(user)
+    docs = client.get("/api/docs/").content.decode()
+    assert '<html lang="en">' in docs
+    for path, title in [("/api/", "API root"), ("/api/search/", "Search"), ("/api/images/", "Images")]:
+        page = client.get(path, HTTP_ACCEPT="text/html").content.decode()
+        assert '<html lang="en">' in page, path
+        assert f"<title>{title} – Django REST framework</title>" in page, path
+        crumbs = page[page.index('class="breadcrumb"'):page.index("</ul>", page.index('class="breadcrumb"'))]
+        assert "No Such Endpoint" not in crumbs and " Api" not in crumbs, (path, crumbs)
+        assert ">API root</a>" in crumbs or path == "/api/", (path, crumbs)
+
+
 def test_status_counts_images_by_status(client, user, media_root):
     client.force_login(user)
     make_image(status="pending")

@@ -1,0 +1,65 @@
+"""The API's pages a browser opens: /api/docs/ (Swagger UI) and DRF's browsable API (an endpoint opened
+in a browser). Their stock templates write a bare <html> (no page language for a screen reader, WCAG
+3.1.1) outside any block, so the language is added to what they render rather than by copying them.
+(DRF imports this module while it defines APIView, through its settings: no view is imported at the top.)"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from django.urls import Resolver404, resolve
+from rest_framework.renderers import BrowsableAPIRenderer, TemplateHTMLRenderer
+from rest_framework.utils import formatting
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
+
+PAGE_LANGUAGE = "en"
+
+
+def with_page_language(page: Any) -> Any:
+    """The rendered page with <html lang=…> (bytes or text, as the renderer gave it)."""
+    if isinstance(page, bytes):
+        return page.replace(b"<html>", f'<html lang="{PAGE_LANGUAGE}">'.encode(), 1)
+    return page.replace("<html>", f'<html lang="{PAGE_LANGUAGE}">', 1)
+
+
+def api_view_name(view: APIView) -> str:
+    """A view's name in the browsable API and OPTIONS answers (DRF's VIEW_NAME_FUNCTION): its `name`, or
+    its class's without the "Api" ending (ImageRetryApi: "Image Retry"), not "Image Retry Api"."""
+    name = getattr(view, "name", None)
+    if name is not None:
+        return str(name)
+    return formatting.camelcase_to_spaces(formatting.remove_trailing_string(type(view).__name__, "Api"))
+
+
+def _names_no_endpoint(url: str) -> bool:
+    from gallery.api import NoSuchEndpointApi
+
+    try:
+        match = resolve(urlsplit(url).path)
+    except Resolver404:
+        return True
+    return getattr(match.func, "cls", None) is NoSuchEndpointApi
+
+
+class SiteBrowsableApiRenderer(BrowsableAPIRenderer):
+    """DRF's browsable API with the page language, and breadcrumbs without the catch-all's 404: DRF makes
+    one of each prefix that resolves, and /api/search (no final "/") resolves to NoSuchEndpointApi
+    although the site's middleware serves it as /api/search/."""
+
+    def get_breadcrumbs(self, request: Request) -> list[tuple[str, str]]:
+        return [(name, url) for name, url in super().get_breadcrumbs(request) if not _names_no_endpoint(url)]
+
+    def render(self, data: Any, accepted_media_type: str | None = None,
+               renderer_context: Mapping[str, Any] | None = None) -> Any:
+        return with_page_language(super().render(data, accepted_media_type, renderer_context))
+
+
+class PageLanguageTemplateRenderer(TemplateHTMLRenderer):
+    def render(self, data: Any, accepted_media_type: str | None = None,
+               renderer_context: Mapping[str, Any] | None = None) -> Any:
+        return with_page_language(super().render(data, accepted_media_type, renderer_context))
