@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.utils import unquote
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from gallery import services
+from gallery import selectors, services
 from gallery.models import Image, Mask, ResetJob
 
 
@@ -34,12 +34,28 @@ class MaskInline(admin.TabularInline):
     show_change_link = True
 
 
+class LabelFilter(admin.SimpleListFilter):
+    """Images with a label: the choices are the gallery's cached label counts (Django's own filter ran a
+    DISTINCT over every mask on each page), and a match is an EXISTS (an image once, whatever its masks)."""
+
+    title = "label"
+    parameter_name = "masks__label"  # the address Django's filter used: links and bookmarks keep working
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(label, f"{label} ({count})") for label, count in selectors.label_counts()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        if self.value() is None:
+            return queryset
+        return queryset.filter(Exists(Mask.objects.filter(image=OuterRef("pk"), label=self.value())))
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     list_display: tuple[str, ...] = ("thumbnail", "id", "original_name", "status", "masks_status", "labels",
                                      "width", "height", "format", "created_at")
     list_display_links = ("thumbnail", "id", "original_name")
-    list_filter: ClassVar[tuple[str, ...]] = ("status", "masks_status", "format", "masks__label")
+    list_filter: ClassVar[tuple[Any, ...]] = ("status", "masks_status", "format", LabelFilter)
     search_fields = ("original_name", "sha256", "masks__label")
     readonly_fields = ("preview", "sha256", "width", "height", "format", "byte_size", "created_at",
                        "added_by", "status", "error", "masks_status", "masks_error", "segmented_by", "stored_file")
@@ -49,9 +65,18 @@ class ImageAdmin(admin.ModelAdmin):
     list_per_page = 50
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        # No .distinct(): where a label filter or search could repeat an image, the changelist already
+        # filters by EXISTS; a DISTINCT over every column sorted the whole table for each count.
         return super().get_queryset(request).prefetch_related(
-            Prefetch("masks", queryset=Mask.objects.only("image_id", "label", "area_fraction")),
-        ).distinct()
+            Prefetch("masks", queryset=Mask.objects.only("image_id", "label", "area_fraction")))
+
+    def save_model(self, request: HttpRequest, obj: Image, form: Any, change: bool) -> None:
+        """Only what the form changed (the name): a worker may have set the status, error or masks since the
+        form was read, and saving the whole row wrote those values back (an image left 'pending')."""
+        if change:
+            obj.save(update_fields=form.changed_data)
+        else:
+            super().save_model(request, obj, form, change)
 
     @admin.display(description="Thumbnail")
     def thumbnail(self, obj: Image) -> str:
@@ -100,6 +125,9 @@ class MaskAdmin(admin.ModelAdmin):
                                          "segmenter", "created_at")
     readonly_fields: ClassVar[tuple[str, ...]] = fields
     list_select_related = ("image",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Mask]:
+        return super().get_queryset(request).defer("probability_png")  # shown by its URL, never read here
 
     # Masks (and their region vectors) come from segmentation only: a recomputation replaces them. So
     # a mask's page is for viewing: no Save button that would report a change it never made.
