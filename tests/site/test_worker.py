@@ -165,3 +165,40 @@ def test_worker_checks_sent_at_once_are_counted_one_by_one(django_user_model):
     run_in_threads(ask, 20)
     assert len(allowed) == 20 and allowed.count(True) == 10  # the rate: 10 a minute
     caches["shared"].clear()
+
+
+def test_a_cluster_goes_on_working_after_its_idle_processes_are_killed(start_worker):
+    """SIGKILL (the kernel's out-of-memory killer, `kill -9`) of an idle worker: it was waiting for a task
+    while holding the task queue's read lock, which no process then released: the replacement and every
+    other worker waited on it for ever (nothing was processed until a restart). The monitor (the result
+    queue's only reader) and the pusher (the task queue's only writer) hold their queue's lock alike."""
+    import signal
+    import subprocess
+
+    from django_q.tasks import async_task, result
+
+    worker = start_worker(IMAGINAITION_WORKERS="2")
+
+    def answered(task_id: str):
+        if worker.process.poll() is not None:
+            pytest.fail(f"qcluster exited early:\n{worker.log()}")
+        return result(task_id) is not None
+
+    first = async_task("math.floor", 2.5)
+    wait_for(lambda: answered(first), timeout=90, message=f"the cluster's first task; log:\n{worker.log()}")
+    wait_for(lambda: worker.log().count("ready for work at") >= 2, timeout=30, message="both workers to idle")
+    children = lambda pid: [int(child) for child in subprocess.run(  # noqa: E731 - a one-line helper
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    [sentinel] = children(worker.process.pid)
+    killed = children(sentinel)  # pusher, monitor and both workers, all idle: one worker holds the read lock
+    assert len(killed) == 4
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: worker.log().count("reincarnated") >= 4, timeout=30, message=f"replacements; log:\n{worker.log()}")
+
+    for number in (3.5, 4.5):
+        task_id = async_task("math.floor", number)
+        wait_for(lambda: answered(task_id), timeout=60,
+                 message=f"a task after the idle processes were killed; log:\n{worker.log()}")
+        assert result(task_id) == int(number)
+    assert "freed the" in worker.log()

@@ -4,15 +4,74 @@ import signal
 from types import FrameType
 from typing import Any
 
+import django_q.cluster
 from django.conf import settings
 from django.db import DatabaseError
-from django_q.cluster import Cluster
+from django_q.cluster import Cluster, Sentinel
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
 from gallery.work_resume import work_cut_short_resume
 
 logger = logging.getLogger("gallery.work_resume")
 SENTINEL_GRACE_S = 0.5  # how long a signal to the whole group takes to end the sentinel, at most
+STUCK_CHECKS = 3  # guard cycles in a row with a task waiting and the read lock held, before it is freed
+LOCK_WAIT_S = 0.2  # how long a check waits for the read lock: a live holder reads a waiting task at once
+
+
+def _lock_free_for_the_dead(lock: Any) -> bool:
+    """Release `lock` if it is held: called only when the one process that could hold it has died
+    (multiprocessing's Lock is a semaphore without an owner: any process may release it)."""
+    if lock.acquire(block=False):
+        lock.release()
+        return False
+    lock.release()
+    return True
+
+
+class LockFreeingSentinel(Sentinel):
+    """django-q2's sentinel, which also frees the queue locks of a process killed by SIGKILL (the kernel's
+    out-of-memory killer, `kill -9`). A process waiting on a multiprocessing queue holds the queue's read
+    lock, and a killed one never releases it: django-q2 started a replacement on the same queue, and the
+    replacement and every other worker waited on that lock for ever (nothing was processed until a
+    restart). The monitor is the result queue's only reader and the pusher the task queue's only writer:
+    their locks are freed when they die. A worker is one of several readers: after an idle one died
+    (a busy one holds no lock), the lock is freed once it has stayed held over several guard cycles
+    while a task waits in the queue, which a living holder would have read at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.idle_worker_died = False
+        self.stuck_checks = 0
+        super().__init__(*args, **kwargs)  # runs the guard loop: the attributes above come first
+
+    def reincarnate(self, process: Any) -> None:
+        if process is self.monitor and _lock_free_for_the_dead(self.result_queue._rlock):
+            logger.warning("freed the result queue's read lock that the dead monitor held")
+        elif process is self.pusher and self.task_queue._wlock and _lock_free_for_the_dead(self.task_queue._wlock):
+            logger.warning("freed the task queue's write lock that the dead pusher held")
+        elif process in self.pool and process.timer.value == -1:  # idle: maybe the one waiting in the queue
+            self.idle_worker_died = True
+        super().reincarnate(process)
+
+    def status(self) -> str:
+        # django-q2's guard loop asks for the status once a cycle (to store it): its one per-cycle hook.
+        if self.idle_worker_died:
+            self._task_queue_lock_check()
+        return str(super().status())
+
+    def _task_queue_lock_check(self) -> None:
+        lock = self.task_queue._rlock
+        if lock.acquire(timeout=LOCK_WAIT_S):  # free: the dead worker did not hold it
+            lock.release()
+            self.idle_worker_died, self.stuck_checks = False, 0
+            return
+        if not self.task_queue._reader.poll(0):  # nothing waiting: a living worker may be the one waiting
+            self.stuck_checks = 0
+            return
+        self.stuck_checks += 1
+        if self.stuck_checks >= STUCK_CHECKS:
+            lock.release()
+            self.idle_worker_died, self.stuck_checks = False, 0
+            logger.warning("freed the task queue's read lock that a dead worker held (tasks waited, none was read)")
 
 
 class GroupStopCluster(Cluster):
@@ -20,7 +79,13 @@ class GroupStopCluster(Cluster):
     default stop, `timeout`, `kill -- -PGID`), not only its main process. Its sentinel dies at once on
     SIGTERM (django-q2 sets the default action there), and the main process then waited for ever in
     `stop()` for the dead sentinel's answer to the stop event. Work cut short is taken up at the next
-    start (gallery.work_resume) or after the queue's retry time."""
+    start (gallery.work_resume) or after the queue's retry time. Its sentinel frees the queue locks of
+    killed processes (LockFreeingSentinel)."""
+
+    def start(self) -> int:
+        # Cluster.start spawns the sentinel by its module's name `Sentinel`: this cluster's is the one above.
+        django_q.cluster.Sentinel = LockFreeingSentinel
+        return int(super().start())
 
     def sig_handler(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGTERM and self.sentinel is not None:
