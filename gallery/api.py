@@ -477,7 +477,8 @@ class ImageDetailApi(APIView):
         image = self._get(image_id)
         if not can_delete_image(request.user, image):
             raise PermissionDenied(DELETE_REFUSED)
-        services.image_delete(image=image)
+        if not services.image_delete(image=image):
+            raise NotFound("No such image (deleted meanwhile, by another request).")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -57,10 +57,13 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
     """
     decoded = image_check(data)  # before anything is written
     digest = hashlib.sha256(data).hexdigest()
-    existing = Image.objects.filter(sha256=digest).first()
-    if existing is not None:
-        _stored_file_restore(existing, data)
-        return ImageAddResult(image=existing, created=False)
+    with transaction.atomic():
+        # Locked: an image being deleted (image_delete, a reset) is waited for, then not found, and the
+        # picture is added anew; unlocked, the deleted image was the answer ("already in the gallery").
+        existing = Image.objects.select_for_update().filter(sha256=digest).first()
+        if existing is not None:
+            _stored_file_restore(existing, data)
+            return ImageAddResult(image=existing, created=False)
 
     name = readable_name(Path(original_name or "upload").name)[:255] or "upload"
     image = Image(sha256=digest, original_name=name, width=decoded.width, height=decoded.height,
@@ -129,20 +132,22 @@ def _delete_file(image: Image) -> None:
             logger.warning("could not remove %s after a failed add", image.file.name, exc_info=True)
 
 
-def image_delete(*, image: Image) -> None:
-    """Remove the image, its masks, vectors, file and thumbnails; searches forget it at once."""
+def image_delete(*, image: Image) -> bool:
+    """Remove the image, its masks, vectors, file and thumbnails; searches forget it at once. False when
+    it was deleted meanwhile (by another request: this one deleted nothing)."""
     image_id = image.pk
     names = ([image.file.name] if image.file.name else []) + thumbnail_names(image=image)  # typed optional
     with transaction.atomic():
         # Locked first: a worker writing its masks or vectors holds this row (pipeline._write), and a
         # delete that listed them before that write committed would fail on the new rows' foreign keys.
         if not Image.objects.select_for_update().filter(pk=image_id).exists():
-            return  # deleted meanwhile
+            return False  # deleted meanwhile
         image.delete()
         events.images_deleted.send(sender=Image, image_ids=[image_id])
         selectors.labels_changed()  # in the same transaction: the label counts follow the delete
         # After commit the image is deleted whatever happens to its files.
         transaction.on_commit(lambda: deleted_images_files_remove([names], deleted=f"image {image_id} was deleted"))
+    return True
 
 
 def images_retry_failed(*, ids: Sequence[int] | None = None, enqueue: bool = True) -> list[int]:

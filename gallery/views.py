@@ -165,6 +165,8 @@ def delete(request: HttpRequest, image_id: int) -> HttpResponse:
     if not can_delete_image(request.user, image):
         raise PermissionDenied(DELETE_REFUSED)
     name = image.original_name
-    services.image_delete(image=image)
-    messages.success(request, f"Deleted {name}.")
+    if services.image_delete(image=image):
+        messages.success(request, f"Deleted {name}.")
+    else:
+        messages.info(request, f"{name} had already been deleted (by someone else, a moment before).")
     return redirect("pages:gallery")

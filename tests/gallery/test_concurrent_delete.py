@@ -66,3 +66,41 @@ def test_a_thumbnail_made_while_its_image_is_deleted_is_not_left_behind(media_ro
     monkeypatch.setattr(thumbnails, "stored_write_once", deleted_just_before_the_write)
     assert thumbnails.thumbnail_bytes(image=image, size=128)[:4] == b"RIFF"  # the caller still gets it
     assert [path for path in media_root.rglob("*") if path.is_file()] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_bytes_added_while_their_image_is_deleted_make_a_new_image(media_root):
+    """An add that found the image being deleted answered "already in the gallery" with the deleted
+    image (the page then said 404): it waits for the delete and adds the picture anew."""
+    from tests.gallery.factories import png_bytes
+
+    data = png_bytes((10, 200, 30), (40, 30))
+    first = services.image_add(data=data, original_name="same.png", enqueue=False).image
+    deleting, go_on = threading.Event(), threading.Event()
+
+    def delete_slowly() -> None:  # as image_delete does, held open a moment
+        with transaction.atomic():
+            Image.objects.select_for_update().get(pk=first.pk).delete()
+            deleting.set()
+            go_on.wait(10)
+
+    deleter, errors = in_thread(delete_slowly)
+    assert deleting.wait(10)
+    threading.Timer(0.5, go_on.set).start()  # the add below starts while the delete holds the row
+    added = services.image_add(data=data, original_name="again.png", enqueue=False)
+    deleter.join(10)
+    assert errors == []
+    assert added.created and added.image.pk != first.pk and added.image.original_name == "again.png"
+    assert list(Image.objects.values_list("pk", flat=True)) == [added.image.pk]
+    assert added.image.file.storage.exists(added.image.file.name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_of_two_deletes_of_one_image_the_second_is_told_it_found_nothing(media_root):
+    """Two users deleting at once both read "Deleted": the second, waiting on the first's lock, deleted
+    nothing. It is told so (the API answers 404, the page says it was already deleted)."""
+    image = make_image()
+    stale = Image.objects.get(pk=image.pk)  # the second request's copy, read before the first delete
+    assert services.image_delete(image=image) is True
+    assert services.image_delete(image=stale) is False
+    assert not Image.objects.exists()
