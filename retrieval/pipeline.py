@@ -111,6 +111,8 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         with image.file.open("rb") as fh:
             return picture_for_models(fh.read())
     except FileNotFoundError:
+        if not Image.objects.filter(pk=image.pk).exists():
+            return "The image was deleted while it was being processed."  # nothing to tell the operator
         # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
         # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
         logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "

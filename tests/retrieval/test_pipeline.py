@@ -1,6 +1,7 @@
 """Images go through real workers and real (offline-profile) models to `ready`, with embeddings and masks."""
 
 import io
+import logging
 import os
 import signal
 from unittest import mock
@@ -279,3 +280,19 @@ def test_a_lone_image_whose_model_cannot_load_is_marked_failed_not_left_pending(
     assert (embedded.processed, segmented.failed) == ([image.pk], [image.pk])
     assert image.status == "ready" and image.masks_status == "failed"
     assert "lraspp_mobilenet_v3_large-d234d4ea.pth is missing" in image.masks_error
+
+
+@pytest.mark.django_db
+def test_an_image_deleted_while_its_batch_runs_is_no_missing_file_for_the_operator(media_root, caplog):
+    """Its file is gone because the image is: the log must not send the operator to the storage settings."""
+    from gallery import services
+    from retrieval.pipeline import _read_picture
+    from tests.gallery.factories import make_image
+
+    image = make_image()
+    in_the_batch = Image.objects.get(pk=image.pk)  # as the worker read it
+    services.image_delete(image=image)
+    (media_root / in_the_batch.file.name).unlink(missing_ok=True)  # the delete's removal after commit
+    with caplog.at_level(logging.WARNING):
+        assert _read_picture(in_the_batch) == "The image was deleted while it was being processed."
+    assert "not in the media storage" not in caplog.text
