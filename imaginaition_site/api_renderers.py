@@ -13,6 +13,8 @@ from django.urls import Resolver404, resolve
 from rest_framework.renderers import BrowsableAPIRenderer, TemplateHTMLRenderer
 from rest_framework.utils import formatting
 
+from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
+
 if TYPE_CHECKING:
     from rest_framework.request import Request
     from rest_framework.views import APIView
@@ -37,13 +39,11 @@ def api_view_name(view: APIView) -> str:
 
 
 def _names_no_endpoint(url: str) -> bool:
-    from gallery.api import NoSuchEndpointApi
-
     try:
         match = resolve(urlsplit(url).path)
     except Resolver404:
         return True
-    return getattr(match.func, "cls", None) is NoSuchEndpointApi
+    return match.url_name == API_UNKNOWN_ENDPOINT  # the catch-all's JSON 404 (gallery.api.NoSuchEndpointApi)
 
 
 class SiteBrowsableApiRenderer(BrowsableAPIRenderer):

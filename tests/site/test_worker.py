@@ -202,3 +202,24 @@ def test_a_cluster_goes_on_working_after_its_idle_processes_are_killed(start_wor
                  message=f"a task after the idle processes were killed; log:\n{worker.log()}")
         assert result(task_id) == int(number)
     assert "freed the" in worker.log()
+
+
+def test_a_cluster_whose_idle_worker_was_killed_stops_cleanly_with_nothing_queued(start_worker):
+    """Killed while idle, nothing queued afterwards (the lock check still pending): a stop (Ctrl-C) then
+    ended the sentinel on a traceback ("handle is closed": the stop had closed the queue it checked)."""
+    import signal
+    import subprocess
+
+    worker = start_worker(IMAGINAITION_WORKERS="2")
+    wait_for(lambda: worker.log().count("ready for work at") >= 2, timeout=90, message=f"workers; log:\n{worker.log()}")
+    [sentinel] = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True,
+                                                     text=True).stdout.split()]
+    workers = subprocess.run(["pgrep", "-P", str(sentinel)], capture_output=True, text=True).stdout.split()
+    log_before = worker.log()
+    for pid in workers:  # pusher and monitor too: every idle process
+        os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: worker.log().count("reincarnated") >= len(workers), timeout=30, message="replacements")
+    assert "reincarnated" not in log_before
+    os.kill(worker.process.pid, signal.SIGINT)
+    worker.process.wait(60)
+    assert "Traceback" not in worker.log() and "has stopped" in worker.log(), worker.log()

@@ -64,7 +64,9 @@ class LockFreeingSentinel(Sentinel):
             lock.release()
             self.idle_worker_died, self.stuck_checks = False, 0
             return
-        if not self.task_queue._reader.poll(0):  # nothing waiting: a living worker may be the one waiting
+        # Stopping closes the sentinel's end of the queue right after putting one STOP in it for each worker.
+        reader = self.task_queue._reader
+        if not (reader.closed or reader.poll(0)):  # nothing waiting: a living worker may be the one waiting
             self.stuck_checks = 0
             return
         self.stuck_checks += 1
