@@ -18,7 +18,7 @@ from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, stored_write_once
-from gallery.storage_check import deleted_images_files_remove
+from gallery.storage_check import deleted_images_files_remove, storage_failure_reason
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -78,10 +78,9 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
             try:
                 image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
-                reason = getattr(exc, "strerror", None) or exc
-                raise StorageFailed(f"Storing the file failed: {reason}. Nothing was kept; the media storage "
-                                    "(IMAGINAITION_MEDIA_ROOT, or the bucket of IMAGINAITION_STORAGE=s3) must be "
-                                    "reachable and writable.") from exc
+                raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. Nothing was kept; the "
+                                    "media storage (IMAGINAITION_MEDIA_ROOT, or the bucket of IMAGINAITION_STORAGE=s3) "
+                                    "must be reachable and writable.") from exc
             image.save()
             if enqueue:
                 images_schedule([image.pk])
@@ -108,7 +107,7 @@ def _stored_file_restore(image: Image, data: bytes) -> None:
             return
         stored_write_once(name, data)
     except STORAGE_ERRORS as exc:
-        raise StorageFailed(f"Storing the file again failed: {getattr(exc, 'strerror', None) or exc}.") from exc
+        raise StorageFailed(f"Storing the file again failed: {storage_failure_reason(exc)}.") from exc
     logger.warning("image %s: its stored file %s was missing; stored again from the same bytes", image.pk, name)
     images_retry_failed(ids=[image.pk])
     image.refresh_from_db()
