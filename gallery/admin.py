@@ -63,6 +63,7 @@ class ImageAdmin(admin.ModelAdmin):
     inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin[Any, Any]], ...]] = (MaskInline,)
     date_hierarchy = "created_at"
     list_per_page = 50
+    actions = ("retry_failed",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         # No .distinct(): where a label filter or search could repeat an image, the changelist already
@@ -100,6 +101,19 @@ class ImageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in decoded and validated: upload page, API, import_folder or reset
+
+    @admin.action(description="Retry the failed processing of the selected images", permissions=["change"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        """What the image page's Retry does, for many: the failed stage(s) queued again (after the cause,
+        such as missing weights or a storage outage, was fixed); images that did not fail are left alone."""
+        retried = services.images_retry_failed(ids=list(queryset.values_list("pk", flat=True)))
+        if not retried:
+            self.message_user(request, "None of the selected images had failed: nothing to retry.", messages.WARNING)
+            return
+        skipped = queryset.count() - len(retried)
+        self.message_user(request, f"{len(retried)} failed image(s) are back in the queue"
+                          + (f"; {skipped} had not failed and were left as they are." if skipped else "."),
+                          messages.SUCCESS)
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest
                             ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:

@@ -1,11 +1,14 @@
-"""Admin at scale: what its lists read from the database, and a save that keeps a worker's writes."""
+"""Admin at scale: what its lists read from the database, a save that keeps a worker's writes, and the
+list's action that retries failed images."""
 
 import numpy as np
 import pytest
 from django.contrib.admin.sites import site
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django_q.models import OrmQ
 
 from gallery.models import Image
 from tests.gallery.factories import add_embedding, add_mask, make_image
@@ -59,3 +62,33 @@ def test_renaming_in_admin_keeps_what_a_worker_wrote_meanwhile(rf, admin_user):
     image_admin.save_model(request, form.save(commit=False), form, change=True)
     image.refresh_from_db()
     assert (image.original_name, image.status, image.masks_status) == ("new.png", "ready", "ready")
+
+
+def test_the_image_list_retries_the_failed_images_of_a_selection(admin_client, django_capture_on_commit_callbacks,
+                                                                   django_user_model):
+    """After the cause is fixed (weights fetched, storage back), staff retry failed images from the list:
+    only the failed stage goes back to pending and is queued; the others are left as they are."""
+    no_vectors, no_masks, fine = (make_image(name="a.png", status="failed"), make_image(name="b.png"),
+                                  make_image(name="c.png"))
+    Image.objects.update(masks_status="ready")
+    Image.objects.filter(pk=no_vectors.pk).update(error="weights missing")
+    Image.objects.filter(pk=no_masks.pk).update(masks_status="failed", masks_error="storage down")
+    changelist = reverse("admin:gallery_image_changelist")
+    selection = {"action": "retry_failed", "_selected_action": [no_vectors.pk, no_masks.pk, fine.pk]}
+    queued = OrmQ.objects.count()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = admin_client.post(changelist, selection, follow=True).content.decode()
+    assert "2 failed image(s) are back in the queue; 1 had not failed" in page
+    assert OrmQ.objects.count() > queued  # handed to the workers
+    states = {image.pk: (image.status, image.error, image.masks_status, image.masks_error)
+              for image in Image.objects.all()}
+    assert states[no_vectors.pk] == ("pending", "", "ready", "")
+    assert states[no_masks.pk] == ("ready", "", "pending", "")
+    assert states[fine.pk] == ("ready", "", "ready", "")
+    page = admin_client.post(changelist, {**selection, "_selected_action": [fine.pk]}, follow=True).content.decode()
+    assert "None of the selected images had failed" in page
+
+    viewer = django_user_model.objects.create_user("viewer", password="x-viewer-pass-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_image"))
+    admin_client.force_login(viewer)
+    assert "retry_failed" not in admin_client.get(changelist).content.decode()  # changing images: not theirs
