@@ -306,6 +306,12 @@ class IndexManager:
         for snapshot in list(self._snapshots.values()):
             snapshot.remove_images(image_ids)
 
+    def forget_regions(self, mask_ids: set[int]) -> None:
+        """Drop replaced masks' region vectors before this process's next catch-up reads their tombstones."""
+        for snapshot in list(self._snapshots.values()):
+            if snapshot.owner == "region":
+                snapshot.remove_regions(mask_ids)
+
     def get(self, *, space: str, model_key: str, dim: int, owner: VectorOwner = "image") -> IndexSnapshot | None:
         """The current index, or None when there is none yet (callers fall back to pgvector)."""
         key = (owner, space, model_key)

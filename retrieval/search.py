@@ -308,18 +308,18 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
 
 def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
            engine: str = "auto") -> SearchResponse:
-    """rank(), then the Image rows of the results (dropping any deleted meanwhile)."""
+    """rank(), then the Image rows of the results. A result deleted (or a region replaced) by another
+    process since this one's indexes last caught up is forgotten at once and the ranking asked again, so
+    the k places are filled from the next candidates (it came back one short for up to a sync interval)."""
     started = time.perf_counter()
     models = models or serving_models()
     ranking = rank(query=query, preferences=preferences, models=models, engine=engine)
-    images = Image.objects.in_bulk([result.image_id for result in ranking.results])
-    masks = Mask.objects.in_bulk(list(ranking.regions.values())) if ranking.regions else {}
-    hits = [SearchHit(image=images[r.image_id], retrieved_by=r.retrieved_by,
-                      semantic_similarity=r.semantic_similarity, content_similarity=r.content_similarity,
-                      region=masks.get(ranking.regions.get(r.image_id, -1)))
-            for r in ranking.results if r.image_id in images
-            # a region replaced since the index last caught up (re-segmented) is no match any more
-            and (query.owner == "image" or ranking.regions.get(r.image_id) in masks)]
+    hits, gone_images, gone_regions = _hits(ranking, query=query)
+    if gone_images or gone_regions:
+        manager.forget_images(gone_images)
+        manager.forget_regions(gone_regions)
+        ranking = rank(query=query, preferences=preferences, models=models, engine=engine)
+        hits, _, _ = _hits(ranking, query=query)  # anything deleted meanwhile again: dropped, not chased
     counts = {"both": 0, "semantic": 0, "content": 0}
     for hit in hits:
         counts[hit.retrieved_by] += 1
@@ -328,6 +328,22 @@ def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModel
         hits=hits, counts=counts, engine="+".join(used) if used else "none", engines=ranking.engines,
         models={"semantic": models.semantic, "content": models.content},
         elapsed_ms=(time.perf_counter() - started) * 1000, preferences=ranking.preferences)
+
+
+def _hits(ranking: Ranking, *, query: QueryVectors) -> tuple[list[SearchHit], set[int], set[int]]:
+    """The results with their rows, and the images and regions that have none any more (deleted, replaced)."""
+    images = Image.objects.in_bulk([result.image_id for result in ranking.results])
+    masks = Mask.objects.in_bulk(list(ranking.regions.values())) if ranking.regions else {}
+    gone_images = {r.image_id for r in ranking.results} - set(images)
+    # a region replaced since the index last caught up (re-segmented) is no match any more
+    gone_regions = (set() if query.owner == "image"
+                    else {mask_id for mask_id in ranking.regions.values() if mask_id not in masks})
+    hits = [SearchHit(image=images[r.image_id], retrieved_by=r.retrieved_by,
+                      semantic_similarity=r.semantic_similarity, content_similarity=r.content_similarity,
+                      region=masks.get(ranking.regions.get(r.image_id, -1)))
+            for r in ranking.results if r.image_id in images
+            and (query.owner == "image" or ranking.regions.get(r.image_id) in masks)]
+    return hits, gone_images, gone_regions
 
 
 def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from gallery.models import Mask
+from gallery.models import Image, Mask
 from retrieval import neighbours
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
@@ -312,3 +312,27 @@ def test_masks_replaced_by_segmenting_again_leave_every_process_region_index(sce
         assert index.count == len(now) and not old & now
         found = {label for label, _ in index.search(unit(np.ones(dim), space), 50)}
         assert found == now and not index.regions_of.get(images[0].pk, set()) & old
+
+
+def test_what_another_process_deleted_is_replaced_by_the_next_candidate_before_the_index_catches_up(
+        client, user, scenes, settings):
+    """Another web or worker process deleted an image (or re-segmented one) after this process's indexes
+    last caught up: the answer still has k results, none of them gone (it came back one short)."""
+    images, cats = scenes
+    for owner in ("image", "region"):
+        for space, key, dim in (("semantic", SEMANTIC_KEY, 384), ("content", CONTENT_KEY, 1024)):
+            index_rebuild(space=space, model_key=key, dim=dim, owner=owner)
+    settings.IMAGINAITION_INDEX_SYNC_SECONDS = 3600  # this process does not look at the database meanwhile
+    client.force_login(user)
+
+    first = search(client, image_id=images[0].pk, k=3).json()["results"]
+    gone = first[0]["image_id"]
+    Image.objects.filter(pk=gone).delete()  # as another process does: this one's indexes are not told
+    results = search(client, image_id=images[0].pk, k=3).json()["results"]
+    assert len(results) == 3 and gone not in [hit["image_id"] for hit in results]
+
+    first = search(client, mask_id=cats[0].pk, k=3).json()["results"]
+    replaced = first[0]["region"]["mask_id"]
+    Mask.objects.filter(pk=replaced).delete()  # re-segmented elsewhere: its region vectors go with it
+    results = search(client, mask_id=cats[0].pk, k=3).json()["results"]
+    assert len(results) == 3 and replaced not in [hit["region"]["mask_id"] for hit in results]
