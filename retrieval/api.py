@@ -36,7 +36,7 @@ from gallery.api import (
 from gallery.imaging import read_upload
 from retrieval import status as status_service
 from retrieval.preferences import PreferenceOverrides, preference_limits, preferences_get, preferences_update
-from retrieval.search import Query, labels_parse, search_for
+from retrieval.search import TEXT_MAX_CHARS, Query, labels_parse, search_for
 from retrieval.spaces import Space
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ class SearchQuerySerializer(ClosedInput):
 
     image_id = serializers.IntegerField(required=False, help_text="a stored image that has its vectors")
     mask_id = serializers.IntegerField(required=False, help_text="a stored mask: search with its region")
-    text = TextField(required=False, allow_blank=True, max_length=500)
+    text = TextField(required=False, allow_blank=True, max_length=TEXT_MAX_CHARS)
     label = TextField(required=False, max_length=64,  # type: ignore[assignment]  # a field named label
                       help_text="with image: search with the upload's region of this label")
     labels = LabelsField(required=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from retrieval.preferences import preference_limits
+from retrieval.search import TEXT_MAX_CHARS
 from retrieval.spaces import Space
 
 
@@ -17,7 +18,7 @@ class UploadForm(forms.Form):
 
 
 class TextSearchForm(forms.Form):
-    text = forms.CharField(label="Describe what you are looking for", max_length=500)
+    text = forms.CharField(label="Describe what you are looking for", max_length=TEXT_MAX_CHARS)
 
 
 def _bounded(label: str, name: str, *, slider: bool, help_text: str) -> forms.IntegerField:

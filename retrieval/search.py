@@ -38,6 +38,9 @@ from retrieval.serving import serving_models
 from retrieval.spaces import Space, VectorOwner
 
 
+TEXT_MAX_CHARS = 500  # a text query's length: the page's box, its address and the API alike
+
+
 class QueryError(Refused):
     """The query cannot be answered (e.g. the image has no embedding yet): 400, or 403/404."""
 
@@ -125,6 +128,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
     if sum(given) != 1:
         raise QueryError("Choose a file, pick an image or type some words first." if not any(given)
                          else "Give exactly one of image_id, mask_id, image or text.")
+    query = replace(query, label=(query.label or "").strip() or None)  # a blank label: the whole picture
     if query.label is not None and query.upload is None and not query.staged:
         raise QueryError("label picks a region of an uploaded image: give it with image.")
     if query.mask_id is not None:
@@ -155,8 +159,8 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
         if query.label is None:
             return vectors_for_upload(data=data, models=models), name, None
         masks = _staged_masks(staged) if staged is not None else uploads.upload_masks(data=data, name=name)
-        vectors = vectors_for_upload_region(data=data, label=query.label, masks=masks, models=models)
-        return vectors, f"the {query.label} in {name}", None
+        vectors, label = vectors_for_upload_region(data=data, label=query.label, masks=masks, models=models)
+        return vectors, f"the {label} in {name}", None
     text = (query.text or "").strip()
     return vectors_for_text(text=text, models=models), f"“{text}”", None
 
@@ -248,9 +252,9 @@ def _staged_masks(staged: uploads.StagedUpload) -> dict[str, np.ndarray]:
 
 
 def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.ndarray],
-                              models: ActiveModels) -> QueryVectors:
+                              models: ActiveModels) -> tuple[QueryVectors, str]:
     """Cut an uploaded picture's region of `label` out (its masks: label -> soft mask at the picture's
-    size, from the segmenter) and embed it; nothing is stored."""
+    size, from the segmenter) and embed it; nothing is stored. Also the label as the segmenter names it."""
     picture = decode_for_models(data).picture  # the masks are at this picture's size
     wanted = label.strip().casefold()  # in any letter case, as every label filter takes them
     matched = label if label in masks else next((name for name in masks if name.casefold() == wanted), None)
@@ -259,13 +263,15 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
     region = region_picture(picture, masks[matched])  # masks are at this picture's size (the segmenter saw it)
     if region is None:
         raise _too_small(f"The {matched}")
-    return replace(vectors_for_picture(picture=region, models=models), owner="region")
+    return replace(vectors_for_picture(picture=region, models=models), owner="region"), matched
 
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
     text = text.strip()
     if not text:
         raise QueryError("Type some words to search for.")
+    if len(text) > TEXT_MAX_CHARS:
+        raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.")
     return QueryVectors(semantic=get_model(models.semantic).encode_texts([text])[0], content=None)
 
 

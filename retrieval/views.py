@@ -126,7 +126,7 @@ def search(request: HttpRequest) -> HttpResponseBase:
     upload (?upload=<its token>, with &label= for one of its regions); ?labels= keeps images with those labels.
     A read, so GET."""
     image_id, mask_id = request.GET.get("image", ""), request.GET.get("mask", "")
-    text = request.GET.get("text", "").strip()[:500]
+    text = request.GET.get("text", "").strip()  # a longer one is refused by the search, saying so
     labels = labels_parse(request.GET.getlist("labels"))
     staged_token = request.GET.get("upload", "")  # the staged picture the page showed
     staged = bool(staged_token) and not image_id and not mask_id and not text

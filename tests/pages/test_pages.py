@@ -598,3 +598,13 @@ def test_a_screen_reader_reads_a_pictures_name_once(client, user):
         # a label names its own control (`for=`) and holds none: one inside is read as part of the name
         assert not reader.inside_labels, (url, reader.inside_labels)
     assert pictures >= 3 + 3 + 2  # the pages did list linked pictures (home, gallery, results)
+
+
+def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(client, user):
+    """The page cut it to 500 characters without a word, and searched with the rest."""
+    client.force_login(user)
+    response = client.get(reverse("pages:search"), {"text": "blue " * 120}, follow=True)
+    assert "A text query has at most 500 characters; this one has 599." in response.content.decode()
+    assert response.redirect_chain == [(reverse("pages:home"), 302)]
+    api = client.post(reverse("api-search"), {"text": "blue " * 120}, content_type="application/json")
+    assert api.status_code == 400 and "500" in str(api.json()["text"])

@@ -60,6 +60,10 @@ def test_the_page_waits_for_the_interactive_worker_and_the_web_process_never_loa
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
     region = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "cat"})
     assert region.status_code == 200 and "the cat in chelsea.jpg" in region.content.decode()
+    shouted = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": "CAT"})
+    assert "the cat in chelsea.jpg" in shouted.content.decode()  # named as the segmenter names it
+    blank = client.get(reverse("pages:search"), {"upload": client.session["staged_upload"], "label": " "})
+    assert blank.status_code == 200  # the whole picture, as the API takes it (was "This picture has no  ")
 
     ask = {"image": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea")), "label": "aeroplane"}
     absent = client.post(reverse("api-search"), ask)  # segmented by the worker, waited for
