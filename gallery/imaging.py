@@ -22,7 +22,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
-from PIL import ExifTags, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, UnidentifiedImageError
 
 from gallery.errors import Refused
 
@@ -34,7 +34,13 @@ FORMAT_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/p
 FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg", "mpo"), "PNG": ("png",),
                    "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
 ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"  # as users know them (MPO is a JPEG)
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
+# EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table; that
+# function also rewrites the EXIF block, which raised on a malformed tag, and no picture here keeps its EXIF).
+UPRIGHT = {2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
+           4: PILImage.Transpose.FLIP_TOP_BOTTOM, 5: PILImage.Transpose.TRANSPOSE, 6: PILImage.Transpose.ROTATE_270,
+           7: PILImage.Transpose.TRANSVERSE, 8: PILImage.Transpose.ROTATE_90}
 QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that show the picture turned a quarter: width and height swap
 
 
@@ -158,8 +164,9 @@ def image_check(data: bytes) -> ImageFacts:
     more than the models' own work on it (bench.ingest). Width and height are the full picture's as
     displayed (EXIF orientation applied). For a file being stored: the models decode it again later."""
     _check_bytes(data)
-    with _decoding_errors_refused():  # the pixels are decoded, never turned upright nor converted
-        _, image_format, (width, height) = _load(data, draft_side=1)
+    with _decoding_errors_refused():  # the pixels are decoded, never turned upright nor converted...
+        source, image_format, (width, height) = _load(data, draft_side=1)
+        to_rgb(source.crop((0, 0, 1, 1)))  # ...but a pixel is: a mode with no way to RGB fails here, not later
     return ImageFacts(format=image_format, width=width, height=height)
 
 
@@ -207,9 +214,15 @@ def _decoding_errors_refused() -> Iterator[None]:
         counted = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_many_pixels(int(counted.group(1)) if counted else None) from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("The file is not an image (or not one we can read).") from exc
+        raise ImageRejected(f"The file is not an image we can read; accepted: {ACCEPTED_NAMES}.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageRejected(f"The image is damaged or truncated: {exc}") from exc
+    except MemoryError:
+        raise  # the host's shortage, not the file's fault
+    except Exception as exc:
+        # Pillow's decoders meet malformed fields with whatever Python raises (a TIFF tag of the wrong type:
+        # TypeError; struct.error, KeyError, IndexError...): the file's fault too, never a 500 or a stopped batch.
+        raise ImageRejected(f"The image is damaged: {type(exc).__name__}: {exc}") from exc
 
 
 def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, tuple[int, int]]:
@@ -218,7 +231,7 @@ def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, 
     configure_pillow()
     source = PILImage.open(io.BytesIO(data))  # the header only: no pixel is decoded yet
     if source.format not in ACCEPTED_FORMATS:
-        raise ImageRejected(f"Unsupported image format {source.format}; accepted: JPEG, PNG, WebP, GIF, BMP, TIFF.")
+        raise ImageRejected(f"Unsupported image format {source.format}; accepted: {ACCEPTED_NAMES}.")
     # Our limit, checked here rather than by turning Pillow's warning into an error: a
     # warnings.catch_warnings() block is process-wide state, which concurrent threads (the web
     # process's, the pipeline's) would restore under each other.
@@ -229,16 +242,24 @@ def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, 
     if draft_side is not None and source.format in ("JPEG", "MPO"):
         source.draft("RGB", _draft_size(source.size, draft_side))
     source.load()
-    if source.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
+    if _orientation(source) in QUARTER_TURNS:
         width, height = height, width
     return source, cast(str, source.format), (width, height)
+
+
+def _orientation(picture: PILImage.Image) -> int:
+    """The EXIF orientation (1, upright, where there is none or it is not a number)."""
+    value = picture.getexif().get(ExifTags.Base.Orientation)
+    return value if isinstance(value, int) else 1
 
 
 def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
     """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
     with _decoding_errors_refused():
         source, image_format, size = _load(data, draft_side=draft_side)
-        ImageOps.exif_transpose(source, in_place=True)  # in place: a returned copy was one more full-size picture
+        turn = UPRIGHT.get(_orientation(source))
+        if turn is not None:
+            source = source.transpose(turn)  # the stored orientation's picture is dropped: one full-size copy
         return to_rgb(source), image_format, size
 
 
@@ -260,7 +281,9 @@ def to_rgb(picture: PILImage.Image) -> PILImage.Image:
         return PILImage.fromarray(array.astype(np.uint8), "L").convert("RGB")
     if mode == "P":
         picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
+    elif mode == "La":  # alpha premultiplied: Pillow converts it to LA only
+        picture = picture.convert("LA").convert("RGBA")
+    elif mode in ("LA", "PA", "RGBa"):
         picture = picture.convert("RGBA")
     elif mode == "L" and "transparency" in picture.info:
         picture = picture.convert("RGBA")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import IO, Any
@@ -13,8 +14,10 @@ from rest_framework.request import Request
 
 from gallery.access import access_image
 from gallery.api_auth import ApiTokenAuthentication
-from gallery.imaging import FORMAT_MEDIA_TYPES, download_name
+from gallery.imaging import FORMAT_MEDIA_TYPES, ImageRejected, download_name
 from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
+
+logger = logging.getLogger(__name__)
 
 
 def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
@@ -64,6 +67,9 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Htt
         response = HttpResponse(thumbnail_bytes(image=image, size=size), content_type="image/webp")
     except FileNotFoundError as exc:
         raise Http404("The stored file is missing") from exc
+    except ImageRejected as exc:  # decoded when it was added: changed on the storage since (a disk, a hand)
+        logger.warning("image %s: its stored file %s no longer decodes: %s", image.pk, image.file.name, exc.message)
+        raise Http404("The stored file can no longer be read as a picture") from exc
     response["Cache-Control"] = "private, max-age=86400"
     return response
 

@@ -41,6 +41,38 @@ def exif_rotated_jpeg() -> bytes:
     return encode(photo((60, 40)), "JPEG", exif=exif)
 
 
+def exif_block(entries: list[tuple[int, int, int, bytes]], data: bytes = b"") -> bytes:
+    """An APP1 EXIF block (little-endian TIFF): entries of (tag, type, count, 4-byte value or offset);
+    `data` follows the IFD (offsets into it start at 26 + 12 per entry)."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", tag, kind, count) + value
+                                                      for tag, kind, count, value in entries) + b"\0\0\0\0"
+    return b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd + data
+
+
+def exif_with_a_tag_of_the_wrong_type() -> bytes:
+    """Turned a quarter (orientation 6), and Software (ASCII by the standard) written as RATIONAL 72/1,
+    as some cameras and editors do: rewriting that EXIF (ImageOps.exif_transpose) raised AttributeError."""
+    rational_at = 8 + 2 + 2 * 12 + 4
+    exif = exif_block([(0x0112, 3, 1, struct.pack("<HH", 6, 0)), (0x0131, 5, 1, struct.pack("<I", rational_at))],
+                      struct.pack("<II", 72, 1))
+    return encode(photo((60, 40)), "JPEG", exif=exif)
+
+
+def tiff_entry_retyped(data: bytes, tag: int, kind: int, value: int | None = None) -> bytes:
+    """A little-endian TIFF with one entry of its first IFD given another type (and value), as damage does."""
+    data = bytearray(data)
+    assert data[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for index in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * index
+        if struct.unpack_from("<H", data, at)[0] == tag:
+            struct.pack_into("<H", data, at + 2, kind)
+            if value is not None:
+                struct.pack_into("<H", data, at + 8, value)
+            return bytes(data)
+    raise AssertionError(f"no tag {tag}")
+
+
 def palette_with_transparency() -> bytes:
     picture = PILImage.new("P", (20, 20), 0)
     picture.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
@@ -70,6 +102,9 @@ ACCEPTED = {
     "plain.webp": (encode(photo(), "WEBP"), (64, 48)),
     "plain.bmp": (encode(photo(), "BMP"), (64, 48)),
     "plain.tiff": (encode(photo(), "TIFF"), (64, 48)),
+    "exif-tag-of-the-wrong-type.jpg": (exif_with_a_tag_of_the_wrong_type(), (40, 60)),
+    # ExtraSamples 1 (associated alpha) instead of 2: Pillow opens it as "La", which converts to LA only.
+    "associated-alpha.tiff": (tiff_entry_retyped(encode(photo().convert("LA"), "TIFF"), 338, 3, 1), (64, 48)),
 }
 
 REJECTED = {
@@ -80,6 +115,9 @@ REJECTED = {
     # Over our limit (64 MP) but under Pillow's error (twice it), where Pillow only warns.
     "just-over-the-limit.png": (png_header_only(8001, 8000), 413, "too many pixels"),
     "huge-dimensions.png": (png_header_only(100000, 100000), 413, "too many pixels"),
+    # StripOffsets typed FLOAT instead of LONG: Pillow raises TypeError (was a 500, and stopped imports).
+    "strip-offsets-as-float.tiff": (tiff_entry_retyped(encode(photo(), "TIFF"), 273, 11), 400, "damaged"),
+    "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', 400, "accepted: jpeg, png"),
 }
 
 
@@ -177,6 +215,27 @@ def test_rejected_inputs_raise_a_clear_message(name, decode):
     with pytest.raises(ImageRejected) as caught:
         decode(data)
     assert words in caught.value.message.lower()
+
+
+def test_a_picture_turned_upright_whatever_else_its_exif_holds():
+    """The models and thumbnails see the upright picture: the orientation is applied without rewriting
+    the EXIF (its malformed Software tag made that raise, after the file had been accepted)."""
+    data = exif_with_a_tag_of_the_wrong_type()
+    turned = PILImage.open(io.BytesIO(data)).convert("RGB").transpose(PILImage.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(decode_image(data).picture), np.asarray(turned))
+
+
+def test_import_folder_goes_on_after_a_file_pillow_fails_on_in_an_unexpected_way(tmp_path, import_root, media_root,
+                                                                                 capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a_before.png").write_bytes(encode(photo(), "PNG"))
+    (folder / "broken.tiff").write_bytes(REJECTED["strip-offsets-as-float.tiff"][0])
+    (folder / "z_after.png").write_bytes(encode(photo((30, 20)), "PNG"))
+    call_command("import_folder", str(folder))
+    out = capsys.readouterr().out
+    assert "added: 2, duplicates: 0, rejected: 1" in out and "rejected broken.tiff: The image is damaged" in out
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["a_before.png", "z_after.png"]
 
 
 def test_a_decompression_bomb_is_refused_naming_its_size_and_only_our_limit(settings):
@@ -699,3 +758,15 @@ def test_a_thumbnail_of_a_large_photo_decodes_it_at_a_reduced_scale(media_root, 
     thumbnail = PILImage.open(io.BytesIO(thumbnail_bytes(image=image, size=128)))
     assert thumbnail.size == (128, 96) and thumbnail.format == "WEBP"
     assert decoded_sizes and max(max(size) for size in decoded_sizes) == 250  # the 1/8 scale covers 128 px
+
+
+def test_a_stored_file_that_no_longer_decodes_has_no_thumbnail_and_the_log_says_which(client, user, media_root,
+                                                                                      caplog):
+    image = services.image_add(data=encode(photo(), "PNG"), original_name="later-damaged.png", user=user,
+                               enqueue=False).image
+    (media_root / image.file.name).write_bytes(b"overwritten on the disk since")
+    client.force_login(user)
+    with caplog.at_level("WARNING"):
+        response = client.get(reverse("gallery:image-thumbnail", args=[image.pk]))
+    assert response.status_code == 404  # was a 500
+    assert f"its stored file {image.file.name} no longer decodes" in caplog.text
