@@ -124,6 +124,9 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         logger.warning("image %s: its stored file could not be read: %r", image.pk, exc)
         return (f"The stored file could not be read: {storage_failure_reason(exc)}; it is retried by Retry or "
                 "`manage.py retry_failed` once the media storage is reachable.")
+    except Exception as exc:  # a fault of ours with this one file: it fails alone, the batch goes on
+        logger.exception("image %s: reading its stored file for the models failed", image.pk)
+        return f"Reading the stored file failed: {type(exc).__name__}: {exc}"
 
 
 def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:

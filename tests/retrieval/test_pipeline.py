@@ -296,3 +296,19 @@ def test_an_image_deleted_while_its_batch_runs_is_no_missing_file_for_the_operat
     with caplog.at_level(logging.WARNING):
         assert _read_picture(in_the_batch) == "The image was deleted while it was being processed."
     assert "not in the media storage" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_an_unexpected_failure_reading_one_picture_fails_that_image_not_its_batch(media_root, monkeypatch, caplog):
+    """Whatever reading one stored file raises, that image fails with the reason and the batch goes on (an
+    error that escaped left every image of the batch pending, with no error and no Retry)."""
+    from retrieval.pipeline import _read_picture
+    from tests.gallery.factories import make_image
+
+    def broken(data, max_side=1024):
+        raise RuntimeError("a decoder's fault")
+
+    monkeypatch.setattr(pipeline, "picture_for_models", broken)
+    with caplog.at_level(logging.ERROR):
+        assert _read_picture(make_image()) == "Reading the stored file failed: RuntimeError: a decoder's fault"
+    assert "reading its stored file for the models failed" in caplog.text
