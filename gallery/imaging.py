@@ -35,6 +35,7 @@ FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg"
                    "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
 ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"  # as users know them (MPO is a JPEG)
+SHOWN_BY_BROWSERS = ACCEPTED_FORMATS - {"TIFF"}  # in an <img>: Chrome, Firefox and Edge show no TIFF
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 # EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table; that
 # function also rewrites the EXIF block, which raised on a malformed tag, and no picture here keeps its EXIF).

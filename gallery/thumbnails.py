@@ -8,7 +8,8 @@ from gallery.imaging import picture_for_models
 from gallery.models import Image
 from gallery.storage import stored_delete, stored_read, stored_write_once
 
-THUMBNAIL_SIZES = (128, 256, 512)
+THUMBNAIL_SIZES = (128, 256, 512, 1024)
+DISPLAY_SIZE = 1024  # a picture browsers cannot show (TIFF) is shown as this rendition: its masks' resolution
 THUMBNAIL_FOLDER = "thumbs"
 
 
@@ -38,14 +39,19 @@ def thumbnail_bytes(*, image: Image, size: int = 256) -> bytes:
     except FileNotFoundError:
         pass
     with image.file.open("rb") as fh:
-        # The same orientation and colours the models see; a JPEG decoded at the DCT scale that still
-        # covers `size` (a 64 MP photo's full decode took hundreds of MB of the web process per request).
-        picture = picture_for_models(fh.read(), max_side=size)
-    out = io.BytesIO()
-    picture.save(out, format="WEBP", quality=82)
-    stored_write_once(name, out.getvalue())
+        data = webp_rendition(fh.read(), max_side=size)
+    stored_write_once(name, data)
     # Deleted while this was made: its delete removed the thumbnails before this one existed. Checked
     # after the write, so a delete committed later removes this file itself.
     if not Image.objects.filter(sha256=image.sha256).exists():
         stored_delete([name])
+    return data
+
+
+def webp_rendition(data: bytes, *, max_side: int) -> bytes:
+    """A picture's bytes as a WebP, longest side at most `max_side`: the same orientation and colours the
+    models see; a JPEG decoded at the DCT scale that still covers it (a 64 MP photo's full decode took
+    hundreds of MB of the web process per request)."""
+    out = io.BytesIO()
+    picture_for_models(data, max_side=max_side).save(out, format="WEBP", quality=82)
     return out.getvalue()

@@ -20,9 +20,10 @@ from django.views.decorators.http import require_GET, require_POST
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
                             can_view_gallery)
-from gallery.imaging import read_upload
+from gallery.imaging import SHOWN_BY_BROWSERS, read_upload
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
+from gallery.thumbnails import DISPLAY_SIZE
 
 GALLERY_PAGE_SIZE = 48
 DEFAULT_MASK_THRESHOLD = 50  # percent, when a page does not say (the same cut as a mask's area)
@@ -97,8 +98,10 @@ def page_number(request: HttpRequest) -> str | None:
 @require_GET
 def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
+    shown = (reverse("gallery:image-file", args=[image.pk]) if image.format in SHOWN_BY_BROWSERS
+             else reverse("gallery:image-thumbnail-size", args=[image.pk, DISPLAY_SIZE]))
     return render(request, "gallery/image.html", {
-        "image": image, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
+        "image": image, "image_url": shown, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
         "can_delete": can_delete_image(request.user, image),
         "can_retry": can_retry_image(request.user, image),
         "pending": ProcessingStatus.PENDING in (image.status, image.masks_status),

@@ -9,7 +9,7 @@ from dataclasses import replace
 from django.conf import settings
 from django.contrib import messages
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -18,9 +18,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import header_format, read_upload
+from gallery.imaging import SHOWN_BY_BROWSERS, header_format, read_upload
 from gallery.models import Mask
 from gallery.overlays import overlay_png
+from gallery.thumbnails import DISPLAY_SIZE, webp_rendition
 from gallery.views import form_of_signed_in_users, gallery_reader, mask_threshold, png_response
 from gallery.views_files import uploaded_image_response
 from retrieval import uploads
@@ -60,7 +61,7 @@ def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:
 @gallery_reader
 @require_GET
 @never_cache
-def staged_file(request: HttpRequest) -> FileResponse:
+def staged_file(request: HttpRequest) -> HttpResponseBase:
     staged = _shown_upload(request)
     if staged is None:
         raise Http404("Nothing uploaded")
@@ -68,7 +69,11 @@ def staged_file(request: HttpRequest) -> FileResponse:
         stream = default_storage.open(staged.file_name, "rb")
     except FileNotFoundError as exc:
         raise Http404("Your upload has expired") from exc
-    return uploaded_image_response(stream, name=staged.name, image_format=header_format(stream))
+    image_format = header_format(stream)
+    if image_format and image_format not in SHOWN_BY_BROWSERS:  # TIFF: shown as the WebP the models' picture makes
+        with stream:
+            return HttpResponse(webp_rendition(stream.read(), max_side=DISPLAY_SIZE), content_type="image/webp")
+    return uploaded_image_response(stream, name=staged.name, image_format=image_format)
 
 
 @gallery_reader

@@ -608,3 +608,27 @@ def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(cli
     assert response.redirect_chain == [(reverse("pages:home"), 302)]
     api = client.post(reverse("api-search"), {"text": "blue " * 120}, content_type="application/json")
     assert api.status_code == 400 and "500" in str(api.json()["text"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tiff_is_shown_as_a_picture_browsers_can_show(client, user, media_root):
+    """Chrome, Firefox and Edge show no TIFF in an <img>: the image page and an upload's viewer showed a
+    broken picture (masks over nothing); they show a WebP rendition of the picture the masks are of."""
+    from gallery import services
+
+    picture = PILImage.fromarray(np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="TIFF")
+    image = services.image_add(data=buffer.getvalue(), original_name="scan.tiff", user=user, enqueue=False).image
+    client.force_login(user)
+    page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    shown = reverse("gallery:image-thumbnail-size", args=[image.pk, 1024])
+    assert f'<img src="{shown}"' in page and reverse("gallery:image-file", args=[image.pk]) not in page
+    rendition = client.get(shown)
+    assert rendition["Content-Type"] == "image/webp"
+    assert PILImage.open(io.BytesIO(rendition.content)).size == (400, 300)
+
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("scan.tiff", buffer.getvalue())})
+    staged = client.get(reverse("pages:staged-file"), {"upload": client.session["staged_upload"]})
+    assert staged.status_code == 200 and staged["Content-Type"] == "image/webp"
+    assert PILImage.open(io.BytesIO(staged.content)).size == (400, 300)
