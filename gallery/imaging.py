@@ -265,28 +265,34 @@ def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Ima
 
 
 def to_rgb(picture: PILImage.Image) -> PILImage.Image:
-    """RGB for the models: alpha composited on white (not dropped to black), 16-bit scaled, CMYK converted."""
-    mode = picture.mode
-    if mode == "RGB":
+    """RGB for the models: alpha (or a PNG's transparent colour) composited on white (not dropped to black),
+    deep greys scaled to 8 bits, CMYK converted."""
+    mode, key = picture.mode, picture.info.get("transparency")
+    if mode == "RGB" and key is None:
         return picture
     if mode.startswith("I;16"):
         # 65535 = 255 × 257: exactly floor(v / 65535 × 255), in 16-bit integers. Float64 arrays (as
         # before) took 1.6 GB for one 8000×8000 picture that a 141 KB PNG holds.
-        array = (np.asarray(picture, dtype=np.uint16) // 257).astype(np.uint8)
-        return PILImage.fromarray(array, "L").convert("RGB")
-    if mode in ("I", "F"):
+        deep = np.asarray(picture, dtype=np.uint16)
+        grey = PILImage.fromarray((deep // 257).astype(np.uint8), "L")
+        if not isinstance(key, int):
+            return grey.convert("RGB")
+        grey.putalpha(PILImage.fromarray(np.where(deep == key, 0, 255).astype(np.uint8), "L"))
+        picture = grey
+    elif mode in ("I", "F"):
         array = np.array(picture, dtype=np.float32)  # a copy: scaled in place below
-        top = 65535.0 if array.max() > 255 else 255.0
-        np.multiply(array, 255.0 / top, out=array)
+        top = float(array.max(initial=0.0))
+        # Floats by the usual convention run 0..1; integers are 8-bit, 16-bit or, above, as deep as they go.
+        top = 1.0 if mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        np.multiply(array, 255.0, out=array)  # then divided: 255 / top rounded made the brightest 254
+        np.divide(array, top, out=array)
         np.clip(array, 0, 255, out=array)
         return PILImage.fromarray(array.astype(np.uint8), "L").convert("RGB")
-    if mode == "P":
-        picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
-    elif mode == "La":  # alpha premultiplied: Pillow converts it to LA only
+    if picture.mode in ("P", "RGB", "L") and key is not None:
+        picture = picture.convert("RGBA")  # the transparent index or colour becomes alpha 0
+    elif picture.mode == "La":  # alpha premultiplied: Pillow converts it to LA only
         picture = picture.convert("LA").convert("RGBA")
-    elif mode in ("LA", "PA", "RGBa"):
-        picture = picture.convert("RGBA")
-    elif mode == "L" and "transparency" in picture.info:
+    elif picture.mode in ("LA", "PA", "RGBa"):
         picture = picture.convert("RGBA")
     if picture.mode == "RGBA":
         # Pasted through its own alpha onto white: the same pixels as alpha_composite on an opaque white
@@ -294,7 +300,7 @@ def to_rgb(picture: PILImage.Image) -> PILImage.Image:
         white = PILImage.new("RGB", picture.size, (255, 255, 255))
         white.paste(picture, mask=picture)
         return white
-    return picture.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return picture.convert("RGB")  # P without transparency, L, 1, CMYK, YCbCr, LAB, HSV
 
 
 def for_models(picture: PILImage.Image, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:

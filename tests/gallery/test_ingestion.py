@@ -188,6 +188,21 @@ def test_alpha_is_composited_on_white_not_black():
     assert picture.getpixel((10, 10)) == (255, 0, 0)  # opaque red square
 
 
+@pytest.mark.parametrize("mode", ["RGB", "I;16"])
+def test_a_transparent_colour_is_composited_on_white_as_alpha_is(mode):
+    """A PNG's tRNS colour key on an RGB or 16-bit grey picture: its area went to black (the models and
+    thumbnails saw black where browsers show the page through), unlike alpha and palette transparency."""
+    values = np.zeros((20, 20), dtype=np.uint16)
+    values[5:15, 5:15] = 40000
+    picture = (PILImage.fromarray(values) if mode == "I;16"
+               else PILImage.fromarray(np.stack([values // 157, values * 0, values * 0], axis=-1).astype(np.uint8)))
+    assert picture.mode == mode
+    key = 0 if mode == "I;16" else (0, 0, 0)
+    decoded = decode_image(encode(picture, "PNG", transparency=key)).picture
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)  # the keyed colour: transparent
+    assert decoded.getpixel((10, 10)) == ((155, 155, 155) if mode == "I;16" else (254, 0, 0))
+
+
 def test_partial_alpha_blends_with_white_exactly_as_compositing_over_it():
     from gallery.imaging import to_rgb
 
@@ -709,6 +724,16 @@ def test_deep_greyscale_is_scaled_to_8_bits_for_the_models(mode):
     assert rgb[..., 0].tolist() == [[0, 1, 0, 127], [255, 254, 0, 2]]
     small = PILImage.fromarray(np.array([[0, 100, 255]], dtype=np.int32), "I")  # 8-bit values in a 32-bit mode
     assert np.asarray(to_rgb(small))[..., 0].tolist() == [[0, 100, 255]]
+
+
+def test_floats_in_zero_to_one_and_integers_deeper_than_sixteen_bits_keep_their_greys():
+    """A float picture by the usual convention (0..1) came out black; 32-bit counts above 65535 white."""
+    from gallery.imaging import to_rgb
+
+    unit = PILImage.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F")
+    assert np.asarray(to_rgb(unit))[..., 0].tolist() == [[0, 127, 255]]
+    deep = PILImage.fromarray(np.array([[0, 500_000, 1_000_000]], dtype=np.int32), "I")
+    assert np.asarray(to_rgb(deep))[..., 0].tolist() == [[0, 127, 255]]
 
 
 def test_stored_pictures_and_their_folders_are_not_readable_by_other_local_accounts(media_root, user):
