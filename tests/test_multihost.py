@@ -300,6 +300,10 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
     # Signed in on A; B honours the same session (one database, one DJANGO_SECRET_KEY for the web hosts).
     a = b = sign_in(web_a, "admin", "mh-Admin-pass-1")
     assert b.get(f"{web_b.url}/api/preferences/", timeout=60).status_code == 200
+    # A text query as long as the page's box allows, in 3-byte characters: gunicorn's default limit on the
+    # request line (4094 bytes) answered a bare 414; gunicorn.conf.py sets it. Refused by the page itself.
+    long_text = a.get(f"{web_a.url}/search/", params={"text": "猫" * 501}, allow_redirects=False, timeout=60)
+    assert long_text.status_code == 302, long_text.text[:300]
     timings["database, migrate, two web hosts up"] = time.monotonic() - clock
 
     # --- 1. Worker C dies (SIGKILL) mid-batch; worker D finishes everything. ----------------------

@@ -1,0 +1,7 @@
+"""gunicorn's settings for the web role, read from the folder it starts in (the project's: `make run`,
+the web command in docs/DEPLOYMENT.md). What each deployment changes stays on the command line."""
+
+# A search page's address holds its text query: up to 500 characters, and a character of most scripts
+# takes 9 bytes in an address (3 in UTF-8, each written %XX). The default, 4094 bytes, answered a bare 414
+# from about 450 such characters; 8190 is the most gunicorn accepts.
+limit_request_line = 8190
