@@ -4,14 +4,32 @@ value cannot work (settings.py and storage_settings.py read them; neither may im
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
+    """A switch: blank is the default; a word that is neither yes nor no stops every command (any other word
+    was read as no: IMAGINAITION_HTTPS=enabled left the cookies insecure without a word)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(TRUE_WORDS)} (on) or "
+                                   f"{', '.join(FALSE_WORDS)} (off), not {text!r}")
+    return text.lower() in TRUE_WORDS
+
+
+def env_path(name: str, default: Path) -> Path:
+    """A folder or file setting (a leading ~ is the home folder); blank is the default (it was the working
+    folder: a process started elsewhere made a secret key, media and indexes of its own there)."""
+    text = os.environ.get(name, "").strip()
+    return Path(text).expanduser() if text else default
 
 
 def env_number(name: str, default: float | None, *, minimum: float, maximum: float | None = None,
@@ -37,8 +55,10 @@ def env_number(name: str, default: float | None, *, minimum: float, maximum: flo
 
 
 def env_list(name: str, default: str, separator: str = ",") -> list[str]:
-    """A list setting: items separated by `separator`, each stripped of spaces; blank items dropped."""
-    return [item.strip() for item in os.environ.get(name, default).split(separator) if item.strip()]
+    """A list setting: items separated by `separator`, each stripped of spaces; blank items dropped, and
+    a blank setting is the default (DJANGO_ALLOWED_HOSTS= refused every request)."""
+    text = os.environ.get(name, "").strip() or default
+    return [item.strip() for item in text.split(separator) if item.strip()]
 
 
 def env_rate(name: str, default: str) -> str:

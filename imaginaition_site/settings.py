@@ -10,11 +10,11 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from imaginaition_site.env import env_bool, env_choice, env_list, env_number, env_rate
+from imaginaition_site.env import env_bool, env_choice, env_list, env_number, env_path, env_rate
 from imaginaition_site.storage_settings import media_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("IMAGINAITION_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR = env_path("IMAGINAITION_VAR_DIR", BASE_DIR / "var")
 
 
 def _secret_key() -> str:
@@ -164,7 +164,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it even before collectstatic
 STATICFILES_DIRS = [BASE_DIR / "static"]
-MEDIA_ROOT = Path(os.environ.get("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media"))
+MEDIA_ROOT = env_path("IMAGINAITION_MEDIA_ROOT", VAR_DIR / "media")
 MEDIA_URL = "/media/"  # served by gallery views, which check permissions (never a public folder)
 # Where originals, thumbnails and staged uploads live; every access goes through Django's storage API,
 # so web and worker hosts share them: IMAGINAITION_STORAGE=local (MEDIA_ROOT, a folder or shared mount)
@@ -216,13 +216,13 @@ IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 # Models (retrieval/encoders/registry.py is the one place that knows about weight files).
 IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
 # A relative folder is inside the project, wherever a command runs from (as the import roots).
-IMAGINAITION_WEIGHTS_DIR = BASE_DIR / Path(os.environ.get("IMAGINAITION_WEIGHTS_DIR", "weights")).expanduser()
+IMAGINAITION_WEIGHTS_DIR = BASE_DIR / env_path("IMAGINAITION_WEIGHTS_DIR", Path("weights"))
 # Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size). At most 4096: a batch
 # is held in memory at once, and a huge number overflowed the database's integers deep inside processing.
 IMAGINAITION_BATCH_SIZE = env_number("IMAGINAITION_BATCH_SIZE", None, minimum=1, maximum=4096)
 
 # Indexes.
-IMAGINAITION_INDEX_DIR = Path(os.environ.get("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes"))
+IMAGINAITION_INDEX_DIR = env_path("IMAGINAITION_INDEX_DIR", VAR_DIR / "indexes")
 # Exact (flat) indexes up to this many vectors; above it the approximate kind below.
 IMAGINAITION_FLAT_INDEX_MAX = env_number("IMAGINAITION_FLAT_INDEX_MAX", 10_000, minimum=1)
 # ivf (default: builds in about the time it takes to read the vectors), ivf-sq8 / ivf-sq6 / ivf-sq4 (the same
@@ -255,13 +255,13 @@ IMAGINAITION_SEGMENTER = os.environ.get("IMAGINAITION_SEGMENTER", "")
 # with torch fp32's; faster only on some hosts: retrieval/encoders/openvino_runtime.py).
 IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME", "torch")
 # Models converted for a runtime (OpenVINO), one folder per model and weight file; safe to delete.
-IMAGINAITION_MODEL_CACHE_DIR = Path(os.environ.get("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models"))
+IMAGINAITION_MODEL_CACHE_DIR = env_path("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models")
 # torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)
 IMAGINAITION_TORCH_THREADS = env_number("IMAGINAITION_TORCH_THREADS", 0, minimum=0)
 # Processes that share this machine's cores with a web process (its torch threads: cores / this).
 IMAGINAITION_WEB_PROCESSES = env_number("IMAGINAITION_WEB_PROCESSES", 1, minimum=1)
 # Search by region: masks below this fraction of the picture get no vectors; how a region is cut out.
-IMAGINAITION_REGION_MIN_AREA = env_number("IMAGINAITION_REGION_MIN_AREA", 0.01, minimum=0, whole=False)
+IMAGINAITION_REGION_MIN_AREA = env_number("IMAGINAITION_REGION_MIN_AREA", 0.01, minimum=0, maximum=1, whole=False)
 IMAGINAITION_REGION_STYLE = env_choice("IMAGINAITION_REGION_STYLE", "masked", ("masked", "box"))
 # How often a process re-checks which model answers queries while a model change re-embeds (retrieval/serving.py).
 IMAGINAITION_SERVING_CHECK_SECONDS = env_number("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0, minimum=0, whole=False)
@@ -323,6 +323,14 @@ Q_CLUSTER = {
     "ALT_CLUSTERS": {"interactive": {"workers": 1, "timeout": 120, "retry": 180, "max_attempts": 1,
                                      "poll": 0.1, "label": "Interactive tasks"}},
 }
+if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:  # django-q2 only warns, and a task would run twice
+    raise ImproperlyConfigured(f"IMAGINAITION_TASK_RETRY ({Q_CLUSTER['retry']}) must be more than "
+                               f"IMAGINAITION_TASK_TIMEOUT ({Q_CLUSTER['timeout']}): a task still running at the "
+                               "retry time is handed out again and runs twice")
+# django-q2 reads Q_CLUSTER_NAME itself: any other name ran a cluster on a queue nobody fills.
+if os.environ.get("Q_CLUSTER_NAME", "").strip() not in ("", Q_CLUSTER["name"], *Q_CLUSTER["ALT_CLUSTERS"]):
+    raise ImproperlyConfigured(f"Q_CLUSTER_NAME must be unset (the main workers) or one of "
+                               f"{', '.join(Q_CLUSTER['ALT_CLUSTERS'])}, not {os.environ['Q_CLUSTER_NAME']!r}")
 # Segment uploads in the web process itself instead of asking the interactive worker (one-process setups,
 # tests): the web process then loads the segmenter too.
 IMAGINAITION_SEGMENT_UPLOADS_INLINE = env_bool("IMAGINAITION_SEGMENT_UPLOADS_INLINE", False)

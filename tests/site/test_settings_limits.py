@@ -1,4 +1,5 @@
-"""Number settings with an upper bound, or one that must stay above its minimum, are refused at start by name."""
+"""Number settings with an upper bound, or one that must stay above its minimum, switches that are neither on
+nor off, and settings that contradict each other are refused at start by name; blank ones are the default."""
 
 import os
 import subprocess
@@ -7,7 +8,9 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from imaginaition_site.env import env_number
+from pathlib import Path
+
+from imaginaition_site.env import env_bool, env_list, env_number, env_path
 from tests.conftest import REPO
 
 
@@ -55,10 +58,42 @@ def test_a_number_setting_without_a_maximum_is_still_finite(monkeypatch, value):
      "Error: IMAGINAITION_ANN_TARGET_RECALL must be a number of more than 0 and at most 1, not '1.5'"),
     ("IMAGINAITION_ANN_TARGET_RECALL", "0",
      "Error: IMAGINAITION_ANN_TARGET_RECALL must be a number of more than 0 and at most 1, not '0'"),
-], ids=["batch-size-huge", "recall-above-1", "recall-0"])
+    ("IMAGINAITION_HTTPS", "enabled",  # read as off: no secure cookies, no HSTS, without a word
+     "Error: IMAGINAITION_HTTPS must be one of 1, true, yes, on (on) or 0, false, no, off (off), not 'enabled'"),
+    ("IMAGINAITION_REGION_MIN_AREA", "2",  # a share of the picture above 1: no region would ever be embedded
+     "Error: IMAGINAITION_REGION_MIN_AREA must be a number of at least 0 and at most 1, not '2'"),
+    ("IMAGINAITION_TASK_TIMEOUT", "900",  # above the retry (720): django-q2 only warned
+     "Error: IMAGINAITION_TASK_RETRY (720) must be more than IMAGINAITION_TASK_TIMEOUT (900): a task still "
+     "running at the retry time is handed out again and runs twice"),
+    ("Q_CLUSTER_NAME", "interactve",  # a cluster on a queue nobody fills: uploads never got their labels
+     "Error: Q_CLUSTER_NAME must be unset (the main workers) or one of interactive, not 'interactve'"),
+], ids=["batch-size-huge", "recall-above-1", "recall-0", "https-word", "region-area-above-1", "timeout-over-retry",
+        "cluster-name-typo"])
 def test_a_setting_out_of_its_range_stops_a_command_in_one_line(setting, value, message):
     env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 1
     assert done.stderr.strip() == message, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", False), ("  ", False), ("ON", True), ("yes", True),
+                                                 ("0", False), ("Off", False), ("enabled", None), ("2", None)])
+def test_a_switch_is_on_or_off_or_refused(monkeypatch, value, expected):
+    monkeypatch.setenv("IMAGINAITION_SWITCH", value)
+    if expected is None:
+        with pytest.raises(ImproperlyConfigured, match=f"^IMAGINAITION_SWITCH must be one of .*not '{value}'"):
+            env_bool("IMAGINAITION_SWITCH", False)
+    else:
+        assert env_bool("IMAGINAITION_SWITCH", False) is expected
+
+
+def test_a_blank_folder_or_host_list_is_the_default_not_the_working_folder_or_nothing(monkeypatch):
+    """IMAGINAITION_VAR_DIR= made a secret key, media and indexes in whatever folder a process started in;
+    DJANGO_ALLOWED_HOSTS= passed the checks and refused every request."""
+    monkeypatch.setenv("IMAGINAITION_SOME_DIR", " ")
+    assert env_path("IMAGINAITION_SOME_DIR", Path("/srv/default")) == Path("/srv/default")
+    monkeypatch.setenv("IMAGINAITION_SOME_DIR", "~/photos")
+    assert env_path("IMAGINAITION_SOME_DIR", Path("/srv/default")) == Path.home() / "photos"
+    monkeypatch.setenv("SOME_HOSTS", "")
+    assert env_list("SOME_HOSTS", "localhost,127.0.0.1") == ["localhost", "127.0.0.1"]
