@@ -5,3 +5,7 @@ the web command in docs/DEPLOYMENT.md). What each deployment changes stays on th
 # takes 9 bytes in an address (3 in UTF-8, each written %XX). The default, 4094 bytes, answered a bare 414
 # from about 450 such characters; 8190 is the most gunicorn accepts.
 limit_request_line = 8190
+
+# No control socket: its default path is one per user (~/.gunicorn/gunicorn.ctl), so a second web process
+# on the host (another checkout's make run, a second role) took it over, and stopping either removed it.
+control_socket_disable = True

@@ -3,17 +3,24 @@
 # server on 127.0.0.1:8000. Ctrl-C stops everything this script started, the embedded database too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/settings.sh
+HOST="${IMAGINAITION_HOST:-127.0.0.1}"
+PORT=$(whole_number_setting IMAGINAITION_PORT 8000 1 65535)
+STOP_TIMEOUT=$(whole_number_setting IMAGINAITION_STOP_TIMEOUT 30 0 86400)
+if port_answers "$HOST" "$PORT"; then
+    echo "Error: something already answers on $HOST:$PORT (another make run?): stop it or set IMAGINAITION_PORT" >&2
+    exit 1
+fi
 scripts/bootstrap.sh
 PY=.venv/bin/python
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # models load from local files only (see weights/README.md)
-HOST="${IMAGINAITION_HOST:-127.0.0.1}"
-PORT="${IMAGINAITION_PORT:-8000}"
 
 source scripts/stop.sh
 pids=()
-STOP_TIMEOUT="${IMAGINAITION_STOP_TIMEOUT:-30}"
 force=0
+stopping=0
 cleanup() {
+    stopping=1
     trap - EXIT
     trap 'force=1' INT TERM HUP  # a second Ctrl-C: stop at once
     echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
@@ -39,6 +46,24 @@ Q_CLUSTER_NAME=interactive setsid $PY manage.py qcluster &
 pids+=($!)
 setsid $PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
     --timeout 300 --graceful-timeout 10 --access-logfile - &
-pids+=($!)
+web=$!
+pids+=("$web")
+# Running once the web server answers; one that cannot start ends, and so does make run, with an error
+# status (what a service manager's restart-on-failure goes by), after stopping the workers.
+until port_answers "$HOST" "$PORT"; do
+    if [ "$stopping" = 1 ]; then exit 130; fi
+    if ! kill -0 "$web" 2>/dev/null; then
+        echo ">> the web server did not start (its messages are above): stopping" >&2
+        exit 1
+    fi
+    sleep 0.5 || true
+done
 echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."
-wait -n "${pids[@]}" || true
+status=0
+wait -n "${pids[@]}" || status=$?
+# Here a Ctrl-C's stop has run (130), or one of the three ended on its own: the EXIT trap stops the others.
+if [ "$stopping" = 0 ]; then
+    echo ">> a process of the service ended (status $status): stopping the others" >&2
+    [ "$status" != 0 ] || status=1  # the service stopped without being asked: a failure whatever it said
+fi
+exit "$status"

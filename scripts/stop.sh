@@ -13,8 +13,8 @@ kill_tree() {
 stop_processes() {
     local timeout=$1 pid
     shift
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done  # first: nothing below may keep it from them
     local deadline=$((SECONDS + timeout))
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "$@"; do
         # `|| true`: a Ctrl-C also interrupts this sleep, which must not end a `set -e` script here.
         while kill -0 "$pid" 2>/dev/null && [ "${force:-0}" = 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
