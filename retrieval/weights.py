@@ -37,6 +37,8 @@ OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard pro
 STANDARD_OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were "
                             "not fetched, and IMAGINAITION_MODEL_PROFILE=standard cannot run without them: copy them "
                             "in by hand (weights/README.md), or set IMAGINAITION_MODEL_PROFILE=auto.")
+OFFLINE_PROFILE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were "
+                           "not fetched; IMAGINAITION_MODEL_PROFILE=offline does not use them.")
 READ_TIMEOUT = 60.0  # seconds a download that has started may stall before it is abandoned
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "ImaginAItion-fetch_weights"
@@ -70,7 +72,8 @@ class FetchReport:
         lines = [f"{r.filename} ({r.model_key}): {r.status}{' - ' + r.message if r.message else ''}"
                  for r in self.results]
         if self.offline:
-            lines.append(OFFLINE_MESSAGE if settings.IMAGINAITION_MODEL_PROFILE == "auto" else STANDARD_OFFLINE_MESSAGE)
+            lines.append({"auto": OFFLINE_MESSAGE, "offline": OFFLINE_PROFILE_MESSAGE}.get(
+                settings.IMAGINAITION_MODEL_PROFILE, STANDARD_OFFLINE_MESSAGE))
         return "\n".join(lines)
 
 

@@ -258,6 +258,16 @@ def test_offline_with_the_standard_profile_asked_for_by_name_it_says_that_it_can
     assert "active model profile: standard" in out
 
 
+def test_offline_with_the_offline_profile_it_says_that_profile_does_not_use_them(weights_dir, monkeypatch,
+                                                                                   settings, capsys):
+    point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    call_command("fetch_weights", "--timeout", "5")
+    out = capsys.readouterr().out
+    assert "IMAGINAITION_MODEL_PROFILE=offline does not use them" in out
+    assert "standard cannot run without them" not in out  # it said so of a profile nobody asked for
+
+
 def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path):
     from retrieval.encoders import registry
     from retrieval.encoders.registry import WeightsUnreadable, get_model
