@@ -1,13 +1,18 @@
 import logging
 import os
+import queue
 import signal
+import time
 from types import FrameType
 from typing import Any
 
 import django_q.cluster
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
+from django_q.brokers.orm import ORM
 from django_q.cluster import Cluster, Sentinel
+from django_q.models import OrmQ
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
 from gallery.work_resume import work_cut_short_resume
@@ -51,6 +56,32 @@ class LockFreeingSentinel(Sentinel):
         elif process in self.pool and process.timer.value == -1:  # idle: maybe the one waiting in the queue
             self.idle_worker_died = True
         super().reincarnate(process)
+
+    def stop(self) -> None:
+        """django-q2's stop, but the tasks the pusher had already taken from the broker (up to the queue
+        limit) are handed back first: the workers then find their STOP right after the task they are on
+        (they ran every fetched task first, until make run's stop timeout killed them mid-task), and the
+        next cluster to start takes those tasks at once (not after their retry time)."""
+        self.event_out.set()  # the pusher takes no more (django-q2's stop sets it again and waits likewise)
+        while self.pusher.is_alive():
+            time.sleep(0.1)
+        fetched = []
+        while True:
+            try:  # a busy worker holds no lock; an idle one holds the read lock only while nothing waits
+                task = self.task_queue.get(timeout=LOCK_WAIT_S)
+            except queue.Empty:
+                break
+            fetched.append(task)
+        ack_ids = [task["ack_id"] for task in fetched if isinstance(task, dict) and "ack_id" in task]
+        if ack_ids and isinstance(self.broker, ORM):
+            try:
+                OrmQ.objects.filter(pk__in=ack_ids).update(lock=timezone.now())
+            except DatabaseError:
+                logger.warning("could not hand back %d fetched tasks: they are taken up after the retry time",
+                               len(ack_ids), exc_info=True)
+            else:
+                logger.info("handed back %d fetched tasks for the next start", len(ack_ids))
+        super().stop()
 
     def status(self) -> str:
         # django-q2's guard loop asks for the status once a cycle (to store it): its one per-cycle hook.
