@@ -1,12 +1,18 @@
 import os
+import sys
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
 
 from imaginaition_site.malloc import limit_malloc_arenas
 
 limit_malloc_arenas()  # before the server starts its threads
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imaginaition_site.settings")
-application = get_wsgi_application()
+try:
+    application = get_wsgi_application()
+except ImproperlyConfigured as exc:  # a setting's value: in one line, as manage.py says it (not a traceback)
+    print(f"Error: {exc}", file=sys.stderr)
+    sys.exit(3)  # gunicorn's "worker failed to boot": the server stops (1 made it start the worker again and again)
 
 from retrieval.encoders.registry import log_active_models  # noqa: E402  (needs the settings above)
 

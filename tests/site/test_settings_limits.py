@@ -97,3 +97,16 @@ def test_a_blank_folder_or_host_list_is_the_default_not_the_working_folder_or_no
     assert env_path("IMAGINAITION_SOME_DIR", Path("/srv/default")) == Path.home() / "photos"
     monkeypatch.setenv("SOME_HOSTS", "")
     assert env_list("SOME_HOSTS", "localhost,127.0.0.1") == ["localhost", "127.0.0.1"]
+
+
+def test_the_web_role_refuses_a_wrong_setting_in_one_line_and_stops():
+    """The documented web command (gunicorn) printed a traceback of 73 lines; with a plain exit status it
+    would start its worker again and again."""
+    env = {**os.environ, "IMAGINAITION_BATCH_SIZE": "abc", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "imaginaition_site.wsgi:application", "--bind",
+                           "127.0.0.1:0", "--workers", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3 and "Worker failed to boot" in done.stderr
+    assert ("Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1 and at most 4096, not 'abc'"
+            in done.stderr.splitlines())
+    assert "Traceback" not in done.stderr
