@@ -19,7 +19,8 @@ def test_results_keep_the_items_order_and_use_at_most_the_threads_given():
     items = list(range(23))
     assert map_on_threads(slow_square, items, 3) == [n * n for n in items]
     threads = set(seen.values())
-    assert len(threads) == 3 and threading.current_thread().name in threads
+    # Helpers took part; one may take both helper runs, when the other has not woken yet on a loaded machine.
+    assert 2 <= len(threads) <= 3 and threading.current_thread().name in threads
     # Each thread took one contiguous run of the items.
     runs = [[n for n in items if seen[n] == name] for name in threads]
     assert all(run == list(range(run[0], run[-1] + 1)) for run in runs)
