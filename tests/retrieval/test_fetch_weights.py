@@ -247,25 +247,19 @@ def test_weights_status_reports_presence_and_hashes(served, weights_dir, monkeyp
     assert {s.filename: s for s in weights_status()}[name].hash_ok is False
 
 
-def test_offline_with_the_standard_profile_asked_for_by_name_it_says_that_it_cannot_run(weights_dir, monkeypatch,
-                                                                                          settings, capsys):
+@pytest.mark.parametrize(("profile", "said", "not_said"), [
+    ("standard", "IMAGINAITION_MODEL_PROFILE=standard cannot run without them", "offline profile will be used"),
+    # It said the standard profile cannot run, of a profile nobody had asked for.
+    ("offline", "IMAGINAITION_MODEL_PROFILE=offline does not use them", "standard cannot run without them"),
+])
+def test_offline_with_a_profile_asked_for_by_name_it_says_what_that_means_for_it(weights_dir, monkeypatch, settings,
+                                                                                  capsys, profile, said, not_said):
     point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
-    settings.IMAGINAITION_MODEL_PROFILE = "standard"
+    settings.IMAGINAITION_MODEL_PROFILE = profile
     call_command("fetch_weights", "--timeout", "5")
     out = capsys.readouterr().out
-    assert "offline profile will be used" not in out  # it would not be: the profile is named
-    assert "IMAGINAITION_MODEL_PROFILE=standard cannot run without them" in out
-    assert "active model profile: standard" in out
-
-
-def test_offline_with_the_offline_profile_it_says_that_profile_does_not_use_them(weights_dir, monkeypatch,
-                                                                                   settings, capsys):
-    point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
-    settings.IMAGINAITION_MODEL_PROFILE = "offline"
-    call_command("fetch_weights", "--timeout", "5")
-    out = capsys.readouterr().out
-    assert "IMAGINAITION_MODEL_PROFILE=offline does not use them" in out
-    assert "standard cannot run without them" not in out  # it said so of a profile nobody asked for
+    assert said in out and not_said not in out
+    assert f"active model profile: {profile}" in out
 
 
 def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path):
