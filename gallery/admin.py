@@ -106,11 +106,12 @@ class ImageAdmin(admin.ModelAdmin):
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
         """What the image page's Retry does, for many: the failed stage(s) queued again (after the cause,
         such as missing weights or a storage outage, was fixed); images that did not fail are left alone."""
-        retried = services.images_retry_failed(ids=list(queryset.values_list("pk", flat=True)))
+        selected = list(queryset.values_list("pk", flat=True))  # before: a "failed" filter no longer matches after
+        retried = services.images_retry_failed(ids=selected)
         if not retried:
             self.message_user(request, "None of the selected images had failed: nothing to retry.", messages.WARNING)
             return
-        skipped = queryset.count() - len(retried)
+        skipped = len(selected) - len(retried)
         self.message_user(request, f"{len(retried)} failed image(s) are back in the queue"
                           + (f"; {skipped} had not failed and were left as they are." if skipped else "."),
                           messages.SUCCESS)

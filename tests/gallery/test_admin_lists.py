@@ -87,6 +87,10 @@ def test_the_image_list_retries_the_failed_images_of_a_selection(admin_client, d
     assert states[fine.pk] == ("ready", "", "ready", "")
     page = admin_client.post(changelist, {**selection, "_selected_action": [fine.pk]}, follow=True).content.decode()
     assert "None of the selected images had failed" in page
+    Image.objects.filter(pk=no_vectors.pk).update(status="failed")  # and from the list filtered by status
+    page = admin_client.post(changelist + "?status__exact=failed", {**selection, "_selected_action": [no_vectors.pk]},
+                             follow=True).content.decode()
+    assert "1 failed image(s) are back in the queue." in page  # it said "; -1 had not failed"
 
     viewer = django_user_model.objects.create_user("viewer", password="x-viewer-pass-1", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_image"))
