@@ -1,10 +1,12 @@
 """Sign-in throttling (django-axes, settings AXES_*): how a locked-out sign-in is answered, the user name it
-is counted under, and the password-change pages, whose old-password check counts like a sign-in."""
+is counted under, and the password-change pages, whose old-password check counts like a sign-in; the sign-in
+page, which never sends a user on to the sign-in or sign-out address."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
 from axes.helpers import get_client_ip_address
 from axes.utils import reset as axes_reset
@@ -12,13 +14,25 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import authenticate
 from django.contrib.auth.forms import PasswordChangeForm
-from django.contrib.auth.views import PasswordChangeView
+from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 
 USERNAME_MAX = 150  # Django's user name limit: no account has a longer one
+
+
+class SignInView(LoginView):
+    """Django's sign-in page, where a ?next= back to the sign-in or sign-out address leads to the default
+    page instead: signed in, ?next=/accounts/login/ was a 500 (Django's redirect-loop check), and after
+    opening the sign-out address (a form's action, POST only) signing in led back to its 405 page."""
+
+    redirect_authenticated_user = True
+
+    def get_redirect_url(self, request: HttpRequest | None = None) -> str:
+        url = str(super().get_redirect_url())
+        return "" if urlsplit(url).path in (reverse("login"), reverse("logout")) else url
 
 
 def throttled_username(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str:

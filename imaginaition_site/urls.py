@@ -27,7 +27,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Sign in and out, change one's password. No "forgotten password" pages: the service sends no mail
     # (an administrator sets a new password in admin, or with `manage.py changepassword`).
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", sign_in.SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The site's own pages (admin keeps its own at admin/password_change/).
     path("accounts/password_change/",

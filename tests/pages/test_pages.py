@@ -632,3 +632,17 @@ def test_a_tiff_is_shown_as_a_picture_browsers_can_show(client, user, media_root
     staged = client.get(reverse("pages:staged-file"), {"upload": client.session["staged_upload"]})
     assert staged.status_code == 200 and staged["Content-Type"] == "image/webp"
     assert PILImage.open(io.BytesIO(staged.content)).size == (400, 300)
+
+
+def test_signing_in_never_leads_back_to_the_sign_in_or_sign_out_address(client, user):
+    """Signed in, ?next=/accounts/login/ was a 500 (a redirect loop); after opening the sign-out address
+    (405: a form's action), signing in from its page led back to that 405."""
+    client.force_login(user)
+    response = client.get(reverse("login"), {"next": reverse("login")})
+    assert response.status_code == 302 and response["Location"] == "/"
+    client.logout()
+    user.set_password("a-Long-pass-4321")
+    user.save()
+    signed_in = client.post(reverse("login") + "?next=" + reverse("logout"),
+                            {"username": user.username, "password": "a-Long-pass-4321"})
+    assert signed_in.status_code == 302 and signed_in["Location"] == "/"
