@@ -262,6 +262,7 @@ def test_the_reset_progress_page_follows_the_job_and_says_when_it_gets_no_answer
     page.wait_for_url(re.compile(r"/admin/$"))
     page.goto(live_server.url + reverse("gallery-reset-progress", args=[job.pk]))
     assert page.inner_text("#reset-scanned") == "2"
+    assert page.is_hidden("#reset-error")  # no error: admin's style showed an empty red box through `hidden`
 
     ResetJob.objects.filter(pk=job.pk).update(scanned=7, imported=6, embedded=9)  # 3 uploads made meanwhile
     page.wait_for_function("document.getElementById('reset-scanned').textContent === '7'")
