@@ -227,11 +227,22 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
 const pending = document.querySelector("[data-poll-url]");
 if (pending) {
   let delay = 1500;
+  const signedOut = () => {  // it stopped asking: say so, rather than "updates by itself" for ever
+    const note = document.createElement("p");
+    note.setAttribute("role", "alert");
+    const link = document.createElement("a");
+    link.href = pending.dataset.loginUrl + "?next=" + encodeURIComponent(location.pathname + location.search);
+    link.textContent = "Sign in again";
+    note.append("This page stopped updating: you are signed out. ", link, " to follow it.");
+    pending.after(note);
+  };
   const poll = async () => {
     if (!pending.isConnected) return;  // an upload's answer replaced the page: it asks for itself
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
       if (response.status === 404) { location.reload(); return; }  // gone: the page says why
+      // Signed out meanwhile (another tab, the session's end): the API says 401, a page sends to sign in.
+      if (response.status === 401 || response.status === 403 || response.redirected) { signedOut(); return; }
       if (response.ok) {
         const body = await response.json();
         if ("state" in body) { if (body.state !== "working") { location.reload(); return; } }  // an upload's labels

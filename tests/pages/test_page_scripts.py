@@ -285,3 +285,19 @@ def test_the_reset_progress_page_says_state_changes_in_a_live_region(live_server
                                               scanned=10, imported=1, embedded=1)
     page.wait_for_function(f"{region}.textContent.includes('Done — done: 1 image imported')")
     assert page.is_visible("#reset-done a")
+
+
+@in_browser
+def test_a_page_that_follows_an_image_says_when_it_stopped_because_the_user_was_signed_out(
+        live_server, user, browser, close_connections):  # noqa: F811
+    """Signed out in another tab, the image page's poll got 401 again and again and the page went on saying
+    it updates by itself."""
+    image = make_image(name="slow.png", status="pending")
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.context.clear_cookies()  # the session ends
+    note = page.get_by_role("alert").filter(has_text="stopped updating")
+    note.wait_for()
+    assert "you are signed out" in note.inner_text()
+    assert note.get_by_role("link", name="Sign in again").get_attribute("href") == (
+        reverse("login") + "?next=" + reverse("pages:image", args=[image.pk]).replace("/", "%2F"))
