@@ -301,3 +301,22 @@ def test_a_page_that_follows_an_image_says_when_it_stopped_because_the_user_was_
     assert "you are signed out" in note.inner_text()
     assert note.get_by_role("link", name="Sign in again").get_attribute("href") == (
         reverse("login") + "?next=" + reverse("pages:image", args=[image.pk]).replace("/", "%2F"))
+
+
+@in_browser
+def test_a_preference_slider_restored_by_back_shows_its_own_value(live_server, user, browser,
+                                                                  close_connections):  # noqa: F811
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:preferences"))
+    slider = page.locator("#id_split")
+    start = int(slider.input_value())
+    slider.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")
+    assert page.inner_text("#id_split-value") == str(start - 5)
+    page.get_by_role("link", name="Gallery").first.click()
+    page.wait_for_url("**/gallery/")
+    page.go_back()
+    page.wait_for_function("document.readyState === 'complete'")
+    restored = slider.input_value()
+    assert page.inner_text("#id_split-value") == restored  # it showed the saved value beside a moved slider
