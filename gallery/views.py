@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from gallery import selectors, services
@@ -96,6 +97,7 @@ def page_number(request: HttpRequest) -> str | None:
 
 @gallery_reader
 @require_GET
+@never_cache  # Back after deleting it (or after its processing ended) asks again: it showed a live, stale page
 def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     shown = (reverse("gallery:image-file", args=[image.pk]) if image.format in SHOWN_BY_BROWSERS
