@@ -2,7 +2,6 @@ import logging
 import os
 import queue
 import signal
-import time
 from types import FrameType
 from typing import Any
 
@@ -63,15 +62,16 @@ class LockFreeingSentinel(Sentinel):
         (they ran every fetched task first, until make run's stop timeout killed them mid-task), and the
         next cluster to start takes those tasks at once (not after their retry time)."""
         self.event_out.set()  # the pusher takes no more (django-q2's stop sets it again and waits likewise)
-        while self.pusher.is_alive():
-            time.sleep(0.1)
+        # Taken out while the pusher ends: it waits to put the rest of its last fetch into a full queue, and
+        # the workers took those, one after another, before it could see the stop (10 s and more).
         fetched = []
         while True:
+            pusher_alive = self.pusher.is_alive()  # before the read: once it is gone, an empty read is the end
             try:  # a busy worker holds no lock; an idle one holds the read lock only while nothing waits
-                task = self.task_queue.get(timeout=LOCK_WAIT_S)
+                fetched.append(self.task_queue.get(timeout=LOCK_WAIT_S))
             except queue.Empty:
-                break
-            fetched.append(task)
+                if not pusher_alive:
+                    break
         ack_ids = [task["ack_id"] for task in fetched if isinstance(task, dict) and "ack_id" in task]
         if ack_ids and isinstance(self.broker, ORM):
             try:
