@@ -113,7 +113,8 @@ class ImageAdmin(admin.ModelAdmin):
             return
         skipped = len(selected) - len(retried)
         self.message_user(request, f"{len(retried)} failed image(s) are back in the queue"
-                          + (f"; {skipped} had not failed and were left as they are." if skipped else "."),
+                          + (f"; {skipped} selected image(s) had not failed and are left as they are." if skipped
+                             else "."),
                           messages.SUCCESS)
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest

@@ -78,7 +78,7 @@ def test_the_image_list_retries_the_failed_images_of_a_selection(admin_client, d
     queued = OrmQ.objects.count()
     with django_capture_on_commit_callbacks(execute=True):
         page = admin_client.post(changelist, selection, follow=True).content.decode()
-    assert "2 failed image(s) are back in the queue; 1 had not failed" in page
+    assert "2 failed image(s) are back in the queue; 1 selected image(s) had not failed and are left as they are." in page
     assert OrmQ.objects.count() > queued  # handed to the workers
     states = {image.pk: (image.status, image.error, image.masks_status, image.masks_error)
               for image in Image.objects.all()}

@@ -67,8 +67,10 @@ def test_a_number_setting_without_a_maximum_is_still_finite(monkeypatch, value):
      "running at the retry time is handed out again and runs twice"),
     ("Q_CLUSTER_NAME", "interactve",  # a cluster on a queue nobody fills: uploads never got their labels
      "Error: Q_CLUSTER_NAME must be unset (the main workers) or one of interactive, not 'interactve'"),
+    ("Q_CLUSTER_NAME", "interactive ",  # django-q2 reads it with its space: a queue of its own too
+     "Error: Q_CLUSTER_NAME must be unset (the main workers) or one of interactive, not 'interactive '"),
 ], ids=["batch-size-huge", "recall-above-1", "recall-0", "https-word", "region-area-above-1", "timeout-over-retry",
-        "cluster-name-typo"])
+        "cluster-name-typo", "cluster-name-space"])
 def test_a_setting_out_of_its_range_stops_a_command_in_one_line(setting, value, message):
     env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
