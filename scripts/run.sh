@@ -51,7 +51,7 @@ pids+=("$web")
 # Running once the web server answers; one that cannot start ends, and so does make run, with an error
 # status (what a service manager's restart-on-failure goes by), after stopping the workers.
 until port_answers "$HOST" "$PORT"; do
-    if [ "$stopping" = 1 ]; then exit 130; fi
+    if [ "$stopping" = 1 ]; then exit 0; fi
     if ! kill -0 "$web" 2>/dev/null; then
         echo ">> the web server did not start (its messages are above): stopping" >&2
         exit 1
@@ -61,9 +61,9 @@ done
 echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."
 status=0
 wait -n "${pids[@]}" || status=$?
-# Here a Ctrl-C's stop has run (130), or one of the three ended on its own: the EXIT trap stops the others.
-if [ "$stopping" = 0 ]; then
-    echo ">> a process of the service ended (status $status): stopping the others" >&2
-    [ "$status" != 0 ] || status=1  # the service stopped without being asked: a failure whatever it said
-fi
+# Here a Ctrl-C's stop has run (a stop that was asked for: status 0), or one of the three ended on its own:
+# the EXIT trap stops the others, and the status says it failed.
+if [ "$stopping" = 1 ]; then exit 0; fi
+echo ">> a process of the service ended (status $status): stopping the others" >&2
+[ "$status" != 0 ] || status=1  # the service stopped without being asked: a failure whatever it said
 exit "$status"
