@@ -327,8 +327,9 @@ if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:  # django-q2 only warns, and a ta
     raise ImproperlyConfigured(f"IMAGINAITION_TASK_RETRY ({Q_CLUSTER['retry']}) must be more than "
                                f"IMAGINAITION_TASK_TIMEOUT ({Q_CLUSTER['timeout']}): a task still running at the "
                                "retry time is handed out again and runs twice")
-# django-q2 reads Q_CLUSTER_NAME itself: any other name ran a cluster on a queue nobody fills.
-if os.environ.get("Q_CLUSTER_NAME", "") not in ("", Q_CLUSTER["name"], *Q_CLUSTER["ALT_CLUSTERS"]):  # as django-q2 reads it
+# django-q2 reads Q_CLUSTER_NAME itself, as it is (not stripped): any other name ran a cluster on a queue
+# nobody fills.
+if os.environ.get("Q_CLUSTER_NAME", "") not in ("", Q_CLUSTER["name"], *Q_CLUSTER["ALT_CLUSTERS"]):
     raise ImproperlyConfigured(f"Q_CLUSTER_NAME must be unset (the main workers) or one of "
                                f"{', '.join(Q_CLUSTER['ALT_CLUSTERS'])}, not {os.environ['Q_CLUSTER_NAME']!r}")
 # Segment uploads in the web process itself instead of asking the interactive worker (one-process setups,

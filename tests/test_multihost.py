@@ -150,13 +150,13 @@ class Hosts:
         return done.stdout
 
     def web(self, name: str, port: int | None = None) -> Role:
-        """`python -m gunicorn imaginaition_site.wsgi:application ...` as in scripts/run.sh."""
+        """`python -m gunicorn imaginaition_site.wsgi:application ...` as in scripts/run.sh, started in the
+        project's folder: gunicorn.conf.py there turns off its per-user control socket, which two servers on
+        one machine would take from each other, and raises the request-line limit."""
         port = port or free_port()
-        # --no-control-socket: gunicorn's control socket defaults to one path per user (~/.gunicorn),
-        # which two servers on one machine would take from each other.
         argv = [sys.executable, "-m", "gunicorn", "imaginaition_site.wsgi:application", "--bind",
                 f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "--timeout", "300",
-                "--graceful-timeout", "10", "--no-control-socket"]
+                "--graceful-timeout", "10"]
         role = Role(name, argv, self.env(name), self.root / name, port=port)
         self.roles.append(role)
         return role.start()
