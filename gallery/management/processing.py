@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from gallery import selectors
 from gallery.services import images_process_here
+from gallery.work_resume import images_waiting_resume
 
 
 def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> None:
@@ -20,8 +21,7 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
         with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
             images_process_here(progress=bar.update, batch_size=batch_size)
     except KeyboardInterrupt:
-        raise CommandError("Interrupted while processing. The images stay waiting: the same command with --sync "
-                           "again, or a worker as it starts, finishes them.") from None
+        raise CommandError(f"Interrupted while processing. {waiting_handed_to_workers()}") from None
     failed = selectors.images_failed(ids=waiting)
     command.stdout.write(f"processed: {len(waiting) - len(failed)}, failed: {len(failed)}")
     for image in failed[:20]:
@@ -30,3 +30,14 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
         more = f" ({len(failed) - 20} more not listed)" if len(failed) > 20 else ""
         raise CommandError(f"{len(failed)} of {len(waiting)} images could not be processed{more}; once the cause "
                            "is fixed, `manage.py retry_failed --sync` processes them again.")
+
+
+def waiting_handed_to_workers() -> str:
+    """After Ctrl-C: queue the images left waiting, so that a running worker cluster takes them now (one that
+    starts later would too, but a running one never looks for them), and say so."""
+    handed = images_waiting_resume()
+    if not selectors.images_pending_count():
+        return "No image is left waiting."
+    queued = f" ({len(handed)} queued now)" if handed else ""
+    return ("The images left waiting are the workers' to finish" + queued + ": a running `manage.py qcluster` "
+            "takes them at once, or the same command with --sync finishes them here.")

@@ -691,6 +691,40 @@ def test_an_interrupted_import_keeps_what_it_added_and_says_how_to_go_on(photo_f
     assert Image.objects.count() == 2 and len(stored_files(media_root)) == 2
 
 
+def test_a_sync_import_interrupted_hands_the_images_left_waiting_to_the_workers(photo_folder, monkeypatch):
+    """A running worker cluster looks for waiting images only as it starts: without tasks queued for them,
+    the images an interrupted --sync run left waiting would wait until a cluster restarts."""
+    from gallery.management import processing
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt  # Ctrl-C during the first batch
+
+    monkeypatch.setattr(processing, "images_process_here", interrupted)
+    with pytest.raises(CommandError, match=r"Interrupted while processing\. The images left waiting are the workers' "
+                                           r"to finish \(\d+ queued now\): a running `manage.py qcluster` takes them"):
+        call_command("import_folder", str(photo_folder), "--sync")
+    waiting = set(Image.objects.filter(status=ProcessingStatus.PENDING).values_list("pk", flat=True))
+    assert waiting and len(waiting) == Image.objects.count()
+    assert {int(entry.task["name"].removeprefix("process-")) for entry in OrmQ.objects.all()} <= waiting
+    assert OrmQ.objects.count() == len(waiting)  # one task per image: each claims a batch, extra ones end at once
+
+    real_add, added = services.image_add, []
+
+    def add_then_interrupt(**kwargs):
+        if len(added) == 1:
+            raise KeyboardInterrupt
+        added.append(real_add(**kwargs))
+        return added[-1]
+
+    OrmQ.objects.all().delete()
+    Image.objects.all().delete()
+    monkeypatch.setattr(services, "image_add", add_then_interrupt)
+    with pytest.raises(CommandError, match=r"Interrupted\. Every file added so far is stored whole; run the same "
+                                           r"command again to add the rest\. The images left waiting are the workers'"):
+        call_command("import_folder", str(photo_folder), "--sync")
+    assert [entry.task["name"] for entry in OrmQ.objects.all()] == [f"process-{added[0].image.pk}"]
+
+
 def test_import_folder_fails_when_no_file_could_be_added_and_names_duplicates_when_asked(
         tmp_path, import_root, media_root, capsys):
     junk = tmp_path / "videos"

@@ -3,7 +3,7 @@ from tqdm import tqdm
 
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.management.arguments import at_least
-from gallery.management.processing import process_pending_here
+from gallery.management.processing import process_pending_here, waiting_handed_to_workers
 from gallery.services import StorageFailed, folder_files, folder_import, readable_name
 
 
@@ -35,8 +35,9 @@ class Command(BaseCommand):
         except OSError as exc:  # the folder, or whatever else failed (named by the error when it names a file)
             raise CommandError(f"{exc.filename or folder}: {exc.strerror or exc}") from exc
         except KeyboardInterrupt:
+            left = f" {waiting_handed_to_workers()}" if sync else ""  # without --sync, each added file is queued
             raise CommandError("Interrupted. Every file added so far is stored whole; run the same command again to "
-                               "add the rest (with --sync it also finishes their processing).") from None
+                               f"add the rest.{left}") from None
 
         self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
                           f"rejected: {len(report.rejected)}")
