@@ -105,19 +105,17 @@ def _claimed(*, status_field: str, first_ids: Sequence[int], batch_size: int) ->
 Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, shared by the stages of one batch
 
 
+FILE_MISSING = "The stored file is missing."
+
+
 def _read_picture(image: Image) -> PILImage.Image | str:
-    """The image's picture for the models, or why there is none."""
+    """The image's picture for the models, or why there is none. It runs on helper threads, so it asks
+    the database nothing (a helper thread would keep its own connection open for as long as it lives)."""
     try:
         with image.file.open("rb") as fh:
             return picture_for_models(fh.read())
     except FileNotFoundError:
-        if not Image.objects.filter(pk=image.pk).exists():
-            return "The image was deleted while it was being processed."  # nothing to tell the operator
-        # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
-        # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
-        logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "
-                       "this host's %s", image.pk, image.file.name, storage_settings_named())
-        return "The stored file is missing."
+        return FILE_MISSING  # _missing_file_reason, in the calling thread, says why
     except ImageRejected as exc:
         return exc.message
     except STORAGE_ERRORS as exc:  # the storage failing, not the file: failed (not pending for ever), so Retry works
@@ -129,12 +127,23 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         return f"Reading the stored file failed: {type(exc).__name__}: {exc}"
 
 
+def _missing_file_reason(image: Image) -> str:
+    if not Image.objects.filter(pk=image.pk).exists():
+        return "The image was deleted while it was being processed."  # nothing to tell the operator
+    # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
+    # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
+    logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "
+                   "this host's %s", image.pk, image.file.name, storage_settings_named())
+    return FILE_MISSING
+
+
 def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:
     """Each image's picture for the models: taken from `decoded` when an earlier stage of the same batch
     read it, else read and decoded (and put there for the next stage). Decoding runs on the process's
     CPU threads: Pillow decodes and resizes outside Python's lock, and the models wait meanwhile."""
     wanted = [image for image in images if decoded is None or image.pk not in decoded]
     read = dict(zip([image.pk for image in wanted], map_on_threads(_read_picture, wanted, cpu_threads()), strict=True))
+    read.update({image.pk: _missing_file_reason(image) for image in wanted if read[image.pk] == FILE_MISSING})
     if decoded is not None:
         decoded.update({pk: picture for pk, picture in read.items() if not isinstance(picture, str)})
     loaded: list[Loaded] = []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -131,16 +132,29 @@ def test_a_worker_task_embeds_a_batch_then_segments_the_same_images_reading_and_
     assert Mask.objects.filter(image_id__in=ids).exists()
 
 
+def _other_database_sessions() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY pid")
+        return [row[0] for row in cursor.fetchall()]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_an_image_whose_file_vanished_fails_with_a_readable_message_and_can_be_retried(client, user, media_root, offline):
+def test_an_image_whose_file_vanished_fails_with_a_readable_message_and_can_be_retried(client, user, media_root, offline,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(pipeline, "cpu_threads", lambda: 3)  # each of the three read on a thread of its own
     client.force_login(user)
     before, image_id, after = (upload(client, name) for name in ("chelsea", "coffee", "rocket"))
     image = Image.objects.get(pk=image_id)
     data = image.file.read()
     image.file.storage.delete(image.file.name)
+    sessions = _other_database_sessions()
     embed_batch()  # one batch, decoded on the process's threads: the others in it are done
     image.refresh_from_db()
     assert image.status == "failed" and "missing" in image.error
+    # Why is asked of the database in the batch's own thread: a helper thread kept a connection open for
+    # good (and the test database could not be dropped at the end of the run).
+    assert _other_database_sessions() == sessions
     assert set(Image.objects.filter(pk__in=[before, after]).values_list("status", flat=True)) == {"ready"}
 
     image.file.storage.save(image.file.name, ContentFile(data))  # put back where it was (its emptied folder too)
@@ -286,7 +300,7 @@ def test_a_lone_image_whose_model_cannot_load_is_marked_failed_not_left_pending(
 def test_an_image_deleted_while_its_batch_runs_is_no_missing_file_for_the_operator(media_root, caplog):
     """Its file is gone because the image is: the log must not send the operator to the storage settings."""
     from gallery import services
-    from retrieval.pipeline import _read_picture
+    from retrieval.pipeline import _load_pictures
     from tests.gallery.factories import make_image
 
     image = make_image()
@@ -294,7 +308,7 @@ def test_an_image_deleted_while_its_batch_runs_is_no_missing_file_for_the_operat
     services.image_delete(image=image)
     (media_root / in_the_batch.file.name).unlink(missing_ok=True)  # the delete's removal after commit
     with caplog.at_level(logging.WARNING):
-        assert _read_picture(in_the_batch) == "The image was deleted while it was being processed."
+        assert _load_pictures([in_the_batch]) == ([], {in_the_batch.pk: "The image was deleted while it was being processed."})
     assert "not in the media storage" not in caplog.text
 
 
