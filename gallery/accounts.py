@@ -1,13 +1,19 @@
-"""The first administrator account: created once, never with a default password."""
+"""Accounts: the first administrator (created once, never with a default password), and API tokens
+that end with the password they were made under."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
 
+from typing import Any
+
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.hashers import check_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from rest_framework.authtoken.models import Token
 
 from gallery.errors import Refused
 
@@ -35,3 +41,19 @@ def admin_ensure(*, username: str, password: str | None, email: str = "") -> Adm
     generated = None if password else secrets.token_urlsafe(12)
     User.objects.create_superuser(username=username, email=email, password=password or generated)
     return AdminAccount(username=username, created=True, generated_password=generated)
+
+
+def tokens_end_with_a_new_password(sender: type[AbstractBaseUser], instance: AbstractBaseUser, raw: bool = False,
+                                   update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
+    """pre_save of the user model: a new password deletes the account's API token, as it ends the account's
+    other sessions (someone changing a leaked password expects every way in with it to close). The same
+    password saved again (Django re-hashes it when its hasher's cost rises) keeps the token."""
+    if raw or instance.pk is None or (update_fields is not None and "password" not in update_fields):
+        return
+    stored = sender._default_manager.filter(pk=instance.pk).values_list("password", flat=True).first()
+    if stored is None or stored == instance.password:
+        return
+    new_raw = getattr(instance, "_password", None)  # set by set_password until the save
+    if new_raw is not None and check_password(new_raw, stored):
+        return
+    Token.objects.filter(user_id=instance.pk).delete()

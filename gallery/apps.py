@@ -7,6 +7,12 @@ class GalleryConfig(AppConfig):
     verbose_name = "Gallery"
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import pre_save
+
+        from gallery.accounts import tokens_end_with_a_new_password
         from gallery.imaging import configure_pillow
 
         configure_pillow()  # the decompression-bomb guard at our pixel limit, in every process
+        pre_save.connect(tokens_end_with_a_new_password, sender=get_user_model(),
+                         dispatch_uid="gallery.tokens_end_with_a_new_password")

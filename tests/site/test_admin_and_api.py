@@ -307,6 +307,32 @@ def test_accounts_offer_sign_in_and_password_change_but_no_mailed_reset(client, 
     assert user.check_password("N3w-and-l0ng!")
 
 
+def test_a_new_password_ends_the_accounts_api_token_and_nothing_else_does(client, user, admin_client):
+    from rest_framework.authtoken.models import Token
+
+    def token_works(key: str) -> bool:
+        return client.get(reverse("api-images"), HTTP_AUTHORIZATION=f"Token {key}").status_code == 200
+
+    key = Token.objects.create(user=user).key
+    user.first_name = "Ada"
+    user.save()  # any other change keeps it
+    user.set_password("s3cret-Pass!")
+    user.save()  # the same password again (Django re-hashes a password so when its hasher's cost rises)
+    assert token_works(key)
+
+    client.force_login(user)
+    changed = client.post(reverse("password_change"), {"old_password": "s3cret-Pass!", "new_password1": "N3w-and-l0ng!",
+                                                       "new_password2": "N3w-and-l0ng!"})
+    assert changed.status_code == 302
+    client.logout()
+    assert not token_works(key) and not Token.objects.filter(user=user).exists()
+
+    key = Token.objects.create(user=user).key  # an administrator sets a new password in admin: the same
+    response = admin_client.post(reverse("admin:auth_user_password_change", args=[user.pk]),
+                                 {"password1": "An0ther-l0ng-one", "password2": "An0ther-l0ng-one", "usable_password": "true"})
+    assert response.status_code == 302 and not token_works(key)
+
+
 def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, media_root):
     from rest_framework.authtoken.models import Token
 
