@@ -488,6 +488,8 @@ def _caption_queries(*, captions: Sequence[tuple[str, str]], imported: _Imported
                      models: ActiveModels, progress: Progress) -> dict[int, list[float]]:
     """Recall@1 and @10 lists of each caption's image (a text query has only the semantic part)."""
     hits: dict[int, list[float]] = {k: [] for k in RECALL_KS}
+    if not captions:
+        return hits  # no bar that stays at 0/0
     with progress("caption queries", len(captions)) as bar:
         for relative, text in captions:
             target = imported.id_of_path.get(relative)

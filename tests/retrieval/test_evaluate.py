@@ -90,6 +90,22 @@ def test_near_duplicate_copies_are_seeded_altered_jpegs_within_the_ranges():
         assert COPY_CROP_SIDE[0] * COPY_SCALE[0] * 100 - 1 <= copy.height <= COPY_CROP_SIDE[1] * 100 + 1
 
 
+def test_without_captions_no_caption_bar_is_shown():
+    """A bar "caption queries 0/0" told the user of work that never ran."""
+    from contextlib import nullcontext
+
+    from bench.evaluation import _caption_queries
+
+    shown: list[str] = []
+
+    def progress(description, total):
+        shown.append(description)
+        return nullcontext(None)
+
+    hits = _caption_queries(captions=[], imported=None, ready=set(), models=None, progress=progress)
+    assert shown == [] and all(values == [] for values in hits.values())
+
+
 def test_captions_file_format(tmp_path):
     good = tmp_path / "captions.tsv"
     good.write_text("# comment\nred/a.png\ta red circle\n\nblue/b.png\t  a blue square \n")
