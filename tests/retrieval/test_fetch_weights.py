@@ -6,6 +6,7 @@ Every standard-profile weight file the registry would download is pointed at a p
 import functools
 import hashlib
 import http.server
+import shutil
 import socket
 import threading
 import time
@@ -18,6 +19,8 @@ from django.core.management import CommandError, call_command
 from retrieval import weights as weights_module
 from retrieval.encoders import registry
 from retrieval.weights import OFFLINE_MESSAGE, weights_fetch, weights_status
+
+PROJECT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -43,6 +46,9 @@ def weights_dir(settings, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)  # the local server must be reached directly
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path / "weights"
     settings.IMAGINAITION_MODEL_PROFILE = "auto"
+    settings.IMAGINAITION_WEIGHTS_DIR.mkdir()
+    for shipped in PROJECT_WEIGHTS.glob("autoencoder-*.pt"):  # what the README says another folder needs
+        shutil.copy(shipped, settings.IMAGINAITION_WEIGHTS_DIR)
     return settings.IMAGINAITION_WEIGHTS_DIR
 
 
@@ -85,7 +91,9 @@ def closed_port() -> int:
 
 
 def leftovers(folder: Path, targets: dict[str, Path]) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p not in targets.values()) if folder.exists() else []
+    """Files in the weights folder besides the downloads and the project's own (a download's temporary files)."""
+    shipped = {path.name for path in PROJECT_WEIGHTS.iterdir()}
+    return sorted(p.name for p in folder.iterdir() if p not in targets.values() and p.name not in shipped)
 
 
 def test_downloads_are_verified_and_put_in_place_then_skipped(served, weights_dir, monkeypatch):
@@ -144,7 +152,7 @@ def test_a_present_file_with_the_wrong_hash_is_replaced(served, weights_dir, mon
     folder, url = served
     targets = point_standard_weights(monkeypatch, url, folder)
     name, target = next(iter(targets.items()))
-    target.parent.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"truncated")
     report = weights_fetch(progress=False)
     result = next(r for r in report.results if r.filename == name)
@@ -155,7 +163,7 @@ def test_a_present_file_with_the_wrong_hash_is_replaced(served, weights_dir, mon
 def test_stale_temporary_files_of_a_killed_run_are_removed(served, weights_dir, monkeypatch):
     folder, url = served
     targets = point_standard_weights(monkeypatch, url, folder)
-    weights_dir.mkdir()
+    weights_dir.mkdir(exist_ok=True)
     stale = [weights_dir / f".{name}.k1ll3d.part" for name in targets]
     for path in stale:
         path.write_bytes(b"half a download")
@@ -256,10 +264,28 @@ def test_offline_with_a_profile_asked_for_by_name_it_says_what_that_means_for_it
                                                                                   capsys, profile, said, not_said):
     point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
     settings.IMAGINAITION_MODEL_PROFILE = profile
-    call_command("fetch_weights", "--timeout", "5")
+    if profile == "standard":  # it cannot serve: a setup step that goes on to start it must stop here
+        with pytest.raises(CommandError, match="the weights of .* are not in .*or set IMAGINAITION_MODEL_PROFILE=auto"):
+            call_command("fetch_weights", "--timeout", "5")
+    else:
+        call_command("fetch_weights", "--timeout", "5")
     out = capsys.readouterr().out
     assert said in out and not_said not in out
     assert f"active model profile: {profile}" in out
+
+
+def test_a_weights_folder_without_the_projects_own_files_fails_naming_them(weights_dir, monkeypatch, settings):
+    """The autoencoder's file ships with the project, so no download brings it: a weights folder set
+    elsewhere without it made every image fail, after a fetch_weights that said nothing and exited 0."""
+    point_standard_weights(monkeypatch, f"http://127.0.0.1:{closed_port()}")
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    for shipped in weights_dir.glob("autoencoder-*.pt"):
+        shipped.unlink()
+    missing = [key for key in registry.profile_models("offline").values() if not registry.MODELS[key].weights_present()]
+    assert missing and all(key.startswith("autoencoder/") for key in missing)
+    with pytest.raises(CommandError, match=rf"the weights of {missing[0]} are not in {weights_dir}: every image would "
+                                           r"fail to process\. .*this project ships the file in its weights/ folder"):
+        call_command("fetch_weights", "--timeout", "5")
 
 
 def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path):

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from retrieval.checks import model_settings_check
 from retrieval.encoders.registry import active_profile
 from retrieval.weights import weights_fetch
 
@@ -24,7 +25,8 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []  # it is how missing weights (a check's error) get fixed
     help = ("Download the standard profile's weight files (CLIP ViT-B-32, DeepLabV3-ResNet101) into the weights "
             "folder, verifying their SHA-256. Without a network it says so within seconds and exits 0: the "
-            "offline profile is used. Exits non-zero when a file fails verification or a site answers wrongly.")
+            "offline profile is used. Exits non-zero when a file fails verification, a site answers wrongly, or the "
+            "active profile still lacks a file (e.g. the autoencoder this project ships, in another weights folder).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--timeout", type=positive_seconds, default=5.0,
@@ -45,6 +47,8 @@ class Command(BaseCommand):
             self.stdout.write(f"active model profile: {active_profile()}")
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
+        for problem in model_settings_check():  # what no download fixes, e.g. a weights folder without our own files
+            raise CommandError(f"{problem.msg}. {problem.hint}")
         if not report.ok:
             raise CommandError("some weight files could not be fetched or failed verification (see above); no "
                                "partial download was kept, but a file already there that fails its check stays "
