@@ -30,6 +30,22 @@ from retrieval.rerank_vectors import RerankVectors, find_in_sorted
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import stream_vectors
 
+
+@dataclass(frozen=True)
+class IndexFile:
+    """An index as read from this host's index folder."""
+
+    kind: str
+    synced_at: datetime
+    index: faiss.IndexIDMap2
+    rerank: int
+    rerank_vectors: RerankVectors | None
+
+
+# What reading a damaged index file raises: FAISS's RuntimeError (a truncated file), json's ValueError,
+# a description missing a field (KeyError, TypeError), a re-rank file of the wrong size or gone (ValueError, OSError).
+UNREADABLE_FILE = (RuntimeError, ValueError, KeyError, TypeError, OSError)
+
 logger = logging.getLogger(__name__)
 
 # Rows committed slightly out of created_at order are still caught: re-scan this far back. The
@@ -347,6 +363,31 @@ class IndexManager:
         meta_path = path.with_suffix(".json")
         if not path.exists() or not meta_path.exists():
             return None  # built on another host (get() builds this host's copy)
+        try:
+            read = self._read_file(state, dim, path, meta_path)
+        except UNREADABLE_FILE as exc:
+            # A cache of what Postgres holds: a damaged one goes, and get() builds this host's copy again
+            # (left in place, it failed every search and status request until a rebuild by hand).
+            logger.warning("index file %s cannot be read (%s: %s): removed; this host builds its copy again from "
+                           "the database", path, type(exc).__name__, exc)
+            for damaged in (path, meta_path, path.with_suffix(".rerank")):
+                with contextlib.suppress(OSError):
+                    damaged.unlink(missing_ok=True)
+            return None
+        if read is None:
+            return None
+        owner = cast(VectorOwner, state.owner)
+        snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=read.index,
+                                 kind=read.kind, version=state.version, synced_at=read.synced_at,
+                                 ids=IdSet(faiss.vector_to_array(read.index.id_map)), owner=owner, state_id=state.pk,
+                                 rerank=read.rerank, rerank_vectors=read.rerank_vectors)
+        if owner == "region":
+            snapshot.attach_regions()
+        return snapshot
+
+    @staticmethod
+    def _read_file(state: IndexState, dim: int, path: Path, meta_path: Path) -> IndexFile | None:
+        """What `path` and the files beside it hold; None for another version's file."""
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
@@ -354,24 +395,11 @@ class IndexManager:
         index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
         if meta["kind"] in IVF_KINDS:
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
-        labels = faiss.vector_to_array(index.id_map)
         rerank_vectors = None
         if meta["kind"] == PRODUCT_QUANTIZED:  # written before the index: its rows are the index's, in order
-            try:
-                rerank_vectors = RerankVectors(path.with_suffix(".rerank"), labels, dim)
-            except (OSError, ValueError):
-                logger.warning("index file %s lacks its re-rank vectors: not loaded", path, exc_info=True)
-                return None
-        ids = IdSet(labels)
-        owner = cast(VectorOwner, state.owner)
-        snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=index,
-                                 kind=meta["kind"], version=state.version,
-                                 synced_at=datetime.fromisoformat(meta["synced_at"]), ids=ids, owner=owner,
-                                 state_id=state.pk, rerank=meta["params"].get("rerank", 1),
-                                 rerank_vectors=rerank_vectors)
-        if owner == "region":
-            snapshot.attach_regions()
-        return snapshot
+            rerank_vectors = RerankVectors(path.with_suffix(".rerank"), faiss.vector_to_array(index.id_map), dim)
+        return IndexFile(kind=meta["kind"], synced_at=datetime.fromisoformat(meta["synced_at"]), index=index,
+                         rerank=meta["params"].get("rerank", 1), rerank_vectors=rerank_vectors)
 
     def _catch_up(self, snapshot: IndexSnapshot) -> None:
         now = db_now()

@@ -276,3 +276,37 @@ def test_an_index_below_the_target_recall_is_kept_with_a_warning(settings, caplo
     call_command("rebuild_index")
     assert "warning" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.name == "retrieval.index_build"]
+
+
+@pytest.mark.django_db(transaction=True)  # the copy is built on a thread of its own, with its own connection
+@pytest.mark.parametrize("damage", ["truncated index", "garbled description", "truncated re-rank file"])
+def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(settings, damage, caplog):
+    """A file that cannot be read failed every search and status request (500s) until a rebuild by hand."""
+    import logging
+
+    from retrieval import indexes
+    from retrieval.models import IndexState
+    from tests.conftest import wait_for
+
+    settings.IMAGINAITION_ANN_INDEX = "ivf-pq"  # the kind with a re-rank file beside the index
+    space, key, dim = SEMANTIC
+    vectors = random_vectors(space, 300, dim, seed=41)
+    ids = store_bulk(space, key, vectors)
+    report = index_rebuild(space=space, model_key=key, dim=dim)
+    path = index_dir() / IndexState.objects.get(space=space, model_key=key, owner="image").file_name
+    if damage == "garbled description":
+        path.with_suffix(".json").write_text("{garbage")
+    else:
+        with (path if damage == "truncated index" else path.with_suffix(".rerank")).open("r+b") as file:
+            file.truncate(1000)
+
+    restarted = IndexManager()  # a web process starting with the damaged files
+    restarted.copy_builder = indexes.index_copy_build
+    with caplog.at_level(logging.WARNING):
+        assert restarted.get(space=space, model_key=key, dim=dim) is None  # pgvector answers meanwhile
+    assert f"index file {path} cannot be read" in caplog.text
+    copy = wait_for(lambda: restarted.get(space=space, model_key=key, dim=dim), timeout=60, interval=0.1,
+                    message="this host's copy of the index, built again")
+    assert copy.version == report.version and copy.search(vectors[5], 1)[0][0] == ids[5]
+    again = IndexManager().get(space=space, model_key=key, dim=dim)  # the next process reads the new files
+    assert again is not None and again.version == report.version and again.kind == "ivf-pq"
