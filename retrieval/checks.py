@@ -4,6 +4,7 @@ load, a worker that dies, or a search that answers 500."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -69,3 +70,18 @@ def index_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     except ValueError as exc:
         return [Error(str(exc), id="retrieval.E004")]
     return []
+
+
+@register()
+def folder_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The folders this layer writes: a file or an unwritable place there ended a command (rebuild_index, a
+    worker's first build) in a traceback. Made here when missing, as their first writer would."""
+    errors: list[CheckMessage] = []
+    for name in ("IMAGINAITION_INDEX_DIR", "IMAGINAITION_MODEL_CACHE_DIR"):
+        folder = Path(getattr(settings, name))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = "a file, not a folder" if folder.is_file() else (exc.strerror or str(exc))
+            errors.append(Error(f"{name}={folder} cannot be used as a folder: {reason}", id="retrieval.E005"))
+    return errors

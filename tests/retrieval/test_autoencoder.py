@@ -298,7 +298,9 @@ def test_train_command_never_replaces_weights_without_force_and_refuses_bad_numb
     assert shipped.read_bytes() == before
     for option, value, message in [("--epochs", "0", "must be 1 or more"), ("--batch-size", "0", "must be 2 or more"),
                                    ("--max-side", "0", "must be 64 or more"),
-                                   ("--heldout-fraction", "1.5", "must be more than 0 and below 1")]:
+                                   ("--heldout-fraction", "1.5", "must be more than 0 and below 1"),
+                                   ("--heldout-fraction", "half", "must be more than 0 and below 1, not half"),
+                                   ("--learning-rate", "fast", "must be more than 0, not fast")]:
         with pytest.raises(CommandError, match=message):
             call_command("train_autoencoder", "--data", str(tiny_folder), option, value,
                          "--out", str(tmp_path / "never.pt"))

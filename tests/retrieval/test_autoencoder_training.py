@@ -80,7 +80,7 @@ def test_weights_left_non_finite_by_training_are_never_written(twelve_pictures, 
 
 
 @pytest.mark.parametrize(("where", "force", "message"), [
-    ("folder", True, "--out {out} is a folder: name the checkpoint file to write"),
+    ("folder", True, "--out {out} is a folder: name the file to write, e.g. "),
     ("folder", False, "--out {out} is a folder"),
     ("in-a-file", False, "--out {out}: {parent} is a file, not a folder"),
     ("in-a-missing-folder", False, "--out {out}: {parent} is no such folder"),

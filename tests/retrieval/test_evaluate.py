@@ -186,6 +186,27 @@ def test_evaluate_refuses_the_database_in_use_and_databases_it_did_not_create(la
                           ("--near-duplicates", "-1")):  # a traceback in the child process, or taken silently
         with pytest.raises(CommandError, match=f"argument {option}: .*must be"):
             call_command("evaluate", "--data", str(labelled_set), option, value)
+    with pytest.raises(CommandError, match="argument --batch-size: must be a whole number, 1 or more, not abc"):
+        call_command("evaluate", "--data", str(labelled_set), "--batch-size", "abc")  # "invalid integer of ... value"
+
+
+@pytest.mark.django_db
+def test_evaluate_refuses_a_json_path_or_backgrounds_it_cannot_use_before_it_runs(labelled_set, tmp_path, monkeypatch):
+    """A --json file in a missing folder ended a whole evaluation (hours on a real set) in a traceback, the
+    report lost; --backgrounds that is no folder was told it was not given."""
+    from retrieval.management.commands import evaluate
+
+    def never(**kwargs):
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(evaluate, "evaluation_in_separate_database", never)
+    missing = tmp_path / "missing" / "report.json"
+    with pytest.raises(CommandError, match=f"--json {missing}: {missing.parent} is no such folder"):
+        call_command("evaluate", "--data", str(labelled_set), "--json", str(missing))
+    with pytest.raises(CommandError, match=f"--json {tmp_path} is a folder: name the file to write"):
+        call_command("evaluate", "--data", str(labelled_set), "--json", str(tmp_path))
+    with pytest.raises(CommandError, match=f"--backgrounds {tmp_path / 'nowhere'}: no such folder"):
+        call_command("evaluate", "--regions", "--data", str(labelled_set), "--backgrounds", str(tmp_path / "nowhere"))
 
 
 SCORE_NAMES = ("precision_at_10", "map_at_50", "near_duplicate_recall_at_1", "near_duplicate_recall_at_10",

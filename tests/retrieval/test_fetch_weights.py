@@ -234,7 +234,7 @@ def test_unknown_model_keys_are_refused(weights_dir):
     with pytest.raises(CommandError, match=r"unknown model keys: no/such-model; the keys with files to fetch: .*"
                                            r"openclip/ViT-B-32/openai"):
         call_command("fetch_weights", "--model", "no/such-model")
-    for wrong in ("-1", "0", "nan", "inf", "1e12"):  # inf and 1e12 overflowed the socket's timer: a traceback
+    for wrong in ("-1", "0", "nan", "inf", "1e12", "abc"):  # inf and 1e12 overflowed the socket's timer: a traceback
         with pytest.raises(CommandError, match="must be more than 0 and at most 3600 seconds"):
             call_command("fetch_weights", "--timeout", wrong)
 

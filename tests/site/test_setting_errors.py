@@ -31,8 +31,13 @@ from tests.conftest import REPO
     ("IMAGINAITION_DATABASE_NAME", "postgres", "storage_check",
      'Error: the database has no tables of this service (relation "gallery_image" does not exist): run '
      "`python manage.py migrate` first"),
+    # rebuild_index ended in a traceback (FileExistsError) when a file stood where the folder goes
+    ("IMAGINAITION_INDEX_DIR", str(REPO / "README.md"), "rebuild_index",
+     f"retrieval.E005) IMAGINAITION_INDEX_DIR={REPO / 'README.md'} cannot be used as a folder: a file, not a folder"),
+    ("IMAGINAITION_MODEL_CACHE_DIR", "/proc/no-such-folder", "check",
+     "retrieval.E005) IMAGINAITION_MODEL_CACHE_DIR=/proc/no-such-folder cannot be used as a folder: "),
 ], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index",
-        "ann-index-twice", "rate-digit", "not-migrated"])
+        "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
     env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", command], cwd=REPO, env=env, capture_output=True, text=True,

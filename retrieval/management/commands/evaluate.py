@@ -22,7 +22,7 @@ from bench.evaluation import (
     evaluation_work_dir,
 )
 from bench.region_evaluation import RegionReport, region_evaluation_run, region_markdown
-from gallery.management.arguments import at_least
+from gallery.management.arguments import at_least, output_file_check
 
 
 class Command(BaseCommand):
@@ -61,6 +61,8 @@ class Command(BaseCommand):
                keep: bool, batch_size: int | None, json_path: Path | None, write_docs: bool,
                child_work_dir: Path | None, regions: bool, backgrounds: Path | None, scenes: int,
                **options: Any) -> None:
+        if json_path is not None and child_work_dir is None:  # before the run: its report must not be lost
+            output_file_check("--json", json_path, "report.json")
         if regions:
             self._regions(data=data, backgrounds=backgrounds, scenes=scenes, seed=seed, database=database, keep=keep,
                           batch_size=batch_size, json_path=json_path, write_docs=write_docs,
@@ -79,10 +81,10 @@ class Command(BaseCommand):
         except EvaluationError as exc:
             raise CommandError(str(exc)) from exc
 
-        if json_path is not None:
-            json_path.write_text(report.to_json())
         markdown = evaluation_markdown(report)
         self.stdout.write(markdown)
+        if json_path is not None:
+            json_path.write_text(report.to_json())
         for line in report.skipped[:20]:
             self.stdout.write(f"  skipped {line}")
         if len(report.skipped) > 20:
@@ -123,8 +125,10 @@ class Command(BaseCommand):
     def _regions(self, *, data: Path, backgrounds: Path | None, scenes: int, seed: int, database: str, keep: bool,
                  batch_size: int | None, json_path: Path | None, write_docs: bool,
                  child_work_dir: Path | None) -> None:
-        if backgrounds is None or not backgrounds.is_dir():
+        if backgrounds is None:
             raise CommandError("--regions needs --backgrounds, a folder of photos")
+        if not backgrounds.is_dir():
+            raise CommandError(f"--backgrounds {backgrounds}: {'a file, not a folder' if backgrounds.exists() else 'no such folder'}")
         if scenes < 2:
             raise CommandError("--scenes must be 2 or more")
         try:
@@ -147,10 +151,10 @@ class Command(BaseCommand):
             report = RegionReport.from_json(evaluation_child_run(database=database, arguments=arguments, keep=keep))
         except EvaluationError as exc:
             raise CommandError(str(exc)) from exc
-        if json_path is not None:
-            json_path.write_text(report.to_json())
         markdown = region_markdown(report)
         self.stdout.write(markdown)
+        if json_path is not None:
+            json_path.write_text(report.to_json())
         if write_docs:
             write_section(f"Search by region ({report.region_style} regions)",
                           f"python manage.py evaluate --regions --data {data} --backgrounds {backgrounds} "

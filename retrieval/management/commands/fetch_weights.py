@@ -6,6 +6,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from gallery.management.arguments import number_or_nan
 from retrieval.checks import model_settings_check
 from retrieval.encoders.registry import active_profile
 from retrieval.weights import weights_fetch
@@ -15,7 +16,7 @@ MAX_TIMEOUT_S = 3600.0
 
 
 def positive_seconds(text: str) -> float:
-    value = float(text)
+    value = number_or_nan(text)
     if not 0 < value <= MAX_TIMEOUT_S:  # NaN fails both; inf and 1e12 overflowed the socket's timer
         raise ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, not {text}")
     return value

@@ -1,12 +1,11 @@
 import math
-import tempfile
 from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gallery.management.arguments import at_least
+from gallery.management.arguments import at_least, number_or_nan, output_file_check
 from retrieval.autoencoder_training import CONTRASTS, VIEWS, autoencoder_train
 from retrieval.encoders.registry import MODELS
 
@@ -16,39 +15,18 @@ DEFAULT_MODEL = "autoencoder/v2"
 def fraction(text: str) -> float:
     """A share of the pictures to hold out: more than 0 (the report and the checkpoint give a held-out loss, and
     the weights are kept only if it is finite) and below 1."""
-    value = float(text)
+    value = number_or_nan(text)
     if not 0 < value < 1:  # NaN fails too
         raise ArgumentTypeError(f"must be more than 0 and below 1, not {text}")
     return value
 
 
 def above_zero(text: str) -> float:
-    """An argparse type, as `at_least` for integers: a finite number above 0 (argparse names it in its error)."""
-    value = float(text)
+    """An argparse type, as `at_least` for integers: a finite number above 0."""
+    value = number_or_nan(text)
     if not 0 < value < math.inf:  # NaN fails both
         raise ArgumentTypeError(f"must be more than 0, not {text}")
     return value
-
-
-above_zero.__name__ = "number above 0"
-
-
-def checkpoint_path_check(out: Path) -> None:
-    """CommandError naming `out` unless a checkpoint can be written there: not a folder, in an existing folder
-    this process may create files in (tried with a temporary file: permissions alone miss /proc, a read-only
-    mount)."""
-    if out.is_dir():
-        raise CommandError(f"--out {out} is a folder: name the checkpoint file to write, "
-                           f"e.g. {out / 'autoencoder.pt'}")
-    parent = out.parent
-    if not parent.is_dir():
-        what = "a file, not a folder" if parent.exists() else "no such folder"
-        raise CommandError(f"--out {out}: {parent} is {what}")
-    try:
-        with tempfile.TemporaryFile(dir=parent, suffix=".tmp"):
-            pass
-    except OSError as exc:
-        raise CommandError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 class Command(BaseCommand):
@@ -89,7 +67,7 @@ class Command(BaseCommand):
         if not data.is_dir():
             raise CommandError(f"{data}: {'a file, not a folder of pictures' if data.exists() else 'no such folder'}")
         out = out or MODELS[DEFAULT_MODEL].weight_path()
-        checkpoint_path_check(out)  # before training: a run of hours must not end in a traceback
+        output_file_check("--out", out, "autoencoder.pt")  # before training: a run of hours
         catalog_files = {path.resolve() for spec in MODELS.values() for path in spec.weight_files_present()}
         if out.exists() and not force and out.resolve() in catalog_files:
             raise CommandError(
