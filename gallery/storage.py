@@ -25,6 +25,7 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 
 STORAGE_ERRORS = _storage_errors()
 PARTIAL_PREFIX = ".partial-"  # a file being written aside, hard-linked into place when whole
+FOLDER_RACE_ATTEMPTS = 100  # a save racing deletes that empty its folders makes them again, this often at most
 
 
 class AtomicFileSystemStorage(FileSystemStorage):
@@ -52,13 +53,14 @@ class AtomicFileSystemStorage(FileSystemStorage):
     def _save(self, name: str, content: Any) -> str:
         full_path = self.path(name)
         directory = os.path.dirname(full_path)
-        while True:
-            self._folders_make(directory)
+        for attempt in range(FOLDER_RACE_ATTEMPTS):
             try:
+                self._folders_make(directory)
                 fd, temporary = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)
                 break
-            except FileNotFoundError:  # a delete removed the folder as it emptied (below): make it again
-                continue
+            except FileNotFoundError:  # a delete removed a folder on the way as it emptied (below): make it again
+                if attempt == FOLDER_RACE_ATTEMPTS - 1:
+                    raise
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in content.chunks():

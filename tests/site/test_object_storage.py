@@ -228,6 +228,20 @@ def test_deleting_the_last_file_of_a_folder_removes_the_folders_it_leaves_empty(
         name = storage.save("images/zz/yy/again.png", ContentFile(b"4"))
     assert len(calls) == 2 and storage.open(name).read() == b"4"
 
+    # The same while the writer makes the folders on the way: a delete empties the one it has just made
+    # (an upload racing the delete of a gallery's last image was a 503 blaming the media storage).
+    real_mkdir, made = os.mkdir, []
+
+    def parent_removed_once(path, *args, **kwargs):
+        made.append(path)
+        if str(path).endswith("xx/ww") and made.count(path) == 1:
+            os.rmdir(os.path.dirname(path))  # the folder made just before, emptied by a concurrent delete
+        return real_mkdir(path, *args, **kwargs)
+
+    with mock.patch("gallery.storage.os.mkdir", parent_removed_once):
+        name = storage.save("images/xx/ww/raced.png", ContentFile(b"5"))
+    assert storage.open(name).read() == b"5"
+
 
 @pytest.mark.django_db
 def test_storage_check_finds_and_deletes_what_no_image_refers_to_in_a_bucket(settings, tmp_path, moto_s3_server):
