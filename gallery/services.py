@@ -18,7 +18,7 @@ from gallery.errors import Refused
 from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, stored_write_once
-from gallery.storage_check import deleted_images_files_remove, storage_failure_reason
+from gallery.storage_check import deleted_images_files_remove, storage_failure_reason, storage_settings_named
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
                 image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
                 raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. Nothing was kept; the "
-                                    "media storage (IMAGINAITION_MEDIA_ROOT, or the bucket of IMAGINAITION_STORAGE=s3) "
-                                    "must be reachable and writable.") from exc
+                                    f"media storage must be reachable and writable: {storage_settings_named()}.") from exc
             image.save()
             if enqueue:
                 images_schedule([image.pk])
@@ -284,13 +283,22 @@ class UploadOutcome:
 
 
 def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User) -> list[UploadOutcome]:
-    """Add several uploaded files, each on its own: a refused file (not an image, too large, the storage
-    failing) is reported with its reason and the rest go on. files: (name, read its bytes)."""
+    """Add several uploaded files, each on its own: a refused file (not an image, too large) is reported with
+    its reason and the rest go on; once the storage fails, the rest are reported as not tried (each would wait
+    for the storage's timeout, holding a web thread). files: (name, read its bytes)."""
     outcomes = []
+    storage_failed: StorageFailed | None = None
     for name, read in files:
         shown = readable_name(Path(name or "upload").name)
+        if storage_failed is not None:  # every other file would fail alike, each after the storage's timeout
+            outcomes.append(UploadOutcome(name=shown, state="refused", message="Not tried: storing the file before "
+                                          f"it failed ({storage_failed.message})"))
+            continue
         try:
             result = image_add(data=read(), original_name=name, user=user)
+        except StorageFailed as exc:
+            storage_failed = exc
+            outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
         except Refused as exc:
             outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
         else:

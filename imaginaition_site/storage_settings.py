@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -24,9 +25,14 @@ def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
         raise ImproperlyConfigured(f"IMAGINAITION_STORAGE must be local or s3, not {kind!r}.")
     if not environ.get("IMAGINAITION_S3_BUCKET"):
         raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
+    endpoint = environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None  # None: AWS itself
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        # botocore refuses it at the first request, as a ValueError that every page turned into a 500
+        raise ImproperlyConfigured(f"IMAGINAITION_S3_ENDPOINT_URL must start with http:// or https://, not "
+                                   f"{endpoint!r} (e.g. http://{endpoint.split('://')[-1]}).")
     return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
         "bucket_name": environ["IMAGINAITION_S3_BUCKET"],
-        "endpoint_url": environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None,  # None: AWS itself
+        "endpoint_url": endpoint,
         "region_name": environ.get("IMAGINAITION_S3_REGION") or None,
         "location": environ.get("IMAGINAITION_S3_PREFIX", ""),  # a folder inside the bucket
         "default_acl": None,  # the bucket's own policy (private): files are served by gallery views only

@@ -668,7 +668,8 @@ def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_roo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", full)
-    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. Nothing was kept; the media "):
+    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. Nothing was kept; the media "
+                                           r"storage must be reachable and writable: IMAGINAITION_MEDIA_ROOT \(a folder"):
         call_command("import_folder", str(photo_folder), "--recursive")
     assert not Image.objects.exists() and stored_files(media_root) == []
 

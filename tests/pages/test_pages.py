@@ -514,6 +514,28 @@ def test_the_gallery_adds_several_files_at_once_each_on_its_own(client, user, dj
     assert "Choose one or more image files to add." in nothing
 
 
+def test_adding_several_files_stops_trying_once_the_storage_fails(client, user, media_root, monkeypatch):
+    """Each file waited for the storage's timeout (20 s on a hung bucket, 33 min for 100 files)."""
+    from gallery.storage import AtomicFileSystemStorage
+    from tests.gallery.factories import png_bytes
+
+    tried = []
+
+    def storage_down(self, name, content):
+        tried.append(name)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", storage_down)
+    client.force_login(user)
+    files = [SimpleUploadedFile("notes.txt", b"not a picture")] + [
+        SimpleUploadedFile(f"{n}.png", png_bytes((n * 40, 20, 30))) for n in range(3)]
+    page = html.unescape(client.post(reverse("pages:images-add"), {"files": files}, follow=True).content.decode())
+    assert len(tried) == 1 and not Image.objects.exists()
+    assert "0.png: Storing the file failed: Input/output error" in page
+    assert page.count("Not tried: storing the file before it failed") == 2
+    assert "notes.txt: " in page and "not an image" in page.split("notes.txt: ", 1)[1][:300].lower()
+
+
 def test_adding_images_needs_a_signed_in_user(client, settings):
     settings.IMAGINAITION_PUBLIC_GALLERY = True
     assert 'name="files"' not in client.get(reverse("pages:gallery")).content.decode()

@@ -180,6 +180,14 @@ def test_storage_settings_refuse_what_cannot_work():
         media_storage({"IMAGINAITION_STORAGE": "ftp"})
     with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_BUCKET"):
         media_storage({"IMAGINAITION_STORAGE": "s3"})
+    for endpoint in ("127.0.0.1:9000", "minio.local", "ftp://minio.local"):  # 500s at the first request
+        with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_ENDPOINT_URL must start with http:// or "
+                                                       "https://"):
+            media_storage({"IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": "b",
+                           "IMAGINAITION_S3_ENDPOINT_URL": endpoint})
+    assert media_storage({"IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": "b",
+                          "IMAGINAITION_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})["OPTIONS"]["endpoint_url"] == \
+        "http://127.0.0.1:9000"
 
 
 def test_local_files_appear_whole_and_concurrent_writers_never_overwrite(tmp_path):
@@ -277,6 +285,7 @@ def test_a_bucket_that_cannot_be_written_refuses_an_upload_with_503_and_keeps_no
 
     response = client.post(reverse("api-images"), {"file": SimpleUploadedFile("cat.jpg", jpeg("chelsea"))})
     assert response.status_code == 503 and "Storing the file failed" in response.json()["detail"]
+    assert "IMAGINAITION_S3_BUCKET" in response.json()["detail"] and "MEDIA_ROOT" not in response.json()["detail"]
     assert "NoSuchBucket" in response.json()["detail"] and not Image.objects.exists()
 
     (tmp_path / "photos").mkdir()
