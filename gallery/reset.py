@@ -256,9 +256,15 @@ def _run(job: ResetJob) -> ResetJob:
         job.phase = "building the search indexes"
         save("embedded")
         events.gallery_reloaded.send(sender=Image)
+        failed = selectors.images_failed_count()  # of the emptied gallery: this folder's (and any added meanwhile)
         job.state, job.phase = ResetJob.State.DONE, (
-            f"done: {job.imported} image{'s' if job.imported != 1 else ''} imported, the indexes built"
+            f"done: {job.imported} image{'s' if job.imported != 1 else ''} imported"
+            + (f", {failed} failed" if failed else "") + ", the indexes built"
             if job.imported else "done: the folder held no image to import (see the rejected files)")
+        if failed:  # "done" alone hid them (e.g. 41 of 50 when the storage stopped answering meanwhile)
+            job.error = (f"{failed} image{'s' if failed != 1 else ''} could not be processed; each image's page says "
+                         "why. Once the cause is fixed: Retry there, the image list's action \"Retry the failed "
+                         "processing of the selected images\", or `python manage.py retry_failed`.")
     except ResetRefused as exc:  # a refusal says what to do; no traceback, no class name
         logger.warning("reset job %s refused: %s", job.pk, exc)
         job.state, job.error = ResetJob.State.FAILED, str(exc)

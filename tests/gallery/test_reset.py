@@ -119,6 +119,29 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_job_whose_images_failed_says_how_many_and_how_to_retry_them(client, staff_user, folder, media_root,
+                                                                       settings, tmp_path, monkeypatch):
+    """It said only "done" (and "Processed: 50 of 50") when 41 of 50 failed as the storage stopped answering."""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    real_read = pipeline._read_picture
+
+    def storage_gone_for_two(image):
+        if image.original_name in ("photo0.png", "photo1.png"):
+            return "The stored file could not be read: Could not connect to the endpoint URL"
+        return real_read(image)
+
+    monkeypatch.setattr(pipeline, "_read_picture", storage_gone_for_two)
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=True, user=staff_user).pk)
+    assert job.state == "done" and job.phase == "done: 4 images imported, 2 failed, the indexes built"
+    assert job.error.startswith("2 images could not be processed; each image's page says why.")
+    assert "`python manage.py retry_failed`" in job.error
+    client.force_login(staff_user)
+    page = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
+    assert '<p id="reset-error" class="errornote" >2 images could not be processed' in page
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_failing_job_ends_failed_with_the_message(staff_user, folder, media_root, monkeypatch):
     job = reset_start(folder=str(folder), recursive=False, user=staff_user)
 
