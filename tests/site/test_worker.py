@@ -1,6 +1,7 @@
 """A task enqueued from a request is executed by a real `manage.py qcluster` process."""
 
 import os
+import time
 
 import pytest
 from django.urls import reverse
@@ -249,3 +250,56 @@ def test_a_stopped_cluster_finishes_the_task_it_is_on_and_hands_back_the_ones_it
     waiting = list(OrmQ.objects.values_list("lock", flat=True))
     assert len(waiting) >= queued - 3 and all(lock <= timezone.now() for lock in waiting), worker.log()[-3000:]
     assert "handed back" in worker.log()
+
+
+def test_a_worker_killed_in_the_middle_of_a_task_has_the_waiting_images_queued_again_at_once(start_worker, media_root):
+    """Its task is handed out again only after the queue's retry time (12 min): the images it had claimed waited
+    that long, the other workers idle, unless another task happened to come."""
+    import signal
+    import subprocess
+
+    from django.utils import timezone
+    from django_q.models import OrmQ
+    from django_q.tasks import async_task
+
+    from gallery.models import Image
+    from tests.gallery.factories import make_image
+
+    worker = start_worker(IMAGINAITION_WORKERS="1", IMAGINAITION_MODEL_PROFILE="offline",
+                          IMAGINAITION_MEDIA_ROOT=str(media_root))
+    wait_for(lambda: "ready for work at" in worker.log(), timeout=90, message=f"the worker; log:\n{worker.log()}")
+    async_task("time.sleep", 300)  # the task the worker is killed on
+    wait_for(lambda: OrmQ.objects.filter(lock__gt=timezone.now()).exists(), timeout=30, interval=0.1,
+             message=f"the cluster to fetch the task; log:\n{worker.log()}")
+    time.sleep(2)  # taken from the cluster's queue and started
+    # Waiting images with no task queued for them: as a killed batch leaves its claimed images.
+    waiting = [make_image(color=(60 * i, 90, 30), name=f"claimed{i}.png", status="pending").pk for i in range(2)]
+    [sentinel] = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True,
+                                                     text=True).stdout.split()]
+    for pid in subprocess.run(["pgrep", "-P", str(sentinel)], capture_output=True, text=True).stdout.split():
+        os.kill(int(pid), signal.SIGKILL)  # the busy worker (with the pusher and the monitor)
+    wait_for(lambda: "a worker died in the middle of a task: taken up again: 0 reset job(s), 2 waiting image(s)"
+             in worker.log(), timeout=30, message=f"the work to be queued again; log:\n{worker.log()}")
+    wait_for(lambda: set(Image.objects.filter(pk__in=waiting).values_list("status", flat=True)) == {"ready"},
+             timeout=180, interval=1, message=f"the waiting images to be processed; log:\n{worker.log()}")
+
+
+@pytest.mark.django_db
+def test_work_is_taken_up_after_a_workers_death_only_a_few_times_in_a_while(caplog):
+    """A picture that kills every worker reading it (the out-of-memory killer) must not kill one every few
+    seconds: after a few quick take-ups, the queue's retry time applies."""
+    import logging
+
+    from gallery.management.commands.qcluster import TAKE_UP_AFTER_DEATH_MAX, LockFreeingSentinel
+
+    sentinel = LockFreeingSentinel.__new__(LockFreeingSentinel)  # its logic only: no processes
+    sentinel.taken_up_after_deaths = []
+    with caplog.at_level(logging.INFO, logger="gallery.work_resume"):
+        for _ in range(TAKE_UP_AFTER_DEATH_MAX + 1):
+            sentinel._work_cut_short_take_up()
+    assert caplog.text.count("died in the middle of a task: taken up again") == TAKE_UP_AFTER_DEATH_MAX
+    assert "died in the middle of a task again (4 times in 10 minutes): its work is taken up after the queue's " \
+           "retry time" in caplog.text
+    sentinel.taken_up_after_deaths = [at - 601 for at in sentinel.taken_up_after_deaths]  # the window has passed
+    sentinel._work_cut_short_take_up()
+    assert caplog.text.count("died in the middle of a task: taken up again") == TAKE_UP_AFTER_DEATH_MAX + 1

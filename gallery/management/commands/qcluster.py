@@ -2,6 +2,7 @@ import logging
 import os
 import queue
 import signal
+import time
 from types import FrameType
 from typing import Any
 
@@ -20,6 +21,11 @@ logger = logging.getLogger("gallery.work_resume")
 SENTINEL_GRACE_S = 0.5  # how long a signal to the whole group takes to end the sentinel, at most
 STUCK_CHECKS = 3  # guard cycles in a row with a task waiting and the read lock held, before it is freed
 LOCK_WAIT_S = 0.2  # how long a check waits for the read lock: a live holder reads a waiting task at once
+# A worker killed in the middle of a task (kill -9, the out-of-memory killer): the waiting images are queued
+# again at once, at most this often in this window (a picture that kills every worker that reads it must not
+# kill one every few seconds: beyond it, the queue's retry time applies).
+TAKE_UP_AFTER_DEATH_MAX, TAKE_UP_AFTER_DEATH_WINDOW_S = 3, 600.0
+_serves_main_queue = False  # set by the command before the cluster (and its sentinel, a child process) starts
 
 
 def _lock_free_for_the_dead(lock: Any) -> bool:
@@ -45,9 +51,11 @@ class LockFreeingSentinel(Sentinel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.idle_worker_died = False
         self.stuck_checks = 0
+        self.taken_up_after_deaths: list[float] = []
         super().__init__(*args, **kwargs)  # runs the guard loop: the attributes above come first
 
     def reincarnate(self, process: Any) -> None:
+        died_mid_task = process in self.pool and process.timer.value > 0  # 0: its timeout, which fails the task
         if process is self.monitor and _lock_free_for_the_dead(self.result_queue._rlock):
             logger.warning("freed the result queue's read lock that the dead monitor held")
         elif process is self.pusher and self.task_queue._wlock and _lock_free_for_the_dead(self.task_queue._wlock):
@@ -55,6 +63,28 @@ class LockFreeingSentinel(Sentinel):
         elif process in self.pool and process.timer.value == -1:  # idle: maybe the one waiting in the queue
             self.idle_worker_died = True
         super().reincarnate(process)
+        if died_mid_task and _serves_main_queue:
+            self._work_cut_short_take_up()
+
+    def _work_cut_short_take_up(self) -> None:
+        """The dead worker's task is handed out again only after its retry time (12 min), and its images (its
+        claims ended with its connection) waited that long unless another task came: queued again now."""
+        now = time.monotonic()
+        self.taken_up_after_deaths = [at for at in self.taken_up_after_deaths
+                                      if now - at < TAKE_UP_AFTER_DEATH_WINDOW_S]
+        if len(self.taken_up_after_deaths) >= TAKE_UP_AFTER_DEATH_MAX:
+            logger.warning("a worker died in the middle of a task again (%d times in %d minutes): its work is taken "
+                           "up after the queue's retry time", len(self.taken_up_after_deaths) + 1,
+                           TAKE_UP_AFTER_DEATH_WINDOW_S // 60)
+            return
+        self.taken_up_after_deaths.append(now)
+        try:
+            resumed = work_cut_short_resume()
+        except DatabaseError as exc:
+            logger.warning("a worker died in the middle of a task; could not queue its work again: %s", exc)
+        else:
+            logger.warning("a worker died in the middle of a task: taken up again: %d reset job(s), %d waiting "
+                           "image(s)", len(resumed.resets), len(resumed.images))
 
     def stop(self) -> None:
         """django-q2's stop, but the tasks the pusher had already taken from the broker (up to the queue
@@ -139,8 +169,10 @@ class Command(QclusterCommand):
     help = QclusterCommand.help + " First takes up work that a stopped cluster cut short (a reset, a batch)."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        global _serves_main_queue
         name = options.get("cluster_name") or os.environ.get("Q_CLUSTER_NAME") or settings.Q_CLUSTER["name"]
-        if name == settings.Q_CLUSTER["name"]:  # the interactive cluster's tasks are short and not retried
+        _serves_main_queue = name == settings.Q_CLUSTER["name"]
+        if _serves_main_queue:  # the interactive cluster's tasks are short and not retried
             try:
                 resumed = work_cut_short_resume()
             except DatabaseError as exc:  # e.g. not migrated yet: the cluster says so itself
