@@ -114,12 +114,14 @@ class RequestBodyLimitMiddleware:
     """A 413 before anything reads a body over the limit. The CSRF check reads a POST's whole form
     (files spooled to disk) before any view can look at a file's size, so without this anyone could
     make the server write a body of any size to its temporary folder, signed in or not. A body
-    without a length (chunked) is cut by UploadLimitHandler instead."""
+    without a length (chunked) is refused with 411 (and cut by UploadLimitHandler should a server pass one on)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower() and not request.META.get("CONTENT_LENGTH"):
+            return length_required(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -127,6 +129,16 @@ class RequestBodyLimitMiddleware:
         if length > request_body_limit():
             return body_too_large(request, length)
         return self.get_response(request)
+
+
+def length_required(request: HttpRequest) -> HttpResponse:
+    """A body sent in chunks, without its length: Django reads a WSGI body only up to its Content-Length, so it
+    found none, and an upload was told "No file was submitted"."""
+    message = ("The request's body was sent in chunks without a Content-Length, and this server reads only a "
+               "body of a stated length: send it with its length (curl -F and browsers do).")
+    if request.path_info.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=411)
+    return page_refused(request, 411, title="Length required", message=message)
 
 
 class UploadLimitHandler(FileUploadHandler):

@@ -452,6 +452,19 @@ def test_a_body_over_the_limit_is_refused_before_anything_reads_it(client, setti
     assert not Image.objects.exists()
 
 
+@pytest.mark.parametrize("url", ["/api/images/", "/gallery/add/"])
+def test_a_body_sent_in_chunks_without_a_length_is_told_to_send_its_length(client, user, url, media_root):
+    """Django reads a body only up to its Content-Length: a chunked upload (curl -H "Transfer-Encoding: chunked")
+    was answered "No file was submitted." of a valid picture."""
+    client.force_login(user)
+    answer = client.generic("POST", url, b"--x\r\n", content_type="multipart/form-data; boundary=x",
+                            HTTP_TRANSFER_ENCODING="chunked", CONTENT_LENGTH="")
+    assert answer.status_code == 411
+    said = answer.json()["detail"] if url.startswith("/api/") else answer.content.decode()
+    assert "sent in chunks without a Content-Length" in said and "send it with its length" in said
+    assert not Image.objects.exists()
+
+
 def test_a_body_without_a_length_stops_being_read_at_the_limit(settings):
     from django.core.files.uploadhandler import StopUpload
 
