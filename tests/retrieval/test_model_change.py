@@ -132,6 +132,39 @@ def test_reembed_moves_the_gallery_to_the_new_model_in_the_background_while_the_
     assert client.get(reverse("api-status")).json()["serving"]["content"] == new
 
 
+@pytest.mark.django_db
+def test_a_model_change_encodes_with_the_old_model_only_the_images_that_lack_its_vector(
+        client, user, media_root, settings, monkeypatch):
+    """Every re-embedded image was encoded by the old (serving) model again, though it had its vector: half
+    as much model time again as the change itself (more for a larger old model)."""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    client.force_login(user)
+    with monkeypatch.context() as before:  # a gallery embedded by v1
+        before.setitem(registry.PROFILE_MODELS["offline"], "content", OLD)
+        ids = [upload(client, name) for name in ("chelsea", "coffee")]
+        process_all_pending(masks=False)
+    serving.forget()
+    kept = {row.image_id: list(row.vector) for row in Embedding.objects.filter(model_key=OLD)}
+    old_model = registry.get_model(OLD)
+    encoded: list[int] = []
+    real_encode = old_model.encode_images
+
+    def counted(pictures):
+        encoded.append(len(pictures))
+        return real_encode(pictures)
+
+    monkeypatch.setattr(old_model, "encode_images", counted)
+    call_command("reembed")
+    added_meanwhile = upload(client, "rocket")  # needs v1's vector too: v1 answers queries until the change ends
+    process_all_pending(masks=False)
+    new = registry.active_models().content
+    assert Embedding.objects.filter(model_key=new).count() == 3
+    assert sum(encoded) == 1  # only the image added meanwhile
+    assert {row.image_id: list(row.vector) for row in Embedding.objects.filter(model_key=OLD, image_id__in=ids)} \
+        == kept
+    assert Embedding.objects.filter(model_key=OLD, image_id=added_meanwhile).exists()
+
+
 @pytest.mark.parametrize(("overrides", "check_id", "words"), [
     ({"IMAGINAITION_MODEL_PROFILE": "bogus"}, "retrieval.E001", "must be auto, standard or offline, not 'bogus'"),
     ({"IMAGINAITION_SEGMENTER": "bogus/seg"}, "retrieval.E001", "IMAGINAITION_SEGMENTER must be empty"),
