@@ -125,7 +125,36 @@ def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed
     """Ids of the images (of `rows`, else all) whose stored file is gone; names in `listed` were just
     seen in the storage and need no call of their own (e.g. one stored outside images/ does)."""
     rows = Image.objects.values_list("id", "file") if rows is None else rows
-    return [image_id for image_id, name in rows if name not in listed and not default_storage.exists(name)]
+    missing = [image_id for image_id, name in rows if name not in listed and not default_storage.exists(name)]
+    if missing:
+        storage_root_check()
+    return missing
+
+
+class StorageRootMissing(OSError):
+    """The bucket (or media folder) itself is not there: every file reads as missing, which is not the files'
+    fault (e.g. IMAGINAITION_S3_BUCKET misspelt). One of gallery.storage.STORAGE_ERRORS."""
+
+
+def storage_root_check() -> None:
+    """Raise StorageRootMissing (or the storage's own error) unless the storage itself is there. Asked when a
+    file is missing: "stored file missing" sent an operator to delete good images whose bucket was misnamed."""
+    bucket = getattr(default_storage, "bucket", None)
+    if bucket is not None:  # django-storages' S3 storage
+        from botocore.exceptions import ClientError  # S3 only: a local storage needs no boto
+
+        try:
+            bucket.meta.client.head_bucket(Bucket=bucket.name)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "403", "AccessDenied", "Forbidden"):
+                what = "does not exist" if code in ("404", "NoSuchBucket") else "cannot be read with these credentials"
+                raise StorageRootMissing(f"the bucket {bucket.name!r} {what}") from exc
+            raise
+        return
+    location = getattr(default_storage, "location", None)
+    if location is not None and not os.path.isdir(location):
+        raise StorageRootMissing(f"the media folder {location} does not exist")
 
 
 def storage_orphans_delete(report: StorageReport) -> int:

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from gallery.access import access_image
 from gallery.api_auth import ApiTokenAuthentication
 from gallery.imaging import FORMAT_MEDIA_TYPES, ImageRejected, download_name
+from gallery.storage_check import storage_root_check
 from gallery.thumbnails import THUMBNAIL_SIZES, thumbnail_bytes
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     try:
         stream = image.file.open("rb")
     except FileNotFoundError as exc:
+        storage_root_check()  # a bucket that is not there: the storage's fault (503), not the file's
         raise Http404("The stored file is missing") from exc
     return uploaded_image_response(stream, name=image.original_name, image_format=image.format)
 
@@ -66,6 +68,7 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Htt
     try:
         response = HttpResponse(thumbnail_bytes(image=image, size=size), content_type="image/webp")
     except FileNotFoundError as exc:
+        storage_root_check()
         raise Http404("The stored file is missing") from exc
     except ImageRejected as exc:  # decoded when it was added: changed on the storage since (a disk, a hand)
         logger.warning("image %s: its stored file %s no longer decodes: %s", image.pk, image.file.name, exc.message)

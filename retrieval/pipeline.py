@@ -30,7 +30,7 @@ from gallery.imaging import ImageRejected, picture_for_models, probability_to_pn
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from gallery.storage import STORAGE_ERRORS
-from gallery.storage_check import storage_failure_reason, storage_settings_named
+from gallery.storage_check import storage_failure_reason, storage_root_check, storage_settings_named
 from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
@@ -119,17 +119,25 @@ def _read_picture(image: Image) -> PILImage.Image | str:
     except ImageRejected as exc:
         return exc.message
     except STORAGE_ERRORS as exc:  # the storage failing, not the file: failed (not pending for ever), so Retry works
-        logger.warning("image %s: its stored file could not be read: %r", image.pk, exc)
-        return (f"The stored file could not be read: {storage_failure_reason(exc)}; it is retried by Retry or "
-                "`manage.py retry_failed` once the media storage is reachable.")
+        return _storage_failed_reason(image, exc)
     except Exception as exc:  # a fault of ours with this one file: it fails alone, the batch goes on
         logger.exception("image %s: reading its stored file for the models failed", image.pk)
         return f"Reading the stored file failed: {type(exc).__name__}: {exc}"
 
 
+def _storage_failed_reason(image: Image, exc: BaseException) -> str:
+    logger.warning("image %s: its stored file could not be read: %r", image.pk, exc)
+    return (f"The stored file could not be read: {storage_failure_reason(exc)}; it is retried by Retry or "
+            "`manage.py retry_failed` once the media storage is reachable.")
+
+
 def _missing_file_reason(image: Image) -> str:
     if not Image.objects.filter(pk=image.pk).exists():
         return "The image was deleted while it was being processed."  # nothing to tell the operator
+    try:
+        storage_root_check()  # a bucket that is not there: the storage's fault, not the file's
+    except STORAGE_ERRORS as exc:
+        return _storage_failed_reason(image, exc)
     # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
     # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
     logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "

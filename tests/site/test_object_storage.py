@@ -2,6 +2,7 @@
 and reached over HTTP, stands in for AWS or MinIO) or a local/shared folder written atomically. A worker
 configured only by environment processes an image it never saw on its own disk."""
 
+import html
 import os
 import socket
 import tempfile
@@ -293,3 +294,29 @@ def test_a_bucket_that_cannot_be_written_refuses_an_upload_with_503_and_keeps_no
     with pytest.raises(CommandError, match="Storing the file failed"):
         call_command("import_folder", str(tmp_path / "photos"))
     assert not Image.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_bucket_that_is_not_there_is_said_as_such_not_as_every_file_missing(client, staff_user, settings, moto_s3_server):
+    """A misspelt IMAGINAITION_S3_BUCKET read as "stored file missing" for every image (404s, the status's list of
+    every image), which sent an operator to delete good images."""
+    from retrieval.pipeline import embed_batch
+    from tests.gallery.factories import make_image
+
+    env, _ = moto_s3_server
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage(env)}
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    image = make_image(status="pending")  # stored in the right bucket
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage({**env, "IMAGINAITION_S3_BUCKET": "misspelt"})}
+    client.force_login(staff_user)
+
+    for url in (reverse("gallery:image-file", args=[image.pk]), reverse("gallery:image-thumbnail", args=[image.pk])):
+        response = client.get(url)
+        assert response.status_code == 503, url
+        assert "the bucket 'misspelt' does not exist" in html.unescape(response.content.decode()), url
+    status = client.get(reverse("api-status"), {"check_files": "1"}).json()
+    assert status["integrity"]["state"] == "storage unreachable" and status["integrity"]["missing_files"] == []
+    embed_batch()
+    image.refresh_from_db()
+    assert image.status == "failed" and "the bucket 'misspelt' does not exist" in image.error
+    assert "retry_failed" in image.error
