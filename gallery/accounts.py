@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-
 from typing import Any
 
 from django.contrib.auth import get_user_model

@@ -128,7 +128,8 @@ class Command(BaseCommand):
         if backgrounds is None:
             raise CommandError("--regions needs --backgrounds, a folder of photos")
         if not backgrounds.is_dir():
-            raise CommandError(f"--backgrounds {backgrounds}: {'a file, not a folder' if backgrounds.exists() else 'no such folder'}")
+            what = "a file, not a folder" if backgrounds.exists() else "no such folder"
+            raise CommandError(f"--backgrounds {backgrounds}: {what}")
         if scenes < 2:
             raise CommandError("--scenes must be 2 or more")
         try:
