@@ -281,6 +281,7 @@ class UploadOutcome:
     state: str  # "added", "exists" (the same bytes were already stored) or "refused"
     message: str = ""  # why it was refused
     image: Image | None = None  # the added or existing image
+    storage_failed: bool = False  # refused because the storage failed: every other file would fail alike
 
 
 def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User) -> list[UploadOutcome]:
@@ -299,7 +300,7 @@ def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User)
             result = image_add(data=read(), original_name=name, user=user)
         except StorageFailed as exc:
             storage_failed = exc
-            outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
+            outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message, storage_failed=True))
         except Refused as exc:
             outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
         else:

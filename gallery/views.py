@@ -134,7 +134,8 @@ def images_add(request: HttpRequest) -> HttpResponse:
     if request.headers.get("Accept") == "application/json":
         return JsonResponse({"results": [
             {"name": outcome.name, "state": outcome.state, "message": outcome.message,
-             "url": reverse("pages:image", args=[outcome.image.pk]) if outcome.image else None}
+             "url": reverse("pages:image", args=[outcome.image.pk]) if outcome.image else None,
+             "storage_failed": outcome.storage_failed}  # the script then stops sending the others
             for outcome in outcomes]}, status=200 if outcomes else 400)
     if not outcomes:
         messages.error(request, "Choose one or more image files to add.")

@@ -193,11 +193,18 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     bar.max = files.length; bar.value = 0;
     status.replaceChildren(bar, " ", text);
     const counts = {added: 0, exists: 0, refused: 0};
+    let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
     for (const [index, file] of files.entries()) {
-      text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
-      for (const result of await sendOne(file)) {
-        counts[result.state] += 1;
-        line(result.name, said[result.state] || result.message, result.url, result.state === "refused");
+      if (storageFailed) {
+        counts.refused += 1;
+        line(file.name, `Not tried: storing the file before it failed (${storageFailed})`, null, true);
+      } else {
+        text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
+        for (const result of await sendOne(file)) {
+          counts[result.state] += 1;
+          line(result.name, said[result.state] || result.message, result.url, result.state === "refused");
+          if (result.storage_failed) storageFailed = result.message;
+        }
       }
       bar.value = index + 1;
     }

@@ -318,6 +318,38 @@ def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_se
     page.wait_for_url(re.compile(r"/images/\d+/$"))
 
 
+def test_adding_several_files_stops_sending_once_the_storage_fails(live_server, user, offline_site, photos, browser,
+                                                                  monkeypatch):
+    """The page sends one file per request: each went on to wait for the storage's timeout (90 s for 3 files
+    while a bucket hung), though the first had said the storage failed."""
+    from gallery.storage import AtomicFileSystemStorage
+
+    tried = []
+
+    def storage_down(self, name, content):
+        tried.append(name)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", storage_down)
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(live_server.url + "/gallery/")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("s3cret-Pass!")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(live_server.url + "/gallery/")
+    page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(
+        [photos["chelsea"], photos["coffee"], photos["astronaut"]])
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.wait_for_selector("text=Done: 0 added, 0 already there, 3 refused.")
+    lines = page.eval_on_selector_all("[data-add-results] li", "items => items.map(i => i.textContent)")
+    assert lines[0].startswith("chelsea.jpg: Storing the file failed: Input/output error")
+    assert [line.split(": ", 1)[0] for line in lines[1:]] == ["coffee.jpg", "astronaut.jpg"]
+    assert all(": Not tried: storing the file before it failed (Storing the file failed" in line for line in lines[1:])
+    assert len(tried) == 1 and not Image.objects.exists()
+    connections.close_all()  # this greenlet's own connection (see above)
+
+
 def contrast(first: str, second: str) -> float:
     """WCAG's contrast ratio of two CSS rgb()/rgba() colours as a browser computes them."""
     def luminance(color: str) -> float:

@@ -506,7 +506,7 @@ def test_the_gallery_adds_several_files_at_once_each_on_its_own(client, user, dj
                          HTTP_ACCEPT="application/json").json()
     two = Image.objects.get(original_name="two.png")
     assert answer == {"results": [{"name": "two.png", "state": "exists", "message": "",
-                                   "url": reverse("pages:image", args=[two.pk])}]}
+                                   "url": reverse("pages:image", args=[two.pk]), "storage_failed": False}]}
     refused = client.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("empty.png", b"")]},
                           HTTP_ACCEPT="application/json").json()["results"][0]
     assert refused["state"] == "refused" and "empty" in refused["message"] and refused["url"] is None
