@@ -26,10 +26,10 @@ def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
     if not environ.get("IMAGINAITION_S3_BUCKET"):
         raise ImproperlyConfigured("IMAGINAITION_STORAGE=s3 needs IMAGINAITION_S3_BUCKET (the bucket's name).")
     endpoint = environ.get("IMAGINAITION_S3_ENDPOINT_URL") or None  # None: AWS itself
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+    if endpoint is not None and not _endpoint_address(endpoint):
         # botocore refuses it at the first request, as a ValueError that every page turned into a 500
-        raise ImproperlyConfigured(f"IMAGINAITION_S3_ENDPOINT_URL must start with http:// or https://, not "
-                                   f"{endpoint!r} (e.g. http://{endpoint.split('://')[-1]}).")
+        raise ImproperlyConfigured(f"IMAGINAITION_S3_ENDPOINT_URL must be an address such as http://HOST:PORT or "
+                                   f"https://HOST, not {endpoint!r}.")
     return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {
         "bucket_name": environ["IMAGINAITION_S3_BUCKET"],
         "endpoint_url": endpoint,
@@ -39,6 +39,15 @@ def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
         "file_overwrite": False,  # as on disk: a concurrent save of a taken name gets a new one
         "client_config": _s3_client_config(environ),
     }}
+
+
+def _endpoint_address(endpoint: str) -> bool:
+    """Whether botocore takes `endpoint`: http or https, and a host."""
+    try:
+        parts = urlsplit(endpoint)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is no number
+        return False
 
 
 def _s3_client_config(environ: Mapping[str, str]) -> Any:

@@ -42,9 +42,10 @@ class IndexFile:
     rerank_vectors: RerankVectors | None
 
 
-# What reading a damaged index file raises: FAISS's RuntimeError (a truncated file), json's ValueError,
-# a description missing a field (KeyError, TypeError), a re-rank file of the wrong size or gone (ValueError, OSError).
-UNREADABLE_FILE = (RuntimeError, ValueError, KeyError, TypeError, OSError)
+# What reading a damaged index file raises: FAISS's RuntimeError (a truncated file), json's ValueError, a
+# description missing a field or of another shape (KeyError, TypeError, AttributeError, ValueError), a re-rank
+# file of the wrong size or gone (ValueError, OSError).
+UNREADABLE_FILE = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError)
 
 logger = logging.getLogger(__name__)
 
@@ -389,6 +390,8 @@ class IndexManager:
     def _read_file(state: IndexState, dim: int, path: Path, meta_path: Path) -> IndexFile | None:
         """What `path` and the files beside it hold; None for another version's file."""
         meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"its description is not a JSON object: {type(meta).__name__}")
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
             return None

@@ -279,7 +279,8 @@ def test_an_index_below_the_target_recall_is_kept_with_a_warning(settings, caplo
 
 
 @pytest.mark.django_db(transaction=True)  # the copy is built on a thread of its own, with its own connection
-@pytest.mark.parametrize("damage", ["truncated index", "garbled description", "truncated re-rank file"])
+@pytest.mark.parametrize("damage", ["truncated index", "garbled description", "description not an object",
+                                    "truncated re-rank file"])
 def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(settings, damage, caplog):
     """A file that cannot be read failed every search and status request (500s) until a rebuild by hand."""
     import logging
@@ -296,6 +297,8 @@ def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(setting
     path = index_dir() / IndexState.objects.get(space=space, model_key=key, owner="image").file_name
     if damage == "garbled description":
         path.with_suffix(".json").write_text("{garbage")
+    elif damage == "description not an object":
+        path.with_suffix(".json").write_text("[]")
     else:
         with (path if damage == "truncated index" else path.with_suffix(".rerank")).open("r+b") as file:
             file.truncate(1000)

@@ -181,9 +181,10 @@ def test_storage_settings_refuse_what_cannot_work():
         media_storage({"IMAGINAITION_STORAGE": "ftp"})
     with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_BUCKET"):
         media_storage({"IMAGINAITION_STORAGE": "s3"})
-    for endpoint in ("127.0.0.1:9000", "minio.local", "ftp://minio.local"):  # 500s at the first request
-        with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_ENDPOINT_URL must start with http:// or "
-                                                       "https://"):
+    for endpoint in ("127.0.0.1:9000", "minio.local", "ftp://minio.local", "http:/127.0.0.1:9000", "http://",
+                     "http://minio.local:port"):  # 500s at the first request
+        with pytest.raises(ImproperlyConfigured, match="IMAGINAITION_S3_ENDPOINT_URL must be an address such as "
+                                                       "http://HOST:PORT"):
             media_storage({"IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": "b",
                            "IMAGINAITION_S3_ENDPOINT_URL": endpoint})
     assert media_storage({"IMAGINAITION_STORAGE": "s3", "IMAGINAITION_S3_BUCKET": "b",
