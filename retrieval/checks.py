@@ -34,7 +34,8 @@ def model_settings_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
         hints.append(f"{', '.join(fetchable)}: run `python manage.py fetch_weights` where a network exists, or copy "
                      "the files in by hand (weights/README.md)")
     if shipped:
-        hints.append(f"{', '.join(shipped)}: this project ships the file in its weights/ folder: copy it into "
+        files = ", ".join(name for key in shipped for name in MODELS[key].weight_files_missing())
+        hints.append(f"{', '.join(shipped)}: this project ships the file in its weights/ folder: copy {files} into "
                      "IMAGINAITION_WEIGHTS_DIR")
     message = (f"the weights of {', '.join(missing)} are not in {settings.IMAGINAITION_WEIGHTS_DIR}: every image "
                "would fail to process")

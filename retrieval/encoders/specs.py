@@ -43,6 +43,13 @@ class WeightFile:
     package: str | None = None  # set when the file ships inside an installed Python package
     convert: str | None = None  # "module:function(source, target)" applied once after download
 
+    def present(self) -> bool:
+        """Whether the file is there (a file of a package not installed is not)."""
+        try:
+            return self.path().is_file()
+        except FileNotFoundError:
+            return False
+
     def path(self) -> Path:
         if self.package:
             spec = importlib.util.find_spec(self.package)
@@ -76,18 +83,14 @@ class ModelSpec:
 
     def weight_files_present(self) -> list[Path]:
         """Those of its weight files that are there (a file of a package not installed is not)."""
-        present = []
-        for weight in self.weights:
-            try:
-                path = weight.path()
-            except FileNotFoundError:
-                continue
-            if path.is_file():
-                present.append(path)
-        return present
+        return [weight.path() for weight in self.weights if weight.present()]
 
     def weights_present(self) -> bool:
-        return len(self.weight_files_present()) == len(self.weights)
+        return all(weight.present() for weight in self.weights)
+
+    def weight_files_missing(self) -> list[str]:
+        """The names of its weight files that are not there."""
+        return [weight.filename for weight in self.weights if not weight.present()]
 
     def weight_path(self, part: str = "model") -> Path:
         """Where the weight file of that part of the model is (the catalog alone names the files)."""

@@ -300,7 +300,10 @@ def test_train_command_never_replaces_weights_without_force_and_refuses_bad_numb
                                    ("--max-side", "0", "must be 64 or more"),
                                    ("--heldout-fraction", "1.5", "must be more than 0 and below 1"),
                                    ("--heldout-fraction", "half", "must be more than 0 and below 1, not half"),
-                                   ("--learning-rate", "fast", "must be more than 0, not fast")]:
+                                   ("--learning-rate", "fast", "must be more than 0, not fast"),
+                                   ("--consistency", "strong", "must be 0 or more, not strong"),
+                                   ("--consistency", "-1", "must be 0 or more, not -1"),
+                                   ("--seed", "abc", "must be a whole number, 0 or more, not abc")]:
         with pytest.raises(CommandError, match=message):
             call_command("train_autoencoder", "--data", str(tiny_folder), option, value,
                          "--out", str(tmp_path / "never.pt"))

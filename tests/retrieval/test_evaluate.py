@@ -188,6 +188,10 @@ def test_evaluate_refuses_the_database_in_use_and_databases_it_did_not_create(la
             call_command("evaluate", "--data", str(labelled_set), option, value)
     with pytest.raises(CommandError, match="argument --batch-size: must be a whole number, 1 or more, not abc"):
         call_command("evaluate", "--data", str(labelled_set), "--batch-size", "abc")  # "invalid integer of ... value"
+    with pytest.raises(CommandError, match="argument --seed: must be a whole number, 0 or more, not abc"):
+        call_command("evaluate", "--data", str(labelled_set), "--seed", "abc")  # "invalid int value: 'abc'"
+    with pytest.raises(CommandError, match="argument --scenes: must be 2 or more, not 1"):
+        call_command("evaluate", "--data", str(labelled_set), "--regions", "--scenes", "1")
 
 
 @pytest.mark.django_db

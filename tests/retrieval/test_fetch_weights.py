@@ -284,7 +284,7 @@ def test_a_weights_folder_without_the_projects_own_files_fails_naming_them(weigh
     missing = [key for key in registry.profile_models("offline").values() if not registry.MODELS[key].weights_present()]
     assert missing and all(key.startswith("autoencoder/") for key in missing)
     with pytest.raises(CommandError, match=rf"the weights of {missing[0]} are not in {weights_dir}: every image would "
-                                           r"fail to process\. .*this project ships the file in its weights/ folder"):
+                                           r"fail to process\. .*this project ships the file in its weights/ folder: copy autoencoder-v2\.pt into"):
         call_command("fetch_weights", "--timeout", "5")
 
 

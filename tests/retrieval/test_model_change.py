@@ -195,7 +195,7 @@ def test_a_weights_folder_without_the_shipped_autoencoder_says_to_copy_it_not_to
     settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
     found = model_settings_check()
     assert [message.id for message in found] == ["retrieval.W001"]
-    assert "ships the file in its weights/ folder: copy it into IMAGINAITION_WEIGHTS_DIR" in found[0].hint
+    assert "ships the file in its weights/ folder: copy autoencoder-v2.pt into IMAGINAITION_WEIGHTS_DIR" in found[0].hint
     assert "fetch_weights" not in found[0].hint  # it has nothing to download for it
 
 

@@ -39,7 +39,7 @@ class Command(BaseCommand):
                                  "(paths as under --data; blank lines and # comments are skipped)")
         parser.add_argument("--near-duplicates", type=at_least(0), default=50,
                             help="how many images get a generated near-duplicate copy (default 50)")
-        parser.add_argument("--seed", type=int, default=0, help="picks the near-duplicates and their alterations")
+        parser.add_argument("--seed", type=at_least(0), default=0, help="picks the near-duplicates and their alterations")
         parser.add_argument("--database", default=EVALUATION_DATABASE,
                             help=f"the evaluation database, recreated by every run (default {EVALUATION_DATABASE})")
         parser.add_argument("--keep", action="store_true",
@@ -51,7 +51,7 @@ class Command(BaseCommand):
                             help="measure search by region: --data holds objects with alpha (one sub-folder per "
                                  "category), pasted onto the photos of --backgrounds")
         parser.add_argument("--backgrounds", type=Path, help="with --regions: a folder of background photos")
-        parser.add_argument("--scenes", type=at_least(1), default=300, help="with --regions: how many scenes (default 300)")
+        parser.add_argument("--scenes", type=at_least(2), default=300, help="with --regions: how many scenes (default 300)")
         parser.add_argument("--write-docs", action="store_true",
                             help="write the results as the 'Retrieval quality' section of docs/BENCHMARKS.md")
         # Set by the process that starts this command again on the evaluation database.
@@ -130,8 +130,6 @@ class Command(BaseCommand):
         if not backgrounds.is_dir():
             what = "a file, not a folder" if backgrounds.exists() else "no such folder"
             raise CommandError(f"--backgrounds {backgrounds}: {what}")
-        if scenes < 2:
-            raise CommandError("--scenes must be 2 or more")
         try:
             if child_work_dir is not None:
                 evaluation_database_in_use_check(database=database)

@@ -29,6 +29,14 @@ def above_zero(text: str) -> float:
     return value
 
 
+def zero_or_more(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (a weight)."""
+    value = number_or_nan(text)
+    if not 0 <= value < math.inf:  # NaN fails both
+        raise ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 class Command(BaseCommand):
     help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
             "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
@@ -42,7 +50,7 @@ class Command(BaseCommand):
                                  "strong: two SimCLR-strength views (an experiment, docs/CONTENT_MODEL.md); "
                                  "crops: fixed random crops (v1)")
         parser.add_argument("--crops-per-image", type=at_least(1), default=64, help="with --views crops")
-        parser.add_argument("--consistency", type=float, default=None,
+        parser.add_argument("--consistency", type=zero_or_more, default=None,
                             help="weight of the term pulling the codes of two views of a picture together "
                                  "(default: 1 with two views a picture, as autoencoder/v2; 0 with --views crops)")
         parser.add_argument("--contrast", choices=CONTRASTS, default="infonce")
@@ -53,7 +61,7 @@ class Command(BaseCommand):
         parser.add_argument("--heldout-fraction", type=fraction, default=0.1,
                             help="share of the pictures held out to measure the model, more than 0 and below 1; "
                                  "at least one picture is held out, and at least one must remain to train on")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=at_least(0), default=0)
         parser.add_argument("--out", type=Path, default=None,
                             help=f"checkpoint file to write, in an existing folder (default: the catalog's file of "
                                  f"{DEFAULT_MODEL}); an existing file is replaced only with --force")
