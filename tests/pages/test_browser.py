@@ -277,17 +277,23 @@ def test_the_reset_progress_page_follows_the_job_and_says_when_it_gets_no_answer
     connections.close_all()
 
 
+def gallery_signed_in(browser, url: str):
+    """A page of the gallery, signed in as alice (the sign-in page sends her back to it)."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url + "/gallery/")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("s3cret-Pass!")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(url + "/gallery/")
+    return page
+
+
 def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_server, user, offline_site, photos,
                                                                           browser, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    page.set_default_timeout(60_000)
-    page.goto(live_server.url + "/gallery/")
-    page.get_by_label("User name").fill("alice")
-    page.get_by_label("Password").fill("s3cret-Pass!")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(live_server.url + "/gallery/")
+    page = gallery_signed_in(browser, live_server.url)
 
     chosen = [photos["chelsea"], str(notes), photos["coffee"], photos["chelsea"]]
     page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(chosen)
@@ -331,13 +337,7 @@ def test_adding_several_files_stops_sending_once_the_storage_fails(live_server, 
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", storage_down)
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    page.set_default_timeout(60_000)
-    page.goto(live_server.url + "/gallery/")
-    page.get_by_label("User name").fill("alice")
-    page.get_by_label("Password").fill("s3cret-Pass!")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(live_server.url + "/gallery/")
+    page = gallery_signed_in(browser, live_server.url)
     page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(
         [photos["chelsea"], photos["coffee"], photos["astronaut"]])
     page.get_by_role("button", name="Add to the gallery").click()
