@@ -115,7 +115,7 @@ def _read_picture(image: Image) -> PILImage.Image | str:
         with image.file.open("rb") as fh:
             return picture_for_models(fh.read())
     except FileNotFoundError:
-        return FILE_MISSING  # _missing_file_reason, in the calling thread, says why
+        return FILE_MISSING  # _missing_files_reasons, in the calling thread, says why
     except ImageRejected as exc:
         return exc.message
     except STORAGE_ERRORS as exc:  # the storage failing, not the file: failed (not pending for ever), so Retry works
@@ -131,18 +131,30 @@ def _storage_failed_reason(image: Image, exc: BaseException) -> str:
             "`manage.py retry_failed` once the media storage is reachable.")
 
 
-def _missing_file_reason(image: Image) -> str:
-    if not Image.objects.filter(pk=image.pk).exists():
-        return "The image was deleted while it was being processed."  # nothing to tell the operator
+def _missing_files_reasons(images: Sequence[Image]) -> dict[int, str]:
+    """Why each of these images' stored file is missing: asked once for the batch (one query, one look at
+    the storage itself), not once an image (a misnamed bucket makes every file of a batch missing)."""
+    if not images:
+        return {}
+    alive = set(Image.objects.filter(pk__in=[image.pk for image in images]).values_list("pk", flat=True))
+    storage_failed: BaseException | None = None
     try:
-        storage_root_check()  # a bucket that is not there: the storage's fault, not the file's
+        storage_root_check()  # a bucket that is not there: the storage's fault, not the files'
     except STORAGE_ERRORS as exc:
-        return _storage_failed_reason(image, exc)
-    # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
-    # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
-    logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "
-                   "this host's %s", image.pk, image.file.name, storage_settings_named())
-    return FILE_MISSING
+        storage_failed = exc
+    reasons = {}
+    for image in images:
+        if image.pk not in alive:
+            reasons[image.pk] = "The image was deleted while it was being processed."  # nothing to tell the operator
+        elif storage_failed is not None:
+            reasons[image.pk] = _storage_failed_reason(image, storage_failed)
+        else:
+            # For the operator (not on the image's page): a host whose storage settings point elsewhere (another
+            # bucket or prefix, another folder) finds every file missing, and only the log can say where it looked.
+            logger.warning("image %s: its stored file %s is not in the media storage; if every image says so, check "
+                           "this host's %s", image.pk, image.file.name, storage_settings_named())
+            reasons[image.pk] = FILE_MISSING
+    return reasons
 
 
 def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> tuple[list[Loaded], dict[int, str]]:
@@ -151,7 +163,7 @@ def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> t
     CPU threads: Pillow decodes and resizes outside Python's lock, and the models wait meanwhile."""
     wanted = [image for image in images if decoded is None or image.pk not in decoded]
     read = dict(zip([image.pk for image in wanted], map_on_threads(_read_picture, wanted, cpu_threads()), strict=True))
-    read.update({image.pk: _missing_file_reason(image) for image in wanted if read[image.pk] == FILE_MISSING})
+    read.update(_missing_files_reasons([image for image in wanted if read[image.pk] == FILE_MISSING]))
     if decoded is not None:
         decoded.update({pk: picture for pk, picture in read.items() if not isinstance(picture, str)})
     loaded: list[Loaded] = []
