@@ -38,6 +38,7 @@ class IndexFile:
     kind: str
     synced_at: datetime
     index: faiss.IndexIDMap2
+    labels: np.ndarray  # the index's ids, in its order
     rerank: int
     rerank_vectors: RerankVectors | None
 
@@ -380,7 +381,7 @@ class IndexManager:
         owner = cast(VectorOwner, state.owner)
         snapshot = IndexSnapshot(space=state.space, model_key=state.model_key, dim=dim, index=read.index,
                                  kind=read.kind, version=state.version, synced_at=read.synced_at,
-                                 ids=IdSet(faiss.vector_to_array(read.index.id_map)), owner=owner, state_id=state.pk,
+                                 ids=IdSet(read.labels), owner=owner, state_id=state.pk,
                                  rerank=read.rerank, rerank_vectors=read.rerank_vectors)
         if owner == "region":
             snapshot.attach_regions()
@@ -398,11 +399,12 @@ class IndexManager:
         index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
         if meta["kind"] in IVF_KINDS:
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]
+        labels = faiss.vector_to_array(index.id_map)
         rerank_vectors = None
         if meta["kind"] == PRODUCT_QUANTIZED:  # written before the index: its rows are the index's, in order
-            rerank_vectors = RerankVectors(path.with_suffix(".rerank"), faiss.vector_to_array(index.id_map), dim)
+            rerank_vectors = RerankVectors(path.with_suffix(".rerank"), labels, dim)
         return IndexFile(kind=meta["kind"], synced_at=datetime.fromisoformat(meta["synced_at"]), index=index,
-                         rerank=meta["params"].get("rerank", 1), rerank_vectors=rerank_vectors)
+                         labels=labels, rerank=meta["params"].get("rerank", 1), rerank_vectors=rerank_vectors)
 
     def _catch_up(self, snapshot: IndexSnapshot) -> None:
         now = db_now()
