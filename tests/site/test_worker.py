@@ -296,10 +296,10 @@ def test_work_is_taken_up_after_a_workers_death_only_a_few_times_in_a_while(capl
     sentinel.taken_up_after_deaths = []
     with caplog.at_level(logging.INFO, logger="gallery.work_resume"):
         for _ in range(TAKE_UP_AFTER_DEATH_MAX + 1):
-            sentinel._work_cut_short_take_up()
+            sentinel._take_up_after_death()
     assert caplog.text.count("died in the middle of a task: taken up again") == TAKE_UP_AFTER_DEATH_MAX
     assert "died in the middle of a task again (4 times in 10 minutes): its work is taken up after the queue's " \
            "retry time" in caplog.text
     sentinel.taken_up_after_deaths = [at - 601 for at in sentinel.taken_up_after_deaths]  # the window has passed
-    sentinel._work_cut_short_take_up()
+    sentinel._take_up_after_death()
     assert caplog.text.count("died in the middle of a task: taken up again") == TAKE_UP_AFTER_DEATH_MAX + 1

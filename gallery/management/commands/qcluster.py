@@ -38,6 +38,18 @@ def _lock_free_for_the_dead(lock: Any) -> bool:
     return True
 
 
+def work_cut_short_take_up(*, occasion: str, level: int, said_when_none: bool) -> None:
+    """gallery.work_resume's take-up, logged (as a cluster starts, and after a worker died mid-task)."""
+    try:
+        resumed = work_cut_short_resume()
+    except DatabaseError as exc:  # e.g. not migrated yet: the cluster says so itself
+        logger.warning("%scould not look for work cut short: %s", occasion, exc)
+        return
+    if resumed.resets or resumed.images or said_when_none:
+        logger.log(level, "%staken up again: %d reset job(s), %d waiting image(s)", occasion,
+                   len(resumed.resets), len(resumed.images))
+
+
 class LockFreeingSentinel(Sentinel):
     """django-q2's sentinel, which also frees the queue locks of a process killed by SIGKILL (the kernel's
     out-of-memory killer, `kill -9`). A process waiting on a multiprocessing queue holds the queue's read
@@ -64,9 +76,9 @@ class LockFreeingSentinel(Sentinel):
             self.idle_worker_died = True
         super().reincarnate(process)
         if died_mid_task and _serves_main_queue:
-            self._work_cut_short_take_up()
+            self._take_up_after_death()
 
-    def _work_cut_short_take_up(self) -> None:
+    def _take_up_after_death(self) -> None:
         """The dead worker's task is handed out again only after its retry time (12 min), and its images (its
         claims ended with its connection) waited that long unless another task came: queued again now."""
         now = time.monotonic()
@@ -78,13 +90,8 @@ class LockFreeingSentinel(Sentinel):
                            TAKE_UP_AFTER_DEATH_WINDOW_S // 60)
             return
         self.taken_up_after_deaths.append(now)
-        try:
-            resumed = work_cut_short_resume()
-        except DatabaseError as exc:
-            logger.warning("a worker died in the middle of a task; could not queue its work again: %s", exc)
-        else:
-            logger.warning("a worker died in the middle of a task: taken up again: %d reset job(s), %d waiting "
-                           "image(s)", len(resumed.resets), len(resumed.images))
+        work_cut_short_take_up(occasion="a worker died in the middle of a task: ", level=logging.WARNING,
+                               said_when_none=True)
 
     def stop(self) -> None:
         """django-q2's stop, but the tasks the pusher had already taken from the broker (up to the queue
@@ -173,14 +180,7 @@ class Command(QclusterCommand):
         name = options.get("cluster_name") or os.environ.get("Q_CLUSTER_NAME") or settings.Q_CLUSTER["name"]
         _serves_main_queue = name == settings.Q_CLUSTER["name"]
         if _serves_main_queue:  # the interactive cluster's tasks are short and not retried
-            try:
-                resumed = work_cut_short_resume()
-            except DatabaseError as exc:  # e.g. not migrated yet: the cluster says so itself
-                logger.warning("could not look for work cut short: %s", exc)
-            else:
-                if resumed.resets or resumed.images:
-                    logger.info("taken up again: %d reset job(s), %d waiting image(s)",
-                                len(resumed.resets), len(resumed.images))
+            work_cut_short_take_up(occasion="", level=logging.INFO, said_when_none=False)
         # django-q2's handle, with the cluster above.
         settings.SECRET_KEY  # noqa: B018 - it signs tasks: fail here when it is missing
         if options.get("cluster_name"):

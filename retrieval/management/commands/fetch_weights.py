@@ -48,8 +48,9 @@ class Command(BaseCommand):
             self.stdout.write(f"active model profile: {active_profile()}")
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        for problem in model_settings_check():  # what no download fixes, e.g. a weights folder without our own files
-            raise CommandError(f"{problem.msg}. {problem.hint}")
+        problems = model_settings_check()  # what no download fixes, e.g. a weights folder without our own files
+        if problems:
+            raise CommandError(f"{problems[0].msg}. {problems[0].hint}")  # the check gives one at most
         if not report.ok:
             raise CommandError("some weight files could not be fetched or failed verification (see above); no "
                                "partial download was kept, but a file already there that fails its check stays "
