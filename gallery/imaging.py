@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, cast
 
 import numpy as np
+import pillow_heif
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
@@ -30,12 +31,18 @@ from gallery.errors import Refused
 # suffixes it goes by (the first is the one we store and name downloads with): never what the
 # uploader's file name says.
 FORMAT_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-                      "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+                      "AVIF": "image/avif", "HEIF": "image/heif", "GIF": "image/gif", "BMP": "image/bmp",
+                      "TIFF": "image/tiff"}
 FORMAT_SUFFIXES = {"JPEG": ("jpg", "jpeg", "jpe", "jfif"), "MPO": ("jpg", "jpeg", "mpo"), "PNG": ("png",),
-                   "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
+                   "WEBP": ("webp",), "AVIF": ("avif",), "HEIF": ("heic", "heif", "hif"), "GIF": ("gif",),
+                   "BMP": ("bmp", "dib"), "TIFF": ("tif", "tiff")}
 ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
-ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"  # as users know them (MPO is a JPEG)
-SHOWN_BY_BROWSERS = ACCEPTED_FORMATS - {"TIFF"}  # in an <img>: Chrome, Firefox and Edge show no TIFF
+ACCEPTED_NAMES = "JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP, TIFF"  # as users know them (MPO is a JPEG)
+# In an <img>: Chrome, Firefox and Edge show no TIFF, and only Safari shows HEIC (a phone's photos).
+SHOWN_BY_BROWSERS = ACCEPTED_FORMATS - {"TIFF", "HEIF"}
+# HEIC/HEIF (what phones save photos as) through pillow-heif's Pillow plugin; AVIF is Pillow's own.
+# libheif applies the file's rotation while decoding and reports the EXIF orientation as upright.
+pillow_heif.register_heif_opener()
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 # EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table; that
 # function also rewrites the EXIF block, which raised on a malformed tag, and no picture here keeps its EXIF).

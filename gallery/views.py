@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
                             can_view_gallery)
-from gallery.imaging import SHOWN_BY_BROWSERS, read_upload
+from gallery.imaging import ACCEPTED_NAMES, SHOWN_BY_BROWSERS, read_upload
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE
@@ -81,6 +81,7 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
                                                     "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,
+                                                    "accepted_formats": ACCEPTED_NAMES,
                                                     "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
                                                     "max_request_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES
                                                     + settings.DATA_UPLOAD_MAX_MEMORY_SIZE})

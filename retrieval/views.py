@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import SHOWN_BY_BROWSERS, header_format, read_upload
+from gallery.imaging import ACCEPTED_NAMES, SHOWN_BY_BROWSERS, header_format, read_upload
 from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE, webp_rendition
@@ -47,7 +47,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "retrieval/home.html", {
         "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
         "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts(),
-        "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES})  # the script refuses a larger file unsent
+        "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES, "accepted_formats": ACCEPTED_NAMES})  # the script refuses a larger file unsent
 
 
 def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:

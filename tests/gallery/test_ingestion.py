@@ -102,6 +102,9 @@ ACCEPTED = {
     "plain.webp": (encode(photo(), "WEBP"), (64, 48)),
     "plain.bmp": (encode(photo(), "BMP"), (64, 48)),
     "plain.tiff": (encode(photo(), "TIFF"), (64, 48)),
+    "plain.avif": (encode(photo(), "AVIF"), (64, 48)),
+    "phone.heic": (encode(photo(), "HEIF"), (64, 48)),
+    "transparent.heic": (encode(photo().convert("RGBA"), "HEIF"), (64, 48)),
     "exif-tag-of-the-wrong-type.jpg": (exif_with_a_tag_of_the_wrong_type(), (40, 60)),
     # ExtraSamples 1 (associated alpha) instead of 2: Pillow opens it as "La", which converts to LA only.
     "associated-alpha.tiff": (tiff_entry_retyped(encode(photo().convert("LA"), "TIFF"), 338, 3, 1), (64, 48)),
@@ -127,6 +130,21 @@ def test_accepted_inputs_are_decoded_to_rgb_with_the_right_size(name, decode):
     data, size = ACCEPTED[name]
     decoded = decode(data)
     assert decoded.picture.mode == "RGB" and decoded.picture.size == size == (decoded.width, decoded.height)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_a_phone_photo_turned_a_quarter_is_decoded_upright_as_a_jpeg_with_the_same_orientation_is(fmt):
+    """AVIF keeps the EXIF orientation for us to apply; HEIF's decoder applies its own rotation and
+    reports the picture upright: either way once, never twice or not at all."""
+    picture = np.zeros((40, 60, 3), dtype=np.uint8)
+    picture[:10, :15] = (255, 0, 0)  # red in the file's top-left corner: the top-right one, upright
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    expected = decode_image(encode(PILImage.fromarray(picture), "JPEG", exif=exif, quality=95))
+    decoded = decode_image(encode(PILImage.fromarray(picture), fmt, exif=exif.tobytes(), quality=95))
+    assert decoded.picture.size == expected.picture.size == (40, 60) == (decoded.width, decoded.height)
+    red = np.asarray(decoded.picture)[..., 0] > 128
+    assert np.array_equal(red, np.asarray(expected.picture)[..., 0] > 128) and red[2, 37] and not red[2, 2]
 
 
 def test_an_upload_decoded_for_the_models_keeps_its_full_displayed_size_but_not_its_pixels():

@@ -98,8 +98,8 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     assert job.state == "done", job.error
     assert job.phase == "done: 4 images imported, the indexes built"
     assert (job.deleted_images, job.total_files, job.imported, job.duplicates) == (2, 5, 4, 0)
-    assert job.rejected == [["readme.txt", "The file is not an image we can read; accepted: JPEG, PNG, WebP, GIF, BMP, "
-                                           "TIFF."]]
+    assert job.rejected == [["readme.txt", "The file is not an image we can read; accepted: JPEG, PNG, WebP, AVIF, "
+                                           "HEIC, GIF, BMP, TIFF."]]
     assert job.embedded == 4
     assert sorted(Image.objects.values_list("original_name", flat=True)) == ["deep.jpg", "photo0.png", "photo1.png",
                                                                               "photo2.png"]

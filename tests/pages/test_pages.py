@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 
-from gallery.imaging import probability_to_png
+from gallery.imaging import FORMAT_MEDIA_TYPES, probability_to_png
 from gallery.models import Image, Mask
 from retrieval.encoders.devices import model_device
 from tests.gallery.factories import add_embedding, add_mask, make_image
@@ -633,15 +633,17 @@ def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(cli
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_tiff_is_shown_as_a_picture_browsers_can_show(client, user, media_root):
-    """Chrome, Firefox and Edge show no TIFF in an <img>: the image page and an upload's viewer showed a
-    broken picture (masks over nothing); they show a WebP rendition of the picture the masks are of."""
+@pytest.mark.parametrize("fmt, name", [("TIFF", "scan.tiff"), ("HEIF", "IMG_0001.HEIC")])
+def test_a_tiff_or_heic_is_shown_as_a_picture_browsers_can_show(client, user, media_root, fmt, name):
+    """Chrome, Firefox and Edge show no TIFF (nor a phone's HEIC) in an <img>: the image page and an
+    upload's viewer showed a broken picture (masks over nothing); they show a WebP rendition of the
+    picture the masks are of. The original is still served as it is, as what it is."""
     from gallery import services
 
     picture = PILImage.fromarray(np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     buffer = io.BytesIO()
-    picture.save(buffer, format="TIFF")
-    image = services.image_add(data=buffer.getvalue(), original_name="scan.tiff", user=user, enqueue=False).image
+    picture.save(buffer, format=fmt)
+    image = services.image_add(data=buffer.getvalue(), original_name=name, user=user, enqueue=False).image
     client.force_login(user)
     page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
     shown = reverse("gallery:image-thumbnail-size", args=[image.pk, 1024])
@@ -650,7 +652,10 @@ def test_a_tiff_is_shown_as_a_picture_browsers_can_show(client, user, media_root
     assert rendition["Content-Type"] == "image/webp"
     assert PILImage.open(io.BytesIO(rendition.content)).size == (400, 300)
 
-    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("scan.tiff", buffer.getvalue())})
+    original = client.get(reverse("gallery:image-file", args=[image.pk]))
+    assert original["Content-Type"] == FORMAT_MEDIA_TYPES[fmt] and b"".join(original) == buffer.getvalue()
+
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile(name, buffer.getvalue())})
     staged = client.get(reverse("pages:staged-file"), {"upload": client.session["staged_upload"]})
     assert staged.status_code == 200 and staged["Content-Type"] == "image/webp"
     assert PILImage.open(io.BytesIO(staged.content)).size == (400, 300)
