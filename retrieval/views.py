@@ -134,8 +134,14 @@ def search(request: HttpRequest) -> HttpResponseBase:
     text = request.GET.get("text", "").strip()  # a longer one is refused by the search, saying so
     labels = labels_parse(request.GET.getlist("labels"))
     staged_token = request.GET.get("upload", "")  # the staged picture the page showed
-    staged = bool(staged_token) and not image_id and not mask_id and not text
     back = redirect("pages:home")
+    given = [name for name, value in (("image", image_id), ("mask", mask_id), ("text", text), ("upload", staged_token))
+             if value]
+    if len(given) > 1:  # no form sends two: an edited address, answered as the API answers it, not half-used
+        messages.error(request, f"Search by one thing at a time: an image, a region (mask), words (text) or your "
+                                f"upload; this address gives {' and '.join(given)}.")
+        return back
+    staged = bool(staged_token)
     if image_id or mask_id:
         if mask_id:
             mask = Mask.objects.filter(pk=id_parse(mask_id) or 0).first()

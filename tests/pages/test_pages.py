@@ -632,6 +632,17 @@ def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(cli
     assert api.status_code == 400 and "500" in str(api.json()["text"])
 
 
+@pytest.mark.parametrize("query", [{"image": "1", "text": "stripes"}, {"image": "1", "mask": "2"},
+                                   {"text": "stripes", "upload": "abc"}])
+def test_a_search_address_giving_two_queries_is_refused_not_half_used(client, user, query):
+    """?image=1&text=stripes ran the image search under the note that words fill every place (the
+    page chose its note by the text): the API refuses two queries, and so does the page, naming them."""
+    client.force_login(user)
+    response = client.get(reverse("pages:search"), query, follow=True)
+    assert response.redirect_chain == [(reverse("pages:home"), 302)]
+    assert f"this address gives {' and '.join(query)}." in response.content.decode()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("fmt, name", [("TIFF", "scan.tiff"), ("HEIF", "IMG_0001.HEIC")])
 def test_a_tiff_or_heic_is_shown_as_a_picture_browsers_can_show(client, user, media_root, fmt, name):
