@@ -35,7 +35,8 @@ from gallery.api import (
 )
 from gallery.imaging import read_upload
 from retrieval import status as status_service
-from retrieval.preferences import PreferenceOverrides, preference_limits, preferences_get, preferences_update
+from retrieval.preferences import (PreferenceOverrides, preference_defaults, preference_limits, preferences_get,
+                                   preferences_update)
 from retrieval.search import TEXT_MAX_CHARS, Query, labels_parse, search_for
 from retrieval.spaces import Space
 
@@ -381,8 +382,9 @@ class PreferencesSerializer(serializers.Serializer):
 
     mask_threshold = serializers.IntegerField(
         help_text="percent: the pages outline a mask's pixels above it. The API's mask_url is the soft mask "
-                  "itself (0-255 a pixel: cut it where you like); region vectors use the default cut, 50, so "
-                  "stored and asked regions compare alike")
+                  "itself (0-255 a pixel: cut it where you like); region vectors use the default cut, "
+                  f"{preference_defaults()['mask_threshold']}, whatever a user chose, so stored and asked "
+                  "regions compare alike")
     k = serializers.IntegerField(help_text="how many similar images a search returns")
     intersection_first = serializers.BooleanField(help_text="images found by both indexes first")
     preferred_index = SpaceField()

@@ -8,7 +8,7 @@ from gallery.models import Image, Mask
 from retrieval.encoders.catalog import MODELS
 from retrieval.models import RegionEmbedding
 from retrieval.pipeline import images_reembed_for_active_models, process_batch, segment_batch
-from retrieval.regions import NEUTRAL_FILL, region_picture
+from retrieval.regions import NEUTRAL_FILL, region_picture, region_threshold
 from tests.gallery.factories import add_mask, make_image
 from tests.retrieval.test_pipeline import offline, upload  # noqa: F401 - fixture
 
@@ -48,6 +48,20 @@ def test_regions_below_the_minimum_area_get_nothing(settings):
     assert region_picture(picture, probability) is None
     picture, probability, _ = picture_and_square_mask(size=(100, 100), box=(0, 0, 11, 10))  # 1.1 %
     assert region_picture(picture, probability) is not None
+
+
+@pytest.mark.django_db
+def test_the_api_documents_the_cut_a_region_is_made_at():
+    """The preferences' schema said regions were cut at 50 %; they are cut at the default threshold (30)."""
+    from retrieval.api import PreferencesSerializer
+
+    picture, probability, _ = picture_and_square_mask(size=(100, 100), box=(0, 0, 100, 100))
+    probability[:, 50:] = 0.4  # the right half is in a region cut at 30 % and not in one cut at 50 %
+    probability[:, :10] = 0.0
+    region = region_picture(picture, probability, style="box")
+    assert region.size == (90, 100)
+    cut = region_threshold()
+    assert 0.4 >= cut and f"the default cut, {round(cut * 100)}," in PreferencesSerializer().fields["mask_threshold"].help_text
 
 
 def test_a_soft_mask_at_model_resolution_is_resized_to_the_picture():
