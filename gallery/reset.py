@@ -25,7 +25,8 @@ from django_q.tasks import async_task
 from gallery import events, selectors
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
-from gallery.services import User, folder_files, folder_import, images_process_here, images_schedule
+from gallery.services import (User, folder_files, folder_import, images_process_here, images_schedule,
+                              subfolders_not_read)
 from gallery.storage_check import deleted_images_files_remove
 from gallery.thumbnails import thumbnail_names
 
@@ -51,6 +52,7 @@ class ResetPreview:
     derived: list[tuple[int, str]]  # what the layer above computed from the images, and will drop too
     stored_files: int
     files_to_import: int
+    folders_not_read: list[str]  # the folder's sub-folders, when they are not imported
 
 
 def reset_folder_check(*, folder: str) -> Path:
@@ -65,6 +67,7 @@ def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     path = reset_folder_check(folder=folder)
     try:
         files, _ = folder_files(root=path, recursive=recursive)
+        folders_not_read = [] if recursive else subfolders_not_read(path)
     except OSError as exc:  # e.g. changed since the check
         raise ResetRefused(f"{path} cannot be read by the server: {exc.strerror or exc}.") from None
     responses = events.derived_data_counted.send(sender=Image)
@@ -72,7 +75,7 @@ def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     derived = [pair for _, pairs in responses for pair in cast("list[tuple[int, str]]", pairs)]
     return ResetPreview(folder=path, recursive=recursive, images=Image.objects.count(), masks=Mask.objects.count(),
                         derived=derived, stored_files=Image.objects.exclude(file="").count(),
-                        files_to_import=len(files))
+                        files_to_import=len(files), folders_not_read=folders_not_read)
 
 
 def reset_start(*, folder: str, recursive: bool, user: User) -> ResetJob:
@@ -243,7 +246,8 @@ def _run(job: ResetJob) -> ResetJob:
             accepted = job.imported + job.duplicates
             job.imported = min(Image.objects.count(), accepted)  # the gallery was emptied for this folder
             job.duplicates = accepted - job.imported
-        job.rejected = [list(pair) for pair in report.rejected]
+        job.rejected = [list(pair) for pair in report.rejected] + [
+            [name, "a sub-folder: not read (\"Include sub-folders\" was off)"] for name in report.folders_not_read]
         job.phase = "computing embeddings and masks"
         job.embedded = Image.objects.filter(status=ProcessingStatus.READY).count()  # by a dead run, if resuming
         save("scanned", "imported", "duplicates", "rejected", "embedded")

@@ -180,6 +180,19 @@ class ImportReport:
     duplicates: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     added_ids: list[int] = field(default_factory=list)
+    folders_not_read: list[str] = field(default_factory=list)  # the root's sub-folders, when not recursive
+
+
+def subfolders_not_read(root: Path) -> list[str]:
+    """The sub-folders of `root` (names, sorted) that an import without recursion leaves: said, never
+    skipped in silence. Symbolic links are not among them: they are refused as such."""
+    return sorted(readable_name(entry.name) for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink())
+
+
+def names_shortened(names: list[str], *, shown: int = 10) -> str:
+    """The first `shown` names, and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -238,8 +251,8 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder")
     files, refused = folder_files(root=root, recursive=recursive)
-    report = ImportReport(rejected=list(refused))
     resolved_root = root.resolve()
+    report = ImportReport(rejected=list(refused), folders_not_read=[] if recursive else subfolders_not_read(resolved_root))
     for path in files:
         relative = readable_name(str(path.relative_to(resolved_root)))
         try:

@@ -1,5 +1,6 @@
 """Admin "reset / initialize from a folder": staff only, confirmation with counts, a real job."""
 
+import html
 import threading
 
 import pytest
@@ -67,6 +68,25 @@ def test_confirmation_shows_what_will_be_deleted_and_imported(client, staff_user
     assert "<strong>1</strong> masks" in page and "<strong>1</strong> embeddings" in page
     assert "imports <strong>5</strong> files" in page  # 4 images + the text file, which will be rejected
     assert "those that are not images are skipped" in page and "reset-empty-folder" not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_without_sub_folders_names_the_ones_it_does_not_read(client, staff_user, folder, media_root,
+                                                                       monkeypatch):
+    """import_folder names them; the reset skipped them in silence, before it emptied the gallery and after."""
+    client.force_login(staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": str(folder)}).content.decode()
+    assert "imports <strong>4</strong> files" in page
+    assert 'Its sub-folders are <strong>not</strong> read ("Include sub-folders" is off): sub.' in html.unescape(page)
+    page = client.post(reverse("gallery-reset"), {"folder": str(folder), "recursive": "on"}).content.decode()
+    assert "imports <strong>5</strong> files" in page and "reset-folders-not-read" not in page
+
+    monkeypatch.setattr(pipeline, "process_all_pending", lambda **kwargs: None)  # the files are what is tested
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=False, user=staff_user).pk)
+    assert job.state == "done" and job.imported == 3
+    assert ["sub", 'a sub-folder: not read ("Include sub-folders" was off)'] in job.rejected
+    progress = html.unescape(client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode())
+    assert '<code>sub</code>: a sub-folder: not read ("Include sub-folders" was off)' in progress
 
 
 @pytest.mark.django_db(transaction=True)

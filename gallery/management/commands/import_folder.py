@@ -4,7 +4,7 @@ from tqdm import tqdm
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.management.arguments import at_least
 from gallery.management.processing import process_pending_here, waiting_handed_to_workers
-from gallery.services import StorageFailed, folder_files, folder_import, readable_name
+from gallery.services import StorageFailed, folder_files, folder_import, names_shortened
 
 
 class Command(BaseCommand):
@@ -46,13 +46,9 @@ class Command(BaseCommand):
         if verbosity > 1:
             for relative in report.duplicates:
                 self.stdout.write(f"  duplicate {relative}: the same bytes are already stored")
-        if not recursive:
-            skipped = sorted(readable_name(entry.name) for entry in folder.iterdir()
-                             if entry.is_dir() and not entry.is_symlink())
-            if skipped:
-                more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-                self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
-                                  f"{', '.join(skipped[:10])}{more}")
+        if report.folders_not_read:
+            self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
+                              f"{names_shortened(report.folders_not_read)}")
         if report.rejected and not report.added and not report.duplicates:
             raise CommandError(f"None of the {len(report.rejected)} files could be added (the reasons are above).")
         if sync:
