@@ -622,6 +622,14 @@ def test_a_screen_reader_reads_a_pictures_name_once(client, user):
     assert pictures >= 3 + 3 + 2  # the pages did list linked pictures (home, gallery, results)
 
 
+@pytest.mark.django_db
+def test_each_sign_in_page_has_one_main_heading(client):
+    """Admin's sign-in (Django's own) had none: a screen reader's list of headings was empty there."""
+    for url in (reverse("login"), reverse("admin:login")):
+        page = client.get(url).content.decode()
+        assert len(re.findall(r"<h1[ >]", page)) == 1, url
+
+
 def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(client, user):
     """The page cut it to 500 characters without a word, and searched with the rest."""
     client.force_login(user)
