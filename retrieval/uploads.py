@@ -27,6 +27,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django_q.models import OrmQ
 from django_q.tasks import async_task
@@ -127,7 +128,7 @@ def _stored_staging_files() -> list[str]:
 
 def staged_clear_all() -> None:
     """Forget every staged upload (a gallery reset starts from nothing)."""
-    StagedUploadRecord.objects.all().delete()
+    _records_delete(StagedUploadRecord.objects.all())
     try:
         stored_delete(_stored_staging_files())
     except STORAGE_ERRORS as exc:  # the records are gone: files no record names go at a later cleanup
@@ -301,8 +302,17 @@ def upload_masks(*, data: bytes, name: str, timeout: float | None = None) -> dic
         _delete(staged.token)
 
 
+def _records_delete(records: QuerySet[StagedUploadRecord]) -> None:
+    """Delete the records with their masks. Locked first: a worker storing a record's masks holds the
+    same lock until they are committed, so none can come between Django collecting the masks and
+    deleting the record (a mask committed there was a foreign-key violation: a 500 for "Add to database")."""
+    with transaction.atomic():
+        locked = list(records.select_for_update().values_list("pk", flat=True))
+        StagedUploadRecord.objects.filter(pk__in=locked).delete()  # their masks go with them
+
+
 def _delete(token: str) -> None:
-    StagedUploadRecord.objects.filter(token=token).delete()  # its masks go with it
+    _records_delete(StagedUploadRecord.objects.filter(token=token))
     stored_delete([_file_name(token)])
 
 

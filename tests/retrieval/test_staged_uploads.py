@@ -1,11 +1,13 @@
 """Staged uploads: bytes in the file storage, facts and masks in the database; an hour later both go."""
 
 import os
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection, transaction
 from django.utils import timezone
 
 from retrieval import uploads
@@ -38,6 +40,46 @@ def test_expired_uploads_and_orphan_files_are_removed_and_fresh_ones_kept(media_
     assert uploads.staged_missing_message(session=session) == "Your upload has expired; choose the file again."
     assert uploads.staged_missing_message(session=SessionStore()) == "Nothing is uploaded yet: choose a file first."
     assert fresh.data() == jpeg("coffee") and set(fresh.masks()) == {label["label"] for label in fresh.labels}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_clearing_an_upload_while_a_worker_commits_its_masks_deletes_both(media_root):
+    """"Add to database" (which clears the staged upload) while the interactive worker was storing its
+    masks: Django collected no mask, the worker committed its masks, and deleting the record broke
+    their foreign key (a 500). The worker holds the record locked while it stores them; so does a delete."""
+    token = "ab" * 12
+    record = StagedUploadRecord.objects.create(token=token, name="x.jpg", width=4, height=4, state="working")
+    session = SessionStore()
+    session[uploads.SESSION_KEY] = token
+    masks_stored, committed, errors = threading.Event(), threading.Event(), []
+
+    def worker_storing_masks() -> None:
+        try:
+            with transaction.atomic():  # as staged_segment stores them
+                StagedUploadRecord.objects.select_for_update().get(token=token)
+                StagedUploadMask.objects.create(upload=record, class_index=15, probability_png=b"png")
+                masks_stored.set()
+                time.sleep(0.5)  # the page's click comes now
+        finally:
+            committed.set()
+            connection.close()
+
+    def clearing() -> None:
+        masks_stored.wait(10)
+        try:
+            uploads.staged_clear(session=session)
+        except Exception as exc:  # noqa: BLE001 - what the page's request would have answered 500 with
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker_storing_masks), threading.Thread(target=clearing)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert committed.is_set() and not errors, errors
+    assert not StagedUploadRecord.objects.exists() and not StagedUploadMask.objects.exists()
 
 
 @pytest.mark.django_db
