@@ -40,6 +40,9 @@ ACCEPTED_FORMATS = set(FORMAT_MEDIA_TYPES)
 ACCEPTED_NAMES = "JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP, TIFF"  # as users know them (MPO is a JPEG)
 # In an <img>: Chrome, Firefox and Edge show no TIFF, and only Safari shows HEIC (a phone's photos).
 SHOWN_BY_BROWSERS = ACCEPTED_FORMATS - {"TIFF", "HEIF"}
+# Every browser turns a JPEG by its EXIF orientation (CSS image-orientation: from-image, the default since
+# 2020); Chromium shows a WebP's pixels as stored (a WebP with orientation 6 lay on its side, its masks across it).
+TURNED_BY_BROWSERS = {"JPEG", "MPO"}
 # HEIC/HEIF (what phones save photos as) through pillow-heif's Pillow plugin; AVIF is Pillow's own.
 # libheif applies the file's rotation while decoding and reports the EXIF orientation as upright.
 pillow_heif.register_heif_opener()
@@ -68,15 +71,22 @@ class DecodedImage:
     height: int
 
 
-def header_format(stream: IO[bytes]) -> str:
-    """The format (Pillow's name) of a file already validated as an image, read from its header (the
-    stream is rewound): a staged upload keeps no format of its own."""
+def shown_as_stored(image_format: str, orientation: int) -> bool:
+    """Whether a browser shows the stored file as the upright picture the masks are of; otherwise a page
+    shows the WebP rendition the models' picture makes."""
+    return image_format in SHOWN_BY_BROWSERS and (orientation == 1 or image_format in TURNED_BY_BROWSERS)
+
+
+def header_facts(stream: IO[bytes]) -> tuple[str, int]:
+    """(format, EXIF orientation) of a file already validated as an image, read from its header (the
+    stream is rewound): a staged upload keeps no format of its own. ("", 1) when it cannot be read."""
     try:
-        image_format = PILImage.open(stream).format or ""
-    except (OSError, ValueError):
-        image_format = ""
+        source = PILImage.open(stream)
+        facts = source.format or "", _orientation(source)
+    except Exception:  # noqa: BLE001 - validated when added; a file changed since is shown as it is
+        facts = "", 1
     stream.seek(0)
-    return image_format
+    return facts
 
 
 def download_name(original_name: str, image_format: str) -> str:
@@ -164,6 +174,7 @@ class ImageFacts:
     format: str
     width: int
     height: int
+    orientation: int  # the file's EXIF orientation (1: stored upright)
 
 
 def image_check(data: bytes) -> ImageFacts:
@@ -175,7 +186,9 @@ def image_check(data: bytes) -> ImageFacts:
     with _decoding_errors_refused():  # the pixels are decoded, never turned upright nor converted...
         source, image_format, (width, height) = _load(data, draft_side=1)
         to_rgb(source.crop((0, 0, 1, 1)))  # ...but a pixel is: a mode with no way to RGB fails here, not later
-    return ImageFacts(format=image_format, width=width, height=height)
+        orientation = _orientation(source)
+    return ImageFacts(format=image_format, width=width, height=height, orientation=orientation)
+
 
 
 def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedImage:

@@ -32,6 +32,8 @@ class Image(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     format = models.CharField(max_length=16, help_text="Pillow's name of the decoded format, e.g. JPEG")
+    orientation = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="the stored file's EXIF orientation (1: stored upright); empty: not read yet")
     byte_size = models.PositiveBigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     added_by = models.ForeignKey(

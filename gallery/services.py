@@ -15,7 +15,8 @@ from django.db import IntegrityError, transaction
 
 from gallery import events, selectors
 from gallery.errors import Refused
-from gallery.imaging import FORMAT_SUFFIXES, ImageRejected, image_check, read_file_in
+from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts, image_check, read_file_in,
+                             shown_as_stored)
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, stored_write_once
 from gallery.storage_check import deleted_images_files_remove, storage_failure_reason, storage_settings_named
@@ -50,6 +51,22 @@ class StorageFailed(Refused):
     status_code = 503
 
 
+def image_shown_as_stored(image: Image) -> bool:
+    """Whether a page can show the stored file itself (else the WebP rendition the masks are of). An
+    image added before its orientation was recorded has it read from the file's header once."""
+    if image.format not in SHOWN_BY_BROWSERS:
+        return False
+    if image.orientation is None:
+        try:
+            with image.file.open("rb") as stream:
+                _, orientation = header_facts(stream)
+        except STORAGE_ERRORS:  # the file view says what is wrong with it
+            return True
+        image.orientation = orientation
+        Image.objects.filter(pk=image.pk).update(orientation=orientation)
+    return shown_as_stored(image.format, image.orientation)
+
+
 def image_add(*, data: bytes, original_name: str, user: User | None = None, enqueue: bool = True) -> ImageAddResult:
     """Validate, store once (by SHA-256) and schedule embedding + segmentation after commit.
 
@@ -67,7 +84,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
 
     name = readable_name(Path(original_name or "upload").name)[:255] or "upload"
     image = Image(sha256=digest, original_name=name, width=decoded.width, height=decoded.height,
-                  format=decoded.format, byte_size=len(data),
+                  format=decoded.format, orientation=decoded.orientation, byte_size=len(data),
                   # An authenticated user is an instance of the user model the foreign key points to.
                   added_by=cast("UserModel", user) if getattr(user, "is_authenticated", False) else None)
     extension = FORMAT_SUFFIXES[decoded.format][0]

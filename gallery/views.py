@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
                             can_view_gallery)
-from gallery.imaging import ACCEPTED_NAMES, SHOWN_BY_BROWSERS, read_upload
+from gallery.imaging import ACCEPTED_NAMES, read_upload
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE
@@ -101,7 +101,7 @@ def page_number(request: HttpRequest) -> str | None:
 @never_cache  # Back after deleting it (or after its processing ended) asks again: it showed a live, stale page
 def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
-    shown = (reverse("gallery:image-file", args=[image.pk]) if image.format in SHOWN_BY_BROWSERS
+    shown = (reverse("gallery:image-file", args=[image.pk]) if services.image_shown_as_stored(image)
              else reverse("gallery:image-thumbnail-size", args=[image.pk, DISPLAY_SIZE]))
     return render(request, "gallery/image.html", {
         "image": image, "image_url": shown, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import ACCEPTED_NAMES, SHOWN_BY_BROWSERS, header_format, read_upload
+from gallery.imaging import ACCEPTED_NAMES, header_facts, read_upload, shown_as_stored
 from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE, webp_rendition
@@ -69,8 +69,8 @@ def staged_file(request: HttpRequest) -> HttpResponseBase:
         stream = default_storage.open(staged.file_name, "rb")
     except FileNotFoundError as exc:
         raise Http404("Your upload has expired") from exc
-    image_format = header_format(stream)
-    if image_format and image_format not in SHOWN_BY_BROWSERS:  # TIFF: shown as the WebP the models' picture makes
+    image_format, orientation = header_facts(stream)
+    if image_format and not shown_as_stored(image_format, orientation):  # TIFF, a turned WebP: the models' picture
         with stream:
             return HttpResponse(webp_rendition(stream.read(), max_side=DISPLAY_SIZE), content_type="image/webp")
     return uploaded_image_response(stream, name=staged.name, image_format=image_format)

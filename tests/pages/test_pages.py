@@ -680,6 +680,45 @@ def test_a_tiff_or_heic_is_shown_as_a_picture_browsers_can_show(client, user, me
     assert PILImage.open(io.BytesIO(staged.content)).size == (400, 300)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_file_browsers_would_show_on_its_side_is_shown_as_the_upright_picture_the_masks_are_of(
+        client, user, media_root):
+    """Chromium turns a JPEG by its EXIF orientation but shows a WebP's pixels as stored: a WebP with
+    orientation 6 lay on its side on its page, its masks across it. Such a file is shown as the
+    rendition; a JPEG with the same orientation and an upright WebP are shown as they are."""
+    from gallery import services
+
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # stored 400x300, shown 300x400
+    stored = PILImage.fromarray(np.random.default_rng(4).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    client.force_login(user)
+
+    def shown_on_page(image_id: int) -> str:
+        page = client.get(reverse("pages:image", args=[image_id])).content.decode()
+        return "rendition" if f'<img src="{reverse("gallery:image-thumbnail-size", args=[image_id, 1024])}"' in page \
+            else "file" if f'<img src="{reverse("gallery:image-file", args=[image_id])}"' in page else "?"
+
+    def shown(fmt: str, turned: bool, name: str) -> str:
+        buffer = io.BytesIO()
+        stored.save(buffer, format=fmt, **({"exif": exif.tobytes()} if turned else {}))
+        return shown_on_page(services.image_add(data=buffer.getvalue(), original_name=name, user=user,
+                                                enqueue=False).image.pk)
+
+    assert shown("WEBP", True, "turned.webp") == "rendition"
+    assert shown("WEBP", False, "upright.webp") == "file"
+    assert shown("JPEG", True, "turned.jpg") == "file"
+    old = Image.objects.get(original_name="turned.webp")
+    Image.objects.filter(pk=old.pk).update(orientation=None)  # added before the orientation was recorded
+    assert shown_on_page(old.pk) == "rendition"
+    assert Image.objects.get(pk=old.pk).orientation == 6  # read from the file once, and kept
+
+    buffer = io.BytesIO()
+    stored.save(buffer, format="WEBP", exif=exif.tobytes())
+    client.post(reverse("pages:home"), {"file": SimpleUploadedFile("turned.webp", buffer.getvalue())})
+    staged = client.get(reverse("pages:staged-file"), {"upload": client.session["staged_upload"]})
+    assert staged["Content-Type"] == "image/webp" and PILImage.open(io.BytesIO(staged.content)).size == (300, 400)
+
+
 def test_signing_in_never_leads_back_to_the_sign_in_or_sign_out_address(client, user):
     """Signed in, ?next=/accounts/login/ was a 500 (a redirect loop); after opening the sign-out address
     (405: a form's action), signing in from its page led back to that 405."""
