@@ -46,6 +46,7 @@ TURNED_BY_BROWSERS = {"JPEG", "MPO"}
 # HEIC/HEIF (what phones save photos as) through pillow-heif's Pillow plugin; AVIF is Pillow's own.
 # libheif applies the file's rotation while decoding and reports the EXIF orientation as upright.
 pillow_heif.register_heif_opener()
+FRAMES_PIXEL_FACTOR = 4  # an animation's (a multi-page file's) frames together: at most this many times the limit
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
 # EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table; that
 # function also rewrites the EXIF block, which raised on a malformed tag, and no picture here keeps its EXIF).
@@ -187,8 +188,24 @@ def image_check(data: bytes) -> ImageFacts:
         source, image_format, (width, height) = _load(data, draft_side=1)
         to_rgb(source.crop((0, 0, 1, 1)))  # ...but a pixel is: a mode with no way to RGB fails here, not later
         orientation = _orientation(source)
+        _later_frames_check(source)
     return ImageFacts(format=image_format, width=width, height=height, orientation=orientation)
 
+
+def _later_frames_check(source: PILImage.Image) -> None:
+    """Decode every later frame of an animation or a multi-page file, one at a time: one cut short after
+    its first frame (which the models see) was stored. All frames together stay within
+    FRAMES_PIXEL_FACTOR × IMAGINAITION_MAX_PIXELS: a bomb can be a thousand frames as well as one large one."""
+    frames = getattr(source, "n_frames", 1)
+    budget = FRAMES_PIXEL_FACTOR * settings.IMAGINAITION_MAX_PIXELS
+    total = source.width * source.height
+    for index in range(1, frames):
+        source.seek(index)
+        total += source.width * source.height
+        if total > budget:
+            raise ImageRejected(f"The image's {frames} frames (or pages) have too many pixels in all (the limit is "
+                                f"{budget:,}).", too_large=True)
+        source.load()
 
 
 def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedImage:

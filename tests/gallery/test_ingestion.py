@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -339,6 +340,34 @@ def test_api_rejects_bad_input_with_4xx_and_leaves_nothing(signed_in, media_root
     assert response.status_code == code
     assert words in response.json()["detail"].lower()
     assert Image.objects.count() == 0 and stored_files(media_root) == [] and OrmQ.objects.count() == 0
+
+
+def several_frames(fmt: str, count: int = 3, size=(160, 120)) -> bytes:
+    frames = [photo((size[0] + i, size[1])).resize(size) for i in range(count)]  # distinct noise each
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("fmt, name", [("GIF", "cut.gif"), ("PNG", "cut.png"), ("TIFF", "cut.tiff")])
+def test_an_animation_or_multi_page_file_cut_after_its_first_frame_is_refused_and_not_stored(
+        signed_in, media_root, fmt, name):
+    """Its first frame (what the models see) decoded, so it was stored, and served cut short."""
+    whole = several_frames(fmt)
+    assert image_check(whole).format == fmt
+    cut = whole[: len(whole) * 4 // 5]
+    assert decode_image(cut).picture.size == (160, 120)  # the first frame is whole
+    with pytest.raises(ImageRejected, match="truncated|damaged"):
+        image_check(cut)
+    response = upload(signed_in, name, cut)
+    assert response.status_code == 400 and re.search("truncated|damaged", response.json()["detail"])
+    assert Image.objects.count() == 0 and stored_files(media_root) == []
+
+
+def test_all_frames_together_stay_within_a_pixel_budget(settings):
+    settings.IMAGINAITION_MAX_PIXELS = 10_000  # 4 x 10,000 in all: four frames of 50 x 50 = 2,500 pass, not 17
+    assert image_check(several_frames("GIF", count=16, size=(50, 50))).format == "GIF"
+    with pytest.raises(ImageRejected, match="17 frames .* too many pixels in all") as caught:
+        image_check(several_frames("GIF", count=17, size=(50, 50)))
+    assert caught.value.too_large
 
 
 def test_api_rejects_files_over_the_byte_limit_with_413(signed_in, media_root, settings):
