@@ -37,7 +37,7 @@ from rest_framework.views import APIView, exception_handler
 from gallery import selectors, services
 from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_retry_image, can_view_gallery
 from gallery.errors import Refused
-from gallery.imaging import read_upload
+from gallery.imaging import read_upload, upload_name
 from gallery.models import Image
 from gallery.storage import STORAGE_ERRORS
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
@@ -452,7 +452,7 @@ class ImageListCreateApi(APIView):
         serializer = ImageUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
-        result = services.image_add(data=read_upload(upload), original_name=upload.name, user=request.user)
+        result = services.image_add(data=read_upload(upload), original_name=upload_name(upload), user=request.user)
         body = ImageAddedOutputSerializer(result.image,
                                           context={"request": request, "duplicate": not result.created}).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)

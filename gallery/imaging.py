@@ -150,6 +150,14 @@ def read_file_in(root: Path, path: Path) -> bytes:
             os.close(descriptor)
 
 
+def upload_name(upload: UploadedFile) -> str:
+    """The name the user's file has. Browsers send a multipart file name with " as %22 (and CR, LF as
+    %0D, %0A: the HTML standard's form-data encoding), which Django keeps as it came: a photo named
+    'the "big" day.jpg' was stored as 'the %22big%22 day.jpg', and as itself by import_folder."""
+    name = upload.name or ""
+    return name.replace("%22", '"').replace("%0D", " ").replace("%0A", " ")
+
+
 def read_upload(upload: UploadedFile) -> bytes:
     """An uploaded file's bytes, refused (ImageRejected, 413) before reading when it is over the limit."""
     _check_size(upload.size or 0)

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
                             can_view_gallery)
-from gallery.imaging import ACCEPTED_NAMES, read_upload
+from gallery.imaging import ACCEPTED_NAMES, read_upload, upload_name
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE
@@ -130,7 +130,7 @@ def images_add(request: HttpRequest) -> HttpResponse:
     them one per request and asks for JSON (a progress list, no request-size limit on the whole set);
     without it the form sends them all and the gallery page lists what became of each."""
     uploads = request.FILES.getlist("files")
-    outcomes = services.uploads_add(files=[(upload.name or "", partial(read_upload, upload)) for upload in uploads],
+    outcomes = services.uploads_add(files=[(upload_name(upload), partial(read_upload, upload)) for upload in uploads],
                                     user=request.user)
     if request.headers.get("Accept") == "application/json":
         return JsonResponse({"results": [

@@ -33,7 +33,7 @@ from gallery.api import (
     ValidationErrorSerializer,
     error_response,
 )
-from gallery.imaging import read_upload
+from gallery.imaging import read_upload, upload_name
 from retrieval import status as status_service
 from retrieval.preferences import (PreferenceOverrides, preference_defaults, preference_limits, preferences_get,
                                    preferences_update)
@@ -353,7 +353,7 @@ class SearchApi(APIView):
         labels = data.get("labels", ())
         query = Query(image_id=data.get("image_id"), mask_id=data.get("mask_id"), text=data.get("text") or None,
                       upload=read_upload(upload) if upload is not None else None,
-                      upload_name=upload.name if upload is not None else "upload", include_self=data["include_self"],
+                      upload_name=upload_name(upload) if upload is not None else "upload", include_self=data["include_self"],
                       label=data.get("label") or None, labels=labels)
         wanted = {"k": data.get("k"), "intersection_first": data.get("intersection"),
                   "preferred_index": data.get("policy"), "split": data.get("split")}

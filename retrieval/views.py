@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from gallery import selectors, services
 from gallery.access import access_image
 from gallery.errors import Refused
-from gallery.imaging import ACCEPTED_NAMES, header_facts, read_upload, shown_as_stored
+from gallery.imaging import ACCEPTED_NAMES, header_facts, read_upload, shown_as_stored, upload_name
 from gallery.models import Mask
 from gallery.overlays import overlay_png
 from gallery.thumbnails import DISPLAY_SIZE, webp_rendition
@@ -40,7 +40,7 @@ def home(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             upload = form.cleaned_data["file"]
             try:
-                uploads.staged_add(data=read_upload(upload), name=upload.name, session=request.session)
+                uploads.staged_add(data=read_upload(upload), name=upload_name(upload), session=request.session)
                 return redirect("pages:home")
             except Refused as exc:
                 form.add_error("file", exc.message)

@@ -370,6 +370,17 @@ def test_all_frames_together_stay_within_a_pixel_budget(settings):
     assert caught.value.too_large
 
 
+def test_a_name_with_double_quotes_is_stored_as_the_user_named_the_file(signed_in, media_root):
+    """Browsers send " in a multipart file name as %22 (the HTML standard's form-data encoding): the
+    API and the gallery page stored 'the %22big%22 day.jpg' where import_folder stores the real name."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    as_sent = "the %22big%22 day.jpg"  # what Chromium sends for: the "big" day.jpg
+    assert upload(signed_in, as_sent, encode(photo(), "JPEG")).status_code == 201
+    signed_in.post(reverse("pages:images-add"), {"files": [SimpleUploadedFile("line%0Abreak.png", encode(photo(), "PNG"))]})
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ['line break.png', 'the "big" day.jpg']
+
+
 def test_api_rejects_files_over_the_byte_limit_with_413(signed_in, media_root, settings):
     settings.IMAGINAITION_MAX_UPLOAD_BYTES = 1000
     response = upload(signed_in, "big.bmp", encode(photo(), "BMP"))
