@@ -86,11 +86,11 @@ def load(n: int, semantic_dim: int, semantic_key: str, content_key: str,
             cursor.execute(f"DROP INDEX {name}")
         cursor.execute(
             "INSERT INTO gallery_image (file, sha256, original_name, width, height, format, byte_size, created_at,"
-            " status, error, masks_status, masks_error)"
+            " status, error, masks_status, masks_error, segmented_by)"
             # Increasing keys: the unique sha256 index grows at its right edge (random keys made 1M
             # inserts I/O-bound on the small default shared_buffers).
             " SELECT 'bench/placeholder.png', lpad(to_hex(i), 64, '0'), 'bench-' || i || '.png',"
-            " 1, 1, 'PNG', 0, now(), 'ready', '', 'ready', '' FROM generate_series(1, %s) AS i RETURNING id", [n])
+            " 1, 1, 'PNG', 0, now(), 'ready', '', 'ready', '', '' FROM generate_series(1, %s) AS i RETURNING id", [n])
         ids = np.sort(np.array([row[0] for row in cursor.fetchall()], dtype=np.int64))
     semantic, content = synthetic_vectors(n, semantic_dim, seed)
     embeddings_copy_in(image_ids=ids, space="semantic", model_key=semantic_key, vectors=semantic)
