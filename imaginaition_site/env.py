@@ -25,6 +25,20 @@ def env_bool(name: str, default: bool) -> bool:
     return text.lower() in TRUE_WORDS
 
 
+def env_text(name: str, default: str) -> str:
+    """A word setting whose value is checked where it is used (a system check lists what it may be): blank is
+    the default, as for every other setting (IMAGINAITION_MODEL_PROFILE= from an env file stopped every command)."""
+    return os.environ.get(name, "").strip() or default
+
+
+def env_folder(name: str, default: Path) -> Path:
+    """A folder the project writes in: env_path, refused by name when it is a file (a traceback followed)."""
+    path = env_path(name, default)
+    if path.exists() and not path.is_dir():
+        raise ImproperlyConfigured(f"{name} must be a folder (made when missing), not the file {path}")
+    return path
+
+
 def env_path(name: str, default: Path) -> Path:
     """A folder or file setting (a leading ~ is the home folder); blank is the default (it was the working
     folder: a process started elsewhere made a secret key, media and indexes of its own there)."""

@@ -10,11 +10,11 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from imaginaition_site.env import env_bool, env_choice, env_list, env_number, env_path, env_rate
+from imaginaition_site.env import env_bool, env_choice, env_folder, env_list, env_number, env_path, env_rate, env_text
 from imaginaition_site.storage_settings import media_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = env_path("IMAGINAITION_VAR_DIR", BASE_DIR / "var")
+VAR_DIR = env_folder("IMAGINAITION_VAR_DIR", BASE_DIR / "var")
 
 
 def _secret_key() -> str:
@@ -214,7 +214,7 @@ FILE_UPLOAD_HANDLERS = ["imaginaition_site.middleware.UploadLimitHandler",
 IMAGINAITION_PUBLIC_GALLERY = env_bool("IMAGINAITION_PUBLIC_GALLERY", False)
 
 # Models (retrieval/encoders/registry.py is the one place that knows about weight files).
-IMAGINAITION_MODEL_PROFILE = os.environ.get("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
+IMAGINAITION_MODEL_PROFILE = env_text("IMAGINAITION_MODEL_PROFILE", "auto")  # auto|standard|offline
 # A relative folder is inside the project, wherever a command runs from (as the import roots).
 IMAGINAITION_WEIGHTS_DIR = BASE_DIR / env_path("IMAGINAITION_WEIGHTS_DIR", Path("weights"))
 # Images per pipeline batch; unset: per device (retrieval.encoders.devices.batch_size). At most 4096: a batch
@@ -241,19 +241,19 @@ IMAGINAITION_INDEX_SYNC_SECONDS = env_number("IMAGINAITION_INDEX_SYNC_SECONDS", 
 # The page banner's state (integrity, queue) is re-checked in the background at most this often.
 IMAGINAITION_BANNER_REFRESH_SECONDS = env_number("IMAGINAITION_BANNER_REFRESH_SECONDS", 10.0, minimum=0, whole=False)
 # Where models run: auto (CUDA, else Apple MPS, else CPU), cpu, cuda or mps (retrieval/encoders/devices.py).
-IMAGINAITION_DEVICE = os.environ.get("IMAGINAITION_DEVICE", "auto")
+IMAGINAITION_DEVICE = env_text("IMAGINAITION_DEVICE", "auto")
 # auto: half precision where a model keeps its results with it (checked on its first batch; accelerators,
 # and the segmenter on CPUs with native bf16); fp32: never (retrieval/encoders/precision.py).
-IMAGINAITION_PRECISION = os.environ.get("IMAGINAITION_PRECISION", "auto")
+IMAGINAITION_PRECISION = env_text("IMAGINAITION_PRECISION", "auto")
 # The offline profile's network, for its semantic model and segmenter: lite2 (default) or lite0 (half
 # the model time per image on a CPU, less precise: docs/OFFLINE_PROFILE.md).
-IMAGINAITION_OFFLINE_NETWORK = os.environ.get("IMAGINAITION_OFFLINE_NETWORK", "lite2")
+IMAGINAITION_OFFLINE_NETWORK = env_text("IMAGINAITION_OFFLINE_NETWORK", "lite2")
 # A registered segmenter key replacing the profile's own (empty: the profile's, DeepLabV3-ResNet101 for
 # standard); e.g. torchvision/lraspp_mobilenet_v3_large for speed. `fetch_weights` fetches it.
-IMAGINAITION_SEGMENTER = os.environ.get("IMAGINAITION_SEGMENTER", "")
+IMAGINAITION_SEGMENTER = env_text("IMAGINAITION_SEGMENTER", "")
 # How segmenters run on the CPU: torch (default) or openvino (kept only if its first picture's masks agree
 # with torch fp32's; faster only on some hosts: retrieval/encoders/openvino_runtime.py).
-IMAGINAITION_SEGMENTER_RUNTIME = os.environ.get("IMAGINAITION_SEGMENTER_RUNTIME", "torch")
+IMAGINAITION_SEGMENTER_RUNTIME = env_text("IMAGINAITION_SEGMENTER_RUNTIME", "torch")
 # Models converted for a runtime (OpenVINO), one folder per model and weight file; safe to delete.
 IMAGINAITION_MODEL_CACHE_DIR = env_path("IMAGINAITION_MODEL_CACHE_DIR", VAR_DIR / "models")
 # torch threads per process; 0 (default): the process's share of the cores (cores / processes, at least 1)

@@ -18,7 +18,7 @@ def media_storage(environ: Mapping[str, str]) -> dict[str, Any]:
     """STORAGES["default"]: local (MEDIA_ROOT: a local folder or a shared mount) or s3 (an S3-compatible
     bucket through django-storages; credentials as boto3 reads them: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     an instance role, ...)."""
-    kind = environ.get("IMAGINAITION_STORAGE", "local")
+    kind = environ.get("IMAGINAITION_STORAGE", "").strip() or "local"  # blank: the default
     if kind == "local":
         return {"BACKEND": "gallery.storage.AtomicFileSystemStorage"}
     if kind != "s3":

@@ -67,7 +67,7 @@ def active_profile() -> Profile:
     if wanted in ("standard", "offline"):
         return cast(Profile, wanted)
     if wanted != "auto":
-        raise ValueError(f"IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not {wanted!r}")
+        raise ImproperlyConfigured(f"IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not {wanted!r}")
     if all(MODELS[key].weights_present() for key in profile_models("standard").values()):
         return "standard"
     return "offline"

@@ -147,6 +147,7 @@ def test_ensure_admin_generates_a_password_once(capsys, django_user_model, monke
 
 def test_ensure_admin_takes_the_password_from_the_environment(capsys, django_user_model, monkeypatch):
     monkeypatch.setenv("IMAGINAITION_ADMIN_PASSWORD", "correct-horse-battery")
+    monkeypatch.setenv("IMAGINAITION_ADMIN_USERNAME", "")  # set but blank: the default, as every setting
     call_command("ensure_admin")
     assert "correct-horse-battery" not in capsys.readouterr().out
     assert django_user_model.objects.get(username="admin").check_password("correct-horse-battery")

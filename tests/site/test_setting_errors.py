@@ -36,8 +36,15 @@ from tests.conftest import REPO
      f"retrieval.E005) IMAGINAITION_INDEX_DIR={REPO / 'README.md'} cannot be used as a folder: a file, not a folder"),
     ("IMAGINAITION_MODEL_CACHE_DIR", "/proc/no-such-folder", "check",
      "retrieval.E005) IMAGINAITION_MODEL_CACHE_DIR=/proc/no-such-folder cannot be used as a folder: "),
+    # FileExistsError from making the secret key's folder, the variable not named
+    ("IMAGINAITION_VAR_DIR", str(REPO / "README.md"), "check",
+     f"Error: IMAGINAITION_VAR_DIR must be a folder (made when missing), not the file {REPO / 'README.md'}"),
+    # fetch_weights (the one-off step's) ended in a ValueError's traceback
+    ("IMAGINAITION_MODEL_PROFILE", "fancy", "fetch_weights",
+     "CommandError: IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'"),
 ], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index",
-        "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable"])
+        "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable",
+        "var-dir-a-file", "profile-fetch-weights"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
     env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", command], cwd=REPO, env=env, capture_output=True, text=True,
@@ -52,3 +59,20 @@ def test_a_log_level_in_lower_case_and_an_empty_index_kind_are_taken(setting, va
     done = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_word_settings_set_but_blank_are_their_defaults():
+    """README: "A variable set but blank is its default"; these seven stopped every command (an env file's
+    IMAGINAITION_MODEL_PROFILE= made migrate, and so make run, fail)."""
+    blank = ["IMAGINAITION_MODEL_PROFILE", "IMAGINAITION_DEVICE", "IMAGINAITION_PRECISION", "IMAGINAITION_OFFLINE_NETWORK",
+             "IMAGINAITION_SEGMENTER", "IMAGINAITION_SEGMENTER_RUNTIME", "IMAGINAITION_STORAGE"]
+    env = {**os.environ, **dict.fromkeys(blank, " "), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c",
+                           "from django.conf import settings as s; from retrieval.encoders.registry import active_models; "
+                           "print(s.IMAGINAITION_DEVICE, s.IMAGINAITION_PRECISION, s.IMAGINAITION_SEGMENTER_RUNTIME, "
+                           "s.STORAGES['default']['BACKEND'], "
+                           "active_models().semantic)"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].split() == ["auto", "auto", "torch", "gallery.storage.AtomicFileSystemStorage",
+                                   "offline/effnet-lite2+minilm/v2"], done.stdout

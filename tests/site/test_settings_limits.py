@@ -101,14 +101,19 @@ def test_a_blank_folder_or_host_list_is_the_default_not_the_working_folder_or_no
     assert env_list("SOME_HOSTS", "localhost,127.0.0.1") == ["localhost", "127.0.0.1"]
 
 
-def test_the_web_role_refuses_a_wrong_setting_in_one_line_and_stops():
+@pytest.mark.parametrize("setting, value, message", [
+    ("IMAGINAITION_BATCH_SIZE", "abc", "IMAGINAITION_BATCH_SIZE must be a whole number of at least 1 and at most 4096, "
+                                       "not 'abc'"),
+    # read when the web process names its models and device, after Django's setup: a traceback of 19 frames
+    ("IMAGINAITION_DEVICE", "tpu", "IMAGINAITION_DEVICE must be one of auto, cpu, cuda, mps"),
+])
+def test_the_web_role_refuses_a_wrong_setting_in_one_line_and_stops(setting, value, message):
     """The documented web command (gunicorn) printed a traceback of 73 lines; with a plain exit status it
     would start its worker again and again."""
-    env = {**os.environ, "IMAGINAITION_BATCH_SIZE": "abc", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "gunicorn", "imaginaition_site.wsgi:application", "--bind",
                            "127.0.0.1:0", "--workers", "1"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 3 and "Worker failed to boot" in done.stderr
-    assert ("Error: IMAGINAITION_BATCH_SIZE must be a whole number of at least 1 and at most 4096, not 'abc'"
-            in done.stderr.splitlines())
+    assert any(line.startswith(f"Error: {message}") for line in done.stderr.splitlines()), done.stderr[-3000:]
     assert "Traceback" not in done.stderr

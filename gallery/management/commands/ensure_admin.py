@@ -16,7 +16,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             account = admin_ensure(
-                username=os.environ.get("IMAGINAITION_ADMIN_USERNAME", "admin"),
+                username=os.environ.get("IMAGINAITION_ADMIN_USERNAME", "").strip() or "admin",  # blank: the default
                 password=os.environ.get("IMAGINAITION_ADMIN_PASSWORD") or None,
                 email=os.environ.get("IMAGINAITION_ADMIN_EMAIL", ""),
             )
