@@ -70,16 +70,49 @@ def prune_dead_holders(*, log: bool = True) -> list[int]:
     path = _holders_file()
     if not path.exists():
         return []
-    try:
-        pids = json.loads(path.read_text() or "[]")
-    except json.JSONDecodeError:
-        pids = []
+    pids = _holders_read(path)
+    if pids is None:
+        # Emptied or garbled (a process stopped while the wheel rewrote it in place): the wheel then failed
+        # every new process, and a list read as empty would let the next one to exit stop the server under
+        # the rest. The holders are this project's running processes; a few too many only delay a stop.
+        pids = _project_processes()
+        if log:
+            logger.warning("embedded postgres: the holder list %s was unreadable; rebuilt from this project's "
+                           "running processes %s", path, pids)
+        _holders_write(path, pids)
     live = [pid for pid in pids if _live(pid)]
     if live != pids:
         if log:
             logger.info("embedded postgres: dropping dead holders %s", sorted(set(pids) - set(live)))
-        path.write_text(json.dumps(live))
+        _holders_write(path, live)
     return live
+
+
+def _holders_read(path: Path) -> list[int] | None:
+    """The holder list; None when it is not one (empty, cut short, not a list of pids)."""
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return pids if isinstance(pids, list) and all(isinstance(pid, int) for pid in pids) else None
+
+
+def _holders_write(path: Path, pids: list[int]) -> None:
+    """Replaced whole, never rewritten in place: a process stopped mid-write leaves the old list, not an empty one."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    aside.write_text(json.dumps(pids))
+    os.replace(aside, path)
+
+
+def _project_processes() -> list[int]:
+    """Live Python processes started in this project's folder (web, workers, commands, tests)."""
+    found = []
+    for process in psutil.process_iter(["pid", "exe", "cwd"]):  # the executable: a title can be renamed
+        info = process.info
+        if info["cwd"] and Path(info["cwd"]).is_relative_to(BASE_DIR) and "python" in Path(info["exe"] or "").name \
+                and _live(info["pid"]):
+            found.append(info["pid"])
+    return sorted(found)
 
 
 def ensure_running() -> EmbeddedConnection:
@@ -125,10 +158,10 @@ def _holders_edit(*, drop: tuple[int, ...] = (), add: int | None = None) -> None
 
     with PostgresServer._lock:
         path = _holders_file()
-        pids = [held for held in json.loads(path.read_text() or "[]") if held not in drop]
+        pids = [held for held in (_holders_read(path) or _project_processes()) if held not in drop]
         if add is not None and add not in pids:
             pids.append(add)
-        path.write_text(json.dumps(pids))
+        _holders_write(path, pids)
 
 
 def _create_database(conn: EmbeddedConnection) -> None:

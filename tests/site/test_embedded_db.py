@@ -105,6 +105,28 @@ def test_the_last_live_holder_stops_the_server_even_when_dead_holders_never_unre
     assert stopped  # by the last live holder
 
 
+@pytest.mark.parametrize("damaged", ["", "[12, 3", '{"not": "a list"}'])
+def test_an_emptied_holder_list_is_rebuilt_from_the_projects_processes_not_left_to_fail_every_new_one(db, damaged):
+    """Found empty while the service ran (a process stopped as the wheel rewrote it in place): every new
+    command then failed in the wheel's JSON reading, and a list read as empty let the next to exit stop
+    the server under the rest."""
+    holders = embedded_db.PGDATA / ".handle_pids.json"
+    before = json.loads(holders.read_text())
+    try:
+        holders.write_text(damaged)
+        done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c",
+                               "from django.db import connection; connection.ensure_connection(); print('connected')"],
+                              capture_output=True, text=True, timeout=120, cwd=settings.BASE_DIR,
+                              env={**os.environ, "IMAGINAITION_DATABASE_NAME": settings.DATABASES["default"]["NAME"]})
+        assert done.returncode == 0 and "connected" in done.stdout, done.stderr[-2000:]  # a new process connects
+        assert embedded_db.server_pid() is not None
+        assert os.getpid() in json.loads(holders.read_text())  # this test process, which holds it, is listed again
+        holders.write_text(damaged)
+        assert os.getpid() in embedded_db.prune_dead_holders() == json.loads(holders.read_text())
+    finally:
+        holders.write_text(json.dumps(sorted(set(before) | set(embedded_db.prune_dead_holders(log=False)))))
+
+
 def test_releasing_a_hold_leaves_the_server_running_for_the_processes_still_using_it(db):
     """`make run` releases its hold at its end. A second run of the same checkout that ended (a bad
     setting, a busy port) used to stop the server under the first one's web and workers."""
