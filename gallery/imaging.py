@@ -223,6 +223,8 @@ def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedIma
     never sits in the web process at full size."""
     _check_bytes(data)
     picture, image_format, (width, height) = _decode(data, draft_side=max_side)
+    with _decoding_errors_refused():  # as image_check does: a picture looked at here may be added next
+        _later_frames_check(PILImage.open(io.BytesIO(data)))
     return DecodedImage(picture=for_models(picture, max_side), format=image_format, width=width, height=height)
 
 
