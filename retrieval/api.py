@@ -12,7 +12,7 @@ from drf_spectacular.utils import (Direction, OpenApiParameter, OpenApiResponse,
 from rest_framework import serializers, status
 from rest_framework.fields import empty
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -33,6 +33,7 @@ from gallery.api import (
     ValidationErrorSerializer,
     error_response,
 )
+from gallery.access import can_view_gallery
 from gallery.imaging import read_upload, upload_name
 from retrieval import status as status_service
 from retrieval.preferences import (PreferenceOverrides, preference_defaults, preference_limits, preferences_get,
@@ -391,12 +392,24 @@ class PreferencesSerializer(serializers.Serializer):
     split = serializers.IntegerField(help_text="percent of the remaining places for the preferred index")
 
 
+class PreferencesPermission(BasePermission):
+    """Anyone reads them (the defaults, signed out); an anonymous visitor changes them only where the gallery
+    is public: on a private one they serve no search, and each change stored a session row for nothing."""
+
+    message = GalleryPermission.message
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return request.method in SAFE_METHODS or can_view_gallery(request.user)
+
+
 class PreferencesApi(APIView):
-    """The caller's search preferences (per user; per session for anonymous visitors)."""
+    """The caller's search preferences (per user; per session for anonymous visitors of a public gallery)."""
 
-    permission_classes = [AllowAny]
+    permission_classes = [PreferencesPermission]
 
-    @extend_schema(responses={200: PreferencesSerializer, 401: INVALID_CREDENTIALS})
+    # Anyone reads them: drf-spectacular tells that only of its own permission classes.
+    @extend_schema(responses={200: PreferencesSerializer, 401: INVALID_CREDENTIALS},
+                   auth=[{"tokenAuth": []}, {"cookieAuth": []}, {}])
     def get(self, request: Request) -> Response:
         return Response(preferences_get(user=request.user, session=request.session))
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
 from django.core.files.storage import default_storage
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
@@ -16,7 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gallery import selectors, services
-from gallery.access import access_image
+from gallery.access import access_image, can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import ACCEPTED_NAMES, header_facts, read_upload, shown_as_stored, upload_name
 from gallery.models import Mask
@@ -171,10 +172,12 @@ def search(request: HttpRequest) -> HttpResponseBase:
 @require_http_methods(["GET", "POST"])
 def preferences(request: HttpRequest) -> HttpResponse:
     """Everyone's search preferences: saved to the account, or to the session for anonymous visitors."""
+    if request.method == "POST" and not can_view_gallery(request.user):  # as the API: nothing to search with them
+        return redirect_to_login(request.get_full_path())
     current = preferences_get(user=request.user, session=request.session)
     form = PreferencesForm(request.POST or None, initial=dict(current))
     if request.method == "POST" and form.is_valid():
         preferences_update(user=request.user, session=request.session, values=form.cleaned_data)
         messages.success(request, "Preferences saved.")
         return redirect("pages:preferences")
-    return render(request, "retrieval/preferences.html", {"form": form})
+    return render(request, "retrieval/preferences.html", {"form": form, "may_change": can_view_gallery(request.user)})

@@ -127,9 +127,14 @@ def test_preferences_are_validated_and_saved(client, user):
     assert "?threshold=60" in client.get(reverse("pages:image", args=[image.pk])).content.decode()  # overlays follow it
 
 
-def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, user):
-    """The page says "Saved for this browser session; sign in to keep them": signing in keeps them."""
+def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, user, settings):
+    """The page says "Saved for this browser session; sign in to keep them": signing in keeps them (a
+    public gallery's visitor; on a private one the page says to sign in to change them)."""
     from retrieval.models import SearchPreferences
+
+    settings.IMAGINAITION_PUBLIC_GALLERY = False
+    assert "sign in</a> to change them" in client.get(reverse("pages:preferences")).content.decode()
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
 
     SearchPreferences.objects.create(user=user, k=9, split=70)  # older choices of the account
     saved = client.post(reverse("pages:preferences"), {"mask_threshold": 40, "k": 3, "preferred_index": "content",

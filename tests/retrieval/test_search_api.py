@@ -190,10 +190,27 @@ def test_preferences_defaults_update_and_validation(client, user):
     assert bad.status_code == 400 and {"split", "preferred_index"} <= set(bad.json())
 
 
-def test_anonymous_preferences_live_in_the_session(client):
+def test_anonymous_preferences_live_in_the_session_of_a_public_gallery(client, settings):
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
     url = reverse("api-preferences")
     client.put(url, {"mask_threshold": 70}, content_type="application/json")
     assert client.get(url).json()["mask_threshold"] == 70
+
+
+def test_on_a_private_gallery_anonymous_visitors_read_the_defaults_and_change_nothing(client):
+    """Each anonymous PUT stored a session row (no CSRF token asked of a visitor, no throttle) for
+    preferences that serve no search there."""
+    from django.contrib.sessions.models import Session
+
+    url = reverse("api-preferences")
+    for _ in range(3):
+        refused = client.put(url, {"k": 5}, content_type="application/json")
+        assert refused.status_code == 401 and refused.json()["detail"].startswith("Sign in")
+    page = client.post(reverse("pages:preferences"), {"mask_threshold": 30, "k": 5, "preferred_index": "semantic",
+                                                      "split": 50})
+    assert page.status_code == 302 and page["Location"].startswith(reverse("login"))
+    assert client.get(url).json()["k"] == 50 and client.get(reverse("pages:preferences")).status_code == 200
+    assert not Session.objects.exists()
 
 
 def test_stored_preferences_drive_the_search(client, user, gallery):
