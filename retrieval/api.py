@@ -407,9 +407,10 @@ class PreferencesApi(APIView):
 
     permission_classes = [PreferencesPermission]
 
-    # Anyone reads them: drf-spectacular tells that only of its own permission classes.
+    # Anyone reads them: drf-spectacular tells that only of its own permission classes. (`auth` takes the
+    # operation's security entries, which its annotation calls strings.)
     @extend_schema(responses={200: PreferencesSerializer, 401: INVALID_CREDENTIALS},
-                   auth=[{"tokenAuth": []}, {"cookieAuth": []}, {}])
+                   auth=[{"tokenAuth": []}, {"cookieAuth": []}, {}])  # type: ignore[list-item]
     def get(self, request: Request) -> Response:
         return Response(preferences_get(user=request.user, session=request.session))
 
