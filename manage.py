@@ -19,9 +19,13 @@ def main() -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         sys.exit(f"Error: cannot use the database of {where}: {reason}")
     except ProgrammingError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        if 'extension "vector"' in first_line:  # migrate's CREATE EXTENSION: no right to, or no pgvector on the server
+            sys.exit(f"Error: the database lacks the pgvector extension ({first_line}): a superuser runs `CREATE "
+                     "EXTENSION vector;` in it once, on a server with pgvector installed (docs/DEPLOYMENT.md)")
         if getattr(exc.__cause__, "sqlstate", None) != "42P01":  # undefined_table: not migrated; others are bugs
             raise
-        sys.exit(f"Error: the database has no tables of this service ({str(exc).strip().splitlines()[0]}): run "
+        sys.exit(f"Error: the database has no tables of this service ({first_line}): run "
                  "`python manage.py migrate` first, or check DATABASE_URL / IMAGINAITION_DATABASE_NAME")
 
 

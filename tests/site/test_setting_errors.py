@@ -76,3 +76,32 @@ def test_word_settings_set_but_blank_are_their_defaults():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1].split() == ["auto", "auto", "torch", "gallery.storage.AtomicFileSystemStorage",
                                    "offline/effnet-lite2+minilm/v2"], done.stdout
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="a role is made on the embedded server")
+def test_migrate_on_a_database_without_pgvector_that_its_role_may_not_add_says_what_to_do(db):
+    """DEPLOYMENT.md's setup without its superuser step: migrate ended in a traceback."""
+    import psycopg
+    from urllib.parse import quote
+
+    from imaginaition_site import embedded_db
+
+    server = embedded_db.ensure_running()
+    with psycopg.connect(host=server.host, port=server.port, user=server.user, dbname="postgres",
+                         autocommit=True) as pg:
+        pg.execute("DROP DATABASE IF EXISTS novector")
+        pg.execute("DROP ROLE IF EXISTS novector_owner")
+        pg.execute("CREATE ROLE novector_owner LOGIN PASSWORD 'owner-pass-1'")
+        pg.execute("CREATE DATABASE novector OWNER novector_owner")
+        try:
+            url = f"postgres://novector_owner:owner-pass-1@{quote(server.host, safe='')}:{server.port}/novector"
+            done = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, capture_output=True,
+                                  text=True, timeout=180, env={**{name: value for name, value in os.environ.items()
+                                          if name != "IMAGINAITION_DATABASE_NAME"},  # it names the test's
+                                       "DATABASE_URL": url, "HF_HUB_OFFLINE": "1"})
+        finally:
+            pg.execute("DROP DATABASE IF EXISTS novector WITH (FORCE)")
+            pg.execute("DROP ROLE IF EXISTS novector_owner")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert ('Error: the database lacks the pgvector extension (permission denied to create extension "vector")'
+            in done.stderr and "CREATE EXTENSION vector;" in done.stderr)
