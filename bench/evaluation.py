@@ -227,26 +227,32 @@ def evaluation_goals(report: EvaluationReport) -> list[GoalCheck]:
     checks = []
     p10 = hybrid.precision_at_10
     checks.append(GoalCheck(f"category P@10 ≥ {GOAL_PRECISION_AT_10:.2f} (hybrid)",
-                            _number(p10), None if p10 is None else p10 >= GOAL_PRECISION_AT_10))
+                            _number(p10), None if p10 is None else _at_least(p10, GOAL_PRECISION_AT_10)))
     if p10 is None or semantic.precision_at_10 is None or hybrid.map_at_50 is None or semantic.map_at_50 is None:
         checks.append(GoalCheck("hybrid ≥ semantic only (P@10 and mAP@50)", "not measured", None))
     else:
         checks.append(GoalCheck(
             "hybrid ≥ semantic only (P@10 and mAP@50)",
             f"P@10 {p10:.3f} vs {semantic.precision_at_10:.3f}, mAP@50 {hybrid.map_at_50:.3f} vs {semantic.map_at_50:.3f}",
-            p10 >= semantic.precision_at_10 and hybrid.map_at_50 >= semantic.map_at_50))
+            _at_least(p10, semantic.precision_at_10) and _at_least(hybrid.map_at_50, semantic.map_at_50)))
     r1 = hybrid.near_duplicate_recall_at_1
     checks.append(GoalCheck(
         f"near-duplicate R@1 ≥ {GOAL_NEAR_DUPLICATE_RECALL_AT_1:.2f} (hybrid) among ≥ {GOAL_DISTRACTORS:,} distractors",
         f"{_number(r1)} among {report.distractors:,}",
-        None if r1 is None else r1 >= GOAL_NEAR_DUPLICATE_RECALL_AT_1 and report.distractors >= GOAL_DISTRACTORS))
+        None if r1 is None else _at_least(r1, GOAL_NEAR_DUPLICATE_RECALL_AT_1) and report.distractors >= GOAL_DISTRACTORS))
     r1_with_copies = hybrid.near_duplicate_recall_at_1_with_copies
     checks.append(GoalCheck(
         "the same, with the other copies in the gallery too",
         f"{_number(r1_with_copies)} among {report.distractors_with_copies:,}",
-        None if r1_with_copies is None else (r1_with_copies >= GOAL_NEAR_DUPLICATE_RECALL_AT_1
+        None if r1_with_copies is None else (_at_least(r1_with_copies, GOAL_NEAR_DUPLICATE_RECALL_AT_1)
                                              and report.distractors_with_copies >= GOAL_DISTRACTORS)))
     return checks
+
+
+def _at_least(value: float, goal: float) -> bool:
+    """value ≥ goal, a mean's last bit of rounding aside (the mean of 24 × 0.7 is 0.6999999999999998: shown
+    as 0.700, it was "not met")."""
+    return value >= goal - 1e-9
 
 
 def evaluation_markdown(report: EvaluationReport) -> str:

@@ -4,6 +4,8 @@ command on a tiny generated labelled set (real offline-profile models, a databas
 import io
 import json
 import random
+import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,14 @@ from bench.evaluation import (
     COPY_CROP_SIDE,
     COPY_JPEG_QUALITY,
     COPY_SCALE,
+    GOAL_PRECISION_AT_10,
     EvaluationError,
+    EvaluationReport,
+    PolicyScores,
     average_precision_at_k,
     captions_read,
     copy_recipe,
+    evaluation_goals,
     near_duplicate_copy,
     precision_at_k,
     recall_at_k,
@@ -68,6 +74,19 @@ def test_recall_at_k_by_hand():
 
 
 # --- near-duplicate copies ---------------------------------------------------------------------
+
+def test_a_goal_reached_to_the_last_bit_of_a_mean_is_met():
+    """3 categories of 8 images, every query at 0.7: the mean, 0.6999999999999998, was "not met"."""
+    reached = statistics.fmean([GOAL_PRECISION_AT_10] * 24)
+    assert reached < GOAL_PRECISION_AT_10  # what the float sum gives
+    scores = [PolicyScores(policy, reached, 0.5, None, None) for policy in ("semantic only", "hybrid")]
+    report = EvaluationReport(profile="offline", models={}, categories=3, images=24, category_queries=24,
+                              near_duplicate_queries=0, distractors=0, caption_queries=0, scores=scores)
+    goals = evaluation_goals(report)
+    assert goals[0].met is True and goals[0].measured == "0.700" and goals[1].met is True
+    lower = [PolicyScores("semantic only", 0.7, 0.5, None, None), PolicyScores("hybrid", 0.699, 0.5, None, None)]
+    assert [goal.met for goal in evaluation_goals(replace(report, scores=lower))][:2] == [False, False]
+
 
 def test_near_duplicate_copies_are_seeded_altered_jpegs_within_the_ranges():
     picture = PILImage.new("RGB", (200, 100), "white")
@@ -192,6 +211,11 @@ def test_evaluate_refuses_the_database_in_use_and_databases_it_did_not_create(la
         call_command("evaluate", "--data", str(labelled_set), "--seed", "abc")  # "invalid int value: 'abc'"
     with pytest.raises(CommandError, match="argument --scenes: must be 2 or more, not 1"):
         call_command("evaluate", "--data", str(labelled_set), "--regions", "--scenes", "1")
+    # options of --regions without it were ignored: a whole category evaluation ran instead
+    with pytest.raises(CommandError, match="--scenes is an option of --regions"):
+        call_command("evaluate", "--data", str(labelled_set), "--scenes", "5")
+    with pytest.raises(CommandError, match="--backgrounds is an option of --regions"):
+        call_command("evaluate", "--data", str(labelled_set), "--backgrounds", str(labelled_set))
 
 
 @pytest.mark.django_db
