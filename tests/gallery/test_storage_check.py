@@ -103,6 +103,8 @@ def test_deleting_is_refused_when_most_originals_are_orphans_a_check_against_the
                                            r"\(and 0 by one\) in database '.+'\. Is it the gallery's \(DATABASE_URL"):
         call_command("storage_check", "--delete")
     assert all(default_storage.exists(name) for name in pictures)
+    with pytest.raises(CommandError, match="--force is an option of --delete"):  # a check ran, the option ignored
+        call_command("storage_check", "--force")
 
     call_command("storage_check", "--delete", "--force")
     assert "deleted 3 files referred to by no image" in capsys.readouterr().out

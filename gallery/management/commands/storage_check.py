@@ -31,6 +31,8 @@ class Command(BaseCommand):
                                  "added right now, its row not yet committed")
 
     def handle(self, *args: str, delete: bool, force: bool, older_than: int, **options: object) -> None:
+        if force and not delete:  # else a check, the --force ignored without a word
+            raise CommandError("--force is an option of --delete: add --delete to remove the files no image refers to")
         try:
             with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
                 report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)

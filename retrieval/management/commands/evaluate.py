@@ -25,6 +25,9 @@ from bench.region_evaluation import RegionReport, region_evaluation_run, region_
 from gallery.management.arguments import at_least, output_file_check
 
 
+DEFAULT_SCENES = 300  # composite scenes of --regions
+
+
 class Command(BaseCommand):
     help = ("Measure retrieval quality on a labelled folder (one sub-folder per category), in a database "
             "of its own (never the gallery in use): category precision@10 and mAP@50 for semantic only, "
@@ -51,7 +54,8 @@ class Command(BaseCommand):
                             help="measure search by region: --data holds objects with alpha (one sub-folder per "
                                  "category), pasted onto the photos of --backgrounds")
         parser.add_argument("--backgrounds", type=Path, help="with --regions: a folder of background photos")
-        parser.add_argument("--scenes", type=at_least(2), default=300, help="with --regions: how many scenes (default 300)")
+        parser.add_argument("--scenes", type=at_least(2), default=None,
+                            help=f"with --regions: how many scenes (default {DEFAULT_SCENES})")
         parser.add_argument("--write-docs", action="store_true",
                             help="write the results as the 'Retrieval quality' section of docs/BENCHMARKS.md")
         # Set by the process that starts this command again on the evaluation database.
@@ -59,12 +63,16 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, data: Path, captions: Path | None, near_duplicates: int, seed: int, database: str,
                keep: bool, batch_size: int | None, json_path: Path | None, write_docs: bool,
-               child_work_dir: Path | None, regions: bool, backgrounds: Path | None, scenes: int,
+               child_work_dir: Path | None, regions: bool, backgrounds: Path | None, scenes: int | None,
                **options: Any) -> None:
+        if not regions and (scenes is not None or backgrounds is not None):  # else ignored without a word
+            raise CommandError(f"{'--scenes' if scenes is not None else '--backgrounds'} is an option of --regions: "
+                               "add --regions to measure search by region")
         if json_path is not None and child_work_dir is None:  # before the run: its report must not be lost
             output_file_check("--json", json_path, "report.json")
         if regions:
-            self._regions(data=data, backgrounds=backgrounds, scenes=scenes, seed=seed, database=database, keep=keep,
+            self._regions(data=data, backgrounds=backgrounds, scenes=scenes or DEFAULT_SCENES, seed=seed,
+                          database=database, keep=keep,
                           batch_size=batch_size, json_path=json_path, write_docs=write_docs,
                           child_work_dir=child_work_dir)
             return
