@@ -24,7 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage import data as skdata
+try:
+    from skimage import data as skdata
+except ImportError:  # the test extra's: `make run` alone does not install it
+    raise SystemExit("bench.autoencoder_data needs scikit-image: run `make test` once (it installs the test extras), "
+                     "or `.venv/bin/python -m pip install scikit-image`") from None
 
 from bench.offline_semantic import OPENCLIPART, OPENCLIPART_OBJECTS, _on_white
 
@@ -139,8 +143,11 @@ def main() -> None:
     parser.add_argument("--wallpaper-crops", type=int, default=60)
     parser.add_argument("--photo-crops", type=int, default=30)
     args = parser.parse_args()
-    if not OPENCLIPART.is_dir() or not WALLPAPERS.is_dir():
-        raise SystemExit("apt-get install openclipart-png plasma-workspace-wallpapers")
+    missing = [f"{folder} (Debian package {package})" for folder, package in
+               ((OPENCLIPART, "openclipart-png"), (WALLPAPERS, "plasma-workspace-wallpapers")) if not folder.is_dir()]
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)}; install with `apt-get install openclipart-png "
+                         "plasma-workspace-wallpapers`")
     if args.target.exists() and any(args.target.iterdir()):
         raise SystemExit(f"{args.target} is not empty")
     counts = prepare(args.target, seed=args.seed, per_folder=args.per_folder,

@@ -79,6 +79,12 @@ def main() -> None:
     parser.add_argument("--raw", help="also write the raw figures to this JSON file")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
     args = parser.parse_args()
+    import torch
+
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available, "cpu": lambda: True}
+    if not available[args.device]():  # else a traceback from deep in torch, after the photos were listed
+        raise SystemExit(f"--device {args.device}: this machine has no such device for PyTorch; run it where one "
+                         "is (bench/gpu_check.sh), or measure the CPU with --device cpu")
     os.environ["IMAGINAITION_DEVICE"] = args.device  # read by the settings, inherited by the workers
     os.environ["IMAGINAITION_MODEL_PROFILE"] = "standard"
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -86,7 +92,6 @@ def main() -> None:
     all_started = time.perf_counter()
     setup_django(DATABASE)
     os.environ["IMAGINAITION_WEIGHTS_DIR"] = str(standard_random_weights())  # the workers' too
-    import torch
     from django.conf import settings
     from django.test import override_settings
 

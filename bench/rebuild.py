@@ -1,7 +1,7 @@
 """FAISS rebuild from PostgreSQL vs a bare binary COPY of the same vector columns (same run).
 
     python -m bench.rebuild                # N = 100k (about 2 minutes)
-    python -m bench.rebuild --n 1000000    # about 15 minutes
+    python -m bench.rebuild --n 1000000    # 6-15 minutes (the load, then 3 rebuilds of each space)
 
 Goal: rebuilding the indexes of N images takes ≤ 2× a bare `COPY ... TO STDOUT (FORMAT BINARY)` of
 the same vector columns. The rebuild (`retrieval.indexes.index_rebuild`) is the real one: count,

@@ -21,3 +21,13 @@ def test_a_database_benchmark_runs_and_prints_its_table(command, expected):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert expected in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Apple's MPS may be there")
+def test_the_accelerator_benchmark_without_its_device_says_so_in_one_line():
+    """It listed the photos, then ended in a traceback from torch."""
+    done = subprocess.run([sys.executable, "-m", "bench.ingest_device", "--device", "mps", "--no-write"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("--device mps: this machine has no such device for PyTorch; run it where one is "
+                                   "(bench/gpu_check.sh), or measure the CPU with --device cpu")
