@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.options import IS_FACETS_VAR, ShowFacets
 from django.contrib.admin.utils import unquote
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -42,6 +43,10 @@ class LabelFilter(admin.SimpleListFilter):
     parameter_name = "masks__label"  # the address Django's filter used: links and bookmarks keep working
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        facets = model_admin.show_facets is ShowFacets.ALWAYS or (
+            model_admin.show_facets is ShowFacets.ALLOW and IS_FACETS_VAR in request.GET)
+        if facets:  # "Show counts": Django adds each choice's count (among the filtered images) itself
+            return [(label, label) for label, _ in selectors.label_counts()]
         return [(label, f"{label} ({count})") for label, count in selectors.label_counts()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:

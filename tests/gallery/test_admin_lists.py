@@ -41,6 +41,8 @@ def test_the_lists_read_neither_mask_pictures_nor_vectors_nor_sort_every_column(
     assert not any('DISTINCT "gallery_image"."id"' in sql for sql in queries)  # every column: sorts the table
     assert not any('DISTINCT "gallery_mask"."label"' in sql for sql in queries)  # the labels: counted and cached
     assert "cat (3)" in page  # the label filter's choice, with its images
+    faceted, _ = page_queries(admin_client, reverse("admin:gallery_image_changelist") + "?_facets=True")
+    assert "cat (3)" in faceted and "cat (3) (3)" not in faceted  # "Show counts": Django's count, once
     for query in ("?masks__label=cat", "?q=cat"):  # where a join could repeat an image: each once
         page, _ = page_queries(admin_client, reverse("admin:gallery_image_changelist") + query)
         assert all(page.count(f">pic{i}.png<") == 1 for i in range(3)), query
