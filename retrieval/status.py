@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -114,6 +114,7 @@ class Banner:
 
 
 _banner: Banner | None = None
+BANNER_COUNT_ON_THE_PAGE_AFTER = 60.0  # seconds: an older banner's count of waiting images is not shown
 _banner_at = 0.0
 _banner_refreshing = False
 _banner_lock = threading.Lock()
@@ -122,15 +123,26 @@ _banner_lock = threading.Lock()
 def banner_state() -> Banner:
     """The banner as last refreshed; a page never waits for the check behind it (counts, index
     load). When it is older than IMAGINAITION_BANNER_REFRESH_SECONDS, a background thread of this
-    process refreshes it for the next page."""
+    process refreshes it for the next page; when it is much older (the first page after a quiet spell),
+    the page counts the images waiting itself, one indexed count: it showed 2,100 waiting from five
+    minutes before, when none was."""
     global _banner_refreshing
     with _banner_lock:
-        stale = _banner is None or time.monotonic() - _banner_at > settings.IMAGINAITION_BANNER_REFRESH_SECONDS
+        age = time.monotonic() - _banner_at
+        stale = _banner is None or age > settings.IMAGINAITION_BANNER_REFRESH_SECONDS
         start = stale and not _banner_refreshing
         _banner_refreshing = _banner_refreshing or start
+        shown = _banner
     if start:
         threading.Thread(target=_banner_refresh_in_background, name="banner-refresh", daemon=True).start()
-    return _banner or Banner(profile=active_models().profile, pending="…", index="checking", device=str(model_device()))
+    if shown is None:
+        return Banner(profile=active_models().profile, pending="…", index="checking", device=str(model_device()))
+    if age > max(BANNER_COUNT_ON_THE_PAGE_AFTER, settings.IMAGINAITION_BANNER_REFRESH_SECONDS):
+        try:
+            return replace(shown, pending=images_pending_count())
+        except DatabaseError:
+            return replace(shown, pending="?")
+    return shown
 
 
 def banner_refresh() -> Banner:

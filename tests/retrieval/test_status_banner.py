@@ -56,6 +56,22 @@ def test_pages_show_the_cached_state_without_checking(client, user, settings, ch
     assert len(checks.calls) == 1  # three pages, no further check
 
 
+def test_after_a_quiet_spell_the_first_page_counts_the_images_waiting_itself(client, user, settings, checks,
+                                                                           monkeypatch):
+    """The banner showed 2,100 images waiting from the last page five minutes before, when none was."""
+    settings.IMAGINAITION_BANNER_REFRESH_SECONDS = 10
+    checks.release.set()
+    status.banner_refresh()  # 7 waiting
+    monkeypatch.setattr(status, "images_pending_count", lambda: 0)  # the workers finished meanwhile
+    client.force_login(user)
+    assert banner_of(client.get(reverse("pages:gallery")).content.decode()) == ("7", "count mismatch")  # recent
+    wait_for(lambda: not status._banner_refreshing, timeout=10, message="the refresh to finish")
+    monkeypatch.setattr(status, "_banner_at", status._banner_at - status.BANNER_COUNT_ON_THE_PAGE_AFTER - 1)
+    monkeypatch.setattr(status, "_banner", status.Banner(profile="offline", pending=2100, index="ok"))
+    assert banner_of(client.get(reverse("pages:gallery")).content.decode()) == ("0", "ok")
+    wait_for(lambda: not status._banner_refreshing, timeout=10, message="the refresh to finish")
+
+
 def test_a_stale_state_is_refreshed_in_the_background_for_the_next_page(client, user, settings, checks):
     settings.IMAGINAITION_BANNER_REFRESH_SECONDS = 0
     client.force_login(user)
