@@ -61,3 +61,28 @@ def test_a_staff_user_without_the_delete_permission_is_still_refused(client, dja
     response = client.post(reverse("admin:gallery_image_delete", args=[image.pk]), {"post": "yes"})
     assert response.status_code == 403
     assert Image.objects.filter(pk=image.pk).exists()
+
+
+def test_the_bulk_confirmation_names_some_images_and_counts_the_rest_without_loading_them(
+        client, staff_user, media_root, monkeypatch):
+    """Django's page loaded and listed every mask and vector: for 2,500 images 19,000 lines, 12 s, and a
+    web process 1 GB larger afterwards."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from gallery import admin as gallery_admin
+
+    monkeypatch.setattr(gallery_admin, "DELETE_LISTED", 2)
+    images = [image_with_everything(f"{name}.png") for name in "abc"]
+    client.force_login(staff_user)
+    selected = {"action": "delete_selected", "_selected_action": [image.pk for image in images]}
+    with CaptureQueriesContext(connection) as queries:
+        page = client.post(reverse("admin:gallery_image_changelist"), selected).content.decode()
+    named = [f'<li>Image: <a href="{reverse("admin:gallery_image_change", args=[image.pk])}">{image}</a>'
+             for image in images]
+    assert named[0] in page and named[1] in page and named[2] not in page and "<li>… and 1 more images</li>" in page
+    for counted in ("Images: 3", "Masks: 3", "Embeddings: 3", "Region embeddings: 3"):  # each row once
+        assert f"<li>{counted}</li>" in page, counted
+    assert not any('"vector"' in query["sql"] or "probability_png" in query["sql"] for query in queries.captured_queries)
+    single = client.get(reverse("admin:gallery_image_delete", args=[images[0].pk])).content.decode()
+    assert "<li>Region embeddings: 1</li>" in single and named[0] in single and "permission to delete" not in single
