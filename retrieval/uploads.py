@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 SESSION_KEY = "staged_upload"
 MAX_AGE_SECONDS = 3600
 MAX_WAITING = 32  # uploads waiting for their labels at once, all sessions together
+# Staged uploads kept at once, all sessions together: a new one past it ends the oldest early. A public
+# gallery's visitors (a session each) kept any number, each up to the upload limit, for an hour.
+MAX_STAGED = 100
 INTERACTIVE_CLUSTER = "interactive"  # Q_CLUSTER_NAME of the worker that answers pages (settings.Q_CLUSTER)
 SegmentationState = Literal["working", "ready", "failed"]
 _NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the interactive worker "
@@ -141,6 +144,10 @@ def _cleanup() -> None:
     limit = timezone.now() - timedelta(seconds=MAX_AGE_SECONDS)
     expired = list(StagedUploadRecord.objects.filter(created_at__lt=limit).values_list("token", flat=True))
     for token in expired:
+        _delete(token)
+    # Room for the one being staged: the newest MAX_STAGED - 1 stay.
+    for token in list(StagedUploadRecord.objects.order_by("-created_at", "-pk").values_list("token", flat=True)
+                      [MAX_STAGED - 1:]):
         _delete(token)
     live = {_file_name(token) for token in StagedUploadRecord.objects.values_list("token", flat=True)}
     stored_delete([name for name in _stored_staging_files()
