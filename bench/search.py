@@ -180,8 +180,10 @@ def fresh_process_passes(queries: int) -> str:
     mapped the pages around each row read before (64 KB a fault), as in a long-running process.
     Returns the section's body."""
     out = subprocess.run([sys.executable, "-c", f"from bench.search import _three_passes; _three_passes({queries})"],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                          env={**os.environ})
+    if out.returncode != 0:  # its own last line says why (no indexes yet), or its traceback does
+        raise SystemExit(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
     return out.stdout.strip().split("BODY\n", 1)[1]
 
 
@@ -208,7 +210,9 @@ def _three_passes(queries: int) -> None:
     snapshots = {space: manager.get(space=space, model_key=key, dim=MODELS[key].dim)
                  for space, key in (("semantic", models.semantic), ("content", models.content))}
     kinds = {space: (snapshot.kind, snapshot.count) for space, snapshot in snapshots.items() if snapshot is not None}
-    assert len(kinds) == 2, f"run python -m bench.search first (indexes: {kinds})"
+    if len(kinds) != 2:
+        raise SystemExit(f"--warm measures the indexes the last run left: run `python -m bench.search` first "
+                         f"(indexes found: {kinds or 'none'})")
     picked = np.random.default_rng(7).choice(np.fromiter(snapshots["semantic"].ids, dtype=np.int64),
                                              size=2 * queries, replace=False).tolist()
     cached, cache_s = _rerank_files_into_page_cache(list(snapshots.values()))
