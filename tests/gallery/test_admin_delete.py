@@ -86,3 +86,27 @@ def test_the_bulk_confirmation_names_some_images_and_counts_the_rest_without_loa
     assert not any('"vector"' in query["sql"] or "probability_png" in query["sql"] for query in queries.captured_queries)
     single = client.get(reverse("admin:gallery_image_delete", args=[images[0].pk])).content.decode()
     assert "<li>Region embeddings: 1</li>" in single and named[0] in single and "permission to delete" not in single
+
+
+def test_select_all_then_delete_is_carried_out_whatever_the_number_of_images(client, staff_user, media_root,
+                                                                              settings):
+    """The confirmation's form held one hidden field per image: past DATA_UPLOAD_MAX_NUMBER_FIELDS (1,000
+    by default; 10 here) "Yes, I'm sure" was refused with a 400 and nothing was deleted."""
+    import re
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    images = [make_image(name=f"pic{i}.png", color=(i, 0, 0)) for i in range(12)]
+    kept = make_image(name="other.png")
+    client.force_login(staff_user)
+    changelist = reverse("admin:gallery_image_changelist") + "?q=pic"  # the filter "Select all" selected within
+    confirm = client.post(changelist, {"action": "delete_selected", "select_across": "1", "index": "0",
+                                       "_selected_action": [images[0].pk]})
+    page = confirm.content.decode()
+    assert confirm.status_code == 200 and "<li>Images: 12</li>" in page
+    start = page.index('<form method="post">')
+    form = page[start:page.index("</form>", start)]
+    fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)
+    assert 3 <= len(fields) <= 5, fields  # the selection, not one field per image
+    done = client.post(changelist, dict(fields))
+    assert done.status_code == 302, re.findall(r"<h1>.*?</h1>|errornote.*?</p>|<li class=\"[a-z]*\">.*?</li>", done.content.decode())[:5]
+    assert list(Image.objects.values_list("pk", flat=True)) == [kept.pk]
