@@ -206,9 +206,14 @@ def _three_passes(queries: int) -> None:
     from retrieval.policy import Preferences
     from retrieval.search import QueryVectors, rank
 
+    from django.db import OperationalError
+
     models = active_models()
-    snapshots = {space: manager.get(space=space, model_key=key, dim=MODELS[key].dim)
-                 for space, key in (("semantic", models.semantic), ("content", models.content))}
+    try:
+        snapshots = {space: manager.get(space=space, model_key=key, dim=MODELS[key].dim)
+                     for space, key in (("semantic", models.semantic), ("content", models.content))}
+    except OperationalError:  # no benchmark database yet
+        snapshots = {}
     kinds = {space: (snapshot.kind, snapshot.count) for space, snapshot in snapshots.items() if snapshot is not None}
     if len(kinds) != 2:
         raise SystemExit(f"--warm measures the indexes the last run left: run `python -m bench.search` first "
