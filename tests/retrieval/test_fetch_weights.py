@@ -342,3 +342,16 @@ def test_the_status_api_shows_the_active_models_weight_files_and_a_damaged_one_i
         registry.unload_all()
     assert any(str(target) in record.getMessage() and "does not match its SHA-256" in record.getMessage()
                for record in caplog.records)
+
+
+def test_a_wrong_profile_is_said_before_anything_is_fetched(settings, monkeypatch):
+    """It was said after the downloads (or, offline, after "standard cannot run without them")."""
+    from retrieval.management.commands import fetch_weights
+
+    def never(**kwargs):
+        raise AssertionError("fetched before the profile was checked")
+
+    monkeypatch.setattr(fetch_weights, "weights_fetch", never)
+    settings.IMAGINAITION_MODEL_PROFILE = "fancy"
+    with pytest.raises(CommandError, match="^IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'$"):
+        call_command("fetch_weights")

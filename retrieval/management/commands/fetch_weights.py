@@ -39,15 +39,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, timeout: float, keys: list[str] | None, no_progress: bool,
                **options: Any) -> None:
         try:
+            active_profile()  # a wrong IMAGINAITION_MODEL_PROFILE is said first, not after minutes of downloads
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        try:
             report = weights_fetch(keys=keys, connect_timeout=timeout, progress=not no_progress)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if report.results:
             self.stdout.write(report.summary())
-        try:
-            self.stdout.write(f"active model profile: {active_profile()}")
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"active model profile: {active_profile()}")
         problems = model_settings_check()  # what no download fixes, e.g. a weights folder without our own files
         if problems:
             raise CommandError(f"{problems[0].msg}. {problems[0].hint}")  # the check gives one at most
