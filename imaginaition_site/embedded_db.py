@@ -70,16 +70,7 @@ def prune_dead_holders(*, log: bool = True) -> list[int]:
     path = _holders_file()
     if not path.exists():
         return []
-    pids = _holders_read(path)
-    if pids is None:
-        # Emptied or garbled (a process stopped while the wheel rewrote it in place): the wheel then failed
-        # every new process, and a list read as empty would let the next one to exit stop the server under
-        # the rest. The holders are this project's running processes; a few too many only delay a stop.
-        pids = _project_processes()
-        if log:
-            logger.warning("embedded postgres: the holder list %s was unreadable; rebuilt from this project's "
-                           "running processes %s", path, pids)
-        _holders_write(path, pids)
+    pids = _holders_read_or_rebuilt(path, log=log)
     live = [pid for pid in pids if _live(pid)]
     if live != pids:
         if log:
@@ -95,6 +86,21 @@ def _holders_read(path: Path) -> list[int] | None:
     except (OSError, ValueError):
         return None
     return pids if isinstance(pids, list) and all(isinstance(pid, int) for pid in pids) else None
+
+
+def _holders_read_or_rebuilt(path: Path, *, log: bool = True) -> list[int]:
+    """The holder list, rebuilt (and written) when it is emptied or garbled (a process stopped while the
+    wheel rewrote it in place): the wheel then failed every new process, and a list read as empty would
+    let the next one to exit stop the server under the rest. The holders are this project's running
+    processes; a few too many only delay a stop."""
+    pids = _holders_read(path)
+    if pids is None:
+        pids = _project_processes()
+        if log:
+            logger.warning("embedded postgres: the holder list %s was unreadable; rebuilt from this project's "
+                           "running processes %s", path, pids)
+        _holders_write(path, pids)
+    return pids
 
 
 def _holders_write(path: Path, pids: list[int]) -> None:
@@ -158,7 +164,7 @@ def _holders_edit(*, drop: tuple[int, ...] = (), add: int | None = None) -> None
 
     with PostgresServer._lock:
         path = _holders_file()
-        pids = [held for held in (_holders_read(path) or _project_processes()) if held not in drop]
+        pids = [held for held in _holders_read_or_rebuilt(path) if held not in drop]
         if add is not None and add not in pids:
             pids.append(add)
         _holders_write(path, pids)
