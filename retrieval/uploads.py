@@ -142,14 +142,11 @@ def staged_clear_all() -> None:
 def _cleanup() -> None:
     """Uploads older than MAX_AGE_SECONDS go, and files no record names (left by a crash) once as old."""
     limit = timezone.now() - timedelta(seconds=MAX_AGE_SECONDS)
-    expired = list(StagedUploadRecord.objects.filter(created_at__lt=limit).values_list("token", flat=True))
-    for token in expired:
-        _delete(token)
-    # Room for the one being staged: the newest MAX_STAGED - 1 stay.
-    for token in list(StagedUploadRecord.objects.order_by("-created_at", "-pk").values_list("token", flat=True)
-                      [MAX_STAGED - 1:]):
-        _delete(token)
-    live = {_file_name(token) for token in StagedUploadRecord.objects.values_list("token", flat=True)}
+    newest_first = StagedUploadRecord.objects.order_by("-created_at", "-pk").values_list("token", "created_at")
+    # Expired, or past the newest MAX_STAGED - 1 (room for the one being staged).
+    gone = {token for index, (token, created) in enumerate(newest_first) if created < limit or index >= MAX_STAGED - 1}
+    _delete(*gone)
+    live = {_file_name(token) for token, _ in newest_first if token not in gone}
     stored_delete([name for name in _stored_staging_files()
                    if name not in live and default_storage.get_modified_time(name) < limit])
 
@@ -318,9 +315,10 @@ def _records_delete(records: QuerySet[StagedUploadRecord]) -> None:
         StagedUploadRecord.objects.filter(pk__in=locked).delete()  # their masks go with them
 
 
-def _delete(token: str) -> None:
-    _records_delete(StagedUploadRecord.objects.filter(token=token))
-    stored_delete([_file_name(token)])
+def _delete(*tokens: str) -> None:
+    if tokens:
+        _records_delete(StagedUploadRecord.objects.filter(token__in=tokens))
+        stored_delete([_file_name(token) for token in tokens])
 
 
 def staged_clear(*, session: SessionBase) -> None:
