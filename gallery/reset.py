@@ -26,7 +26,7 @@ from gallery import events, selectors
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import (User, folder_files, folder_import, images_process_here, images_schedule,
-                              subfolders_not_read)
+                              names_shortened, subfolders_not_read)
 from gallery.storage_check import deleted_images_files_remove
 from gallery.thumbnails import thumbnail_names
 
@@ -54,6 +54,10 @@ class ResetPreview:
     files_to_import: int
     folders_not_read: list[str]  # the folder's sub-folders, when they are not imported
 
+    @property
+    def folders_not_read_named(self) -> str:
+        return names_shortened(self.folders_not_read)
+
 
 def reset_folder_check(*, folder: str) -> Path:
     """The folder as a resolved path under the import roots; ResetRefused with a readable reason otherwise."""
@@ -67,7 +71,7 @@ def reset_preview(*, folder: str, recursive: bool) -> ResetPreview:
     path = reset_folder_check(folder=folder)
     try:
         files, _ = folder_files(root=path, recursive=recursive)
-        folders_not_read = [] if recursive else subfolders_not_read(path)
+        folders_not_read = subfolders_not_read(path, recursive=recursive)
     except OSError as exc:  # e.g. changed since the check
         raise ResetRefused(f"{path} cannot be read by the server: {exc.strerror or exc}.") from None
     responses = events.derived_data_counted.send(sender=Image)

@@ -200,9 +200,11 @@ class ImportReport:
     folders_not_read: list[str] = field(default_factory=list)  # the root's sub-folders, when not recursive
 
 
-def subfolders_not_read(root: Path) -> list[str]:
-    """The sub-folders of `root` (names, sorted) that an import without recursion leaves: said, never
-    skipped in silence. Symbolic links are not among them: they are refused as such."""
+def subfolders_not_read(root: Path, *, recursive: bool) -> list[str]:
+    """The sub-folders of `root` (names, sorted) that an import without recursion leaves (none with it):
+    said, never skipped in silence. Symbolic links are not among them: they are refused as such."""
+    if recursive:
+        return []
     return sorted(readable_name(entry.name) for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink())
 
 
@@ -269,7 +271,8 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
         raise NotADirectoryError(f"{root} is not a folder")
     files, refused = folder_files(root=root, recursive=recursive)
     resolved_root = root.resolve()
-    report = ImportReport(rejected=list(refused), folders_not_read=[] if recursive else subfolders_not_read(resolved_root))
+    report = ImportReport(rejected=list(refused),
+                          folders_not_read=subfolders_not_read(resolved_root, recursive=recursive))
     for path in files:
         relative = readable_name(str(path.relative_to(resolved_root)))
         try:
