@@ -354,7 +354,8 @@ class SearchApi(APIView):
         labels = data.get("labels", ())
         query = Query(image_id=data.get("image_id"), mask_id=data.get("mask_id"), text=data.get("text") or None,
                       upload=read_upload(upload) if upload is not None else None,
-                      upload_name=upload_name(upload) if upload is not None else "upload", include_self=data["include_self"],
+                      upload_name=upload_name(upload) if upload is not None else "upload",
+                      include_self=data["include_self"],
                       label=data.get("label") or None, labels=labels)
         wanted = {"k": data.get("k"), "intersection_first": data.get("intersection"),
                   "preferred_index": data.get("policy"), "split": data.get("split")}

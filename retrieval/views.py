@@ -48,7 +48,8 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "retrieval/home.html", {
         "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
         "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts(),
-        "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES, "accepted_formats": ACCEPTED_NAMES})  # the script refuses a larger file unsent
+        "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,  # the script refuses a larger file unsent
+        "accepted_formats": ACCEPTED_NAMES})
 
 
 def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:
