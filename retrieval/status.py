@@ -113,8 +113,8 @@ class Banner:
     model_change: str = ""
 
 
-_banner: Banner | None = None
 BANNER_COUNT_ON_THE_PAGE_AFTER = 60.0  # seconds: an older banner's count of waiting images is not shown
+_banner: Banner | None = None
 _banner_at = 0.0
 _banner_refreshing = False
 _banner_lock = threading.Lock()
