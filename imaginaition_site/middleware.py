@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve, reverse
 
@@ -17,6 +18,20 @@ from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachab
 logger = logging.getLogger(__name__)
 NUL_REFUSED = "Query parameters cannot contain NUL characters."
 API_UNKNOWN_ENDPOINT = "api-unknown-endpoint"  # the URL name of the API's catch-all 404
+INLINE_STYLES = "'unsafe-inline'"
+
+
+class ContentSecurityPolicyMiddleware(CSPMiddleware):
+    """django-csp's policy (settings.CONTENT_SECURITY_POLICY: scripts and styles only from the site's
+    files) on every response that has none of its own; under /api/ styles may also be inline, since the
+    pages there come from DRF's and Swagger UI's templates, which use inline styles (no inline script)."""
+
+    def get_policy_parts(self, request: HttpRequest, response: HttpResponseBase,
+                         report_only: bool = False) -> PolicyParts:
+        parts = super().get_policy_parts(request, response, report_only)
+        if request.path_info.startswith("/api/") and not report_only:
+            parts.update = {**(parts.update or {}), "style-src": [INLINE_STYLES]}
+        return parts
 
 
 class PageRefusalsMiddleware:

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "imaginaition_site.middleware.RequestBodyLimitMiddleware",  # first: before anything reads a body
     "django.middleware.security.SecurityMiddleware",
+    "imaginaition_site.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "imaginaition_site.middleware.ApiPathWithoutSlashMiddleware",
@@ -195,6 +196,14 @@ SECURE_HSTS_PRELOAD = HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy of every page (django-csp): scripts, styles, pictures and requests only from this
+# site, nothing inline (the pages' scripts and styles are files under static/), no frames, forms sent only
+# here. Pictures may also be data: (admin's empty favicon, Swagger UI's icons). Files served as uploaded
+# send a stricter one of their own (gallery/views_files.py).
+CONTENT_SECURITY_POLICY = {"DIRECTIVES": {
+    "default-src": ["'self'"], "script-src": ["'self'"], "style-src": ["'self'"], "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"], "object-src": ["'none'"], "base-uri": ["'self'"], "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"]}}
 SESSION_COOKIE_HTTPONLY = True
 
 # Upload limits: bytes per file and pixels per image (Pillow's decompression-bomb guard raises above

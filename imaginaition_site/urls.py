@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from gallery import page_urls as gallery_pages
 from gallery.api import NoSuchEndpointApi
@@ -11,8 +11,9 @@ from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
 from retrieval import page_urls as retrieval_pages
 
 
-class SwaggerDocsView(SpectacularSwaggerView):
-    """/api/docs/: drf-spectacular's Swagger UI (served from the installed sidecar: works offline)."""
+class SwaggerDocsView(SpectacularSwaggerSplitView):
+    """/api/docs/: drf-spectacular's Swagger UI (served from the installed sidecar: works offline), its
+    start-up script a file of its own (?script), since the Content-Security-Policy runs no inline script."""
 
     renderer_classes = [PageLanguageTemplateRenderer]
 

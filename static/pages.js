@@ -1,6 +1,7 @@
-// The pages' only script: mask overlays, uploads with progress (chosen or dropped), and polling while an
-// image is processed. Wrapped in a block: an upload's answer may be written into this same window
-// (document.write below), which runs this script again, and top-level names would then clash.
+// The pages' script (no page has an inline one: the Content-Security-Policy runs none): mask overlays,
+// uploads with progress (chosen or dropped), preference sliders, and polling while an image is processed.
+// Wrapped in a block: an upload's answer may be written into this same window (document.write below),
+// which runs this script again, and top-level names would then clash.
 {
 
 // A label button lays its server-rendered overlay over the image; pressing it again, or
@@ -228,6 +229,15 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     e.preventDefault(); form.classList.remove("over");
     if (e.dataTransfer.files.length && !button.disabled) addAll([...e.dataTransfer.files]);
   });
+});
+
+// A range slider shows its value beside its label (the preferences page), also when Back restores a moved one.
+document.querySelectorAll("input[type=range]").forEach((input) => {
+  const out = document.getElementById(input.id + "-value");
+  if (!out) return;
+  const show = () => { out.textContent = input.value; };
+  input.addEventListener("input", show);
+  window.addEventListener("pageshow", show);
 });
 
 // An image being processed (or an upload's labels being found): ask until it is done, then reload the page.

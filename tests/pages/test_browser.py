@@ -139,7 +139,7 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
             viewer = page.locator("#staged-viewer")
             before = viewer.screenshot()
             page.get_by_role("button", name=re.compile(r"^cat\b")).click()
-            page.wait_for_function("document.querySelector('#staged-viewer').dataset.overlay?.startsWith('cat')")
+            page.wait_for_function("() => document.querySelector('#staged-viewer').dataset.overlay?.startsWith('cat')")
             assert pixels(viewer.screenshot()).mean() < pixels(before).mean() - 5  # outside the cat: dimmed
             page.screenshot(path=ARTIFACTS / "main.png", full_page=True)
         page.get_by_role("button", name="Add to database").click()
@@ -177,10 +177,11 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     page.wait_for_url(url + f"/images/{ids['chelsea']}/")
     page.screenshot(path=ARTIFACTS / "image.png", full_page=True)
     viewer = page.locator("#image-viewer")
-    page.wait_for_function("[...document.querySelectorAll('#image-viewer img')].every(i => i.hidden || i.complete)")
+    page.wait_for_function("() => [...document.querySelectorAll('#image-viewer img')]"
+                           ".every(i => i.hidden || i.complete)")
     plain = viewer.screenshot()
     page.get_by_role("button", name=re.compile(r"^cat\b")).click()
-    page.wait_for_function("document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
+    page.wait_for_function("() => document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
     with_cat = viewer.screenshot()
     assert with_cat != plain
     assert pixels(with_cat).mean() < pixels(plain).mean() - 5
@@ -194,7 +195,7 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     assert "the cat in chelsea.jpg" in page.inner_text("h1")
     hits = page.locator("#results li.hit")
     assert hits.count() >= 1 and page.locator("#results img.region-overlay").count() == hits.count()
-    page.wait_for_function("[...document.querySelectorAll('#results img.region-overlay')]"
+    page.wait_for_function("() => [...document.querySelectorAll('#results img.region-overlay')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     assert "matched region" in hits.first.inner_text()
     page.screenshot(path=ARTIFACTS / "region-results.png", full_page=True)
@@ -265,7 +266,7 @@ def test_the_reset_progress_page_follows_the_job_and_says_when_it_gets_no_answer
     assert page.is_hidden("#reset-error")  # no error: admin's style showed an empty red box through `hidden`
 
     ResetJob.objects.filter(pk=job.pk).update(scanned=7, imported=6, embedded=9)  # 3 uploads made meanwhile
-    page.wait_for_function("document.getElementById('reset-scanned').textContent === '7'")
+    page.wait_for_function("() => document.getElementById('reset-scanned').textContent === '7'")
     assert page.eval_on_selector("#reset-processed-bar", "bar => [bar.value, bar.max]") == [9, 9]
     assert page.is_hidden("#reset-contact")
 

@@ -7,10 +7,13 @@ signed in with a session cookie; no worker runs: an upload's labels are never fo
 
 import io
 import re
+from pathlib import Path
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
+from django.templatetags.static import static
 from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
@@ -109,7 +112,9 @@ def test_each_reset_page_has_its_own_title_and_one_h1_and_progress_reloads_witho
         page = response.content.decode()
         assert f"<title>{title} | " in page, title
         assert page.count("<h1") == 1, title
-        assert "overflow-wrap: anywhere" in page and "max-width: 100%" in page, title  # a long folder name wraps
+        assert f'<link rel="stylesheet" href="{static("admin_reset.css")}">' in page, title
+    rules = Path(finders.find("admin_reset.css")).read_text()
+    assert "overflow-wrap: anywhere" in rules and "max-width: 100%" in rules  # a long folder name wraps
 
     progress = pages["Reset progress"].content.decode()
     assert 'style="width: 40em"' not in progress
@@ -135,7 +140,7 @@ def test_a_mask_overlay_that_fails_says_so_and_remove_overlay_keeps_the_focus(li
 
     # "Remove overlay" disables itself: the focus goes back to the label that was shown.
     cat.click()
-    page.wait_for_function("document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
+    page.wait_for_function("() => document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
     page.get_by_role("button", name="Remove overlay").focus()
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.getAttribute('aria-pressed')") == "false"
@@ -145,14 +150,14 @@ def test_a_mask_overlay_that_fails_says_so_and_remove_overlay_keeps_the_focus(li
     # The dog's mask is gone meanwhile (the image was processed again): its overlay answers 404.
     Mask.objects.filter(pk=dog.pk).delete()
     page.get_by_role("button", name=re.compile(r"^dog\b")).click()
-    page.wait_for_function("document.querySelector('#image-viewer').dataset.overlay === 'failed'")
+    page.wait_for_function("() => document.querySelector('#image-viewer').dataset.overlay === 'failed'")
     message = page.locator('[data-overlay-message="image-viewer"]')
     assert message.get_attribute("role") == "status"
     assert "The mask of dog could not be loaded" in message.inner_text() and "Reload the page" in message.inner_text()
     assert page.get_by_role("button", name=re.compile(r"^dog\b")).get_attribute("aria-pressed") == "false"
     assert page.locator("#image-viewer img.overlay").is_hidden()
     cat.click()  # another label works, and clears the message
-    page.wait_for_function("document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
+    page.wait_for_function("() => document.querySelector('#image-viewer').dataset.overlay?.startsWith('cat')")
     assert message.inner_text() == ""
 
 
@@ -180,7 +185,7 @@ def test_an_upload_shows_its_progress_disables_load_and_follows_the_answer(live_
     page.route("**/?sent=script", lambda route: held.append(route))
     page.get_by_label("Choose an image file, or drop one here").set_input_files(file_payload(*png("red.png")))
     page.get_by_role("button", name="Load").click()
-    page.wait_for_function("document.querySelector('[data-upload-status] progress') !== null")
+    page.wait_for_function("() => document.querySelector('[data-upload-status] progress') !== null")
     status = page.locator("[data-upload-status]")
     assert status.get_attribute("role") == "status" and "Uploading red.png" in status.inner_text()
     assert page.get_by_role("button", name="Load").is_disabled()
@@ -245,7 +250,8 @@ def test_a_staged_overlay_that_fails_says_the_picture_was_replaced(live_server, 
 
     page.get_by_role("button", name=re.compile(r"^cat\b")).click()
     message = page.locator('[data-overlay-message="staged-viewer"]')
-    page.wait_for_function("document.querySelector('[data-overlay-message=\"staged-viewer\"]').textContent !== ''")
+    page.wait_for_function(
+        "() => document.querySelector('[data-overlay-message=\"staged-viewer\"]').textContent !== ''")
     assert "replaced by blue.png" in message.inner_text() and "Load your picture again" in message.inner_text()
     assert page.get_by_role("button", name=re.compile(r"^cat\b")).get_attribute("aria-pressed") == "false"
 
@@ -283,7 +289,7 @@ def test_the_reset_progress_page_says_state_changes_in_a_live_region(live_server
 
     ResetJob.objects.filter(pk=job.pk).update(state="done", phase="done: 1 image imported, the indexes built",
                                               scanned=10, imported=1, embedded=1)
-    page.wait_for_function(f"{region}.textContent.includes('Done — done: 1 image imported')")
+    page.wait_for_function(f"() => {region}.textContent.includes('Done — done: 1 image imported')")
     assert page.is_visible("#reset-done a")
 
 
@@ -317,7 +323,7 @@ def test_a_preference_slider_restored_by_back_shows_its_own_value(live_server, u
     page.get_by_role("link", name="Gallery").first.click()
     page.wait_for_url("**/gallery/")
     page.go_back()
-    page.wait_for_function("document.readyState === 'complete'")
+    page.wait_for_function("() => document.readyState === 'complete'")
     restored = slider.input_value()
     assert page.inner_text("#id_split-value") == restored  # it showed the saved value beside a moved slider
 

@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
+from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.templatetags.static import static
 from django.urls import reverse
 
 from gallery.models import Image
@@ -484,5 +488,7 @@ def test_admin_pages_ask_for_no_favicon_and_wrap_long_names(client, staff_user):
     client.force_login(staff_user)
     page = client.get(reverse("admin:index")).content.decode()
     assert '<link rel="icon" href="data:,">' in page  # no /favicon.ico request, which is a 404
-    assert "#result_list td, .breadcrumbs" in page and "overflow-wrap: anywhere" in page
+    assert f'<link rel="stylesheet" href="{static("admin_site.css")}">' in page  # a file: the CSP has no inline style
+    rules = Path(finders.find("admin_site.css")).read_text()
+    assert "#result_list td, .breadcrumbs" in rules and "overflow-wrap: anywhere" in rules
     assert "Site administration" in page  # still Django's admin layout around it
