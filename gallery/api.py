@@ -17,6 +17,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     Direction,
+    OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
@@ -212,7 +213,8 @@ class ClosedInput(serializers.Serializer):
 
 def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every component a request body refers to allows no other
-    properties (additionalProperties: false), as ClosedInput refuses them."""
+    properties (additionalProperties: false), as ClosedInput refuses them; every operation that takes a
+    body documents the refusals of its length (BODY_REFUSALS) where it says none of its own."""
     components = result.get("components", {}).get("schemas", {})
     operations = [operation for path in result.get("paths", {}).values() for operation in path.values()
                   if isinstance(operation, dict)]  # a path's "parameters" is a list
@@ -221,7 +223,20 @@ def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, 
             name = media.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
             if name in components:
                 components[name]["additionalProperties"] = False
+        if "requestBody" in operation:
+            for code, description in BODY_REFUSALS.items():
+                operation["responses"].setdefault(code, {
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "description": description})
     return result
+
+
+# What the site answers any request with a body, before its view reads it (the site's request limits).
+BODY_REFUSALS = {
+    "411": "A body sent in chunks, without a Content-Length: the site needs the length to check it first.",
+    "413": "A body over the request limits: the whole request over one file at the upload limit and the "
+           "form's fields, or its data (files aside) over DATA_UPLOAD_MAX_MEMORY_SIZE bytes.",
+}
 
 
 class ImageUrlFields(serializers.Serializer):
@@ -438,6 +453,8 @@ class ImageListCreateApi(APIView):
             ImageOutputSerializer(page, many=True, context={"request": request}).data)
 
     @extend_schema(request={"multipart/form-data": ImageUploadSerializer},
+                   parameters=[OpenApiParameter("Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[201],
+                                                description="The added image's address in the API.")],
                    responses={201: OpenApiResponse(ImageAddedOutputSerializer, description="Added."),
                               200: OpenApiResponse(ImageAddedOutputSerializer,
                                                    description="Already stored (the same bytes): that image."),
@@ -455,7 +472,10 @@ class ImageListCreateApi(APIView):
         result = services.image_add(data=read_upload(upload), original_name=upload_name(upload), user=request.user)
         body = ImageAddedOutputSerializer(result.image,
                                           context={"request": request, "duplicate": not result.created}).data
-        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        if not result.created:
+            return Response(body, status=status.HTTP_200_OK)
+        return Response(body, status=status.HTTP_201_CREATED,
+                        headers={"Location": image_url(request, "api-image", result.image.pk)})
 
 
 class ImageDetailApi(APIView):

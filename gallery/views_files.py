@@ -8,7 +8,7 @@ from functools import wraps
 from typing import IO, Any
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
@@ -37,7 +37,7 @@ def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., H
     return with_token
 
 
-@require_GET
+@require_safe
 @api_token_accepted
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     image = access_image(user=request.user, image_id=image_id)
@@ -59,7 +59,7 @@ def uploaded_image_response(stream: IO[bytes], *, name: str, image_format: str) 
     return response
 
 
-@require_GET
+@require_safe
 @api_token_accepted
 def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
@@ -77,7 +77,7 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Htt
     return response
 
 
-@require_GET
+@require_safe
 @api_token_accepted
 def mask_png(request: HttpRequest, image_id: int, mask_id: int) -> HttpResponse:
     """The soft mask as stored: an 8-bit grayscale PNG of per-pixel probability."""

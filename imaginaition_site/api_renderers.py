@@ -5,12 +5,14 @@ in a browser). Their stock templates write a bare <html> (no page language for a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.urls import Resolver404, resolve
-from rest_framework.renderers import BrowsableAPIRenderer, TemplateHTMLRenderer
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, TemplateHTMLRenderer
 from rest_framework.utils import formatting
 
 from imaginaition_site.middleware import API_UNKNOWN_ENDPOINT
@@ -63,3 +65,15 @@ class PageLanguageTemplateRenderer(TemplateHTMLRenderer):
     def render(self, data: Any, accepted_media_type: str | None = None,
                renderer_context: Mapping[str, Any] | None = None) -> Any:
         return with_page_language(super().render(data, accepted_media_type, renderer_context))
+
+
+class SiteContentNegotiation(DefaultContentNegotiation):
+    """A `?format=` no renderer of the view writes is a 406 that names the ones it does, not DRF's bare
+    404 "Not found.", which a client reads as "no such image"."""
+
+    def filter_renderers(self, renderers: Iterable[BaseRenderer], format: str) -> list[BaseRenderer]:  # noqa: A002
+        matching = [renderer for renderer in renderers if renderer.format == format]
+        if not matching:
+            offered = ", ".join(sorted({str(renderer.format) for renderer in renderers}))
+            raise NotAcceptable(f"No format {format!r} here: ?format= may be {offered}.")
+        return matching

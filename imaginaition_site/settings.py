@@ -276,6 +276,7 @@ IMAGINAITION_REGION_STYLE = env_choice("IMAGINAITION_REGION_STYLE", "masked", ("
 IMAGINAITION_SERVING_CHECK_SECONDS = env_number("IMAGINAITION_SERVING_CHECK_SECONDS", 10.0, minimum=0, whole=False)
 
 REST_FRAMEWORK = {
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "imaginaition_site.api_renderers.SiteContentNegotiation",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "gallery.api_auth.ApiTokenAuthentication",  # first: a token wins over a session cookie; 401 without either
         "rest_framework.authentication.SessionAuthentication",
