@@ -176,6 +176,8 @@ class StatusSerializer(serializers.Serializer):
     pgvector_version = serializers.CharField(allow_null=True)
     images = serializers.DictField(child=serializers.IntegerField())
     masks_pending = serializers.IntegerField()
+    masks_failed = serializers.IntegerField(help_text="images whose segmentation failed (their vectors may be "
+                                            "ready): each image's masks_error says why; retry_failed")
     region_vectors = serializers.DictField(child=serializers.IntegerField(),
                                            help_text="region vectors (search by region) per space, active models")
     queued_tasks = serializers.IntegerField()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q, QuerySet
 
 from retrieval.encoders.registry import MODELS, ActiveModels, active_models
 from gallery.models import Image, ProcessingStatus
@@ -75,14 +76,16 @@ def _decide(active: ActiveModels) -> ActiveModels:
     and, while images wait for segmentation (a model change re-segments the gallery to embed its regions
     again), as many region vectors too: search by region rides the same models, and would otherwise lose
     every region not re-embedded yet. With nothing waiting it serves even with fewer regions (another
-    segmenter may find fewer masks)."""
+    segmenter may find fewer masks). Images that failed are not counted: an image the new model cannot
+    embed (its file gone) would otherwise hold the change open for ever, the old model answering."""
     regions_waiting = Image.objects.filter(masks_status=ProcessingStatus.PENDING).exists()
     chosen: dict[str, str] = {}
     for space, key in ((Space.SEMANTIC, active.semantic), (Space.CONTENT, active.content)):
         same_role = [spec.key for spec in MODELS.values() if spec.role == space.value]
-        images, regions = ({model_key: n for model_key, n in vectors.objects.filter(
-            space=space, model_key__in=same_role).values_list("model_key").annotate(n=Count("id")).order_by()}
-            for vectors in (Embedding, RegionEmbedding))
+        images = _vectors_per_model(Embedding, space=space, keys=same_role,
+                                    failed=Q(image__status=ProcessingStatus.FAILED))
+        regions = _vectors_per_model(RegionEmbedding, space=space, keys=same_role,
+                                     failed=Q(image__masks_status=ProcessingStatus.FAILED))
         others = {model_key: n for model_key, n in images.items() if model_key != key}
         best_other = max(others, key=lambda k: others[k], default=None)
         caught_up = best_other is None or (
@@ -90,3 +93,15 @@ def _decide(active: ActiveModels) -> ActiveModels:
             and (not regions_waiting or regions.get(key, 0) >= max(regions.values(), default=0)))
         chosen[space.value] = key if caught_up or best_other is None else best_other
     return replace(active, semantic=chosen["semantic"], content=chosen["content"])
+
+
+def _vectors_per_model(vectors: type[Embedding] | type[RegionEmbedding], *, space: Space, keys: list[str],
+                       failed: Q) -> dict[str, int]:
+    """Vectors per model key, those of failed images left out: counted apart (failed images are few, and
+    a join for every vector would cost a big gallery's count its speed)."""
+    def count(rows: QuerySet[Any]) -> dict[str, int]:
+        return dict(rows.filter(space=space, model_key__in=keys).values_list("model_key").annotate(n=Count("id"))
+                    .order_by())
+
+    every, of_failed = count(vectors.objects.all()), count(vectors.objects.filter(failed))
+    return {key: n - of_failed.get(key, 0) for key, n in every.items()}

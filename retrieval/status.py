@@ -16,7 +16,7 @@ from django_q.models import OrmQ, Task
 from django_q.tasks import async_task
 
 from gallery.models import Image, ProcessingStatus
-from gallery.selectors import images_pending_count
+from gallery.selectors import images_failed_count, images_pending_count
 from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import ActiveModels, active_models, loaded_precisions
 from retrieval.integrity import integrity_check
@@ -39,6 +39,7 @@ class ServiceStatus:
     pgvector_version: str | None
     images: dict[str, int]
     masks_pending: int
+    masks_failed: int  # images whose segmentation failed (their vectors may be ready): retry_failed
     region_vectors: dict[str, int]  # per space, by the active models (search by region)
     queued_tasks: int
     integrity: dict[str, Any]
@@ -67,6 +68,7 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
         pgvector_version=row[0] if row else None,
         images=counts,
         masks_pending=Image.objects.filter(masks_status=ProcessingStatus.PENDING).count(),
+        masks_failed=Image.objects.filter(masks_status=ProcessingStatus.FAILED).count(),
         region_vectors={space: RegionEmbedding.objects.filter(space=space, model_key=key).count()
                         for space, key in (("semantic", active.semantic), ("content", active.content))},
         queued_tasks=OrmQ.objects.count(),
@@ -111,6 +113,9 @@ class Banner:
     device: str = "cpu"
     # A model change under way: "old → new" per role whose old model still answers until re-embedded.
     model_change: str = ""
+    # A new segmenter under way: "old → new"; each image's labels and regions are replaced in turn.
+    segmenter_change: str = ""
+    failed: int | str = 0  # images whose vectors or masks failed: they wait for a retry
 
 
 BANNER_COUNT_ON_THE_PAGE_AFTER = 60.0  # seconds: an older banner's count of waiting images is not shown
@@ -153,7 +158,8 @@ def banner_refresh() -> Banner:
     try:
         banner = Banner(profile=profile, pending=images_pending_count(),
                         index=integrity_check(check_files=False).state, device=device,
-                        model_change=_model_change(active))
+                        model_change=_model_change(active), segmenter_change=_segmenter_change(active),
+                        failed=images_failed_count())
     except DatabaseError:
         banner = Banner(profile=profile, pending="?", index="database unavailable", device=device)
     with _banner_lock:
@@ -163,14 +169,16 @@ def banner_refresh() -> Banner:
 
 def _model_change(active: ActiveModels) -> str:
     serving = serving_models(active=active)
-    changes = [f"{role} {getattr(serving, role)} → {getattr(active, role)}" for role in ("semantic", "content")
-               if getattr(serving, role) != getattr(active, role)]
-    # A new segmenter has no serving model: its change shows as images waiting to be segmented again.
+    return ", ".join(f"{role} {getattr(serving, role)} → {getattr(active, role)}" for role in ("semantic", "content")
+                     if getattr(serving, role) != getattr(active, role))
+
+
+def _segmenter_change(active: ActiveModels) -> str:
+    """A new segmenter has no serving model (an image's masks are replaced when it is segmented again):
+    its change shows as images waiting to be segmented again whose masks another one made."""
     older = (Image.objects.filter(masks_status=ProcessingStatus.PENDING)
              .exclude(segmented_by__in=["", active.segmenter]).values_list("segmented_by", flat=True).first())
-    if older:
-        changes.append(f"segmenter {older} → {active.segmenter}")
-    return ", ".join(changes)
+    return f"{older} → {active.segmenter}" if older else ""
 
 
 def _banner_refresh_in_background() -> None:

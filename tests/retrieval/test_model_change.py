@@ -52,6 +52,30 @@ def test_the_model_with_most_vectors_serves_until_the_active_one_catches_up(sett
 
 
 @pytest.mark.django_db
+def test_an_image_the_new_model_could_not_embed_does_not_hold_the_change_open(settings, media_root):
+    """Its file gone, an image failed under the new model: the old model answered for ever, the banner
+    saying "Changing models" with nothing left to do but that image's retry."""
+    import numpy as np
+
+    from gallery.models import ProcessingStatus
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
+    new = registry.active_models().content
+    rng = np.random.default_rng(0)
+    images = [make_image(name=f"{i}.png") for i in range(3)]
+    for index, image in enumerate(images):
+        for key in (OLD, new) if index < 2 else (OLD,):
+            add_embedding(image, space="content", model_key=key, vector=_unit(rng.random(1024)))
+    Image.objects.filter(pk=images[2].pk).update(status=ProcessingStatus.PENDING)
+    assert serving.serving_models().content == OLD  # still to be re-embedded: the old model answers
+
+    Image.objects.filter(pk=images[2].pk).update(status=ProcessingStatus.FAILED, error="The stored file is missing.")
+    assert serving.serving_models().content == new  # nothing more will come: the change ends
+    assert serving.keys_in_use()[1:] == [("content", new)]
+
+
+@pytest.mark.django_db
 def test_the_old_model_serves_until_the_new_one_has_the_regions_too_while_segmentation_runs(settings, media_root):
     """A model change re-segments the gallery to embed its regions again, after the image vectors: serving
     the new model as soon as its image vectors were complete lost every region not done yet."""

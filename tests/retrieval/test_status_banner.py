@@ -106,6 +106,31 @@ def test_the_banner_says_when_a_model_change_is_under_way(client, user, settings
 
     make_image(name="again.png")
     Image.objects.update(segmented_by="offline/effnet-lite0-cam", masks_status=ProcessingStatus.PENDING)
+    monkeypatch.setattr(status, "serving_models", lambda active: active)  # the vectors are done
     status.banner_refresh()
     page = client.get(reverse("pages:gallery")).content.decode()
-    assert f"segmenter offline/effnet-lite0-cam → {active.segmenter}<" in page
+    # Not "searches use the old model": each image's old masks go as it is segmented again.
+    assert f'id="banner-segmenter-change">offline/effnet-lite0-cam → {active.segmenter}<' in page
+    assert "labels and regions are replaced as it is segmented again" in page
+    assert "Changing models" not in page and "searches use the old model" not in page
+
+
+def test_the_banner_and_the_status_count_images_that_failed(client, user, checks):
+    """Every image's segmentation failed under a new segmenter: the banner said "Index: ok" and nothing
+    else, and /api/status/ had no count of failed masks."""
+    from gallery.models import Image, ProcessingStatus
+    from tests.gallery.factories import make_image
+
+    checks.release.set()
+    client.force_login(user)
+    images = [make_image(name=f"{i}.png") for i in range(3)]
+    status.banner_refresh()
+    assert 'id="banner-failed"' not in client.get(reverse("pages:gallery")).content.decode()
+    Image.objects.filter(pk__in=[images[0].pk, images[1].pk]).update(
+        masks_status=ProcessingStatus.FAILED, masks_error="weights missing")
+    Image.objects.filter(pk=images[2].pk).update(status=ProcessingStatus.FAILED, error="file missing")
+    status.banner_refresh()
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert '<strong id="banner-failed" class="index-warn">3</strong>' in page
+    answer = client.get("/api/status/").json()
+    assert answer["masks_failed"] == 2 and answer["images"]["failed"] == 1
