@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the service: install, migrate, prepare weights, ensure an admin, start workers and the web
+# Run the service: install, prepare weights, migrate, ensure an admin, start workers and the web
 # server on 127.0.0.1:8000. Ctrl-C stops everything this script started, the embedded database too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,10 @@ cleanup() {
 trap cleanup INT TERM HUP EXIT  # HUP: the terminal closed (the workers, in their own sessions, do not see it)
 
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
-$PY manage.py migrate --noinput
+# Weights first: with IMAGINAITION_MODEL_PROFILE=standard and none present, `migrate`'s system checks stop
+# (retrieval.E002) before a later fetch_weights could have brought them.
 $PY manage.py fetch_weights || echo ">> fetch_weights failed; continuing with the weights that are present"
+$PY manage.py migrate --noinput
 $PY manage.py reembed  # after a model change: queue the images the active models have not embedded
 $PY manage.py ensure_admin
 # Each in its own session (setsid): a terminal's Ctrl-C reaches only this script, which then sends each

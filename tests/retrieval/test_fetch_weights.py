@@ -6,6 +6,7 @@ Every standard-profile weight file the registry would download is pointed at a p
 import functools
 import hashlib
 import http.server
+import re
 import shutil
 import socket
 import threading
@@ -355,3 +356,26 @@ def test_a_wrong_profile_is_said_before_anything_is_fetched(settings, monkeypatc
     settings.IMAGINAITION_MODEL_PROFILE = "fancy"
     with pytest.raises(CommandError, match="^IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'$"):
         call_command("fetch_weights")
+
+
+@pytest.mark.django_db
+def test_make_runs_one_off_commands_fetch_the_standard_weights_before_migrate_whose_checks_need_them(
+        served, weights_dir, monkeypatch, settings):
+    """The one-off chain (scripts/run.sh, DEPLOYMENT.md) ran `migrate` first: with the standard profile asked
+    for and no weights yet, its system checks stopped it (retrieval.E002) before fetch_weights could run."""
+    from django.core.management.base import SystemCheckError
+
+    folder, url = served
+    point_standard_weights(monkeypatch, url, folder)
+    settings.IMAGINAITION_MODEL_PROFILE = "standard"
+    with pytest.raises(SystemCheckError, match="retrieval.E002"):
+        call_command("migrate", "--noinput", skip_checks=False, verbosity=0)  # why the order matters
+
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "run.sh").read_text()
+    commands = [name for name in re.findall(r"^\$PY manage\.py (\w+)", script, flags=re.MULTILINE)
+                if name in ("fetch_weights", "migrate")]
+    assert commands == ["fetch_weights", "migrate"]
+    call_command("fetch_weights", "--no-progress", verbosity=0)  # in the script's order: each succeeds
+    call_command("migrate", "--noinput", skip_checks=False, verbosity=0)
+    deployment = (Path(__file__).resolve().parents[2] / "docs" / "DEPLOYMENT.md").read_text()
+    assert "`python manage.py fetch_weights && python manage.py migrate --noinput && " in deployment
