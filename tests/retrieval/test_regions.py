@@ -103,6 +103,29 @@ def test_the_pipeline_stores_region_vectors_for_a_real_photo_once(client, user, 
     assert not RegionEmbedding.objects.exclude(mask__in=Mask.objects.all()).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_batchs_regions_are_encoded_in_groups_of_the_batch_size(client, user, media_root, offline,  # noqa: F811
+                                                                   monkeypatch):
+    """One forward pass took every region of a batch (up to ~80 for 16 photos, ~17 MB each): a worker's
+    heap kept the largest such peak for its life, 2.0-2.7 GB in big imports."""
+    from retrieval.encoders.registry import get_model
+
+    client.force_login(user)
+    upload(client, "rocket")  # a launch pad, a missile and a dog, to the offline segmenter: three regions
+    process_batch(batch_size=1, masks=False)  # vectors first: masks wait for them
+    passes: list[int] = []
+    for key in (offline.semantic, offline.content):
+        model = get_model(key)
+        monkeypatch.setattr(model, "encode_images", lambda pictures, _real=model.encode_images: (
+            passes.append(len(pictures)), _real(pictures))[1])
+    segment_batch(batch_size=1)  # one image a batch: its regions one at a time
+
+    regions = RegionEmbedding.objects.filter(space="content").count()
+    assert regions >= 2, "the test wants an image with more regions than the batch size"
+    assert passes and max(passes) == 1  # every region pass within the batch's size
+    assert RegionEmbedding.objects.filter(space="semantic").count() == regions  # each region still embedded
+
+
 @pytest.mark.django_db
 def test_reembed_requeues_segmentation_where_a_region_lacks_the_active_models_vectors(media_root, offline):  # noqa: F811
     def segmented_image(*, segmenter=offline.segmenter, area=0.4, region_spaces=()):
