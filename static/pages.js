@@ -253,10 +253,21 @@ if (pending) {
     note.append("This page stopped updating: you are signed out. ", link, " to follow it.");
     pending.after(note);
   };
+  // Leaving the page (a form sent, a link followed): a reload now would cancel that navigation and land the
+  // user back here, so it stops asking; only a page the browser brings back from its cache asks again.
+  let leaving = false, stopped = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  window.addEventListener("pageshow", (e) => {
+    if (!e.persisted) return;
+    leaving = false;
+    if (stopped) { stopped = false; setTimeout(poll, delay); }
+  });
   const poll = async () => {
     if (!pending.isConnected) return;  // an upload's answer replaced the page: it asks for itself
+    if (leaving) { stopped = true; return; }
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
+      if (leaving) { stopped = true; return; }
       if (response.status === 404) { location.reload(); return; }  // gone: the page says why
       // Signed out meanwhile (another tab, the session's end): the API says 401, a page sends to sign in.
       if (response.status === 401 || response.status === 403 || response.redirected) { signedOut(); return; }

@@ -1,0 +1,81 @@
+"""The pages' scripts when a request is slow, hangs or gets no answer, and when the user leaves meanwhile.
+
+Browser tests as in test_page_scripts.py: headless Chromium against the live server, no worker. A hang is a
+route whose handler keeps the request unanswered; a lost connection is `route.abort()` or CDP's offline mode.
+"""
+
+import re
+import time
+
+import pytest
+from django.urls import reverse
+
+from gallery.models import Image
+from tests.gallery.factories import make_image
+from tests.pages.test_browser import browser  # noqa: F401 - the fixture
+from tests.pages.test_page_scripts import (  # noqa: F401 - the fixtures
+    close_connections, file_payload, in_browser, offline, png, signed_in_page)
+
+pytestmark = pytest.mark.django_db
+
+CHOOSE_ONE = "Choose an image file, or drop one here"
+
+
+def until(page, condition, timeout: float = 20) -> None:
+    """Wait for a condition of the test's own (route handlers run only while Playwright waits)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        page.wait_for_timeout(50)
+
+
+def load_picture(page, name: str = "red.png") -> None:
+    """Load a picture on the search page; no worker runs, so its labels stay "being found"."""
+    page.get_by_label(CHOOSE_ONE).set_input_files(file_payload(*png(name)))
+    page.get_by_role("button", name="Load").click()
+    page.get_by_role("heading", name=f"Your image: {name}").wait_for()
+    page.wait_for_load_state()
+
+
+@in_browser
+def test_leaving_a_page_that_polls_is_not_undone_by_a_reload(live_server, user, browser,  # noqa: F811
+                                                             close_connections):
+    """Add to database (slow to answer) made the labels' poll get 404 and reload: the user landed back on `/`."""
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + "/")
+    polls = []  # a poll in flight, answered once the user is leaving
+    page.route(re.compile(r"/upload/state/\?"), lambda route: polls.append(route))
+    load_picture(page)
+    until(page, lambda: polls)
+    added = []  # the server has added it (the upload is gone); its answer is late
+    page.route("**/upload/add/", lambda route: added.append((route, route.fetch(max_redirects=0))))
+    page.get_by_role("button", name="Add to database").click(no_wait_after=True)
+    until(page, lambda: added)
+    with page.expect_response(re.compile(r"/upload/state/\?")) as poll:
+        polls[0].continue_()
+    assert poll.value.status == 404
+    page.wait_for_timeout(500)  # a reload would have cancelled the navigation by now
+    route, answer = added[0]
+    route.fulfill(response=answer)
+    page.wait_for_url(re.compile(r"/images/\d+/$"))
+
+    # The image page's poll, when processing ends while a link is followed.
+    image = make_image(name="slow.png", status="pending")
+    image_url, state_url = (live_server.url + reverse(name, args=[image.pk]) for name in ("pages:image", "api-image"))
+    polls.clear()
+    page.route(state_url, lambda route: polls.append(route))
+    page.goto(image_url)
+    until(page, lambda: polls)
+    reloads = []
+    page.on("request", lambda request: reloads.append(request) if request.url == image_url else None)
+    followed = []
+    page.route("**/gallery/", lambda route: followed.append(route))
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Gallery").click(no_wait_after=True)
+    until(page, lambda: followed)
+    Image.objects.filter(pk=image.pk).update(status="ready", masks_status="ready")
+    with page.expect_response(state_url):
+        polls[0].continue_()
+    page.wait_for_timeout(500)
+    assert reloads == []
+    followed[0].continue_()
+    page.wait_for_url("**/gallery/")
