@@ -150,6 +150,9 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   const token = () => (document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/) || [])[1]
     || form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const limit = Number(form.dataset.maxBytes);
+  // Leaving while files are sent would drop those not yet sent without a word: the browser asks first.
+  let adding = false;
+  window.addEventListener("beforeunload", (e) => { if (adding) { e.preventDefault(); e.returnValue = ""; } });
   const said = {added: "added; it is being processed.", exists: "already in the gallery."};
   const line = (name, text, url, refused) => {
     const item = document.createElement("li");
@@ -185,6 +188,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     // The button is disabled while it works, which would drop the focus on it (a screen reader's place
     // included) to the page's start: the focus goes to the progress, which says what happens.
     const focusWasHere = form.contains(document.activeElement);
+    adding = true;
     button.disabled = true;
     status.tabIndex = -1;
     if (focusWasHere) status.focus();
@@ -214,6 +218,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     again.textContent = "Show the gallery";
     text.textContent = `Done: ${counts.added} added, ${counts.exists} already there, ${counts.refused} refused. `;
     status.append(again);
+    adding = false;
     button.disabled = false;
     input.value = "";
   };

@@ -79,3 +79,38 @@ def test_leaving_a_page_that_polls_is_not_undone_by_a_reload(live_server, user, 
     assert reloads == []
     followed[0].continue_()
     page.wait_for_url("**/gallery/")
+
+
+def gallery_page(browser, live_server, user):  # noqa: F811 - the fixture
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:gallery"))
+    return page
+
+
+CHOOSE_MANY = "Choose image files (as many as you like), or drop them here"
+
+
+@in_browser
+def test_leaving_while_images_are_added_asks_first(live_server, user, browser, close_connections):  # noqa: F811
+    """Following a link while "Add images" sent its files dropped the ones not yet sent without a word."""
+    page = gallery_page(browser, live_server, user)
+    asked = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))  # dismissed: stay
+    held = []
+    page.route("**" + reverse("pages:images-add"), lambda route: held.append(route))
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png("red.png")),
+                                                    file_payload(*png("blue.png", (30, 30, 200)))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    until(page, lambda: held)
+    search = page.get_by_role("navigation", name="Main").get_by_role("link", name="Search")
+    search.click(no_wait_after=True)
+    until(page, lambda: asked)
+    assert asked == ["beforeunload"] and page.url.endswith(reverse("pages:gallery"))
+
+    held.pop().continue_()
+    until(page, lambda: held)
+    held.pop().continue_()
+    page.get_by_text("Done: 2 added").wait_for()
+    search.click()  # done: nothing to ask
+    page.wait_for_url(live_server.url + "/")
+    assert asked == ["beforeunload"]
