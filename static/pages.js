@@ -84,7 +84,12 @@ document.querySelectorAll("form.drop").forEach((zone) => {
     const bar = document.createElement("progress");
     const text = document.createElement("span");
     bar.max = 100; bar.value = 0;
+    bar.setAttribute("aria-label", "Uploading the picture");
     status.replaceChildren(bar, " ", text);
+    // As in "Add images": Load is disabled while it works, which would drop the focus on it to the page's
+    // start; the focus goes to the progress, which says what happens.
+    status.tabIndex = -1;
+    if (zone.contains(document.activeElement)) status.focus();
     const file = input.files[0];
     let said = -1;
     const progress = (percent) => {
@@ -108,6 +113,7 @@ document.querySelectorAll("form.drop").forEach((zone) => {
         + "larger than the server takes). Try again, or choose a smaller file.");
       status.classList.add("error");
       button.disabled = false;
+      if (status.contains(document.activeElement)) button.focus();  // to try again
     });
     status.classList.remove("error");
     button.disabled = true;
@@ -196,6 +202,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     const bar = document.createElement("progress");
     const text = document.createElement("span");
     bar.max = files.length; bar.value = 0;
+    bar.setAttribute("aria-label", "Adding images");
     status.replaceChildren(bar, " ", text);
     const counts = {added: 0, exists: 0, refused: 0};
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout

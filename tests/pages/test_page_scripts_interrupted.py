@@ -114,3 +114,29 @@ def test_leaving_while_images_are_added_asks_first(live_server, user, browser, c
     search.click()  # done: nothing to ask
     page.wait_for_url(live_server.url + "/")
     assert asked == ["beforeunload"]
+
+
+@in_browser
+def test_a_keyboard_upload_keeps_the_focus_on_its_progress_and_each_progress_bar_is_named(
+        live_server, user, browser, close_connections):  # noqa: F811
+    """Load pressed by keyboard left the focus on <body> while it worked and after a lost connection; the
+    progress bars had no name."""
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + "/")
+    held = []
+    page.route("**/?sent=script", lambda route: held.append(route))
+    page.get_by_label(CHOOSE_ONE).set_input_files(file_payload(*png("red.png")))
+    page.get_by_role("button", name="Load").focus()
+    page.keyboard.press("Enter")
+    until(page, lambda: held)
+    assert page.evaluate("() => document.activeElement.matches('[data-upload-status]')")
+    assert page.get_by_role("progressbar", name="Uploading the picture").is_visible()
+    held[0].abort("connectionreset")
+    page.get_by_text("The upload did not reach the server").wait_for()
+    assert page.evaluate("() => document.activeElement.textContent") == "Load"
+
+    page = gallery_page(browser, live_server, user)
+    page.route("**" + reverse("pages:images-add"), lambda route: None)  # never answered
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png("red.png"))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    assert page.get_by_role("progressbar", name="Adding images").is_visible()
