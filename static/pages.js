@@ -160,12 +160,21 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   let adding = false;
   window.addEventListener("beforeunload", (e) => { if (adding) { e.preventDefault(); e.returnValue = ""; } });
   const said = {added: "added; it is being processed.", exists: "already in the gallery."};
-  const line = (name, text, url, refused) => {
+  // No answer is not a refusal: the server may have stored it. Sending it again is safe, as the same bytes
+  // are recognised, so the files that got no answer are offered again on their own.
+  const noAnswer = "no answer from the server (connection lost): it may not have been added; adding it again is "
+    + "safe — a copy already there is recognised.";
+  const retry = document.createElement("button");
+  retry.type = "button"; retry.className = "secondary"; retry.hidden = true;
+  status.after(retry);
+  let unanswered = [];
+  retry.addEventListener("click", () => { if (!button.disabled) addAll(unanswered); });
+  const line = (name, text, url, failed) => {
     const item = document.createElement("li");
     if (url) { const link = document.createElement("a"); link.href = url; link.textContent = name; item.append(link); }
     else { item.append(name); }
     item.append(`: ${text}`);
-    if (refused) item.classList.add("error");
+    if (failed) item.classList.add("error");
     list.append(item);
   };
   const sendOne = async (file) => {
@@ -186,7 +195,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
       return [{name: file.name, state: "refused", message: why}];
     } catch (error) {
-      return [{name: file.name, state: "refused", message: "it did not reach the server (the connection was lost)."}];
+      return [{name: file.name, state: "unanswered", message: noAnswer}];
     }
   };
   const addAll = async (files) => {
@@ -196,6 +205,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     const focusWasHere = form.contains(document.activeElement);
     adding = true;
     button.disabled = true;
+    retry.hidden = true;
     status.tabIndex = -1;
     if (focusWasHere) status.focus();
     list.replaceChildren();
@@ -204,7 +214,8 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     bar.max = files.length; bar.value = 0;
     bar.setAttribute("aria-label", "Adding images");
     status.replaceChildren(bar, " ", text);
-    const counts = {added: 0, exists: 0, refused: 0};
+    const counts = {added: 0, exists: 0, refused: 0, unanswered: 0};
+    unanswered = [];
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
     for (const [index, file] of files.entries()) {
       if (storageFailed) {
@@ -214,7 +225,8 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
         for (const result of await sendOne(file)) {
           counts[result.state] += 1;
-          line(result.name, said[result.state] || result.message, result.url, result.state === "refused");
+          line(result.name, said[result.state] || result.message, result.url, !said[result.state]);
+          if (result.state === "unanswered") unanswered.push(file);
           if (result.storage_failed) storageFailed = result.message;
         }
       }
@@ -223,8 +235,14 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     const again = document.createElement("a");
     again.href = location.pathname;
     again.textContent = "Show the gallery";
-    text.textContent = `Done: ${counts.added} added, ${counts.exists} already there, ${counts.refused} refused. `;
+    const noAnswers = counts.unanswered ? `, ${counts.unanswered} with no answer` : "";
+    text.textContent = `Done: ${counts.added} added, ${counts.exists} already there, `
+      + `${counts.refused} refused${noAnswers}. `;
     status.append(again);
+    if (unanswered.length) {
+      retry.textContent = unanswered.length === 1 ? "Try it again" : `Try the ${unanswered.length} again`;
+      retry.hidden = false;
+    }
     adding = false;
     button.disabled = false;
     input.value = "";

@@ -140,3 +140,41 @@ def test_a_keyboard_upload_keeps_the_focus_on_its_progress_and_each_progress_bar
     page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png("red.png"))])
     page.get_by_role("button", name="Add to the gallery").click()
     assert page.get_by_role("progressbar", name="Adding images").is_visible()
+
+
+@in_browser
+def test_add_images_tells_no_answer_from_a_refusal_and_sends_those_again(live_server, user, browser,  # noqa: F811
+                                                                          close_connections):
+    """Lost connections were counted as refused, one that the server had stored was said not to have reached
+    it, and the chooser was cleared: the failed files had to be found again."""
+    page = gallery_page(browser, live_server, user)
+
+    def connection_lost(route):
+        body = route.request.post_data_buffer
+        if b'filename="blue.png"' in body:
+            route.fetch()  # stored; its answer is lost on the way back
+            route.abort("connectionreset")
+        elif b'filename="green.png"' in body:
+            route.abort("connectionreset")  # lost on the way there
+        else:
+            route.continue_()
+
+    add_url = "**" + reverse("pages:images-add")
+    page.route(add_url, connection_lost)
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
+        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.get_by_text("Done: 1 added, 0 already there, 0 refused, 2 with no answer.").wait_for()
+    lines = page.eval_on_selector_all("[data-add-results] li.error", "items => items.map(i => i.textContent)")
+    assert lines == [f"{name}: no answer from the server (connection lost): it may not have been added; adding it "
+                     "again is safe — a copy already there is recognised." for name in ("blue.png", "green.png")]
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["blue.png", "red.png"]
+
+    page.unroute(add_url)
+    sent = []
+    page.route(add_url, lambda route: (sent.append(route.request.post_data_buffer), route.continue_()))
+    page.get_by_role("button", name="Try the 2 again").click()
+    page.get_by_text("Done: 1 added, 1 already there, 0 refused.").wait_for()
+    assert [re.search(rb'filename="(\w+\.png)"', body).group(1) for body in sent] == [b"blue.png", b"green.png"]
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["blue.png", "green.png", "red.png"]
+    assert page.get_by_role("button", name=re.compile("again")).is_hidden()
