@@ -62,6 +62,18 @@ document.querySelectorAll("form.drop").forEach((zone) => {
   const input = zone.querySelector("input[type=file]");
   const button = zone.querySelector("button[type=submit]");
   const status = zone.querySelector("[data-upload-status]");
+  // An upload whose answer never comes would keep Load disabled for ever: Cancel gives the form back.
+  const cancel = document.createElement("button");
+  cancel.type = "button"; cancel.className = "secondary"; cancel.textContent = "Cancel upload"; cancel.hidden = true;
+  if (status) status.after(cancel);  // next after the focused progress, in the keyboard's order
+  let inFlight = null;
+  cancel.addEventListener("click", () => inFlight?.abort());
+  const ready = () => {  // for another try; the focus, if on the progress or on Cancel (hidden now), to Load
+    inFlight = null;
+    button.disabled = false;
+    if (status.contains(document.activeElement) || document.activeElement === cancel) button.focus();
+    cancel.hidden = true;
+  };
   const send = () => {
     if (!window.FormData || !status) { zone.submit(); return; }
     // A file over the server's limit is refused here, before minutes of sending it only to hear so.
@@ -104,6 +116,7 @@ document.querySelectorAll("form.drop").forEach((zone) => {
       text.textContent = "Uploaded; reading the picture…";
     });
     xhr.addEventListener("load", () => {
+      inFlight = null; cancel.hidden = true;
       if (xhr.responseURL && xhr.responseURL !== url.href) { location.assign(xhr.responseURL); return; }
       document.open(); document.write(xhr.responseText); document.close();
     });
@@ -112,17 +125,23 @@ document.querySelectorAll("form.drop").forEach((zone) => {
       status.replaceChildren("The upload did not reach the server (the connection was lost, or the file is "
         + "larger than the server takes). Try again, or choose a smaller file.");
       status.classList.add("error");
-      button.disabled = false;
-      if (status.contains(document.activeElement)) button.focus();  // to try again
+      ready();
+    });
+    xhr.addEventListener("abort", () => {
+      status.replaceChildren(`Upload cancelled: ${file ? file.name : "the file"} was not loaded.`);
+      ready();
     });
     status.classList.remove("error");
     button.disabled = true;
+    inFlight = xhr; cancel.hidden = false;
     xhr.open("POST", url.href);
     xhr.send(new FormData(zone));
   };
   zone.addEventListener("submit", (e) => { e.preventDefault(); if (!button.disabled) send(); });
   // Back to this page from the next one: a page kept in the browser's cache still shows the last upload.
-  window.addEventListener("pageshow", (e) => { if (e.persisted && status) { status.replaceChildren(); button.disabled = false; } });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && status) { status.replaceChildren(); button.disabled = false; cancel.hidden = true; }
+  });
 
   // Dropping a file on the upload card loads it, as choosing it and pressing Load does.
   ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (e) => {
@@ -164,11 +183,22 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   // are recognised, so the files that got no answer are offered again on their own.
   const noAnswer = "no answer from the server (connection lost): it may not have been added; adding it again is "
     + "safe — a copy already there is recognised.";
+  const cancelled = "cancelled before the server answered: it may not have been added; adding it again is safe — a "
+    + "copy already there is recognised.";
   const retry = document.createElement("button");
   retry.type = "button"; retry.className = "secondary"; retry.hidden = true;
-  status.after(retry);
-  let unanswered = [];
-  retry.addEventListener("click", () => { if (!button.disabled) addAll(unanswered); });
+  let sendAgain = [];
+  retry.addEventListener("click", () => { if (!button.disabled) addAll(sendAgain); });
+  // A file whose answer never comes would keep the form waiting for ever: Cancel stops after it.
+  const cancel = document.createElement("button");
+  cancel.type = "button"; cancel.className = "secondary"; cancel.textContent = "Cancel adding"; cancel.hidden = true;
+  let stop = null;  // the AbortController of the files being added
+  cancel.addEventListener("click", () => {
+    if (document.activeElement === cancel) status.focus();  // it hides itself; the progress says what became
+    cancel.hidden = true;
+    stop?.abort();
+  });
+  status.after(cancel, retry);  // next after the focused progress, in the keyboard's order
   const line = (name, text, url, failed) => {
     const item = document.createElement("li");
     if (url) { const link = document.createElement("a"); link.href = url; link.textContent = name; item.append(link); }
@@ -177,7 +207,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     if (failed) item.classList.add("error");
     list.append(item);
   };
-  const sendOne = async (file) => {
+  const sendOne = async (file, signal) => {
     if (limit && file.size > limit) {
       return [{name: file.name, state: "refused", message: `it is ${file.size.toLocaleString("en")} bytes; the `
         + `limit is ${limit.toLocaleString("en")} bytes.`}];
@@ -186,7 +216,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     body.append("csrfmiddlewaretoken", token());
     body.append("files", file);
     try {
-      const response = await fetch(form.action, {method: "POST", body, credentials: "same-origin",
+      const response = await fetch(form.action, {method: "POST", body, credentials: "same-origin", signal,
                                                  headers: {Accept: "application/json"}});
       const json = (response.headers.get("Content-Type") || "").includes("json") ? await response.json() : null;
       if (response.ok && json && json.results) return json.results;
@@ -195,6 +225,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
       return [{name: file.name, state: "refused", message: why}];
     } catch (error) {
+      if (signal.aborted) return [{name: file.name, state: "unanswered", message: cancelled}];
       return [{name: file.name, state: "unanswered", message: noAnswer}];
     }
   };
@@ -206,6 +237,9 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     adding = true;
     button.disabled = true;
     retry.hidden = true;
+    const controller = new AbortController();
+    stop = controller;
+    cancel.hidden = false;
     status.tabIndex = -1;
     if (focusWasHere) status.focus();
     list.replaceChildren();
@@ -214,19 +248,23 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     bar.max = files.length; bar.value = 0;
     bar.setAttribute("aria-label", "Adding images");
     status.replaceChildren(bar, " ", text);
-    const counts = {added: 0, exists: 0, refused: 0, unanswered: 0};
-    unanswered = [];
+    const counts = {added: 0, exists: 0, refused: 0, unanswered: 0, unsent: 0};
+    sendAgain = [];
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
     for (const [index, file] of files.entries()) {
-      if (storageFailed) {
+      if (controller.signal.aborted) {
+        counts.unsent += 1;
+        sendAgain.push(file);
+        line(file.name, "not sent (cancelled).", null, true);
+      } else if (storageFailed) {
         counts.refused += 1;
         line(file.name, `Not tried: storing the file before it failed (${storageFailed})`, null, true);
       } else {
         text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
-        for (const result of await sendOne(file)) {
+        for (const result of await sendOne(file, controller.signal)) {
           counts[result.state] += 1;
           line(result.name, said[result.state] || result.message, result.url, !said[result.state]);
-          if (result.state === "unanswered") unanswered.push(file);
+          if (result.state === "unanswered") sendAgain.push(file);
           if (result.storage_failed) storageFailed = result.message;
         }
       }
@@ -236,11 +274,13 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     again.href = location.pathname;
     again.textContent = "Show the gallery";
     const noAnswers = counts.unanswered ? `, ${counts.unanswered} with no answer` : "";
-    text.textContent = `Done: ${counts.added} added, ${counts.exists} already there, `
-      + `${counts.refused} refused${noAnswers}. `;
+    const unsent = counts.unsent ? `, ${counts.unsent} not sent` : "";
+    text.textContent = `${controller.signal.aborted ? "Cancelled" : "Done"}: ${counts.added} added, `
+      + `${counts.exists} already there, ${counts.refused} refused${noAnswers}${unsent}. `;
     status.append(again);
-    if (unanswered.length) {
-      retry.textContent = unanswered.length === 1 ? "Try it again" : `Try the ${unanswered.length} again`;
+    cancel.hidden = true;
+    if (sendAgain.length) {
+      retry.textContent = sendAgain.length === 1 ? "Try it again" : `Try the ${sendAgain.length} again`;
       retry.hidden = false;
     }
     adding = false;

@@ -178,3 +178,43 @@ def test_add_images_tells_no_answer_from_a_refusal_and_sends_those_again(live_se
     assert [re.search(rb'filename="(\w+\.png)"', body).group(1) for body in sent] == [b"blue.png", b"green.png"]
     assert sorted(Image.objects.values_list("original_name", flat=True)) == ["blue.png", "green.png", "red.png"]
     assert page.get_by_role("button", name=re.compile("again")).is_hidden()
+
+
+@in_browser
+def test_an_upload_that_gets_no_answer_can_be_cancelled(live_server, user, browser, close_connections):  # noqa: F811
+    """A request never answered left the upload "reading the picture…" and "Add images" "Adding 1 of 1" for ever,
+    their buttons disabled."""
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + "/")
+    page.route("**/?sent=script", lambda route: None)  # never answered
+    page.get_by_label(CHOOSE_ONE).set_input_files(file_payload(*png("red.png")))
+    page.get_by_role("button", name="Load").focus()
+    page.keyboard.press("Enter")
+    cancel = page.get_by_role("button", name="Cancel upload")
+    cancel.wait_for()
+    page.keyboard.press("Tab")  # from the progress, which has the focus
+    assert page.evaluate("() => document.activeElement.textContent") == "Cancel upload"
+    page.keyboard.press("Enter")
+    page.get_by_text("Upload cancelled: red.png was not loaded.").wait_for()
+    assert cancel.is_hidden() and page.evaluate("() => document.activeElement.textContent") == "Load"
+    page.unroute("**/?sent=script")
+    page.get_by_label(CHOOSE_ONE).set_input_files(file_payload(*png("blue.png", (30, 30, 200))))
+    page.get_by_role("button", name="Load").click()
+    page.get_by_role("heading", name="Your image: blue.png").wait_for()
+
+    page = gallery_page(browser, live_server, user)
+    page.route("**" + reverse("pages:images-add"),
+               lambda route: None if b'filename="blue.png"' in route.request.post_data_buffer else route.continue_())
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
+        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.get_by_text("Adding 2 of 3: blue.png").wait_for()
+    page.get_by_role("button", name="Cancel adding").click()
+    page.get_by_text("Cancelled: 1 added, 0 already there, 0 refused, 1 with no answer, 1 not sent.").wait_for()
+    lines = page.eval_on_selector_all("[data-add-results] li", "items => items.map(i => i.textContent)")
+    assert lines[1:] == ["blue.png: cancelled before the server answered: it may not have been added; adding it "
+                         "again is safe — a copy already there is recognised.", "green.png: not sent (cancelled)."]
+    assert page.evaluate("() => document.activeElement.matches('[data-add-progress]')")
+    assert page.get_by_role("button", name="Cancel adding").is_hidden()
+    assert page.get_by_role("button", name="Add to the gallery").is_enabled()
+    assert page.get_by_role("button", name="Try the 2 again").is_visible()
