@@ -12,7 +12,7 @@ document.querySelectorAll("[data-overlay-viewer]").forEach((viewer) => {
   const labels = [...buttons].filter((b) => b.hasAttribute("aria-pressed"));
   const clear = document.querySelector(`[data-overlay-for="${viewer.id}"][data-overlay-clear]`);
   const message = document.querySelector(`[data-overlay-message="${viewer.id}"]`);
-  const say = (text) => { if (message) message.textContent = text; };
+  const sayNow = (text) => { if (message) message.textContent = text; };
   const show = (button) => {
     const pressed = labels.find((b) => b.getAttribute("aria-pressed") === "true");
     labels.forEach((b) => b.setAttribute("aria-pressed", "false"));
@@ -24,29 +24,45 @@ document.querySelectorAll("[data-overlay-viewer]").forEach((viewer) => {
       if (clear) clear.disabled = true;
       return;
     }
-    say("");
+    sayNow("");
     button.setAttribute("aria-pressed", "true");
     viewer.dataset.overlay = "loading";
     overlay.onload = () => { viewer.dataset.overlay = button.textContent.trim(); };
-    overlay.onerror = () => { show(null); viewer.dataset.overlay = "failed"; overlayFailed(button); };
+    overlay.onerror = async () => {
+      show(null);
+      await overlayFailed(button);  // asks the server why first
+      if (!viewer.dataset.overlay) viewer.dataset.overlay = "failed";  // unless another label was pressed meanwhile
+    };
     overlay.src = button.dataset.overlayUrl; overlay.hidden = false;
     if (clear) clear.disabled = false;
   };
   // The overlay's URL answers 404 once its image is deleted, or, for an upload, once another tab has
-  // replaced it or it expired: the upload's state URL says which, in the server's words.
+  // replaced it or it expired: the upload's state URL says which, in the server's words. A question that
+  // gets no answer at all means the server cannot be reached (the network is down), which is said instead.
   const overlayFailed = async (button) => {
     const name = button.firstChild.textContent.trim();
+    const say = (text) => { if (!viewer.dataset.overlay) sayNow(text); };  // not over a label pressed meanwhile
+    const unreachable = () => say(`The mask of ${name} could not be loaded: the server could not be reached. `
+      + `Check the connection, then press ${name} again.`);
     if (!viewer.dataset.stateUrl) {
+      let response;
+      try { response = await fetch(button.dataset.overlayUrl, {credentials: "same-origin", cache: "no-store"}); }
+      catch (error) { unreachable(); return; }
+      if (response.ok) { say(`The mask of ${name} could not be loaded. Press ${name} again.`); return; }
       say(`The mask of ${name} could not be loaded: the image may have been deleted or processed again. `
           + "Reload the page to see what it has now.");
       return;
     }
     let reason = "The picture may have expired or been replaced in another tab or window.";
+    let response;
     try {
-      const response = await fetch(viewer.dataset.stateUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
+      response = await fetch(viewer.dataset.stateUrl,
+                             {credentials: "same-origin", headers: {Accept: "application/json"}});
+    } catch (error) { unreachable(); return; }
+    try {
       const body = await response.json();
       if (response.status === 404 && body.error) reason = body.error;
-    } catch (error) { /* keep the general reason */ }
+    } catch (error) { /* not JSON (a proxy's page): keep the general reason */ }
     say(`The mask of ${name} could not be loaded. ${reason} Load your picture again to see its masks.`);
   };
   buttons.forEach((button) => button.addEventListener("click", () => {

@@ -11,7 +11,8 @@ import pytest
 from django.urls import reverse
 
 from gallery.models import Image
-from tests.gallery.factories import make_image
+from retrieval.models import StagedUploadRecord
+from tests.gallery.factories import add_mask, make_image
 from tests.pages.test_browser import browser  # noqa: F401 - the fixture
 from tests.pages.test_page_scripts import (  # noqa: F401 - the fixtures
     close_connections, file_payload, in_browser, offline, png, signed_in_page)
@@ -218,3 +219,31 @@ def test_an_upload_that_gets_no_answer_can_be_cancelled(live_server, user, brows
     assert page.get_by_role("button", name="Cancel adding").is_hidden()
     assert page.get_by_role("button", name="Add to the gallery").is_enabled()
     assert page.get_by_role("button", name="Try the 2 again").is_visible()
+
+
+@in_browser
+def test_a_mask_overlay_that_fails_while_offline_says_the_server_could_not_be_reached(
+        live_server, user, browser, close_connections):  # noqa: F811
+    """With the network down, a failed overlay was blamed on a deleted image or an expired upload."""
+    image = make_image(name="cat.png")
+    add_mask(image, label="cat")
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.context.set_offline(True)
+    page.get_by_role("button", name=re.compile(r"^cat\b")).click()
+    message = page.locator('[data-overlay-message="image-viewer"]')
+    message.get_by_text("could not be loaded").wait_for()
+    assert message.inner_text() == ("The mask of cat could not be loaded: the server could not be reached. "
+                                    "Check the connection, then press cat again.")
+    page.context.set_offline(False)
+
+    page.goto(live_server.url + "/")
+    load_picture(page)
+    StagedUploadRecord.objects.filter(name="red.png").update(
+        state="ready", labels=[{"class_index": 8, "label": "cat", "area_fraction": 0.4}])
+    page.reload()
+    page.context.set_offline(True)
+    page.get_by_role("button", name=re.compile(r"^cat\b")).click()
+    message = page.locator('[data-overlay-message="staged-viewer"]')
+    message.get_by_text("could not be loaded").wait_for()
+    assert "the server could not be reached" in message.inner_text()
