@@ -339,6 +339,22 @@ if (pending) {
     note.append("This page stopped updating: you are signed out. ", link, " to follow it.");
     pending.after(note);
   };
+  const notice = document.createElement("p");  // a live region in place before it has anything to say
+  notice.setAttribute("role", "status");
+  notice.className = "hint";
+  pending.after(notice);
+  // A reload closes an open <details> (the delete confirmation) and drops the focus of a user at work in a
+  // form: then the page offers the reload instead of doing it.
+  const update = (news) => {
+    if (!document.querySelector("details[open]") && !document.activeElement?.closest("form")) {
+      location.reload();
+      return;
+    }
+    const reload = document.createElement("button");
+    reload.type = "button"; reload.className = "secondary"; reload.textContent = "Reload";
+    reload.addEventListener("click", () => location.reload());
+    notice.replaceChildren(`${news} `, reload, " the page to see it.");
+  };
   // Leaving the page (a form sent, a link followed): a reload now would cancel that navigation and land the
   // user back here, so it stops asking; only a page the browser brings back from its cache asks again.
   let leaving = false, stopped = false;
@@ -354,15 +370,15 @@ if (pending) {
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
       if (leaving) { stopped = true; return; }
-      if (response.status === 404) { location.reload(); return; }  // gone: the page says why
+      if (response.status === 404) { update("This is no longer here."); return; }  // gone: the page says why
       // Signed out meanwhile (another tab, the session's end): the API says 401, a page sends to sign in.
       if (response.status === 401 || response.status === 403 || response.redirected) { signedOut(); return; }
       if (response.ok) {
         const body = await response.json();
-        if ("state" in body) { if (body.state !== "working") { location.reload(); return; } }  // an upload's labels
-        else if (body.status !== "pending" && body.masks_status !== "pending") { location.reload(); return; }
+        const done = "state" in body ? body.state !== "working"  // an upload's labels
+          : body.status !== "pending" && body.masks_status !== "pending";
         const embed = pending.querySelector("[data-status]");
-        if (embed && body.status !== embed.dataset.status) { location.reload(); return; }
+        if (done || (embed && body.status !== embed.dataset.status)) { update("Processing has finished."); return; }
       }
     } catch (error) { /* the server is restarting: keep asking */ }
     delay = Math.min(delay * 1.3, 10000);

@@ -247,3 +247,23 @@ def test_a_mask_overlay_that_fails_while_offline_says_the_server_could_not_be_re
     message = page.locator('[data-overlay-message="staged-viewer"]')
     message.get_by_text("could not be loaded").wait_for()
     assert "the server could not be reached" in message.inner_text()
+
+
+@in_browser
+def test_an_image_done_while_its_delete_confirmation_is_open_offers_the_reload(live_server, user, browser,  # noqa: F811
+                                                                              close_connections):
+    """The page reloaded itself when processing finished, closing the open "Delete this image…"."""
+    image = make_image(name="slow.png", status="pending")
+    Image.objects.filter(pk=image.pk).update(added_by=user)
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.evaluate("() => { window.samePage = true; }")
+    page.get_by_text("Delete this image…").click()
+    Image.objects.filter(pk=image.pk).update(status="ready", masks_status="ready")
+    notice = page.get_by_role("status").filter(has_text="Processing has finished.")
+    notice.wait_for()
+    assert page.evaluate("() => window.samePage") is True
+    assert page.evaluate("() => document.querySelector('details').open") is True
+    notice.get_by_role("button", name="Reload").click()
+    page.locator('[data-status="ready"]').wait_for()
+    assert page.evaluate("() => window.samePage") is None
