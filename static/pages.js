@@ -364,12 +364,18 @@ if (pending) {
     leaving = false;
     if (stopped) { stopped = false; setTimeout(poll, delay); }
   });
+  // One question missed is a blip; more, and the page says it is still trying rather than nothing.
+  let unanswered = 0;
+  const answered = () => { if (unanswered) { unanswered = 0; notice.replaceChildren(); } };
   const poll = async () => {
     if (!pending.isConnected) return;  // an upload's answer replaced the page: it asks for itself
     if (leaving) { stopped = true; return; }
     try {
       const response = await fetch(pending.dataset.pollUrl, {credentials: "same-origin", headers: {Accept: "application/json"}});
       if (leaving) { stopped = true; return; }
+      // A proxy's "bad gateway" and the like: the application itself did not answer.
+      if ([502, 503, 504].includes(response.status)) throw new Error(`the server answered ${response.status}`);
+      answered();
       if (response.status === 404) { update("This is no longer here."); return; }  // gone: the page says why
       // Signed out meanwhile (another tab, the session's end): the API says 401, a page sends to sign in.
       if (response.status === 401 || response.status === 403 || response.redirected) { signedOut(); return; }
@@ -380,7 +386,10 @@ if (pending) {
         const embed = pending.querySelector("[data-status]");
         if (done || (embed && body.status !== embed.dataset.status)) { update("Processing has finished."); return; }
       }
-    } catch (error) { /* the server is restarting: keep asking */ }
+    } catch (error) {  // the server is restarting, or the network is down: keep asking
+      unanswered += 1;
+      if (unanswered >= 2) notice.textContent = "No answer from the server; still trying.";
+    }
     delay = Math.min(delay * 1.3, 10000);
     setTimeout(poll, delay);
   };

@@ -267,3 +267,19 @@ def test_an_image_done_while_its_delete_confirmation_is_open_offers_the_reload(l
     notice.get_by_role("button", name="Reload").click()
     page.locator('[data-status="ready"]').wait_for()
     assert page.evaluate("() => window.samePage") is None
+
+
+@in_browser
+def test_a_page_that_follows_an_image_says_when_the_server_does_not_answer(live_server, user, browser,  # noqa: F811
+                                                                          close_connections):
+    """With the server out of reach, the page said nothing ("this page updates by itself" for ever)."""
+    image = make_image(name="slow.png", status="pending")
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.context.set_offline(True)
+    notice = page.locator("#image-status + [role=status]")
+    notice.get_by_text("No answer from the server; still trying.").wait_for()
+    page.context.set_offline(False)
+    page.wait_for_function("() => document.querySelector('#image-status + [role=status]').textContent === ''")
+    Image.objects.filter(pk=image.pk).update(status="ready", masks_status="ready")
+    page.locator('[data-status="ready"]').wait_for()  # still following it
