@@ -80,7 +80,7 @@ document.querySelectorAll("form.drop").forEach((zone) => {
   const status = zone.querySelector("[data-upload-status]");
   // An upload whose answer never comes would keep Load disabled for ever: Cancel gives the form back.
   const cancel = document.createElement("button");
-  cancel.type = "button"; cancel.className = "secondary"; cancel.textContent = "Cancel upload"; cancel.hidden = true;
+  cancel.type = "button"; cancel.className = "secondary"; cancel.textContent = "Cancel"; cancel.hidden = true;
   if (status) status.after(cancel);  // next after the focused progress, in the keyboard's order
   let inFlight = null;
   cancel.addEventListener("click", () => inFlight?.abort());
@@ -210,7 +210,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   cancel.type = "button"; cancel.className = "secondary"; cancel.textContent = "Cancel adding"; cancel.hidden = true;
   let stop = null;  // the AbortController of the files being added
   cancel.addEventListener("click", () => {
-    if (document.activeElement === cancel) status.focus();  // it hides itself; the progress says what became
+    if (document.activeElement === cancel) status.focus();  // it hides itself; the progress says how it ended
     cancel.hidden = true;
     stop?.abort();
   });
@@ -351,9 +351,9 @@ if (pending) {
       return;
     }
     const reload = document.createElement("button");
-    reload.type = "button"; reload.className = "secondary"; reload.textContent = "Reload";
+    reload.type = "button"; reload.className = "secondary"; reload.textContent = "Reload the page";
     reload.addEventListener("click", () => location.reload());
-    notice.replaceChildren(`${news} `, reload, " the page to see it.");
+    notice.replaceChildren(`${news} `, reload);
   };
   // Leaving the page (a form sent, a link followed): a reload now would cancel that navigation and land the
   // user back here, so it stops asking; only a page the browser brings back from its cache asks again.
@@ -376,7 +376,7 @@ if (pending) {
       // A proxy's "bad gateway" and the like: the application itself did not answer.
       if ([502, 503, 504].includes(response.status)) throw new Error(`the server answered ${response.status}`);
       answered();
-      if (response.status === 404) { update("This is no longer here."); return; }  // gone: the page says why
+      if (response.status === 404) { update("This image or upload is gone."); return; }  // the page says why
       // Signed out meanwhile (another tab, the session's end): the API says 401, a page sends to sign in.
       if (response.status === 401 || response.status === 403 || response.redirected) { signedOut(); return; }
       if (response.ok) {
