@@ -51,13 +51,10 @@ def test_the_model_with_most_vectors_serves_until_the_active_one_catches_up(sett
     assert serving.serving_models().content == new
 
 
-@pytest.mark.django_db
-def test_an_image_the_new_model_could_not_embed_does_not_hold_the_change_open(settings, media_root):
-    """Its file gone, an image failed under the new model: the old model answered for ever, the banner
-    saying "Changing models" with nothing left to do but that image's retry."""
+def _three_images_in_a_content_change(settings, *, embedded_anew: int):
+    """Three images with the old content model's vectors, the first `embedded_anew` also with the active
+    model's; the serving model decided on every query. Returns (the active model's key, images, rng)."""
     import numpy as np
-
-    from gallery.models import ProcessingStatus
 
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
     settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
@@ -65,8 +62,18 @@ def test_an_image_the_new_model_could_not_embed_does_not_hold_the_change_open(se
     rng = np.random.default_rng(0)
     images = [make_image(name=f"{i}.png") for i in range(3)]
     for index, image in enumerate(images):
-        for key in (OLD, new) if index < 2 else (OLD,):
+        for key in (OLD, new) if index < embedded_anew else (OLD,):
             add_embedding(image, space="content", model_key=key, vector=_unit(rng.random(1024)))
+    return new, images, rng
+
+
+@pytest.mark.django_db
+def test_an_image_the_new_model_could_not_embed_does_not_hold_the_change_open(settings, media_root):
+    """Its file gone, an image failed under the new model: the old model answered for ever, the banner
+    saying "Changing models" with nothing left to do but that image's retry."""
+    from gallery.models import ProcessingStatus
+
+    new, images, _ = _three_images_in_a_content_change(settings, embedded_anew=2)
     Image.objects.filter(pk=images[2].pk).update(status=ProcessingStatus.PENDING)
     assert serving.serving_models().content == OLD  # still to be re-embedded: the old model answers
 
@@ -79,20 +86,12 @@ def test_an_image_the_new_model_could_not_embed_does_not_hold_the_change_open(se
 def test_the_old_model_serves_until_the_new_one_has_the_regions_too_while_segmentation_runs(settings, media_root):
     """A model change re-segments the gallery to embed its regions again, after the image vectors: serving
     the new model as soon as its image vectors were complete lost every region not done yet."""
-    import numpy as np
-
     from gallery.models import ProcessingStatus
     from retrieval.models import RegionEmbedding
     from tests.gallery.factories import add_mask
 
-    settings.IMAGINAITION_MODEL_PROFILE = "offline"
-    settings.IMAGINAITION_SERVING_CHECK_SECONDS = 0
-    new = registry.active_models().content
-    rng = np.random.default_rng(0)
-    images = [make_image(name=f"{i}.png") for i in range(3)]
+    new, images, rng = _three_images_in_a_content_change(settings, embedded_anew=3)
     for index, image in enumerate(images):
-        for key in (OLD, new):
-            add_embedding(image, space="content", model_key=key, vector=_unit(rng.random(1024)))
         mask = add_mask(image)
         for key in (OLD, new) if index == 0 else (OLD,):  # the new model has re-embedded one region of three
             RegionEmbedding.objects.create(mask=mask, image=image, space="content", model_key=key,
