@@ -115,7 +115,7 @@ class Banner:
     model_change: str = ""
     # A new segmenter under way: "old → new"; each image's labels and regions are replaced in turn.
     segmenter_change: str = ""
-    failed: int | str = 0  # images whose vectors or masks failed: they wait for a retry
+    failed: int = 0  # images whose vectors or masks failed: they wait for a retry
 
 
 BANNER_COUNT_ON_THE_PAGE_AFTER = 60.0  # seconds: an older banner's count of waiting images is not shown
