@@ -14,7 +14,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from gallery.folders import import_roots
 from gallery.models import ACTIVE_RESET_STATES, ResetJob
@@ -38,7 +38,7 @@ def _context(request: HttpRequest, *, title: str, **extra: Any) -> dict[str, Any
     return {**admin.site.each_context(request), "title": title, **extra}
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def reset_form_view(request: HttpRequest) -> HttpResponse:
     """Step 1 asks for the folder; a valid POST shows step 2, the confirmation with counts."""
     # A refused start comes back here with what was typed (?folder=…&recursive=…), not an empty form.
@@ -58,7 +58,7 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
                            roots=[str(root) for root in import_roots()]))
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def reset_start_view(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":  # a bookmarked or reloaded confirmation: start over at the form
         return redirect("gallery-reset")
@@ -88,7 +88,7 @@ def _job_data(job: ResetJob) -> dict[str, Any]:
             "embedded": job.embedded, "error": job.error}
 
 
-@require_GET
+@require_safe
 def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(ResetJob, pk=job_id)
     return render(request, "admin/gallery/reset/progress.html", _context(
@@ -96,7 +96,7 @@ def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
         images_url=reverse("admin:gallery_image_changelist")))
 
 
-@require_GET
+@require_safe
 def reset_status_view(request: HttpRequest, job_id: int) -> JsonResponse:
     job = ResetJob.objects.filter(pk=job_id).first()
     if job is None:  # the page's script reads JSON, a 404 included

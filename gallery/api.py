@@ -213,25 +213,30 @@ class ClosedInput(serializers.Serializer):
 
 def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every component a request body refers to allows no other
-    properties (additionalProperties: false), as ClosedInput refuses them; every operation that takes a
-    body documents the refusals of its length (BODY_REFUSALS) where it says none of its own."""
+    properties (additionalProperties: false), as ClosedInput refuses them; every write documents the
+    refusals of a body's length (BODY_REFUSALS) and every operation the 406 of a format it does not write,
+    where it says none of its own."""
     components = result.get("components", {}).get("schemas", {})
-    operations = [operation for path in result.get("paths", {}).values() for operation in path.values()
-                  if isinstance(operation, dict)]  # a path's "parameters" is a list
-    for operation in operations:
+    by_method = [(method, operation) for path in result.get("paths", {}).values()
+                 for method, operation in path.items() if isinstance(operation, dict)]  # not "parameters"
+    for method, operation in by_method:
         for media in operation.get("requestBody", {}).get("content", {}).values():
             name = media.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
             if name in components:
                 components[name]["additionalProperties"] = False
-        if "requestBody" in operation:
-            for code, description in BODY_REFUSALS.items():
-                operation["responses"].setdefault(code, {
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    "description": description})
+        refusals = (*BODY_REFUSALS.items(), NOT_ACCEPTABLE) if method in WRITES else (NOT_ACCEPTABLE,)
+        for code, description in refusals:
+            operation["responses"].setdefault(code, {
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "description": description})
     return result
 
 
-# What the site answers any request with a body, before its view reads it (the site's request limits).
+# What the site answers any write before its view reads the body (the site's request limits), and any
+# request for a format the API does not write.
+WRITES = {"post", "put", "patch", "delete"}
+NOT_ACCEPTABLE = ("406", "A ?format= or an Accept header asking for something other than JSON (or the "
+                  "browsable page): the message names what may be asked for.")
 BODY_REFUSALS = {
     "411": "A body sent in chunks, without a Content-Length: the site needs the length to check it first.",
     "413": "A body over the request limits: the whole request over one file at the upload limit and the "
@@ -427,6 +432,10 @@ class NoSuchEndpointApi(APIView):
 
     def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotFound(f"There is no API endpoint at {request.path}; GET /api/ lists them.")
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        """No endpoint, whatever format was asked for: its 404, not a 406 about formats."""
+        return super().perform_content_negotiation(request, force=True)
 
 
 class ImageListCreateApi(APIView):

@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from gallery import selectors, services
 from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_delete_image, can_retry_image,
@@ -73,7 +73,7 @@ def png_response(data: bytes, *, cache: bool) -> HttpResponse:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 def gallery_page(request: HttpRequest) -> HttpResponse:
     label = request.GET.get("label", "").strip()
     page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(page_number(request))
@@ -97,7 +97,7 @@ def page_number(request: HttpRequest) -> str | None:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 @never_cache  # Back after deleting it (or after its processing ended) asks again: it showed a live, stale page
 def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
@@ -115,7 +115,7 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 def mask_overlay(request: HttpRequest, image_id: int, mask_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     mask = get_object_or_404(Mask, pk=mask_id, image=image)

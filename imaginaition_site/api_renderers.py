@@ -69,7 +69,21 @@ class PageLanguageTemplateRenderer(TemplateHTMLRenderer):
 
 class SiteContentNegotiation(DefaultContentNegotiation):
     """A `?format=` no renderer of the view writes is a 406 that names the ones it does, not DRF's bare
-    404 "Not found.", which a client reads as "no such image"."""
+    404 "Not found.", which a client reads as "no such image"; an Accept header, a 406 that names them
+    too (DRF's says only that it "could not satisfy" it)."""
+
+    def select_renderer(self, request: Request, renderers: Iterable[BaseRenderer],
+                        format_suffix: str | None = None) -> tuple[BaseRenderer, str]:
+        """An Accept header none of them writes: a 406 naming the media types they do, as for ?format=."""
+        renderers = list(renderers)  # read twice
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable as exc:
+            if str(exc.detail).startswith("No format"):
+                raise
+            offered = ", ".join(dict.fromkeys(str(renderer.media_type) for renderer in renderers))
+            raise NotAcceptable(f"Nothing here is written as {request.headers.get('Accept', '')!r}: "
+                                f"Accept may be {offered}.") from exc
 
     def filter_renderers(self, renderers: Iterable[BaseRenderer], format: str) -> list[BaseRenderer]:  # noqa: A002
         matching = [renderer for renderer in renderers if renderer.format == format]

@@ -21,6 +21,26 @@ API_UNKNOWN_ENDPOINT = "api-unknown-endpoint"  # the URL name of the API's catch
 INLINE_STYLES = "'unsafe-inline'"
 
 
+class HeadWithoutBodyMiddleware:
+    """A HEAD is answered as its GET with no body (views take HEAD wherever they take GET): Django sends
+    the body, and gunicorn drops it with a warning in the log for each request (a monitor's probe a
+    minute). The GET's length stays in Content-Length; a file's stream is closed unread."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.method != "HEAD":
+            return response
+        if response.streaming:
+            response.streaming_content = iter(())  # type: ignore[attr-defined]  # closed with the response
+        elif isinstance(response, HttpResponse):
+            response.headers.setdefault("Content-Length", str(len(response.content)))
+            response.content = b""
+        return response
+
+
 class ContentSecurityPolicyMiddleware(CSPMiddleware):
     """django-csp's policy (settings.CONTENT_SECURITY_POLICY: scripts and styles only from the site's
     files) on every response that has none of its own; under /api/ styles may also be inline, since the

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "imaginaition_site.middleware.HeadWithoutBodyMiddleware",  # first: it sees the final response
     "imaginaition_site.middleware.RequestBodyLimitMiddleware",  # first: before anything reads a body
     "django.middleware.security.SecurityMiddleware",
     "imaginaition_site.middleware.ContentSecurityPolicyMiddleware",

@@ -14,7 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, Js
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from gallery import selectors, services
 from gallery.access import access_image, can_view_gallery
@@ -32,7 +32,7 @@ from retrieval.search import Query, id_parse, labels_parse, search_for
 
 
 @gallery_reader
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def home(request: HttpRequest) -> HttpResponse:
     """Choose a file (or drop it), see its labels and masks, add it or search with it; or search by text."""
     form = UploadForm()
@@ -61,7 +61,7 @@ def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 @never_cache
 def staged_file(request: HttpRequest) -> HttpResponseBase:
     staged = _shown_upload(request)
@@ -79,7 +79,7 @@ def staged_file(request: HttpRequest) -> HttpResponseBase:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 @never_cache
 def staged_state(request: HttpRequest) -> JsonResponse:
     """Whether the staged upload's labels are there yet (the page asks while it shows that it is working)."""
@@ -95,7 +95,7 @@ def staged_state(request: HttpRequest) -> JsonResponse:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 def staged_overlay(request: HttpRequest, class_index: int) -> HttpResponse:
     staged = _shown_upload(request)
     mask = staged.mask_png(class_index) if staged is not None else None
@@ -127,7 +127,7 @@ def staged_add_to_gallery(request: HttpRequest) -> HttpResponse:
 
 
 @gallery_reader
-@require_GET
+@require_safe
 def search(request: HttpRequest) -> HttpResponseBase:
     """Search by a stored image (?image=), one of its regions (?mask=), words (?text=) or the staged
     upload (?upload=<its token>, with &label= for one of its regions); ?labels= keeps images with those labels.
@@ -170,7 +170,7 @@ def search(request: HttpRequest) -> HttpResponseBase:
         "query_mask": query.mask_id, "query_label": query.label})
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def preferences(request: HttpRequest) -> HttpResponse:
     """Everyone's search preferences: saved to the account, or to the session for anonymous visitors."""
     if request.method == "POST" and not can_view_gallery(request.user):  # as the API: nothing to search with them
