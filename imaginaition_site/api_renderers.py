@@ -67,6 +67,10 @@ class PageLanguageTemplateRenderer(TemplateHTMLRenderer):
         return with_page_language(super().render(data, accepted_media_type, renderer_context))
 
 
+class FormatNotOffered(NotAcceptable):
+    """A ?format= that no renderer of the view writes (its message names those that do)."""
+
+
 class SiteContentNegotiation(DefaultContentNegotiation):
     """A `?format=` no renderer of the view writes is a 406 that names the ones it does, not DRF's bare
     404 "Not found.", which a client reads as "no such image"; an Accept header, a 406 that names them
@@ -78,9 +82,9 @@ class SiteContentNegotiation(DefaultContentNegotiation):
         renderers = list(renderers)  # read twice
         try:
             return super().select_renderer(request, renderers, format_suffix)
+        except FormatNotOffered:
+            raise
         except NotAcceptable as exc:
-            if str(exc.detail).startswith("No format"):
-                raise
             offered = ", ".join(dict.fromkeys(str(renderer.media_type) for renderer in renderers))
             raise NotAcceptable(f"Nothing here is written as {request.headers.get('Accept', '')!r}: "
                                 f"Accept may be {offered}.") from exc
@@ -89,5 +93,5 @@ class SiteContentNegotiation(DefaultContentNegotiation):
         matching = [renderer for renderer in renderers if renderer.format == format]
         if not matching:
             offered = ", ".join(sorted({str(renderer.format) for renderer in renderers}))
-            raise NotAcceptable(f"No format {format!r} here: ?format= may be {offered}.")
+            raise FormatNotOffered(f"No format {format!r} here: ?format= may be {offered}.")
         return matching

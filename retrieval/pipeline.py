@@ -292,6 +292,7 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
     Images `decoded` holds (an earlier stage's batch) are taken first, then first_id, then the oldest."""
     models = models or active_models()
     keys = keys_in_use(active=models)
+    batch_size = batch_size or device_batch_size()
 
     def infer(items: list[Loaded]) -> list[list[SegmentedMask]]:
         pictures = [picture for _, picture in items]
@@ -301,8 +302,8 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
                    if (region := region_picture(picture, mask.probability)) is not None]
         # In groups of the batch's size: one pass over every region of a batch (up to ~80 for 16 photos)
         # peaked at ~17 MB a region, and the heap kept that peak for the worker's life (reuse_large_blocks).
-        step = batch_size or device_batch_size()
-        groups = [[region for _, _, region in regions[start:start + step]] for start in range(0, len(regions), step)]
+        groups = [[region for _, _, region in regions[start:start + batch_size]]
+                  for start in range(0, len(regions), batch_size)]
         vectors = {(space, key): [vector for group in groups for vector in get_model(key).encode_images(group)]
                    for space, key in keys}
         by_mask: dict[tuple[int, int], dict[tuple[Space, str], Any]] = {

@@ -56,9 +56,7 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
     with connection.cursor() as cursor:
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         row = cursor.fetchone()
-    counts = {status: 0 for status in ProcessingStatus.values}
-    for status, count in Image.objects.values_list("status").annotate(n=Count("id")).order_by():
-        counts[status] = count
+    counts, masks = _images_by_status("status"), _images_by_status("masks_status")
     return ServiceStatus(
         profile=active.profile,
         models={"semantic": active.semantic, "content": active.content, "segmenter": active.segmenter},
@@ -67,8 +65,7 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
         database="embedded" if settings.DATABASES["default"]["ENGINE"].endswith("db_embedded") else "external",
         pgvector_version=row[0] if row else None,
         images=counts,
-        masks_pending=Image.objects.filter(masks_status=ProcessingStatus.PENDING).count(),
-        masks_failed=Image.objects.filter(masks_status=ProcessingStatus.FAILED).count(),
+        masks_pending=masks[ProcessingStatus.PENDING], masks_failed=masks[ProcessingStatus.FAILED],
         region_vectors={space: RegionEmbedding.objects.filter(space=space, model_key=key).count()
                         for space, key in (("semantic", active.semantic), ("content", active.content))},
         queued_tasks=OrmQ.objects.count(),
@@ -77,6 +74,13 @@ def service_status(*, check_files: bool = False) -> ServiceStatus:
                   "verified": file.hash_ok} for file in weights_status(keys=dict.fromkeys(
                       [active.semantic, active.content, active.segmenter]))],
     )
+
+
+def _images_by_status(field: str) -> dict[str, int]:
+    """Images per value of `field` (status or masks_status), every value present: one grouped count."""
+    counts = dict.fromkeys(ProcessingStatus.values, 0)
+    counts.update(Image.objects.values_list(field).annotate(n=Count("id")).order_by())
+    return counts
 
 
 WORKER_CHECK_GROUP = "worker-check"
