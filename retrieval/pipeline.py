@@ -38,7 +38,7 @@ from retrieval.encoders.registry import ActiveModels, active_models, get_model
 from retrieval.helper_threads import map_on_threads
 from retrieval.integrity import missing_indexes_build
 from retrieval.models import DeletedMask, Embedding, RegionEmbedding
-from retrieval.regions import region_picture
+from retrieval.regions import large_enough_for_a_region, region_picture
 from retrieval.serving import keys_in_use
 from retrieval.spaces import Space
 from retrieval.work_locks import claim_key
@@ -298,8 +298,8 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         pictures = [picture for _, picture in items]
         found = get_model(models.segmenter).segment(pictures)
         regions = [(row, column, region) for row, (picture, masks) in enumerate(zip(pictures, found, strict=True))
-                   for column, mask in enumerate(masks)
-                   if (region := region_picture(picture, mask.probability)) is not None]
+                   for column, mask in enumerate(masks) if large_enough_for_a_region(mask.area_fraction)
+                   and (region := region_picture(picture, mask.probability)) is not None]
         # In groups of the batch's size: one pass over every region of a batch (up to ~80 for 16 photos)
         # peaked at ~17 MB a region, and the heap kept that peak for the worker's life (reuse_large_blocks).
         groups = [[region for _, _, region in regions[start:start + batch_size]]
@@ -407,10 +407,9 @@ def images_reembed_for_active_models(*, enqueue: bool = True) -> ReembedPlan:
                for space, key in pairs]
     embed_ids = set(Image.objects.filter(status=ProcessingStatus.READY)
                     .exclude(has_all[0] & has_all[1]).values_list("pk", flat=True))
-    # A mask's stored area is at probability 0.5, a region's at the (lower) default threshold: a
-    # mask large enough by the first is large enough by the second.
     region_has_all = [Exists(RegionEmbedding.objects.filter(mask=OuterRef("pk"), space=space, model_key=key))
                       for space, key in pairs]
+    # (the bar of large_enough_for_a_region, in SQL)
     region_lacking = Mask.objects.filter(image=OuterRef("pk"), area_fraction__gte=settings.IMAGINAITION_REGION_MIN_AREA)\
         .exclude(region_has_all[0] & region_has_all[1])
     other_segmenter = Mask.objects.filter(image=OuterRef("pk")).exclude(segmenter=models.segmenter)

@@ -2,8 +2,10 @@
 
 A region is the mask's bounding box at the default mask threshold; inside the box, pixels are kept in
 proportion to the soft mask and blended toward a neutral grey elsewhere ("masked"), or kept as they
-are ("box"). Regions smaller than IMAGINAITION_REGION_MIN_AREA of the picture get no vectors: too few
-pixels to say anything, and they would flood the region index with noise.
+are ("box"). Masks covering less than IMAGINAITION_REGION_MIN_AREA of the picture get no vectors: too
+few pixels to say anything, and they would flood the region index with noise. That share is the one a
+label's percentage shows (at probability 0.5), so a label offers "Search with this region" exactly when
+its region has vectors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def region_threshold() -> float:
     """The default mask threshold preference, as a probability: a stored region is what a user
     sees outlined at that threshold."""
     return preference_defaults()["mask_threshold"] / 100
+
+
+def large_enough_for_a_region(area_fraction: float) -> bool:
+    """Whether a mask whose area at probability 0.5 (SoftMask.area_fraction, Mask.area_fraction) is
+    this share of the picture gets region vectors; the pages offer its region search by the same bar."""
+    return area_fraction >= settings.IMAGINAITION_REGION_MIN_AREA
 
 
 def region_area(probability: np.ndarray, *, threshold: float | None = None) -> float:

@@ -33,7 +33,7 @@ from retrieval.models import Embedding, RegionEmbedding
 from retrieval.neighbours import plan_nearest, run_side_by_side
 from retrieval.policy import Candidate, MergedResult, Preferences, merge
 from retrieval.preferences import PreferenceOverrides, policy_preferences, preferences_get
-from retrieval.regions import region_picture
+from retrieval.regions import large_enough_for_a_region, region_picture
 from retrieval.serving import serving_models
 from retrieval.spaces import Space, VectorOwner
 
@@ -234,7 +234,7 @@ def vectors_for_mask(*, mask: Mask, models: ActiveModels) -> QueryVectors:
     stored = dict(RegionEmbedding.objects.filter(mask=mask, model_key__in=[models.semantic, models.content])
                   .values_list("model_key", "vector"))
     if models.semantic not in stored and models.content not in stored:
-        below_minimum = mask.area_fraction < settings.IMAGINAITION_REGION_MIN_AREA
+        below_minimum = not large_enough_for_a_region(mask.area_fraction)
         # Segmentation done and no region vectors by any model: it judged the region too small.
         skipped = mask.image.masks_status == "ready" and not RegionEmbedding.objects.filter(mask=mask).exists()
         if below_minimum or skipped:
@@ -260,7 +260,10 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
     matched = label if label in masks else next((name for name in masks if name.casefold() == wanted), None)
     if matched is None:
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
-    region = region_picture(picture, masks[matched])  # masks are at this picture's size (the segmenter saw it)
+    probability = masks[matched]  # at this picture's size (the segmenter saw it)
+    # The bar of a stored mask's region: its share at 0.5, the label's percentage on the page.
+    large_enough = large_enough_for_a_region(float((probability >= 0.5).mean()))
+    region = region_picture(picture, probability) if large_enough else None
     if region is None:
         raise _too_small(f"The {matched}")
     return replace(vectors_for_picture(picture=region, models=models), owner="region"), matched

@@ -2,15 +2,20 @@
 
 import numpy as np
 import pytest
+from django.urls import reverse
 from PIL import Image as PILImage
 
+from gallery.imaging import decode_for_models
 from gallery.models import Image, Mask
+from retrieval.encoders.base import SoftMask
 from retrieval.encoders.catalog import MODELS
+from retrieval.encoders.registry import get_model
 from retrieval.models import RegionEmbedding
 from retrieval.pipeline import images_reembed_for_active_models, process_batch, segment_batch
 from retrieval.regions import NEUTRAL_FILL, region_picture, region_threshold
+from retrieval.search import QueryError, vectors_for_upload_region
 from tests.gallery.factories import add_mask, make_image
-from tests.retrieval.test_pipeline import offline, upload  # noqa: F401 - fixture
+from tests.retrieval.test_pipeline import jpeg, offline, upload  # noqa: F401 - fixture
 
 
 def picture_and_square_mask(size=(100, 80), box=(20, 10, 60, 50)):
@@ -124,6 +129,51 @@ def test_a_batchs_regions_are_encoded_in_groups_of_the_batch_size(client, user, 
     assert regions >= 2, "the test wants an image with more regions than the batch size"
     assert passes and max(passes) == 1  # every region pass within the batch's size
     assert RegionEmbedding.objects.filter(space="semantic").count() == regions  # each region still embedded
+
+
+def faint_and_strong(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Two soft masks at a picture's size: the faint one covers a quarter at the default cut (0.3) and
+    1 % at 0.5 (what its label's percentage shows); the strong one half the picture at both."""
+    width, height = size
+    faint = np.zeros((height, width), dtype=np.float32)
+    faint[: height // 4] = 0.4
+    faint[: height // 10, : width // 10] = 0.9
+    strong = np.zeros((height, width), dtype=np.float32)
+    strong[height // 2:] = 0.9
+    return faint, strong
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_label_offers_its_region_search_exactly_when_its_region_has_vectors(client, user, media_root, offline,  # noqa: F811
+                                                                              settings, monkeypatch):
+    """The link was offered by the mask's share at 0.5 while vectors were made by its share at the
+    default cut (0.3): a mask between the two had vectors that no page offered to search with."""
+    settings.IMAGINAITION_REGION_MIN_AREA = 0.05
+    client.force_login(user)
+    image_id = upload(client, "chelsea")
+    process_batch(batch_size=1, masks=False)
+    monkeypatch.setattr(get_model(offline.segmenter), "segment", lambda pictures: [
+        [SoftMask("sofa", 18, faint), SoftMask("cat", 8, strong)]
+        for faint, strong in (faint_and_strong(picture.size) for picture in pictures)])
+    segment_batch(batch_size=1)
+
+    faint, strong = (Mask.objects.get(image_id=image_id, label=label) for label in ("sofa", "cat"))
+    assert faint.area_fraction < settings.IMAGINAITION_REGION_MIN_AREA <= strong.area_fraction
+    assert not RegionEmbedding.objects.filter(mask=faint).exists()
+    assert RegionEmbedding.objects.filter(mask=strong).count() == 2
+    page = client.get(reverse("pages:image", args=[image_id])).content.decode()
+    assert f"?mask={strong.pk}" in page and f"?mask={faint.pk}" not in page
+    refused = client.post(reverse("api-search"), {"mask_id": faint.pk})
+    assert refused.status_code == 400 and "too small" in refused.json()["detail"]
+    assert images_reembed_for_active_models(enqueue=False).ids == []  # and nothing is owed to it
+
+    # An uploaded picture's region (nothing stored) by the same bar.
+    data = jpeg("chelsea")
+    faint_upload, strong_upload = faint_and_strong(decode_for_models(data).picture.size)
+    masks = {"sofa": faint_upload, "cat": strong_upload}
+    with pytest.raises(QueryError, match="too small"):
+        vectors_for_upload_region(data=data, label="sofa", masks=masks, models=offline)
+    assert vectors_for_upload_region(data=data, label="cat", masks=masks, models=offline)[1] == "cat"
 
 
 @pytest.mark.django_db
