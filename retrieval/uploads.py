@@ -226,6 +226,10 @@ def _task_name(token: str) -> str:
     return f"segment-upload-{token}"
 
 
+def _kept_for_people() -> str:
+    return f"uploads are kept for {MAX_AGE_SECONDS // 60} minutes, at most {MAX_STAGED} at once for everyone"
+
+
 def staged_get(*, session: SessionBase, token: str = "") -> StagedUpload | None:
     """The session's staged upload. A session holds one, so a page names the one it showed (`token`):
     if another tab or window has staged another since, UploadReplaced, rather than acting on a
@@ -233,9 +237,9 @@ def staged_get(*, session: SessionBase, token: str = "") -> StagedUpload | None:
     current = staged_read(session.get(SESSION_KEY, ""))
     if token and (current is None or current.token != token):
         if current is None:
-            raise UploadReplaced("The picture this page showed is no longer uploaded (it expired, was added or "
-                                 "replaced in another tab or window, or an administrator reset the gallery); choose "
-                                 "the file again.")
+            raise UploadReplaced(f"The picture this page showed is no longer uploaded ({_kept_for_people()}: it expired or newer "
+                                 "uploads pushed it out, or it was added or replaced in another tab or window, or an "
+                                 "administrator reset the gallery); choose the file again.")
         raise UploadReplaced(f"The picture this page showed was replaced by {current.name}, chosen in another tab "
                              "or window; nothing was done with it.")
     return current
@@ -245,7 +249,7 @@ def staged_missing_message(*, session: SessionBase | None) -> str:
     """Why a session has no staged upload to search with: it never had one, or it expired."""
     if session is None or not session.get(SESSION_KEY):
         return "Nothing is uploaded yet: choose a file first."
-    return "Your upload has expired; choose the file again."
+    return f"Your upload has expired ({_kept_for_people()}); choose the file again."
 
 
 def staged_segment(token: str) -> SegmentationState | None:

@@ -37,7 +37,9 @@ def test_expired_uploads_and_orphan_files_are_removed_and_fresh_ones_kept(media_
     remaining = sorted(path.name for path in (media_root / "staging").iterdir())
     assert remaining == sorted([f"{fresh.token}.upload", recent_orphan.name])
     assert uploads.staged_get(session=session) is None  # the old session's upload has expired
-    assert uploads.staged_missing_message(session=session) == "Your upload has expired; choose the file again."
+    assert uploads.staged_missing_message(session=session) == ("Your upload has expired (uploads are kept for 60 "
+                                                                "minutes, at most 100 at once for everyone); choose "
+                                                                "the file again.")
     assert uploads.staged_missing_message(session=SessionStore()) == "Nothing is uploaded yet: choose a file first."
     assert fresh.data() == jpeg("coffee") and set(fresh.masks()) == {label["label"] for label in fresh.labels}
 
@@ -88,12 +90,18 @@ def test_past_the_most_kept_at_once_a_new_upload_ends_the_oldest(media_root, set
     limit, for an hour: 10 anonymous posts of 6.8 MB left 65 MB in staging."""
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
     monkeypatch.setattr(uploads, "MAX_STAGED", 3)
-    staged = [uploads.staged_add(data=jpeg(name), name=f"{name}.jpg", session=SessionStore())
-              for name in ("chelsea", "coffee", "astronaut", "rocket")]
+    sessions = [SessionStore() for _ in range(4)]
+    staged = [uploads.staged_add(data=jpeg(name), name=f"{name}.jpg", session=session)
+              for name, session in zip(("chelsea", "coffee", "astronaut", "rocket"), sessions, strict=True)]
     kept = sorted(StagedUploadRecord.objects.values_list("token", flat=True))
     assert kept == sorted(upload.token for upload in staged[1:])
     assert sorted(path.name for path in (media_root / "staging").iterdir()) == [f"{token}.upload" for token in kept]
     assert not StagedUploadMask.objects.filter(upload__token=staged[0].token).exists()
+    # Its visitor is told why it went: it had not been an hour, nor was anything done in another tab.
+    why = "uploads are kept for 60 minutes, at most 3 at once for everyone"
+    assert why in uploads.staged_missing_message(session=sessions[0])
+    with pytest.raises(uploads.UploadReplaced, match=why):
+        uploads.staged_get(session=sessions[0], token=staged[0].token)
 
 
 @pytest.mark.django_db
