@@ -1,12 +1,14 @@
-"""Accounts: the first administrator (created once, never with a default password), and API tokens
-that end with the password they were made under."""
+"""Accounts: the first administrator (created once, never with a default password), API tokens
+that end with the password they were made under, and sessions that end."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.hashers import check_password
@@ -56,3 +58,10 @@ def tokens_end_with_a_new_password(sender: type[AbstractBaseUser], instance: Abs
     if new_raw is not None and check_password(new_raw, stored):
         return
     Token.objects.filter(user_id=instance.pk).delete()
+
+
+def sessions_clear_expired() -> None:
+    """Remove the sessions past their expiry (what `clearsessions` does). Django never removes them
+    itself: each sign-in, and each visitor's preferences or upload, left a row for ever. The main
+    workers run it daily (a django-q2 schedule, made by gallery's migration 0009)."""
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()

@@ -256,8 +256,9 @@ class ResetJobAdmin(admin.ModelAdmin):
 
 
 # django-q2's "Scheduled tasks" admin runs whatever importable function a staff member types (func
-# "os.system") in a worker: more than any permission of ours grants, resetting included, and this
-# service schedules nothing. Its queued, successful and failed tasks stay listed.
+# "os.system") in a worker: more than any permission of ours grants, resetting included; the one
+# schedule this service makes (expired sessions, daily) needs no one to edit it. Its queued, successful
+# and failed tasks stay listed.
 import django_q.admin  # noqa: E402 - registers its models first (it comes after gallery in INSTALLED_APPS)
 from django_q.models import Schedule  # noqa: E402
 
