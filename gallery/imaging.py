@@ -23,7 +23,7 @@ import pillow_heif
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
-from PIL import ExifTags, UnidentifiedImageError
+from PIL import ExifTags, PngImagePlugin, UnidentifiedImageError
 
 from gallery.errors import Refused
 
@@ -100,9 +100,16 @@ def download_name(original_name: str, image_format: str) -> str:
     return f"{stem if dot and stem else original_name}.{suffixes[0]}"
 
 
+# What one compressed PNG text chunk (XMP, comments) may decompress to. Pillow's 1 MB refused a photo
+# editor's XMP of a few MB as a damaged file; all chunks together stay within Pillow's MAX_TEXT_MEMORY.
+PNG_TEXT_CHUNK_MAX_BYTES = 16 * 1024 * 1024
+
+
 def configure_pillow() -> None:
-    """Pillow's decompression-bomb guard, at our pixel limit (it raises above 2x, we reject above 1x)."""
+    """Pillow's decompression-bomb guard, at our pixel limit (it raises above 2x, we reject above 1x),
+    and its guard on PNG text chunks, at ours."""
     PILImage.MAX_IMAGE_PIXELS = settings.IMAGINAITION_MAX_PIXELS
+    PngImagePlugin.MAX_TEXT_CHUNK = PNG_TEXT_CHUNK_MAX_BYTES
 
 
 def _too_many_pixels(pixels: int | None) -> ImageRejected:
@@ -264,6 +271,11 @@ def _decoding_errors_refused() -> Iterator[None]:
     except UnidentifiedImageError as exc:
         raise ImageRejected(f"The file is not an image we can read; accepted: {ACCEPTED_NAMES}.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        if isinstance(exc, ValueError) and "PngImagePlugin.MAX_TEXT" in str(exc):  # its metadata, not its pixels
+            raise ImageRejected(
+                f"The image's metadata is too large: a PNG text chunk decompresses to more than "
+                f"{PNG_TEXT_CHUNK_MAX_BYTES // 2**20} MB, or all of them to more than "
+                f"{PngImagePlugin.MAX_TEXT_MEMORY // 2**20} MB.") from exc
         raise ImageRejected(f"The image is damaged or truncated: {exc}") from exc
     except MemoryError:
         raise  # the host's shortage, not the file's fault

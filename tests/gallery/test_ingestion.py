@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
-from PIL import ImageDraw
+from PIL import ImageDraw, PngImagePlugin
 
 from gallery import services
 from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, for_models,
@@ -370,6 +370,25 @@ def test_all_frames_together_stay_within_a_pixel_budget(settings):
         with pytest.raises(ImageRejected, match="17 frames .* too many pixels in all") as caught:
             check(several_frames("GIF", count=17, size=(50, 50)))
         assert caught.value.too_large
+
+
+def png_with_compressed_text(megabytes: int) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" + "a" * (megabytes * 2**20), zip=True)
+    return encode(photo(), "PNG", pnginfo=info)
+
+
+def test_a_png_with_megabytes_of_compressed_metadata_is_read_and_a_text_bomb_refused_as_such(signed_in, media_root):
+    """Pillow's 1 MB limit on a compressed text chunk refused a photo editor's 3 MB XMP as "damaged or
+    truncated: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"."""
+    assert decode_for_models(png_with_compressed_text(3)).picture.size == (64, 48)
+    assert upload(signed_in, "xmp.png", png_with_compressed_text(3)).status_code == 201
+    bomb = png_with_compressed_text(20)  # 20 MB of text in a file of some 20 KB
+    response = upload(signed_in, "text-bomb.png", bomb)
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("The image's metadata is too large: a PNG text chunk decompresses to more "
+                                         "than 16 MB, or all of them to more than 64 MB.")
+    assert Image.objects.count() == 1
 
 
 def test_a_name_with_double_quotes_is_stored_as_the_user_named_the_file(signed_in, media_root):
