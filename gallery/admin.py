@@ -5,6 +5,7 @@ The retrieval app extends the image admin with what it adds (vectors, "search si
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, ClassVar, Literal, cast
 
 from django.contrib import admin, messages
@@ -96,9 +97,15 @@ class ImageAdmin(admin.ModelAdmin):
         return super().get_queryset(request).prefetch_related(
             Prefetch("masks", queryset=Mask.objects.only("image_id", "label", "area_fraction")))
 
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Image],
+                           search_term: str) -> tuple[QuerySet[Image], bool]:
+        # Names are stored composed (services.stored_name): é typed as e + a combining accent finds them too.
+        return super().get_search_results(request, queryset, unicodedata.normalize("NFC", search_term))
+
     def save_model(self, request: HttpRequest, obj: Image, form: Any, change: bool) -> None:
         """Only what the form changed (the name): a worker may have set the status, error or masks since the
         form was read, and saving the whole row wrote those values back (an image left 'pending')."""
+        obj.original_name = services.stored_name(obj.original_name)  # as every way in stores a name
         if change:
             obj.save(update_fields=form.changed_data)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
             _stored_file_restore(existing, data)
             return ImageAddResult(image=existing, created=False)
 
-    name = readable_name(Path(original_name or "upload").name)[:255] or "upload"
-    image = Image(sha256=digest, original_name=name, width=decoded.width, height=decoded.height,
+    image = Image(sha256=digest, original_name=stored_name(original_name), width=decoded.width, height=decoded.height,
                   format=decoded.format, orientation=decoded.orientation, byte_size=len(data),
                   # An authenticated user is an instance of the user model the foreign key points to.
                   added_by=cast("UserModel", user) if getattr(user, "is_authenticated", False) else None)
@@ -138,6 +138,20 @@ def readable_name(text: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate that did not come from a file name's bytes
         raw = text.encode("utf-8", "replace")
     return raw.decode("utf-8", "replace")
+
+
+# Bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE, ...): in a name they reversed it and the text
+# after it on every page ("gnp.exe.png"). Django's multipart parser drops them from uploads' names.
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
+def stored_name(original_name: str) -> str:
+    """The name an image is stored and shown under, one for one file whichever way it came: readable,
+    composed (NFC: macOS writes é as e + a combining accent, which a search for é missed), without
+    bidirectional controls, at most 255 characters; "upload" when nothing of it would show."""
+    name = unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name)).translate(_BIDI_CONTROLS)
+    shows = any(not char.isspace() and unicodedata.category(char) != "Cf" for char in name)
+    return name[:255] if shows else "upload"
 
 
 def _delete_file(image: Image) -> None:

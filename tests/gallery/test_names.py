@@ -1,0 +1,60 @@
+"""The names images are stored and shown under: one per file, whichever way it came in."""
+
+import unicodedata
+from importlib import import_module
+
+import pytest
+from django.apps import apps
+from django.contrib.admin.sites import site
+from django.core.management import call_command
+
+from gallery.models import Image
+from gallery.services import image_add
+from tests.gallery.factories import make_image, png_bytes
+
+pytestmark = pytest.mark.django_db
+
+DECOMPOSED = unicodedata.normalize("NFD", "café été.png")  # as macOS writes names
+
+
+def test_import_folder_stores_names_composed_without_bidirectional_controls(settings, tmp_path, media_root):
+    """import_folder kept U+202E (RIGHT-TO-LEFT OVERRIDE), which reversed the name and the sentence after it
+    on every page ("gnp.exe.png_OLTR"), where an upload of the same file lost it; a decomposed é was not
+    found by a search for é."""
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    for name in ("\u202eRTLO_gnp.exe.png", DECOMPOSED, "\u2067ltr\u2069 \u200fmark.png", "emoji \U0001f469\u200d\U0001f52c.png"):
+        (tmp_path / name).write_bytes(png_bytes())
+    call_command("import_folder", str(tmp_path))
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == sorted(
+        ["RTLO_gnp.exe.png", "café été.png", "ltr mark.png", "emoji \U0001f469\u200d\U0001f52c.png"])  # ZWJ kept
+
+
+@pytest.mark.parametrize("given, stored", [("   ", "upload"), ("\ufeff\u202e", "upload"), (" a.png", " a.png")])
+def test_a_name_that_would_show_nothing_is_stored_as_upload(media_root, given, stored):
+    """A name of spaces was kept: its links in the gallery and admin had no visible text."""
+    assert image_add(data=png_bytes(), original_name=given, enqueue=False).image.original_name == stored
+
+
+def test_admin_finds_a_name_typed_decomposed_or_composed_and_keeps_an_edited_name_composed(rf, admin_user,
+                                                                                            media_root):
+    image = make_image(name="café.png")
+    image_admin = site._registry[Image]
+    request = rf.get("/")
+    request.user = admin_user
+    for term in ("café", unicodedata.normalize("NFD", "café")):
+        found, _ = image_admin.get_search_results(request, Image.objects.all(), term)
+        assert list(found) == [image], ascii(term)
+
+    form = image_admin.get_form(request, image, change=True)({"original_name": DECOMPOSED}, instance=image)
+    assert form.is_valid(), form.errors
+    image_admin.save_model(request, form.save(commit=False), form, change=True)
+    image.refresh_from_db()
+    assert image.original_name == "café été.png"
+
+
+def test_names_stored_before_are_composed_by_the_migration(media_root):
+    decomposed, reversed_, plain = (make_image(name=name) for name in (DECOMPOSED, "\u202eabc.png", "plain.png"))
+    import_module("gallery.migrations.0010_image_names_composed").names_composed(apps, None)
+    names = {image.pk: name for image, name in ((decomposed, "café été.png"), (reversed_, "abc.png"),
+                                                (plain, "plain.png"))}
+    assert dict(Image.objects.values_list("pk", "original_name")) == names
