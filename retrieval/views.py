@@ -44,12 +44,22 @@ def home(request: HttpRequest) -> HttpResponse:
                 uploads.staged_add(data=read_upload(upload), name=upload_name(upload), session=request.session)
                 return redirect("pages:home")
             except Refused as exc:
-                form.add_error("file", exc.message)
+                form.add_error("file", _refused_upload_message(upload_name(upload), exc.message,
+                                                               kept=uploads.staged_get(session=request.session)))
     return render(request, "retrieval/home.html", {
         "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
         "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts(),
         "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,  # the script refuses a larger file unsent
         "accepted_formats": ACCEPTED_NAMES})
+
+
+def _refused_upload_message(name: str, message: str, *, kept: uploads.StagedUpload | None) -> str:
+    """Which file was refused, and that the picture still shown is the one loaded before (the page gave
+    the message alone above "Your image: <the previous file>" and its "Add to database")."""
+    if kept is None:
+        return f"{name} was not loaded: {message}"
+    ended = message if message.endswith((".", "?", "!")) else f"{message}."  # Pillow's own words end bare
+    return f"{name} was not loaded: {ended} The picture below is still {kept.name}, loaded before."
 
 
 def _shown_upload(request: HttpRequest) -> uploads.StagedUpload | None:

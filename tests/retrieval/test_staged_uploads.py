@@ -1,13 +1,16 @@
 """Staged uploads: bytes in the file storage, facts and masks in the database; an hour later both go."""
 
 import os
+import re
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from retrieval import uploads
@@ -128,3 +131,21 @@ def test_past_the_waiting_limit_a_new_upload_is_refused_until_the_queue_moves(me
     StagedUploadRecord.objects.filter(token=f"{0:024x}").update(
         updated_at=timezone.now() - timedelta(seconds=settings.IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT + 1))
     assert uploads.staged_add(data=jpeg("chelsea"), name="chelsea.jpg", session=SessionStore()).state == "ready"
+
+
+@pytest.mark.django_db
+def test_a_refused_upload_names_its_file_and_the_picture_still_shown(client, user, media_root, settings):
+    """The search page said "The image is damaged or truncated: ..." alone, above "Your image: <the file
+    loaded before>" and its "Add to database": which file was refused, and which one that button adds?"""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    client.force_login(user)
+    refused = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("notes.png", b"hello")})
+    assert "notes.png was not loaded: The file is not an image we can read" in refused.content.decode()
+    assert "still" not in refused.content.decode()
+
+    assert client.post(reverse("pages:home"), {"file": SimpleUploadedFile("chelsea.jpg", jpeg("chelsea"))}
+                       ).status_code == 302
+    truncated = jpeg("coffee")[:3000]
+    page = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("coffee.jpg", truncated)}).content.decode()
+    assert re.search(r"coffee\.jpg was not loaded: The image is damaged or truncated: [^<]*\. The picture below is "
+                     r"still chelsea\.jpg, loaded before\.", page)
