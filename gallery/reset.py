@@ -191,6 +191,11 @@ def _end_abandoned(job: ResetJob) -> None:
     job.save()
 
 
+def _processed_count() -> int:
+    """Images of the emptied gallery done with, ready or failed: the folder's and any added meanwhile."""
+    return Image.objects.filter(status__in=(ProcessingStatus.READY, ProcessingStatus.FAILED)).count()
+
+
 def reset_run(*, job_id: int) -> ResetJob:
     """Run a queued job to the end; any error ends it `failed` with the message (never stuck running).
     A job left `running` by a worker that died is resumed when its task is handed out again: the
@@ -253,15 +258,18 @@ def _run(job: ResetJob) -> ResetJob:
         job.rejected = [list(pair) for pair in report.rejected] + [
             [name, "a sub-folder: not read (\"Include sub-folders\" was off)"] for name in report.folders_not_read]
         job.phase = "computing embeddings and masks"
-        job.embedded = Image.objects.filter(status=ProcessingStatus.READY).count()  # by a dead run, if resuming
+        job.embedded = _processed_count()  # by a dead run, if resuming
         save("scanned", "imported", "duplicates", "rejected", "embedded")
 
         def embedded(count: int) -> None:
-            job.embedded += count
+            # Counted in the database, not by adding this run's batches: workers busy with another import take
+            # the reset's images too (a reset ended at "Processed: 18 of 30" with all 30 processed).
+            job.embedded = _processed_count()
             save("embedded")
 
         images_process_here(progress=embedded)
         job.phase = "building the search indexes"
+        job.embedded = _processed_count()
         save("embedded")
         events.gallery_reloaded.send(sender=Image)
         failed = selectors.images_failed_count()  # of the emptied gallery: this folder's (and any added meanwhile)

@@ -138,6 +138,25 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
     assert search["engine"] == "faiss" and len(search["results"]) == 3  # indexes were rebuilt
 
 
+@pytest.mark.django_db
+def test_images_the_workers_processed_for_the_reset_count_as_processed(client, staff_user, folder, media_root,
+                                                                       monkeypatch):
+    """Workers busy with another import take the reset's pending images too: the job counted only the
+    batches its own run processed, and ended at "Processed: 18 of 30" with all 30 processed."""
+    def workers_help(*, progress=None, **kwargs):
+        pending = list(Image.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True))
+        Image.objects.filter(pk__in=pending[:3]).update(status="ready")  # a worker's batch, meanwhile
+        Image.objects.filter(pk__in=pending[3:]).update(status="failed")  # this run's: done, if failed
+        progress(len(pending[3:]))
+
+    monkeypatch.setattr(pipeline, "process_all_pending", workers_help)  # what retrieval's receiver runs
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=True, user=staff_user).pk)
+    assert job.state == "done" and job.imported == 4 and job.embedded == 4
+    client.force_login(staff_user)
+    page = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
+    assert '<progress id="reset-processed-bar" max="4" value="4"' in page
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_job_whose_images_failed_says_how_many_and_how_to_retry_them(client, staff_user, folder, media_root,
                                                                        settings, tmp_path, monkeypatch):
