@@ -102,6 +102,12 @@ def images_failed(*, ids: Iterable[int]) -> list[Image]:
     return list(Image.objects.filter(FAILED, pk__in=list(ids)).order_by("pk"))
 
 
+def images_still_there(*, ids: Iterable[int]) -> tuple[int, int]:
+    """How many of `ids` still exist, and how many of those still wait for their vectors or masks."""
+    counts = Image.objects.filter(pk__in=list(ids)).aggregate(there=Count("pk"), waiting=Count("pk", filter=WAITING))
+    return counts["there"], counts["waiting"]
+
+
 def images_pending_count() -> int:
     """Images still waiting for their vectors or their masks (an image waiting for both counts once)."""
     return Image.objects.filter(WAITING).count()

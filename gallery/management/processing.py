@@ -17,19 +17,40 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
     if not waiting:
         return
     command.stdout.write(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
+    here = 0
     try:
         with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
-            images_process_here(progress=bar.update, batch_size=batch_size)
+            def done_here(count: int) -> None:
+                nonlocal here
+                here += count
+                bar.update(count)
+
+            images_process_here(progress=done_here, batch_size=batch_size)
     except KeyboardInterrupt:
         raise CommandError(f"Interrupted while processing. {waiting_handed_to_workers()}") from None
+    command.stdout.write(_summary(waiting, here=here))
     failed = selectors.images_failed(ids=waiting)
-    command.stdout.write(f"processed: {len(waiting) - len(failed)}, failed: {len(failed)}")
     for image in failed[:20]:
         command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
     if failed:
         more = f" ({len(failed) - 20} more not listed)" if len(failed) > 20 else ""
         raise CommandError(f"{len(failed)} of {len(waiting)} images could not be processed{more}; once the cause "
                            "is fixed, `manage.py retry_failed --sync` processes them again.")
+
+
+def _summary(waiting: list[int], *, here: int) -> str:
+    """What became of the waiting images, counted in the database: it said "processed: 12" of 12 when 6 were
+    deleted meanwhile, and two runs at once each claimed all 30 of the same folder."""
+    failed = len(selectors.images_failed(ids=waiting))
+    there, still_waiting = selectors.images_still_there(ids=waiting)
+    parts = [f"processed: {there - still_waiting - failed}", f"failed: {failed}"]
+    if here != there - still_waiting:  # (done counts failed images too)
+        parts.append(f"done by this run: {here}, the rest by workers or another run")
+    if still_waiting:
+        parts.append(f"still being processed elsewhere: {still_waiting}")
+    if len(waiting) > there:
+        parts.append(f"deleted meanwhile: {len(waiting) - there}")
+    return ", ".join(parts)
 
 
 def waiting_handed_to_workers() -> str:

@@ -771,6 +771,31 @@ def test_an_interrupted_import_keeps_what_it_added_and_says_how_to_go_on(photo_f
     assert Image.objects.count() == 2 and len(stored_files(media_root)) == 2
 
 
+def test_a_sync_imports_summary_counts_what_became_of_its_images_meanwhile(tmp_path, import_root, media_root,
+                                                                          monkeypatch, capsys):
+    """It printed "processed: 12, failed: 0" when 6 of the 12 were deleted while the models loaded, and two
+    runs at once on one folder each printed "processed: 30" of the same 30."""
+    from gallery.management import processing
+
+    from tests.gallery.factories import png_bytes
+
+    for index in range(6):
+        (tmp_path / f"{index}.png").write_bytes(png_bytes())
+
+    def others_meanwhile(*, progress, **kwargs):
+        waiting = list(Image.objects.filter(status=ProcessingStatus.PENDING).order_by("pk").values_list("pk", flat=True))
+        Image.objects.filter(pk__in=waiting[:2]).delete()  # deleted by someone while the models loaded
+        Image.objects.filter(pk=waiting[2]).update(status="ready", masks_status="ready")  # a worker's batch
+        # waiting[3]: claimed by another run, not done yet
+        Image.objects.filter(pk__in=waiting[4:]).update(status="ready", masks_status="ready")
+        progress(2)  # this run's batch
+
+    monkeypatch.setattr(processing, "images_process_here", others_meanwhile)
+    call_command("import_folder", str(tmp_path), "--sync")
+    assert ("processed: 3, failed: 0, done by this run: 2, the rest by workers or another run, still being processed "
+            "elsewhere: 1, deleted meanwhile: 2") in capsys.readouterr().out
+
+
 def test_a_sync_import_interrupted_hands_the_images_left_waiting_to_the_workers(photo_folder, monkeypatch):
     """A running worker cluster looks for waiting images only as it starts: without tasks queued for them,
     the images an interrupted --sync run left waiting would wait until a cluster restarts."""
