@@ -150,8 +150,12 @@ def stored_name(original_name: str) -> str:
     composed (NFC: macOS writes é as e + a combining accent, which a search for é missed), without
     bidirectional controls, at most 255 characters; "upload" when nothing of it would show."""
     name = unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name)).translate(_BIDI_CONTROLS)
-    shows = any(not char.isspace() and unicodedata.category(char) != "Cf" for char in name)
-    return name[:255] if shows else "upload"
+    return name[:255] if shows_anything(name) else "upload"
+
+
+def shows_anything(text: str) -> bool:
+    """Whether text has a character that shows: not only spaces and invisible format characters (U+FEFF...)."""
+    return any(not char.isspace() and unicodedata.category(char) != "Cf" for char in text)
 
 
 def _delete_file(image: Image) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
@@ -35,6 +35,7 @@ from gallery.api import (
 )
 from gallery.access import can_view_gallery
 from gallery.imaging import read_upload, upload_name
+from gallery.services import shows_anything
 from retrieval import status as status_service
 from retrieval.preferences import (PreferenceOverrides, preference_defaults, preference_limits, preferences_get,
                                    preferences_update)
@@ -261,6 +262,8 @@ class SearchQuerySerializer(ClosedInput):
                                             help_text="a stored image may find itself")
 
     def validate(self, data: dict[str, object]) -> dict[str, object]:
+        if isinstance(data.get("text"), str) and not shows_anything(cast(str, data["text"])):
+            data["text"] = ""  # spaces are trimmed already; a lone U+FEFF is as blank
         given = [name for name in ("image_id", "mask_id", "image", "text") if data.get(name) not in (None, "")]
         if not given and "text" in data:
             raise serializers.ValidationError({"text": ["The text is blank: type some words."]})

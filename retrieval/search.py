@@ -24,7 +24,7 @@ from gallery.errors import Refused
 from gallery.imaging import decode_for_models, for_models
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.selectors import labels_as_stored, labels_unknown_message
-from gallery.services import User
+from gallery.services import User, shows_anything
 from retrieval import uploads
 from retrieval.encoders.registry import ActiveModels, get_model
 from retrieval.index_snapshots import manager
@@ -271,7 +271,7 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
     text = text.strip()
-    if not text:
+    if not shows_anything(text):  # a lone U+FEFF searched, as if it were words
         raise QueryError("Type some words to search for.")
     if len(text) > TEXT_MAX_CHARS:
         raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.")

@@ -116,7 +116,7 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
         "This image could not be embedded (The stored file is missing.), so it has no vectors to search with; "
         "retry it once the cause is fixed.")
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
-    for blank in ("", "   "):
+    for blank in ("", "   ", "\ufeff", " \u200b "):  # invisible format characters searched, as if words
         assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}
     wrong_field = client.post(reverse("api-search"), {"file": SimpleUploadedFile("a.png", b"x")})
     assert wrong_field.status_code == 400 and wrong_field.json()["file"][0].endswith("include_self, image.")
