@@ -4,6 +4,12 @@
 // which runs this script again, and top-level names would then clash.
 {
 
+// A button that cannot act yet is aria-disabled rather than disabled, so that Tab reaches it and its
+// description (why not yet) is read: it sends nothing.
+document.addEventListener("submit", (e) => {
+  if (e.submitter?.getAttribute("aria-disabled") === "true") e.preventDefault();
+});
+
 // A label button lays its server-rendered overlay over the image; pressing it again, or
 // "Remove overlay", takes it away.
 document.querySelectorAll("[data-overlay-viewer]").forEach((viewer) => {

@@ -9,8 +9,10 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from django.urls import reverse
 
+from tests.gallery.factories import make_image
 from tests.pages.test_browser import browser  # noqa: F401 - the fixture
 from tests.pages.test_page_scripts import (  # noqa: F401 - the fixtures
     close_connections, in_browser, offline, signed_in_page)
@@ -67,3 +69,35 @@ def test_admin_breadcrumb_links_are_underlined(live_server, staff_user, browser,
         assert links.count() >= 1, url
         decorations = links.evaluate_all("(links) => links.map((a) => getComputedStyle(a).textDecorationLine)")
         assert all("underline" in decoration for decoration in decorations), (url, decorations)
+
+
+@in_browser
+def test_search_similar_of_a_pending_image_is_reached_by_tab_and_says_why_but_does_not_search(
+        live_server, user, browser, close_connections):  # noqa: F811
+    """It was `disabled`: Tab skipped it, so keyboard and screen-reader users never heard why."""
+    image = make_image(name="slow.png", status="pending")
+    image_url = live_server.url + reverse("pages:image", args=[image.pk])
+    page = signed_in_page(browser, live_server, user)
+    page.goto(image_url)
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.textContent.trim()") == "Search similar from here":
+            break
+    else:
+        pytest.fail("Tab never reached Search similar from here")
+    button = page.get_by_role("button", name="Search similar from here")
+    assert button.get_attribute("aria-disabled") == "true" and button.get_attribute("aria-describedby") == "image-status"
+    assert "Being processed" in page.inner_text("#image-status")
+    searches = []
+    page.on("request", lambda request: searches.append(request.url) if "/search/" in request.url else None)
+    page.keyboard.press("Enter")
+    button.click(force=True)  # Playwright holds back from an aria-disabled button; a mouse does not
+    page.wait_for_timeout(300)
+    assert searches == [] and page.url == image_url
+
+    # Sent without the script, the server refuses it and says why.
+    client = Client()
+    client.force_login(user)
+    refused = client.get(reverse("pages:search"), {"image": image.pk}, follow=True)
+    assert refused.redirect_chain[-1][0] == reverse("pages:image", args=[image.pk])
+    assert "has not been embedded yet" in refused.content.decode()

@@ -477,7 +477,7 @@ def test_an_image_re_embedded_after_a_model_change_can_still_be_searched_from_it
 
     def disabled(image) -> bool:
         found = button.search(client.get(reverse("pages:image", args=[image.pk])).content.decode())
-        return "disabled" in found.group(1)
+        return 'aria-disabled="true"' in found.group(1)
 
     assert not disabled(waiting_again)
     assert disabled(new) and disabled(failed)  # nothing to search with yet; failed says why on its own
