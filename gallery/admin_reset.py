@@ -17,11 +17,12 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_http_methods, require_safe
 
 from gallery.folders import import_roots
+from gallery.forms import FirstErrorFocused
 from gallery.models import ACTIVE_RESET_STATES, ResetJob
 from gallery.reset import ResetRefused, reset_folder_check, reset_preview, reset_resume_if_abandoned, reset_start
 
 
-class ResetForm(forms.Form):
+class ResetForm(FirstErrorFocused, forms.Form):
     folder = forms.CharField(label="Folder on the server", max_length=1024,
                              widget=forms.TextInput(attrs={"size": 80, "placeholder": "/srv/photos"}))
     recursive = forms.BooleanField(label="Include sub-folders", required=False, initial=True)

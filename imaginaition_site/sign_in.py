@@ -20,6 +20,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 
+from gallery.forms import FirstErrorFocused
+
 USERNAME_MAX = 150  # Django's user name limit: no account has a longer one
 
 
@@ -58,7 +60,7 @@ def sign_in_locked_out(request: HttpRequest, original_response: HttpResponse | N
     return response
 
 
-class PasswordChangeCountedForm(PasswordChangeForm):
+class PasswordChangeCountedForm(FirstErrorFocused, PasswordChangeForm):
     """Django's form checks the old password with check_password, which axes never sees: a stolen
     session could guess it without end. Here it is checked by authenticate(), so a wrong one is a
     failed sign-in of this user from this address, and the lock refuses the change like a sign-in."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from gallery.forms import FirstErrorFocused
 from retrieval.preferences import preference_limits
 from retrieval.search import TEXT_MAX_CHARS
 from retrieval.spaces import Space
@@ -27,7 +28,7 @@ def _bounded(label: str, name: str, *, slider: bool, help_text: str) -> forms.In
     return forms.IntegerField(label=label, min_value=low, max_value=high, widget=widget, help_text=help_text)
 
 
-class PreferencesForm(forms.Form):
+class PreferencesForm(FirstErrorFocused, forms.Form):
     mask_threshold = _bounded("Mask threshold (%)", "mask_threshold", slider=True,
                               help_text="A pixel belongs to a label's mask when its probability is at least this.")
     k = _bounded("Number of results (k)", "k", slider=False,

@@ -101,3 +101,61 @@ def test_search_similar_of_a_pending_image_is_reached_by_tab_and_says_why_but_do
     refused = client.get(reverse("pages:search"), {"image": image.pk}, follow=True)
     assert refused.redirect_chain[-1][0] == reverse("pages:image", args=[image.pk])
     assert "has not been embedded yet" in refused.content.decode()
+
+
+def test_a_form_sent_back_with_errors_focuses_its_first_invalid_field_and_marks_it(client, user, staff_user,
+                                                                                   settings, tmp_path):
+    """Preferences (k=0) and admin's reset (/etc) left the focus on the body, the reset's error unannounced;
+    a refused sign-in said why in an alert that its fields were not tied to."""
+    def tag(page: str, field_id: str) -> str:
+        return re.search(rf'<input[^>]*id="{field_id}"[^>]*>', page).group(0)
+
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    client.force_login(user)
+    page = client.post(reverse("pages:preferences"), {"k": 0, "mask_threshold": 50, "split": 50,
+                                                      "preferred_index": "semantic"}).content.decode()
+    assert 'role="alert"' in page
+    k = tag(page, "id_k")
+    assert "autofocus" in k and 'aria-invalid="true"' in k and "id_k_error" in k
+    assert page.count("autofocus") == 1
+
+    # Django's own password form focuses the old password; the first invalid field wins.
+    page = client.post(reverse("password_change"), {"old_password": "s3cret-Pass!", "new_password1": "a-Long-pass-1",
+                                                   "new_password2": "different-2"}).content.decode()
+    assert "autofocus" in tag(page, "id_new_password2") and page.count("autofocus") == 1
+
+    client.logout()
+    page = client.post(reverse("login"), {"username": "alice", "password": "wrong"}).content.decode()
+    assert re.search(r'<p class="error" role="alert" id="sign-in-error">', page)
+    for field_id in ("id_username", "id_password"):
+        assert 'aria-invalid="true"' in tag(page, field_id) and 'aria-describedby="sign-in-error"' in tag(page, field_id)
+    assert "autofocus" in tag(page, "id_username")
+    assert "aria-invalid" not in client.get(reverse("login")).content.decode()
+
+    client.force_login(staff_user)
+    page = client.post(reverse("gallery-reset"), {"folder": "/etc"}).content.decode()
+    assert re.search(r'<p class="errornote" role="alert">', page)
+    folder = tag(page, "id_folder")
+    assert "autofocus" in folder and 'aria-invalid="true"' in folder and "id_folder_error" in folder
+    # A start refused after the review comes back to the form with the reason in an alert.
+    refused = client.post(reverse("gallery-reset-start"), {"folder": "/etc"}, follow=True).content.decode()
+    assert re.search(r'<li class="error"><span role="alert">', refused)
+
+
+@in_browser
+def test_the_focus_lands_on_the_first_invalid_field(live_server, user, staff_user, browser, settings, tmp_path,
+                                                    close_connections):  # noqa: F811
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:preferences"))
+    page.fill("#id_k", "0")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_role("alert").wait_for()
+    assert page.evaluate("() => document.activeElement.id") == "id_k"
+
+    page = signed_in_page(browser, live_server, staff_user)
+    page.goto(live_server.url + reverse("gallery-reset"))
+    page.fill("#id_folder", "/etc")
+    page.get_by_role("button", name="Next: review").click()
+    page.get_by_role("alert").wait_for()
+    assert page.evaluate("() => document.activeElement.id") == "id_folder"
