@@ -42,7 +42,9 @@ def home(request: HttpRequest) -> HttpResponse:
             upload = form.cleaned_data["file"]
             try:
                 uploads.staged_add(data=read_upload(upload), name=upload_name(upload), session=request.session)
-                return redirect("pages:home")
+                # To the upload's section, below the fold (the script puts the focus there; a fragment is not
+                # seen by its request, so this is for a browser without it).
+                return redirect(reverse("pages:home") + "#staged-title")
             except Refused as exc:
                 form.add_error("file", _refused_upload_message(upload_name(upload), exc.message,
                                                                kept=uploads.staged_get(session=request.session)))

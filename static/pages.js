@@ -4,6 +4,33 @@
 // which runs this script again, and top-level names would then clash.
 {
 
+// Where the focus goes on the next page, when this one reloads or moves on by itself (an image processed, an
+// upload loaded): a place named by id, and what to say there, kept in the tab's sessionStorage for that page.
+const NEXT_FOCUS = "imaginaition.next-focus";
+const focusNext = (url, id, say) => {
+  try { sessionStorage.setItem(NEXT_FOCUS, JSON.stringify({url, id, say, at: Date.now()})); } catch (e) { /* off */ }
+};
+let placed = null;  // the element this script gave the focus to on load (not a place the user chose)
+{
+  let next = null;
+  try { next = JSON.parse(sessionStorage.getItem(NEXT_FOCUS)); sessionStorage.removeItem(NEXT_FOCUS); }
+  catch (e) { /* storage off, or not JSON */ }
+  if (next && next.url === location.pathname + location.search && Date.now() - next.at < 60000) {
+    const target = next.id && document.getElementById(next.id);
+    if (target && [document.body, null].includes(document.activeElement)) {
+      if (!target.matches("a[href], button, input, select, textarea, [tabindex]")) target.tabIndex = -1;
+      target.focus();
+      placed = target;
+    }
+    if (next.say) {  // a live region first, its words a moment later: one filled as the page loads is not said
+      const said = document.createElement("p");
+      said.setAttribute("role", "status"); said.className = "hint";
+      if (target) target.after(said); else document.querySelector("main")?.prepend(said);
+      setTimeout(() => { said.textContent = next.say; }, 250);
+    }
+  }
+}
+
 // A button that cannot act yet is aria-disabled rather than disabled, so that Tab reaches it and its
 // description (why not yet) is read: it sends nothing.
 document.addEventListener("submit", (e) => {
@@ -139,7 +166,13 @@ document.querySelectorAll("form.drop").forEach((zone) => {
     });
     xhr.addEventListener("load", () => {
       inFlight = null; cancel.hidden = true;
-      if (xhr.responseURL && xhr.responseURL !== url.href) { location.assign(xhr.responseURL); return; }
+      if (xhr.responseURL && xhr.responseURL !== url.href) {
+        // The page it leads to shows the upload below the fold: the focus starts there, not at the page's top.
+        const next = new URL(xhr.responseURL);
+        if (zone.dataset.focusAfter) focusNext(next.pathname + next.search, zone.dataset.focusAfter, "");
+        location.assign(xhr.responseURL);
+        return;
+      }
       document.open(); document.write(xhr.responseText); document.close();
     });
     // No answer at all: the connection broke, or a server in front refused the body and closed it.
@@ -323,6 +356,11 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   });
 });
 
+// A label filter folds its long list of checkboxes away (one Tab passes it): open when Back restores a checked one.
+window.addEventListener("pageshow", () => document.querySelectorAll("details.label-filter").forEach((filter) => {
+  if (filter.querySelector("input:checked")) filter.open = true;
+}));
+
 // A range slider shows its value beside its label (the preferences page), also when Back restores a moved one.
 document.querySelectorAll("input[type=range]").forEach((input) => {
   const out = document.getElementById(input.id + "-value");
@@ -349,16 +387,24 @@ if (pending) {
   notice.setAttribute("role", "status");
   notice.className = "hint";
   pending.after(notice);
-  // A reload closes an open <details> (the delete confirmation) and drops the focus of a user at work in a
-  // form: then the page offers the reload instead of doing it.
+  // A reload closes an open <details> (the delete confirmation) and sends the focus back to the page's start.
+  // So when the user is somewhere (the focus on a control: a label pressed, a form, a link; or a details
+  // open), the page offers the reload instead of doing it. With the focus on the body, or on a place a script
+  // gave it (tabindex=-1: after the skip link, an upload, a reload), it reloads. Either way the reloaded page
+  // focuses the updated section and says the news in a live region: the very element that had the focus is
+  // not restored, as processing changes the controls (label buttons appear, Search similar comes alive).
+  const reloadNow = (news) => {
+    focusNext(location.pathname + location.search, pending.dataset.pollFocus, news);
+    location.reload();
+  };
   const update = (news) => {
-    if (!document.querySelector("details[open]") && !document.activeElement?.closest("form")) {
-      location.reload();
-      return;
-    }
+    const active = document.activeElement;
+    const somewhere = active && active !== document.body && active !== placed
+      && (active.closest("form") || active.getAttribute("tabindex") !== "-1");
+    if (!document.querySelector("details[open]") && !somewhere) { reloadNow(news); return; }
     const reload = document.createElement("button");
     reload.type = "button"; reload.className = "secondary"; reload.textContent = "Reload the page";
-    reload.addEventListener("click", () => location.reload());
+    reload.addEventListener("click", () => reloadNow(news));
     notice.replaceChildren(`${news} `, reload);
   };
   // Leaving the page (a form sent, a link followed): a reload now would cancel that navigation and land the

@@ -12,10 +12,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from tests.gallery.factories import make_image
+from gallery.models import Image
+from retrieval.models import StagedUploadRecord
+from tests.gallery.factories import add_mask, make_image
 from tests.pages.test_browser import browser  # noqa: F401 - the fixture
 from tests.pages.test_page_scripts import (  # noqa: F401 - the fixtures
-    close_connections, in_browser, offline, signed_in_page)
+    close_connections, file_payload, in_browser, offline, png, signed_in_page)
 from tests.pages.test_pages import embedded_image
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +88,8 @@ def test_search_similar_of_a_pending_image_is_reached_by_tab_and_says_why_but_do
     else:
         pytest.fail("Tab never reached Search similar from here")
     button = page.get_by_role("button", name="Search similar from here")
-    assert button.get_attribute("aria-disabled") == "true" and button.get_attribute("aria-describedby") == "image-status"
+    assert button.get_attribute("aria-disabled") == "true"
+    assert button.get_attribute("aria-describedby") == "image-status"
     assert "Being processed" in page.inner_text("#image-status")
     searches = []
     page.on("request", lambda request: searches.append(request.url) if "/search/" in request.url else None)
@@ -128,7 +131,8 @@ def test_a_form_sent_back_with_errors_focuses_its_first_invalid_field_and_marks_
     page = client.post(reverse("login"), {"username": "alice", "password": "wrong"}).content.decode()
     assert re.search(r'<p class="error" role="alert" id="sign-in-error">', page)
     for field_id in ("id_username", "id_password"):
-        assert 'aria-invalid="true"' in tag(page, field_id) and 'aria-describedby="sign-in-error"' in tag(page, field_id)
+        field = tag(page, field_id)
+        assert 'aria-invalid="true"' in field and 'aria-describedby="sign-in-error"' in field
     assert "autofocus" in tag(page, "id_username")
     assert "aria-invalid" not in client.get(reverse("login")).content.decode()
 
@@ -159,3 +163,68 @@ def test_the_focus_lands_on_the_first_invalid_field(live_server, user, staff_use
     page.get_by_role("button", name="Next: review").click()
     page.get_by_role("alert").wait_for()
     assert page.evaluate("() => document.activeElement.id") == "id_folder"
+
+
+@in_browser
+def test_an_image_processed_meanwhile_reloads_to_its_status_and_says_so_or_offers_the_reload(
+        live_server, user, browser, close_connections):  # noqa: F811
+    """The page reloaded with the focus on the body, saying nothing, wherever the user had been."""
+    image = make_image(name="slow.png", status="pending")
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.evaluate("() => { window.samePage = true; }")
+    Image.objects.filter(pk=image.pk).update(status="ready", masks_status="ready")
+    page.locator('[data-status="ready"]').wait_for()  # the focus was on the body: it reloaded by itself
+    assert page.evaluate("() => window.samePage") is None
+    assert page.evaluate("() => document.activeElement.id") == "image-status"
+    page.get_by_role("status").filter(has_text="Processing has finished.").wait_for()
+
+    # The focus on a control (a link, here): the page offers the reload and keeps the focus where it is.
+    other = make_image(name="slower.png", color=(1, 2, 3), status="pending")
+    page.goto(live_server.url + reverse("pages:image", args=[other.pk]))
+    page.evaluate("() => { window.samePage = true; }")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Gallery").focus()
+    Image.objects.filter(pk=other.pk).update(status="ready", masks_status="ready")
+    notice = page.get_by_role("status").filter(has_text="Processing has finished.")
+    notice.wait_for()
+    assert page.evaluate("() => window.samePage") is True
+    assert page.evaluate("() => document.activeElement.textContent") == "Gallery"
+    notice.get_by_role("button", name="Reload the page").click()
+    page.locator('[data-status="ready"]').wait_for()
+    assert page.evaluate("() => window.samePage") is None
+    assert page.evaluate("() => document.activeElement.id") == "image-status"
+
+
+@in_browser
+def test_a_loaded_picture_takes_the_focus_and_its_labels_take_it_when_found(live_server, user, browser,
+                                                                            close_connections):  # noqa: F811
+    """After Load the focus was on the body at the page's top, the upload ~54 Tab presses away (every gallery
+    label a checkbox, twice)."""
+    for index, label in enumerate(("cat", "dog", "sofa", "tree", "car", "person", "bird", "boat")):
+        add_mask(make_image(name=f"{label}.png", color=(index, 2, 3)), label=label, class_index=index + 1)
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + "/")
+    page.get_by_label("Choose an image file, or drop one here").set_input_files(file_payload(*png("red.png")))
+    page.get_by_role("button", name="Load").click()
+    page.get_by_role("heading", name="Your image: red.png").wait_for()
+    page.wait_for_function("() => document.activeElement.id === 'staged-title'")
+    assert page.evaluate("() => { const box = document.activeElement.getBoundingClientRect();"
+                         " return box.top >= 0 && box.bottom <= innerHeight; }")
+    presses = 0
+    while page.evaluate("() => document.activeElement.textContent.trim()") != "Search similar":
+        page.keyboard.press("Tab")
+        presses += 1
+        assert presses <= 3, "Search similar is more than 3 Tab presses from the upload's heading"
+    # The label filter is folded, not gone.
+    page.get_by_text("Only images with some labels").last.click()
+    assert page.get_by_role("group", name="Only images with").last.get_by_label("cat").is_visible()
+
+    # Its labels are found (by a worker, here by hand): the page reloads to them and says so (the filter
+    # folded again and the focus off it: an open one would have been offered the reload, not lost).
+    page.get_by_text("Only images with some labels").last.click()
+    page.evaluate("() => document.activeElement.blur()")
+    StagedUploadRecord.objects.filter(name="red.png").update(
+        state="ready", labels=[{"class_index": 8, "label": "cat", "area_fraction": 0.4}])
+    page.get_by_role("button", name=re.compile(r"^cat\b")).wait_for()
+    assert page.evaluate("() => document.activeElement.id") == "staged-viewer-labels"
+    page.get_by_role("status").filter(has_text="Processing has finished.").wait_for()
