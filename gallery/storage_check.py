@@ -78,6 +78,7 @@ class StorageReport:
     orphans: list[StoredFile]  # older than min_age, referred to by no image
     missing: list[int]  # ids of images whose file is gone
     referenced: int = 0  # stored originals (images/) an image refers to
+    young: int = 0  # referred to by no image but younger than min_age: not judged (maybe being added)
 
     @property
     def orphan_bytes(self) -> int:
@@ -103,7 +104,7 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
     files = {name for _, name, _ in rows if name}
     digests = {digest for _, _, digest in rows}
     cutoff = timezone.now() - min_age
-    checked, orphans, seen = 0, [], set()
+    checked, orphans, seen, young = 0, [], set(), 0
     for folder in (IMAGE_FOLDER, THUMBNAIL_FOLDER):
         for name in _stored_names(folder):
             checked += 1
@@ -116,8 +117,10 @@ def storage_check(*, min_age: timedelta = timedelta(hours=1),
                 continue
             if default_storage.get_modified_time(name) < cutoff:
                 orphans.append(StoredFile(name=name, size=default_storage.size(name)))
+            else:
+                young += 1
     missing = images_file_missing(rows=[(image_id, name) for image_id, name, _ in rows], listed=seen)
-    return StorageReport(checked=checked, orphans=orphans, missing=missing, referenced=len(seen))
+    return StorageReport(checked=checked, orphans=orphans, missing=missing, referenced=len(seen), young=young)
 
 
 def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed: AbstractSet[str] = frozenset(),

@@ -38,11 +38,15 @@ class Command(BaseCommand):
                 report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
         except STORAGE_ERRORS as exc:
             raise storage_failed("Checking the stored files", exc) from exc
-        self._report(report, delete=delete, force=force)
+        self._report(report, delete=delete, force=force, older_than=older_than)
 
-    def _report(self, report: StorageReport, *, delete: bool, force: bool) -> None:
+    def _report(self, report: StorageReport, *, delete: bool, force: bool, older_than: int) -> None:
+        # Files restored from a backup keep their times: "0 referred to by no image" within the hour of a
+        # restore hid the files of images the dump did not have.
+        young = (f"; {report.young} more referred to by no image {'is' if report.young == 1 else 'are'} younger "
+                 f"than {older_than} minutes: not judged (maybe being added now; --older-than)") if report.young else ""
         self.stdout.write(f"{report.checked} stored files checked, {len(report.orphans)} referred to by no image "
-                          f"({report.orphan_bytes / 1e6:.1f} MB)")
+                          f"({report.orphan_bytes / 1e6:.1f} MB){young}")
         for stored in report.orphans[:LISTED]:
             self.stdout.write(f"  no image: {stored.name} ({stored.size} bytes)")
         if len(report.orphans) > LISTED:
