@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django_q.tasks import async_task
 from PIL import Image as PILImage
@@ -210,18 +210,31 @@ def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]
 def _write(*, status_field: str, error_field: str, results: dict[int, Any], errors: dict[int, str],
            write_all: Callable[[list[tuple[Image, Any]]], None]) -> list[int]:
     """In one short transaction: lock the images still present (id order), store the batch's results
-    together (a few statements for the batch, not a few per image), set statuses."""
-    with transaction.atomic():
-        images = list(Image.objects.select_for_update().filter(pk__in=[*results, *errors]).order_by("pk"))
-        done = [image for image in images if image.pk in results]
-        if done:
-            write_all([(image, results[image.pk]) for image in done])
-            Image.objects.filter(pk__in=[image.pk for image in done]).update(
-                **{status_field: ProcessingStatus.READY, error_field: ""})
-        for image in images:
-            if image.pk not in results:
-                Image.objects.filter(pk=image.pk).update(
-                    **{status_field: ProcessingStatus.FAILED, error_field: errors[image.pk]})
+    together (a few statements for the batch, not a few per image), set statuses. When the database
+    refuses the rows (IntegrityError), the batch's images fail with why (added to `errors`)."""
+    try:
+        with transaction.atomic():
+            images = list(Image.objects.select_for_update().filter(pk__in=[*results, *errors]).order_by("pk"))
+            done = [image for image in images if image.pk in results]
+            if done:
+                write_all([(image, results[image.pk]) for image in done])
+                Image.objects.filter(pk__in=[image.pk for image in done]).update(
+                    **{status_field: ProcessingStatus.READY, error_field: ""})
+            for image in images:
+                if image.pk not in results:
+                    Image.objects.filter(pk=image.pk).update(
+                        **{status_field: ProcessingStatus.FAILED, error_field: errors[image.pk]})
+    except IntegrityError as exc:
+        # Not the pictures but the database (e.g. a backup restored into the gallery's own database set its id
+        # sequences back): left pending, the images waited for ever with no task and no word; failed, they say
+        # why and retry_failed takes them once it is fixed.
+        logger.exception("storing the results of images %s failed", sorted(results))
+        reason = (f"Storing the results failed in the database: {' '.join(str(exc).split())}. Once the cause is "
+                  "fixed (docs/DEPLOYMENT.md, Backups), retry it.")
+        errors.update(dict.fromkeys(results, reason))
+        for image_id, error in errors.items():  # the batch's other failures were rolled back with it
+            Image.objects.filter(pk=image_id).update(**{status_field: ProcessingStatus.FAILED, error_field: error})
+        return []
     return [image.pk for image in done]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
@@ -45,6 +46,31 @@ def upload(client, name: str):
     response = client.post(reverse("api-images"), {"file": SimpleUploadedFile(f"{name}.jpg", jpeg(name))})
     assert response.status_code == 201, response.content
     return response.json()["id"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_the_database_refuses_fails_with_why_and_is_retried_once_fixed(client, user, media_root, offline):
+    """A backup restored into the gallery's own database set the id sequences back: every later batch's
+    insert collided, and its images stayed pending for ever with no error, unseen by retry_failed."""
+    client.force_login(user)
+    upload(client, "chelsea")
+    embed_batch(batch_size=4)
+    table = Embedding._meta.db_table
+    with connection.cursor() as cursor:  # as such a restore leaves it: the next id is one already used
+        cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT min(id) FROM {table}), false)")
+    refused = upload(client, "coffee")
+
+    report = embed_batch(batch_size=4)
+
+    image = Image.objects.get(pk=refused)
+    assert report.failed == [refused] and image.status == "failed"
+    assert image.error.startswith("Storing the results failed in the database: duplicate key value violates unique "
+                                  "constraint")
+    with connection.cursor() as cursor:  # fixed (`manage.py sqlsequencereset`, as the docs say)
+        cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+    call_command("retry_failed", "--sync")
+    image.refresh_from_db()
+    assert (image.status, image.error, image.masks_status) == ("ready", "", "ready")
 
 
 @pytest.mark.django_db(transaction=True)
