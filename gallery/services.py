@@ -18,7 +18,7 @@ from gallery import events, selectors
 from gallery.errors import Refused
 from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts, image_check, read_file_in,
                              shown_as_stored)
-from gallery.models import Image, ProcessingStatus
+from gallery.models import Image, ProcessingStatus, image_upload_path
 from gallery.storage import STORAGE_ERRORS, stored_write_once
 from gallery.storage_check import deleted_images_files_remove, storage_failure_reason, storage_settings_named
 from gallery.thumbnails import thumbnail_names
@@ -88,12 +88,20 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
                   # An authenticated user is an instance of the user model the foreign key points to.
                   added_by=cast("UserModel", user) if getattr(user, "is_authenticated", False) else None)
     extension = FORMAT_SUFFIXES[decoded.format][0]
+    name = image_upload_path(image, f"{digest}.{extension}")
+    reused = False  # a file of these bytes already stored, which a failure here must leave alone
     try:
         with transaction.atomic():
             # The file is written first, then the row; any failure removes the file again, so
             # there is never a row without a file nor a file without a row.
             try:
-                image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
+                # A file of these bytes that no row names (left by a restore, or an add killed before its
+                # commit) is taken as it is: saved again, it became a second copy (<sha256>_x7Yz.jpg).
+                reused = image.file.storage.exists(name)
+                if reused:
+                    image.file.name = name
+                else:
+                    image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
                 raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. Nothing was kept; the "
                                     "media storage must be reachable and writable: "
@@ -102,14 +110,18 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
             if enqueue:
                 images_schedule([image.pk])
     except IntegrityError:
-        _delete_file(image)
+        if not reused:  # a reused file may be the one the concurrent add that won refers to
+            _delete_file(image)
         existing = Image.objects.filter(sha256=digest).first()
         if existing is None:
             raise
         return ImageAddResult(image=existing, created=False)  # a concurrent add of the same bytes won
     except BaseException:
-        _delete_file(image)
+        if not reused:
+            _delete_file(image)
         raise
+    if reused:  # the add that wrote it may have failed and removed it meanwhile: stored again if so
+        _stored_file_restore(image, data)
     return ImageAddResult(image=image, created=True)
 
 

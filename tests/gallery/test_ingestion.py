@@ -621,6 +621,40 @@ def test_the_same_bytes_again_store_a_missing_file_again_and_retry_what_failed_w
     assert services.image_add(data=data, original_name="kept.png", enqueue=False).image.status == ProcessingStatus.PENDING
 
 
+def test_adding_the_bytes_of_a_file_no_row_names_takes_that_file_instead_of_a_second_copy(media_root, monkeypatch):
+    """A restore's files newer than its dump (or an add killed before its commit) are named by their SHA-256:
+    adding those bytes again stored a second copy beside each, <sha256>_x7Yz.jpg."""
+    import threading
+
+    from django.core.files.storage import default_storage
+    from django.db import IntegrityError, connection
+
+    data = encode(photo((64, 43)), "PNG")
+    orphan = services.image_add(data=data, original_name="first.png", enqueue=False).image.file.name
+    Image.objects.all().delete()  # the row gone, its file left: what such a restore leaves
+    assert default_storage.exists(orphan)
+
+    image = services.image_add(data=data, original_name="again.png", enqueue=False).image
+    assert image.file.name == orphan and [path.name for path in stored_files(media_root)] == [Path(orphan).name]
+
+    # A concurrent add of the same bytes that won refers to the same file: the one that lost keeps it.
+    Image.objects.all().delete()
+    real_save = Image.save
+
+    def another_add_wins(self, *args, **kwargs):  # committed by another connection before this insert
+        winner = Image(sha256=self.sha256, file=self.file.name, original_name="winner.png", width=64, height=43,
+                       format="PNG", byte_size=len(data))
+        thread = threading.Thread(target=lambda: (real_save(winner), connection.close()))
+        thread.start()
+        thread.join()
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(Image, "save", another_add_wins)
+    lost = services.image_add(data=data, original_name="lost.png", enqueue=False)
+    assert not lost.created and lost.image.original_name == "winner.png"
+    assert default_storage.exists(orphan)
+
+
 @pytest.mark.parametrize("missing", ["read", "execute"])
 def test_a_sub_folder_that_cannot_be_read_is_named_and_the_rest_is_imported(photo_folder, media_root, capsys,
                                                                               monkeypatch, missing):
