@@ -150,19 +150,14 @@ def test_a_form_sent_back_with_errors_focuses_its_first_invalid_field_and_marks_
 def test_the_focus_lands_on_the_first_invalid_field(live_server, user, staff_user, browser, settings, tmp_path,
                                                     close_connections):  # noqa: F811
     settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
-    page = signed_in_page(browser, live_server, user)
-    page.goto(live_server.url + reverse("pages:preferences"))
-    page.fill("#id_k", "0")
-    page.get_by_role("button", name="Save").click()
-    page.get_by_role("alert").wait_for()
-    assert page.evaluate("() => document.activeElement.id") == "id_k"
-
-    page = signed_in_page(browser, live_server, staff_user)
-    page.goto(live_server.url + reverse("gallery-reset"))
-    page.fill("#id_folder", "/etc")
-    page.get_by_role("button", name="Next: review").click()
-    page.get_by_role("alert").wait_for()
-    assert page.evaluate("() => document.activeElement.id") == "id_folder"
+    for who, url, field, value, button in ((user, reverse("pages:preferences"), "id_k", "0", "Save"),
+                                           (staff_user, reverse("gallery-reset"), "id_folder", "/etc", "Next: review")):
+        page = signed_in_page(browser, live_server, who)
+        page.goto(live_server.url + url)
+        page.fill(f"#{field}", value)
+        page.get_by_role("button", name=button).click()
+        page.get_by_role("alert").wait_for()
+        assert page.evaluate("() => document.activeElement.id") == field
 
 
 @in_browser
