@@ -738,3 +738,21 @@ def test_signing_in_never_leads_back_to_the_sign_in_or_sign_out_address(client, 
     signed_in = client.post(reverse("login") + "?next=" + reverse("logout"),
                             {"username": user.username, "password": "a-Long-pass-4321"})
     assert signed_in.status_code == 302 and signed_in["Location"] == "/"
+
+
+def test_a_labels_percentage_meets_the_region_bar_exactly_when_it_offers_its_region_search(client, user, settings):
+    """Rounded, a mask of 0.95 % read "1%" beside no "Search with this region" (regions under 1 % have no
+    vectors): the page seemed to contradict itself."""
+    settings.IMAGINAITION_REGION_MIN_AREA = 0.01
+    image = make_image(name="dots.png")
+    shown = {}
+    for index, (label, fraction) in enumerate((("speck", 0.0095), ("dot", 0.0105), ("cat", 0.29), ("sky", 1.0))):
+        mask = add_mask(image, label=label, class_index=index)
+        Mask.objects.filter(pk=mask.pk).update(area_fraction=fraction)
+        shown[label] = mask.pk
+    client.force_login(user)
+    page = client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    rows = dict(re.findall(r'(\w+) <span class="hint"[^>]*>([^<]*)</span>', page))
+    assert rows == {"speck": "&lt;1%", "dot": "1%", "cat": "29%", "sky": "100%"}
+    linked = {label for label, pk in shown.items() if f"?mask={pk}\"" in page}
+    assert linked == {"dot", "cat", "sky"}
