@@ -96,6 +96,8 @@ class ResetJob(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     rejected = models.JSONField(default=list, help_text="[file, reason] pairs")
     embedded = models.PositiveIntegerField(default=0)
+    to_process = models.PositiveIntegerField(default=0, help_text="the gallery's images while the reset processes "
+                                             "them: the folder's and any added meanwhile")
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connection, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -191,9 +192,14 @@ def _end_abandoned(job: ResetJob) -> None:
     job.save()
 
 
-def _processed_count() -> int:
-    """Images of the emptied gallery done with, ready or failed: the folder's and any added meanwhile."""
-    return Image.objects.filter(status__in=(ProcessingStatus.READY, ProcessingStatus.FAILED)).count()
+def _processing_counted(job: ResetJob) -> None:
+    """The emptied gallery's images (the folder's and any added meanwhile) and those done with, ready or
+    failed, counted in the database: workers busy with another import take the reset's images too (counting
+    this run's batches, a reset ended at "Processed: 18 of 30" with all 30 processed), and the images added
+    meanwhile are processed with it (counting the folder's alone, it ended at "110 of 30")."""
+    done = Q(status__in=(ProcessingStatus.READY, ProcessingStatus.FAILED))
+    counts = Image.objects.aggregate(done=Count("pk", filter=done), all=Count("pk"))
+    job.embedded, job.to_process = counts["done"], max(counts["all"], job.imported)
 
 
 def reset_run(*, job_id: int) -> ResetJob:
@@ -258,19 +264,17 @@ def _run(job: ResetJob) -> ResetJob:
         job.rejected = [list(pair) for pair in report.rejected] + [
             [name, "a sub-folder: not read (\"Include sub-folders\" was off)"] for name in report.folders_not_read]
         job.phase = "computing embeddings and masks"
-        job.embedded = _processed_count()  # by a dead run, if resuming
-        save("scanned", "imported", "duplicates", "rejected", "embedded")
+        _processing_counted(job)  # (some by a dead run, if resuming)
+        save("scanned", "imported", "duplicates", "rejected", "embedded", "to_process")
 
         def embedded(count: int) -> None:
-            # Counted in the database, not by adding this run's batches: workers busy with another import take
-            # the reset's images too (a reset ended at "Processed: 18 of 30" with all 30 processed).
-            job.embedded = _processed_count()
-            save("embedded")
+            _processing_counted(job)
+            save("embedded", "to_process")
 
         images_process_here(progress=embedded)
         job.phase = "building the search indexes"
-        job.embedded = _processed_count()
-        save("embedded")
+        _processing_counted(job)
+        save("embedded", "to_process")
         events.gallery_reloaded.send(sender=Image)
         failed = selectors.images_failed_count()  # of the emptied gallery: this folder's (and any added meanwhile)
         job.state, job.phase = ResetJob.State.DONE, (

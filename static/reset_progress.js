@@ -28,10 +28,10 @@
     set("reset-imported", job.imported); set("reset-duplicates", job.duplicates); set("reset-embedded", job.embedded);
     const bar = document.getElementById("reset-bar");
     bar.max = Math.max(job.total_files, 1); bar.value = job.scanned;
-    set("reset-to-process", job.imported);
+    set("reset-to-process", job.to_process);
     const processed = document.getElementById("reset-processed-bar");
-    // Images added while the reset runs are processed with it: the count may pass the imported files.
-    processed.max = Math.max(job.imported, job.embedded, 1); processed.value = job.embedded;
+    // Images added while the reset runs are processed with it: counted in to_process too.
+    processed.max = Math.max(job.to_process, 1); processed.value = job.embedded;
     const list = document.getElementById("reset-rejected");
     list.replaceChildren(...(job.rejected.length ? job.rejected : [["none", ""]]).map(([name, reason]) => {
       const li = document.createElement("li"); li.textContent = reason ? name + ": " + reason : name; return li;

@@ -139,22 +139,26 @@ def test_the_job_replaces_the_gallery_with_the_folder(client, staff_user, folder
 
 
 @pytest.mark.django_db
-def test_images_the_workers_processed_for_the_reset_count_as_processed(client, staff_user, folder, media_root,
-                                                                       monkeypatch):
+def test_images_the_workers_processed_for_the_reset_and_images_added_meanwhile_count_as_processed(
+        client, staff_user, folder, media_root, monkeypatch):
     """Workers busy with another import take the reset's pending images too: the job counted only the
     batches its own run processed, and ended at "Processed: 18 of 30" with all 30 processed."""
     def workers_help(*, progress=None, **kwargs):
         pending = list(Image.objects.filter(status="pending").order_by("pk").values_list("pk", flat=True))
         Image.objects.filter(pk__in=pending[:3]).update(status="ready")  # a worker's batch, meanwhile
         Image.objects.filter(pk__in=pending[3:]).update(status="failed")  # this run's: done, if failed
+        make_image(name="added-meanwhile.png", status="ready")  # an upload while the reset ran, processed with it
         progress(len(pending[3:]))
 
     monkeypatch.setattr(pipeline, "process_all_pending", workers_help)  # what retrieval's receiver runs
     job = reset_run(job_id=reset_start(folder=str(folder), recursive=True, user=staff_user).pk)
-    assert job.state == "done" and job.imported == 4 and job.embedded == 4
+    assert job.state == "done" and job.imported == 4 and (job.embedded, job.to_process) == (5, 5)
     client.force_login(staff_user)
     page = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
-    assert '<progress id="reset-processed-bar" max="4" value="4"' in page
+    assert '<progress id="reset-processed-bar" max="5" value="5"' in page  # it said 5 of 4
+    assert 'Processed: <span id="reset-embedded">5</span> of <span id="reset-to-process">5</span>' in page
+    status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
+    assert (status["embedded"], status["to_process"]) == (5, 5)
 
 
 @pytest.mark.django_db(transaction=True)
