@@ -271,7 +271,8 @@ def _decoding_errors_refused() -> Iterator[None]:
     except UnidentifiedImageError as exc:
         raise ImageRejected(f"The file is not an image we can read; accepted: {ACCEPTED_NAMES}.") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        if isinstance(exc, ValueError) and "PngImagePlugin.MAX_TEXT" in str(exc):  # its metadata, not its pixels
+        # Its metadata, not its pixels: one chunk past MAX_TEXT_CHUNK, or all of them past MAX_TEXT_MEMORY.
+        if isinstance(exc, ValueError) and "MAX_TEXT_" in str(exc):
             raise ImageRejected(
                 f"The image's metadata is too large: a PNG text chunk decompresses to more than "
                 f"{PNG_TEXT_CHUNK_MAX_BYTES // 2**20} MB, or all of them to more than "

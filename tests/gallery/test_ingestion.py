@@ -372,9 +372,10 @@ def test_all_frames_together_stay_within_a_pixel_budget(settings):
         assert caught.value.too_large
 
 
-def png_with_compressed_text(megabytes: int) -> bytes:
+def png_with_compressed_text(megabytes: int, chunks: int = 1) -> bytes:
     info = PngImagePlugin.PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>" + "a" * (megabytes * 2**20), zip=True)
+    for chunk in range(chunks):
+        info.add_itxt(f"XML:com.adobe.xmp{chunk}", "<x:xmpmeta/>" + "a" * (megabytes * 2**20), zip=True)
     return encode(photo(), "PNG", pnginfo=info)
 
 
@@ -383,11 +384,12 @@ def test_a_png_with_megabytes_of_compressed_metadata_is_read_and_a_text_bomb_ref
     truncated: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"."""
     assert decode_for_models(png_with_compressed_text(3)).picture.size == (64, 48)
     assert upload(signed_in, "xmp.png", png_with_compressed_text(3)).status_code == 201
-    bomb = png_with_compressed_text(20)  # 20 MB of text in a file of some 20 KB
-    response = upload(signed_in, "text-bomb.png", bomb)
-    assert response.status_code == 400
-    assert response.json()["detail"] == ("The image's metadata is too large: a PNG text chunk decompresses to more "
-                                         "than 16 MB, or all of them to more than 64 MB.")
+    for name, bomb in (("text-bomb.png", png_with_compressed_text(20)),  # 20 MB of text in a file of some 20 KB
+                       ("text-bombs.png", png_with_compressed_text(15, chunks=5))):  # each within, all past 64 MB
+        response = upload(signed_in, name, bomb)
+        assert response.status_code == 400
+        assert response.json()["detail"] == ("The image's metadata is too large: a PNG text chunk decompresses to "
+                                             "more than 16 MB, or all of them to more than 64 MB."), name
     assert Image.objects.count() == 1
 
 
