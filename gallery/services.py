@@ -354,7 +354,7 @@ def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User)
     outcomes = []
     storage_failed: StorageFailed | None = None
     for name, read in files:
-        shown = readable_name(Path(name or "upload").name)
+        shown = stored_name(name)  # the name the image gets
         if storage_failed is not None:  # every other file would fail alike, each after the storage's timeout
             outcomes.append(UploadOutcome(name=shown, state="refused", message="Not tried: storing the file before "
                                           f"it failed ({storage_failed.message})"))

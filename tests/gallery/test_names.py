@@ -58,3 +58,12 @@ def test_names_stored_before_are_composed_by_the_migration(media_root):
     names = {image.pk: name for image, name in ((decomposed, "café été.png"), (reversed_, "abc.png"),
                                                 (plain, "plain.png"))}
     assert dict(Image.objects.values_list("pk", "original_name")) == names
+
+
+def test_the_gallery_page_tells_each_added_file_by_the_name_it_is_stored_under(media_root, user):
+    """It said "they are being processed: ." for a name of spaces, stored as "upload"."""
+    from gallery.services import uploads_add
+
+    outcomes = uploads_add(files=[("   ", png_bytes), (DECOMPOSED, png_bytes)], user=user)
+    assert [outcome.name for outcome in outcomes] == ["upload", "café été.png"]
+    assert sorted(outcome.image.original_name for outcome in outcomes) == ["café été.png", "upload"]
