@@ -229,8 +229,9 @@ def _write(*, status_field: str, error_field: str, results: dict[int, Any], erro
         # sequences back): left pending, the images waited for ever with no task and no word; failed, they say
         # why and retry_failed takes them once it is fixed.
         logger.exception("storing the results of images %s failed", sorted(results))
-        reason = (f"Storing the results failed in the database: {' '.join(str(exc).split())}. Once the cause is "
-                  "fixed (docs/DEPLOYMENT.md, Backups), retry it.")
+        said = " ".join(str(exc).split()).rstrip(".")  # psycopg's words, on one line, its last full stop ours
+        reason = f"Storing the results failed in the database: {said}. Once the cause is fixed (docs/DEPLOYMENT.md, " \
+                 "Backups), retry it."
         errors.update(dict.fromkeys(results, reason))
         for image_id, error in errors.items():  # the batch's other failures were rolled back with it
             Image.objects.filter(pk=image_id).update(**{status_field: ProcessingStatus.FAILED, error_field: error})

@@ -66,6 +66,7 @@ def test_a_batch_the_database_refuses_fails_with_why_and_is_retried_once_fixed(c
     assert report.failed == [refused] and image.status == "failed"
     assert image.error.startswith("Storing the results failed in the database: duplicate key value violates unique "
                                   "constraint")
+    assert image.error.endswith("already exists. Once the cause is fixed (docs/DEPLOYMENT.md, Backups), retry it.")
     with connection.cursor() as cursor:  # fixed (`manage.py sqlsequencereset`, as the docs say)
         cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
     call_command("retry_failed", "--sync")
