@@ -86,7 +86,9 @@ def _job_data(job: ResetJob) -> dict[str, Any]:
             "folder": job.folder,
             "deleted_images": job.deleted_images, "total_files": job.total_files, "scanned": job.scanned,
             "imported": job.imported, "duplicates": job.duplicates, "rejected": job.rejected,
-            "embedded": job.embedded, "to_process": max(job.to_process, job.imported), "error": job.error}
+            "embedded": job.embedded, "error": job.error,
+            # never below what it imported or processed (a job from before to_process was counted has 0)
+            "to_process": max(job.to_process, job.imported, job.embedded)}
 
 
 @require_safe
