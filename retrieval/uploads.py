@@ -237,9 +237,9 @@ def staged_get(*, session: SessionBase, token: str = "") -> StagedUpload | None:
     current = staged_read(session.get(SESSION_KEY, ""))
     if token and (current is None or current.token != token):
         if current is None:
-            raise UploadReplaced(f"The picture this page showed is no longer uploaded ({_kept_for_people()}: it expired or newer "
-                                 "uploads pushed it out, or it was added or replaced in another tab or window, or an "
-                                 "administrator reset the gallery); choose the file again.")
+            raise UploadReplaced(f"The picture this page showed is no longer uploaded ({_kept_for_people()}: it "
+                                 "expired or newer uploads pushed it out, or it was added or replaced in another tab "
+                                 "or window, or an administrator reset the gallery); choose the file again.")
         raise UploadReplaced(f"The picture this page showed was replaced by {current.name}, chosen in another tab "
                              "or window; nothing was done with it.")
     return current

@@ -13,6 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='resetjob',
             name='to_process',
-            field=models.PositiveIntegerField(default=0, help_text="the gallery's images while the reset processes them: the folder's and any added meanwhile"),
+            field=models.PositiveIntegerField(default=0, help_text="the gallery's images while the reset processes "
+                                                                   "them: the folder's and any added meanwhile"),
         ),
     ]

@@ -819,7 +819,8 @@ def test_a_sync_imports_summary_counts_what_became_of_its_images_meanwhile(tmp_p
         (tmp_path / f"{index}.png").write_bytes(png_bytes())
 
     def others_meanwhile(*, progress, **kwargs):
-        waiting = list(Image.objects.filter(status=ProcessingStatus.PENDING).order_by("pk").values_list("pk", flat=True))
+        waiting = list(Image.objects.filter(status=ProcessingStatus.PENDING).order_by("pk")
+                       .values_list("pk", flat=True))
         Image.objects.filter(pk__in=waiting[:2]).delete()  # deleted by someone while the models loaded
         Image.objects.filter(pk=waiting[2]).update(status="ready", masks_status="ready")  # a worker's batch
         # waiting[3]: claimed by another run, not done yet

@@ -22,7 +22,8 @@ def test_import_folder_stores_names_composed_without_bidirectional_controls(sett
     on every page ("gnp.exe.png_OLTR"), where an upload of the same file lost it; a decomposed é was not
     found by a search for é."""
     settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
-    for name in ("\u202eRTLO_gnp.exe.png", DECOMPOSED, "\u2067ltr\u2069 \u200fmark.png", "emoji \U0001f469\u200d\U0001f52c.png"):
+    for name in ("\u202eRTLO_gnp.exe.png", DECOMPOSED, "\u2067ltr\u2069 \u200fmark.png",
+                 "emoji \U0001f469\u200d\U0001f52c.png"):
         (tmp_path / name).write_bytes(png_bytes())
     call_command("import_folder", str(tmp_path))
     assert sorted(Image.objects.values_list("original_name", flat=True)) == sorted(

@@ -144,8 +144,8 @@ def faint_and_strong(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_label_offers_its_region_search_exactly_when_its_region_has_vectors(client, user, media_root, offline,  # noqa: F811
-                                                                              settings, monkeypatch):
+def test_a_label_offers_its_region_search_exactly_when_its_region_has_vectors(  # noqa: F811 - fixtures
+        client, user, media_root, offline, settings, monkeypatch):
     """The link was offered by the mask's share at 0.5 while vectors were made by its share at the
     default cut (0.3): a mask between the two had vectors that no page offered to search with."""
     settings.IMAGINAITION_REGION_MIN_AREA = 0.05
