@@ -86,16 +86,19 @@ def _job_data(job: ResetJob) -> dict[str, Any]:
             "folder": job.folder,
             "deleted_images": job.deleted_images, "total_files": job.total_files, "scanned": job.scanned,
             "imported": job.imported, "duplicates": job.duplicates, "rejected": job.rejected,
-            "embedded": job.embedded, "error": job.error,
-            # never below what it imported or processed (a job from before to_process was counted has 0)
-            "to_process": max(job.to_process, job.imported, job.embedded)}
+            "embedded": job.embedded, "error": job.error, "to_process": _to_process(job)}
+
+
+def _to_process(job: ResetJob) -> int:
+    """Never below what it imported or processed (a job from before to_process was counted has 0)."""
+    return max(job.to_process, job.imported, job.embedded)
 
 
 @require_safe
 def reset_progress_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(ResetJob, pk=job_id)
     return render(request, "admin/gallery/reset/progress.html", _context(
-        request, title="Reset progress", job=job, to_process=_job_data(job)["to_process"],
+        request, title="Reset progress", job=job, to_process=_to_process(job),
         status_url=reverse("gallery-reset-status", args=[job.pk]),
         images_url=reverse("admin:gallery_image_changelist")))
 

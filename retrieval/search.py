@@ -26,6 +26,7 @@ from gallery.models import Image, Mask, ProcessingStatus
 from gallery.selectors import labels_as_stored, labels_unknown_message
 from gallery.services import User, shows_anything
 from retrieval import uploads
+from retrieval.encoders.base import share_more_likely_than_not
 from retrieval.encoders.registry import ActiveModels, get_model
 from retrieval.index_snapshots import manager
 from retrieval.metrics import similarity_between
@@ -262,7 +263,7 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
         raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
     probability = masks[matched]  # at this picture's size (the segmenter saw it)
     # The bar of a stored mask's region: its share at 0.5, the label's percentage on the page.
-    large_enough = large_enough_for_a_region(float((probability >= 0.5).mean()))
+    large_enough = large_enough_for_a_region(share_more_likely_than_not(probability))
     region = region_picture(picture, probability) if large_enough else None
     if region is None:
         raise _too_small(f"The {matched}")

@@ -28,8 +28,8 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
             images_process_here(progress=done_here, batch_size=batch_size)
     except KeyboardInterrupt:
         raise CommandError(f"Interrupted while processing. {waiting_handed_to_workers()}") from None
-    command.stdout.write(_summary(waiting, here=here))
     failed = selectors.images_failed(ids=waiting)
+    command.stdout.write(_summary(waiting, failed=len(failed), here=here))
     for image in failed[:20]:
         command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
     if failed:
@@ -38,10 +38,9 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
                            "is fixed, `manage.py retry_failed --sync` processes them again.")
 
 
-def _summary(waiting: list[int], *, here: int) -> str:
+def _summary(waiting: list[int], *, failed: int, here: int) -> str:
     """What became of the waiting images, counted in the database: it said "processed: 12" of 12 when 6 were
     deleted meanwhile, and two runs at once each claimed all 30 of the same folder."""
-    failed = len(selectors.images_failed(ids=waiting))
     there, still_waiting = selectors.images_still_there(ids=waiting)
     parts = [f"processed: {there - still_waiting - failed}", f"failed: {failed}"]
     if here != there - still_waiting:  # (done counts failed images too)

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -40,16 +41,21 @@ class SemanticEncoder(ImageEncoder):
         """(len(texts), dim) float32, L2-normalized, comparable with encode_images rows."""
 
 
+def share_more_likely_than_not(probability: np.ndarray) -> float:
+    """Fraction of a soft mask's pixels where the label is more likely than not (a label's percentage)."""
+    return float((probability >= 0.5).mean())
+
+
 @dataclass(frozen=True)
 class SoftMask:
     label: str  # VOC label where one exists (cat, dog, car, ...), else the model's class name
     class_index: int
     probability: np.ndarray  # (H, W) float32 in [0, 1], the input image's size
 
-    @property
+    @cached_property  # asked when choosing regions and again when storing the mask: one pass over the pixels
     def area_fraction(self) -> float:
         """Fraction of pixels where the label is more likely than not."""
-        return float((self.probability >= 0.5).mean())
+        return share_more_likely_than_not(self.probability)
 
     @property
     def covers_a_pixel(self) -> bool:
