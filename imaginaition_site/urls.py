@@ -18,6 +18,10 @@ class SwaggerDocsView(SpectacularSwaggerSplitView):
     renderer_classes = [PageLanguageTemplateRenderer]
 
 
+# Admin is one of the product's interfaces: its tab and header name the product, not Django.
+admin.site.site_header = "ImaginAItion administration"
+admin.site.site_title = "ImaginAItion admin"
+
 handler400 = "imaginaition_site.views.bad_request"  # JSON under /api/
 handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
 

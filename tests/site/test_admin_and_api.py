@@ -13,8 +13,17 @@ from tests.gallery.factories import add_embedding, add_mask, make_image
 pytestmark = pytest.mark.django_db
 
 
-def test_admin_login_page_is_served(client):
-    assert client.get("/admin/login/").status_code == 200
+def test_admin_login_page_is_served_under_the_products_name(client):
+    page = client.get("/admin/login/").content.decode()
+    assert "<title>Log in | ImaginAItion admin</title>" in page and "ImaginAItion administration" in page
+
+
+def test_admin_login_refusal_is_said_once_in_the_title_and_as_an_alert(client):
+    refused = client.post("/admin/login/?next=/admin/", {"username": "nobody", "password": "wrong-pass-1"})
+    page = refused.content.decode()
+    assert "<title>Error: Log in | ImaginAItion admin</title>" in page  # Django's admin prefixes it already
+    alert = page.split('role="alert"', 1)[1].split("</", 1)[0]
+    assert "Please enter the correct username and password" in alert
 
 
 def test_admin_requires_staff(client, user):
@@ -304,7 +313,7 @@ def test_accounts_offer_sign_in_and_password_change_but_no_mailed_reset(client, 
     page = client.get(reverse("pages:home")).content.decode()
     assert f'href="{reverse("password_change")}"' in page  # the site's menu links it
     form = client.get(reverse("password_change"))
-    assert form.status_code == 200 and "Django site admin" not in form.content.decode()  # the site's page
+    assert form.status_code == 200 and "ImaginAItion admin" not in form.content.decode()  # the site's page
     done = client.post(reverse("password_change"), {"old_password": "s3cret-Pass!", "new_password1": "N3w-and-l0ng!",
                                                      "new_password2": "N3w-and-l0ng!"}, follow=True)
     assert "<h1>Password changed</h1>" in done.content.decode()
