@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from gallery import page_urls as gallery_pages
@@ -26,6 +28,8 @@ handler400 = "imaginaition_site.views.bad_request"  # JSON under /api/
 handler500 = "imaginaition_site.views.server_error"  # JSON under /api/
 
 urlpatterns = [
+    # Pages name their icon; a browser showing a bare file (an image's original) asks here instead.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"))),
     path("admin/gallery/reset/", include("gallery.admin_reset")),
     # Before admin's own: the same page, with the old password counted like a sign-in.
     path("admin/password_change/", sign_in.admin_password_change),

@@ -493,10 +493,20 @@ def test_a_body_without_a_length_stops_being_read_at_the_limit(settings):
     assert request_body_limit() < handler.received <= request_body_limit() + len(chunk)
 
 
-def test_admin_pages_ask_for_no_favicon_and_wrap_long_names(client, staff_user):
+def test_every_kind_of_page_names_the_sites_icon_and_favicon_ico_leads_to_it(client, staff_user):
+    icon = f'<link rel="icon" href="{static("favicon.svg")}" type="image/svg+xml">'
+    assert "<svg" in Path(finders.find("favicon.svg")).read_text()
+    assert icon in client.get("/no-such-page").content.decode()  # the error pages' own layout
+    client.force_login(staff_user)
+    for url in (reverse("pages:home"), reverse("admin:index"), "/api/images/"):
+        assert icon in client.get(url, headers={"accept": "text/html"}).content.decode(), url
+    answer = client.get("/favicon.ico")  # asked for by a browser showing a bare file: not a 404
+    assert answer.status_code == 302 and answer["Location"] == static("favicon.svg")
+
+
+def test_admin_pages_wrap_long_names(client, staff_user):
     client.force_login(staff_user)
     page = client.get(reverse("admin:index")).content.decode()
-    assert '<link rel="icon" href="data:,">' in page  # no /favicon.ico request, which is a 404
     assert f'<link rel="stylesheet" href="{static("admin_site.css")}">' in page  # a file: the CSP has no inline style
     rules = Path(finders.find("admin_site.css")).read_text()
     assert "#result_list td, .breadcrumbs" in rules and "overflow-wrap: anywhere" in rules
