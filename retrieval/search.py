@@ -309,11 +309,15 @@ def rank(*, query: QueryVectors, preferences: Preferences, models: ActiveModels 
         found[space], matched[space] = candidates, regions
     engines: dict[str, str] = {space: planned.engine for space, planned in plans.items()}
     merged = merge(semantic=found[Space.SEMANTIC], content=found[Space.CONTENT], preferences=preferences)
-    preferred = Space(preferences.preferred_index)
-    regions = {**matched[preferred.other], **matched[preferred]}  # the preferred index's region where both found one
+    if query.owner == "region":
+        preferred = Space(preferences.preferred_index)
+        both = {**matched[preferred.other], **matched[preferred]}  # the preferred index's region where both found one
+        named = {r.image_id: both[r.image_id] for r in merged if r.image_id in both}
+        return Ranking(results=_region_similarities_filled(merged, named=named, matched=matched, query=query,
+                                                           models=models),
+                       engines=engines, preferences=preferences, regions=named)
     return Ranking(results=_fill_similarities(merged, query=query, models=models), engines=engines,
-                   preferences=preferences, regions={r.image_id: regions[r.image_id] for r in merged
-                                                      if r.image_id in regions})
+                   preferences=preferences)
 
 
 def search(*, query: QueryVectors, preferences: Preferences, models: ActiveModels | None = None,
@@ -372,10 +376,6 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
                                (Space.CONTENT, models.content, query.content)):
         if not missing[space] or vector is None:  # missing only where the query has that part
             continue
-        if query.owner == "region":
-            filled[space] = _best_region_similarities(space=space, model_key=key, query=vector,
-                                                      image_ids=missing[space], only_region_ids=query.only_region_ids)
-            continue
         # From the in-memory index when there is one (as fast as the search), else from Postgres.
         snapshot = manager.loaded(space=space, model_key=key)
         stored = snapshot.vectors_for(missing[space]) if snapshot is not None else {}
@@ -396,28 +396,44 @@ def _fill_similarities(merged: Sequence[MergedResult], *, query: QueryVectors,
             for m in merged]
 
 
-def _best_region_similarities(*, space: Space, model_key: str, query: np.ndarray, image_ids: list[int],
-                              only_region_ids: frozenset[int] | None = None) -> dict[int, float]:
-    """Per image, the similarity of its region (among only_region_ids, if given) nearest to a region
-    query (from the region index's memory when it is loaded, else from Postgres)."""
+def _region_similarities_filled(merged: Sequence[MergedResult], *, named: dict[int, int],
+                                matched: dict[Space, dict[int, int]], query: QueryVectors,
+                                models: ActiveModels) -> list[MergedResult]:
+    """A region search's results with both similarities of the region each names: an index that found
+    the image by another of its regions (or did not find it) has the named region's own similarity
+    instead, so "matched region: cup · content 0.71" is the cup's 0.71, not its motorbike's."""
+    own: dict[Space, dict[int, float]] = {}
+    for space, key, vector in ((Space.SEMANTIC, models.semantic, query.semantic),
+                               (Space.CONTENT, models.content, query.content)):
+        other_regions = [mask_id for image_id, mask_id in named.items() if matched[space].get(image_id) != mask_id]
+        own[space] = (_similarities_of_regions(space=space, model_key=key, query=vector, mask_ids=other_regions)
+                      if vector is not None and other_regions else {})
+
+    def similarity(space: Space, result: MergedResult, found: float | None) -> float | None:
+        mask_id = named.get(result.image_id)
+        if mask_id is not None and matched[space].get(result.image_id) == mask_id:
+            return found  # the index found the image by the named region: its own similarity already
+        return own[space].get(mask_id) if mask_id is not None else None
+
+    return [MergedResult(m.image_id, m.retrieved_by, similarity(Space.SEMANTIC, m, m.semantic_similarity),
+                         similarity(Space.CONTENT, m, m.content_similarity)) for m in merged]
+
+
+def _similarities_of_regions(*, space: Space, model_key: str, query: np.ndarray,
+                             mask_ids: list[int]) -> dict[int, float]:
+    """These regions' similarities to a region query: their vectors from the region index's memory
+    when it is loaded and holds them, else from Postgres."""
     snapshot = manager.loaded(space=space, model_key=model_key, owner="region")
+    stored: dict[int, np.ndarray] = {}
     if snapshot is not None:
-        with snapshot.lock:
-            labels = [label for image_id in image_ids for label in snapshot.regions_of.get(image_id, ())
-                      if only_region_ids is None or label in only_region_ids]
-            present, vectors = snapshot.vectors_matrix(labels)  # one matrix: no per-row arrays to stack
-            owners = [snapshot.image_of[label] for label in present]
-    else:
-        stored = RegionEmbedding.objects.filter(image_id__in=image_ids, model_key=model_key, space=space)
-        if only_region_ids is not None:
-            stored = stored.filter(mask_id__in=only_region_ids)
-        rows = list(stored.values_list("image_id", "vector"))
-        owners = [image_id for image_id, _ in rows]
-        vectors = np.array([np.asarray(v, dtype=np.float32) for _, v in rows], dtype=np.float32)
-    if not owners:
+        present, vectors = snapshot.vectors_matrix(mask_ids)
+        stored.update(zip(present, vectors, strict=True))
+    rest = [mask_id for mask_id in mask_ids if mask_id not in stored]
+    if rest:
+        stored.update({mask_id: np.asarray(v, dtype=np.float32) for mask_id, v in
+                       RegionEmbedding.objects.filter(mask_id__in=rest, model_key=model_key, space=space)
+                       .values_list("mask_id", "vector")})
+    if not stored:
         return {}
-    best: dict[int, float] = {}
-    for image_id, similarity in zip(owners, similarity_between(space, query, vectors).tolist(), strict=True):
-        if similarity > best.get(image_id, -2.0):  # similarities lie in [-1, 1]
-            best[image_id] = similarity
-    return best
+    similarities = similarity_between(space, query, np.stack(list(stored.values()))).tolist()
+    return dict(zip(stored, similarities, strict=True))

@@ -160,6 +160,48 @@ def test_region_queries_refuse_what_they_cannot_answer(client, user, scenes):
     assert lonely.status_code == 400 and "label" in lonely.json()["detail"]
 
 
+@pytest.mark.parametrize("engine", ["pgvector", "faiss"])
+@pytest.mark.parametrize("preferred", ["semantic", "content"])
+def test_both_similarities_of_a_region_result_are_the_named_regions_own(client, user, media_root, engine, preferred):
+    # One picture's cat is near the query's meaning and its cup near the query's look: both indexes
+    # find the picture, by different regions. The result names one region; both scores must be its own.
+    rng = np.random.default_rng(2)
+    query_s, query_c = rng.normal(size=384), np.abs(rng.normal(size=1024))
+    query_image = make_image(name="query.png", color=(1, 2, 3))
+    query_mask = add_region(query_image, label="cat", class_index=8, semantic=query_s, content=query_c)
+    scene = make_image(name="scene.png", color=(9, 9, 9))
+    cat = add_region(scene, label="cat", class_index=8, semantic=query_s + 0.1 * rng.normal(size=384),
+                     content=np.abs(rng.normal(size=1024)))
+    cup = add_region(scene, label="cup", class_index=5, semantic=rng.normal(size=384),
+                     content=query_c + 0.02 * np.abs(rng.normal(size=1024)))
+    for i in range(4):  # others, far in both spaces
+        other = make_image(name=f"other{i}.png", color=(i, 50, 50))
+        add_region(other, label="dog", class_index=12, semantic=rng.normal(size=384),
+                   content=np.abs(rng.normal(size=1024)) * 5)
+    for image in Image.objects.all():  # whole-image vectors of the models the regions have: they serve
+        add_embedding(image, space="semantic", model_key=SEMANTIC_KEY,
+                      vector=unit(rng.normal(size=384), "semantic"))
+        add_embedding(image, space="content", model_key=CONTENT_KEY,
+                      vector=unit(np.abs(rng.normal(size=1024)), "content"))
+    if engine == "faiss":
+        for space, key, dim in (("semantic", SEMANTIC_KEY, 384), ("content", CONTENT_KEY, 1024)):
+            index_rebuild(space=space, model_key=key, dim=dim, owner="region")
+    client.force_login(user)
+    client.put(reverse("api-preferences"), {"preferred_index": preferred}, content_type="application/json")
+
+    top = search(client, mask_id=query_mask.pk, k=3).json()["results"][0]
+
+    named = cat if preferred == "semantic" else cup  # where both found it, the preferred index's region
+    assert top["image_id"] == scene.pk and top["retrieved_by"] == "both"
+    assert top["region"] == {"mask_id": named.pk, "label": named.label}
+    stored = {space: np.asarray(RegionEmbedding.objects.get(mask=named, space=space).vector)
+              for space in ("semantic", "content")}
+    own_semantic = float(stored["semantic"] @ unit(query_s, "semantic"))
+    own_content = 1 - float(np.abs(stored["content"] - unit(query_c, "content")).sum()) / 2
+    assert top["semantic_similarity"] == pytest.approx(own_semantic, abs=1e-4)
+    assert top["content_similarity"] == pytest.approx(own_content, abs=1e-4)
+
+
 @pytest.mark.parametrize("engine", ["pgvector", "faiss-exact", "faiss-growing"])
 def test_a_rare_label_filter_still_returns_k_results(client, user, media_root, monkeypatch, engine):
     rng = np.random.default_rng(1)
