@@ -124,7 +124,7 @@ def _query_vectors(query: Query, *, session: SessionBase | None,
 
 def _what_to_search_with(query: Query, *, session: SessionBase | None,
                          models: ActiveModels) -> tuple[QueryVectors, str, Image | None]:
-    given = [query.image_id is not None, query.upload is not None, query.staged, bool(query.text),
+    given = [query.image_id is not None, query.upload is not None, query.staged, query.text is not None,
              query.mask_id is not None]
     if sum(given) != 1:
         raise QueryError("Choose a file, pick an image or type some words first." if not any(given)
@@ -276,7 +276,15 @@ def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
         raise QueryError("Type some words to search for.")
     if len(text) > TEXT_MAX_CHARS:
         raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.")
-    return QueryVectors(semantic=get_model(models.semantic).encode_texts([text])[0], content=None)
+    model = get_model(models.semantic)
+    reading = model.read_text(text)
+    if reading is not None and reading.unknown == reading.tokens:  # it would search with no meaning at all
+        raise QueryError("The text model knows none of these words (it reads English; emoji and most other "
+                         "scripts are unknown to it): describe the picture in English words.")
+    if reading is not None and reading.tokens > reading.limit:  # the rest would be left out without a word
+        raise QueryError(f"This text is longer than the text model reads: at most {reading.limit} word pieces, "
+                         f"and it has {reading.tokens}. Shorten it.")
+    return QueryVectors(semantic=model.encode_texts([text])[0], content=None)
 
 
 @dataclass(frozen=True)

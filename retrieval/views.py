@@ -169,7 +169,8 @@ def search(request: HttpRequest) -> HttpResponseBase:
             query = Query(image_id=stored_id)
         back = redirect("pages:image", image_id=access_image(user=request.user, image_id=stored_id).pk)
     else:
-        query = Query(text=text or None, staged=staged, staged_token=staged_token if staged else "",
+        asked_words = "text" in request.GET and not staged  # a blank box: "type some words", not "choose a file"
+        query = Query(text=text if asked_words else None, staged=staged, staged_token=staged_token if staged else "",
                       label=(request.GET.get("label") or None) if staged else None)
     query = replace(query, labels=labels)
     try:

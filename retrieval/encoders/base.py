@@ -31,6 +31,17 @@ class ImageEncoder(ABC):
         """(len(images), dim) float32; semantic rows have L2 norm 1, content rows have L1 norm 1."""
 
 
+@dataclass(frozen=True)
+class TextReading:
+    """How a text tower reads a text: its tokens (without the model's own start and end markers), how
+    many of them its vocabulary lacks (each read as one "unknown"), and the most tokens it reads (the
+    rest is cut off)."""
+
+    tokens: int
+    unknown: int
+    limit: int
+
+
 class SemanticEncoder(ImageEncoder):
     """A semantic image encoder whose text tower maps text into the same space."""
 
@@ -39,6 +50,10 @@ class SemanticEncoder(ImageEncoder):
     @abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalized, comparable with encode_images rows."""
+
+    def read_text(self, text: str) -> TextReading | None:
+        """How the text tower reads `text`; None where the model cannot tell."""
+        return None
 
 
 def share_more_likely_than_not(probability: np.ndarray) -> float:

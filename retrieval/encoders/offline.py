@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .base import Segmenter, SemanticEncoder, SoftMask, l2_normalize, shared_passes_memo
+from .base import Segmenter, SemanticEncoder, SoftMask, TextReading, l2_normalize, shared_passes_memo
 from .devices import conv_memory_format, model_device
 from .folding import fold_batch_norms
 from .precision import VECTOR_COSINE_BAR, PrecisionChoice, half_dtype, vectors_agreement
@@ -406,6 +406,13 @@ class OfflineSemanticEncoder(SemanticEncoder):
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = bridge_texts(self.text_model, texts, self.text_mean)
         return pad_texts(vectors, self.feature_dim) if self.feature_dim else vectors
+
+    def read_text(self, text: str) -> TextReading:
+        # MiniLM's English word pieces: an emoji or a CJK character is one [UNK]; [CLS] and [SEP] added.
+        tokenizer = self.text_model.tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return TextReading(tokens=len(ids), unknown=ids.count(tokenizer.unk_token_id),
+                           limit=int(self.text_model.max_seq_length or tokenizer.model_max_length) - 2)
 
 
 class CamSegmenter(Segmenter):

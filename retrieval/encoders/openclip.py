@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .base import SemanticEncoder, l2_normalize
+from .base import SemanticEncoder, TextReading, l2_normalize
 from .devices import model_device
 from .precision import PrecisionChoice
 from .safetensors_io import large_embedding_tables, safetensors_read_into
@@ -63,6 +63,13 @@ class OpenClipEncoder(SemanticEncoder):
             return l2_normalize(features.float().cpu().numpy())
 
         return self.text_precision.run(forward)
+
+    def read_text(self, text: str) -> TextReading | None:
+        # CLIP's byte-level BPE knows every string (nothing is unknown); its context holds a start and an end mark.
+        encode, context = getattr(self.tokenizer, "encode", None), getattr(self.tokenizer, "context_length", None)
+        if encode is None or context is None:  # another tokenizer family: not known to say
+            return None
+        return TextReading(tokens=len(encode(text)), unknown=0, limit=int(context) - 2)
 
 
 def _open_clip_chatter(record: logging.LogRecord) -> bool:

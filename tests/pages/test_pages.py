@@ -643,8 +643,9 @@ def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(cli
     assert response.redirect_chain == [(reverse("pages:home"), 302)]
     api = client.post(reverse("api-search"), {"text": "blue " * 120}, content_type="application/json")
     assert api.status_code == 400 and "500" in str(api.json()["text"])
-    invisible = client.get(reverse("pages:search"), {"text": "\ufeff"}, follow=True)  # searched, as if words
-    assert "Type some words to search for." in invisible.content.decode()
+    for blank in ("\ufeff", "   ", ""):  # U+FEFF searched, as if words; spaces asked to choose a file
+        answer = client.get(reverse("pages:search"), {"text": blank}, follow=True).content.decode()
+        assert "Type some words to search for." in answer and "Choose a file" not in answer, repr(blank)
 
 
 @pytest.mark.parametrize("query", [{"image": "1", "text": "stripes"}, {"image": "1", "mask": "2"},

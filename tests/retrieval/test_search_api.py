@@ -229,12 +229,32 @@ def test_text_search_fills_all_k_places_from_the_semantic_index(client, user, ga
         def encode_texts(self, texts):
             return np.stack([np.asarray(gallery[0].embeddings.get(space="semantic").vector, dtype=np.float32)])
 
+        def read_text(self, text):
+            return None  # cannot tell: searched as it is
+
     monkeypatch.setattr(search_service, "get_model", lambda key: FakeTextTower())
     client.force_login(user)
     body = search(client, text="a cat", k=4).json()
     assert len(body["results"]) == 4 and body["counts"] == {"both": 0, "semantic": 4, "content": 0}
     assert body["results"][0]["image_id"] == gallery[0].pk  # text queries exclude nothing
     assert all(r["content_similarity"] is None for r in body["results"])
+
+
+def test_a_text_the_text_model_cannot_read_whole_is_refused_saying_why(client, user):
+    # The offline profile's MiniLM (its real tokenizer): an emoji or a CJK character is one unknown
+    # piece, so "🚀" and "猫" searched with no meaning at all and found the same list; past 254 pieces
+    # the end of a text was dropped without a word (so "!" * 300 + " cat" found no cat).
+    client.force_login(user)
+    for unknown in ("🚀", "猫", "😀😀😀"):
+        refused = search(client, text=unknown)
+        assert refused.status_code == 400 and "knows none of these words (it reads English" in refused.json()["detail"]
+    long = search(client, text="!" * 300 + " cat")
+    assert long.status_code == 400
+    assert long.json()["detail"] == ("This text is longer than the text model reads: at most 254 word pieces, "
+                                     "and it has 301. Shorten it.")
+    assert search(client, text="a cat 🚀").status_code == 200  # one known word is something to search with
+    page = client.get(reverse("pages:search"), {"text": "🚀"}, follow=True).content.decode()
+    assert "The text model knows none of these words" in page
 
 
 def test_rank_answers_without_reading_images_and_search_attaches_them(settings, gallery, django_assert_num_queries):

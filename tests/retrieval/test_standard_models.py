@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from PIL import Image as PILImage
 
 from retrieval.encoders import registry
-from django.core.exceptions import ImproperlyConfigured
-
+from retrieval.encoders.base import TextReading
 from retrieval.encoders.catalog import DEEPLABV3_MOBILENET, DEEPLABV3_RESNET101, LRASPP_MOBILENET, OPENCLIP_VIT_B_32
 
 CLIP_KEY, DEEPLAB_KEY = OPENCLIP_VIT_B_32.key, DEEPLABV3_RESNET101.key
@@ -129,6 +129,14 @@ def test_openclip_image_and_text_towers(clip):
     np.testing.assert_allclose(images[0], single[0], atol=1e-5)  # batching does not change a row
     np.testing.assert_allclose(images[0], images[2], atol=1e-6)
     assert clip.encode_images([]).shape == (0, 512) and clip.encode_texts([]).shape == (0, 512)
+
+
+def test_openclip_says_how_much_of_a_text_it_reads(clip):
+    # Byte-level BPE: nothing is unknown, an emoji included; the 77-token context less its two marks.
+    assert clip.read_text("a photo of a cat") == TextReading(tokens=5, unknown=0, limit=75)
+    assert clip.read_text("🚀").unknown == 0
+    long = clip.read_text("a rocket " * 100)
+    assert long is not None and long.tokens == 200 > long.limit
 
 
 def test_deeplab_loads_the_registry_file(segmenter, weights_dir):
