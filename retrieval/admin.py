@@ -16,6 +16,7 @@ from gallery.admin import ImageAdmin, MaskAdmin, MaskInline
 from gallery.errors import Refused
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
+from retrieval.preferences import preferences_get
 from retrieval.search import Query, id_parse, search_for
 
 
@@ -92,7 +93,9 @@ class ImageWithVectorsAdmin(ImageAdmin):
             messages.error(request, exc.message)
             return redirect("admin:gallery_image_change", image.pk)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "original": image,
-                   "title": f"Images similar to {response.about}", "response": response}
+                   "title": f"Images similar to {response.about}", "response": response,
+                   # the matched regions outlined at the user's threshold (admin pages get no site context)
+                   "mask_threshold": preferences_get(user=request.user, session=request.session)["mask_threshold"]}
         return TemplateResponse(request, "admin/retrieval/similar.html", context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:

@@ -307,6 +307,10 @@ def test_admin_shows_each_masks_region_vectors_and_searches_by_a_region(client, 
     page = client.get(similar, {"mask": cats[0].pk}).content.decode()
     assert "Images similar to the cat in scene0.png" in page
     assert page.count("matched region: cat") == 5
+    for i in range(1, 6):  # each result's matched region outlined over its thumbnail, as on the site's pages
+        overlay = reverse("pages:mask-overlay", args=[images[i].pk, cats[i].pk])
+        assert f'<img class="region-overlay" src="{overlay}?threshold=30"' in page
+    assert client.get(f"{overlay}?threshold=30").status_code == 200  # staff may read it
     assert client.get(similar, {"mask": cats[1].pk}).status_code == 404  # another image's mask
 
 
