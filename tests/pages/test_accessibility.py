@@ -223,3 +223,78 @@ def test_a_loaded_picture_takes_the_focus_and_its_labels_take_it_when_found(live
     page.get_by_role("button", name=re.compile(r"^cat\b")).wait_for()
     assert page.evaluate("() => document.activeElement.id") == "staged-viewer-labels"
     page.get_by_role("status").filter(has_text="Processing has finished.").wait_for()
+
+
+# Reflow (WCAG 1.4.10): what a QA run found at phone and tablet widths, admin's sidebar open from 768 px.
+
+LAYOUT_PROBLEMS = """([inside, apart, whole]) => {
+    const problems = [], name = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+        + [...e.classList].map((c) => '.' + c).join('');
+    if (document.documentElement.scrollWidth > innerWidth || scrollX !== 0)
+        problems.push(`page ${document.documentElement.scrollWidth} px wide in ${innerWidth}, at x ${scrollX}`);
+    for (const [selector, container] of inside) {  // within its container's box, and showing all it holds
+        const found = document.querySelectorAll(selector);
+        if (!found.length) problems.push(`no ${selector}`);
+        for (const element of found) {
+            const box = element.getBoundingClientRect(), bound = element.closest(container).getBoundingClientRect();
+            if (box.left < bound.left - 0.5 || box.right > bound.right + 0.5)
+                problems.push(`${name(element)} ${Math.round(box.left)}-${Math.round(box.right)} out of ${container} `
+                              + `${Math.round(bound.left)}-${Math.round(bound.right)}`);
+            if (element.scrollWidth > element.clientWidth + 1)
+                problems.push(`${name(element)} holds ${element.scrollWidth} px in ${element.clientWidth}`);
+        }
+    }
+    for (const [first, second] of apart) {  // the first's text (a heading's block is wider) off the second's box
+        const range = document.createRange(), element = document.querySelector(first);
+        range.selectNodeContents(element);
+        const b = document.querySelector(second).getBoundingClientRect(),
+              inked = element.matches('select') ? element.getClientRects() : range.getClientRects();
+        if ([...inked].some((a) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom))
+            problems.push(`${first} overlaps ${second}`);
+    }
+    for (const selector of whole) {  // its text on one line (a flex item's wrapped text is one box: count lines)
+        const found = document.querySelectorAll(selector);
+        if (!found.length) problems.push(`no ${selector}`);
+        for (const element of found) {
+            const range = document.createRange();
+            range.selectNodeContents(element);
+            const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.bottom))).size;
+            if (lines > 1 || element.getClientRects().length > 1)
+                problems.push(`"${element.textContent.trim()}" on ${lines} lines`);
+        }
+    }
+    return problems;
+}"""
+
+
+@in_browser
+def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_user, browser, settings, tmp_path,
+                                                             close_connections):  # noqa: F811
+    (tmp_path / "photos").mkdir()
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    row = ".form-row"
+
+    def refused_reset(page):  # the focus goes to the folder: a page wider than the screen opened scrolled
+        page.goto(live_server.url + reverse("gallery-reset"))
+        page.fill("#id_folder", "/etc")
+        page.get_by_role("button", name="Next: review").click()
+        page.get_by_role("alert").wait_for()
+        return [["#id_folder", row]], [], []
+
+    def reset_confirmation(page):
+        page.goto(live_server.url + reverse("gallery-reset"))
+        page.fill("#id_folder", str(tmp_path / "photos"))
+        page.get_by_role("button", name="Next: review").click()
+        page.get_by_role("heading", name="Are you sure?").wait_for()
+        return [], [], ["a.cancel-link"]
+
+    problems = {}
+    for width in (320, 375, 768, 1024):
+        page = signed_in_page(browser, live_server, staff_user, viewport={"width": width, "height": 800})
+        for check in (refused_reset, reset_confirmation):
+            found = page.evaluate(LAYOUT_PROBLEMS, check(page))
+            if found:
+                problems[f"{check.__name__} at {width} px"] = found
+        page.context.close()
+    assert not problems, "\n".join(f"{where}: {found}" for where, found in problems.items())
+

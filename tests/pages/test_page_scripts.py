@@ -44,11 +44,12 @@ def png(name: str, colour=(200, 30, 30), size=(48, 32)) -> tuple[str, bytes]:
     return name, buffer.getvalue()
 
 
-def signed_in_page(browser, live_server, user):  # noqa: F811 - the fixture
-    """A page whose context carries a session of `user` (no sign-in form to fill)."""
+def signed_in_page(browser, live_server, user, **context_options):  # noqa: F811 - the fixture
+    """A page whose context carries a session of `user` (no sign-in form to fill); `context_options` are
+    Playwright's (a phone's viewport, is_mobile)."""
     client = Client()
     client.force_login(user)
-    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    context = browser.new_context(**{"viewport": {"width": 1000, "height": 800}, **context_options})
     context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
     page = context.new_page()
     page.set_default_timeout(20_000)
