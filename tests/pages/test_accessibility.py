@@ -272,6 +272,7 @@ def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_
                                                              close_connections):  # noqa: F811
     (tmp_path / "photos").mkdir()
     settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    image = make_image(name=f"{'long-name-' * 8}.png", size=(640, 480))  # a 512 px preview
     row = ".form-row"
 
     def refused_reset(page):  # the focus goes to the folder: a page wider than the screen opened scrolled
@@ -288,10 +289,17 @@ def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_
         page.get_by_role("heading", name="Are you sure?").wait_for()
         return [], [], ["a.cancel-link"]
 
+    def image_change(page):
+        page.goto(live_server.url + reverse("admin:gallery_image_change", args=[image.pk]))
+        page.wait_for_function("() => document.querySelector('img.shown-512').complete")
+        box = page.eval_on_selector("img.shown-512", "i => [i.width, i.height, i.naturalWidth, i.naturalHeight]")
+        assert box[0] <= 512 and abs(box[0] / box[1] - box[2] / box[3]) < 0.02, box  # at most 512 px, not squashed
+        return [["img.shown-512", row], [".field-sha256 .readonly", row], [".field-stored_file a", row]], [], []
+
     problems = {}
     for width in (320, 375, 768, 1024):
         page = signed_in_page(browser, live_server, staff_user, viewport={"width": width, "height": 800})
-        for check in (refused_reset, reset_confirmation):
+        for check in (refused_reset, reset_confirmation, image_change):
             found = page.evaluate(LAYOUT_PROBLEMS, check(page))
             if found:
                 problems[f"{check.__name__} at {width} px"] = found
