@@ -294,12 +294,17 @@ def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_
         page.wait_for_function("() => document.querySelector('img.shown-512').complete")
         box = page.eval_on_selector("img.shown-512", "i => [i.width, i.height, i.naturalWidth, i.naturalHeight]")
         assert box[0] <= 512 and abs(box[0] / box[1] - box[2] / box[3]) < 0.02, box  # at most 512 px, not squashed
-        return [["img.shown-512", row], [".field-sha256 .readonly", row], [".field-stored_file a", row]], [], []
+        return ([["img.shown-512", row], [".field-sha256 .readonly", row], [".field-stored_file a", row]],
+                [["#content h2", ".object-tools"]], [])
+
+    def image_list(page):
+        page.goto(live_server.url + reverse("admin:gallery_image_changelist"))
+        return [], [["#content h1", ".object-tools"], ["select[name=action]", "#changelist-filter"]], []
 
     problems = {}
     for width in (320, 375, 768, 1024):
         page = signed_in_page(browser, live_server, staff_user, viewport={"width": width, "height": 800})
-        for check in (refused_reset, reset_confirmation, image_change):
+        for check in (refused_reset, reset_confirmation, image_change, image_list):
             found = page.evaluate(LAYOUT_PROBLEMS, check(page))
             if found:
                 problems[f"{check.__name__} at {width} px"] = found
