@@ -269,10 +269,13 @@ LAYOUT_PROBLEMS = """([inside, apart, whole]) => {
 
 @in_browser
 def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_user, browser, settings, tmp_path,
-                                                             close_connections):  # noqa: F811
+                                                             monkeypatch, close_connections):  # noqa: F811
     (tmp_path / "photos").mkdir()
     settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    monkeypatch.setattr("gallery.views.GALLERY_PAGE_SIZE", 1)  # three pages of the gallery
     image = make_image(name=f"{'long-name-' * 8}.png", size=(640, 480))  # a 512 px preview
+    for index in range(2):
+        make_image(name=f"{index}.png", color=(index, 9, 9))
     row = ".form-row"
 
     def refused_reset(page):  # the focus goes to the folder: a page wider than the screen opened scrolled
@@ -301,10 +304,14 @@ def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_
         page.goto(live_server.url + reverse("admin:gallery_image_changelist"))
         return [], [["#content h1", ".object-tools"], ["select[name=action]", "#changelist-filter"]], []
 
+    def gallery_page(page):
+        page.goto(live_server.url + reverse("pages:gallery") + "?page=2")
+        return [], [], ["nav.pager > *"]
+
     problems = {}
     for width in (320, 375, 768, 1024):
         page = signed_in_page(browser, live_server, staff_user, viewport={"width": width, "height": 800})
-        for check in (refused_reset, reset_confirmation, image_change, image_list):
+        for check in (refused_reset, reset_confirmation, image_change, image_list, gallery_page):
             found = page.evaluate(LAYOUT_PROBLEMS, check(page))
             if found:
                 problems[f"{check.__name__} at {width} px"] = found
