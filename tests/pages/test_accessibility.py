@@ -318,3 +318,12 @@ def test_admin_and_gallery_pages_fit_phone_and_tablet_widths(live_server, staff_
         page.context.close()
     assert not problems, "\n".join(f"{where}: {found}" for where, found in problems.items())
 
+
+@in_browser
+def test_the_browsable_api_is_laid_out_at_a_phones_width(live_server, user, browser, close_connections):  # noqa: F811
+    """Without a viewport tag a phone lays a page out 980 px wide and shrinks it to fit."""
+    image = make_image(name="red.png")
+    page = signed_in_page(browser, live_server, user, viewport={"width": 375, "height": 800}, is_mobile=True)
+    for path in ("/api/", f"/api/images/{image.pk}/", "/api/status/", "/api/search/"):
+        page.goto(live_server.url + path)
+        assert page.evaluate("() => [innerWidth, document.documentElement.scrollWidth]") == [375, 375], path

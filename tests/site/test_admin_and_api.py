@@ -137,6 +137,16 @@ def test_the_api_pages_a_browser_opens_have_a_language_plain_names_and_real_brea
         assert ">API root</a>" in crumbs or path == "/api/", (path, crumbs)
 
 
+def test_the_api_pages_a_browser_opens_are_laid_out_at_a_phones_width(client, user, media_root):
+    """Without a viewport tag a phone lays a page out 980 px wide and shrinks it (the browser check:
+    tests/pages/test_accessibility.py)."""
+    image = make_image()
+    client.force_login(user)
+    for path in ("/api/", f"/api/images/{image.pk}/", "/api/status/", "/api/search/"):
+        page = client.get(path, HTTP_ACCEPT="text/html").content.decode()
+        assert page.count('<meta name="viewport" content="width=device-width, initial-scale=1">') == 1, path
+
+
 def test_status_counts_images_by_status(client, user, media_root):
     client.force_login(user)
     make_image(status="pending")
