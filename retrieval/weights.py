@@ -83,7 +83,7 @@ class WeightStatus:
     filename: str
     path: str
     present: bool
-    hash_ok: bool | None  # None: missing, or no hash to check against (shipped or converted files)
+    hash_ok: bool | None  # None: missing, or no hash to check against (a converted file)
 
 
 class Unreachable(Exception):
@@ -101,7 +101,7 @@ def weights_fetch(*, keys: Sequence[str] | None = None, connect_timeout: float =
     Files already present with the right hash are skipped. Returns a report; never raises for network or
     hash problems (they are `unreachable` / `error` results). ValueError for an unknown key.
     """
-    report = FetchReport()
+    report = FetchReport(results=_shipped_files_changed(keys))
     wanted: list[tuple[str, WeightFile, str]] = []  # (model key, file, why a present file is replaced)
     for key, weight in _downloadable(keys):
         _remove_stale_temp_files(weight.path())
@@ -155,7 +155,7 @@ def weights_status(*, verify: bool = True, keys: Iterable[str] | None = None) ->
     return statuses
 
 
-def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
+def _chosen_files(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
     # Default: the standard profile's models as configured (IMAGINAITION_SEGMENTER included).
     chosen = keys if keys is not None else list(dict.fromkeys(registry.profile_models("standard").values()))
     unknown = [key for key in chosen if key not in registry.MODELS]
@@ -163,7 +163,21 @@ def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
         fetchable = sorted(key for key, spec in registry.MODELS.items() if any(w.url for w in spec.weights))
         raise ValueError(f"unknown model keys: {', '.join(unknown)}; the keys with files to fetch: "
                          f"{', '.join(fetchable)}")
-    return [(key, weight) for key in chosen for weight in registry.MODELS[key].weights if weight.url]
+    return [(key, weight) for key in chosen for weight in registry.MODELS[key].weights]
+
+
+def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
+    return [(key, weight) for key, weight in _chosen_files(keys) if weight.url]
+
+
+def _shipped_files_changed(keys: Sequence[str] | None) -> list[FileResult]:
+    """The project's own files that are not as this release ships them: said, and left in place, since
+    `train_autoencoder --force` replaces one on purpose (a damaged one makes its images fail, saying so)."""
+    return [FileResult(key, weight.filename, "present",
+                       f"not the file this release ships (its SHA-256 differs): retrained here, or damaged; if "
+                       f"damaged, copy the project's weights/{weight.filename} there again (in a clone: "
+                       f"`git checkout -- weights/{weight.filename}`)")
+            for key, weight in _chosen_files(keys) if weight.shipped and weight.hash_ok() is False]
 
 
 def _site(url: str) -> tuple[str, int]:

@@ -80,7 +80,8 @@ AUTOENCODER_V1 = ModelSpec(
     loader="retrieval.encoders.autoencoder:load",
     profiles=("standard", "offline"),
     description="ImaginAItion's convolutional autoencoder; the 4x16x16 code of a 64x64 image, L1-normalized.",
-    weights=(WeightFile(filename="autoencoder-v1.pt", licence="MIT (trained by this project, see weights/README.md)"),),
+    weights=(WeightFile(filename="autoencoder-v1.pt", licence="MIT (trained by this project, see weights/README.md)",
+                        sha256="e8b40864f74b78f413c43279633c9e5df86326d017b0cbc7f2d07ee61a75fc41"),),  # as shipped
 )
 
 AUTOENCODER_V2 = ModelSpec(
@@ -91,7 +92,8 @@ AUTOENCODER_V2 = ModelSpec(
     profiles=("standard", "offline"),
     description="autoencoder/v1's design trained on 5,000+ pictures with near-copy views and a consistency "
                 "term (docs/CONTENT_MODEL.md); the 4x16x16 code of a 64x64 image, L1-normalized.",
-    weights=(WeightFile(filename="autoencoder-v2.pt", licence="MIT (trained by this project, see weights/README.md)"),),
+    weights=(WeightFile(filename="autoencoder-v2.pt", licence="MIT (trained by this project, see weights/README.md)",
+                        sha256="0cbf0f4f6581ab8a5bc1cfc61b2c2653cb7107b0b0b6ddb168e0255fa401813f"),),  # as shipped
 )
 
 OFFLINE_SEMANTIC = ModelSpec(

@@ -13,6 +13,7 @@ import pickle
 import threading
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -122,7 +123,8 @@ def get_model(key: str) -> Any:
                 present = [str(path) for path in spec.weight_files_present()]
                 if not present:
                     raise
-                raise WeightsUnreadable(key, present, exc) from exc
+                raise WeightsUnreadable(key, present, exc,
+                                        shipped=all(weight.shipped for weight in spec.weights)) from exc
         return _loaded[key]
 
 
@@ -130,13 +132,17 @@ class WeightsUnreadable(RuntimeError):
     """A model's weight file is there but cannot be read: truncated, or another file under its name.
     Names the file and what to do (an image that fails on it shows this message)."""
 
-    def __init__(self, key: str, paths: list[str], cause: BaseException) -> None:
+    def __init__(self, key: str, paths: list[str], cause: BaseException, *, shipped: bool = False) -> None:
         # torch's unpickling refusal suggests weights_only=False, which would run the file's code: not repeated.
         detail = ("not a file of weights it can read safely" if isinstance(cause, pickle.UnpicklingError)
                   else f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")
+        # fetch_weights downloads only what the catalog names a URL for: it cannot repair the project's own file.
+        remedy = (f"copy the project's weights/{Path(paths[0]).name} there again (in a clone of the project: "
+                  f"`git checkout -- weights/{Path(paths[0]).name}`)" if shipped else
+                  "run `python manage.py fetch_weights` (it replaces a file whose SHA-256 is wrong), or copy it again "
+                  "(weights/README.md)")
         super().__init__(f"{key}: its weight file {' or '.join(paths)} could not be read ({detail}). It may be "
-                         "truncated or another file: run `python manage.py fetch_weights` (it replaces a file whose "
-                         "SHA-256 is wrong), or copy it again (weights/README.md).")
+                         f"truncated or another file: {remedy}; then `python manage.py retry_failed`.")
 
 
 def loaded_precisions() -> dict[str, str]:

@@ -39,7 +39,8 @@ class WeightFile:
     licence: str
     part: str = "model"  # which file of the model this is, for models with several (classifier, text)
     url: str | None = None  # where fetch_weights downloads it from (None: shipped, never downloaded)
-    sha256: str | None = None  # of the downloaded file; may be a prefix (torchvision names carry 8 hex digits)
+    # of the downloaded file (may be a prefix: torchvision names carry 8 hex digits), or of the file as shipped
+    sha256: str | None = None
     package: str | None = None  # set when the file ships inside an installed Python package
     convert: str | None = None  # "module:function(source, target)" applied once after download
 
@@ -58,9 +59,15 @@ class WeightFile:
             return Path(next(iter(spec.submodule_search_locations))) / self.filename
         return Path(settings.IMAGINAITION_WEIGHTS_DIR) / self.filename
 
+    @property
+    def shipped(self) -> bool:
+        """The project's own file, in its weights/ folder: nothing downloads it again."""
+        return self.url is None and self.package is None
+
     def hash_ok(self) -> bool | None:
-        """Whether the file on disk matches the catalog's SHA-256; None when it is missing or there is
-        nothing to check against (shipped files; a converted file is not the download)."""
+        """Whether the file on disk matches the catalog's SHA-256 (a shipped file: as this release ships it;
+        one retrained here differs); None when it is missing or there is nothing to check against (a
+        converted file is not the download)."""
         try:
             path = self.path()
         except FileNotFoundError:

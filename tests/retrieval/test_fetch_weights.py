@@ -5,6 +5,7 @@ Every standard-profile weight file the registry would download is pointed at a p
 
 import functools
 import hashlib
+import io
 import http.server
 import re
 import shutil
@@ -249,7 +250,7 @@ def test_weights_status_reports_presence_and_hashes(served, weights_dir, monkeyp
     weights_fetch(progress=False)
     after = {s.filename: s for s in weights_status()}
     assert all(after[name].present and after[name].hash_ok for name in targets)
-    assert after["autoencoder-v1.pt"].hash_ok is None  # shipped with no hash to check: not applicable
+    assert after["autoencoder-v1.pt"].hash_ok is True  # shipped: checked against the file as this release ships it
 
     name, target = next(iter(targets.items()))
     target.write_bytes(b"damaged on disk")
@@ -303,13 +304,35 @@ def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(s
     finally:
         registry.unload_all()
     message = str(refused.value)
-    assert str(tmp_path / "autoencoder-v2.pt") in message and "fetch_weights" in message
-    assert "weights_only" not in message
+    assert str(tmp_path / "autoencoder-v2.pt") in message and "weights_only" not in message
+    # The project ships this file: fetch_weights, which downloads only files with a URL, would not repair it.
+    assert "`git checkout -- weights/autoencoder-v2.pt`" in message and "fetch_weights" not in message
+    assert message.endswith("then `python manage.py retry_failed`.")
 
     (tmp_path / "autoencoder-v2.pt").write_bytes(b"<html>404 Not Found</html>")  # a saved error page
     with pytest.raises(WeightsUnreadable, match="could not be read"):
         get_model("autoencoder/v2")
     registry.unload_all()
+
+
+@pytest.mark.django_db
+def test_a_shipped_file_that_is_not_as_released_is_shown_unverified_and_named_by_fetch_weights(
+        weights_dir, settings, client, user, monkeypatch):
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    client.force_login(user)
+    target = weights_dir / "autoencoder-v2.pt"
+    target.write_bytes(target.read_bytes()[:50_000])  # cut short, as a copy that stopped halfway
+
+    files = {file["filename"]: file for file in client.get("/api/status/").json()["weights"]}
+    assert files["autoencoder-v2.pt"]["present"] and files["autoencoder-v2.pt"]["verified"] is False
+    monkeypatch.setattr(weights_module, "_reachable_sites", lambda sites, timeout: set())  # offline
+    out = io.StringIO()
+    call_command("fetch_weights", "--no-progress", stdout=out)  # a retrained file is no error: exit 0
+    assert ("autoencoder-v2.pt (autoencoder/v2): present - not the file this release ships (its SHA-256 differs): "
+            "retrained here, or damaged; if damaged, copy the project's weights/autoencoder-v2.pt there again "
+            "(in a clone: `git checkout -- weights/autoencoder-v2.pt`)") in out.getvalue()
+    assert target.stat().st_size == 50_000  # left as it is
+    assert "autoencoder-v1.pt" not in out.getvalue()  # not a model of the profile fetch_weights looks after
 
 
 @pytest.mark.django_db
@@ -325,7 +348,7 @@ def test_the_status_api_shows_the_active_models_weight_files_and_a_damaged_one_i
     active = registry.active_models()
     assert {file["model_key"] for file in files.values()} == {active.semantic, active.content, active.segmenter}
     assert all(files[name]["present"] and files[name]["verified"] is True for name in targets)
-    assert files["autoencoder-v2.pt"]["verified"] is None  # shipped, no hash to check
+    assert files["autoencoder-v2.pt"]["verified"] is True  # shipped: as this release ships it
 
     name, target = next(iter(targets.items()))
     target.write_bytes(b"another file under its name")
