@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, TooManyFilesSent
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template import loader
 from django.views import defaults
 
 from imaginaition_site.middleware import page_refused
@@ -27,12 +32,39 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     return render(request, "403_csrf.html", {"advice": advice}, status=403)
 
 
+DATABASE_RETRY_AFTER_SECONDS = 15
+DATABASE_UNAVAILABLE = "The service cannot reach its database just now; try again in a moment."
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """handler500: an API client gets the API's error shape ({"detail": ...}, JSON), not an HTML page."""
+    """handler500: an API client gets the API's error shape ({"detail": ...}, JSON), not an HTML page;
+    and a request that failed because the database is down (stopped, restarting, out of reach) is a 503
+    saying so, the health probe (/api/status/) included."""
+    if _database_unreachable(sys.exc_info()[1]):  # called while Django handles the exception
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse({"detail": DATABASE_UNAVAILABLE}, status=503)
+        else:  # rendered without the request: its session and user are in the database
+            response = HttpResponse(loader.get_template("503_database.html").render(), status=503)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "The server failed on this request (its error is logged for the "
                                        "administrator)."}, status=500)
     return defaults.server_error(request)
+
+
+def _database_unreachable(exception: BaseException | None) -> bool:
+    """Whether `exception` is the database connection's failure and a new connection fails too (an
+    OperationalError is also a statement timeout or a lock refused: a 500 then, as before)."""
+    if not isinstance(exception, OperationalError | InterfaceError):
+        return False
+    with contextlib.suppress(DatabaseError):
+        connection.close()  # the broken one; the next query of this process connects again
+    try:
+        connection.ensure_connection()
+    except DatabaseError:
+        return True
+    return False
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
