@@ -240,6 +240,10 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     + "safe — a copy already there is recognised.";
   const cancelled = "cancelled before the server answered: it may not have been added; adding it again is safe — a "
     + "copy already there is recognised.";
+  const unavailable = "the service is unavailable just now (503: its database or storage is out of reach): it was "
+    + "not added; try it again in a moment.";
+  const serverFailed = (code) => `the service failed on it (${code}): it may not have been added; adding it again is `
+    + "safe — a copy already there is recognised.";
   const retry = document.createElement("button");
   retry.type = "button"; retry.className = "secondary"; retry.hidden = true;
   let sendAgain = [];
@@ -275,6 +279,9 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
                                                  headers: {Accept: "application/json"}});
       const json = (response.headers.get("Content-Type") || "").includes("json") ? await response.json() : null;
       if (response.ok && json && json.results) return json.results;
+      // A 5xx is the service's failure, not the file's: said so, and offered again like a lost answer.
+      if (response.status === 503) return [{name: file.name, state: "failed", message: unavailable}];
+      if (response.status >= 500) return [{name: file.name, state: "failed", message: serverFailed(response.status)}];
       const why = response.redirected ? "you are signed out: sign in again, then add it."
         : response.status === 403 ? "the page is out of date (signed out or in again elsewhere): reload it, then add it."
         : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
@@ -303,7 +310,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     bar.max = files.length; bar.value = 0;
     bar.setAttribute("aria-label", "Adding images");
     status.replaceChildren(bar, " ", text);
-    const counts = {added: 0, exists: 0, refused: 0, unanswered: 0, unsent: 0};
+    const counts = {added: 0, exists: 0, refused: 0, unanswered: 0, failed: 0, unsent: 0};
     sendAgain = [];
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
     for (const [index, file] of files.entries()) {
@@ -319,7 +326,7 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         for (const result of await sendOne(file, controller.signal)) {
           counts[result.state] += 1;
           line(result.name, said[result.state] || result.message, result.url, !said[result.state]);
-          if (result.state === "unanswered") sendAgain.push(file);
+          if (result.state === "unanswered" || result.state === "failed") sendAgain.push(file);
           if (result.storage_failed) storageFailed = result.message;
         }
       }
@@ -329,9 +336,10 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     again.href = location.pathname;
     again.textContent = "Show the gallery";
     const noAnswers = counts.unanswered ? `, ${counts.unanswered} with no answer` : "";
+    const failed = counts.failed ? `, ${counts.failed} failed on the server` : "";
     const unsent = counts.unsent ? `, ${counts.unsent} not sent` : "";
     text.textContent = `${controller.signal.aborted ? "Cancelled" : "Done"}: ${counts.added} added, `
-      + `${counts.exists} already there, ${counts.refused} refused${noAnswers}${unsent}. `;
+      + `${counts.exists} already there, ${counts.refused} refused${noAnswers}${failed}${unsent}. `;
     status.append(again);
     cancel.hidden = true;
     if (sendAgain.length) {

@@ -182,6 +182,38 @@ def test_add_images_tells_no_answer_from_a_refusal_and_sends_those_again(live_se
 
 
 @in_browser
+def test_adding_files_says_when_the_service_failed_rather_than_refused_them_and_offers_them_again(
+        live_server, user, browser, media_root, close_connections):  # noqa: F811
+    """A 503 (the database restarting) or a 500 read "the server refused it (503)", as if the file were at fault,
+    and was not offered again."""
+    page = gallery_page(browser, live_server, user)
+    failures = {b'filename="blue.png"': 503, b'filename="green.png"': 500}
+
+    def failing(route):
+        status = next((code for name, code in failures.items() if name in route.request.post_data_buffer), None)
+        if status:
+            route.fulfill(status=status, content_type="text/html", body="<h1>Database unavailable</h1>")
+        else:
+            route.continue_()
+
+    add_url = "**" + reverse("pages:images-add")
+    page.route(add_url, failing)
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
+        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    page.get_by_text("Done: 1 added, 0 already there, 0 refused, 2 failed on the server.").wait_for()
+    lines = page.eval_on_selector_all("[data-add-results] li.error", "items => items.map(i => i.textContent)")
+    assert lines == ["blue.png: the service is unavailable just now (503: its database or storage is out of reach): "
+                     "it was not added; try it again in a moment.",
+                     "green.png: the service failed on it (500): it may not have been added; adding it again is safe "
+                     "— a copy already there is recognised."]
+    page.unroute(add_url)
+    page.get_by_role("button", name="Try the 2 again").click()
+    page.get_by_text("Done: 2 added, 0 already there, 0 refused.").wait_for()
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["blue.png", "green.png", "red.png"]
+
+
+@in_browser
 def test_an_upload_that_gets_no_answer_can_be_cancelled(live_server, user, browser, close_connections):  # noqa: F811
     """A request never answered left the upload "reading the picture…" and "Add images" "Adding 1 of 1" for ever,
     their buttons disabled."""
