@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, TooManyFilesSent
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
 from django.views import defaults
 
+from gallery.database_outage import connection_lost
 from imaginaition_site.middleware import page_refused
 
 
@@ -39,8 +38,9 @@ DATABASE_UNAVAILABLE = "The service cannot reach its database just now; try agai
 def server_error(request: HttpRequest) -> HttpResponse:
     """handler500: an API client gets the API's error shape ({"detail": ...}, JSON), not an HTML page;
     and a request that failed because the database is down (stopped, restarting, out of reach) is a 503
-    saying so, the health probe (/api/status/) included."""
-    if _database_unreachable(sys.exc_info()[1]):  # called while Django handles the exception
+    saying so, the health probe (/api/status/) included (a statement timeout, with the database up,
+    stays a 500)."""
+    if connection_lost(sys.exc_info()[1]):  # called while Django handles the exception
         if request.path.startswith("/api/"):
             response: HttpResponse = JsonResponse({"detail": DATABASE_UNAVAILABLE}, status=503)
         else:  # rendered without the request: its session and user are in the database
@@ -52,19 +52,6 @@ def server_error(request: HttpRequest) -> HttpResponse:
                                        "administrator)."}, status=500)
     return defaults.server_error(request)
 
-
-def _database_unreachable(exception: BaseException | None) -> bool:
-    """Whether `exception` is the database connection's failure and a new connection fails too (an
-    OperationalError is also a statement timeout or a lock refused: a 500 then, as before)."""
-    if not isinstance(exception, OperationalError | InterfaceError):
-        return False
-    with contextlib.suppress(DatabaseError):
-        connection.close()  # the broken one; the next query of this process connects again
-    try:
-        connection.ensure_connection()
-    except DatabaseError:
-        return True
-    return False
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -7,8 +7,10 @@ import os
 import socket
 
 import torch
+from django.conf import settings
 from django.utils import timezone
 
+from gallery.database_outage import run_through_database_outage
 from retrieval import uploads
 from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import loaded_precisions
@@ -16,10 +18,18 @@ from retrieval.integrity import integrity_check, integrity_heal
 from retrieval.pipeline import process_batch
 
 
+def _outage_wait(cluster_timeout: int) -> float:
+    """How long a task waits out a database outage: half its cluster's timeout (a longer outage is left to
+    the queue's retry, which hands the task out again)."""
+    return cluster_timeout / 2
+
+
 def process_images(image_id: int) -> dict[str, list[int]]:
     """Embed a batch of pending images, this one first, then segment the same batch (with the masks'
-    region vectors); after each stage, build the indexes that do not exist yet (`process_batch`)."""
-    embedded, segmented = process_batch(first_id=image_id)
+    region vectors); after each stage, build the indexes that do not exist yet (`process_batch`).
+    Through a database restart: run again once it is back (a batch claims only what is still pending)."""
+    embedded, segmented = run_through_database_outage(
+        lambda: process_batch(first_id=image_id), wait_at_most=_outage_wait(settings.Q_CLUSTER["timeout"]))
     return {"processed": embedded.processed, "failed": embedded.failed,
             "masks_processed": segmented.processed, "masks_failed": segmented.failed}
 
@@ -35,7 +45,8 @@ def segment_images(image_id: int) -> dict[str, list[int]]:
 
 def staged_segment(token: str) -> str | None:
     """Labels and masks of a picture a page or an API search is waiting on (the interactive cluster)."""
-    return uploads.staged_segment(token)
+    timeout = settings.Q_CLUSTER["ALT_CLUSTERS"]["interactive"]["timeout"]
+    return run_through_database_outage(lambda: uploads.staged_segment(token), wait_at_most=_outage_wait(timeout))
 
 
 def worker_ping() -> dict[str, object]:

@@ -4,6 +4,7 @@ import io
 import logging
 import os
 import signal
+import threading
 from unittest import mock
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -157,6 +158,28 @@ def test_a_worker_task_embeds_a_batch_then_segments_the_same_images_reading_and_
     assert IndexState.objects.filter(owner="image", space="semantic", model_key=offline.semantic)\
         .exclude(file_name="").exists()
     assert Mask.objects.filter(image_id__in=ids).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_task_waits_out_a_database_restart_then_processes_its_batch(client, user, media_root, offline,
+                                                                             tmp_path, caplog):
+    """The database stopped under a worker: its task failed in a millisecond, and the queue kept it taken for
+    its retry time (12 minutes) while the images stayed pending and the workers idle."""
+    client.force_login(user)
+    image_id = upload(client, "chelsea")
+    database = connections["default"]  # this thread's connection (the timer's thread has its own)
+    real = database.get_connection_params
+    database.close()
+    database.get_connection_params = lambda: {**real(), "host": str(tmp_path / "stopped")}  # no server there
+    restart = threading.Timer(1.0, lambda: delattr(database, "get_connection_params"))  # back after a second
+    restart.start()
+    try:
+        result = tasks.process_images(image_id)
+    finally:
+        restart.join()
+    assert result["processed"] == [image_id] and result["masks_processed"] == [image_id]
+    assert Image.objects.get(pk=image_id).status == "ready"
+    assert "the database connection was lost" in caplog.text and "running the task again" in caplog.text
 
 
 def _other_database_sessions() -> list[str]:

@@ -4,7 +4,7 @@ included), rendered without the session or user it cannot read; answered normall
 import contextlib
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
@@ -44,8 +44,10 @@ def test_a_request_while_the_database_is_down_is_a_503_saying_so(user, tmp_path)
 
 
 def test_a_database_error_with_the_database_up_is_still_a_500(user, monkeypatch):
-    def timed_out(**kwargs):
-        raise OperationalError("canceling statement due to statement timeout")
+    def timed_out(**kwargs):  # a real statement timeout: an OperationalError too, with the connection fine
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = 1")
+            cursor.execute("SELECT pg_sleep(1)")
 
     monkeypatch.setattr("retrieval.views.preferences_get", timed_out)
     client = Client(raise_request_exception=False)
