@@ -9,6 +9,7 @@ response says which engine answered.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from gallery.selectors import labels_as_stored, labels_unknown_message
 from gallery.services import User, shows_anything
 from retrieval import uploads
 from retrieval.encoders.base import share_more_likely_than_not
-from retrieval.encoders.registry import ActiveModels, get_model
+from retrieval.encoders.registry import ActiveModels, WeightsUnreadable, get_model
 from retrieval.index_snapshots import manager
 from retrieval.metrics import similarity_between
 from retrieval.models import Embedding, RegionEmbedding
@@ -38,6 +39,8 @@ from retrieval.regions import large_enough_for_a_region, region_picture
 from retrieval.serving import serving_models
 from retrieval.spaces import Space, VectorOwner
 
+
+logger = logging.getLogger(__name__)
 
 TEXT_MAX_CHARS = 500  # a text query's length: the page's box, its address and the API alike
 
@@ -105,7 +108,12 @@ def search_for(*, user: User, session: SessionBase | None, query: Query,
         raise QueryError("Sign in to search the gallery.", status_code=403)
     models = models or serving_models()
     preferences = policy_preferences(preferences_get(user=user, session=session), overrides)
-    vectors, about, query_image = _query_vectors(query, session=session, models=models)
+    try:
+        vectors, about, query_image = _query_vectors(query, session=session, models=models)
+    except WeightsUnreadable as exc:  # the service's fault, not the query's: logged with the file and the fix
+        logger.error("a search could not load its model: %s", exc)
+        raise QueryError(f"Search is unavailable just now: the model {exc.key} cannot read its weight file. An "
+                         "administrator fixes it (the service's log says how).", status_code=503) from exc
     response = search(query=vectors, preferences=preferences, models=models)
     response.about, response.query_image = about, query_image
     return response

@@ -133,6 +133,7 @@ class WeightsUnreadable(RuntimeError):
     Names the file and what to do (an image that fails on it shows this message)."""
 
     def __init__(self, key: str, paths: list[str], cause: BaseException, *, shipped: bool = False) -> None:
+        self.key = key
         # torch's unpickling refusal suggests weights_only=False, which would run the file's code: not repeated.
         detail = ("not a file of weights it can read safely" if isinstance(cause, pickle.UnpicklingError)
                   else f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
-from tests.gallery.factories import add_embedding, make_image
+from tests.gallery.factories import add_embedding, make_image, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -255,6 +255,26 @@ def test_a_text_the_text_model_cannot_read_whole_is_refused_saying_why(client, u
     assert search(client, text="a cat 🚀").status_code == 200  # one known word is something to search with
     page = client.get(reverse("pages:search"), {"text": "🚀"}, follow=True).content.decode()
     assert "The text model knows none of these words" in page
+
+
+def test_a_search_whose_model_cannot_read_its_weight_file_is_a_503_naming_the_model(client, user, settings,
+                                                                                    tmp_path, caplog):
+    from retrieval.encoders import registry
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    shipped = registry.MODELS["autoencoder/v2"].weights[0].path().read_bytes()
+    (tmp_path / "autoencoder-v2.pt").write_bytes(shipped[:50_000])  # a copy cut short
+    settings.IMAGINAITION_WEIGHTS_DIR = tmp_path
+    registry.unload_all()
+    client.force_login(user)
+    try:
+        answer = client.post(reverse("api-search"), {"image": SimpleUploadedFile("q.png", png_bytes())})
+    finally:
+        registry.unload_all()
+    assert answer.status_code == 503, answer.content  # it was a bare 500
+    assert answer.json()["detail"] == ("Search is unavailable just now: the model autoencoder/v2 cannot read its "
+                                       "weight file. An administrator fixes it (the service's log says how).")
+    assert str(tmp_path / "autoencoder-v2.pt") in caplog.text  # the log names the file and what to do
 
 
 def test_rank_answers_without_reading_images_and_search_attaches_them(settings, gallery, django_assert_num_queries):
