@@ -48,15 +48,16 @@ MAX_WAITING = 32  # uploads waiting for their labels at once, all sessions toget
 MAX_STAGED = 100
 INTERACTIVE_CLUSTER = "interactive"  # Q_CLUSTER_NAME of the worker that answers pages (settings.Q_CLUSTER)
 SegmentationState = Literal["working", "ready", "failed"]
+# A worker that died on the picture (its one attempt) leaves no trace here but the time: said among the causes.
 _NO_WORKER = (f"No worker found the picture's labels within {{timeout:g}} s: the interactive worker "
-              f"(Q_CLUSTER_NAME={INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) is not running or "
-              f"is busy.")
+              f"(Q_CLUSTER_NAME={INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) is not running, "
+              f"is busy, or stopped while working on it (its log says).")
 # A running interactive cluster takes a queued task within a poll, or is busy with one it took: a task
 # still waiting this long while no task is taken means no such worker is running. Say so now rather
 # than after the whole timeout.
 UNCLAIMED_SECONDS = 10.0
 _TIMED_OUT_FOR_PEOPLE = ("Your picture's labels were not found in time: the service is busy, or its picture worker "
-                         "is stopped.")
+                         "is stopped or stopped while working on it; loading the picture again may work.")
 _NOT_RUNNING = (f"No interactive worker took the picture within {{seconds:g}} s: start it (Q_CLUSTER_NAME="
                 f"{INTERACTIVE_CLUSTER} manage.py qcluster; `make run` starts it) and try again.")
 

@@ -108,6 +108,7 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     time.sleep(0.6)
     state = client.get(reverse("pages:staged-state")).json()
     assert state["state"] == "failed" and "not found in time" in state["error"]
+    assert "stopped while working on it" in state["error"]  # a worker killed on it: the task runs once only
     assert "Q_CLUSTER_NAME" not in state["error"]  # the page's own poll shows a visitor no operator's detail
     page = client.get(reverse("pages:home")).content.decode()
     assert "data-poll-url" not in page and "You can still search with the whole picture" in page
@@ -119,7 +120,8 @@ def test_without_an_interactive_worker_an_api_region_search_answers_503_and_the_
     assert "Q_CLUSTER_NAME" not in region
     user.is_staff = True
     user.save()
-    assert "For administrators: No worker found" in client.get(reverse("pages:home")).content.decode()
+    for_staff = client.get(reverse("pages:home")).content.decode()
+    assert "For administrators: No worker found" in for_staff and "stopped while working on it (its log" in for_staff
     assert "has no cat" not in region  # its labels were never found: not "it has none"
 
 
