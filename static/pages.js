@@ -443,8 +443,12 @@ if (pending) {
         const body = await response.json();
         const done = "state" in body ? body.state !== "working"  // an upload's labels
           : body.status !== "pending" && body.masks_status !== "pending";
+        const failed = "state" in body ? body.state === "failed" : [body.status, body.masks_status].includes("failed");
         const embed = pending.querySelector("[data-status]");
-        if (done || (embed && body.status !== embed.dataset.status)) { update("Processing has finished."); return; }
+        if (done || (embed && body.status !== embed.dataset.status)) {
+          update(failed ? "Processing failed; the page says why." : "Processing has finished.");
+          return;
+        }
       }
     } catch (error) {  // the server is restarting, or the network is down: keep asking
       unanswered += 1;

@@ -302,6 +302,22 @@ def test_an_image_done_while_its_delete_confirmation_is_open_offers_the_reload(l
 
 
 @in_browser
+def test_a_page_whose_image_failed_says_it_failed_not_that_it_finished(live_server, user, browser,  # noqa: F811
+                                                                       close_connections):
+    """A failed image (or an upload whose labels were not found) announced "Processing has finished."."""
+    image = make_image(name="broken.png", status="pending")
+    Image.objects.filter(pk=image.pk).update(added_by=user)
+    page = signed_in_page(browser, live_server, user)
+    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
+    page.get_by_text("Delete this image…").click()  # the reload is offered, not done: its words stay to be read
+    Image.objects.filter(pk=image.pk).update(status="failed", error="The picture could not be decoded.")
+    notice = page.get_by_role("status").filter(has_text="Processing failed; the page says why.")
+    notice.wait_for()
+    notice.get_by_role("button", name="Reload").click()
+    page.get_by_text("The picture could not be decoded.").wait_for()
+
+
+@in_browser
 def test_a_page_that_follows_an_image_says_when_the_server_does_not_answer(live_server, user, browser,  # noqa: F811
                                                                           close_connections):
     """With the server out of reach, the page said nothing ("this page updates by itself" for ever)."""
