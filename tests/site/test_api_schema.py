@@ -58,6 +58,9 @@ class FakeEncoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return np.stack([self._vector(text.encode()) for text in texts])
 
+    def read_text(self, text: str) -> None:
+        return None  # cannot tell how much of it a model reads: searched as it is
+
     def encode_images(self, pictures: list[Any]) -> np.ndarray:
         return np.stack([self._vector(picture.tobytes()) for picture in pictures])
 
