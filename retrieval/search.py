@@ -286,9 +286,11 @@ def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
         raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.")
     model = get_model(models.semantic)
     reading = model.read_text(text)
-    if reading is not None and reading.unknown == reading.tokens:  # it would search with no meaning at all
-        raise QueryError("The text model knows none of these words (it reads English; emoji and most other "
-                         "scripts are unknown to it): describe the picture in English words.")
+    if reading is not None and reading.unknown * 2 > reading.tokens:  # searched by what is left: another meaning
+        known = ("knows none of these words" if reading.unknown == reading.tokens else
+                 f"does not know most of these words ({reading.unknown} of {reading.tokens} word pieces)")
+        raise QueryError(f"The text model {known} (it reads English; emoji and most other scripts are unknown to "
+                         "it): describe the picture in English words.")
     if reading is not None and reading.tokens > reading.limit:  # the rest would be left out without a word
         raise QueryError(f"This text is longer than the text model reads: at most {reading.limit} word pieces, "
                          f"and it has {reading.tokens}. Shorten it.")

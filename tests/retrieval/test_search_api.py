@@ -252,7 +252,10 @@ def test_a_text_the_text_model_cannot_read_whole_is_refused_saying_why(client, u
     assert long.status_code == 400
     assert long.json()["detail"] == ("This text is longer than the text model reads: at most 254 word pieces, "
                                      "and it has 301. Shorten it.")
-    assert search(client, text="a cat 🚀").status_code == 200  # one known word is something to search with
+    mostly = search(client, text="一只猫")  # "one [UNK] [UNK]": it searched for "one"
+    assert mostly.status_code == 400
+    assert "does not know most of these words (2 of 3 word pieces" in mostly.json()["detail"]
+    assert search(client, text="a cat 🚀").status_code == 200  # mostly known words: something to search with
     page = client.get(reverse("pages:search"), {"text": "🚀"}, follow=True).content.decode()
     assert "The text model knows none of these words" in page
 
