@@ -273,3 +273,30 @@ admin.site.unregister(Schedule)
 # "Resubmit selected tasks" runs them again (and removes the failed ones): Django offers an action with
 # no permissions named to whoever may view the list, and each click doubled the queue.
 django_q.admin.resubmit_task.allowed_permissions = ("change", "delete")
+
+
+# A token acts as its user, a superuser's included: with DRF's admin, staff holding only "Can view Token"
+# read every key, and "Can add Token" made one for anyone; either was every account's power. Only
+# superusers manage tokens (others get theirs from an administrator, or `manage.py drf_create_token`).
+import rest_framework.authtoken.admin  # noqa: E402 - registered before gallery's (INSTALLED_APPS order)
+from rest_framework.authtoken.models import TokenProxy  # noqa: E402
+
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class SuperusersTokenAdmin(rest_framework.authtoken.admin.TokenAdmin):
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)

@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.templatetags.static import static
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
 
 from gallery.models import Image
 from tests.gallery.factories import add_embedding, add_mask, make_image
@@ -521,3 +523,22 @@ def test_admin_pages_wrap_long_names(client, staff_user):
     rules = Path(finders.find("admin_site.css")).read_text()
     assert "#result_list td, .breadcrumbs" in rules and "overflow-wrap: anywhere" in rules
     assert "Site administration" in page  # still Django's admin layout around it
+
+
+def test_only_superusers_see_or_make_api_tokens_in_admin(client, django_user_model):
+    """A token acts as its user: staff with only "Can view Token" read every key (a superuser's included),
+    and "Can add Token" made a key for anyone; either let them act as any account."""
+    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    key = Token.objects.create(user=boss).key
+    staff_user = django_user_model.objects.create_user("keeper", password="K33per-pass!", is_staff=True)
+    staff_user.user_permissions.add(*Permission.objects.filter(codename__endswith="_tokenproxy"))
+    client.force_login(staff_user)
+    listing = reverse("admin:authtoken_tokenproxy_changelist")
+    assert client.get(listing).status_code == 403
+    added = client.post(reverse("admin:authtoken_tokenproxy_add"), {"user": staff_user.pk})
+    assert added.status_code == 403 and not Token.objects.filter(user=staff_user).exists()
+    assert "authtoken" not in client.get(reverse("admin:index")).content.decode()  # not offered either
+    client.force_login(boss)
+    assert key in client.get(listing).content.decode()
+    client.post(reverse("admin:authtoken_tokenproxy_add"), {"user": staff_user.pk})
+    assert Token.objects.filter(user=staff_user).exists()  # a superuser still makes them
