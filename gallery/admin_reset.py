@@ -61,7 +61,7 @@ def reset_form_view(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "HEAD", "POST"])
 def reset_start_view(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":  # a bookmarked or reloaded confirmation: start over at the form
+    if request.method in ("GET", "HEAD"):  # a bookmarked or reloaded confirmation: start over at the form
         return redirect("gallery-reset")
     form = ResetForm(request.POST)
     back = (f"{reverse('gallery-reset')}?"

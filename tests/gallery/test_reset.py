@@ -383,6 +383,9 @@ def test_a_confirmation_whose_folder_went_away_says_so_and_starts_nothing(client
     assert not ResetJob.objects.exists()
     # A reload of the confirmation's address (a GET) goes back to the form instead of a blank 405.
     assert client.get(reverse("gallery-reset-start"))["Location"] == reverse("gallery-reset")
+    # HEAD as GET: it went the POST's way, leaving "This field is required." on the next page opened.
+    assert client.head(reverse("gallery-reset-start"))["Location"] == reverse("gallery-reset")
+    assert "This field is required" not in client.get(reverse("admin:index")).content.decode()
 
 
 @pytest.mark.django_db
