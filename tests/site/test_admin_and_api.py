@@ -542,3 +542,17 @@ def test_only_superusers_see_or_make_api_tokens_in_admin(client, django_user_mod
     assert key in client.get(listing).content.decode()
     client.post(reverse("admin:authtoken_tokenproxy_add"), {"user": staff_user.pk})
     assert Token.objects.filter(user=staff_user).exists()  # a superuser still makes them
+
+
+def test_a_refusal_is_logged_on_one_line_and_a_server_error_with_its_traceback(client, django_user_model, caplog,
+                                                                                monkeypatch):
+    """Each 403 (a staff page without its permission) wrote a 30-line traceback to the log."""
+    client.force_login(django_user_model.objects.create_user("clerk", password="Cl3rk-pass!", is_staff=True))
+    with caplog.at_level("WARNING", logger="django.request"):
+        assert client.get(reverse("gallery-reset")).status_code == 403  # no reset permission
+        client.raise_request_exception = False
+        monkeypatch.setattr("retrieval.views.preferences_get", lambda **kwargs: 1 / 0)
+        assert client.get(reverse("pages:preferences")).status_code == 500
+    refused, failed = [r for r in caplog.records if r.name == "django.request"]
+    assert refused.status_code == 403 and refused.exc_info is None
+    assert failed.status_code == 500 and failed.exc_info is not None and failed.exc_info[0] is ZeroDivisionError
