@@ -1,9 +1,11 @@
 """Admin "reset / initialize from a folder": staff only, confirmation with counts, a real job."""
 
 import html
+import re
 import threading
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.urls import reverse
 from django_q.models import OrmQ
@@ -50,6 +52,24 @@ def test_only_staff_reach_the_reset_pages(client, user, who):
         response = client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert client.post(reverse("gallery-reset-start"), {"folder": "/tmp", "confirm": "yes"}).status_code == 302
+    assert not ResetJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_staff_who_may_reset_but_not_view_images_are_never_sent_to_the_images_403(client, django_user_model, folder):
+    """"No, take me back" and the "Images" crumb led to the images' list: a 403 for whoever holds only the
+    reset permission."""
+    resetter = django_user_model.objects.create_user("resetter", password="R3setter-pass!", is_staff=True)
+    resetter.user_permissions.add(Permission.objects.get(codename="reset_gallery"))
+    client.force_login(resetter)
+    images = reverse("admin:gallery_image_changelist")
+    assert client.get(images).status_code == 403
+    assert images not in client.get(reverse("gallery-reset")).content.decode()
+    confirm = client.post(reverse("gallery-reset"), {"folder": str(folder)}).content.decode()
+    assert "Yes, reset and import" in confirm and images not in confirm
+    back = re.search(r'<a href="([^"]+)" class="button cancel-link">No, take me back</a>', confirm).group(1)
+    form = client.get(html.unescape(back))
+    assert form.status_code == 200 and f'value="{folder}"' in form.content.decode()  # as typed
     assert not ResetJob.objects.exists()
 
 
