@@ -105,7 +105,11 @@ class ImageAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Image, form: Any, change: bool) -> None:
         """Only what the form changed (the name): a worker may have set the status, error or masks since the
         form was read, and saving the whole row wrote those values back (an image left 'pending')."""
-        obj.original_name = services.stored_name(obj.original_name)  # as every way in stores a name
+        typed = obj.original_name
+        obj.original_name = services.stored_name(typed)  # as every way in stores a name
+        if obj.original_name != unicodedata.normalize("NFC", typed):  # said, not done silently ("…/passwd")
+            self.message_user(request, f"The name was saved as “{obj.original_name}”: a name is a file's name, "
+                                       "without folders (“/”) or direction controls.", messages.WARNING)
         if change:
             obj.save(update_fields=form.changed_data)
         else:

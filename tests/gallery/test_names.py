@@ -1,5 +1,6 @@
 """The names images are stored and shown under: one per file, whichever way it came in."""
 
+import re
 import unicodedata
 from importlib import import_module
 
@@ -7,6 +8,7 @@ import pytest
 from django.apps import apps
 from django.contrib.admin.sites import site
 from django.core.management import call_command
+from django.urls import reverse
 
 from gallery.models import Image
 from gallery.services import image_add
@@ -68,3 +70,18 @@ def test_the_gallery_page_tells_each_added_file_by_the_name_it_is_stored_under(m
     outcomes = uploads_add(files=[("   ", png_bytes), (DECOMPOSED, png_bytes)], user=user)
     assert [outcome.name for outcome in outcomes] == ["upload", "café été.png"]
     assert sorted(outcome.image.original_name for outcome in outcomes) == ["café été.png", "upload"]
+
+
+def test_a_name_edited_in_admin_that_is_stored_otherwise_says_so(client, admin_user, media_root):
+    """"../../etc/passwd" was saved as "passwd" with only "changed successfully"."""
+    image = make_image(name="cat.png")
+    client.force_login(admin_user)
+    url = reverse("admin:gallery_image_change", args=[image.pk])
+    # the page's inline forms' management fields, as a browser sends them back
+    management = dict(re.findall(r'name="([\w-]+_FORMS)"[^>]*value="(\d+)"', client.get(url).content.decode()))
+    saved = client.post(url, {**management, "original_name": "../../etc/passwd"}, follow=True).content.decode()
+    image.refresh_from_db()
+    assert image.original_name == "passwd"
+    assert "The name was saved as “passwd”: a name is a file&#x27;s name, without folders (“/”)" in saved
+    again = client.post(url, {**management, "original_name": DECOMPOSED}, follow=True).content.decode()
+    assert "was changed successfully" in again and "was saved as" not in again  # composing it is no news
