@@ -143,6 +143,17 @@ def test_a_keyboard_upload_keeps_the_focus_on_its_progress_and_each_progress_bar
     assert page.get_by_role("progressbar", name="Adding images").is_visible()
 
 
+def add_red_blue_green(page, answer) -> str:
+    """Add three files from the gallery page, each request answered by `answer` (a Playwright route
+    handler); returns the add address's route pattern, for unroute."""
+    add_url = "**" + reverse("pages:images-add")
+    page.route(add_url, answer)
+    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
+        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
+    page.get_by_role("button", name="Add to the gallery").click()
+    return add_url
+
+
 @in_browser
 def test_add_images_tells_no_answer_from_a_refusal_and_sends_those_again(live_server, user, browser,  # noqa: F811
                                                                           close_connections):
@@ -160,11 +171,7 @@ def test_add_images_tells_no_answer_from_a_refusal_and_sends_those_again(live_se
         else:
             route.continue_()
 
-    add_url = "**" + reverse("pages:images-add")
-    page.route(add_url, connection_lost)
-    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
-        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
-    page.get_by_role("button", name="Add to the gallery").click()
+    add_url = add_red_blue_green(page, connection_lost)
     page.get_by_text("Done: 1 added, 0 already there, 0 refused, 2 with no answer.").wait_for()
     lines = page.eval_on_selector_all("[data-add-results] li.error", "items => items.map(i => i.textContent)")
     assert lines == [f"{name}: no answer from the server (connection lost): it may not have been added; adding it "
@@ -196,11 +203,7 @@ def test_adding_files_says_when_the_service_failed_rather_than_refused_them_and_
         else:
             route.continue_()
 
-    add_url = "**" + reverse("pages:images-add")
-    page.route(add_url, failing)
-    page.get_by_label(CHOOSE_MANY).set_input_files([file_payload(*png(name, colour)) for name, colour in (
-        ("red.png", (200, 30, 30)), ("blue.png", (30, 30, 200)), ("green.png", (30, 200, 30)))])
-    page.get_by_role("button", name="Add to the gallery").click()
+    add_url = add_red_blue_green(page, failing)
     page.get_by_text("Done: 1 added, 0 already there, 0 refused, 2 failed on the server.").wait_for()
     lines = page.eval_on_selector_all("[data-add-results] li.error", "items => items.map(i => i.textContent)")
     assert lines == ["blue.png: the service is unavailable just now (503: its database or storage is out of reach): "
@@ -282,8 +285,13 @@ def test_a_mask_overlay_that_fails_while_offline_says_the_server_could_not_be_re
 
 
 @in_browser
+@pytest.mark.parametrize(("outcome", "news", "shown"), [
+    ({"status": "ready", "masks_status": "ready"}, "Processing has finished.", '[data-status="ready"]'),
+    # A failed image (or an upload whose labels were not found) announced "Processing has finished.".
+    ({"status": "failed", "error": "The picture could not be decoded."}, "Processing failed; the page says why.",
+     "text=The picture could not be decoded.")], ids=["ready", "failed"])
 def test_an_image_done_while_its_delete_confirmation_is_open_offers_the_reload(live_server, user, browser,  # noqa: F811
-                                                                              close_connections):
+                                                                              close_connections, outcome, news, shown):
     """The page reloaded itself when processing finished, closing the open "Delete this image…"."""
     image = make_image(name="slow.png", status="pending")
     Image.objects.filter(pk=image.pk).update(added_by=user)
@@ -291,30 +299,14 @@ def test_an_image_done_while_its_delete_confirmation_is_open_offers_the_reload(l
     page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
     page.evaluate("() => { window.samePage = true; }")
     page.get_by_text("Delete this image…").click()
-    Image.objects.filter(pk=image.pk).update(status="ready", masks_status="ready")
-    notice = page.get_by_role("status").filter(has_text="Processing has finished.")
+    Image.objects.filter(pk=image.pk).update(**outcome)
+    notice = page.get_by_role("status").filter(has_text=news)
     notice.wait_for()
     assert page.evaluate("() => window.samePage") is True
     assert page.evaluate("() => document.querySelector('details').open") is True
     notice.get_by_role("button", name="Reload").click()
-    page.locator('[data-status="ready"]').wait_for()
+    page.locator(shown).wait_for()
     assert page.evaluate("() => window.samePage") is None
-
-
-@in_browser
-def test_a_page_whose_image_failed_says_it_failed_not_that_it_finished(live_server, user, browser,  # noqa: F811
-                                                                       close_connections):
-    """A failed image (or an upload whose labels were not found) announced "Processing has finished."."""
-    image = make_image(name="broken.png", status="pending")
-    Image.objects.filter(pk=image.pk).update(added_by=user)
-    page = signed_in_page(browser, live_server, user)
-    page.goto(live_server.url + reverse("pages:image", args=[image.pk]))
-    page.get_by_text("Delete this image…").click()  # the reload is offered, not done: its words stay to be read
-    Image.objects.filter(pk=image.pk).update(status="failed", error="The picture could not be decoded.")
-    notice = page.get_by_role("status").filter(has_text="Processing failed; the page says why.")
-    notice.wait_for()
-    notice.get_by_role("button", name="Reload").click()
-    page.get_by_text("The picture could not be decoded.").wait_for()
 
 
 @in_browser
