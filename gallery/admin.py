@@ -108,8 +108,9 @@ class ImageAdmin(admin.ModelAdmin):
         typed = obj.original_name
         obj.original_name = services.stored_name(typed)  # as every way in stores a name
         if obj.original_name != unicodedata.normalize("NFC", typed):  # said, not done silently ("…/passwd")
-            self.message_user(request, f"The name was saved as “{obj.original_name}”: a name is a file's name, "
-                                       "without folders (“/”) or direction controls.", messages.WARNING)
+            why = ("nothing of the name typed would show" if not services.shows_anything(typed) else
+                   "a name is a file's name, without folders (“/”) or direction controls")
+            self.message_user(request, f"The name was saved as “{obj.original_name}”: {why}.", messages.WARNING)
         if change:
             obj.save(update_fields=form.changed_data)
         else:

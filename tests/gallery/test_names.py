@@ -83,5 +83,7 @@ def test_a_name_edited_in_admin_that_is_stored_otherwise_says_so(client, admin_u
     image.refresh_from_db()
     assert image.original_name == "passwd"
     assert "The name was saved as “passwd”: a name is a file&#x27;s name, without folders (“/”)" in saved
+    invisible = client.post(url, {**management, "original_name": "\u200b"}, follow=True).content.decode()
+    assert "The name was saved as “upload”: nothing of the name typed would show." in invisible
     again = client.post(url, {**management, "original_name": DECOMPOSED}, follow=True).content.decode()
     assert "was changed successfully" in again and "was saved as" not in again  # composing it is no news

@@ -71,6 +71,9 @@ def test_staff_who_may_reset_but_not_view_images_are_never_sent_to_the_images_40
     form = client.get(html.unescape(back))
     assert form.status_code == 200 and f'value="{folder}"' in form.content.decode()  # as typed
     assert not ResetJob.objects.exists()
+    job = ResetJob.objects.create(folder=str(folder), state="done", created_by=resetter)
+    progress = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
+    assert "Done: the images are in the gallery." in progress and images not in progress  # "See the images": 403
 
 
 @pytest.mark.django_db
