@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from retrieval.encoders import registry
 from retrieval.encoders.registry import WeightFile
-from retrieval.encoders.specs import sha256_matches
+from retrieval.encoders.specs import sha256_matches, shipped_file_restore_advice
 
 OFFLINE_MESSAGE = ("The model download sites cannot be reached: the standard profile's missing weights were not "
                    "fetched, so the offline profile will be used (weights/README.md says how to copy them in by hand).")
@@ -173,10 +173,8 @@ def _downloadable(keys: Sequence[str] | None) -> list[tuple[str, WeightFile]]:
 def _shipped_files_changed(keys: Sequence[str] | None) -> list[FileResult]:
     """The project's own files that are not as this release ships them: said, and left in place, since
     `train_autoencoder --force` replaces one on purpose (a damaged one makes its images fail, saying so)."""
-    return [FileResult(key, weight.filename, "present",
-                       f"not the file this release ships (its SHA-256 differs): retrained here, or damaged; if "
-                       f"damaged, copy the project's weights/{weight.filename} there again (in a clone: "
-                       f"`git checkout -- weights/{weight.filename}`)")
+    return [FileResult(key, weight.filename, "present", "not the file this release ships (its SHA-256 differs): "
+                       f"retrained here, or damaged; if damaged, {shipped_file_restore_advice(weight.filename)}")
             for key, weight in _chosen_files(keys) if weight.shipped and weight.hash_ok() is False]
 
 

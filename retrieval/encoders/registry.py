@@ -25,7 +25,7 @@ from .catalog import MODELS, OFFLINE_NETWORKS, PROFILE_MODELS
 from .devices import model_device
 from .openvino_runtime import OpenVinoChoice
 from .precision import PrecisionChoice
-from .specs import ModelSpec, Profile, WeightFile
+from .specs import ModelSpec, Profile, WeightFile, shipped_file_restore_advice
 
 __all__ = ["MODELS", "PROFILE_MODELS", "ActiveModels", "ModelSpec", "Profile", "WeightFile", "active_models",
            "active_profile", "get_model", "loaded_precisions", "log_active_models", "model_dim", "profile_models",
@@ -138,8 +138,7 @@ class WeightsUnreadable(RuntimeError):
         detail = ("not a file of weights it can read safely" if isinstance(cause, pickle.UnpicklingError)
                   else f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}")
         # fetch_weights downloads only what the catalog names a URL for: it cannot repair the project's own file.
-        remedy = (f"copy the project's weights/{Path(paths[0]).name} there again (in a clone of the project: "
-                  f"`git checkout -- weights/{Path(paths[0]).name}`)" if shipped else
+        remedy = (shipped_file_restore_advice(Path(paths[0]).name) if shipped else
                   "run `python manage.py fetch_weights` (it replaces a file whose SHA-256 is wrong), or copy it again "
                   "(weights/README.md)")
         super().__init__(f"{key}: its weight file {' or '.join(paths)} could not be read ({detail}). It may be "

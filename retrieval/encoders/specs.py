@@ -33,6 +33,11 @@ def sha256_matches(expected: str, digest: str) -> bool:
     return len(expected) >= 8 and digest.startswith(expected.lower())
 
 
+def shipped_file_restore_advice(filename: str) -> str:
+    """What brings back one of the project's own weight files (nothing downloads it)."""
+    return f"copy the project's weights/{filename} there again (in a clone: `git checkout -- weights/{filename}`)"
+
+
 @dataclass(frozen=True)
 class WeightFile:
     filename: str
