@@ -349,6 +349,7 @@ IMAGINAITION_SEGMENT_UPLOADS_INLINE = env_bool("IMAGINAITION_SEGMENT_UPLOADS_INL
 # How long a search by an API upload's region waits for the interactive worker's masks (then 503).
 IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = env_number("IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT", 120, minimum=0, whole=False)
 
+
 def _refusals_on_one_line(record: logging.LogRecord) -> bool:
     """django.request logs a refusal (a 403, a 404) with its exception's traceback, 30 lines each: one
     line says it; a 5xx keeps its traceback."""

@@ -53,7 +53,6 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return defaults.server_error(request)
 
 
-
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler400 (a request Django refuses before any view: a host name not allowed, a malformed
     body): under /api/, the API's error shape with the reason, not an empty HTML page."""

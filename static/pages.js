@@ -236,14 +236,12 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
   const said = {added: "added; it is being processed.", exists: "already in the gallery."};
   // No answer is not a refusal: the server may have stored it. Sending it again is safe, as the same bytes
   // are recognised, so the files that got no answer are offered again on their own.
-  const noAnswer = "no answer from the server (connection lost): it may not have been added; adding it again is "
-    + "safe — a copy already there is recognised.";
-  const cancelled = "cancelled before the server answered: it may not have been added; adding it again is safe — a "
-    + "copy already there is recognised.";
+  const maybeAdded = "it may not have been added; adding it again is safe — a copy already there is recognised.";
+  const noAnswer = `no answer from the server (connection lost): ${maybeAdded}`;
+  const cancelled = `cancelled before the server answered: ${maybeAdded}`;
   const unavailable = "the service is unavailable just now (503: its database or storage is out of reach): it was "
     + "not added; try it again in a moment.";
-  const serverFailed = (code) => `the service failed on it (${code}): it may not have been added; adding it again is `
-    + "safe — a copy already there is recognised.";
+  const serverFailed = (code) => `the service failed on it (${code}): ${maybeAdded}`;
   const retry = document.createElement("button");
   retry.type = "button"; retry.className = "secondary"; retry.hidden = true;
   let sendAgain = [];
