@@ -80,11 +80,13 @@ class ImageWithVectorsAdmin(ImageAdmin):
 
     def similar_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
         """"Search similar" from an image's admin page (?mask= for one of its regions): the same search
-        service as the API and pages. Like the image's own admin page, it needs the view permission."""
-        if not self.has_view_permission(request):
+        service as the API and pages. Like the image's own admin page, it needs the view permission; by a
+        region, as the region's page, the masks' view permission too."""
+        mask_id = request.GET.get("mask", "")
+        if not self.has_view_permission(request) or (
+                mask_id and not self.admin_site.get_model_admin(Mask).has_view_permission(request)):
             raise PermissionDenied
         image = get_object_or_404(Image, pk=image_id)
-        mask_id = request.GET.get("mask", "")
         mask = get_object_or_404(Mask, pk=id_parse(mask_id) or 0, image=image) if mask_id else None
         query = Query(mask_id=mask.pk) if mask is not None else Query(image_id=image.pk)
         try:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from gallery.models import Image, Mask
@@ -312,6 +313,20 @@ def test_admin_shows_each_masks_region_vectors_and_searches_by_a_region(client, 
         assert f'<img class="region-overlay" src="{overlay}?threshold=30"' in page
     assert client.get(f"{overlay}?threshold=30").status_code == 200  # staff may read it
     assert client.get(similar, {"mask": cats[1].pk}).status_code == 404  # another image's mask
+
+
+def test_admin_searches_by_a_region_only_for_staff_who_may_view_masks(client, django_user_model, scenes):
+    """As the region's own admin page: "Can view image" alone searches by the whole image, not by a region."""
+    images, cats = scenes
+    viewer = django_user_model.objects.create_user("viewer", password="s3cret-Pass!", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_image"))
+    client.force_login(viewer)
+    similar = reverse("admin:gallery_image_similar", args=[images[0].pk])
+    assert client.get(reverse("admin:gallery_mask_change", args=[cats[0].pk])).status_code == 403
+    assert client.get(similar, {"mask": cats[0].pk}).status_code == 403
+    assert "Images similar to scene0.png" in client.get(similar).content.decode()
+    viewer.user_permissions.add(Permission.objects.get(codename="view_mask"))
+    assert "Images similar to the cat in scene0.png" in client.get(similar, {"mask": cats[0].pk}).content.decode()
 
 
 def test_a_masks_admin_page_shows_the_mask_and_searches_by_its_region_and_changes_nothing(
