@@ -13,6 +13,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from django.db import connection, transaction
 from django.http import HttpRequest
 from django.utils.connection import ConnectionProxy
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -140,6 +141,12 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "apiKey", "in": "header", "name": "Authorization",
                 "description": "`Authorization: Token <key>` (or `Bearer <key>`). An administrator makes a key "
                                "with `manage.py drf_create_token USER`."}
+
+
+class SessionCookieScheme(SessionScheme):
+    """drf-spectacular's session cookie scheme, for api_auth.SessionAuthentication (its own names DRF's class only)."""
+
+    target_class = "gallery.api_auth.SessionAuthentication"
 
 
 def error_response(description: str) -> OpenApiResponse:

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import authentication
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
+
+from gallery.access import can_view_gallery
 
 
 class ApiTokenAuthentication(TokenAuthentication):
@@ -28,3 +34,18 @@ class ApiTokenAuthentication(TokenAuthentication):
         except UnicodeError:
             raise AuthenticationFailed("The token holds characters no token has.") from None
         return self.authenticate_credentials(key)
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """DRF's session authentication, whose CSRF check covers a signed-in user only: a public gallery's
+    signed-out visitor keeps preferences in a session too, and the pages' forms need the token for those
+    writes. So a write that carries a session cookie needs it as well where signed-out visitors may write
+    (a public gallery); a script without cookies has no session to protect, and on a private gallery such a
+    write is refused anyway (401)."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        found = super().authenticate(request)
+        if (found is None and request.method not in SAFE_METHODS
+                and settings.SESSION_COOKIE_NAME in request._request.COOKIES and can_view_gallery(AnonymousUser())):
+            self.enforce_csrf(request)
+        return found

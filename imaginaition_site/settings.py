@@ -65,6 +65,7 @@ MIDDLEWARE = [
     "imaginaition_site.middleware.HeadWithoutBodyMiddleware",  # first: it sees the final response
     "imaginaition_site.middleware.RequestBodyLimitMiddleware",  # first: before anything reads a body
     "django.middleware.security.SecurityMiddleware",
+    "imaginaition_site.middleware.CrossOriginResourcePolicyMiddleware",  # before WhiteNoise: static files too
     "imaginaition_site.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -280,8 +281,11 @@ REST_FRAMEWORK = {
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "imaginaition_site.api_renderers.SiteContentNegotiation",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "gallery.api_auth.ApiTokenAuthentication",  # first: a token wins over a session cookie; 401 without either
-        "rest_framework.authentication.SessionAuthentication",
+        "gallery.api_auth.SessionAuthentication",  # DRF's, its CSRF check for a public gallery's visitors too
     ],
+    # DRF's three, its JSON parser refusing a body nested past Python's recursion limit as 400 (not a 500).
+    "DEFAULT_PARSER_CLASSES": ["gallery.api_parsing.JsonParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,

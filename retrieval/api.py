@@ -11,7 +11,7 @@ from drf_spectacular.utils import (Direction, OpenApiParameter, OpenApiResponse,
                                    inline_serializer)
 from rest_framework import serializers, status
 from rest_framework.fields import empty
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -33,6 +33,7 @@ from gallery.api import (
     ValidationErrorSerializer,
     error_response,
 )
+from gallery.api_parsing import JsonParser
 from gallery.access import can_view_gallery
 from gallery.imaging import read_upload, upload_name
 from gallery.services import shows_anything
@@ -110,7 +111,7 @@ def _preference_field(name: str) -> serializers.IntegerField:
 
 # Only with a token or session that is not valid: these operations are open to everyone otherwise.
 INVALID_CREDENTIALS = error_response("Credentials that are not valid (an unknown token).")
-CSRF_MISSING = error_response("A signed-in session's write without its CSRF token.")
+CSRF_MISSING = error_response("A session's write without its CSRF token (signed in, or a public gallery's visitor).")
 
 
 class ApiRootApi(APIView):
@@ -332,7 +333,7 @@ class SearchApi(APIView):
     """Find similar images by a stored image, an uploaded image or text, with the merge policy."""
 
     permission_classes = [GalleryReadPermission]  # private by default: no credentials get 401
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, JsonParser]
 
     @extend_schema(request={"multipart/form-data": SearchUploadQuerySerializer,
                             "application/json": SearchQuerySerializer,

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import reverse
 
@@ -195,6 +196,31 @@ def test_anonymous_preferences_live_in_the_session_of_a_public_gallery(client, s
     url = reverse("api-preferences")
     client.put(url, {"mask_threshold": 70}, content_type="application/json")
     assert client.get(url).json()["mask_threshold"] == 70
+
+
+def test_a_public_gallerys_visitor_changes_preferences_through_the_api_with_the_csrf_token(settings):
+    """As the preferences page's form asks: DRF checked the token of signed-in sessions only, so another site
+    could change a visitor's preferences. A client without the session cookie (a script) has nothing to protect."""
+    settings.IMAGINAITION_PUBLIC_GALLERY = True
+    browser = Client(enforce_csrf_checks=True)
+    url = reverse("api-preferences")
+    assert browser.put(url, {"k": 7}, content_type="application/json").status_code == 200  # no session cookie yet
+    assert browser.get(url).json()["k"] == 7
+    refused = browser.put(url, {"k": 3}, content_type="application/json")  # the visitor's session now
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    browser.get(reverse("pages:preferences"))  # its form sets the CSRF cookie
+    token = browser.cookies["csrftoken"].value
+    assert browser.put(url, {"k": 3}, content_type="application/json", HTTP_X_CSRFTOKEN=token).status_code == 200
+    assert browser.get(url).json()["k"] == 3
+
+
+def test_a_json_body_nested_past_the_parsers_depth_is_refused_as_malformed(client, user):
+    """Python's JSON parser recurses per level: 100,000 "[" raised RecursionError, a 500 with its traceback."""
+    client.force_login(user)
+    deep = "[" * 100_000 + "]" * 100_000
+    for method, url in (("PUT", reverse("api-preferences")), ("POST", reverse("api-search"))):
+        refused = client.generic(method, url, deep, content_type="application/json")
+        assert refused.status_code == 400 and "nested too deeply" in refused.json()["detail"], url
 
 
 def test_on_a_private_gallery_anonymous_visitors_read_the_defaults_and_change_nothing(client):
