@@ -41,6 +41,20 @@ class HeadWithoutBodyMiddleware:
         return response
 
 
+class CrossOriginResourcePolicyMiddleware:
+    """`Cross-Origin-Resource-Policy: same-origin` on every response: no other site may load the service's
+    files into its own page, as a script or picture element does without CORS. /api/docs/?script carries the
+    caller's CSRF token (drf-spectacular's Swagger UI start-up script), and pictures are private by default."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        return response
+
+
 class ContentSecurityPolicyMiddleware(CSPMiddleware):
     """django-csp's policy (settings.CONTENT_SECURITY_POLICY: scripts and styles only from the site's
     files) on every response that has none of its own; under /api/ styles may also be inline, since the

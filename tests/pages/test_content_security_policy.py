@@ -78,6 +78,16 @@ def test_api_pages_run_no_inline_script_and_uploaded_files_keep_their_own_strict
     assert served["Content-Security-Policy"] == "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
+def test_no_other_site_may_load_the_services_responses_into_its_pages(client, staff_user):
+    """Cross-Origin-Resource-Policy: another site's script or picture element loads nothing of the service: Swagger UI's
+    start-up script holds the caller's CSRF token, and a private gallery's pictures are no one else's."""
+    client.force_login(staff_user)
+    image = make_image()
+    for path in ("/api/docs/?script=", "/api/docs/", "/api/images/", "/", reverse("login"),
+                 reverse("gallery:image-file", args=[image.pk]), "/no-such-page"):
+        assert client.get(path)["Cross-Origin-Resource-Policy"] == "same-origin", path
+
+
 def test_no_template_or_admin_field_writes_an_inline_script_or_style():
     """Pages not opened above (admin's "Search similar", the sign-in throttle's, error pages) too."""
     sources = [*Path(REPO, "templates").rglob("*.html"), *Path(REPO, "gallery").glob("*.py"),
