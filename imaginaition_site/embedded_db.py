@@ -360,8 +360,8 @@ def main(argv: list[str]) -> int:
             parser.error(f"--holder {holder}: no such process is running")
         conn = ensure_running()
         _holders_edit(drop=(os.getpid(),), add=holder)
-        print(f"embedded postgres running: socket {conn.host}, port {conn.port}, database {DATABASE_NAME}; "
-              f"held by process {holder}")
+        print(f"embedded postgres running: socket {conn.host}/.s.PGSQL.{conn.port} (no TCP port), "
+              f"database {DATABASE_NAME}; held by process {holder}")
         sys.stdout.flush()
         os._exit(0)  # skip the wheel's at-exit stop: we are no longer a holder
     if options.command == "release":

@@ -15,7 +15,7 @@ from gallery.models import Image, ResetJob
 from gallery.reset import RESET_LOCK, ResetRefused, reset_run, reset_start
 from gallery.services import image_add
 from retrieval import pipeline
-from tests.conftest import run_in_threads, wait_for
+from tests.conftest import REPO, run_in_threads, wait_for
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
 
@@ -53,6 +53,14 @@ def test_only_staff_reach_the_reset_pages(client, user, who):
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert client.post(reverse("gallery-reset-start"), {"folder": "/tmp", "confirm": "yes"}).status_code == 302
     assert not ResetJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_image_lists_reset_link_has_the_name_the_readme_gives_it(client, staff_user):
+    client.force_login(staff_user)
+    images = client.get(reverse("admin:gallery_image_changelist")).content.decode()
+    assert f'<li><a href="{reverse("gallery-reset")}">Reset / initialize from a folder…</a></li>' in images  # its tools
+    assert "Reset / initialize from a folder" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.django_db
