@@ -59,7 +59,7 @@ def test_only_staff_reach_the_reset_pages(client, user, who):
 def test_the_image_lists_reset_link_has_the_name_the_readme_gives_it(client, staff_user):
     client.force_login(staff_user)
     images = client.get(reverse("admin:gallery_image_changelist")).content.decode()
-    assert f'<li><a href="{reverse("gallery-reset")}">Reset / initialize from a folder…</a></li>' in images  # its tools
+    assert f'<li><a href="{reverse("gallery-reset")}">Reset / initialize from a folder…</a></li>' in images
     assert "Reset / initialize from a folder" in (REPO / "README.md").read_text()
 
 
