@@ -12,8 +12,9 @@ import math
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
@@ -48,6 +49,11 @@ TURNED_BY_BROWSERS = {"JPEG", "MPO"}
 pillow_heif.register_heif_opener()
 FRAMES_PIXEL_FACTOR = 4  # an animation's (a multi-page file's) frames together: at most this many times the limit
 MODEL_MAX_SIDE = 1024  # models never need more; masks are stored at this resolution at most
+# A picture over this many pixels that is decoded whole (not a JPEG, which is decoded at a reduced DCT scale) is
+# decoded by one thread of a process at a time: a 64 MP PNG held about 0.5 GB until scaled down (its RGBA, the
+# RGB composite, the resize), and the web process's 4 threads, four such searches at once, peaked at 3 GB.
+LARGE_DECODE_PIXELS = 16_000_000
+_large_decode = threading.Lock()
 # EXIF orientation -> the transpose that shows the picture upright (ImageOps.exif_transpose's table; that
 # function also rewrites the EXIF block, which raised on a malformed tag, and no picture here keeps its EXIF).
 UPRIGHT = {2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
@@ -229,10 +235,10 @@ def decode_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> DecodedIma
     as displayed (EXIF orientation applied). For uploads that are looked at, not stored: a 13 MP photo
     never sits in the web process at full size."""
     _check_bytes(data)
-    picture, image_format, (width, height) = _decode(data, draft_side=max_side)
+    picture, image_format, (width, height) = _decode_for_models(data, max_side)
     with _decoding_errors_refused():  # as image_check does: a picture looked at here may be added next
         _later_frames_check(PILImage.open(io.BytesIO(data)))
-    return DecodedImage(picture=for_models(picture, max_side), format=image_format, width=width, height=height)
+    return DecodedImage(picture=picture, format=image_format, width=width, height=height)
 
 
 def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.Image:
@@ -243,7 +249,15 @@ def picture_for_models(data: bytes, max_side: int = MODEL_MAX_SIDE) -> PILImage.
     photos (the ingest benchmark measured full decodes as a fifth of the pipeline's time). Every path
     that embeds (workers, search by upload) uses this, so the same bytes always give the same vectors.
     """
-    return for_models(_decode(data, draft_side=max_side)[0], max_side)
+    return _decode_for_models(data, max_side)[0]
+
+
+def _decode_for_models(data: bytes, max_side: int) -> tuple[PILImage.Image, str, tuple[int, int]]:
+    """_decode, scaled down for the models before the full-size picture is let go; a large one (over
+    LARGE_DECODE_PIXELS, decoded whole) waits for any other in this process to be scaled down first."""
+    with ExitStack() as large_decode_held:
+        picture, image_format, size = _decode(data, draft_side=max_side, hold=large_decode_held)
+        return for_models(picture, max_side), image_format, size
 
 
 def _draft_size(size: tuple[int, int], side: int) -> tuple[int, int]:
@@ -286,9 +300,11 @@ def _decoding_errors_refused() -> Iterator[None]:
         raise ImageRejected(f"The image is damaged: {type(exc).__name__}: {exc}") from exc
 
 
-def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, tuple[int, int]]:
+def _load(data: bytes, *, draft_side: int | None,
+          hold: ExitStack | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
     """(the decoded file as stored, format, full size as displayed); every pixel is decoded, so a
-    truncated file fails here. Call within _decoding_errors_refused."""
+    truncated file fails here. Call within _decoding_errors_refused. With `hold`, a picture decoded whole
+    over LARGE_DECODE_PIXELS takes the process's large-decode lock first, held until `hold` closes."""
     configure_pillow()
     source = PILImage.open(io.BytesIO(data))  # the header only: no pixel is decoded yet
     if source.format not in ACCEPTED_FORMATS:
@@ -302,6 +318,8 @@ def _load(data: bytes, *, draft_side: int | None) -> tuple[PILImage.Image, str, 
     width, height = source.size
     if draft_side is not None and source.format in ("JPEG", "MPO"):
         source.draft("RGB", _draft_size(source.size, draft_side))
+    elif hold is not None and source.width * source.height > LARGE_DECODE_PIXELS:
+        hold.enter_context(_large_decode)
     source.load()
     if _orientation(source) in QUARTER_TURNS:
         width, height = height, width
@@ -314,10 +332,11 @@ def _orientation(picture: PILImage.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def _decode(data: bytes, *, draft_side: int | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
-    """(RGB picture, format, full size as displayed); the picture is smaller when drafted."""
+def _decode(data: bytes, *, draft_side: int | None = None,
+            hold: ExitStack | None = None) -> tuple[PILImage.Image, str, tuple[int, int]]:
+    """(RGB picture, format, full size as displayed); the picture is smaller when drafted. `hold`: as _load's."""
     with _decoding_errors_refused():
-        source, image_format, size = _load(data, draft_side=draft_side)
+        source, image_format, size = _load(data, draft_side=draft_side, hold=hold)
         turn = UPRIGHT.get(_orientation(source))
         if turn is not None:
             source = source.transpose(turn)  # the stored orientation's picture is dropped: one full-size copy

@@ -1,10 +1,13 @@
 """Adding images: validation table, dedup, nothing half-written, the REST API and import_folder."""
 
+import functools
 import io
 import math
 import os
 import re
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -16,11 +19,12 @@ from django_q.models import OrmQ
 from PIL import Image as PILImage
 from PIL import ImageDraw, PngImagePlugin
 
-from gallery import services
+from gallery import imaging, services
 from gallery.imaging import (MODEL_MAX_SIDE, ImageRejected, decode_for_models, decode_image, for_models,
                              image_check, picture_for_models)
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import stored_read
+from tests.conftest import run_in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,6 +162,37 @@ def test_an_upload_decoded_for_the_models_keeps_its_full_displayed_size_but_not_
     assert np.array_equal(np.asarray(decoded.picture), np.asarray(picture_for_models(data)))  # as the workers see it
     with pytest.raises(ImageRejected, match="truncated"):  # decoded at 1/2 scale, but every byte is read
         decode_for_models(data[: len(data) * 2 // 3])
+
+
+def test_large_pictures_decoded_whole_are_scaled_down_one_at_a_time_per_process(monkeypatch):
+    """A 64 MP PNG held about 0.5 GB until scaled down; four searches by one at once, on the web process's four
+    threads, peaked at 3 GB. A large one waits for the one before to be scaled down; small ones and JPEGs
+    (decoded at a reduced scale) do not wait."""
+    at_once, most = 0, {"png": 0, "jpeg": 0}
+    guard = threading.Lock()
+    scale_down = imaging.for_models
+
+    def slow_scale_down(picture, max_side=MODEL_MAX_SIDE, *, kind):
+        nonlocal at_once
+        with guard:
+            at_once += 1
+            most[kind] = max(most[kind], at_once)
+        time.sleep(0.3)  # the full-size picture still held
+        with guard:
+            at_once -= 1
+        return scale_down(picture, max_side)
+
+    monkeypatch.setattr(imaging, "LARGE_DECODE_PIXELS", 100 * 100, raising=False)
+    for kind, data in (("png", encode(photo((300, 200)), "PNG")), ("jpeg", encode(photo((300, 200)), "JPEG"))):
+        monkeypatch.setattr(imaging, "for_models", functools.partial(slow_scale_down, kind=kind))
+        run_in_threads(lambda: decode_for_models(data), 3)
+        run_in_threads(lambda: picture_for_models(data, 64), 3)
+    assert most == {"png": 1, "jpeg": 3}
+    monkeypatch.setattr(imaging, "LARGE_DECODE_PIXELS", 300 * 200)  # at the limit: not large
+    most["png"] = 0
+    monkeypatch.setattr(imaging, "for_models", functools.partial(slow_scale_down, kind="png"))
+    run_in_threads(lambda: decode_for_models(encode(photo((300, 200)), "PNG")), 3)
+    assert most["png"] == 3
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
