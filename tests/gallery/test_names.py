@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from gallery.models import Image
+from gallery import services
 from gallery.services import image_add
 from tests.gallery.factories import make_image, png_bytes
 
@@ -61,6 +62,19 @@ def test_names_stored_before_are_composed_by_the_migration(media_root):
     names = {image.pk: name for image, name in ((decomposed, "café été.png"), (reversed_, "abc.png"),
                                                 (plain, "plain.png"))}
     assert dict(Image.objects.values_list("pk", "original_name")) == names
+
+
+@pytest.mark.parametrize("before, after", [("../../etc/passwd", "passwd"), ("\ufeff", "upload"),
+                                           ("\u200b\u200b", "upload"), ("   ", "upload"), ("", "upload"),
+                                           (DECOMPOSED, "café été.png"), ("photos/\u202ecat.png", "cat.png"),
+                                           ("plain.png", "plain.png"), ("Ölmühle 1.jpg", "Ölmühle 1.jpg")])
+def test_names_an_older_release_stored_are_stored_as_new_ones_by_the_migration(media_root, before, after):
+    """An older admin accepted a path or invisible characters as a name; 0010 composed names but kept those."""
+    image = make_image(name="x.png")
+    Image.objects.filter(pk=image.pk).update(original_name=before)  # as the older release wrote it
+    import_module("gallery.migrations.0012_image_names_as_stored").names_as_stored(apps, None)
+    image.refresh_from_db()
+    assert image.original_name == after == services.stored_name(before)
 
 
 def test_the_gallery_page_tells_each_added_file_by_the_name_it_is_stored_under(media_root, user):
