@@ -178,7 +178,7 @@ def _delete_everything() -> int:
         Image.objects.all().delete()  # masks and vectors go with them (cascade)
         events.images_deleted.send(sender=Image, image_ids=[image_id for image_id, _, _ in rows])
         selectors.labels_changed()
-    files = [([file_name] if file_name else []) + thumbnail_names(image=Image(sha256=sha256))
+    files = [(sha256, ([file_name] if file_name else []) + thumbnail_names(image=Image(sha256=sha256)))
              for _, file_name, sha256 in rows]
     deleted_images_files_remove(files, deleted=f"reset: the gallery's {len(rows)} images were deleted")
     events.gallery_emptied.send(sender=Image)

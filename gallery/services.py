@@ -20,7 +20,8 @@ from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, 
                              shown_as_stored)
 from gallery.models import Image, ProcessingStatus, image_upload_path
 from gallery.storage import STORAGE_ERRORS, stored_write_once
-from gallery.storage_check import deleted_images_files_remove, storage_failure_reason, storage_settings_named
+from gallery.storage_check import (deleted_images_files_remove, storage_failure_reason, storage_settings_named,
+                                   stored_files_lock)
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -96,7 +97,10 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
             # there is never a row without a file nor a file without a row.
             try:
                 # A file of these bytes that no row names (left by a restore, or an add killed before its
-                # commit) is taken as it is: saved again, it became a second copy (<sha256>_x7Yz.jpg).
+                # commit) is taken as it is: saved again, it became a second copy (<sha256>_x7Yz.jpg). A deleted
+                # image's file is removed after its delete commits: locked, so that removal is over, or sees
+                # this row and leaves the file.
+                stored_files_lock([digest])
                 reused = image.file.storage.exists(name)
                 if reused:
                     image.file.name = name
@@ -192,7 +196,8 @@ def image_delete(*, image: Image) -> bool:
         events.images_deleted.send(sender=Image, image_ids=[image_id])
         selectors.labels_changed()  # in the same transaction: the label counts follow the delete
         # After commit the image is deleted whatever happens to its files.
-        transaction.on_commit(lambda: deleted_images_files_remove([names], deleted=f"image {image_id} was deleted"))
+        transaction.on_commit(lambda: deleted_images_files_remove([(image.sha256, names)],
+                                                                  deleted=f"image {image_id} was deleted"))
     return True
 
 

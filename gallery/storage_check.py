@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.db import connection, transaction
 from django.utils import timezone
 
 from gallery.models import Image
@@ -40,19 +41,43 @@ def storage_failure_reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
-def deleted_images_files_remove(files_of_images: list[list[str]], *, deleted: str) -> None:
+STORED_FILE_LOCKS = 0x66696C65  # ("file") the class of pg_advisory_xact_lock(class, key) on a picture's stored file
+REMOVAL_BATCH = 200  # deleted images whose files are removed under one transaction's locks
+
+
+def stored_files_lock(digests: Iterable[str]) -> None:
+    """Hold, until the transaction ends, the locks on the stored files of these pictures (by SHA-256, which
+    names the file). An add that takes a file of its bytes already stored and the removal of a deleted
+    image's files both take it: a removal that had not yet run removed the file that an add of the same
+    bytes had just taken (an image without its file)."""
+    keys = sorted({int(digest[:8], 16) - 2**31 for digest in digests})  # a signed 32-bit key
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int[]) AS key",
+                       [STORED_FILE_LOCKS, keys])
+
+
+def deleted_images_files_remove(files_of_images: list[tuple[str, list[str]]], *, deleted: str) -> None:
     """The files of images whose rows are deleted (committed: a failure here leaves files without rows,
-    which take space but answer nothing, never rows without files), through the storage API. A storage
-    that fails (stopped, hung) stops this at its first error, as every later call would wait on it alike;
-    the rest is logged and left to `manage.py storage_check --delete`."""
-    for done, names in enumerate(files_of_images):
-        try:
-            stored_delete(names)
-        except STORAGE_ERRORS as exc:
-            logger.warning("%s, but the media storage failed removing the files (%s): the files of %d "
-                           "image(s) are left for `manage.py storage_check --delete` (the first's: %s)", deleted,
-                           storage_failure_reason(exc), len(files_of_images) - done, ", ".join(names))
-            return
+    which take space but answer nothing, never rows without files), through the storage API; each
+    image is (its SHA-256, its file names). The files of one added again meanwhile (the same bytes) are
+    its new image's now: left. A storage that fails (stopped, hung) stops this at its first error, as
+    every later call would wait on it alike; the rest is logged and left to `manage.py storage_check --delete`."""
+    for start in range(0, len(files_of_images), REMOVAL_BATCH):
+        batch = files_of_images[start:start + REMOVAL_BATCH]
+        with transaction.atomic():
+            stored_files_lock(digest for digest, _ in batch)
+            added_again = set(Image.objects.filter(sha256__in=[digest for digest, _ in batch])
+                              .values_list("sha256", flat=True))
+            for done, (digest, names) in enumerate(batch, start):
+                if digest in added_again:
+                    continue
+                try:
+                    stored_delete(names)
+                except STORAGE_ERRORS as exc:
+                    logger.warning("%s, but the media storage failed removing the files (%s): the files of %d "
+                                   "image(s) are left for `manage.py storage_check --delete` (the first's: %s)",
+                                   deleted, storage_failure_reason(exc), len(files_of_images) - done, ", ".join(names))
+                    return
 
 
 STORAGE_RETRY_AFTER_SECONDS = 30  # a 503's Retry-After: an outage is not the request's fault, nor over at once

@@ -9,9 +9,9 @@ import time
 import pytest
 from django.db import connection, transaction
 
-from gallery import services, thumbnails
+from gallery import services, storage_check, thumbnails
 from gallery.models import Image, Mask
-from tests.gallery.factories import add_mask, make_image
+from tests.gallery.factories import add_mask, make_image, png_bytes
 
 
 def in_thread(work) -> tuple[threading.Thread, list[BaseException]]:
@@ -72,8 +72,6 @@ def test_a_thumbnail_made_while_its_image_is_deleted_is_not_left_behind(media_ro
 def test_the_same_bytes_added_while_their_image_is_deleted_make_a_new_image(media_root):
     """An add that found the image being deleted answered "already in the gallery" with the deleted
     image (the page then said 404): it waits for the delete and adds the picture anew."""
-    from tests.gallery.factories import png_bytes
-
     data = png_bytes((10, 200, 30), (40, 30))
     first = services.image_add(data=data, original_name="same.png", enqueue=False).image
     deleting, go_on = threading.Event(), threading.Event()
@@ -93,6 +91,47 @@ def test_the_same_bytes_added_while_their_image_is_deleted_make_a_new_image(medi
     assert added.created and added.image.pk != first.pk and added.image.original_name == "again.png"
     assert list(Image.objects.values_list("pk", flat=True)) == [added.image.pk]
     assert added.image.file.storage.exists(added.image.file.name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_bytes_added_while_a_deleted_images_file_is_being_removed_keep_their_file(media_root, monkeypatch):
+    """The delete had committed and its file, not yet removed, was taken by an add of the same bytes (no second
+    copy); then the delete removed it: an image without its file ("The stored file is missing")."""
+    data = png_bytes((10, 200, 30), (40, 30))
+    first = services.image_add(data=data, original_name="same.png", enqueue=False).image
+    removing, go_on = threading.Event(), threading.Event()
+    real_delete = storage_check.stored_delete
+
+    def remove_slowly(names: list[str]) -> None:
+        removing.set()
+        go_on.wait(10)
+        real_delete(names)
+
+    monkeypatch.setattr(storage_check, "stored_delete", remove_slowly)
+    deleter, errors = in_thread(lambda: services.image_delete(image=Image.objects.get(pk=first.pk)))
+    assert removing.wait(10)  # the row's delete is committed, its file still stored
+    threading.Timer(0.5, go_on.set).start()
+    added = services.image_add(data=data, original_name="again.png", enqueue=False)
+    deleter.join(10)
+    assert errors == [] and added.created
+    assert added.image.file.storage.exists(added.image.file.name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_removal_that_runs_after_the_same_bytes_were_added_again_leaves_their_file(media_root):
+    """The other order: the add took the file first; the removal (a reset's, late) finds the picture back."""
+    data = png_bytes((10, 200, 30), (40, 30))
+    first = services.image_add(data=data, original_name="same.png", enqueue=False).image
+    names = [first.file.name]
+    Image.objects.filter(pk=first.pk).delete()  # committed; its files not removed yet
+    added = services.image_add(data=data, original_name="again.png", enqueue=False)
+    assert added.created and added.image.file.name == first.file.name  # the stored file taken as it was
+    storage_check.deleted_images_files_remove([(first.sha256, names)], deleted="image was deleted")
+    assert added.image.file.storage.exists(added.image.file.name)
+    other = services.image_add(data=png_bytes((1, 2, 3), (8, 8)), original_name="other.png", enqueue=False).image
+    Image.objects.filter(pk=other.pk).delete()
+    storage_check.deleted_images_files_remove([(other.sha256, [other.file.name])], deleted="image was deleted")
+    assert not other.file.storage.exists(other.file.name)  # one not added again: removed
 
 
 @pytest.mark.django_db(transaction=True)
