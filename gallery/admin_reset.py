@@ -90,8 +90,9 @@ def _job_data(job: ResetJob) -> dict[str, Any]:
 
 
 def _to_process(job: ResetJob) -> int:
-    """Never below what it imported or processed (a job from before to_process was counted has 0)."""
-    return max(job.to_process, job.imported, job.embedded)
+    """What it counted (the images left to process: some may have been deleted meanwhile); a job from before
+    to_process was counted has 0: what it imported or processed."""
+    return job.to_process or max(job.imported, job.embedded)
 
 
 @require_safe

@@ -196,10 +196,11 @@ def _processing_counted(job: ResetJob) -> None:
     """The emptied gallery's images (the folder's and any added meanwhile) and those done with, ready or
     failed, counted in the database: workers busy with another import take the reset's images too (counting
     this run's batches, a reset ended at "Processed: 18 of 30" with all 30 processed), and the images added
-    meanwhile are processed with it (counting the folder's alone, it ended at "110 of 30")."""
+    meanwhile are processed with it (counting the folder's alone, it ended at "110 of 30"), and images deleted
+    meanwhile are not (it ended at "34 of 40" with the 34 left all processed)."""
     done = Q(status__in=(ProcessingStatus.READY, ProcessingStatus.FAILED))
     counts = Image.objects.aggregate(done=Count("pk", filter=done), all=Count("pk"))
-    job.embedded, job.to_process = counts["done"], max(counts["all"], job.imported)
+    job.embedded, job.to_process = counts["done"], counts["all"]
 
 
 def reset_run(*, job_id: int) -> ResetJob:

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
+from gallery import services
 from gallery.models import Image, ResetJob
 from gallery.reset import RESET_LOCK, ResetRefused, reset_run, reset_start
 from gallery.services import image_add
@@ -190,6 +191,25 @@ def test_images_the_workers_processed_for_the_reset_and_images_added_meanwhile_c
     assert 'Processed: <span id="reset-embedded">5</span> of <span id="reset-to-process">5</span>' in page
     status = client.get(reverse("gallery-reset-status", args=[job.pk])).json()
     assert (status["embedded"], status["to_process"]) == (5, 5)
+
+
+@pytest.mark.django_db
+def test_images_deleted_while_the_reset_processes_leave_it_fully_processed(client, staff_user, folder, media_root,
+                                                                          monkeypatch):
+    """It ended at "Processed: 34 of 40" when 6 of its images were deleted meanwhile: the 34 left were all done."""
+    def processed_while_one_is_deleted(*, progress=None, **kwargs):
+        pending = list(Image.objects.filter(status="pending").order_by("pk"))
+        services.image_delete(image=pending[0])  # by its page, the API or admin, while the reset runs
+        Image.objects.filter(pk__in=[image.pk for image in pending[1:]]).update(status="ready")
+        progress(len(pending) - 1)
+
+    monkeypatch.setattr(pipeline, "process_all_pending", processed_while_one_is_deleted)
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=True, user=staff_user).pk)
+    assert job.state == "done" and job.imported == 4 and (job.embedded, job.to_process) == (3, 3)
+    client.force_login(staff_user)
+    page = client.get(reverse("gallery-reset-progress", args=[job.pk])).content.decode()
+    assert 'Processed: <span id="reset-embedded">3</span> of <span id="reset-to-process">3</span>' in page
+    assert client.get(reverse("gallery-reset-status", args=[job.pk])).json()["to_process"] == 3
 
 
 @pytest.mark.django_db(transaction=True)
