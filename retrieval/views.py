@@ -191,7 +191,8 @@ def preferences(request: HttpRequest) -> HttpResponse:
     current = preferences_get(user=request.user, session=request.session)
     form = PreferencesForm(request.POST or None, initial=dict(current))
     if request.method == "POST" and form.is_valid():
-        preferences_update(user=request.user, session=request.session, values=form.cleaned_data)
+        changed = {name: form.cleaned_data[name] for name in form.changed_data}  # against what the page showed
+        preferences_update(user=request.user, session=request.session, values=changed)
         messages.success(request, "Preferences saved.")
         return redirect("pages:preferences")
     return render(request, "retrieval/preferences.html", {"form": form, "may_change": can_view_gallery(request.user)})

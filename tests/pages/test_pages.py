@@ -127,6 +127,31 @@ def test_preferences_are_validated_and_saved(client, user):
     assert "?threshold=60" in client.get(reverse("pages:image", args=[image.pk])).content.decode()  # overlays follow it
 
 
+def test_two_tabs_of_the_preferences_page_each_save_only_what_they_changed(client, user):
+    """A tab opened before another saved, then saved itself, put back every value it showed (k lost)."""
+    client.force_login(user)
+    url = reverse("pages:preferences")
+
+    def form_as_shown() -> dict[str, str]:  # what the browser sends back unchanged: values and the shown ones
+        page = client.get(url).content.decode()
+        shown = dict(re.findall(r'<input type="hidden" name="(initial-[a-z_]+)" value="([^"]*)"', page))
+        assert set(shown) == {f"initial-{name}" for name in ("mask_threshold", "k", "intersection_first",
+                                                             "preferred_index", "split")}, page
+        return {**shown, "mask_threshold": "30", "k": "50", "intersection_first": "on",
+                "preferred_index": "semantic", "split": "50"}
+
+    first_tab, second_tab = form_as_shown(), form_as_shown()
+    assert client.post(url, {**first_tab, "k": "7"}).status_code == 302
+    assert client.post(url, {**second_tab, "split": "90"}).status_code == 302
+    saved = client.get(reverse("api-preferences")).json()
+    assert (saved["k"], saved["split"], saved["intersection_first"]) == (7, 90, True)
+    third_tab = form_as_shown()
+    del third_tab["intersection_first"]  # unticked
+    client.post(url, {**third_tab, "k": "7", "split": "90", "preferred_index": "content"})
+    saved = client.get(reverse("api-preferences")).json()
+    assert (saved["intersection_first"], saved["preferred_index"], saved["k"]) == (False, "content", 7)
+
+
 def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, user, settings):
     """The page says "Saved for this browser session; sign in to keep them": signing in keeps them (a
     public gallery's visitor; on a private one the page says to sign in to change them)."""
