@@ -80,6 +80,15 @@ def deleted_images_files_remove(files_of_images: list[tuple[str, list[str]]], *,
                     return
 
 
+def stored_file_missing(image: Image) -> bool:
+    """Whether the image's stored file is gone (removed outside the service, a backup restored without it):
+    its page said "Ready" over a broken picture. False when the storage fails to say (its page shows what it can)."""
+    try:
+        return not image.file.name or not image.file.storage.exists(image.file.name)
+    except STORAGE_ERRORS:
+        return False
+
+
 STORAGE_RETRY_AFTER_SECONDS = 30  # a 503's Retry-After: an outage is not the request's fault, nor over at once
 
 

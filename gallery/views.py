@@ -24,6 +24,7 @@ from gallery.access import (DELETE_REFUSED, RETRY_REFUSED, access_image, can_del
 from gallery.imaging import ACCEPTED_NAMES, read_upload, upload_name
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
+from gallery.storage_check import stored_file_missing
 from gallery.thumbnails import DISPLAY_SIZE
 
 GALLERY_PAGE_SIZE = 48
@@ -107,6 +108,7 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
         "image": image, "image_url": shown, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
         "can_delete": can_delete_image(request.user, image),
         "can_retry": can_retry_image(request.user, image),
+        "file_missing": stored_file_missing(image),
         "pending": ProcessingStatus.PENDING in (image.status, image.masks_status),
         "failed": ProcessingStatus.FAILED in (image.status, image.masks_status),
         # Pending again after a model change, it still has the vectors the serving models search with.

@@ -301,6 +301,17 @@ def test_retry_says_what_it_did(client, user):
     assert "nothing to retry" in page and "back in the queue" not in page
 
 
+def test_an_images_page_says_when_its_stored_file_is_missing(client, user, media_root):
+    """It said "Ready" over a broken picture when the file was removed behind the service's back."""
+    client.force_login(user)
+    kept, lost = make_image(), make_image(name="lost.png", color=(1, 2, 3))
+    lost.file.storage.delete(lost.file.name)
+    warning = "The stored file of this image is missing"
+    assert warning not in client.get(reverse("pages:image", args=[kept.pk])).content.decode()
+    page = client.get(reverse("pages:image", args=[lost.pk])).content.decode()
+    assert warning in page and "Adding the same file again restores it" in page
+
+
 def test_a_missing_page_says_what_is_missing_within_the_site(client, user):
     client.force_login(user)
     response = client.get(reverse("pages:search"), {"image": 999999})
