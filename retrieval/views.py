@@ -191,7 +191,9 @@ def preferences(request: HttpRequest) -> HttpResponse:
     current = preferences_get(user=request.user, session=request.session)
     form = PreferencesForm(request.POST or None, initial=dict(current))
     if request.method == "POST" and form.is_valid():
-        changed = {name: form.cleaned_data[name] for name in form.changed_data}  # against what the page showed
+        # Against what the page showed; a field sent without it (a form of another page, a script) is taken whole.
+        changed = {name: value for name, value in form.cleaned_data.items()
+                   if name in form.changed_data or form[name].html_initial_name not in request.POST}
         preferences_update(user=request.user, session=request.session, values=changed)
         messages.success(request, "Preferences saved.")
         return redirect("pages:preferences")

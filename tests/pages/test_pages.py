@@ -150,6 +150,11 @@ def test_two_tabs_of_the_preferences_page_each_save_only_what_they_changed(clien
     client.post(url, {**third_tab, "k": "7", "split": "90", "preferred_index": "content"})
     saved = client.get(reverse("api-preferences")).json()
     assert (saved["intersection_first"], saved["preferred_index"], saved["k"]) == (False, "content", 7)
+    client.post(url, {**form_as_shown(), "k": "7", "split": "90", "preferred_index": "content"})  # ticked again
+    assert client.get(reverse("api-preferences")).json()["intersection_first"] is True
+    client.post(url, {"mask_threshold": "30", "k": "7", "preferred_index": "content",
+                      "split": "90"})  # without the values shown (a script), unticked: every field as sent
+    assert client.get(reverse("api-preferences")).json()["intersection_first"] is False
 
 
 def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, user, settings):
