@@ -218,6 +218,25 @@ class ClosedInput(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+NO_BODY_FIELDS = "This operation takes no fields; send none."
+
+
+def body_refused(request: Request) -> None:
+    """For an operation that takes no body (a delete, a retry): a field sent ({"dry_run": true} to a DELETE) is
+    refused as ClosedInput refuses an unknown one, not ignored while the request worked (the image deleted);
+    a body of a type no parser reads is a 415 (DRF's, on reading it)."""
+    data = request.data
+    fields = sorted(set(data) - ClosedInput.IGNORED) if isinstance(data, Mapping) else ["non_field_errors"]
+    if fields:
+        raise serializers.ValidationError({name: [NO_BODY_FIELDS] for name in fields})
+
+
+BODY_FIELDS_REFUSED = {
+    400: OpenApiResponse(ValidationErrorSerializer, description="A field in the body: the operation takes none."),
+    415: error_response("A body of a type no parser reads (JSON, a form or multipart)."),
+}
+
+
 def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every component a request body refers to allows no other
     properties (additionalProperties: false), as ClosedInput refuses them; every write documents the
@@ -508,8 +527,9 @@ class ImageDetailApi(APIView):
         return Response(ImageDetailOutputSerializer(self._get(image_id), context={"request": request}).data)
 
     @extend_schema(responses={204: OpenApiResponse(description="Deleted, with its masks, vectors and files."),
-                              **CALLER_REFUSED, 404: NOT_FOUND})
+                              **CALLER_REFUSED, 404: NOT_FOUND, **BODY_FIELDS_REFUSED})
     def delete(self, request: Request, image_id: int) -> Response:
+        body_refused(request)
         image = self._get(image_id)
         if not can_delete_image(request.user, image):
             raise PermissionDenied(DELETE_REFUSED)
@@ -524,8 +544,9 @@ class ImageRetryApi(APIView):
     @extend_schema(request=None,
                    responses={200: OpenApiResponse(ImageOutputSerializer, description="Failed work (vectors, "
                                                    "masks or both) queued again; otherwise the image unchanged."),
-                              **CALLER_REFUSED, 404: NOT_FOUND})
+                              **CALLER_REFUSED, 404: NOT_FOUND, **BODY_FIELDS_REFUSED})
     def post(self, request: Request, image_id: int) -> Response:
+        body_refused(request)
         image = Image.objects.filter(pk=image_id).first()
         if image is None:
             raise NotFound("No such image.")

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from gallery.api import (
     BAD_REQUEST,
+    BODY_FIELDS_REFUSED,
     CALLER_REFUSED,
     ClosedInput,
     GalleryPermission,
@@ -31,6 +32,7 @@ from gallery.api import (
     TextField,
     UploadField,
     ValidationErrorSerializer,
+    body_refused,
     error_response,
 )
 from gallery.api_parsing import JsonParser
@@ -218,8 +220,9 @@ class WorkerCheckStartApi(APIView):
     @extend_schema(request=None, responses={202: inline_serializer("WorkerCheck", {"task_id": serializers.CharField()}),
                                             429: error_response("Asked too often (IMAGINAITION_WORKER_CHECK_RATE, "
                                                                 "10 a minute by default)."),
-                                            **CALLER_REFUSED})
+                                            **CALLER_REFUSED, **BODY_FIELDS_REFUSED})
     def post(self, request: Request) -> Response:
+        body_refused(request)
         task_id = status_service.worker_check_start()
         return Response({"task_id": task_id}, status=status.HTTP_202_ACCEPTED)
 

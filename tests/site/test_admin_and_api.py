@@ -556,3 +556,23 @@ def test_a_refusal_is_logged_on_one_line_and_a_server_error_with_its_traceback(c
     refused, failed = [r for r in caplog.records if r.name == "django.request"]
     assert refused.status_code == 403 and refused.exc_info is None
     assert failed.status_code == 500 and failed.exc_info is not None and failed.exc_info[0] is ZeroDivisionError
+
+
+def test_operations_that_take_no_body_refuse_a_field_rather_than_ignore_it(client, user, media_root):
+    """README: a body field an operation does not have is a 400 listing its fields; a DELETE sent
+    {"dry_run": true} deleted the image."""
+    image = make_image(status="failed")
+    Image.objects.filter(pk=image.pk).update(added_by=user)
+    client.force_login(user)
+    detail, retry = f"/api/images/{image.pk}/", f"/api/images/{image.pk}/retry/"
+    refused = client.delete(detail, {"dry_run": True}, content_type="application/json")
+    assert refused.status_code == 400 and refused.json() == {"dry_run": ["This operation takes no fields; send none."]}
+    assert Image.objects.filter(pk=image.pk).exists()
+    assert client.post(retry, {"masks_only": True}, content_type="application/json").status_code == 400
+    assert client.post(retry, "zz", content_type="text/plain").status_code == 415
+    assert client.post(retry, "[1]", content_type="application/json").status_code == 400
+    check = client.post("/api/status/worker-check/", {"cluster": "x"}, content_type="application/json")
+    assert check.status_code == 400
+    assert Image.objects.get(pk=image.pk).status == "failed"  # nothing was done
+    assert client.post(retry).status_code == 200 and Image.objects.get(pk=image.pk).status == "pending"
+    assert client.delete(detail).status_code == 204 and not Image.objects.filter(pk=image.pk).exists()
