@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -279,7 +280,9 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
 
 
 def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
-    text = text.strip()
+    # Compatibility forms as their plain letters: fullwidth "ｃａｔ" (an East Asian keyboard's) was refused as
+    # unknown words, and a ligature "ﬁ" read as another piece than "fi".
+    text = unicodedata.normalize("NFKC", text).strip()
     if not shows_anything(text):  # a lone U+FEFF searched, as if it were words
         raise QueryError("Type some words to search for.")
     if len(text) > TEXT_MAX_CHARS:

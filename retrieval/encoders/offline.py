@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -408,11 +409,22 @@ class OfflineSemanticEncoder(SemanticEncoder):
         return pad_texts(vectors, self.feature_dim) if self.feature_dim else vectors
 
     def read_text(self, text: str) -> TextReading:
-        # MiniLM's English word pieces: an emoji or a CJK character is one [UNK]; [CLS] and [SEP] added.
+        # MiniLM's English word pieces: an emoji or a CJK character is one [UNK]; [CLS] and [SEP] added. Its
+        # vocabulary also holds the letters of other scripts, one by one ("кошка" is к ##о ##ш ##ка): a word
+        # spelled so is read without its meaning (it found the same pictures as any other), so such a piece
+        # counts as unknown too.
         tokenizer = self.text_model.tokenizer
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return TextReading(tokens=len(ids), unknown=ids.count(tokenizer.unk_token_id),
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        unknown = sum(1 for id_, piece in zip(ids, pieces)
+                      if id_ == tokenizer.unk_token_id or _letters_outside_latin(piece))
+        return TextReading(tokens=len(ids), unknown=unknown,
                            limit=int(self.text_model.max_seq_length or tokenizer.model_max_length) - 2)
+
+
+def _letters_outside_latin(piece: str) -> bool:
+    """Whether a word piece holds a letter of a script other than Latin (Cyrillic, Arabic, Greek...)."""
+    return any(char.isalpha() and not unicodedata.name(char, "").startswith("LATIN") for char in piece)
 
 
 class CamSegmenter(Segmenter):
