@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from django.conf import settings
@@ -12,6 +12,7 @@ from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection, transaction
 from django.http import HttpRequest
+from django.urls import reverse as django_reverse
 from django.utils.connection import ConnectionProxy
 from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
@@ -80,6 +81,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 _URL_MARKER = "2147483647"  # an id no image has; reverse() is run once per URL name and request
 
 
+def site_url(request: Request | None, name: str, args: Sequence[object] = ()) -> str:
+    """Absolute URL of a page or a file (not an API endpoint), without the ?format= that DRF's reverse carries
+    over from the request to its own links: a file asked for as JSON is the same file."""
+    path = django_reverse(name, args=args)
+    return request.build_absolute_uri(path) if request is not None else path
+
+
 def image_url(request: Request | None, name: str, image_id: int) -> str:
     """Absolute URL of `name` (e.g. "gallery:image-file") for one image. Search responses list 50+
     images: resolving each URL from scratch cost more than the search itself, so the reversed URL
@@ -87,7 +95,9 @@ def image_url(request: Request | None, name: str, image_id: int) -> str:
     cache = request.__dict__.setdefault("_image_url_templates", {}) if request is not None else {}
     template = cache.get(name)
     if template is None:
-        template = cache[name] = tuple(reverse(name, args=[_URL_MARKER], request=request).rsplit(_URL_MARKER, 1))
+        url = (reverse(name, args=[_URL_MARKER], request=request) if name.startswith("api-")
+               else site_url(request, name, [_URL_MARKER]))
+        template = cache[name] = tuple(url.rsplit(_URL_MARKER, 1))
     return f"{template[0]}{image_id}{template[1]}"
 
 
@@ -325,7 +335,7 @@ class MaskSerializer(serializers.Serializer):
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_mask_url(self, mask: Any) -> str:
-        return reverse("gallery:mask-png", args=[mask.image_id, mask.pk], request=self.context.get("request"))
+        return site_url(self.context.get("request"), "gallery:mask-png", [mask.image_id, mask.pk])
 
 
 class ImageOutputSerializer(ImageUrlFields):

@@ -34,6 +34,7 @@ from gallery.api import (
     ValidationErrorSerializer,
     body_refused,
     error_response,
+    site_url,
 )
 from gallery.api_parsing import JsonParser
 from gallery.access import can_view_gallery
@@ -131,7 +132,7 @@ class ApiRootApi(APIView):
             "preferences": reverse("api-preferences", request=request),
             "status": reverse("api-status", request=request),
             "schema": reverse("api-schema", request=request),
-            "docs": reverse("api-docs", request=request),
+            "docs": site_url(request, "api-docs"),  # a page: its ?format= is not the API's
         })
 
 

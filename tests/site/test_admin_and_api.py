@@ -576,3 +576,17 @@ def test_operations_that_take_no_body_refuse_a_field_rather_than_ignore_it(clien
     assert Image.objects.get(pk=image.pk).status == "failed"  # nothing was done
     assert client.post(retry).status_code == 200 and Image.objects.get(pk=image.pk).status == "pending"
     assert client.delete(detail).status_code == 204 and not Image.objects.filter(pk=image.pk).exists()
+
+
+def test_links_to_files_and_pages_do_not_carry_the_apis_format_parameter(client, user, media_root):
+    """DRF's reverse carries ?format=json over to every link it makes: the files' and the docs page's too
+    (/api/docs/?format=json is a 406)."""
+    image = make_image()
+    add_mask(image, label="cat")
+    client.force_login(user)
+    listed = client.get("/api/images/", {"format": "json"}).json()["results"][0]
+    detail = client.get(f"/api/images/{image.pk}/", {"format": "json"}).json()
+    links = [listed["file_url"], listed["thumbnail_url"], detail["file_url"], detail["masks"][0]["mask_url"]]
+    assert all(link.startswith("http://testserver/") and "format=" not in link for link in links), links
+    root = client.get("/api/", {"format": "json"}).json()
+    assert root["docs"] == "http://testserver/api/docs/" and client.get(root["docs"]).status_code == 200
