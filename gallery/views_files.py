@@ -8,6 +8,7 @@ from functools import wraps
 from typing import IO, Any
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.cache import get_conditional_response
 from django.views.decorators.http import require_safe
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
@@ -37,16 +38,29 @@ def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., H
     return with_token
 
 
+ORIGINAL_CACHING = "private, no-cache"  # kept by the browser only, and checked with the service before each use
+
+
 @require_safe
 @api_token_accepted
-def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+def image_file(request: HttpRequest, image_id: int) -> HttpResponseBase:
+    """The original, with its SHA-256 as ETag: a browser asks again each time (the image may have been deleted
+    or its access changed) and gets a 304 without the file while it holds these bytes."""
     image = access_image(user=request.user, image_id=image_id)
+    etag = f'"{image.sha256}"'
+    unchanged = get_conditional_response(request, etag=etag)
+    if unchanged is not None:
+        unchanged["ETag"], unchanged["Cache-Control"] = etag, ORIGINAL_CACHING
+        return unchanged
     try:
         stream = image.file.open("rb")
     except FileNotFoundError as exc:
         storage_root_check()  # a bucket that is not there: the storage's fault (503), not the file's
         raise Http404("The stored file is missing") from exc
-    return uploaded_image_response(stream, name=image.original_name, image_format=image.format)
+    response = uploaded_image_response(stream, name=image.original_name, image_format=image.format)
+    response["ETag"], response["Cache-Control"] = etag, ORIGINAL_CACHING
+    return response
+
 
 
 def uploaded_image_response(stream: IO[bytes], *, name: str, image_format: str) -> FileResponse:

@@ -590,3 +590,18 @@ def test_links_to_files_and_pages_do_not_carry_the_apis_format_parameter(client,
     assert all(link.startswith("http://testserver/") and "format=" not in link for link in links), links
     root = client.get("/api/", {"format": "json"}).json()
     assert root["docs"] == "http://testserver/api/docs/" and client.get(root["docs"]).status_code == 200
+
+
+def test_an_original_is_revalidated_by_its_sha256_and_a_deleted_one_is_gone(client, user, media_root):
+    """No validator: a browser fetched the whole original each time, or (cached) showed a deleted one."""
+    image = make_image()
+    client.force_login(user)
+    url = reverse("gallery:image-file", args=[image.pk])
+    first = client.get(url)
+    assert first["ETag"] == f'"{image.sha256}"' and first["Cache-Control"] == "private, no-cache"
+    again = client.get(url, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304 and again.content == b"" and again["ETag"] == first["ETag"]
+    assert client.get(url, HTTP_IF_NONE_MATCH='"something-else"').status_code == 200
+    Image.objects.filter(pk=image.pk).update(added_by=user)
+    assert client.delete(f"/api/images/{image.pk}/").status_code == 204
+    assert client.get(url, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 404
