@@ -346,10 +346,12 @@ class UploadOutcome:
     """What became of one file of a page's "Add images" form."""
 
     name: str
-    state: str  # "added", "exists" (the same bytes were already stored) or "refused"
-    message: str = ""  # why it was refused
+    # "added", "exists" (the same bytes were already stored), "refused" (the file's fault), "failed" (the media
+    # storage's: the same file may be sent again) or "unsent" (not tried once the storage failed)
+    state: str
+    message: str = ""  # why it was not added
     image: Image | None = None  # the added or existing image
-    storage_failed: bool = False  # refused because the storage failed: every other file would fail alike
+    storage_failed: bool = False  # the storage failed: every other file would fail alike
 
 
 def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User) -> list[UploadOutcome]:
@@ -361,14 +363,15 @@ def uploads_add(*, files: Sequence[tuple[str, Callable[[], bytes]]], user: User)
     for name, read in files:
         shown = stored_name(name)  # the name the image gets
         if storage_failed is not None:  # every other file would fail alike, each after the storage's timeout
-            outcomes.append(UploadOutcome(name=shown, state="refused", message="Not tried: storing the file before "
+            outcomes.append(UploadOutcome(name=shown, state="unsent", message="Not tried: storing the file before "
                                           f"it failed ({storage_failed.message})"))
             continue
         try:
             result = image_add(data=read(), original_name=name, user=user)
-        except StorageFailed as exc:
+        except StorageFailed as exc:  # not the file's fault: it is offered again
+            logger.warning("adding %s: the media storage failed: %s", shown, exc.message)
             storage_failed = exc
-            outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message, storage_failed=True))
+            outcomes.append(UploadOutcome(name=shown, state="failed", message=exc.message, storage_failed=True))
         except Refused as exc:
             outcomes.append(UploadOutcome(name=shown, state="refused", message=exc.message))
         else:

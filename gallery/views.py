@@ -149,7 +149,7 @@ def images_add(request: HttpRequest) -> HttpResponse:
     if existing := [outcome.name for outcome in outcomes if outcome.state == "exists"]:
         messages.info(request, f"Already in the gallery: {', '.join(existing)}.")
     for outcome in outcomes:
-        if outcome.state == "refused":
+        if outcome.state in ("refused", "failed", "unsent"):
             messages.error(request, f"{outcome.name}: {outcome.message}")
     return redirect("pages:gallery")
 

@@ -316,8 +316,9 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
         counts.unsent += 1;
         sendAgain.push(file);
         line(file.name, "not sent (cancelled).", null, true);
-      } else if (storageFailed) {
-        counts.refused += 1;
+      } else if (storageFailed) {  // not the files' fault: offered again with the one that failed
+        counts.unsent += 1;
+        sendAgain.push(file);
         line(file.name, `Not tried: storing the file before it failed (${storageFailed})`, null, true);
       } else {
         text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
