@@ -89,8 +89,11 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
 
 
 def page_number(request: HttpRequest) -> str | None:
-    """?page=: a number below 1 is the first page (Django's paginator would show the last)."""
+    """?page=: a number below 1 is the first page (Django's paginator would show the last); "last" the last, as
+    the API reads it (the paginator showed the first)."""
     number = request.GET.get("page")
+    if number == "last":
+        return str(2**31)  # past the last page: the paginator shows the last
     try:
         return "1" if number is not None and int(number) < 1 else number
     except ValueError:
@@ -105,7 +108,7 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     shown = (reverse("gallery:image-file", args=[image.pk]) if services.image_shown_as_stored(image)
              else reverse("gallery:image-thumbnail-size", args=[image.pk, DISPLAY_SIZE]))
     return render(request, "gallery/image.html", {
-        "image": image, "image_url": shown, "masks": image.masks.only("id", "label", "class_index", "area_fraction"),
+        "image": image, "image_url": shown, "masks": image.masks.only("id", "image_id", "label", "class_index", "area_fraction"),
         "can_delete": can_delete_image(request.user, image),
         "can_retry": can_retry_image(request.user, image),
         "file_missing": stored_file_missing(image),

@@ -8,11 +8,14 @@ import re
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from gallery.imaging import FORMAT_MEDIA_TYPES, probability_to_png
+from gallery import views as gallery_views
 from gallery.models import Image, Mask
 from retrieval.encoders.devices import model_device
 from tests.gallery.factories import add_embedding, add_mask, make_image
@@ -317,6 +320,17 @@ def test_an_images_page_says_when_its_stored_file_is_missing(client, user, media
     assert warning in page and "Adding the same file again restores it" in page
 
 
+def test_an_images_page_reads_its_masks_in_one_query(client, user):
+    """The masks' query left out their image's id, which Django then read back one mask at a time."""
+    image = make_image()
+    for class_index, label in enumerate(("cat", "dog", "sofa"), start=8):
+        add_mask(image, label=label, class_index=class_index)
+    client.force_login(user)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(reverse("pages:image", args=[image.pk])).status_code == 200
+    assert [query["sql"] for query in queries if 'WHERE "gallery_mask"."id" =' in query["sql"]] == []
+
+
 def test_a_missing_page_says_what_is_missing_within_the_site(client, user):
     client.force_login(user)
     response = client.get(reverse("pages:search"), {"image": 999999})
@@ -337,7 +351,7 @@ def test_the_sign_in_page_does_not_link_to_itself_and_a_signed_in_visitor_goes_o
     assert response.status_code == 302 and response["Location"] == "/gallery/"
 
 
-def test_gallery_pages_below_one_are_the_first_and_label_chips_follow_any_letter_case(client, user):
+def test_gallery_pages_below_one_are_the_first_and_label_chips_follow_any_letter_case(client, user, monkeypatch):
     for i in range(3):
         add_mask(make_image(name=f"{i}.png"), label="cat")
     add_mask(make_image(name="b.png"), label="ballpoint")
@@ -346,6 +360,9 @@ def test_gallery_pages_below_one_are_the_first_and_label_chips_follow_any_letter
     for number in ("0", "-1"):
         page = client.get(reverse("pages:gallery"), {"page": number}).context["page"]
         assert page.number == 1, number
+    monkeypatch.setattr(gallery_views, "GALLERY_PAGE_SIZE", 2)
+    last = client.get(reverse("pages:gallery"), {"page": "last"}).context["page"]
+    assert last.number == last.paginator.num_pages == 3  # as the API reads it; it showed the first
     response = client.get(reverse("pages:gallery"), {"label": "CAT"})
     assert [name for name, _, chosen in response.context["labels"] if chosen] == ["cat"]
     assert '<a class="chip" href="?label=cat" aria-current="true">' in response.content.decode()
