@@ -108,7 +108,8 @@ def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     shown = (reverse("gallery:image-file", args=[image.pk]) if services.image_shown_as_stored(image)
              else reverse("gallery:image-thumbnail-size", args=[image.pk, DISPLAY_SIZE]))
     return render(request, "gallery/image.html", {
-        "image": image, "image_url": shown, "masks": image.masks.only("id", "image_id", "label", "class_index", "area_fraction"),
+        "image": image, "image_url": shown,
+        "masks": image.masks.only("id", "image_id", "label", "class_index", "area_fraction"),
         "can_delete": can_delete_image(request.user, image),
         "can_retry": can_retry_image(request.user, image),
         "file_missing": stored_file_missing(image),
