@@ -9,3 +9,9 @@ limit_request_line = 8190
 # No control socket: its default path is one per user (~/.gunicorn/gunicorn.ctl), so a second web process
 # on the host (another checkout's make run, a second role) took it over, and stopping either removed it.
 control_socket_disable = True
+
+# Whether a request came over HTTPS is Django's to tell (SECURE_PROXY_SSL_HEADER, set only with
+# IMAGINAITION_HTTPS=1, behind a proxy that sets the header). gunicorn's own default trusted a client's
+# X-Forwarded-Proto (or -SSL) from 127.0.0.1 whatever that setting: through a proxy on the same host that
+# passes headers on, any client made every link say https and a session's writes fail the Origin check.
+secure_scheme_headers: dict[str, str] = {}

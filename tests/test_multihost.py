@@ -304,6 +304,11 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
     # request line (4094 bytes) answered a bare 414; gunicorn.conf.py sets it. Refused by the page itself.
     long_text = a.get(f"{web_a.url}/search/", params={"text": "猫" * 501}, allow_redirects=False, timeout=60)
     assert long_text.status_code == 302, long_text.text[:300]
+    # Without IMAGINAITION_HTTPS a client's X-Forwarded-Proto is no one's word: gunicorn's default trusted it from
+    # 127.0.0.1 (a proxy on the same host passes it on), and every link said https.
+    spoofed = a.get(f"{web_a.url}/api/", headers={"X-Forwarded-Proto": "https", "X-Forwarded-SSL": "on"}, timeout=60)
+    links = [value for value in spoofed.json().values() if isinstance(value, str) and "://" in value]
+    assert links and all(link.startswith("http://") for link in links), spoofed.text
     timings["database, migrate, two web hosts up"] = time.monotonic() - clock
 
     # --- 1. Worker C dies (SIGKILL) mid-batch; worker D finishes everything. ----------------------
