@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection, transaction
+from django.db.models import Max
 from django.http import HttpRequest
 from django.urls import reverse as django_reverse
 from django.utils.connection import ConnectionProxy
@@ -35,6 +36,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.reverse import reverse
 from rest_framework.utils import html
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView, exception_handler
 
 from gallery import selectors, services
@@ -405,6 +407,12 @@ class ImageListQuerySerializer(ClosedInput):
         help_text="only images with a mask of this label (or of one of these: cat,dog, or the parameter "
                   "repeated), in any letter case; a label no mask has is refused, naming the known ones")
 
+    upto = serializers.IntegerField(
+        required=False, min_value=1,
+        help_text="only images with an id up to this one. The next and previous links carry the newest id of "
+                  "the list when its first page was asked for, so images added while a client pages do not "
+                  "shift the pages (it would see some twice)")
+
     def validate_label(self, value: str) -> str:
         wanted = selectors.label_names(value)
         if unknown := selectors.labels_unknown_message(wanted, selectors.labels_as_stored(wanted)):
@@ -429,10 +437,21 @@ class NoSuchImageApi(APIView):
 
 
 class ImagePagination(PageNumberPagination):
-    """Pages of PAGE_SIZE images; ?page_size= asks for another size, up to max_page_size."""
+    """Pages of PAGE_SIZE images; ?page_size= asks for another size, up to max_page_size. The next and
+    previous links carry `upto` (pinned_upto), the list's newest id when it was first asked for."""
 
     page_size_query_param = "page_size"
     max_page_size = 500
+    pinned_upto: int | None = None
+
+    def get_next_link(self) -> str | None:
+        return self._pinned(super().get_next_link())
+
+    def get_previous_link(self) -> str | None:
+        return self._pinned(super().get_previous_link())
+
+    def _pinned(self, url: str | None) -> str | None:
+        return replace_query_param(url, "upto", self.pinned_upto) if url and self.pinned_upto else url
 
     def get_page_size(self, request: Request) -> int | None:
         # DRF answers an unusable ?page_size= (0, -5, "abc") with its default without a word: a client
@@ -494,7 +513,9 @@ class ImageListCreateApi(APIView):
         query = ImageListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         paginator = self.pagination_class()
-        images = selectors.image_list(label=query.validated_data.get("label", ""))
+        upto = query.validated_data.get("upto")
+        images = selectors.image_list(label=query.validated_data.get("label", ""), upto=upto)
+        paginator.pinned_upto = upto or images.aggregate(newest=Max("pk"))["newest"]
         page = paginator.paginate_queryset(images, request, view=self)
         return paginator.get_paginated_response(
             ImageOutputSerializer(page, many=True, context={"request": request}).data)

@@ -15,10 +15,12 @@ WAITING = Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.P
 FAILED = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)  # vectors or masks failed
 
 
-def image_list(*, label: str = "") -> QuerySet[Image]:
+def image_list(*, label: str = "", upto: int | None = None) -> QuerySet[Image]:
     """Every image, newest first; with `label` ("cat", or "cat,dog"; any letter case), only images
-    with a mask of one of those labels."""
+    with a mask of one of those labels; with `upto`, only those with an id up to it (added before it)."""
     images = Image.objects.order_by("-created_at", "-id")
+    if upto is not None:
+        images = images.filter(pk__lte=upto)
     wanted = label_names(label)
     if wanted:
         images = images.filter(pk__in=Mask.objects.filter(label__in=labels_as_stored(wanted)).values("image_id"))

@@ -433,6 +433,29 @@ def test_the_image_list_takes_a_page_size_within_its_limit(client, user, media_r
         assert refused.status_code == 400 and "at least 1" in refused.json()["page_size"][0], unusable
 
 
+def test_paging_through_the_image_list_sees_each_image_once_while_images_are_added(client, user, media_root):
+    """Newest first, each image added while a client paged pushed the pages down: it saw the last of one page
+    again at the top of the next."""
+    before = [make_image(name=f"{i}.png", color=(i * 30, 1, 1)).pk for i in range(5)]
+    client.force_login(user)
+    first = client.get(reverse("api-images"), {"page_size": 2}).json()
+    assert f"upto={max(before)}" in first["next"] and first["count"] == 5
+    seen = [row["id"] for row in first["results"]]
+    make_image(name="new-1.png", color=(1, 200, 1))
+    make_image(name="new-2.png", color=(1, 1, 200))
+    following = first["next"]
+    while following:
+        page = client.get(following).json()
+        seen += [row["id"] for row in page["results"]]
+        following = page["next"]
+    assert seen == sorted(before, reverse=True)  # each once, in the order of the first page's list
+    back = client.get(page["previous"]).json()
+    assert f"upto={max(before)}" in page["previous"] and back["count"] == 5
+    fresh = client.get(reverse("api-images"), {"page_size": 2}).json()
+    assert fresh["count"] == 7 and fresh["results"][0]["original_name"] == "new-2.png"  # a new listing sees them
+    assert client.get(reverse("api-images"), {"upto": "0"}).status_code == 400
+
+
 def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_their_limit(client, user, media_root):
     """?labels=cat (the search API's spelling) returned the whole gallery, as if filtered."""
     add_mask(make_image(name="a.png"), label="cat")
@@ -441,7 +464,7 @@ def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_t
         refused = client.get(reverse("api-images"), typo)
         name = next(iter(typo))
         assert refused.status_code == 400 and refused.json() == {
-            name: ["Unknown field; the fields are: label, page, page_size, format."]}
+            name: ["Unknown field; the fields are: label, upto, page, page_size, format."]}
     assert client.get(reverse("api-images"), {"label": "cat", "page": 1, "page_size": 5,
                                               "format": "json"}).status_code == 200
     twice = client.get(reverse("api-images") + "?page=1&page=2")  # page 2 was answered
