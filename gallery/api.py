@@ -29,7 +29,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.exceptions import ErrorDetail, NotAuthenticated, NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -498,7 +498,7 @@ class NoSuchEndpointApi(APIView):
 class ImageListCreateApi(APIView):
     name = "Images"  # the browsable page's title (listing and adding)
     permission_classes = [GalleryPermission]
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file comes only so; any other body is a 415, as the schema says
     pagination_class = ImagePagination  # the envelope: count, next, previous, results
 
     @extend_schema(parameters=[ImageListQuerySerializer],

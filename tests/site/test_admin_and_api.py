@@ -628,3 +628,12 @@ def test_an_original_is_revalidated_by_its_sha256_and_a_deleted_one_is_gone(clie
     Image.objects.filter(pk=image.pk).update(added_by=user)
     assert client.delete(f"/api/images/{image.pk}/").status_code == 204
     assert client.get(url, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 404
+
+
+def test_an_upload_in_a_body_other_than_multipart_is_a_415_as_documented(client, user):
+    """A urlencoded body (file=abc) was a 400 "not a file", where the schema says 415."""
+    client.force_login(user)
+    for body, content_type in (("file=abc", "application/x-www-form-urlencoded"),
+                               ('{"file": "abc"}', "application/json")):
+        refused = client.post(reverse("api-images"), body, content_type=content_type)
+        assert refused.status_code == 415 and content_type in refused.json()["detail"], refused.content
