@@ -27,7 +27,8 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import ErrorDetail, NotAuthenticated, NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import (ErrorDetail, NotAuthenticated, NotFound, ParseError, PermissionDenied,
+                                       ValidationError)
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -76,6 +77,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, TooManyFilesSent):
         return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files; "
                                    "send one."}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ParseError) and "max total header size" in str(exc.detail):  # Django's multipart limit
+        exc.detail = ErrorDetail("A form part's headers are over 1,024 bytes (Django's limit): the file's name "
+                                 "is too long (a few hundred characters; fewer in scripts written with more bytes "
+                                 "a character). Send it under a shorter name.", code="parse_error")
     if isinstance(exc, NotAuthenticated):  # DRF's words do not say how to authenticate
         exc.detail = ErrorDetail("Sign in, or send `Authorization: Token <key>` (an administrator makes a key "
                                  "with `manage.py drf_create_token USER`).", code=exc.default_code)

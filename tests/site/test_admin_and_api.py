@@ -637,3 +637,14 @@ def test_an_upload_in_a_body_other_than_multipart_is_a_415_as_documented(client,
                                ('{"file": "abc"}', "application/json")):
         refused = client.post(reverse("api-images"), body, content_type=content_type)
         assert refused.status_code == 415 and content_type in refused.json()["detail"], refused.content
+
+
+def test_an_upload_whose_name_overflows_the_forms_headers_is_told_to_shorten_it(client, user):
+    """250 emoji (1,000 bytes): Django's "Request max total header size exceeded" said nothing of the name."""
+    from tests.gallery.factories import png_bytes
+
+    client.force_login(user)
+    refused = client.post(reverse("api-images"), {"file": SimpleUploadedFile("😀" * 250 + ".png", png_bytes())})
+    assert refused.status_code == 400 and "the file's name is too long" in refused.json()["detail"]
+    kept = client.post(reverse("api-images"), {"file": SimpleUploadedFile("猫" * 200 + ".png", png_bytes())})
+    assert kept.status_code == 201 and kept.json()["original_name"] == "猫" * 200 + ".png"
