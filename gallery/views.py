@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -77,15 +78,31 @@ def png_response(data: bytes, *, cache: bool) -> HttpResponse:
 @require_safe
 def gallery_page(request: HttpRequest) -> HttpResponse:
     label = request.GET.get("label", "").strip()
-    page = Paginator(selectors.image_list(label=label), GALLERY_PAGE_SIZE).get_page(page_number(request))
+    upto = pinned_upto(request)
+    images = selectors.image_list(label=label, upto=upto)
+    # The pager's links carry the newest id of the first page asked for, as the API's do: images added
+    # while a visitor pages do not push the ones they saw onto the next page.
+    newest = upto or images.aggregate(newest=Max("pk"))["newest"]
+    page = Paginator(images, GALLERY_PAGE_SIZE).get_page(page_number(request))
+    added_since = selectors.image_list(label=label).filter(pk__gt=upto).count() if upto else 0
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
+                                                    "upto": newest, "added_since": added_since,
                                                     "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,
                                                     "accepted_formats": ACCEPTED_NAMES,
                                                     "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
                                                     "max_request_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES
                                                     + settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
+
+
+def pinned_upto(request: HttpRequest) -> int | None:
+    """?upto=: a positive id pins the list to the images up to it; anything else is no pin (the newest)."""
+    try:
+        upto = int(request.GET.get("upto", ""))
+    except ValueError:
+        return None
+    return upto if upto >= 1 else None
 
 
 def page_number(request: HttpRequest) -> str | None:

@@ -369,6 +369,23 @@ def test_gallery_pages_below_one_are_the_first_and_label_chips_follow_any_letter
     assert [name for name, _, _ in response.context["labels"]] == ["ballpoint", "cat", "Petri dish"]
 
 
+def test_gallery_pages_stay_put_while_images_arrive(client, user, monkeypatch):
+    monkeypatch.setattr(gallery_views, "GALLERY_PAGE_SIZE", 2)
+    oldest, middle, newest = (make_image(name=f"{i}.png") for i in range(3))
+    client.force_login(user)
+    first = client.get(reverse("pages:gallery"))
+    assert [image.pk for image in first.context["page"]] == [newest.pk, middle.pk]
+    next_link = html.unescape(re.search(r'<a href="([^"]+)" rel="next">', first.content.decode()).group(1))
+    assert f"upto={newest.pk}" in next_link
+    make_image(name="arrived-1.png"), make_image(name="arrived-2.png")
+    second = client.get(reverse("pages:gallery") + next_link)
+    assert [image.pk for image in second.context["page"]] == [oldest.pk]  # not middle and newest again
+    assert "2 more added since: show the newest" in second.content.decode()
+    for upto in ("x", "0", "-5", str(2**70)):  # no pin (or past every id): the newest first, no error
+        response = client.get(reverse("pages:gallery"), {"upto": upto})
+        assert response.status_code == 200 and len(response.context["page"]) == 2, upto
+
+
 def test_help_texts_that_fields_point_at_exist(client, user):
     client.force_login(user)
     for url in (reverse("pages:preferences"), reverse("password_change")):
