@@ -4,6 +4,9 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
 
 from gallery import page_urls as gallery_pages
 from gallery.api import NoSuchEndpointApi
@@ -18,6 +21,19 @@ class SwaggerDocsView(SpectacularSwaggerSplitView):
     start-up script a file of its own (?script), since the Content-Security-Policy runs no inline script."""
 
     renderer_classes = [PageLanguageTemplateRenderer]
+
+
+class SchemaView(SpectacularAPIView):
+    """/api/schema/: YAML unless Accept or ?format= asks for JSON. Its errors (a 406 for an Accept it does
+    not write) are JSON, as every other API error is: DRF writes them with the view's first renderer, YAML."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
+        try:
+            return super().perform_content_negotiation(request)
+        except NotAcceptable:
+            if not force:
+                raise
+            return JSONRenderer(), JSONRenderer.media_type
 
 
 # Admin is one of the product's interfaces: its tab and header name the product, not Django.
@@ -45,7 +61,7 @@ urlpatterns = [
     path("accounts/password_change/done/",
          auth_views.PasswordChangeDoneView.as_view(template_name="registration/site_password_change_done.html"),
          name="password_change_done"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", SwaggerDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("gallery.api_urls")),
     path("api/", include("retrieval.api_urls")),

@@ -43,6 +43,15 @@ def test_a_format_the_address_does_not_write_is_a_406_naming_those_it_does_not_a
                                           "application/json, text/html."}
 
 
+def test_the_schema_is_yaml_or_json_and_its_refusals_are_json(client, token):
+    assert client.get("/api/schema/", **token).content.startswith(b"openapi: 3.0.3")
+    assert client.get("/api/schema/", {"format": "json"}, **token).json()["openapi"] == "3.0.3"
+    for refused in (client.get("/api/schema/", HTTP_ACCEPT="text/html", **token),
+                    client.get("/api/schema/", {"format": "xml"}, **token)):
+        assert refused.status_code == 406 and refused["Content-Type"] == "application/json"
+        assert refused.json()["detail"].startswith(("Nothing here is written as 'text/html'", "No format 'xml'"))
+
+
 def test_head_on_the_files_the_api_links_to_answers_as_get_without_the_body(client, token, media_root):
     image = make_image()
     mask = add_mask(image)
