@@ -12,10 +12,14 @@ from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.options import IS_FACETS_VAR, ShowFacets
 from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
 from django.db.models import CASCADE, Exists, Model, OuterRef, Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+from rest_framework.authtoken.models import Token
 
 from gallery import selectors, services
 from gallery.models import Image, Mask, ResetJob
@@ -278,6 +282,46 @@ admin.site.unregister(Schedule)
 # "Resubmit selected tasks" runs them again (and removes the failed ones): Django offers an action with
 # no permissions named to whoever may view the list, and each click doubled the queue.
 django_q.admin.resubmit_task.allowed_permissions = ("change", "delete")
+
+
+class UserAdminHidingApiKeys(type(admin.site._registry[get_user_model()])):  # type: ignore[misc]
+    """Users as Django's admin has them, but a deletion's summary names an account's API key as that, not as
+    the key itself ("Token: 5289db…"): staff who may only delete users read every key there, a superuser's
+    included, before deleting anything. The summary also says that the account's images stay."""
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str],
+                                                                             list[Any]]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        users = list(objs)
+        keys = list(Token.objects.filter(user__in=users).values_list("key", flat=True))
+        if not request.POST.get("post"):  # the confirmation page, not the deletion itself
+            if kept := Image.objects.filter(added_by__in=users).count():
+                theirs = reverse("admin:gallery_image_changelist") + "?added_by__id__in=" + ",".join(
+                    str(user.pk) for user in users)
+                messages.warning(request, format_html(
+                    'The {} image{} added by {} stay{} in the gallery, added by nobody: <a href="{}">delete '
+                    'them first</a> if they should go too.', kept, pluralize(kept), "this account" if len(users) == 1
+                    else "these accounts", pluralize(kept, "s,"), theirs))
+        return without_api_keys(deleted, keys), counts, perms_needed, protected
+
+
+def without_api_keys(summary: list[Any], keys: list[str]) -> list[Any]:
+    """A deletion summary (nested lists of texts) with each API key replaced by words."""
+    hidden: list[Any] = []
+    for item in summary:
+        if isinstance(item, list):
+            hidden.append(without_api_keys(item, keys))
+            continue
+        for key in keys:
+            if key in item:  # safe HTML stays safe: the words have no markup
+                item = mark_safe(item.replace(key, "(the account's API key)")) if isinstance(item, SafeString) \
+                    else item.replace(key, "(the account's API key)")
+        hidden.append(item)
+    return hidden
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserAdminHidingApiKeys)
 
 
 # A token acts as its user, a superuser's included: with DRF's admin, staff holding only "Can view Token"

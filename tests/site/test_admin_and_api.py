@@ -567,6 +567,29 @@ def test_only_superusers_see_or_make_api_tokens_in_admin(client, django_user_mod
     assert Token.objects.filter(user=staff_user).exists()  # a superuser still makes them
 
 
+def test_deleting_a_user_in_admin_shows_no_api_key_and_says_their_images_stay(client, django_user_model,
+                                                                               media_root):
+    """Staff who may only delete users read every account's key on the confirmation page ("Token: 5289db…")."""
+    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    alice = django_user_model.objects.create_user("alice", password="Al1ce-pass-long!")
+    keys = [Token.objects.create(user=boss).key, Token.objects.create(user=alice).key]
+    Image.objects.filter(pk=make_image(name="hers.png").pk).update(added_by=alice)
+    remover = django_user_model.objects.create_user("remover", password="R3mover-pass!", is_staff=True)
+    remover.user_permissions.add(*Permission.objects.filter(codename__in=("delete_user", "view_user")))
+    client.force_login(remover)
+    for user in (boss, alice):
+        page = client.get(reverse("admin:auth_user_delete", args=[user.pk])).content.decode()
+        assert "Token: (the account&#x27;s API key)" in page and not any(key in page for key in keys), user
+    page = client.get(reverse("admin:auth_user_delete", args=[alice.pk])).content.decode()
+    assert "The 1 image added by this account stays in the gallery" in page
+    assert f'href="/admin/gallery/image/?added_by__id__in={alice.pk}"' in page
+    action = client.post(reverse("admin:auth_user_changelist"), {"action": "delete_selected",
+                                                                  "_selected_action": [boss.pk, alice.pk]})
+    assert action.status_code == 200 and not any(key in action.content.decode() for key in keys)
+    assert client.post(reverse("admin:auth_user_delete", args=[alice.pk]), {"post": "yes"}).status_code == 302
+    assert not django_user_model.objects.filter(pk=alice.pk).exists() and not Token.objects.filter(key=keys[1])
+
+
 def test_a_refusal_is_logged_on_one_line_and_a_server_error_with_its_traceback(client, django_user_model, caplog,
                                                                                 monkeypatch):
     """Each 403 (a staff page without its permission) wrote a 30-line traceback to the log."""
