@@ -177,7 +177,7 @@ def index_rebuild(*, space: str, model_key: str, dim: int, progress: Progress | 
                            version=version, dim=dim)
         old_file = state.file_name
         state.version, state.vector_count, state.kind = version, int(len(built.ids)), built.kind
-        state.file_name, state.built_at = file_name, timezone.now()
+        state.file_name, state.built_at, state.synced_at = file_name, timezone.now(), fresh.synced_at
         state.save()
     if old_file and old_file != file_name:
         _remove_index_files(old_file)

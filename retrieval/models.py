@@ -98,6 +98,7 @@ class IndexState(models.Model):
     kind = models.CharField(max_length=16, blank=True, help_text="flat, ivf, ivf-sq8, ivf-sq6, ivf-sq4, ivf-pq or hnsw")
     file_name = models.CharField(max_length=255, blank=True)
     built_at = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True, help_text="the file holds what Postgres held then")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["owner", "space", "model_key"], name="index_state_unique_per_owner")]

@@ -14,6 +14,7 @@ from gallery.database_outage import run_through_database_outage
 from retrieval import uploads
 from retrieval.encoders.devices import model_device
 from retrieval.encoders.registry import loaded_precisions
+from retrieval.index_purge import deleted_vectors_purge
 from retrieval.integrity import integrity_check, integrity_heal
 from retrieval.pipeline import process_batch
 
@@ -55,6 +56,11 @@ def worker_ping() -> dict[str, object]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "at": timezone.now().isoformat(),
             "torch_threads": torch.get_num_threads(), "device": str(model_device()),
             "precision": loaded_precisions()}
+
+
+def purge_deleted_from_indexes() -> list[str]:
+    """Daily: index files rebuilt without the vectors of images deleted since, old tombstones removed."""
+    return deleted_vectors_purge()
 
 
 def rebuild_indexes() -> list[str]:

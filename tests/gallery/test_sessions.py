@@ -31,6 +31,7 @@ def test_the_main_workers_clear_expired_sessions_daily():
     assert schedule.schedule_type == Schedule.DAILY and schedule.repeats < 0
     assert schedule.cluster is None  # the main cluster's, not the interactive one's
     Schedule.objects.filter(pk=schedule.pk).update(next_run=timezone.now() - timedelta(minutes=1))
+    Schedule.objects.exclude(pk=schedule.pk).update(next_run=timezone.now() + timedelta(hours=1))  # not theirs
     scheduler()  # what the main cluster's guard runs every 30 s: the task is queued for its workers
 
     queued = [SignedPackage.loads(task.payload) for task in OrmQ.objects.all()]

@@ -2,18 +2,24 @@
 
 import hashlib
 import threading
+from datetime import timedelta
+from importlib import import_module
 
 import faiss
 import numpy as np
 import pytest
+from django.apps import apps
 from django.core.management import call_command
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.models import Schedule
 
 from gallery import services
 from gallery.models import Image
-from retrieval import index_build, indexes, vector_io
+from retrieval import index_build, index_purge, index_snapshots, indexes, vector_io
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
-from retrieval.models import IndexState
+from retrieval.models import DeletedImage, IndexState
 from retrieval.rerank_vectors import RerankWriter
 from retrieval.neighbours import nearest
 from retrieval.vector_io import embeddings_copy_in, load_all
@@ -472,3 +478,42 @@ def test_a_build_removes_the_temporary_files_a_killed_writer_left_and_only_those
     index_rebuild(space=space, model_key=key, dim=dim)
     assert not left_over.exists() and being_written.exists()
     assert sorted(p.name for p in folder.glob("*.tmp")) == ["tmpwriting.tmp"]
+
+
+def labels_in_file(space: str, key: str) -> set[int]:
+    state = IndexState.objects.get(space=space, model_key=key)
+    path = index_snapshots.index_dir() / state.file_name
+    return set(manager._read_file(state, SEMANTIC[2], path, path.with_suffix(".json")).labels.tolist())
+
+
+@pytest.mark.django_db
+def test_the_daily_purge_rebuilds_index_files_that_hold_deleted_images_and_prunes_old_tombstones():
+    """A deletion reached every process's memory, but the index files kept the deleted image's vector until
+    someone rebuilt them; tombstones were never removed."""
+    space, key, dim = SEMANTIC
+    kept, gone = store(space, key, random_vectors(space, 2, dim, seed=30))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    assert index_purge.indexes_holding_deleted() == []  # nothing deleted since it was read
+    assert index_purge.deleted_vectors_purge() == [] and IndexState.objects.get(space=space).version == 1
+    services.image_delete(image=Image.objects.get(pk=gone))
+    assert labels_in_file(space, key) == {kept, gone}
+    done = index_purge.deleted_vectors_purge()
+    assert len(done) == 1 and "rebuilt the semantic index" in done[0]
+    assert labels_in_file(space, key) == {kept}
+    # A day on, a deletion a minute before that rebuild (more than the catch-up's slack) is not in its file.
+    DeletedImage.objects.update(deleted_at=IndexState.objects.get(space=space).synced_at - timedelta(minutes=1))
+    assert index_purge.deleted_vectors_purge() == []
+    assert DeletedImage.objects.filter(image_id=gone).exists()  # a process may still read it
+    DeletedImage.objects.update(deleted_at=timezone.now() - index_purge.TOMBSTONE_KEPT - timedelta(minutes=1))
+    assert index_purge.deleted_vectors_purge() == ["removed 1 tombstones older than every index file"]
+    assert not DeletedImage.objects.exists()
+    IndexState.objects.update(synced_at=None)  # a file built before its read time was recorded
+    DeletedImage.objects.create(image_id=gone)
+    DeletedImage.objects.update(deleted_at=timezone.now() - timedelta(days=30))
+    rebuilt, pruned = index_purge.deleted_vectors_purge()  # rebuilt, as anything may be in it; then known
+    assert "rebuilt the semantic index" in rebuilt and pruned == "removed 1 tombstones older than every index file"
+    assert IndexState.objects.get(space=space).synced_at is not None and not DeletedImage.objects.exists()
+    import_module("retrieval.migrations.0011_index_synced_at_and_daily_purge").schedule_purge(apps, None)
+    schedule = Schedule.objects.get(name="Rebuild indexes that hold deleted images")  # made by the migration
+    assert schedule.schedule_type == Schedule.DAILY and schedule.repeats < 0 and schedule.cluster is None
+    assert import_string(schedule.func)() == []  # as the main cluster's workers run it: nothing left to do
