@@ -11,6 +11,7 @@ from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
 from django.urls import Resolver404, resolve, reverse
+from django.utils.cache import patch_cache_control
 
 from gallery.storage import STORAGE_ERRORS
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
@@ -52,6 +53,22 @@ class CrossOriginResourcePolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        return response
+
+
+class PrivateCacheMiddleware:
+    """`Cache-Control: private` on what a signed-in user (session or token) gets, where the view said nothing
+    of caching: pages and API answers hold that user's images and search texts, which no shared cache (a
+    proxy) may keep and hand to someone else."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if "Cache-Control" not in response.headers and user is not None and user.is_authenticated:
+            patch_cache_control(response, private=True)
         return response
 
 

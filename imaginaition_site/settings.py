@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "imaginaition_site.middleware.PrivateCacheMiddleware",  # after auth: it asks who is signed in
     "django.contrib.messages.middleware.MessageMiddleware",
     "imaginaition_site.middleware.PageRefusalsMiddleware",  # after auth: its pages show who is signed in
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -52,6 +52,19 @@ def test_the_schema_is_yaml_or_json_and_its_refusals_are_json(client, token):
         assert refused.json()["detail"].startswith(("Nothing here is written as 'text/html'", "No format 'xml'"))
 
 
+def test_what_a_signed_in_user_gets_no_shared_cache_may_keep(client, user, token, media_root):
+    """Pages and API answers held a user's images and search texts with no Cache-Control at all."""
+    image = make_image()
+    assert "Cache-Control" not in client.get("/api/").headers  # the same for everyone: nothing to keep private
+    for answer in (client.get("/api/images/", **token), client.get("/api/preferences/", **token)):
+        assert answer["Cache-Control"] == "private", answer.wsgi_request.path
+    client.force_login(user)
+    for path in ("/gallery/", "/search/?text=my+secret", "/preferences/", "/api/status/",
+                 f"/images/{image.pk}/masks/{add_mask(image).pk}.png"):
+        assert "private" in client.get(path)["Cache-Control"], path
+    assert client.get(f"/images/{image.pk}/thumbnail/")["Cache-Control"] == "private, max-age=86400"  # its own
+
+
 def test_head_on_the_files_the_api_links_to_answers_as_get_without_the_body(client, token, media_root):
     image = make_image()
     mask = add_mask(image)
