@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -63,5 +64,12 @@ def tokens_end_with_a_new_password(sender: type[AbstractBaseUser], instance: Abs
 def sessions_clear_expired() -> None:
     """Remove the sessions past their expiry (what `clearsessions` does). Django never removes them
     itself: each sign-in, and each visitor's preferences or upload, left a row for ever. The main
-    workers run it daily (a django-q2 schedule, made by gallery's migration 0009)."""
+    workers run it daily (a django-q2 schedule, made by gallery's migration 0009), with the next."""
     import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+    sign_in_logs_expire()
+
+
+def sign_in_logs_expire() -> int:
+    """Remove django-axes' records of sign-ins (user name, address, browser) older than
+    IMAGINAITION_SIGN_IN_LOG_DAYS: kept for ever otherwise, as `axes_reset_logs` is never run by itself."""
+    return AxesProxyHandler.reset_logs(age_days=settings.IMAGINAITION_SIGN_IN_LOG_DAYS)

@@ -151,6 +151,8 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = env_number("IMAGINAITION_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_number("IMAGINAITION_LOGIN_COOLOFF_MINUTES", 15, minimum=0, whole=False))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Each sign-in's record (user name, address, browser) in admin's "Access logs": removed daily past this age.
+IMAGINAITION_SIGN_IN_LOG_DAYS = env_number("IMAGINAITION_SIGN_IN_LOG_DAYS", 30, minimum=1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "imaginaition_site.sign_in.sign_in_locked_out"
 AXES_USERNAME_CALLABLE = "imaginaition_site.sign_in.throttled_username"

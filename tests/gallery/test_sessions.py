@@ -1,9 +1,11 @@
-"""Sessions end: the expired ones are removed daily by the main workers (Django never removes them)."""
+"""Sessions end: the expired ones are removed daily by the main workers (Django never removes them), with
+old records of sign-ins."""
 
 from datetime import timedelta
 from importlib import import_module
 
 import pytest
+from axes.models import AccessLog
 from django.apps import apps
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
@@ -24,6 +26,10 @@ def test_the_main_workers_clear_expired_sessions_daily():
         sessions[name].create()
     Session.objects.filter(session_key=sessions["expired"].session_key).update(
         expire_date=timezone.now() - timedelta(days=1))
+    for days_ago in (31, 29):  # django-axes' record of a sign-in: name, address, browser (kept for ever)
+        AccessLog.objects.filter(pk=AccessLog.objects.create(username=f"{days_ago} days ago", user_agent="Firefox",
+                                                             ip_address="192.0.2.1").pk).update(
+            attempt_time=timezone.now() - timedelta(days=days_ago))
 
     # Made by a migration; a transactional test before this one may have emptied the table: made again.
     import_module("gallery.migrations.0009_clear_expired_sessions_daily").schedule_session_cleanup(apps, None)
@@ -39,3 +45,4 @@ def test_the_main_workers_clear_expired_sessions_daily():
     assert Schedule.objects.get(pk=schedule.pk).next_run > timezone.now() + timedelta(hours=23)
     import_string(queued[0]["func"])(*queued[0]["args"], **queued[0]["kwargs"])  # as a worker runs it
     assert list(Session.objects.values_list("session_key", flat=True)) == [sessions["live"].session_key]
+    assert list(AccessLog.objects.values_list("username", flat=True)) == ["29 days ago"]  # 30 days kept
