@@ -7,12 +7,14 @@ import, reset) validates the same way and the models always get the same RGB con
 from __future__ import annotations
 
 import errno
+import html
 import io
 import math
 import os
 import re
 import stat
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy as np
 import pillow_heif
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.http.multipartparser import MultiPartParser
 from PIL import Image as PILImage
 from PIL import ExifTags, PngImagePlugin, UnidentifiedImageError
 
@@ -161,6 +164,21 @@ def read_file_in(root: Path, path: Path) -> bytes:
     finally:
         for descriptor in opened:
             os.close(descriptor)
+
+
+def multipart_file_name(parser: MultiPartParser, file_name: str) -> str | None:
+    """Django's MultiPartParser.sanitize_file_name (entities read, folders dropped, nothing left is no file),
+    but keeping the invisible format characters it drops as "not printable": the zero-width joiner of an
+    emoji sequence (👨‍👩‍👧 became three people) and the non-joiner of Persian or Indic words (another word).
+    import_folder keeps them; stored_name removes the bidirectional controls among them either way."""
+    file_name = html.unescape(file_name).rsplit("/")[-1].rsplit("\\")[-1]
+    file_name = "".join(char for char in file_name if char.isprintable() or unicodedata.category(char) == "Cf")
+    return None if file_name in {"", ".", ".."} else file_name
+
+
+def keep_format_characters_in_upload_names() -> None:
+    """Every multipart parser, Django's and DRF's (which uses Django's), names files as multipart_file_name."""
+    MultiPartParser.sanitize_file_name = multipart_file_name  # type: ignore[method-assign]
 
 
 def upload_name(upload: UploadedFile) -> str:

@@ -1,5 +1,6 @@
 """The names images are stored and shown under: one per file, whichever way it came in."""
 
+import io
 import re
 import unicodedata
 from importlib import import_module
@@ -7,8 +8,12 @@ from importlib import import_module
 import pytest
 from django.apps import apps
 from django.contrib.admin.sites import site
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.urls import reverse
+from PIL import Image as PILImage
+from rest_framework.authtoken.models import Token
+from skimage import data as skdata
 
 from gallery.models import Image
 from gallery import services
@@ -101,3 +106,22 @@ def test_a_name_edited_in_admin_that_is_stored_otherwise_says_so(client, admin_u
     assert "The name was saved as “upload”: nothing of the name typed would show." in invisible
     again = client.post(url, {**management, "original_name": DECOMPOSED}, follow=True).content.decode()
     assert "was changed successfully" in again and "was saved as" not in again  # composing it is no news
+
+
+def test_an_uploaded_name_keeps_its_joiners_as_an_imported_one_does(client, user, media_root):
+    """Django's multipart parser dropped every "non-printable" character: a family emoji (joined by U+200D)
+    became three people, a Persian word (U+200C) another word; import_folder kept both."""
+    def picture(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        PILImage.fromarray(skdata.astronaut()[seed:seed + 64, :64]).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    family, persian = "👨\u200d👩\u200d👧 family.png", "می\u200cخواهم.png"
+    key = Token.objects.create(user=user).key
+    added = client.post("/api/images/", {"file": SimpleUploadedFile(family, picture(0))},
+                        HTTP_AUTHORIZATION=f"Token {key}")
+    assert added.status_code == 201 and added.json()["original_name"] == family
+    client.force_login(user)
+    for name, seed in ((persian, 1), ("C:\\Users\\Jane\\\u202egnp.exe.png", 2), ("../../&quot;x&quot;.png", 3)):
+        client.post(reverse("pages:images-add"), {"files": SimpleUploadedFile(name, picture(seed))})
+    assert set(Image.objects.values_list("original_name", flat=True)) == {family, persian, "gnp.exe.png", '"x".png'}
