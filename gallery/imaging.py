@@ -178,7 +178,7 @@ def multipart_file_name(parser: MultiPartParser, file_name: str) -> str | None:
 
 def keep_format_characters_in_upload_names() -> None:
     """Every multipart parser, Django's and DRF's (which uses Django's), names files as multipart_file_name."""
-    MultiPartParser.sanitize_file_name = multipart_file_name  # type: ignore[method-assign]
+    MultiPartParser.sanitize_file_name = multipart_file_name  # type: ignore[method-assign, assignment]
 
 
 def upload_name(upload: UploadedFile) -> str:
