@@ -156,16 +156,28 @@ def readable_name(text: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def path_text(text: str) -> str:
+    """A path of a folder's file as a report shows it (a command's output, the reset page, the log): readable,
+    each control character written out (\\n, \\x1b), so that no name breaks a line or sends a terminal escape."""
+    return "".join(repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in readable_name(text))
+
+
 # Bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE, ...): in a name they reversed it and the text
 # after it on every page ("gnp.exe.png"). Django's multipart parser drops them from uploads' names.
 _BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+# Control characters: a folder's file named "a\nERROR forged.png" or "\x1b[2J.png" wrote a line of its own, or
+# a terminal's escape, into logs and command output. Line breaks and tabs become spaces (as a browser's upload
+# of such a name has them), the rest go (as Django's multipart parser drops them).
+_CONTROLS: dict[int, str | None] = {code: (" " if chr(code) in "\t\n\v\f\r\x1c\x1d\x1e\x85" else None)
+                                    for code in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 def stored_name(original_name: str) -> str:
     """The name an image is stored and shown under, one for one file whichever way it came: readable,
     composed (NFC: macOS writes é as e + a combining accent, which a search for é missed), without
-    bidirectional controls, at most 255 characters; "upload" when nothing of it would show."""
-    name = unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name)).translate(_BIDI_CONTROLS)
+    bidirectional or other control characters, at most 255 characters; "upload" when nothing of it would show."""
+    name = unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name))
+    name = name.translate(_BIDI_CONTROLS).translate(_CONTROLS)
     return name[:255] if shows_anything(name) else "upload"
 
 
@@ -240,7 +252,7 @@ def subfolders_not_read(root: Path, *, recursive: bool) -> list[str]:
     said, never skipped in silence. Symbolic links are not among them: they are refused as such."""
     if recursive:
         return []
-    return sorted(readable_name(entry.name) for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink())
+    return sorted(path_text(entry.name) for entry in root.iterdir() if entry.is_dir() and not entry.is_symlink())
 
 
 def names_shortened(names: list[str], *, shown: int = 10) -> str:
@@ -264,7 +276,7 @@ def folder_files(*, root: Path, recursive: bool) -> tuple[list[Path], list[tuple
         except OSError as exc:  # no listing (no read permission) or no look inside (no execute permission)
             if folder == root:
                 raise
-            refused.append((readable_name(str(folder.relative_to(root))),
+            refused.append((path_text(str(folder.relative_to(root))),
                             f"could not read the folder: {exc.strerror or exc}"))
             continue
         files += found
@@ -280,7 +292,7 @@ def _folder_entries(folder: Path, root: Path) -> tuple[list[Path], list[tuple[st
     refused: list[tuple[str, str]] = []
     below: list[Path] = []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        relative = readable_name(str(entry.relative_to(root)))
+        relative = path_text(str(entry.relative_to(root)))
         if entry.is_symlink():
             refused.append((relative, "symbolic link: not followed"))
         elif entry.is_dir():
@@ -309,7 +321,7 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
     report = ImportReport(rejected=list(refused),
                           folders_not_read=subfolders_not_read(resolved_root, recursive=recursive))
     for path in files:
-        relative = readable_name(str(path.relative_to(resolved_root)))
+        relative = path_text(str(path.relative_to(resolved_root)))
         try:
             data = read_file_in(resolved_root, path)
         except ImageRejected as exc:

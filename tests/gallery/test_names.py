@@ -38,6 +38,22 @@ def test_import_folder_stores_names_composed_without_bidirectional_controls(sett
         ["RTLO_gnp.exe.png", "café été.png", "ltr mark.png", "emoji \U0001f469\u200d\U0001f52c.png"])  # ZWJ kept
 
 
+def test_a_folders_names_with_control_characters_forge_no_lines_and_send_no_terminal_escapes(settings, tmp_path,
+                                                                                            media_root):
+    """A file named "b\n2026-12-07 ERROR x: forged.png" printed a forged line of its own in import_folder's
+    report (and the worker's log), "\x1b[2J..." cleared the operator's terminal; both names were stored so."""
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    (tmp_path / "a\nERROR x: forged.png").write_bytes(png_bytes())
+    (tmp_path / "\x1b[2J\x1b[31mclear.png").write_bytes(png_bytes())
+    (tmp_path / "b\n2026-12-07 ERROR x: forged\x1b[31m.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = io.StringIO()
+    call_command("import_folder", str(tmp_path), stdout=out)
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["[2J[31mclear.png", "a ERROR x: forged.png"]
+    report = out.getvalue()
+    assert "\x1b" not in report and "\n2026-12-07" not in report
+    assert "  rejected b\\n2026-12-07 ERROR x: forged\\x1b[31m.png: " in report  # on its own line, written out
+
+
 @pytest.mark.parametrize("given, stored", [("   ", "upload"), ("\ufeff\u202e", "upload"), (" a.png", " a.png")])
 def test_a_name_that_would_show_nothing_is_stored_as_upload(media_root, given, stored):
     """A name of spaces was kept: its links in the gallery and admin had no visible text."""
