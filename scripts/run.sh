@@ -41,15 +41,16 @@ $PY manage.py ensure_admin
 # Each in its own session (setsid): a terminal's Ctrl-C reaches only this script, which then sends each
 # one SIGTERM, once. A cluster that got the terminal's SIGINT and then our SIGTERM ran its stop twice,
 # nested, and hung in it.
+declare -A roles
 setsid $PY manage.py qcluster &
-pids+=($!)
+pids+=($!); roles[$!]="the workers (qcluster)"
 # The interactive worker: an upload's labels and masks, while its page waits (never behind an import).
 Q_CLUSTER_NAME=interactive setsid $PY manage.py qcluster &
-pids+=($!)
+pids+=($!); roles[$!]="the interactive worker (qcluster interactive)"
 setsid $PY -m gunicorn imaginaition_site.wsgi:application --bind "$HOST:$PORT" --workers 1 --threads 4 \
     --timeout 300 --graceful-timeout 10 --access-logfile - &
 web=$!
-pids+=("$web")
+pids+=("$web"); roles[$web]="the web server (gunicorn)"
 # Running once the web server answers; one that cannot start ends, and so does make run, with an error
 # status (what a service manager's restart-on-failure goes by), after stopping the workers.
 until port_answers "$HOST" "$PORT"; do
@@ -62,10 +63,11 @@ until port_answers "$HOST" "$PORT"; do
 done
 echo ">> ImaginAItion is running on http://$HOST:$PORT/  (admin: /admin/, API: /api/)  Ctrl-C stops it."
 status=0
-wait -n "${pids[@]}" || status=$?
+ended=""
+wait -n -p ended "${pids[@]}" || status=$?
 # Here a Ctrl-C's stop has run (a stop that was asked for: status 0), or one of the three ended on its own:
 # the EXIT trap stops the others, and the status says it failed.
 if [ "$stopping" = 1 ]; then exit 0; fi
-echo ">> a process of the service ended (status $status): stopping the others" >&2
+echo ">> ${roles[${ended:-none}]:-a process of the service} ended (status $status): stopping the others" >&2
 [ "$status" != 0 ] || status=1  # the service stopped without being asked: a failure whatever it said
 exit "$status"

@@ -27,5 +27,18 @@ stop_processes() {
             kill_tree "$pid"
         fi
         wait "$pid" 2>/dev/null || true
+        stop_group "$pid"
     done
+}
+
+# What is left of a role's own process group (run.sh starts each with setsid: its group is its first
+# process's id) once that process ended: a cluster whose sentinel was killed leaves its workers and
+# monitor running, orphaned. SIGTERM, up to 5 s, then SIGKILL.
+stop_group() {
+    local group=$1 deadline=$((SECONDS + 5))
+    kill -0 -- -"$group" 2>/dev/null || return 0
+    echo ">> processes left behind by $group: stopping them"
+    kill -TERM -- -"$group" 2>/dev/null || true
+    while kill -0 -- -"$group" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5 || true; done
+    kill -KILL -- -"$group" 2>/dev/null || true
 }

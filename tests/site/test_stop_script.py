@@ -55,3 +55,25 @@ def test_a_process_that_stops_when_asked_is_not_waited_for():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "still busy" not in result.stdout
     assert int(result.stdout.rsplit("stopped after ", 1)[1].split()[0]) < 10  # not the 30 s allowed
+
+
+def test_what_a_role_leaves_in_its_process_group_when_its_first_process_dies_is_stopped_too():
+    """A cluster whose sentinel was killed left its workers and monitor running (orphans, 1 GB each), and
+    a second `make run` started beside them."""
+    script = f"""
+    set -euo pipefail
+    source {REPO}/scripts/stop.sh
+    setsid bash -c 'sleep 300 & echo "orphan $!"; exec sleep 300' &   # a role: its own group, a child in it
+    role=$!
+    sleep 0.5
+    kill -KILL "$role"  # its first process dies; the child lives on
+    stop_processes 5 "$role"
+    """
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    orphan = int(result.stdout.split("orphan ", 1)[1].split()[0])
+    assert "processes left behind by" in result.stdout
+    deadline = time.monotonic() + 5
+    while not gone(orphan) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone(orphan)
