@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
+import math
+import time
 
 from gallery.imaging import picture_for_models
 from gallery.models import Image
-from gallery.storage import stored_delete, stored_read, stored_write_once
+from gallery.storage import STORAGE_ERRORS, stored_delete, stored_read, stored_write_once
+
+logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZES = (128, 256, 512, 1024)
 DISPLAY_SIZE = 1024  # a picture browsers cannot show (TIFF) is shown as this rendition: its masks' resolution
@@ -40,12 +45,29 @@ def thumbnail_bytes(*, image: Image, size: int = 256) -> bytes:
         pass
     with image.file.open("rb") as fh:
         data = webp_rendition(fh.read(), max_side=size)
-    stored_write_once(name, data)
+    try:
+        stored_write_once(name, data)
+    except STORAGE_ERRORS as exc:  # a full disk, a read-only folder: shown all the same, kept next time
+        _warn_not_kept(name, exc)
+        return data
     # Deleted while this was made: its delete removed the thumbnails before this one existed. Checked
     # after the write, so a delete committed later removes this file itself.
     if not Image.objects.filter(sha256=image.sha256).exists():
         stored_delete([name])
     return data
+
+
+def _warn_not_kept(name: str, exc: BaseException) -> None:
+    """Once a minute at most: a gallery page asks for 50 thumbnails, each of which would say the same."""
+    global _last_warned
+    if time.monotonic() - _last_warned >= NOT_KEPT_WARNING_SECONDS:
+        _last_warned = time.monotonic()
+        logger.warning("thumbnails are served but not kept: %s could not be written (%r); (said once a minute)",
+                       name, exc)
+
+
+NOT_KEPT_WARNING_SECONDS = 60
+_last_warned = -math.inf
 
 
 def webp_rendition(data: bytes, *, max_side: int) -> bytes:

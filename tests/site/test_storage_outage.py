@@ -3,6 +3,7 @@ was done stays done and is said truly, what needs a file answers 503 naming the 
 the image failed (Retry works), and a hung endpoint holds a thread seconds, not minutes."""
 
 import logging
+import math
 import re
 import threading
 import time
@@ -17,6 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from gallery import thumbnails
 from gallery.models import Image
 from gallery.reset import reset_run, reset_start
 from gallery.storage import STORAGE_ERRORS, AtomicFileSystemStorage
@@ -199,6 +201,22 @@ def test_a_local_media_folder_failing_under_a_page_is_a_503_naming_imaginaition_
     assert response.status_code == 503 and "Permission denied" in response.content.decode()
     assert "IMAGINAITION_MEDIA_ROOT" in response.content.decode() and api.status_code == 200
     assert response["Retry-After"] == "30"  # an outage: a client may ask again, not at once
+
+
+def test_a_full_media_disk_still_shows_thumbnails_and_says_so_once(client, user, media_root, caplog, monkeypatch):
+    """Each thumbnail of a gallery page was a 503 (two log lines each) when it could not be kept, though the
+    originals it is made from read fine."""
+    monkeypatch.setattr(thumbnails, "_last_warned", -math.inf)  # as in a process that has not said it yet
+    images = [make_image(name=f"{i}.png") for i in range(3)]
+    client.force_login(user)
+    with mock.patch.object(AtomicFileSystemStorage, "_save", side_effect=OSError(28, "No space left on device")), \
+            caplog.at_level("WARNING"):
+        answers = [client.get(reverse("gallery:image-thumbnail", args=[image.pk])) for image in images]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert all(answer["Content-Type"] == "image/webp" and answer.content for answer in answers)
+    assert not [path for path in (media_root / "thumbs").rglob("*") if path.is_file()]  # not kept
+    said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(said) == 1 and "thumbnails are served but not kept" in said[0] and "No space left" in said[0]
 
 
 def test_the_apis_storage_refusals_say_when_to_try_again():
