@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from django.conf import settings
@@ -357,7 +358,7 @@ class ImageOutputSerializer(ImageUrlFields):
     height = serializers.IntegerField()
     format = serializers.CharField()
     byte_size = serializers.IntegerField()
-    created_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField(default_timezone=dt_timezone.utc)  # UTC ("Z") whatever TIME_ZONE
     status = serializers.CharField()
     error = serializers.CharField()
     masks_status = serializers.CharField()

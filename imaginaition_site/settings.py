@@ -6,6 +6,7 @@ import secrets
 import time
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -162,7 +163,13 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The zone pages, admin and the log show times in (the API writes UTC, "Z"). Django sets the processes' TZ to it.
+TIME_ZONE = env_text("IMAGINAITION_TIME_ZONE", "UTC")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(f"IMAGINAITION_TIME_ZONE={TIME_ZONE!r} is not a time zone: a name such as UTC, "
+                               "Europe/Berlin or Asia/Kolkata (the IANA database's)") from None
 USE_I18N = True
 USE_TZ = True
 
@@ -389,7 +396,10 @@ def _database_outages_on_one_line(record: logging.LogRecord) -> bool:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # The time with its zone's offset (gunicorn's own lines have it too), the process id (which of web,
+    # workers, interactive worker said it: the run log interleaves them).
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+                             "datefmt": "%Y-%m-%d %H:%M:%S%z"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_choice("IMAGINAITION_LOG_LEVEL", "INFO", (
         "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True)},

@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import torch
@@ -99,7 +101,12 @@ def worker_check_result(task_id: str) -> dict[str, Any] | None:
     task = Task.objects.filter(pk=task_id, group=WORKER_CHECK_GROUP).first()
     if task is None:
         return None
-    return {"success": task.success, "result": task.result, "stopped": task.stopped.isoformat()}
+    return {"success": task.success, "result": task.result, "stopped": api_time(task.stopped)}
+
+
+def api_time(moment: datetime) -> str:
+    """A time as the API writes every time: UTC, ISO 8601 ending in "Z" (as DRF writes an image's created_at)."""
+    return moment.astimezone(dt_timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def heal_start() -> str:

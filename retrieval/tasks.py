@@ -17,6 +17,7 @@ from retrieval.encoders.registry import loaded_precisions
 from retrieval.index_purge import deleted_vectors_purge
 from retrieval.integrity import integrity_check, integrity_heal
 from retrieval.pipeline import process_batch
+from retrieval.status import api_time
 
 
 def _outage_wait(cluster_timeout: int) -> float:
@@ -53,7 +54,7 @@ def staged_segment(token: str) -> str | None:
 def worker_ping() -> dict[str, object]:
     """Proves a worker picked up a task: who ran it and when, with how many torch threads and on
     which device its models run (shown by the status endpoint)."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "at": timezone.now().isoformat(),
+    return {"pid": os.getpid(), "host": socket.gethostname(), "at": api_time(timezone.now()),
             "torch_threads": torch.get_num_threads(), "device": str(model_device()),
             "precision": loaded_precisions()}
 

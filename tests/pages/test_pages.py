@@ -1,6 +1,7 @@
 """The web pages: render in every state, CSRF on every form, upload → labels → overlay → add → search."""
 
 import html
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 import io
 import re
@@ -384,6 +385,18 @@ def test_gallery_pages_stay_put_while_images_arrive(client, user, monkeypatch):
     for upto in ("x", "0", "-5", str(2**70)):  # no pin (or past every id): the newest first, no error
         response = client.get(reverse("pages:gallery"), {"upto": upto})
         assert response.status_code == 200 and len(response.context["page"]) == 2, upto
+
+
+def test_the_image_page_names_the_time_zone_of_its_date(client, user, settings):
+    """"added 2026-12-31 23:30" was UTC, unsaid, and no setting could change it: for a user in India it is
+    the first of January."""
+    image = make_image(name="x.png")
+    Image.objects.filter(pk=image.pk).update(created_at=datetime(2026, 12, 31, 23, 30, tzinfo=timezone.utc))
+    client.force_login(user)
+    assert "added 2026-12-31 23:30 UTC" in client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    settings.TIME_ZONE = "Asia/Kolkata"  # IMAGINAITION_TIME_ZONE
+    assert "added 2027-01-01 05:00 IST" in client.get(reverse("pages:image", args=[image.pk])).content.decode()
+    assert client.get(f"/api/images/{image.pk}/").json()["created_at"] == "2026-12-31T23:30:00Z"  # always UTC
 
 
 def test_help_texts_that_fields_point_at_exist(client, user):

@@ -22,6 +22,8 @@ from tests.conftest import REPO
      "Error: IMAGINAITION_REGION_STYLE must be one of masked, box, not 'bogus'"),
     ("IMAGINAITION_LOG_LEVEL", "loud", "check",
      "Error: IMAGINAITION_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'"),
+    ("IMAGINAITION_TIME_ZONE", "Mars/Olympus", "check",
+     "Error: IMAGINAITION_TIME_ZONE='Mars/Olympus' is not a time zone: a name such as UTC, Europe/Berlin"),
     ("IMAGINAITION_ANN_INDEX", "bogus", "check",
      "retrieval.E004) IMAGINAITION_ANN_INDEX must be one of ivf, "),
     ("IMAGINAITION_ANN_INDEX", "semantic=hnsw,semantic=ivf", "check",
@@ -42,7 +44,7 @@ from tests.conftest import REPO
     # fetch_weights (the one-off step's) ended in a ValueError's traceback
     ("IMAGINAITION_MODEL_PROFILE", "fancy", "fetch_weights",
      "CommandError: IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'"),
-], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "ann-index",
+], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "time-zone", "ann-index",
         "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable",
         "var-dir-a-file", "profile-fetch-weights"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):

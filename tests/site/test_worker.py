@@ -29,6 +29,7 @@ def test_request_enqueues_a_task_that_a_real_worker_runs_and_stores(client, user
     body = wait_for(finished, timeout=90, message=f"the worker to run the task; log:\n{worker.log()}")
     assert body["success"] is True
     assert body["result"]["pid"] != os.getpid()  # ran in another process: the worker
+    assert body["result"]["at"].endswith("Z") and body["stopped"].endswith("Z")  # as created_at: "+00:00" was
     from django_q.models import Success
 
     assert Success.objects.filter(id=task_id, func="retrieval.tasks.worker_ping").exists()
@@ -70,6 +71,7 @@ def test_a_worker_check_result_shows_pings_only_by_their_id(client, user):
     assert read("a" * 32) == {"done": False}  # another kind of task: not shown
     assert read("images-7") == {"done": False} and read("worker-check") == {"done": False}  # names are not ids
     assert read("b" * 32)["result"] == {"secret": "b" * 32}
+    assert read("b" * 32)["stopped"] == now.isoformat().replace("+00:00", "Z")  # UTC, as every time the API writes
 
 
 @pytest.mark.django_db
