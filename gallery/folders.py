@@ -8,7 +8,9 @@ folder, `folder_files` (gallery.services) does not follow symbolic links either.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import unicodedata
 from pathlib import Path
 
 from django.conf import settings
@@ -25,6 +27,19 @@ def import_roots() -> list[Path]:
 
 def _roots_text(roots: list[Path]) -> str:
     return ", ".join(str(root) for root in roots) or "(none configured)"
+
+
+def _resolved_as_on_disk(path: Path) -> Path:
+    """The path resolved, also when the file system spells it otherwise only in how its accents are encoded:
+    macOS writes "é" as e + a combining accent (NFD), a keyboard types it whole (NFC), and the two looked
+    the same in the message that said the folder does not exist. FileNotFoundError when neither is there."""
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError:
+        for form in ("NFC", "NFD"):
+            with contextlib.suppress(FileNotFoundError):
+                return Path(unicodedata.normalize(form, str(path))).resolve(strict=True)
+        raise
 
 
 def import_folder_check(folder: str | Path, *, require_absolute: bool = True) -> Path:
@@ -52,7 +67,7 @@ def import_folder_check(folder: str | Path, *, require_absolute: bool = True) ->
     try:
         # Judged before asking whether it exists, so a path outside never tells what is there.
         refuse_outside(path.resolve(strict=False))
-        resolved = path.resolve(strict=True)
+        resolved = _resolved_as_on_disk(path)
     except FileNotFoundError:
         raise FolderRefused(f"{path} does not exist.") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic-link loop

@@ -1,6 +1,7 @@
 """Server-side folders are read only under IMAGINAITION_IMPORT_ROOTS; resetting needs its own permission."""
 
 import os
+import unicodedata
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -32,6 +33,19 @@ def test_a_folder_under_a_root_is_accepted_and_resolved(roots):
     allowed, _ = roots
     assert import_folder_check(str(allowed / "photos")) == (allowed / "photos").resolve()
     assert import_folder_check(allowed) == allowed.resolve()  # the root itself
+
+
+def test_a_folder_typed_with_its_accents_encoded_otherwise_than_on_disk_is_found(roots):
+    """A folder macOS named "Fotos-Café" (e + a combining accent) typed on a keyboard (é whole) "does not
+    exist", in a message that showed the very name `ls` lists."""
+    allowed, outside = roots
+    on_disk = allowed / unicodedata.normalize("NFD", "Fotos-Café")
+    on_disk.mkdir()
+    typed = allowed / unicodedata.normalize("NFC", "Fotos-Café")
+    assert str(typed) != str(on_disk) and import_folder_check(str(typed)) == on_disk.resolve()
+    (outside / unicodedata.normalize("NFD", "Café")).mkdir()
+    with pytest.raises(FolderRefused, match="outside the folders"):  # still judged before anything is looked up
+        import_folder_check(str(outside / unicodedata.normalize("NFC", "Café")))
 
 
 @pytest.mark.parametrize("escape", ["outside", "dotdot", "symlink", "symlinked-root-parent"])
