@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from django.contrib.auth.signals import user_logged_in
 from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
 
 from gallery import events
 from gallery.services import Progress, User
@@ -44,8 +45,9 @@ def rebuild_after_reload(sender: object, **kwargs: object) -> None:
 
 
 def count_vectors(sender: object, **kwargs: object) -> list[tuple[int, str]]:
-    return [(Embedding.objects.count(), "embeddings, and the search indexes"),
-            (RegionEmbedding.objects.count(), "region vectors")]
+    embeddings, regions = Embedding.objects.count(), RegionEmbedding.objects.count()
+    return [(embeddings, f"embedding{pluralize(embeddings)}, and the search indexes"),
+            (regions, f"region vector{pluralize(regions)}")]
 
 
 def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:

@@ -97,8 +97,10 @@ def test_confirmation_shows_what_will_be_deleted_and_imported(client, staff_user
     client.force_login(staff_user)
     page = client.post(reverse("gallery-reset"), {"folder": str(folder), "recursive": "on"}).content.decode()
     assert "<strong>2</strong> images and their <strong>2</strong> stored files" in page
-    assert "<strong>1</strong> masks" in page and "<strong>1</strong> embeddings" in page
+    assert "<strong>1</strong> mask</li>" in page and "<strong>1</strong> embedding, and" in page  # "1 masks" was
     assert "imports <strong>5</strong> files" in page  # 4 images + the text file, which will be rejected
+    single = client.post(reverse("gallery-reset"), {"folder": str(folder / "sub")}).content.decode()
+    assert "imports <strong>1</strong> file from" in single  # "1 files"
     assert "those that are not images are skipped" in page and "reset-empty-folder" not in page
 
 
