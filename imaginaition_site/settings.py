@@ -393,6 +393,10 @@ def _database_outages_on_one_line(record: logging.LogRecord) -> bool:
     return True
 
 
+# Loading a model is nothing a person watches: transformers drew a "Loading weights" bar (carriage returns)
+# into the service's log at each start of each process. (Commands keep their own tqdm bars.)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -107,3 +107,13 @@ def test_migrate_on_a_database_without_pgvector_that_its_role_may_not_add_says_w
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert ('Error: the database lacks the pgvector extension (permission denied to create extension "vector")'
             in done.stderr and "CREATE EXTENSION vector;" in done.stderr)
+
+
+def test_loading_a_model_draws_no_progress_bar_into_the_log():
+    """transformers' "Loading weights: 100%|██…" bar, carriage returns and all, in every process's log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    done = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                           "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
