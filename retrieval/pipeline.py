@@ -15,6 +15,7 @@ task or the retry of this one. Writes are upserts: running a task twice leaves t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,17 +107,26 @@ Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, s
 
 
 FILE_MISSING = "The stored file is missing."
+FILE_CHANGED = ("The stored file is not the one that was added (its SHA-256 differs: damaged or replaced on disk). "
+                "Restore it from a backup, or delete the image and add the picture again.")
 
 
 def _read_picture(image: Image) -> PILImage.Image | str:
     """The image's picture for the models, or why there is none. It runs on helper threads, so it asks
     the database nothing (a helper thread would keep its own connection open for as long as it lives)."""
+    data = b""
     try:
         with image.file.open("rb") as fh:
-            return picture_for_models(fh.read())
+            data = fh.read()
+        return picture_for_models(data)
     except FileNotFoundError:
         return FILE_MISSING  # _missing_files_reasons, in the calling thread, says why
     except ImageRejected as exc:
+        # It decoded when it was added: "damaged or truncated" read as a bad upload, and the log said nothing.
+        if hashlib.sha256(data).hexdigest() != image.sha256:
+            logger.warning("image %s: its stored file %s is not the one that was added (its SHA-256 differs): "
+                           "damaged or replaced on disk", image.pk, image.file.name)
+            return FILE_CHANGED
         return exc.message
     except STORAGE_ERRORS as exc:  # the storage failing, not the file: failed (not pending for ever), so Retry works
         return _storage_failed_reason(image, exc)

@@ -18,12 +18,13 @@ from django.utils import timezone
 from django_q.models import OrmQ
 from PIL import Image as PILImage
 
+from gallery import services
 from gallery.imaging import png_to_probability
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding
 from retrieval import pipeline, tasks
 from retrieval.models import IndexState
-from retrieval.pipeline import embed_batch, process_all_pending, segment_batch
+from retrieval.pipeline import FILE_CHANGED, embed_batch, process_all_pending, segment_batch
 from retrieval.work_locks import work_in_flight
 from retrieval.encoders import registry
 from tests.conftest import wait_for
@@ -376,3 +377,16 @@ def test_an_unexpected_failure_reading_one_picture_fails_that_image_not_its_batc
     with caplog.at_level(logging.ERROR):
         assert _read_picture(make_image()) == "Reading the stored file failed: RuntimeError: a decoder's fault"
     assert "reading its stored file for the models failed" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_stored_file_damaged_on_disk_fails_saying_so_not_as_a_bad_upload(media_root, offline, caplog):
+    """A stored original truncated on disk made its image fail with "The image is damaged or truncated",
+    as if the upload had been bad (it decoded when added), and nothing in the log."""
+    image = services.image_add(data=jpeg("coffee"), original_name="cut.jpg", enqueue=False).image
+    stored = media_root / image.file.name
+    stored.write_bytes(stored.read_bytes()[:200])
+    embed_batch(first_id=image.pk)
+    image.refresh_from_db()
+    assert image.status == "failed" and image.error == FILE_CHANGED
+    assert f"image {image.pk}: its stored file {image.file.name} is not the one that was added" in caplog.text
