@@ -48,7 +48,8 @@ def test_a_folders_names_with_control_characters_forge_no_lines_and_send_no_term
     (tmp_path / "b\n2026-12-07 ERROR x: forged\x1b[31m.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = io.StringIO()
     call_command("import_folder", str(tmp_path), stdout=out)
-    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["[2J[31mclear.png", "a ERROR x: forged.png"]
+    stored = sorted(Image.objects.values_list("original_name", flat=True))
+    assert stored == ["[2J[31mclear.png", "a ERROR x: forged.png"]
     report = out.getvalue()
     assert "\x1b" not in report and "\n2026-12-07" not in report
     assert "  rejected b\\n2026-12-07 ERROR x: forged\\x1b[31m.png: " in report  # on its own line, written out
