@@ -103,7 +103,9 @@ def _claimed(*, status_field: str, first_ids: Sequence[int], batch_size: int) ->
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [claim_key(status_field, image_id)])
 
 
-Decoded = dict[int, PILImage.Image]  # image id -> the picture the models see, shared by the stages of one batch
+# image id -> the picture the models see, or why there is none: shared by the stages of one batch (a file
+# missing was looked for, and logged, by each stage: two identical warnings for each try)
+Decoded = dict[int, PILImage.Image | str]
 
 
 FILE_MISSING = "The stored file is missing."
@@ -175,7 +177,7 @@ def _load_pictures(images: Sequence[Image], decoded: Decoded | None = None) -> t
     read = dict(zip([image.pk for image in wanted], map_on_threads(_read_picture, wanted, cpu_threads()), strict=True))
     read.update(_missing_files_reasons([image for image in wanted if read[image.pk] == FILE_MISSING]))
     if decoded is not None:
-        decoded.update({pk: picture for pk, picture in read.items() if not isinstance(picture, str)})
+        decoded.update(read)
     loaded: list[Loaded] = []
     errors: dict[int, str] = {}
     for image in images:

@@ -311,6 +311,7 @@ def test_a_sync_import_finishes_what_earlier_runs_left_and_names_what_failed(med
     assert f"failed coffee.jpg (image {broken.pk}): The stored file is missing" in capsys.readouterr().out
     # The log says which file, and which settings say where this host looks (the page does not show them).
     assert f"image {broken.pk}: its stored file {broken.file.name} is not in the media storage" in caplog.text
+    assert caplog.text.count(f"image {broken.pk}: its stored file") == 1  # once, not once for each stage
     assert "check this host's IMAGINAITION_MEDIA_ROOT" in caplog.text
     statuses = dict(Image.objects.values_list("original_name", "status"))
     assert statuses == {"chelsea.jpg": "ready", "coffee.jpg": "failed", "rocket.jpg": "ready"}
