@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
+from gallery.models import Image
 from tests.gallery.factories import add_mask, make_image, png_bytes
 
 pytestmark = pytest.mark.django_db
@@ -63,6 +64,16 @@ def test_what_a_signed_in_user_gets_no_shared_cache_may_keep(client, user, token
                  f"/images/{image.pk}/masks/{add_mask(image).pk}.png"):
         assert "private" in client.get(path)["Cache-Control"], path
     assert client.get(f"/images/{image.pk}/thumbnail/")["Cache-Control"] == "private, max-age=86400"  # its own
+
+
+def test_a_file_named_in_latin_1_bytes_is_told_why_it_was_not_read(client, token, media_root):
+    """curl sends a file name as it is on disk: a Latin-1 "naïve.png" made Django skip the whole part, and the
+    answer was "No file was submitted." of a file that was sent."""
+    body = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="na\xefve.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--B--\r\n")
+    refused = client.generic("POST", "/api/images/", body, content_type="multipart/form-data; boundary=B", **token)
+    assert refused.status_code == 400 and "its headers (the file name) in UTF-8" in refused.json()["file"][0]
+    assert not Image.objects.exists()
 
 
 def test_head_on_the_files_the_api_links_to_answers_as_get_without_the_body(client, token, media_root):
