@@ -12,7 +12,6 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection, transaction
-from django.db.models import Max
 from django.http import HttpRequest
 from django.urls import reverse as django_reverse
 from django.utils.connection import ConnectionProxy
@@ -526,7 +525,7 @@ class ImageListCreateApi(APIView):
         paginator = self.pagination_class()
         upto = query.validated_data.get("upto")
         images = selectors.image_list(label=query.validated_data.get("label", ""), upto=upto)
-        paginator.pinned_upto = upto or images.aggregate(newest=Max("pk"))["newest"]
+        paginator.pinned_upto = upto or selectors.newest_id(images)
         page = paginator.paginate_queryset(images, request, view=self)
         return paginator.get_paginated_response(
             ImageOutputSerializer(page, many=True, context={"request": request}).data)

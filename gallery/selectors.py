@@ -27,6 +27,16 @@ def image_list(*, label: str = "", upto: int | None = None) -> QuerySet[Image]:
     return images
 
 
+def newest_id(images: QuerySet[Image]) -> int | None:
+    """The id of the newest of these images (what `upto` pins a list to), None for none."""
+    return images.aggregate(newest=Max("pk"))["newest"]
+
+
+def images_added_since(*, label: str = "", upto: int) -> int:
+    """How many images of the list (`label` as for image_list) were added after the id `upto`."""
+    return image_list(label=label).filter(pk__gt=upto).count()
+
+
 def label_names(text: str) -> list[str]:
     """The labels of a "cat,dog" filter, as typed."""
     return [part.strip() for part in text.split(",") if part.strip()]

@@ -11,7 +11,6 @@ from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -82,9 +81,9 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
     images = selectors.image_list(label=label, upto=upto)
     # The pager's links carry the newest id of the first page asked for, as the API's do: images added
     # while a visitor pages do not push the ones they saw onto the next page.
-    newest = upto or images.aggregate(newest=Max("pk"))["newest"]
+    newest = upto or selectors.newest_id(images)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(page_number(request))
-    added_since = selectors.image_list(label=label).filter(pk__gt=upto).count() if upto else 0
+    added_since = selectors.images_added_since(label=label, upto=upto) if upto else 0
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
