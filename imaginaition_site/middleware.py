@@ -66,8 +66,10 @@ class PrivateCacheMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
+        if "Cache-Control" in response.headers or response.status_code >= 500:
+            return response  # a server error holds nothing of the user's, and asking who they are may fail again
         user = getattr(request, "user", None)
-        if "Cache-Control" not in response.headers and user is not None and user.is_authenticated:
+        if user is not None and user.is_authenticated:
             patch_cache_control(response, private=True)
         return response
 

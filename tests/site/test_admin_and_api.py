@@ -586,6 +586,7 @@ def test_deleting_a_user_in_admin_shows_no_api_key_and_says_their_images_stay(cl
     action = client.post(reverse("admin:auth_user_changelist"), {"action": "delete_selected",
                                                                   "_selected_action": [boss.pk, alice.pk]})
     assert action.status_code == 200 and not any(key in action.content.decode() for key in keys)
+    assert "The 1 image added by these accounts stays in the gallery" in action.content.decode()  # several at once
     assert client.post(reverse("admin:auth_user_delete", args=[alice.pk]), {"post": "yes"}).status_code == 302
     assert not django_user_model.objects.filter(pk=alice.pk).exists() and not Token.objects.filter(key=keys[1])
 
