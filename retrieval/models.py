@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Now
 from pgvector.django import VectorField
 
 from gallery.models import Image, Mask
@@ -22,7 +23,7 @@ class Embedding(models.Model):
     # No fixed dimension: models of different sizes coexist. pgvector's HNSW indexes are partial
     # expression indexes per (model, space) with the dimension cast in (retrieval/pgvector_store.py).
     vector = VectorField()
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())  # the database's clock, as catch-ups read it
 
     class Meta:
         db_table = "gallery_embedding"  # created by the gallery app before the layers were split
@@ -48,7 +49,7 @@ class RegionEmbedding(models.Model):
     space = models.CharField(max_length=16, choices=Space.choices)
     model_key = models.CharField(max_length=100)
     vector = VectorField()  # undimensioned, with per-model partial HNSW indexes as for images
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())  # the database's clock, as catch-ups read it
 
     class Meta:
         constraints = [
@@ -111,7 +112,7 @@ class DeletedImage(models.Model):
     """Tombstones: web processes drop these ids from their in-memory indexes without a rebuild."""
 
     image_id = models.BigIntegerField(db_index=True)
-    deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    deleted_at = models.DateTimeField(db_default=Now(), db_index=True)  # the database's clock
 
 
 class DeletedMask(models.Model):
@@ -120,7 +121,7 @@ class DeletedMask(models.Model):
     image's masks go with its own tombstone.)"""
 
     mask_id = models.BigIntegerField(db_index=True)
-    deleted_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    deleted_at = models.DateTimeField(db_default=Now(), db_index=True)  # the database's clock
 
 
 class StagedUploadRecord(models.Model):

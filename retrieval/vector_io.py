@@ -154,10 +154,11 @@ def embeddings_copy_in(*, image_ids: np.ndarray, space: str, model_key: str, vec
     ])
     table, _ = VECTOR_TABLES["region" if mask_ids is not None else "image"]
     columns = ("mask_id, " if mask_ids is not None else "") + "image_id, space, model_key, vector, created_at"
-    when = created_at or timezone.now()
-    micros = int(when.timestamp() * 1_000_000) - _PG_EPOCH_OFFSET_US
     connection.ensure_connection()
     with connection.connection.cursor() as cursor:
+        if created_at is None:  # the database's clock, which catch-ups compare with (not this host's)
+            created_at = cursor.execute("SELECT statement_timestamp()").fetchone()[0]
+        micros = int(created_at.timestamp() * 1_000_000) - _PG_EPOCH_OFFSET_US
         with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(_HEADER + (0).to_bytes(4, "big") + (0).to_bytes(4, "big"))
             for start in range(0, count, chunk_rows):

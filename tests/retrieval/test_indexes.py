@@ -517,3 +517,20 @@ def test_the_daily_purge_rebuilds_index_files_that_hold_deleted_images_and_prune
     schedule = Schedule.objects.get(name="Rebuild indexes that hold deleted images")  # made by the migration
     assert schedule.schedule_type == Schedule.DAILY and schedule.repeats < 0 and schedule.cluster is None
     assert import_string(schedule.func)() == []  # as the main cluster's workers run it: nothing left to do
+
+
+@pytest.mark.django_db
+def test_a_deletion_by_a_host_whose_clock_is_behind_still_reaches_the_indexes_and_the_purge(monkeypatch):
+    """A tombstone took the deleting host's clock, the indexes' read time the database's: a host 60 s
+    behind left the deleted vectors in other processes' indexes and in the files for good."""
+    space, key, dim = SEMANTIC
+    kept, gone = store(space, key, random_vectors(space, 2, dim, seed=31))
+    index_rebuild(space=space, model_key=key, dim=dim)
+    other_process = index_snapshots.IndexManager()  # another web process
+    assert other_process.get(space=space, model_key=key, dim=dim).count == 2
+    behind = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: behind() - timedelta(seconds=60))
+    services.image_delete(image=Image.objects.get(pk=gone))
+    monkeypatch.setattr(timezone, "now", behind)
+    assert other_process.get(space=space, model_key=key, dim=dim).count == 1  # its catch-up dropped it
+    assert [state.space for state in index_purge.indexes_holding_deleted()] == [space]
