@@ -48,6 +48,15 @@ class IndexFile:
 # file of the wrong size or gone (ValueError, OSError).
 UNREADABLE_FILE = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, OSError)
 
+
+class DamagedIndexPart(ValueError):
+    """Which of an index's files (its description, its re-rank vectors) could not be read, and why: the log
+    named the .faiss file for a garbled .json."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.path, self.cause = path, cause
+
 logger = logging.getLogger(__name__)
 
 # Rows committed slightly out of created_at order are still caught: re-scan this far back. The
@@ -370,8 +379,9 @@ class IndexManager:
         except UNREADABLE_FILE as exc:
             # A cache of what Postgres holds: a damaged one goes, and get() builds this host's copy again
             # (left in place, it failed every search and status request until a rebuild by hand).
+            damaged_part, cause = (exc.path, exc.cause) if isinstance(exc, DamagedIndexPart) else (path, exc)
             logger.warning("index file %s cannot be read (%s: %s): removed; this host builds its copy again from "
-                           "the database", path, type(exc).__name__, exc)
+                           "the database", damaged_part, type(cause).__name__, cause)
             for damaged in (path, meta_path, path.with_suffix(".rerank")):
                 with contextlib.suppress(OSError):
                     damaged.unlink(missing_ok=True)
@@ -390,9 +400,12 @@ class IndexManager:
     @staticmethod
     def _read_file(state: IndexState, dim: int, path: Path, meta_path: Path) -> IndexFile | None:
         """What `path` and the files beside it hold; None for another version's file."""
-        meta = json.loads(meta_path.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError(f"its description is not a JSON object: {type(meta).__name__}")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"its description is not a JSON object: {type(meta).__name__}")
+        except (OSError, ValueError) as exc:
+            raise DamagedIndexPart(meta_path, exc) from exc
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
             return None
@@ -402,7 +415,10 @@ class IndexManager:
         labels = faiss.vector_to_array(index.id_map)
         rerank_vectors = None
         if meta["kind"] == PRODUCT_QUANTIZED:  # written before the index: its rows are the index's, in order
-            rerank_vectors = RerankVectors(path.with_suffix(".rerank"), labels, dim)
+            try:
+                rerank_vectors = RerankVectors(path.with_suffix(".rerank"), labels, dim)
+            except UNREADABLE_FILE as exc:
+                raise DamagedIndexPart(path.with_suffix(".rerank"), exc) from exc
         return IndexFile(kind=meta["kind"], synced_at=datetime.fromisoformat(meta["synced_at"]), index=index,
                          labels=labels, rerank=meta["params"].get("rerank", 1), rerank_vectors=rerank_vectors)
 

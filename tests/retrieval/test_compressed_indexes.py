@@ -307,7 +307,9 @@ def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(setting
     restarted.copy_builder = indexes.index_copy_build
     with caplog.at_level(logging.WARNING):
         assert restarted.get(space=space, model_key=key, dim=dim) is None  # pgvector answers meanwhile
-    assert f"index file {path} cannot be read" in caplog.text
+    damaged = {"garbled description": path.with_suffix(".json"), "description not an object": path.with_suffix(".json"),
+               "truncated re-rank file": path.with_suffix(".rerank")}.get(damage, path)
+    assert f"index file {damaged} cannot be read" in caplog.text  # the file that is damaged, by its name
     copy = wait_for(lambda: restarted.get(space=space, model_key=key, dim=dim), timeout=60, interval=0.1,
                     message="this host's copy of the index, built again")
     assert copy.version == report.version and copy.search(vectors[5], 1)[0][0] == ids[5]
