@@ -45,7 +45,7 @@ from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_
 from gallery.errors import Refused
 from gallery.imaging import read_upload, upload_name
 from gallery.models import Image
-from gallery.storage import STORAGE_ERRORS
+from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response({"detail": exc.message}, status=exc.status_code, headers=retry)
     if isinstance(exc, STORAGE_ERRORS):  # the media storage failed under the view (as the pages' middleware says)
         logger.warning("%s: the media storage failed: %r", getattr(context.get("request"), "path", "?"), exc)
+        storage_failure_noted(exc)
         return Response({"detail": storage_unreachable_message(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
                         headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)})
     # Django's own limits on a body's non-file part, met while DRF parses it: JSON, not its HTML 400.

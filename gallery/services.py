@@ -19,7 +19,7 @@ from gallery.errors import Refused
 from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts, image_check, read_file_in,
                              shown_as_stored)
 from gallery.models import Image, ProcessingStatus, image_upload_path
-from gallery.storage import STORAGE_ERRORS, stored_write_once
+from gallery.storage import STORAGE_ERRORS, storage_failure_noted, stored_write_once
 from gallery.storage_check import (deleted_images_files_remove, storage_failure_reason, storage_settings_named,
                                    stored_files_lock)
 from gallery.thumbnails import thumbnail_names
@@ -107,6 +107,7 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
                 else:
                     image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
+                storage_failure_noted(exc)
                 raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. Nothing was kept; the "
                                     "media storage must be reachable and writable: "
                                     f"{storage_settings_named()}.") from exc
@@ -140,6 +141,7 @@ def _stored_file_restore(image: Image, data: bytes) -> None:
             return
         stored_write_once(name, data)
     except STORAGE_ERRORS as exc:
+        storage_failure_noted(exc)
         raise StorageFailed(f"Storing the file again failed: {storage_failure_reason(exc)}.") from exc
     logger.warning("image %s: its stored file %s was missing; stored again from the same bytes", image.pk, name)
     images_retry_failed(ids=[image.pk])

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, default_storage
+from django.utils import timezone
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
@@ -24,6 +28,32 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
 
 
 STORAGE_ERRORS = _storage_errors()
+STORAGE_TROUBLE_SHOWN_SECONDS = 300  # pages say the media storage failed for this long after it last did
+
+
+@dataclass(frozen=True)
+class StorageTrouble:
+    at: datetime
+    reason: str
+
+
+_last_failure: tuple[float, StorageTrouble] | None = None
+
+
+def storage_failure_noted(exc: BaseException) -> None:
+    """Remember, in this process, that the media storage just failed (a read, a write): its pages say so
+    for a while, as pictures that do not show and adds that fail said nothing of why."""
+    global _last_failure
+    reason = str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+    _last_failure = (time.monotonic(), StorageTrouble(at=timezone.now(), reason=reason))
+
+
+def storage_recent_failure() -> StorageTrouble | None:
+    """The media storage's last failure in this process, if it was less than STORAGE_TROUBLE_SHOWN_SECONDS ago."""
+    noted = _last_failure
+    if noted is None or time.monotonic() - noted[0] > STORAGE_TROUBLE_SHOWN_SECONDS:
+        return None
+    return noted[1]
 PARTIAL_PREFIX = ".partial-"  # a file being written aside, hard-linked into place when whole
 FOLDER_RACE_ATTEMPTS = 100  # a save racing deletes that empty its folders makes them again, this often at most
 

@@ -9,7 +9,7 @@ import time
 
 from gallery.imaging import picture_for_models
 from gallery.models import Image
-from gallery.storage import STORAGE_ERRORS, stored_delete, stored_read, stored_write_once
+from gallery.storage import STORAGE_ERRORS, storage_failure_noted, stored_delete, stored_read, stored_write_once
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def thumbnail_bytes(*, image: Image, size: int = 256) -> bytes:
     try:
         stored_write_once(name, data)
     except STORAGE_ERRORS as exc:  # a full disk, a read-only folder: shown all the same, kept next time
+        storage_failure_noted(exc)
         _warn_not_kept(name, exc)
         return data
     # Deleted while this was made: its delete removed the thumbnails before this one existed. Checked

@@ -13,7 +13,7 @@ from django.shortcuts import render
 from django.urls import Resolver404, resolve, reverse
 from django.utils.cache import patch_cache_control
 
-from gallery.storage import STORAGE_ERRORS
+from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class PageRefusalsMiddleware:
         if not isinstance(exception, STORAGE_ERRORS):
             return None  # Django's own handling (a 500 and its log)
         logger.warning("%s %s: the media storage failed: %r", request.method, request.path, exception)
+        storage_failure_noted(exception)
         return storage_unavailable(request, exception)
 
 

@@ -147,6 +147,14 @@ def _serving_models_decided_per_query(settings):
     serving.forget()
 
 
+@pytest.fixture(autouse=True)
+def _no_storage_failure_remembered(monkeypatch):
+    """Pages say for a while that the media storage failed in this process: not because an earlier test's did."""
+    from gallery import storage
+
+    monkeypatch.setattr(storage, "_last_failure", None)
+
+
 def _background_threads_joined(timeout: float = 30.0) -> None:
     """Wait for the product's short background threads (the banner's refresh, an index file's copy)."""
     import threading

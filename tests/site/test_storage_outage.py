@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from gallery import thumbnails
+from gallery import storage, thumbnails
 from gallery.models import Image
 from gallery.reset import reset_run, reset_start
 from gallery.storage import STORAGE_ERRORS, AtomicFileSystemStorage
@@ -217,6 +217,19 @@ def test_a_full_media_disk_still_shows_thumbnails_and_says_so_once(client, user,
     assert not [path for path in (media_root / "thumbs").rglob("*") if path.is_file()]  # not kept
     said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(said) == 1 and "thumbnails are served but not kept" in said[0] and "No space left" in said[0]
+
+
+def test_pages_say_for_a_while_that_the_media_storage_failed(client, user, media_root, monkeypatch):
+    """Pictures that did not show and adds that failed said nothing of why on the other pages."""
+    image = make_image()
+    client.force_login(user)
+    assert 'id="banner-storage"' not in client.get(reverse("pages:gallery")).content.decode()
+    with mock.patch.object(AtomicFileSystemStorage, "_open", side_effect=PermissionError(13, "Permission denied")):
+        assert client.get(reverse("gallery:image-thumbnail", args=[image.pk])).status_code == 503
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert 'id="banner-storage"' in page and "(Permission denied): pictures may not show" in page
+    monkeypatch.setattr(storage, "STORAGE_TROUBLE_SHOWN_SECONDS", 0)  # a while later
+    assert 'id="banner-storage"' not in client.get(reverse("pages:gallery")).content.decode()
 
 
 def test_the_apis_storage_refusals_say_when_to_try_again():
