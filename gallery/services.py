@@ -19,9 +19,8 @@ from gallery.errors import Refused
 from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts, image_check, read_file_in,
                              shown_as_stored)
 from gallery.models import Image, ProcessingStatus, image_upload_path
-from gallery.storage import STORAGE_ERRORS, storage_failure_noted, stored_write_once
-from gallery.storage_check import (deleted_images_files_remove, storage_failure_reason, storage_settings_named,
-                                   stored_files_lock)
+from gallery.storage import STORAGE_ERRORS, storage_failure_noted, storage_failure_reason, stored_write_once
+from gallery.storage_check import deleted_images_files_remove, storage_settings_named, stored_files_lock
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:

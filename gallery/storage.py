@@ -40,12 +40,16 @@ class StorageTrouble:
 _last_failure: tuple[float, StorageTrouble] | None = None
 
 
+def storage_failure_reason(exc: BaseException) -> str:
+    """What a storage error (STORAGE_ERRORS) says, without Python's decoration."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+
+
 def storage_failure_noted(exc: BaseException) -> None:
     """Remember, in this process, that the media storage just failed (a read, a write): its pages say so
     for a while, as pictures that do not show and adds that fail said nothing of why."""
     global _last_failure
-    reason = str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
-    _last_failure = (time.monotonic(), StorageTrouble(at=timezone.now(), reason=reason))
+    _last_failure = (time.monotonic(), StorageTrouble(at=timezone.now(), reason=storage_failure_reason(exc)))
 
 
 def storage_recent_failure() -> StorageTrouble | None:

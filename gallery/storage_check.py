@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from gallery.models import Image
-from gallery.storage import PARTIAL_PREFIX, STORAGE_ERRORS, stored_delete
+from gallery.storage import PARTIAL_PREFIX, STORAGE_ERRORS, storage_failure_reason, stored_delete
 from gallery.thumbnails import THUMBNAIL_FOLDER, thumbnail_sha256
 
 IMAGE_FOLDER = "images"
@@ -34,11 +34,6 @@ def storage_settings_named() -> str:
         return ("IMAGINAITION_S3_ENDPOINT_URL, IMAGINAITION_S3_BUCKET and the credentials (AWS_ACCESS_KEY_ID, "
                 "AWS_SECRET_ACCESS_KEY, or the instance role) of IMAGINAITION_STORAGE=s3")
     return "IMAGINAITION_MEDIA_ROOT (a folder or shared mount the service's user can read and write)"
-
-
-def storage_failure_reason(exc: BaseException) -> str:
-    """What a storage error (gallery.storage.STORAGE_ERRORS) says, without Python's decoration."""
-    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
 
 
 STORED_FILE_LOCKS = 0x66696C65  # ("file") the class of pg_advisory_xact_lock(class, key) on a picture's stored file

@@ -57,6 +57,7 @@ class DamagedIndexPart(ValueError):
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.path, self.cause = path, cause
 
+
 logger = logging.getLogger(__name__)
 
 # Rows committed slightly out of created_at order are still caught: re-scan this far back. The

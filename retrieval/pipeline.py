@@ -30,8 +30,8 @@ from PIL import Image as PILImage
 from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
-from gallery.storage import STORAGE_ERRORS
-from gallery.storage_check import storage_failure_reason, storage_root_check, storage_settings_named
+from gallery.storage import STORAGE_ERRORS, storage_failure_reason
+from gallery.storage_check import storage_root_check, storage_settings_named
 from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads

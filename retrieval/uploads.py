@@ -34,8 +34,7 @@ from django_q.tasks import async_task
 
 from gallery.errors import Refused
 from gallery.imaging import decode_for_models, picture_for_models, png_to_probability, probability_to_png
-from gallery.storage import STORAGE_ERRORS, stored_delete, stored_read
-from gallery.storage_check import storage_failure_reason
+from gallery.storage import STORAGE_ERRORS, storage_failure_reason, stored_delete, stored_read
 from retrieval.encoders.registry import active_models, get_model
 from retrieval.models import StagedUploadMask, StagedUploadRecord
 

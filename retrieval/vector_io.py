@@ -12,7 +12,6 @@ from datetime import datetime
 
 import numpy as np
 from django.db import connection
-from django.utils import timezone
 
 from gallery.services import Progress
 from retrieval.spaces import VECTOR_TABLES, VectorOwner

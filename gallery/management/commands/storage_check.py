@@ -5,11 +5,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from gallery.management.arguments import at_least
-from gallery.storage import STORAGE_ERRORS
+from gallery.storage import STORAGE_ERRORS, storage_failure_reason
 from gallery.storage_check import (
     StorageReport,
     storage_check,
-    storage_failure_reason,
     storage_orphans_delete,
     storage_settings_named,
 )
