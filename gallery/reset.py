@@ -28,7 +28,8 @@ from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import (User, folder_files, folder_import, images_process_here, images_schedule,
                               names_shortened, subfolders_not_read)
-from gallery.storage_check import deleted_images_files_remove
+from gallery.storage import STORAGE_ERRORS, storage_write_check
+from gallery.storage_check import deleted_images_files_remove, storage_unreachable_message
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -243,6 +244,11 @@ def _run(job: ResetJob) -> ResetJob:
             raise ResetRefused(f"The worker running the reset cannot read {folder}: {exc.strerror or exc}."
                                f"{nothing_deleted}") from None
         if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
+            try:  # a storage that takes no file would leave an emptied gallery and the folder not imported
+                storage_write_check()
+            except STORAGE_ERRORS as exc:
+                raise ResetRefused(f"The reset did not start. {storage_unreachable_message(exc)}{nothing_deleted}"
+                                   ) from None
             job.phase = "deleting the gallery"
             save()
             job.deleted_images = _delete_everything()

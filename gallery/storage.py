@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,6 +136,13 @@ def stored_write_once(name: str, data: bytes) -> str:
     if saved != name:  # another process stored it between the check and the save
         default_storage.delete(saved)
     return name
+
+
+def storage_write_check() -> None:
+    """Store a small file and delete it: raises one of STORAGE_ERRORS when the media storage cannot take a
+    file now, before work that would otherwise fail halfway (a reset empties the gallery, then stores)."""
+    name = default_storage.save(f"probe/{uuid.uuid4().hex}.probe", ContentFile(b"probe"))
+    default_storage.delete(name)
 
 
 def stored_read(name: str) -> bytes:

@@ -98,8 +98,32 @@ def test_deleting_while_the_bucket_is_down_succeeds_and_leaves_the_files_to_stor
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_reset_while_the_bucket_is_down_empties_the_gallery_and_says_so(staff_user, settings, tmp_path,
-                                                                         s3_storage, caplog):
+def test_a_reset_while_the_bucket_is_down_deletes_nothing_and_says_so(staff_user, settings, tmp_path, s3_storage):
+    """It emptied the gallery, then failed storing the folder's first file: the user lost both."""
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    old = [make_image(name=f"old{i}.png", color=(10 * i, 0, 0)) for i in range(2)]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(jpeg("chelsea"))
+    job = reset_start(folder=str(folder), recursive=False, user=staff_user)
+    s3_storage.stop()
+
+    job = reset_run(job_id=job.pk)
+    assert job.state == "failed" and job.deleted_images == 0
+    assert sorted(Image.objects.values_list("pk", flat=True)) == sorted(image.pk for image in old)
+    assert job.error.startswith("The reset did not start. The media storage (where the gallery's files are kept) "
+                                "could not be reached: ") and job.error.endswith("Nothing was deleted.")
+    assert S3_SETTINGS_NAMED in job.error
+    s3_storage.start_again()
+    assert not [key for key in bucket_keys(s3_storage.s3) if "probe" in key]  # the check leaves nothing behind
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=False, user=staff_user).pk)
+    assert job.state == "done" and job.deleted_images == 2 and job.imported == 1
+    assert not [key for key in bucket_keys(s3_storage.s3) if "probe" in key]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_whose_bucket_stops_after_the_check_empties_the_gallery_and_says_so(staff_user, settings, tmp_path,
+                                                                                   s3_storage, caplog):
     settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
     old = [make_image(name=f"old{i}.png", color=(10 * i, 0, 0)) for i in range(2)]
     StagedUploadRecord.objects.create(token="ab" * 12, name="someone.jpg", width=1, height=1, state="ready")
@@ -108,9 +132,13 @@ def test_a_reset_while_the_bucket_is_down_empties_the_gallery_and_says_so(staff_
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(jpeg("chelsea"))
     job = reset_start(folder=str(folder), recursive=False, user=staff_user)
-    s3_storage.stop()
+    real_check = storage.storage_write_check
 
-    with caplog.at_level(logging.WARNING):
+    def check_then_stop() -> None:
+        real_check()
+        s3_storage.stop()
+
+    with caplog.at_level(logging.WARNING), mock.patch("gallery.reset.storage_write_check", check_then_stop):
         job = reset_run(job_id=job.pk)
     assert not Image.objects.exists() and not StagedUploadRecord.objects.exists()
     assert job.deleted_images == 2 and job.state == "failed" and job.phase == "importing files"
