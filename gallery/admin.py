@@ -95,6 +95,21 @@ class ImageAdmin(admin.ModelAdmin):
     list_per_page = 50
     actions = ("retry_failed",)
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Image | None = None) -> tuple[str, ...]:
+        """"Added by" as a link to the account only for those who may view accounts (it led others to a 403)."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        users = get_user_model()
+        if self.admin_site.is_registered(users) and self.admin_site.get_model_admin(users).has_view_permission(request):
+            return fields
+        return tuple("added_by_name" if field == "added_by" else field for field in fields)
+
+    def get_fields(self, request: HttpRequest, obj: Image | None = None) -> tuple[str, ...]:
+        return (*self.get_readonly_fields(request, obj), "original_name")
+
+    @admin.display(description="Added by")
+    def added_by_name(self, obj: Image) -> str:
+        return str(obj.added_by) if obj.added_by else "-"
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         # No .distinct(): where a label filter or search could repeat an image, the changelist already
         # filters by EXISTS; a DISTINCT over every column sorted the whole table for each count.

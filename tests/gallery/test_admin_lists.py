@@ -98,3 +98,23 @@ def test_the_image_list_retries_the_failed_images_of_a_selection(admin_client, d
     viewer.user_permissions.add(Permission.objects.get(codename="view_image"))
     admin_client.force_login(viewer)
     assert "retry_failed" not in admin_client.get(changelist).content.decode()  # changing images: not theirs
+
+
+def test_added_by_links_to_the_account_only_for_staff_who_may_view_accounts(client, admin_user, django_user_model):
+    """A staff member with only "Can view image" followed "Added by" to a 403."""
+    image = make_image(name="hers.png")
+    Image.objects.filter(pk=image.pk).update(added_by=admin_user)
+    page_url = reverse("admin:gallery_image_change", args=[image.pk])
+    account_url = reverse("admin:auth_user_change", args=[admin_user.pk])
+    viewer = django_user_model.objects.create_user("viewer", password="x-viewer-pass-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_image"))
+
+    client.force_login(viewer)
+    page = client.get(page_url).content.decode()
+    assert "Added by" in page and f">{admin_user.username}<" in page and account_url not in page
+    assert client.get(account_url).status_code == 403  # where the link led
+    viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
+    page = client.get(page_url).content.decode()
+    assert f'<a href="{account_url}">{admin_user.username}</a>' in page
+    client.force_login(admin_user)
+    assert f'<a href="{account_url}">{admin_user.username}</a>' in client.get(page_url).content.decode()
