@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse as django_reverse
 from django.utils.connection import ConnectionProxy
@@ -37,7 +38,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.reverse import reverse
 from rest_framework.utils import html
-from rest_framework.utils.urls import replace_query_param
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView, exception_handler
 
 from gallery import selectors, services
@@ -423,6 +424,20 @@ class ImageListQuerySerializer(ClosedInput):
         help_text="only images with an id up to this one. The next and previous links carry the newest id of "
                   "the list when its first page was asked for, so images added while a client pages do not "
                   "shift the pages (it would see some twice)")
+    before = serializers.IntegerField(
+        required=False, min_value=1,
+        help_text="the page of images just older than this id (the next links carry the last id of their "
+                  "page, so images deleted while a client pages do not shift the pages: it would miss some)")
+    after = serializers.IntegerField(
+        required=False, min_value=0,
+        help_text="the page of images just newer than this id (what the previous links carry)")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = [name for name in ("page", "before", "after") if name in self.initial_data]
+        if len(given) > 1:
+            raise serializers.ValidationError({given[1]: [f"Give one of page, before and after, not {given[0]} "
+                                                          f"and {given[1]}: each says which page to send."]})
+        return attrs
 
     def validate_label(self, value: str) -> str:
         wanted = selectors.label_names(value)
@@ -448,21 +463,57 @@ class NoSuchImageApi(APIView):
 
 
 class ImagePagination(PageNumberPagination):
-    """Pages of PAGE_SIZE images; ?page_size= asks for another size, up to max_page_size. The next and
-    previous links carry `upto` (pinned_upto), the list's newest id when it was first asked for."""
+    """Pages of PAGE_SIZE images, newest first; ?page_size= asks for another size, up to max_page_size.
+    A page is asked for by number (?page=) or by the id it follows (?before=, ?after=: `before_id`,
+    `after_id`, read by the view). The next and previous links name the page by the ids at its edge, so
+    images deleted while a client pages do not shift the pages (it missed images, and a link could point past
+    the last page: a 404), and carry `upto` (pinned_upto), the list's newest id when it was first asked for, so
+    images added meanwhile do not either."""
 
     page_size_query_param = "page_size"
     max_page_size = 500
     pinned_upto: int | None = None
+    before_id: int | None = None
+    after_id: int | None = None
+
+    def paginate_queryset(self, queryset: QuerySet[Image], request: Request,  # type: ignore[override]
+                          view: Any = None) -> list[Image]:
+        self.request, self.queryset = request, queryset
+        if self.before_id is None and self.after_id is None:
+            rows = list(super().paginate_queryset(queryset, request, view) or [])
+            self.total = self.page.paginator.count if self.page else 0
+        else:
+            size = self.get_page_size(request) or self.page_size
+            if self.before_id is not None:
+                rows = list(queryset.filter(pk__lt=self.before_id)[:size])
+            else:  # the images just newer: the oldest of them first, then turned newest first
+                rows = list(queryset.filter(pk__gt=self.after_id).reverse()[:size])[::-1]
+            self.total = queryset.count()
+        self.rows = rows
+        return rows
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"count": self.total, "next": self.get_next_link(), "previous": self.get_previous_link(),
+                         "results": data})
 
     def get_next_link(self) -> str | None:
-        return self._pinned(super().get_next_link())
+        edge = self.rows[-1].pk if self.rows else self.after_id + 1 if self.after_id is not None else None
+        if edge is None or not self.queryset.filter(pk__lt=edge).exists():
+            return None
+        return self._link("before", edge)
 
     def get_previous_link(self) -> str | None:
-        return self._pinned(super().get_previous_link())
+        edge = self.rows[0].pk if self.rows else self.before_id - 1 if self.before_id is not None else None
+        if edge is None or not self.queryset.filter(pk__gt=edge).exists():
+            return None
+        return self._link("after", edge)
 
-    def _pinned(self, url: str | None) -> str | None:
-        return replace_query_param(url, "upto", self.pinned_upto) if url and self.pinned_upto else url
+    def _link(self, name: str, edge: int) -> str:
+        url = cast(Request, self.request).build_absolute_uri()
+        for other in (self.page_query_param, "before", "after"):
+            url = remove_query_param(url, other)
+        url = replace_query_param(url, name, edge)
+        return replace_query_param(url, "upto", self.pinned_upto) if self.pinned_upto else url
 
     def get_page_size(self, request: Request) -> int | None:
         # DRF answers an unusable ?page_size= (0, -5, "abc") with its default without a word: a client
@@ -527,6 +578,7 @@ class ImageListCreateApi(APIView):
         upto = query.validated_data.get("upto")
         images = selectors.image_list(label=query.validated_data.get("label", ""), upto=upto)
         paginator.pinned_upto = upto or selectors.newest_id(images)
+        paginator.before_id, paginator.after_id = query.validated_data.get("before"), query.validated_data.get("after")
         page = paginator.paginate_queryset(images, request, view=self)
         return paginator.get_paginated_response(
             ImageOutputSerializer(page, many=True, context={"request": request}).data)

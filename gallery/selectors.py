@@ -16,9 +16,11 @@ FAILED = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAI
 
 
 def image_list(*, label: str = "", upto: int | None = None) -> QuerySet[Image]:
-    """Every image, newest first; with `label` ("cat", or "cat,dog"; any letter case), only images
-    with a mask of one of those labels; with `upto`, only those with an id up to it (added before it)."""
-    images = Image.objects.order_by("-created_at", "-id")
+    """Every image, newest (the highest id) first; with `label` ("cat", or "cat,dog"; any letter case), only
+    images with a mask of one of those labels; with `upto`, only those with an id up to it (added before it).
+    In id order, as `upto` and the API's links (pages after an id) read it: the hosts' clocks that set
+    `created_at` may differ."""
+    images = Image.objects.order_by("-id")
     if upto is not None:
         images = images.filter(pk__lte=upto)
     wanted = label_names(label)

@@ -456,6 +456,37 @@ def test_paging_through_the_image_list_sees_each_image_once_while_images_are_add
     assert client.get(reverse("api-images"), {"upto": "0"}).status_code == 400
 
 
+def test_paging_through_the_image_list_misses_no_image_while_images_are_deleted(client, user, media_root):
+    """The links named page numbers: a deletion on a page already seen moved an image of the next page onto
+    it (never sent), and a link to the last page answered 404 once the list had a page fewer."""
+    ids = [make_image(name=f"{i}.png", color=(i * 20, 2, 2)).pk for i in range(9)]  # newest first: ids[::-1]
+    client.force_login(user)
+    first = client.get(reverse("api-images"), {"page_size": 4}).json()
+    seen = [row["id"] for row in first["results"]]
+    assert seen == ids[:4:-1] and f"before={ids[5]}" in first["next"] and "page=" not in first["next"]
+    Image.objects.filter(pk__in=[ids[8], ids[7]]).delete()  # from the page seen
+    second = client.get(first["next"]).json()
+    seen += [row["id"] for row in second["results"]]
+    Image.objects.filter(pk=ids[4]).delete()  # the page just seen ends on it
+    third = client.get(second["next"]).json()
+    seen += [row["id"] for row in third["results"]]
+    assert seen == ids[::-1] and third["next"] is None and third["count"] == 6
+    back = client.get(third["previous"]).json()  # the 4 images just newer than the page's
+    assert [row["id"] for row in back["results"]] == [ids[5], ids[3], ids[2], ids[1]]
+    top = client.get(back["previous"]).json()
+    assert [row["id"] for row in top["results"]] == [ids[6]] and top["previous"] is None
+    assert f"before={ids[6]}" in top["next"] and f"upto={ids[8]}" in top["next"]
+
+    numbered = client.get(reverse("api-images"), {"page_size": 4, "page": 2}).json()  # a page by its number too
+    assert [row["id"] for row in numbered["results"]] == [ids[1], ids[0]] and numbered["next"] is None
+    assert f"after={ids[1]}" in numbered["previous"]
+    gone = client.get(reverse("api-images"), {"page_size": 4, "before": ids[0]}).json()
+    assert gone == {"count": 6, "next": None, "previous": gone["previous"], "results": []}
+    assert f"after={ids[0] - 1}" in gone["previous"]  # an edge past the list: an empty page, never a 404
+    both = client.get(reverse("api-images"), {"page": 2, "before": ids[3]})
+    assert both.status_code == 400 and "one of page, before and after" in both.json()["before"][0]
+
+
 def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_their_limit(client, user, media_root):
     """?labels=cat (the search API's spelling) returned the whole gallery, as if filtered."""
     add_mask(make_image(name="a.png"), label="cat")
@@ -464,7 +495,7 @@ def test_the_image_list_refuses_a_parameter_it_does_not_read_and_labels_beyond_t
         refused = client.get(reverse("api-images"), typo)
         name = next(iter(typo))
         assert refused.status_code == 400 and refused.json() == {
-            name: ["Unknown field; the fields are: label, upto, page, page_size, format."]}
+            name: ["Unknown field; the fields are: label, upto, before, after, page, page_size, format."]}
     assert client.get(reverse("api-images"), {"label": "cat", "page": 1, "page_size": 5,
                                               "format": "json"}).status_code == 200
     twice = client.get(reverse("api-images") + "?page=1&page=2")  # page 2 was answered
