@@ -48,11 +48,18 @@ def home(request: HttpRequest) -> HttpResponse:
             except Refused as exc:
                 form.add_error("file", _refused_upload_message(upload_name(upload), exc.message,
                                                                kept=uploads.staged_get(session=request.session)))
+    return _home_page(request, form=form)
+
+
+def _home_page(request: HttpRequest, *, form: UploadForm, text: str = "", text_error: str = "",
+               text_labels: list[str] | None = None, status: int = 200) -> HttpResponse:
+    """The search page; with `text_error`, a refused text search's words and labels kept in its form."""
     return render(request, "retrieval/home.html", {
-        "form": form, "text_form": TextSearchForm(), "staged": uploads.staged_get(session=request.session),
+        "form": form, "text_form": TextSearchForm(), "text": text, "text_error": text_error,
+        "text_labels": text_labels or [], "staged": uploads.staged_get(session=request.session),
         "recent": selectors.image_recent_ready(), "label_choices": selectors.label_counts(),
         "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,  # the script refuses a larger file unsent
-        "accepted_formats": ACCEPTED_NAMES})
+        "accepted_formats": ACCEPTED_NAMES}, status=status)
 
 
 def _refused_upload_message(name: str, message: str, *, kept: uploads.StagedUpload | None) -> str:
@@ -176,6 +183,9 @@ def search(request: HttpRequest) -> HttpResponseBase:
     try:
         response = search_for(user=request.user, session=request.session, query=query)
     except Refused as exc:
+        if query.text is not None:  # the words typed and the labels ticked stay, the field says why (they were lost)
+            return _home_page(request, form=UploadForm(), text=request.GET.get("text", ""), text_error=exc.message,
+                              text_labels=request.GET.getlist("labels"), status=400)
         messages.error(request, exc.message)
         return back
     return render(request, "retrieval/results.html", {

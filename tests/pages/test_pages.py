@@ -731,14 +731,33 @@ def test_each_sign_in_page_has_one_main_heading(client):
 def test_a_text_query_too_long_for_the_page_is_refused_as_the_api_refuses_it(client, user):
     """The page cut it to 500 characters without a word, and searched with the rest."""
     client.force_login(user)
-    response = client.get(reverse("pages:search"), {"text": "blue " * 120}, follow=True)
+    response = client.get(reverse("pages:search"), {"text": "blue " * 120})
+    assert response.status_code == 400
     assert "A text query has at most 500 characters; this one has 599." in response.content.decode()
-    assert response.redirect_chain == [(reverse("pages:home"), 302)]
     api = client.post(reverse("api-search"), {"text": "blue " * 120}, content_type="application/json")
     assert api.status_code == 400 and "500" in str(api.json()["text"])
     for blank in ("\ufeff", "   ", ""):  # U+FEFF searched, as if words; spaces asked to choose a file
-        answer = client.get(reverse("pages:search"), {"text": blank}, follow=True).content.decode()
+        answer = client.get(reverse("pages:search"), {"text": blank}).content.decode()
         assert "Type some words to search for." in answer and "Choose a file" not in answer, repr(blank)
+
+
+def test_a_refused_text_search_keeps_the_words_and_labels_in_the_form_and_says_why_there(client, user):
+    """A refusal sent the browser back to an empty form (the words and ticked labels gone) with the message
+    at the top of the page, the field neither marked nor focused."""
+    add_mask(embedded_image("dog.png", 1), label="dog")
+    add_mask(embedded_image("cat.png", 2), label="cat")
+    client.force_login(user)
+    response = client.get(reverse("pages:search"), {"text": "🐶 🐕", "labels": ["dog"]})
+    page = response.content.decode()
+    assert response.status_code == 400 and page.count("The text model knows none of these words") == 1
+    assert re.search(r'<div role="alert"><ul class="errorlist" id="id_text_error"><li>The text model knows none',
+                     page)
+    assert re.search(r'<input type="search" name="text" id="id_text"[^>]* value="🐶 🐕" aria-invalid="true" '
+                     r'aria-describedby="id_text_error" autofocus>', page)
+    assert '<input type="checkbox" name="labels" value="dog" checked>' in page
+    assert '<input type="checkbox" name="labels" value="cat">' in page and "<title>Error: " in page
+    words = client.get(reverse("pages:search"), {"text": "a dog"})  # words it knows: results, as before
+    assert words.status_code == 200 and "Error:" not in words.content.decode()
 
 
 @pytest.mark.parametrize("query", [{"image": "1", "text": "stripes"}, {"image": "1", "mask": "2"},
