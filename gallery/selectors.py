@@ -15,12 +15,14 @@ WAITING = Q(status=ProcessingStatus.PENDING) | Q(masks_status=ProcessingStatus.P
 FAILED = Q(status=ProcessingStatus.FAILED) | Q(masks_status=ProcessingStatus.FAILED)  # vectors or masks failed
 
 
-def image_list(*, label: str = "", upto: int | None = None) -> QuerySet[Image]:
+def image_list(*, label: str = "", upto: int | None = None, failed: bool = False) -> QuerySet[Image]:
     """Every image, newest (the highest id) first; with `label` ("cat", or "cat,dog"; any letter case), only
     images with a mask of one of those labels; with `upto`, only those with an id up to it (added before it).
     In id order, as `upto` and the API's links (pages after an id) read it: the hosts' clocks that set
-    `created_at` may differ."""
+    `created_at` may differ. With `failed`, only images whose processing failed (vectors or masks)."""
     images = Image.objects.order_by("-id")
+    if failed:
+        images = images.filter(FAILED)
     if upto is not None:
         images = images.filter(pk__lte=upto)
     wanted = label_names(label)
@@ -34,9 +36,9 @@ def newest_id(images: QuerySet[Image]) -> int | None:
     return images.aggregate(newest=Max("pk"))["newest"]
 
 
-def images_added_since(*, label: str = "", upto: int) -> int:
-    """How many images of the list (`label` as for image_list) were added after the id `upto`."""
-    return image_list(label=label).filter(pk__gt=upto).count()
+def images_added_since(*, label: str = "", upto: int, failed: bool = False) -> int:
+    """How many images of the list (`label` and `failed` as for image_list) were added after the id `upto`."""
+    return image_list(label=label, failed=failed).filter(pk__gt=upto).count()
 
 
 def label_names(text: str) -> list[str]:

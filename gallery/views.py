@@ -77,17 +77,18 @@ def png_response(data: bytes, *, cache: bool) -> HttpResponse:
 @require_safe
 def gallery_page(request: HttpRequest) -> HttpResponse:
     label = request.GET.get("label", "").strip()
+    failed = request.GET.get("status") == "failed"  # the banner's "Failed: N" links here
     upto = pinned_upto(request)
-    images = selectors.image_list(label=label, upto=upto)
+    images = selectors.image_list(label=label, upto=upto, failed=failed)
     # The pager's links carry the newest id of the first page asked for, as the API's do: images added
     # while a visitor pages do not push the ones they saw onto the next page.
     newest = upto or selectors.newest_id(images)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(page_number(request))
-    added_since = selectors.images_added_since(label=label, upto=upto) if upto else 0
+    added_since = selectors.images_added_since(label=label, upto=upto, failed=failed) if upto else 0
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
-                                                    "upto": newest, "added_since": added_since,
+                                                    "failed": failed, "upto": newest, "added_since": added_since,
                                                     "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,
                                                     "accepted_formats": ACCEPTED_NAMES,
                                                     "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,

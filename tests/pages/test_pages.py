@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from gallery.imaging import FORMAT_MEDIA_TYPES, probability_to_png
 from gallery import views as gallery_views
 from gallery.models import Image, Mask
+from retrieval import status
 from retrieval.encoders.devices import model_device
 from tests.gallery.factories import add_embedding, add_mask, make_image
 
@@ -319,6 +320,57 @@ def test_an_images_page_says_when_its_stored_file_is_missing(client, user, media
     assert warning not in client.get(reverse("pages:image", args=[kept.pk])).content.decode()
     page = client.get(reverse("pages:image", args=[lost.pk])).content.decode()
     assert warning in page and "Adding the same file again restores it" in page
+    Image.objects.filter(pk__in=[kept.pk, lost.pk]).update(status="failed", error="The stored file is missing.",
+                                                           added_by=user)
+    retry = f'action="{reverse("pages:retry", args=[kept.pk])}"'
+    assert retry in client.get(reverse("pages:image", args=[kept.pk])).content.decode()
+    page = client.get(reverse("pages:image", args=[lost.pk])).content.decode()
+    assert reverse("pages:retry", args=[lost.pk]) not in page  # offered, it failed again at once
+
+
+def test_the_banners_failed_count_links_to_the_gallery_of_failed_images(client, user, monkeypatch):
+    """The banner said "Failed: 1" with no way to it but scanning every gallery page, or a shell command."""
+    monkeypatch.setattr(gallery_views, "GALLERY_PAGE_SIZE", 2)
+    images = [make_image(name=f"{i}.png", color=(i * 9, 3, 3)) for i in range(6)]
+    add_mask(images[1], label="cat")
+    Image.objects.filter(pk__in=[images[0].pk, images[3].pk]).update(status="failed", error="no file")
+    Image.objects.filter(pk=images[1].pk).update(masks_status="failed", masks_error="no file")
+    monkeypatch.setattr(status, "_banner", None)
+    status.banner_refresh()
+    client.force_login(user)
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert f'<a href="{reverse("pages:gallery")}?status=failed">list them</a>' in page
+    response = client.get(reverse("pages:gallery"), {"status": "failed"})
+    listed = [image.pk for image in response.context["page"]]
+    assert listed == [images[3].pk, images[1].pk] and "3 images whose processing failed" in response.content.decode()
+    page = response.content.decode()
+    assert '<a href="?page=2&amp;label=&amp;status=failed&amp;upto=' in page  # the pager keeps to them
+    assert [image.pk for image in client.get(reverse("pages:gallery"), {"status": "failed", "page": 2}
+                                             ).context["page"]] == [images[0].pk]
+    assert '<a href="?label=">show every image</a>' in page and 'href="?label=cat&amp;status=failed"' in page
+    with_label = client.get(reverse("pages:gallery"), {"status": "failed", "label": "cat"})
+    assert [image.pk for image in with_label.context["page"]] == [images[1].pk]
+    Image.objects.update(status="ready", masks_status="ready")
+    page = client.get(reverse("pages:gallery"), {"status": "failed"}).content.decode()
+    assert "No image has failed." in page and "Initialize from a folder" not in page
+
+
+def test_the_gallerys_label_chips_are_folded_and_its_empty_page_links_to_a_reset(client, staff_user):
+    """Every label was a Tab stop before the first picture; the empty page's link looked like its text."""
+    from django.contrib.auth.models import Permission
+    staff_user.user_permissions.add(Permission.objects.get(codename="reset_gallery"))
+    client.force_login(staff_user)
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert "label-filter" not in page  # no labels: nothing to fold
+    assert re.search(r'<li class="empty">No images yet\. <a href="[^"]+">Initialize from a folder</a>\.</li>', page)
+    css = (settings_static() / "site.css").read_text()
+    assert ".grid li.empty a { display: inline;" in css
+    add_mask(make_image(name="a.png"), label="cat")
+    page = client.get(reverse("pages:gallery")).content.decode()
+    assert re.search(r'<details class="label-filter">\s*<summary>Show images with a label <span class="hint">'
+                     r'\(1 label to choose from\)</span></summary>\s*<nav class="label-chips"', page)
+    assert '<details class="label-filter" open>' in client.get(reverse("pages:gallery"), {"label": "cat"}
+                                                               ).content.decode()
 
 
 def test_an_images_page_reads_its_masks_in_one_query(client, user):
@@ -869,3 +921,8 @@ def test_a_labels_percentage_meets_the_region_bar_exactly_when_it_offers_its_reg
     assert rows == {"speck": "&lt;1%", "dot": "1%", "cat": "29%", "sky": "100%"}
     linked = {label for label, pk in shown.items() if f"?mask={pk}\"" in page}
     assert linked == {"dot", "cat", "sky"}
+
+
+def settings_static():
+    from pathlib import Path
+    return Path(__file__).resolve().parents[2] / "static"
