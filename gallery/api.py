@@ -45,7 +45,7 @@ from gallery import selectors, services
 from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_retry_image, can_view_gallery
 from gallery.errors import Refused
 from gallery.imaging import read_upload, upload_name
-from gallery.models import Image
+from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
 
@@ -365,9 +365,14 @@ class ImageOutputSerializer(ImageUrlFields):
     format = serializers.CharField()
     byte_size = serializers.IntegerField()
     created_at = serializers.DateTimeField(default_timezone=dt_timezone.utc)  # UTC ("Z") whatever TIME_ZONE
-    status = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=ProcessingStatus.choices,
+        help_text="its search vectors: pending (queued or being computed), ready (searchable), failed (`error` "
+                  "says why; POST .../retry/ queues it again). Poll GET /api/images/<id>/ until neither status is "
+                  "pending")
     error = serializers.CharField()
-    masks_status = serializers.CharField()
+    masks_status = serializers.ChoiceField(choices=ProcessingStatus.choices,
+                                           help_text="its labels and masks, as `status` (why a failure: `masks_error`)")
     masks_error = serializers.CharField()
 
 

@@ -316,6 +316,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # served from the installed package: works offline
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"ProcessingStatusEnum": "gallery.models.ProcessingStatus"},  # status and masks_status
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",  # the default
                              "gallery.api.request_bodies_closed"],
 }

@@ -313,7 +313,9 @@ class SearchCountsSerializer(serializers.Serializer):
 
 
 class SearchPreferencesSerializer(serializers.Serializer):
-    """The preferences this query ran with (saved ones, with this request's overrides)."""
+    """The preferences this query ran with: the saved ones with this request's overrides; a text query has
+    no content part, so it runs on the semantic index alone (intersection_first false, preferred_index
+    semantic, split 100), whatever was asked."""
 
     k = serializers.IntegerField()
     intersection_first = serializers.BooleanField()

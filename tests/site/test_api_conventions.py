@@ -122,3 +122,17 @@ def test_pages_answer_head_as_get_and_the_app_sends_no_body_for_it(client, user,
         if url not in pages[:-1]:  # a page's own bytes differ between two views (its CSRF token, timings)
             assert int(head["Content-Length"]) == len(sent), url
         assert int(head["Content-Length"]) > 0, url
+
+
+def test_the_schema_names_the_processing_states_a_client_polls_for(tmp_path):
+    """`status` and `masks_status` were plain strings: a client polling an image had no documented end state."""
+    call_command("spectacular", "--file", str(tmp_path / "schema.yml"))
+    schemas = yaml.safe_load((tmp_path / "schema.yml").read_text())["components"]["schemas"]
+    assert schemas["ProcessingStatusEnum"]["enum"] == ["pending", "ready", "failed"]
+    for name in ("ImageOutput", "ImageDetailOutput", "ImageAddedOutput"):
+        fields = schemas[name]["properties"]
+        for field in ("status", "masks_status"):
+            assert {"$ref": "#/components/schemas/ProcessingStatusEnum"} in fields[field]["allOf"], (name, field)
+        assert "until neither status is pending" in fields["status"]["description"]
+    # And the preferences a text search echoes (the semantic index alone) are said to be what it ran with.
+    assert "a text query has\nno content part" in schemas["SearchPreferences"]["description"]
