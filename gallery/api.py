@@ -57,13 +57,14 @@ logger = logging.getLogger(__name__)
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus the one mapping of refused input: {"detail": message} with its status (and a
-    failing media storage's 503)."""
+    """DRF's handler, plus the one mapping of refused input: {"detail": message}, or {field: [message]} as a
+    validation error says it, with its status (and a failing media storage's 503)."""
     if isinstance(exc, Refused):  # a 503 among them: the media storage failed storing a file
         retry = {"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)} if exc.status_code == 503 else None
         if retry:  # the service's fault, not the caller's: the log says why (Django's line names only the path)
             logger.warning("%s: %s", getattr(context.get("request"), "path", "?"), exc.message)
-        return Response({"detail": exc.message}, status=exc.status_code, headers=retry)
+        body = {exc.field: [exc.message]} if exc.field else {"detail": exc.message}
+        return Response(body, status=exc.status_code, headers=retry)
     if isinstance(exc, STORAGE_ERRORS):  # the media storage failed under the view (as the pages' middleware says)
         logger.warning("%s: the media storage failed: %r", getattr(context.get("request"), "path", "?"), exc)
         storage_failure_noted(exc)

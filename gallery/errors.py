@@ -1,7 +1,8 @@
 """Refused input: the one exception type every layer raises for a person's mistake, and its HTTP code.
 
-The REST API turns any `Refused` into `{"detail": message}` with `status_code` (gallery.api's
-exception handler); pages show the message. Nothing is written when one is raised.
+The REST API turns any `Refused` into `{"detail": message}` with `status_code`, or `{field: [message]}`
+when it names the request's field at fault, as DRF's validation does (gallery.api's exception handler);
+pages show the message. Nothing is written when one is raised.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ class Refused(Exception):
 
     status_code = 400
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, field: str = "") -> None:
         super().__init__(message)
-        self.message = message
+        self.message, self.field = message, field
         if status_code is not None:
             self.status_code = status_code

@@ -140,7 +140,7 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
                          else "Give exactly one of image_id, mask_id, image or text.")
     query = replace(query, label=(query.label or "").strip() or None)  # a blank label: the whole picture
     if query.label is not None and query.upload is None and not query.staged:
-        raise QueryError("label picks a region of an uploaded image: give it with image.")
+        raise QueryError("label picks a region of an uploaded image: give it with image.", field="label")
     if query.mask_id is not None:
         mask = Mask.objects.select_related("image").filter(pk=query.mask_id).first()
         if mask is None:
@@ -191,7 +191,7 @@ def masks_with_labels(labels: Sequence[str]) -> list[tuple[int, int]]:
     known labels otherwise)."""
     stored = labels_as_stored(labels)
     if unknown := labels_unknown_message(labels, stored):
-        raise QueryError(unknown)
+        raise QueryError(unknown, field="labels")
     return list(Mask.objects.filter(label__in=stored).values_list("id", "image_id"))
 
 
@@ -269,7 +269,8 @@ def vectors_for_upload_region(*, data: bytes, label: str, masks: dict[str, np.nd
     wanted = label.strip().casefold()  # in any letter case, as every label filter takes them
     matched = label if label in masks else next((name for name in masks if name.casefold() == wanted), None)
     if matched is None:
-        raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.")
+        raise QueryError(f"This picture has no {label}; its labels: {', '.join(sorted(masks)) or 'none'}.",
+                         field="label")
     probability = masks[matched]  # at this picture's size (the segmenter saw it)
     # The bar of a stored mask's region: its share at 0.5, the label's percentage on the page.
     large_enough = large_enough_for_a_region(share_more_likely_than_not(probability))
@@ -284,19 +285,20 @@ def vectors_for_text(*, text: str, models: ActiveModels) -> QueryVectors:
     # unknown words, and a ligature "ﬁ" read as another piece than "fi".
     text = unicodedata.normalize("NFKC", text).strip()
     if not shows_anything(text):  # a lone U+FEFF searched, as if it were words
-        raise QueryError("Type some words to search for.")
+        raise QueryError("Type some words to search for.", field="text")
     if len(text) > TEXT_MAX_CHARS:
-        raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.")
+        raise QueryError(f"A text query has at most {TEXT_MAX_CHARS} characters; this one has {len(text)}.",
+                         field="text")
     model = get_model(models.semantic)
     reading = model.read_text(text)
     if reading is not None and reading.unknown * 2 > reading.tokens:  # searched by what is left: another meaning
         known = ("knows none of these words" if reading.unknown == reading.tokens else
                  f"does not know most of these words ({reading.unknown} of {reading.tokens} word pieces)")
         raise QueryError(f"The text model {known} (it reads English; emoji and most other scripts are unknown to "
-                         "it): describe the picture in English words.")
+                         "it): describe the picture in English words.", field="text")
     if reading is not None and reading.tokens > reading.limit:  # the rest would be left out without a word
         raise QueryError(f"This text is longer than the text model reads: at most {reading.limit} word pieces, "
-                         f"and it has {reading.tokens}. Shorten it.")
+                         f"and it has {reading.tokens}. Shorten it.", field="text")
     return QueryVectors(semantic=model.encode_texts([text])[0], content=None)
 
 
