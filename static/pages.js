@@ -280,9 +280,14 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
       // A 5xx is the service's failure, not the file's: said so, and offered again like a lost answer.
       if (response.status === 503) return [{name: file.name, state: "failed", message: unavailable}];
       if (response.status >= 500) return [{name: file.name, state: "failed", message: serverFailed(response.status)}];
-      const why = response.redirected ? "you are signed out: sign in again, then add it."
-        : response.status === 403 ? "the page is out of date (signed out or in again elsewhere): reload it, then add it."
-        : `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
+      // Signed out (sent to the sign-in page), or the page's sign-in out of date: not the file's fault, and every
+      // file after it would meet the same; they are offered again once the user has signed in (in another tab).
+      if (response.redirected || response.status === 403) {
+        return [{name: file.name, state: "signedout", message: response.redirected
+          ? "not added: you are signed out." : "not added: this page's sign-in is out of date (signed out or in "
+          + "again elsewhere)."}];
+      }
+      const why = `the server refused it (${response.status}${response.status === 413 ? ": too large" : ""}).`;
       return [{name: file.name, state: "refused", message: why}];
     } catch (error) {
       if (signal.aborted) return [{name: file.name, state: "unanswered", message: cancelled}];
@@ -311,8 +316,13 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     const counts = {added: 0, exists: 0, refused: 0, unanswered: 0, failed: 0, unsent: 0};
     sendAgain = [];
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
+    let signedOut = false;
     for (const [index, file] of files.entries()) {
-      if (controller.signal.aborted) {
+      if (signedOut) {
+        counts.unsent += 1;
+        sendAgain.push(file);
+        line(file.name, "not sent: you are signed out.", null, true);
+      } else if (controller.signal.aborted) {
         counts.unsent += 1;
         sendAgain.push(file);
         line(file.name, "not sent (cancelled).", null, true);
@@ -323,6 +333,13 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
       } else {
         text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
         for (const result of await sendOne(file, controller.signal)) {
+          if (result.state === "signedout") {
+            signedOut = true;
+            counts.unsent += 1;
+            sendAgain.push(file);
+            line(result.name, result.message, null, true);
+            continue;
+          }
           counts[result.state] += 1;
           line(result.name, said[result.state] || result.message, result.url, !said[result.state]);
           if (result.state === "unanswered" || result.state === "failed") sendAgain.push(file);
@@ -340,6 +357,14 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     text.textContent = `${controller.signal.aborted ? "Cancelled" : "Done"}: ${counts.added} added, `
       + `${counts.exists} already there, ${counts.refused} refused${noAnswers}${failed}${unsent}. `;
     status.append(again);
+    if (signedOut) {  // signing in here would leave the page and the files chosen: in another tab, then try again
+      const signIn = document.createElement("a");
+      signIn.href = `${form.dataset.loginUrl}?next=${encodeURIComponent(location.pathname)}`;
+      signIn.target = "_blank";
+      signIn.rel = "noopener";
+      signIn.textContent = "Sign in again (in a new tab)";
+      status.append(". ", signIn, ", then try them again here.");
+    }
     cancel.hidden = true;
     if (sendAgain.length) {
       retry.textContent = sendAgain.length === 1 ? "Try it again" : `Try the ${sendAgain.length} again`;

@@ -217,6 +217,35 @@ def test_adding_files_says_when_the_service_failed_rather_than_refused_them_and_
 
 
 @in_browser
+def test_files_left_when_the_user_was_signed_out_are_not_sent_and_are_offered_again(
+        live_server, user, browser, media_root, close_connections):  # noqa: F811
+    """Signed out in another tab mid-way, each file left was sent, counted "refused" and not offered again:
+    they had to be found and chosen again."""
+    page = gallery_page(browser, live_server, user)
+    sent = []
+
+    def signed_out_at_blue(route):
+        sent.append(re.search(rb'filename="(\w+\.png)"', route.request.post_data_buffer).group(1))
+        if sent[-1] == b"blue.png":  # what the server answers a request without a session: the sign-in page
+            route.fulfill(status=302, headers={"Location": reverse("login") + "?next=" + reverse("pages:gallery")})
+        else:
+            route.continue_()
+
+    add_url = add_red_blue_green(page, signed_out_at_blue)
+    page.get_by_text("Done: 1 added, 0 already there, 0 refused, 2 not sent.").wait_for()
+    assert sent == [b"red.png", b"blue.png"]  # green.png would have met the same
+    lines = page.eval_on_selector_all("[data-add-results] li.error", "items => items.map(i => i.textContent)")
+    assert lines == ["blue.png: not added: you are signed out.", "green.png: not sent: you are signed out."]
+    sign_in = page.get_by_role("link", name="Sign in again (in a new tab)")
+    assert sign_in.get_attribute("target") == "_blank" and sign_in.get_attribute("href") == (
+        reverse("login") + "?next=" + reverse("pages:gallery").replace("/", "%2F"))
+    page.unroute(add_url)
+    page.get_by_role("button", name="Try the 2 again").click()
+    page.get_by_text("Done: 2 added, 0 already there, 0 refused.").wait_for()
+    assert sorted(Image.objects.values_list("original_name", flat=True)) == ["blue.png", "green.png", "red.png"]
+
+
+@in_browser
 def test_an_upload_that_gets_no_answer_can_be_cancelled(live_server, user, browser, close_connections):  # noqa: F811
     """A request never answered left the upload "reading the picture…" and "Add images" "Adding 1 of 1" for ever,
     their buttons disabled."""
