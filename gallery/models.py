@@ -88,7 +88,7 @@ class ResetJob(models.Model):
     folder = models.CharField(max_length=1024)
     recursive = models.BooleanField(default=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
-    phase = models.CharField(max_length=64, blank=True, help_text="what the job is doing now")
+    phase = models.CharField(max_length=200, blank=True, help_text="what the job is doing now")
     deleted_images = models.PositiveIntegerField(default=0)
     total_files = models.PositiveIntegerField(default=0)
     scanned = models.PositiveIntegerField(default=0)

@@ -451,6 +451,24 @@ def test_a_reset_from_an_empty_folder_warns_that_the_gallery_will_be_empty(clien
     assert "will be <strong>empty</strong> afterwards" in page
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_from_a_folder_with_no_image_ends_done_with_the_gallery_empty(staff_user, tmp_path, old_gallery,
+                                                                              settings):
+    """Its last phase (65 characters) did not fit the column: the job stayed "running" and was handed out again
+    every minute, each time failing the same way."""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_INDEX_DIR = tmp_path / "indexes"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no picture here")
+    job = reset_run(job_id=reset_start(folder=str(notes), recursive=True, user=staff_user).pk)
+    assert job.state == "done" and job.phase == "done: the folder held no image to import (see the rejected files)"
+    assert not Image.objects.exists() and job.deleted_images == 2
+    job = ResetJob.objects.get(pk=job.pk)
+    job.phase = "done: 1,000,000 images imported, 1,000,000 failed, the indexes built"  # the longest it writes
+    job.save()
+
+
 @pytest.mark.django_db
 def test_the_status_of_an_unknown_job_is_a_json_404(client, staff_user):
     client.force_login(staff_user)
