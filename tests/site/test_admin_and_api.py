@@ -703,3 +703,45 @@ def test_an_upload_whose_name_overflows_the_forms_headers_is_told_to_shorten_it(
     assert refused.status_code == 400 and "the file's name is too long" in refused.json()["detail"]
     kept = client.post(reverse("api-images"), {"file": SimpleUploadedFile("猫" * 200 + ".png", png_bytes())})
     assert kept.status_code == 201 and kept.json()["original_name"] == "猫" * 200 + ".png"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_an_account_that_adds_images_meanwhile_keeps_them_added_by_nobody(client, django_user_model,
+                                                                                    monkeypatch):
+    """An image the account added while Django deleted it (an upload loop, a running reset: committed after
+    Django had set its rows' "added by" to nobody, before it deleted the user) still referred to it: the
+    deletion ended in an IntegrityError (a 500) and the account stayed."""
+    import threading
+
+    from django.db import connection
+    from django.db.models.sql.subqueries import DeleteQuery
+
+    from gallery.models import ResetJob
+
+    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    uploader = django_user_model.objects.create_user("uploader", password="Upl0ader-pass!")
+    Image.objects.filter(pk=make_image(name="before.png", color=(9, 9, 9)).pk).update(added_by=uploader)
+    real_delete_batch = DeleteQuery.delete_batch
+
+    def upload_committed_meanwhile() -> None:  # another request, on its own connection
+        try:
+            Image.objects.filter(pk=make_image(name="late.png", color=(200, 9, 9)).pk).update(added_by=uploader)
+            ResetJob.objects.create(folder="/photos", created_by=uploader)
+        finally:
+            connection.close()
+
+    def delete_batch(self, pk_list, using):
+        if self.model is django_user_model and not Image.objects.filter(original_name="late.png").exists():
+            upload = threading.Thread(target=upload_committed_meanwhile)
+            upload.start()
+            upload.join(20)
+        return real_delete_batch(self, pk_list, using)
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", delete_batch)
+    client.force_login(boss)
+    response = client.post(reverse("admin:auth_user_delete", args=[uploader.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not django_user_model.objects.filter(username="uploader").exists()
+    assert list(Image.objects.order_by("pk").values_list("original_name", "added_by")) == [
+        ("before.png", None), ("late.png", None)]
+    assert ResetJob.objects.get().created_by is None
