@@ -41,6 +41,9 @@ class MaskInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
 
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False  # masks come from the segmenter only ("Add another Mask" made an empty row)
+
 
 DELETE_LISTED = 100  # images named on a delete's confirmation; the rest are counted
 

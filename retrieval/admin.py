@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Func, IntegerField, Prefetch, QuerySet
+from django.db.models import F, Func, IntegerField, Model, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -26,6 +26,9 @@ class EmbeddingInline(admin.TabularInline):
     fields = ("space", "model_key", "created_at")
     readonly_fields = fields
     can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False  # vectors come from the pipeline only (the empty row showed a DatabaseDefault object)
 
 
 class RegionColumns:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.staticfiles import finders
@@ -745,3 +746,21 @@ def test_deleting_an_account_that_adds_images_meanwhile_keeps_them_added_by_nobo
     assert list(Image.objects.order_by("pk").values_list("original_name", "added_by")) == [
         ("before.png", None), ("late.png", None)]
     assert ResetJob.objects.get().created_by is None
+
+
+def test_admin_offers_no_empty_mask_or_vector_rows_and_its_404_says_what_is_missing(client, django_user_model):
+    """An image's page offered "Add another Mask" and "Add another Embedding" (an empty row showing a
+    DatabaseDefault object); admin's own 404s (an unregistered model's page) read "Http404"."""
+    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    image = make_image(name="a.png")
+    add_mask(image, label="cat")
+    add_embedding(image, space="content", model_key="autoencoder/v2", vector=np.full(1024, 1 / 1024))
+    client.force_login(boss)
+    page = client.get(reverse("admin:gallery_image_change", args=[image.pk])).content.decode()
+    assert "cat" in page and "autoencoder/v2" in page  # the rows are shown
+    assert 'name="masks-TOTAL_FORMS" value="1"' in page and 'name="embeddings-MAX_NUM_FORMS" value="0"' in page
+    assert 'name="masks-MAX_NUM_FORMS" value="0"' in page and "DatabaseDefault" not in page
+    for path in ("/admin/django_q/schedule/", "/admin/foo/"):
+        answer = client.get(path)
+        text = answer.content.decode()
+        assert answer.status_code == 404 and "Http404" not in text and f"There is no page at <code>{path}</code>" in text
