@@ -23,13 +23,14 @@ from rest_framework.authtoken.models import Token
 
 from gallery import selectors, services
 from gallery.models import Image, Mask, ResetJob
+from gallery.thumbnails import thumbnail_url
 
 
 ShownSize = Literal[64, 240, 512]  # a class each in static/admin_site.css (no inline style: the CSP)
 
 
 def _thumbnail(image: Image, size: int, shown_px: ShownSize) -> str:
-    url = reverse("gallery:image-thumbnail-size", args=[image.pk, size])
+    url = thumbnail_url(image, size)
     return format_html('<img src="{}" alt="{}" class="shown-{}">', url, image.original_name, shown_px)
 
 

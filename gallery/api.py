@@ -48,6 +48,7 @@ from gallery.imaging import read_upload, upload_name
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
+from gallery.thumbnails import THUMBNAIL_VERSION_CHARS
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
@@ -304,18 +305,21 @@ class ImageUrlFields(serializers.Serializer):
     file_url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()
 
-    def _image_id(self, obj: Any) -> int:
+    def _image(self, obj: Any) -> Image:
         for attribute in filter(None, self.image_source.split(".")):
             obj = getattr(obj, attribute)
-        return obj.pk
+        return cast(Image, obj)
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_file_url(self, obj: Any) -> str:
-        return image_url(self.context.get("request"), "gallery:image-file", self._image_id(obj))
+        return image_url(self.context.get("request"), "gallery:image-file", self._image(obj).pk)
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_thumbnail_url(self, obj: Any) -> str:
-        return image_url(self.context.get("request"), "gallery:image-thumbnail", self._image_id(obj))
+        # With the picture's digest, as the pages give it (thumbnails.thumbnail_url): a reused id is another URL.
+        image = self._image(obj)
+        return (image_url(self.context.get("request"), "gallery:image-thumbnail", image.pk)
+                + f"?v={image.sha256[:THUMBNAIL_VERSION_CHARS]}")
 
 
 class GalleryPermission(BasePermission):

@@ -7,6 +7,8 @@ import logging
 import math
 import time
 
+from django.urls import reverse
+
 from gallery.imaging import picture_for_models
 from gallery.models import Image
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted, stored_delete, stored_read, stored_write_once
@@ -16,10 +18,20 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_SIZES = (128, 256, 512, 1024)
 DISPLAY_SIZE = 1024  # a picture browsers cannot show (TIFF) is shown as this rendition: its masks' resolution
 THUMBNAIL_FOLDER = "thumbs"
+THUMBNAIL_VERSION_CHARS = 12  # of the SHA-256 in a thumbnail's address (?v=)
 
 
 def _thumbnail_name(image: Image, size: int) -> str:
     return f"{THUMBNAIL_FOLDER}/{image.sha256[:2]}/{image.sha256}-{size}.webp"
+
+
+def thumbnail_url(image: Image, size: int | None = None) -> str:
+    """The address of the image's thumbnail (`size`: one of THUMBNAIL_SIZES, else the default), with the
+    picture's digest in it: browsers keep a thumbnail for a day, and a new picture under a reused id (a
+    restored backup numbers new images from its ids again) showed the old picture's."""
+    url = (reverse("gallery:image-thumbnail", args=[image.pk]) if size is None
+           else reverse("gallery:image-thumbnail-size", args=[image.pk, size]))
+    return f"{url}?v={image.sha256[:THUMBNAIL_VERSION_CHARS]}"
 
 
 def thumbnail_sha256(name: str) -> str:

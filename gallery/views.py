@@ -25,7 +25,7 @@ from gallery.imaging import ACCEPTED_NAMES, read_upload, upload_name
 from gallery.models import Mask, ProcessingStatus
 from gallery.overlays import overlay_png
 from gallery.storage_check import stored_file_missing
-from gallery.thumbnails import DISPLAY_SIZE
+from gallery.thumbnails import DISPLAY_SIZE, thumbnail_url
 
 GALLERY_PAGE_SIZE = 48
 DEFAULT_MASK_THRESHOLD = 50  # percent, when a page does not say (the same cut as a mask's area)
@@ -123,7 +123,7 @@ def page_number(request: HttpRequest) -> str | None:
 def image_page(request: HttpRequest, image_id: int) -> HttpResponse:
     image = access_image(user=request.user, image_id=image_id)
     shown = (reverse("gallery:image-file", args=[image.pk]) if services.image_shown_as_stored(image)
-             else reverse("gallery:image-thumbnail-size", args=[image.pk, DISPLAY_SIZE]))
+             else thumbnail_url(image, DISPLAY_SIZE))
     return render(request, "gallery/image.html", {
         "image": image, "image_url": shown,
         "masks": image.masks.only("id", "image_id", "label", "class_index", "area_fraction"),

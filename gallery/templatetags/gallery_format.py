@@ -4,6 +4,9 @@ import math
 
 from django import template
 
+from gallery import thumbnails
+from gallery.models import Image
+
 register = template.Library()
 
 
@@ -14,3 +17,9 @@ def share_of_picture(fraction: float) -> str:
     under one percent."""
     percent = math.floor(fraction * 100 + 1e-9)  # 0.29 * 100 is 28.999999999999996
     return f"{percent}%" if percent >= 1 else "<1%"
+
+
+@register.filter
+def thumbnail_url(image: Image, size: int | None = None) -> str:
+    """{{ image|thumbnail_url }} or {{ image|thumbnail_url:128 }}: thumbnails.thumbnail_url."""
+    return thumbnails.thumbnail_url(image, size)

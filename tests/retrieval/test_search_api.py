@@ -9,6 +9,7 @@ from django.test import Client
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import reverse
 
+from gallery.models import Image
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_rebuild
 from tests.gallery.factories import add_embedding, make_image, png_bytes
@@ -63,7 +64,8 @@ def test_search_by_stored_image_applies_the_policy_and_fills_both_similarities(c
     assert sum(body["counts"].values()) == len(body["results"]) == 4
     assert all(r["semantic_similarity"] is not None and r["content_similarity"] is not None for r in body["results"])
     for result in body["results"]:  # each URL names its own image (URLs are built from a cached template)
-        assert result["thumbnail_url"] == f"http://testserver/images/{result['image_id']}/thumbnail/"
+        digest = Image.objects.get(pk=result["image_id"]).sha256[:12]  # a reused id is another URL
+        assert result["thumbnail_url"] == f"http://testserver/images/{result['image_id']}/thumbnail/?v={digest}"
         assert result["image_url"] == f"http://testserver/images/{result['image_id']}/file/"
         assert "file_url" not in result
 
