@@ -21,7 +21,7 @@ from typing import cast
 import faiss
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from retrieval.index_build import IVF_KINDS, PRODUCT_QUANTIZED, search_index
 from retrieval.metrics import normalize, similarity_from_distance
@@ -87,6 +87,22 @@ def db_now() -> datetime:
     with connection.cursor() as cursor:
         cursor.execute("SELECT now()")
         return cursor.fetchone()[0]
+
+
+def database_identity() -> str:
+    """Which database this is: its server's system identifier and its OID. A restore goes into a new, empty
+    database (docs/DEPLOYMENT.md: a new OID, or a new server), so an index file names another database when
+    it was built before a restore, which would otherwise match the restored version stamp: the new images,
+    numbered from the dump's ids again, were answered with the vectors of the old pictures that had them."""
+    with connection.cursor() as cursor:
+        try:
+            with transaction.atomic():  # pg_control_system() may be refused to the service's role: the OID alone
+                cursor.execute("SELECT system_identifier FROM pg_control_system()")
+                system = str(cursor.fetchone()[0])
+        except DatabaseError:
+            system = "?"
+        cursor.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
+        return f"{system}/{cursor.fetchone()[0]}"
 
 
 @contextlib.contextmanager
@@ -410,6 +426,10 @@ class IndexManager:
         if meta.get("version") != state.version or meta.get("model_key") != state.model_key:
             logger.warning("index file %s does not match its database record", path)
             return None
+        built_from = meta.get("database")  # None in files written before it was recorded: trusted
+        if built_from is not None and built_from != database_identity():
+            raise DamagedIndexPart(meta_path, ValueError(
+                "it was built from another database (restored since, or another server's): not this one's vectors"))
         index = cast(faiss.IndexIDMap2, faiss.read_index(str(path)))  # as written by index_rebuild
         if meta["kind"] in IVF_KINDS:
             faiss.extract_index_ivf(index.index).nprobe = meta["params"]["nprobe"]

@@ -38,7 +38,7 @@ from retrieval.index_build import (
     index_kind,
     ivf_lists,
 )
-from retrieval.index_snapshots import IdSet, IndexSnapshot, db_now, index_dir, manager
+from retrieval.index_snapshots import IdSet, IndexSnapshot, database_identity, db_now, index_dir, manager
 from retrieval.models import IndexState
 from retrieval.spaces import VectorOwner
 from retrieval.vector_io import count_vectors, stream_raw_chunks, stream_vectors
@@ -145,7 +145,8 @@ def _write_index_files(*, path: Path, fresh: _FromPostgres, owner: VectorOwner, 
         built.rerank_vectors.path = path.with_suffix(".rerank")
     _write_atomically(path, lambda tmp: faiss.write_index(built.index, tmp))
     meta = {"owner": owner, "space": space, "model_key": model_key, "version": version, "count": int(len(built.ids)),
-            "kind": built.kind, "params": built.params, "dim": dim, "synced_at": fresh.synced_at.isoformat()}
+            "kind": built.kind, "params": built.params, "dim": dim, "synced_at": fresh.synced_at.isoformat(),
+            "database": database_identity()}
     _write_atomically(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
 

@@ -2,6 +2,8 @@
 persisted and reloaded with their calibration, caught up, smaller than IVF-flat, region indexes too;
 ivf-pq's re-rank vectors in a memory-mapped file beside the index."""
 
+import json
+
 import numpy as np
 import pytest
 from django.core.management import call_command
@@ -9,7 +11,7 @@ from django.core.management import call_command
 from gallery import services
 from gallery.models import Image, Mask
 from retrieval.index_build import ANN_KINDS
-from retrieval.index_snapshots import IndexManager, index_dir, manager
+from retrieval.index_snapshots import IndexManager, database_identity, index_dir, manager
 from retrieval.indexes import index_rebuild
 from retrieval.metrics import similarity_between
 from retrieval.neighbours import nearest, nearest_by_regions
@@ -280,7 +282,7 @@ def test_an_index_below_the_target_recall_is_kept_with_a_warning(settings, caplo
 
 @pytest.mark.django_db(transaction=True)  # the copy is built on a thread of its own, with its own connection
 @pytest.mark.parametrize("damage", ["truncated index", "garbled description", "description not an object",
-                                    "truncated re-rank file"])
+                                    "truncated re-rank file", "built from another database"])
 def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(settings, damage, caplog):
     """A file that cannot be read failed every search and status request (500s) until a rebuild by hand."""
     import logging
@@ -299,6 +301,10 @@ def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(setting
         path.with_suffix(".json").write_text("{garbage")
     elif damage == "description not an object":
         path.with_suffix(".json").write_text("[]")
+    elif damage == "built from another database":  # a restore's new database: the same version stamp, other rows
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert meta["database"] == database_identity() and "?" not in meta["database"]
+        path.with_suffix(".json").write_text(json.dumps({**meta, "database": "7300000000000000000/16384"}))
     else:
         with (path if damage == "truncated index" else path.with_suffix(".rerank")).open("r+b") as file:
             file.truncate(1000)
@@ -308,8 +314,11 @@ def test_a_damaged_index_file_is_removed_and_this_hosts_copy_built_again(setting
     with caplog.at_level(logging.WARNING):
         assert restarted.get(space=space, model_key=key, dim=dim) is None  # pgvector answers meanwhile
     damaged = {"garbled description": path.with_suffix(".json"), "description not an object": path.with_suffix(".json"),
+               "built from another database": path.with_suffix(".json"),
                "truncated re-rank file": path.with_suffix(".rerank")}.get(damage, path)
     assert f"index file {damaged} cannot be read" in caplog.text  # the file that is damaged, by its name
+    if damage == "built from another database":
+        assert "it was built from another database (restored since" in caplog.text
     copy = wait_for(lambda: restarted.get(space=space, model_key=key, dim=dim), timeout=60, interval=0.1,
                     message="this host's copy of the index, built again")
     assert copy.version == report.version and copy.search(vectors[5], 1)[0][0] == ids[5]
