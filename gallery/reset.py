@@ -24,12 +24,13 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from gallery import events, selectors
+from gallery.errors import Refused
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
 from gallery.services import (User, folder_files, folder_import, images_process_here, images_schedule,
                               names_shortened, subfolders_not_read)
 from gallery.storage import STORAGE_ERRORS, storage_write_check
-from gallery.storage_check import deleted_images_files_remove, storage_unreachable_message
+from gallery.storage_check import IMAGE_FOLDER, deleted_images_files_remove, storage_unreachable_message
 from gallery.thumbnails import thumbnail_names
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ def _run(job: ResetJob) -> ResetJob:
                                f"{nothing_deleted}") from None
         if job.phase in ("checking the folder", "deleting the gallery"):  # one transaction: done, or to do again
             try:  # a storage that takes no file would leave an emptied gallery and the folder not imported
-                storage_write_check()
+                storage_write_check(IMAGE_FOLDER)  # where the folder's files go (a folder of its own may refuse)
             except STORAGE_ERRORS as exc:
                 raise ResetRefused(f"The reset did not start. {storage_unreachable_message(exc)}{nothing_deleted}"
                                    ) from None
@@ -292,7 +293,7 @@ def _run(job: ResetJob) -> ResetJob:
             job.error = (f"{failed} image{'s' if failed != 1 else ''} could not be processed; each image's page says "
                          "why. Once the cause is fixed: Retry there, the image list's action \"Retry the failed "
                          "processing of the selected images\", or `python manage.py retry_failed`.")
-    except ResetRefused as exc:  # a refusal says what to do; no traceback, no class name
+    except (ResetRefused, Refused) as exc:  # a refusal (a storage failing, say) says what to do; no class name
         logger.warning("reset job %s refused: %s", job.pk, exc)
         job.state, job.error = ResetJob.State.FAILED, str(exc)
     except Exception as exc:  # noqa: BLE001 - recorded on the job for the operator

@@ -138,10 +138,11 @@ def stored_write_once(name: str, data: bytes) -> str:
     return name
 
 
-def storage_write_check() -> None:
-    """Store a small file and delete it: raises one of STORAGE_ERRORS when the media storage cannot take a
-    file now, before work that would otherwise fail halfway (a reset empties the gallery, then stores)."""
-    name = default_storage.save(f"probe/{uuid.uuid4().hex}.probe", ContentFile(b"probe"))
+def storage_write_check(folder: str) -> None:
+    """Store a small file in `folder` (where the work will write) and delete it: raises one of STORAGE_ERRORS
+    when the media storage cannot take a file there now, before work that would otherwise fail halfway (a
+    reset empties the gallery, then stores)."""
+    name = default_storage.save(f"{folder}/.probe-{uuid.uuid4().hex}", ContentFile(b"probe"))
     default_storage.delete(name)
 
 

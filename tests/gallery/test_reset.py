@@ -452,6 +452,24 @@ def test_a_reset_from_an_empty_folder_warns_that_the_gallery_will_be_empty(clien
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_reset_whose_images_folder_takes_no_file_deletes_nothing(staff_user, folder, old_gallery, monkeypatch):
+    """The check stored its file elsewhere in the media folder: with only images/ refusing (a mount of its own,
+    full or read-only), the reset emptied the gallery, then failed storing the folder's first file."""
+    from gallery.storage import AtomicFileSystemStorage
+    real_save = AtomicFileSystemStorage._save
+
+    def images_refused(self, name, content):
+        if name.startswith("images/"):
+            raise PermissionError(1, "Operation not permitted")
+        return real_save(self, name, content)
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", images_refused)
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=True, user=staff_user).pk)
+    assert job.state == "failed" and job.deleted_images == 0 and Image.objects.count() == len(old_gallery)
+    assert "could not be reached: Operation not permitted" in job.error and job.error.endswith("Nothing was deleted.")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_reset_from_a_folder_with_no_image_ends_done_with_the_gallery_empty(staff_user, tmp_path, old_gallery,
                                                                               settings):
     """Its last phase (65 characters) did not fit the column: the job stayed "running" and was handed out again

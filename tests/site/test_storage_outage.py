@@ -134,8 +134,8 @@ def test_a_reset_whose_bucket_stops_after_the_check_empties_the_gallery_and_says
     job = reset_start(folder=str(folder), recursive=False, user=staff_user)
     real_check = storage.storage_write_check
 
-    def check_then_stop() -> None:
-        real_check()
+    def check_then_stop(folder: str) -> None:
+        real_check(folder)
         s3_storage.stop()
 
     with caplog.at_level(logging.WARNING), mock.patch("gallery.reset.storage_write_check", check_then_stop):
@@ -144,6 +144,7 @@ def test_a_reset_whose_bucket_stops_after_the_check_empties_the_gallery_and_says
     assert job.deleted_images == 2 and job.state == "failed" and job.phase == "importing files"
     # What it says is what happened: the gallery was emptied, then storing the first file failed.
     assert "Storing the file failed" in job.error and "Nothing was deleted" not in job.error
+    assert job.error.startswith("cat.jpg: Storing the file failed")  # no class name ("StorageFailed: …")
     left = [record.getMessage() for record in caplog.records if record.name == "gallery.storage_check"]
     assert any("2 images were deleted" in text and "storage_check --delete" in text
                and any(image.file.name in text for image in old) for text in left)
