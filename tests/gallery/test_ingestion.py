@@ -497,7 +497,7 @@ def test_an_upload_the_storage_cannot_take_gets_503_in_json_and_leaves_nothing(s
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", folder_blocked)
     response = upload(signed_in, "a.png", encode(photo(), "PNG"))
     assert response.status_code == 503
-    assert response.json()["detail"].startswith("Storing the file failed: Not a directory. Nothing was kept")
+    assert response.json()["detail"].startswith("Storing the file failed: Not a directory. The file was not kept")
     assert Image.objects.count() == 0 and stored_files(media_root) == [] and OrmQ.objects.count() == 0
 
 
@@ -818,7 +818,7 @@ def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_roo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", full)
-    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. Nothing was kept; the media "
+    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. The file was not kept; the media "
                                            r"storage must be reachable and writable: IMAGINAITION_MEDIA_ROOT \(a folder"):
         call_command("import_folder", str(photo_folder), "--recursive")
     assert not Image.objects.exists() and stored_files(media_root) == []
