@@ -359,6 +359,11 @@ class SearchApi(APIView):
                                                   "in time (IMAGINAITION_SEGMENT_UPLOADS_TIMEOUT)."),
                               500: error_response("image with label: the segmenter failed on the upload.")})
     def post(self, request: Request) -> Response:
+        # POST /api/search/?k=1 searched with the saved k, the address's fields unread and unsaid.
+        if in_address := sorted(set(request.query_params) - {"format"}):
+            raise serializers.ValidationError({name: ["A search's fields go in the body (JSON, a form or multipart), "
+                                                      "not in the address, where they would be ignored."]
+                                               for name in in_address})
         serializer = SearchUploadQuerySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

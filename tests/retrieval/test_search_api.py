@@ -79,6 +79,19 @@ def test_request_parameters_override_preferences(client, user, gallery):
     assert body["counts"]["content"] + body["counts"]["both"] == 3
 
 
+def test_a_search_with_its_fields_in_the_address_is_refused_naming_them(client, user, gallery):
+    """POST /api/search/?k=1 answered with the saved k (50): the address's fields were neither read nor refused."""
+    client.force_login(user)
+    url = reverse("api-search") + "?k=1&split=0"
+    refused = client.post(url, {"image_id": gallery[0].pk}, content_type="application/json")
+    message = ["A search's fields go in the body (JSON, a form or multipart), not in the address, where they "
+               "would be ignored."]
+    assert refused.status_code == 400 and refused.json() == {"k": message, "split": message}
+    answered = client.post(reverse("api-search") + "?format=json", {"image_id": gallery[0].pk, "k": 1},
+                           content_type="application/json")
+    assert answered.status_code == 200 and len(answered.json()["results"]) == 1  # ?format= still chooses JSON
+
+
 def test_form_data_leaves_unsent_yes_no_choices_to_the_preferences(client, user, gallery):
     """Multipart and urlencoded requests (curl -F, HTML forms) mean what JSON means: a choice not sent
     is the caller's preference, not "no"."""
