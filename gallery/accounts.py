@@ -58,7 +58,12 @@ def tokens_end_with_a_new_password(sender: type[AbstractBaseUser], instance: Abs
     new_raw = getattr(instance, "_password", None)  # set by set_password until the save
     if new_raw is not None and check_password(new_raw, stored):
         return
-    Token.objects.filter(user_id=instance.pk).delete()
+    api_token_end(user=instance)
+
+
+def api_token_end(*, user: AbstractBaseUser) -> None:
+    """Delete the account's API token (a password change on a page ends it, even to the same password)."""
+    Token.objects.filter(user_id=user.pk).delete()
 
 
 def sessions_clear_expired() -> None:

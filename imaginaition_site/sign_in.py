@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 
+from gallery.accounts import api_token_end
 from gallery.forms import FirstErrorFocused
 
 USERNAME_MAX = 150  # Django's user name limit: no account has a longer one
@@ -88,6 +89,13 @@ class PasswordChangeCountedView(PasswordChangeView):
 
     def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "request": self.request}
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        # The same password typed again ends the API key too: someone re-saving a leaked password expects every
+        # way in with it to close, as its other sessions do (the save alone keeps the key: Django re-hashes).
+        api_token_end(user=form.user)
+        return response
 
 
 def _admin_password_change(request: HttpRequest) -> HttpResponseBase:

@@ -354,6 +354,14 @@ def test_a_new_password_ends_the_accounts_api_token_and_nothing_else_does(client
     client.logout()
     assert not token_works(key) and not Token.objects.filter(user=user).exists()
 
+    key = Token.objects.create(user=user).key  # "changed" to the same password on the page: it ends too
+    user.refresh_from_db()  # (the session is signed with the new password's hash)
+    client.force_login(user)
+    again = client.post(reverse("password_change"), {"old_password": "N3w-and-l0ng!", "new_password1": "N3w-and-l0ng!",
+                                                     "new_password2": "N3w-and-l0ng!"})
+    assert again.status_code == 302 and not token_works(key)
+    client.logout()
+
     key = Token.objects.create(user=user).key  # an administrator sets a new password in admin: the same
     response = admin_client.post(reverse("admin:auth_user_password_change", args=[user.pk]),
                                  {"password1": "An0ther-l0ng-one", "password2": "An0ther-l0ng-one", "usable_password": "true"})
