@@ -112,13 +112,13 @@ def preferences_update(*, user: User | None, session: SessionBase | None,
     return preferences_get(user=user, session=session)
 
 
-def preferences_keep_from_session(*, user: User, session: SessionBase) -> None:
+def preferences_keep_from_session(*, user: User, session: SessionBase) -> bool:
     """At sign-in: what a visitor saved in this browser session ("sign in to keep them") becomes the
     account's, over what the account had (it is the newer choice); values that no longer pass the
-    limits are dropped, the rest kept."""
+    limits are dropped, the rest kept. True when the account's preferences took any (the page says so)."""
     saved = session.pop(SESSION_KEY, None)
     if not saved or not user.is_authenticated:
-        return
+        return False
     clean: dict[str, object] = {}
     for name, value in dict(saved).items():
         try:
@@ -127,6 +127,7 @@ def preferences_keep_from_session(*, user: User, session: SessionBase) -> None:
             continue
     if clean:
         SearchPreferences.objects.update_or_create(user_id=user.pk, defaults=clean)
+    return bool(clean)
 
 
 def policy_preferences(values: PreferenceValues, overrides: PreferenceOverrides | None = None) -> Preferences:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.contrib import messages
 from django.contrib.auth.signals import user_logged_in
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
@@ -56,7 +57,9 @@ def ensure_hnsw_indexes(sender: object, **kwargs: object) -> None:
 
 
 def keep_session_preferences(sender: object, request: HttpRequest, user: User, **kwargs: object) -> None:
-    preferences_keep_from_session(user=user, session=request.session)
+    if preferences_keep_from_session(user=user, session=request.session):  # over the account's: said, not silent
+        messages.info(request, "The search preferences you chose before signing in are now your account's "
+                               "(Preferences shows them).", fail_silently=True)
 
 
 def connect() -> None:

@@ -175,14 +175,18 @@ def test_preferences_saved_before_signing_in_are_kept_by_the_account(client, use
     saved = client.post(reverse("pages:preferences"), {"mask_threshold": 40, "k": 3, "preferred_index": "content",
                                                        "split": 20}, follow=True).content.decode()
     assert "sign in</a> to keep them" in saved
-    signed_in = client.post(reverse("login"), {"username": "alice", "password": "s3cret-Pass!"})
-    assert signed_in.status_code == 302
+    signed_in = client.post(reverse("login"), {"username": "alice", "password": "s3cret-Pass!"}, follow=True)
+    assert signed_in.redirect_chain[0][1] == 302  # the account's own were replaced: said, not silently
+    assert "The search preferences you chose before signing in are now your account&#x27;s" in (
+        signed_in.content.decode())
     page = client.get(reverse("pages:preferences")).content.decode()
     assert 'value="3"' in page and 'value="40"' in page and 'value="20"' in page and "Saved to your account" in page
     stored = SearchPreferences.objects.get(user=user)
     assert (stored.k, stored.mask_threshold, stored.preferred_index, stored.split) == (3, 40, "content", 20)
     client.logout()
     assert 'value="50"' in client.get(reverse("pages:preferences")).content.decode()  # not left in the browser
+    again = client.post(reverse("login"), {"username": "alice", "password": "s3cret-Pass!"}, follow=True)
+    assert "now your account" not in again.content.decode()  # nothing chosen before signing in: nothing said
 
 
 def test_overlay_is_rendered_at_the_requested_threshold(client, user):
