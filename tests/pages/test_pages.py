@@ -344,6 +344,10 @@ def test_the_banners_failed_count_links_to_the_gallery_of_failed_images(client, 
     client.force_login(user)
     page = client.get(reverse("pages:gallery")).content.decode()
     assert f'<a href="{reverse("pages:gallery")}?status=failed">list them</a>' in page
+    # Told what they may do: the banner sent everyone to a Retry only the image's owner and some staff have.
+    assert "whoever added it can retry it there" in page and "retry_failed" not in page
+    assert "Whoever added this image, or staff allowed to change images, can retry it." in client.get(
+        reverse("pages:image", args=[images[0].pk])).content.decode()
     response = client.get(reverse("pages:gallery"), {"status": "failed"})
     listed = [image.pk for image in response.context["page"]]
     assert listed == [images[3].pk, images[1].pk] and "3 images whose processing failed" in response.content.decode()
