@@ -724,6 +724,11 @@ def test_import_folder_refuses_a_bad_batch_size_before_adding_anything(photo_fol
     with pytest.raises(CommandError, match="--batch-size: must be 1 or more"):
         call_command("import_folder", str(photo_folder), "--sync", "--batch-size", "-3")
     assert not Image.objects.exists()
+    # Without --sync the workers batch as IMAGINAITION_BATCH_SIZE says: it was ignored without a word.
+    for command, arguments in (("import_folder", [str(photo_folder)]), ("retry_failed", [])):
+        with pytest.raises(CommandError, match=r"--batch-size sets this process's batches: give it with --sync"):
+            call_command(command, *arguments, "--batch-size", "4")
+    assert not Image.objects.exists()
 
 
 def test_a_sub_folder_not_read_and_a_failure_elsewhere_are_named_as_they_are(tmp_path, import_root, media_root,

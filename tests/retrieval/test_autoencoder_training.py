@@ -51,6 +51,12 @@ def test_a_temperature_or_learning_rate_not_above_zero_is_refused_by_name(twelve
     assert not (tmp_path / "never.pt").exists()
 
 
+def test_crops_per_image_without_crop_views_is_refused_rather_than_ignored(twelve_pictures, tmp_path, no_training):
+    """It trained with two near-copy views of each picture, the option unread and unsaid."""
+    with pytest.raises(CommandError, match="--crops-per-image is for --views crops; --views near-copies makes two"):
+        train(twelve_pictures, "--crops-per-image", "3", "--out", str(tmp_path / "never.pt"))
+
+
 def test_a_zero_temperature_is_refused_by_the_training_function_too(twelve_pictures, tmp_path):
     with pytest.raises(ValueError, match="temperature must be more than 0"):
         autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "never.pt", epochs=1, batch_size=4,

@@ -22,6 +22,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None, verbosity: int,
                **options: object) -> None:
+        if batch_size is not None and not sync:  # the workers batch by IMAGINAITION_BATCH_SIZE: it was ignored
+            raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
+                               "IMAGINAITION_BATCH_SIZE).")
         try:
             folder = import_folder_check(path, require_absolute=False)
         except FolderRefused as exc:

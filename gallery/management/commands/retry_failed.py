@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from gallery.management.arguments import at_least
 from gallery.management.processing import process_pending_here
@@ -15,6 +15,9 @@ class Command(BaseCommand):
                             help="images per model forward pass (--sync)")
 
     def handle(self, *args: str, sync: bool, batch_size: int | None, **options: object) -> None:
+        if batch_size is not None and not sync:  # the workers batch by IMAGINAITION_BATCH_SIZE: it was ignored
+            raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
+                               "IMAGINAITION_BATCH_SIZE).")
         ids = images_retry_failed(enqueue=not sync)
         self.stdout.write(f"{len(ids)} failed image{'s' if len(ids) != 1 else ''} "
                           f"{'to process here' if sync else 'queued for the workers'}")

@@ -37,6 +37,9 @@ def zero_or_more(text: str) -> float:
     return value
 
 
+CROPS_PER_IMAGE = 64  # random crops of each picture per epoch with --views crops (v1's training)
+
+
 class Command(BaseCommand):
     help = ("Train the content autoencoder on the pictures in a folder: near-copy views with a consistency "
             "term (autoencoder/v2, the default) or v1's random crops (--views crops --consistency 0).")
@@ -49,7 +52,8 @@ class Command(BaseCommand):
                             help="near-copies: two altered views of each picture per epoch (v2); "
                                  "strong: two SimCLR-strength views (an experiment, docs/CONTENT_MODEL.md); "
                                  "crops: fixed random crops (v1)")
-        parser.add_argument("--crops-per-image", type=at_least(1), default=64, help="with --views crops")
+        parser.add_argument("--crops-per-image", type=at_least(1), default=None,
+                            help=f"with --views crops (default {CROPS_PER_IMAGE})")
         parser.add_argument("--consistency", type=zero_or_more, default=None,
                             help="weight of the term pulling the codes of two views of a picture together "
                                  "(default: 1 with two views a picture, as autoencoder/v2; 0 with --views crops)")
@@ -68,10 +72,14 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
         parser.add_argument("--describe", default="", help="a description of the data, stored in the checkpoint")
 
-    def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, views: str, crops_per_image: int,
+    def handle(self, *args: Any, data: Path, epochs: int, batch_size: int, views: str, crops_per_image: int | None,
                consistency: float | None, contrast: str, temperature: float, learning_rate: float, max_side: int,
                heldout_fraction: float, seed: int, out: Path | None, force: bool, describe: str, verbosity: int,
                **options: Any) -> None:
+        if crops_per_image is not None and views != "crops":  # it trained with two views a picture, the option unread
+            raise CommandError(f"--crops-per-image is for --views crops; --views {views} makes two views of each "
+                               "picture per epoch.")
+        crops_per_image = crops_per_image or CROPS_PER_IMAGE
         if not data.is_dir():
             raise CommandError(f"{data}: {'a file, not a folder of pictures' if data.exists() else 'no such folder'}")
         out = out or MODELS[DEFAULT_MODEL].weight_path()
