@@ -1011,3 +1011,19 @@ def test_a_stored_file_that_no_longer_decodes_has_no_thumbnail_and_the_log_says_
         response = client.get(reverse("gallery:image-thumbnail", args=[image.pk]))
     assert response.status_code == 404  # was a 500
     assert f"its stored file {image.file.name} no longer decodes" in caplog.text
+
+
+def test_retry_failed_leaves_images_whose_stored_file_is_missing_and_says_what_restores_them(media_root, capsys):
+    """Each run queued it again, and it failed again at once ("The stored file is missing.")."""
+    from tests.gallery.factories import make_image
+
+    kept = make_image(name="kept.png", color=(10, 10, 10))
+    lost = make_image(name="lost.png", color=(200, 10, 10))
+    Image.objects.filter(pk__in=[kept.pk, lost.pk]).update(status="failed", error="The stored file is missing.")
+    lost.file.storage.delete(lost.file.name)
+    call_command("retry_failed")
+    out = capsys.readouterr().out
+    assert "1 failed image queued for the workers" in out
+    assert (f"1 left as they are: the stored file is missing (lost.png (image {lost.pk})); adding the same file "
+            "again restores it") in out
+    assert dict(Image.objects.values_list("pk", "status")) == {kept.pk: "pending", lost.pk: "failed"}
