@@ -35,7 +35,7 @@ from gallery.storage_check import storage_root_check, storage_settings_named
 from retrieval.encoders.base import SoftMask, shared_passes
 from retrieval.encoders.devices import batch_size as device_batch_size
 from retrieval.encoders.devices import cpu_threads
-from retrieval.encoders.registry import ActiveModels, active_models, get_model
+from retrieval.encoders.registry import ActiveModels, WeightsUnreadable, active_models, get_model
 from retrieval.helper_threads import map_on_threads
 from retrieval.integrity import missing_indexes_build
 from retrieval.models import DeletedMask, Embedding, RegionEmbedding
@@ -204,6 +204,10 @@ def _infer_isolating_failures(items: list[Loaded], infer: Callable[[list[Loaded]
     image fails alone (its error recorded) and the others still get their results."""
     try:
         return list(zip(items, infer(items), strict=True))
+    except WeightsUnreadable as exc:  # the model's file, not an image: all fail alike, said once, no traceback
+        logger.error("batch of %d failed: %s", len(items), exc)
+        errors.update({item[0].pk: f"Processing failed: {exc}" for item in items})
+        return []
     except Exception as exc:  # noqa: BLE001 - any model error: retry one by one to find the culprit
         if len(items) == 1:  # the culprit, or a model that cannot load: failed as in a batch (retry_failed)
             logger.exception("image %s failed", items[0][0].pk)

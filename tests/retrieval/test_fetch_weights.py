@@ -345,6 +345,35 @@ def test_a_missing_weight_file_is_named_as_the_models_not_as_the_media_storage(w
 
 
 @pytest.mark.django_db
+def test_a_batch_whose_model_cannot_load_fails_once_with_the_file_named_and_no_traceback(weights_dir, settings,
+                                                                                       media_root, caplog):
+    """Each batch logged the chained traceback, then tried the model again for each image, logging each: 238
+    lines for 30 images, where the message names the file and what to do."""
+    import logging
+
+    from gallery.models import Image
+    from retrieval.pipeline import embed_batch
+    from tests.gallery.factories import make_image
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    (weights_dir / "autoencoder-v2.pt").unlink()
+    registry.unload_all()
+    images = [make_image(name=f"{i}.png", color=(i * 40, 9, 9), status="pending") for i in range(3)]
+    try:
+        with caplog.at_level(logging.INFO):
+            embed_batch()
+    finally:
+        registry.unload_all()
+    errors = {image.error for image in Image.objects.filter(pk__in=[image.pk for image in images])}
+    assert len(errors) == 1 and "autoencoder-v2.pt is missing" in errors.pop()
+    records = [record for record in caplog.records if record.name == "retrieval.pipeline" and record.levelno >= 40]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert records[0].getMessage().startswith("batch of 3 failed: autoencoder/v2: its weight file ")
+    loads = [record for record in caplog.records if record.getMessage() == "loading model autoencoder/v2"]
+    assert len(loads) == 1  # not once more for each image
+
+
+@pytest.mark.django_db
 def test_a_shipped_file_that_is_not_as_released_is_shown_unverified_and_named_by_fetch_weights(
         weights_dir, settings, client, user, monkeypatch):
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
