@@ -10,6 +10,7 @@ class GalleryConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.db.models.signals import pre_save
 
+        from gallery import checks  # noqa: F401 - registers itself
         from gallery.accounts import tokens_end_with_a_new_password
         from gallery.imaging import configure_pillow, keep_format_characters_in_upload_names
 

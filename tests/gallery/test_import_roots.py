@@ -185,3 +185,19 @@ def test_a_relative_import_root_is_inside_the_project_wherever_a_command_runs(tm
     shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120, check=True).stdout
     assert shown.strip() == str([str(settings.BASE_DIR / "var" / "photos"), "/srv/pictures"])
+
+
+def test_an_import_root_that_is_no_folder_is_a_system_check_warning(settings, tmp_path):
+    """It was found only when an import was refused, the refusal naming a file as an allowed folder."""
+    from django.core.checks import run_checks
+
+    (tmp_path / "notes.txt").write_text("not a folder")
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path, tmp_path / "notes.txt", tmp_path / "nonexistent"]
+    found = [message for message in run_checks() if message.id == "gallery.W001"]
+    assert [message.msg for message in found] == [
+        f"IMAGINAITION_IMPORT_ROOTS names {tmp_path / 'notes.txt'}, which is not a folder (a file): nothing can be "
+        "imported from it.",
+        f"IMAGINAITION_IMPORT_ROOTS names {tmp_path / 'nonexistent'}, which is not a folder (nothing there): nothing "
+        "can be imported from it."]
+    settings.IMAGINAITION_IMPORT_ROOTS = [tmp_path]
+    assert not [message for message in run_checks() if message.id == "gallery.W001"]
