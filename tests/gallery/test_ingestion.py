@@ -842,8 +842,11 @@ def test_an_interrupted_import_keeps_what_it_added_and_says_how_to_go_on(photo_f
         return result
 
     monkeypatch.setattr(services, "image_add", add_then_interrupt)
-    with pytest.raises(CommandError, match="Interrupted. Every file added so far is stored whole"):
+    with pytest.raises(CommandError, match=r"Interrupted after \d+ of \d+ files\. Every file added so far is stored "
+                                           "whole") as interrupted:
         call_command("import_folder", str(photo_folder))
+    read, total = map(int, re.findall(r"\d+", str(interrupted.value))[:2])  # how far it got, said
+    assert 2 <= read < total
     assert Image.objects.count() == 2 and len(stored_files(media_root)) == 2
 
 
@@ -901,7 +904,8 @@ def test_a_sync_import_interrupted_hands_the_images_left_waiting_to_the_workers(
     OrmQ.objects.all().delete()
     Image.objects.all().delete()
     monkeypatch.setattr(services, "image_add", add_then_interrupt)
-    with pytest.raises(CommandError, match=r"Interrupted\. Every file added so far is stored whole; run the same "
+    with pytest.raises(CommandError, match=r"Interrupted after \d+ of \d+ files\. Every file added so far is stored whole; "
+                                           r"run the same "
                                            r"command again to add the rest\. The images left waiting are the workers'"):
         call_command("import_folder", str(photo_folder), "--sync")
     assert [entry.task["name"] for entry in OrmQ.objects.all()] == [f"process-{added[0].image.pk}"]

@@ -29,18 +29,26 @@ class Command(BaseCommand):
             folder = import_folder_check(path, require_absolute=False)
         except FolderRefused as exc:
             raise CommandError(str(exc)) from None
+        total, read = 0, 0
+
+        def counted(files: int) -> None:
+            nonlocal read
+            read += files
+            bar.update(files)
+
         try:
             total = len(folder_files(root=folder, recursive=recursive)[0])
             with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:
-                report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=bar.update)
+                report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=counted)
         except StorageFailed as exc:
             raise CommandError(str(exc)) from exc
         except OSError as exc:  # the folder, or whatever else failed (named by the error when it names a file)
             raise CommandError(f"{exc.filename or folder}: {exc.strerror or exc}") from exc
         except KeyboardInterrupt:
             left = f" {waiting_handed_to_workers()}" if sync else ""  # without --sync, each added file is queued
-            raise CommandError("Interrupted. Every file added so far is stored whole; run the same command again to "
-                               f"add the rest.{left}") from None
+            # How far it got: piped to a file, without the bar, the operator saw nothing of it.
+            raise CommandError(f"Interrupted after {read} of {total} files. Every file added so far is stored whole; "
+                               f"run the same command again to add the rest.{left}") from None
 
         self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
                           f"rejected: {len(report.rejected)}")
