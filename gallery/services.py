@@ -107,8 +107,8 @@ def image_add(*, data: bytes, original_name: str, user: User | None = None, enqu
                     image.file.save(f"{digest}.{extension}", ContentFile(data), save=False)
             except STORAGE_ERRORS as exc:  # the storage, not this file: every other file would fail alike
                 storage_failure_noted(exc)
-                raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. The file was not kept; the "
-                                    "media storage must be reachable and writable: "
+                raise StorageFailed(f"Storing the file failed: {storage_failure_reason(exc)}. The file was not kept; "
+                                    "the media storage must be reachable and writable: "
                                     f"{storage_settings_named()}.") from exc
             image.save()
             if enqueue:

@@ -823,8 +823,9 @@ def test_when_storing_fails_the_import_stops_and_says_so(photo_folder, media_roo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(AtomicFileSystemStorage, "_save", full)
-    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. The file was not kept; the media "
-                                           r"storage must be reachable and writable: IMAGINAITION_MEDIA_ROOT \(a folder"):
+    with pytest.raises(CommandError, match=r"\S+: Storing the file failed: No space left on device\. The file was not "
+                                           r"kept; the media storage must be reachable and writable: "
+                                           r"IMAGINAITION_MEDIA_ROOT \(a folder"):
         call_command("import_folder", str(photo_folder), "--recursive")
     assert not Image.objects.exists() and stored_files(media_root) == []
 
@@ -904,9 +905,9 @@ def test_a_sync_import_interrupted_hands_the_images_left_waiting_to_the_workers(
     OrmQ.objects.all().delete()
     Image.objects.all().delete()
     monkeypatch.setattr(services, "image_add", add_then_interrupt)
-    with pytest.raises(CommandError, match=r"Interrupted after \d+ of \d+ files\. Every file added so far is stored whole; "
-                                           r"run the same "
-                                           r"command again to add the rest\. The images left waiting are the workers'"):
+    with pytest.raises(CommandError, match=r"Interrupted after \d+ of \d+ files\. Every file added so far is stored "
+                                           r"whole; run the same command again to add the rest\. The images left "
+                                           r"waiting are the workers'"):
         call_command("import_folder", str(photo_folder), "--sync")
     assert [entry.task["name"] for entry in OrmQ.objects.all()] == [f"process-{added[0].image.pk}"]
 

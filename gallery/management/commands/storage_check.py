@@ -43,7 +43,8 @@ class Command(BaseCommand):
         # Files restored from a backup keep their times: "0 referred to by no image" within the hour of a
         # restore hid the files of images the dump did not have.
         young = (f"; {report.young} more referred to by no image {'is' if report.young == 1 else 'are'} younger "
-                 f"than {older_than} minute{'s' if older_than != 1 else ''}: not judged (maybe being added now; --older-than)") if report.young else ""
+                 f"than {older_than} minute{'s' if older_than != 1 else ''}: not judged (maybe being added now; "
+                 "--older-than)") if report.young else ""
         self.stdout.write(f"{report.checked} stored files checked, {len(report.orphans)} referred to by no image "
                           f"({report.orphan_bytes / 1e6:.1f} MB){young}")
         for stored in report.orphans[:LISTED]:
