@@ -48,7 +48,7 @@ from gallery.imaging import read_upload, upload_name
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
-from gallery.thumbnails import THUMBNAIL_VERSION_CHARS
+from gallery.thumbnails import thumbnail_version
 
 if TYPE_CHECKING:
     from drf_spectacular.openapi import AutoSchema
@@ -316,10 +316,8 @@ class ImageUrlFields(serializers.Serializer):
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_thumbnail_url(self, obj: Any) -> str:
-        # With the picture's digest, as the pages give it (thumbnails.thumbnail_url): a reused id is another URL.
-        image = self._image(obj)
-        return (image_url(self.context.get("request"), "gallery:image-thumbnail", image.pk)
-                + f"?v={image.sha256[:THUMBNAIL_VERSION_CHARS]}")
+        image = self._image(obj)  # versioned as the pages' (a reused id is another URL)
+        return image_url(self.context.get("request"), "gallery:image-thumbnail", image.pk) + thumbnail_version(image)
 
 
 class GalleryPermission(BasePermission):

@@ -25,13 +25,17 @@ def _thumbnail_name(image: Image, size: int) -> str:
     return f"{THUMBNAIL_FOLDER}/{image.sha256[:2]}/{image.sha256}-{size}.webp"
 
 
+def thumbnail_version(image: Image) -> str:
+    """The query a thumbnail's address ends with, the picture's digest: browsers keep a thumbnail for a day, and a
+    new picture under a reused id (a restored backup numbers new images from its ids again) showed the old one's."""
+    return f"?v={image.sha256[:THUMBNAIL_VERSION_CHARS]}"
+
+
 def thumbnail_url(image: Image, size: int | None = None) -> str:
-    """The address of the image's thumbnail (`size`: one of THUMBNAIL_SIZES, else the default), with the
-    picture's digest in it: browsers keep a thumbnail for a day, and a new picture under a reused id (a
-    restored backup numbers new images from its ids again) showed the old picture's."""
+    """The address of the image's thumbnail (`size`: one of THUMBNAIL_SIZES, else the default), versioned."""
     url = (reverse("gallery:image-thumbnail", args=[image.pk]) if size is None
            else reverse("gallery:image-thumbnail-size", args=[image.pk, size]))
-    return f"{url}?v={image.sha256[:THUMBNAIL_VERSION_CHARS]}"
+    return url + thumbnail_version(image)
 
 
 def thumbnail_sha256(name: str) -> str:
