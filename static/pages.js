@@ -318,18 +318,14 @@ document.querySelectorAll("form[data-add-images]").forEach((form) => {
     let storageFailed = "";  // once storing failed, every other file would fail alike, each after a timeout
     let signedOut = false;
     for (const [index, file] of files.entries()) {
-      if (signedOut) {
+      // Not sent, and offered again: not the files' fault (storage: with the one that failed).
+      const notSent = signedOut ? "not sent: you are signed out."
+        : controller.signal.aborted ? "not sent (cancelled)."
+        : storageFailed ? `Not tried: storing the file before it failed (${storageFailed})` : "";
+      if (notSent) {
         counts.unsent += 1;
         sendAgain.push(file);
-        line(file.name, "not sent: you are signed out.", null, true);
-      } else if (controller.signal.aborted) {
-        counts.unsent += 1;
-        sendAgain.push(file);
-        line(file.name, "not sent (cancelled).", null, true);
-      } else if (storageFailed) {  // not the files' fault: offered again with the one that failed
-        counts.unsent += 1;
-        sendAgain.push(file);
-        line(file.name, `Not tried: storing the file before it failed (${storageFailed})`, null, true);
+        line(file.name, notSent, null, true);
       } else {
         text.textContent = `Adding ${index + 1} of ${files.length}: ${file.name}`;
         for (const result of await sendOne(file, controller.signal)) {
