@@ -34,16 +34,22 @@ def _thumbnail(image: Image, size: int, shown_px: ShownSize) -> str:
     return format_html('<img src="{}" alt="{}" class="shown-{}">', url, image.original_name, shown_px)
 
 
-class MaskInline(admin.TabularInline):
-    model = Mask
+class PipelineRowsInline(admin.TabularInline):
+    """An image's rows that the pipeline writes (masks, vectors): shown, never added or deleted here ("Add
+    another" made an empty row, one showing a DatabaseDefault object)."""
+
     extra = 0
-    fields: ClassVar[tuple[str, ...]] = ("label", "class_index", "area_fraction", "segmenter")
-    readonly_fields: ClassVar[tuple[str, ...]] = fields
     can_delete = False
-    show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False  # masks come from the segmenter only ("Add another Mask" made an empty row)
+        return False
+
+
+class MaskInline(PipelineRowsInline):
+    model = Mask
+    fields: ClassVar[tuple[str, ...]] = ("label", "class_index", "area_fraction", "segmenter")
+    readonly_fields: ClassVar[tuple[str, ...]] = fields
+    show_change_link = True
 
 
 DELETE_LISTED = 100  # images named on a delete's confirmation; the rest are counted

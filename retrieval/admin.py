@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Func, IntegerField, Model, Prefetch, QuerySet
+from django.db.models import F, Func, IntegerField, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from gallery.admin import ImageAdmin, MaskAdmin, MaskInline
+from gallery.admin import ImageAdmin, MaskAdmin, MaskInline, PipelineRowsInline
 from gallery.errors import Refused
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
@@ -20,15 +20,10 @@ from retrieval.preferences import preferences_get
 from retrieval.search import Query, id_parse, search_for
 
 
-class EmbeddingInline(admin.TabularInline):
+class EmbeddingInline(PipelineRowsInline):
     model = Embedding
-    extra = 0
     fields = ("space", "model_key", "created_at")
     readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False  # vectors come from the pipeline only (the empty row showed a DatabaseDefault object)
 
 
 class RegionColumns:
