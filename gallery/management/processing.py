@@ -6,20 +6,23 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from gallery import selectors
+from gallery.management.output import command_output
 from gallery.services import images_process_here
 from gallery.work_resume import images_waiting_resume
 
 
-def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> None:
+def process_pending_here(command: BaseCommand, *, batch_size: int | None, verbosity: int = 1) -> None:
     """--sync: compute what every waiting image lacks, this run's and any an earlier run left (an
-    interrupted import, a reset without workers), then name the images that failed (CommandError)."""
+    interrupted import, a reset without workers), then name the images that failed (CommandError; with
+    verbosity 0 nothing else is written, and the failed images go to stderr)."""
     waiting = selectors.images_pending_ids()
     if not waiting:
         return
-    command.stdout.write(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
+    say, warn = command_output(command, verbosity)
+    say(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
     here = 0
     try:
-        with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None) as bar:
+        with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None if verbosity else True) as bar:
             def done_here(count: int) -> None:
                 nonlocal here
                 here += count
@@ -29,9 +32,9 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None) -> Non
     except KeyboardInterrupt:
         raise CommandError(f"Interrupted while processing. {waiting_handed_to_workers()}") from None
     failed = selectors.images_failed(ids=waiting)
-    command.stdout.write(_summary(waiting, failed=len(failed), here=here))
+    say(_summary(waiting, failed=len(failed), here=here))
     for image in failed[:20]:
-        command.stdout.write(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
+        warn(f"  failed {image.original_name} (image {image.pk}): {image.error or image.masks_error}")
     if failed:
         more = f" ({len(failed) - 20} more not listed)" if len(failed) > 20 else ""
         raise CommandError(f"{len(failed)} of {len(waiting)} images could not be processed{more}; once the cause "

@@ -1032,3 +1032,41 @@ def test_retry_failed_leaves_images_whose_stored_file_is_missing_and_says_what_r
     assert (f"1 left as they are: the stored file is missing (lost.png (image {lost.pk})); adding the same file "
             "again restores it") in out
     assert dict(Image.objects.values_list("pk", "status")) == {kept.pk: "pending", lost.pk: "failed"}
+
+
+def test_verbosity_0_writes_only_what_went_wrong_and_on_stderr(tmp_path, import_root, media_root, monkeypatch,
+                                                               capsys):
+    """For cron and scripts: `-v 0` still printed every count and summary (and the failed images on stdout)."""
+    from gallery.management import processing
+
+    from tests.gallery.factories import make_image, png_bytes
+
+    for index in range(2):
+        (tmp_path / f"{index}.png").write_bytes(png_bytes(color=(index * 90, 10, 10)))
+    (tmp_path / "notes.jpg").write_text("not an image")
+
+    def one_fails(*, progress, **kwargs):
+        waiting = list(Image.objects.filter(status=ProcessingStatus.PENDING).order_by("pk"))
+        Image.objects.filter(pk=waiting[0].pk).update(status="ready", masks_status="ready")
+        Image.objects.filter(pk=waiting[1].pk).update(status="failed", error="The model gave up.")
+        progress(2)
+
+    monkeypatch.setattr(processing, "images_process_here", one_fails)
+    with pytest.raises(CommandError, match="1 of 2 images could not be processed"):
+        call_command("import_folder", str(tmp_path), "--sync", verbosity=0)
+    written = capsys.readouterr()
+    assert written.out == ""
+    assert "rejected notes.jpg: The file is not an image" in written.err
+    assert "failed 1.png" in written.err and "The model gave up." in written.err
+
+    lost = make_image(name="lost.png", color=(200, 200, 10))
+    Image.objects.filter(pk=lost.pk).update(status="failed", error="The stored file is missing.")
+    lost.file.storage.delete(lost.file.name)
+    call_command("retry_failed", verbosity=0)
+    call_command("reembed", verbosity=0)
+    written = capsys.readouterr()
+    assert written.out == ""
+    assert "1 left as they are: the stored file is missing (lost.png" in written.err
+
+    call_command("retry_failed")  # the default verbosity says everything, on stdout, as before
+    assert "failed image" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from tqdm import tqdm
 
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.management.arguments import at_least
+from gallery.management.output import command_output
 from gallery.management.processing import process_pending_here, waiting_handed_to_workers
 from gallery.services import StorageFailed, folder_files, folder_import, names_shortened
 
@@ -38,7 +39,7 @@ class Command(BaseCommand):
 
         try:
             total = len(folder_files(root=folder, recursive=recursive)[0])
-            with tqdm(total=total, desc="adding", unit="file", disable=None) as bar:
+            with tqdm(total=total, desc="adding", unit="file", disable=None if verbosity else True) as bar:
                 report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=counted)
         except StorageFailed as exc:
             raise CommandError(str(exc)) from exc
@@ -50,17 +51,16 @@ class Command(BaseCommand):
             raise CommandError(f"Interrupted after {read} of {total} files. Every file added so far is stored whole; "
                                f"run the same command again to add the rest.{left}") from None
 
-        self.stdout.write(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, "
-                          f"rejected: {len(report.rejected)}")
+        say, warn = command_output(self, verbosity)
+        say(f"added: {len(report.added)}, duplicates: {len(report.duplicates)}, rejected: {len(report.rejected)}")
         for relative, reason in report.rejected:
-            self.stdout.write(f"  rejected {relative}: {reason}")
+            warn(f"  rejected {relative}: {reason}")
         if verbosity > 1:
             for relative in report.duplicates:
-                self.stdout.write(f"  duplicate {relative}: the same bytes are already stored")
+                say(f"  duplicate {relative}: the same bytes are already stored")
         if report.folders_not_read:
-            self.stdout.write(f"sub-folders not read (add --recursive to import them too): "
-                              f"{names_shortened(report.folders_not_read)}")
+            say(f"sub-folders not read (add --recursive to import them too): {names_shortened(report.folders_not_read)}")
         if report.rejected and not report.added and not report.duplicates:
             raise CommandError(f"None of the {len(report.rejected)} files could be added (the reasons are above).")
         if sync:
-            process_pending_here(self, batch_size=batch_size)
+            process_pending_here(self, batch_size=batch_size, verbosity=verbosity)

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from gallery import selectors
 from gallery.management.arguments import at_least
+from gallery.management.output import command_output
 from gallery.management.processing import process_pending_here
 from gallery.models import Image
 from gallery.services import images_retry_failed, names_shortened
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=at_least(1), default=None,
                             help="images per model forward pass (--sync)")
 
-    def handle(self, *args: str, sync: bool, batch_size: int | None, **options: object) -> None:
+    def handle(self, *args: str, sync: bool, batch_size: int | None, verbosity: int, **options: object) -> None:
         if batch_size is not None and not sync:  # the workers batch by IMAGINAITION_BATCH_SIZE: it was ignored
             raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
                                "IMAGINAITION_BATCH_SIZE).")
@@ -26,11 +27,12 @@ class Command(BaseCommand):
         failed = list(Image.objects.filter(selectors.FAILED).only("pk", "file", "original_name").order_by("pk"))
         lost = [image for image in failed if stored_file_missing(image)]
         ids = images_retry_failed(ids=[image.pk for image in failed if image not in lost], enqueue=not sync)
-        self.stdout.write(f"{len(ids)} failed image{'s' if len(ids) != 1 else ''} "
-                          f"{'to process here' if sync else 'queued for the workers'}")
+        say, warn = command_output(self, verbosity)
+        say(f"{len(ids)} failed image{'s' if len(ids) != 1 else ''} "
+            f"{'to process here' if sync else 'queued for the workers'}")
         if lost:
             named = names_shortened([f"{image.original_name} (image {image.pk})" for image in lost])
-            self.stdout.write(f"{len(lost)} left as they are: the stored file is missing ({named}); adding the same "
-                              "file again restores it (`storage_check` lists them)")
+            warn(f"{len(lost)} left as they are: the stored file is missing ({named}); adding the same file again "
+                 "restores it (`storage_check` lists them)")
         if sync:
-            process_pending_here(self, batch_size=batch_size)
+            process_pending_here(self, batch_size=batch_size, verbosity=verbosity)
