@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial, wraps
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -87,8 +88,12 @@ def gallery_page(request: HttpRequest) -> HttpResponse:
     added_since = selectors.images_added_since(label=label, upto=upto, failed=failed) if upto else 0
     chosen = {name.casefold() for name in selectors.label_names(label)}  # the list matches in any letter case
     chips = [(name, count, name.casefold() in chosen) for name, count in selectors.label_counts()]
+    # What every pager link carries beside its page number (the label asked for, even empty, as before).
+    pager_query = urlencode({"label": label, **({"status": "failed"} if failed else {}),
+                             **({"upto": newest} if newest else {})})
     return render(request, "gallery/gallery.html", {"page": page, "label": label, "labels": chips,
-                                                    "failed": failed, "upto": newest, "added_since": added_since,
+                                                    "failed": failed, "pager_query": pager_query,
+                                                    "added_since": added_since,
                                                     "max_upload_bytes": settings.IMAGINAITION_MAX_UPLOAD_BYTES,
                                                     "accepted_formats": ACCEPTED_NAMES,
                                                     "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
