@@ -24,16 +24,16 @@ logger = logging.getLogger(__name__)
 
 def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """The REST API hands out these files' URLs: a client that authenticates there with its token may
-    read them with the same header (a page's session works as before)."""
+    read them with the same header (a page's session works as before). As on the API, a token wins over a
+    session cookie: a wrong one is a 401 here too (a session beside it made these files answer 200)."""
     @wraps(view)
     def with_token(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.is_authenticated:
-            try:
-                authenticated = ApiTokenAuthentication().authenticate(Request(request))  # None without the header
-            except AuthenticationFailed as exc:
-                return HttpResponse(str(exc.detail), status=401, content_type="text/plain")
-            if authenticated is not None:
-                request.user = authenticated[0]
+        try:
+            authenticated = ApiTokenAuthentication().authenticate(Request(request))  # None without the header
+        except AuthenticationFailed as exc:
+            return HttpResponse(str(exc.detail), status=401, content_type="text/plain")
+        if authenticated is not None:
+            request.user = authenticated[0]
         return view(request, *args, **kwargs)
     return with_token
 

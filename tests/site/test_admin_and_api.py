@@ -382,6 +382,12 @@ def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, 
         response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
         assert response.status_code == 200 and response["Content-Type"].startswith("image/"), url
         assert client.get(url, HTTP_AUTHORIZATION="Token not-a-token").status_code == 401, url
+    # As on the API, a token wins over a session: a wrong one beside a session cookie was served (200).
+    client.force_login(user)
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+        assert client.get(url, HTTP_AUTHORIZATION="Token not-a-token").status_code == 401, url
+    assert client.get(reverse("api-image", args=[image.pk]), HTTP_AUTHORIZATION="Token not-a-token").status_code == 401
 
 
 def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown_one_is_a_json_404(
