@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
 from gallery import selectors
-from gallery.management.output import command_output
+from gallery.management.output import command_output, progress_bar
 from gallery.services import images_process_here
 from gallery.work_resume import images_waiting_resume
 
@@ -22,7 +21,7 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None, verbos
     say(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
     here = 0
     try:
-        with tqdm(total=len(waiting), desc="embedding", unit="image", disable=None if verbosity else True) as bar:
+        with progress_bar(total=len(waiting), desc="embedding", unit="image", disable=None if verbosity else True) as bar:
             def done_here(count: int) -> None:
                 nonlocal here
                 here += count

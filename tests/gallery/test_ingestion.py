@@ -1070,3 +1070,27 @@ def test_verbosity_0_writes_only_what_went_wrong_and_on_stderr(tmp_path, import_
 
     call_command("retry_failed")  # the default verbosity says everything, on stdout, as before
     assert "failed image" in capsys.readouterr().out
+
+
+def test_log_lines_print_above_a_commands_progress_bar_instead_of_cutting_it():
+    """In a terminal a worker's or the pipeline's log line landed in the middle of the bar's line."""
+    import io
+    import logging
+    import sys
+
+    from gallery.management.output import progress_bar
+
+    console = logging.StreamHandler(sys.stderr)  # as LOGGING's "console" handler
+    logging.root.addHandler(console)
+    try:
+        terminal = io.StringIO()
+        with progress_bar(total=2, desc="adding", file=terminal, disable=False) as bar:
+            redirected = [handler for handler in logging.root.handlers if handler is not console]
+            assert console not in logging.root.handlers  # its lines go through tqdm.write, above the bar
+            assert any(type(handler).__module__ == "tqdm.contrib.logging" for handler in redirected)
+            bar.update(1)
+        assert console in logging.root.handlers  # and back once the bar is done
+        with progress_bar(total=2, disable=True):  # no bar (not a terminal, or -v 0): log lines as always
+            assert console in logging.root.handlers
+    finally:
+        logging.root.removeHandler(console)

@@ -1,9 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.management.arguments import at_least
-from gallery.management.output import command_output
+from gallery.management.output import command_output, progress_bar
 from gallery.management.processing import process_pending_here, waiting_handed_to_workers
 from gallery.services import StorageFailed, folder_files, folder_import, names_shortened
 
@@ -39,7 +38,7 @@ class Command(BaseCommand):
 
         try:
             total = len(folder_files(root=folder, recursive=recursive)[0])
-            with tqdm(total=total, desc="adding", unit="file", disable=None if verbosity else True) as bar:
+            with progress_bar(total=total, desc="adding", unit="file", disable=None if verbosity else True) as bar:
                 report = folder_import(root=folder, recursive=recursive, enqueue=not sync, progress=counted)
         except StorageFailed as exc:
             raise CommandError(str(exc)) from exc

@@ -2,9 +2,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from gallery.management.arguments import at_least
+from gallery.management.output import progress_bar
 from gallery.storage import STORAGE_ERRORS, storage_failure_reason
 from gallery.storage_check import (
     StorageReport,
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         if force and not delete:  # else a check, the --force ignored without a word
             raise CommandError("--force is an option of --delete: add --delete to remove the files no image refers to")
         try:
-            with tqdm(desc="checking stored files", unit="file", disable=None) as bar:
+            with progress_bar(desc="checking stored files", unit="file", disable=None) as bar:
                 report = storage_check(min_age=timedelta(minutes=older_than), progress=bar.update)
         except STORAGE_ERRORS as exc:
             raise storage_failed("Checking the stored files", exc) from exc

@@ -4,8 +4,8 @@ import itertools
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from tqdm import tqdm
 
+from gallery.management.output import progress_bar
 from retrieval.encoders.registry import MODELS, model_dim
 from retrieval.index_build import recall_shortfall
 from retrieval.indexes import index_rebuild
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             if not total and (owner == "region" or (space, key) not in in_use):
                 continue  # no vectors by a model no search asks: nothing to build (an empty index would be a file)
             label = f"{'region ' if owner == 'region' else ''}{space} {key}"
-            with tqdm(total=total, desc=label, unit="vec", disable=None) as bar:
+            with progress_bar(total=total, desc=label, unit="vec", disable=None) as bar:
                 report = index_rebuild(space=space, model_key=key, dim=model_dim(key), progress=bar.update, owner=owner)
             chosen = "".join(f", {name} {value}" for name, value in report.params.items())
             self.stdout.write(f"{label}: {report.count} vectors, {report.kind}{chosen}, "
