@@ -156,9 +156,13 @@ def images_file_missing(*, rows: Iterable[tuple[int, str]] | None = None, listed
                         ) -> list[int]:
     """Ids of the images (of `rows`, else all) whose stored file is gone; names in `listed` were just
     seen in the storage and need no call of their own (e.g. one stored outside images/ does)."""
-    rows = Image.objects.values_list("id", "file") if rows is None else rows
+    rows = list(Image.objects.values_list("id", "file") if rows is None else rows)
     missing = [image_id for image_id, name in rows if name not in listed and not default_storage.exists(name)]
     if missing:
+        storage_root_check()
+    elif not rows and getattr(default_storage, "bucket", None) is not None:
+        # No file to ask: a misspelt bucket read "ok" on a new, empty gallery. (A local media folder is made
+        # by the first upload: not there yet is no fault.)
         storage_root_check()
     return missing
 

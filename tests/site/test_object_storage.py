@@ -305,11 +305,16 @@ def test_a_bucket_that_is_not_there_is_said_as_such_not_as_every_file_missing(cl
     from tests.gallery.factories import make_image
 
     env, _ = moto_s3_server
+    client.force_login(staff_user)
+    # A new, empty gallery: no file to ask, and the status read "ok" while every upload failed (NoSuchBucket).
+    settings.STORAGES = {**settings.STORAGES, "default": media_storage({**env, "IMAGINAITION_S3_BUCKET": "misspelt"})}
+    status = client.get(reverse("api-status"), {"check_files": "1"}).json()
+    assert status["integrity"]["state"] == "storage unreachable", status["integrity"]
     settings.STORAGES = {**settings.STORAGES, "default": media_storage(env)}
+    assert client.get(reverse("api-status"), {"check_files": "1"}).json()["integrity"]["state"] == "ok"
     settings.IMAGINAITION_MODEL_PROFILE = "offline"
     image = make_image(status="pending")  # stored in the right bucket
     settings.STORAGES = {**settings.STORAGES, "default": media_storage({**env, "IMAGINAITION_S3_BUCKET": "misspelt"})}
-    client.force_login(staff_user)
 
     for url in (reverse("gallery:image-file", args=[image.pk]), reverse("gallery:image-thumbnail", args=[image.pk])):
         response = client.get(url)
