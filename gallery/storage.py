@@ -42,8 +42,9 @@ _last_failure: tuple[float, StorageTrouble] | None = None
 
 
 def storage_failure_reason(exc: BaseException) -> str:
-    """What a storage error (STORAGE_ERRORS) says, without Python's decoration."""
-    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+    """What a storage error (STORAGE_ERRORS) says, without Python's decoration, nor the full stop botocore's
+    messages end with (the sentences it goes into put their own: "records.. Check")."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__).rstrip().rstrip(".")
 
 
 def storage_failure_noted(exc: BaseException) -> None:

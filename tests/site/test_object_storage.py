@@ -326,3 +326,16 @@ def test_a_bucket_that_is_not_there_is_said_as_such_not_as_every_file_missing(cl
     image.refresh_from_db()
     assert image.status == "failed" and "the bucket 'misspelt' does not exist" in image.error
     assert "retry_failed" in image.error
+
+
+def test_a_storage_error_that_ends_in_a_full_stop_is_not_given_a_second():
+    """botocore's messages end with one, and the sentences they go into add theirs: "…in our records.. Check"."""
+    from botocore.exceptions import ClientError
+
+    from gallery.storage_check import storage_unreachable_message
+
+    refused = ClientError({"Error": {"Code": "InvalidAccessKeyId",
+                                     "Message": "The AWS Access Key Id you provided does not exist in our records."}},
+                          "PutObject")
+    message = storage_unreachable_message(refused)
+    assert "does not exist in our records. Try again once it is reachable" in message and ".." not in message
