@@ -327,3 +327,16 @@ def test_the_browsable_api_is_laid_out_at_a_phones_width(live_server, user, brow
     for path in ("/api/", f"/api/images/{image.pk}/", "/api/status/", "/api/search/"):
         page.goto(live_server.url + path)
         assert page.evaluate("() => [innerWidth, document.documentElement.scrollWidth]") == [375, 375], path
+
+
+def test_each_result_link_is_described_by_how_it_was_found(client, user):
+    """Moving by Tab or a screen reader's list of links announced "1. coffee.jpg" only: how the result was found
+    (its frame's colour, and the text beside the link) was not part of it."""
+    images = [embedded_image(f"img{i}.png", i) for i in range(4)]
+    client.force_login(user)
+    page = client.get(reverse("pages:search"), {"image": images[0].pk}).content.decode()
+    links = re.findall(r'<li class="hit (\w+)".*?<a href="[^"]+" aria-describedby="([^"]+)">', page, flags=re.DOTALL)
+    assert len(links) == 3
+    for kind, described_by in links:
+        description = re.search(rf'id="{described_by}">(.*?)</span>', page, flags=re.DOTALL).group(1)
+        assert f"found by {kind}" in description and "semantic" in description, description
