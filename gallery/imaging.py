@@ -424,6 +424,6 @@ def probability_to_png(probability: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def png_to_probability(data: bytes) -> np.ndarray:
+def png_to_probability(data: bytes | memoryview) -> np.ndarray:
     with PILImage.open(io.BytesIO(bytes(data))) as picture:
         return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0

@@ -27,7 +27,7 @@ from django.db.models import Exists, OuterRef, Q
 from django_q.tasks import async_task
 from PIL import Image as PILImage
 
-from gallery.imaging import ImageRejected, picture_for_models, probability_to_png
+from gallery.imaging import ImageRejected, picture_for_models, png_to_probability, probability_to_png
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.services import Progress
 from gallery.storage import STORAGE_ERRORS, storage_failure_reason
@@ -315,27 +315,74 @@ class SegmentedMask:
     region_vectors: dict[tuple[Space, str], Any]  # (space, model key) -> vector; empty below the minimum area
 
 
+@dataclass(frozen=True)
+class RegionsAdded:
+    """An image whose masks the active segmenter made already (a semantic or content model changed, not the
+    segmenter): its masks, and their ids, stay; only the region vectors they lack are computed."""
+    vectors: list[tuple[int, tuple[Space, str], Any]]  # (mask id, (space, model key), vector)
+
+
+def _masks_kept(images: Sequence[Image], segmenter: str) -> dict[int, list[Mask]]:
+    """The images (of `images`) whose masks `segmenter` made, each with its masks (none: it found nothing)."""
+    ids = [image.pk for image in images if image.segmented_by == segmenter]
+    others = set(Mask.objects.filter(image_id__in=ids).exclude(segmenter=segmenter).values_list("image_id", flat=True))
+    kept: dict[int, list[Mask]] = {pk: [] for pk in ids if pk not in others}
+    for mask in Mask.objects.filter(image_id__in=list(kept)).order_by("pk"):
+        kept[mask.image_id].append(mask)
+    return kept
+
+
 def segment_batch(*, first_id: int | None = None, batch_size: int | None = None, models: ActiveModels | None = None,
                   decoded: Decoded | None = None, after_write: AfterWrite | None = None) -> BatchReport:
     """Compute the active segmenter's masks for one batch of images whose masks are pending, and each
     mask's region vectors (the models in use, as for whole images) from the same decoded picture.
+    Images whose masks the active segmenter made already (a model change re-embeds their regions) keep
+    them: only the region vectors they lack are computed (a content model change re-segmented the whole
+    gallery, and every mask's id changed).
     Images `decoded` holds (an earlier stage's batch) are taken first, then first_id, then the oldest."""
     models = models or active_models()
     keys = keys_in_use(active=models)
     batch_size = batch_size or device_batch_size()
 
-    def infer(items: list[Loaded]) -> list[list[SegmentedMask]]:
+    def encoded(regions: list[PILImage.Image], key: str) -> list[Any]:
+        # In groups of the batch's size: one pass over every region of a batch (up to ~80 for 16 photos)
+        # peaked at ~17 MB a region, and the heap kept that peak for the worker's life (reuse_large_blocks).
+        return [vector for start in range(0, len(regions), batch_size)
+                for vector in get_model(key).encode_images(regions[start:start + batch_size])]
+
+    def infer(items: list[Loaded]) -> list[list[SegmentedMask] | RegionsAdded]:
+        kept = _masks_kept([image for image, _ in items], models.segmenter)
+        segmented = iter(segment([item for item in items if item[0].pk not in kept]))
+        added = iter(regions_add([item for item in items if item[0].pk in kept], kept))
+        return [next(added) if image.pk in kept else next(segmented) for image, _ in items]
+
+    def regions_add(items: list[Loaded], kept: dict[int, list[Mask]]) -> list[RegionsAdded]:
+        masks = [mask for image, _ in items for mask in kept[image.pk]]
+        held = set(RegionEmbedding.objects.filter(mask__in=masks).values_list("mask_id", "space", "model_key"))
+        wanted: list[tuple[int, int, PILImage.Image, list[tuple[Space, str]]]] = []  # (row, mask id, region, pairs)
+        for row, (image, picture) in enumerate(items):
+            for mask in kept[image.pk]:
+                lacking = [(space, key) for space, key in keys if (mask.pk, space, key) not in held]
+                if lacking and large_enough_for_a_region(mask.area_fraction) and (
+                        region := region_picture(picture, png_to_probability(mask.probability_png))) is not None:
+                    wanted.append((row, mask.pk, region, lacking))
+        added: list[RegionsAdded] = [RegionsAdded(vectors=[]) for _ in items]
+        for pair in keys:
+            asked = [(row, mask_id, region) for row, mask_id, region, lacking in wanted if pair in lacking]
+            for (row, mask_id, _), vector in zip(asked, encoded([region for _, _, region in asked], pair[1]),
+                                                 strict=True):
+                added[row].vectors.append((mask_id, pair, vector))
+        return added
+
+    def segment(items: list[Loaded]) -> list[list[SegmentedMask]]:
+        if not items:
+            return []
         pictures = [picture for _, picture in items]
         found = get_model(models.segmenter).segment(pictures)
         regions = [(row, column, region) for row, (picture, masks) in enumerate(zip(pictures, found, strict=True))
                    for column, mask in enumerate(masks) if large_enough_for_a_region(mask.area_fraction)
                    and (region := region_picture(picture, mask.probability)) is not None]
-        # In groups of the batch's size: one pass over every region of a batch (up to ~80 for 16 photos)
-        # peaked at ~17 MB a region, and the heap kept that peak for the worker's life (reuse_large_blocks).
-        groups = [[region for _, _, region in regions[start:start + batch_size]]
-                  for start in range(0, len(regions), batch_size)]
-        vectors = {(space, key): [vector for group in groups for vector in get_model(key).encode_images(group)]
-                   for space, key in keys}
+        vectors = {(space, key): encoded([region for _, _, region in regions], key) for space, key in keys}
         by_mask: dict[tuple[int, int], dict[tuple[Space, str], Any]] = {
             (row, column): {pair: vectors[pair][n] for pair in vectors} for n, (row, column, _) in enumerate(regions)}
         # PNG-encode here, outside the write transaction, which should hold its row locks briefly.
@@ -343,7 +390,15 @@ def segment_batch(*, first_id: int | None = None, batch_size: int | None = None,
         return [[SegmentedMask(mask, pngs[row][column], by_mask.get((row, column), {}))
                  for column, mask in enumerate(masks)] for row, masks in enumerate(found)]
 
-    def write_all(done: list[tuple[Image, list[SegmentedMask]]]) -> None:
+    def write_all(results: list[tuple[Image, list[SegmentedMask] | RegionsAdded]]) -> None:
+        RegionEmbedding.objects.bulk_create(
+            [RegionEmbedding(mask_id=mask_id, image=image, space=space, model_key=key, vector=vector)
+             for image, result in results if isinstance(result, RegionsAdded)
+             for mask_id, (space, key), vector in result.vectors],
+            update_conflicts=True, unique_fields=["mask", "space", "model_key"], update_fields=["vector"])
+        done = [(image, result) for image, result in results if not isinstance(result, RegionsAdded)]
+        if not done:
+            return
         # Replace each image's masks wholesale (their region vectors go with them): a rerun leaves
         # exactly one set, and after a segmenter change the old segmenter's masks go (kept, each label
         # would show twice, and their regions would lack the new models' vectors).

@@ -353,3 +353,41 @@ def test_reembed_points_at_retry_failed_for_images_that_failed_earlier(media_roo
     call_command("reembed")
     out = capsys.readouterr().out
     assert "1 image failed earlier" in out and "`python manage.py retry_failed` processes them again" in out
+
+
+@pytest.mark.django_db
+def test_a_content_model_change_keeps_every_mask_and_its_id_and_adds_only_the_region_vectors(
+        client, user, media_root, settings, monkeypatch):
+    """It re-segmented the whole gallery: every mask got a new id (a search by a mask's id from before: 404
+    "No such mask.") and the segmenter ran again on every image, for a 64×64 model's vectors."""
+    from gallery.models import Mask
+    from retrieval.models import RegionEmbedding
+    from retrieval.pipeline import images_reembed_for_active_models
+
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    settings.IMAGINAITION_REGION_MIN_AREA = 0.01  # every mask of these photos is a region
+    new = registry.active_models().content
+    client.force_login(user)
+    monkeypatch.setitem(registry.PROFILE_MODELS["offline"], "content", OLD)
+    ids = [upload(client, name) for name in ("chelsea", "coffee")]
+    process_all_pending()
+    masks_before = dict(Mask.objects.values_list("pk", "label"))
+    regions_before = set(RegionEmbedding.objects.values_list("mask_id", "space", "model_key", "id"))
+    assert masks_before and {key for *_, key, _ in regions_before} == {OLD, registry.active_models().semantic}
+    monkeypatch.undo()  # the new release: the profile's content model is `new`
+    serving.forget()
+
+    plan = images_reembed_for_active_models(enqueue=False)
+    assert set(plan.segment) == set(ids)  # their regions lack the new model's vectors
+    segmenter = registry.get_model(registry.active_models().segmenter)
+    monkeypatch.setattr(segmenter, "segment", lambda pictures: pytest.fail("segmented again"))
+    process_all_pending()
+
+    assert dict(Mask.objects.values_list("pk", "label")) == masks_before  # the same masks, the same ids
+    assert set(Image.objects.values_list("masks_status", flat=True)) == {"ready"}
+    assert regions_before <= set(RegionEmbedding.objects.values_list("mask_id", "space", "model_key", "id"))
+    assert set(RegionEmbedding.objects.filter(model_key=new).values_list("mask_id", flat=True)) == set(masks_before)
+    assert images_reembed_for_active_models(enqueue=False).ids == []  # nothing more is owed
+    found = client.post(reverse("api-search"), {"mask_id": next(iter(masks_before)), "k": 5},
+                        content_type="application/json")
+    assert found.status_code == 200 and found.json()["models"]["content"] == new, found.content
