@@ -356,11 +356,13 @@ class IndexManager:
             if snapshot.owner == "region":
                 snapshot.remove_regions(mask_ids)
 
-    def get(self, *, space: str, model_key: str, dim: int, owner: VectorOwner = "image") -> IndexSnapshot | None:
-        """The current index, or None when there is none yet (callers fall back to pgvector)."""
+    def get(self, *, space: str, model_key: str, dim: int, owner: VectorOwner = "image",
+            fresh: bool = False) -> IndexSnapshot | None:
+        """The current index, or None when there is none yet (callers fall back to pgvector); caught up with
+        the database at most IMAGINAITION_INDEX_SYNC_SECONDS ago, or now (fresh)."""
         key = (owner, space, model_key)
         snapshot = self._snapshots.get(key)
-        interval = settings.IMAGINAITION_INDEX_SYNC_SECONDS
+        interval = 0 if fresh else settings.IMAGINAITION_INDEX_SYNC_SECONDS
         if snapshot is not None and time.monotonic() - snapshot.checked_at < interval:
             return snapshot
         with self._lock:
