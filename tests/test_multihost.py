@@ -310,6 +310,13 @@ def test_web_and_worker_hosts_share_only_the_database_and_the_media_storage(host
     spoofed = a.get(f"{web_a.url}/api/", headers={"X-Forwarded-Proto": "https", "X-Forwarded-SSL": "on"}, timeout=60)
     links = [value for value in spoofed.json().values() if isinstance(value, str) and "://" in value]
     assert links and all(link.startswith("http://") for link in links), spoofed.text
+    # A refused upload (no token: 401, the body left unread) closes its connection and says so: gunicorn said
+    # keep-alive, then dropped the connection past 64 KiB of unread body, and the client's next request failed.
+    client = requests.Session()
+    refused = client.post(f"{web_a.url}/api/images/", files={"file": ("big.png", b"x" * 300_000)}, timeout=60)
+    assert refused.status_code == 401 and refused.headers["Connection"] == "close", refused.headers
+    assert client.get(f"{web_a.url}/api/", timeout=60).status_code == 200
+    assert client.get(f"{web_a.url}/api/", timeout=60).headers["Connection"] == "keep-alive"  # the others stay open
     timings["database, migrate, two web hosts up"] = time.monotonic() - clock
 
     # --- 1. Worker C dies (SIGKILL) mid-batch; worker D finishes everything. ----------------------

@@ -117,3 +117,34 @@ def test_the_web_role_refuses_a_wrong_setting_in_one_line_and_stops(setting, val
     assert done.returncode == 3 and "Worker failed to boot" in done.stderr
     assert any(line.startswith(f"Error: {message}") for line in done.stderr.splitlines()), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+
+
+def test_an_error_answer_to_a_request_with_a_body_asks_gunicorn_to_close_the_connection():
+    """gunicorn drops a kept-alive connection past 64 KiB of unread body after saying "keep-alive"; only its
+    Response.force_close() makes it say "close" (tests/test_multihost.py checks it on a real gunicorn)."""
+    from imaginaition_site.unread_bodies import close_after_refused_bodies
+
+    class GunicornResponse:  # what gunicorn passes as start_response: its Response's bound method
+        def __init__(self):
+            self.closed = False
+
+        def force_close(self):
+            self.closed = True
+
+        def start_response(self, status, headers, exc_info=None):
+            return lambda data: None
+
+    def answering(status):
+        return close_after_refused_bodies(lambda environ, start: [start(status, [])] and [b""])
+
+    cases = [("401 Unauthorized", {"CONTENT_LENGTH": "300000"}, True),
+             ("413 Request Entity Too Large", {"CONTENT_LENGTH": "9"}, True),
+             ("400 Bad Request", {"HTTP_TRANSFER_ENCODING": "chunked"}, True),
+             ("201 Created", {"CONTENT_LENGTH": "300000"}, False),
+             ("404 Not Found", {"CONTENT_LENGTH": "0"}, False),
+             ("404 Not Found", {}, False)]
+    for status, environ, closes in cases:
+        response = GunicornResponse()
+        answering(status)(environ, response.start_response)
+        assert response.closed is closes, (status, environ)
+    answering("401 Unauthorized")({"CONTENT_LENGTH": "5"}, lambda status, headers, exc_info=None: None)  # runserver
