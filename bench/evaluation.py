@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
@@ -197,6 +198,7 @@ class EvaluationReport:
     caption_queries: int
     scores: list[PolicyScores]
     distractors_with_copies: int = 0  # ... and the other copies too
+    precision_at_10_ceiling: float | None = None  # the best P@10 the categories allow (fewer than 10 others in one)
     text_recall_at_1: float | None = None
     text_recall_at_10: float | None = None
     skipped: list[str] = field(default_factory=list)  # "path: reason"
@@ -295,6 +297,11 @@ def evaluation_markdown(report: EvaluationReport) -> str:
         f"distractors ({report.distractors_with_copies:,} with the other copies); profile {report.profile} "
         f"(semantic `{report.models['semantic']}`, content "
         f"`{report.models['content']}`); {len(report.skipped)} inputs skipped (listed by the command). Time: {seconds}.")
+    ceiling = report.precision_at_10_ceiling
+    if ceiling is not None and ceiling < 1:
+        lines.append("")
+        lines.append(f"Categories with fewer than {PRECISION_K + 1} images leave a query fewer than {PRECISION_K} "
+                     f"relevant images: the best P@{PRECISION_K} this data allows is {ceiling:.3f}.")
     return "\n".join(lines)
 
 
@@ -416,12 +423,22 @@ def evaluation_run(*, data: Path, captions: Sequence[tuple[str, str]] = (), near
             near_duplicate_recall_at_10_with_copies=_mean(with_copies[10])))
     return EvaluationReport(
         profile=models.profile, models={"semantic": models.semantic, "content": models.content},
-        categories=len(categories), images=len(ready), category_queries=len(category_scores["hybrid"][0]),
+        # Categories with an embedded image (an empty sub-folder was counted as one).
+        categories=len({imported.category_of[i] for i in ready}), images=len(ready),
+        category_queries=len(category_scores["hybrid"][0]),
+        precision_at_10_ceiling=_precision_ceiling({i: imported.category_of[i] for i in ready}),
         near_duplicate_queries=len(copies),
         distractors=max(0, len(ready) - 1) if copies else 0,
         distractors_with_copies=max(0, total_ready - 2) if copies else 0, caption_queries=len(caption_hits[1]),
         scores=scores, text_recall_at_1=_mean(caption_hits[1]), text_recall_at_10=_mean(caption_hits[10]),
         skipped=imported.skipped, seconds={name: round(value, 1) for name, value in seconds.items()})
+
+
+def _precision_ceiling(ready: dict[int, str]) -> float | None:
+    """The mean over the category queries of min(other images of its category, 10) / 10."""
+    sizes = Counter(ready.values())
+    return _mean([min(sizes[category] - 1, PRECISION_K) / PRECISION_K
+                  for category in ready.values() if sizes[category] > 1])
 
 
 def _mean(values: Sequence[float]) -> float | None:

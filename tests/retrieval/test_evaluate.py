@@ -246,6 +246,7 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     database = f"{connection.settings_dict['NAME']}_evaluation"
     images_before, embeddings_before = Image.objects.count(), Embedding.objects.count()
     out = io.StringIO()
+    (labelled_set / "empty_category").mkdir()  # no image: it was counted as a category
 
     call_command("evaluate", data=labelled_set, captions=labelled_set / "captions.tsv", near_duplicates=3,
                  seed=1, database=database, json=tmp_path / "report.json", stdout=out)
@@ -284,6 +285,8 @@ def test_evaluate_end_to_end_on_a_tiny_labelled_set(labelled_set, isolated_var, 
     assert "| semantic only | 0.300 | 1.000 |" in text and "| R@1, other copies in too |" in text
     assert "3 near-duplicate queries among 11 distractors (13 with the other copies)" in text
     assert "Text→image (captions, 2 queries)" in text
+    assert report["precision_at_10_ceiling"] == pytest.approx(0.3)  # said, as 0.3 looks like a poor score
+    assert "the best P@10 this data allows is 0.300" in text
     assert "not used (not in a category sub-folder): README.txt" in text  # said, not silently left out
     # The database in use gained nothing; the evaluation database and its files are gone (no --keep).
     assert (Image.objects.count(), Embedding.objects.count()) == (images_before, embeddings_before)
