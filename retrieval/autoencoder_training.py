@@ -47,6 +47,7 @@ from retrieval.encoders.autoencoder import (
     preprocess,
     to_unit_tensor,
 )
+from retrieval.weights import readable_as_created
 
 logger = logging.getLogger(__name__)
 TRAINING_THREADS = 2
@@ -349,6 +350,7 @@ def autoencoder_train(*, data_dir: Path, out: Path, epochs: int, batch_size: int
     os.close(fd)
     try:
         torch.save(checkpoint, tmp)
+        readable_as_created(tmp)  # (mkstemp's file is its owner's alone: the service's account reads it)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

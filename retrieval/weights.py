@@ -221,6 +221,15 @@ def _remove_stale_temp_files(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def readable_as_created(path: Path | str) -> None:
+    """Give a file made by tempfile.mkstemp (readable by its owner alone) the mode a plain open() gives (0666
+    less the umask): a weight file is read by the service's account, which may not be the one that fetched
+    or trained it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _download(weight: WeightFile, *, progress: bool) -> None:
     """Download, verify and move `weight` into place. Raises Unreachable, DownloadError or OSError (disk);
     on any of them nothing is left behind."""
@@ -242,6 +251,7 @@ def _download(weight: WeightFile, *, progress: bool) -> None:
         if weight.convert:
             _convert(weight.convert, temp, target)
         else:
+            readable_as_created(temp)
             os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)

@@ -135,9 +135,18 @@ def test_a_heldout_fraction_that_leaves_no_training_picture_is_refused(twelve_pi
 
 
 def test_a_small_heldout_fraction_still_holds_one_picture_out_and_trains_on_the_rest(twelve_pictures, tmp_path):
-    report = autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "ae.pt", epochs=1, batch_size=4,
-                               progress=False, heldout_fraction=0.01)
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        report = autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "ae.pt", epochs=1, batch_size=4,
+                                   progress=False, heldout_fraction=0.01)
+    finally:
+        os.umask(umask)
     assert (report.heldout_images, report.images) == (1, 11)
+    # Readable by the service's account, as the shipped files are (it was -rw-------, mkstemp's mode).
+    assert stat.S_IMODE((tmp_path / "ae.pt").stat().st_mode) == 0o644
     report = autoencoder_train(data_dir=twelve_pictures, out=tmp_path / "ae.pt", epochs=1, batch_size=4,
                                progress=False, heldout_fraction=0.95)
     assert (report.heldout_images, report.images) == (11, 1)

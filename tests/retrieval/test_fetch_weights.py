@@ -102,12 +102,21 @@ def leftovers(folder: Path, targets: dict[str, Path]) -> list[str]:
 
 def test_downloads_are_verified_and_put_in_place_then_skipped(served, weights_dir, monkeypatch):
     folder, url = served
+    import os
+    import stat
+
     targets = point_standard_weights(monkeypatch, url, folder)
-    report = weights_fetch(progress=False)
+    umask = os.umask(0o022)
+    try:
+        report = weights_fetch(progress=False)
+    finally:
+        os.umask(umask)
     assert report.ok and not report.offline
     assert {r.filename: r.status for r in report.results} == dict.fromkeys(targets, "downloaded")
     for filename, target in targets.items():
         assert target.read_bytes() == payload(filename)
+        # Readable by the service's account, which may not be the one that fetched it (was -rw-------).
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644, filename
     assert leftovers(weights_dir, targets) == []
 
     again = weights_fetch(progress=False)
