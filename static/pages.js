@@ -31,6 +31,16 @@ let placed = null;  // the element this script gave the focus to on load (not a 
   }
 }
 
+// The last action's messages ("Preferences saved.") are in the page as it loads, where a live region is not
+// announced: said again, a moment later, in a live region of their own (the list stays as it is to see).
+document.querySelectorAll("ul.messages").forEach((list) => {
+  const said = document.createElement("p");
+  said.setAttribute("role", "status"); said.className = "visually-hidden"; said.dataset.messagesSaid = "";
+  list.removeAttribute("role");  // one region says them, once
+  list.after(said);
+  setTimeout(() => { said.textContent = list.innerText; }, 250);
+});
+
 // A button that cannot act yet is aria-disabled rather than disabled, so that Tab reaches it and its
 // description (why not yet) is read: it sends nothing.
 document.addEventListener("submit", (e) => {

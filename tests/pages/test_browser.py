@@ -219,6 +219,10 @@ def test_sign_in_upload_wait_overlay_search_and_preferences(live_server, start_w
     page.get_by_label("Show images found by both indexes first").uncheck()
     page.get_by_role("button", name="Save").click()
     assert "Preferences saved." in page.inner_text(".messages")
+    # Said by a screen reader: a live region filled as the page loads is not, so the words come a moment later.
+    page.wait_for_function("() => document.querySelector('[role=status][data-messages-said]')"
+                           "?.textContent.includes('Preferences saved.')")
+    assert page.locator("ul.messages[role]").count() == 0  # one region says them, once
     assert page.get_by_label("Number of results (k)").input_value() == "2"
     page.screenshot(path=ARTIFACTS / "preferences.png", full_page=True)
     page.goto(results_url)
