@@ -205,10 +205,12 @@ class UploadField(serializers.FileField):
 
     default_error_messages = {
         "several": "Send one file in this field ({count} were sent): one picture per request.",
-        # A part whose headers are not UTF-8 (curl sending a Latin-1 file name as it is on disk) is skipped by
-        # Django's parser: "No file was submitted." of a file that was sent.
+        # A part whose headers are not UTF-8 (curl sending a Latin-1 file name as it is on disk), or whose file
+        # name is empty, "." or ".." (nothing left once its folders are taken off), is skipped by Django's
+        # parser: "No file was submitted." of a file that was sent.
         "required": "No file was submitted: send it as a file part of a multipart/form-data body, its headers "
-                    "(the file name) in UTF-8; a part whose headers are not UTF-8 cannot be read."}
+                    "(the file name) in UTF-8 and its file name a name (not empty, \".\" or \"..\"); a part "
+                    "without either cannot be read."}
     takes_repeats = True  # says so itself, in a picture's words (ClosedInput)
 
     def get_value(self, dictionary: Any) -> Any:

@@ -74,6 +74,10 @@ def test_a_file_named_in_latin_1_bytes_is_told_why_it_was_not_read(client, token
     refused = client.generic("POST", "/api/images/", body, content_type="multipart/form-data; boundary=B", **token)
     assert refused.status_code == 400 and "its headers (the file name) in UTF-8" in refused.json()["file"][0]
     assert not Image.objects.exists()
+    # A file named ".." (valid UTF-8) is skipped the same way: the answer blamed the encoding alone.
+    dots = body.replace(b"na\xefve.png", b"..")
+    refused = client.generic("POST", "/api/images/", dots, content_type="multipart/form-data; boundary=B", **token)
+    assert refused.status_code == 400 and 'not empty, "." or ".."' in refused.json()["file"][0]
 
 
 def test_head_on_the_files_the_api_links_to_answers_as_get_without_the_body(client, token, media_root):
