@@ -106,6 +106,8 @@ def download_name(original_name: str, image_format: str) -> str:
     suffixes = FORMAT_SUFFIXES.get(image_format, ("bin",))
     if dot and stem and suffix.lower() in suffixes:
         return original_name
+    if dot and not stem and suffix.lower() in suffixes:  # named ".png": it was served as ".png.png"
+        return f"image.{suffixes[0]}"
     return f"{stem if dot and stem else original_name}.{suffixes[0]}"
 
 

@@ -242,7 +242,8 @@ def _png_with_a_script_in_a_text_chunk() -> bytes:
 
 
 @pytest.mark.parametrize("name, served_as", [("poc.html", "poc.png"), ("poc.svg", "poc.png"),
-                                             ("holiday.PNG", "holiday.PNG"), ("noname", "noname.png")])
+                                             ("holiday.PNG", "holiday.PNG"), ("noname", "noname.png"),
+                                             (".png", "image.png"), (".profile", ".profile.png")])
 def test_an_image_file_is_served_as_its_decoded_format_whatever_its_name(client, user, media_root, name, served_as):
 
     client.force_login(user)
