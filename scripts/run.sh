@@ -23,8 +23,10 @@ cleanup() {
     stopping=1
     trap - EXIT
     trap 'force=1' INT TERM HUP  # a second Ctrl-C: stop at once
-    echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
-    stop_processes "$STOP_TIMEOUT" "${pids[@]}"
+    if [ "${#pids[@]}" -gt 0 ]; then  # (a setup step that failed has started none: nothing to wait for)
+        echo ">> stopping (workers finish their current task, for at most ${STOP_TIMEOUT} s; Ctrl-C again to stop now)"
+        stop_processes "$STOP_TIMEOUT" "${pids[@]}"
+    fi
     trap - INT TERM HUP
     # Released, not stopped: another `make run` of this checkout may still be using it.
     if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db release --holder $$; fi
@@ -34,7 +36,7 @@ trap cleanup INT TERM HUP EXIT  # HUP: the terminal closed (the workers, in thei
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
 # Weights first: with IMAGINAITION_MODEL_PROFILE=standard and none present, `migrate`'s system checks stop
 # (retrieval.E002) before a later fetch_weights could have brought them.
-$PY manage.py fetch_weights || echo ">> fetch_weights failed; continuing with the weights that are present"
+$PY manage.py fetch_weights || echo ">> fetch_weights failed; going on with the weights that are present (the next step stops if the active models lack theirs)"
 $PY manage.py migrate --noinput
 $PY manage.py reembed  # after a model change: queue the images the active models have not embedded
 $PY manage.py ensure_admin

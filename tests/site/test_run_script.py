@@ -52,3 +52,15 @@ def test_make_run_refuses_a_port_something_else_answers_on(tmp_path):
                               timeout=60)
     assert done.returncode == 1 and "something already answers on 127.0.0.1:" in done.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_a_setup_step_that_fails_ends_make_run_without_a_stop_of_workers_it_never_started(tmp_path):
+    """Its end said ">> stopping (workers finish their current task, for at most 30 s …)" with none started."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    env = {**os.environ, "IMAGINAITION_PORT": str(free), "IMAGINAITION_VAR_DIR": str(tmp_path / "var"),
+           "DATABASE_URL": f"postgres://nobody:nothing@127.0.0.1:{free}/none"}  # nothing listens: migrate fails
+    done = subprocess.run(["bash", f"{REPO}/scripts/run.sh"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "connection" in done.stderr.lower(), done.stderr[-2000:]
+    assert "stopping (workers" not in done.stdout + done.stderr and "is running on" not in done.stdout
