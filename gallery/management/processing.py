@@ -21,7 +21,8 @@ def process_pending_here(command: BaseCommand, *, batch_size: int | None, verbos
     say(f"processing {len(waiting)} waiting image{'s' if len(waiting) != 1 else ''} here")
     here = 0
     try:
-        with progress_bar(total=len(waiting), desc="embedding", unit="image", disable=None if verbosity else True) as bar:
+        with progress_bar(total=len(waiting), desc="embedding", unit="image",
+                          disable=None if verbosity else True) as bar:
             def done_here(count: int) -> None:
                 nonlocal here
                 here += count

@@ -58,7 +58,8 @@ class Command(BaseCommand):
             for relative in report.duplicates:
                 say(f"  duplicate {relative}: the same bytes are already stored")
         if report.folders_not_read:
-            say(f"sub-folders not read (add --recursive to import them too): {names_shortened(report.folders_not_read)}")
+            say(f"sub-folders not read (add --recursive to import them too): "
+                f"{names_shortened(report.folders_not_read)}")
         if report.rejected and not report.added and not report.duplicates:
             raise CommandError(f"None of the {len(report.rejected)} files could be added (the reasons are above).")
         if sync:
