@@ -394,8 +394,8 @@ def evaluation_run(*, data: Path, captions: Sequence[tuple[str, str]] = (), near
     seconds["indexes"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    category_scores = _category_queries(ready={i: imported.category_of[i] for i in ready}, models=models,
-                                        progress=progress)
+    category_of_ready = {i: imported.category_of[i] for i in ready}
+    category_scores = _category_queries(ready=category_of_ready, models=models, progress=progress)
     caption_hits = _caption_queries(captions=captions, imported=imported, ready=ready, models=models,
                                     progress=progress)
     seconds["queries"] = time.perf_counter() - started
@@ -424,9 +424,9 @@ def evaluation_run(*, data: Path, captions: Sequence[tuple[str, str]] = (), near
     return EvaluationReport(
         profile=models.profile, models={"semantic": models.semantic, "content": models.content},
         # Categories with an embedded image (an empty sub-folder was counted as one).
-        categories=len({imported.category_of[i] for i in ready}), images=len(ready),
+        categories=len(set(category_of_ready.values())), images=len(ready),
         category_queries=len(category_scores["hybrid"][0]),
-        precision_at_10_ceiling=_precision_ceiling({i: imported.category_of[i] for i in ready}),
+        precision_at_10_ceiling=_precision_ceiling(category_of_ready),
         near_duplicate_queries=len(copies),
         distractors=max(0, len(ready) - 1) if copies else 0,
         distractors_with_copies=max(0, total_ready - 2) if copies else 0, caption_queries=len(caption_hits[1]),

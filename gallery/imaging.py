@@ -104,10 +104,8 @@ def download_name(original_name: str, image_format: str) -> str:
     (an upload named "x.html" is a PNG named "x.png"), so no name can make a browser treat it as a page."""
     stem, dot, suffix = original_name.rpartition(".")
     suffixes = FORMAT_SUFFIXES.get(image_format, ("bin",))
-    if dot and stem and suffix.lower() in suffixes:
-        return original_name
-    if dot and not stem and suffix.lower() in suffixes:  # named ".png": it was served as ".png.png"
-        return f"image.{suffixes[0]}"
+    if dot and suffix.lower() in suffixes:
+        return original_name if stem else f"image.{suffixes[0]}"  # named ".png": it was served as ".png.png"
     return f"{stem if dot and stem else original_name}.{suffixes[0]}"
 
 

@@ -24,6 +24,14 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def batch_size_with_sync(batch_size: int | None, *, sync: bool) -> None:
+    """--batch-size sets this process's batches: refused without --sync (the workers batch by
+    IMAGINAITION_BATCH_SIZE, and it was ignored without a word)."""
+    if batch_size is not None and not sync:
+        raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
+                           "IMAGINAITION_BATCH_SIZE).")
+
+
 def number_or_nan(text: str) -> float:
     """float(text), or NaN for a text that is no number: every range check then fails, naming the text."""
     try:

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from gallery.folders import FolderRefused, import_folder_check
-from gallery.management.arguments import at_least
+from gallery.management.arguments import at_least, batch_size_with_sync
 from gallery.management.output import command_output, progress_bar
 from gallery.management.processing import process_pending_here, waiting_handed_to_workers
 from gallery.services import StorageFailed, folder_files, folder_import, names_shortened
@@ -22,9 +22,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, path: str, recursive: bool, sync: bool, batch_size: int | None, verbosity: int,
                **options: object) -> None:
-        if batch_size is not None and not sync:  # the workers batch by IMAGINAITION_BATCH_SIZE: it was ignored
-            raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
-                               "IMAGINAITION_BATCH_SIZE).")
+        batch_size_with_sync(batch_size, sync=sync)
         try:
             folder = import_folder_check(path, require_absolute=False)
         except FolderRefused as exc:

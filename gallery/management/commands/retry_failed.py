@@ -1,7 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from gallery import selectors
-from gallery.management.arguments import at_least
+from gallery.management.arguments import at_least, batch_size_with_sync
 from gallery.management.output import command_output
 from gallery.management.processing import process_pending_here
 from gallery.models import Image
@@ -19,9 +19,7 @@ class Command(BaseCommand):
                             help="images per model forward pass (--sync)")
 
     def handle(self, *args: str, sync: bool, batch_size: int | None, verbosity: int, **options: object) -> None:
-        if batch_size is not None and not sync:  # the workers batch by IMAGINAITION_BATCH_SIZE: it was ignored
-            raise CommandError("--batch-size sets this process's batches: give it with --sync (the workers use "
-                               "IMAGINAITION_BATCH_SIZE).")
+        batch_size_with_sync(batch_size, sync=sync)
         # An image whose stored file is gone fails again at once (it was queued at every run): adding the same
         # file again restores it, as its page says.
         failed = list(Image.objects.filter(selectors.FAILED).only("pk", "file", "original_name").order_by("pk"))
