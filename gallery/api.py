@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -44,7 +45,7 @@ from rest_framework.views import APIView, exception_handler
 from gallery import selectors, services
 from gallery.access import DELETE_REFUSED, RETRY_REFUSED, can_delete_image, can_retry_image, can_view_gallery
 from gallery.errors import Refused
-from gallery.imaging import read_upload, upload_name
+from gallery.imaging import ImageRejected, read_upload, upload_name
 from gallery.models import Image, ProcessingStatus
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted
 from gallery.storage_check import STORAGE_RETRY_AFTER_SECONDS, storage_unreachable_message
@@ -89,6 +90,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc.detail = ErrorDetail("Sign in, or send `Authorization: Token <key>` (an administrator makes a key "
                                  "with `manage.py drf_create_token USER`).", code=exc.default_code)
     return exception_handler(exc, context)
+
+
+@contextmanager
+def refused_as_field(name: str) -> Iterator[None]:
+    """An uploaded file refused for what it holds (empty, damaged, not an image: a 400) is that field's
+    fault, said as a missing file is: {name: ["why"]}. One too large stays a 413 {"detail"}, as every body
+    over a limit."""
+    try:
+        yield
+    except ImageRejected as exc:
+        if exc.status_code == 400 and not exc.field:
+            exc.field = name
+        raise
 
 
 _URL_MARKER = "2147483647"  # an id no image has; reverse() is run once per URL name and request
@@ -270,8 +284,8 @@ BODY_FIELDS_REFUSED = {
 def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: every component a request body refers to allows no other
     properties (additionalProperties: false), as ClosedInput refuses them; every write documents the
-    refusals of a body's length (BODY_REFUSALS) and every operation the 406 of a format it does not write,
-    where it says none of its own."""
+    refusals of a body's length (BODY_REFUSALS) and every operation the 406 of a format it does not write
+    and the 400 of too many fields, where it says none of its own."""
     components = result.get("components", {}).get("schemas", {})
     by_method = [(method, operation) for path in result.get("paths", {}).values()
                  for method, operation in path.items() if isinstance(operation, dict)]  # not "parameters"
@@ -280,7 +294,8 @@ def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, 
             name = media.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
             if name in components:
                 components[name]["additionalProperties"] = False
-        refusals = (*BODY_REFUSALS.items(), NOT_ACCEPTABLE) if method in WRITES else (NOT_ACCEPTABLE,)
+        refusals = (*BODY_REFUSALS.items(), NOT_ACCEPTABLE, TOO_MANY_FIELDS) if method in WRITES \
+            else (NOT_ACCEPTABLE, TOO_MANY_FIELDS)
         for code, description in refusals:
             operation["responses"].setdefault(code, {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -293,6 +308,8 @@ def request_bodies_closed(result: dict[str, Any], generator: Any, request: Any, 
 WRITES = {"post", "put", "patch", "delete"}
 NOT_ACCEPTABLE = ("406", "A ?format= or an Accept header asking for something other than JSON (or the "
                   "browsable page): the message names what may be asked for.")
+TOO_MANY_FIELDS = ("400", f"A query string (or form) of more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} fields, "
+                   "Django's limit.")
 BODY_REFUSALS = {
     "411": "A body sent in chunks, without a Content-Length: the site needs the length to check it first.",
     "413": "A body over the request limits: the whole request over one file at the upload limit and the "
@@ -610,7 +627,8 @@ class ImageListCreateApi(APIView):
         serializer = ImageUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
-        result = services.image_add(data=read_upload(upload), original_name=upload_name(upload), user=request.user)
+        with refused_as_field("file"):
+            result = services.image_add(data=read_upload(upload), original_name=upload_name(upload), user=request.user)
         body = ImageAddedOutputSerializer(result.image,
                                           context={"request": request, "duplicate": not result.created}).data
         if not result.created:

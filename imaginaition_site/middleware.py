@@ -139,7 +139,7 @@ def page_refused(request: HttpRequest, status: int, *, title: str, message: str,
 
 
 class ApiPathWithoutSlashMiddleware:
-    """/api/images is /api/images/. Django's APPEND_SLASH answers a path without its "/" with a 301,
+    """/api/images is /api/images/ (and /api is /api/). Django's APPEND_SLASH answers a path without its "/" with a 301,
     which HTTP clients follow as a GET: an upload POSTed to /api/images came back 200 with the image
     list and stored nothing. An API client's request goes to the endpoint itself, whatever its method."""
 
@@ -148,7 +148,8 @@ class ApiPathWithoutSlashMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info
-        if path.startswith("/api/") and not path.endswith("/") and not _names_an_endpoint(request, path) \
+        under_api = path == "/api" or path.startswith("/api/")
+        if under_api and not path.endswith("/") and not _names_an_endpoint(request, path) \
                 and _names_an_endpoint(request, path + "/"):
             request.path_info, request.path = path + "/", request.path + "/"
         return self.get_response(request)

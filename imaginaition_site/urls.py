@@ -1,12 +1,14 @@
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
-from rest_framework.exceptions import NotAcceptable
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 from gallery import page_urls as gallery_pages
 from gallery.api import NoSuchEndpointApi
@@ -24,16 +26,16 @@ class SwaggerDocsView(SpectacularSwaggerSplitView):
 
 
 class SchemaView(SpectacularAPIView):
-    """/api/schema/: YAML unless Accept or ?format= asks for JSON. Its errors (a 406 for an Accept it does
-    not write) are JSON, as every other API error is: DRF writes them with the view's first renderer, YAML."""
+    """/api/schema/: YAML unless Accept or ?format= asks for JSON. Its errors (a 401 for an unknown token, a
+    405, a 406 for an Accept it does not write) are JSON, as every other API error is: DRF writes them with
+    the renderer it negotiated, or else the view's first, YAML."""
 
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
-        try:
-            return super().perform_content_negotiation(request)
-        except NotAcceptable:
-            if not force:
-                raise
-            return JSONRenderer(), JSONRenderer.media_type
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        if response.status_code >= 400:
+            # Not negotiated again either: a query string that failed it (too many fields) failed it twice,
+            # the second time outside DRF's handler (an HTML 400 and a logged traceback).
+            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 # Admin is one of the product's interfaces: its tab and header name the product, not Django.

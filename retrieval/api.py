@@ -34,6 +34,7 @@ from gallery.api import (
     ValidationErrorSerializer,
     body_refused,
     error_response,
+    refused_as_field,
     site_url,
 )
 from gallery.api_parsing import JsonParser
@@ -377,7 +378,8 @@ class SearchApi(APIView):
         wanted = {"k": data.get("k"), "intersection_first": data.get("intersection"),
                   "preferred_index": data.get("policy"), "split": data.get("split")}
         overrides = PreferenceOverrides(**{name: value for name, value in wanted.items() if value is not None})  # type: ignore[typeddict-item]
-        response = search_for(user=request.user, session=request.session, query=query, overrides=overrides)
+        with refused_as_field("image"):
+            response = search_for(user=request.user, session=request.session, query=query, overrides=overrides)
         return Response({
             "results": SearchHitSerializer(response.hits, many=True, context={"request": request}).data,
             "counts": response.counts, "engine": response.engine, "engines": response.engines,

@@ -136,6 +136,10 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
         assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}
     wrong_field = client.post(reverse("api-search"), {"file": SimpleUploadedFile("a.png", b"x")})
     assert wrong_field.status_code == 400 and wrong_field.json()["file"][0].endswith("include_self, image.")
+    for fields in ({}, {"label": "cat"}):  # embedded at once; segmented first (a region of the upload)
+        not_an_image = client.post(reverse("api-search"), {"image": SimpleUploadedFile("a.png", b"x" * 99), **fields})
+        assert not_an_image.status_code == 400, not_an_image.content  # the field at fault, as a missing file's
+        assert list(not_an_image.json()) == ["image"] and "not an image" in not_an_image.json()["image"][0]
     typo = search(client, image_id=gallery[0].pk, lables="cat")  # a typo is refused, not ignored
     assert typo.status_code == 400 and list(typo.json()) == ["lables"]
     assert "Unknown field; the fields are: image_id, mask_id, text" in typo.json()["lables"][0]

@@ -402,6 +402,9 @@ def test_an_api_path_without_its_final_slash_reaches_the_endpoint_and_an_unknown
     upload = client.post("/api/images", {"file": SimpleUploadedFile("red.png", png_bytes())}, **token)
     assert upload.status_code == 201 and Image.objects.filter(pk=upload.json()["id"]).exists()
     assert client.get(f"/api/images/{upload.json()['id']}", **token).json()["id"] == upload.json()["id"]
+    for method in ("get", "post"):  # the API's root too (a 301 as HTML, and a POST followed as a GET)
+        root = getattr(client, method)("/api", **token)
+        assert root.status_code == (200 if method == "get" else 405) and root["Content-Type"] == "application/json"
     for method in ("get", "post", "delete"):
         response = getattr(client, method)("/api/no-such-thing/", **token)
         assert response.status_code == 404

@@ -51,6 +51,13 @@ def test_the_schema_is_yaml_or_json_and_its_refusals_are_json(client, token):
                     client.get("/api/schema/", {"format": "xml"}, **token)):
         assert refused.status_code == 406 and refused["Content-Type"] == "application/json"
         assert refused.json()["detail"].startswith(("Nothing here is written as 'text/html'", "No format 'xml'"))
+    # Refusals whose format was negotiated (YAML) were written in YAML: {"detail": {"string": …, "code": …}}
+    many_fields = {f"f{number}": "1" for number in range(1_100)}
+    for refused, status, said in ((client.get("/api/schema/", HTTP_AUTHORIZATION="Token nope"), 401, "Invalid token."),
+                                  (client.post("/api/schema/", **token), 405, 'Method "POST" not allowed.'),
+                                  (client.get("/api/schema/", many_fields, **token), 400, "more than 1,000 fields")):
+        assert refused.status_code == status and refused["Content-Type"] == "application/json", refused.content
+        assert said in refused.json()["detail"]
 
 
 def test_what_a_signed_in_user_gets_no_shared_cache_may_keep(client, user, token, media_root):
@@ -91,7 +98,7 @@ def test_head_on_the_files_the_api_links_to_answers_as_get_without_the_body(clie
     assert client.post(described["file_url"], **token).status_code == 405  # still read-only
 
 
-def test_every_write_documents_the_refusals_of_a_body_and_every_operation_its_406(tmp_path):
+def test_every_write_documents_the_refusals_of_a_body_and_every_operation_its_406_and_400(tmp_path):
     call_command("spectacular", "--file", str(tmp_path / "schema.yml"))
     schema = yaml.safe_load((tmp_path / "schema.yml").read_text())
     responses = {(method.upper(), path): operation["responses"] for path, methods in schema["paths"].items()
@@ -101,6 +108,7 @@ def test_every_write_documents_the_refusals_of_a_body_and_every_operation_its_40
             ("PUT", "/api/preferences/")} <= writes  # with a body or without: a chunked one is a 411
     for operation, answers in responses.items():
         assert "406" in answers, operation
+        assert "400" in answers, operation  # at least a query string of too many fields (GET /api/status/?f0=…)
         assert {"411", "413"} <= set(answers) or operation not in writes, operation
 
 
