@@ -99,6 +99,18 @@ def test_names_an_older_release_stored_are_stored_as_new_ones_by_the_migration(m
     assert image.original_name == after == services.stored_name(before)
 
 
+@pytest.mark.parametrize("before, after", [("a\nERROR forged.png", "a ERROR forged.png"), ("\x1b[2J.png", "[2J.png"),
+                                           ("tab\tname.png", "tab name.png"), ("\x07\x85", "upload"),
+                                           ("\x9bcafe\u0301.png", "café.png"), ("plain.png", "plain.png")])
+def test_names_an_older_release_stored_with_control_characters_lose_them_by_the_migration(media_root, before, after):
+    """0012 left them: a name with a line break still wrote a forged line into retry_failed's output."""
+    image = make_image(name="x.png")
+    Image.objects.filter(pk=image.pk).update(original_name=before)  # as the older release wrote it
+    import_module("gallery.migrations.0015_image_names_without_controls").names_without_controls(apps, None)
+    image.refresh_from_db()
+    assert image.original_name == after == services.stored_name(before)
+
+
 def test_the_gallery_page_tells_each_added_file_by_the_name_it_is_stored_under(media_root, user):
     """It said "they are being processed: ." for a name of spaces, stored as "upload"."""
     from gallery.services import uploads_add
