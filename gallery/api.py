@@ -83,9 +83,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response({"detail": f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files; "
                                    "send one."}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ParseError) and "max total header size" in str(exc.detail):  # Django's multipart limit
-        exc.detail = ErrorDetail("A form part's headers are over 1,024 bytes (Django's limit): the file's name "
-                                 "is too long (a few hundred characters; fewer in scripts written with more bytes "
-                                 "a character). Send it under a shorter name.", code="parse_error")
+        # Also what a part whose headers are not UTF-8 ends in: Django skips their lines, then reads the file's
+        # bytes as the next part's headers (a 9-byte Latin-1 name was told it was too long).
+        exc.detail = ErrorDetail("A form part's headers could not be read within 1,024 bytes (Django's limit): the "
+                                 "file's name is too long (a few hundred characters; fewer in scripts written with "
+                                 "more bytes a character), or not written in UTF-8 (a script sending a name's bytes "
+                                 "as they are on disk). Send it under a shorter name, in UTF-8.", code="parse_error")
     if isinstance(exc, NotAuthenticated):  # DRF's words do not say how to authenticate
         exc.detail = ErrorDetail("Sign in, or send `Authorization: Token <key>` (an administrator makes a key "
                                  "with `manage.py drf_create_token USER`).", code=exc.default_code)

@@ -1,10 +1,13 @@
 """HTTP conventions an API client relies on: where a created image is, a format it cannot have, HEAD on
 the files the API links to, and the body refusals the schema lists."""
 
+import io
+
 import pytest
 import yaml
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from PIL import Image as PILImage
 from rest_framework.authtoken.models import Token
 
 from gallery.models import Image
@@ -80,6 +83,15 @@ def test_a_file_named_in_latin_1_bytes_is_told_why_it_was_not_read(client, token
             b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--B--\r\n")
     refused = client.generic("POST", "/api/images/", body, content_type="multipart/form-data; boundary=B", **token)
     assert refused.status_code == 400 and "its headers (the file name) in UTF-8" in refused.json()["file"][0]
+    assert not Image.objects.exists()
+    # A file over one 64 KiB chunk of Django's parser: it read the file's bytes as the next part's headers,
+    # "over 1,024 bytes", and the answer said the 9-byte name was too long.
+    photo = io.BytesIO()
+    PILImage.effect_noise((400, 400), 64).save(photo, "PNG")
+    assert len(photo.getvalue()) > 2**16
+    longer = body.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + photo.getvalue() + b"\r\n--B--\r\n"
+    refused = client.generic("POST", "/api/images/", longer, content_type="multipart/form-data; boundary=B", **token)
+    assert refused.status_code == 400 and "or not written in UTF-8" in refused.json()["detail"], refused.content
     assert not Image.objects.exists()
     # A file named ".." (valid UTF-8) is skipped the same way: the answer blamed the encoding alone.
     dots = body.replace(b"na\xefve.png", b"..")
