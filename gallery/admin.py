@@ -90,8 +90,17 @@ class LabelFilter(admin.SimpleListFilter):
         return queryset.filter(Exists(Mask.objects.filter(image=OuterRef("pk"), label=self.value())))
 
 
+class NamesSearchedComposed(admin.ModelAdmin):
+    """Names are stored composed (services.stored_name): a search for é typed as e + a combining accent
+    (macOS's keyboard, a pasted name) finds them too, in every list that searches by an image's name."""
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any],
+                           search_term: str) -> tuple[QuerySet[Any], bool]:
+        return super().get_search_results(request, queryset, unicodedata.normalize("NFC", search_term))
+
+
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
+class ImageAdmin(NamesSearchedComposed):
     list_display: tuple[str, ...] = ("thumbnail", "id", "original_name", "status", "masks_status", "labels",
                                      "width", "height", "format", "created_at")
     list_display_links = ("thumbnail", "id", "original_name")
@@ -125,11 +134,6 @@ class ImageAdmin(admin.ModelAdmin):
         # filters by EXISTS; a DISTINCT over every column sorted the whole table for each count.
         return super().get_queryset(request).prefetch_related(
             Prefetch("masks", queryset=Mask.objects.only("image_id", "label", "area_fraction")))
-
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Image],
-                           search_term: str) -> tuple[QuerySet[Image], bool]:
-        # Names are stored composed (services.stored_name): é typed as e + a combining accent finds them too.
-        return super().get_search_results(request, queryset, unicodedata.normalize("NFC", search_term))
 
     def save_model(self, request: HttpRequest, obj: Image, form: Any, change: bool) -> None:
         """Only what the form changed (the name): a worker may have set the status, error or masks since the
@@ -215,7 +219,7 @@ class ImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Mask)
-class MaskAdmin(admin.ModelAdmin):
+class MaskAdmin(NamesSearchedComposed):
     list_display = ("id", "image", "label", "class_index", "area_fraction", "segmenter", "created_at")
     list_filter = ("label", "segmenter")
     search_fields = ("label", "image__original_name")

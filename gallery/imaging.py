@@ -166,13 +166,18 @@ def read_file_in(root: Path, path: Path) -> bytes:
             os.close(descriptor)
 
 
+# Control characters that separate words (tabs, line breaks): a name keeps a space for each.
+BLANK_CONTROLS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x85")
+
+
 def multipart_file_name(parser: MultiPartParser, file_name: str) -> str | None:
     """Django's MultiPartParser.sanitize_file_name (entities read, folders dropped, nothing left is no file),
     but keeping the invisible format characters it drops as "not printable": the zero-width joiner of an
     emoji sequence (👨‍👩‍👧 became three people) and the non-joiner of Persian or Indic words (another word).
     import_folder keeps them; stored_name removes the bidirectional controls among them either way."""
     file_name = html.unescape(file_name).rsplit("/")[-1].rsplit("\\")[-1]
-    file_name = "".join(char for char in file_name if char.isprintable() or unicodedata.category(char) == "Cf")
+    file_name = "".join(" " if char in BLANK_CONTROLS else char for char in file_name  # a tab: as import_folder
+                        if char.isprintable() or char in BLANK_CONTROLS or unicodedata.category(char) == "Cf")
     return None if file_name in {"", ".", ".."} else file_name
 
 

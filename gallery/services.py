@@ -16,8 +16,8 @@ from django.db import IntegrityError, transaction
 
 from gallery import events, selectors
 from gallery.errors import Refused
-from gallery.imaging import (FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts, image_check, read_file_in,
-                             shown_as_stored)
+from gallery.imaging import (BLANK_CONTROLS, FORMAT_SUFFIXES, SHOWN_BY_BROWSERS, ImageRejected, header_facts,
+                             image_check, read_file_in, shown_as_stored)
 from gallery.models import Image, ProcessingStatus, image_upload_path
 from gallery.storage import STORAGE_ERRORS, storage_failure_noted, storage_failure_reason, stored_write_once
 from gallery.storage_check import deleted_images_files_remove, storage_settings_named, stored_files_lock
@@ -169,7 +169,7 @@ _BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u2
 # Control characters: a folder's file named "a\nERROR forged.png" or "\x1b[2J.png" wrote a line of its own, or
 # a terminal's escape, into logs and command output. Line breaks and tabs become spaces (as a browser's upload
 # of such a name has them), the rest go (as Django's multipart parser drops them).
-_CONTROLS: dict[int, str | None] = {code: (" " if chr(code) in "\t\n\v\f\r\x1c\x1d\x1e\x85" else None)
+_CONTROLS: dict[int, str | None] = {code: (" " if chr(code) in BLANK_CONTROLS else None)
                                     for code in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
@@ -177,9 +177,14 @@ def stored_name(original_name: str) -> str:
     """The name an image is stored and shown under, one for one file whichever way it came: readable,
     composed (NFC: macOS writes é as e + a combining accent, which a search for é missed), without
     bidirectional or other control characters, at most 255 characters; "upload" when nothing of it would show."""
-    name = unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name))
-    name = name.translate(_BIDI_CONTROLS).translate(_CONTROLS)
+    name = without_controls(unicodedata.normalize("NFC", readable_name(Path(original_name or "upload").name)))
     return name[:255] if shows_anything(name) else "upload"
+
+
+def without_controls(text: str) -> str:
+    """Text to show (a name, a search's words): without bidirectional controls, line breaks and tabs as spaces,
+    other control characters gone."""
+    return text.translate(_BIDI_CONTROLS).translate(_CONTROLS)
 
 
 def shows_anything(text: str) -> bool:

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from gallery.admin import ImageAdmin, MaskAdmin, MaskInline, PipelineRowsInline
+from gallery.admin import ImageAdmin, MaskAdmin, MaskInline, NamesSearchedComposed, PipelineRowsInline
 from gallery.errors import Refused
 from gallery.models import Image, Mask
 from retrieval.models import Embedding, RegionEmbedding, SearchPreferences
@@ -114,7 +114,7 @@ admin.site.register(Mask, MaskWithRegionVectorsAdmin)
 
 
 @admin.register(Embedding)
-class EmbeddingAdmin(admin.ModelAdmin):
+class EmbeddingAdmin(NamesSearchedComposed):
     list_display = ("id", "image", "space", "model_key", "dimension", "created_at")
     list_filter = ("space", "model_key")
     search_fields = ("image__original_name", "model_key")

@@ -26,7 +26,8 @@ from gallery.errors import Refused
 from gallery.imaging import decode_for_models, for_models
 from gallery.models import Image, Mask, ProcessingStatus
 from gallery.selectors import labels_as_stored, labels_unknown_message
-from gallery.services import User, shows_anything
+from gallery.services import User, shows_anything, stored_name, without_controls
+from gallery.storage_check import stored_file_missing
 from retrieval import uploads
 from retrieval.encoders.base import share_more_likely_than_not
 from retrieval.encoders.registry import ActiveModels, WeightsUnreadable, get_model
@@ -166,13 +167,14 @@ def _what_to_search_with(query: Query, *, session: SessionBase | None,
             if staged is None:
                 raise QueryError(uploads.staged_missing_message(session=session))
             data, name = staged.data(), staged.name
+        name = stored_name(name)  # as it would be stored: a U+202E in it reversed the page's heading
         if query.label is None:
             return vectors_for_upload(data=data, models=models), name, None
         masks = _staged_masks(staged) if staged is not None else uploads.upload_masks(data=data, name=name)
         vectors, label = vectors_for_upload_region(data=data, label=query.label, masks=masks, models=models)
         return vectors, f"the {label} in {name}", None
     text = (query.text or "").strip()
-    return vectors_for_text(text=text, models=models), f"“{text}”", None
+    return vectors_for_text(text=text, models=models), f"“{without_controls(text)}”", None
 
 
 def id_parse(value: str) -> int | None:
@@ -205,8 +207,11 @@ def vectors_for_image_id(*, image_id: int, models: ActiveModels | None = None) -
         if image is None:
             raise QueryError("No such image.", status_code=404)
         if image.status == ProcessingStatus.FAILED:  # it will not become ready by waiting
+            # A retry of an image whose file is gone fails again at once (retry_failed leaves it): say what helps.
+            remedy = ("its stored file is missing: adding the same file again restores it" if stored_file_missing(image)
+                      else "retry it once the cause is fixed")
             raise QueryError(f"This image could not be embedded ({image.error or 'no reason recorded'}), so it "
-                             "has no vectors to search with; retry it once the cause is fixed.")
+                             f"has no vectors to search with; {remedy}.")
         raise QueryError("This image has not been embedded yet; try again when its status is ready.")
     return _stored_query(stored, models=models, exclude_image_id=image_id, owner="image")
 

@@ -18,7 +18,6 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Literal, TypedDict, cast
 
 import numpy as np
@@ -34,6 +33,7 @@ from django_q.tasks import async_task
 
 from gallery.errors import Refused
 from gallery.imaging import decode_for_models, picture_for_models, png_to_probability, probability_to_png
+from gallery.services import stored_name
 from gallery.storage import STORAGE_ERRORS, storage_failure_reason, stored_delete, stored_read
 from retrieval.encoders.registry import active_models, get_model
 from retrieval.models import StagedUploadMask, StagedUploadRecord
@@ -159,7 +159,7 @@ def _stage(*, data: bytes, name: str) -> StagedUpload:
     token = secrets.token_hex(12)
     file_name = default_storage.save(_file_name(token), ContentFile(data))
     try:
-        StagedUploadRecord.objects.create(token=token, name=Path(name).name[:255] or "upload",
+        StagedUploadRecord.objects.create(token=token, name=stored_name(name),  # the name it would be stored under
                                           width=decoded.width, height=decoded.height, state="working")
     except BaseException:
         stored_delete([file_name])  # no file without its record

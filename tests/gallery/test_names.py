@@ -15,10 +15,10 @@ from PIL import Image as PILImage
 from rest_framework.authtoken.models import Token
 from skimage import data as skdata
 
-from gallery.models import Image
+from gallery.models import Image, Mask
 from gallery import services
 from gallery.services import image_add
-from tests.gallery.factories import make_image, png_bytes
+from tests.gallery.factories import add_mask, make_image, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -67,9 +67,12 @@ def test_admin_finds_a_name_typed_decomposed_or_composed_and_keeps_an_edited_nam
     image_admin = site._registry[Image]
     request = rf.get("/")
     request.user = admin_user
+    mask = add_mask(image)
     for term in ("café", unicodedata.normalize("NFD", "café")):
         found, _ = image_admin.get_search_results(request, Image.objects.all(), term)
         assert list(found) == [image], ascii(term)
+        masks, _ = site._registry[Mask].get_search_results(request, Mask.objects.all(), term)  # by its image's name
+        assert list(masks) == [mask], ascii(term)
 
     form = image_admin.get_form(request, image, change=True)({"original_name": DECOMPOSED}, instance=image)
     assert form.is_valid(), form.errors
@@ -150,7 +153,11 @@ def test_an_uploaded_name_keeps_its_joiners_as_an_imported_one_does(client, user
     added = client.post("/api/images/", {"file": SimpleUploadedFile(family, picture(0))},
                         HTTP_AUTHORIZATION=f"Token {key}")
     assert added.status_code == 201 and added.json()["original_name"] == family
+    tabbed = client.post("/api/images/", {"file": SimpleUploadedFile("tab\there.png", picture(4))},
+                         HTTP_AUTHORIZATION=f"Token {key}")  # "tabhere.png"; "tab here.png" imported
+    assert tabbed.json()["original_name"] == "tab here.png" == services.stored_name("tab\there.png")
     client.force_login(user)
     for name, seed in ((persian, 1), ("C:\\Users\\Jane\\\u202egnp.exe.png", 2), ("../../&quot;x&quot;.png", 3)):
         client.post(reverse("pages:images-add"), {"files": SimpleUploadedFile(name, picture(seed))})
-    assert set(Image.objects.values_list("original_name", flat=True)) == {family, persian, "gnp.exe.png", '"x".png'}
+    assert set(Image.objects.values_list("original_name", flat=True)) == {family, persian, "gnp.exe.png", '"x".png',
+                                                                           "tab here.png"}

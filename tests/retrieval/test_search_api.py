@@ -131,6 +131,10 @@ def test_search_errors_are_4xx_with_a_message(client, user, gallery):
     assert refused.status_code == 400 and refused.json()["detail"] == (
         "This image could not be embedded (The stored file is missing.), so it has no vectors to search with; "
         "retry it once the cause is fixed.")
+    failed.file.storage.delete(failed.file.name)  # a retry would fail again at once (retry_failed leaves it)
+    refused = search(client, image_id=failed.pk)
+    assert refused.status_code == 400 and refused.json()["detail"].endswith(
+        "no vectors to search with; its stored file is missing: adding the same file again restores it.")
     assert search(client, image_id=gallery[0].pk, k=0).status_code == 400
     for blank in ("", "   ", "\ufeff", " \u200b "):  # invisible format characters searched, as if words
         assert search(client, text=blank).json() == {"text": ["The text is blank: type some words."]}

@@ -149,3 +149,15 @@ def test_a_refused_upload_names_its_file_and_the_picture_still_shown(client, use
     page = client.post(reverse("pages:home"), {"file": SimpleUploadedFile("coffee.jpg", truncated)}).content.decode()
     assert re.search(r"coffee\.jpg was not loaded: The image is damaged or truncated: [^<]*\. The picture below is "
                      r"still chelsea\.jpg, loaded before\.", page)
+
+
+@pytest.mark.django_db
+def test_an_upload_and_words_are_named_without_the_controls_that_reversed_the_page(client, user, media_root, settings):
+    """A U+202E in a loaded picture's name ("invoice\u202egpj.exe.png") or in the words read "Images similar
+    to invoicegnp.exe.jpg" and was in the file's Content-Disposition: a stored image's name never keeps it."""
+    settings.IMAGINAITION_MODEL_PROFILE = "offline"
+    staged = uploads.staged_add(data=jpeg("chelsea"), name="photos/invoice\u202egpj.exe\tjpg", session=SessionStore())
+    assert staged.name == "invoicegpj.exe jpg" == StagedUploadRecord.objects.get(token=staged.token).name
+    client.force_login(user)
+    page = client.get(reverse("pages:search"), {"text": "\u202ea red cat"}).content.decode()
+    assert "Images similar to “a red cat”" in page and "\u202e" not in page
