@@ -27,8 +27,8 @@ from gallery import events, selectors
 from gallery.errors import Refused
 from gallery.folders import FolderRefused, import_folder_check
 from gallery.models import ACTIVE_RESET_STATES, Image, Mask, ProcessingStatus, ResetJob
-from gallery.services import (User, folder_files, folder_import, images_process_here, images_schedule,
-                              names_shortened, subfolders_not_read)
+from gallery.services import (ImportReport, ImportStopped, User, folder_files, folder_import, images_process_here,
+                              images_schedule, names_shortened, subfolders_not_read)
 from gallery.storage import STORAGE_ERRORS, storage_write_check
 from gallery.storage_check import IMAGE_FOLDER, deleted_images_files_remove, storage_unreachable_message
 from gallery.thumbnails import thumbnail_names
@@ -219,6 +219,17 @@ def reset_run(*, job_id: int) -> ResetJob:
         return _run(job)
 
 
+def _imports_counted(job: ResetJob, report: ImportReport, *, resuming: bool) -> None:
+    """The job's imported, duplicate and rejected files, from the folder's import."""
+    job.imported, job.duplicates = len(report.added), len(report.duplicates)
+    if resuming:  # what the dead run had imported counts as imported, not as a duplicate
+        accepted = job.imported + job.duplicates
+        job.imported = min(Image.objects.count(), accepted)  # the gallery was emptied for this folder
+        job.duplicates = accepted - job.imported
+    job.rejected = [list(pair) for pair in report.rejected] + [
+        [name, "a sub-folder: not read (\"Include sub-folders\" was off)"] for name in report.folders_not_read]
+
+
 def _run(job: ResetJob) -> ResetJob:
     resuming = job.state == ResetJob.State.RUNNING
     if resuming:
@@ -262,15 +273,14 @@ def _run(job: ResetJob) -> ResetJob:
             if job.scanned % PROGRESS_EVERY == 0 or job.scanned == job.total_files:
                 save("scanned")
 
-        report = folder_import(root=folder, recursive=job.recursive, user=job.created_by,
-                               enqueue=False, progress=scanned)
-        job.imported, job.duplicates = len(report.added), len(report.duplicates)
-        if resuming:  # what the dead run had imported counts as imported, not as a duplicate
-            accepted = job.imported + job.duplicates
-            job.imported = min(Image.objects.count(), accepted)  # the gallery was emptied for this folder
-            job.duplicates = accepted - job.imported
-        job.rejected = [list(pair) for pair in report.rejected] + [
-            [name, "a sub-folder: not read (\"Include sub-folders\" was off)"] for name in report.folders_not_read]
+        try:
+            report = folder_import(root=folder, recursive=job.recursive, user=job.created_by,
+                                   enqueue=False, progress=scanned)
+        except ImportStopped as exc:  # the storage failed part-way (a full disk): what it did is said too
+            _imports_counted(job, exc.report, resuming=resuming)
+            save("scanned", "imported", "duplicates", "rejected")
+            raise
+        _imports_counted(job, report, resuming=resuming)
         job.phase = "computing embeddings and masks"
         _processing_counted(job)  # (some by a dead run, if resuming)
         save("scanned", "imported", "duplicates", "rejected", "embedded", "to_process")

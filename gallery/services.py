@@ -253,6 +253,14 @@ class ImportReport:
     folders_not_read: list[str] = field(default_factory=list)  # the root's sub-folders, when not recursive
 
 
+class ImportStopped(StorageFailed):
+    """The storage failed part-way through a folder: `report` holds what was done before it."""
+
+    def __init__(self, message: str, *, report: ImportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 def subfolders_not_read(root: Path, *, recursive: bool) -> list[str]:
     """The sub-folders of `root` (names, sorted) that an import without recursion leaves (none with it):
     said, never skipped in silence. Symbolic links are not among them: they are refused as such."""
@@ -340,8 +348,8 @@ def folder_import(*, root: Path, recursive: bool = False, user: User | None = No
             except ImageRejected as exc:
                 report.rejected.append((relative, exc.message))
             except StorageFailed as exc:  # the storage, not this file: every other would fail too
-                raise StorageFailed(f"{relative}: {exc.message} {len(report.added)} files were added before "
-                                    "it.") from exc
+                raise ImportStopped(f"{relative}: {exc.message} {len(report.added)} files were added before "
+                                    "it.", report=report) from exc
             else:
                 if result.created:
                     report.added.append(relative)

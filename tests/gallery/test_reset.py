@@ -278,6 +278,26 @@ def test_a_job_that_fails_after_importing_hands_the_imported_images_to_the_worke
 
 
 @pytest.mark.django_db
+def test_a_reset_stopped_by_a_full_disk_counts_what_it_imported_and_refused(staff_user, folder, media_root,
+                                                                            monkeypatch):
+    """Its error said "2 files were added before it" while its page said "Imported: 0", "Not imported: none"."""
+    real_add, tried = services.image_add, []
+
+    def add_until_the_disk_is_full(**kwargs):
+        tried.append(kwargs["original_name"])
+        if len(tried) == 3:
+            raise services.StorageFailed("Storing the file failed: No space left on device.")
+        return real_add(**kwargs)
+
+    monkeypatch.setattr(services, "image_add", add_until_the_disk_is_full)
+    job = reset_run(job_id=reset_start(folder=str(folder), recursive=False, user=staff_user).pk)
+    assert job.state == "failed" and "No space left on device. 2 files were added before it." in job.error
+    job.refresh_from_db()
+    assert (job.imported, job.duplicates, Image.objects.count()) == (2, 0, 2)
+    assert {name for name, _ in job.rejected} >= {"sub"}, job.rejected  # refused before the disk filled
+
+
+@pytest.mark.django_db
 def test_a_sub_folder_the_worker_cannot_read_is_listed_as_rejected_and_the_rest_imported(
         staff_user, folder, old_gallery, monkeypatch):
     """Its PermissionError came after the gallery was emptied: the reset failed with nothing imported."""
