@@ -7,6 +7,7 @@ belong to a row about to commit: it is never reported, nor deleted."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -90,6 +91,9 @@ STORAGE_RETRY_AFTER_SECONDS = 30  # a 503's Retry-After: an outage is not the re
 def storage_unreachable_message(exc: BaseException) -> str:
     """Why a request that needed a stored file could not be answered: the media storage failed (a
     stopped or hung endpoint, refused credentials, an unmounted folder), not the request."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # reached, and full
+        return (f"The media storage (where the gallery's files are kept) is full: {storage_failure_reason(exc)}. "
+                "Try again once an administrator has freed space on it.")
     return (f"The media storage (where the gallery's files are kept) could not be reached: "
             f"{storage_failure_reason(exc)}. Try again once it is reachable; an administrator checks "
             f"{storage_settings_named()}.")

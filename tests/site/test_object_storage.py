@@ -339,3 +339,17 @@ def test_a_storage_error_that_ends_in_a_full_stop_is_not_given_a_second():
                           "PutObject")
     message = storage_unreachable_message(refused)
     assert "does not exist in our records. Try again once it is reachable" in message and ".." not in message
+
+
+def test_a_full_storage_is_said_to_be_full_not_out_of_reach():
+    """A full disk read "could not be reached: No space left on device. Try again once it is reachable"."""
+    import errno
+    import os
+
+    from gallery.storage_check import storage_unreachable_message
+
+    full = storage_unreachable_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert full.startswith("The media storage (where the gallery's files are kept) is full: No space left on device")
+    assert "reachable" not in full and "freed space" in full
+    unmounted = storage_unreachable_message(OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    assert "could not be reached" in unmounted
