@@ -1,5 +1,7 @@
 """Work that a stopped worker cluster cut short (a reset, a batch of images), taken up as soon as a
-cluster of the main queue starts (`manage.py qcluster`: gallery/management/commands/qcluster.py).
+cluster of the main queue starts (`manage.py qcluster`: gallery/management/commands/qcluster.py), and
+every few minutes by a schedule (RESUME_SCHEDULE: what a process outside the workers cut short, an
+`import_folder --sync` killed with SIGKILL, whose images waited while their pages said "being processed").
 
 The ORM broker hands a task whose worker stopped or died out again only after its retry time
 (IMAGINAITION_TASK_RETRY, 12 min), and until then that work waits while its pages say "Running" or
@@ -42,3 +44,12 @@ def images_waiting_resume() -> list[int]:
     if uncovered:
         images_schedule(uncovered)
     return uncovered
+
+
+RESUME_SCHEDULE = "Take up work cut short"  # a django-q2 schedule (migration 0016)
+
+
+def work_cut_short_resume_scheduled() -> str:
+    """The schedule's task: what it took up, in the words of its task result."""
+    resumed = work_cut_short_resume()
+    return f"taken up again: {len(resumed.resets)} reset job(s), {len(resumed.images)} waiting image(s)"

@@ -55,3 +55,34 @@ def test_images_that_tasks_still_wait_for_are_not_queued_twice(media_root):
 
 def test_the_qcluster_command_is_the_one_that_takes_work_up_first():
     assert get_commands()["qcluster"] == "gallery"
+
+
+@pytest.mark.django_db(transaction=True)  # the scheduler closes the connection
+def test_images_a_killed_sync_import_left_waiting_are_queued_by_the_main_workers_within_minutes(media_root):
+    """`import_folder --sync` adds images without tasks and processes them itself: killed (SIGKILL), it left
+    them waiting, with no task, while their pages said "being processed", until a cluster started again."""
+    from importlib import import_module
+
+    from django.apps import apps
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+    from django_q.scheduler import scheduler
+    from django_q.signing import SignedPackage
+
+    ids = [make_image(color=(10 * i, 40, 90), name=f"cut{i}.png", status="pending").pk for i in range(2)]
+    assert not OrmQ.objects.exists()
+    # Made by a migration; a transactional test before this one may have emptied the table: made again.
+    import_module("gallery.migrations.0016_take_up_work_cut_short_every_5_minutes").schedule_resume(apps, None)
+    schedule = Schedule.objects.get(name="Take up work cut short")
+    assert (schedule.schedule_type, schedule.minutes, schedule.cluster) == (Schedule.MINUTES, 5, None)
+    Schedule.objects.filter(pk=schedule.pk).update(next_run=timezone.now() - timedelta(seconds=1))
+    Schedule.objects.exclude(pk=schedule.pk).update(next_run=timezone.now() + timedelta(hours=1))  # not theirs
+    scheduler()  # what the main cluster's guard runs every 30 s
+
+    queued = [SignedPackage.loads(task.payload) for task in OrmQ.objects.all()]
+    assert [task["func"] for task in queued] == [schedule.func]
+    OrmQ.objects.all().delete()
+    said = import_string(queued[0]["func"])(*queued[0]["args"], **queued[0]["kwargs"])  # as a worker runs it
+    assert said == "taken up again: 0 reset job(s), 2 waiting image(s)"
+    assert _queued_now() == sorted(f"process-{image_id}" for image_id in ids)
+    assert Schedule.objects.get(pk=schedule.pk).next_run > timezone.now() + timedelta(minutes=4)
