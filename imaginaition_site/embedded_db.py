@@ -351,6 +351,7 @@ def main(argv: list[str]) -> int:
                                  help="the process whose hold ends (default: the calling shell)")
     commands.add_parser("stop", help="stop it now, even while processes use it")
     commands.add_parser("status", help="whether it runs, and the processes that hold it")
+    commands.add_parser("pid", help="the server's process id (exit status 1, nothing written, when it is not running)")
     options = parser.parse_args(argv[1:])
     if options.command == "start":
         # Hand this process's hold to the holder (e.g. `make run`'s script), so the server lives until
@@ -386,6 +387,10 @@ def main(argv: list[str]) -> int:
         print("embedded postgres stopped" if stop() else "embedded postgres was not running")
         return 0
     pid = server_pid()
+    if options.command == "pid":  # make run watches it: the server is no child of its script
+        if pid is not None:
+            print(pid)
+        return 0 if pid is not None else 1
     holders = _live_holders()
     print(f"embedded postgres: {'running, pid ' + str(pid) if pid else 'stopped'}; holders {holders}")
     return 0

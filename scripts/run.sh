@@ -44,6 +44,14 @@ $PY manage.py ensure_admin
 # one SIGTERM, once. A cluster that got the terminal's SIGINT and then our SIGTERM ran its stop twice,
 # nested, and hung in it.
 declare -A roles
+if [ -z "${DATABASE_URL:-}" ]; then
+    # The embedded server is no child of this script (a daemon of its own): a watcher ends when it does
+    # (killed, out of memory), and make run stops the rest and fails, as when any other process ends; with
+    # nothing watching, pages answered 503 "try again in a moment" for as long as make run ran.
+    db_pid=$($PY -m imaginaition_site.embedded_db pid)
+    ( while kill -0 "$db_pid" 2>/dev/null; do sleep 2; done ) &
+    pids+=($!); roles[$!]="the embedded database (postgres, pid $db_pid)"
+fi
 setsid $PY manage.py qcluster &
 pids+=($!); roles[$!]="the workers (qcluster)"
 # The interactive worker: an upload's labels and masks, while its page waits (never behind an import).

@@ -56,10 +56,12 @@ def test_the_command_line_starts_for_a_holder_reports_and_stops(tmp_path):
         assert started.returncode == 0 and f"held by process {holder.pid}" in started.stdout, started.stderr
         status = run("status")
         assert "running, pid" in status.stdout and f"holders [{holder.pid}]" in status.stdout
+        assert f"running, pid {run('pid').stdout.strip()};" in status.stdout  # what make run watches
         stopped = run("stop")
         assert "embedded postgres stopped" in stopped.stdout
         assert f"processes [{holder.pid}] were using it" in stopped.stderr  # said, not silent
         assert "stopped; holders" in run("status").stdout
+        assert (run("pid").returncode, run("pid").stdout) == (1, "")
     finally:
         holder.kill()
         run("stop")

@@ -2,8 +2,11 @@
 says whether the service stopped because it was asked to."""
 
 import os
+import signal
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -64,3 +67,38 @@ def test_a_setup_step_that_fails_ends_make_run_without_a_stop_of_workers_it_neve
     done = subprocess.run(["bash", f"{REPO}/scripts/run.sh"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "connection" in done.stderr.lower(), done.stderr[-2000:]
     assert "stopping (workers" not in done.stdout + done.stderr and "is running on" not in done.stdout
+
+
+def test_make_run_ends_with_an_error_status_when_its_embedded_database_dies(tmp_path):
+    """The server killed (kill -9, the out-of-memory killer) left make run running: every page answered 503
+    "try again in a moment" for as long as it ran, and a service manager's restart-on-failure never acted."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    env = {**{name: value for name, value in os.environ.items()
+              if name not in ("DATABASE_URL", "IMAGINAITION_DATABASE_NAME")},  # its server's own database
+           "IMAGINAITION_PORT": str(free), "IMAGINAITION_VAR_DIR": str(tmp_path / "var"),
+           "IMAGINAITION_PGDATA": str(tmp_path / "pgdata"),  # a server of its own, not the tests'
+           "IMAGINAITION_ADMIN_PASSWORD": "Run-script-test-2026", "IMAGINAITION_STOP_TIMEOUT": "5"}
+    log = tmp_path / "run.log"
+    with log.open("w") as output:
+        run = subprocess.Popen(["bash", f"{REPO}/scripts/run.sh"], env=env, stdout=output, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "is running on" not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        postmaster = int((tmp_path / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        status = run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", "stop"], env=env, cwd=REPO,
+                       capture_output=True, timeout=120)
+    said = log.read_text()
+    assert status != 0, said[-3000:]
+    assert f">> the embedded database (postgres, pid {postmaster}) ended (status 0): stopping the others" in said
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not left, said[-3000:]  # workers and web server stopped with it
