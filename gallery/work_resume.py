@@ -1,7 +1,8 @@
 """Work that a stopped worker cluster cut short (a reset, a batch of images), taken up as soon as a
 cluster of the main queue starts (`manage.py qcluster`: gallery/management/commands/qcluster.py), and
-every few minutes by a schedule (RESUME_SCHEDULE: what a process outside the workers cut short, an
-`import_folder --sync` killed with SIGKILL, whose images waited while their pages said "being processed").
+every 5 minutes by a schedule ("Take up work cut short", migration 0016): what a process outside the
+workers cut short too, an `import_folder --sync` killed with SIGKILL, whose images waited while their
+pages said "being processed".
 
 The ORM broker hands a task whose worker stopped or died out again only after its retry time
 (IMAGINAITION_TASK_RETRY, 12 min), and until then that work waits while its pages say "Running" or
@@ -44,9 +45,6 @@ def images_waiting_resume() -> list[int]:
     if uncovered:
         images_schedule(uncovered)
     return uncovered
-
-
-RESUME_SCHEDULE = "Take up work cut short"  # a django-q2 schedule (migration 0016)
 
 
 def work_cut_short_resume_scheduled() -> str:

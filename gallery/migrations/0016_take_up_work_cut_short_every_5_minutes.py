@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.db import migrations
 from django.utils import timezone
 
-SCHEDULE_NAME = "Take up work cut short"  # gallery.work_resume.RESUME_SCHEDULE
+SCHEDULE_NAME = "Take up work cut short"  # runs gallery.work_resume.work_cut_short_resume_scheduled
 
 
 def schedule_resume(apps, schema_editor):
