@@ -69,6 +69,21 @@ def test_a_setup_step_that_fails_ends_make_run_without_a_stop_of_workers_it_neve
     assert "stopping (workers" not in done.stdout + done.stderr and "is running on" not in done.stdout
 
 
+def processes_started_with(var_dir: str) -> list[int]:
+    """Every process make run started with this IMAGINAITION_VAR_DIR: its workers and web server each run in a
+    session of their own (setsid), out of reach of a signal to make run's process group."""
+    mark = b"\0" + f"IMAGINAITION_VAR_DIR={var_dir}".encode() + b"\0"
+    found = []
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if mark in b"\0" + environ.read() + b"\0":
+                    found.append(pid)
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
 def test_make_run_ends_with_an_error_status_when_its_embedded_database_dies(tmp_path):
     """The server killed (kill -9, the out-of-memory killer) left make run running: every page answered 503
     "try again in a moment" for as long as it ran, and a service manager's restart-on-failure never acted."""
@@ -93,12 +108,17 @@ def test_make_run_ends_with_an_error_status_when_its_embedded_database_dies(tmp_
         os.kill(postmaster, signal.SIGKILL)
         status = run.wait(timeout=120)
     finally:
+        left = processes_started_with(env["IMAGINAITION_VAR_DIR"])  # before the test's own clean-up below
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
         subprocess.run([sys.executable, "-m", "imaginaition_site.embedded_db", "stop"], env=env, cwd=REPO,
                        capture_output=True, timeout=120)
+        for pid in processes_started_with(env["IMAGINAITION_VAR_DIR"]):  # none, unless make run failed to stop them
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
     said = log.read_text()
     assert status != 0, said[-3000:]
     assert f">> the embedded database (postgres, pid {postmaster}) ended (status 0): stopping the others" in said
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert not left, said[-3000:]  # workers and web server stopped with it
