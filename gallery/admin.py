@@ -13,6 +13,7 @@ from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.options import IS_FACETS_VAR, ShowFacets
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import CASCADE, Exists, Model, OuterRef, Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
@@ -313,15 +314,41 @@ admin.site.unregister(Schedule)
 django_q.admin.resubmit_task.allowed_permissions = ("change", "delete")
 
 
-class UserAdminHidingApiKeys(type(admin.site._registry[get_user_model()])):  # type: ignore[misc]
-    """Users as Django's admin has them, but a deletion's summary names an account's API key as that, not as
-    the key itself ("Token: 5289db…"): staff who may only delete users read every key there, a superuser's
-    included, before deleting anything. The summary also says that the account's images stay."""
+# Who may do what is a superuser's to say: with Django's user admin, staff holding "Can change user" set
+# the admin's password and signed in as the admin, or ticked "superuser status" on their own account.
+PERMISSION_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+
+def manages_account(request: HttpRequest, account: Any) -> bool:
+    """Staff who are not superusers manage ordinary accounts only: a staff or superuser account (their own
+    included) has powers that setting its password, or deleting it, would take over or take away."""
+    return bool(request.user.is_superuser or not (account.is_staff or account.is_superuser))
+
+
+class AccountsAdmin(type(admin.site._registry[get_user_model()])):  # type: ignore[misc]
+    """Users as Django's admin has them, but a staff member who is not a superuser changes, or deletes, only
+    ordinary accounts, and never what anyone may do (PERMISSION_FIELDS stay as they are: read only).
+
+    And a deletion's summary names an account's API key as that, not as the key itself ("Token: 5289db…"):
+    staff who may only delete users read every key there, a superuser's included, before deleting anything.
+    The summary also says that the account's images stay."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else (*fields, *PERMISSION_FIELDS)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:  # its password page too
+        return super().has_change_permission(request, obj) and (obj is None or manages_account(request, obj))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and (obj is None or manages_account(request, obj))
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str],
                                                                              list[Any]]:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         users = list(objs)
+        if beyond := [str(user) for user in users if not manages_account(request, user)]:  # the bulk action
+            perms_needed.add(f"staff and superuser accounts ({', '.join(beyond)}: a superuser's to delete)")
         keys = list(Token.objects.filter(user__in=users).values_list("key", flat=True))
         if not request.POST.get("post"):  # the confirmation page, not the deletion itself
             if kept := Image.objects.filter(added_by__in=users).count():
@@ -350,7 +377,25 @@ def without_api_keys(summary: list[Any], keys: list[str]) -> list[Any]:
 
 
 admin.site.unregister(get_user_model())
-admin.site.register(get_user_model(), UserAdminHidingApiKeys)
+admin.site.register(get_user_model(), AccountsAdmin)
+
+
+class GroupsAdmin(type(admin.site._registry[Group])):  # type: ignore[misc]
+    """A group's permissions are given to its members: staff who could edit a group of their own gave
+    themselves any permission. Others may still view them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, GroupsAdmin)
 
 
 # A token acts as its user, a superuser's included: with DRF's admin, staff holding only "Can view Token"

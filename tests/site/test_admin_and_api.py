@@ -2,7 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
@@ -74,7 +74,7 @@ def test_admin_offers_no_task_schedules_and_no_save_for_vectors(client, staff_us
 
 def test_resubmitting_tasks_needs_more_than_the_permission_to_view_them(client, staff_user, django_user_model):
     """A staff member who could only view the task lists re-ran every task, doubling the queue each time."""
-    from django.contrib.auth.models import Permission
+    from django.contrib.auth.models import Group, Permission
     from django.utils import timezone
     from django_q.models import OrmQ, Success
 
@@ -257,7 +257,7 @@ def test_an_image_file_is_served_as_its_decoded_format_whatever_its_name(client,
 
 def test_only_the_uploader_or_a_user_allowed_to_delete_images_deletes_one_through_the_api(
         client, user, django_user_model, media_root):
-    from django.contrib.auth.models import Permission
+    from django.contrib.auth.models import Group, Permission
 
     client.force_login(user)
     mine = client.post(reverse("api-images"), {"file": SimpleUploadedFile("a.png", _png_with_a_script_in_a_text_chunk())})
@@ -620,25 +620,73 @@ def test_only_superusers_see_or_make_api_tokens_in_admin(client, django_user_mod
 def test_deleting_a_user_in_admin_shows_no_api_key_and_says_their_images_stay(client, django_user_model,
                                                                                media_root):
     """Staff who may only delete users read every account's key on the confirmation page ("Token: 5289db…")."""
-    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    bob = django_user_model.objects.create_user("bob", password="B0b-pass-long!")
     alice = django_user_model.objects.create_user("alice", password="Al1ce-pass-long!")
-    keys = [Token.objects.create(user=boss).key, Token.objects.create(user=alice).key]
+    keys = [Token.objects.create(user=bob).key, Token.objects.create(user=alice).key]
     Image.objects.filter(pk=make_image(name="hers.png").pk).update(added_by=alice)
     remover = django_user_model.objects.create_user("remover", password="R3mover-pass!", is_staff=True)
     remover.user_permissions.add(*Permission.objects.filter(codename__in=("delete_user", "view_user")))
     client.force_login(remover)
-    for user in (boss, alice):
+    for user in (bob, alice):
         page = client.get(reverse("admin:auth_user_delete", args=[user.pk])).content.decode()
         assert "Token: (the account&#x27;s API key)" in page and not any(key in page for key in keys), user
     page = client.get(reverse("admin:auth_user_delete", args=[alice.pk])).content.decode()
     assert "The 1 image added by this account stays in the gallery" in page
     assert f'href="/admin/gallery/image/?added_by__id__in={alice.pk}"' in page
     action = client.post(reverse("admin:auth_user_changelist"), {"action": "delete_selected",
-                                                                  "_selected_action": [boss.pk, alice.pk]})
+                                                                  "_selected_action": [bob.pk, alice.pk]})
     assert action.status_code == 200 and not any(key in action.content.decode() for key in keys)
     assert "The 1 image added by these accounts stays in the gallery" in action.content.decode()  # several at once
     assert client.post(reverse("admin:auth_user_delete", args=[alice.pk]), {"post": "yes"}).status_code == 302
     assert not django_user_model.objects.filter(pk=alice.pk).exists() and not Token.objects.filter(key=keys[1])
+
+
+def test_staff_who_may_change_users_manage_ordinary_accounts_only_and_never_permissions(client, django_user_model):
+    """Staff holding "Can change user" set the admin's password and signed in as the admin, ticked superuser
+    status on their own account, deleted superusers and gave themselves any permission through a group."""
+    boss = django_user_model.objects.create_superuser("boss", password="B0ss-pass-long!")
+    alice = django_user_model.objects.create_user("alice", password="Al1ce-pass-long!")
+    keeper = django_user_model.objects.create_user("keeper", password="K33per-pass!", is_staff=True)
+    keeper.user_permissions.add(*Permission.objects.filter(content_type__app_label="auth").exclude(
+        codename__endswith="_permission"))
+    group = Group.objects.create(name="clerks")
+    keeper.groups.add(group)
+    client.force_login(keeper)
+    new_password = {"password1": "Hijacked-2026-xyz", "password2": "Hijacked-2026-xyz", "usable_password": "true"}
+    for account in (boss, keeper):
+        assert client.get(reverse("admin:auth_user_password_change", args=[account.pk])).status_code == 403
+        assert client.post(reverse("admin:auth_user_password_change", args=[account.pk]),
+                           new_password).status_code == 403
+        assert client.post(reverse("admin:auth_user_change", args=[account.pk]), {
+            "username": account.username, "is_active": "on", "is_staff": "on", "is_superuser": "on",
+            "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"}).status_code == 403
+        assert client.post(reverse("admin:auth_user_delete", args=[account.pk]), {"post": "yes"}).status_code == 403
+    bulk = client.post(reverse("admin:auth_user_changelist"), {"action": "delete_selected", "post": "yes",
+                                                                "_selected_action": [boss.pk, alice.pk]})
+    assert bulk.status_code == 403 and django_user_model.objects.filter(pk__in=[boss.pk, alice.pk]).count() == 2
+    everything = list(Permission.objects.values_list("pk", flat=True))
+    changed = client.post(reverse("admin:auth_user_change", args=[alice.pk]), {
+        "username": "alice", "email": "alice@example.org", "is_active": "on", "is_staff": "on",
+        "is_superuser": "on", "user_permissions": everything, "groups": [group.pk],
+        "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
+    assert changed.status_code == 302
+    alice.refresh_from_db()
+    assert alice.email == "alice@example.org"  # an ordinary account's details are theirs to change
+    assert not (alice.is_staff or alice.is_superuser or alice.user_permissions.exists() or alice.groups.exists())
+    assert client.post(reverse("admin:auth_user_password_change", args=[alice.pk]), new_password).status_code == 302
+    assert client.post(reverse("admin:auth_group_change", args=[group.pk]),
+                       {"name": "clerks", "permissions": everything}).status_code == 403
+    assert not group.permissions.exists()
+    keeper.refresh_from_db()
+    boss.refresh_from_db()
+    assert not keeper.is_superuser and boss.check_password("B0ss-pass-long!")
+    client.force_login(boss)  # a superuser still does all of it
+    assert client.post(reverse("admin:auth_user_change", args=[alice.pk]), {
+        "username": "alice", "is_active": "on", "is_staff": "on", "user_permissions": everything[:1],
+        "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"}).status_code == 302
+    alice.refresh_from_db()
+    assert alice.is_staff and alice.user_permissions.count() == 1
+    assert client.post(reverse("admin:auth_user_delete", args=[keeper.pk]), {"post": "yes"}).status_code == 302
 
 
 def test_a_refusal_is_logged_on_one_line_and_a_server_error_with_its_traceback(client, django_user_model, caplog,
