@@ -382,7 +382,8 @@ def test_the_file_links_the_api_hands_out_open_with_the_api_token(client, user, 
         assert client.get(url).status_code == 404, url  # nothing without credentials: the gallery is private
         response = client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
         assert response.status_code == 200 and response["Content-Type"].startswith("image/"), url
-        assert client.get(url, HTTP_AUTHORIZATION="Token not-a-token").status_code == 401, url
+        wrong = client.get(url, HTTP_AUTHORIZATION="Token not-a-token")
+        assert wrong.status_code == 401 and wrong["WWW-Authenticate"] == "Token", url  # as the API says it
     # As on the API, a token wins over a session: a wrong one beside a session cookie was served (200).
     client.force_login(user)
     for url in urls:
