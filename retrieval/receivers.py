@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from django.contrib import messages
 from django.contrib.auth.signals import user_logged_in
+from django.db import transaction
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
@@ -26,9 +27,13 @@ def enqueue_processing(sender: object, image_ids: Sequence[int], **kwargs: objec
 
 
 def forget_deleted_images(sender: object, image_ids: Sequence[int], **kwargs: object) -> None:
-    """Tombstones (same transaction as the delete) tell every process; this one forgets at once."""
+    """Tombstones (same transaction as the delete) tell every process; this one forgets once the delete is
+    committed: before, its other threads saw an index without rows the database still had ("count mismatch"
+    on the status of a service deleting images), and a delete rolled back would have lost them until a rebuild.
+    A search in between drops the deleted ids, as it does those that other processes have yet to forget."""
     DeletedImage.objects.bulk_create([DeletedImage(image_id=image_id) for image_id in image_ids])
-    manager.forget_images(set(image_ids))
+    forgotten = set(image_ids)
+    transaction.on_commit(lambda: manager.forget_images(forgotten))
 
 
 def drop_indexes_and_staged_uploads(sender: object, **kwargs: object) -> None:
