@@ -104,8 +104,10 @@ def label_counts() -> list[tuple[str, int]]:
 def labels_changed() -> None:
     """Images (and so masks) were deleted: every process counts the labels again on its next page."""
     shared = caches[settings.SHARED_CACHE]
-    shared.add(_LABELS_VERSION, 0, timeout=None)
-    shared.incr(_LABELS_VERSION)
+    try:
+        shared.incr(_LABELS_VERSION)
+    except ValueError:  # the first change: no version yet (add() before each incr() was a failed INSERT each time
+        shared.add(_LABELS_VERSION, 1, timeout=None)  # once there, an ERROR line in the database's log per delete)
 
 
 def images_pending_ids() -> list[int]:

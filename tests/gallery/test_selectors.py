@@ -71,3 +71,29 @@ def test_the_queue_counts_each_waiting_image_once(media_root):
     done.masks_status = ProcessingStatus.READY
     done.save(update_fields=["masks_status"])
     assert selectors.images_pending_count() == 2
+
+
+def test_each_deletion_renews_the_label_counts_without_a_statement_the_database_refuses(labelled, settings):
+    """Every delete wrote "ERROR: duplicate key value violates unique constraint" to PostgreSQL's log: the
+    shared cache's add() of a version already there is an INSERT that fails."""
+    from django.core.cache import caches
+    from django.db import connection
+
+    refused: list[str] = []
+
+    def watch(execute, sql, params, many, context):
+        try:
+            return execute(sql, params, many, context)
+        except Exception:
+            refused.append(sql)
+            raise
+
+    assert dict(selectors.label_counts()) == {"cat": 2, "dog": 1}
+    versions = []
+    with connection.execute_wrapper(watch):
+        for image in (labelled["cat"], labelled["both"]):
+            image.delete()
+            selectors.labels_changed()
+            versions.append(caches[settings.SHARED_CACHE].get(selectors._LABELS_VERSION))
+            assert dict(selectors.label_counts()) == ({"cat": 1, "dog": 1} if len(versions) == 1 else {})
+    assert refused == [] and versions[0] != versions[1]
