@@ -112,6 +112,19 @@ def integrity_heal(report: IntegrityReport) -> list[str]:
     return healed
 
 
+def indexes_rebuild_in_use() -> list[str]:
+    """Every index of the models in use that has vectors, built again from the database: after a reset, whose
+    first batch built each index (its file held that batch's vectors only, 16 of 146) and whose later batches
+    were caught up in memory, so each process starting later read nearly every vector again, and an exact
+    index built small stayed exact past IMAGINAITION_FLAT_INDEX_MAX."""
+    rebuilt = []
+    for owner, space, key in indexes_in_use():
+        if count_vectors(model_key=key, space=space, owner=owner):
+            index_rebuild(space=space, model_key=key, dim=model_dim(key), owner=owner)
+            rebuilt.append(index_name(owner, space, key))
+    return rebuilt
+
+
 def missing_indexes_build() -> list[str]:
     """Build the indexes (image and region vectors, models in use) that have vectors but no index
     yet. One process at a time: another worker finishing a batch at the same moment skips it."""

@@ -16,10 +16,10 @@ from retrieval import pipeline, uploads
 from retrieval.encoders.registry import MODELS
 from retrieval.index_snapshots import manager
 from retrieval.indexes import index_drop_all
+from retrieval.integrity import indexes_rebuild_in_use
 from retrieval.models import DeletedImage, Embedding, RegionEmbedding
 from retrieval.pgvector_store import hnsw_indexes_for_registry
 from retrieval.preferences import preferences_keep_from_session
-from retrieval.tasks import rebuild_indexes
 
 
 def enqueue_processing(sender: object, image_ids: Sequence[int], **kwargs: object) -> None:
@@ -47,7 +47,7 @@ def process_here(sender: object, progress: Progress | None = None, batch_size: i
 
 
 def rebuild_after_reload(sender: object, **kwargs: object) -> None:
-    rebuild_indexes()
+    indexes_rebuild_in_use()
 
 
 def count_vectors(sender: object, **kwargs: object) -> list[tuple[int, str]]:

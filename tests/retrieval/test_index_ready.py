@@ -186,3 +186,24 @@ def test_images_deleted_while_the_status_looks_are_no_count_mismatch(offline, se
     assert report.state == "ok" and {(h.database_count, h.index_count) for h in report.indexes
                                      if h.owner == "image"} == {(1, 1)}
     assert Image.objects.filter(pk=kept.pk).exists()
+
+
+def test_the_end_of_a_reset_builds_every_index_again_with_all_its_vectors(offline, settings):
+    """A reset said "the indexes built", but their files held only its first batch (16 of 38 vectors): later
+    batches were caught up in memory only, and every process started afterwards read them all again."""
+    from gallery import events
+    from gallery.models import Image
+
+    _embedded_image(offline, seed=1)
+    integrity_heal(integrity_check(check_files=False))  # the first batch's index
+    _embedded_image(offline, seed=2)
+    _embedded_image(offline, seed=3)
+    assert integrity_check(check_files=False).state == "ok"  # caught up in memory: nothing to heal
+    assert set(IndexState.objects.filter(owner="image").values_list("vector_count", flat=True)) == {1}
+
+    events.gallery_reloaded.send(sender=Image)  # the reset's end
+
+    states = IndexState.objects.filter(owner="image")
+    assert {(state.vector_count, state.version) for state in states} == {(3, 2)}
+    assert not IndexState.objects.filter(owner="region").exclude(file_name="").exists()  # no region vectors
+    assert integrity_check(check_files=False).state == "ok"
