@@ -21,6 +21,7 @@ from django.core.cache import caches
 from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
+from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from gallery import events, selectors
@@ -135,8 +136,9 @@ def _run_lock() -> Iterator[bool]:
 def reset_resume_cut_short() -> list[int]:
     """Hand the active reset to the workers again now if nobody runs it (its worker stopped or died):
     the queue would hand its task out again only after the retry time (IMAGINAITION_TASK_RETRY, 12
-    min), its page saying "Running" meanwhile. Asked when a worker cluster starts. A copy that finds
-    the run alive or ended returns (reset_run), so a job whose task still waits is safe to hand out."""
+    min), its page saying "Running" meanwhile. Asked when a worker cluster starts, and every 5 minutes. A
+    job whose task waits in the queue untaken is left to it; a copy that finds the run alive or ended
+    returns (reset_run), so handing out one too many is harmless."""
     with transaction.atomic():
         active = list(ResetJob.objects.select_for_update().filter(state__in=ACTIVE_RESET_STATES))
         if not active:
@@ -144,11 +146,21 @@ def reset_resume_cut_short() -> list[int]:
         with _run_lock() as nobody_runs_it:
             if not nobody_runs_it:
                 return []
+        waiting = _tasks_waiting_in_queue()
+        # A job whose task no worker has taken yet is not cut short: it waits its turn (the 5-minute schedule
+        # handed each such job a second task and logged that its worker had stopped).
+        active = [job for job in active if f"reset-{job.pk}" not in waiting]
         for job in active:
             logger.warning("reset job %s: handed to the workers again (%s when its worker stopped)",
                            job.pk, job.phase or job.state)
             transaction.on_commit(partial(_enqueue, job.pk))
     return [job.pk for job in active]
+
+
+def _tasks_waiting_in_queue() -> set[str]:
+    """The names of the main queue's tasks no worker has taken (a taken one is locked until its retry time)."""
+    waiting = OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now())
+    return {str(entry.name()) for entry in waiting}
 
 
 def reset_resume_if_abandoned(job: ResetJob) -> bool:

@@ -587,6 +587,19 @@ def test_a_starting_cluster_hands_out_again_at_once_a_reset_whose_worker_stopped
     assert work_cut_short_resume().resets == []  # ended: nothing more to hand out
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_reset_whose_task_still_waits_in_the_queue_is_not_handed_out_again(staff_user, folder, media_root, caplog):
+    """The 5-minute schedule found a job queued behind 115 image tasks, nobody running it: it logged "handed to
+    the workers again (queued when its worker stopped)" of a worker that had never taken it, and queued a copy."""
+    from gallery.work_resume import work_cut_short_resume
+
+    job = reset_start(folder=str(folder), recursive=True, user=staff_user)
+    assert _queued_now() == [f"reset-{job.pk}"]
+    with caplog.at_level("WARNING", logger="gallery.reset"):
+        assert work_cut_short_resume().resets == []
+    assert _queued_now() == [f"reset-{job.pk}"] and "handed to the workers again" not in caplog.text
+
+
 @pytest.mark.django_db
 def test_the_confirmation_says_when_a_reset_is_in_progress(client, staff_user, folder):
     client.force_login(staff_user)
