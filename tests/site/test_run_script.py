@@ -45,6 +45,17 @@ def test_make_run_refuses_its_wrong_settings_before_it_starts_anything(name, val
     assert ">> " not in done.stdout and not (tmp_path / "var").exists()  # nothing installed, started or made
 
 
+@pytest.mark.parametrize(("name", "value"), [("IMAGINAITION_BATCH_SIZE", "abc"), ("IMAGINAITION_WORKERS", "0")])
+def test_make_run_says_a_wrong_setting_of_the_service_once_before_its_database_starts(name, value, tmp_path):
+    """It was said by fetch_weights, then ">> fetch_weights failed; going on …", then again by migrate, after the
+    embedded database had been started."""
+    env = {**{key: val for key, val in os.environ.items() if key not in ("DATABASE_URL", "IMAGINAITION_DATABASE_NAME")},
+           name: value, "IMAGINAITION_VAR_DIR": str(tmp_path / "var"), "IMAGINAITION_PGDATA": str(tmp_path / "pgdata")}
+    done = subprocess.run(["bash", f"{REPO}/scripts/run.sh"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.count(f"Error: {name} must be") == 1, done.stderr[-2000:]
+    assert "going on" not in done.stdout + done.stderr and not (tmp_path / "pgdata").exists()
+
+
 def test_make_run_refuses_a_port_something_else_answers_on(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
