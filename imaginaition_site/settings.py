@@ -24,11 +24,15 @@ def _secret_key() -> str:
         return key
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
         try:  # created with its final mode (never readable by others, even for a moment), by one process only
+            VAR_DIR.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process of the first start made it just now
             pass
+        except OSError as exc:  # a folder that cannot be made or written (a 40-line traceback said so)
+            raise ImproperlyConfigured(f"IMAGINAITION_VAR_DIR ({VAR_DIR}): cannot keep the secret key there "
+                                       f"({exc.strerror}); point it at a folder this user can write, or set "
+                                       "DJANGO_SECRET_KEY") from None
         else:
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_urlsafe(50))

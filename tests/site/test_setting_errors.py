@@ -41,14 +41,19 @@ from tests.conftest import REPO
     # FileExistsError from making the secret key's folder, the variable not named
     ("IMAGINAITION_VAR_DIR", str(REPO / "README.md"), "check",
      f"Error: IMAGINAITION_VAR_DIR must be a folder (made when missing), not the file {REPO / 'README.md'}"),
+    # FileNotFoundError's 40-line traceback from making the secret key's folder
+    ("IMAGINAITION_VAR_DIR", "/proc/no-such-folder", "check",
+     "Error: IMAGINAITION_VAR_DIR (/proc/no-such-folder): cannot keep the secret key there (No such file or "
+     "directory); point it at a folder this user can write, or set DJANGO_SECRET_KEY"),
     # fetch_weights (the one-off step's) ended in a ValueError's traceback
     ("IMAGINAITION_MODEL_PROFILE", "fancy", "fetch_weights",
      "CommandError: IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'"),
 ], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "time-zone", "ann-index",
         "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable",
-        "var-dir-a-file", "profile-fetch-weights"])
+        "var-dir-a-file", "var-dir-unmakeable", "profile-fetch-weights"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
-    env = {**os.environ, setting: value, "HF_HUB_OFFLINE": "1"}
+    env = {**{name: text for name, text in os.environ.items() if name != "DJANGO_SECRET_KEY"},  # kept in var/
+           setting: value, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "manage.py", command], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode != 0
