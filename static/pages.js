@@ -444,6 +444,11 @@ if (pending) {
     reload.type = "button"; reload.className = "secondary"; reload.textContent = "Reload the page";
     reload.addEventListener("click", () => reloadNow(news));
     notice.replaceChildren(`${news} `, reload);
+    // Kept in view wherever the user is (it sat above the picture, out of sight of a focus below it), and the
+    // words a waiting control is described by ("updates by itself") say the news too.
+    notice.classList.add("offered");
+    pending.removeAttribute("aria-live");  // the notice says it (role=status): not read twice
+    pending.querySelector("[data-poll-hint]")?.replaceChildren(`${news} Reload the page to see it.`);
   };
   // Leaving the page (a form sent, a link followed): a reload now would cancel that navigation and land the
   // user back here, so it stops asking; only a page the browser brings back from its cache asks again.
@@ -476,7 +481,8 @@ if (pending) {
         const failed = "state" in body ? body.state === "failed" : [body.status, body.masks_status].includes("failed");
         const embed = pending.querySelector("[data-status]");
         if (done || (embed && body.status !== embed.dataset.status)) {
-          update(failed ? "Processing failed; the page says why." : "Processing has finished.");
+          update(failed ? "Processing failed; the page says why." : done ? "Processing has finished."
+            : "The search vectors are ready; the labels and masks are still being made.");
           return;
         }
       }

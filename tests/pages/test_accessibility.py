@@ -189,6 +189,30 @@ def test_an_image_processed_meanwhile_reloads_to_its_status_and_says_so_or_offer
     assert page.evaluate("() => window.samePage") is None
     assert page.evaluate("() => document.activeElement.id") == "image-status"
 
+    # The focus below the picture ("Search similar from here", waiting): the offer sat above the picture, out of
+    # view, and the button's description still said "this page updates by itself"; the vectors ready before the
+    # masks were announced as "Processing has finished."
+    page.set_viewport_size({"width": 360, "height": 640})
+    last = make_image(name="slowest.png", color=(3, 2, 1), size=(800, 1200), status="pending")
+    page.goto(live_server.url + reverse("pages:image", args=[last.pk]))
+    page.get_by_role("button", name="Search similar from here").focus()
+    page.evaluate("() => { window.samePage = true; window.scrollTo(0, document.body.scrollHeight); }")
+    Image.objects.filter(pk=last.pk).update(status="ready")  # its masks still pending
+    notice = page.get_by_role("status").filter(has_text="The search vectors are ready; the labels and masks are "
+                                                       "still being made.")
+    notice.wait_for()
+    assert page.evaluate("() => window.samePage") is True
+    in_view = notice.evaluate("(e) => { const box = e.getBoundingClientRect(); "
+                              "return box.top >= 0 && box.bottom <= innerHeight && box.right <= innerWidth; }")
+    assert in_view, notice.bounding_box()
+    described_by = page.evaluate("() => document.getElementById(document.activeElement"
+                                 ".getAttribute('aria-describedby')).innerText")
+    assert "Reload the page to see it." in described_by and "updates by itself" not in described_by
+    notice.get_by_role("button", name="Reload the page").click()
+    page.locator('[data-status="ready"]').wait_for()
+    assert page.evaluate("() => window.samePage") is None
+    assert page.evaluate("() => document.activeElement.id") == "image-status"
+
 
 @in_browser
 def test_a_loaded_picture_takes_the_focus_and_its_labels_take_it_when_found(live_server, user, browser,
