@@ -302,9 +302,15 @@ def test_adding_several_files_from_the_gallery_lists_what_became_of_each(live_se
 
     chosen = [photos["chelsea"], str(notes), photos["coffee"], photos["chelsea"]]
     page.get_by_label("Choose image files (as many as you like), or drop them here").set_input_files(chosen)
+    page.evaluate("""() => { const status = document.querySelector('[data-add-progress]'); window.said = [];
+        new MutationObserver(() => said.push(status.textContent))
+          .observe(status, {subtree: true, childList: true, characterData: true}); }""")
     page.get_by_role("button", name="Add to the gallery").focus()
     page.keyboard.press("Enter")  # by keyboard: the focus goes to the progress it reads next, not to nowhere
     page.wait_for_selector("text=Done: 2 added, 1 already there, 1 refused.")
+    # How much of each file has gone, while it goes (the bar counted files only: empty for a minute on a phone).
+    said = page.evaluate("() => said.map((text) => text.trim())")
+    assert "Adding 1 of 4: chelsea.jpg (sent; the server is storing it)" in said, said
     assert page.evaluate("document.activeElement.matches('[data-add-progress]')")
     lines = page.eval_on_selector_all("[data-add-results] li", "items => items.map(i => i.textContent)")
     assert lines[0] == "chelsea.jpg: added; it is being processed."
