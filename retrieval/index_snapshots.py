@@ -462,8 +462,8 @@ class IndexManager:
                                                owner=snapshot.owner):
                 added = snapshot.add(ids, vectors)
                 if added:
-                    logger.info("%sindex %s/%s: added %d new vectors", "region " if snapshot.owner == "region" else "",
-                                snapshot.space, snapshot.model_key, added)
+                    logger.info("%sindex %s/%s: added %d new vector%s", "region " if snapshot.owner == "region" else "",
+                                snapshot.space, snapshot.model_key, added, "" if added == 1 else "s")
         gone = set(DeletedImage.objects.filter(deleted_at__gte=since).values_list("image_id", flat=True))
         snapshot.remove_images(gone)
         if snapshot.owner == "region":
