@@ -3,10 +3,12 @@ command before it starts (it showed only when an import was refused, naming a fi
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from gallery.folders import import_roots
 
@@ -22,3 +24,23 @@ def import_roots_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                                  "nothing can be imported from it.",
                                  hint="Give folders, separated by ':' (README, Settings).", id="gallery.W001"))
     return found
+
+
+@register()
+def media_root_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The local storage's folder (IMAGINAITION_MEDIA_ROOT): one that cannot be made stopped nothing until a
+    page failed on it. Made here when missing, as the first upload would. Not writable is a warning only: the
+    gallery can still be read, backed up and checked (storage_check) from a read-only mount."""
+    if settings.STORAGES["default"]["BACKEND"] != "gallery.storage.AtomicFileSystemStorage":
+        return []  # another storage (S3) is checked by storage_check, which reaches it
+    folder = Path(settings.MEDIA_ROOT)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file, not a folder" if folder.is_file() else (exc.strerror or str(exc))
+        return [Error(f"IMAGINAITION_MEDIA_ROOT={folder} cannot be used as a folder: {reason}",
+                      hint="The folder the images are stored in (README, Configuration).", id="gallery.E001")]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [Warning(f"IMAGINAITION_MEDIA_ROOT={folder} cannot be written by this user: images can be read "
+                        "but not added (uploads, imports and resets fail).", id="gallery.W002")]
+    return []

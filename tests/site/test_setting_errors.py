@@ -45,12 +45,17 @@ from tests.conftest import REPO
     ("IMAGINAITION_VAR_DIR", "/proc/no-such-folder", "check",
      "Error: IMAGINAITION_VAR_DIR (/proc/no-such-folder): cannot keep the secret key there (No such file or "
      "directory); point it at a folder this user can write, or set DJANGO_SECRET_KEY"),
+    # never checked: the service started, and its first upload failed
+    ("IMAGINAITION_MEDIA_ROOT", "/proc/no-such-folder", "check",
+     "gallery.E001) IMAGINAITION_MEDIA_ROOT=/proc/no-such-folder cannot be used as a folder: No such file or directory"),
+    ("IMAGINAITION_MEDIA_ROOT", str(REPO / "README.md"), "check",
+     f"gallery.E001) IMAGINAITION_MEDIA_ROOT={REPO / 'README.md'} cannot be used as a folder: a file, not a folder"),
     # fetch_weights (the one-off step's) ended in a ValueError's traceback
     ("IMAGINAITION_MODEL_PROFILE", "fancy", "fetch_weights",
      "CommandError: IMAGINAITION_MODEL_PROFILE must be auto, standard or offline, not 'fancy'"),
 ], ids=["url-scheme", "url-not-postgres", "url-unreachable", "region-style", "log-level", "time-zone", "ann-index",
         "ann-index-twice", "rate-digit", "not-migrated", "index-dir-a-file", "model-cache-unwritable",
-        "var-dir-a-file", "var-dir-unmakeable", "profile-fetch-weights"])
+        "var-dir-a-file", "var-dir-unmakeable", "media-root-unmakeable", "media-root-a-file", "profile-fetch-weights"])
 def test_a_wrong_setting_is_named_in_one_line(setting, value, command, message):
     env = {**{name: text for name, text in os.environ.items() if name != "DJANGO_SECRET_KEY"},  # kept in var/
            setting: value, "HF_HUB_OFFLINE": "1"}
@@ -122,3 +127,16 @@ def test_loading_a_model_draws_no_progress_bar_into_the_log():
                            "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
+
+
+def test_a_media_folder_this_user_cannot_write_is_a_warning_and_an_s3_storage_is_not_looked_for(
+        settings, tmp_path, monkeypatch):
+    from gallery import checks
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    assert checks.media_root_check() == [] and (tmp_path / "media").is_dir()  # made, as the first upload would
+    monkeypatch.setattr(checks.os, "access", lambda path, mode: False)  # a read-only mount (root writes anywhere)
+    assert [found.id for found in checks.media_root_check()] == ["gallery.W002"]
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage"}}
+    settings.MEDIA_ROOT = "/proc/no-such-folder"
+    assert checks.media_root_check() == []
