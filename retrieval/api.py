@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, cast
 
+from django.middleware.csrf import get_token
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import (Direction, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field,
@@ -444,6 +445,10 @@ class PreferencesApi(APIView):
     def put(self, request: Request) -> Response:
         serializer = PreferencesUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        if not request.user.is_authenticated:
+            # A visitor's first write starts their session, and every later one needs its CSRF token: the cookie
+            # comes with it (a script without cookies had to fetch a page to get one).
+            get_token(request._request)
         return Response(preferences_update(user=request.user, session=request.session,
                                            values=serializer.validated_data))
 
