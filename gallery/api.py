@@ -10,6 +10,7 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.core.cache import caches
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection, transaction
@@ -352,6 +353,11 @@ class GalleryPermission(BasePermission):
             return can_view_gallery(request.user)
         return bool(request.user and request.user.is_authenticated)
 
+    @staticmethod
+    def anonymous_allowed(method: str) -> bool:
+        """For the schema (GallerySchema): whether a request without credentials may use `method`."""
+        return method.upper() in SAFE_METHODS and can_view_gallery(AnonymousUser())
+
 
 class GalleryReadPermission(BasePermission):
     """A read sent as a POST (a search): the gallery's read rule whatever the method."""
@@ -360,6 +366,10 @@ class GalleryReadPermission(BasePermission):
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         return can_view_gallery(request.user)
+
+    @staticmethod
+    def anonymous_allowed(method: str) -> bool:
+        return can_view_gallery(AnonymousUser())
 
 
 class MaskSerializer(serializers.Serializer):

@@ -303,7 +303,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "gallery.api_schema.GallerySchema",  # says which operations a public gallery opens
     "EXCEPTION_HANDLER": "gallery.api.api_exception_handler",  # refused input → 4xx {"detail": message}
     # An endpoint opened in a browser: DRF's page, with a language, plain names and real breadcrumbs.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",

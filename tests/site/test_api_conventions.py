@@ -160,3 +160,19 @@ def test_the_schema_names_the_processing_states_a_client_polls_for(tmp_path):
         assert "until neither status is pending" in fields["status"]["description"]
     # And the preferences a text search echoes (the semantic index alone) are said to be what it ran with.
     assert "a text query has\nno content part" in schemas["SearchPreferences"]["description"]
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_the_schema_says_which_operations_a_public_gallery_opens_to_visitors_without_credentials(
+        client, token, settings, public):
+    """With IMAGINAITION_PUBLIC_GALLERY=1, listing and reading images, searching and the status answered visitors
+    without credentials, while the schema listed a token or a cookie as needed for each."""
+    settings.IMAGINAITION_PUBLIC_GALLERY = public
+    operations = {operation["operationId"]: operation.get("security", [])
+                  for path in client.get("/api/schema/", {"format": "json"}, **token).json()["paths"].values()
+                  for operation in path.values() if isinstance(operation, dict)}
+    opened = {"images_list", "images_retrieve", "search_create", "status_retrieve"}
+    assert {name for name in opened if {} in operations[name]} == (opened if public else set())
+    for written in ("images_create", "images_destroy", "images_retry_create"):  # writes always need a sign-in
+        assert {} not in operations[written] and operations[written], written
+    assert {} in operations["preferences_retrieve"]  # open either way
