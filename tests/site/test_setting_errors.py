@@ -47,7 +47,8 @@ from tests.conftest import REPO
      "directory); point it at a folder this user can write, or set DJANGO_SECRET_KEY"),
     # never checked: the service started, and its first upload failed
     ("IMAGINAITION_MEDIA_ROOT", "/proc/no-such-folder", "check",
-     "gallery.E001) IMAGINAITION_MEDIA_ROOT=/proc/no-such-folder cannot be used as a folder: No such file or directory"),
+     "gallery.E001) IMAGINAITION_MEDIA_ROOT=/proc/no-such-folder cannot be used as a folder: No such file or "
+     "directory"),
     ("IMAGINAITION_MEDIA_ROOT", str(REPO / "README.md"), "check",
      f"gallery.E001) IMAGINAITION_MEDIA_ROOT={REPO / 'README.md'} cannot be used as a folder: a file, not a folder"),
     # fetch_weights (the one-off step's) ended in a ValueError's traceback
