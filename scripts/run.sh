@@ -33,9 +33,9 @@ cleanup() {
 }
 trap cleanup INT TERM HUP EXIT  # HUP: the terminal closed (the workers, in their own sessions, do not see it)
 
-# The service's settings, each refused in one line, before anything starts (diffsettings reads them without
-# the database): a wrong one was said by fetch_weights, then "going on", then again by migrate.
-$PY manage.py diffsettings > /dev/null
+# The service's settings, each refused in one line, before anything starts: a wrong one was said by
+# fetch_weights, then "going on", then again by migrate.
+$PY -m imaginaition_site.check_settings
 if [ -z "${DATABASE_URL:-}" ]; then $PY -m imaginaition_site.embedded_db start --holder $$; fi
 # Weights first: with IMAGINAITION_MODEL_PROFILE=standard and none present, `migrate`'s system checks stop
 # (retrieval.E002) before a later fetch_weights could have brought them.
