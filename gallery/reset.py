@@ -21,7 +21,6 @@ from django.core.cache import caches
 from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
-from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from gallery import events, selectors
@@ -146,7 +145,7 @@ def reset_resume_cut_short() -> list[int]:
         with _run_lock() as nobody_runs_it:
             if not nobody_runs_it:
                 return []
-        waiting = _tasks_waiting_in_queue()
+        waiting = {str(task.name()) for task in selectors.main_queue_untaken()}
         # A job whose task no worker has taken yet is not cut short: it waits its turn (the 5-minute schedule
         # handed each such job a second task and logged that its worker had stopped).
         active = [job for job in active if f"reset-{job.pk}" not in waiting]
@@ -155,12 +154,6 @@ def reset_resume_cut_short() -> list[int]:
                            job.pk, job.phase or job.state)
             transaction.on_commit(partial(_enqueue, job.pk))
     return [job.pk for job in active]
-
-
-def _tasks_waiting_in_queue() -> set[str]:
-    """The names of the main queue's tasks no worker has taken (a taken one is locked until its retry time)."""
-    waiting = OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now())
-    return {str(entry.name()) for entry in waiting}
 
 
 def reset_resume_if_abandoned(job: ResetJob) -> bool:

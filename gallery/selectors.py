@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django.db.models import Count, Max, Prefetch, Q, QuerySet
 from django.db.models.functions import Lower
+from django.utils import timezone
+from django_q.models import OrmQ
 
 from gallery.models import Image, Mask, ProcessingStatus
 
@@ -108,6 +110,11 @@ def labels_changed() -> None:
         shared.incr(_LABELS_VERSION)
     except ValueError:  # the first change: no version yet (add() before each incr() was a failed INSERT each time
         shared.add(_LABELS_VERSION, 1, timeout=None)  # once there, an ERROR line in the database's log per delete)
+
+
+def main_queue_untaken() -> QuerySet[OrmQ]:
+    """The main queue's tasks no worker has taken (a taken one is locked until its retry time)."""
+    return OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now())
 
 
 def images_pending_ids() -> list[int]:

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.utils import timezone
-from django_q.models import OrmQ
-
 from gallery import selectors
 from gallery.reset import reset_active, reset_resume_cut_short
 from gallery.services import images_schedule
@@ -40,7 +36,7 @@ def images_waiting_resume() -> list[int]:
     queue: a stopped worker's taken tasks (or a cut-short `import_folder --sync`) left them with no
     task that will come soon. Every task claims a batch of waiting images, so extra ones end at once."""
     waiting = selectors.images_pending_ids()
-    queued = OrmQ.objects.filter(key=settings.Q_CLUSTER["name"], lock__lte=timezone.now()).count()
+    queued = selectors.main_queue_untaken().count()
     uncovered = waiting[: max(len(waiting) - queued, 0)]
     if uncovered:
         images_schedule(uncovered)
