@@ -32,7 +32,7 @@ def api_token_accepted(view: Callable[..., HttpResponseBase]) -> Callable[..., H
             authenticated = ApiTokenAuthentication().authenticate(Request(request))  # None without the header
         except AuthenticationFailed as exc:
             refused = HttpResponse(str(exc.detail), status=401, content_type="text/plain")
-            refused["WWW-Authenticate"] = ApiTokenAuthentication().authenticate_header(Request(request)) or "Token"
+            refused["WWW-Authenticate"] = ApiTokenAuthentication.keyword  # what the API's 401s say
             return refused  # HTTP asks every 401 to say how to authenticate, as the API's do
         if authenticated is not None:
             request.user = authenticated[0]

@@ -56,7 +56,7 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
         # committed), so it lies between them whatever commits meanwhile.
         before = count_vectors(model_key=key, space=space, owner=owner)
         snapshot = _snapshot(owner, space, key)
-        indexed = snapshot.count if snapshot is not None else None
+        indexed = snapshot.count if snapshot is not None else 0
         in_db = count_vectors(model_key=key, space=space, owner=owner)
         state = IndexState.objects.filter(owner=owner, space=space, model_key=key).first()
         if snapshot is None and in_db == 0:
@@ -65,7 +65,7 @@ def integrity_check(*, check_files: bool = True) -> IntegrityReport:
             healths.append(IndexHealth(space, key, _missing_or_building(owner, space, key), in_db, None,
                                        state.version if state else None, owner))
         else:
-            verdict = "ok" if min(before, in_db) <= (indexed or 0) <= max(before, in_db) else "count mismatch"
+            verdict = "ok" if min(before, in_db) <= indexed <= max(before, in_db) else "count mismatch"
             if verdict == "ok" and _published_file_gone(state, snapshot):  # one stat per index: always asked
                 verdict = "index file missing"  # answers from memory; a restart would have to rebuild
             healths.append(IndexHealth(space, key, verdict, in_db, indexed, snapshot.version, owner))
